@@ -1,0 +1,35 @@
+"""
+C{ICheckerFactory} plugins, so netsuite's checkers work with C{twistd --auth}
+and are chosen by name in the config like any other strcred checker.
+"""
+
+from __future__ import annotations
+
+from twisted.cred import credentials, strcred
+from zope.interface import implementer
+
+
+@implementer(strcred.ICheckerFactory)
+class PasswordFileCheckerFactory:
+    authType = "passwd"
+    authHelp = "netsuite password file of name:argon2id-hash lines (passwd:PATH)."
+    argStringFormat = "PATH to the password file"
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def generateChecker(self, argstring: str = ""):
+        from netsuite.auth.passwdfile import PasswordFileChecker
+
+        return PasswordFileChecker(argstring or "netsuite-data/passwd")
+
+
+@implementer(strcred.ICheckerFactory)
+class PAMCheckerFactory:
+    authType = "pam"
+    authHelp = "System accounts through PAM (pam or pam:SERVICE, default 'login')."
+    argStringFormat = "optional PAM service name"
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def generateChecker(self, argstring: str = ""):
+        from netsuite.auth.pam import PAMChecker
+
+        return PAMChecker(argstring or "login")

@@ -1,0 +1,154 @@
+"""
+The shared Portal with a failed-login throttle in front of it.
+
+Every protocol logs in through L{ThrottledPortal.bind}, which ties the login to
+the client's address.  Failures are counted per address and per user name;
+after C{free_failures} each further one is answered after a doubling delay,
+and C{lock_after} failures within C{window} lock the address or user for
+C{lock_seconds}.  Logins are logged with protocol, address and user, never the
+password.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.cred import credentials as _creds
+from twisted.cred import error
+from twisted.cred.portal import Portal
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from netsuite.auth import normalize_username
+from netsuite.config import ThrottleConfig
+
+log = Logger(namespace="netsuite.auth")
+
+
+@dataclass
+class _Record:
+    failures: list[float] = field(default_factory=list)
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Counts failures per key (C{addr:...}, C{user:...}) over a sliding window."""
+
+    def __init__(self, config: ThrottleConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self._records: dict[str, _Record] = {}
+
+    def _record(self, key: str) -> _Record:
+        now = self.clock()
+        rec = self._records.setdefault(key, _Record())
+        horizon = now - self.config.window
+        rec.failures = [t for t in rec.failures if t > horizon]
+        return rec
+
+    def locked(self, *keys: str) -> bool:
+        now = self.clock()
+        return any(self._record(k).locked_until > now for k in keys)
+
+    def fail(self, *keys: str) -> float:
+        """Record a failure; return the delay before answering it."""
+        now = self.clock()
+        worst = 0
+        for key in keys:
+            rec = self._record(key)
+            rec.failures.append(now)
+            if len(rec.failures) >= self.config.lock_after:
+                rec.locked_until = now + self.config.lock_seconds
+            worst = max(worst, len(rec.failures))
+        self._prune()
+        extra = worst - self.config.free_failures
+        if extra <= 0:
+            return 0.0
+        return min(self.config.base_delay * 2 ** (extra - 1), self.config.max_delay)
+
+    def succeed(self, *keys: str) -> None:
+        for key in keys:
+            rec = self._records.get(key)
+            if rec is not None and rec.locked_until <= self.clock():
+                del self._records[key]
+
+    def _prune(self) -> None:
+        """Keep memory bounded under a spray of distinct addresses or names."""
+        if len(self._records) < 10000:
+            return
+        now = self.clock()
+        for key in [k for k, r in self._records.items()
+                    if r.locked_until <= now and not self._record(k).failures]:
+            del self._records[key]
+
+
+class ThrottledPortal:
+    """The one Portal, wrapped: C{bind(peer, protocol)} gives a per-connection view."""
+
+    def __init__(self, portal: Portal, throttle: LoginThrottle, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.portal = portal
+        self.throttle = throttle
+        self.reactor = reactor
+
+    def bind(self, peer: str, protocol: str) -> "PeerPortal":
+        return PeerPortal(self, peer, protocol)
+
+    def listCredentialsInterfaces(self):
+        return self.portal.listCredentialsInterfaces()
+
+    def login(self, credentials, mind, *interfaces, peer: str = "?", protocol: str = "?"):
+        if _creds.IAnonymous.providedBy(credentials):
+            return self.portal.login(credentials, mind, *interfaces)
+        user = normalize_username(getattr(credentials, "username", b"") or b"")
+        keys = (f"addr:{peer}", f"user:{user.lower()}")
+        if self.throttle.locked(*keys):
+            delay = self.throttle.fail(*keys)
+            log.warn("login refused, locked: protocol={protocol} address={address} user={user}",
+                     protocol=protocol, address=peer, user=user)
+            return task.deferLater(self.reactor, delay, self._refuse)
+        d = self.portal.login(credentials, mind, *interfaces)
+
+        def ok(result):
+            self.throttle.succeed(*keys)
+            log.info("login: protocol={protocol} address={address} user={user}",
+                     protocol=protocol, address=peer, user=user)
+            return result
+
+        def failed(reason):
+            reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials)
+            delay = self.throttle.fail(*keys)
+            log.warn("login failed: protocol={protocol} address={address} user={user}",
+                     protocol=protocol, address=peer, user=user)
+            if not delay:
+                return reason
+            return task.deferLater(self.reactor, delay, lambda: reason)
+
+        return d.addCallbacks(ok, failed)
+
+    @staticmethod
+    def _refuse():
+        raise error.UnauthorizedLogin("too many failed logins; try again later")
+
+
+class PeerPortal:
+    """Looks like a Portal to Twisted protocols; knows who is asking."""
+
+    def __init__(self, portal: ThrottledPortal, peer: str, protocol: str):
+        self._portal = portal
+        self.peer = peer
+        self.protocol = protocol
+
+    @property
+    def realm(self):
+        return self._portal.portal.realm
+
+    def listCredentialsInterfaces(self):
+        return self._portal.listCredentialsInterfaces()
+
+    def login(self, credentials, mind, *interfaces) -> defer.Deferred:
+        return self._portal.login(credentials, mind, *interfaces,
+                                  peer=self.peer, protocol=self.protocol)

@@ -1,0 +1,142 @@
+"""
+The C{netsuite} administration command.
+
+It takes the same C{--config} and C{--data-dir} as C{twistd netsuite}, so both
+see one user database, one certificate and one queue.  Passwords come from a
+prompt or from C{--password-stdin}, never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import Callable
+
+from netsuite.config import Config, ConfigError, load
+
+#: Sub-command name -> (configure parser, run); protocol packages may add theirs.
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace, Config], int]]] = {}
+
+
+def command(name: str, configure: Callable[[argparse.ArgumentParser], None]):
+    def register(run):
+        COMMANDS[name] = (configure, run)
+        return run
+
+    return register
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("netsuite: passwords differ")
+    if not password:
+        raise SystemExit("netsuite: empty password")
+    return password
+
+
+def _user_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    for action in ("add", "passwd"):
+        a = sub.add_parser(action, help=f"{action} a user (password from a prompt)")
+        a.add_argument("name")
+        a.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input")
+    sub.add_parser("del", help="delete a user (mail and files are kept)").add_argument("name")
+    sub.add_parser("list", help="list users")
+
+
+@command("user", _user_args)
+def _user(args: argparse.Namespace, config: Config) -> int:
+    from netsuite.auth.passwdfile import PasswordFile, PasswordFileError, valid_name
+
+    db = PasswordFile(config.data_dir / "passwd")
+    if args.action == "list":
+        for name in sorted(db.users()):
+            print(name)
+        return 0
+    name = args.name
+    if not valid_name(name):
+        raise SystemExit(f"netsuite: invalid user name {name!r} "
+                         "(letters, digits, '._-', at most 64, not starting with '.' or '-')")
+    if args.action == "del":
+        if not db.delete(name):
+            raise SystemExit(f"netsuite: no user {name!r}")
+        print(f"deleted {name}")
+        return 0
+    exists = name in db
+    if args.action == "add" and exists:
+        raise SystemExit(f"netsuite: user {name!r} exists (use 'netsuite user passwd')")
+    if args.action == "passwd" and not exists:
+        raise SystemExit(f"netsuite: no user {name!r}")
+    try:
+        db.set_password(name, _read_password(args))
+    except PasswordFileError as e:
+        raise SystemExit(f"netsuite: {e}")
+    print(f"{'added' if args.action == 'add' else 'changed password of'} {name}")
+    return 0
+
+
+def _cert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hostname")
+    p.add_argument("--cert", type=Path, help="certificate file (default: DATA/tls/cert.pem)")
+    p.add_argument("--key", type=Path, help="key file (default: DATA/tls/key.pem)")
+    p.add_argument("--days", type=int, default=825)
+
+
+@command("cert", _cert_args)
+def _cert(args: argparse.Namespace, config: Config) -> int:
+    from netsuite.tls import default_paths, write_self_signed
+
+    cert, key = default_paths(config)
+    cert, key = args.cert or cert, args.key or key
+    write_self_signed(args.hostname, cert, key, args.days)
+    print(f"wrote {cert} and {key}")
+    return 0
+
+
+@command("check", lambda p: None)
+def _check(args: argparse.Namespace, config: Config) -> int:
+    from netsuite.realm import make_realm
+    from netsuite.service import make_checkers
+
+    make_realm(config)
+    make_checkers(config)
+    print(f"{config.path or 'embedded defaults'}: OK")
+    for name, eps in sorted(config.listen.items()):
+        print(f"  {name}: {', '.join(eps) if eps else 'off'}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from netsuite import protocols
+
+    protocols.load_all()
+    p = argparse.ArgumentParser(prog="netsuite", description="Administer a netsuite server.")
+    p.add_argument("-c", "--config", help="TOML configuration file, as for twistd netsuite")
+    p.add_argument("-d", "--data-dir", help="data directory, as for twistd netsuite")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (configure, _run) in COMMANDS.items():
+        configure(sub.add_parser(name))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = {"server.data_dir": args.data_dir} if args.data_dir else {}
+    try:
+        config = load(args.config, overrides)
+        return COMMANDS[args.command][1](args, config)
+    except ConfigError as e:
+        print(f"netsuite: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

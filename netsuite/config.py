@@ -1,0 +1,334 @@
+"""
+Configuration: one TOML file read once into typed dataclasses.
+
+Every section is a dataclass whose field types drive validation, so a bad file
+stops start-up with the file, the key and the reason (L{ConfigError}) before
+any port opens.  Protocol packages register their own section with
+L{section}; the loader knows nothing about SMTP or FTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+#: Section name -> dataclass, filled by L{section}.
+SECTIONS: dict[str, type] = {}
+
+
+class ConfigError(Exception):
+    """A configuration problem, rendered as C{file: key: reason}."""
+
+    def __init__(self, reason: str, key: str = "", file: str | Path | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
+        self.file = str(file) if file else None
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.key) if p]
+        return ": ".join(parts + [self.reason])
+
+
+def section(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register a dataclass as the C{[name]} section."""
+
+    def register(cls: type[T]) -> type[T]:
+        SECTIONS[name] = cls
+        return cls
+
+    return register
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check C{value} against the annotation C{tp}; return it converted."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e.reason)
+        raise ConfigError(errors[0] if errors else "bad value", key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", key)
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table, got {type(value).__name__}", key)
+        return {
+            _coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError("expected a table", key)
+        return load_dataclass(tp, value, key)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError("expected a path (a non-empty string)", key)
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}", key)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", key)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", key)
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"unsupported type {_describe(tp)}", key)
+
+
+def load_dataclass(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
+    """Build C{cls} from a TOML table, rejecting unknown keys and bad types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        full = f"{prefix}.{key}" if prefix else key
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown key (known: {known})", full)
+        kwargs[name] = _coerce(value, hints[name], full)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            if e.key and prefix and not e.key.startswith(prefix):
+                e.key = f"{prefix}.{e.key}"
+            elif not e.key:
+                e.key = prefix
+            raise
+    return obj
+
+
+def positive(name: str, value: int | float) -> None:
+    """Raise L{ConfigError} for C{name} unless C{value} > 0."""
+    if value <= 0:
+        raise ConfigError(f"must be greater than 0, got {value}", name)
+
+
+@section("server")
+@dataclass
+class ServerConfig:
+    """Process-wide settings."""
+
+    hostname: str = "localhost"
+    data_dir: Path = Path("netsuite-data")
+    #: Checker names, as C{twistd --auth} takes them: C{file:PATH}, C{pam}, C{anonymous}.
+    auth: list[str] = field(default_factory=lambda: ["file"])
+    #: The realm factory, C{package.module:Name}; called with the L{Config}.
+    realm: str = "netsuite.realm:NetsuiteRealm"
+    #: Allow plain-text passwords on connections without TLS.
+    allow_plaintext_auth: bool = False
+
+    def validate(self) -> None:
+        if ":" not in self.realm:
+            raise ConfigError("expected 'package.module:Name'", "realm")
+
+
+@section("tls")
+@dataclass
+class TLSConfig:
+    """Certificate for every TLS listener and STARTTLS; generated if unset."""
+
+    certificate: Path | None = None
+    key: Path | None = None
+    chain: Path | None = None
+    #: Lowest protocol version offered: "1.2" or "1.3".
+    min_version: str = "1.2"
+
+    def validate(self) -> None:
+        if self.min_version not in ("1.2", "1.3"):
+            raise ConfigError('must be "1.2" or "1.3"', "min_version")
+        if (self.certificate is None) != (self.key is None):
+            raise ConfigError("certificate and key go together", "certificate")
+
+
+@section("throttle")
+@dataclass
+class ThrottleConfig:
+    """Failed-login throttle, per client address and per user name."""
+
+    #: Failures before the delay starts growing.
+    free_failures: int = 1
+    #: First delay in seconds; doubles with every further failure.
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    #: Failures within C{window} that lock the address or user.
+    lock_after: int = 10
+    lock_seconds: float = 300.0
+    window: float = 900.0
+
+    def validate(self) -> None:
+        for name in ("lock_after", "window", "lock_seconds"):
+            positive(name, getattr(self, name))
+
+
+@section("limits")
+@dataclass
+class LimitsConfig:
+    """Connection caps applied to every listener unless a protocol overrides."""
+
+    max_connections: int = 500
+    max_connections_per_address: int = 50
+
+    def validate(self) -> None:
+        positive("max_connections", self.max_connections)
+        positive("max_connections_per_address", self.max_connections_per_address)
+
+
+#: Listener name -> (default endpoints on the embedded defaults, implicit TLS).
+#: Filled by protocol packages through L{listener}.
+LISTENERS: dict[str, tuple[list[str], bool]] = {}
+
+
+def listener(name: str, default: list[str], implicit_tls: bool = False) -> None:
+    """Declare a listener: its C{--name} option and its C{[listen] name} key."""
+    LISTENERS[name] = (default, implicit_tls)
+
+
+@dataclass
+class Config:
+    """The whole configuration."""
+
+    path: Path | None
+    server: ServerConfig
+    #: Listener name -> endpoint strings; an empty list switches it off.
+    listen: dict[str, list[str]]
+    sections: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+
+def _load_protocols() -> None:
+    """Import the realm and every protocol package so their sections register."""
+    from netsuite import protocols, realm  # noqa: F401
+
+    protocols.load_all()
+
+
+def load(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    listen_overrides: dict[str, list[str]] | None = None,
+) -> Config:
+    """
+    Read and validate the configuration.
+
+    @param path: a TOML file, or L{None} for the embedded defaults.
+    @param overrides: C{"section.key": value} pairs from the command line.
+    @param listen_overrides: listener name -> endpoints from the command line;
+        they replace the file's list for that listener.
+    """
+    _load_protocols()
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("no such file", file=path)
+        except PermissionError:
+            raise ConfigError("permission denied", file=path)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"not valid TOML: {e}", file=path)
+    for dotted, value in (overrides or {}).items():
+        sec, _, key = dotted.partition(".")
+        raw.setdefault(sec, {})[key] = value
+    try:
+        return _build(path, raw, listen_overrides or {})
+    except ConfigError as e:
+        e.file = str(path) if path else e.file
+        raise
+
+
+def _build(
+    path: Path | None, raw: dict[str, Any], listen_overrides: dict[str, list[str]]
+) -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "listen":
+            continue
+        if name not in SECTIONS:
+            known = ", ".join(sorted(list(SECTIONS) + ["listen"]))
+            raise ConfigError(f"unknown section (known: {known})", f"[{name}]")
+        if not isinstance(value, dict):
+            raise ConfigError("expected a table", name)
+    for name, cls in SECTIONS.items():
+        sections[name] = load_dataclass(cls, raw.get(name, {}), name)
+
+    listen_raw = raw.get("listen", {})
+    if not isinstance(listen_raw, dict):
+        raise ConfigError("expected a table", "listen")
+    listen: dict[str, list[str]] = {}
+    for name, (default, _tls) in LISTENERS.items():
+        listen[name] = list(default)
+    for name, value in listen_raw.items():
+        if name not in LISTENERS:
+            known = ", ".join(sorted(LISTENERS))
+            raise ConfigError(f"unknown listener (known: {known})", f"listen.{name}")
+        if isinstance(value, str):
+            value = [value]
+        listen[name] = _coerce(value, list[str], f"listen.{name}")
+    for name, value in listen_overrides.items():
+        listen[name] = value
+    for name, endpoints in listen.items():
+        for i, ep in enumerate(endpoints):
+            _check_endpoint(ep, f"listen.{name}[{i}]")
+    server = sections.pop("server")
+    return Config(path=path, server=server, listen=listen, sections=sections)
+
+
+def _check_endpoint(description: str, key: str) -> None:
+    """Parse an endpoint string without listening, so typos fail early."""
+    from twisted.internet import endpoints, reactor
+
+    kind = description.split(":", 1)[0]
+    if kind in ("ssl",):
+        # ssl: loads certificate files at parse time; checked when listening.
+        return
+    try:
+        endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"bad endpoint {description!r}: {e}", key)

@@ -1,0 +1,239 @@
+"""
+Composition: one MultiService with a listener per configured endpoint, every
+protocol over one Portal.
+
+Building is split from listening: L{build} resolves the realm, the checkers
+and TLS and builds every factory, so a configuration problem surfaces as a
+L{ConfigError} before any port opens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.cred import strcred
+from twisted.cred.portal import Portal
+from twisted.internet import endpoints, ssl
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols import policies
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from netsuite import protocols
+from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
+from netsuite.config import LISTENERS, Config, ConfigError
+from netsuite.realm import make_realm
+
+log = Logger(namespace="netsuite")
+
+
+@dataclass
+class ServerContext:
+    """What every protocol factory is built from."""
+
+    config: Config
+    portal: ThrottledPortal
+    realm: Any
+    tls: ssl.CertificateOptions
+    reactor: Any
+
+
+def make_checkers(config: Config) -> list:
+    """The checkers named in C{server.auth}; C{passwd} alone means the data dir's file."""
+    result = []
+    for i, name in enumerate(config.server.auth):
+        if name == "passwd":
+            name = f"passwd:{config.data_dir / 'passwd'}"
+        try:
+            result.append(strcred.makeChecker(name))
+        except strcred.InvalidAuthType:
+            known = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
+            raise ConfigError(f"unknown checker {name!r} (known: {known})",
+                              f"server.auth[{i}]", config.path)
+        except Exception as e:
+            raise ConfigError(f"checker {name!r}: {e}", f"server.auth[{i}]", config.path)
+    return result
+
+
+class ConnectionLimits(policies.WrappingFactory):
+    """
+    Caps connections in total and per client address; over the cap the client
+    gets the protocol's own 'busy' line (SMTP 421, POP3 -ERR, IMAP BYE, FTP 421).
+    """
+
+    def __init__(self, wrapped: IProtocolFactory, total: int, per_address: int, busy: bytes):
+        super().__init__(wrapped)
+        self.total = total
+        self.per_address = per_address
+        self.busy = busy
+        self.by_address: dict[str, int] = {}
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", str(addr))
+        if len(self.protocols) >= self.total or self.by_address.get(host, 0) >= self.per_address:
+            log.warn("connection refused, limit reached: address={address}", address=host)
+            return _Busy(self.busy)
+        self.by_address[host] = self.by_address.get(host, 0) + 1
+        proto = super().buildProtocol(addr)
+        if proto is None:
+            self._release(host)
+        else:
+            proto._netsuite_host = host
+        return proto
+
+    def _release(self, host: str) -> None:
+        left = self.by_address.get(host, 1) - 1
+        if left <= 0:
+            self.by_address.pop(host, None)
+        else:
+            self.by_address[host] = left
+
+    def unregisterProtocol(self, p):
+        super().unregisterProtocol(p)
+        host = getattr(p, "_netsuite_host", None)
+        if host is not None:
+            self._release(host)
+
+
+class _Busy(Protocol):
+    """Says the protocol's 'busy' line and hangs up."""
+
+    def __init__(self, line: bytes):
+        self.line = line
+
+    def makeConnection(self, transport):
+        transport.write(self.line)
+        transport.loseConnection()
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason=None):
+        pass
+
+
+def _limits_for(config: Config, name: str) -> tuple[int, int]:
+    """Per-protocol C{max_connections} settings win over C{[limits]}."""
+    total = config.limits.max_connections
+    per = config.limits.max_connections_per_address
+    for section_name in (name, _section_of(name)):
+        sec = config.sections.get(section_name)
+        if sec is not None:
+            total = getattr(sec, "max_connections", total)
+            per = getattr(sec, "max_connections_per_address", per)
+    return total, per
+
+
+def _section_of(listener: str) -> str:
+    return {"submission": "smtp", "smtps": "smtp", "pop3s": "pop3", "imaps": "imap",
+            "ftps": "ftp", "telnets": "telnet"}.get(listener, listener)
+
+
+def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
+    """
+    The endpoint, and whether the factory must be wrapped in TLS by us: an
+    implicit-TLS listener on a plain C{tcp:}/C{tcp6:}/C{unix:}/C{systemd:}
+    endpoint is served with the configured certificate.
+    """
+    kind = description.split(":", 1)[0]
+    ep = endpoints.serverFromString(ctx.reactor, description)
+    return ep, implicit_tls and kind != "ssl"
+
+
+def build(config: Config, reactor: Any = None) -> service.MultiService:
+    """Build the whole server; raises L{ConfigError} before anything listens."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from netsuite import tls
+
+    protocols.load_all()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    realm = make_realm(config)
+    portal = Portal(realm, make_checkers(config))
+    throttled = ThrottledPortal(portal, LoginThrottle(config.throttle), reactor)
+    ctx = ServerContext(config, throttled, realm, tls.context_factory(config), reactor)
+
+    top = service.MultiService()
+    for hook in protocols.SERVICE_HOOKS:
+        hook(ctx, top)
+    for name, endpoints_ in config.listen.items():
+        if not endpoints_ or endpoints_ == ["off"] or name not in protocols.FACTORIES:
+            continue
+        kind = protocols.FACTORIES[name]
+        implicit_tls = LISTENERS[name][1]
+        factory = kind.build(ctx, name)
+        total, per = _limits_for(config, name)
+        for i, description in enumerate(endpoints_):
+            try:
+                ep, wrap = server_endpoint(ctx, description, implicit_tls)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(f"bad endpoint {description!r}: {e}",
+                                  f"listen.{name}[{i}]", config.path)
+            f: IProtocolFactory = factory
+            if wrap:
+                f = TLSMemoryBIOFactory(ctx.tls, False, f)
+            f = ConnectionLimits(f, total, per, kind.busy)
+            svc = ListenerService(name, description, ep, f)
+            svc.setName(f"{name}-{i}")
+            svc.setServiceParent(top)
+    ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
+    return top
+
+
+class ListenerService(StreamServerEndpointService):
+    """An endpoint listener that fails start-up at once and remembers its port."""
+
+    _raiseSynchronously = True
+
+    def __init__(self, listener: str, description: str, endpoint, factory):
+        super().__init__(endpoint, factory)
+        self.listener = listener
+        self.description = description
+        self.port = None
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+
+        def listening(port):
+            self.port = port
+            log.info("{listener} listening on {endpoint} ({address})",
+                     listener=self.listener, endpoint=self.description,
+                     address=str(port.getHost()))
+            return port
+
+        self._waitingForPort.addCallback(listening)
+
+
+class ReadyFile(service.Service):
+    """
+    Writes C{run/listening.json} (listener -> bound ports) once every listener
+    is up: how scripts and tests learn ephemeral ports without racing.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def startService(self):
+        super().startService()
+        import json
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ports: dict[str, list[int]] = {}
+        for svc in self.parent:
+            if isinstance(svc, ListenerService) and svc.port is not None:
+                ports.setdefault(svc.listener, []).append(svc.port.getHost().port)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "listen": ports}))
+        os.replace(tmp, self.path)
+
+    def stopService(self):
+        super().stopService()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,93 @@
+"""
+C{twistd netsuite}: options and the service maker.
+
+Options follow C{twistd mail} / C{twistd ftp}: C{--config}, C{--data-dir},
+C{--auth}, and one repeatable endpoint option per listener (C{--smtp},
+C{--submission}, ...); C{--LISTENER off} or C{--disable LISTENER} switches one
+off.  Command-line values override the file.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.cred import strcred
+from twisted.python import usage
+
+from netsuite import protocols
+from netsuite.config import LISTENERS, ConfigError, load
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve SMTP, POP3, IMAP4, FTP and TELNET from one process over one "
+        "twisted.cred portal. Listener options take Twisted endpoint strings "
+        "(tcp:2525:interface=127.0.0.1) and may be repeated; 'off' disables one."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: embedded defaults)."],
+        ["data-dir", "d", None, "Data directory (mailboxes, FTP roots, queue, certificate)."],
+        ["hostname", None, None, "Host name used in greetings and trace headers."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = {}
+        self["auth"] = []
+        self["disable"] = []
+
+    def opt_auth(self, description: str) -> None:
+        """A credential checker, as twistd names them (passwd:PATH, pam, anonymous); repeatable."""
+        self["auth"].append(description)
+
+    def opt_help_auth(self) -> None:
+        """List the available credential checkers."""
+        for factory in strcred.findCheckerFactories():
+            print(f"  --auth {factory.authType}: {factory.authHelp}")
+        sys.exit(0)
+
+    def opt_disable(self, name: str) -> None:
+        """Switch a listener off (smtp, submission, pop3, ...); repeatable."""
+        self["disable"].append(name)
+
+    def postOptions(self) -> None:
+        overrides = {}
+        if self["data-dir"]:
+            overrides["server.data_dir"] = self["data-dir"]
+        if self["hostname"]:
+            overrides["server.hostname"] = self["hostname"]
+        if self["auth"]:
+            overrides["server.auth"] = self["auth"]
+        listen = {n: ([] if eps == ["off"] else eps) for n, eps in self["listen"].items()}
+        for name in self["disable"]:
+            if name not in LISTENERS:
+                sys.exit(f"netsuite: --disable: unknown listener {name!r} "
+                         f"(known: {', '.join(sorted(LISTENERS))})")
+            listen[name] = []
+        try:
+            self["settings"] = load(self["config"], overrides, listen)
+        except ConfigError as e:
+            sys.exit(f"netsuite: {e}")
+
+
+def _listener_option(name: str):
+    def opt(self: Options, endpoint: str) -> None:
+        self["listen"].setdefault(name, []).append(endpoint)
+
+    opt.__doc__ = f"Endpoint for the {name} listener (repeatable; 'off' disables it)."
+    return opt
+
+
+protocols.load_all()
+for _name in LISTENERS:
+    setattr(Options, "opt_" + _name, _listener_option(_name))
+
+
+def makeService(options: Options):
+    from netsuite.service import build
+
+    try:
+        return build(options["settings"])
+    except ConfigError as e:
+        sys.exit(f"netsuite: {e}")

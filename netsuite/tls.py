@@ -1,0 +1,115 @@
+"""
+TLS contexts for implicit-TLS listeners and STARTTLS/STLS/AUTH TLS.
+
+One certificate serves every protocol.  Without a configured certificate a
+self-signed one is generated on first start under the data directory, so the
+embedded defaults offer TLS out of the box.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+from netsuite.config import Config, ConfigError
+
+log = Logger()
+
+
+def write_self_signed(hostname: str, cert_path: Path, key_path: Path, days: int = 825) -> None:
+    """Write a self-signed P-256 certificate for C{hostname} and its key (mode 0600)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    sans: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    for literal in ("127.0.0.1", "::1"):
+        sans.append(x509.IPAddress(ipaddress.ip_address(literal)))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def default_paths(config: Config) -> tuple[Path, Path]:
+    """Where the generated certificate and key live."""
+    tls_dir = config.data_dir / "tls"
+    return tls_dir / "cert.pem", tls_dir / "key.pem"
+
+
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", key)
+
+
+def context_factory(config: Config) -> ssl.CertificateOptions:
+    """
+    Build the server TLS context from C{[tls]}, generating a certificate if none
+    is configured.  TLS 1.2 is the floor; the session cache is on so that FTPS
+    data connections can resume the control connection's session.
+    """
+    tls = config.tls
+    if tls.certificate is None:
+        cert_path, key_path = default_paths(config)
+        if not cert_path.exists() or not key_path.exists():
+            log.info("generating a self-signed certificate for {host} in {path}",
+                     host=config.server.hostname, path=str(cert_path))
+            write_self_signed(config.server.hostname, cert_path, key_path)
+    else:
+        cert_path, key_path = tls.certificate, tls.key
+    cert_pem = _read(cert_path, "tls.certificate")
+    key_pem = _read(key_path, "tls.key")
+    try:
+        cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    except Exception as e:
+        raise ConfigError(f"cannot load certificate/key: {e}", "tls.certificate")
+    chain = []
+    if tls.chain is not None:
+        pem = _read(tls.chain, "tls.chain")
+        for block in pem.split(b"-----END CERTIFICATE-----")[:-1]:
+            block = block + b"-----END CERTIFICATE-----\n"
+            try:
+                chain.append(ssl.Certificate.loadPEM(block).original)
+            except Exception as e:
+                raise ConfigError(f"cannot load chain: {e}", "tls.chain")
+    floor = {
+        "1.2": ssl.TLSVersion.TLSv1_2,
+        "1.3": ssl.TLSVersion.TLSv1_3,
+    }[tls.min_version]
+    return ssl.CertificateOptions(
+        privateKey=cert.privateKey.original,
+        certificate=cert.original,
+        extraCertChain=chain or None,
+        raiseMinimumTo=floor,
+        enableSessions=True,
+        sessionTickets=False,
+    )

@@ -1,0 +1,30 @@
+"""Fixtures that start the real daemon; see L{harness.Daemon}."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Daemon  # noqa: E402
+
+
+@pytest.fixture
+def make_daemon(tmp_path_factory):
+    """Factory: C{make_daemon(config=..., listeners=[...])}, stopped after the test."""
+    started: list[Daemon] = []
+
+    def make(config: dict | None = None, listeners: list[str] | None = None,
+             start: bool = True, users: dict[str, str] | None = None, **kw) -> Daemon:
+        d = Daemon(tmp_path_factory.mktemp("netsuite"), config, listeners, **kw)
+        for name, password in (users or {}).items():
+            d.add_user(name, password)
+        started.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in started:
+        d.stop()

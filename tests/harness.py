@@ -1,0 +1,216 @@
+"""
+Start the real daemon for tests: C{twistd -n netsuite} as a subprocess with a
+generated config on 127.0.0.1 and ephemeral ports, learned from
+C{DATA/run/listening.json} once every listener is up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+
+def all_listeners() -> list[str]:
+    """Every listener the installed protocol packages declare."""
+    from netsuite import protocols
+    from netsuite.config import LISTENERS
+
+    protocols.load_all()
+    return list(LISTENERS)
+
+
+def twistd() -> list[str]:
+    """The real twistd of this interpreter (C{python -m twisted} is C{twist})."""
+    script = Path(sys.executable).with_name("twistd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def to_toml(config: dict[str, dict[str, Any]]) -> str:
+    """Enough TOML for test configs: one level of tables of scalars, lists, inline tables."""
+    out = []
+    for name, table in config.items():
+        out.append(f"[{name}]")
+        for key, value in table.items():
+            out.append(f"{json.dumps(key)} = {toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for name, table in extra.items():
+        result.setdefault(name, {}).update(table)
+    return result
+
+
+class Daemon:
+    """One C{twistd -n netsuite} process in its own directory."""
+
+    def __init__(self, directory: Path, config: dict | None = None,
+                 listeners: list[str] | None = None, env: dict | None = None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.dir / "data"
+        self.config_path = self.dir / "netsuite.toml"
+        self.log_path = self.dir / "twistd.log"
+        known = all_listeners()
+        wanted = known if listeners is None else listeners
+        listen = {name: (["tcp:0:interface=127.0.0.1"] if name in wanted else [])
+                  for name in known}
+        base = {
+            "server": {"hostname": "mx.test", "data_dir": str(self.data_dir)},
+            "mail": {"local_domains": ["example.test", "localhost"]},
+            "throttle": {"base_delay": 0.05, "max_delay": 0.2},
+            "listen": listen,
+        }
+        self.config = merge(base, config or {})
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.ports: dict[str, list[int]] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def write_config(self) -> None:
+        self.config_path.write_text(to_toml(self.config))
+
+    def command(self, *extra: str) -> list[str]:
+        return [*twistd(), "--nodaemon", "--pidfile=",
+                f"--logfile={self.log_path}", "netsuite", "--config", str(self.config_path),
+                *extra]
+
+    def start(self, *extra: str, timeout: float = 30.0) -> "Daemon":
+        self.write_config()
+        ready = self.data_dir / "run" / "listening.json"
+        if ready.exists():
+            ready.unlink()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]))
+        env.update(self.env)
+        self.proc = subprocess.Popen(self.command(*extra), cwd=self.dir, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace")
+                raise RuntimeError(f"twistd exited {self.proc.returncode}:\n{out}\n{self.log()}")
+            if ready.exists():
+                info = json.loads(ready.read_text())
+                if info.get("pid") == self.proc.pid:
+                    self.ports = info["listen"]
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"twistd did not come up in {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def restart(self, *extra: str) -> "Daemon":
+        self.stop()
+        return self.start(*extra)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- helpers ---------------------------------------------------------------
+
+    def port(self, listener: str) -> int:
+        return self.ports[listener][0]
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess:
+        """Run the real C{netsuite} admin command against this daemon's config."""
+        self.write_config()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]))
+        result = subprocess.run(
+            [sys.executable, "-m", "netsuite.cli", "--config", str(self.config_path), *args],
+            input=input, capture_output=True, text=True, env=env, cwd=self.dir, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"netsuite {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def add_user(self, name: str, password: str) -> None:
+        """Add a user through the same PasswordFile code the CLI uses (fast path)."""
+        from netsuite.auth.passwdfile import PasswordFile
+
+        PasswordFile(self.data_dir / "passwd").set_password(name, password)
+
+    def maildir(self, user: str, folder: str = "") -> Path:
+        path = self.data_dir / "mail" / user
+        return path / f".{folder}" if folder else path
+
+    def messages(self, user: str, folder: str = "") -> list[bytes]:
+        """Every message in a user's folder (new/ and cur/), oldest first."""
+        box = self.maildir(user, folder)
+        files = []
+        for sub in ("new", "cur"):
+            if (box / sub).is_dir():
+                files.extend(p for p in (box / sub).iterdir() if not p.name.startswith("."))
+        files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [p.read_bytes() for p in files]
+
+    def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        return predicate()
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
