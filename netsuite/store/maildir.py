@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 from twisted.internet import threads
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from netsuite.store import IDeliveryFile, IMailStore
 
+log = Logger(namespace="netsuite.store")
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
@@ -53,8 +55,9 @@ def fsync_dir(path: Path) -> None:
 class MaildirDelivery:
     """Writes one message into C{tmp/}; L{commit} moves it to C{new/}."""
 
-    def __init__(self, maildir: Path):
+    def __init__(self, maildir: Path, on_commit=None):
         self.maildir = maildir
+        self.on_commit = on_commit
         self.name = unique_name()
         self.tmp_path = maildir / "tmp" / self.name
         self._file = open(self.tmp_path, "xb", buffering=65536)
@@ -75,7 +78,16 @@ class MaildirDelivery:
         return final
 
     def commit(self):
-        return threads.deferToThread(self._finish)
+        d = threads.deferToThread(self._finish)
+        if self.on_commit is not None:
+            def committed(key):
+                try:
+                    self.on_commit()
+                except Exception:
+                    log.failure("delivery notification failed")
+                return key
+            d.addCallback(committed)
+        return d
 
     def abort(self) -> None:
         try:
@@ -87,12 +99,55 @@ class MaildirDelivery:
                 pass
 
 
+#: Folders created at first login, with their RFC 6154 SPECIAL-USE attribute.
+SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash",
+                   "Junk": "\\Junk"}
+_SPECIAL_MARK = ".netsuite-special"
+_SUBSCRIPTIONS = "subscriptions"
+
+
+class BadFolderName(ValueError):
+    """A folder name that cannot be stored (empty part, '/', control bytes, ...)."""
+
+
+def check_folder_name(name: str) -> str:
+    """Validate an IMAP folder name (hierarchy delimiter '.'); returns it."""
+    if not name or len(name) > 255:
+        raise BadFolderName("empty or too long")
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if any(ord(c) < 0x20 or c in "/\\*%" or ord(c) == 0x7f for c in name):
+        raise BadFolderName("contains a character not allowed in folder names")
+    parts = name.split(".")
+    if any(p in ("", "..") for p in parts) or name.startswith("~"):
+        raise BadFolderName("empty hierarchy level")
+    return name
+
+
 @implementer(IMailStore)
 class MaildirStore:
-    """One Maildir++ per user under C{root/USER}, INBOX at its top."""
+    """
+    One Maildir++ per user under C{root/USER}, INBOX at its top, folders as
+    C{.Name} directories (hierarchy delimiter '.').
+
+    Folders are shared by every session in the process: L{folder} returns the
+    same L{Folder} object, kept in memory while used and for a while after
+    (an LRU), so reopening a big folder costs two stats, not a read.  Folders
+    that someone listens to are polled every C{poll_interval} seconds, so
+    changes by other programs reach idling sessions too.
+    """
+
+    cache_size = 64
+    poll_interval = 2.0
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        from collections import OrderedDict
+
+        self._folders: "OrderedDict[Path, object]" = OrderedDict()
+        self._poller = None
+
+    # -- delivery ---------------------------------------------------------------
 
     def mailbox_path(self, user: str) -> Path:
         if not user or "/" in user or user.startswith("."):
@@ -100,4 +155,171 @@ class MaildirStore:
         return self.root / user
 
     def delivery(self, user: str) -> MaildirDelivery:
-        return MaildirDelivery(ensure_maildir(self.mailbox_path(user)))
+        return MaildirDelivery(ensure_maildir(self.mailbox_path(user)),
+                               on_commit=lambda: self.changed(user, "INBOX"))
+
+    def changed(self, user: str, name: str = "INBOX") -> None:
+        """Something (delivery) changed a folder: refresh it if anyone has it open."""
+        folder = self._folders.get(self.folder_path(user, name))
+        if folder is not None:
+            folder.refresh()
+
+    # -- folders ----------------------------------------------------------------
+
+    def folder_path(self, user: str, name: str) -> Path:
+        name = check_folder_name(name)
+        root = self.mailbox_path(user)
+        return root if name == "INBOX" else root / f".{name}"
+
+    def folder(self, user: str, name: str = "INBOX", create: bool = False):
+        """The shared L{Folder} for C{name}; L{KeyError} if it does not exist."""
+        from netsuite.store.folder import Folder
+
+        path = self.folder_path(user, name)
+        cached = self._folders.get(path)
+        if cached is not None:
+            if (path / "cur").is_dir():
+                self._folders.move_to_end(path)
+                return cached
+            self._folders.pop(path)
+        if not (path / "cur").is_dir():
+            if not create and name.upper() != "INBOX":
+                raise KeyError(name)
+        folder = Folder(path, "INBOX" if name.upper() == "INBOX" else name)
+        self._folders[path] = folder
+        self._evict()
+        return folder
+
+    def _evict(self) -> None:
+        while len(self._folders) > self.cache_size:
+            for path, folder in self._folders.items():
+                if not folder.listeners:
+                    del self._folders[path]
+                    break
+            else:
+                return
+
+    def list_folders(self, user: str) -> list[str]:
+        """Every folder name (INBOX first); only directories that are Maildirs."""
+        root = self.mailbox_path(user)
+        ensure_maildir(root)
+        names = ["INBOX"]
+        for entry in sorted(os.listdir(root)):
+            if entry.startswith(".") and entry not in (".", "..") and len(entry) > 1:
+                if os.path.isdir(root / entry / "cur"):
+                    names.append(entry[1:])
+        return names
+
+    def create_folder(self, user: str, name: str) -> None:
+        path = self.folder_path(user, name)
+        if name.upper() == "INBOX" or (path / "cur").is_dir():
+            raise FileExistsError(name)
+        ensure_maildir(path)
+        (path / "maildirfolder").touch()
+
+    def delete_folder(self, user: str, name: str) -> None:
+        import shutil
+
+        if name.upper() == "INBOX":
+            raise PermissionError("INBOX cannot be deleted")
+        path = self.folder_path(user, name)
+        if not (path / "cur").is_dir():
+            raise KeyError(name)
+        self._folders.pop(path, None)
+        doomed = path.with_name(f".#deleted.{unique_name()}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def rename_folder(self, user: str, old: str, new: str) -> None:
+        """Rename a folder and its children; renaming INBOX moves its messages."""
+        old_path = self.folder_path(user, old)
+        new_path = self.folder_path(user, new)
+        if new.upper() == "INBOX" or (new_path / "cur").is_dir():
+            raise FileExistsError(new)
+        if not (old_path / "cur").is_dir():
+            raise KeyError(old)
+        if old.upper() == "INBOX":
+            src = self.folder(user, "INBOX")
+            dest = self.folder(user, new, create=True)
+            (dest.path / "maildirfolder").touch()
+            src.copy_to(list(src.messages), dest)
+            src.expunge([m.uid for m in src.messages])
+            return
+        root = self.mailbox_path(user)
+        prefix = f".{old}."
+        children = [e for e in os.listdir(root) if e.startswith(prefix)]
+        os.rename(old_path, new_path)
+        for child in children:
+            os.rename(root / child, root / f".{new}.{child[len(prefix):]}")
+        for path in [p for p in self._folders if p == old_path or p.name.startswith(prefix)]:
+            self._folders.pop(path, None)
+
+    def ensure_special_folders(self, user: str) -> None:
+        """Create Sent, Drafts, Trash, Junk on the first login (once: a user may delete them)."""
+        root = ensure_maildir(self.mailbox_path(user))
+        mark = root / _SPECIAL_MARK
+        if mark.exists():
+            return
+        for name in SPECIAL_FOLDERS:
+            path = root / f".{name}"
+            if not (path / "cur").is_dir():
+                ensure_maildir(path)
+                (path / "maildirfolder").touch()
+                self.set_subscribed(user, name, True)
+        mark.touch()
+
+    def special_use(self, name: str) -> str | None:
+        return SPECIAL_FOLDERS.get(name)
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def subscriptions(self, user: str) -> list[str]:
+        try:
+            text = (self.mailbox_path(user) / _SUBSCRIPTIONS).read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.split("\n") if line and not line.startswith("V\t")]
+
+    def set_subscribed(self, user: str, name: str, on: bool) -> None:
+        subs = self.subscriptions(user)
+        if on and name not in subs:
+            subs.append(name)
+        elif not on and name in subs:
+            subs.remove(name)
+        else:
+            return
+        path = self.mailbox_path(user) / _SUBSCRIPTIONS
+        tmp = path.with_name(_SUBSCRIPTIONS + ".tmp")
+        tmp.write_text("".join(f"{s}\n" for s in subs), "utf-8")
+        os.replace(tmp, path)
+
+    # -- change notification between sessions and other programs -------------------------
+
+    def watch(self, folder, listener) -> None:
+        """Call C{listener(folder, changes)} on every change; poll while anyone listens."""
+        folder.listeners.append(listener)
+        if self._poller is None:
+            from twisted.internet import task
+
+            self._poller = task.LoopingCall(self._poll)
+            self._poller.start(self.poll_interval, now=False).addErrback(
+                lambda f: log.failure("poller stopped", f))
+
+    def unwatch(self, folder, listener) -> None:
+        if listener in folder.listeners:
+            folder.listeners.remove(listener)
+        if self._poller is not None and not any(f.listeners for f in self._folders.values()):
+            self._poller.stop()
+            self._poller = None
+
+    def _poll(self) -> None:
+        from netsuite.store.folder import FolderGone
+
+        for folder in list(self._folders.values()):
+            if folder.listeners:
+                try:
+                    folder.refresh()
+                except FolderGone:
+                    pass
+                except OSError:
+                    log.failure("polling {path}", path=str(folder.path))

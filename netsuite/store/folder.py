@@ -1,0 +1,474 @@
+"""
+One Maildir folder with its index: UIDs, UIDVALIDITY, flags, sizes, dates.
+
+The Maildir itself is the truth for which messages exist and which flags they
+carry (flags live in file names, C{:2,DFRST}, as Dovecot and mutt write them).
+The index, C{netsuite-index} in the folder, adds what Maildir cannot say:
+stable UIDs, UIDVALIDITY, the next UID, the wire (CRLF) size, the internal
+date and keywords.  It is rewritten atomically (temporary file, rename).
+
+Opening a folder reads the index and then looks at the disk only if C{new/} or
+C{cur/} changed since the index was written (their mtimes are recorded): one
+C{listdir} per changed directory, and a C{stat} only for files the index does
+not know.  A missing or corrupt index is rebuilt from the files, with a new
+UIDVALIDITY.
+
+All methods are synchronous and run in the reactor thread; a L{Folder} is
+shared by every session of the process on that folder (see
+L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about every
+change, whoever made it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from twisted.logger import Logger
+
+from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
+
+log = Logger(namespace="netsuite.store")
+
+INDEX_NAME = "netsuite-index"
+INDEX_MAGIC = "netsuite-index 1"
+
+#: Maildir info letters <-> IMAP system flags.
+LETTER_TO_FLAG = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen",
+                  "T": "\\Deleted"}
+FLAG_TO_LETTER = {v.lower(): k for k, v in LETTER_TO_FLAG.items()}
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+#: A directory whose mtime is this close to the scan is scanned again next
+#: time: a change within the same timestamp tick would not move the mtime.
+_UNSURE_NS = 1_000_000_000
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """C{base:2,FS} -> (C{base}, C{FS}); a name without info has no letters."""
+    base, sep, info = name.partition(":2,")
+    if not sep:
+        base = name.partition(":")[0]
+        return base, ""
+    return base, info
+
+
+def letters_to_flags(letters: str) -> list[str]:
+    return [LETTER_TO_FLAG[c] for c in sorted(letters) if c in LETTER_TO_FLAG]
+
+
+def flags_to_letters(flags: Iterable[str], keep: str = "") -> str:
+    """System flags as sorted letters, plus letters we do not map (P, a-z) kept."""
+    letters = {FLAG_TO_LETTER[f.lower()] for f in flags if f.lower() in FLAG_TO_LETTER}
+    letters.update(c for c in keep if c not in LETTER_TO_FLAG)
+    return "".join(sorted(letters))
+
+
+def wire_size(data: bytes) -> int:
+    """Size of C{data} with every bare LF sent as CRLF."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def to_wire(data: bytes) -> bytes:
+    """Bare LF -> CRLF (lines already ending in CRLF are left alone)."""
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def to_disk(data: bytes) -> bytes:
+    """CRLF -> LF, the Maildir convention."""
+    return data.replace(b"\r\n", b"\n")
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """One message as the index knows it."""
+
+    uid: int
+    #: File name in C{sub}, with its C{:2,} info.
+    name: str
+    #: C{"new"} or C{"cur"}.
+    sub: str
+    #: Size on the wire (CRLF line ends), what RFC822.SIZE and POP3 LIST say.
+    size: int
+    #: Internal date, Unix seconds.
+    date: int
+    keywords: tuple[str, ...] = ()
+
+    @property
+    def base(self) -> str:
+        return split_name(self.name)[0]
+
+    @property
+    def letters(self) -> str:
+        return split_name(self.name)[1]
+
+    @property
+    def flags(self) -> list[str]:
+        """System flags (from the file name) then keywords."""
+        return letters_to_flags(self.letters) + list(self.keywords)
+
+    def has(self, flag: str) -> bool:
+        letter = FLAG_TO_LETTER.get(flag.lower())
+        if letter is not None:
+            return letter in self.letters
+        return flag.lower() in (k.lower() for k in self.keywords)
+
+
+@dataclass
+class Changes:
+    """What one refresh or one operation changed, for listeners."""
+
+    expunged: list[int] = field(default_factory=list)
+    added: list[Message] = field(default_factory=list)
+    #: Messages whose flags changed.
+    flags: list[Message] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.expunged or self.added or self.flags)
+
+
+class FolderGone(Exception):
+    """The folder was deleted or renamed underneath."""
+
+
+class Folder:
+    """A Maildir folder and its index; see the module docstring."""
+
+    def __init__(self, path: Path, name: str = "INBOX",
+                 clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.name = name
+        self.clock = clock
+        self.uidvalidity = 0
+        self.next_uid = 1
+        #: UIDs at or above this are \Recent for the next session that claims them.
+        self.first_recent = 1
+        self.messages: list[Message] = []
+        self._uids: list[int] = []
+        self._by_base: dict[str, Message] = {}
+        self._mtimes: tuple[int, int] = (-1, -1)
+        self._unsure = True
+        self.listeners: list[Callable[["Folder", Changes], None]] = []
+        self.keywords: set[str] = set()
+        ensure_maildir(self.path)
+        self._load()
+
+    # -- index ------------------------------------------------------------------
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / INDEX_NAME
+
+    def _load(self) -> None:
+        try:
+            text = self.index_path.read_text("utf-8", errors="surrogateescape")
+            self._parse(text)
+        except FileNotFoundError:
+            self._rebuild("no index")
+        except (ValueError, IndexError) as e:
+            self._rebuild(f"corrupt index ({e})")
+        else:
+            self.refresh(notify=False)
+
+    def _parse(self, text: str) -> None:
+        lines = text.split("\n")
+        head = lines[0].split(" ")
+        if " ".join(head[:2]) != INDEX_MAGIC or lines[-1] != "":
+            raise ValueError("bad header or truncated")
+        uidvalidity, next_uid, first_recent, m_new, m_cur = (int(x) for x in head[2:7])
+        messages = []
+        by_base = {}
+        last = 0
+        for line in lines[1:-1]:
+            uid_s, size_s, date_s, sub, name, kw = line.split("\t")
+            uid = int(uid_s)
+            if uid <= last or sub not in ("new", "cur"):
+                raise ValueError(f"bad entry for UID {uid}")
+            last = uid
+            msg = Message(uid, name, sub, int(size_s), int(date_s),
+                          tuple(kw.split(" ")) if kw else ())
+            messages.append(msg)
+            by_base[split_name(name)[0]] = msg
+        if last >= next_uid or uidvalidity <= 0:
+            raise ValueError("UIDs beyond next UID")
+        self.uidvalidity, self.next_uid, self.first_recent = uidvalidity, next_uid, first_recent
+        self.messages = messages
+        self._uids = [m.uid for m in messages]
+        self._by_base = by_base
+        self._mtimes = (m_new, m_cur)
+        self._unsure = False
+        for m in messages:
+            self.keywords.update(m.keywords)
+
+    def _rebuild(self, why: str) -> None:
+        log.info("rebuilding index of {path}: {why}", path=str(self.path), why=why)
+        self.uidvalidity = max(int(self.clock()), self.uidvalidity + 1)
+        self.next_uid = 1
+        self.first_recent = 1
+        self.messages, self._uids, self._by_base = [], [], {}
+        self._mtimes = (-1, -1)
+        self._unsure = True
+        self.refresh(notify=False, force=True)
+        self.save(durable=True)
+
+    def save(self, durable: bool = False) -> None:
+        """Write the index atomically; C{durable} fsyncs it (new UIDs were given)."""
+        out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
+               f"{self._mtimes[0]} {self._mtimes[1]}\n"]
+        out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t{' '.join(m.keywords)}\n"
+                   for m in self.messages)
+        tmp = self.path / f"{INDEX_NAME}.tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("".join(out))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self.index_path)
+
+    # -- reading the disk -----------------------------------------------------------
+
+    def _dir_mtimes(self) -> tuple[int, int]:
+        try:
+            return (os.stat(self.path / "new").st_mtime_ns,
+                    os.stat(self.path / "cur").st_mtime_ns)
+        except FileNotFoundError:
+            raise FolderGone(self.name)
+
+    def refresh(self, notify: bool = True, force: bool = False) -> Changes:
+        """
+        Bring the index up to date with the disk: cheap (two stats) when
+        nothing changed; otherwise one listdir per directory and a stat per
+        unknown file.  Listeners hear what changed.
+        """
+        mtimes = self._dir_mtimes()
+        if mtimes == self._mtimes and not self._unsure and not force:
+            return Changes()
+        now_ns = int(self.clock() * 1e9)
+        on_disk: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            for name in os.listdir(self.path / sub):
+                if name.startswith("."):
+                    continue
+                on_disk[split_name(name)[0]] = (sub, name)
+        changes = Changes()
+        for msg in self.messages:
+            where = on_disk.pop(msg.base, None)
+            if where is None:
+                changes.expunged.append(msg.uid)
+            elif where != (msg.sub, msg.name):
+                old = msg.letters
+                msg.sub, msg.name = where
+                if msg.letters != old:
+                    changes.flags.append(msg)
+        if changes.expunged:
+            gone = set(changes.expunged)
+            self.messages = [m for m in self.messages if m.uid not in gone]
+            self._uids = [m.uid for m in self.messages]
+            self._by_base = {m.base: m for m in self.messages}
+        fresh = []
+        for base, (sub, name) in on_disk.items():
+            try:
+                st = os.stat(self.path / sub / name)
+            except FileNotFoundError:
+                continue
+            fresh.append((st.st_mtime, name, sub, base, st))
+        fresh.sort()
+        for mtime, name, sub, base, st in fresh:
+            try:
+                size = self._wire_size(self.path / sub / name, st.st_size)
+            except FileNotFoundError:
+                continue
+            msg = Message(self.next_uid, name, sub, size, int(mtime))
+            self.next_uid += 1
+            self._add(msg)
+            changes.added.append(msg)
+        self._mtimes = mtimes
+        self._unsure = any(now_ns - m < _UNSURE_NS for m in mtimes)
+        if changes:
+            self.save(durable=bool(changes.added))
+            if notify:
+                self._notify(changes)
+        elif force:
+            self.save()
+        return changes
+
+    @staticmethod
+    def _wire_size(path: Path, size: int) -> int:
+        with open(path, "rb") as f:
+            return wire_size(f.read())
+
+    def _add(self, msg: Message) -> None:
+        self.messages.append(msg)
+        self._uids.append(msg.uid)
+        self._by_base[msg.base] = msg
+        self.keywords.update(msg.keywords)
+
+    def _notify(self, changes: Changes) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(self, changes)
+            except Exception:
+                log.failure("folder listener failed")
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def by_uid(self, uid: int) -> Message | None:
+        i = bisect.bisect_left(self._uids, uid)
+        if i < len(self._uids) and self._uids[i] == uid:
+            return self.messages[i]
+        return None
+
+    def file_path(self, msg: Message) -> Path:
+        return self.path / msg.sub / msg.name
+
+    def read(self, msg: Message) -> bytes:
+        """The message as stored (LF line ends, usually); follows a rename by another program."""
+        for _ in range(3):
+            try:
+                with open(self.file_path(msg), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                self.refresh()
+                if self.by_uid(msg.uid) is None:
+                    break
+        raise KeyError(msg.uid)
+
+    def read_wire(self, msg: Message) -> bytes:
+        return to_wire(self.read(msg))
+
+    def claim_recent(self) -> set[int]:
+        """UIDs that are \\Recent for the caller; nobody else will see them as recent."""
+        recent = {m.uid for m in self.messages[bisect.bisect_left(self._uids, self.first_recent):]}
+        if self.first_recent != self.next_uid:
+            self.first_recent = self.next_uid
+            self.save()
+        return recent
+
+    # -- changing -------------------------------------------------------------------
+
+    def set_flags(self, msgs: Iterable[Message], flags: Iterable[str], mode: int) -> list[Message]:
+        """
+        Replace (mode 0), add (1) or remove (-1) C{flags}: system flags by
+        renaming the file into C{cur/}, keywords in the index.  Returns the
+        messages whose flags changed.
+        """
+        flags = [f for f in flags if f.lower() != "\\recent"]
+        system = {f.lower() for f in flags if f.lower() in FLAG_TO_LETTER}
+        keywords = [f for f in flags if f.lower() not in FLAG_TO_LETTER]
+        changed = []
+        for msg in msgs:
+            current = {f.lower() for f in letters_to_flags(msg.letters)}
+            kws = list(msg.keywords)
+            if mode == 0:
+                new_sys, new_kw = system, keywords
+            elif mode > 0:
+                new_sys = current | system
+                new_kw = kws + [k for k in keywords if k.lower() not in {x.lower() for x in kws}]
+            else:
+                new_sys = current - system
+                new_kw = [k for k in kws if k.lower() not in {x.lower() for x in keywords}]
+            letters = flags_to_letters(new_sys, keep=msg.letters)
+            kw_changed = tuple(new_kw) != msg.keywords
+            if letters == msg.letters and msg.sub == "cur" and not kw_changed:
+                continue
+            if letters != msg.letters or msg.sub != "cur":
+                new_name = f"{msg.base}:2,{letters}"
+                try:
+                    os.rename(self.file_path(msg), self.path / "cur" / new_name)
+                except FileNotFoundError:
+                    continue
+                sys_changed = letters != msg.letters
+                msg.sub, msg.name = "cur", new_name
+            else:
+                sys_changed = False
+            msg.keywords = tuple(new_kw)
+            self.keywords.update(new_kw)
+            if sys_changed or kw_changed:
+                changed.append(msg)
+        if changed:
+            self.save()
+            self._notify(Changes(flags=changed))
+        return changed
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove these messages' files; returns the UIDs actually removed."""
+        gone = []
+        for uid in sorted(set(uids)):
+            msg = self.by_uid(uid)
+            if msg is None:
+                continue
+            try:
+                os.unlink(self.file_path(msg))
+            except FileNotFoundError:
+                pass
+            gone.append(uid)
+        if gone:
+            drop = set(gone)
+            self.messages = [m for m in self.messages if m.uid not in drop]
+            self._uids = [m.uid for m in self.messages]
+            self._by_base = {m.base: m for m in self.messages}
+            self.save()
+            self._notify(Changes(expunged=gone))
+        return gone
+
+    def append(self, data: bytes, flags: Iterable[str] = (), date: float | None = None,
+               notify: bool = True) -> int:
+        """Store a new message durably (tmp, fsync, rename, fsync dir); returns its UID."""
+        data = to_disk(data)
+        flags = list(flags)
+        name = unique_name()
+        tmp = self.path / "tmp" / name
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if date is not None:
+            os.utime(tmp, (date, date))
+        letters = flags_to_letters(flags)
+        final = f"{name},S={len(data)}:2,{letters}"
+        os.rename(tmp, self.path / "cur" / final)
+        fsync_dir(self.path / "cur")
+        keywords = tuple(f for f in flags if f.lower() not in FLAG_TO_LETTER
+                         and f.lower() != "\\recent")
+        msg = Message(self.next_uid, final, "cur", wire_size(data),
+                      int(date if date is not None else self.clock()), keywords)
+        self.next_uid += 1
+        self._add(msg)
+        self.save(durable=True)
+        if notify:
+            self._notify(Changes(added=[msg]))
+        return msg.uid
+
+    def copy_to(self, msgs: Iterable[Message], dest: "Folder") -> list[tuple[int, int]]:
+        """Copy messages (hard links when possible) with their flags; (src UID, dest UID)."""
+        pairs = []
+        added = []
+        for msg in msgs:
+            name = unique_name()
+            final = f"{name},S={msg.size}:2,{msg.letters}"
+            target = dest.path / "cur" / final
+            try:
+                os.link(self.file_path(msg), target)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                tmp = dest.path / "tmp" / name
+                tmp.write_bytes(self.read(msg))
+                os.utime(tmp, (msg.date, msg.date))
+                os.rename(tmp, target)
+            new = Message(dest.next_uid, final, "cur", msg.size, msg.date, msg.keywords)
+            dest.next_uid += 1
+            dest._add(new)
+            added.append(new)
+            pairs.append((msg.uid, new.uid))
+        if added:
+            fsync_dir(dest.path / "cur")
+            dest.save(durable=True)
+            dest._notify(Changes(added=added))
+        return pairs
