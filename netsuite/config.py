@@ -146,8 +146,8 @@ class ServerConfig:
 
     hostname: str = "localhost"
     data_dir: Path = Path("netsuite-data")
-    #: Checker names, as C{twistd --auth} takes them: C{file:PATH}, C{pam}, C{anonymous}.
-    auth: list[str] = field(default_factory=lambda: ["file"])
+    #: Checker names, as C{twistd --auth} takes them: C{passwd[:PATH]}, C{pam}, C{anonymous}.
+    auth: list[str] = field(default_factory=lambda: ["passwd"])
     #: The realm factory, C{package.module:Name}; called with the L{Config}.
     realm: str = "netsuite.realm:NetsuiteRealm"
     #: Allow plain-text passwords on connections without TLS.

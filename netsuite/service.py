@@ -65,6 +65,8 @@ class ConnectionLimits(policies.WrappingFactory):
     gets the protocol's own 'busy' line (SMTP 421, POP3 -ERR, IMAP BYE, FTP 421).
     """
 
+    noisy = False
+
     def __init__(self, wrapped: IProtocolFactory, total: int, per_address: int, busy: bytes):
         super().__init__(wrapped)
         self.total = total

@@ -111,5 +111,5 @@ def context_factory(config: Config) -> ssl.CertificateOptions:
         extraCertChain=chain or None,
         raiseMinimumTo=floor,
         enableSessions=True,
-        sessionTickets=False,
+        enableSessionTickets=False,
     )

@@ -6,10 +6,11 @@ and are chosen by name in the config like any other strcred checker.
 from __future__ import annotations
 
 from twisted.cred import credentials, strcred
+from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 
-@implementer(strcred.ICheckerFactory)
+@implementer(strcred.ICheckerFactory, IPlugin)
 class PasswordFileCheckerFactory:
     authType = "passwd"
     authHelp = "netsuite password file of name:argon2id-hash lines (passwd:PATH)."
@@ -22,7 +23,7 @@ class PasswordFileCheckerFactory:
         return PasswordFileChecker(argstring or "netsuite-data/passwd")
 
 
-@implementer(strcred.ICheckerFactory)
+@implementer(strcred.ICheckerFactory, IPlugin)
 class PAMCheckerFactory:
     authType = "pam"
     authHelp = "System accounts through PAM (pam or pam:SERVICE, default 'login')."

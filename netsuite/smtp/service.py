@@ -45,4 +45,4 @@ listener("smtps", ["tcp:2465:interface=127.0.0.1"], implicit_tls=True)
 def build(ctx, name: str):
     from netsuite.smtp.server import SMTPFactory
 
-    return SMTPFactory(ctx, submission=name != "smtp", implicit_tls=name == "smtps")
+    return SMTPFactory(ctx, name, submission=name != "smtp")

@@ -1,0 +1,116 @@
+"""
+The POP3 avatar: a fixed view of a user's INBOX for one session.
+
+POP3 numbers messages once at login (RFC 1939); DELE only marks, and the
+marked messages are removed in the UPDATE state, at QUIT (L{POP3Mailbox.sync}).
+A connection that drops without QUIT deletes nothing.  One POP3 session per
+mailbox at a time: a second login gets C{-ERR [IN-USE]} (RFC 2449 8.1.2).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from twisted.logger import Logger
+from twisted.mail import pop3
+from zope.interface import implementer
+
+from netsuite.pop3.wire import uidl_for
+
+log = Logger(namespace="netsuite.pop3")
+
+#: Mailboxes with a POP3 session in this process.
+_IN_USE: set[Path] = set()
+
+
+class MailboxInUse(Exception):
+    """Another POP3 session holds this mailbox."""
+
+
+@implementer(pop3.IMailbox)
+class POP3Mailbox:
+    """See the module docstring; C{on_delete} is 'expunge', 'trash' or 'keep'."""
+
+    def __init__(self, store, user: str, on_delete: str = "expunge", mark_seen: bool = True):
+        self.store = store
+        self.user = user
+        self.on_delete = on_delete
+        self.mark_seen = mark_seen
+        self.folder = store.folder(user, "INBOX")
+        self.folder.refresh()
+        self.messages = list(self.folder.messages)
+        self.deleted: set[int] = set()
+        self.retrieved: set[int] = set()
+        self._lock = store.mailbox_path(user)
+        if self._lock in _IN_USE:
+            raise MailboxInUse(user)
+        _IN_USE.add(self._lock)
+
+    # -- twisted.mail.pop3.IMailbox ------------------------------------------------
+
+    def _check(self, i: int):
+        """0-based index -> message; ValueError for out of range or deleted."""
+        if not 0 <= i < len(self.messages) or i in self.deleted:
+            raise ValueError(i)
+        return self.messages[i]
+
+    def listMessages(self, i: int | None = None):
+        if i is None:
+            return [0 if n in self.deleted else m.size for n, m in enumerate(self.messages)]
+        return self._check(i).size
+
+    def getMessage(self, i: int):
+        return io.BytesIO(self.wire(i))
+
+    def wire(self, i: int) -> bytes:
+        """The message with CRLF line ends; KeyError if it vanished from disk."""
+        msg = self._check(i)
+        data = self.folder.read_wire(msg)
+        self.retrieved.add(i)
+        return data
+
+    def getUidl(self, i: int) -> bytes:
+        return uidl_for(self._check(i).base).encode("ascii")
+
+    def deleteMessage(self, i: int) -> None:
+        self._check(i)
+        self.deleted.add(i)
+
+    def undeleteMessages(self) -> None:
+        self.deleted.clear()
+
+    def sync(self) -> None:
+        """The UPDATE state: apply DELE marks (and \\Seen for retrieved messages)."""
+        gone = [self.messages[i] for i in sorted(self.deleted)]
+        if self.mark_seen:
+            seen = [self.messages[i] for i in sorted(self.retrieved - self.deleted)]
+            live = [m for m in seen if self.folder.by_uid(m.uid) is m]
+            if live:
+                self.folder.set_flags(live, ["\\Seen"], 1)
+        if not gone:
+            return
+        if self.on_delete == "keep":
+            self.folder.set_flags(gone, ["\\Seen", "\\Deleted"], 1)
+            return
+        if self.on_delete == "trash":
+            try:
+                trash = self.store.folder(self.user, "Trash", create=True)
+                self.folder.copy_to(gone, trash)
+            except OSError:
+                log.failure("moving POP3-deleted messages to Trash")
+                raise
+        self.folder.expunge([m.uid for m in gone])
+
+    # -- cred -------------------------------------------------------------------------
+
+    def logout(self) -> None:
+        _IN_USE.discard(self._lock)
+
+
+def mailbox_for(realm, user: str) -> POP3Mailbox:
+    """What the realm hands to POP3 logins."""
+    cfg = getattr(realm.config, "pop3", None)
+    on_delete = getattr(cfg, "on_delete", "expunge")
+    mark_seen = getattr(cfg, "mark_seen", True)
+    return POP3Mailbox(realm.store, user, on_delete, mark_seen)

@@ -1,0 +1,342 @@
+"""
+The POP3 session, on Twisted's L{pop3.POP3}.
+
+Twisted's class supplies the timeout, the greeting and the pipelining queue
+(C{blocked}).  Replaced here, because Twisted 26.10 gets them wrong: the line
+reader (an overlong line is answered and the session continues), the
+dispatcher (AUTHORIZATION vs TRANSACTION state, RFC 2449 response codes), CAPA,
+STLS with injection protection, USER/PASS and AUTH PLAIN through the
+throttled Portal with a TLS-first policy, and RETR/TOP (byte-exact CRLF and
+dot-stuffing; Twisted's chunked stuffer misses dots at chunk boundaries).
+"""
+
+from __future__ import annotations
+
+from twisted.cred import credentials, error as cred_error
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.mail import pop3
+
+from netsuite.pop3 import wire
+from netsuite.pop3.mailbox import MailboxInUse
+
+log = Logger(namespace="netsuite.pop3")
+
+AUTHORIZATION_COMMANDS = {"CAPA", "USER", "PASS", "AUTH", "STLS", "QUIT", "NOOP"}
+TRANSACTION_COMMANDS = {"CAPA", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "QUIT",
+                        "TOP", "UIDL"}
+
+
+class POP3Server(pop3.POP3):
+    """One POP3 connection; see the module docstring."""
+
+    #: Bytes of one command line, CRLF excluded (SASL responses need more than 255).
+    MAX_LENGTH = 2048
+
+    def __init__(self, ctx, implicit_tls: bool = False, timeout: int = 600):
+        self.ctx = ctx
+        self.tls = implicit_tls
+        self.timeOut = timeout
+        self._buffer = b""
+        self._discarding = False
+        self._user: bytes | None = None
+        self._sasl_pending = False
+        self._busy = False
+        self.magic = b""
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        self.portal = self.ctx.portal.bind(self.peer, "pop3")
+        self.transport.write(wire.ok("netsuite POP3 ready"))
+        self.setTimeout(self.timeOut)
+
+    def plaintext_allowed(self) -> bool:
+        return self.tls or self.ctx.config.server.allow_plaintext_auth
+
+    def dataReceived(self, data: bytes) -> None:
+        """Lines end in LF (CR optional); an overlong line gets -ERR, the session goes on."""
+        buf = self._buffer + data
+        while buf and not self.transport.disconnecting:
+            if self.blocked is not None or self._busy:
+                break
+            nl = buf.find(b"\n")
+            if self._discarding:
+                if nl < 0:
+                    buf = b""
+                    break
+                buf = buf[nl + 1:]
+                self._discarding = False
+                self.transport.write(wire.err("Line too long"))
+                continue
+            if nl < 0:
+                if len(buf) > self.MAX_LENGTH:
+                    self._discarding = True
+                    buf = b""
+                break
+            line, buf = buf[:nl], buf[nl + 1:]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self.MAX_LENGTH:
+                self.transport.write(wire.err("Line too long"))
+                continue
+            starting_tls = self.lineReceived(line)
+            if starting_tls:
+                # Anything the client pipelined after STLS arrived in plain
+                # text: drop it, never run it inside TLS (RFC 2595 4).
+                buf = b""
+                break
+        self._buffer = buf
+
+    def _resume(self, _=None):
+        """A long operation finished: run what was pipelined meanwhile."""
+        self._busy = False
+        self.resetTimeout()
+        if self._buffer and not self.transport.disconnecting:
+            pending, self._buffer = self._buffer, b""
+            self.dataReceived(pending)
+
+    def lineReceived(self, line: bytes):
+        self.resetTimeout()
+        if self._sasl_pending:
+            return self._sasl_response(line)
+        try:
+            cmd, args = wire.parse_command(line)
+        except wire.CommandError as e:
+            self.transport.write(wire.err(str(e)))
+            return None
+        allowed = TRANSACTION_COMMANDS if self.mbox is not None else AUTHORIZATION_COMMANDS
+        handler = getattr(self, f"pop3_{cmd}", None)
+        if handler is None:
+            self.transport.write(wire.err("Unknown command"))
+            return None
+        if cmd not in allowed:
+            self.transport.write(wire.err(f"{cmd} not allowed in this state"))
+            return None
+        try:
+            return handler(*args)
+        except TypeError:
+            self.transport.write(wire.err(f"Wrong number of arguments for {cmd}"))
+        except wire.CommandError as e:
+            self.transport.write(wire.err(str(e)))
+        return None
+
+    # -- AUTHORIZATION state ------------------------------------------------------------
+
+    def capabilities(self) -> list[bytes]:
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING",
+                b"EXPIRE NEVER", b"LOGIN-DELAY 0", b"IMPLEMENTATION netsuite"]
+        if self.mbox is None:
+            if self.plaintext_allowed():
+                caps += [b"USER", b"SASL PLAIN"]
+            if not self.tls and self.ctx.tls is not None:
+                caps.append(b"STLS")
+        return caps
+
+    def pop3_CAPA(self):
+        self.transport.write(wire.ok("Capability list follows") +
+                             b"".join(c + b"\r\n" for c in self.capabilities()) + b".\r\n")
+
+    def pop3_STLS(self):
+        if self.tls:
+            self.transport.write(wire.err("Already using TLS"))
+            return None
+        if self.ctx.tls is None or interfaces.ITLSTransport(self.transport, None) is None:
+            self.transport.write(wire.err("TLS not available"))
+            return None
+        self.transport.write(wire.ok("Begin TLS negotiation"))
+        self.transport.startTLS(self.ctx.tls)
+        self.tls = True
+        self._user = None
+        return True
+
+    def _no_plaintext(self) -> bool:
+        if self.plaintext_allowed():
+            return False
+        self.transport.write(wire.err(
+            "Plaintext authentication disallowed on non-secure connections; use STLS", "AUTH"))
+        return True
+
+    def pop3_USER(self, *args):
+        if self._no_plaintext():
+            return
+        if len(args) != 1 or not args[0]:
+            raise wire.CommandError("USER takes one argument")
+        self._user = args[0]
+        self.transport.write(wire.ok())
+
+    def pop3_PASS(self, *words):
+        if self._no_plaintext():
+            return
+        if self._user is None:
+            self.transport.write(wire.err("USER first"))
+            return
+        user, self._user = self._user, None
+        self._login(user, b" ".join(words))
+
+    def pop3_AUTH(self, *args):
+        if not args:
+            self.transport.write(wire.ok("Methods follow") + b"PLAIN\r\n.\r\n")
+            return
+        if args[0].upper() != b"PLAIN" or len(args) > 2:
+            self.transport.write(wire.err("Unsupported authentication mechanism"))
+            return
+        if self._no_plaintext():
+            return
+        if len(args) == 2:
+            self._sasl_response(args[1] if args[1] != b"=" else b"")
+        else:
+            self._sasl_pending = True
+            self.transport.write(b"+ \r\n")
+
+    def _sasl_response(self, line: bytes):
+        self._sasl_pending = False
+        if line == b"*":
+            self.transport.write(wire.err("Authentication cancelled"))
+            return
+        try:
+            authz, user, password = wire.decode_sasl_plain(line)
+        except wire.CommandError as e:
+            self.transport.write(wire.err(str(e)))
+            return
+        if authz and authz != user:
+            self.transport.write(wire.err("Proxy authorization is not supported", "AUTH"))
+            return
+        self._login(user, password)
+
+    def _login(self, user: bytes, password: bytes) -> None:
+        self._busy = True
+        self.setTimeout(None)
+        d = self.portal.login(credentials.UsernamePassword(user, password), None, pop3.IMailbox)
+        d.addCallbacks(self._logged_in, self._login_failed)
+        d.addErrback(self._unexpected)
+        d.addBoth(self._resume)
+
+    def _logged_in(self, result):
+        iface, avatar, logout = result
+        if self.transport.disconnecting:
+            logout()
+            return
+        self.mbox = avatar
+        self._onLogout = logout
+        count = len(avatar.messages)
+        size = sum(m.size for m in avatar.messages)
+        self.transport.write(wire.ok(f"Logged in, {count} messages ({size} octets)"))
+
+    def _login_failed(self, failure):
+        if failure.check(MailboxInUse):
+            self.transport.write(wire.err("Mailbox is locked by another POP3 session",
+                                          "IN-USE"))
+        elif failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+            self.transport.write(wire.err("Authentication failed", "AUTH"))
+        else:
+            return failure
+
+    def _unexpected(self, failure):
+        log.failure("POP3 login", failure)
+        self.transport.write(wire.err("Temporary server failure", "SYS/TEMP"))
+
+    # -- TRANSACTION state --------------------------------------------------------------
+
+    def _number(self, arg: bytes) -> int:
+        """A message number -> 0-based index, or CommandError."""
+        i = wire.message_number(arg) - 1
+        if i >= len(self.mbox.messages):
+            raise wire.CommandError("No such message")
+        if i in self.mbox.deleted:
+            raise wire.CommandError("Message is deleted")
+        return i
+
+    def pop3_NOOP(self):
+        self.transport.write(wire.ok())
+
+    def pop3_STAT(self):
+        sizes = self.mbox.listMessages()
+        live = [s for n, s in enumerate(sizes) if n not in self.mbox.deleted]
+        self.transport.write(wire.ok(f"{len(live)} {sum(live)}"))
+
+    def pop3_LIST(self, *args):
+        if args:
+            if len(args) > 1:
+                raise TypeError
+            i = self._number(args[0])
+            self.transport.write(wire.ok(f"{i + 1} {self.mbox.messages[i].size}"))
+            return
+        lines = [b"%d %d\r\n" % (n + 1, m.size) for n, m in enumerate(self.mbox.messages)
+                 if n not in self.mbox.deleted]
+        self.transport.write(wire.ok("Scan list follows") + b"".join(lines) + b".\r\n")
+
+    def pop3_UIDL(self, *args):
+        if args:
+            if len(args) > 1:
+                raise TypeError
+            i = self._number(args[0])
+            self.transport.write(wire.ok(b"%d %s" % (i + 1, self.mbox.getUidl(i))))
+            return
+        lines = [b"%d %s\r\n" % (n + 1, self.mbox.getUidl(n))
+                 for n in range(len(self.mbox.messages)) if n not in self.mbox.deleted]
+        self.transport.write(wire.ok("Unique-id list follows") + b"".join(lines) + b".\r\n")
+
+    def _send(self, i: int, transform) -> None:
+        try:
+            data = self.mbox.wire(i)
+        except KeyError:
+            self.transport.write(wire.err("Message was removed by another session"))
+            return
+        body = transform(data)
+        self.transport.write(wire.ok(f"{len(data)} octets") + wire.dot_stuff(body))
+        self._highest = max(self._highest, i + 1)
+
+    def pop3_RETR(self, arg):
+        self._send(self._number(arg), lambda data: data)
+
+    def pop3_TOP(self, arg, lines):
+        i = self._number(arg)
+        if not lines.isdigit() or len(lines) > 9:
+            raise wire.CommandError("Invalid line count")
+        self._send(i, lambda data: wire.top(data, int(lines)))
+
+    def pop3_DELE(self, arg):
+        i = self._number(arg)
+        self.mbox.deleteMessage(i)
+        self.transport.write(wire.ok(f"Message {i + 1} marked for deletion"))
+
+    def pop3_RSET(self):
+        self.mbox.undeleteMessages()
+        self.transport.write(wire.ok())
+
+    def pop3_QUIT(self):
+        if self.mbox is None:
+            self.transport.write(wire.ok("Bye"))
+            self.transport.loseConnection()
+            return
+        try:
+            self.mbox.sync()
+        except Exception:
+            log.failure("POP3 UPDATE state")
+            self.transport.write(wire.err("Some deleted messages were not removed"))
+        else:
+            self.transport.write(wire.ok("Bye"))
+        self.transport.loseConnection()
+
+    def timeoutConnection(self):
+        self.transport.write(wire.err("Idle for too long, closing connection"))
+        self.transport.loseConnection()
+
+
+class POP3Factory(Factory):
+    """Builds L{POP3Server} for one listener."""
+
+    def __init__(self, ctx, implicit_tls: bool = False):
+        self.ctx = ctx
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr):
+        cfg = self.ctx.config.pop3
+        p = POP3Server(self.ctx, self.implicit_tls, cfg.idle_timeout)
+        p.MAX_LENGTH = cfg.max_line_length
+        p.factory = self
+        return p

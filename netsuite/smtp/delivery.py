@@ -1,0 +1,124 @@
+"""
+Where each SMTP recipient goes: the built-in realm's C{IMessageDelivery}.
+
+Twisted's model asks for one C{IMessage} per recipient.  L{Delivery} returns
+the same L{Transaction} for every recipient of one message, so a message is
+parsed once and written once per distinct mailbox; the server calls each
+distinct C{IMessage} once.  Custom realms may return any Twisted
+C{IMessageDelivery} instead: the server treats them the same way.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import smtp
+from zope.interface import implementer
+
+from netsuite.smtp.wire import Path
+
+log = Logger(namespace="netsuite.smtp")
+
+
+class MailAddress(smtp.Address):
+    """A C{twisted.mail.smtp.Address} built from an already-parsed L{Path}."""
+
+    def __init__(self, path: Path):
+        self.local = path.local
+        self.domain = path.domain
+        self.addrstr = bytes(path)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.local, self.domain)
+
+
+@implementer(smtp.IMessage)
+class Transaction:
+    """
+    One message on its way into one or more mailboxes (and, for authenticated
+    senders, into the outgoing queue through the realm's C{relay} hook).
+    Nothing is visible before L{eomReceived}'s Deferred fires.
+    """
+
+    def __init__(self, realm, sender: smtp.Address):
+        self.realm = realm
+        self.sender = sender
+        self.local: list[str] = []
+        self.remote: list[smtp.Address] = []
+        self._files: list = []
+        self._opened = False
+
+    def _open(self) -> None:
+        self._opened = True
+        return_path = b"Return-Path: <" + bytes(self.sender) + b">\n"
+        for user in self.local:
+            f = self.realm.store.delivery(user)
+            f.write(return_path)
+            self._files.append(f)
+        if self.remote:
+            self._files.append(self.realm.relay(self.sender, self.remote))
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._opened:
+            self._open()
+        data = line + b"\n"
+        for f in self._files:
+            f.write(data)
+
+    def eomReceived(self) -> defer.Deferred:
+        if not self._opened:
+            self._open()
+        files, self._files = self._files, []
+        results = [defer.maybeDeferred(f.commit) for f in files]
+        d = defer.gatherResults(results, consumeErrors=True)
+        d.addErrback(lambda failure: failure.value.subFailure)
+        return d
+
+    def connectionLost(self) -> None:
+        files, self._files = self._files, []
+        for f in files:
+            f.abort()
+
+
+@implementer(smtp.IMessageDelivery)
+class Delivery:
+    """
+    Local users and aliases for everyone; other domains only for an
+    authenticated user, and only while the realm can relay (the queue).
+    """
+
+    def __init__(self, realm, user: str | None):
+        self.realm = realm
+        self.user = user
+        self._tx: Transaction | None = None
+
+    def receivedHeader(self, helo, origin, recipients):
+        return None  # the server writes the trace header
+
+    def validateFrom(self, helo, origin):
+        self._tx = Transaction(self.realm, origin)
+        return origin
+
+    def validateTo(self, user: smtp.User):
+        tx = self._tx
+        assert tx is not None, "validateFrom comes first"
+        local = user.dest.local.decode("utf-8", "replace")
+        domain = user.dest.domain.decode("utf-8", "replace")
+        shown = f"<{local}@{domain}>"
+        if self.realm.is_local_domain(domain):
+            users = self.realm.resolve_local(local, domain)
+            if not users:
+                raise smtp.SMTPBadRcpt(user, 550, f"5.1.1 {shown}: Recipient address "
+                                                  "rejected: User unknown in local recipient table")
+            for name in users:
+                if name not in tx.local:
+                    tx.local.append(name)
+            return lambda: tx
+        if self.user is None:
+            raise smtp.SMTPBadRcpt(user, 554, f"5.7.1 {shown}: Relay access denied")
+        if not getattr(self.realm, "can_relay", lambda: False)():
+            raise smtp.SMTPBadRcpt(user, 551, f"5.7.1 {shown}: Relaying to other domains "
+                                              "is not enabled on this server")
+        tx.remote.append(user.dest)
+        return lambda: tx
