@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
+from netsuite.store.service import configure_store
 
 ON_DELETE = ("expunge", "trash", "keep")
 
@@ -43,7 +44,5 @@ listener("pop3s", ["tcp:2995:interface=127.0.0.1"], implicit_tls=True)
 @protocols.factory("pop3", "pop3s", busy=b"-ERR [SYS/TEMP] Too many connections\r\n")
 def build(ctx, name: str):
     from netsuite.pop3.server import POP3Factory
-    from netsuite.store.service import configure_store
-
     configure_store(ctx)
     return POP3Factory(ctx, implicit_tls=name == "pop3s")

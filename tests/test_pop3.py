@@ -1,0 +1,285 @@
+"""POP3 against the real daemon: poplib, raw sockets, curl and fetchmail."""
+
+from __future__ import annotations
+
+import poplib
+import shutil
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from netsuite.store.maildir import MaildirStore
+
+from netsuite.pop3 import wire
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+MESSAGE = (b"From: bob@example.test\nTo: alice@example.test\nSubject: dots\n\n"
+           b"first line\n.leading dot\n..two dots\n.\nlast line\n")
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def put(d, user: str, data: bytes) -> str:
+    """Deliver through the store's own delivery class, as SMTP does."""
+    delivery = MaildirStore(d.data_dir / "mail").delivery(user)
+    delivery.write(data)
+    return delivery._finish()
+
+
+def crlf(data: bytes) -> bytes:
+    return data.replace(b"\n", b"\r\n")
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon(listeners=["pop3", "pop3s"], users=USERS)
+
+
+def login(d, user="alice") -> poplib.POP3:
+    p = poplib.POP3("127.0.0.1", d.port("pop3"), timeout=10)
+    p.stls(tls_context())
+    p.user(user)
+    p.pass_(USERS[user])
+    return p
+
+
+# -- unit: the wire ----------------------------------------------------------------------
+
+def test_dot_stuffing_and_top():
+    assert wire.dot_stuff(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
+    assert wire.dot_stuff(b"no newline") == b"no newline\r\n.\r\n"
+    msg = b"H: 1\r\n\r\nl1\r\nl2\r\nl3\r\n"
+    assert wire.top(msg, 0) == b"H: 1\r\n\r\n"
+    assert wire.top(msg, 2) == b"H: 1\r\n\r\nl1\r\nl2\r\n"
+    assert wire.top(msg, 10) == msg
+    with pytest.raises(wire.CommandError):
+        wire.parse_command(b"RE\x00TR 1")
+    with pytest.raises(wire.CommandError):
+        wire.message_number(b"-1")
+    assert wire.decode_sasl_plain(b"AGFsaWNlAHB3") == (b"", b"alice", b"pw")
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+def test_stls_login_list_retr_byte_exact(daemon):
+    put(daemon, "alice", MESSAGE)
+    put(daemon, "alice", b"Subject: two\n\nsecond\n")
+    p = login(daemon)
+    count, size = p.stat()
+    assert count == 2
+    assert size == len(crlf(MESSAGE)) + len(crlf(b"Subject: two\n\nsecond\n"))
+    resp, listing, _ = p.list()
+    assert listing == [b"1 %d" % len(crlf(MESSAGE)), b"2 %d" % len(b"Subject: two\r\n\r\nsecond\r\n")]
+    resp, lines, octets = p.retr(1)
+    # poplib un-stuffs dots and splits lines: join back and compare to the CRLF form.
+    assert b"\r\n".join(lines) + b"\r\n" == crlf(MESSAGE)
+    resp, lines, _ = p.top(1, 1)
+    assert lines == [b"From: bob@example.test", b"To: alice@example.test", b"Subject: dots",
+                     b"", b"first line"]
+    p.quit()
+
+
+def test_raw_retr_is_dot_stuffed(daemon):
+    put(daemon, "alice", MESSAGE)
+    ctx = tls_context()
+    with socket.create_connection(("127.0.0.1", daemon.port("pop3s")), timeout=10) as raw:
+        s = ctx.wrap_socket(raw)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(b"USER alice\r\nPASS wonderland\r\nRETR 1\r\n")
+        assert f.readline().startswith(b"+OK")
+        assert f.readline().startswith(b"+OK Logged in")
+        assert f.readline().startswith(b"+OK")
+        body = b""
+        while not body.endswith(b"\r\n.\r\n"):
+            chunk = f.readline()
+            assert chunk
+            body += chunk
+        expected = crlf(MESSAGE).replace(b"\r\n.", b"\r\n..") + b".\r\n"
+        assert body == expected
+
+
+def test_plaintext_refused_before_tls(daemon):
+    p = poplib.POP3("127.0.0.1", daemon.port("pop3"), timeout=10)
+    caps = p.capa()
+    assert "STLS" in caps and "USER" not in caps and "SASL" not in caps
+    assert "PIPELINE" not in caps and "CELERITY" not in caps
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p._shortcmd("AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=")
+    p.stls(tls_context())
+    caps = p.capa()
+    assert "STLS" not in caps and "USER" in caps and caps["SASL"] == ["PLAIN"]
+    p.quit()
+
+
+def test_implicit_tls_and_auth_plain(daemon):
+    put(daemon, "alice", b"Subject: s\n\nx\n")
+    p = poplib.POP3_SSL("127.0.0.1", daemon.port("pop3s"), context=tls_context(), timeout=10)
+    resp = p._shortcmd("AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=")
+    assert resp.startswith(b"+OK")
+    assert p.stat()[0] == 1
+    p.quit()
+    # The two-step form, with a continuation.
+    p = poplib.POP3_SSL("127.0.0.1", daemon.port("pop3s"), context=tls_context(), timeout=10)
+    p._putcmd("AUTH PLAIN")
+    assert p._getline()[0].startswith(b"+")
+    assert p._shortcmd("AGFsaWNlAHdvbmRlcmxhbmQ=").startswith(b"+OK")
+    p.quit()
+
+
+def test_bad_password_is_auth_error(daemon):
+    p = poplib.POP3_SSL("127.0.0.1", daemon.port("pop3s"), context=tls_context(), timeout=10)
+    p.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.pass_("wrong")
+    p.user("alice")
+    assert p.pass_("wonderland").startswith(b"+OK")
+    p.quit()
+
+
+def test_dele_happens_only_at_quit(daemon):
+    for i in range(3):
+        put(daemon, "alice", b"Subject: %d\n\nbody\n" % i)
+    p = login(daemon)
+    p.dele(1)
+    with pytest.raises(poplib.error_proto):
+        p.retr(1)
+    assert p.stat()[0] == 2
+    # Drop the connection without QUIT: nothing is deleted.
+    p.file.close()
+    p.sock.close()
+    p = daemon.wait_for(lambda: _try_login(daemon))
+    assert p.stat()[0] == 3
+    p.dele(1)
+    p.rset()
+    assert p.stat()[0] == 3
+    p.dele(2)
+    p.quit()
+    assert daemon.wait_for(lambda: len(daemon.messages("alice")) == 2)
+    p = login(daemon)
+    subjects = [p.top(i, 0)[1][0] for i in (1, 2)]
+    assert subjects == [b"Subject: 0", b"Subject: 2"]
+    p.quit()
+
+
+def _try_login(d):
+    try:
+        return login(d)
+    except poplib.error_proto:
+        return None
+
+
+def test_second_session_gets_in_use(daemon):
+    p = login(daemon)
+    q = poplib.POP3_SSL("127.0.0.1", daemon.port("pop3s"), context=tls_context(), timeout=10)
+    q.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        q.pass_("wonderland")
+    q.quit()
+    p.quit()
+    # Released at QUIT.
+    r = daemon.wait_for(lambda: _try_login(daemon))
+    assert r is not None
+    r.quit()
+
+
+def test_uidl_stable_across_sessions_and_flag_changes(daemon):
+    put(daemon, "alice", b"Subject: a\n\nx\n")
+    put(daemon, "alice", b"Subject: b\n\ny\n")
+    p = login(daemon)
+    first = p.uidl()[1]
+    p.retr(1)
+    p.quit()  # RETR sets \Seen at QUIT: the file is renamed into cur/ with :2,S
+    cur = list((daemon.maildir("alice") / "cur").iterdir())
+    assert daemon.wait_for(lambda: any(x.name.endswith(":2,S")
+                                       for x in (daemon.maildir("alice") / "cur").iterdir()))
+    p = login(daemon)
+    assert p.uidl()[1] == first
+    assert len(set(first)) == 2
+    p.quit()
+    del cur
+
+
+def test_stls_injection_is_discarded(daemon):
+    with socket.create_connection(("127.0.0.1", daemon.port("pop3")), timeout=10) as raw:
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        raw.sendall(b"STLS\r\nCAPA\r\n")
+        assert f.readline().startswith(b"+OK Begin TLS")
+        s = tls_context().wrap_socket(raw)
+        s.sendall(b"NOOP\r\n")
+        tf = s.makefile("rb")
+        # The first reply inside TLS answers NOOP: the injected CAPA never ran.
+        assert tf.readline() == b"+OK\r\n"
+        s.sendall(b"QUIT\r\n")
+        assert tf.readline().startswith(b"+OK")
+
+
+def test_bad_input_keeps_session(daemon):
+    with socket.create_connection(("127.0.0.1", daemon.port("pop3")), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"X" * 100_000 + b"\r\n")
+        assert f.readline().startswith(b"-ERR Line too long")
+        s.sendall(b"NO\x00OP\r\n")
+        assert f.readline().startswith(b"-ERR")
+        s.sendall(b"FROB\r\n")
+        assert f.readline().startswith(b"-ERR")
+        s.sendall(b"STAT\r\n")
+        assert f.readline().startswith(b"-ERR")  # not logged in
+        s.sendall(b"NOOP\r\n")
+        assert f.readline() == b"+OK\r\n"
+    p = login(daemon)
+    for bad in ("RETR 0", "RETR 99", "RETR x", "TOP 1", "DELE -1", "LIST 1 2"):
+        with pytest.raises(poplib.error_proto):
+            p._shortcmd(bad)
+    assert p.noop().startswith(b"+OK")
+    p.quit()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_reads_message(daemon):
+    put(daemon, "alice", MESSAGE)
+    out = subprocess.run(
+        ["curl", "-s", "--ssl-reqd", "-k", "--user", "alice:wonderland",
+         f"pop3://127.0.0.1:{daemon.port('pop3')}/1"],
+        capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == crlf(MESSAGE)
+    out = subprocess.run(
+        ["curl", "-s", "-k", "--user", "alice:wonderland",
+         f"pop3s://127.0.0.1:{daemon.port('pop3s')}/"],
+        capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"1 %d\r\n" % len(crlf(MESSAGE))
+
+
+@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail not installed")
+def test_fetchmail_downloads_and_deletes(daemon, tmp_path):
+    put(daemon, "alice", MESSAGE)
+    put(daemon, "alice", b"Subject: second\n\nhello\n")
+    mbox = tmp_path / "mbox"
+    rc = tmp_path / "fetchmailrc"
+    rc.write_text(
+        f"poll 127.0.0.1 protocol pop3 port {daemon.port('pop3')}\n"
+        f"  user alice password wonderland sslproto tls1.2+ no sslcertck\n"
+        f"  mda \"/bin/sh -c 'cat >> {mbox}'\"\n")
+    rc.chmod(0o600)
+    out = subprocess.run(
+        ["fetchmail", "-f", str(rc), "--nosyslog", "-v", "--idfile", str(tmp_path / "ids")],
+        capture_output=True, timeout=60, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = mbox.read_bytes()
+    assert b".leading dot\n..two dots\n.\nlast line\n" in got
+    assert b"Subject: second" in got
+    assert daemon.wait_for(lambda: daemon.messages("alice") == [])
