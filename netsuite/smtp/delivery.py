@@ -28,6 +28,10 @@ class MailAddress(smtp.Address):
         self.domain = path.domain
         self.addrstr = bytes(path)
 
+    def __str__(self) -> str:
+        # Twisted decodes as ASCII; SMTPUTF8 addresses are UTF-8.
+        return self.addrstr.decode("utf-8", "replace")
+
     @property
     def path(self) -> Path:
         return Path(self.local, self.domain)

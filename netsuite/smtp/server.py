@@ -588,12 +588,12 @@ class SMTPServer(smtp.ESMTP):
                                 consumeErrors=True)
 
         def stored(_):
+            self.say(250, "2.0.0", f"Ok: queued as {queue_id}")
             log.info("accepted: id={id} size={size} from=<{sender}> to={recipients} "
                      "address={address} user={user}",
-                     id=queue_id, size=size, sender=str(sender),
-                     recipients=",".join(f"<{u.dest}>" for u in recipients),
+                     id=queue_id, size=size, sender=_show(sender),
+                     recipients=",".join(f"<{_show(u.dest)}>" for u in recipients),
                      address=self.peer, user=self.auth_user or "-")
-            self.say(250, "2.0.0", f"Ok: queued as {queue_id}")
 
         def failed(failure: Failure):
             failure = getattr(failure.value, "subFailure", failure)
@@ -663,6 +663,12 @@ class SMTPServer(smtp.ESMTP):
             self._wait(self._end_message(False, reader.size))
         else:
             self.say(250, "2.0.0", f"{reader.size} octets received")
+
+
+def _show(address: Any) -> str:
+    """An address for the log, whatever the realm handed us."""
+    raw = bytes(address) if not isinstance(address, bytes) else address
+    return raw.decode("utf-8", "replace")
 
 
 def _text(resp: Any) -> bytes:
