@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.cred import checkers, portal
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from netsuite.auth import normalize_username
 from netsuite.auth.passwdfile import PasswordFile, valid_name
@@ -69,7 +69,16 @@ def parse_aliases(text: str, path: Path | str = "aliases") -> dict[str, list[str
 
 
 class ITerminalAvatar(Interface):
-    """What a TELNET login runs: see L{netsuite.telnet}."""
+    """What a TELNET login runs: see L{netsuite.telnet.session}."""
+
+    user = Attribute("The logged-in user name.")
+    executable = Attribute("The program file to execute.")
+    argv = Attribute("Its argument list (argv[0] included).")
+    env = Attribute("Environment: HOME, USER, LOGNAME, SHELL, PATH.")
+    cwd = Attribute("Working directory (the user's home).")
+    uid = Attribute("uid to run as when the server is root, or None.")
+    gid = Attribute("gid to run as when the server is root, or None.")
+    groups = Attribute("Supplementary group ids of the account.")
 
 
 def load_object(dotted: str, key: str = "server.realm") -> Any:

@@ -74,7 +74,7 @@ class TelnetConfig:
         for kind in ("user_programs", "group_programs"):
             for name, argv in getattr(self, kind).items():
                 _check_argv(argv, f"{kind}.{name}")
-        if not _TERM_OK(self.default_term):
+        if not _term_ok(self.default_term):
             raise ConfigError("expected a terminfo name such as 'dumb' or 'vt100'",
                               "default_term")
         for i, pattern in enumerate(self.env_whitelist):
@@ -96,7 +96,7 @@ class TelnetConfig:
         return any(fnmatch.fnmatchcase(name, p) for p in self.env_whitelist)
 
 
-def _TERM_OK(name: str) -> bool:
+def _term_ok(name: str) -> bool:
     from netsuite.telnet.wire import parse_ttype
 
     return parse_ttype(b"\0" + name.encode("ascii", "replace")) == name
