@@ -1,0 +1,403 @@
+"""
+The data channel: one connection per transfer, passive or active, plain or TLS.
+
+Twisted's C{DTPFactory} listens on every interface, accepts whichever host
+connects first and is hard-wired to plain TCP.  Here:
+
+  - a passive port listens on the control connection's own address only and
+    drops connections from any host but the control connection's peer;
+  - an active connection goes only to the control connection's peer, never to
+    a port below 1024 (no FTP bounce);
+  - with PROT P the server is the TLS server on the data connection in both
+    directions (RFC 4217 7), and the handshake must resume the control
+    connection's TLS session (vsftpd's C{require_ssl_reuse}), so a stranger
+    who guessed the port cannot take the transfer.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from OpenSSL._util import lib as _ssl_lib
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netsuite.ftp.wire import same_host
+
+log = Logger(namespace="netsuite.ftp")
+
+#: Receive buffer per read on a data connection (Twisted's default is 64 KiB).
+READ_SIZE = 256 * 1024
+#: Bytes buffered from an early upload before reading pauses.
+EARLY_LIMIT = 256 * 1024
+
+
+class DataChannelError(Exception):
+    """The data connection could not be made or was refused."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+def session_reused(tls_transport) -> bool:
+    """Whether the TLS connection under C{tls_transport} resumed a session."""
+    conn = tls_transport.getHandle()
+    return bool(_ssl_lib.SSL_session_reused(conn._ssl))
+
+
+@implementer(IHandshakeListener)
+class DataConnection(protocol.Protocol, TimeoutMixin):
+    """
+    One data connection.  C{ready} fires once it can carry a transfer (after
+    the TLS handshake, when there is one); C{when_closed()} fires when it goes
+    away, C{close_reason} says why.  Bytes that arrive before a consumer is attached are held
+    and the socket is paused, so an eager client loses nothing.
+    """
+
+    def __init__(self, tls: bool, require_reuse: bool, idle_timeout: float):
+        self.tls = tls
+        self.require_reuse = require_reuse
+        self.idle_timeout = idle_timeout
+        self.ready: defer.Deferred | None = defer.Deferred()
+        #: Why the connection went away, once it has.
+        self.close_reason: Failure | None = None
+        self._close_waiters: list[defer.Deferred] = []
+        self.peer = None
+        self._sink: Callable[[bytes], None] | None = None
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._paused = False
+        self._is_ready = False
+        self.sink_error: Failure | None = None
+        self.timed_out = False
+
+    # -- life cycle ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = self.transport.getPeer()
+        handle = self.transport.getHandle()
+        if hasattr(handle, "setsockopt"):
+            _set_read_size(self.transport)
+        self.setTimeout(self.idle_timeout)
+        if not self.tls:
+            self._ready()
+
+    def handshakeCompleted(self) -> None:
+        if self.require_reuse and not session_reused(self.transport):
+            log.warn("FTPS data connection from {peer} did not resume the control "
+                     "session; dropped", peer=self.peer)
+            d, self.ready = self.ready, None
+            self.transport.abortConnection()
+            if d is not None:
+                d.errback(DataChannelError(
+                    522, "SSL connection failed: session reuse required."))
+            return
+        _set_read_size(self.transport.transport)
+        self._ready()
+
+    def _ready(self) -> None:
+        self._is_ready = True
+        d, self.ready = self.ready, None
+        if d is not None:
+            d.callback(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.setTimeout(None)
+        d, self.ready = self.ready, None
+        if d is not None:
+            d.errback(DataChannelError(425, "Can't open data connection: "
+                                            f"{reason.getErrorMessage()}"))
+        self.close_reason = reason
+        waiters, self._close_waiters = self._close_waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    def when_closed(self) -> defer.Deferred:
+        """Fires (with None) once the connection is gone; see C{close_reason}."""
+        if self.close_reason is not None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._close_waiters.append(d)
+        return d
+
+    def timeoutConnection(self) -> None:
+        self.timed_out = True
+        log.info("data connection from {peer} idle; closed", peer=self.peer)
+        self.transport.abortConnection()
+
+    # -- receiving (uploads) ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        if self._sink is None:
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size >= EARLY_LIMIT and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.sink_error is not None:
+            return
+        try:
+            self._sink(data)
+        except Exception:
+            self.sink_error = Failure()
+            self.transport.abortConnection()
+
+    def receive_into(self, sink: Callable[[bytes], None]) -> None:
+        """Start handing received bytes to C{sink}, early ones first."""
+        self._sink = sink
+        early, self._early = self._early, []
+        for chunk in early:
+            self._write(chunk)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    # -- sending (downloads) -----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.transport.write(data)
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.transport.registerProducer(_Touching(producer, self), streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def finish(self) -> None:
+        """All sent: close (a TLS close_notify goes first)."""
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        if self.transport is not None and self.close_reason is None:
+            self.transport.abortConnection()
+
+
+class _Touching:
+    """A producer proxy that keeps the data connection's idle timer fresh."""
+
+    def __init__(self, producer, conn: DataConnection):
+        self.producer = producer
+        self.conn = conn
+
+    def resumeProducing(self):
+        self.conn.resetTimeout()
+        self.producer.resumeProducing()
+
+    def pauseProducing(self):
+        self.producer.pauseProducing()
+
+    def stopProducing(self):
+        self.producer.stopProducing()
+
+
+def _set_read_size(transport) -> None:
+    """Bigger reads for bulk uploads (the TCP transport reads C{bufferSize} at once)."""
+    while transport is not None:
+        if hasattr(transport, "bufferSize") and hasattr(transport, "doRead"):
+            transport.bufferSize = READ_SIZE
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class _Builder(protocol.Factory):
+    """Hands a prepared protocol to a TLS wrapper."""
+
+    def __init__(self, proto: protocol.Protocol):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
+def _wrap(proto: DataConnection, tls_options, addr):
+    """C{proto} itself, or C{proto} under a server-side TLS layer."""
+    if not proto.tls:
+        return proto
+    return TLSMemoryBIOFactory(tls_options, False, _Builder(proto)).buildProtocol(addr)
+
+
+class DataChannel:
+    """What PASV/EPSV/PORT/EPRT set up: yields one L{DataConnection}."""
+
+    def connect(self, make: Callable[[], DataConnection]) -> defer.Deferred:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class PassiveChannel(DataChannel, protocol.ServerFactory):
+    """
+    A listening port for one data connection, on the control connection's
+    local address, that takes connections from the control peer only.
+    """
+
+    noisy = False
+
+    def __init__(self, reactor: Any, peer_host: str, tls_options, timeout: float):
+        self.reactor = reactor
+        self.peer_host = peer_host
+        self.tls_options = tls_options
+        self.timeout = timeout
+        self.port = None
+        self._make: Callable[[], DataConnection] | None = None
+        self._waiting: defer.Deferred | None = None
+        self._accepted: DataConnection | None = None
+        self._timer = None
+        self._closed = False
+        self._result: DataConnection | Failure | None = None
+
+    def listen(self, interface: str, low: int = 0, high: int = 0) -> int:
+        """Open the port; C{low}..C{high} is the configured range (0, 0: any)."""
+        if not low:
+            candidates = [0]
+        else:
+            candidates = list(range(low, high + 1))
+            random.shuffle(candidates)
+            candidates = candidates[:200]
+        last: Exception | None = None
+        for number in candidates:
+            try:
+                self.port = self.reactor.listenTCP(number, self, backlog=5,
+                                                   interface=interface)
+                break
+            except error.CannotListenError as e:
+                last = e
+        else:
+            raise DataChannelError(425, f"Can't open passive connection: {last}")
+        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        return self.port.getHost().port
+
+    def set_maker(self, make: Callable[[], DataConnection]) -> None:
+        """How to build the connection's protocol (TLS or not is decided then)."""
+        self._make = make
+
+    def buildProtocol(self, addr):
+        if self._closed or self._accepted is not None or self._make is None:
+            return None
+        if not same_host(addr.host, self.peer_host):
+            log.warn("passive data connection from {host} dropped: the control "
+                     "connection is from {peer}", host=addr.host, peer=self.peer_host)
+            return None
+        proto = self._make()
+        self._accepted = proto
+        self._stop_listening()
+        proto.ready.addBoth(self._deliver)
+        return _wrap(proto, self.tls_options, addr)
+
+    def _deliver(self, result):
+        """The accepted connection is ready (or failed): hand it over, or keep it."""
+        d, self._waiting = self._waiting, None
+        if d is None:
+            self._result = result
+        elif isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+        return None
+
+    def connect(self, make: Callable[[], DataConnection]) -> defer.Deferred:
+        """The connection: the one already accepted, or the next one to come."""
+        self._make = make
+        result, self._result = self._result, None
+        if result is not None:
+            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
+        if self._closed and self._accepted is None:
+            return defer.fail(DataChannelError(425, "Failed to establish connection."))
+        self._waiting = defer.Deferred()
+        return self._waiting
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._accepted is None:
+            self._stop_listening()
+            self._closed = True
+            d, self._waiting = self._waiting, None
+            if d is not None:
+                d.errback(DataChannelError(425, "Failed to establish connection."))
+
+    def _stop_listening(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+
+    def close(self) -> None:
+        self._closed = True
+        self._stop_listening()
+        d, self._waiting = self._waiting, None
+        if self._accepted is not None:
+            self._accepted.abort()
+        if d is not None:
+            d.errback(DataChannelError(425, "Data channel closed."))
+
+
+class ActiveChannel(DataChannel, protocol.ClientFactory):
+    """PORT/EPRT: connect to the client when a transfer starts."""
+
+    noisy = False
+
+    def __init__(self, reactor: Any, host: str, port: int, bind_host: str | None,
+                 tls_options, timeout: float):
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.bind_host = bind_host
+        self.tls_options = tls_options
+        self.timeout = timeout
+        self._make: Callable[[], DataConnection] | None = None
+        self._waiting: defer.Deferred | None = None
+        self._connector = None
+        self._proto: DataConnection | None = None
+
+    def connect(self, make: Callable[[], DataConnection]) -> defer.Deferred:
+        self._make = make
+        self._waiting = defer.Deferred()
+        bind = (self.bind_host, 0) if self.bind_host else None
+        self._connector = self.reactor.connectTCP(self.host, self.port, self,
+                                                  timeout=self.timeout, bindAddress=bind)
+        return self._waiting
+
+    def buildProtocol(self, addr):
+        proto = self._make()
+        self._proto = proto
+        proto.ready.addBoth(self._deliver)
+        return _wrap(proto, self.tls_options, addr)
+
+    def _deliver(self, result):
+        d, self._waiting = self._waiting, None
+        if d is not None:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def clientConnectionFailed(self, connector, reason):
+        d, self._waiting = self._waiting, None
+        if d is not None:
+            d.errback(DataChannelError(425, "Failed to establish connection."))
+
+    def close(self) -> None:
+        if self._proto is not None:
+            self._proto.abort()
+        elif self._connector is not None:
+            self._connector.disconnect()
+        d, self._waiting = self._waiting, None
+        if d is not None:
+            d.errback(DataChannelError(425, "Data channel closed."))
