@@ -106,8 +106,12 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     from netsuite.realm import make_realm
     from netsuite.service import make_checkers
 
-    make_realm(config)
-    make_checkers(config)
+    try:
+        make_realm(config)
+        make_checkers(config)
+    except ConfigError as e:
+        e.file = e.file or (str(config.path) if config.path else None)
+        raise
     print(f"{config.path or 'embedded defaults'}: OK")
     for name, eps in sorted(config.listen.items()):
         print(f"  {name}: {', '.join(eps) if eps else 'off'}")

@@ -228,6 +228,8 @@ class Config:
     #: Listener name -> endpoint strings; an empty list switches it off.
     listen: dict[str, list[str]]
     sections: dict[str, Any]
+    #: The free-form C{[realm]} table, for a custom realm's own settings.
+    realm_options: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -288,10 +290,10 @@ def _build(
 ) -> Config:
     sections: dict[str, Any] = {}
     for name, value in raw.items():
-        if name == "listen":
+        if name in ("listen", "realm"):
             continue
         if name not in SECTIONS:
-            known = ", ".join(sorted(list(SECTIONS) + ["listen"]))
+            known = ", ".join(sorted(list(SECTIONS) + ["listen", "realm"]))
             raise ConfigError(f"unknown section (known: {known})", f"[{name}]")
         if not isinstance(value, dict):
             raise ConfigError("expected a table", name)
@@ -316,8 +318,12 @@ def _build(
     for name, endpoints in listen.items():
         for i, ep in enumerate(endpoints):
             _check_endpoint(ep, f"listen.{name}[{i}]")
+    realm_options = raw.get("realm", {})
+    if not isinstance(realm_options, dict):
+        raise ConfigError("expected a table", "realm")
     server = sections.pop("server")
-    return Config(path=path, server=server, listen=listen, sections=sections)
+    return Config(path=path, server=server, listen=listen, sections=sections,
+                  realm_options=realm_options)
 
 
 def _check_endpoint(description: str, key: str) -> None:

@@ -17,6 +17,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.cred import strcred
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints, ssl
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -148,6 +149,18 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
 
 def build(config: Config, reactor: Any = None) -> service.MultiService:
     """Build the whole server; raises L{ConfigError} before anything listens."""
+    try:
+        return _build(config, reactor)
+    except ConfigError as e:
+        if e.file is None and config.path is not None:
+            e.file = str(config.path)
+        raise
+    except OSError as e:
+        raise ConfigError(f"{e.filename or ''}: {e.strerror}".lstrip(": "), "server.data_dir",
+                          config.path)
+
+
+def _build(config: Config, reactor: Any) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     from netsuite import tls
@@ -198,7 +211,12 @@ class ListenerService(StreamServerEndpointService):
         self.port = None
 
     def privilegedStartService(self):
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # One clear line, not a traceback: which listener, which endpoint, why.
+            raise SystemExit(f"netsuite: listen.{self.listener}: cannot listen on "
+                             f"{self.description}: {e.socketError or e}")
 
         def listening(port):
             self.port = port

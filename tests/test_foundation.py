@@ -1,0 +1,258 @@
+"""Start-up, configuration, the admin CLI, custom realms and packaging, with the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from harness import ROOT, Daemon, twistd
+from rawsmtp import insecure_context
+
+
+def run_twistd(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run twistd expecting it to exit by itself (a start-up error)."""
+    return subprocess.run([*twistd(), "-n", "--pidfile=", "netsuite", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- bad configuration stops start-up with file, key and reason ----------------
+
+BAD_CONFIGS = [
+    ("[smtp\nmax = 1", "not valid TOML"),
+    ("[smtp]\nmax_mesage_size = 10", "smtp.max_mesage_size: unknown key"),
+    ("[smtp]\nmax_message_size = 'big'", "smtp.max_message_size: expected an integer"),
+    ("[smtp]\nmax_message_size = -5", "smtp.max_message_size: must be greater than 0"),
+    ("[nonsense]\nx = 1", "[nonsense]: unknown section"),
+    ("[listen]\nsmtp = ['tcp:notaport']", "listen.smtp[0]: bad endpoint"),
+    ("[listen]\nbogus = ['tcp:2525']", "listen.bogus: unknown listener"),
+    ("[server]\nauth = ['nosuchchecker']", "server.auth[0]: unknown checker"),
+    ("[server]\nrealm = 'nosuch.module:Realm'", "server.realm: cannot load"),
+    ("[tls]\ncertificate = '/nonexistent/cert.pem'\nkey = '/nonexistent/key.pem'",
+     "tls.certificate: cannot read /nonexistent/cert.pem"),
+    ("[tls]\nmin_version = '1.0'", "tls.min_version"),
+    ("[mail]\nlocal_domains = []", "mail.local_domains"),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD_CONFIGS)
+def test_bad_config_stops_startup_with_one_clear_line(tmp_path, text, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(text + f"\n[server]\ndata_dir = '{tmp_path / 'data'}'\n"
+                      if "[server]" not in text else text)
+    result = run_twistd(tmp_path, "--config", str(config))
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err and "Traceback" not in result.stdout
+    assert str(config) in err and expected in err, err
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "data" / "run" / "listening.json").exists()
+
+
+def test_missing_config_file_and_bad_option(tmp_path):
+    result = run_twistd(tmp_path, "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode != 0 and "nope.toml: no such file" in result.stderr
+    result = run_twistd(tmp_path, "--smtp", "tcp:bogus")
+    assert result.returncode != 0 and "listen.smtp[0]: bad endpoint" in result.stderr
+    result = run_twistd(tmp_path, "--disable", "gopher")
+    assert result.returncode != 0 and "unknown listener 'gopher'" in result.stderr
+
+
+def test_port_in_use_is_one_clear_line(tmp_path):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        d = Daemon(tmp_path, listeners=["smtp"])
+        d.write_config()
+        result = subprocess.run([*d.command(f"--smtp=tcp:{port}:interface=127.0.0.1")],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    finally:
+        blocker.close()
+    out = result.stdout + result.stderr + d.log()
+    assert result.returncode != 0
+    assert f"listen.smtp: cannot listen on tcp:{port}:interface=127.0.0.1" in out
+    assert "Traceback" not in result.stderr
+
+
+def test_embedded_defaults_start_with_no_options(tmp_path):
+    """`twistd -n netsuite` alone: loopback, unprivileged ports, data dir in cwd, a cert."""
+    proc = subprocess.Popen([*twistd(), "-n", "--pidfile=", "--logfile=twistd.log", "netsuite"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ready = tmp_path / "netsuite-data" / "run" / "listening.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready.exists(), (tmp_path / "twistd.log").read_text()
+        listen = json.loads(ready.read_text())["listen"]
+        assert listen["smtp"] == [2525] and listen["submission"] == [2587]
+        assert listen["smtps"] == [2465]
+        assert (tmp_path / "netsuite-data" / "tls" / "cert.pem").exists()
+        key = tmp_path / "netsuite-data" / "tls" / "key.pem"
+        assert key.stat().st_mode & 0o077 == 0
+        with smtplib.SMTP_SSL("127.0.0.1", 2465, timeout=10, context=insecure_context()) as s:
+            assert s.noop()[0] == 250
+        with pytest.raises(OSError):  # loopback only
+            socket.create_connection((_other_local_address(), 2525), timeout=2).close()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        proc.stdout.close()
+
+
+def _other_local_address() -> str:
+    """A non-loopback address of this machine, or a loopback one that is not 127.0.0.1."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))  # no packet is sent for UDP connect
+        address = s.getsockname()[0]
+    except OSError:
+        address = "127.0.0.2"
+    finally:
+        s.close()
+    return address if address != "127.0.0.1" else "127.0.0.2"
+
+
+def test_command_line_overrides_the_file(make_daemon, tmp_path):
+    d = make_daemon(listeners=["smtp"], start=False)
+    d.start("--hostname", "override.test", "--disable", "smtp",
+            "--submission", "tcp:0:interface=127.0.0.1")
+    assert set(d.ports) == {"submission"}
+    with smtplib.SMTP("127.0.0.1", d.port("submission"), timeout=10) as s:
+        assert s.ehlo()[1].startswith(b"override.test")
+
+
+def test_implicit_tls_on_plain_tcp_endpoint_and_tls12_floor(make_daemon):
+    d = make_daemon(listeners=["smtps"])
+    ctx = insecure_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with socket.create_connection(("127.0.0.1", d.port("smtps")), timeout=5) as raw:
+            ctx.wrap_socket(raw).recv(10)
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=10,
+                          context=insecure_context()) as s:
+        assert s.sock.version() in ("TLSv1.2", "TLSv1.3")
+
+
+# -- the admin CLI -----------------------------------------------------------------
+
+def test_cli_users_shared_with_the_running_daemon(make_daemon):
+    d = make_daemon(listeners=["smtps"])
+    result = d.cli("user", "add", "dave", "--password-stdin", input="dave-pw\n")
+    assert "added dave" in result.stdout
+    assert "dave:$argon2id$" in (d.data_dir / "passwd").read_text()
+    assert d.cli("user", "list").stdout.split() == ["dave"]
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=10,
+                          context=insecure_context()) as s:
+        assert s.login("dave", "dave-pw")[0] == 235   # no restart needed
+    d.cli("user", "passwd", "dave", "--password-stdin", input="new-pw\n")
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=10,
+                          context=insecure_context()) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("dave", "dave-pw")
+        assert s.login("dave", "new-pw")[0] == 235
+    failing = [
+        (("user", "add", "dave", "--password-stdin"), "exists"),
+        (("user", "add", "--password-stdin", "--", "-bad"), "invalid user name"),
+        (("user", "add", "../etc", "--password-stdin"), "invalid user name"),
+        (("user", "del", "nobody"), "no user"),
+        (("user", "passwd", "nobody", "--password-stdin"), "no user"),
+    ]
+    for args, message in failing:
+        result = d.cli(*args, input="pw\n", check=False)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+    assert d.cli("user", "add", "erin", "--password-stdin", input="\n",
+                 check=False).returncode != 0     # empty password refused
+    d.cli("user", "del", "dave")
+    assert d.cli("user", "list").stdout.split() == []
+
+
+def test_cli_cert_and_check(tmp_path):
+    d = Daemon(tmp_path, listeners=["smtp"])
+    result = d.cli("cert", "mail.example.test")
+    cert = d.data_dir / "tls" / "cert.pem"
+    assert "wrote" in result.stdout and cert.exists()
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cert)  # a valid PEM certificate
+    result = d.cli("check")
+    assert result.returncode == 0 and "OK" in result.stdout
+    d.config["smtp"] = {"max_recipients": "many"}
+    result = d.cli("check", check=False)
+    assert result.returncode == 2
+    assert "smtp.max_recipients: expected an integer" in result.stderr
+
+
+# -- a custom realm loaded from the config ------------------------------------------
+
+def test_example_sqlite_realm_routes_mail(make_daemon, tmp_path):
+    db = tmp_path / "routing.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE routes (address TEXT, mailbox TEXT)")
+        conn.executemany("INSERT INTO routes VALUES (?, ?)", [
+            ("sales@example.test", "alice"), ("sales@example.test", "bob"),
+            ("@shop.test", "bob")])
+    d = make_daemon(listeners=["smtp"], users={"alice": "a", "bob": "b"}, config={
+        "server": {"realm": "sqlite_realm:SQLiteRealm"},
+        "realm": {"database": str(db)},
+        "mail": {"local_domains": ["example.test", "shop.test"]},
+    })
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=10) as s:
+        s.sendmail("x@remote.test", ["sales@example.test"], b"Subject: 1\r\n\r\nsales\r\n")
+        s.sendmail("x@remote.test", ["anything@shop.test"], b"Subject: 2\r\n\r\nshop\r\n")
+        s.mail("x@remote.test")
+        assert s.rcpt("nobody@example.test")[0] == 550
+        assert s.rcpt("alice@example.test")[0] == 250  # built-in rules still apply
+    assert d.wait_for(lambda: len(d.messages("bob")) == 2)
+    assert [m.endswith(b"sales\n") for m in d.messages("alice")] == [True]
+    assert sorted(m.rsplit(b"\n\n", 1)[1] for m in d.messages("bob")) == [b"sales\n", b"shop\n"]
+
+
+def test_custom_realm_misconfigured_stops_startup(tmp_path):
+    d = Daemon(tmp_path, listeners=["smtp"], config={
+        "server": {"realm": "sqlite_realm:SQLiteRealm"}})
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert "realm.database: set the SQLite routing file" in str(e.value)
+
+
+# -- packaging: the plugin is found after `pip install .` too ------------------------
+
+def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
+    """The editable install is what the rest of the suite runs on; this checks `pip install .`."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("netsuite-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/netsuite_plugin.py" in names
+    assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
+    assert "netsuite/smtp/server.py" in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [str(py), "-c", "import twisted.plugins.netsuite_plugin as m, netsuite; "
+                        "print(m.__file__); print(netsuite.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert all(str(venv) in path for path in where), where
+    result = subprocess.run([str(py), "-c", "from twisted.scripts.twistd import run; run()",
+                             "netsuite", "--help"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--submission" in result.stdout
