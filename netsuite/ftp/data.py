@@ -67,6 +67,10 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self.require_reuse = require_reuse
         self.idle_timeout = idle_timeout
         self.ready: defer.Deferred | None = defer.Deferred()
+        #: Fires once TCP is connected (before any TLS handshake).
+        self.made: defer.Deferred | None = defer.Deferred()
+        self._ready_result: Any = None
+        self._ready_waiters: list[defer.Deferred] = []
         #: Why the connection went away, once it has.
         self.close_reason: Failure | None = None
         self._close_waiters: list[defer.Deferred] = []
@@ -87,6 +91,9 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         if hasattr(handle, "setsockopt"):
             _set_read_size(self.transport)
         self.setTimeout(self.idle_timeout)
+        made, self.made = self.made, None
+        if made is not None:
+            made.callback(self)
         if not self.tls:
             self._ready()
 
@@ -94,27 +101,50 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         if self.require_reuse and not session_reused(self.transport):
             log.warn("FTPS data connection from {peer} did not resume the control "
                      "session; dropped", peer=self.peer)
-            d, self.ready = self.ready, None
             self.transport.abortConnection()
-            if d is not None:
-                d.errback(DataChannelError(
-                    522, "SSL connection failed: session reuse required."))
+            self._set_ready(Failure(DataChannelError(
+                522, "SSL connection failed: session reuse required.")))
             return
         _set_read_size(self.transport.transport)
         self._ready()
 
     def _ready(self) -> None:
         self._is_ready = True
+        self._set_ready(self)
+
+    def _set_ready(self, result) -> None:
+        if self._ready_result is not None:
+            return
+        self._ready_result = result
         d, self.ready = self.ready, None
+        waiters, self._ready_waiters = self._ready_waiters, []
         if d is not None:
-            d.callback(self)
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        for w in waiters:
+            if isinstance(result, Failure):
+                w.errback(result)
+            else:
+                w.callback(result)
+
+    def when_ready(self) -> defer.Deferred:
+        """Fires with this connection once it can carry data (TLS handshake done)."""
+        result = self._ready_result
+        if result is not None:
+            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
+        d = defer.Deferred()
+        self._ready_waiters.append(d)
+        return d
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.setTimeout(None)
-        d, self.ready = self.ready, None
-        if d is not None:
-            d.errback(DataChannelError(425, "Can't open data connection: "
-                                            f"{reason.getErrorMessage()}"))
+        made, self.made = self.made, None
+        if made is not None:
+            made.errback(DataChannelError(425, "Can't open data connection."))
+        self._set_ready(Failure(DataChannelError(
+            425, f"Can't open data connection: {reason.getErrorMessage()}")))
         self.close_reason = reason
         waiters, self._close_waiters = self._close_waiters, []
         for w in waiters:
@@ -377,7 +407,10 @@ class ActiveChannel(DataChannel, protocol.ClientFactory):
     def buildProtocol(self, addr):
         proto = self._make()
         self._proto = proto
-        proto.ready.addBoth(self._deliver)
+        # The client may wait for 150 before its TLS handshake (ftplib does):
+        # hand the connection over once TCP is up; the transfer then waits for
+        # when_ready().
+        proto.made.addBoth(self._deliver)
         return _wrap(proto, self.tls_options, addr)
 
     def _deliver(self, result):

@@ -707,9 +707,10 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         if t.aborted:
             conn.abort()
             raise _Aborted()
+        t.conn = conn
         if not passive:
             self.reply(150, message)
-        t.conn = conn
+            yield conn.when_ready()
         return conn
 
     def _start(self, verb: str, name: str, channel: DataChannel) -> Transfer:
