@@ -207,7 +207,8 @@ class Folder:
             self.keywords.update(m.keywords)
 
     def _rebuild(self, why: str) -> None:
-        log.info("rebuilding index of {path}: {why}", path=str(self.path), why=why)
+        if why != "no index":
+            log.warn("rebuilding index of {path}: {why}", path=str(self.path), why=why)
         self.uidvalidity = max(int(self.clock()), self.uidvalidity + 1)
         self.next_uid = 1
         self.first_recent = 1

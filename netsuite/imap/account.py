@@ -1,0 +1,194 @@
+"""
+The IMAP avatar: a user's folders in the Maildir++ store.
+
+Implements Twisted's L{imap4.IAccount} and L{imap4.INamespacePresenter} so a
+stock IMAP4Server could use it too; netsuite's server calls the same methods.
+Hierarchy delimiter '.', as Dovecot's Maildir++ layout uses.  Folder names are
+stored as they come on the wire (modified UTF-7), as Dovecot does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from netsuite.imap.mailbox import SessionMailbox, status
+from netsuite.store.maildir import BadFolderName
+
+DELIMITER = "."
+
+
+class NoSuchFolder(imap4.MailboxException):
+    pass
+
+
+class FolderExists(imap4.MailboxException):
+    pass
+
+
+@implementer(imap4.IAccount, imap4.INamespacePresenter)
+class ImapAccount:
+    """One user's folders; see the module docstring."""
+
+    def __init__(self, store, user: str):
+        self.store = store
+        self.user = user
+        store.ensure_special_folders(user)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def folder(self, name: str, create: bool = False):
+        try:
+            return self.store.folder(self.user, name, create=create)
+        except KeyError:
+            raise NoSuchFolder(f"No such mailbox: {name}")
+        except BadFolderName as e:
+            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+
+    def names(self) -> list[str]:
+        return self.store.list_folders(self.user)
+
+    def attributes(self, name: str, names: list[str]) -> list[str]:
+        """LIST attributes: children, special use."""
+        prefix = name + DELIMITER
+        attrs = ["\\HasChildren" if any(n.startswith(prefix) for n in names)
+                 else "\\HasNoChildren"]
+        special = self.store.special_use(name)
+        if special:
+            attrs.append(special)
+        return attrs
+
+    def listing(self, ref: str, pattern: str, subscribed: bool = False):
+        """(name, attributes) for LIST / LSUB, parents included as \\Noselect."""
+        names = self.names()
+        pool = names
+        if subscribed:
+            subs = self.store.subscriptions(self.user)
+            pool = [n for n in subs]
+        regex = pattern_regex(canonical(ref + pattern) if ref else pattern)
+        out = []
+        seen = set()
+        for name in pool:
+            if regex.match(name):
+                attrs = self.attributes(name, names) if name in names else ["\\NonExistent"]
+                out.append((name, attrs))
+                seen.add(name)
+            else:
+                # '%' stops at a level: a parent of a deeper match is listed.
+                parts = name.split(DELIMITER)
+                for i in range(1, len(parts)):
+                    parent = DELIMITER.join(parts[:i])
+                    if parent not in seen and parent not in names and regex.match(parent):
+                        seen.add(parent)
+                        out.append((parent, ["\\Noselect", "\\HasChildren"]))
+        return out
+
+    # -- twisted.mail.imap4.IAccount --------------------------------------------------
+
+    def addMailbox(self, name, mbox=None):
+        return self.create(name)
+
+    def create(self, pathspec):
+        name = pathspec.rstrip(DELIMITER)
+        try:
+            self.store.create_folder(self.user, name)
+        except FileExistsError:
+            raise FolderExists(f"Mailbox already exists: {name}")
+        except BadFolderName as e:
+            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+        return True
+
+    def select(self, name, rw=True):
+        try:
+            folder = self.store.folder(self.user, name)
+        except (KeyError, BadFolderName):
+            return None
+        return SessionMailbox(self.store, self.user, folder, bool(rw))
+
+    def delete(self, name):
+        try:
+            self.store.delete_folder(self.user, name)
+        except KeyError:
+            raise NoSuchFolder(f"No such mailbox: {name}")
+        except PermissionError as e:
+            raise imap4.MailboxException(str(e))
+        except BadFolderName as e:
+            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+        return True
+
+    def rename(self, oldname, newname):
+        try:
+            self.store.rename_folder(self.user, oldname, newname)
+        except KeyError:
+            raise NoSuchFolder(f"No such mailbox: {oldname}")
+        except FileExistsError:
+            raise FolderExists(f"Mailbox already exists: {newname}")
+        except BadFolderName as e:
+            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+        return True
+
+    def isSubscribed(self, name):
+        return name in self.store.subscriptions(self.user)
+
+    def subscribe(self, name):
+        self.store.set_subscribed(self.user, name, True)
+        return True
+
+    def unsubscribe(self, name):
+        if name not in self.store.subscriptions(self.user):
+            raise NoSuchFolder(f"Not subscribed: {name}")
+        self.store.set_subscribed(self.user, name, False)
+        return True
+
+    def listMailboxes(self, ref, wildcard):
+        return [(name, self.select(name, False)) for name, attrs in self.listing(ref, wildcard)
+                if "\\Noselect" not in attrs]
+
+    def status(self, name, names):
+        return status(self.folder(name), names)
+
+    # -- INamespacePresenter ------------------------------------------------------------
+
+    def getPersonalNamespaces(self):
+        return [["", DELIMITER]]
+
+    def getSharedNamespaces(self):
+        return None
+
+    def getOtherNamespaces(self):
+        return None
+
+    def getUserNamespaces(self):
+        return None
+
+
+def canonical(name: str) -> str:
+    """INBOX is case-insensitive: 'inbox' and 'Inbox' mean INBOX."""
+    head, sep, rest = name.partition(DELIMITER)
+    if head.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return name
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST pattern: '*' matches anything, '%' anything but the delimiter."""
+    out = []
+    for c in pattern:
+        if c == "*":
+            out.append(".*")
+        elif c == "%":
+            out.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            out.append(re.escape(c))
+    flags = 0
+    body = "".join(out)
+    if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in "*%."):
+        body = "(?i:INBOX)" + "".join(out[5:])
+    return re.compile(body + r"\Z", flags)
+
+
+def account_for(realm, user: str) -> ImapAccount:
+    """What the realm hands to IMAP logins."""
+    return ImapAccount(realm.store, user)

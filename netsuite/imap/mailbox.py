@@ -1,0 +1,214 @@
+"""
+A selected folder as one IMAP session sees it.
+
+The store's L{Folder} is shared; each session keeps its own sequence-number
+map (C{uids}) and queues what other sessions, deliveries and other programs
+changed, so that EXPUNGE, EXISTS and FETCH FLAGS reach the client only where
+RFC 3501 7.4.1 allows them (L{SessionMailbox.updates}).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
+
+
+@implementer(imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier)
+class SessionMailbox:
+    """One session's view of one folder; see the module docstring."""
+
+    def __init__(self, store, user: str, folder: Folder, writeable: bool):
+        self.store = store
+        self.user = user
+        self.folder = folder
+        self.writeable = writeable
+        folder.refresh()
+        self.uids: list[int] = [m.uid for m in folder.messages]
+        self.recent: set[int] = folder.claim_recent() if writeable else set()
+        self._expunged: set[int] = set()
+        self._flag_changed: set[int] = set()
+        self._grown = False
+        #: Set while this session changes flags itself (it reports them itself).
+        self.quiet = False
+        self.on_change = None
+        self._twisted_listeners: list = []
+        store.watch(folder, self._changed)
+
+    def close(self) -> None:
+        self.store.unwatch(self.folder, self._changed)
+
+    # -- change tracking -------------------------------------------------------------
+
+    def _changed(self, folder: Folder, changes: Changes) -> None:
+        if changes.expunged:
+            self._expunged.update(changes.expunged)
+        if changes.added:
+            self._grown = True
+        if changes.flags and not self.quiet:
+            self._flag_changed.update(m.uid for m in changes.flags)
+        if self.on_change is not None:
+            self.on_change()
+
+    def pending(self) -> bool:
+        return bool(self._expunged or self._flag_changed or self._grown)
+
+    def updates(self, allow_expunge: bool) -> list[bytes]:
+        """Untagged responses for what changed since the last call."""
+        out = []
+        if self._flag_changed:
+            for uid in sorted(self._flag_changed):
+                seq = self.seq(uid)
+                msg = self.folder.by_uid(uid)
+                if seq and msg is not None:
+                    out.append(b"* %d FETCH (UID %d FLAGS %s)" % (seq, uid, self.flag_bytes(msg)))
+            self._flag_changed.clear()
+        if allow_expunge and self._expunged:
+            for uid in sorted(self._expunged, reverse=True):
+                seq = self.seq(uid)
+                if seq:
+                    del self.uids[seq - 1]
+                    self.recent.discard(uid)
+                    out.append(b"* %d EXPUNGE" % seq)
+            self._expunged.clear()
+        if self._grown:
+            self._grown = False
+            last = self.uids[-1] if self.uids else 0
+            fresh = [m.uid for m in
+                     self.folder.messages[bisect.bisect_right(self.folder._uids, last):]]
+            if fresh:
+                self.uids.extend(fresh)
+                if self.writeable:
+                    self.recent.update(self.folder.claim_recent())
+                out.append(b"* %d EXISTS" % len(self.uids))
+                out.append(b"* %d RECENT" % len(self.recent))
+        return out
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def seq(self, uid: int) -> int:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
+
+    def message(self, uid: int) -> Message | None:
+        return self.folder.by_uid(uid)
+
+    def flag_list(self, msg: Message) -> list[str]:
+        flags = msg.flags
+        if msg.uid in self.recent:
+            flags = flags + ["\\Recent"]
+        return flags
+
+    def flag_bytes(self, msg: Message) -> bytes:
+        return ("(" + " ".join(self.flag_list(msg)) + ")").encode("utf-8", "replace")
+
+    def unseen_first(self) -> int:
+        for n, uid in enumerate(self.uids, 1):
+            msg = self.folder.by_uid(uid)
+            if msg is not None and not msg.has("\\Seen"):
+                return n
+        return 0
+
+    def all_flags(self) -> list[str]:
+        return list(SYSTEM_FLAGS) + sorted(self.folder.keywords)
+
+    # -- twisted.mail.imap4.IMailbox -----------------------------------------------------
+
+    def getFlags(self):
+        return self.all_flags()
+
+    def getHierarchicalDelimiter(self):
+        return "."
+
+    def getUIDValidity(self):
+        return self.folder.uidvalidity
+
+    def getUIDNext(self):
+        return self.folder.next_uid
+
+    def getUID(self, message):
+        return self.uids[message - 1]
+
+    def getMessageCount(self):
+        return len(self.uids)
+
+    def getRecentCount(self):
+        return len(self.recent)
+
+    def getUnseenCount(self):
+        return sum(1 for u in self.uids
+                   if (m := self.folder.by_uid(u)) is not None and not m.has("\\Seen"))
+
+    def isWriteable(self):
+        return self.writeable
+
+    def destroy(self):
+        raise imap4.MailboxException("Use DELETE on the account")
+
+    def requestStatus(self, names):
+        return status(self.folder, names)
+
+    def addListener(self, listener):
+        self._twisted_listeners.append(listener)
+
+    def removeListener(self, listener):
+        self._twisted_listeners.remove(listener)
+
+    def addMessage(self, message, flags=(), date=None):
+        data = message.read() if hasattr(message, "read") else bytes(message)
+        when = None
+        if date:
+            from netsuite.imap.wire import parse_datetime
+
+            when = parse_datetime(date.encode() if isinstance(date, str) else date)
+        return self.folder.append(data, flags, when)
+
+    def expunge(self):
+        doomed = [u for u in self.uids if (m := self.folder.by_uid(u)) is not None
+                  and m.has("\\Deleted")]
+        seqs = [self.seq(u) for u in doomed]
+        self.folder.expunge(doomed)
+        return seqs
+
+    def fetch(self, messages, uid):
+        raise NotImplementedError("netsuite's IMAP server renders FETCH itself")
+
+    def store(self, messages, flags, mode, uid):
+        raise NotImplementedError("netsuite's IMAP server handles STORE itself")
+
+    def search(self, query, uid):
+        raise NotImplementedError("netsuite's IMAP server evaluates SEARCH itself")
+
+    def copy(self, message):
+        raise NotImplementedError("netsuite's IMAP server handles COPY itself")
+
+    def read(self, msg: Message) -> bytes:
+        return self.folder.read_wire(msg)
+
+    def open(self, msg: Message):
+        return io.BytesIO(self.read(msg))
+
+
+def status(folder: Folder, names) -> dict[str, int]:
+    """STATUS items for a folder (refreshed first)."""
+    folder.refresh()
+    out = {}
+    for name in names:
+        name = name.upper()
+        if name == "MESSAGES":
+            out[name] = len(folder.messages)
+        elif name == "RECENT":
+            out[name] = sum(1 for m in folder.messages if m.uid >= folder.first_recent)
+        elif name == "UIDNEXT":
+            out[name] = folder.next_uid
+        elif name == "UIDVALIDITY":
+            out[name] = folder.uidvalidity
+        elif name == "UNSEEN":
+            out[name] = sum(1 for m in folder.messages if "S" not in m.letters)
+        else:
+            raise ValueError(name)
+    return out

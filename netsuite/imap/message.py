@@ -1,0 +1,304 @@
+"""
+A message as IMAP sees it: a MIME part tree over the exact wire bytes, so
+every BODY[section] is a byte-exact slice, and ENVELOPE / BODYSTRUCTURE
+rendered from it (RFC 3501 7.4.2).  Pure: bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from email.header import decode_header, make_header
+
+from netsuite.imap.wire import flags as render_flags  # noqa: F401  (re-export for callers)
+from netsuite.imap.wire import string
+
+_FOLD = re.compile(rb"\r\n[ \t]")
+
+
+class Part:
+    """One MIME entity: header block, body, and its children."""
+
+    def __init__(self, data: bytes, default_type: bytes = b"text/plain"):
+        self.data = data
+        if data.startswith(b"\r\n"):
+            self.header, self.body = b"\r\n", data[2:]
+        else:
+            i = data.find(b"\r\n\r\n")
+            if i < 0:
+                # Only a header (or garbage): treat all as header, empty body.
+                self.header, self.body = data if data.endswith(b"\r\n") else data, b""
+            else:
+                self.header, self.body = data[:i + 4], data[i + 4:]
+        self.fields = parse_header(self.header)
+        ctype = self.get(b"content-type")
+        self.maintype, self.subtype, self.params = parse_content_type(ctype, default_type)
+        self.children: list[Part] = []
+        self.message: Part | None = None
+        if self.maintype == b"multipart":
+            boundary = self.params.get(b"boundary")
+            if boundary:
+                child_default = (b"message/rfc822" if self.subtype == b"digest"
+                                 else b"text/plain")
+                self.children = [Part(p, child_default)
+                                 for p in split_multipart(self.body, boundary)]
+        elif self.maintype == b"message" and self.subtype == b"rfc822":
+            self.message = Part(self.body)
+
+    def get(self, name: bytes) -> bytes | None:
+        for key, value in self.fields:
+            if key == name:
+                return value
+        return None
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.fields if k == name]
+
+    # -- sections ----------------------------------------------------------------------
+
+    def subpart(self, path: tuple[int, ...]) -> "Part | None":
+        """Part numbers as in BODY[1.2]: None when there is no such part."""
+        part = self
+        for n in path:
+            if part.children:
+                if n > len(part.children):
+                    return None
+                part = part.children[n - 1]
+            elif part.message is not None:
+                inner = part.message
+                if inner.children:
+                    if n > len(inner.children):
+                        return None
+                    part = inner.children[n - 1]
+                elif n == 1:
+                    part = inner
+                else:
+                    return None
+            elif n == 1 and part is self:
+                # A non-multipart message has one part: its body.
+                part = _BodyOnly(part)
+            else:
+                return None
+        return part
+
+    def section(self, path: tuple[int, ...], kind: str, fields: tuple[bytes, ...]) -> bytes | None:
+        """The bytes of BODY[path.kind (fields)], or None if the part does not exist."""
+        part = self.subpart(path) if path else self
+        if part is None:
+            return None
+        if kind == "MIME":
+            return part.header
+        if path and kind in ("HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+            # HEADER/TEXT of a part refer to its encapsulated message.
+            if part.message is None:
+                return None
+            part = part.message
+        if kind == "":
+            return part.body if path else part.data
+        if kind == "TEXT":
+            return part.body
+        if kind == "HEADER":
+            return part.header
+        return pick_headers(part.header, fields, kind == "HEADER.FIELDS.NOT")
+
+
+class _BodyOnly(Part):
+    """Part 1 of a single-part message: the body, with the message's MIME header."""
+
+    def __init__(self, outer: Part):
+        self.__dict__.update(outer.__dict__)
+        self.data = outer.body
+        self.message = None
+
+
+def parse_header(header: bytes) -> list[tuple[bytes, bytes]]:
+    """Unfolded (lower-case name, value) pairs, in order."""
+    out = []
+    for line in _FOLD.sub(b" ", header).split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name and b" " not in name.strip():
+            out.append((name.strip().lower(), value.strip()))
+    return out
+
+
+def pick_headers(header: bytes, names: tuple[bytes, ...], negate: bool) -> bytes:
+    """The header lines (with continuations) named in C{names}, then CRLF."""
+    wanted = {n.lower() for n in names}
+    out = []
+    keep = False
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        name = line.partition(b":")[0].strip().lower()
+        keep = (name in wanted) != negate
+        if keep:
+            out.append(line)
+    return b"".join(line + b"\r\n" for line in out) + b"\r\n"
+
+
+def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+    """Bodies of the parts between C{--boundary} lines (preamble and epilogue dropped)."""
+    delim = b"--" + boundary
+    parts = []
+    pos = 0
+    start = None
+    while True:
+        i = body.find(delim, pos)
+        if i < 0:
+            break
+        if i != 0 and body[i - 2:i] != b"\r\n":
+            pos = i + len(delim)
+            continue
+        line_end = body.find(b"\r\n", i)
+        tail = body[i + len(delim):line_end if line_end >= 0 else len(body)]
+        closing = tail.startswith(b"--")
+        if tail.strip(b" \t-") and not closing:
+            pos = i + len(delim)
+            continue
+        if start is not None:
+            parts.append(body[start:max(start, i - 2)])
+        if closing or line_end < 0:
+            start = None
+            break
+        start = line_end + 2
+        pos = start
+    if start is not None:
+        parts.append(body[start:])
+    return parts
+
+
+_PARAM = re.compile(rb';\s*([^=\s;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+
+
+def parse_content_type(value: bytes | None, default: bytes = b"text/plain"):
+    if not value:
+        main, _, sub = default.partition(b"/")
+        params = {b"charset": b"us-ascii"} if main == b"text" else {}
+        return main, sub, params
+    head, _, _ = value.partition(b";")
+    main, slash, sub = head.strip().lower().partition(b"/")
+    if not slash or not main or not sub:
+        main, sub = b"text", b"plain"
+    return main, sub, parse_params(value)
+
+
+def parse_params(value: bytes) -> dict[bytes, bytes]:
+    params = {}
+    for m in _PARAM.finditer(value):
+        v = m.group(2)
+        if v.startswith(b'"'):
+            v = re.sub(rb"\\(.)", rb"\1", v[1:-1])
+        params[m.group(1).lower()] = v
+    return params
+
+
+# -- ENVELOPE -----------------------------------------------------------------------------------
+
+def _nstring(value: bytes | None) -> bytes:
+    return string(value) if value is not None else b"NIL"
+
+
+def addresses(value: bytes | None) -> bytes:
+    if not value:
+        return b"NIL"
+    text = value.decode("utf-8", "surrogateescape")
+    out = []
+    for name, addr in email.utils.getaddresses([text]):
+        if not addr and not name:
+            continue
+        local, at, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
+        enc = lambda s: s.encode("utf-8", "surrogateescape") if s else None  # noqa: E731
+        out.append(b"(" + b" ".join([_nstring(enc(name)), b"NIL", _nstring(enc(local)),
+                                      _nstring(enc(domain) if at else None)]) + b")")
+    return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def envelope(part: Part) -> bytes:
+    g = part.get
+    frm = g(b"from")
+    items = [
+        _nstring(g(b"date")), _nstring(g(b"subject")),
+        addresses(frm), addresses(g(b"sender") or frm), addresses(g(b"reply-to") or frm),
+        addresses(g(b"to")), addresses(g(b"cc")), addresses(g(b"bcc")),
+        _nstring(g(b"in-reply-to")), _nstring(g(b"message-id")),
+    ]
+    return b"(" + b" ".join(items) + b")"
+
+
+# -- BODYSTRUCTURE ---------------------------------------------------------------------------
+
+def _plist(params: dict[bytes, bytes]) -> bytes:
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(string(k.upper()) + b" " + string(v)
+                            for k, v in params.items()) + b")"
+
+
+def _disposition(part: Part) -> bytes:
+    value = part.get(b"content-disposition")
+    if not value:
+        return b"NIL"
+    kind = value.partition(b";")[0].strip()
+    return b"(" + string(kind.upper()) + b" " + _plist(parse_params(value)) + b")"
+
+
+def _language(part: Part) -> bytes:
+    value = part.get(b"content-language")
+    if not value:
+        return b"NIL"
+    langs = [v.strip() for v in value.split(b",") if v.strip()]
+    if len(langs) == 1:
+        return string(langs[0])
+    return b"(" + b" ".join(string(v) for v in langs) + b")"
+
+
+def bodystructure(part: Part, extended: bool = True) -> bytes:
+    if part.children:
+        inner = b"".join(bodystructure(c, extended) for c in part.children)
+        out = inner + b" " + string(part.subtype.upper())
+        if extended:
+            params = {k: v for k, v in part.params.items()}
+            out += b" " + b" ".join([_plist(params), _disposition(part), _language(part),
+                                     _nstring(part.get(b"content-location"))])
+        return b"(" + out + b")"
+    encoding = (part.get(b"content-transfer-encoding") or b"7BIT").upper()
+    fields = [string(part.maintype.upper()), string(part.subtype.upper()), _plist(part.params),
+              _nstring(part.get(b"content-id")), _nstring(part.get(b"content-description")),
+              string(encoding), b"%d" % len(part.body)]
+    if part.maintype == b"text":
+        fields.append(b"%d" % part.body.count(b"\r\n"))
+    elif part.message is not None:
+        fields += [envelope(part.message), bodystructure(part.message, extended),
+                   b"%d" % part.body.count(b"\r\n")]
+    if extended:
+        fields += [_nstring(part.get(b"content-md5")), _disposition(part), _language(part),
+                   _nstring(part.get(b"content-location"))]
+    return b"(" + b" ".join(fields) + b")"
+
+
+# -- SEARCH helpers ---------------------------------------------------------------------------
+
+def decoded(value: bytes | None) -> str:
+    """A header value with RFC 2047 words decoded, for SEARCH matching."""
+    if value is None:
+        return ""
+    text = value.decode("utf-8", "replace")
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:
+        return text
+
+
+def sent_date(part: Part):
+    """The Date: header as a date (for SENTBEFORE/SENTON/SENTSINCE)."""
+    value = part.get(b"date")
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value.decode("ascii", "replace")).date()
+    except (TypeError, ValueError, IndexError):
+        return None

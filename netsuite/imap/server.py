@@ -1,0 +1,1003 @@
+"""
+The IMAP4rev1 session, on Twisted's L{imap4.IMAP4Server}.
+
+Twisted's class keeps the role (states, timeout, the Portal, IAccount /
+IMailbox avatars), but its command reader and several commands are wrong in
+26.10 (see TWISTED-GAPS.md), so this subclass replaces:
+
+  - the reader: whole commands are assembled with their literals before
+    anything runs; C{{n+}} (LITERAL+) is honoured; a literal over the limit is
+    refused before a byte of it is read, and a huge count never allocates;
+    overlong lines get BAD and the session goes on; NUL bytes are refused;
+    input pipelined after STARTTLS is discarded; IDLE ends only on DONE;
+  - argument parsing (L{netsuite.imap.wire}): quoted strings with escapes,
+    nested lists, sequence sets, FETCH attributes and every SEARCH key;
+  - FETCH (partial fetch applied, \\Seen set by BODY[]), STORE, SEARCH, COPY,
+    MOVE, EXPUNGE, UID EXPUNGE, SELECT/EXAMINE response codes, and the
+    extensions: IDLE, UIDPLUS, MOVE, NAMESPACE, SPECIAL-USE, LITERAL+, ENABLE,
+    ID, UNSELECT, SASL-IR;
+  - unsolicited updates: changes by other sessions, deliveries and other
+    programs are queued by L{SessionMailbox} and sent where RFC 3501 7.4.1
+    allows (EXPUNGE never during FETCH, STORE or SEARCH).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from twisted.cred import credentials, error as cred_error
+from twisted.internet import defer, interfaces, task
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from netsuite.imap import wire
+from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
+from netsuite.imap.message import Part, bodystructure, decoded, envelope, sent_date
+from netsuite.imap.wire import Cursor, ParseError, SeqSet
+from netsuite.pop3.wire import CommandError, decode_sasl_plain
+
+log = Logger(namespace="netsuite.imap")
+
+IDENT = "netsuite IMAP4rev1 ready"
+EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
+              b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN"]
+
+ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
+UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
+AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
+              "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "IDLE", "ENABLE"}
+SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
+                   "MOVE", "UID"}
+UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+
+#: Messages rendered per reactor turn by FETCH.
+FETCH_BATCH = 256
+
+
+class IMAPServer(imap4.IMAP4Server):
+    """One IMAP connection; see the module docstring."""
+
+    def __init__(self, ctx, cfg, implicit_tls: bool = False):
+        super().__init__(contextFactory=ctx.tls)
+        self.ctx = ctx
+        self.cfg = cfg
+        self.tls = implicit_tls
+        self.timeOut = cfg.login_timeout
+        self.POSTAUTH_TIMEOUT = cfg.idle_timeout
+        self._in = b""
+        self._parts: list[bytes] = []
+        self._lits: list[bytes] = []
+        self._lit_need = 0
+        self._lit_chunks: list[bytes] = []
+        self._skip = 0
+        self._reject: bytes | None = None
+        self._cmd_bytes = 0
+        self._mode = "line"
+        self._discarding = False
+        self._busy = False
+        self._idle_tag: bytes | None = None
+        self._sasl_tag: bytes | None = None
+        self.mbox = None
+
+    # -- connection ------------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        self.portal = self.ctx.portal.bind(self.peer, "imap")
+        self.tags = {}
+        self.setTimeout(self.timeOut)
+        self.send(b"* OK [CAPABILITY " + b" ".join(self.capability_list()) + b"] " +
+                  IDENT.encode())
+
+    def connectionLost(self, reason):
+        self._deselect()
+        super().connectionLost(reason)
+
+    def timeoutConnection(self):
+        self.send(b"* BYE Idle for too long, closing connection")
+        self.transport.loseConnection()
+
+    def send(self, line: bytes) -> None:
+        self.transport.write(line + b"\r\n")
+
+    def plaintext_allowed(self) -> bool:
+        return self.tls or self.ctx.config.server.allow_plaintext_auth
+
+    def capability_list(self) -> list[bytes]:
+        caps = list(EXTENSIONS)
+        if self.state == "unauth":
+            if not self.tls and self.ctx.tls is not None:
+                caps.append(b"STARTTLS")
+            if self.plaintext_allowed():
+                caps.append(b"AUTH=PLAIN")
+            else:
+                caps.append(b"LOGINDISABLED")
+        return caps
+
+    # -- the reader --------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._in += data
+        self._process()
+
+    def _process(self) -> None:
+        while self._in and not self._busy and not self.transport.disconnecting:
+            if self._skip:
+                n = min(self._skip, len(self._in))
+                self._skip -= n
+                self._in = self._in[n:]
+                continue
+            if self._mode == "literal":
+                n = min(self._lit_need, len(self._in))
+                self._lit_chunks.append(self._in[:n])
+                self._in = self._in[n:]
+                self._lit_need -= n
+                if not self._lit_need:
+                    self._lits.append(b"".join(self._lit_chunks))
+                    self._lit_chunks = []
+                    self._mode = "line"
+                continue
+            nl = self._in.find(b"\n")
+            if nl < 0:
+                if len(self._in) > self.cfg.max_line_length:
+                    if not self._discarding:
+                        self._discard_tag = self._in[:64].split(b" ", 1)[0]
+                    self._discarding = True
+                    self._in = b""
+                break
+            line, self._in = self._in[:nl], self._in[nl + 1:]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if self._discarding:
+                self._discarding = False
+                tag = self._discard_tag if not self._parts else self._parts[0].split(b" ")[0]
+                self._reset_command()
+                self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD",
+                             b"Command line too long")
+                continue
+            if len(line) > self.cfg.max_line_length:
+                tag = (self._parts[0] if self._parts else line).split(b" ", 1)[0]
+                self._reset_command()
+                self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD",
+                             b"Command line too long")
+                continue
+            self._line(line)
+
+    def _reset_command(self) -> None:
+        self._parts, self._lits, self._cmd_bytes, self._reject = [], [], 0, None
+
+    def _line(self, line: bytes) -> None:
+        if self._mode == "idle" and not self._parts:
+            return self._idle_line(line)
+        if self._mode == "sasl" and not self._parts:
+            return self._sasl_line(line)
+        if b"\x00" in line:
+            tag = (self._parts[0] if self._parts else line).split(b" ", 1)[0]
+            self._reset_command()
+            self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD", b"NUL byte in command")
+            return
+        lit = wire.literal_at_end(line)
+        if lit is None:
+            self._parts.append(line)
+            text = b"\x00".join(self._parts)
+            lits, reject = self._lits, self._reject
+            self._reset_command()
+            if reject is not None:
+                tag = text.split(b" ", 1)[0]
+                self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD", reject)
+                return
+            self._execute(text, lits)
+            return
+        size, nonsync = lit
+        self._parts.append(wire.strip_literal(line))
+        first = self._parts[0].split(b" ", 3)
+        tag = first[0]
+        cmd = first[1].upper() if len(first) > 1 else b""
+        limit = self.cfg.max_message_size if cmd == b"APPEND" else self.cfg.max_literal
+        self._cmd_bytes += size
+        if self._reject is None and self._cmd_bytes > limit:
+            self._reject = b"[TOOBIG] Literal too large (limit %d octets)" % limit
+        if self._reject is not None:
+            if nonsync:
+                # The client sends it anyway: count it away, never store it.
+                self._skip = size
+                self._lits.append(b"")
+                return
+            reject = self._reject
+            self._reset_command()
+            self._tagged(tag if wire.valid_tag(tag) else b"*", b"NO", reject)
+            return
+        if not nonsync:
+            self.send(b"+ Ready for literal data")
+        if size == 0:
+            self._lits.append(b"")
+        else:
+            self._mode = "literal"
+            self._lit_need = size
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _execute(self, text: bytes, lits: list[bytes]) -> None:
+        try:
+            tag, cmd, rest = wire.split_tag(text)
+        except ParseError as e:
+            tag = text.split(b" ", 1)[0]
+            self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD", str(e).encode())
+            return
+        name = cmd.decode()
+        uid = False
+        allowed = {"unauth": UNAUTH, "auth": AUTH, "select": SELECTED}.get(self.state, set())
+        if name == "UID" and name in allowed:
+            sub, _, rest = rest.partition(b" ")
+            name = sub.upper().decode("ascii", "replace")
+            uid = True
+            if name not in UID_COMMANDS:
+                self._tagged(tag, b"BAD", b"Unknown UID command")
+                return
+        handler = getattr(self, f"imap_{name}", None)
+        if handler is None:
+            self._tagged(tag, b"BAD", b"Unknown command")
+            return
+        if name not in allowed:
+            self._tagged(tag, b"BAD", f"{name} not allowed now".encode())
+            return
+        cur = Cursor(rest, lits)
+        try:
+            result = handler(tag, cur, uid) if name in UID_COMMANDS else handler(tag, cur)
+        except ParseError as e:
+            self._tagged(tag, b"BAD", str(e).encode())
+            return
+        except imap4.MailboxException as e:
+            self._tagged(tag, b"NO", str(e).encode())
+            return
+        except Exception:
+            log.failure("IMAP {command} failed", command=name)
+            self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
+            return
+        if isinstance(result, defer.Deferred):
+            self._busy = True
+
+            def failed(f):
+                log.failure("IMAP {command} failed", f, command=name)
+                self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
+
+            def resume(_):
+                self._busy = False
+                self._process()
+
+            result.addErrback(failed).addBoth(resume)
+
+    def _tagged(self, tag: bytes, status: bytes, text: bytes, allow_expunge: bool = True) -> None:
+        """Send pending unsolicited updates, then the tagged completion."""
+        if self.mbox is not None and status != b"BAD":
+            for line in self.mbox.updates(allow_expunge):
+                self.send(line)
+        self.send(tag + b" " + status + b" " + text)
+
+    # -- any state ------------------------------------------------------------------------
+
+    def imap_CAPABILITY(self, tag, cur):
+        cur.end()
+        self.send(b"* CAPABILITY " + b" ".join(self.capability_list()))
+        self._tagged(tag, b"OK", b"CAPABILITY completed")
+
+    def imap_NOOP(self, tag, cur):
+        cur.end()
+        if self.mbox is not None:
+            self.mbox.folder.refresh()
+        self._tagged(tag, b"OK", b"NOOP completed")
+
+    def imap_LOGOUT(self, tag, cur):
+        cur.end()
+        self.send(b"* BYE Logging out")
+        self.send(tag + b" OK LOGOUT completed")
+        self._deselect()
+        self.state = "logout"
+        self.transport.loseConnection()
+
+    def imap_ID(self, tag, cur):
+        if cur.maybe(b"NIL") or cur.maybe(b"nil"):
+            pass
+        else:
+            params = cur.plist()
+            if len(params) % 2 or len(params) > 60:
+                raise ParseError("ID takes field/value pairs")
+        cur.end()
+        self.send(b'* ID ("name" "netsuite" "vendor" "netsuite")')
+        self._tagged(tag, b"OK", b"ID completed")
+
+    def imap_ENABLE(self, tag, cur):
+        cur.atom()
+        while cur.maybe(b" "):
+            cur.atom()
+        cur.end()
+        # No extension that needs enabling (CONDSTORE, UTF8=ACCEPT) is offered.
+        self.send(b"* ENABLED")
+        self._tagged(tag, b"OK", b"ENABLE completed")
+
+    # -- not authenticated ----------------------------------------------------------------
+
+    def imap_STARTTLS(self, tag, cur):
+        cur.end()
+        if self.tls:
+            self._tagged(tag, b"BAD", b"TLS already active")
+            return
+        if self.ctx.tls is None or interfaces.ITLSTransport(self.transport, None) is None:
+            self._tagged(tag, b"NO", b"TLS not available")
+            return
+        self.send(tag + b" OK Begin TLS negotiation now")
+        self.transport.startTLS(self.ctx.tls)
+        self.tls = True
+        # Commands pipelined in plain text after STARTTLS are never run (RFC 3501 6.2.1).
+        self._in = b""
+        self._reset_command()
+
+    def _privacy_required(self, tag) -> bool:
+        if self.plaintext_allowed():
+            return False
+        self._tagged(tag, b"NO", b"[PRIVACYREQUIRED] Plaintext authentication disallowed "
+                                 b"on non-secure connections; use STARTTLS")
+        return True
+
+    def imap_LOGIN(self, tag, cur):
+        user = cur.astring()
+        cur.sp()
+        password = cur.astring()
+        cur.end()
+        if self._privacy_required(tag):
+            return None
+        return self._login(tag, user, password)
+
+    def imap_AUTHENTICATE(self, tag, cur):
+        mech = cur.atom().upper()
+        initial = None
+        if cur.maybe(b" "):
+            initial = cur.astring()
+        cur.end()
+        if mech != b"PLAIN":
+            self._tagged(tag, b"NO", b"Unsupported authentication mechanism")
+            return None
+        if self._privacy_required(tag):
+            return None
+        if initial is None:
+            self._mode = "sasl"
+            self._sasl_tag = tag
+            self.send(b"+ ")
+            return None
+        return self._sasl_plain(tag, b"" if initial == b"=" else initial)
+
+    def _sasl_line(self, line: bytes) -> None:
+        tag, self._sasl_tag = self._sasl_tag, None
+        self._mode = "line"
+        if line.strip() == b"*":
+            self._tagged(tag, b"BAD", b"Authentication cancelled")
+            return
+        d = self._sasl_plain(tag, line)
+        if d is not None:
+            self._busy = True
+            d.addBoth(self._unbusy)
+
+    def _unbusy(self, _=None):
+        self._busy = False
+        self._process()
+
+    def _sasl_plain(self, tag, response):
+        try:
+            authz, user, password = decode_sasl_plain(response)
+        except CommandError as e:
+            self._tagged(tag, b"BAD", str(e).encode())
+            return None
+        if authz and authz != user:
+            self._tagged(tag, b"NO", b"[AUTHORIZATIONFAILED] Proxy authorization not supported")
+            return None
+        return self._login(tag, user, password)
+
+    def _login(self, tag, user: bytes, password: bytes):
+        self.setTimeout(None)
+        d = self.portal.login(credentials.UsernamePassword(user, password), None, imap4.IAccount)
+
+        def ok(result):
+            iface, avatar, logout = result
+            if self.transport.disconnecting:
+                logout()
+                return
+            self.account = avatar
+            self._onLogout = logout
+            self.state = "auth"
+            self.setTimeout(self.POSTAUTH_TIMEOUT)
+            self._tagged(tag, b"OK", b"[CAPABILITY " + b" ".join(self.capability_list()) +
+                         b"] Logged in")
+
+        def failed(f):
+            self.setTimeout(self.timeOut)
+            if f.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+                self._tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
+            else:
+                log.failure("IMAP login", f)
+                self._tagged(tag, b"NO", b"[UNAVAILABLE] Temporary server failure")
+
+        return d.addCallbacks(ok, failed)
+
+    # -- authenticated ----------------------------------------------------------------------
+
+    def _mailbox_name(self, cur) -> str:
+        raw = cur.astring()
+        try:
+            name = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise imap4.MailboxException("Mailbox names must be modified UTF-7 (RFC 3501 5.1.3)")
+        return canonical(name)
+
+    def _deselect(self) -> None:
+        if self.mbox is not None:
+            self.mbox.on_change = None
+            self.mbox.close()
+            self.mbox = None
+        if self.state == "select":
+            self.state = "auth"
+
+    def _select(self, tag, cur, rw: bool):
+        name = self._mailbox_name(cur)
+        cur.end()
+        self._deselect()
+        mbox = self.account.select(name, rw)
+        if mbox is None:
+            self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
+            return
+        self.mbox = mbox
+        self.state = "select"
+        mbox.on_change = self._mailbox_changed
+        flags = " ".join(mbox.all_flags()).encode()
+        self.send(b"* FLAGS (" + flags + b")")
+        if rw:
+            self.send(b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted")
+        else:
+            self.send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox")
+        self.send(b"* %d EXISTS" % len(mbox.uids))
+        self.send(b"* %d RECENT" % len(mbox.recent))
+        unseen = mbox.unseen_first()
+        if unseen:
+            self.send(b"* OK [UNSEEN %d] First unseen" % unseen)
+        self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.folder.uidvalidity)
+        self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.folder.next_uid)
+        mode = b"[READ-WRITE] SELECT" if rw else b"[READ-ONLY] EXAMINE"
+        self.send(tag + b" OK " + mode + b" completed")
+
+    def imap_SELECT(self, tag, cur):
+        self._select(tag, cur, True)
+
+    def imap_EXAMINE(self, tag, cur):
+        self._select(tag, cur, False)
+
+    def imap_CREATE(self, tag, cur):
+        name = self._mailbox_name(cur)
+        cur.end()
+        if name == "INBOX":
+            self._tagged(tag, b"NO", b"[ALREADYEXISTS] INBOX always exists")
+            return
+        try:
+            self.account.create(name)
+        except FolderExists as e:
+            self._tagged(tag, b"NO", b"[ALREADYEXISTS] " + str(e).encode())
+            return
+        self._tagged(tag, b"OK", b"CREATE completed")
+
+    def imap_DELETE(self, tag, cur):
+        name = self._mailbox_name(cur)
+        cur.end()
+        if self.mbox is not None and self.mbox.folder.name == name:
+            self._deselect()
+        try:
+            self.account.delete(name)
+        except NoSuchFolder as e:
+            self._tagged(tag, b"NO", b"[NONEXISTENT] " + str(e).encode())
+            return
+        self._tagged(tag, b"OK", b"DELETE completed")
+
+    def imap_RENAME(self, tag, cur):
+        old = self._mailbox_name(cur)
+        cur.sp()
+        new = self._mailbox_name(cur)
+        cur.end()
+        try:
+            self.account.rename(old, new)
+        except NoSuchFolder as e:
+            self._tagged(tag, b"NO", b"[NONEXISTENT] " + str(e).encode())
+            return
+        except FolderExists as e:
+            self._tagged(tag, b"NO", b"[ALREADYEXISTS] " + str(e).encode())
+            return
+        self._tagged(tag, b"OK", b"RENAME completed")
+
+    def imap_SUBSCRIBE(self, tag, cur):
+        name = self._mailbox_name(cur)
+        cur.end()
+        self.account.folder(name)
+        self.account.subscribe(name)
+        self._tagged(tag, b"OK", b"SUBSCRIBE completed")
+
+    def imap_UNSUBSCRIBE(self, tag, cur):
+        name = self._mailbox_name(cur)
+        cur.end()
+        self.account.unsubscribe(name)
+        self._tagged(tag, b"OK", b"UNSUBSCRIBE completed")
+
+    def _list(self, tag, cur, subscribed: bool, verb: bytes):
+        special_only = False
+        if not subscribed and cur.peek() == 0x28:
+            options = [o.upper() for o in cur.plist() if isinstance(o, bytes)]
+            unknown = set(options) - {b"SPECIAL-USE", b"SUBSCRIBED"}
+            if unknown:
+                raise ParseError("Unsupported LIST selection option")
+            special_only = b"SPECIAL-USE" in options
+            subscribed = b"SUBSCRIBED" in options
+            cur.sp()
+        ref = cur.astring().decode("ascii", "replace")
+        cur.sp()
+        pattern = cur.list_mailbox().decode("ascii", "replace")
+        cur.end()
+        if not pattern:
+            self.send(b'* ' + verb + b' (\\Noselect) "." ""')
+            self._tagged(tag, b"OK", verb + b" completed")
+            return
+        for name, attrs in self.account.listing(ref, pattern, subscribed):
+            if special_only and not any(a in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk")
+                                        for a in attrs):
+                continue
+            self.send(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "." ' +
+                      wire.astring(name))
+        self._tagged(tag, b"OK", verb + b" completed")
+
+    def imap_LIST(self, tag, cur):
+        self._list(tag, cur, False, b"LIST")
+
+    def imap_LSUB(self, tag, cur):
+        self._list(tag, cur, True, b"LSUB")
+
+    def imap_STATUS(self, tag, cur):
+        name = self._mailbox_name(cur)
+        cur.sp()
+        items = [i.upper().decode() for i in cur.plist() if isinstance(i, bytes)]
+        cur.end()
+        if not items or any(i not in STATUS_ITEMS for i in items):
+            raise ParseError("Unknown STATUS item")
+        try:
+            values = self.account.status(name, items)
+        except NoSuchFolder:
+            self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
+            return
+        body = " ".join(f"{k} {values[k]}" for k in items).encode()
+        self.send(b"* STATUS " + wire.astring(name) + b" (" + body + b")")
+        self._tagged(tag, b"OK", b"STATUS completed")
+
+    def imap_APPEND(self, tag, cur):
+        name = self._mailbox_name(cur)
+        cur.sp()
+        flags: list[str] = []
+        date = None
+        if cur.peek() == 0x28:
+            flags = cur.flag_list()
+            cur.sp()
+        if cur.peek() == 0x22:
+            date = wire.parse_datetime(cur.quoted())
+            cur.sp()
+        if cur.peek() != wire.LITERAL_MARK:
+            raise ParseError("APPEND needs the message as a literal")
+        data = cur.string()
+        cur.end()
+        if any(f.lower() == "\\recent" for f in flags):
+            raise ParseError("\\Recent cannot be set")
+        try:
+            folder = self.account.folder(name)
+        except NoSuchFolder:
+            self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
+            return
+        if not data:
+            self._tagged(tag, b"NO", b"Empty message")
+            return
+        uid = folder.append(data, flags, date)
+        self._tagged(tag, b"OK", b"[APPENDUID %d %d] APPEND completed" % (folder.uidvalidity, uid))
+
+    def imap_NAMESPACE(self, tag, cur):
+        cur.end()
+        self.send(b'* NAMESPACE (("" ".")) NIL NIL')
+        self._tagged(tag, b"OK", b"NAMESPACE completed")
+
+    def imap_IDLE(self, tag, cur):
+        cur.end()
+        self._mode = "idle"
+        self._idle_tag = tag
+        self.send(b"+ idling")
+        self._push_updates()
+
+    def _idle_line(self, line: bytes) -> None:
+        if line.strip().upper() != b"DONE":
+            self.send(b"* BAD Expected DONE")
+            return
+        tag, self._idle_tag = self._idle_tag, None
+        self._mode = "line"
+        self._tagged(tag, b"OK", b"IDLE terminated")
+
+    def _mailbox_changed(self) -> None:
+        if self._mode == "idle":
+            self._push_updates()
+
+    def _push_updates(self) -> None:
+        if self.mbox is not None:
+            for line in self.mbox.updates(True):
+                self.send(line)
+
+    # -- selected -------------------------------------------------------------------------
+
+    def imap_CHECK(self, tag, cur):
+        cur.end()
+        self.mbox.folder.refresh()
+        self._tagged(tag, b"OK", b"CHECK completed")
+
+    def imap_CLOSE(self, tag, cur):
+        cur.end()
+        mbox = self.mbox
+        if mbox.writeable:
+            mbox.on_change = None
+            doomed = [u for u in mbox.uids if (m := mbox.folder.by_uid(u)) and m.has("\\Deleted")]
+            mbox.folder.expunge(doomed)
+        self._deselect()
+        self.send(tag + b" OK CLOSE completed")
+
+    def imap_UNSELECT(self, tag, cur):
+        cur.end()
+        self._deselect()
+        self.send(tag + b" OK UNSELECT completed")
+
+    def _targets(self, seqset: SeqSet, uid: bool) -> list[int]:
+        """UIDs named by a sequence set (message numbers or UIDs) in this session."""
+        uids = self.mbox.uids
+        if uid:
+            return seqset.resolve(uids, uids[-1] if uids else 0)
+        count = len(uids)
+        for a, b in seqset.ranges:
+            for n in (a, b):
+                if n is not None and n > count:
+                    raise ParseError("Message sequence number out of range")
+        if not count:
+            return []
+        return [uids[n - 1] for n in seqset.resolve(list(range(1, count + 1)), count)]
+
+    def imap_EXPUNGE(self, tag, cur, uid=False):
+        which = None
+        if uid:
+            which = set(self._targets(cur.seqset(), True))
+        cur.end()
+        if not self.mbox.writeable:
+            self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only")
+            return
+        doomed = [u for u in self.mbox.uids
+                  if (which is None or u in which)
+                  and (m := self.mbox.folder.by_uid(u)) is not None and m.has("\\Deleted")]
+        self.mbox.folder.expunge(doomed)
+        self._tagged(tag, b"OK", b"EXPUNGE completed")
+
+    # FETCH
+
+    def imap_FETCH(self, tag, cur, uid=False):
+        seqset = cur.seqset()
+        cur.sp()
+        atts = wire.parse_fetch_atts(cur)
+        cur.end()
+        if uid and not any(a.name == "UID" for a in atts):
+            atts.insert(0, wire.FetchAtt("UID"))
+        targets = self._targets(seqset, uid)
+        mbox = self.mbox
+        marks_seen = mbox.writeable and any(
+            a.section is not None and not a.section.peek for a in atts)
+        add_flags = set()
+        if marks_seen:
+            unseen = [m for u in targets if (m := mbox.folder.by_uid(u)) is not None
+                      and not m.has("\\Seen")]
+            if unseen:
+                mbox.quiet = True
+                try:
+                    mbox.folder.set_flags(unseen, ["\\Seen"], 1)
+                finally:
+                    mbox.quiet = False
+                if not any(a.name == "FLAGS" for a in atts):
+                    add_flags = {m.uid for m in unseen}
+        missing = []
+
+        def render():
+            out = []
+            for n, u in enumerate(targets):
+                msg = mbox.folder.by_uid(u)
+                seq = mbox.seq(u)
+                if msg is None or not seq:
+                    missing.append(u)
+                    continue
+                try:
+                    out.append(self._fetch_one(seq, msg, atts, u in add_flags))
+                except KeyError:
+                    missing.append(u)
+                if len(out) >= FETCH_BATCH:
+                    self.transport.writeSequence(out)
+                    out = []
+                    yield None
+            if out:
+                self.transport.writeSequence(out)
+
+        def done(_):
+            if missing:
+                self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged",
+                             allow_expunge=uid)
+            else:
+                self._tagged(tag, b"OK", b"FETCH completed", allow_expunge=uid)
+
+        if len(targets) <= FETCH_BATCH:
+            for _ in render():
+                pass
+            done(None)
+            return None
+        return task.cooperate(render()).whenDone().addCallback(done)
+
+    def _fetch_one(self, seq: int, msg, atts, add_flags: bool) -> bytes:
+        mbox = self.mbox
+        items = []
+        part = None
+        for att in atts:
+            name = att.name
+            if name == "UID":
+                items.append(b"UID %d" % msg.uid)
+            elif name == "FLAGS":
+                items.append(b"FLAGS " + mbox.flag_bytes(msg))
+            elif name == "INTERNALDATE":
+                items.append(b"INTERNALDATE " + wire.format_datetime(msg.date))
+            elif name == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % msg.size)
+            else:
+                if part is None:
+                    part = Part(mbox.read(msg))
+                if name == "ENVELOPE":
+                    items.append(b"ENVELOPE " + envelope(part))
+                elif name == "BODYSTRUCTURE":
+                    items.append(b"BODYSTRUCTURE " + bodystructure(part, True))
+                elif name == "BODY":
+                    items.append(b"BODY " + bodystructure(part, False))
+                else:
+                    sec = att.section
+                    data = part.section(sec.part, sec.kind, sec.fields)
+                    label = wire.section_label(sec)
+                    if data is None:
+                        items.append(label + b" NIL")
+                        continue
+                    if sec.partial is not None:
+                        start, length = sec.partial
+                        data = data[start:start + length]
+                    items.append(label + b" " + wire.literal(data))
+        if add_flags:
+            items.append(b"FLAGS " + mbox.flag_bytes(msg))
+        return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+
+    # STORE
+
+    def imap_STORE(self, tag, cur, uid=False):
+        seqset = cur.seqset()
+        cur.sp()
+        item = cur.atom().upper()
+        cur.sp()
+        flags = cur.flag_list()
+        cur.end()
+        base, _, silent = item.partition(b".")
+        if silent not in (b"", b"SILENT"):
+            raise ParseError("Bad STORE item")
+        mode = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}.get(base)
+        if mode is None:
+            raise ParseError("Bad STORE item")
+        targets = self._targets(seqset, uid)
+        if not self.mbox.writeable:
+            self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only", allow_expunge=uid)
+            return
+        mbox = self.mbox
+        msgs = [m for u in targets if (m := mbox.folder.by_uid(u)) is not None]
+        mbox.quiet = True
+        try:
+            mbox.folder.set_flags(msgs, flags, mode)
+        finally:
+            mbox.quiet = False
+        if not silent:
+            for m in msgs:
+                seq = mbox.seq(m.uid)
+                if seq:
+                    uidpart = b" UID %d" % m.uid if uid else b""
+                    self.send(b"* %d FETCH (FLAGS %s%s)" % (seq, mbox.flag_bytes(m), uidpart))
+        if len(msgs) < len(targets):
+            self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged",
+                         allow_expunge=uid)
+        else:
+            self._tagged(tag, b"OK", b"STORE completed", allow_expunge=uid)
+
+    # COPY / MOVE
+
+    def _copy(self, tag, cur, uid: bool, move: bool):
+        seqset = cur.seqset()
+        cur.sp()
+        name = self._mailbox_name(cur)
+        cur.end()
+        targets = self._targets(seqset, uid)
+        if move and not self.mbox.writeable:
+            self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only")
+            return
+        try:
+            dest = self.account.folder(name)
+        except NoSuchFolder:
+            self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
+            return
+        src = self.mbox.folder
+        msgs = [m for u in targets if (m := src.by_uid(u)) is not None]
+        pairs = src.copy_to(msgs, dest) if dest is not src or not move else []
+        code = b""
+        if pairs:
+            code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,
+                                             compress([p[0] for p in pairs]),
+                                             compress([p[1] for p in pairs]))
+        if move:
+            if code:
+                self.send(b"* OK " + code + b"Moved")
+            src.expunge([p[0] for p in pairs])
+            self._tagged(tag, b"OK", b"MOVE completed")
+        else:
+            self._tagged(tag, b"OK", code + b"COPY completed", allow_expunge=uid)
+
+    def imap_COPY(self, tag, cur, uid=False):
+        self._copy(tag, cur, uid, move=False)
+
+    def imap_MOVE(self, tag, cur, uid=False):
+        self._copy(tag, cur, uid, move=True)
+
+    # SEARCH
+
+    def imap_SEARCH(self, tag, cur, uid=False):
+        if cur.text[cur.pos:cur.pos + 8].upper() == b"CHARSET ":
+            cur.pos += 8
+            charset = cur.astring().upper()
+            cur.sp()
+            if charset not in (b"US-ASCII", b"UTF-8"):
+                keys = None
+                self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
+                             allow_expunge=uid)
+                return
+        keys = wire.parse_search(cur)
+        mbox = self.mbox
+        uids = mbox.uids
+        found = []
+        star_seq = len(uids)
+        star_uid = uids[-1] if uids else 0
+        for seq, u in enumerate(uids, 1):
+            msg = mbox.folder.by_uid(u)
+            if msg is None:
+                continue
+            ctx = _SearchContext(self, seq, msg, star_seq, star_uid)
+            if all(ctx.match(k) for k in keys):
+                found.append(u if uid else seq)
+        self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
+        self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
+
+
+class _SearchContext:
+    """Evaluates search keys for one message, reading its file only if a key needs it."""
+
+    def __init__(self, server: IMAPServer, seq: int, msg, star_seq: int, star_uid: int):
+        self.server = server
+        self.seq = seq
+        self.msg = msg
+        self.star_seq = star_seq
+        self.star_uid = star_uid
+        self._part: Part | None = None
+
+    @property
+    def part(self) -> Part:
+        if self._part is None:
+            try:
+                self._part = Part(self.server.mbox.read(self.msg))
+            except KeyError:
+                self._part = Part(b"\r\n")
+        return self._part
+
+    def _text(self, value: bytes) -> str:
+        return value.decode("utf-8", "replace").lower()
+
+    def match(self, key) -> bool:
+        op = key[0]
+        m = self.msg
+        mbox = self.server.mbox
+        if op == "ALL":
+            return True
+        if op == "AND":
+            return all(self.match(k) for k in key[1])
+        if op == "NOT":
+            return not self.match(key[1])
+        if op == "OR":
+            return self.match(key[1]) or self.match(key[2])
+        if op == "SEQ":
+            return key[1].contains(self.seq, self.star_seq)
+        if op == "UID":
+            return key[1].contains(m.uid, self.star_uid)
+        flag = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
+                "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
+        if op in flag:
+            return m.has(flag[op])
+        if op.startswith("UN") and op[2:] in flag:
+            return not m.has(flag[op[2:]])
+        if op == "KEYWORD":
+            return m.has(key[1])
+        if op == "UNKEYWORD":
+            return not m.has(key[1])
+        if op == "RECENT":
+            return m.uid in mbox.recent
+        if op == "OLD":
+            return m.uid not in mbox.recent
+        if op == "NEW":
+            return m.uid in mbox.recent and not m.has("\\Seen")
+        if op == "LARGER":
+            return m.size > key[1]
+        if op == "SMALLER":
+            return m.size < key[1]
+        if op in ("BEFORE", "ON", "SINCE"):
+            day = dt.date.fromtimestamp(m.date)
+            return _compare_date(op, day, key[1])
+        if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            day = sent_date(self.part)
+            return day is not None and _compare_date(op[4:], day, key[1])
+        if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+            needle = self._text(key[1])
+            return any(needle in decoded(v).lower() for v in self.part.get_all(op.lower().encode()))
+        if op == "HEADER":
+            name = key[1].lower()
+            needle = self._text(key[2])
+            values = self.part.get_all(name)
+            return bool(values) and any(needle in decoded(v).lower() for v in values)
+        if op == "BODY":
+            return self._text(key[1]) in self._text(self.part.body)
+        if op == "TEXT":
+            needle = self._text(key[1])
+            return needle in self._text(self.part.data) or any(
+                needle in decoded(v).lower() for _, v in self.part.fields)
+        raise ParseError(f"Unknown search key {op}")
+
+
+def _compare_date(op: str, day, ref) -> bool:
+    if op == "BEFORE":
+        return day < ref
+    if op == "ON":
+        return day == ref
+    return day >= ref
+
+
+def compress(numbers: list[int]) -> bytes:
+    """[1, 2, 3, 5] -> b"1:3,5" (order kept: COPYUID pairs source and destination)."""
+    out = []
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            out.append(f"{start}:{prev}" if start != prev else f"{start}")
+        start = prev = n
+    if start is not None:
+        out.append(f"{start}:{prev}" if start != prev else f"{start}")
+    return ",".join(out).encode()
+
+
+class IMAPFactory(Factory):
+    """Builds L{IMAPServer} for one listener."""
+
+    def __init__(self, ctx, implicit_tls: bool = False):
+        self.ctx = ctx
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr):
+        p = IMAPServer(self.ctx, self.ctx.config.imap, self.implicit_tls)
+        p.factory = self
+        return p
