@@ -108,6 +108,10 @@ def test_unknown_user_and_relay_refused(mx):
         assert code == 554 and text.startswith(b"5.7.1"), "open relay!"
         code, text = s.rcpt("alice@EXAMPLE.TEST")
         assert code == 250 and text.startswith(b"2.1.5")
+    log = mx.wait_for(lambda: "victim@elsewhere.test" in mx.log() and mx.log())
+    assert ("refused: RCPT address=127.0.0.1 from=<x@remote.test> to=<victim@elsewhere.test> "
+            "reply=554 5.7.1") in log
+    assert "to=<nobody@example.test> reply=550 5.1.1" in log
 
 
 def test_alias_fans_out_once_per_user(mx):

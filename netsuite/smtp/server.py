@@ -444,9 +444,20 @@ class SMTPServer(smtp.ESMTP):
                 raise wire.WireError(555, "5.5.4", f"Unsupported parameter {name}")
         return checked
 
+    def _refuse(self, what: str, address: Any, code: int, enhanced: str | None,
+                text: bytes) -> None:
+        """Answer a refusal and log it once, Postfix-style (no message was queued)."""
+        self.say(code, enhanced, text)
+        log.info("refused: {what} address={address} from=<{sender}> to=<{rcpt}> "
+                 "reply={code} {text}", what=what, address=self.peer,
+                 sender=_show(self._from) if self._from is not None else "-",
+                 rcpt=_show(address) if address is not None else "-", code=code,
+                 text=text.decode("utf-8", "replace"))
+
     def _refused_sender(self, failure: Failure) -> None:
         if failure.check(smtp.SMTPBadSender, smtp.SMTPServerError):
-            self.say(failure.value.code, _enhanced(failure.value), _text(failure.value.resp))
+            self._refuse("MAIL", None, failure.value.code, _enhanced(failure.value),
+                         _text(failure.value.resp))
         else:
             log.failure("sender check failed", failure)
             self.say(451, "4.3.0", "Error: local error in processing")
@@ -483,7 +494,9 @@ class SMTPServer(smtp.ESMTP):
 
     def _refused_recipient(self, failure: Failure) -> None:
         if failure.check(smtp.SMTPBadRcpt, smtp.SMTPServerError):
-            self.say(failure.value.code, _enhanced(failure.value), _text(failure.value.resp))
+            rcpt = getattr(failure.value, "addr", None)  # Twisted keeps an Address here
+            self._refuse("RCPT", rcpt, failure.value.code, _enhanced(failure.value),
+                         _text(failure.value.resp))
         else:
             log.failure("recipient check failed", failure)
             self.say(451, "4.3.0", "Error: local error in processing")
@@ -578,8 +591,8 @@ class SMTPServer(smtp.ESMTP):
 
     def _end_message(self, too_big: bool, size: int):
         if too_big:
+            self._refuse("DATA", None, 552, "5.3.4", b"Error: message size exceeds fixed limit")
             self._reset_transaction()
-            self.say(552, "5.3.4", "Error: message size exceeds fixed limit")
             return None
         msgs, self._msgs = self._msgs, []
         sender, recipients = self._from, [u for u, _f in self._to]
