@@ -256,3 +256,18 @@ def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
                              "netsuite", "--help"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--submission" in result.stdout
+
+
+def test_auth_option_and_tcp6_endpoint(make_daemon, tmp_path):
+    """`--auth passwd:PATH` the twistd way, and a tcp6: listener on ::1."""
+    from netsuite.auth.passwdfile import PasswordFile
+
+    other = tmp_path / "other-passwd"
+    PasswordFile(other).set_password("frank", "frank-pw")
+    d = make_daemon(listeners=[], start=False)
+    d.start(f"--auth=passwd:{other}", "--smtps", r"tcp6:0:interface=\:\:1")
+    with smtplib.SMTP_SSL("::1", d.port("smtps"), timeout=10, context=insecure_context()) as s:
+        assert s.login("frank", "frank-pw")[0] == 235
+    result = subprocess.run([*twistd(), "netsuite", "--help-auth"], capture_output=True,
+                            text=True, timeout=60)
+    assert "--auth passwd" in result.stdout and "--auth pam" in result.stdout
