@@ -25,6 +25,7 @@ from twisted.protocols import policies
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from netsuite import protocols
+from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
 from netsuite.config import LISTENERS, Config, ConfigError
 from netsuite.realm import make_realm
@@ -168,7 +169,7 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
     protocols.load_all()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     realm = make_realm(config)
-    portal = Portal(realm, make_checkers(config))
+    portal = Portal(realm, combine(make_checkers(config)))
     throttled = ThrottledPortal(portal, LoginThrottle(config.throttle), reactor)
     ctx = ServerContext(config, throttled, realm, tls.context_factory(config), reactor)
 
