@@ -93,6 +93,9 @@ def build(ctx, name: str):
     from netsuite.ftp.server import FTPFactory
 
     if ctx.config.ftp.anonymous_root is not None:
+        from netsuite.ftp.shell import prepare_anonymous_root
+
+        prepare_anonymous_root(ctx.config)
         # Anonymous FTP logs in through the one portal like everybody else.
         portal = ctx.portal.portal
         if credentials.IAnonymous not in portal.checkers:

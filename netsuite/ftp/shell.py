@@ -513,6 +513,24 @@ def anonymous_root(config) -> Path | None:
     return root if root.is_absolute() else Path(config.data_dir) / root
 
 
+def prepare_anonymous_root(config) -> tuple[Path, list[str] | None]:
+    """Create the anonymous root (and upload folder); return them."""
+    root = anonymous_root(config)
+    if root is None:
+        raise ValueError("anonymous FTP is not configured")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        upload = None
+        if config.ftp.anonymous_upload_dir:
+            upload = _segments(config.ftp.anonymous_upload_dir)
+            root.joinpath(*upload).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from netsuite.config import ConfigError
+
+        raise ConfigError(f"cannot create {root}: {e.strerror}", "ftp.anonymous_root")
+    return root, upload
+
+
 def shell_for(realm, user) -> JailedShell | None:
     """
     The avatar for C{user}: its own root (created if missing), or for
@@ -523,14 +541,9 @@ def shell_for(realm, user) -> JailedShell | None:
     config = realm.config
     ftp_config = config.ftp
     if user is ANONYMOUS:
-        root = anonymous_root(config)
-        if root is None:
+        if ftp_config.anonymous_root is None:
             return None
-        root.mkdir(parents=True, exist_ok=True)
-        upload = None
-        if ftp_config.anonymous_upload_dir:
-            upload = _segments(ftp_config.anonymous_upload_dir)
-            (root.joinpath(*upload)).mkdir(parents=True, exist_ok=True)
+        root, upload = prepare_anonymous_root(config)
         return JailedShell(root, writable=False, upload_dir=upload, fsync=ftp_config.fsync_uploads)
     root = Path(realm.ftp_root(user))
     root.mkdir(parents=True, exist_ok=True, mode=0o750)
