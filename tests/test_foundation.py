@@ -271,3 +271,60 @@ def test_auth_option_and_tcp6_endpoint(make_daemon, tmp_path):
     result = subprocess.run([*twistd(), "netsuite", "--help-auth"], capture_output=True,
                             text=True, timeout=60)
     assert "--auth passwd" in result.stdout and "--auth pam" in result.stdout
+
+
+def _ca_and_leaf(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
+    """A CA, and a leaf for C{hostname} signed by it: cert, key, chain (the CA)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, key, signer, ca: bool, san: str | None = None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1))
+             .not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        if ca:
+            b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                              False, False), critical=True)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netsuite test CA")])
+    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    ca = build(ca_name, ca_name, ca_key, ca_key, True)
+    leaf = build(leaf_name, ca_name, leaf_key, ca_key, False, hostname)
+    pem = serialization.Encoding.PEM
+    paths = directory / "leaf.pem", directory / "leaf.key", directory / "chain.pem"
+    paths[0].write_bytes(leaf.public_bytes(pem))
+    paths[1].write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    paths[2].write_bytes(ca.public_bytes(pem))
+    return paths
+
+
+def test_configured_certificate_key_and_chain(make_daemon, tmp_path):
+    cert, key, chain = _ca_and_leaf(tmp_path, "mail.example.test")
+    d = make_daemon(listeners=["smtps", "submission"], config={
+        "tls": {"certificate": str(cert), "key": str(key), "chain": str(chain)}})
+    shown = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{d.port('smtps')}",
+                            "-showcerts"], input="", capture_output=True, text=True, timeout=30)
+    assert shown.stdout.count("-----BEGIN CERTIFICATE-----") == 2, shown.stdout
+    # A client that trusts only the CA verifies the server by name, on both kinds of TLS.
+    ctx = ssl.create_default_context(cafile=str(chain))
+    with socket.create_connection(("127.0.0.1", d.port("smtps")), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="mail.example.test") as tls:
+            assert tls.recv(100).startswith(b"220 ")
+    with smtplib.SMTP("127.0.0.1", d.port("submission"), timeout=10) as s:
+        s._host = "mail.example.test"
+        s.starttls(context=ctx)
+        assert s.noop()[0] == 250
