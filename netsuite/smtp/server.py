@@ -212,14 +212,14 @@ class SMTPServer(smtp.ESMTP):
         return method(rest)
 
     def lookupMethod(self, command: bytes):
-        return getattr(self, "smtp_" + command.decode("ascii").upper(), None)
+        return getattr(self, "do_" + command.decode("ascii").upper(), None)
 
     # -- session commands ---------------------------------------------------
 
-    def smtp_HELO(self, rest: bytes) -> None:
+    def do_HELO(self, rest: bytes) -> None:
         self._hello(rest, esmtp=False)
 
-    def smtp_EHLO(self, rest: bytes) -> None:
+    def do_EHLO(self, rest: bytes) -> None:
         self._hello(rest, esmtp=True)
 
     def _hello(self, rest: bytes, esmtp: bool) -> None:
@@ -250,30 +250,30 @@ class SMTPServer(smtp.ESMTP):
         plaintext_ok = self.factory.ctx.config.server.allow_plaintext_auth
         return self.submission and not self.authenticated and (self.startedTLS or plaintext_ok)
 
-    def smtp_NOOP(self, rest: bytes) -> None:
+    def do_NOOP(self, rest: bytes) -> None:
         self.say(250, "2.0.0", "Ok")
 
-    def smtp_RSET(self, rest: bytes) -> None:
+    def do_RSET(self, rest: bytes) -> None:
         self._reset_transaction()
         self.say(250, "2.0.0", "Ok")
 
-    def smtp_VRFY(self, rest: bytes) -> None:
+    def do_VRFY(self, rest: bytes) -> None:
         if not rest:
             self.say(501, "5.5.4", "Syntax: VRFY address")
             return
         self.say(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 
-    def smtp_EXPN(self, rest: bytes) -> None:
+    def do_EXPN(self, rest: bytes) -> None:
         self.say(502, "5.5.1", "Error: EXPN is not available")
 
-    def smtp_HELP(self, rest: bytes) -> None:
+    def do_HELP(self, rest: bytes) -> None:
         self.say(214, "2.0.0", HELP_TEXT)
 
-    def smtp_QUIT(self, rest: bytes) -> None:
+    def do_QUIT(self, rest: bytes) -> None:
         self.say(221, "2.0.0", "Bye")
         self._close()
 
-    def smtp_STARTTLS(self, rest: bytes) -> None:
+    def do_STARTTLS(self, rest: bytes) -> None:
         if rest:
             self.say(501, "5.5.4", "Syntax: STARTTLS")
         elif self.startedTLS:
@@ -295,7 +295,7 @@ class SMTPServer(smtp.ESMTP):
 
     # -- AUTH ----------------------------------------------------------------
 
-    def smtp_AUTH(self, rest: bytes):
+    def do_AUTH(self, rest: bytes):
         if not self.submission:
             self.say(503, "5.5.1", "Error: authentication not enabled")
             return None
@@ -386,7 +386,7 @@ class SMTPServer(smtp.ESMTP):
             except Exception:
                 log.failure("message connectionLost failed")
 
-    def smtp_MAIL(self, rest: bytes):
+    def do_MAIL(self, rest: bytes):
         if self._helo is None:
             self.say(503, "5.5.1", "Error: send HELO/EHLO first")
             return None
@@ -462,7 +462,7 @@ class SMTPServer(smtp.ESMTP):
             log.failure("sender check failed", failure)
             self.say(451, "4.3.0", "Error: local error in processing")
 
-    def smtp_RCPT(self, rest: bytes):
+    def do_RCPT(self, rest: bytes):
         if self._from is None:
             self.say(503, "5.5.1", "Error: need MAIL command")
             return None
@@ -558,7 +558,7 @@ class SMTPServer(smtp.ESMTP):
 
     # -- DATA ----------------------------------------------------------------
 
-    def smtp_DATA(self, rest: bytes) -> None:
+    def do_DATA(self, rest: bytes) -> None:
         if rest:
             self.say(501, "5.5.4", "Syntax: DATA")
             return
@@ -622,7 +622,7 @@ class SMTPServer(smtp.ESMTP):
 
     # -- BDAT (RFC 3030) -------------------------------------------------------
 
-    def smtp_BDAT(self, rest: bytes) -> None:
+    def do_BDAT(self, rest: bytes) -> None:
         try:
             size, last = wire.parse_bdat(rest)
         except wire.WireError as e:
