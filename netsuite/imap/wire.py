@@ -21,6 +21,7 @@ from typing import Any
 LITERAL_MARK = 0  # the NUL byte standing for a literal
 _ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0x20)) | {0x7F}
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r?$")
+_SYSTEM_FLAGS = {"\\answered", "\\flagged", "\\deleted", "\\seen", "\\draft", "\\recent"}
 _TAG_BAD = set(b'(){ %*"\\+') | set(range(0x20)) | {0x7F}
 
 
@@ -195,21 +196,23 @@ class Cursor:
                 items.append(self.astring())
 
     def flag_list(self) -> list[str]:
-        """C{(\\Seen $Label)} or a single flag, for STORE and APPEND."""
-        if self.peek() == 0x28:
-            raw = self.plist()
+        """C{(\\Seen $Label)} or bare flags, for STORE and APPEND: atoms only."""
+        raw = []
+        if self.maybe(b"("):
+            while not self.maybe(b")"):
+                if raw:
+                    self.sp()
+                raw.append(self.flag())
         else:
-            raw = [self.flag()]
+            raw.append(self.flag())
             while self.maybe(b" "):
                 raw.append(self.flag())
         flags = []
         for f in raw:
-            if not isinstance(f, bytes) or not f:
-                raise ParseError("Bad flag")
-            body = f[1:] if f.startswith(b"\\") else f
-            if not body or any(c in _ATOM_SPECIALS or c > 0x7E for c in body):
-                raise ParseError("Bad flag")
-            flags.append(f.decode("ascii"))
+            name = f.decode("ascii")
+            if name.startswith("\\") and name.lower() not in _SYSTEM_FLAGS:
+                raise ParseError(f"Invalid system flag {name}")
+            flags.append(name)
         return flags
 
     def flag(self) -> bytes:
