@@ -452,7 +452,12 @@ class Folder:
         added = []
         for msg in msgs:
             name = unique_name()
-            final = f"{name},S={msg.size}:2,{msg.letters}"
+            try:
+                # S= is the file's own size (Dovecot trusts it), not the wire size.
+                physical = os.stat(self.file_path(msg)).st_size
+            except FileNotFoundError:
+                continue
+            final = f"{name},S={physical}:2,{msg.letters}"
             target = dest.path / "cur" / final
             try:
                 os.link(self.file_path(msg), target)
