@@ -676,3 +676,27 @@ def test_root_account_refused_unless_permitted(make_daemon):
     c.login("root", "pw", PROMPT)
     assert run(c, "id -u").strip() == "0"
     c.close()
+
+
+def test_connection_cap_says_busy(make_daemon):
+    d = make_daemon(config={**BASE_CONFIG, "telnet": {"max_connections_per_address": 2}},
+                    listeners=["telnet"], users={"alice": "secret"})
+    first, second = client(d), client(d)
+    first.expect(b"login: ")
+    second.expect(b"login: ")
+    third = client(d)
+    third.expect(b"Too many connections, try later.\r\n")
+    assert third.wait_closed()
+    first.close()
+    second.close()
+
+
+def test_idle_timeout_hangs_up_the_session(make_daemon):
+    d = make_daemon(config={**BASE_CONFIG, "telnet": {"idle_timeout": 1}},
+                    listeners=["telnet"], users={"alice": "secret"})
+    c = shell(d)
+    pid = int(run(c, "echo $$").strip())
+    c.expect(b"Idle too long; hanging up.", timeout=10)
+    assert c.wait_closed()
+    assert wait_until(lambda: not alive(pid))
+    assert_clean(d)
