@@ -91,21 +91,44 @@ def test_implicit_ftps(daemon, mode):
     f.quit()
 
 
-def test_tls_12_and_13(daemon):
+def test_tls_12_by_default(daemon, alice):
+    """TLS 1.3 tickets on data connections cut uploads of clients that never read them."""
+    assert alice.sock.version() == "TLSv1.2"
+    ctx = tls_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    f = FTPS(context=ctx, timeout=10)
+    f.connect("127.0.0.1", daemon.port("ftp"))
+    with pytest.raises((ssl.SSLError, OSError)):
+        f.auth()
+    f.close()
+
+
+def test_tls_13_when_allowed(make_daemon):
+    d = make_daemon(config={"ftp": {"tls_max_version": "1.3"}}, listeners=["ftp"],
+                    users={"alice": "pw"})
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         ctx = tls_context()
         ctx.minimum_version = ctx.maximum_version = version
         f = FTPS(context=ctx, timeout=20)
-        f.connect("127.0.0.1", daemon.port("ftp"))
+        f.connect("127.0.0.1", d.port("ftp"))
         f.auth()
-        f.login("alice", "alice-pw")
+        f.login("alice", "pw")
         f.prot_p()
-        data = os.urandom(500_000)
-        store(f, "v.bin", data)
-        assert fetch(f, "v.bin") == data
+        for mode in ("EPSV", "PORT"):
+            f.use(mode)
+            data = os.urandom(500_000)
+            store(f, "v.bin", data)
+            assert (d.data_dir / "ftp" / "alice" / "v.bin").read_bytes() == data
+            assert fetch(f, "v.bin") == data
         assert f.sock.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
                                     ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
         f.quit()
+
+
+def test_tls_version_config_conflict(make_daemon):
+    d = make_daemon(config={"tls": {"min_version": "1.3"}}, listeners=["ftp"], start=False)
+    with pytest.raises(RuntimeError, match="ftp.tls_max_version"):
+        d.start()
 
 
 def test_many_tls_uploads_all_verified(daemon, alice):
@@ -138,15 +161,16 @@ def test_stranger_without_session_cannot_take_transfer(daemon, alice):
     store(alice, "protected.bin", secret)
     host, port = alice.makepasv()
     ctx = tls_context()
-    stranger = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+    plain = socket.create_connection(("127.0.0.1", port), timeout=10)
     alice.putcmd("RETR protected.bin")
     got = b""
     try:
+        stranger = ctx.wrap_socket(plain)
         while chunk := stranger.recv(65536):
             got += chunk
     except (ssl.SSLError, OSError):
         pass
-    stranger.close()
+    plain.close()
     assert secret[:1000] not in got
     first = alice.getline()
     if first.startswith("150"):

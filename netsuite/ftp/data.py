@@ -47,6 +47,21 @@ class DataChannelError(Exception):
         self.text = text
 
 
+def cap_tls_version(tls_transport, max_version: str) -> None:
+    """
+    Keep one TLS connection at TLS 1.2 at most (before its handshake).
+
+    With TLS 1.3 the server sends session tickets after every handshake, data
+    connections included; an uploading client never reads them, and when it
+    closes a socket with unread data its kernel resets the connection and
+    drops the unsent tail of the upload.  TLS 1.2 without tickets (the shared
+    context sets C{SSL_OP_NO_TICKET}) sends nothing after the handshake.
+    """
+    if max_version == "1.2":
+        conn = tls_transport.getHandle()
+        _ssl_lib.SSL_set_options(conn._ssl, _ssl_lib.SSL_OP_NO_TLSv1_3)
+
+
 def session_reused(tls_transport) -> bool:
     """Whether the TLS connection under C{tls_transport} resumed a session."""
     conn = tls_transport.getHandle()
@@ -62,8 +77,10 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     and the socket is paused, so an eager client loses nothing.
     """
 
-    def __init__(self, tls: bool, require_reuse: bool, idle_timeout: float):
+    def __init__(self, tls: bool, require_reuse: bool, idle_timeout: float,
+                 tls_max_version: str = "1.3"):
         self.tls = tls
+        self.tls_max_version = tls_max_version
         self.require_reuse = require_reuse
         self.idle_timeout = idle_timeout
         self.ready: defer.Deferred | None = defer.Deferred()
@@ -91,6 +108,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         if hasattr(handle, "setsockopt"):
             _set_read_size(self.transport)
         self.setTimeout(self.idle_timeout)
+        if self.tls:
+            cap_tls_version(self.transport, self.tls_max_version)
         made, self.made = self.made, None
         if made is not None:
             made.callback(self)

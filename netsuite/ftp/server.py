@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from netsuite.ftp import wire
 from netsuite.ftp.data import ActiveChannel, DataChannel, DataChannelError, DataConnection, \
-    PassiveChannel
+    PassiveChannel, cap_tls_version
 from netsuite.ftp.shell import INetsuiteFTPShell
 
 log = Logger(namespace="netsuite.ftp")
@@ -137,6 +137,8 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             except OSError:
                 pass
+        if self.implicit_tls:
+            cap_tls_version(self.transport, self.config.tls_max_version)
         self.setTimeout(self.config.idle_timeout)
         self.reply(220, self.config.banner)
 
@@ -381,6 +383,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         self._buffer = b""
         self._queue.clear()
         self.transport.startTLS(self.factory.ctx.tls)
+        cap_tls_version(self.transport, self.config.tls_max_version)
         self.tls = True
         self.pbsz = False
         self.prot_private = mech in ("SSL", "TLS-P")
@@ -607,7 +610,8 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
 
     def _make_data_connection(self) -> DataConnection:
         return DataConnection(tls=self.prot_private, require_reuse=self.factory.require_reuse,
-                              idle_timeout=self.config.data_timeout)
+                              idle_timeout=self.config.data_timeout,
+                              tls_max_version=self.config.tls_max_version)
 
     def _tls_options(self):
         return self.factory.ctx.tls

@@ -33,6 +33,10 @@ class FTPConfig:
     require_tls_data: bool = False
     #: TLS data connections must resume the control connection's TLS session.
     require_tls_session_reuse: bool = True
+    #: Highest TLS version for FTPS control and data connections.  "1.2" by
+    #: default: TLS 1.3 session tickets on data connections make uploading
+    #: clients (curl, lftp) reset the connection and lose the upload's tail.
+    tls_max_version: str = "1.2"
     #: Seconds of silence on the control connection before 421 and hang-up.
     idle_timeout: int = 300
     #: Seconds a running data connection may stall before it is cut.
@@ -78,6 +82,8 @@ class FTPConfig:
             if not parts or any(p in (".", "..") for p in parts):
                 raise ConfigError("must be a folder inside anonymous_root",
                                   "anonymous_upload_dir")
+        if self.tls_max_version not in ("1.2", "1.3"):
+            raise ConfigError('must be "1.2" or "1.3"', "tls_max_version")
         if "\n" in self.banner or "\r" in self.banner:
             raise ConfigError("must be one line", "banner")
 
@@ -90,7 +96,12 @@ listener("ftps", ["tcp:2990:interface=127.0.0.1"], implicit_tls=True)
 def build(ctx, name: str):
     from twisted.cred import checkers, credentials
 
+    from netsuite.config import ConfigError
     from netsuite.ftp.server import FTPFactory
+
+    if ctx.config.tls.min_version == "1.3" and ctx.config.ftp.tls_max_version == "1.2":
+        raise ConfigError('tls.min_version is "1.3": set ftp.tls_max_version = "1.3"',
+                          "ftp.tls_max_version", ctx.config.path)
 
     if ctx.config.ftp.anonymous_root is not None:
         from netsuite.ftp.shell import prepare_anonymous_root
