@@ -38,8 +38,13 @@ def test_uids_assigned_in_arrival_order_and_persist(store, tmp_path):
 
 def test_wire_size_counts_crlf(store):
     deliver(store, "alice", b"Subject: x\n\nline1\nline2\n")
-    msg = store.folder("alice").messages[0]
-    assert msg.size == len(b"Subject: x\r\n\r\nline1\r\nline2\r\n")
+    f = store.folder("alice")
+    msg = f.messages[0]
+    assert msg.size == -1  # a first open does not read message files
+    assert f.size_of(msg) == len(b"Subject: x\r\n\r\nline1\r\nline2\r\n")
+    # The computed size is kept in the index (written at the next refresh).
+    f.refresh()
+    assert MaildirStore(f.path.parent).folder("alice").messages[0].size == f.size_of(msg)
     assert to_wire(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
     assert wire_size(b"a\nb\r\n") == 6
 

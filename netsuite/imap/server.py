@@ -745,6 +745,7 @@ class IMAPServer(imap4.IMAP4Server):
         mbox = self.mbox
         items = []
         part = None
+        raw = None
         for att in atts:
             name = att.name
             if name == "UID":
@@ -754,10 +755,19 @@ class IMAPServer(imap4.IMAP4Server):
             elif name == "INTERNALDATE":
                 items.append(b"INTERNALDATE " + wire.format_datetime(msg.date))
             elif name == "RFC822.SIZE":
-                items.append(b"RFC822.SIZE %d" % msg.size)
+                items.append(b"RFC822.SIZE %d" % mbox.folder.size_of(msg))
+            elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
+                    part is None:
+                # BODY[] / RFC822: the whole message, no MIME parsing needed.
+                sec = att.section
+                if raw is None:
+                    raw = mbox.read(msg)
+                data = raw if sec.partial is None else \
+                    raw[sec.partial[0]:sec.partial[0] + sec.partial[1]]
+                items.append(wire.section_label(sec) + b" " + wire.literal(data))
             else:
                 if part is None:
-                    part = Part(mbox.read(msg))
+                    part = Part(raw if raw is not None else mbox.read(msg))
                 if name == "ENVELOPE":
                     items.append(b"ENVELOPE " + envelope(part))
                 elif name == "BODYSTRUCTURE":
@@ -940,9 +950,9 @@ class _SearchContext:
         if op == "NEW":
             return m.uid in mbox.recent and not m.has("\\Seen")
         if op == "LARGER":
-            return m.size > key[1]
+            return mbox.folder.size_of(m) > key[1]
         if op == "SMALLER":
-            return m.size < key[1]
+            return mbox.folder.size_of(m) < key[1]
         if op in ("BEFORE", "ON", "SINCE"):
             day = dt.date.fromtimestamp(m.date)
             return _compare_date(op, day, key[1])

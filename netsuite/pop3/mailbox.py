@@ -40,6 +40,12 @@ class POP3Mailbox:
         self.folder = store.folder(user, "INBOX")
         self.folder.refresh()
         self.messages = list(self.folder.messages)
+        for m in self.messages:
+            try:
+                self.folder.size_of(m)
+            except KeyError:
+                m.size = 0
+        self.folder.save_if_dirty()
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self._lock = store.mailbox_path(user)

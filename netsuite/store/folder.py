@@ -22,6 +22,7 @@ change, whoever made it.
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,8 +58,13 @@ def split_name(name: str) -> tuple[str, str]:
     return base, info
 
 
+@functools.lru_cache(maxsize=256)
+def _letters_to_flags(letters: str) -> tuple[str, ...]:
+    return tuple(LETTER_TO_FLAG[c] for c in sorted(letters) if c in LETTER_TO_FLAG)
+
+
 def letters_to_flags(letters: str) -> list[str]:
-    return [LETTER_TO_FLAG[c] for c in sorted(letters) if c in LETTER_TO_FLAG]
+    return list(_letters_to_flags(letters))
 
 
 def flags_to_letters(flags: Iterable[str], keep: str = "") -> str:
@@ -66,6 +72,14 @@ def flags_to_letters(flags: Iterable[str], keep: str = "") -> str:
     letters = {FLAG_TO_LETTER[f.lower()] for f in flags if f.lower() in FLAG_TO_LETTER}
     letters.update(c for c in keep if c not in LETTER_TO_FLAG)
     return "".join(sorted(letters))
+
+
+def _size_hint(base: str) -> int:
+    """The wire size from a C{,W=} field in the name (Dovecot writes it), else -1."""
+    for field_ in base.split(",")[1:]:
+        if field_.startswith("W=") and field_[2:].isdigit():
+            return int(field_[2:])
+    return -1
 
 
 def wire_size(data: bytes) -> int:
@@ -111,7 +125,8 @@ class Message:
     @property
     def flags(self) -> list[str]:
         """System flags (from the file name) then keywords."""
-        return letters_to_flags(self.letters) + list(self.keywords)
+        flags = _letters_to_flags(split_name(self.name)[1])
+        return list(flags + self.keywords) if self.keywords else list(flags)
 
     def has(self, flag: str) -> bool:
         letter = FLAG_TO_LETTER.get(flag.lower())
@@ -156,6 +171,7 @@ class Folder:
         self._unsure = True
         self.listeners: list[Callable[["Folder", Changes], None]] = []
         self.keywords: set[str] = set()
+        self._dirty = False
         ensure_maildir(self.path)
         self._load()
 
@@ -220,6 +236,7 @@ class Folder:
 
     def save(self, durable: bool = False) -> None:
         """Write the index atomically; C{durable} fsyncs it (new UIDs were given)."""
+        self._dirty = False
         out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
                f"{self._mtimes[0]} {self._mtimes[1]}\n"]
         out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t{' '.join(m.keywords)}\n"
@@ -249,6 +266,8 @@ class Folder:
         """
         mtimes = self._dir_mtimes()
         if mtimes == self._mtimes and not self._unsure and not force:
+            if self._dirty:
+                self.save()
             return Changes()
         now_ns = int(self.clock() * 1e9)
         on_disk: dict[str, tuple[str, str]] = {}
@@ -281,11 +300,9 @@ class Folder:
             fresh.append((st.st_mtime, name, sub, base, st))
         fresh.sort()
         for mtime, name, sub, base, st in fresh:
-            try:
-                size = self._wire_size(self.path / sub / name, st.st_size)
-            except FileNotFoundError:
-                continue
-            msg = Message(self.next_uid, name, sub, size, int(mtime))
+            # The wire size is worked out when first asked for (size_of): a
+            # first open lists and stats, it does not read every message.
+            msg = Message(self.next_uid, name, sub, _size_hint(base), int(mtime))
             self.next_uid += 1
             self._add(msg)
             changes.added.append(msg)
@@ -295,14 +312,20 @@ class Folder:
             self.save(durable=bool(changes.added))
             if notify:
                 self._notify(changes)
-        elif force:
+        elif force or self._dirty:
             self.save()
         return changes
 
-    @staticmethod
-    def _wire_size(path: Path, size: int) -> int:
-        with open(path, "rb") as f:
-            return wire_size(f.read())
+    def size_of(self, msg: Message) -> int:
+        """The wire (CRLF) size, read from the file the first time it is needed."""
+        if msg.size < 0:
+            msg.size = wire_size(self.read(msg))
+            self._dirty = True
+        return msg.size
+
+    def save_if_dirty(self) -> None:
+        if self._dirty:
+            self.save()
 
     def _add(self, msg: Message) -> None:
         self.messages.append(msg)
