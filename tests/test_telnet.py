@@ -198,6 +198,8 @@ def test_raw_socket_without_negotiation_gets_a_line_session(daemon):
     s.sendall(b"echo hi-$((6*7))\n")
     until(b"hi-42")
     assert b"secret" not in received
+    # The client echoes locally, so neither the server nor the pty echoes.
+    assert b"alice" not in received and b"echo hi" not in received
     s.sendall(b"exit\n")
     s.settimeout(10)
     while s.recv(4096):
@@ -368,14 +370,19 @@ def test_login_timeout(make_daemon):
 
 def test_per_user_program_with_user_substitution(make_daemon):
     d = make_daemon(config={**BASE_CONFIG, "telnet": {
-        "user_programs": {"bob": ["/bin/echo", "hello {user}", "{user}{user}"]}}},
-        listeners=["telnet"], users={"bob": "pw", "alice": "secret"})
+        "user_programs": {"bob": ["/bin/echo", "hello {user}", "{user}{user}"],
+                          "carol": ["/nonexistent/program"]}}},
+        listeners=["telnet"], users={"bob": "pw", "alice": "secret", "carol": "pw"})
     c = client(d)
     c.login("bob", "pw", prompt="")
     c.expect(b"hello bob bobbob\r\n")
     assert c.wait_closed()
     c = shell(d)  # alice still gets the shell
     c.close()
+    c = client(d)
+    c.login("carol", "pw", prompt="")
+    c.expect(b"Cannot start your session")
+    assert c.wait_closed()
 
 
 def test_config_errors_name_key_and_reason():

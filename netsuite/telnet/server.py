@@ -415,7 +415,7 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             return
         term = self.term or self.config.default_term
         session = PTYSession(self, self.avatar, term, self.size, self.client_env,
-                             grace=self.config.hangup_grace)
+                             grace=self.config.hangup_grace, echo=self._echoing())
         try:
             session.start(self.reactor)
         except Exception:

@@ -202,13 +202,15 @@ class PTYSession(protocol.ProcessProtocol):
 
     def __init__(self, owner: SessionOwner, avatar: TerminalAvatar, term: str,
                  size: tuple[int, int] | None, client_env: dict[str, str],
-                 grace: float = 5.0):
+                 grace: float = 5.0, echo: bool = True):
         self.owner = owner
         self.avatar = avatar
         self.term = term
         self.size = size
         self.env = {**client_env, **avatar.env, "TERM": term}
         self.grace = grace
+        #: Whether the pty echoes: not when the client echoes locally itself.
+        self.echo = echo
         self.pid: int | None = None
         self.tty: str | None = None
         self.exited = False
@@ -221,12 +223,17 @@ class PTYSession(protocol.ProcessProtocol):
     def start(self, reactor) -> None:
         """Open a pty pair, size it, and spawn the program on it."""
         self._reactor = reactor
+        executable = self.avatar.executable
+        if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+            raise FileNotFoundError(f"{executable}: not an executable file")
         master, slave = os.openpty()
         try:
             if self.size:
                 set_window_size(master, *self.size)
             attrs = termios.tcgetattr(slave)
             attrs[0] |= IUTF8
+            if not self.echo:
+                attrs[3] &= ~(termios.ECHO | termios.ECHOE | termios.ECHOK | termios.ECHONL)
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
             self.tty = os.ttyname(slave)
             if self.avatar.uid is not None:
@@ -237,7 +244,7 @@ class PTYSession(protocol.ProcessProtocol):
                 os.chown(self.tty, self.avatar.uid, tty_gid)
                 os.chmod(self.tty, 0o620)
             process = reactor.spawnProcess(
-                self, self.avatar.executable, self.avatar.argv, self.env,
+                self, executable, self.avatar.argv, self.env,
                 path=self.avatar.cwd, uid=self.avatar.uid, gid=self.avatar.gid,
                 usePTY=(master, slave, self.tty))
         except BaseException:
