@@ -255,7 +255,7 @@ class SeqSet:
                 return True
         return False
 
-    def resolve(self, values: list[int], star: int) -> list[int]:
+    def resolve(self, values, star: int) -> list[int]:
         """Members of C{values} (sorted ascending) that are in the set, in order."""
         import bisect
 
