@@ -279,6 +279,30 @@ def test_real_client_ctrl_c_stops_sleep(daemon):
         p.close(force=True)
 
 
+def test_real_client_escape_commands_ayt_and_ip(daemon):
+    """telnet(1)'s own `send ayt` and `send ip` (IAC AYT, IAC IP on the wire)."""
+    p = spawn_telnet(daemon)
+    try:
+        telnet_login(p)
+        p.sendcontrol("]")
+        p.expect("telnet> ")
+        p.sendline("send ayt")
+        p.expect(r"\[Yes\]")
+        p.sendline("sleep 100")
+        time.sleep(0.5)
+        p.sendcontrol("]")
+        p.expect("telnet> ")
+        p.sendline("send ip")
+        p.expect(r"\^C\r\n")  # the pty's echo of the interrupt character
+        p.expect(PROMPT)
+        p.sendline('echo "after""-$((2+3))"')
+        p.expect("after-5")
+        p.sendline("exit")
+        p.expect(pexpect.EOF)
+    finally:
+        p.close(force=True)
+
+
 def test_real_client_vi_draws_full_screen(daemon, tmp_path):
     target = tmp_path / "poem.txt"
     target.write_text("roses are red\n")

@@ -94,7 +94,7 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             self._ask(self.do, option)
         banner = self.config.banner.replace("{hostname}", self.factory.hostname)
         if banner:
-            self.say(banner.replace("\n", "\r\n") + "\r\n\r\n")
+            self.say(banner.replace("\r\n", "\n").replace("\n", "\r\n") + "\r\n\r\n")
         if not self.factory.plaintext_ok(self.transport, self.peer):
             self.say("Logins over plain TELNET are disabled here: connect with TLS (telnets).\r\n")
             log.info("telnet: plain-text login refused address={address}", address=self.peer)
@@ -464,8 +464,9 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             self.transport.write(self.encoder.encode(data))
 
     def terminalEnded(self, status: Failure) -> None:
-        log.info("telnet: logout user={user} address={address} ({status})",
-                 user=self.username, address=self.peer, status=status.getErrorMessage())
+        log.info("telnet: logout user={user} address={address} after {seconds:.0f}s ({status})",
+                 user=self.username, address=self.peer, seconds=time.monotonic() - self.started,
+                 status=status.getErrorMessage())
         if self.phase != "closed":
             self._close()
 
