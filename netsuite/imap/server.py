@@ -194,6 +194,9 @@ class IMAPServer(imap4.IMAP4Server):
             return
         size, nonsync = lit
         self._parts.append(wire.strip_literal(line))
+        if len(self._parts) > 1000 or sum(map(len, self._parts)) > 4 * self.cfg.max_line_length:
+            # Many small literals must not grow one command without bound.
+            self._reject = self._reject or b"Command too long"
         first = self._parts[0].split(b" ", 3)
         tag = first[0]
         cmd = first[1].upper() if len(first) > 1 else b""

@@ -1,0 +1,139 @@
+"""The IMAP command reader on a StringTransport: literals, limits, pipelining, STARTTLS."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import StringTransport
+from twisted.mail import imap4
+
+from netsuite.imap.server import IMAPServer
+from netsuite.imap.service import IMAPConfig
+from zope.interface import implementer
+
+
+class FakePortal:
+    def __init__(self):
+        self.logins = []
+        self.pending: defer.Deferred | None = None
+
+    def bind(self, peer, protocol):
+        return self
+
+    def login(self, creds, mind, *ifaces):
+        self.logins.append((creds.username, creds.password))
+        self.pending = defer.Deferred()
+        return self.pending
+
+
+@implementer(ITLSTransport)
+class TLSTransport(StringTransport):
+    """A transport that can start TLS, like a TCP transport."""
+
+    tls_started = False
+
+    def startTLS(self, ctx):
+        self.tls_started = True
+
+
+def make(plaintext=True, tls_ctx=None, transport=None, **cfg):
+    portal = FakePortal()
+    ctx = SimpleNamespace(portal=portal, tls=tls_ctx,
+                          config=SimpleNamespace(server=SimpleNamespace(
+                              allow_plaintext_auth=plaintext)))
+    server = IMAPServer(ctx, IMAPConfig(**cfg))
+    t = transport or StringTransport()
+    server.makeConnection(t)
+    greeting = t.value()
+    t.clear()
+    return server, t, portal, greeting
+
+
+def test_greeting_lists_capabilities():
+    _, _, _, greeting = make(plaintext=False)
+    assert greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+    assert b"LOGINDISABLED" in greeting and b"AUTH=PLAIN" not in greeting
+
+
+def test_synchronizing_literal_gets_continuation_then_runs():
+    server, t, portal, _ = make()
+    server.dataReceived(b"a1 LOGIN {5}\r\n")
+    assert t.value() == b"+ Ready for literal data\r\n"
+    t.clear()
+    server.dataReceived(b"alice {3}\r\n")
+    assert t.value() == b"+ Ready for literal data\r\n"
+    server.dataReceived(b"p w\r\n")
+    assert portal.logins == [(b"alice", b"p w")]
+
+
+def test_literal_plus_needs_no_continuation():
+    server, t, portal, _ = make()
+    server.dataReceived(b"a1 LOGIN {5+}\r\nalice \"pw\"\r\n")
+    assert t.value() == b""
+    assert portal.logins == [(b"alice", b"pw")]
+
+
+def test_oversized_literal_refused_before_any_byte():
+    server, t, _, _ = make(max_message_size=1000)
+    server.dataReceived(b"a1 APPEND INBOX {1001}\r\n")
+    assert t.value() == b"a1 NO [TOOBIG] Literal too large (limit 1000 octets)\r\n"
+    assert server._mode == "line" and not server._parts
+    t.clear()
+    server.dataReceived(b"a2 NOOP\r\n")
+    assert t.value() == b"a2 OK NOOP completed\r\n"
+
+
+def test_huge_nonsync_literal_is_counted_not_buffered():
+    server, t, _, _ = make(max_literal=100)
+    server.dataReceived(b"a1 LOGIN {50000000+}\r\n")
+    chunk = b"x" * 65536
+    sent = 0
+    while sent + len(chunk) <= 50_000_000:
+        server.dataReceived(chunk)
+        sent += len(chunk)
+        assert len(server._in) == 0 and server._lit_chunks == []
+    server.dataReceived(b"x" * (50_000_000 - sent) + b" pw\r\na2 NOOP\r\n")
+    assert t.value() == (b"a1 BAD [TOOBIG] Literal too large (limit 100 octets)\r\n"
+                         b"a2 OK NOOP completed\r\n")
+
+
+def test_commands_pipelined_during_login_wait_their_turn():
+    server, t, portal, _ = make()
+    server.dataReceived(b"a1 LOGIN alice pw\r\na2 CAPABILITY\r\n")
+    assert t.value() == b""  # a2 waits for the login to finish
+    account = SimpleNamespace()
+    portal.pending.callback((imap4.IAccount, account, lambda: None))
+    out = t.value().split(b"\r\n")
+    assert out[0].startswith(b"a1 OK [CAPABILITY")
+    assert out[1].startswith(b"* CAPABILITY") and out[2].startswith(b"a2 OK")
+    assert server.state == "auth"
+
+
+def test_starttls_discards_pipelined_plaintext():
+    transport = TLSTransport()
+    server, t, portal, _ = make(plaintext=False, tls_ctx=object(), transport=transport)
+    server.dataReceived(b"a1 STARTTLS\r\na2 LOGIN alice pw\r\n")
+    assert transport.tls_started
+    assert t.value() == b"a1 OK Begin TLS negotiation now\r\n"
+    assert portal.logins == []
+    t.clear()
+    server.dataReceived(b"a3 CAPABILITY\r\n")
+    assert b"AUTH=PLAIN" in t.value() and b"STARTTLS" not in t.value()
+
+
+def test_line_too_long_and_nul():
+    server, t, _, _ = make(max_line_length=1000)
+    server.dataReceived(b"a1 NOOP " + b"y" * 5000)
+    server.dataReceived(b"y" * 5000 + b"\r\na2 NOOP\r\n")
+    assert t.value() == b"a1 BAD Command line too long\r\na2 OK NOOP completed\r\n"
+    t.clear()
+    server.dataReceived(b"a3 NO\x00OP\r\n")
+    assert t.value() == b"a3 BAD NUL byte in command\r\n"
+
+
+def test_many_small_literals_cannot_grow_a_command_forever():
+    server, t, _, _ = make(max_line_length=1000)
+    server.dataReceived(b"a1 LOGIN" + b" {0+}\r\n" * 2000 + b" x\r\n")
+    assert t.value().startswith(b"a1 BAD")
