@@ -98,6 +98,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
     def __init__(self, factory: "FTPFactory", implicit_tls: bool):
         self.factory = factory
         self.config = factory.config
+        self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
         self.MAX_LENGTH = self.config.max_line_length
         self.implicit_tls = implicit_tls
         self.tls = implicit_tls
@@ -130,7 +131,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
         self.portal = self.factory.ctx.portal.bind(self.peer_host, "ftp")
-        handle = self.transport.getHandle()
+        handle = getattr(self.transport, "getHandle", lambda: None)()
         if isinstance(handle, socket.socket):
             # ABOR sent as urgent data (ftplib) must stay in the command stream.
             try:
