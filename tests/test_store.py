@@ -191,3 +191,19 @@ def test_delivery_notifies_open_folder(store):
     d._finish()
     d.on_commit()
     assert seen == [[1]]
+
+
+def test_recreated_folder_gets_a_new_uidvalidity(store):
+    store.create_folder("alice", "Box")
+    first = store.folder("alice", "Box").uidvalidity
+    store.delete_folder("alice", "Box")
+    store.create_folder("alice", "Box")
+    assert store.folder("alice", "Box").uidvalidity > first
+
+
+def test_subscriptions_follow_rename(store):
+    store.create_folder("alice", "A")
+    store.create_folder("alice", "A.B")
+    store.set_subscribed("alice", "A.B", True)
+    store.rename_folder("alice", "A", "C")
+    assert store.subscriptions("alice") == ["C.B"]

@@ -753,29 +753,47 @@ class IMAPServer(imap4.IMAP4Server):
         return task.cooperate(render()).whenDone().addCallback(done)
 
     def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> list[bytes]:
+        """FETCH of UID and/or FLAGS only: index data, one cached rendering per flag set."""
         mbox = self.mbox
-        by_uid = mbox.folder.by_uid
+        folder = mbox.folder
         recent = mbox.recent
-        order = [a.name for a in atts]
-        out = []
-        seq_of = mbox.seq
-        contiguous = targets == mbox.uids
-        for n, u in enumerate(targets, 1):
-            msg = by_uid(u)
-            seq = n if contiguous else seq_of(u)
-            if msg is None or not seq:
-                missing.append(u)
-                continue
-            parts = []
-            for name in order:
-                if name == "UID":
-                    parts.append(b"UID %d" % u)
+        order = tuple(a.name for a in atts)
+        if order == ("UID", "FLAGS"):
+            template = b"* %d FETCH (UID %d FLAGS %s)\r\n"
+        elif order == ("FLAGS", "UID"):
+            template = None
+        elif order == ("UID",):
+            return [b"* %d FETCH (UID %d)\r\n" % (mbox.seq(u), u) for u in targets]
+        else:
+            template = None
+        if targets == mbox.uids and targets == folder._uids:
+            pairs = zip(range(1, len(targets) + 1), folder.messages)
+        else:
+            pairs = []
+            for u in targets:
+                msg = folder.by_uid(u)
+                seq = mbox.seq(u)
+                if msg is None or not seq:
+                    missing.append(u)
                 else:
-                    flags = msg.flags
-                    if u in recent:
-                        flags.append("\\Recent")
-                    parts.append(b"FLAGS (" + " ".join(flags).encode() + b")")
-            out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+                    pairs.append((seq, msg))
+        cache: dict = {}
+        out = []
+        for seq, msg in pairs:
+            uid = msg.uid
+            key = (msg.name.partition(":2,")[2], msg.keywords, uid in recent)
+            flags = cache.get(key)
+            if flags is None:
+                names = msg.flags
+                if key[2]:
+                    names.append("\\Recent")
+                flags = cache[key] = b"(" + " ".join(names).encode() + b")"
+            if template is not None:
+                out.append(template % (seq, uid, flags))
+            else:
+                parts = [b"UID %d" % uid if name == "UID" else b"FLAGS " + flags
+                         for name in order]
+                out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
         return out
 
     def _fetch_one(self, seq: int, msg, atts, add_flags: bool) -> bytes:
@@ -790,7 +808,7 @@ class IMAPServer(imap4.IMAP4Server):
             elif name == "FLAGS":
                 items.append(b"FLAGS " + mbox.flag_bytes(msg))
             elif name == "INTERNALDATE":
-                items.append(b"INTERNALDATE " + wire.format_datetime(msg.date))
+                items.append(b"INTERNALDATE " + wire.format_datetime(mbox.folder.date_of(msg)))
             elif name == "RFC822.SIZE":
                 items.append(b"RFC822.SIZE %d" % mbox.folder.size_of(msg))
             elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
@@ -991,7 +1009,7 @@ class _SearchContext:
         if op == "SMALLER":
             return mbox.folder.size_of(m) < key[1]
         if op in ("BEFORE", "ON", "SINCE"):
-            day = dt.date.fromtimestamp(m.date)
+            day = dt.date.fromtimestamp(mbox.folder.date_of(m))
             return _compare_date(op, day, key[1])
         if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             day = sent_date(self.part)

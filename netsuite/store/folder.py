@@ -82,6 +82,11 @@ def _size_hint(base: str) -> int:
     return -1
 
 
+def _name_time(base: str) -> int:
+    head = base.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def wire_size(data: bytes) -> int:
     """Size of C{data} with every bare LF sent as CRLF."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
@@ -156,10 +161,14 @@ class Folder:
     """A Maildir folder and its index; see the module docstring."""
 
     def __init__(self, path: Path, name: str = "INBOX",
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 new_uidvalidity: Callable[[], int] | None = None):
         self.path = Path(path)
         self.name = name
         self.clock = clock
+        #: Gives a UIDVALIDITY never used before for this mailbox name (a
+        #: folder deleted and created again must not reuse one; RFC 3501 2.3.1.1).
+        self.new_uidvalidity = new_uidvalidity
         self.uidvalidity = 0
         self.next_uid = 1
         #: UIDs at or above this are \Recent for the next session that claims them.
@@ -225,7 +234,8 @@ class Folder:
     def _rebuild(self, why: str) -> None:
         if why != "no index":
             log.warn("rebuilding index of {path}: {why}", path=str(self.path), why=why)
-        self.uidvalidity = max(int(self.clock()), self.uidvalidity + 1)
+        fresh = self.new_uidvalidity() if self.new_uidvalidity else int(self.clock())
+        self.uidvalidity = max(fresh, self.uidvalidity + 1)
         self.next_uid = 1
         self.first_recent = 1
         self.messages, self._uids, self._by_base = [], [], {}
@@ -291,18 +301,12 @@ class Folder:
             self.messages = [m for m in self.messages if m.uid not in gone]
             self._uids = [m.uid for m in self.messages]
             self._by_base = {m.base: m for m in self.messages}
-        fresh = []
-        for base, (sub, name) in on_disk.items():
-            try:
-                st = os.stat(self.path / sub / name)
-            except FileNotFoundError:
-                continue
-            fresh.append((st.st_mtime, name, sub, base, st))
-        fresh.sort()
-        for mtime, name, sub, base, st in fresh:
-            # The wire size is worked out when first asked for (size_of): a
-            # first open lists and stats, it does not read every message.
-            msg = Message(self.next_uid, name, sub, _size_hint(base), int(mtime))
+        # New files in arrival order as their names tell it (Maildir names
+        # start with the delivery time); neither stat nor read here: the
+        # internal date and the wire size are looked up when first needed.
+        fresh = sorted(on_disk.items(), key=lambda item: (_name_time(item[0]), item[0]))
+        for base, (sub, name) in fresh:
+            msg = Message(self.next_uid, name, sub, _size_hint(base), -1)
             self.next_uid += 1
             self._add(msg)
             changes.added.append(msg)
@@ -322,6 +326,20 @@ class Folder:
             msg.size = wire_size(self.read(msg))
             self._dirty = True
         return msg.size
+
+    def date_of(self, msg: Message) -> int:
+        """The internal date (the file's mtime, as Dovecot uses), looked up once."""
+        if msg.date < 0:
+            try:
+                msg.date = int(os.stat(self.file_path(msg)).st_mtime)
+            except FileNotFoundError:
+                self.refresh()
+                try:
+                    msg.date = int(os.stat(self.file_path(msg)).st_mtime)
+                except FileNotFoundError:
+                    return 0
+            self._dirty = True
+        return msg.date
 
     def save_if_dirty(self) -> None:
         if self._dirty:
@@ -489,9 +507,10 @@ class Folder:
             except OSError:
                 tmp = dest.path / "tmp" / name
                 tmp.write_bytes(self.read(msg))
-                os.utime(tmp, (msg.date, msg.date))
+                date = self.date_of(msg)
+                os.utime(tmp, (date, date))
                 os.rename(tmp, target)
-            new = Message(dest.next_uid, final, "cur", msg.size, msg.date, msg.keywords)
+            new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg), msg.keywords)
             dest.next_uid += 1
             dest._add(new)
             added.append(new)

@@ -104,6 +104,7 @@ SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash",
                    "Junk": "\\Junk"}
 _SPECIAL_MARK = ".netsuite-special"
 _SUBSCRIPTIONS = "subscriptions"
+_UIDVALIDITY = ".netsuite-uidvalidity"
 
 
 class BadFolderName(ValueError):
@@ -185,10 +186,24 @@ class MaildirStore:
         if not (path / "cur").is_dir():
             if not create and name.upper() != "INBOX":
                 raise KeyError(name)
-        folder = Folder(path, "INBOX" if name.upper() == "INBOX" else name)
+        folder = Folder(path, "INBOX" if name.upper() == "INBOX" else name,
+                        new_uidvalidity=lambda: self._next_uidvalidity(user))
         self._folders[path] = folder
         self._evict()
         return folder
+
+    def _next_uidvalidity(self, user: str) -> int:
+        """Per user, strictly increasing (and at least the current time)."""
+        path = self.mailbox_path(user) / _UIDVALIDITY
+        try:
+            last = int(path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            last = 0
+        value = max(int(time.time()), last + 1)
+        tmp = path.with_name(_UIDVALIDITY + ".tmp")
+        tmp.write_text(f"{value}\n")
+        os.replace(tmp, path)
+        return value
 
     def _evict(self) -> None:
         while len(self._folders) > self.cache_size:
@@ -253,6 +268,10 @@ class MaildirStore:
             os.rename(root / child, root / f".{new}.{child[len(prefix):]}")
         for path in [p for p in self._folders if p == old_path or p.name.startswith(prefix)]:
             self._folders.pop(path, None)
+        for sub in self.subscriptions(user):
+            if sub == old or sub.startswith(old + "."):
+                self.set_subscribed(user, sub, False)
+                self.set_subscribed(user, new + sub[len(old):], True)
 
     def ensure_special_folders(self, user: str) -> None:
         """Create Sent, Drafts, Trash, Junk on the first login (once: a user may delete them)."""
