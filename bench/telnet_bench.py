@@ -180,6 +180,7 @@ class Netsuite:
         self.daemon = Daemon(self.dir, {
             "server": {"auth": ["passwd"]},
             "telnet": {"max_connections": n + 10, "max_connections_per_address": n + 10,
+                       "utmp": False,
                        "fail_delay": 0.1},
         }, ["telnet"])
         self.daemon.add_user("bench", "bench-pw")

@@ -26,10 +26,16 @@ PROMPT = r"[$#] $"
 
 BASE_CONFIG = {
     "server": {"auth": ["passwd"]},
-    "telnet": {"fail_delay": 0.05, "hangup_grace": 2.0, "max_connections": 120,
+    "telnet": {"fail_delay": 0.05, "hangup_grace": 2.0, "utmp": False, "max_connections": 120,
                "max_connections_per_address": 120,
                "env_whitelist": ["LANG", "LC_*", "NETSUITE_TEST_*"]},
 }
+
+
+def config(server: dict | None = None, **telnet) -> dict:
+    """BASE_CONFIG with some [telnet] (and [server]) keys changed."""
+    return {"server": {**BASE_CONFIG["server"], **(server or {})},
+            "telnet": {**BASE_CONFIG["telnet"], **telnet}}
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +390,7 @@ def test_unknown_user_and_typeahead(daemon):
 
 
 def test_login_timeout(make_daemon):
-    d = make_daemon(config={**BASE_CONFIG, "telnet": {"login_timeout": 1}},
+    d = make_daemon(config=config(login_timeout=1),
                     listeners=["telnet"], users={"alice": "secret"})
     c = client(d)
     c.expect(b"login: ")
@@ -393,9 +399,9 @@ def test_login_timeout(make_daemon):
 
 
 def test_per_user_program_with_user_substitution(make_daemon):
-    d = make_daemon(config={**BASE_CONFIG, "telnet": {
-        "user_programs": {"bob": ["/bin/echo", "hello {user}", "{user}{user}"],
-                          "carol": ["/nonexistent/program"]}}},
+    d = make_daemon(config=config(
+        user_programs={"bob": ["/bin/echo", "hello {user}", "{user}{user}"],
+                       "carol": ["/nonexistent/program"]}),
         listeners=["telnet"], users={"bob": "pw", "alice": "secret", "carol": "pw"})
     c = client(d)
     c.login("bob", "pw", prompt="")
@@ -674,7 +680,7 @@ def test_system_account_via_pam_runs_as_that_user(make_daemon, system_user):
     import pwd
 
     pytest.importorskip("pam")
-    d = make_daemon(config={**BASE_CONFIG, "server": {"auth": ["passwd", "pam"]}},
+    d = make_daemon(config=config({"auth": ["passwd", "pam"]}),
                     listeners=["telnet"])
     c = client(d)
     c.login(system_user, "Sys-pw-1", PROMPT)
@@ -710,7 +716,7 @@ def test_root_account_refused_unless_permitted(make_daemon):
 
 
 def test_connection_cap_says_busy(make_daemon):
-    d = make_daemon(config={**BASE_CONFIG, "telnet": {"max_connections_per_address": 2}},
+    d = make_daemon(config=config(max_connections_per_address=2),
                     listeners=["telnet"], users={"alice": "secret"})
     first, second = client(d), client(d)
     first.expect(b"login: ")
@@ -723,7 +729,7 @@ def test_connection_cap_says_busy(make_daemon):
 
 
 def test_idle_timeout_hangs_up_the_session(make_daemon):
-    d = make_daemon(config={**BASE_CONFIG, "telnet": {"idle_timeout": 1}},
+    d = make_daemon(config=config(idle_timeout=1),
                     listeners=["telnet"], users={"alice": "secret"})
     c = shell(d)
     pid = int(run(c, "echo $$").strip())
@@ -731,3 +737,28 @@ def test_idle_timeout_hangs_up_the_session(make_daemon):
     assert c.wait_closed()
     assert wait_until(lambda: not alive(pid))
     assert_clean(d)
+
+
+def test_utmp_and_wtmp_records(make_daemon, tmp_path):
+    """`who` lists the session while it runs; `last` shows it, ended, afterwards."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("who") or not shutil.which("last"):
+        pytest.skip("needs root, who and last")
+    utmp, wtmp = tmp_path / "utmp", tmp_path / "wtmp"
+    utmp.touch()
+    wtmp.touch()
+    d = make_daemon(config=config(utmp=True, utmp_file=str(utmp), wtmp_file=str(wtmp)),
+        listeners=["telnet"], users={"alice": "secret"})
+    c = shell(d)
+    tty = run(c, "tty").strip().removeprefix("/dev/")
+    who = subprocess.run(["who", str(utmp)], capture_output=True, text=True).stdout
+    assert re.search(rf"^alice\s+{tty}\s.*\(127\.0\.0\.1\)", who, re.M), who
+    c.sendline("exit")
+    assert c.wait_closed()
+    assert wait_until(lambda: "alice" not in subprocess.run(
+        ["who", str(utmp)], capture_output=True, text=True).stdout)
+    last = subprocess.run(["last", "-f", str(wtmp)], capture_output=True, text=True).stdout
+    line = next(l for l in last.splitlines() if l.startswith("alice"))
+    assert tty in line and "127.0.0.1" in line and "still logged in" not in line, last

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from netsuite.realm import ITerminalAvatar
 from netsuite.telnet import wire
 from netsuite.telnet.session import PTYSession
+from netsuite.telnet.utmp import Recorder
 
 log = Logger(namespace="netsuite.telnet")
 
@@ -415,7 +416,8 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             return
         term = self.term or self.config.default_term
         session = PTYSession(self, self.avatar, term, self.size, self.client_env,
-                             grace=self.config.hangup_grace, echo=self._echoing())
+                             grace=self.config.hangup_grace, echo=self._echoing(),
+                             host=self.peer, recorder=self.factory.recorder)
         try:
             session.start(self.reactor)
         except Exception:
@@ -482,6 +484,8 @@ class TelnetFactory(protocol.ServerFactory):
         self.hostname = ctx.config.server.hostname
         self.allow_plaintext = ctx.config.server.allow_plaintext_auth
         self.connections: set[TelnetServer] = set()
+        self.recorder = Recorder(self.config.utmp_file, self.config.wtmp_file,
+                                 enabled=self.config.utmp and os.geteuid() == 0)
         self._shutdown_trigger = None
         if self.config.virtual_user:
             import pwd

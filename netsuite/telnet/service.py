@@ -57,6 +57,10 @@ class TelnetConfig:
     idle_timeout: float = 0.0
     #: After a hang-up, seconds before a program that ignores SIGHUP gets SIGKILL.
     hangup_grace: float = 5.0
+    #: Write utmp/wtmp records (C{who}, C{last}); needs root.
+    utmp: bool = True
+    utmp_file: str = "/var/run/utmp"
+    wtmp_file: str = "/var/log/wtmp"
     max_connections: int = 100
     max_connections_per_address: int = 10
 

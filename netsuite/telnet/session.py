@@ -202,7 +202,8 @@ class PTYSession(protocol.ProcessProtocol):
 
     def __init__(self, owner: SessionOwner, avatar: TerminalAvatar, term: str,
                  size: tuple[int, int] | None, client_env: dict[str, str],
-                 grace: float = 5.0, echo: bool = True):
+                 grace: float = 5.0, echo: bool = True, host: str = "",
+                 recorder: Any = None):
         self.owner = owner
         self.avatar = avatar
         self.term = term
@@ -211,6 +212,9 @@ class PTYSession(protocol.ProcessProtocol):
         self.grace = grace
         #: Whether the pty echoes: not when the client echoes locally itself.
         self.echo = echo
+        #: The client's address and the utmp/wtmp L{Recorder}, if any.
+        self.host = host
+        self.recorder = recorder
         self.pid: int | None = None
         self.tty: str | None = None
         self.exited = False
@@ -255,6 +259,8 @@ class PTYSession(protocol.ProcessProtocol):
                 pass
             raise
         self.pid = process.pid
+        if self.recorder is not None:
+            self.recorder.login(self.pid, self.tty, self.avatar.user, self.host)
 
     def connectionMade(self) -> None:
         client = self.owner.transport
@@ -331,6 +337,8 @@ class PTYSession(protocol.ProcessProtocol):
     def _finish(self, reason: Failure) -> None:
         if not self.ended:
             self.ended = True
+            if self.recorder is not None and self.pid is not None:
+                self.recorder.logout(self.pid, self.tty)
             self.owner.terminalEnded(reason)
 
     def hangup(self) -> None:
