@@ -762,3 +762,28 @@ def test_utmp_and_wtmp_records(make_daemon, tmp_path):
     last = subprocess.run(["last", "-f", str(wtmp)], capture_output=True, text=True).stdout
     line = next(l for l in last.splitlines() if l.startswith("alice"))
     assert tty in line and "127.0.0.1" in line and "still logged in" not in line, last
+
+
+def test_virtual_user_runs_as_configured_account(make_daemon):
+    """Password-file users without a system account run as telnet.virtual_user."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    nobody = pwd.getpwnam("nobody")
+    d = make_daemon(config=config(virtual_user="nobody"), listeners=["telnet"],
+                    users={"alice": "secret"})
+    c = shell(d)
+    assert run(c, "id -u; id -g").split() == [str(nobody.pw_uid), str(nobody.pw_gid)]
+    home = d.data_dir / "home" / "alice"
+    assert home.stat().st_uid == nobody.pw_uid and (home.stat().st_mode & 0o777) == 0o700
+    c.close()
+    assert_clean(d)
+
+
+def test_unknown_virtual_user_is_a_config_error(make_daemon):
+    d = make_daemon(config=config(virtual_user="no-such-account-here"), listeners=["telnet"],
+                    start=False)
+    with pytest.raises(RuntimeError) as info:
+        d.start()
+    assert "telnet.virtual_user" in str(info.value) and "no-such-account-here" in str(info.value)
