@@ -8,9 +8,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from harness import Daemon
 from netsuite.telnet import wire
-from netsuite.telnet.client import Closed, TelnetClient
+from netsuite.telnet.client import TelnetClient
 
 TELNET = "/usr/bin/telnet"
 PROMPT = r"[$#] $"
