@@ -17,6 +17,7 @@ connects first and is hard-wired to plain TCP.  Here:
 from __future__ import annotations
 
 import random
+import socket
 from typing import Any, Callable
 
 from OpenSSL._util import lib as _ssl_lib
@@ -225,6 +226,18 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     def unregisterProducer(self) -> None:
         self.transport.unregisterProducer()
+
+    def sendfile_socket(self) -> socket.socket | None:
+        """The raw socket, when file bytes may go to it directly (plain TCP, no TLS)."""
+        if self.tls or self.transport is None:
+            return None
+        handle = self.transport.getHandle()
+        return handle if isinstance(handle, socket.socket) else None
+
+    def kick(self) -> None:
+        """After writing to the socket behind the transport's back: ask it for more room."""
+        self.resetTimeout()
+        self.transport.startWriting()
 
     def finish(self) -> None:
         """All sent: close (a TLS close_notify goes first)."""

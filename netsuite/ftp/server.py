@@ -131,6 +131,12 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
         self.portal = self.factory.ctx.portal.bind(self.peer_host, "ftp")
+        if hasattr(self.transport, "setTcpNoDelay"):
+            # Replies are small and come in pairs (150 ... 226): no Nagle delay.
+            try:
+                self.transport.setTcpNoDelay(True)
+            except OSError:
+                pass
         handle = getattr(self.transport, "getHandle", lambda: None)()
         if isinstance(handle, socket.socket):
             # ABOR sent as urgent data (ftplib) must stay in the command stream.

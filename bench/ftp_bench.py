@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""
+FTP benchmark: netsuite side by side with pyftpdlib (pip) and vsftpd (Debian),
+same files, same machine, one run each.
+
+  python bench/ftp_bench.py                      # modest defaults (a few minutes)
+  python bench/ftp_bench.py --size-mib 500 --clients 200   # the full issue figures
+  python bench/ftp_bench.py --servers netsuite,pyftpdlib
+
+Figures: RETR and STOR throughput of one large file with 1 and --parallel
+clients (one process per client, so the client is not the bottleneck), and
+--clients clients at once each logging in (anonymous on all three servers, so
+no server pays for password hashing), listing a folder and fetching
+--small-files small files.  Each figure is printed with its ratio to pyftpdlib.
+Plain FTP on 127.0.0.1; all servers run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import ftplib
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+USER, PASSWORD = "bench", "bench-pw"
+BLOCK = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.recv(100)
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def populate(root: Path, size: int, small_files: int) -> None:
+    """The same tree for every server: big.bin, small/f*.txt, upload/."""
+    root.mkdir(parents=True, exist_ok=True)
+    chunk = os.urandom(BLOCK)
+    with open(root / "big.bin", "wb") as f:
+        left = size
+        while left > 0:
+            f.write(chunk[:min(left, BLOCK)])
+            left -= BLOCK
+    (root / "small").mkdir(exist_ok=True)
+    for i in range(small_files):
+        (root / "small" / f"f{i}.txt").write_bytes(os.urandom(4096))
+    (root / "upload").mkdir(exist_ok=True)
+
+
+# -- servers -----------------------------------------------------------------------------
+
+
+class Netsuite:
+    name = "netsuite"
+
+    def __init__(self, work: Path, size: int, small_files: int):
+        from harness import Daemon
+
+        self.daemon = Daemon(work / "netsuite", config={
+            "ftp": {"require_tls": False, "anonymous_root": f"ftp/{USER}",
+                    "anonymous_upload_dir": "upload", "max_connections": 2000,
+                    "max_connections_per_address": 2000, "fsync_uploads": False},
+            "throttle": {"lock_after": 100000},
+        }, listeners=["ftp"])
+        self.daemon.add_user(USER, PASSWORD)
+        self.root = self.daemon.data_dir / "ftp" / USER
+        populate(self.root, size, small_files)
+
+    def start(self) -> int:
+        self.daemon.start()
+        return self.daemon.port("ftp")
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+
+class PyFtpdlib:
+    name = "pyftpdlib"
+
+    def __init__(self, work: Path, size: int, small_files: int):
+        self.root = work / "pyftpdlib"
+        populate(self.root, size, small_files)
+        self.proc = None
+
+    def start(self) -> int:
+        port = free_port()
+        code = textwrap.dedent(f"""
+            import logging
+            from pyftpdlib.authorizers import DummyAuthorizer
+            from pyftpdlib.handlers import FTPHandler
+            from pyftpdlib.servers import FTPServer
+            logging.basicConfig(level=logging.ERROR)
+            a = DummyAuthorizer()
+            a.add_user({USER!r}, {PASSWORD!r}, {str(self.root)!r}, perm="elradfmwMT")
+            a.add_anonymous({str(self.root)!r}, perm="elrw")
+            FTPHandler.authorizer = a
+            FTPHandler.banner = "pyftpdlib ready"
+            s = FTPServer(("127.0.0.1", {port}), FTPHandler)
+            s.max_cons = 2000
+            s.max_cons_per_ip = 0
+            s.serve_forever()
+        """)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Vsftpd:
+    """vsftpd serves anonymous users only here (local users need system accounts)."""
+
+    name = "vsftpd"
+    anonymous_only = True
+
+    def __init__(self, work: Path, size: int, small_files: int):
+        self.work = work / "vsftpd"
+        self.root = self.work / "root"
+        populate(self.root, size, small_files)
+        os.chmod(self.root, 0o755)
+        shutil.chown(self.root / "upload", "ftp")
+        self.proc = None
+
+    def start(self) -> int:
+        port = free_port()
+        conf = self.work / "vsftpd.conf"
+        conf.write_text(textwrap.dedent(f"""\
+            listen=YES
+            listen_ipv6=NO
+            listen_address=127.0.0.1
+            listen_port={port}
+            background=NO
+            anonymous_enable=YES
+            no_anon_password=YES
+            anon_root={self.root}
+            local_enable=NO
+            write_enable=YES
+            anon_upload_enable=YES
+            anon_world_readable_only=NO
+            anon_umask=022
+            max_clients=0
+            max_per_ip=0
+            seccomp_sandbox=NO
+            xferlog_enable=NO
+            use_localtime=NO
+            pasv_address=127.0.0.1
+            """))
+        self.proc = subprocess.Popen(["/usr/sbin/vsftpd", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+# -- clients (module level, so worker processes can run them) ---------------------------------
+
+
+def login(port: int, anonymous: bool) -> ftplib.FTP:
+    f = ftplib.FTP(timeout=120)
+    f.connect("127.0.0.1", port)
+    if anonymous:
+        f.login("anonymous", "bench@")
+    else:
+        f.login(USER, PASSWORD)
+    return f
+
+
+def retr_once(port: int, anonymous: bool, barrier=None) -> tuple[int, float, float]:
+    """(bytes, start, end): the clock runs from the command to the 226, login excluded."""
+    f = login(port, anonymous)
+    f.voidcmd("TYPE I")
+    if barrier is not None:
+        barrier.wait()  # every client logged in: transfers start together
+    start = time.time()
+    conn = f.transfercmd("RETR big.bin")
+    buf = bytearray(BLOCK)
+    total = 0
+    while n := conn.recv_into(buf):
+        total += n
+    conn.close()
+    f.voidresp()
+    end = time.time()
+    f.quit()
+    return total, start, end
+
+
+def stor_once(port: int, anonymous: bool, size: int, tag: str,
+              barrier=None) -> tuple[int, float, float]:
+    f = login(port, anonymous)
+    f.voidcmd("TYPE I")
+    if barrier is not None:
+        barrier.wait()
+    start = time.time()
+    conn = f.transfercmd(f"STOR upload/up-{tag}-{os.getpid()}-{time.monotonic_ns()}.bin")
+    chunk = os.urandom(BLOCK)
+    left = size
+    while left > 0:
+        conn.sendall(chunk[:min(left, BLOCK)])
+        left -= BLOCK
+    conn.close()
+    f.voidresp()
+    end = time.time()
+    f.quit()
+    return size, start, end
+
+
+def small_session(port: int, small_files: int) -> bool:
+    try:
+        f = login(port, True)
+        names = f.nlst("small")
+        if len(names) != small_files:
+            return False
+        for i in range(small_files):
+            got = bytearray()
+            f.retrbinary(f"RETR small/f{i}.txt", got.extend)
+            if len(got) != 4096:
+                return False
+        f.quit()
+        return True
+    except Exception:
+        return False
+
+
+def throughput(kind: str, port: int, anonymous: bool, size: int, parallel: int) -> float:
+    """MiB/s over all clients, from the first transfer command to the last 226."""
+    with mp.Manager() as manager, cf.ProcessPoolExecutor(parallel) as pool:
+        barrier = manager.Barrier(parallel)
+        if kind == "RETR":
+            futures = [pool.submit(retr_once, port, anonymous, barrier) for _ in range(parallel)]
+        else:
+            futures = [pool.submit(stor_once, port, anonymous, size, str(i), barrier)
+                       for i in range(parallel)]
+        results = [f.result() for f in futures]
+    total = sum(r[0] for r in results)
+    elapsed = max(r[2] for r in results) - min(r[1] for r in results)
+    return total / elapsed / (1 << 20)
+
+
+def many_clients(port: int, clients: int, small_files: int) -> tuple[float, int]:
+    """(seconds for all sessions, failed sessions)."""
+    with cf.ThreadPoolExecutor(clients) as pool:
+        start = time.perf_counter()
+        results = list(pool.map(lambda _: small_session(port, small_files), range(clients)))
+        elapsed = time.perf_counter() - start
+    return elapsed, results.count(False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=100, help="large file size (issue: 500)")
+    ap.add_argument("--parallel", type=int, default=10, help="parallel large transfers")
+    ap.add_argument("--clients", type=int, default=50, help="small-file sessions (issue: 200)")
+    ap.add_argument("--small-files", type=int, default=10)
+    ap.add_argument("--servers", default="netsuite,pyftpdlib,vsftpd")
+    args = ap.parse_args()
+    size = args.size_mib << 20
+    # Parallel STOR/RETR use a tenth of the file each, so a run stays short.
+    psize = max(size // args.parallel, 1 << 20)
+    classes = {c.name: c for c in (Netsuite, PyFtpdlib, Vsftpd)}
+    wanted = [s for s in args.servers.split(",") if s]
+    if "vsftpd" in wanted and not os.path.exists("/usr/sbin/vsftpd"):
+        print("vsftpd not installed; skipping it")
+        wanted.remove("vsftpd")
+    results: dict[str, dict[str, str | float]] = {}
+    with tempfile.TemporaryDirectory(prefix="ftp-bench-") as tmp:
+        for name in wanted:
+            server = classes[name](Path(tmp), size, args.small_files)
+            anonymous = getattr(server, "anonymous_only", False)
+            port = server.start()
+            r: dict[str, str | float] = {}
+            try:
+                r["RETR 1 client MiB/s"] = throughput("RETR", port, anonymous, size, 1)
+                r[f"STOR 1 client MiB/s"] = throughput("STOR", port, anonymous, size, 1)
+                r[f"RETR {args.parallel} clients MiB/s"] = throughput(
+                    "RETR", port, anonymous, size, args.parallel)
+                r[f"STOR {args.parallel} clients MiB/s"] = throughput(
+                    "STOR", port, anonymous, psize, args.parallel)
+                secs, failed = many_clients(port, args.clients, args.small_files)
+                r[f"{args.clients} sessions seconds"] = secs
+                r[f"{args.clients} sessions failed"] = failed
+            finally:
+                server.stop()
+            results[name] = r
+            print(f"{name}: " + ", ".join(f"{k} = {v:.1f}" if isinstance(v, float) else
+                                          f"{k} = {v}" for k, v in r.items()), flush=True)
+    print()
+    print(f"large file {args.size_mib} MiB (parallel STOR: {psize >> 20} MiB each), "
+          f"{args.clients} sessions x {args.small_files} small files")
+    metrics = list(next(iter(results.values())))
+    header = f"{'metric':32}" + "".join(f"{n:>22}" for n in results)
+    print(header)
+    base = results.get("pyftpdlib")
+    for m in metrics:
+        row = f"{m:32}"
+        for n, r in results.items():
+            v = r[m]
+            ratio = ""
+            if base and isinstance(v, float) and base[m]:
+                ratio = f" ({v / base[m]:.2f}x)"
+            row += f"{(f'{v:.1f}' if isinstance(v, float) else str(v)) + ratio:>22}"
+        print(row)
+    print("(ratios are to pyftpdlib; for 'seconds' lower is better)")
+
+
+if __name__ == "__main__":
+    main()
