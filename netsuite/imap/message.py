@@ -74,9 +74,9 @@ class Part:
                     part = inner
                 else:
                     return None
-            elif n == 1 and part is self:
-                # A non-multipart message has one part: its body.
-                part = _BodyOnly(part)
+            elif n == 1:
+                # A non-multipart entity has one part: itself (its body).
+                part = _BodyOnly(part) if part is self else part
             else:
                 return None
         return part
@@ -91,7 +91,7 @@ class Part:
         if path and kind in ("HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             # HEADER/TEXT of a part refer to its encapsulated message.
             if part.message is None:
-                return None
+                return b""
             part = part.message
         if kind == "":
             return part.body if path else part.data
@@ -137,7 +137,9 @@ def pick_headers(header: bytes, names: tuple[bytes, ...], negate: bool) -> bytes
         keep = (name in wanted) != negate
         if keep:
             out.append(line)
-    return b"".join(line + b"\r\n" for line in out) + b"\r\n"
+    # The blank line after the fields, if the header had one (Dovecot does the same).
+    blank = b"\r\n" if header.endswith(b"\r\n\r\n") or header == b"\r\n" else b""
+    return b"".join(line + b"\r\n" for line in out) + blank
 
 
 def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
@@ -202,18 +204,76 @@ def _nstring(value: bytes | None) -> bytes:
     return string(value) if value is not None else b"NIL"
 
 
+def _split_groups(text: str) -> list[tuple[str | None, str]]:
+    """Address-list text -> (group name or None, members text) runs (RFC 5322 3.4)."""
+    runs: list[tuple[str | None, str]] = []
+    depth_angle = depth_comment = 0
+    quoted = escaped = False
+    start = 0
+    group: str | None = None
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+            continue
+        if c == "\\":
+            escaped = True
+        elif quoted:
+            quoted = c != '"'
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth_comment += 1
+        elif c == ")" and depth_comment:
+            depth_comment -= 1
+        elif depth_comment:
+            continue
+        elif c == "<":
+            depth_angle += 1
+        elif c == ">" and depth_angle:
+            depth_angle -= 1
+        elif c == ":" and not depth_angle and group is None:
+            head = text[start:i]
+            cut = head.rfind(",")
+            if cut >= 0:
+                runs.append((None, head[:cut]))
+            group = head[cut + 1:].strip()
+            start = i + 1
+        elif c == ";" and not depth_angle and group is not None:
+            runs.append((group, text[start:i]))
+            group = None
+            start = i + 1
+    if group is not None:
+        runs.append((group, text[start:]))
+    elif text[start:].strip(" ,"):
+        runs.append((None, text[start:]))
+    return runs
+
+
+def _address(name: str, addr: str) -> bytes:
+    local, at, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
+
+    def enc(s):
+        return s.encode("utf-8", "surrogateescape") if s else None
+
+    return b"(" + b" ".join([_nstring(enc(name)), b"NIL", _nstring(enc(local)),
+                             _nstring(enc(domain) if at else None)]) + b")"
+
+
 def addresses(value: bytes | None) -> bytes:
     if not value:
         return b"NIL"
     text = value.decode("utf-8", "surrogateescape")
     out = []
-    for name, addr in email.utils.getaddresses([text]):
-        if not addr and not name:
-            continue
-        local, at, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        enc = lambda s: s.encode("utf-8", "surrogateescape") if s else None  # noqa: E731
-        out.append(b"(" + b" ".join([_nstring(enc(name)), b"NIL", _nstring(enc(local)),
-                                      _nstring(enc(domain) if at else None)]) + b")")
+    for group, members in _split_groups(text):
+        if group is not None:
+            # Group syntax: (NIL NIL "name" NIL) members (NIL NIL NIL NIL).
+            out.append(b"(NIL NIL " + string(group.encode("utf-8", "surrogateescape")) +
+                       b" NIL)")
+        for name, addr in email.utils.getaddresses([members]):
+            if addr or name:
+                out.append(_address(name, addr))
+        if group is not None:
+            out.append(b"(NIL NIL NIL NIL)")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 
@@ -234,7 +294,7 @@ def envelope(part: Part) -> bytes:
 def _plist(params: dict[bytes, bytes]) -> bytes:
     if not params:
         return b"NIL"
-    return b"(" + b" ".join(string(k.upper()) + b" " + string(v)
+    return b"(" + b" ".join(string(k) + b" " + string(v)
                             for k, v in params.items()) + b")"
 
 
@@ -243,7 +303,7 @@ def _disposition(part: Part) -> bytes:
     if not value:
         return b"NIL"
     kind = value.partition(b";")[0].strip()
-    return b"(" + string(kind.upper()) + b" " + _plist(parse_params(value)) + b")"
+    return b"(" + string(kind) + b" " + _plist(parse_params(value)) + b")"
 
 
 def _language(part: Part) -> bytes:
@@ -256,24 +316,32 @@ def _language(part: Part) -> bytes:
     return b"(" + b" ".join(string(v) for v in langs) + b")"
 
 
+def line_count(body: bytes) -> int:
+    """Text lines as Dovecot and Cyrus count them: line ends."""
+    return body.count(b"\n")
+
+
 def bodystructure(part: Part, extended: bool = True) -> bytes:
     if part.children:
         inner = b"".join(bodystructure(c, extended) for c in part.children)
-        out = inner + b" " + string(part.subtype.upper())
+        out = inner + b" " + string(part.subtype)
         if extended:
             params = {k: v for k, v in part.params.items()}
             out += b" " + b" ".join([_plist(params), _disposition(part), _language(part),
                                      _nstring(part.get(b"content-location"))])
         return b"(" + out + b")"
-    encoding = (part.get(b"content-transfer-encoding") or b"7BIT").upper()
-    fields = [string(part.maintype.upper()), string(part.subtype.upper()), _plist(part.params),
+    encoding = part.get(b"content-transfer-encoding") or b"7bit"
+    params = part.params
+    if part.maintype == b"text" and b"charset" not in params:
+        params = {b"charset": b"us-ascii", **params}
+    fields = [string(part.maintype), string(part.subtype), _plist(params),
               _nstring(part.get(b"content-id")), _nstring(part.get(b"content-description")),
               string(encoding), b"%d" % len(part.body)]
     if part.maintype == b"text":
-        fields.append(b"%d" % part.body.count(b"\r\n"))
+        fields.append(b"%d" % line_count(part.body))
     elif part.message is not None:
         fields += [envelope(part.message), bodystructure(part.message, extended),
-                   b"%d" % part.body.count(b"\r\n")]
+                   b"%d" % line_count(part.body)]
     if extended:
         fields += [_nstring(part.get(b"content-md5")), _disposition(part), _language(part),
                    _nstring(part.get(b"content-location"))]

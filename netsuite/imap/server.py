@@ -834,8 +834,7 @@ class IMAPServer(imap4.IMAP4Server):
                     data = part.section(sec.part, sec.kind, sec.fields)
                     label = wire.section_label(sec)
                     if data is None:
-                        items.append(label + b" NIL")
-                        continue
+                        data = b""  # a part that does not exist is empty, as in Dovecot
                     if sec.partial is not None:
                         start, length = sec.partial
                         data = data[start:start + length]

@@ -1,0 +1,109 @@
+"""
+Interop with Dovecot (skipped without dovecot-imapd): the same Maildir served by
+both gives the same FETCH answers, and Dovecot reads what netsuite wrote.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from test_imap import MULTIPART, SIMPLE  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/dovecot").exists()
+                                 or shutil.which("chown") is None,
+                                 reason="dovecot-imapd not installed")
+
+MESSAGES = [
+    SIMPLE, MULTIPART,
+    ("From: Jörg <j@example.test>\nTo: \"Doe, John\" <jd@x.test>, undisclosed-recipients:;\n"
+     "Cc: a@b.c (comment)\nSubject: Grüße\nContent-Type: multipart/mixed; boundary=b1\n\n"
+     "--b1\nContent-Type: text/plain\n\nhi\n--b1\nContent-Type: message/rfc822\n\n"
+     "Subject: inner\nContent-Type: text/html; charset=\"iso-8859-1\"\n"
+     "Content-Language: en, de\n\n<p>x</p>\n--b1--\n").encode(),
+    (b"Subject: alt\nContent-Type: multipart/alternative; boundary=\"=_a\"\nMIME-Version: 1.0\n"
+     b"\n--=_a\nContent-Type: text/plain; charset=us-ascii; format=flowed\n"
+     b"Content-Transfer-Encoding: quoted-printable\n\nplain=20text\n\n--=_a\n"
+     b"Content-Type: text/html\nContent-ID: <c1@x>\nContent-Description: the html\n"
+     b"Content-Disposition: inline\n\n<b>bold</b>\n--=_a--\n"),
+    b"Subject: no body",
+    b"From: x@y\n\n",
+]
+ITEMS = ["BODYSTRUCTURE", "ENVELOPE", "BODY", "RFC822.SIZE", "BODY.PEEK[1]", "BODY.PEEK[2]",
+         "BODY.PEEK[1.MIME]", "BODY.PEEK[TEXT]", "BODY.PEEK[HEADER]", "BODY.PEEK[2.1]",
+         "BODY.PEEK[2.HEADER]", "BODY.PEEK[HEADER.FIELDS (Subject From)]"]
+
+
+@pytest.fixture
+def servers(tmp_path_factory):
+    import mail_read_bench as mb
+
+    work = tmp_path_factory.mktemp("interop")
+    work.chmod(0o755)
+    for p in work.parents:
+        if str(p).startswith("/tmp/"):
+            p.chmod(0o755)
+    for root in ("ours", "theirs"):
+        box = work / root / "bench"
+        for sub in ("cur", "new", "tmp"):
+            (box / sub).mkdir(parents=True)
+        for i, m in enumerate(MESSAGES):
+            (box / "cur" / f"{1700000000 + i}.M{i}P1.x,S={len(m)}:2,").write_bytes(m)
+    subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
+    dovecot = mb.Dovecot(work / "dovecot", work / "theirs", ["bench"]).start()
+    ours = mb.start_netsuite(work / "netsuite", work / "ours", ["bench"])
+    yield ours, dovecot, work, mb
+    ours.stop()
+    dovecot.stop()
+
+
+def answers(port: int, password: str) -> list:
+    m = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+    m.login("bench", password)
+    m.select("INBOX")
+    out = [m.fetch(str(i), f"({item})") for i in range(1, len(MESSAGES) + 1) for item in ITEMS]
+    m.logout()
+    return out
+
+
+def test_same_fetch_answers_as_dovecot(servers):
+    ours, dovecot, _, mb = servers
+    mine = answers(ours.port("imap"), mb.PASSWORD)
+    theirs = answers(dovecot.imap_port, mb.PASSWORD)
+    for n, (a, b) in enumerate(zip(mine, theirs)):
+        assert a == b, (n // len(ITEMS) + 1, ITEMS[n % len(ITEMS)])
+
+
+def test_dovecot_reads_flags_and_folders_netsuite_wrote(servers):
+    ours, dovecot, work, mb = servers
+    m = imaplib.IMAP4("127.0.0.1", ours.port("imap"), timeout=10)
+    m.login("bench", mb.PASSWORD)
+    m.select("INBOX")
+    m.store("1", "+FLAGS", "(\\Flagged \\Answered)")
+    m.create("Projects")
+    m.append("Projects", "(\\Seen)", None, b"Subject: p\r\n\r\nbody\r\n")
+    m.logout()
+    # Hand netsuite's Maildir to Dovecot: stop both, swap the trees, start Dovecot.
+    ours.stop()
+    dovecot.stop()
+    shutil.rmtree(work / "theirs" / "bench")
+    shutil.copytree(work / "ours" / "bench", work / "theirs" / "bench")
+    subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
+    dovecot.start()
+    d = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    d.login("bench", mb.PASSWORD)
+    d.select("INBOX")
+    typ, data = d.fetch("1", "(FLAGS)")
+    assert b"\\Flagged" in data[0] and b"\\Answered" in data[0]
+    assert d.select("Projects") == ("OK", [b"1"])
+    typ, data = d.fetch("1", "(FLAGS BODY.PEEK[])")
+    assert b"\\Seen" in data[0][0] and data[0][1] == b"Subject: p\r\n\r\nbody\r\n"
+    d.logout()
