@@ -158,6 +158,9 @@ def test_endless_subnegotiation_closes():
     proto, t, clock, portal = make()
     take(t)
     proto.dataReceived(bytes((255, 250, 24)))
-    for _ in range(5):
+    for _ in range(16):
+        proto.dataReceived(b"x" * 1000)
+    assert not t.disconnecting  # a large NEW-ENVIRON still fits
+    for _ in range(4):
         proto.dataReceived(b"x" * 1000)
     assert t.disconnecting

@@ -45,6 +45,8 @@ MAX_NAME = 64
 MAX_PASSWORD = 512
 MAX_TYPEAHEAD = 4096
 MAX_ENV_VARS = 32
+#: Longest subnegotiation: room for a generous NEW-ENVIRON, then the client is cut off.
+MAX_SUBNEGOTIATION = 16384
 MAX_ENV_VALUE = 1024
 #: How long a login waits for TTYPE / NAWS / NEW-ENVIRON answers still in flight.
 SETTLE_TIMEOUT = 2.0
@@ -61,7 +63,7 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
         self.config = factory.config
         self.reactor = factory.reactor
         self.peer = peer
-        self.decoder = wire.Decoder()
+        self.decoder = wire.Decoder(max_subnegotiation=MAX_SUBNEGOTIATION)
         self.encoder = wire.Encoder()
         #: login, password, checking, session, closed
         self.phase = "login"
