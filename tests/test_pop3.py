@@ -283,3 +283,28 @@ def test_fetchmail_downloads_and_deletes(daemon, tmp_path):
     assert b".leading dot\n..two dots\n.\nlast line\n" in got
     assert b"Subject: second" in got
     assert daemon.wait_for(lambda: daemon.messages("alice") == [])
+
+
+@pytest.mark.parametrize("policy", ["trash", "keep"])
+def test_on_delete_policy(make_daemon, policy):
+    d = make_daemon(listeners=["pop3s"], users=USERS, config={"pop3": {"on_delete": policy}})
+    put(d, "alice", b"Subject: old\n\nx\n")
+    p = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=tls_context(), timeout=10)
+    p.user("alice")
+    p.pass_(USERS["alice"])
+    p.dele(1)
+    p.quit()
+    if policy == "trash":
+        assert d.wait_for(lambda: d.messages("alice") == [])
+        assert d.messages("alice", "Trash") == [b"Subject: old\n\nx\n"]
+    else:
+        assert d.messages("alice") == [b"Subject: old\n\nx\n"]
+        names = [f.name for f in (d.maildir("alice") / "cur").iterdir()]
+        assert len(names) == 1 and names[0].endswith(":2,ST")
+
+
+def test_config_errors_name_key(make_daemon):
+    d = make_daemon(users=USERS, start=False, listeners=["pop3"],
+                    config={"pop3": {"on_delete": "shred"}})
+    with pytest.raises(RuntimeError, match=r"pop3.on_delete: must be one of"):
+        d.start(timeout=20)

@@ -36,6 +36,7 @@ from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.message import Part, bodystructure, decoded, envelope, sent_date
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
 from netsuite.pop3.wire import CommandError, decode_sasl_plain
+from netsuite.store.folder import FolderGone
 
 log = Logger(namespace="netsuite.imap")
 
@@ -256,6 +257,10 @@ class IMAPServer(imap4.IMAP4Server):
             return
         except imap4.MailboxException as e:
             self._tagged(tag, b"NO", str(e).encode())
+            return
+        except FolderGone:
+            self._deselect()
+            self._tagged(tag, b"NO", b"[NONEXISTENT] Mailbox was deleted or renamed")
             return
         except Exception:
             log.failure("IMAP {command} failed", command=name)
