@@ -122,7 +122,9 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         self._queue: deque[bytes] = deque()
         self._busy: defer.Deferred | None = None
         self._reading_paused = False
+        self._draining = False
         self._discarding = False
+        self._lost = False
         self.peer_host = "?"
 
     # -- connection ------------------------------------------------------------
@@ -150,6 +152,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         self.reply(220, self.config.banner)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
         self.setTimeout(None)
         if self.transfer is not None:
             self.transfer.abort()
@@ -196,12 +199,15 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             except wire.CommandError:
                 verb = ""
             if verb in URGENT:
-                self._dispatch(verb, arg)
+                result = self._dispatch(verb, arg)
+                if isinstance(result, defer.Deferred):
+                    result.addErrback(self._command_failed)
                 return
             self._queue.append(line)
             if len(self._queue) >= QUEUE_LIMIT and not self._reading_paused:
+                # Stop reading (and stop splitting what is buffered) until drained.
                 self._reading_paused = True
-                self.transport.pauseProducing()
+                self.pauseProducing()
             return
         self._process(line)
 
@@ -217,14 +223,20 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             result.addErrback(self._command_failed).addBoth(self._command_done)
 
     def _command_done(self, _=None) -> None:
+        """The running command finished: answer the queued ones, in order, without recursion."""
         self._busy = None
-        while self._queue and self._busy is None and self.transport is not None \
-                and not self.transport.disconnecting:
-            self._process(self._queue.popleft())
-        if self._reading_paused and len(self._queue) < QUEUE_LIMIT // 2:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._queue and self._busy is None and not self._lost \
+                    and not self.transport.disconnecting:
+                self._process(self._queue.popleft())
+        finally:
+            self._draining = False
+        if self._reading_paused and not self._queue and not self._lost:
             self._reading_paused = False
-            if self.transport is not None:
-                self.transport.resumeProducing()
+            self.resumeProducing()
 
     def _dispatch(self, verb: str, arg: str):
         handler = getattr(self, f"ftp_{verb}", None)
@@ -336,7 +348,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
 
     def _logged_in(self, result) -> None:
         _iface, avatar, logout = result
-        if self.transport is None or not self.connected:
+        if self._lost:
             logout()
             return
         self.shell, self.logout = avatar, logout
@@ -750,6 +762,12 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             log.failure("FTP transfer failed", failure)
             self.reply(451, "Requested action aborted: local error in processing.")
 
+    def _log_transfer(self, t: Transfer, path: str, nbytes: int) -> None:
+        log.info("{verb} {path} {bytes} bytes: user={user} address={address} tls={tls}",
+                 verb=t.verb, path=path, bytes=nbytes,
+                 user="anonymous" if self.anonymous else self.user, address=self.peer_host,
+                 tls=self.prot_private)
+
     def _mode_name(self) -> str:
         return "BINARY" if self.binary else "ASCII"
 
@@ -782,6 +800,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             if t.aborted:
                 raise _Aborted()
             self.reply(226, "Transfer complete.")
+            self._log_transfer(t, self._display(segments), file.sent)
         except Exception:
             if hasattr(file, "close"):
                 file.close()
@@ -807,10 +826,11 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         d = self.shell.openForWriting(segments, offset=offset, append=append, unique=unique)
         d.addErrback(self._discard_channel, channel)
         verb = "STOU" if unique else ("APPE" if append else "STOR")
-        return d.addCallback(self._receive, channel, verb, unique)
+        return d.addCallback(self._receive, channel, verb, unique, segments)
 
     @defer.inlineCallbacks
-    def _receive(self, upload, channel: DataChannel, verb: str, unique: bool):
+    def _receive(self, upload, channel: DataChannel, verb: str, unique: bool,
+                 segments: list[str]):
         name = upload.name
         t = self._start(verb, name, channel)
         t.counter = lambda: upload.received
@@ -844,6 +864,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             done = True
             yield upload.close()
             self.reply(226, "Transfer complete.")
+            self._log_transfer(t, self._display(segments[:-1] + [name]), upload.received)
         except _StorageFull:
             upload.abort()
             self.reply(452, "Insufficient storage space; transfer aborted.")
