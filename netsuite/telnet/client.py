@@ -197,7 +197,8 @@ class TelnetClient:
         try:
             while time.monotonic() < deadline:
                 self.pump(0.2)
-        except Closed:
+        except (Closed, OSError):  # OSError: answering a negotiation hit the closed socket
+            self.closed = True
             return True
         return False
 
