@@ -521,11 +521,11 @@ class TelnetFactory(protocol.ServerFactory):
         return server
 
     def startFactory(self) -> None:
-        self._shutdown_trigger = self.reactor.addSystemEventTrigger(
-            "before", "shutdown", self.hangup_all)
-
-    def stopFactory(self) -> None:
-        pass
+        # Kept for the factory's life: stopFactory runs inside the same
+        # "before shutdown" phase, too late to take the trigger back safely.
+        if self._shutdown_trigger is None:
+            self._shutdown_trigger = self.reactor.addSystemEventTrigger(
+                "before", "shutdown", self.hangup_all)
 
     def hangup_all(self) -> defer.Deferred:
         """At shutdown: hang up every session and wait (bounded) until they are reaped."""
