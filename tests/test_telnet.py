@@ -785,3 +785,14 @@ def test_unknown_virtual_user_is_a_config_error(make_daemon):
     with pytest.raises(RuntimeError) as info:
         d.start()
     assert "telnet.virtual_user" in str(info.value) and "no-such-account-here" in str(info.value)
+
+
+def test_exit_with_a_background_job_still_closes(daemon):
+    """A background job holding the pty open does not keep the connection open."""
+    c = shell(daemon)
+    bg = int(run(c, "sleep 30 & echo $!").strip())
+    c.sendline("exit")
+    assert c.wait_closed(15)
+    assert wait_until(lambda: not pty_fds(daemon.proc.pid))
+    if alive(bg):
+        os.kill(bg, 15)  # not ours to keep: as with any telnetd, it may outlive the login
