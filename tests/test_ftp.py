@@ -305,6 +305,7 @@ def test_jail_symlinks(daemon, alice):
     outside = daemon.dir / "outside"
     outside.mkdir(exist_ok=True)
     (outside / "secret.txt").write_bytes(b"outside secret")
+    (outside / "sub").mkdir(exist_ok=True)
     (r / "escape").symlink_to(outside)
     (r / "escape-file").symlink_to(outside / "secret.txt")
     (r / "rootlink").symlink_to("/")
@@ -327,8 +328,18 @@ def test_jail_symlinks(daemon, alice):
             store(alice, "escape-file", b"overwrite")
         with pytest.raises(ftplib.error_perm, match="^550"):
             alice.mkd("escape/newdir")
+        for cmd in ("MDTM escape-file", "MLST escape/secret.txt", "STAT escape",
+                    "RMD escape/sub", "DELE escape/secret.txt", "RNFR escape/secret.txt",
+                    "SIZE rootlink/etc/passwd", "MLST rootlink"):
+            with pytest.raises(ftplib.error_perm, match="^550"):
+                alice.sendcmd(cmd)
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            store(alice, "escape/secret.txt", b"appended", verb="APPE")
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            list(alice.mlsd("escape"))
         with pytest.raises(ftplib.error_perm, match="^550"):
             alice.rename("inside.txt", "escape/moved.txt")
+        assert (outside / "sub").is_dir()
         assert not (outside / "planted.txt").exists()
         assert not (outside / "newdir").exists()
         assert not (outside / "moved.txt").exists()
@@ -647,3 +658,71 @@ def test_config_errors_name_key_and_reason(section, key, reason):
         load(None, overrides)
     assert info.value.key == key
     assert reason in str(info.value)
+
+
+def test_command_flood_behind_slow_login(daemon):
+    """Thousands of pipelined commands behind a login: all answered, in order."""
+    c = raw(daemon.port("ftp"), timeout=60)
+    c.send(f"USER alice\r\nPASS {USERS['alice']}\r\n".encode() + b"NOOP\r\n" * 3000 +
+           b"PWD\r\n")
+    assert c.reply().startswith("331")
+    assert c.reply().startswith("230")
+    for _ in range(3000):
+        assert c.reply().startswith("200")
+    assert c.reply().startswith('257 "/"')
+    c.close()
+
+
+def test_ipv6_data_channels(make_daemon):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no ::1")
+    d = make_daemon(config={"ftp": {"require_tls": False},
+                            "listen": {"ftp": ["tcp6:0:interface=\\:\\:1"]}},
+                    listeners=["ftp"], users={"alice": "pw"})
+    f = FTP(timeout=10)
+    f.connect("::1", d.port("ftp"))
+    f.login("alice", "pw")
+    data = os.urandom(200_000)
+    for mode in ("EPSV", "EPRT"):
+        f.set_pasv(mode == "EPSV")  # ftplib uses EPSV/EPRT on IPv6 by itself
+        store(f, f"v6-{mode}.bin", data)
+        assert fetch(f, f"v6-{mode}.bin") == data
+    with pytest.raises(ftplib.error_temp, match="^425"):
+        f.sendcmd("PASV")
+    with pytest.raises(ftplib.error_perm, match="^500 Illegal PORT"):
+        f.sendcmd("EPRT |2|::2|50000|")
+    with pytest.raises(ftplib.error_perm, match="^500 Illegal PORT"):
+        f.sendcmd("EPRT |1|127.0.0.1|50000|")
+    with pytest.raises(ftplib.error_perm, match=r"^522 .*\(2\)"):
+        f.sendcmd("EPSV 1")
+    f.quit()
+
+
+def test_data_connection_timeouts(make_daemon):
+    d = make_daemon(config={"ftp": {"require_tls": False, "connect_timeout": 1,
+                                    "data_timeout": 1}},
+                    listeners=["ftp"], users={"alice": "pw"})
+    f = connect(FTP, d.port("ftp"), "alice", "pw")
+    (d.data_dir / "ftp" / "alice" / "stall.bin").write_bytes(os.urandom(48 << 20))
+    # Nobody connects to the passive port.
+    f.sendcmd("PASV")
+    f.putcmd("RETR stall.bin")
+    assert f.getline().startswith("150")
+    assert f.getline().startswith("425")
+    # The client connects but never reads: the stalled transfer is cut.
+    conn = f.transfercmd("RETR stall.bin")
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert f.getline().startswith("426")
+    conn.close()
+    # An upload that stops sending is cut and leaves no file.
+    conn = f.transfercmd("STOR stalled-up.bin")
+    conn.sendall(b"x" * 1000)
+    assert f.getline().startswith("426")
+    conn.close()
+    assert not (d.data_dir / "ftp" / "alice" / "stalled-up.bin").exists()
+    assert f.sendcmd("NOOP").startswith("200")
+    f.quit()

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from netsuite.ftp import wire
 from netsuite.ftp.data import ActiveChannel, DataChannel, DataChannelError, DataConnection, \
     PassiveChannel, cap_tls_version
-from netsuite.ftp.shell import INetsuiteFTPShell
+from netsuite.ftp.shell import INetsuiteFTPShell, TransferStopped
 
 log = Logger(namespace="netsuite.ftp")
 
@@ -752,6 +752,10 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
     def _transfer_failed(self, t: Transfer, failure: Failure) -> None:
         if t.aborted or failure.check(_Aborted):
             self.reply(426, "Connection closed; transfer aborted.")
+        elif t.conn is not None and t.conn.timed_out:
+            self.reply(426, "Data connection idle; transfer aborted.")
+        elif failure.check(TransferStopped):
+            self.reply(426, "Data connection closed; transfer aborted.")
         elif failure.check(DataChannelError):
             self.reply(failure.value.code, failure.value.text)
         elif failure.check(ftp.FTPCmdError):

@@ -332,6 +332,10 @@ class JailedShell:
         return self._call(path, many)
 
 
+class TransferStopped(Exception):
+    """The consumer stopped a download before its end (connection lost, ABOR)."""
+
+
 class RestartPastEnd(ftp.FTPCmdError):
     def response(self):
         return f"554 {self.errorMessage}: Restart offset is beyond the end of the file."
@@ -415,7 +419,8 @@ class DownloadFile:
 
     def stopProducing(self) -> None:
         if self._consumer is not None:
-            self._finish(Failure(ftp.FTPError("transfer stopped")), unregister=False)
+            self._finish(Failure(TransferStopped("the data connection went away")),
+                         unregister=False)
 
     def _finish(self, failure: Failure | None, unregister: bool = True) -> None:
         consumer, self._consumer = self._consumer, None
