@@ -237,6 +237,9 @@ def stor_once(port: int, anonymous: bool, size: int, tag: str,
     return size, start, end
 
 
+FAILURES: list[str] = []
+
+
 def small_session(port: int, small_files: int) -> bool:
     try:
         f = login(port, True)
@@ -250,7 +253,8 @@ def small_session(port: int, small_files: int) -> bool:
                 return False
         f.quit()
         return True
-    except Exception:
+    except Exception as e:
+        FAILURES.append(f"{type(e).__name__}: {e}")
         return False
 
 
@@ -312,6 +316,9 @@ def main() -> None:
                 secs, failed = many_clients(port, args.clients, args.small_files)
                 r[f"{args.clients} sessions seconds"] = secs
                 r[f"{args.clients} sessions failed"] = failed
+                if FAILURES:
+                    print(f"{name}: first failure: {FAILURES[0]}")
+                    FAILURES.clear()
             finally:
                 server.stop()
             results[name] = r

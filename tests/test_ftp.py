@@ -726,3 +726,17 @@ def test_data_connection_timeouts(make_daemon):
     assert not (d.data_dir / "ftp" / "alice" / "stalled-up.bin").exists()
     assert f.sendcmd("NOOP").startswith("200")
     f.quit()
+
+
+def test_nlst_and_list_with_patterns(daemon, alice):
+    alice.mkd("globs")
+    for name in ("a.txt", "b.txt", "c.bin", ".hidden.txt"):
+        store(alice, f"globs/{name}", b"x")
+    assert sorted(alice.nlst("globs/*.txt")) == ["a.txt", "b.txt"]
+    alice.cwd("globs")
+    assert sorted(alice.nlst("*.bin")) == ["c.bin"]
+    assert alice.nlst("*.none") == []
+    lines = []
+    alice.retrlines("LIST ?.txt", lines.append)
+    assert [line.split()[-1] for line in lines] == ["a.txt", "b.txt"]
+    alice.cwd("/")

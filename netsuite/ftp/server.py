@@ -883,9 +883,16 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
 
     def _listing(self, verb: str, arg: str, render):
         _opts, target = wire.split_list_args(arg)
+        pattern = None
+        head, _, last = target.rpartition("/")
+        if wire.is_glob(last):
+            # LIST/NLST *.txt (mget): list the folder, keep the matching names.
+            pattern, target = last, head + "/" if head or target.startswith("/") else ""
         segments = self._path(target)
         channel = self._take_channel()
         d = self.shell.entries(segments)
+        if pattern is not None:
+            d.addCallback(lambda entries: [e for e in entries if wire.glob_match(e.name, pattern)])
         d.addErrback(self._discard_channel, channel)
         return d.addCallback(lambda entries: self._send_listing(
             verb, channel, render(entries, segments)))
@@ -944,7 +951,13 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
 
         if self.channel is None:
             raise DataChannelError(425, "Use PORT, PASV or EPSV first.")
-        return self.shell.entry(segments).addCallback(check)
+        d = self.shell.entry(segments).addCallback(check)
+
+        def failed(failure: Failure) -> Failure:
+            self._close_channel()
+            return failure
+
+        return d.addErrback(failed)
 
 
 class _Aborted(Exception):

@@ -280,6 +280,20 @@ def split_list_args(arg: str) -> tuple[list[str], str]:
     return opts, rest
 
 
+def is_glob(name: str) -> bool:
+    """Whether a LIST/NLST argument's last part is a shell pattern (C{*.txt})."""
+    return any(c in name for c in "*?[")
+
+
+def glob_match(name: str, pattern: str) -> bool:
+    """C{fnmatch} without case folding; dot files only for a pattern starting with '.'."""
+    import fnmatch
+
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 # -- TYPE A ---------------------------------------------------------------------
 
 
