@@ -52,6 +52,9 @@ class POP3Mailbox:
         if self._lock in _IN_USE:
             raise MailboxInUse(user)
         _IN_USE.add(self._lock)
+        # Listening keeps this Folder the one shared object for its directory
+        # (the store never evicts a watched folder) for the whole session.
+        store.watch(self.folder, self._changed)
 
     # -- twisted.mail.pop3.IMailbox ------------------------------------------------
 
@@ -110,8 +113,12 @@ class POP3Mailbox:
 
     # -- cred -------------------------------------------------------------------------
 
+    def _changed(self, folder, changes) -> None:
+        """POP3 keeps the list it had at login (RFC 1939); nothing to do."""
+
     def logout(self) -> None:
         _IN_USE.discard(self._lock)
+        self.store.unwatch(self.folder, self._changed)
 
 
 def mailbox_for(realm, user: str) -> POP3Mailbox:
