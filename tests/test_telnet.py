@@ -448,6 +448,26 @@ def test_iac_ip_interrupts_and_ayt_answers(daemon):
     c.close()
 
 
+def test_ao_answers_data_mark_and_ec_el_edit_the_line(daemon):
+    c = shell(daemon)
+    c.raw.clear()
+    c.command(wire.AO)
+    c.settle()
+    assert wire.command(wire.DM) in c.raw
+    # EC erases one character, EL the whole line (the pty's ERASE and KILL).
+    c.send(b"echo abcX")
+    c.command(wire.EC)
+    c.send(b"\r\n")
+    c.expect(b"\r\nabc\r\n")
+    c.expect(PROMPT)
+    c.send(b"echo wrong")
+    c.command(wire.EL)
+    c.send(b'echo "fine""-$((1+1))"\r\n')
+    c.expect(b"\r\nfine-2\r\n")  # not "wrongecho fine-2"
+    c.expect(PROMPT)
+    c.close()
+
+
 def test_0xff_round_trips_in_binary_mode(daemon):
     c = shell(daemon, binary=True)
     c.settle()

@@ -164,3 +164,13 @@ def test_endless_subnegotiation_closes():
     for _ in range(4):
         proto.dataReceived(b"x" * 1000)
     assert t.disconnecting
+
+
+def test_ctrl_c_and_ip_at_login_start_over():
+    proto, t, clock, portal = make()
+    take(t)
+    proto.dataReceived(b"alice\r\npartial")
+    proto.dataReceived(wire.command(wire.IP))
+    assert take(t).endswith(b"^C\r\nlogin: ")
+    proto.dataReceived(b"bob\r\nsecret\r\n")
+    assert portal.attempts == [(b"bob", b"secret")]
