@@ -33,7 +33,7 @@ log = Logger(namespace="netsuite.ftp")
 URGENT = {"ABOR", "STAT"}
 #: Commands allowed before login.
 PRE_LOGIN = {"USER", "PASS", "QUIT", "AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "SYST", "NOOP",
-             "HELP", "REIN", "ABOR"}
+             "HELP", "REIN", "ABOR", "CLNT"}
 #: Commands that take no argument / need one.
 NEEDS_ARG = {"USER", "RNFR", "RNTO", "DELE", "MKD", "XMKD", "RMD", "XRMD", "CWD", "XCWD",
              "RETR", "STOR", "APPE", "SIZE", "MDTM", "REST", "TYPE", "MODE", "STRU", "PORT",
@@ -443,6 +443,10 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
     def ftp_NOOP(self, arg: str):
         self.reply(200, "NOOP ok.")
 
+    def ftp_CLNT(self, arg: str):
+        """The client's name (FileZilla, some others): noted, nothing more."""
+        self.reply(200, "Noted.")
+
     def ftp_SYST(self, arg: str):
         self.reply(215, "UNIX Type: L8")
 
@@ -745,7 +749,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         """After the final reply: let a waiting ABOR answer, restart the idle timer."""
         if self.transfer is t:
             self.transfer = None
-        if self.connected:
+        if not self._lost:
             self.setTimeout(self.config.idle_timeout)
         t.finished.callback(None)
 

@@ -344,6 +344,7 @@ HELP: dict[str, str] = {
     "APPE": "APPE <file> (append)",
     "AUTH": "AUTH TLS",
     "CDUP": "CDUP",
+    "CLNT": "CLNT <client name>",
     "CWD": "CWD <dir>",
     "DELE": "DELE <file>",
     "EPRT": "EPRT |proto|address|port|",
