@@ -740,3 +740,31 @@ def test_nlst_and_list_with_patterns(daemon, alice):
     alice.retrlines("LIST ?.txt", lines.append)
     assert [line.split()[-1] for line in lines] == ["a.txt", "b.txt"]
     alice.cwd("/")
+
+
+def test_failed_logins_throttled_through_portal(make_daemon):
+    d = make_daemon(config={"ftp": {"require_tls": False},
+                            "throttle": {"lock_after": 3, "lock_seconds": 600}},
+                    listeners=["ftp"], users={"alice": "pw"})
+    f = FTP(timeout=20)
+    f.connect("127.0.0.1", d.port("ftp"))
+    for _ in range(3):
+        with pytest.raises((ftplib.error_perm, EOFError)):
+            f.login("alice", "wrong")
+    f.close()
+    g = FTP(timeout=20)
+    g.connect("127.0.0.1", d.port("ftp"))
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        g.login("alice", "pw")  # locked: even the right password is refused
+    g.close()
+    assert "login refused, locked: protocol=ftp" in d.log()
+
+
+def test_total_connection_limit(make_daemon):
+    d = make_daemon(config={"ftp": {"max_connections": 1}}, listeners=["ftp"])
+    a = raw(d.port("ftp"))
+    b = socket.create_connection(("127.0.0.1", d.port("ftp")), timeout=10)
+    assert b.makefile("rb").readline() == b"421 Too many connections, try later.\r\n"
+    b.close()
+    assert a.cmd("NOOP").startswith("200")
+    a.close()
