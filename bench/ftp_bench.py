@@ -308,7 +308,7 @@ def main() -> None:
             r: dict[str, str | float] = {}
             try:
                 r["RETR 1 client MiB/s"] = throughput("RETR", port, anonymous, size, 1)
-                r[f"STOR 1 client MiB/s"] = throughput("STOR", port, anonymous, size, 1)
+                r["STOR 1 client MiB/s"] = throughput("STOR", port, anonymous, size, 1)
                 r[f"RETR {args.parallel} clients MiB/s"] = throughput(
                     "RETR", port, anonymous, size, args.parallel)
                 r[f"STOR {args.parallel} clients MiB/s"] = throughput(

@@ -8,11 +8,9 @@ UTF-8 names, anonymous rules, limits.
 from __future__ import annotations
 
 import ftplib
-import io
 import os
 import socket
 import struct
-import time
 
 import pytest
 
