@@ -176,6 +176,7 @@ class Folder:
         self.messages: list[Message] = []
         self._uids: list[int] = []
         self._by_base: dict[str, Message] = {}
+        self._names: dict[str, set[str]] | None = None
         self._mtimes: tuple[int, int] = (-1, -1)
         self._unsure = True
         self.listeners: list[Callable[["Folder", Changes], None]] = []
@@ -226,6 +227,7 @@ class Folder:
         self.messages = messages
         self._uids = [m.uid for m in messages]
         self._by_base = by_base
+        self._names = None
         self._mtimes = (m_new, m_cur)
         self._unsure = False
         for m in messages:
@@ -239,6 +241,7 @@ class Folder:
         self.next_uid = 1
         self.first_recent = 1
         self.messages, self._uids, self._by_base = [], [], {}
+        self._names = None
         self._mtimes = (-1, -1)
         self._unsure = True
         self.refresh(notify=False, force=True)
@@ -280,27 +283,38 @@ class Folder:
                 self.save()
             return Changes()
         now_ns = int(self.clock() * 1e9)
-        on_disk: dict[str, tuple[str, str]] = {}
+        disk = {sub: {n for n in os.listdir(self.path / sub) if n[:1] != "."}
+                for sub in ("new", "cur")}
+        known = self._known()
+        # Set differences (in C) find what changed; Python looks only at those.
+        appeared: dict[str, tuple[str, str]] = {}
+        vanished: list[tuple[str, str]] = []
         for sub in ("new", "cur"):
-            for name in os.listdir(self.path / sub):
-                if name.startswith("."):
-                    continue
-                on_disk[split_name(name)[0]] = (sub, name)
+            for name in disk[sub] - known[sub]:
+                appeared[split_name(name)[0]] = (sub, name)
+            vanished.extend((sub, name) for name in known[sub] - disk[sub])
         changes = Changes()
-        for msg in self.messages:
-            where = on_disk.pop(msg.base, None)
-            if where is None:
+        on_disk: dict[str, tuple[str, str]] = {}
+        for base, where in appeared.items():
+            msg = self._by_base.get(base)
+            if msg is None:
+                on_disk[base] = where
+                continue
+            old = msg.letters
+            msg.sub, msg.name = where
+            if msg.letters != old:
+                changes.flags.append(msg)
+        for sub, name in vanished:
+            msg = self._by_base.get(split_name(name)[0])
+            if msg is not None and (msg.sub, msg.name) == (sub, name):
                 changes.expunged.append(msg.uid)
-            elif where != (msg.sub, msg.name):
-                old = msg.letters
-                msg.sub, msg.name = where
-                if msg.letters != old:
-                    changes.flags.append(msg)
+        self._names = disk
         if changes.expunged:
             gone = set(changes.expunged)
             self.messages = [m for m in self.messages if m.uid not in gone]
             self._uids = [m.uid for m in self.messages]
             self._by_base = {m.base: m for m in self.messages}
+            changes.expunged.sort()
         # New files in arrival order as their names tell it (Maildir names
         # start with the delivery time); neither stat nor read here: the
         # internal date and the wire size are looked up when first needed.
@@ -345,7 +359,18 @@ class Folder:
         if self._dirty:
             self.save()
 
+    def _known(self) -> dict[str, set[str]]:
+        """File names the index knows, per directory (rebuilt after bulk changes)."""
+        if self._names is None:
+            names: dict[str, set[str]] = {"new": set(), "cur": set()}
+            for m in self.messages:
+                names[m.sub].add(m.name)
+            self._names = names
+        return self._names
+
     def _add(self, msg: Message) -> None:
+        if self._names is not None:
+            self._names[msg.sub].add(msg.name)
         self.messages.append(msg)
         self._uids.append(msg.uid)
         self._by_base[msg.base] = msg
@@ -426,6 +451,9 @@ class Folder:
                 except FileNotFoundError:
                     continue
                 sys_changed = letters != msg.letters
+                if self._names is not None:
+                    self._names[msg.sub].discard(msg.name)
+                    self._names["cur"].add(new_name)
                 msg.sub, msg.name = "cur", new_name
             else:
                 sys_changed = False
@@ -449,6 +477,8 @@ class Folder:
                 os.unlink(self.file_path(msg))
             except FileNotFoundError:
                 pass
+            if self._names is not None:
+                self._names[msg.sub].discard(msg.name)
             gone.append(uid)
         if gone:
             drop = set(gone)
