@@ -207,3 +207,21 @@ def test_subscriptions_follow_rename(store):
     store.set_subscribed("alice", "A.B", True)
     store.rename_folder("alice", "A", "C")
     assert store.subscriptions("alice") == ["C.B"]
+
+
+def test_flag_and_expunge_changes_survive_a_crash_before_the_index_is_written(store, tmp_path):
+    for i in range(3):
+        deliver(store, "alice", b"m%d\n" % i)
+    f = store.folder("alice")
+    f.set_flags([f.messages[0]], ["\\Seen", "\\Answered"], 1)
+    f.expunge([2])
+    # No save happened (the names on disk carry it); a new process sees the truth.
+    again = MaildirStore(tmp_path / "mail").folder("alice")
+    assert [m.uid for m in again.messages] == [1, 3]
+    assert again.messages[0].flags == ["\\Answered", "\\Seen"]
+    assert again.next_uid == 4
+    # Keywords live only in the index: they are written at once.
+    f.set_flags([f.messages[1]], ["$Work"], 1)
+    assert MaildirStore(tmp_path / "mail").folder("alice").by_uid(3).keywords == ("$Work",)
+    store.flush()
+    assert not f._dirty

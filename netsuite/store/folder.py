@@ -414,7 +414,7 @@ class Folder:
         recent = {m.uid for m in self.messages[bisect.bisect_left(self._uids, self.first_recent):]}
         if self.first_recent != self.next_uid:
             self.first_recent = self.next_uid
-            self.save()
+            self._dirty = True
         return recent
 
     # -- changing -------------------------------------------------------------------
@@ -429,6 +429,7 @@ class Folder:
         system = {f.lower() for f in flags if f.lower() in FLAG_TO_LETTER}
         keywords = [f for f in flags if f.lower() not in FLAG_TO_LETTER]
         changed = []
+        any_keyword = False
         for msg in msgs:
             current = {f.lower() for f in letters_to_flags(msg.letters)}
             kws = list(msg.keywords)
@@ -461,8 +462,14 @@ class Folder:
             self.keywords.update(new_kw)
             if sys_changed or kw_changed:
                 changed.append(msg)
+                any_keyword = any_keyword or kw_changed
         if changed:
-            self.save()
+            # System flags live in the file names, which a restart reads back;
+            # keywords live only in the index, so they are written at once.
+            if any_keyword:
+                self.save()
+            else:
+                self._dirty = True
             self._notify(Changes(flags=changed))
         return changed
 
@@ -485,7 +492,8 @@ class Folder:
             self.messages = [m for m in self.messages if m.uid not in drop]
             self._uids = [m.uid for m in self.messages]
             self._by_base = {m.base: m for m in self.messages}
-            self.save()
+            # The files are gone: a restart finds that out without the index.
+            self._dirty = True
             self._notify(Changes(expunged=gone))
         return gone
 

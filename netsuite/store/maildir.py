@@ -331,6 +331,14 @@ class MaildirStore:
             self._poller.stop()
             self._poller = None
 
+    def flush(self) -> None:
+        """Write every folder index with unsaved changes (at shutdown)."""
+        for folder in list(self._folders.values()):
+            try:
+                folder.save_if_dirty()
+            except OSError:
+                log.failure("saving the index of {path}", path=str(folder.path))
+
     def _poll(self) -> None:
         from netsuite.store.folder import FolderGone
 

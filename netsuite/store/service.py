@@ -32,3 +32,6 @@ def configure_store(ctx) -> None:
     if hasattr(store, "poll_interval"):
         store.poll_interval = cfg.poll_interval
         store.cache_size = cfg.cache_folders
+    if hasattr(store, "flush") and not getattr(store, "_flush_at_shutdown", False):
+        store._flush_at_shutdown = True
+        ctx.reactor.addSystemEventTrigger("before", "shutdown", store.flush)
