@@ -24,7 +24,10 @@ PROMPT = r"[$#] $"
 
 BASE_CONFIG = {
     "server": {"auth": ["passwd"]},
-    "telnet": {"fail_delay": 0.05, "hangup_grace": 2.0, "utmp": False, "max_connections": 120,
+    # The suite runs the server as root with password-file users: programs then run as
+    # root, which netsuite refuses unless the config opts in, as these tests do.
+    "telnet": {"permit_root_login": os.geteuid() == 0,
+               "fail_delay": 0.05, "hangup_grace": 2.0, "utmp": False, "max_connections": 120,
                "max_connections_per_address": 120,
                "env_whitelist": ["LANG", "LC_*", "NETSUITE_TEST_*"]},
 }
@@ -716,7 +719,8 @@ def test_system_account_via_pam_runs_as_that_user(make_daemon, system_user):
 
 def test_root_account_refused_unless_permitted(make_daemon):
     """A login that maps to uid 0 is refused by default (telnet.permit_root_login)."""
-    d = make_daemon(config=BASE_CONFIG, listeners=["telnet"], users={"root": "pw"})
+    d = make_daemon(config=config(permit_root_login=False), listeners=["telnet"],
+                    users={"root": "pw"})
     c = client(d)
     c.expect(b"login: ")
     c.sendline("root")
@@ -731,6 +735,21 @@ def test_root_account_refused_unless_permitted(make_daemon):
     c.login("root", "pw", PROMPT)
     assert run(c, "id -u").strip() == "0"
     c.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root server could run a root shell")
+def test_password_file_user_gets_no_root_shell_by_default(make_daemon):
+    """Server as root, no virtual_user: a mail-only account must not get a root shell."""
+    d = make_daemon(config=config(permit_root_login=False), listeners=["telnet"],
+                    users={"mailonly": "pw"})
+    c = client(d)
+    c.expect(b"login: ")
+    c.sendline("mailonly")
+    c.expect(b"Password: ")
+    c.sendline("pw")
+    c.expect(b"Login incorrect")
+    c.close()
+    assert "would run as root" in d.log()
 
 
 def test_connection_cap_says_busy(make_daemon):

@@ -371,8 +371,9 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             return None
         reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials, NotImplementedError)
         self.failures += 1
-        log.info("telnet: login failed user={user} address={address} try={n}",
-                 user=self.username, address=self.peer, n=self.failures)
+        log.info("telnet: login failed user={user} address={address} try={n} reason={why}",
+                 user=self.username, address=self.peer, n=self.failures,
+                 why=reason.getErrorMessage())
         delay = self.config.fail_delay * 2 ** (self.failures - 1)
         d = defer.Deferred()
         call = self.reactor.callLater(delay, d.callback, None)

@@ -51,7 +51,8 @@ class TelnetConfig:
     #: When the server runs as root: the system account that password-file
     #: users without a system account run as (empty: the server's own user).
     virtual_user: str = ""
-    #: Allow a login that would run the program as uid 0.
+    #: Allow a login that would run the program as uid 0: the root account, or a
+    #: password-file user while the server runs as root and C{virtual_user} is empty.
     permit_root_login: bool = False
     #: Seconds without client input before an idle session is hung up (0: never).
     idle_timeout: float = 0.0

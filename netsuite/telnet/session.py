@@ -114,8 +114,13 @@ def terminal_for(realm: Any, user: str) -> TerminalAvatar:
                     group_names.append(grp.getgrgid(g).gr_name)
                 except KeyError:
                     pass
-    if system and account.pw_uid == 0 and not config.permit_root_login:
-        raise error.UnauthorizedLogin("root login is not permitted (telnet.permit_root_login)")
+    # Judge by the uid the program will really run as: a password-file user on a
+    # root server with no virtual_user would otherwise get a root shell.
+    effective_uid = uid if uid is not None else os.geteuid()
+    if effective_uid == 0 and not config.permit_root_login:
+        raise error.UnauthorizedLogin(
+            "the program would run as root: set telnet.virtual_user, or "
+            "telnet.permit_root_login = true to allow it")
 
     home = Path(realm.home(user))
     if system:
@@ -126,7 +131,7 @@ def terminal_for(realm: Any, user: str) -> TerminalAvatar:
         _make_home(home, uid, gid)
         cwd = str(home)
 
-    runs_as_root = (uid if uid is not None else os.geteuid()) == 0
+    runs_as_root = effective_uid == 0
     path = config.path
     if runs_as_root and "sbin" not in path:
         path = f"{ROOT_PATH_PREFIX}:{path}"
