@@ -253,3 +253,44 @@ def test_plaintext_allowed_by_server_setting(make_daemon):
     f.connect("127.0.0.1", d.port("ftp"))
     assert f.login("alice", "pw").startswith("230")
     f.quit()
+
+
+def test_tls_upload_without_close_notify_is_not_whole(daemon, alice):
+    """A TLS data connection that ends without close_notify may be cut: 426, no file."""
+    (root(daemon) / "kept.bin").write_bytes(b"previous version")
+    for name in ("unclean.bin", "kept.bin"):
+        conn = alice.transfercmd(f"STOR {name}")
+        conn.sendall(os.urandom(500_000))
+        conn.close()  # ssl.SSLSocket.close() sends no close_notify
+        with pytest.raises(ftplib.error_temp, match="^426"):
+            alice.voidresp()
+    assert not (root(daemon) / "unclean.bin").exists()
+    assert (root(daemon) / "kept.bin").read_bytes() == b"previous version"
+    # The same upload closed properly is accepted.
+    conn = alice.transfercmd("STOR clean.bin")
+    data = os.urandom(500_000)
+    conn.sendall(data)
+    conn.unwrap().close()
+    assert alice.voidresp().startswith("226")
+    assert (root(daemon) / "clean.bin").read_bytes() == data
+
+
+def test_abor_over_tls_and_session_survives(daemon, alice):
+    (root(daemon) / "tls-huge.bin").write_bytes(os.urandom(48 << 20))
+    try:
+        for verb in ("RETR tls-huge.bin", "STOR tls-aborted.bin"):
+            conn = alice.transfercmd(verb)
+            if verb.startswith("RETR"):
+                conn.recv(65536)
+            else:
+                conn.sendall(os.urandom(200_000))
+            alice.putcmd("ABOR")
+            assert alice.getline().startswith("426")
+            assert alice.getline().startswith("226")
+            conn.close()
+        assert not (root(daemon) / "tls-aborted.bin").exists()
+        # Later protected transfers still resume the control session.
+        store(alice, "after-abor.bin", b"still works")
+        assert fetch(alice, "after-abor.bin") == b"still works"
+    finally:
+        (root(daemon) / "tls-huge.bin").unlink()

@@ -20,12 +20,13 @@ import random
 import socket
 from typing import Any, Callable
 
+from OpenSSL import SSL
 from OpenSSL._util import lib as _ssl_lib
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -61,6 +62,42 @@ def cap_tls_version(tls_transport, max_version: str) -> None:
     if max_version == "1.2":
         conn = tls_transport.getHandle()
         _ssl_lib.SSL_set_options(conn._ssl, _ssl_lib.SSL_OP_NO_TLSv1_3)
+
+
+def _keep_session(conn: SSL.Connection) -> None:
+    """
+    Mark a data connection's TLS as shut down, so that OpenSSL does not drop
+    the shared session from its cache when the connection ends abruptly: every
+    later data connection of the same control connection resumes it.
+    """
+    conn.set_shutdown(conn.get_shutdown() | SSL.SENT_SHUTDOWN)
+
+
+class DataTLSProtocol(TLSMemoryBIOProtocol):
+    """
+    Server-side TLS for a data connection.
+
+    An end without close_notify (a reset, or a bare FIN) is reported to the
+    data connection as L{error.ConnectionLost}, since an upload may have been
+    cut; and unlike Twisted's default, OpenSSL is not left to treat it as a
+    fatal error, which would evict the control connection's session from the
+    cache and fail every later data connection's session-reuse check.
+    """
+
+    def connectionLost(self, reason):
+        conn = self._tlsConnection
+        if conn is not None and not self._lostTLSConnection and \
+                not conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN:
+            _ssl_lib.SSL_set_options(conn._ssl, _ssl_lib.SSL_OP_IGNORE_UNEXPECTED_EOF)
+            _keep_session(conn)
+            if not reason.check(error.ConnectionLost):
+                reason = Failure(error.ConnectionLost("TLS data connection closed "
+                                                      "without close_notify"))
+        super().connectionLost(reason)
+
+
+class _DataTLSFactory(TLSMemoryBIOFactory):
+    protocol = DataTLSProtocol
 
 
 def session_reused(tls_transport) -> bool:
@@ -181,7 +218,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self.timed_out = True
         log.info("data connection from {peer} idle; closed", peer=self.peer)
-        self.transport.abortConnection()
+        self.abort()
 
     # -- receiving (uploads) ---------------------------------------------------------
 
@@ -203,7 +240,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
             self._sink(data)
         except Exception:
             self.sink_error = Failure()
-            self.transport.abortConnection()
+            self.abort()
 
     def receive_into(self, sink: Callable[[bytes], None]) -> None:
         """Start handing received bytes to C{sink}, early ones first."""
@@ -244,7 +281,11 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self.transport.loseConnection()
 
     def abort(self) -> None:
+        """Cut the connection now (ABOR, timeouts), keeping the TLS session resumable."""
         if self.transport is not None and self.close_reason is None:
+            if self.tls and self._is_ready:
+                conn = self.transport.getHandle()
+                conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
             self.transport.abortConnection()
 
 
@@ -289,7 +330,7 @@ def _wrap(proto: DataConnection, tls_options, addr):
     """C{proto} itself, or C{proto} under a server-side TLS layer."""
     if not proto.tls:
         return proto
-    return TLSMemoryBIOFactory(tls_options, False, _Builder(proto)).buildProtocol(addr)
+    return _DataTLSFactory(tls_options, False, _Builder(proto)).buildProtocol(addr)
 
 
 class DataChannel:
