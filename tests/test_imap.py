@@ -598,3 +598,40 @@ def test_eight_bit_headers_and_nested_message():
     assert b'("text" "html" ("charset" "us-ascii") NIL NIL "7bit" 8 0 NIL NIL NIL NIL)' in bs
     assert part.section((2, 1), "", ()) == b"<p>x</p>"
     assert part.section((2,), "HEADER", ()) == b"Subject: inner\r\nContent-Type: text/html\r\n\r\n"
+
+
+def test_seeded_fuzz_gets_tagged_answers(daemon):
+    """Random argument soup for every command: each gets its tagged answer; the session lives."""
+    import random
+
+    rnd = random.Random(2026)
+    put(daemon, "alice", SIMPLE)
+    put(daemon, "alice", MULTIPART)
+    commands = ["FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH", "COPY",
+                "MOVE", "UID EXPUNGE", "LIST", "LSUB", "STATUS", "SELECT", "EXAMINE", "CREATE",
+                "RENAME", "SUBSCRIBE", "NOOP", "CHECK", "ENABLE", "ID", "NAMESPACE",
+                "CAPABILITY", "EXPUNGE", "UNSELECT", "BOGUS", "UID BOGUS"]
+    tokens = ["1", "*", "1:*", "2:1", "0", "4294967296", "1,2", "(", ")", "()", "(FLAGS)",
+              "BODY[]", "BODY.PEEK[1.MIME]<0.5>", "BODY[HEADER.FIELDS (A", '"q\\"x"', '"',
+              "\\Seen", "(\\Seen", "+FLAGS", "FLAGS.SILENT", "INBOX", "Trash", "%", "NIL",
+              "OR", "NOT", "UID", "HEADER", "SINCE", "1-Jan-2000", "x" * 300, "\x7f", "é",
+              "CHARSET", "UTF-8", "[", "]", "<", ">", "{", "}", "\\", "DONE"]
+    r = RawIMAP(daemon)
+    r.login()
+    for n in range(300):
+        tag = b"f%d" % n
+        args = " ".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 6)))
+        line = f"{rnd.choice(commands)} {args}".encode("utf-8")
+        if line.rstrip().endswith(b"}"):
+            line += b" x"  # not a literal announcement: the test waits for an answer
+        r.send(tag + b" " + line + b"\r\n")
+        last = r.until_tagged(tag)[-1]
+        assert re.match(rb"%s (OK|NO|BAD) " % tag, last), (line, last)
+        assert b"SERVERBUG" not in last, (line, last)
+    r.send(b"z NOOP\r\n")
+    assert r.until_tagged(b"z")[-1].startswith(b"z OK")
+    r.close()
+    m = connect(daemon)
+    assert m.select("INBOX")[0] == "OK"
+    m.logout()
+    assert "Traceback" not in daemon.log()
