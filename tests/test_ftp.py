@@ -11,6 +11,7 @@ import ftplib
 import os
 import socket
 import struct
+import time
 
 import pytest
 
@@ -377,6 +378,28 @@ def test_cut_upload_leaves_no_file(daemon, alice):
     assert (root(daemon) / "keep.txt").read_bytes() == b"original"
     assert not [p for p in root(daemon).iterdir() if p.name.startswith(".netsuite-upload")]
     alice.voidcmd("NOOP")
+
+
+def test_upload_in_progress_is_invisible(daemon, alice):
+    conn = alice.transfercmd("STOR growing.bin")
+    conn.sendall(b"partial" * 1000)
+    tmp = None
+    for _ in range(100):
+        tmp = [p.name for p in root(daemon).iterdir() if p.name.startswith(".netsuite-upload-")]
+        if tmp:
+            break
+        time.sleep(0.05)
+    assert tmp, "the upload goes to a temporary name"
+    other = connect(FTP, daemon.port("ftp"), "alice", USERS["alice"])
+    assert tmp[0] not in other.nlst() and "growing.bin" not in other.nlst()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        fetch(other, tmp[0])
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        other.delete(tmp[0])
+    other.quit()
+    conn.close()
+    alice.voidresp()
+    assert (root(daemon) / "growing.bin").read_bytes() == b"partial" * 1000
 
 
 def test_overwrite_is_atomic_and_complete(daemon, alice):

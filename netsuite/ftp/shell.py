@@ -103,6 +103,8 @@ class JailedShell:
         for seg in path:
             if not seg or "/" in seg or "\0" in seg or seg in (".", ".."):
                 raise ftp.PermissionDeniedError("/".join(path))
+            if seg.startswith(TMP_PREFIX):
+                raise ftp.FileNotFoundError("/".join(path))  # uploads in progress
         real = os.path.realpath(os.path.join(self.root, *path))
         if not self._inside(real):
             raise ftp.PermissionDeniedError("/".join(path))
@@ -116,6 +118,8 @@ class JailedShell:
         name = path[-1]
         if not name or "/" in name or "\0" in name or name in (".", ".."):
             raise ftp.PermissionDeniedError("/".join(path))
+        if name.startswith(TMP_PREFIX):
+            raise ftp.FileNotFoundError("/".join(path))
         return os.path.join(parent, name)
 
     def _in_upload_dir(self, path: list[str]) -> bool:
