@@ -635,3 +635,20 @@ def test_seeded_fuzz_gets_tagged_answers(daemon):
     assert m.select("INBOX")[0] == "OK"
     m.logout()
     assert "Traceback" not in daemon.log()
+
+
+def test_big_fetch_and_search_run_in_batches(daemon):
+    """Over 256 messages FETCH and SEARCH yield to the reactor between batches."""
+    for i in range(300):
+        put(daemon, "alice", b"Subject: n%d\n\n%s\n" % (i, b"needle" if i % 7 == 0 else b"hay"))
+    m = connect(daemon)
+    m.select("INBOX")
+    other = connect(daemon)  # served meanwhile
+    typ, data = m.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    bodies = [d[1] for d in data if isinstance(d, tuple)]
+    assert len(bodies) == 300 and bodies[299] == b"Subject: n299\r\n\r\n"
+    typ, data = m.search(None, "BODY", "needle")
+    assert [int(x) for x in data[0].split()] == [i + 1 for i in range(300) if i % 7 == 0]
+    assert other.noop()[0] == "OK"
+    other.logout()
+    m.logout()

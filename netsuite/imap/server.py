@@ -740,7 +740,7 @@ class IMAPServer(imap4.IMAP4Server):
                     missing.append(u)
                     continue
                 try:
-                    out.append(self._fetch_one(seq, msg, atts, u in add_flags))
+                    out.append(self._fetch_one(mbox, seq, msg, atts, u in add_flags))
                 except KeyError:
                     missing.append(u)
                 if len(out) >= FETCH_BATCH:
@@ -801,8 +801,7 @@ class IMAPServer(imap4.IMAP4Server):
                 out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
         return out
 
-    def _fetch_one(self, seq: int, msg, atts, add_flags: bool) -> bytes:
-        mbox = self.mbox
+    def _fetch_one(self, mbox, seq: int, msg, atts, add_flags: bool) -> bytes:
         items = []
         part = None
         raw = None
@@ -932,32 +931,44 @@ class IMAPServer(imap4.IMAP4Server):
             charset = cur.astring().upper()
             cur.sp()
             if charset not in (b"US-ASCII", b"UTF-8"):
-                keys = None
                 self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
                              allow_expunge=uid)
                 return
         keys = wire.parse_search(cur)
         mbox = self.mbox
-        uids = mbox.uids
-        found = []
+        uids = list(mbox.uids)
+        found: list[int] = []
         star_seq = len(uids)
         star_uid = uids[-1] if uids else 0
-        for seq, u in enumerate(uids, 1):
-            msg = mbox.folder.by_uid(u)
-            if msg is None:
-                continue
-            ctx = _SearchContext(self, seq, msg, star_seq, star_uid)
-            if all(ctx.match(k) for k in keys):
-                found.append(u if uid else seq)
-        self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
-        self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
+
+        def scan():
+            for seq, u in enumerate(uids, 1):
+                msg = mbox.folder.by_uid(u)
+                if msg is not None:
+                    ctx = _SearchContext(mbox, seq, msg, star_seq, star_uid)
+                    if all(ctx.match(k) for k in keys):
+                        found.append(u if uid else seq)
+                if seq % FETCH_BATCH == 0:
+                    yield None
+
+        def done(_=None):
+            self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
+            self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
+
+        if len(uids) <= FETCH_BATCH:
+            for _ in scan():
+                pass
+            done()
+            return None
+        # A big folder is searched a batch per reactor turn: other sessions go on.
+        return task.cooperate(scan()).whenDone().addCallback(done)
 
 
 class _SearchContext:
     """Evaluates search keys for one message, reading its file only if a key needs it."""
 
-    def __init__(self, server: IMAPServer, seq: int, msg, star_seq: int, star_uid: int):
-        self.server = server
+    def __init__(self, mbox, seq: int, msg, star_seq: int, star_uid: int):
+        self.mbox = mbox
         self.seq = seq
         self.msg = msg
         self.star_seq = star_seq
@@ -968,7 +979,7 @@ class _SearchContext:
     def part(self) -> Part:
         if self._part is None:
             try:
-                self._part = Part(self.server.mbox.read(self.msg))
+                self._part = Part(self.mbox.read(self.msg))
             except KeyError:
                 self._part = Part(b"\r\n")
         return self._part
@@ -979,7 +990,7 @@ class _SearchContext:
     def match(self, key) -> bool:
         op = key[0]
         m = self.msg
-        mbox = self.server.mbox
+        mbox = self.mbox
         if op == "ALL":
             return True
         if op == "AND":
