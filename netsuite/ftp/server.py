@@ -995,6 +995,4 @@ class FTPFactory(protocol.ServerFactory):
         self.anonymous_enabled = self.config.anonymous_root is not None
 
     def buildProtocol(self, addr):
-        p = FTPServer(self, self.implicit_tls)
-        p.factory = self
-        return p
+        return FTPServer(self, self.implicit_tls)
