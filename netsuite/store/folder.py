@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,15 @@ def _size_hint(base: str) -> int:
     return -1
 
 
-def _name_time(base: str) -> int:
-    head = base.split(".", 1)[0]
-    return int(head) if head.isdigit() else 0
+_UNIQUE = re.compile(r"(\d+)\.(?:[^.]*?M(\d+))?(?:[^.]*?Q(\d+))?")
+
+
+def _arrival(base: str) -> tuple[int, int, int, str]:
+    """Sort key from a Maildir name: seconds, microseconds, delivery counter."""
+    m = _UNIQUE.match(base)
+    if m is None:
+        return (0, 0, 0, base)
+    return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0), base)
 
 
 def wire_size(data: bytes) -> int:
@@ -318,7 +325,7 @@ class Folder:
         # New files in arrival order as their names tell it (Maildir names
         # start with the delivery time); neither stat nor read here: the
         # internal date and the wire size are looked up when first needed.
-        fresh = sorted(on_disk.items(), key=lambda item: (_name_time(item[0]), item[0]))
+        fresh = sorted(on_disk.items(), key=lambda item: _arrival(item[0]))
         for base, (sub, name) in fresh:
             msg = Message(self.next_uid, name, sub, _size_hint(base), -1)
             self.next_uid += 1
