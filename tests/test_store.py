@@ -225,3 +225,11 @@ def test_flag_and_expunge_changes_survive_a_crash_before_the_index_is_written(st
     assert MaildirStore(tmp_path / "mail").folder("alice").by_uid(3).keywords == ("$Work",)
     store.flush()
     assert not f._dirty
+
+
+def test_store_provides_its_interface(store):
+    from zope.interface.verify import verifyObject
+
+    from netsuite.store import IMailStore
+
+    assert verifyObject(IMailStore, store)
