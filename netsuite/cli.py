@@ -143,4 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: protocol packages register their
+    # sub-commands in netsuite.cli.COMMANDS, not in this __main__ copy.
+    from netsuite import cli
+
+    sys.exit(cli.main())

@@ -180,6 +180,27 @@ class NetsuiteRealm:
             return iface, avatar, logout
         raise NotImplementedError(f"no avatar for {interfaces!r}")
 
+    # -- relaying (the outgoing queue) ------------------------------------------
+
+    #: The outgoing queue (L{netsuite.queue.runner.QueueRunner}), attached by the
+    #: queue's service hook when C{[queue] enabled}; None: no relaying.
+    queue: Any = None
+
+    def can_relay(self) -> bool:
+        """Whether mail for other domains can be accepted from authenticated users."""
+        return self.queue is not None
+
+    def relay(self, sender, recipients, user: str | None = None):
+        """
+        A file-like object (C{write}, C{commit} -> Deferred, C{abort}) that puts
+        one message for C{recipients} into the outgoing queue.
+        """
+        if self.queue is None:
+            from twisted.mail import smtp
+
+            raise smtp.SMTPServerError(451, b"4.3.5 Error: relaying is not enabled")
+        return self.queue.writer(sender, recipients, user)
+
     def mail_delivery(self, user):
         """SMTP: local delivery (and relaying, for authenticated users)."""
         from netsuite.smtp.delivery import Delivery

@@ -118,10 +118,18 @@ def test_auth_exchanges_malformed(sub):
 
 
 def test_authenticated_relay_gets_a_clear_answer(sub):
-    """Until the outgoing queue is enabled, relaying is refused clearly, never silently."""
+    """With the queue on (the default), an authenticated user may relay; the MX may not."""
     with smtplib.SMTP_SSL("127.0.0.1", sub.port("smtps"), timeout=10,
                           context=insecure_context()) as s:
         s.login("alice", "alice-pw")
         s.mail("alice@example.test")
         code, text = s.rcpt("someone@elsewhere.test")
-        assert 400 <= code < 600 and text[:1] in (b"4", b"5") and b"elsewhere.test" in text
+        assert code == 250, text
+        s.rset()
+    mx = Daemon(sub.dir.parent / (sub.dir.name + "-mx"), listeners=["smtp"])
+    with mx:
+        with smtplib.SMTP("127.0.0.1", mx.port("smtp"), timeout=10) as s:
+            s.ehlo()
+            s.mail("alice@example.test")
+            code, text = s.rcpt("someone@elsewhere.test")
+    assert code == 554 and text.startswith(b"5.7.1") and b"elsewhere.test" in text

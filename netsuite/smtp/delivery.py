@@ -45,9 +45,10 @@ class Transaction:
     Nothing is visible before L{eomReceived}'s Deferred fires.
     """
 
-    def __init__(self, realm, sender: smtp.Address):
+    def __init__(self, realm, sender: smtp.Address, user: str | None = None):
         self.realm = realm
         self.sender = sender
+        self.user = user
         self.local: list[str] = []
         self.remote: list[smtp.Address] = []
         self._files: list = []
@@ -61,7 +62,7 @@ class Transaction:
             f.write(return_path)
             self._files.append(f)
         if self.remote:
-            self._files.append(self.realm.relay(self.sender, self.remote))
+            self._files.append(self.realm.relay(self.sender, self.remote, user=self.user))
 
     def lineReceived(self, line: bytes) -> None:
         if not self._opened:
@@ -101,7 +102,7 @@ class Delivery:
         return None  # the server writes the trace header
 
     def validateFrom(self, helo, origin):
-        self._tx = Transaction(self.realm, origin)
+        self._tx = Transaction(self.realm, origin, self.user)
         return origin
 
     def validateTo(self, user: smtp.User):

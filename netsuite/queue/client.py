@@ -1,0 +1,222 @@
+"""
+The ESMTP client that delivers queued mail: Twisted's C{ESMTPClient}, kept
+for the session set-up (EHLO, STARTTLS, AUTH) and extended for the
+transaction, which Twisted does one command at a time without parameters.
+
+Here: MAIL FROM carries SIZE / BODY=8BITMIME / SMTPUTF8 when the server
+offers them, MAIL, RCPT and DATA go in one write under PIPELINING (RFC 2920),
+every recipient keeps its own reply, several messages share one connection,
+an 8-bit message becomes quoted-printable for a server without 8BITMIME, and
+a stalled server is cut off by the command timeout instead of sent a QUIT it
+will never answer.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.mail import smtp
+
+from netsuite.queue import wire
+from netsuite.queue.wire import Reply
+
+log = Logger(namespace="netsuite.queue")
+
+
+class JobSource(Protocol):
+    """What a client connection takes its messages from (the runner's destination)."""
+
+    def next_job(self, client: "QueueClient"): ...
+
+    def job_done(self, job, results: dict[str, Reply]) -> None: ...
+
+    def client_lost(self, client: "QueueClient", job, error: str) -> None: ...
+
+
+class QueueClient(smtp.ESMTPClient):
+    """One connection to one remote server, carrying as many jobs as the source gives."""
+
+    debug = True
+
+    def __init__(self, source: JobSource, identity: bytes, remote: str,
+                 secret: bytes | None = None, username: bytes | None = None,
+                 context=None, require_tls: bool = False, timeout: float = 300):
+        super().__init__(secret, context, identity, logsize=20)
+        self.source = source
+        self.remote = remote
+        self.timeout = timeout
+        self.requireTransportSecurity = require_tls
+        if username is not None:
+            self.requireAuthentication = True
+            self.registerAuthenticator(smtp.PLAINAuthenticator(username))
+            self.registerAuthenticator(smtp.LOGINAuthenticator(username))
+        self.extensions: dict[bytes, bytes] = {}
+        self.job = None
+        self._error: str | None = None
+        self.delivered = 0
+
+    # -- session set-up (Twisted's, with the capabilities kept) --------------------
+
+    def esmtpState_serverConfig(self, code, resp):
+        self.extensions = wire.parse_ehlo(resp)
+        self.tryTLS(code, resp, self.extensions)
+
+    def smtpConnectionFailed(self, code, resp):
+        self._fail(f"remote greeting: {code} {_text(resp)}")
+
+    def sendError(self, exc):
+        """Any set-up error (no TLS, AUTH refused, bad reply): give up this connection."""
+        code = getattr(exc, "code", -1)
+        resp = getattr(exc, "resp", exc)
+        self._fail(f"{code} {_text(resp)}" if isinstance(code, int) and code > 0
+                   else _text(resp))
+
+    def timeoutConnection(self):
+        self._fail("timed out waiting for the remote server")
+
+    def _fail(self, error: str) -> None:
+        if self._error is None:
+            self._error = error
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        super().connectionLost(reason)
+        job, self.job = self.job, None
+        error = self._error
+        if error is None and job is not None:
+            error = f"lost connection with {self.remote} while sending"
+        self.source.client_lost(self, job, error or "")
+
+    # -- transactions ------------------------------------------------------------------
+
+    def smtpState_from(self, code, resp):
+        """Ready for a message: after EHLO/STARTTLS/AUTH, and after each message."""
+        job = self.source.next_job(self)
+        if job is None:
+            self._disconnectFromServer()
+            return
+        self.job = job
+        self._start(job)
+
+    def _start(self, job) -> None:
+        ext = self.extensions
+        message = job.message
+        eightbit = job.eightbit
+        if eightbit and b"8BITMIME" not in ext:
+            message = wire.downgrade_8bit(message)
+            eightbit = False
+        self._payload = wire.to_wire(message)
+        limit = ext.get(b"SIZE", b"")
+        if limit.isdigit() and 0 < int(limit) < len(self._payload):
+            self._finish_all(Reply(552, "5.3.4 Message size exceeds fixed maximum message "
+                                        f"size of {self.remote} ({int(limit)} bytes)"), rset=False)
+            return
+        smtputf8 = job.smtputf8
+        if smtputf8 and b"SMTPUTF8" not in ext:
+            self._finish_all(Reply(553, "5.6.7 Recipient or sender needs SMTPUTF8, which "
+                                        f"{self.remote} does not support"), rset=False)
+            return
+        size = len(self._payload) if b"SIZE" in ext else None
+        self._cmds = [wire.mail_command(job.sender.encode("utf-8"), size,
+                                        eightbit and job.eightbit, smtputf8)]
+        self._cmds += [wire.rcpt_command(r.encode("utf-8")) for r in job.addresses]
+        self._cmds.append(b"DATA")
+        self._replies: list[Reply] = []
+        self._pipelining = b"PIPELINING" in ext
+        self._expected = range(0, 1000)
+        self._okresponse = self._failresponse = self._on_reply
+        if self._pipelining:
+            for line in self._cmds:
+                self.log.append(b">>> " + line)
+            self.transport.write(b"\r\n".join(self._cmds) + b"\r\n")
+        else:
+            self.sendLine(self._cmds[0])
+
+    def _on_reply(self, code: int, resp: bytes) -> None:
+        reply = Reply(code, _text(resp))
+        self._replies.append(reply)
+        got, total = len(self._replies), len(self._cmds)
+        mail_ok = self._replies[0].ok
+        accepted = any(r.ok for r in self._replies[1:total - 1])
+        if got < total:
+            if self._pipelining:
+                return
+            if not mail_ok:
+                self._finish()
+            elif got < total - 1:
+                self.sendLine(self._cmds[got])
+            elif accepted:
+                self.sendLine(b"DATA")
+            else:
+                self._finish()
+            return
+        if code == 354:
+            self._okresponse = self._failresponse = self._on_final
+            if mail_ok and accepted:
+                self.transport.write(self._payload)
+            else:  # RFC 2920 3.1: a server that says 354 anyway gets an empty message
+                self.transport.write(b".\r\n")
+            return
+        self._finish()
+
+    def _on_final(self, code: int, resp: bytes) -> None:
+        self._replies.append(Reply(code, _text(resp)))
+        self._finish()
+
+    def _finish(self) -> None:
+        """Hand every recipient its own answer; then the next message."""
+        replies, total = self._replies, len(self._cmds)
+        mail = replies[0]
+        last = replies[-1]
+        results: dict[str, Reply] = {}
+        for i, address in enumerate(self.job.addresses, 1):
+            rcpt = replies[i] if i < len(replies) else None
+            if not mail.ok:
+                results[address] = mail
+            elif rcpt is None:
+                results[address] = Reply(-1, "no reply to RCPT")
+            elif not rcpt.ok:
+                results[address] = rcpt
+            elif len(replies) <= total - 1:
+                results[address] = Reply(-1, "no reply to DATA")
+            else:
+                results[address] = last
+        self._done(results, rset=not (len(replies) > total and last.ok))
+
+    def _finish_all(self, reply: Reply, rset: bool) -> None:
+        self._done({a: reply for a in self.job.addresses}, rset)
+
+    def _done(self, results: dict[str, Reply], rset: bool) -> None:
+        job, self.job = self.job, None
+        if any(r.ok for r in results.values()):
+            self.delivered += 1
+        self.source.job_done(job, results)
+        if rset:
+            self.sendLine(b"RSET")
+            self._expected = range(0, 1000)
+            self._okresponse = self._failresponse = self.smtpState_from
+        else:
+            self.smtpState_from(250, b"")
+
+
+def _text(resp) -> str:
+    if isinstance(resp, bytes):
+        return resp.decode("utf-8", "replace").replace("\n", " / ")
+    return str(resp)
+
+
+class QueueClientFactory(protocol.Factory):
+    """Builds one L{QueueClient} per connection attempt."""
+
+    noisy = False
+
+    def __init__(self, make):
+        self.make = make
+
+    def buildProtocol(self, addr):
+        p = self.make()
+        p.factory = self
+        return p

@@ -1,0 +1,643 @@
+"""
+The queue runner: takes accepted messages into the spool, delivers them per
+destination with capped concurrency, retries temporary failures with growing
+backoff, and reports permanent failures, expiry and long delays to the sender
+(RFC 3464).  One L{QueueRunner} service per server, a child of the top
+MultiService; the realm reaches it as C{realm.queue}.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, ssl, task, threads
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+
+from netsuite.queue import bounce, wire
+from netsuite.queue.client import QueueClient, QueueClientFactory
+from netsuite.queue.spool import FAILED, PENDING, SENT, Envelope, Recipient, Spool
+from netsuite.queue.wire import Reply
+
+log = Logger(namespace="netsuite.queue")
+
+
+# -- routes -----------------------------------------------------------------------------
+
+
+@dataclass
+class Route:
+    """Where mail for a domain goes: a fixed host, or the domain's MX."""
+
+    key: str
+    host: str | None = None
+    port: int = 25
+    mx_domain: str | None = None
+    username: bytes | None = None
+    secret: bytes | None = None
+    require_tls: bool = False
+    ca_file: str | None = None
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def route_for(settings, domain: str) -> Route:
+    """Static route, else smarthost, else a domain literal, else MX lookup (RFC 5321 5)."""
+    domain = domain.lower().rstrip(".")
+    if domain in settings.routes:
+        host, port = wire.parse_hostport(settings.routes[domain])
+        return Route(f"route:{host}:{port}", host, port)
+    if settings.smarthost:
+        host, port = wire.parse_hostport(settings.smarthost, 587)
+        return Route("smarthost", host, port,
+                     username=settings.smarthost_user.encode() or None,
+                     secret=settings.smarthost_password.encode() or None,
+                     require_tls=settings.smarthost_require_tls or bool(settings.smarthost_user),
+                     ca_file=str(settings.smarthost_ca_file) if settings.smarthost_ca_file
+                     else None)
+    if domain.startswith("[") and domain.endswith("]"):
+        literal = domain[1:-1]
+        literal = literal[5:] if literal.lower().startswith("ipv6:") else literal
+        return Route(f"literal:{literal}", literal, 25)
+    return Route(f"mx:{domain}", mx_domain=domain)
+
+
+# -- jobs and destinations -------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """Some recipients of one message, all for one destination."""
+
+    env: Envelope
+    recipients: list[Recipient]
+    message: bytes = b""
+
+    @property
+    def sender(self) -> str:
+        return self.env.sender
+
+    @property
+    def addresses(self) -> list[str]:
+        return [r.address for r in self.recipients]
+
+    @property
+    def eightbit(self) -> bool:
+        return self.env.eightbit
+
+    @property
+    def smtputf8(self) -> bool:
+        return not (self.sender.isascii() and all(a.isascii() for a in self.addresses))
+
+
+@dataclass
+class Destination:
+    route: Route
+    jobs: deque = field(default_factory=deque)
+    #: Connections open or being opened, and those of them that are open.
+    connections: int = 0
+    established: int = 0
+
+
+class PermanentRouteError(Exception):
+    """The destination cannot exist (no such domain): bounce, do not retry."""
+
+
+# -- the writer the SMTP server streams into ----------------------------------------------
+
+
+class QueueWriter:
+    """
+    The file-like object C{realm.relay()} returns: C{write} lines (LF),
+    C{commit()} fires once message and envelope are on disk, C{abort()}.
+    """
+
+    def __init__(self, runner: "QueueRunner", sender: str, recipients: list[str],
+                 user: str | None):
+        self.runner = runner
+        self.sender = sender
+        self.recipients = recipients
+        self.user = user
+        self.size = 0
+        self.hops = 0
+        self.eightbit = False
+        self._in_headers = True
+        self._head: list[bytes] = []
+        self._file = None
+        self.qid: str | None = None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if not self.eightbit and not data.isascii():
+            self.eightbit = True
+        if self._in_headers:
+            if data in (b"\n", b"\r\n"):
+                self._in_headers = False
+            elif data[:9].lower() == b"received:":
+                self.hops += 1
+        if self._file is None:
+            self._head.append(data)
+            if len(self._head) < 3 and self.size < 4096 and self._in_headers:
+                return
+            self._open()
+        else:
+            self._file.write(data)
+
+    def _open(self) -> None:
+        head, self._head = b"".join(self._head), []
+        spool = self.runner.spool
+        self.qid = spool.new_id(head)
+        self._file = open(spool.msg_path(self.qid), "xb", buffering=65536)
+        self._file.write(head)
+
+    def commit(self) -> defer.Deferred:
+        if self._file is None:
+            self._open()
+        f, self._file = self._file, None
+        env = Envelope(id=self.qid, sender=self.sender,
+                       recipients=[Recipient(a) for a in self.recipients],
+                       user=self.user, size=self.size, hops=self.hops, eightbit=self.eightbit)
+
+        def store():
+            f.flush()
+            self.runner.spool.commit(os.dup(f.fileno()), env)
+            f.close()
+
+        d = threads.deferToThread(store)
+        d.addCallback(lambda _: self.runner.accepted(env))
+        return d
+
+    def abort(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+            try:
+                os.unlink(self.runner.spool.msg_path(self.qid))
+            except FileNotFoundError:
+                pass
+
+
+# -- the runner ----------------------------------------------------------------------------
+
+
+class QueueRunner(service.Service):
+    """Owns the spool and every delivery; see the module docstring."""
+
+    name = "queue"
+
+    def __init__(self, ctx, settings):
+        self.ctx = ctx
+        self.settings = settings
+        self.reactor = ctx.reactor
+        self.realm = ctx.realm
+        self.hostname = ctx.config.server.hostname
+        self.identity = (settings.helo_name or self.hostname).encode("idna")
+        self.spool = Spool(ctx.config.data_dir / "queue")
+        self.envelopes: dict[str, Envelope] = {}
+        self.busy: set[str] = set()
+        self.doomed: set[str] = set()
+        self.destinations: dict[str, Destination] = {}
+        self.connections = 0
+        self._outstanding: dict[str, int] = {}
+        self._sent_by_user: dict[str, deque] = {}
+        self._loop: task.LoopingCall | None = None
+        self._mx = None
+        self._tls_default = None
+
+    # -- service ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        for env in self.spool.recover():
+            self.envelopes[env.id] = env
+        if self.envelopes:
+            log.info("queue: {n} message(s) recovered from the spool", n=len(self.envelopes))
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = self.reactor
+        self._loop.start(self.settings.poll_interval, now=True).addErrback(
+            lambda f: log.failure("queue runner stopped", f))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    # -- accepting -----------------------------------------------------------------------
+
+    def writer(self, sender: smtp.Address, recipients: list[smtp.Address],
+               user: str | None = None) -> QueueWriter:
+        """For C{realm.relay()}: refuses (450) a user over the hourly sending limit."""
+        if user is not None and self.settings.messages_per_hour > 0:
+            sent = self._sent_by_user.setdefault(user, deque())
+            horizon = self.reactor.seconds() - 3600
+            while sent and sent[0] < horizon:
+                sent.popleft()
+            if len(sent) >= self.settings.messages_per_hour:
+                log.warn("rate limit: user={user} sent {n} messages in the last hour",
+                         user=user, n=len(sent))
+                raise smtp.SMTPServerError(
+                    450, b"4.7.1 Error: too many messages sent in the last hour, "
+                         b"try again later")
+        return QueueWriter(self, _addr(sender), [_addr(r) for r in recipients], user)
+
+    def accepted(self, env: Envelope) -> None:
+        if env.user is not None and self.settings.messages_per_hour > 0:
+            self._sent_by_user.setdefault(env.user, deque()).append(self.reactor.seconds())
+        log.info("queued: id={id} from=<{sender}> nrcpt={n} size={size} user={user}",
+                 id=env.id, sender=env.sender, n=len(env.recipients), size=env.size,
+                 user=env.user or "-")
+        self.envelopes[env.id] = env
+        if self.running:
+            self.attempt(env)
+
+    # -- the periodic pass -------------------------------------------------------------
+
+    def tick(self) -> None:
+        for action, qid in self.spool.take_requests():
+            if action == "flush":
+                self.flush(None if qid == "ALL" else qid)
+            elif action == "delete":
+                self.delete(qid)
+        now = time.time()
+        for env in list(self.envelopes.values()):
+            if env.id not in self.busy and env.next_attempt <= now:
+                self.attempt(env)
+
+    def flush(self, qid: str | None) -> int:
+        """Make one (or every) message due now."""
+        targets = [self.envelopes[qid]] if qid in self.envelopes else (
+            list(self.envelopes.values()) if qid is None else [])
+        for env in targets:
+            env.next_attempt = 0.0
+        log.info("flush: {what} ({n} message(s))", what=qid or "all", n=len(targets))
+        return len(targets)
+
+    def delete(self, qid: str) -> None:
+        if qid not in self.envelopes:
+            self.spool.remove(qid)
+            return
+        if qid in self.busy:
+            self.doomed.add(qid)
+            return
+        del self.envelopes[qid]
+        self.spool.remove(qid)
+        log.info("deleted: id={id} by the administrator", id=qid)
+
+    # -- attempts ------------------------------------------------------------------------
+
+    def attempt(self, env: Envelope) -> None:
+        """Start one delivery attempt for every pending recipient of C{env}."""
+        if env.id in self.busy:
+            return
+        self.busy.add(env.id)
+        env.attempts += 1
+        pending = env.pending()
+        if env.hops > self.settings.max_hops:
+            loop = Reply(554, f"5.4.6 Too many hops: {env.hops} Received headers "
+                              "(mail forwarding loop?)")
+            self._record(env, pending, {r.address: loop for r in pending}, "-")
+            self._outstanding[env.id] = 0
+            self._settle(env)
+            return
+        groups: dict[str, tuple[Route, list[Recipient]]] = {}
+        for r in pending:
+            domain = r.address.rpartition("@")[2]
+            try:
+                route = route_for(self.settings, domain)
+            except ValueError as e:
+                route = Route(f"bad:{domain}")
+                log.error("bad route for {domain}: {e}", domain=domain, e=e)
+            groups.setdefault(route.key, (route, []))[1].append(r)
+        self._outstanding[env.id] = len(groups)
+        if not groups:
+            self._settle(env)
+            return
+        for key, (route, recipients) in groups.items():
+            dest = self.destinations.get(key)
+            if dest is None:
+                dest = self.destinations[key] = Destination(route)
+            dest.jobs.append(Job(env, recipients))
+        self.pump()
+
+    def pump(self) -> None:
+        """Open connections where jobs wait, within the per-destination and total caps."""
+        for key, dest in list(self.destinations.items()):
+            while (dest.jobs and dest.connections < len(dest.jobs)
+                   and dest.connections < self.settings.destination_concurrency
+                   and self.connections < self.settings.concurrency):
+                self._connect(dest)
+            if not dest.jobs and not dest.connections:
+                del self.destinations[key]
+
+    def _connect(self, dest: Destination) -> None:
+        dest.connections += 1
+        self.connections += 1
+        route = dest.route
+        d = defer.maybeDeferred(self._resolve, route)
+
+        def connect(hostport):
+            host, port = hostport
+            remote = f"{host}:{port}"
+
+            def make():
+                return QueueClient(_Source(self, dest), self.identity, remote,
+                                   secret=route.secret, username=route.username,
+                                   context=self._tls_for(route, host),
+                                   require_tls=route.require_tls,
+                                   timeout=self.settings.command_timeout)
+
+            ep = endpoints.HostnameEndpoint(self.reactor, host, port,
+                                            timeout=self.settings.connect_timeout)
+            c = ep.connect(QueueClientFactory(make))
+            c.addCallbacks(self._connected, self._connect_failed_host,
+                           callbackArgs=(dest,), errbackArgs=(route, host))
+            return c
+
+        d.addCallback(connect)
+        d.addErrback(self._connect_failed, dest)
+
+    def _resolve(self, route: Route):
+        if route.host is not None:
+            return (route.host, route.port)
+        if route.mx_domain is None:
+            raise PermanentRouteError("5.1.2 Bad destination domain")
+        if self._mx is None:
+            from twisted.mail.relaymanager import MXCalculator
+
+            self._mx = MXCalculator(clock=self.reactor)
+        d = self._mx.getMX(route.mx_domain)
+
+        def found(record):
+            name = str(record.name)
+            if name in ("", "."):  # RFC 7505 null MX
+                raise PermanentRouteError(f"5.1.10 Domain {route.mx_domain} accepts no mail")
+            return (name, 25)
+
+        def failed(f: Failure):
+            from twisted.names.error import DNSNameError
+
+            if f.check(DNSNameError):
+                raise PermanentRouteError(f"5.1.2 Host or domain name not found: "
+                                          f"{route.mx_domain}")
+            return f
+
+        d.addCallbacks(found, failed)
+        return d
+
+    def _connected(self, client: QueueClient, dest: Destination) -> QueueClient:
+        dest.established += 1
+        return client
+
+    def _connect_failed_host(self, f: Failure, route: Route, host: str) -> Failure:
+        if route.mx_domain is not None and self._mx is not None:
+            self._mx.markBad(host)
+        return f
+
+    def _connect_failed(self, f: Failure, dest: Destination) -> None:
+        dest.connections -= 1
+        self.connections -= 1
+        if f.check(PermanentRouteError):
+            reply = Reply(550, str(f.value))
+        else:
+            reply = Reply(-1, f"4.4.1 connect to {dest.route}: {_reason(f)}")
+        log.info("cannot connect: destination={dest} error={error}", dest=dest.route,
+                 error=str(reply))
+        self._dead(dest, reply)
+        self.pump()
+
+    def _dead(self, dest: Destination, reply: Reply) -> None:
+        """
+        A destination failed and no open connection to it is left: every job
+        waiting for it gets C{reply} now rather than a connection of its own.
+        """
+        if dest.established:
+            return
+        jobs, dest.jobs = list(dest.jobs), deque()
+        for job in jobs:
+            self.job_done(job, {a: reply for a in job.addresses}, str(dest.route))
+
+    def _tls_for(self, route: Route, host: str):
+        if route.ca_file:
+            with open(route.ca_file, "rb") as f:
+                trust = ssl.Certificate.loadPEM(f.read())
+            return ssl.optionsForClientTLS(host, trustRoot=trust)
+        if self._tls_default is None:
+            # Opportunistic TLS (Postfix's "may"/"encrypt"): encrypted, not verified.
+            self._tls_default = ssl.CertificateOptions()
+        return self._tls_default
+
+    # -- results ---------------------------------------------------------------------------
+
+    def job_done(self, job: Job, results: dict[str, Reply], remote: str) -> None:
+        env = job.env
+        self._record(env, job.recipients, results, remote)
+        left = self._outstanding.get(env.id, 1) - 1
+        self._outstanding[env.id] = left
+        if left <= 0:
+            self._settle(env)
+
+    def _record(self, env: Envelope, recipients: list[Recipient],
+                results: dict[str, Reply], remote: str) -> None:
+        now = time.time()
+        delay = now - env.created
+        for r in recipients:
+            reply = results.get(r.address) or Reply(-1, "4.3.0 no result")
+            r.attempts += 1
+            r.last_attempt = now
+            r.remote = remote
+            r.status = _status(reply)
+            if reply.ok:
+                r.state = SENT
+                status = "sent"
+            elif reply.permanent:
+                r.state = FAILED
+                r.last_error = str(reply)
+                status = "bounced"
+            else:
+                r.last_error = str(reply)
+                status = "deferred"
+            log.info("{status}: id={id} to=<{to}> relay={relay} delay={delay:.2f} "
+                     "attempts={attempts} ({reply})", status=status, id=env.id, to=r.address,
+                     relay=remote, delay=delay, attempts=r.attempts, reply=str(reply))
+        errors = [r.last_error for r in recipients if r.state == PENDING]
+        if errors:
+            env.last_error = errors[-1]
+
+    def _settle(self, env: Envelope) -> None:
+        """After an attempt: report, then reschedule or remove, durably."""
+        self._outstanding.pop(env.id, None)
+        d = defer.maybeDeferred(self._settle_steps, env)
+        d.addErrback(lambda f: log.failure("queue: could not update {id}", f, id=env.id))
+        d.addBoth(lambda _: self.busy.discard(env.id))
+
+    @defer.inlineCallbacks
+    def _settle_steps(self, env: Envelope):
+        s = self.settings
+        if env.id in self.doomed:
+            self.doomed.discard(env.id)
+            self.envelopes.pop(env.id, None)
+            yield threads.deferToThread(self.spool.remove, env.id)
+            log.info("deleted: id={id} by the administrator", id=env.id)
+            return
+        now = time.time()
+        pending = env.pending()
+        if pending and now - env.created >= s.lifetime:
+            for r in pending:
+                r.state = FAILED
+                r.status = "4.4.7"  # delivery time expired (reported as 5.4.7)
+                r.last_error = f"message expired, last error: {r.last_error or 'none'}"
+                log.info("expired: id={id} to=<{to}>", id=env.id, to=r.address)
+            pending = []
+        failed = [r for r in env.recipients if r.state == FAILED and not r.reported]
+        warn = (pending and s.delay_warning > 0 and not env.warned
+                and now - env.created >= s.delay_warning)
+        if failed:
+            yield self._notify(env, failed, "failed")
+            for r in failed:
+                r.reported = True
+        if warn:
+            yield self._notify(env, pending, "delayed")
+            env.warned = True
+        if not pending:
+            self.envelopes.pop(env.id, None)
+            yield threads.deferToThread(self.spool.remove, env.id)
+            log.info("removed: id={id}", id=env.id)
+            return
+        env.next_attempt = now + wire.backoff(env.attempts, s.min_backoff, s.max_backoff)
+        still = yield threads.deferToThread(self.spool.update, env)
+        if not still:
+            self.envelopes.pop(env.id, None)
+
+    # -- bounces -----------------------------------------------------------------------------
+
+    def _notify(self, env: Envelope, recipients: list[Recipient], action: str):
+        """A DSN to the sender: into a local mailbox, else out through the queue; never to <>."""
+        if not env.sender:
+            log.info("no notification for id={id}: null sender", id=env.id)
+            return defer.succeed(None)
+        items = [bounce.Failed(r.address, action, _dsn_status(r.status, action),
+                               r.last_error or "unknown error", r.remote or None,
+                               r.last_attempt or None)
+                 for r in recipients]
+        try:
+            original = self.spool.read_message(env.id)
+        except OSError:
+            original = b""
+        report = bounce.render_dsn(hostname=self.hostname, queue_id=env.id,
+                                   sender=env.sender, arrival=env.created,
+                                   recipients=items, original=original)
+        return self.deliver_notice(env.sender, report, about=env.id, action=action)
+
+    def deliver_notice(self, to: str, message: bytes, about: str = "-",
+                       action: str = "failed") -> defer.Deferred:
+        local, _, domain = to.rpartition("@")
+        realm = self.realm
+        if realm.is_local_domain(domain):
+            users = realm.resolve_local(local, domain)
+            if not users:
+                log.warn("notification for id={id} dropped: no local user <{to}>",
+                         id=about, to=to)
+                return defer.succeed(None)
+            from netsuite.smtp.delivery import MailAddress, Transaction
+            from netsuite.smtp.wire import Path
+
+            tx = Transaction(realm, MailAddress(Path()))
+            tx.local.extend(users)
+            for line in message.split(b"\n")[:-1]:
+                tx.lineReceived(line)
+            d = tx.eomReceived()
+            d.addCallback(lambda _: log.info(
+                "notified: id={id} action={action} to=<{to}> (local mailbox)",
+                id=about, action=action, to=to))
+            return d
+        env = Envelope(id=self.spool.new_id(), sender="", recipients=[Recipient(to)],
+                       size=len(message), eightbit=wire.has_8bit(message))
+        d = threads.deferToThread(self.spool.add, env, message)
+
+        def queued(_):
+            log.info("notified: id={id} action={action} to=<{to}> (queued as {new})",
+                     id=about, action=action, to=to, new=env.id)
+            self.envelopes[env.id] = env
+            env.next_attempt = 0.0
+
+        d.addCallback(queued)
+        return d
+
+
+class _Source:
+    """One connection's view of its destination (L{netsuite.queue.client.JobSource})."""
+
+    def __init__(self, runner: QueueRunner, dest: Destination):
+        self.runner = runner
+        self.dest = dest
+        self.remote = "-"
+
+    def next_job(self, client: QueueClient):
+        self.remote = client.remote
+        while self.dest.jobs:
+            job = self.dest.jobs.popleft()
+            if job.env.id in self.runner.doomed:
+                self.runner.job_done(job, {a: Reply(-1, "deleted") for a in job.addresses},
+                                     client.remote)
+                continue
+            try:
+                job.message = self.runner.spool.read_message(job.env.id)
+            except OSError as e:
+                log.error("queue: cannot read {id}: {e}", id=job.env.id, e=e)
+                self.runner.job_done(job, {a: Reply(-1, f"4.3.0 spool: {e}")
+                                           for a in job.addresses}, client.remote)
+                continue
+            return job
+        return None
+
+    def job_done(self, job: Job, results: dict[str, Reply]) -> None:
+        job.message = b""
+        self.runner.job_done(job, results, self.remote)
+
+    def client_lost(self, client: QueueClient, job, error: str) -> None:
+        runner = self.runner
+        self.dest.connections -= 1
+        self.dest.established -= 1
+        runner.connections -= 1
+        if job is not None:
+            job.message = b""
+            runner.job_done(job, {a: Reply(-1, error) for a in job.addresses}, client.remote)
+        if error:
+            log.info("connection to {remote} ended: {error}", remote=client.remote,
+                     error=error)
+            if client.delivered == 0:
+                runner._dead(self.dest, Reply(-1, error))
+        runner.pump()
+
+
+def _addr(address: Any) -> str:
+    raw = address if isinstance(address, bytes) else bytes(address)
+    return raw.decode("utf-8", "replace")
+
+
+def _reason(f: Failure) -> str:
+    v = f.value
+    return getattr(v, "osError", None) and str(v.osError) or str(v) or f.type.__name__
+
+
+def _status(reply: Reply) -> str:
+    """The RFC 3463 status of a reply; ours (code -1) may start with one too."""
+    if reply.code > 0:
+        return reply.status
+    m = wire.ENHANCED.match(reply.text.encode("utf-8", "replace"))
+    return b".".join(m.groups()).decode() if m else "4.4.1"
+
+
+def _dsn_status(status: str, action: str) -> str:
+    """A failed recipient's status class is 5 (RFC 3464 2.3.4), a delayed one's 4."""
+    status = status or "4.0.0"
+    if action == "failed" and not status.startswith("5."):
+        return "5" + status[1:] if status[:2] == "4." else "5.0.0"
+    return status

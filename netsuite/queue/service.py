@@ -1,0 +1,214 @@
+"""
+The queue's config section, its service hook, and the C{netsuite queue}
+admin command.
+
+The admin command and the running server share nothing but the spool
+directory: C{flush} and C{delete} leave a request file in
+C{DATA/queue/control/} that the server's runner picks up on its next pass
+(every C{poll_interval} seconds).  With no server running, C{delete} removes
+the files itself and a C{flush} request waits for the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netsuite import protocols
+from netsuite.cli import command
+from netsuite.config import Config, ConfigError, positive, section
+
+
+@section("queue")
+@dataclass
+class QueueConfig:
+    """The outgoing queue: routes, retry schedule, limits."""
+
+    #: Off: submission of mail for other domains is refused (551 5.7.1).
+    enabled: bool = True
+    #: Static routes, domain -> "host:port" (checked before the smarthost and MX).
+    routes: dict[str, str] = field(default_factory=dict)
+    #: Send everything else through this "host:port" (default port 587) instead of MX.
+    smarthost: str = ""
+    smarthost_user: str = ""
+    #: File whose first line is the smarthost password.
+    smarthost_password_file: Path | None = None
+    #: Refuse to send to the smarthost without STARTTLS (always on with a user).
+    smarthost_require_tls: bool = False
+    #: Verify the smarthost's certificate against this CA file (PEM).
+    smarthost_ca_file: Path | None = None
+    #: Name given in EHLO; defaults to server.hostname.
+    helo_name: str = ""
+    #: Seconds before the first retry; doubles per attempt up to max_backoff.
+    min_backoff: float = 300.0
+    max_backoff: float = 1800.0
+    #: Seconds after which undeliverable mail is returned to the sender.
+    lifetime: float = 5 * 86400.0
+    #: Seconds after which the sender is told the mail is delayed; 0 = never.
+    delay_warning: float = 4 * 3600.0
+    #: How often the runner looks for due messages and admin requests.
+    poll_interval: float = 1.0
+    #: Outgoing connections at once, in total and per destination.
+    concurrency: int = 20
+    destination_concurrency: int = 5
+    #: More Received headers than this: bounced as a mail loop.
+    max_hops: int = 50
+    #: Messages an authenticated user may submit for relaying per hour; 0 = no limit.
+    messages_per_hour: int = 0
+    connect_timeout: float = 30.0
+    #: Seconds to wait for any reply of the remote server.
+    command_timeout: float = 300.0
+    #: Read from smarthost_password_file.
+    smarthost_password: str = field(default="", init=False, repr=False)
+
+    def validate(self) -> None:
+        from netsuite.queue.wire import parse_hostport
+
+        for name in ("min_backoff", "max_backoff", "lifetime", "poll_interval", "concurrency",
+                     "destination_concurrency", "max_hops", "connect_timeout",
+                     "command_timeout"):
+            positive(name, getattr(self, name))
+        if self.max_backoff < self.min_backoff:
+            raise ConfigError("must not be less than min_backoff", "max_backoff")
+        if self.delay_warning < 0 or self.messages_per_hour < 0:
+            raise ConfigError("must not be negative",
+                              "delay_warning" if self.delay_warning < 0 else "messages_per_hour")
+        self.routes = {k.lower().rstrip("."): v for k, v in self.routes.items()}
+        for domain, target in self.routes.items():
+            try:
+                parse_hostport(target)
+            except ValueError as e:
+                raise ConfigError(str(e), f"routes.{domain}")
+        if self.smarthost:
+            try:
+                parse_hostport(self.smarthost, 587)
+            except ValueError as e:
+                raise ConfigError(str(e), "smarthost")
+        if self.smarthost_user and self.smarthost_password_file is None:
+            raise ConfigError("smarthost_user needs smarthost_password_file",
+                              "smarthost_password_file")
+        if self.smarthost_password_file is not None:
+            try:
+                text = self.smarthost_password_file.read_text("utf-8")
+            except OSError as e:
+                raise ConfigError(f"cannot read: {e.strerror}", "smarthost_password_file")
+            self.smarthost_password = text.splitlines()[0] if text else ""
+            if not self.smarthost_password:
+                raise ConfigError("the file is empty", "smarthost_password_file")
+        if self.smarthost_ca_file is not None and not self.smarthost_ca_file.is_file():
+            raise ConfigError("no such file", "smarthost_ca_file")
+
+
+def start_queue(ctx, parent) -> None:
+    """SERVICE_HOOKS entry: the runner as a child service, reachable as C{realm.queue}."""
+    settings = ctx.config.queue
+    if not settings.enabled:
+        return
+    from netsuite.queue.runner import QueueRunner
+
+    runner = QueueRunner(ctx, settings)
+    runner.setServiceParent(parent)
+    ctx.realm.queue = runner
+
+
+protocols.SERVICE_HOOKS.append(start_queue)
+
+
+# -- netsuite queue ... ---------------------------------------------------------------
+
+
+def _queue_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="list queued messages")
+    sub.add_parser("show", help="a message's envelope and headers").add_argument("id")
+    f = sub.add_parser("flush", help="retry now (every message, or one)")
+    f.add_argument("id", nargs="?")
+    sub.add_parser("delete", help="remove a message without notice").add_argument("id")
+
+
+def _server_running(config: Config) -> bool:
+    """Whether a server is running on this data directory (its ready file names a live pid)."""
+    try:
+        info = json.loads((config.data_dir / "run" / "listening.json").read_text())
+        os.kill(int(info["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _wait_picked_up(path: Path, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not path.exists():
+            return True
+        time.sleep(0.05)
+    return not path.exists()
+
+
+@command("queue", _queue_args)
+def _queue(args: argparse.Namespace, config: Config) -> int:
+    from netsuite.queue.spool import QUEUE_ID, Spool
+    from netsuite.queue.wire import header_block
+
+    spool = Spool(config.data_dir / "queue")
+    qid = getattr(args, "id", None)
+    if qid is not None:
+        qid = qid.upper()
+        if not QUEUE_ID.match(qid):
+            raise SystemExit(f"netsuite: {args.id!r} is not a queue id")
+    if args.action == "list":
+        envelopes = spool.list()
+        for env in envelopes:
+            pending = env.pending()
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.created))
+            print(f"{env.id}  {env.size:>9}  {when}  <{env.sender}>")
+            for r in pending:
+                print(f"    <{r.address}>" + (f"  ({r.last_error})" if r.last_error else ""))
+        print(f"-- {len(envelopes)} message(s)" if envelopes else "queue is empty")
+        return 0
+    if args.action == "show":
+        try:
+            env = spool.load(qid)
+            headers = header_block(spool.read_message(qid))
+        except FileNotFoundError:
+            raise SystemExit(f"netsuite: no message {qid} in the queue")
+        fmt = "%Y-%m-%d %H:%M:%S"
+        print(f"id: {env.id}\nsender: <{env.sender}>\nuser: {env.user or '-'}\n"
+              f"size: {env.size}\narrived: {time.strftime(fmt, time.localtime(env.created))}\n"
+              f"attempts: {env.attempts}")
+        if env.next_attempt:
+            print(f"next attempt: {time.strftime(fmt, time.localtime(env.next_attempt))}")
+        for r in env.recipients:
+            print(f"recipient: <{r.address}> {r.state} attempts={r.attempts}"
+                  + (f" last={r.last_error}" if r.last_error else ""))
+        print()
+        print(headers.decode("utf-8", "replace"), end="")
+        return 0
+    running = _server_running(config)
+    if args.action == "flush":
+        if qid is not None and not spool.env_path(qid).exists():
+            raise SystemExit(f"netsuite: no message {qid} in the queue")
+        path = spool.request("flush", qid or "ALL")
+        if running and _wait_picked_up(path):
+            print(f"flush of {qid or 'the queue'}: taken up by the server")
+        else:
+            print(f"flush of {qid or 'the queue'}: requested (server not running: "
+                  "done at its next start)")
+        return 0
+    # delete
+    if not spool.env_path(qid).exists():
+        raise SystemExit(f"netsuite: no message {qid} in the queue")
+    if running:
+        path = spool.request("delete", qid)
+        if _wait_picked_up(path):
+            print(f"deleted {qid}")
+            return 0
+        path.unlink(missing_ok=True)
+        raise SystemExit("netsuite: the server did not take up the request; try again")
+    spool.remove(qid)
+    print(f"deleted {qid}")
+    return 0

@@ -1,0 +1,332 @@
+"""
+The outgoing queue against the real daemon: submission with AUTH, relayed to
+an aiosmtpd server on loopback (the remote MX) through a static route.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+import socket
+import threading
+
+import pytest
+from queue_remote import Handler, Remote, free_port
+from rawsmtp import insecure_context
+
+FAST = {"min_backoff": 0.3, "max_backoff": 0.6, "poll_interval": 0.1,
+        "connect_timeout": 5, "command_timeout": 10}
+
+
+@pytest.fixture
+def remote():
+    r = Remote().start()
+    yield r
+    r.stop()
+
+
+def relay_daemon(make_daemon, remote_port: int, **queue):
+    config = {"queue": {**FAST, "routes": {"remote.test": f"127.0.0.1:{remote_port}"},
+                        **queue}}
+    return make_daemon(config=config, listeners=["smtp", "submission", "smtps"],
+                       users={"alice": "alice-pw", "bob": "bob-pw"})
+
+
+def submit(d, rcpts, body: bytes, sender="alice@example.test", user="alice",
+           password="alice-pw", **kw):
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
+                          context=insecure_context()) as s:
+        s.login(user, password)
+        return s.sendmail(sender, rcpts, body, **kw)
+
+
+def message(subject: str, text: str = "hello\r\n") -> bytes:
+    return (f"From: alice@example.test\r\nTo: someone@remote.test\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject}@example.test>\r\n\r\n{text}").encode()
+
+
+def queue_ids(d) -> list[str]:
+    out = d.cli("queue", "list").stdout
+    return [line.split()[0] for line in out.splitlines()
+            if line and not line.startswith((" ", "-", "queue"))]
+
+
+def parse(raw: bytes):
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def dsn_of(d, user: str, timeout: float = 15.0) -> bytes:
+    msgs = d.wait_for(lambda: [m for m in d.messages(user) if b"multipart/report" in m],
+                      timeout)
+    assert msgs, f"no DSN in {user}'s mailbox\n{d.log()[-3000:]}"
+    return msgs[-1]
+
+
+def test_relay_end_to_end(make_daemon, remote):
+    d = relay_daemon(make_daemon, remote.port)
+    body = message("e2e", ".a leading dot\r\nline two\r\n")
+    assert submit(d, ["carol@remote.test", "Dave@Remote.test"], body) == {}
+    msgs = remote.handler.wait(1)
+    assert len(msgs) == 1, d.log()[-3000:]
+    m = msgs[0]
+    assert m["from"] == "alice@example.test"
+    assert sorted(m["to"]) == ["Dave@Remote.test", "carol@remote.test"]
+    content = m["content"]
+    assert content.startswith(b"Received: from ")
+    assert b"with ESMTPSA id" in content
+    assert b"\r\n.a leading dot\r\nline two\r\n" in content
+    assert b"Return-Path" not in content
+    assert d.wait_for(lambda: queue_ids(d) == [] or None, 5) is not None or queue_ids(d) == []
+    assert "sent: id=" in d.log()
+
+
+def test_mx_path_still_refuses_relaying(make_daemon, remote):
+    d = relay_daemon(make_daemon, remote.port)
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        s.mail("spammer@evil.test")
+        code, text = s.rcpt("carol@remote.test")
+    assert code == 554 and text.startswith(b"5.7.1")
+    assert remote.messages == []
+
+
+def test_451_twice_then_250_is_delivered_once(make_daemon, remote):
+    remote.handler.script["slow@remote.test"] = ["451 4.3.0 try later", "451 4.3.0 try later"]
+    d = relay_daemon(make_daemon, remote.port)
+    submit(d, ["slow@remote.test"], message("retry"))
+    msgs = remote.handler.wait(1)
+    assert len(msgs) == 1, d.log()[-3000:]
+    assert remote.handler.rcpt_calls["slow@remote.test"] == 3
+    d.wait_for(lambda: "removed: id=" in d.log(), 5)
+    assert len(remote.messages) == 1
+    assert d.log().count("deferred: id=") == 2
+    assert dsn_free(d, "alice")
+
+
+def dsn_free(d, user: str) -> bool:
+    return not any(b"multipart/report" in m for m in d.messages(user))
+
+
+def test_550_bounces_to_local_sender_others_delivered(make_daemon, remote):
+    remote.handler.script["nobody@remote.test"] = ["550 5.1.1 <nobody@remote.test>: no such user"]
+    d = relay_daemon(make_daemon, remote.port)
+    original = message("bounceme")
+    submit(d, ["nobody@remote.test", "carol@remote.test"], original)
+    msgs = remote.handler.wait(1)
+    assert [m["to"] for m in msgs] == [["carol@remote.test"]]
+    raw = dsn_of(d, "alice")
+    assert raw.startswith(b"Return-Path: <>\n")
+    report = parse(raw)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    parts = report.get_payload()
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    status = parts[1].get_payload()
+    fields = {}
+    for block in status:
+        for k, v in block.items():
+            fields.setdefault(k, []).append(v)
+    assert fields["Reporting-MTA"] == ["dns; mx.test"]
+    assert fields["Final-Recipient"] == ["rfc822; nobody@remote.test"]
+    assert fields["Action"] == ["failed"] and fields["Status"] == ["5.1.1"]
+    assert "550 5.1.1" in fields["Diagnostic-Code"][0]
+    assert "Subject: bounceme" in parts[2].get_payload()
+    assert "carol@remote.test" not in raw.decode()  # only the failed one is reported
+    d.wait_for(lambda: "removed: id=" in d.log(), 5)
+    assert queue_ids(d) == []
+
+
+def test_null_sender_is_never_bounced(make_daemon, remote):
+    remote.handler.script["nobody@remote.test"] = ["550 5.1.1 no such user"]
+    d = relay_daemon(make_daemon, remote.port)
+    submit(d, ["nobody@remote.test"], message("nullsender"), sender="")
+    assert d.wait_for(lambda: "null sender" in d.log(), 10), d.log()[-3000:]
+    assert d.wait_for(lambda: queue_ids(d) == [] or None, 5) or queue_ids(d) == []
+    assert dsn_free(d, "alice")
+    assert remote.messages == []
+
+
+def test_remote_down_then_up(make_daemon):
+    port = free_port()
+    d = relay_daemon(make_daemon, port)
+    submit(d, ["late@remote.test"], message("late"))
+    assert d.wait_for(lambda: d.log().count("deferred: id=") >= 2, 10), d.log()[-3000:]
+    assert len(queue_ids(d)) == 1
+    r = Remote(port).start()
+    try:
+        msgs = r.handler.wait(1, timeout=15)
+        assert len(msgs) == 1 and msgs[0]["to"] == ["late@remote.test"]
+    finally:
+        r.stop()
+    d.wait_for(lambda: queue_ids(d) == [] or None, 5)
+    assert queue_ids(d) == []
+
+
+def test_sigkill_with_200_queued_all_arrive_after_restart(make_daemon):
+    port = free_port()
+    d = relay_daemon(make_daemon, port, min_backoff=0.5, max_backoff=1.0)
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=30,
+                          context=insecure_context()) as s:
+        s.login("alice", "alice-pw")
+        for i in range(200):
+            s.sendmail("alice@example.test", [f"user{i % 7}@remote.test"],
+                       message(f"crash{i}"))
+    d.kill9()
+    r = Remote(port).start()
+    try:
+        d.start()
+        msgs = r.handler.wait(200, timeout=60)
+        subjects = sorted(parse(m["content"])["Subject"] for m in msgs)
+        assert subjects == sorted(f"crash{i}" for i in range(200)), d.log()[-3000:]
+    finally:
+        r.stop()
+    assert "200 message(s) recovered" in d.log()
+
+
+def test_8bit_becomes_quoted_printable_without_8bitmime(make_daemon):
+    r = Remote(handler=Handler(no_8bitmime=True)).start()
+    try:
+        d = relay_daemon(make_daemon, r.port)
+        text = "Grüße aus Köln\r\n.dot line\r\n"
+        body = ("From: alice@example.test\r\nSubject: umlauts\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n"
+                "Content-Transfer-Encoding: 8bit\r\n\r\n" + text).encode()
+        submit(d, ["k@remote.test"], body)
+        msgs = r.handler.wait(1)
+        assert len(msgs) == 1, d.log()[-3000:]
+        content = msgs[0]["content"]
+        assert content.isascii()
+        m = parse(content)
+        assert m["Content-Transfer-Encoding"] == "quoted-printable"
+        assert m.get_payload(decode=True).decode("utf-8").replace("\r\n", "\n") \
+            == text.replace("\r\n", "\n")
+        assert "BODY=8BITMIME" not in msgs[0]["mail_options"]
+    finally:
+        r.stop()
+
+
+def test_8bit_sent_as_is_with_8bitmime(make_daemon, remote):
+    d = relay_daemon(make_daemon, remote.port)
+    body = "Subject: raw\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGrüße\r\n".encode()
+    submit(d, ["k@remote.test"], body)
+    msgs = remote.handler.wait(1)
+    assert "Grüße".encode() in msgs[0]["content"]
+    assert "BODY=8BITMIME" in msgs[0]["mail_options"]
+
+
+def test_mail_loop_is_bounced_not_relayed(make_daemon, remote):
+    d = relay_daemon(make_daemon, remote.port, max_hops=10)
+    hops = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; "
+                   "Mon, 1 Jan 2024 00:00:00 +0000\r\n" for i in range(12))
+    submit(d, ["loop@remote.test"], (hops + "Subject: loop\r\n\r\nx\r\n").encode())
+    raw = dsn_of(d, "alice")
+    assert b"Status: 5.4.6" in raw
+    assert remote.messages == []
+
+
+def test_queue_cli_list_show_flush_delete(make_daemon):
+    port = free_port()
+    d = relay_daemon(make_daemon, port, min_backoff=60, max_backoff=60)
+    submit(d, ["keep@remote.test"], message("keepme"))
+    submit(d, ["drop@remote.test"], message("dropme"))
+    assert d.wait_for(lambda: d.log().count("deferred: id=") >= 2, 10), d.log()[:6000]
+    ids = queue_ids(d)
+    assert len(ids) == 2
+    listing = d.cli("queue", "list").stdout
+    assert "<keep@remote.test>" in listing and "4.4.1 connect to" in listing
+    shown = {i: d.cli("queue", "show", i).stdout for i in ids}
+    keep = next(i for i, text in shown.items() if "keep@remote.test" in text)
+    drop = next(i for i in ids if i != keep)
+    assert "Subject: keepme" in shown[keep] and "sender: <alice@example.test>" in shown[keep]
+    assert "deleted" in d.cli("queue", "delete", drop).stdout
+    assert d.wait_for(lambda: queue_ids(d) == [keep] or None, 5), queue_ids(d)
+    bad = d.cli("queue", "show", "../../etc", check=False)
+    assert bad.returncode != 0 and "not a queue id" in bad.stderr
+    missing = d.cli("queue", "delete", "ABCDEF012345", check=False)
+    assert missing.returncode != 0 and "no message" in missing.stderr
+    r = Remote(port).start()
+    try:
+        # The next retry is a minute away: only the flush gets it out now.
+        out = d.cli("queue", "flush", keep).stdout
+        assert "taken up" in out
+        msgs = r.handler.wait(1, timeout=15)
+        assert [m["to"] for m in msgs] == [["keep@remote.test"]]
+    finally:
+        r.stop()
+    assert d.wait_for(lambda: queue_ids(d) == [] or None, 5) or queue_ids(d) == []
+    assert dsn_free(d, "alice")
+
+
+def test_per_user_hourly_limit(make_daemon, remote):
+    d = relay_daemon(make_daemon, remote.port, messages_per_hour=2)
+    submit(d, ["a@remote.test"], message("one"))
+    submit(d, ["a@remote.test"], message("two"))
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        submit(d, ["a@remote.test"], message("three"))
+    assert e.value.smtp_code == 450 and e.value.smtp_error.startswith(b"4.7.1")
+    # bob has his own allowance; local delivery is not limited
+    submit(d, ["a@remote.test"], message("bob"), sender="bob@example.test", user="bob",
+           password="bob-pw")
+    submit(d, ["bob@example.test"], message("local"))
+    assert len(remote.handler.wait(3)) == 3
+
+
+def test_stalled_remote_times_out_without_blocking_others(make_daemon, remote):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        config = {"queue": {**FAST, "command_timeout": 1, "routes": {
+            "remote.test": f"127.0.0.1:{remote.port}",
+            "stall.test": f"127.0.0.1:{silent.getsockname()[1]}"}}}
+        d = make_daemon(config=config, listeners=["smtps"], users={"alice": "alice-pw"})
+        submit(d, ["x@stall.test"], message("stalled"))
+        submit(d, ["y@remote.test"], message("fine"))
+        assert len(remote.handler.wait(1)) == 1
+        assert d.wait_for(lambda: "timed out waiting for the remote server" in d.log(), 10)
+        assert any("x@stall.test" in line for line in d.cli("queue", "list").stdout.splitlines())
+    finally:
+        stop.set()
+        t.join(2)
+        for c in held:
+            c.close()
+        silent.close()
+
+
+def test_config_errors_name_the_key(make_daemon, tmp_path):
+    d = make_daemon(config={"queue": {"routes": {"remote.test": "not a host:port"}}},
+                    start=False)
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert "queue.routes.remote.test" in str(e.value)
+    d2 = make_daemon(config={"queue": {"smarthost": "relay.test:25",
+                                       "smarthost_user": "u"}}, start=False)
+    with pytest.raises(RuntimeError) as e:
+        d2.start()
+    assert "queue.smarthost_password_file" in str(e.value)
+
+
+def test_disabled_queue_refuses_relaying_clearly(make_daemon, remote):
+    d = make_daemon(config={"queue": {"enabled": False}}, listeners=["smtps"],
+                    users={"alice": "alice-pw"})
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=10,
+                          context=insecure_context()) as s:
+        s.login("alice", "alice-pw")
+        s.mail("alice@example.test")
+        code, text = s.rcpt("someone@remote.test")
+    assert code == 551 and text.startswith(b"5.7.1")
