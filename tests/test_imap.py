@@ -652,3 +652,17 @@ def test_big_fetch_and_search_run_in_batches(daemon):
     assert other.noop()[0] == "OK"
     other.logout()
     m.logout()
+
+
+def test_avatars_provide_twisted_interfaces():
+    from twisted.mail import imap4, pop3
+    from zope.interface.verify import verifyClass
+
+    from netsuite.imap.account import ImapAccount
+    from netsuite.imap.mailbox import SessionMailbox
+    from netsuite.pop3.mailbox import POP3Mailbox
+
+    assert verifyClass(imap4.IAccount, ImapAccount)
+    assert verifyClass(imap4.INamespacePresenter, ImapAccount)
+    assert verifyClass(imap4.IMailbox, SessionMailbox)
+    assert verifyClass(pop3.IMailbox, POP3Mailbox)
