@@ -666,3 +666,19 @@ def test_avatars_provide_twisted_interfaces():
     assert verifyClass(imap4.INamespacePresenter, ImapAccount)
     assert verifyClass(imap4.IMailbox, SessionMailbox)
     assert verifyClass(pop3.IMailbox, POP3Mailbox)
+
+
+def test_plaintext_allowed_by_config(make_daemon):
+    d = make_daemon(listeners=["imap", "pop3"], users=USERS,
+                    config={"server": {"allow_plaintext_auth": True}})
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=10)
+    assert "LOGINDISABLED" not in m.capabilities and "AUTH=PLAIN" in m.capabilities
+    assert m.login("alice", "wonderland")[0] == "OK"
+    m.logout()
+    import poplib
+
+    p = poplib.POP3("127.0.0.1", d.port("pop3"), timeout=10)
+    assert "USER" in p.capa()
+    p.user("alice")
+    assert p.pass_("wonderland").startswith(b"+OK")
+    p.quit()
