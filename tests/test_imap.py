@@ -682,3 +682,17 @@ def test_plaintext_allowed_by_config(make_daemon):
     p.user("alice")
     assert p.pass_("wonderland").startswith(b"+OK")
     p.quit()
+
+
+def test_connection_caps_send_the_busy_lines(make_daemon):
+    d = make_daemon(listeners=["imap", "pop3"], users=USERS,
+                    config={"imap": {"max_connections_per_address": 1},
+                            "pop3": {"max_connections": 1}})
+    for name, busy in (("imap", b"* BYE Too many connections\r\n"),
+                       ("pop3", b"-ERR [SYS/TEMP] Too many connections\r\n")):
+        first = socket.create_connection(("127.0.0.1", d.port(name)), timeout=10)
+        assert first.makefile("rb").readline()
+        second = socket.create_connection(("127.0.0.1", d.port(name)), timeout=10)
+        assert second.makefile("rb").read() == busy
+        second.close()
+        first.close()
