@@ -198,11 +198,13 @@ def test_uidl_stable_across_sessions_and_flag_changes(daemon):
     put(daemon, "alice", b"Subject: b\n\ny\n")
     p = login(daemon)
     first = p.uidl()[1]
+    p.top(2, 0)  # TOP does not make a message \Seen
     p.retr(1)
     p.quit()  # RETR sets \Seen at QUIT: the file is renamed into cur/ with :2,S
     cur = list((daemon.maildir("alice") / "cur").iterdir())
     assert daemon.wait_for(lambda: any(x.name.endswith(":2,S")
                                        for x in (daemon.maildir("alice") / "cur").iterdir()))
+    assert len(list((daemon.maildir("alice") / "new").iterdir())) == 1  # the TOP one
     p = login(daemon)
     assert p.uidl()[1] == first
     assert len(set(first)) == 2

@@ -72,11 +72,12 @@ class POP3Mailbox:
     def getMessage(self, i: int):
         return io.BytesIO(self.wire(i))
 
-    def wire(self, i: int) -> bytes:
+    def wire(self, i: int, retrieve: bool = True) -> bytes:
         """The message with CRLF line ends; KeyError if it vanished from disk."""
         msg = self._check(i)
         data = self.folder.read_wire(msg)
-        self.retrieved.add(i)
+        if retrieve:
+            self.retrieved.add(i)  # RETR, not TOP, makes it \Seen at QUIT
         return data
 
     def getUidl(self, i: int) -> bytes:

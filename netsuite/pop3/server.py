@@ -280,9 +280,9 @@ class POP3Server(pop3.POP3):
                  for n in range(len(self.mbox.messages)) if n not in self.mbox.deleted]
         self.transport.write(wire.ok("Unique-id list follows") + b"".join(lines) + b".\r\n")
 
-    def _send(self, i: int, transform) -> None:
+    def _send(self, i: int, transform, retrieve: bool = True) -> None:
         try:
-            data = self.mbox.wire(i)
+            data = self.mbox.wire(i, retrieve)
         except KeyError:
             self.transport.write(wire.err("Message was removed by another session"))
             return
@@ -297,7 +297,7 @@ class POP3Server(pop3.POP3):
         i = self._number(arg)
         if not lines.isdigit() or len(lines) > 9:
             raise wire.CommandError("Invalid line count")
-        self._send(i, lambda data: wire.top(data, int(lines)))
+        self._send(i, lambda data: wire.top(data, int(lines)), retrieve=False)
 
     def pop3_DELE(self, arg):
         i = self._number(arg)
