@@ -9,6 +9,7 @@ import imaplib
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,13 @@ ITEMS = ["BODYSTRUCTURE", "ENVELOPE", "BODY", "RFC822.SIZE", "BODY.PEEK[1]", "BO
 
 
 @pytest.fixture
-def servers(tmp_path_factory):
+def servers():
     import mail_read_bench as mb
 
-    work = tmp_path_factory.mktemp("interop")
+    # Dovecot's auth and mail processes run as other users: a directory they can
+    # enter (pytest's temporary directories are private).
+    work = Path(tempfile.mkdtemp(prefix="netsuite-interop-"))
     work.chmod(0o755)
-    for p in work.parents:
-        if str(p).startswith("/tmp/"):
-            p.chmod(0o755)
     for root in ("ours", "theirs"):
         box = work / root / "bench"
         for sub in ("cur", "new", "tmp"):
@@ -60,9 +60,12 @@ def servers(tmp_path_factory):
     subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
     dovecot = mb.Dovecot(work / "dovecot", work / "theirs", ["bench"]).start()
     ours = mb.start_netsuite(work / "netsuite", work / "ours", ["bench"])
-    yield ours, dovecot, work, mb
-    ours.stop()
-    dovecot.stop()
+    try:
+        yield ours, dovecot, work, mb
+    finally:
+        ours.stop()
+        dovecot.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def answers(port: int, password: str) -> list:
