@@ -233,3 +233,15 @@ def test_store_provides_its_interface(store):
     from netsuite.store import IMailStore
 
     assert verifyObject(IMailStore, store)
+
+
+def test_odd_file_names_are_skipped(store, tmp_path):
+    deliver(store, "alice", b"x\n")
+    root = tmp_path / "mail" / "alice"
+    (root / "cur" / "bad\tname:2,S").write_bytes(b"y\n")
+    (root / "cur" / "bad\nname").write_bytes(b"y\n")
+    (root / "cur" / ".hidden").write_bytes(b"y\n")
+    f = store.folder("alice")
+    f.refresh(force=True)
+    assert len(f.messages) == 1
+    assert len(MaildirStore(tmp_path / "mail").folder("alice").messages) == 1

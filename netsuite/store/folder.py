@@ -290,7 +290,10 @@ class Folder:
                 self.save()
             return Changes()
         now_ns = int(self.clock() * 1e9)
-        disk = {sub: {n for n in os.listdir(self.path / sub) if n[:1] != "."}
+        # Dot files are not messages; names with tabs or newlines cannot be
+        # indexed (no Maildir writer makes them) and are left alone.
+        disk = {sub: {n for n in os.listdir(self.path / sub)
+                      if n[:1] != "." and "\t" not in n and "\n" not in n}
                 for sub in ("new", "cur")}
         known = self._known()
         # Set differences (in C) find what changed; Python looks only at those.
