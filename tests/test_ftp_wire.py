@@ -214,3 +214,52 @@ def test_config_defaults_validate():
     assert FTPConfig().tls_max_version == "1.2"
     assert FTPConfig().require_tls is None
     assert os.sep == "/"
+
+
+# -- the jailed shell, directly ----------------------------------------------------------------
+
+
+def _result(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "the shell answers synchronously"
+    return out[0]
+
+
+def test_shell_interface_and_jail(tmp_path):
+    from twisted.protocols import ftp
+    from twisted.python.failure import Failure
+    from zope.interface.verify import verifyObject
+
+    from netsuite.ftp.shell import INetsuiteFTPShell, JailedShell
+
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    (root / "dir" / "f.txt").write_bytes(b"data")
+    (tmp_path / "secret").write_bytes(b"s")
+    (root / "out").symlink_to(tmp_path)
+    (root / "in").symlink_to("dir")
+    shell = JailedShell(root)
+    assert verifyObject(INetsuiteFTPShell, shell)
+    assert [e.name for e in _result(shell.entries([]))] == ["dir", "in"]
+    assert _result(shell.entry(["in", "f.txt"])).size == 4
+    for bad in (["out", "secret"], ["out"], ["..", "secret"], ["a/b"], ["x\0"]):
+        f = _result(shell.entry(bad))
+        assert isinstance(f, Failure) and f.check(ftp.FTPCmdError), bad
+    f = _result(shell.openForWriting(["out", "planted"]))
+    assert isinstance(f, Failure) and f.check(ftp.PermissionDeniedError)
+    upload = _result(shell.openForWriting(["dir", "new.txt"]))
+    upload.write(b"half")
+    assert not (root / "dir" / "new.txt").exists()
+    upload.abort()
+    assert sorted(p.name for p in (root / "dir").iterdir()) == ["f.txt"]
+    ro = JailedShell(root, writable=False, upload_dir=["dir"])
+    for d in (ro.removeFile(["dir", "f.txt"]), ro.makeDirectory(["x"]),
+              ro.rename(["dir"], ["y"]), ro.openForWriting(["dir", "f.txt"]),
+              ro.openForWriting(["elsewhere.txt"]), ro.entries(["dir"]),
+              ro.openForReading(["dir", "f.txt"])):
+        f = _result(d)
+        assert isinstance(f, Failure) and f.check(ftp.FTPCmdError)
+    drop = _result(ro.openForWriting(["dir", "drop.txt"]))
+    assert drop.name == "drop.txt"
+    drop.abort()

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, implementer
 
 from netsuite.ftp.wire import Entry
 
@@ -45,15 +45,24 @@ class INetsuiteFTPShell(ftp.IFTPShell):
     Methods return Deferreds, as C{IFTPShell}'s do.
     """
 
+    writable = Attribute("Whether this session may change the tree (anonymous: no).")
+
     def entries(path):
         """Deferred list of L{Entry} for a directory, or one for a file."""
 
     def entry(path):
         """Deferred L{Entry} for one path (for MLST, SIZE, MDTM, STAT)."""
 
+    def openForReading(path, offset=0):
+        """Deferred L{IReadFile} positioned at C{offset} (REST)."""
 
-def _fail(exc: Exception) -> defer.Deferred:
-    return defer.fail(exc)
+    def openForWriting(path, offset=0, append=False, unique=False):
+        """
+        Deferred L{IWriteFile} that is also an C{IConsumer}: C{close()} makes
+        the upload final, C{abort()} discards it, C{name} and C{received} say
+        what is being written.  C{offset} (REST) and C{append} (APPE) write in
+        place; C{unique} (STOU) picks a new name beside C{path}.
+        """
 
 
 def _errno_failure(e: OSError, path: list[str]) -> defer.Deferred:
@@ -137,7 +146,7 @@ class JailedShell:
         try:
             return defer.succeed(fn())
         except ftp.FTPCmdError as e:
-            return _fail(e)
+            return defer.fail(e)
         except OSError as e:
             return _errno_failure(e, path)
         except Exception:
