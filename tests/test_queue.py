@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import smtplib
 import socket
+import ssl
 import threading
 
 import pytest
-from queue_remote import Handler, Remote, free_port
+
+try:
+    import aiosmtpd  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("aiosmtpd (pip) is the remote MX of these tests", allow_module_level=True)
+
+from queue_remote import Handler, Remote, free_port  # noqa: E402
 from rawsmtp import insecure_context
 
 FAST = {"min_backoff": 0.3, "max_backoff": 0.6, "poll_interval": 0.1,
@@ -330,3 +340,56 @@ def test_disabled_queue_refuses_relaying_clearly(make_daemon, remote):
         s.mail("alice@example.test")
         code, text = s.rcpt("someone@remote.test")
     assert code == 551 and text.startswith(b"5.7.1")
+
+
+def test_smarthost_with_starttls_and_auth(make_daemon, tmp_path):
+    from aiosmtpd.smtp import AuthResult
+
+    from netsuite.tls import write_self_signed
+
+    cert, key = tmp_path / "relay.pem", tmp_path / "relay.key"
+    write_self_signed("localhost", cert, key)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((mechanism, auth_data.login, session.ssl is not None))
+        ok = (auth_data.login, auth_data.password) == (b"relayuser", b"s3cret pass")
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
+
+    relay = Remote(tls_context=tls, require_starttls=True, authenticator=authenticator,
+                   auth_require_tls=True).start()
+    try:
+        secret = tmp_path / "smarthost.pw"
+        secret.write_text("s3cret pass\n")
+        d = make_daemon(config={"queue": {
+            **FAST, "smarthost": f"localhost:{relay.port}", "smarthost_user": "relayuser",
+            "smarthost_password_file": str(secret), "smarthost_ca_file": str(cert)}},
+            listeners=["smtps"], users={"alice": "alice-pw"})
+        submit(d, ["far@elsewhere.test", "other@third.test"], message("viasmarthost"))
+        msgs = relay.handler.wait(1)
+        assert len(msgs) == 1, d.log()[-3000:]
+        assert msgs[0]["tls"] and msgs[0]["auth"]
+        assert sorted(msgs[0]["to"]) == ["far@elsewhere.test", "other@third.test"]
+        assert logins and all(tls_on for _m, _l, tls_on in logins)
+
+        # A wrong password is a temporary failure: the message waits in the queue.
+        secret.write_text("wrong\n")
+        d.restart()
+        submit(d, ["far@elsewhere.test"], message("wrongpw"))
+        assert d.wait_for(lambda: "deferred: id=" in d.log(), 10), d.log()[-3000:]
+        assert "535" in d.cli("queue", "list").stdout, d.log()[-5000:]
+        assert len(relay.messages) == 1
+    finally:
+        relay.stop()
+
+
+def test_smarthost_require_tls_without_starttls_defers(make_daemon, remote, tmp_path):
+    d = make_daemon(config={"queue": {**FAST, "smarthost": f"127.0.0.1:{remote.port}",
+                                      "smarthost_require_tls": True}},
+                    listeners=["smtps"], users={"alice": "alice-pw"})
+    submit(d, ["far@elsewhere.test"], message("needtls"))
+    assert d.wait_for(lambda: "deferred: id=" in d.log(), 10), d.log()[-3000:]
+    assert remote.messages == []
+    assert "TLS" in d.cli("queue", "list").stdout

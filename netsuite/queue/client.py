@@ -38,7 +38,8 @@ class JobSource(Protocol):
 class QueueClient(smtp.ESMTPClient):
     """One connection to one remote server, carrying as many jobs as the source gives."""
 
-    debug = True
+    #: Twisted's transcript would keep the AUTH exchange in memory: off.
+    debug = False
 
     def __init__(self, source: JobSource, identity: bytes, remote: str,
                  secret: bytes | None = None, username: bytes | None = None,
@@ -56,6 +57,12 @@ class QueueClient(smtp.ESMTPClient):
         self.job = None
         self._error: str | None = None
         self.delivered = 0
+        #: The verb of the last command sent, for error messages ("after RCPT").
+        self.last_command = "the greeting"
+
+    def sendLine(self, line: bytes) -> None:
+        self.last_command = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        super().sendLine(line)
 
     # -- session set-up (Twisted's, with the capabilities kept) --------------------
 
@@ -74,7 +81,7 @@ class QueueClient(smtp.ESMTPClient):
                    else _text(resp))
 
     def timeoutConnection(self):
-        self._fail("timed out waiting for the remote server")
+        self._fail(f"timed out waiting for the remote server after {self.last_command}")
 
     def _fail(self, error: str) -> None:
         if self._error is None:
@@ -121,7 +128,7 @@ class QueueClient(smtp.ESMTPClient):
             return
         size = len(self._payload) if b"SIZE" in ext else None
         self._cmds = [wire.mail_command(job.sender.encode("utf-8"), size,
-                                        eightbit and job.eightbit, smtputf8)]
+                                        eightbit, smtputf8)]
         self._cmds += [wire.rcpt_command(r.encode("utf-8")) for r in job.addresses]
         self._cmds.append(b"DATA")
         self._replies: list[Reply] = []
@@ -129,8 +136,7 @@ class QueueClient(smtp.ESMTPClient):
         self._expected = range(0, 1000)
         self._okresponse = self._failresponse = self._on_reply
         if self._pipelining:
-            for line in self._cmds:
-                self.log.append(b">>> " + line)
+            self.last_command = "MAIL/RCPT/DATA"
             self.transport.write(b"\r\n".join(self._cmds) + b"\r\n")
         else:
             self.sendLine(self._cmds[0])
@@ -156,6 +162,7 @@ class QueueClient(smtp.ESMTPClient):
         if code == 354:
             self._okresponse = self._failresponse = self._on_final
             if mail_ok and accepted:
+                self.last_command = "end of data"
                 self.transport.write(self._payload)
             else:  # RFC 2920 3.1: a server that says 354 anyway gets an empty message
                 self.transport.write(b".\r\n")

@@ -421,7 +421,7 @@ class QueueRunner(service.Service):
             return
         jobs, dest.jobs = list(dest.jobs), deque()
         for job in jobs:
-            self.job_done(job, {a: reply for a in job.addresses}, str(dest.route))
+            self.job_done(job, {a: reply for a in job.addresses}, "-")
 
     def _tls_for(self, route: Route, host: str):
         if route.ca_file:
@@ -523,7 +523,8 @@ class QueueRunner(service.Service):
             log.info("no notification for id={id}: null sender", id=env.id)
             return defer.succeed(None)
         items = [bounce.Failed(r.address, action, _dsn_status(r.status, action),
-                               r.last_error or "unknown error", r.remote or None,
+                               r.last_error or "unknown error",
+                               _remote_host(r.remote),
                                r.last_attempt or None)
                  for r in recipients]
         try:
@@ -625,6 +626,13 @@ def _addr(address: Any) -> str:
 def _reason(f: Failure) -> str:
     v = f.value
     return getattr(v, "osError", None) and str(v.osError) or str(v) or f.type.__name__
+
+
+def _remote_host(remote: str) -> str | None:
+    """C{"mx.example:25"} -> C{"mx.example"}; C{"-"} (never reached) -> None."""
+    if not remote or remote == "-":
+        return None
+    return remote.rpartition(":")[0] or remote
 
 
 def _status(reply: Reply) -> str:

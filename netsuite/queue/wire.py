@@ -163,5 +163,5 @@ def backoff(attempts: int, minimum: float, maximum: float) -> float:
 def ascii_text(text: str, limit: int = 900) -> str:
     """A reply or error made safe for a header or DSN field: printable ASCII, one line."""
     text = " ".join(text.split())
-    text = text.encode("ascii", "replace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
     return text[:limit]
