@@ -393,3 +393,31 @@ def test_smarthost_require_tls_without_starttls_defers(make_daemon, remote, tmp_
     assert d.wait_for(lambda: "deferred: id=" in d.log(), 10), d.log()[-3000:]
     assert remote.messages == []
     assert "TLS" in d.cli("queue", "list").stdout
+
+
+def test_delay_warning_then_expiry_bounce(make_daemon):
+    port = free_port()
+    d = relay_daemon(make_daemon, port, delay_warning=0.5, lifetime=2.5)
+    submit(d, ["never@remote.test"], message("expires"))
+    warning = dsn_of(d, "alice")
+    assert b"Action: delayed" in warning and b"Status: 4.4.1" in warning
+    assert b"Subject: Delayed Mail" in warning
+    assert len(queue_ids(d)) == 1  # still being retried
+    final = d.wait_for(lambda: [m for m in d.messages("alice") if b"Action: failed" in m], 15)
+    assert final, d.log()[-3000:]
+    assert b"Status: 5.4.7" in final[0] and b"message expired" in final[0]
+    assert b"Subject: expires" in final[0]
+    assert queue_ids(d) == []
+    assert sum(b"multipart/report" in m for m in d.messages("alice")) == 2  # one each
+
+
+def test_bounce_for_remote_sender_goes_out_through_the_queue(make_daemon, remote):
+    remote.handler.script["nobody@remote.test"] = ["550 5.1.1 no such user"]
+    d = relay_daemon(make_daemon, remote.port)
+    submit(d, ["nobody@remote.test"], message("fromafar"), sender="alice@remote.test")
+    msgs = remote.handler.wait(1)
+    assert len(msgs) == 1, d.log()[-3000:]
+    assert msgs[0]["from"] == "<>" or msgs[0]["from"] == ""
+    assert msgs[0]["to"] == ["alice@remote.test"]
+    assert b"multipart/report" in msgs[0]["content"]
+    assert b"Final-Recipient: rfc822; nobody@remote.test" in msgs[0]["content"]

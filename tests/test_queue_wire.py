@@ -203,3 +203,21 @@ def test_client_stalled_server_is_aborted():
     client.connectionLost(None)
     [(job, error)] = source.lost
     assert job is not None and "timed out" in error and "MAIL/RCPT/DATA" in error
+
+
+def test_routes_static_then_smarthost_then_literal_then_mx():
+    from netsuite.config import load_dataclass
+    from netsuite.queue.runner import route_for
+    from netsuite.queue.service import QueueConfig
+
+    plain = load_dataclass(QueueConfig, {"routes": {"Static.Test.": "10.0.0.1:2525"}})
+    assert route_for(plain, "static.test").key == "route:10.0.0.1:2525"
+    mx = route_for(plain, "Example.ORG")
+    assert mx.mx_domain == "example.org" and mx.host is None
+    lit = route_for(plain, "[192.0.2.7]")
+    assert (lit.host, lit.port) == ("192.0.2.7", 25)
+    smart = load_dataclass(QueueConfig, {"smarthost": "relay.test",
+                                         "routes": {"static.test": "h:1"}})
+    r = route_for(smart, "anything.test")
+    assert (r.key, r.host, r.port, r.require_tls) == ("smarthost", "relay.test", 587, False)
+    assert route_for(smart, "static.test").host == "h"
