@@ -10,7 +10,6 @@ import email.utils
 import re
 from email.header import decode_header, make_header
 
-from netsuite.imap.wire import flags as render_flags  # noqa: F401  (re-export for callers)
 from netsuite.imap.wire import string
 
 _FOLD = re.compile(rb"\r\n[ \t]")

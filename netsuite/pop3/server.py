@@ -13,7 +13,7 @@ dot-stuffing; Twisted's chunked stuffer misses dots at chunk boundaries).
 from __future__ import annotations
 
 from twisted.cred import credentials, error as cred_error
-from twisted.internet import defer, interfaces
+from twisted.internet import interfaces
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import pop3
