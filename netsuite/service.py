@@ -181,18 +181,19 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
             continue
         kind = protocols.FACTORIES[name]
         implicit_tls = LISTENERS[name][1]
-        factory = kind.build(ctx, name)
         total, per = _limits_for(config, name)
+        # One cap per listener, shared by its endpoints, and inside TLS so that a
+        # TLS client can read the busy line.
+        limited = ConnectionLimits(kind.build(ctx, name), total, per, kind.busy)
         for i, description in enumerate(endpoints_):
             try:
                 ep, wrap = server_endpoint(ctx, description, implicit_tls)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(f"bad endpoint {description!r}: {e}",
                                   f"listen.{name}[{i}]", config.path)
-            f: IProtocolFactory = factory
+            f: IProtocolFactory = limited
             if wrap:
-                f = TLSMemoryBIOFactory(ctx.tls, False, f)
-            f = ConnectionLimits(f, total, per, kind.busy)
+                f = TLSMemoryBIOFactory(ctx.tls, False, limited)
             svc = ListenerService(name, description, ep, f)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)

@@ -328,3 +328,16 @@ def test_configured_certificate_key_and_chain(make_daemon, tmp_path):
         s._host = "mail.example.test"
         s.starttls(context=ctx)
         assert s.noop()[0] == 250
+
+
+def test_busy_line_on_an_implicit_tls_listener_is_inside_tls(make_daemon):
+    d = make_daemon(listeners=["smtps"], config={"smtp": {"max_connections_per_address": 1}})
+    first = socket.create_connection(("127.0.0.1", d.port("smtps")), timeout=10)
+    first = insecure_context().wrap_socket(first)
+    assert first.recv(100).startswith(b"220 ")
+    try:
+        with socket.create_connection(("127.0.0.1", d.port("smtps")), timeout=10) as raw:
+            with insecure_context().wrap_socket(raw) as second:
+                assert second.recv(100).startswith(b"421 4.7.0 Too many connections")
+    finally:
+        first.close()
