@@ -221,3 +221,52 @@ def test_routes_static_then_smarthost_then_literal_then_mx():
     r = route_for(smart, "anything.test")
     assert (r.key, r.host, r.port, r.require_tls) == ("smarthost", "relay.test", 587, False)
     assert route_for(smart, "static.test").host == "h"
+
+
+def test_mx_lookup_by_preference_with_address_fallback_and_nxdomain(tmp_path):
+    from types import SimpleNamespace
+
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+    from twisted.mail.relaymanager import MXCalculator
+    from twisted.names import dns, error
+
+    from netsuite.config import load_dataclass
+    from netsuite.queue.runner import PermanentRouteError, QueueRunner, route_for
+    from netsuite.queue.service import QueueConfig
+
+    class Resolver:
+        def lookupMailExchange(self, name, timeout=None):
+            if name == "two.test":
+                return defer.succeed(([
+                    dns.RRHeader(name=name, type=dns.MX, payload=dns.Record_MX(20, b"b.mx.test")),
+                    dns.RRHeader(name=name, type=dns.MX, payload=dns.Record_MX(10, b"a.mx.test")),
+                ], [], []))
+            if name == "servfail.test":
+                return defer.fail(error.DNSServerError(name))
+            return defer.fail(error.DNSNameError(name))
+
+        def getHostByName(self, name, timeout=None):
+            if name == "bare.test":
+                return defer.succeed("192.0.2.9")
+            return defer.fail(error.DNSNameError(name))
+
+    settings = load_dataclass(QueueConfig, {})
+    ctx = SimpleNamespace(reactor=Clock(), realm=None, config=SimpleNamespace(
+        server=SimpleNamespace(hostname="mx.test"), data_dir=tmp_path))
+    runner = QueueRunner(ctx, settings)
+    runner._mx = MXCalculator(resolver=Resolver(), clock=ctx.reactor)
+
+    def resolve(domain):
+        results = []
+        runner._resolve(route_for(settings, domain)).addBoth(results.append)
+        return results[0]
+
+    assert resolve("two.test") == ("a.mx.test", 25)
+    runner._mx.markBad("a.mx.test")
+    assert resolve("two.test") == ("b.mx.test", 25)
+    assert resolve("bare.test") == ("192.0.2.9", 25)  # no MX: the address itself
+    nx = resolve("nowhere.test")
+    assert nx.check(PermanentRouteError) and "5.1.2" in str(nx.value)
+    temporary = resolve("servfail.test")
+    assert temporary.check(error.DNSServerError)

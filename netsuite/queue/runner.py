@@ -381,9 +381,12 @@ class QueueRunner(service.Service):
             return (name, 25)
 
         def failed(f: Failure):
+            from twisted.internet.error import DNSLookupError
             from twisted.names.error import DNSNameError
 
-            if f.check(DNSNameError):
+            # MXCalculator turns "no MX and no address" (NXDOMAIN) into
+            # DNSLookupError; a server failure or timeout stays temporary.
+            if f.check(DNSNameError, DNSLookupError):
                 raise PermanentRouteError(f"5.1.2 Host or domain name not found: "
                                           f"{route.mx_domain}")
             return f
