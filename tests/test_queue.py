@@ -421,3 +421,26 @@ def test_bounce_for_remote_sender_goes_out_through_the_queue(make_daemon, remote
     assert msgs[0]["to"] == ["alice@remote.test"]
     assert b"multipart/report" in msgs[0]["content"]
     assert b"Final-Recipient: rfc822; nobody@remote.test" in msgs[0]["content"]
+
+
+@pytest.mark.parametrize("remote_utf8", [True, False])
+def test_smtputf8_recipient(make_daemon, remote_utf8):
+    r = Remote(enable_SMTPUTF8=remote_utf8).start()
+    try:
+        d = relay_daemon(make_daemon, r.port)
+        with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
+                              context=insecure_context()) as s:
+            s.login("alice", "alice-pw")
+            s.command_encoding = "utf-8"
+            s.sendmail("alice@example.test", ["jörg@remote.test"], message("utf8"),
+                       mail_options=["SMTPUTF8"])
+        if remote_utf8:
+            msgs = r.handler.wait(1)
+            assert [m["to"] for m in msgs] == [["jörg@remote.test"]], d.log()[-3000:]
+            assert "SMTPUTF8" in msgs[0]["mail_options"]
+        else:
+            raw = dsn_of(d, "alice")
+            assert b"Status: 5.6.7" in raw
+            assert r.messages == []
+    finally:
+        r.stop()
