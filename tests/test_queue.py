@@ -444,3 +444,24 @@ def test_smtputf8_recipient(make_daemon, remote_utf8):
             assert r.messages == []
     finally:
         r.stop()
+
+
+@pytest.mark.parametrize("reuse", [5.0, 0])
+def test_connection_kept_for_the_next_message(make_daemon, remote, reuse):
+    d = relay_daemon(make_daemon, remote.port, connection_reuse_time=reuse)
+    submit(d, ["one@remote.test"], message("first"))
+    remote.handler.wait(1)
+    submit(d, ["two@remote.test"], message("second"))
+    assert len(remote.handler.wait(2)) == 2
+    assert len(remote.handler.ehlo_seen) == (1 if reuse else 2)
+
+
+def test_big_message_spilled_to_disk_arrives_intact(make_daemon, remote):
+    d = relay_daemon(make_daemon, remote.port)
+    lines = "".join(f"{i:07d} {'x' * 70}\r\n" for i in range(20000))  # ~1.6 MB
+    body = message("big", lines)
+    submit(d, ["big@remote.test"], body)
+    msgs = remote.handler.wait(1)
+    assert len(msgs) == 1, d.log()[-3000:]
+    assert msgs[0]["content"].endswith(body)
+    assert not list((d.data_dir / "queue" / "tmp").iterdir())

@@ -104,16 +104,20 @@ def test_spool_commit_update_recover(tmp_path):
     spool.add(env, b"Subject: x\n\nbody\n")
     env.recipients[0].state = "sent"
     assert spool.update(env)
-    # Crash leftovers: a message never acknowledged, a half-written update, junk envelope.
-    (spool.active / "DEAD00000000.msg").write_bytes(b"partial")
+    assert spool.read_message(env.id) == b"Subject: x\n\nbody\n"
+    # Crash leftovers: a message never acknowledged (.new), a spilled body, a
+    # half-written update, an envelope whose removal was cut short, a broken file.
+    (spool.active / "DEAD00000000.new").write_bytes(b"partial")
+    (spool.tmp / "0123abcd").write_bytes(b"spilled")
     (spool.active / f"{env.id}.env.tmp").write_bytes(b"{")
-    (spool.active / "BAD000000000.env").write_bytes(b"{not json")
-    (spool.active / "BAD000000000.msg").write_bytes(b"x")
+    (spool.active / "GONE00000000.env").write_bytes(b"{}")
+    (spool.active / "BAD000000000.msg").write_bytes(b"{not json\nSubject: x\n")
     recovered = spool.recover()
     assert [e.id for e in recovered] == [env.id]
-    assert recovered[0].recipients[0].state == "sent"
+    assert recovered[0].recipients[0].state == "sent"  # the .env wins over the first line
     assert sorted(os.listdir(spool.active)) == [f"{env.id}.env", f"{env.id}.msg"]
-    assert sorted(os.listdir(spool.corrupt)) == ["BAD000000000.env", "BAD000000000.msg"]
+    assert os.listdir(spool.corrupt) == ["BAD000000000.msg"]
+    assert os.listdir(spool.tmp) == []
     assert spool.remove(env.id) and not spool.remove(env.id)
     assert spool.new_id(b" id 00AABBCCDDEE") == "00AABBCCDDEE"  # free again
     json.loads(env.to_json())

@@ -24,6 +24,10 @@ from netsuite.queue.wire import Reply
 
 log = Logger(namespace="netsuite.queue")
 
+#: What L{JobSource.next_job} returns to keep a connection open, idle, for
+#: the next message to the same destination (Postfix's connection cache).
+IDLE = object()
+
 
 class JobSource(Protocol):
     """What a client connection takes its messages from (the runner's destination)."""
@@ -102,11 +106,29 @@ class QueueClient(smtp.ESMTPClient):
     def smtpState_from(self, code, resp):
         """Ready for a message: after EHLO/STARTTLS/AUTH, and after each message."""
         job = self.source.next_job(self)
+        if job is IDLE:
+            self.setTimeout(None)
+            self._expected = range(0, 1000)
+            self._okresponse = self._failresponse = self._spoke_while_idle
+            return
         if job is None:
             self._disconnectFromServer()
             return
         self.job = job
         self._start(job)
+
+    def wake(self) -> None:
+        """An idle connection gets work: start the next message."""
+        self.setTimeout(self.timeout)
+        self.smtpState_from(250, b"")
+
+    def quit_idle(self) -> None:
+        self.setTimeout(self.timeout)
+        self._disconnectFromServer()
+
+    def _spoke_while_idle(self, code: int, resp: bytes) -> None:
+        """A server closing an idle connection (421 timeout, say): just go."""
+        self.transport.loseConnection()
 
     def _start(self, job) -> None:
         ext = self.extensions

@@ -8,10 +8,11 @@ MultiService; the realm reaches it as C{realm.queue}.
 
 from __future__ import annotations
 
-import os
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -19,13 +20,19 @@ from twisted.internet import defer, endpoints, ssl, task, threads
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from netsuite.queue import bounce, wire
-from netsuite.queue.client import QueueClient, QueueClientFactory
+from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
 from netsuite.queue.spool import FAILED, PENDING, SENT, Envelope, Recipient, Spool
 from netsuite.queue.wire import Reply
 
 log = Logger(namespace="netsuite.queue")
+
+#: Threads for the queue's disk work (each mostly waits in fsync).
+DISK_THREADS = 20
+#: Messages up to this size are kept in memory until committed.
+SPILL = 1 << 20
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -104,6 +111,8 @@ class Destination:
     #: Connections open or being opened, and those of them that are open.
     connections: int = 0
     established: int = 0
+    #: Open connections waiting for the next message, with their expiry calls.
+    idle: dict = field(default_factory=dict)
 
 
 class PermanentRouteError(Exception):
@@ -116,7 +125,11 @@ class PermanentRouteError(Exception):
 class QueueWriter:
     """
     The file-like object C{realm.relay()} returns: C{write} lines (LF),
-    C{commit()} fires once message and envelope are on disk, C{abort()}.
+    C{commit()} fires once the message is on disk, C{abort()}.
+
+    The message is kept in memory up to L{SPILL} bytes (and handed to the
+    first delivery attempt without a re-read); a bigger one is spilled to
+    C{queue/tmp/} as it arrives.
     """
 
     def __init__(self, runner: "QueueRunner", sender: str, recipients: list[str],
@@ -129,9 +142,11 @@ class QueueWriter:
         self.hops = 0
         self.eightbit = False
         self._in_headers = True
-        self._head: list[bytes] = []
-        self._file = None
-        self.qid: str | None = None
+        self._chunks: list[bytes] = []
+        #: The first bytes, where the SMTP server's Received header names the id.
+        self._head = b""
+        self._spill = None
+        self._spill_path: Path | None = None
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -142,46 +157,43 @@ class QueueWriter:
                 self._in_headers = False
             elif data[:9].lower() == b"received:":
                 self.hops += 1
-        if self._file is None:
-            self._head.append(data)
-            if len(self._head) < 3 and self.size < 4096 and self._in_headers:
-                return
-            self._open()
-        else:
-            self._file.write(data)
-
-    def _open(self) -> None:
-        head, self._head = b"".join(self._head), []
-        spool = self.runner.spool
-        self.qid = spool.new_id(head)
-        self._file = open(spool.msg_path(self.qid), "xb", buffering=65536)
-        self._file.write(head)
+        if len(self._head) < 1024:
+            self._head += data[:1024]
+        if self._spill is not None:
+            self._spill.write(data)
+            return
+        self._chunks.append(data)
+        if self.size > SPILL:
+            self._spill_path = self.runner.spool.tmp / secrets.token_hex(8)
+            self._spill = open(self._spill_path, "xb", buffering=1 << 16)
+            self._spill.write(b"".join(self._chunks))
+            self._chunks = []
 
     def commit(self) -> defer.Deferred:
-        if self._file is None:
-            self._open()
-        f, self._file = self._file, None
-        env = Envelope(id=self.qid, sender=self.sender,
+        spool = self.runner.spool
+        content = b"".join(self._chunks)
+        self._chunks = []
+        spill, self._spill = self._spill, None
+        env = Envelope(id="", sender=self.sender,
                        recipients=[Recipient(a) for a in self.recipients],
                        user=self.user, size=self.size, hops=self.hops, eightbit=self.eightbit)
 
         def store():
-            f.flush()
-            self.runner.spool.commit(os.dup(f.fileno()), env)
-            f.close()
+            if spill is not None:
+                spill.close()
+            env.id = spool.new_id(self._head)
+            spool.commit(env, content, self._spill_path)
 
-        d = threads.deferToThread(store)
-        d.addCallback(lambda _: self.runner.accepted(env))
+        d = self.runner.disk(store)
+        d.addCallback(lambda _: self.runner.accepted(env, None if spill else content))
         return d
 
     def abort(self) -> None:
-        f, self._file = self._file, None
-        if f is not None:
-            f.close()
-            try:
-                os.unlink(self.runner.spool.msg_path(self.qid))
-            except FileNotFoundError:
-                pass
+        self._chunks = []
+        spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.close()
+            self._spill_path.unlink(missing_ok=True)
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -206,15 +218,26 @@ class QueueRunner(service.Service):
         self.destinations: dict[str, Destination] = {}
         self.connections = 0
         self._outstanding: dict[str, int] = {}
+        #: Messages just accepted, still in memory for their first attempt.
+        self._fresh: dict[str, bytes] = {}
         self._sent_by_user: dict[str, deque] = {}
         self._loop: task.LoopingCall | None = None
+        #: The queue's own threads for fsync work, so a burst of queue writes
+        #: does not wait behind (or hold up) the Maildir deliveries in the
+        #: reactor's pool.
+        self._pool = ThreadPool(0, DISK_THREADS, name="netsuite-queue")
         self._mx = None
         self._tls_default = None
 
     # -- service ---------------------------------------------------------------------
 
+    def disk(self, f, *args) -> defer.Deferred:
+        """Run blocking spool work C{f(*args)} in the queue's thread pool."""
+        return threads.deferToThreadPool(self.reactor, self._pool, f, *args)
+
     def startService(self) -> None:
         super().startService()
+        self._pool.start()
         for env in self.spool.recover():
             self.envelopes[env.id] = env
         if self.envelopes:
@@ -228,6 +251,7 @@ class QueueRunner(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self._pool.stop()
 
     # -- accepting -----------------------------------------------------------------------
 
@@ -247,13 +271,15 @@ class QueueRunner(service.Service):
                          b"try again later")
         return QueueWriter(self, _addr(sender), [_addr(r) for r in recipients], user)
 
-    def accepted(self, env: Envelope) -> None:
+    def accepted(self, env: Envelope, content: bytes | None = None) -> None:
         if env.user is not None and self.settings.messages_per_hour > 0:
             self._sent_by_user.setdefault(env.user, deque()).append(self.reactor.seconds())
         log.info("queued: id={id} from=<{sender}> nrcpt={n} size={size} user={user}",
                  id=env.id, sender=env.sender, n=len(env.recipients), size=env.size,
                  user=env.user or "-")
         self.envelopes[env.id] = env
+        if content is not None:
+            self._fresh[env.id] = content
         if self.running:
             self.attempt(env)
 
@@ -329,12 +355,27 @@ class QueueRunner(service.Service):
     def pump(self) -> None:
         """Open connections where jobs wait, within the per-destination and total caps."""
         for key, dest in list(self.destinations.items()):
+            while dest.jobs and dest.idle:
+                client, expiry = dest.idle.popitem()
+                expiry.cancel()
+                client.wake()
             while (dest.jobs and dest.connections < len(dest.jobs)
-                   and dest.connections < self.settings.destination_concurrency
-                   and self.connections < self.settings.concurrency):
+                   and dest.connections < self.settings.destination_concurrency):
+                if self.connections >= self.settings.concurrency:
+                    self._shed_idle()
+                    break
                 self._connect(dest)
             if not dest.jobs and not dest.connections:
                 del self.destinations[key]
+
+    def _shed_idle(self) -> None:
+        """At the total cap: close an idle connection so waiting mail can have its place."""
+        for dest in self.destinations.values():
+            if dest.idle:
+                client, expiry = dest.idle.popitem()
+                expiry.cancel()
+                client.quit_idle()
+                return
 
     def _connect(self, dest: Destination) -> None:
         dest.connections += 1
@@ -476,6 +517,7 @@ class QueueRunner(service.Service):
     def _settle(self, env: Envelope) -> None:
         """After an attempt: report, then reschedule or remove, durably."""
         self._outstanding.pop(env.id, None)
+        self._fresh.pop(env.id, None)
         d = defer.maybeDeferred(self._settle_steps, env)
         d.addErrback(lambda f: log.failure("queue: could not update {id}", f, id=env.id))
         d.addBoth(lambda _: self.busy.discard(env.id))
@@ -486,7 +528,7 @@ class QueueRunner(service.Service):
         if env.id in self.doomed:
             self.doomed.discard(env.id)
             self.envelopes.pop(env.id, None)
-            yield threads.deferToThread(self.spool.remove, env.id)
+            yield self.disk(self.spool.remove, env.id)
             log.info("deleted: id={id} by the administrator", id=env.id)
             return
         now = time.time()
@@ -510,11 +552,11 @@ class QueueRunner(service.Service):
             env.warned = True
         if not pending:
             self.envelopes.pop(env.id, None)
-            yield threads.deferToThread(self.spool.remove, env.id)
+            yield self.disk(self.spool.remove, env.id)
             log.info("removed: id={id}", id=env.id)
             return
         env.next_attempt = now + wire.backoff(env.attempts, s.min_backoff, s.max_backoff)
-        still = yield threads.deferToThread(self.spool.update, env)
+        still = yield self.disk(self.spool.update, env)
         if not still:
             self.envelopes.pop(env.id, None)
 
@@ -531,13 +573,17 @@ class QueueRunner(service.Service):
                                r.last_attempt or None)
                  for r in recipients]
         try:
-            original = self.spool.read_message(env.id)
+            original = self.message(env.id)
         except OSError:
             original = b""
         report = bounce.render_dsn(hostname=self.hostname, queue_id=env.id,
                                    sender=env.sender, arrival=env.created,
                                    recipients=items, original=original)
         return self.deliver_notice(env.sender, report, about=env.id, action=action)
+
+    def message(self, qid: str) -> bytes:
+        fresh = self._fresh.get(qid)
+        return fresh if fresh is not None else self.spool.read_message(qid)
 
     def deliver_notice(self, to: str, message: bytes, about: str = "-",
                        action: str = "failed") -> defer.Deferred:
@@ -563,7 +609,7 @@ class QueueRunner(service.Service):
             return d
         env = Envelope(id=self.spool.new_id(), sender="", recipients=[Recipient(to)],
                        size=len(message), eightbit=wire.has_8bit(message))
-        d = threads.deferToThread(self.spool.add, env, message)
+        d = self.disk(self.spool.add, env, message)
 
         def queued(_):
             log.info("notified: id={id} action={action} to=<{to}> (queued as {new})",
@@ -592,14 +638,22 @@ class _Source:
                                      client.remote)
                 continue
             try:
-                job.message = self.runner.spool.read_message(job.env.id)
+                job.message = self.runner.message(job.env.id)
             except OSError as e:
                 log.error("queue: cannot read {id}: {e}", id=job.env.id, e=e)
                 self.runner.job_done(job, {a: Reply(-1, f"4.3.0 spool: {e}")
                                            for a in job.addresses}, client.remote)
                 continue
             return job
+        keep = self.runner.settings.connection_reuse_time
+        if keep > 0 and self.runner.running:
+            self.dest.idle[client] = self.runner.reactor.callLater(keep, self._expire, client)
+            return IDLE
         return None
+
+    def _expire(self, client: QueueClient) -> None:
+        if self.dest.idle.pop(client, None) is not None:
+            client.quit_idle()
 
     def job_done(self, job: Job, results: dict[str, Reply]) -> None:
         job.message = b""
@@ -607,6 +661,9 @@ class _Source:
 
     def client_lost(self, client: QueueClient, job, error: str) -> None:
         runner = self.runner
+        expiry = self.dest.idle.pop(client, None)
+        if expiry is not None and expiry.active():
+            expiry.cancel()
         self.dest.connections -= 1
         self.dest.established -= 1
         runner.connections -= 1

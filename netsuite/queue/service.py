@@ -59,6 +59,8 @@ class QueueConfig:
     max_hops: int = 50
     #: Messages an authenticated user may submit for relaying per hour; 0 = no limit.
     messages_per_hour: int = 0
+    #: Seconds an idle connection is kept for the next message to the same place; 0 = off.
+    connection_reuse_time: float = 2.0
     connect_timeout: float = 30.0
     #: Seconds to wait for any reply of the remote server.
     command_timeout: float = 300.0
@@ -190,7 +192,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
         return 0
     running = _server_running(config)
     if args.action == "flush":
-        if qid is not None and not spool.env_path(qid).exists():
+        if qid is not None and not spool.exists(qid):
             raise SystemExit(f"netsuite: no message {qid} in the queue")
         path = spool.request("flush", qid or "ALL")
         if running and _wait_picked_up(path):
@@ -200,7 +202,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
                   "done at its next start)")
         return 0
     # delete
-    if not spool.env_path(qid).exists():
+    if not spool.exists(qid):
         raise SystemExit(f"netsuite: no message {qid} in the queue")
     if running:
         path = spool.request("delete", qid)

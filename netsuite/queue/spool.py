@@ -1,18 +1,20 @@
 """
 The durable spool under C{DATA/queue}.
 
-Each message is two files in C{active/}: C{ID.msg}, the message as received
-(LF line ends, never changed), and C{ID.env}, its envelope as JSON (sender,
-recipients with their own state, attempts, next attempt, last error).  A
-message is in the queue exactly when its C{.env} exists.
+A queued message is one file, C{active/ID.msg}: its first line is the
+envelope as it was accepted (JSON: sender, recipients with their own state,
+size...), the rest is the message as received (LF line ends, never changed).
+Accepting costs what a Maildir delivery costs: the file is written as
+C{active/ID.new}, fsynced, renamed to C{ID.msg}, and C{active/} is fsynced;
+only then does SMTP answer 250.  A message is in the queue exactly when its
+C{.msg} exists.
 
-Accepting: C{ID.msg} is written and fsynced, C{ID.env} is written and fsynced,
-then C{active/} is fsynced; only then does SMTP answer 250.  Updating: the
-new envelope goes to C{ID.env.tmp}, is fsynced and renamed over C{ID.env}.
-Finishing: C{ID.env} is removed before C{ID.msg}.  On start-up, L{Spool.recover}
-drops what a crash can leave behind: a C{.msg} without an envelope (never
-acknowledged), temporary files, and moves an unreadable envelope aside to
-C{corrupt/}.
+Later states (attempts, per-recipient results, next attempt) go to
+C{active/ID.env}, written to C{ID.env.tmp}, fsynced and renamed over; when
+present it wins over the first line.  Finishing removes C{.msg}, then
+C{.env}.  On start-up, L{Spool.recover} drops what a crash can leave behind
+(C{.new}, C{.tmp}, spilled message bodies in C{tmp/}, an C{.env} whose message
+is gone) and moves an unreadable message aside to C{corrupt/}.
 """
 
 from __future__ import annotations
@@ -89,27 +91,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes, exclusive: bool = False) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 class Spool:
-    """The files; every method blocks (the runner calls the slow ones in a thread)."""
+    """The files; every method blocks (the runner calls the slow ones in threads)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.active = self.root / "active"
+        self.tmp = self.root / "tmp"
         self.corrupt = self.root / "corrupt"
         self.control = self.root / "control"
-        for d in (self.active, self.corrupt, self.control):
+        for d in (self.active, self.tmp, self.corrupt, self.control):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def msg_path(self, qid: str) -> Path:
@@ -118,114 +124,133 @@ class Spool:
     def env_path(self, qid: str) -> Path:
         return self.active / f"{qid}.env"
 
+    def exists(self, qid: str) -> bool:
+        return self.msg_path(qid).exists()
+
     def new_id(self, hint: bytes = b"") -> str:
         """The id from the SMTP Received header in C{hint} when free, else a fresh one."""
         m = _RECEIVED_ID.search(hint)
         if m:
             qid = m.group(1).decode()
-            if not self.msg_path(qid).exists() and not self.env_path(qid).exists():
+            if not self._taken(qid):
                 return qid
         while True:
             qid = secrets.token_hex(6).upper()
-            if not self.msg_path(qid).exists():
+            if not self._taken(qid):
                 return qid
+
+    def _taken(self, qid: str) -> bool:
+        return any(os.path.lexists(self.active / f"{qid}{ext}")
+                   for ext in (".msg", ".new", ".env"))
 
     # -- accepting -------------------------------------------------------------
 
-    def commit(self, fd: int, env: Envelope) -> None:
-        """Finish a message whose C{.msg} is open as C{fd}: fsync it, write the envelope."""
+    def commit(self, env: Envelope, message: bytes = b"", spilled: Path | None = None) -> None:
+        """
+        Queue C{env} with its message (C{message}, or the file C{spilled} holds,
+        which is then removed); returns once the message is durable.
+        """
+        new = self.active / f"{env.id}.new"
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            _write_all(fd, env.to_json() + b"\n")
+            if spilled is not None:
+                with open(spilled, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        _write_all(fd, chunk)
+            _write_all(fd, message)
             os.fsync(fd)
-        finally:
-            os.close(fd)
-        _write_synced(self.env_path(env.id), env.to_json(), exclusive=True)
-        _fsync_dir(self.active)
-
-    def add(self, env: Envelope, message: bytes) -> None:
-        """Queue a whole message at once (bounces): same guarantees as L{commit}."""
-        fd = os.open(self.msg_path(env.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(message)
-            while view:
-                view = view[os.write(fd, view):]
         except BaseException:
             os.close(fd)
+            new.unlink(missing_ok=True)
             raise
-        self.commit(fd, env)
+        os.close(fd)
+        os.rename(new, self.msg_path(env.id))
+        _fsync_dir(self.active)
+        if spilled is not None:
+            spilled.unlink(missing_ok=True)
+
+    add = commit
 
     # -- updating ----------------------------------------------------------------
 
     def update(self, env: Envelope) -> bool:
         """Durably replace the envelope; False if the message was deleted meanwhile."""
-        path = self.env_path(env.id)
-        if not path.exists():
+        if not self.exists(env.id):
             return False
+        path = self.env_path(env.id)
         tmp = path.with_name(path.name + ".tmp")
         _write_synced(tmp, env.to_json())
         os.replace(tmp, path)
         _fsync_dir(self.active)
+        if not self.exists(env.id):  # deleted meanwhile: no stray envelope
+            path.unlink(missing_ok=True)
+            return False
         return True
 
     def remove(self, qid: str) -> bool:
-        """Take a message out of the queue (envelope first); False if it was not there."""
+        """Take a message out of the queue; False if it was not there."""
         existed = True
-        try:
-            os.unlink(self.env_path(qid))
-        except FileNotFoundError:
-            existed = False
         try:
             os.unlink(self.msg_path(qid))
         except FileNotFoundError:
-            pass
+            existed = False
+        self.env_path(qid).unlink(missing_ok=True)
         _fsync_dir(self.active)
         return existed
 
     def read_message(self, qid: str) -> bytes:
-        return self.msg_path(qid).read_bytes()
+        data = self.msg_path(qid).read_bytes()
+        return data[data.index(b"\n") + 1:]
 
     def load(self, qid: str) -> Envelope:
-        return Envelope.from_json(self.env_path(qid).read_bytes())
+        """The current envelope: the C{.env} if any, else the message file's first line."""
+        try:
+            return Envelope.from_json(self.env_path(qid).read_bytes())
+        except FileNotFoundError:
+            pass
+        with open(self.msg_path(qid), "rb") as f:
+            return Envelope.from_json(f.readline())
 
     # -- start-up ------------------------------------------------------------------
 
     def recover(self) -> list[Envelope]:
         """Clean up after a crash; return every queued envelope, oldest first."""
-        envelopes = []
+        for name in os.listdir(self.tmp):
+            (self.tmp / name).unlink(missing_ok=True)
         names = set(os.listdir(self.active))
         for name in sorted(names):
             path = self.active / name
-            if name.endswith(".tmp"):
+            if name.endswith((".tmp", ".new")):
                 path.unlink(missing_ok=True)
-            elif name.endswith(".msg"):
-                if name[:-4] + ".env" not in names:
-                    log.info("recover: removing {name} (never accepted)", name=name)
-                    path.unlink(missing_ok=True)
-            elif name.endswith(".env"):
-                qid = name[:-4]
-                if qid + ".msg" not in names:
-                    self._set_aside(path, "no message file")
-                    continue
-                try:
-                    envelopes.append(Envelope.from_json(path.read_bytes()))
-                except (ValueError, TypeError, KeyError) as e:
-                    self._set_aside(path, f"unreadable envelope: {e}")
+            elif name.endswith(".env") and name[:-4] + ".msg" not in names:
+                path.unlink(missing_ok=True)  # removal was cut short
+        envelopes = []
+        for name in sorted(names):
+            if not name.endswith(".msg"):
+                continue
+            try:
+                envelopes.append(self.load(name[:-4]))
+            except (ValueError, TypeError, KeyError) as e:
+                self._set_aside(name[:-4], f"unreadable envelope: {e}")
+            except FileNotFoundError:
+                continue
         envelopes.sort(key=lambda e: e.created)
         return envelopes
 
-    def _set_aside(self, path: Path, why: str) -> None:
-        log.error("recover: moving {name} to corrupt/: {why}", name=path.name, why=why)
-        os.replace(path, self.corrupt / path.name)
-        msg = path.with_suffix(".msg")
-        if msg.exists():
-            os.replace(msg, self.corrupt / msg.name)
+    def _set_aside(self, qid: str, why: str) -> None:
+        log.error("recover: moving {id} to corrupt/: {why}", id=qid, why=why)
+        for path in (self.msg_path(qid), self.env_path(qid)):
+            if path.exists():
+                os.replace(path, self.corrupt / path.name)
 
     def list(self) -> list[Envelope]:
         """Every envelope now on disk (for the admin command), oldest first."""
         out = []
         for name in os.listdir(self.active):
-            if name.endswith(".env"):
+            if name.endswith(".msg"):
                 try:
-                    out.append(Envelope.from_json((self.active / name).read_bytes()))
+                    out.append(self.load(name[:-4]))
                 except (OSError, ValueError, TypeError, KeyError):
                     continue
         out.sort(key=lambda e: e.created)
