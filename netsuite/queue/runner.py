@@ -33,6 +33,8 @@ log = Logger(namespace="netsuite.queue")
 DISK_THREADS = 20
 #: Messages up to this size are kept in memory until committed.
 SPILL = 1 << 20
+#: Seconds within which removals of delivered messages share one fsync.
+REMOVAL_SYNC_DELAY = 0.05
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -220,6 +222,7 @@ class QueueRunner(service.Service):
         self._outstanding: dict[str, int] = {}
         #: Messages just accepted, still in memory for their first attempt.
         self._fresh: dict[str, bytes] = {}
+        self._sync_call = None
         self._sent_by_user: dict[str, deque] = {}
         self._loop: task.LoopingCall | None = None
         #: The queue's own threads for fsync work, so a burst of queue writes
@@ -251,7 +254,10 @@ class QueueRunner(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._sync_call is not None and self._sync_call.active():
+            self._sync_call.cancel()
         self._pool.stop()
+        self.spool.sync()
 
     # -- accepting -----------------------------------------------------------------------
 
@@ -552,13 +558,26 @@ class QueueRunner(service.Service):
             env.warned = True
         if not pending:
             self.envelopes.pop(env.id, None)
-            yield self.disk(self.spool.remove, env.id)
+            yield self.disk(self.spool.remove, env.id, False)
+            self._sync_soon()
             log.info("removed: id={id}", id=env.id)
             return
         env.next_attempt = now + wire.backoff(env.attempts, s.min_backoff, s.max_backoff)
         still = yield self.disk(self.spool.update, env)
         if not still:
             self.envelopes.pop(env.id, None)
+
+    def _sync_soon(self) -> None:
+        """
+        One directory fsync for the removals of the next few milliseconds (a
+        crash before it can only make a delivered message be sent again).
+        """
+        if self._sync_call is None or not self._sync_call.active():
+            self._sync_call = self.reactor.callLater(REMOVAL_SYNC_DELAY, self._sync_now)
+
+    def _sync_now(self):
+        return self.disk(self.spool.sync).addErrback(
+            lambda f: log.failure("queue: fsync of the spool failed", f))
 
     # -- bounces -----------------------------------------------------------------------------
 

@@ -188,16 +188,24 @@ class Spool:
             return False
         return True
 
-    def remove(self, qid: str) -> bool:
-        """Take a message out of the queue; False if it was not there."""
+    def remove(self, qid: str, sync: bool = True) -> bool:
+        """
+        Take a message out of the queue; False if it was not there.  With
+        C{sync=False} the caller calls L{sync} soon (several removals, one fsync).
+        """
         existed = True
         try:
             os.unlink(self.msg_path(qid))
         except FileNotFoundError:
             existed = False
         self.env_path(qid).unlink(missing_ok=True)
-        _fsync_dir(self.active)
+        if sync:
+            self.sync()
         return existed
+
+    def sync(self) -> None:
+        """Make every rename and removal in C{active/} durable."""
+        _fsync_dir(self.active)
 
     def read_message(self, qid: str) -> bytes:
         data = self.msg_path(qid).read_bytes()
