@@ -64,8 +64,11 @@ class QueueConfig:
     connect_timeout: float = 30.0
     #: Seconds to wait for any reply of the remote server.
     command_timeout: float = 300.0
-    #: Read from smarthost_password_file.
-    smarthost_password: str = field(default="", init=False, repr=False)
+
+    @property
+    def smarthost_password(self) -> str:
+        """The first line of smarthost_password_file (read when the config is loaded)."""
+        return getattr(self, "_password", "")
 
     def validate(self) -> None:
         from netsuite.queue.wire import parse_hostport
@@ -98,8 +101,8 @@ class QueueConfig:
                 text = self.smarthost_password_file.read_text("utf-8")
             except OSError as e:
                 raise ConfigError(f"cannot read: {e.strerror}", "smarthost_password_file")
-            self.smarthost_password = text.splitlines()[0] if text else ""
-            if not self.smarthost_password:
+            self._password = text.splitlines()[0] if text else ""
+            if not self._password:
                 raise ConfigError("the file is empty", "smarthost_password_file")
         if self.smarthost_ca_file is not None and not self.smarthost_ca_file.is_file():
             raise ConfigError("no such file", "smarthost_ca_file")
