@@ -274,3 +274,24 @@ def test_mx_lookup_by_preference_with_address_fallback_and_nxdomain(tmp_path):
     assert nx.check(PermanentRouteError) and "5.1.2" in str(nx.value)
     temporary = resolve("servfail.test")
     assert temporary.check(error.DNSServerError)
+
+
+def test_client_hostile_replies_end_the_connection_not_the_server():
+    source = FakeSource([FakeJob(["x@r"])])
+    client = QueueClient(source, b"me.test", "remote:25")
+    t = StringTransport()
+    client.makeConnection(t)
+    client.dataReceived(b"220 hi\r\n")
+    client.dataReceived(b"250-x\r\n" * 500)
+    assert t.disconnecting or t.disconnected
+    client.connectionLost(None)
+    assert "more than 200 lines" in source.lost[0][1]
+
+    source = FakeSource([FakeJob(["x@r"])])
+    client = QueueClient(source, b"me.test", "remote:25")
+    t = StringTransport()
+    client.makeConnection(t)
+    client.dataReceived(b"hello, not smtp\r\n")
+    client.connectionLost(None)
+    assert source.lost and source.lost[0][1]
+    assert source.done == []

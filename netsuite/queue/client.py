@@ -28,6 +28,9 @@ log = Logger(namespace="netsuite.queue")
 #: the next message to the same destination (Postfix's connection cache).
 IDLE = object()
 
+#: A multi-line reply longer than this is hostile or broken (Twisted keeps them all).
+MAX_REPLY_LINES = 200
+
 
 class JobSource(Protocol):
     """What a client connection takes its messages from (the runner's destination)."""
@@ -67,6 +70,14 @@ class QueueClient(smtp.ESMTPClient):
     def sendLine(self, line: bytes) -> None:
         self.last_command = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
         super().sendLine(line)
+
+    def lineReceived(self, line: bytes):
+        if line[3:4] == b"-" and len(self.resp) >= MAX_REPLY_LINES:
+            self._fail(f"reply of more than {MAX_REPLY_LINES} lines after {self.last_command}")
+            return None
+        if self.transport is not None and self.transport.disconnecting:
+            return None
+        return super().lineReceived(line)
 
     # -- session set-up (Twisted's, with the capabilities kept) --------------------
 
