@@ -465,3 +465,36 @@ def test_big_message_spilled_to_disk_arrives_intact(make_daemon, remote):
     assert len(msgs) == 1, d.log()[-3000:]
     assert msgs[0]["content"].endswith(body)
     assert not list((d.data_dir / "queue" / "tmp").iterdir())
+
+
+class SlowHandler(Handler):
+    """Holds each DATA for a while and records how many run at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = 0
+        self.most = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+
+        self.active += 1
+        self.most = max(self.most, self.active)
+        await asyncio.sleep(0.5)
+        self.active -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_destination_concurrency_cap(make_daemon):
+    r = Remote(handler=SlowHandler()).start()
+    try:
+        d = relay_daemon(make_daemon, r.port, destination_concurrency=2)
+        with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
+                              context=insecure_context()) as s:
+            s.login("alice", "alice-pw")
+            for i in range(8):
+                s.sendmail("alice@example.test", [f"c{i}@remote.test"], message(f"cap{i}"))
+        assert len(r.handler.wait(8)) == 8, d.log()[-3000:]
+        assert r.handler.most == 2
+    finally:
+        r.stop()
