@@ -295,3 +295,51 @@ def test_client_hostile_replies_end_the_connection_not_the_server():
     client.connectionLost(None)
     assert source.lost and source.lost[0][1]
     assert source.done == []
+
+
+def test_mx_hosts_tried_in_order_within_one_attempt(tmp_path):
+    from types import SimpleNamespace
+
+    from twisted.internet import defer
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.task import Clock
+    from twisted.mail.relaymanager import MXCalculator
+    from twisted.names import dns
+
+    from netsuite.config import load_dataclass
+    from netsuite.queue.runner import Destination, Job, QueueRunner, route_for
+    from netsuite.queue.service import QueueConfig
+
+    class Resolver:
+        def lookupMailExchange(self, name, timeout=None):
+            return defer.succeed(([
+                dns.RRHeader(name=name, type=dns.MX, payload=dns.Record_MX(10, b"a.mx.test")),
+                dns.RRHeader(name=name, type=dns.MX, payload=dns.Record_MX(20, b"b.mx.test")),
+            ], [], []))
+
+    settings = load_dataclass(QueueConfig, {})
+    ctx = SimpleNamespace(reactor=Clock(), realm=None, config=SimpleNamespace(
+        server=SimpleNamespace(hostname="mx.test"), data_dir=tmp_path))
+    runner = QueueRunner(ctx, settings)
+    runner._mx = MXCalculator(resolver=Resolver(), clock=ctx.reactor)
+    tried = []
+
+    class Refusing:
+        def __init__(self, host, port):
+            self.host = host
+
+        def connect(self, factory):
+            tried.append(self.host)
+            return defer.fail(ConnectionRefusedError(self.host))
+
+    runner.endpoint = Refusing
+    env = Envelope(id="00AABBCCDDEE", sender="a@example.test",
+                   recipients=[Recipient("x@two.test")])
+    dest = Destination(route_for(settings, "two.test"))
+    dest.jobs.append(Job(env, env.recipients))
+    runner.destinations[dest.route.key] = dest
+    runner._connect(dest)
+    assert tried == ["a.mx.test", "b.mx.test"]
+    r = env.recipients[0]
+    assert r.state == "pending" and "b.mx.test" in r.last_error and r.status == "4.4.1"
+    assert dest.connections == 0 and runner.connections == 0 and not dest.jobs

@@ -33,6 +33,8 @@ log = Logger(namespace="netsuite.queue")
 DISK_THREADS = 20
 #: Messages up to this size are kept in memory until committed.
 SPILL = 1 << 20
+#: MX hosts tried in one delivery attempt before the attempt is deferred.
+MAX_MX_HOSTS = 5
 #: Seconds within which removals of delivered messages share one fsync.
 REMOVAL_SYNC_DELAY = 0.05
 
@@ -384,13 +386,20 @@ class QueueRunner(service.Service):
                 return
 
     def _connect(self, dest: Destination) -> None:
+        """Open one connection for C{dest}; for MX, try the next host when one fails."""
         dest.connections += 1
         self.connections += 1
+        self._try_host(dest, [], None)
+
+    def _try_host(self, dest: Destination, tried: list[str], last: Failure | None) -> None:
         route = dest.route
         d = defer.maybeDeferred(self._resolve, route)
 
         def connect(hostport):
             host, port = hostport
+            if host in tried:  # every MX host has failed now: report the last failure
+                return last
+            tried.append(host)
             remote = f"{host}:{port}"
 
             def make():
@@ -400,15 +409,28 @@ class QueueRunner(service.Service):
                                    require_tls=route.require_tls,
                                    timeout=self.settings.command_timeout)
 
-            ep = endpoints.HostnameEndpoint(self.reactor, host, port,
-                                            timeout=self.settings.connect_timeout)
-            c = ep.connect(QueueClientFactory(make))
-            c.addCallbacks(self._connected, self._connect_failed_host,
-                           callbackArgs=(dest,), errbackArgs=(route, host))
+            c = self.endpoint(host, port).connect(QueueClientFactory(make))
+            c.addCallback(self._connected, dest)
             return c
 
+        def failed(f: Failure):
+            if route.mx_domain is None or f.check(PermanentRouteError) or not tried:
+                return self._connect_failed(f, dest)
+            if f is not last:
+                self._mx.markBad(tried[-1])  # skipped for an hour by MXCalculator
+            if f is last or len(tried) >= MAX_MX_HOSTS:
+                return self._connect_failed(f, dest)
+            log.info("cannot connect to {host} for {domain}: {error}; trying the next MX",
+                     host=tried[-1], domain=route.mx_domain, error=_reason(f))
+            self._try_host(dest, tried, f)
+
         d.addCallback(connect)
-        d.addErrback(self._connect_failed, dest)
+        d.addErrback(failed)
+
+    def endpoint(self, host: str, port: int):
+        """The client endpoint for one remote host (A and AAAA, happy eyeballs)."""
+        return endpoints.HostnameEndpoint(self.reactor, host, port,
+                                          timeout=self.settings.connect_timeout)
 
     def _resolve(self, route: Route):
         if route.host is not None:
@@ -444,11 +466,6 @@ class QueueRunner(service.Service):
     def _connected(self, client: QueueClient, dest: Destination) -> QueueClient:
         dest.established += 1
         return client
-
-    def _connect_failed_host(self, f: Failure, route: Route, host: str) -> Failure:
-        if route.mx_domain is not None and self._mx is not None:
-            self._mx.markBad(host)
-        return f
 
     def _connect_failed(self, f: Failure, dest: Destination) -> None:
         dest.connections -= 1
