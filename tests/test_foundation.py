@@ -133,6 +133,7 @@ def test_command_line_overrides_the_file(make_daemon, tmp_path):
         assert s.ehlo()[1].startswith(b"override.test")
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
 def test_implicit_tls_on_plain_tcp_endpoint_and_tls12_floor(make_daemon):
     d = make_daemon(listeners=["smtps"])
     ctx = insecure_context()
@@ -341,3 +342,29 @@ def test_busy_line_on_an_implicit_tls_listener_is_inside_tls(make_daemon):
                 assert second.recv(100).startswith(b"421 4.7.0 Too many connections")
     finally:
         first.close()
+
+
+def test_example_config_loads_and_documents_every_key():
+    """etc/netsuite.toml stays a complete, valid example as sections grow."""
+    import dataclasses
+    import re
+
+    from netsuite.config import LISTENERS, SECTIONS, load
+
+    path = ROOT / "etc" / "netsuite.toml"
+    config = load(path)
+    assert config.server.hostname == "mail.example.org"
+    text = path.read_text()
+    missing = []
+    for name, cls in SECTIONS.items():
+        block = re.search(rf"^#? ?\[{name}\]\n(.*?)(?=^#? ?\[|\Z)", text, re.M | re.S)
+        if block is None:
+            missing.append(f"[{name}]")
+            continue
+        for f in dataclasses.fields(cls):
+            if not re.search(rf"^#? ?{f.name} = ", block.group(1), re.M):
+                missing.append(f"{name}.{f.name}")
+    for name in LISTENERS:
+        if not re.search(rf"^#? ?{name} = ", text, re.M):
+            missing.append(f"listen.{name}")
+    assert not missing, f"etc/netsuite.toml does not show: {', '.join(missing)}"
