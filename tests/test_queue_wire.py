@@ -343,3 +343,35 @@ def test_mx_hosts_tried_in_order_within_one_attempt(tmp_path):
     r = env.recipients[0]
     assert r.state == "pending" and "b.mx.test" in r.last_error and r.status == "4.4.1"
     assert dest.connections == 0 and runner.connections == 0 and not dest.jobs
+
+
+def test_client_falls_back_to_helo_once():
+    source = FakeSource([FakeJob(["x@r"], message=b"Subject: t\n\n\xc3\xa9\n")])
+    client = QueueClient(source, b"me.test", "remote:25")
+    t = StringTransport()
+    client.makeConnection(t)
+    client.dataReceived(b"220 old smtp\r\n")
+    t.clear()
+    client.dataReceived(b"500 what is EHLO\r\n")
+    assert t.value() == b"HELO me.test\r\n"
+    t.clear()
+    client.dataReceived(b"250 hello\r\n")
+    # No extensions: plain MAIL, and the 8-bit body goes out as quoted-printable.
+    assert t.value() == b"MAIL FROM:<a@example.test>\r\n"
+    client.dataReceived(b"250 ok\r\n")
+    client.dataReceived(b"250 ok\r\n")
+    t.clear()
+    client.dataReceived(b"354 go\r\n")
+    assert t.value().isascii() and b"=C3=A9" in t.value()
+
+    source = FakeSource([FakeJob(["x@r"])])
+    client = QueueClient(source, b"me.test", "remote:25")
+    t = StringTransport()
+    client.makeConnection(t)
+    client.dataReceived(b"220 grumpy\r\n")
+    client.dataReceived(b"502 no\r\n")
+    t.clear()
+    client.dataReceived(b"502 no either\r\n")
+    assert t.value() == b""  # no second HELO
+    client.connectionLost(None)
+    assert "HELO refused: 502" in source.lost[0][1]

@@ -85,6 +85,14 @@ class QueueClient(smtp.ESMTPClient):
         self.extensions = wire.parse_ehlo(resp)
         self.tryTLS(code, resp, self.extensions)
 
+    def smtpState_helo(self, code, resp):
+        """EHLO refused: HELO once (Twisted would repeat HELO as long as it is refused)."""
+        super().smtpState_helo(code, resp)
+        self._failresponse = self._helo_refused
+
+    def _helo_refused(self, code, resp):
+        self._fail(f"HELO refused: {code} {_text(resp)}")
+
     def smtpConnectionFailed(self, code, resp):
         self._fail(f"remote greeting: {code} {_text(resp)}")
 
