@@ -170,19 +170,22 @@ def session(source, ehlo=b"250-mx\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BIT
 
 
 def test_client_pipelines_and_keeps_each_recipients_reply():
-    source = FakeSource([FakeJob(["ok@r", "bad@r", "later@r"])])
+    source = FakeSource([FakeJob(["ok@r", "bad@r", "later@r", "many@r"])])
     client, t = session(source)
     sent = t.value()
     assert sent.startswith(b"MAIL FROM:<a@example.test> SIZE=")
-    assert sent.endswith(b"RCPT TO:<ok@r>\r\nRCPT TO:<bad@r>\r\nRCPT TO:<later@r>\r\nDATA\r\n")
+    assert sent.endswith(b"RCPT TO:<ok@r>\r\nRCPT TO:<bad@r>\r\nRCPT TO:<later@r>\r\n"
+                         b"RCPT TO:<many@r>\r\nDATA\r\n")
     t.clear()
-    client.dataReceived(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n451 4.2.0 later\r\n354 go\r\n")
+    client.dataReceived(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n451 4.2.0 later\r\n"
+                        b"552 5.5.3 too many recipients\r\n354 go\r\n")
     assert t.value() == b"Subject: t\r\n\r\nbody\r\n.\r\n"
     t.clear()
     client.dataReceived(b"250 2.0.0 queued\r\n")
     [results] = source.done
     assert results["ok@r"] == Reply(250, "2.0.0 queued")
     assert results["bad@r"].code == 550 and results["later@r"].code == 451
+    assert results["many@r"].code == 452  # RFC 5321 4.5.3.1.10
     assert t.value() == b"QUIT\r\n"
 
 

@@ -226,6 +226,9 @@ class QueueClient(smtp.ESMTPClient):
                 results[address] = mail
             elif rcpt is None:
                 results[address] = Reply(-1, "no reply to RCPT")
+            elif rcpt.code == 552:
+                # RFC 5321 4.5.3.1.10: a 552 to RCPT (too many recipients) is temporary.
+                results[address] = Reply(452, rcpt.text)
             elif not rcpt.ok:
                 results[address] = rcpt
             elif len(replies) <= total - 1:
