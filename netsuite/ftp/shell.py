@@ -28,6 +28,7 @@ from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
+from netsuite.durable import fsync_dir
 from netsuite.ftp.wire import Entry
 
 log = Logger(namespace="netsuite.ftp")
@@ -507,11 +508,7 @@ class UploadFile:
             else:
                 os.replace(self.tmp, self.final)
             if self.do_fsync:
-                dfd = os.open(os.path.dirname(self.final), os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(os.path.dirname(self.final))
 
     def close(self) -> defer.Deferred:
         """Make the upload final; runs in a thread because fsync blocks."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
+from netsuite.durable import fsync_dir
 
 log = Logger(namespace="netsuite.queue")
 
@@ -81,14 +82,6 @@ class Envelope:
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.state == PENDING]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -166,7 +159,7 @@ class Spool:
             raise
         os.close(fd)
         os.rename(new, self.msg_path(env.id))
-        _fsync_dir(self.active)
+        fsync_dir(self.active)
         if spilled is not None:
             spilled.unlink(missing_ok=True)
 
@@ -182,7 +175,7 @@ class Spool:
         tmp = path.with_name(path.name + ".tmp")
         _write_synced(tmp, env.to_json())
         os.replace(tmp, path)
-        _fsync_dir(self.active)
+        fsync_dir(self.active)
         if not self.exists(env.id):  # deleted meanwhile: no stray envelope
             path.unlink(missing_ok=True)
             return False
@@ -205,7 +198,7 @@ class Spool:
 
     def sync(self) -> None:
         """Make every rename and removal in C{active/} durable."""
-        _fsync_dir(self.active)
+        fsync_dir(self.active)
 
     def read_message(self, qid: str) -> bytes:
         data = self.msg_path(qid).read_bytes()

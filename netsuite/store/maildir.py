@@ -19,6 +19,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
 
 log = Logger(namespace="netsuite.store")
@@ -41,14 +42,6 @@ def unique_name() -> str:
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST}"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @implementer(IDeliveryFile)
