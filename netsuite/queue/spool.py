@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
+
 from netsuite.durable import fsync_dir
 
 log = Logger(namespace="netsuite.queue")
