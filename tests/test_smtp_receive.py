@@ -389,3 +389,18 @@ def _greets(port: int) -> int | None:
         return None
     raw.close()
     return raw.greeting[0] if raw.greeting[0] == 220 else None
+
+
+def test_aliases_from_a_file(make_daemon, tmp_path):
+    aliases = tmp_path / "aliases"
+    aliases.write_text("# /etc/aliases style\nsales: alice, bob\nabuse: sales  # nested\n")
+    d = make_daemon(listeners=["smtp"], users={"alice": "a", "bob": "b"},
+                    config={"mail": {"aliases_file": str(aliases)}})
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=10) as s:
+        s.sendmail("x@remote.test", ["abuse@example.test"], b"Subject: a\r\n\r\nreport\r\n")
+    for user in ("alice", "bob"):
+        assert d.wait_for(lambda: d.messages(user))[-1].endswith(b"report\n")
+    aliases.write_text("broken line without colon\n")
+    with pytest.raises(RuntimeError) as e:
+        d.restart()
+    assert "mail.aliases_file: line 1: expected 'alias: user, user'" in str(e.value)
