@@ -167,6 +167,9 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
     from netsuite import tls
 
     protocols.load_all()
+    # Durable writes (fsync) and password hashing run in the reactor's threads;
+    # Twisted's default of 10 would make the 11th concurrent delivery wait.
+    reactor.suggestThreadPoolSize(64)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     realm = make_realm(config)
     portal = Portal(realm, combine(make_checkers(config)))
