@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -310,3 +311,63 @@ def test_config_errors_name_key(make_daemon):
                     config={"pop3": {"on_delete": "shred"}})
     with pytest.raises(RuntimeError, match=r"pop3.on_delete: must be one of"):
         d.start(timeout=20)
+
+
+def test_streaming_stuffer_equals_the_whole_message_rendering():
+    """RETR streams in chunks; every split must give exactly the bytes of the one-shot path."""
+    import random
+
+    from netsuite.pop3.wire import Stuffer, dot_stuff
+    from netsuite.store.folder import to_wire
+
+    rng = random.Random(1939)
+    alphabet = [b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b".\n", b"\n.", b"x" * 7]
+    for _ in range(3000):
+        stored = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        s = Stuffer()
+        out, pos = [], 0
+        while pos < len(stored):
+            step = rng.randrange(1, 8)
+            out.append(s.feed(stored[pos:pos + step]))
+            pos += step
+        out.append(s.finish())
+        assert b"".join(out) == dot_stuff(to_wire(stored)), stored
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_large_retr_streams_exactly_and_keeps_pipelined_order(make_daemon):
+    """A 24 MB message full of dot-lines: exact octets and bytes, NOOP answered after it."""
+    d = make_daemon(listeners=["pop3s"], users=USERS)
+    line = b".dot line that must be stuffed and a long tail " + b"x" * 60 + b"\n"
+    stored = b"Subject: big\n\n" + line * (24_000_000 // len(line))
+    put(d, "alice", stored)
+    raw = socket.create_connection(("127.0.0.1", d.port("pop3s")), timeout=30)
+    sock = tls_context().wrap_socket(raw)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    sock.sendall(b"USER alice\r\nPASS " + USERS["alice"].encode() + b"\r\n")
+    assert f.readline().startswith(b"+OK") and f.readline().startswith(b"+OK")
+
+    pid = d.proc.pid
+    before = _rss_kib(pid)
+    sock.sendall(b"RETR 1\r\nNOOP\r\n")
+    status = f.readline()
+    time.sleep(1.0)                 # a client that does not read yet
+    during = _rss_kib(pid)
+    wire_form = stored.replace(b"\n", b"\r\n")
+    assert status == b"+OK %d octets\r\n" % len(wire_form)
+    body = []
+    while (got := f.readline()) != b".\r\n":
+        body.append(got[1:] if got.startswith(b"..") else got)
+    assert b"".join(body) == wire_form
+    assert f.readline().startswith(b"+OK")   # the pipelined NOOP, after the whole body
+    sock.close()
+    # Streaming keeps the server's memory flat; the old one-shot path held the
+    # message and its stuffed copy (~50 MB) while the client was not reading.
+    assert during - before < 16 * 1024, f"server RSS grew {during - before} KiB"

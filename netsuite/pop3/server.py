@@ -12,11 +12,14 @@ dot-stuffing; Twisted's chunked stuffer misses dots at chunk boundaries).
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from twisted.cred import credentials, error as cred_error
 from twisted.internet import interfaces
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import pop3
+from zope.interface import implementer
 
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
@@ -26,6 +29,43 @@ log = Logger(namespace="netsuite.pop3")
 AUTHORIZATION_COMMANDS = {"CAPA", "USER", "PASS", "AUTH", "STLS", "QUIT", "NOOP"}
 TRANSACTION_COMMANDS = {"CAPA", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "QUIT",
                         "TOP", "UIDL"}
+
+
+@implementer(interfaces.IPullProducer)
+class _Retrieval:
+    """One RETR body, read and sent a chunk at a time as the transport drains."""
+
+    CHUNK = 65536
+
+    def __init__(self, proto: "POP3Server", f: BinaryIO):
+        self.proto = proto
+        self.file: BinaryIO | None = f
+        self.stuffer = wire.Stuffer()
+
+    def resumeProducing(self) -> None:
+        if self.file is None:
+            return
+        while True:
+            chunk = self.file.read(self.CHUNK)
+            if not chunk:
+                self.proto.transport.write(self.stuffer.finish())
+                self._end()
+                return
+            out = self.stuffer.feed(chunk)
+            if out:  # a pull producer must write, or it is never asked again
+                self.proto.transport.write(out)
+                return
+
+    def stopProducing(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if self.file is None:
+            return
+        self.file.close()
+        self.file = None
+        self.proto.transport.unregisterProducer()
+        self.proto._resume()
 
 
 class POP3Server(pop3.POP3):
@@ -291,7 +331,17 @@ class POP3Server(pop3.POP3):
         self._highest = max(self._highest, i + 1)
 
     def pop3_RETR(self, arg):
-        self._send(self._number(arg), lambda data: data)
+        """Stream the message: memory stays flat and a slow reader slows only itself."""
+        i = self._number(arg)
+        try:
+            size, f = self.mbox.open_wire(i)
+        except KeyError:
+            self.transport.write(wire.err("Message was removed by another session"))
+            return
+        self.transport.write(wire.ok(f"{size} octets"))
+        self._highest = max(self._highest, i + 1)
+        self._busy = True  # pipelined commands wait until the body is out
+        self.transport.registerProducer(_Retrieval(self, f), False)
 
     def pop3_TOP(self, arg, lines):
         i = self._number(arg)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import binascii
 
+from netsuite.store.folder import to_wire
+
 #: RFC 2449 4: a command line is at most 255 octets; SASL responses may be longer.
 MAX_COMMAND = 255
 
@@ -61,6 +63,40 @@ def dot_stuff(wire: bytes) -> bytes:
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
+
+
+class Stuffer:
+    """
+    L{dot_stuff} of the wire form, chunk by chunk, for streaming a stored
+    message (LF or CRLF line ends) of any size: the result of all L{feed}s
+    and L{finish} equals C{dot_stuff(to_wire(whole))}.  A CR at the end of a
+    chunk is held back, so a CRLF is never split between two chunks.
+    """
+
+    def __init__(self) -> None:
+        self._line_start = True
+        self._carry = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._carry + data
+        self._carry = b""
+        if data.endswith(b"\r"):
+            data, self._carry = data[:-1], b"\r"
+        out = to_wire(data)
+        if not out:
+            return b""
+        if self._line_start and out.startswith(b"."):
+            out = b"." + out
+        out = out.replace(b"\r\n.", b"\r\n..")
+        self._line_start = out.endswith(b"\r\n")
+        return out
+
+    def finish(self) -> bytes:
+        """The held-back CR if any, a final CRLF if needed, and the terminating dot."""
+        out, self._carry = self._carry, b""
+        if out:
+            self._line_start = False
+        return out + (b"" if self._line_start else b"\r\n") + b".\r\n"
 
 
 def top(wire: bytes, lines: int) -> bytes:

@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from twisted.logger import Logger
 
@@ -404,17 +404,21 @@ class Folder:
     def file_path(self, msg: Message) -> Path:
         return self.path / msg.sub / msg.name
 
-    def read(self, msg: Message) -> bytes:
-        """The message as stored (LF line ends, usually); follows a rename by another program."""
+    def open(self, msg: Message) -> BinaryIO:
+        """The message file, open for reading; follows a rename by another program."""
         for _ in range(3):
             try:
-                with open(self.file_path(msg), "rb") as f:
-                    return f.read()
+                return open(self.file_path(msg), "rb")
             except FileNotFoundError:
                 self.refresh()
                 if self.by_uid(msg.uid) is None:
                     break
         raise KeyError(msg.uid)
+
+    def read(self, msg: Message) -> bytes:
+        """The message as stored (LF line ends, usually)."""
+        with self.open(msg) as f:
+            return f.read()
 
     def read_wire(self, msg: Message) -> bytes:
         return to_wire(self.read(msg))
