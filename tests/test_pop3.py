@@ -13,6 +13,7 @@ import pytest
 
 from netsuite.store.maildir import MaildirStore
 
+from netsuite.auth import sasl
 from netsuite.pop3 import wire
 
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -65,7 +66,10 @@ def test_dot_stuffing_and_top():
         wire.parse_command(b"RE\x00TR 1")
     with pytest.raises(wire.CommandError):
         wire.message_number(b"-1")
-    assert wire.decode_sasl_plain(b"AGFsaWNlAHB3") == (b"", b"alice", b"pw")
+    assert sasl.decode_plain(b"AGFsaWNlAHB3") == (b"", b"alice", b"pw")
+    for bad in (b"!!", b"YWxpY2U=", b"AABwdw=="):  # not base64; one part; empty authcid
+        with pytest.raises(sasl.SASLError):
+            sasl.decode_plain(bad)
 
 
 # -- the daemon ---------------------------------------------------------------------------

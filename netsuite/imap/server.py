@@ -35,7 +35,7 @@ from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.message import Part, bodystructure, decoded, envelope, sent_date
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
-from netsuite.pop3.wire import CommandError, decode_sasl_plain
+from netsuite.auth import sasl
 from netsuite.store.folder import FolderGone
 
 log = Logger(namespace="netsuite.imap")
@@ -395,8 +395,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _sasl_plain(self, tag, response):
         try:
-            authz, user, password = decode_sasl_plain(response)
-        except CommandError as e:
+            authz, user, password = sasl.decode_plain(response)
+        except sasl.SASLError as e:
             self._tagged(tag, b"BAD", str(e).encode())
             return None
         if authz and authz != user:

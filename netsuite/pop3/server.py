@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from netsuite.auth import sasl
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
 
@@ -238,8 +239,8 @@ class POP3Server(pop3.POP3):
             self.transport.write(wire.err("Authentication cancelled"))
             return
         try:
-            authz, user, password = wire.decode_sasl_plain(line)
-        except wire.CommandError as e:
+            authz, user, password = sasl.decode_plain(line)
+        except sasl.SASLError as e:
             self.transport.write(wire.err(str(e)))
             return
         if authz and authz != user:

@@ -5,9 +5,6 @@ dot-stuffing, TOP, SASL PLAIN.  No transport, no disk.
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from netsuite.store.folder import to_wire
 
 #: RFC 2449 4: a command line is at most 255 octets; SASL responses may be longer.
@@ -120,18 +117,3 @@ def uidl_for(base: str) -> str:
     import hashlib
 
     return hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def decode_sasl_plain(response: bytes) -> tuple[bytes, bytes, bytes]:
-    """
-    RFC 4616: base64 of C{authzid NUL authcid NUL passwd}; returns the three
-    parts or raises L{CommandError}.
-    """
-    try:
-        raw = base64.b64decode(response.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise CommandError("Invalid base64")
-    parts = raw.split(b"\x00")
-    if len(parts) != 3 or not parts[1]:
-        raise CommandError("Invalid PLAIN response")
-    return parts[0], parts[1], parts[2]
