@@ -30,6 +30,11 @@ from netsuite.auth import normalize_username
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 _hasher = PasswordHasher()
+
+#: argon2id verifications at once: each takes 64 MiB and a core for ~0.1 s, so
+#: a burst of logins must queue here rather than take memory and every thread.
+MAX_CONCURRENT_VERIFY = 4
+_verifying = defer.DeferredSemaphore(MAX_CONCURRENT_VERIFY)
 #: Verified against for unknown users, so timing does not reveal who exists.
 _DUMMY_HASH = _hasher.hash("netsuite-dummy-password")
 
@@ -141,7 +146,7 @@ class PasswordFileChecker:
     def requestAvatarId(self, creds):
         name = normalize_username(creds.username)
         hashed = self.db.hash_for(name) if valid_name(name) else None
-        ok = yield threads.deferToThread(verify, hashed, creds.password)
+        ok = yield _verifying.run(threads.deferToThread, verify, hashed, creds.password)
         if not ok:
             raise error.UnauthorizedLogin("bad user name or password")
         return name

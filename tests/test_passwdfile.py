@@ -1,0 +1,54 @@
+"""The password file checker: argon2id off the reactor, and never too many at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from twisted.cred import credentials, error
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from netsuite.auth import passwdfile
+
+
+class PasswordFileCheckerTests(TestCase):
+    def setUp(self):
+        self.path = self.mktemp()
+        db = passwdfile.PasswordFile(passwdfile.Path(self.path))
+        db.set_password("alice", "right")
+        self.checker = passwdfile.PasswordFileChecker(self.path)
+
+    @defer.inlineCallbacks
+    def test_right_wrong_and_unknown(self):
+        name = yield self.checker.requestAvatarId(credentials.UsernamePassword(b"alice", b"right"))
+        self.assertEqual(name, "alice")
+        for user, password in ((b"alice", b"wrong"), (b"nobody", b"right"), (b"../x", b"right")):
+            with self.assertRaises(error.UnauthorizedLogin):
+                yield self.checker.requestAvatarId(credentials.UsernamePassword(user, password))
+
+    @defer.inlineCallbacks
+    def test_a_burst_of_logins_is_verified_a_few_at_a_time(self):
+        active, peak = [0], [0]
+        lock = threading.Lock()
+        real = passwdfile.verify
+
+        def counting_verify(hashed, password):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.02)
+            try:
+                return real(hashed, password)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        self.patch(passwdfile, "verify", counting_verify)
+        reactor.suggestThreadPoolSize(32)
+        attempts = [self.checker.requestAvatarId(credentials.UsernamePassword(b"alice", b"x"))
+                    for _ in range(16)]
+        results = yield defer.DeferredList(attempts, consumeErrors=True)
+        self.assertTrue(all(not ok for ok, _ in results))
+        self.assertLessEqual(peak[0], passwdfile.MAX_CONCURRENT_VERIFY)
+        self.assertGreater(peak[0], 1)  # still parallel, just bounded
