@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
@@ -44,6 +44,8 @@ def make(plaintext=True, tls_ctx=None, transport=None, **cfg):
                           config=SimpleNamespace(server=SimpleNamespace(
                               allow_plaintext_auth=plaintext)))
     server = IMAPServer(ctx, IMAPConfig(**cfg))
+    # Timeouts on a fake clock: nothing is left scheduled on the global reactor.
+    server.callLater = task.Clock().callLater
     t = transport or StringTransport()
     server.makeConnection(t)
     greeting = t.value()

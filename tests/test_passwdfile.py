@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 import time
 
@@ -14,7 +17,9 @@ from netsuite.auth import passwdfile
 
 class PasswordFileCheckerTests(TestCase):
     def setUp(self):
-        self.path = self.mktemp()
+        directory = tempfile.mkdtemp(prefix="netsuite-passwd-")
+        self.addCleanup(shutil.rmtree, directory)
+        self.path = os.path.join(directory, "passwd")
         db = passwdfile.PasswordFile(passwdfile.Path(self.path))
         db.set_password("alice", "right")
         self.checker = passwdfile.PasswordFileChecker(self.path)
