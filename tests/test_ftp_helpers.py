@@ -6,14 +6,10 @@ import ftplib
 import hashlib
 import io
 import socket
-import ssl
+
+from rawsmtp import insecure_context as tls_context
 
 
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class ModeMixin:

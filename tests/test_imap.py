@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from netsuite.imap import wire
 from netsuite.imap.message import Part, bodystructure
 from netsuite.store.maildir import MaildirStore
+from rawsmtp import insecure_context as tls_context
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 
@@ -34,11 +34,6 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\n", b"\r\n")
 
 
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def put(d, user: str, data: bytes) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import poplib
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 
@@ -15,6 +14,7 @@ from netsuite.store.maildir import MaildirStore
 
 from netsuite.auth import sasl
 from netsuite.pop3 import wire
+from rawsmtp import insecure_context as tls_context
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 
@@ -22,11 +22,6 @@ MESSAGE = (b"From: bob@example.test\nTo: alice@example.test\nSubject: dots\n\n"
            b"first line\n.leading dot\n..two dots\n.\nlast line\n")
 
 
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def put(d, user: str, data: bytes) -> str:
