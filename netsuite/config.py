@@ -203,10 +203,18 @@ class LimitsConfig:
 
     max_connections: int = 500
     max_connections_per_address: int = 50
+    #: Seconds a client has to finish a TLS handshake (implicit TLS, or after
+    #: STARTTLS/STLS/AUTH TLS) before it is cut off; Postfix and Dovecot use ~30.
+    tls_handshake_timeout: float = 30.0
+    #: Seconds a connection the server closed may linger (waiting for the peer's
+    #: TLS close_notify or FIN, or for it to read the last reply) before it is aborted.
+    close_timeout: float = 10.0
 
     def validate(self) -> None:
         positive("max_connections", self.max_connections)
         positive("max_connections_per_address", self.max_connections_per_address)
+        positive("tls_handshake_timeout", self.tls_handshake_timeout)
+        positive("close_timeout", self.close_timeout)
 
 
 #: Listener name -> (default endpoints on the embedded defaults, implicit TLS).

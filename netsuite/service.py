@@ -10,7 +10,7 @@ L{ConfigError} before any port opens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -18,11 +18,12 @@ from twisted.cred import strcred
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints, ssl
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IHandshakeListener, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from netsuite import protocols
 from netsuite.auth.chain import combine
@@ -61,32 +62,114 @@ def make_checkers(config: Config) -> list:
     return result
 
 
+@implementer(IHandshakeListener)
+class TrackedConnection(policies.ProtocolWrapper):
+    """
+    One connection of a L{ConnectionLimits} listener: arms the TLS handshake
+    deadline and the close deadline (see there) around the wrapped protocol.
+    """
+
+    _netsuite_host: str | None = None
+    _handshake_timer: Any = None
+    _close_timer: Any = None
+    _gone = False
+
+    def makeConnection(self, transport):
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # Implicit TLS (our wrapping, or an ssl: endpoint): not yet negotiated.
+            self._arm_handshake()
+        super().makeConnection(transport)
+
+    def startTLS(self, ctx, normal: bool = True) -> None:
+        """STARTTLS, STLS, AUTH TLS: the handshake that follows has a deadline too."""
+        self.transport.startTLS(ctx, normal)
+        self._arm_handshake()
+
+    def handshakeCompleted(self) -> None:
+        self._cancel("_handshake_timer")
+        if not self._gone and IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        if self._close_timer is None and not self._gone:
+            self._close_timer = self.factory.reactor.callLater(
+                self.factory.close_timeout, self._expired, "close")
+
+    def connectionLost(self, reason):
+        self._gone = True
+        self._cancel("_handshake_timer")
+        self._cancel("_close_timer")
+        super().connectionLost(reason)
+
+    def _arm_handshake(self) -> None:
+        if self._handshake_timer is None:
+            self._handshake_timer = self.factory.reactor.callLater(
+                self.factory.tls_handshake_timeout, self._expired, "tls handshake")
+
+    def _cancel(self, name: str) -> None:
+        timer = getattr(self, name)
+        setattr(self, name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _expired(self, what: str) -> None:
+        if what == "close":
+            self._close_timer = None
+        else:
+            self._handshake_timer = None
+        log.info("{what} timeout: listener={listener} address={address}, connection aborted",
+                 what=what, listener=self.factory.listener, address=self._netsuite_host)
+        self.transport.abortConnection()
+
+
 class ConnectionLimits(policies.WrappingFactory):
     """
     Caps connections in total and per client address; over the cap the client
     gets the protocol's own 'busy' line (SMTP 421, POP3 -ERR, IMAP BYE, FTP 421).
+
+    Every listener's protocol goes through here, so this is also where a
+    connection's life is bounded whatever the protocol does: a TLS handshake
+    (implicit, or after STARTTLS/STLS/AUTH TLS) must finish within
+    C{tls_handshake_timeout}, and a connection told to close is aborted if it
+    has not gone C{close_timeout} seconds later (a peer that never answers
+    close_notify, never sends FIN, or stops reading).  The counters are
+    decremented exactly once, in L{unregisterProtocol}, however it ended.
     """
 
     noisy = False
+    protocol = TrackedConnection
 
-    def __init__(self, wrapped: IProtocolFactory, total: int, per_address: int, busy: bytes):
+    def __init__(self, wrapped: IProtocolFactory, total: int, per_address: int, busy: bytes,
+                 listener: str = "?", reactor: Any = None,
+                 tls_handshake_timeout: float = 30.0, close_timeout: float = 10.0,
+                 on_change: Callable[[], None] | None = None):
         super().__init__(wrapped)
+        if reactor is None:
+            from twisted.internet import reactor
         self.total = total
         self.per_address = per_address
         self.busy = busy
+        self.listener = listener
+        self.reactor = reactor
+        self.tls_handshake_timeout = tls_handshake_timeout
+        self.close_timeout = close_timeout
+        self.on_change = on_change
         self.by_address: dict[str, int] = {}
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", str(addr))
         if len(self.protocols) >= self.total or self.by_address.get(host, 0) >= self.per_address:
             log.warn("connection refused, limit reached: address={address}", address=host)
-            return _Busy(self.busy)
+            return _Busy(self.busy, self.reactor,
+                         self.tls_handshake_timeout + self.close_timeout)
         self.by_address[host] = self.by_address.get(host, 0) + 1
         proto = super().buildProtocol(addr)
         if proto is None:
             self._release(host)
         else:
             proto._netsuite_host = host
+        self._changed()
         return proto
 
     def _release(self, host: str) -> None:
@@ -100,24 +183,93 @@ class ConnectionLimits(policies.WrappingFactory):
         super().unregisterProtocol(p)
         host = getattr(p, "_netsuite_host", None)
         if host is not None:
+            p._netsuite_host = None  # released once, whatever calls us again
             self._release(host)
+            self._changed()
+
+    def counts(self) -> dict[str, Any]:
+        """What C{run/connections.json} shows for this listener."""
+        return {"open": len(self.protocols), "addresses": dict(self.by_address)}
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
 
 class _Busy(Protocol):
-    """Says the protocol's 'busy' line and hangs up."""
+    """Says the protocol's 'busy' line and hangs up, within a deadline even over TLS."""
 
-    def __init__(self, line: bytes):
+    def __init__(self, line: bytes, reactor: Any, deadline: float):
         self.line = line
+        self.reactor = reactor
+        self.deadline = deadline
+        self._timer: Any = None
 
     def makeConnection(self, transport):
+        self.transport = transport
         transport.write(self.line)
         transport.loseConnection()
+        # Over TLS the line waits for the handshake: a silent client must not keep the socket.
+        self._timer = self.reactor.callLater(self.deadline, transport.abortConnection)
 
     def dataReceived(self, data):
         pass
 
     def connectionLost(self, reason=None):
-        pass
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class ConnectionStatus(service.Service):
+    """
+    Writes C{run/connections.json}: per listener, open connections in total and
+    per client address.  Changes are coalesced into at most one write per
+    C{delay} seconds, so a connection burst costs a handful of small writes.
+    """
+
+    delay = 0.1
+
+    def __init__(self, path, reactor: Any):
+        self.path = path
+        self.reactor = reactor
+        self.listeners: dict[str, ConnectionLimits] = {}
+        self._pending: Any = None
+
+    def add(self, limits: ConnectionLimits) -> None:
+        self.listeners[limits.listener] = limits
+        limits.on_change = self.changed
+
+    def changed(self) -> None:
+        if self._pending is None and self.running:
+            self._pending = self.reactor.callLater(self.delay, self.write)
+
+    def write(self) -> None:
+        import json
+        import os
+
+        self._pending = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({
+            "pid": os.getpid(),
+            "listeners": {name: limits.counts() for name, limits in self.listeners.items()},
+        }))
+        os.replace(tmp, self.path)
+
+    def startService(self):
+        super().startService()
+        self.write()
+
+    def stopService(self):
+        super().stopService()
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _limits_for(config: Config, name: str) -> tuple[int, int]:
@@ -177,6 +329,7 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
     ctx = ServerContext(config, throttled, realm, tls.context_factory(config), reactor)
 
     top = service.MultiService()
+    status = ConnectionStatus(config.data_dir / "run" / "connections.json", reactor)
     for hook in protocols.SERVICE_HOOKS:
         hook(ctx, top)
     for name, endpoints_ in config.listen.items():
@@ -187,7 +340,11 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
         total, per = _limits_for(config, name)
         # One cap per listener, shared by its endpoints, and inside TLS so that a
         # TLS client can read the busy line.
-        limited = ConnectionLimits(kind.build(ctx, name), total, per, kind.busy)
+        limited = ConnectionLimits(kind.build(ctx, name), total, per, kind.busy,
+                                   listener=name, reactor=reactor,
+                                   tls_handshake_timeout=config.limits.tls_handshake_timeout,
+                                   close_timeout=config.limits.close_timeout)
+        status.add(limited)
         for i, description in enumerate(endpoints_):
             try:
                 ep, wrap = server_endpoint(ctx, description, implicit_tls)
@@ -200,6 +357,7 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
             svc = ListenerService(name, description, ep, f)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
+    status.setServiceParent(top)
     ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
     return top
 

@@ -81,6 +81,10 @@ class IMAPServer(imap4.IMAP4Server):
         self._idle_tag: bytes | None = None
         self._sasl_tag: bytes | None = None
         self.mbox = None
+        #: Set in connectionLost: callbacks that fire later must not act on the session.
+        self._lost = False
+        #: Long FETCH/SEARCH renderings, stopped if the connection goes.
+        self._tasks: set = set()
 
     # -- connection ------------------------------------------------------------------
 
@@ -94,8 +98,22 @@ class IMAPServer(imap4.IMAP4Server):
                   IDENT.encode())
 
     def connectionLost(self, reason):
+        self._lost = True
+        for t in list(self._tasks):
+            t.stop()
         self._deselect()
         super().connectionLost(reason)
+
+    def _cooperate(self, work):
+        """Run C{work} a batch per reactor turn; stopped in connectionLost."""
+        t = task.cooperate(work)
+        self._tasks.add(t)
+
+        def finished(result):
+            self._tasks.discard(t)
+            return result
+
+        return t.whenDone().addBoth(finished)
 
     def timeoutConnection(self):
         self.send(b"* BYE Idle for too long, closing connection")
@@ -270,12 +288,15 @@ class IMAPServer(imap4.IMAP4Server):
             self._busy = True
 
             def failed(f):
+                if self._lost:
+                    return  # stopped, or failed, after the client left: nobody to tell
                 log.failure("IMAP {command} failed", f, command=name)
                 self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
 
             def resume(_):
                 self._busy = False
-                self._process()
+                if not self._lost:
+                    self._process()
 
             result.addErrback(failed).addBoth(resume)
 
@@ -391,7 +412,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _unbusy(self, _=None):
         self._busy = False
-        self._process()
+        if not self._lost:
+            self._process()
 
     def _sasl_plain(self, tag, response):
         try:
@@ -410,8 +432,8 @@ class IMAPServer(imap4.IMAP4Server):
 
         def ok(result):
             iface, avatar, logout = result
-            if self.transport.disconnecting:
-                logout()
+            if self._lost or self.transport.disconnecting:
+                logout()  # gone while the password was checked
                 return
             self.account = avatar
             self._onLogout = logout
@@ -421,7 +443,9 @@ class IMAPServer(imap4.IMAP4Server):
                          b"] Logged in")
 
         def failed(f):
-            self.setTimeout(self.timeOut)
+            if self._lost:
+                return None
+            self.setTimeout(self.cfg.login_timeout)  # setTimeout(None) cleared timeOut
             if f.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
                 self._tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
             else:
@@ -755,7 +779,7 @@ class IMAPServer(imap4.IMAP4Server):
                 pass
             done(None)
             return None
-        return task.cooperate(render()).whenDone().addCallback(done)
+        return self._cooperate(render()).addCallback(done)
 
     def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> list[bytes]:
         """FETCH of UID and/or FLAGS only: index data, one cached rendering per flag set."""
@@ -961,7 +985,7 @@ class IMAPServer(imap4.IMAP4Server):
             done()
             return None
         # A big folder is searched a batch per reactor turn: other sessions go on.
-        return task.cooperate(scan()).whenDone().addCallback(done)
+        return self._cooperate(scan()).addCallback(done)
 
 
 class _SearchContext:

@@ -84,6 +84,9 @@ class POP3Server(pop3.POP3):
         self._user: bytes | None = None
         self._sasl_pending = False
         self._busy = False
+        self._idle = timeout
+        #: Set in connectionLost: callbacks that fire later must not act on the session.
+        self._lost = False
         self.magic = b""
 
     # -- connection ---------------------------------------------------------------------
@@ -94,6 +97,11 @@ class POP3Server(pop3.POP3):
         self.portal = self.ctx.portal.bind(self.peer, "pop3")
         self.transport.write(wire.ok("netsuite POP3 ready"))
         self.setTimeout(self.timeOut)
+
+    def connectionLost(self, reason):
+        self._lost = True
+        self._user = None
+        super().connectionLost(reason)
 
     def plaintext_allowed(self) -> bool:
         return self.tls or self.ctx.config.server.allow_plaintext_auth
@@ -135,6 +143,10 @@ class POP3Server(pop3.POP3):
     def _resume(self, _=None):
         """A long operation finished: run what was pipelined meanwhile."""
         self._busy = False
+        if self._lost:
+            return
+        if self.timeOut is None:
+            self.setTimeout(self._idle)  # off while a login was checked
         self.resetTimeout()
         if self._buffer and not self.transport.disconnecting:
             pending, self._buffer = self._buffer, b""
@@ -258,7 +270,8 @@ class POP3Server(pop3.POP3):
 
     def _logged_in(self, result):
         iface, avatar, logout = result
-        if self.transport.disconnecting:
+        if self._lost or self.transport.disconnecting:
+            # Gone while the password was checked: release the maildrop lock at once.
             logout()
             return
         self.mbox = avatar
@@ -268,6 +281,11 @@ class POP3Server(pop3.POP3):
         self.transport.write(wire.ok(f"Logged in, {count} messages ({size} octets)"))
 
     def _login_failed(self, failure):
+        if self._lost:
+            if failure.check(MailboxInUse, cred_error.UnauthorizedLogin,
+                             cred_error.UnhandledCredentials):
+                return None
+            return failure
         if failure.check(MailboxInUse):
             self.transport.write(wire.err("Mailbox is locked by another POP3 session",
                                           "IN-USE"))
@@ -278,6 +296,8 @@ class POP3Server(pop3.POP3):
 
     def _unexpected(self, failure):
         log.failure("POP3 login", failure)
+        if self._lost:
+            return
         self.transport.write(wire.err("Temporary server failure", "SYS/TEMP"))
 
     # -- TRANSACTION state --------------------------------------------------------------

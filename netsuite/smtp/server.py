@@ -65,6 +65,8 @@ class SMTPServer(smtp.ESMTP):
         self._overlong = False
         self._waiting: defer.Deferred | None = None
         self._closing = False
+        #: Set in connectionLost: callbacks that fire later must not act on the session.
+        self._lost = False
         self._errors = 0
         self._esmtp = False
         self._params: dict[str, Any] = {}
@@ -94,6 +96,7 @@ class SMTPServer(smtp.ESMTP):
         self.startedTLS = tls
 
     def connectionLost(self, reason=protocol.connectionDone) -> None:
+        self._lost = True
         self._abort_messages()
         self.setTimeout(None)
         if self._onLogout:
@@ -125,6 +128,8 @@ class SMTPServer(smtp.ESMTP):
     # -- replies -------------------------------------------------------------
 
     def say(self, code: int, enhanced: str | None, text: str | bytes) -> None:
+        if self._lost:
+            return
         if code >= 400:
             self._errors += 1
         self.transport.write(wire.reply(code, enhanced, text))
@@ -166,7 +171,7 @@ class SMTPServer(smtp.ESMTP):
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 self._wait(self.lineReceived(line))
-        if self._waiting is not None or self._closing:
+        if self._waiting is not None and not self._closing:
             self.transport.pauseProducing()
 
     def _wait(self, result: Any) -> None:
@@ -178,7 +183,7 @@ class SMTPServer(smtp.ESMTP):
 
         def done(value):
             self._waiting = None
-            if asynchronous and not self._closing:
+            if asynchronous and not self._closing and not self._lost:
                 self.transport.resumeProducing()
                 self._process()
             return value
@@ -189,7 +194,7 @@ class SMTPServer(smtp.ESMTP):
 
     def _internal_error(self, failure: Failure) -> None:
         log.failure("internal error, address={address}", failure, address=self.peer)
-        if not self._closing:
+        if not self._closing and not self._lost:
             self.say(451, "4.3.0", "Error: internal error, try again later")
 
     def lineReceived(self, line: bytes):
@@ -353,6 +358,10 @@ class SMTPServer(smtp.ESMTP):
 
     def _authenticated(self, result) -> None:
         _iface, avatar, logout = result
+        if self._lost:
+            # The client left while the password was checked: log out, nothing else.
+            logout()
+            return
         self.delivery, self._onLogout = avatar, logout
         self.authenticated = True
         self.auth_user = getattr(avatar, "user", None) or self.challenger.username.decode(
