@@ -505,3 +505,38 @@ def test_ftp_user_pass_then_close(daemon):
                       b"\r\nPWD\r\nPASV\r\n", "login: protocol=ftp ")
     session(d, "ftp", login=True)
     clean_log(d, since)
+
+
+@pytest.fixture(scope="module")
+def short_idle(tmp_path_factory):
+    config = dict(BASE, pop3={"idle_timeout": 1}, imap={"login_timeout": 1})
+    d = Daemon(tmp_path_factory.mktemp("idle"), config, ["pop3", "imap"])
+    d.add_user("alice", PASSWORD)
+    d.start()
+    yield d
+    d.stop()
+
+
+def test_pop3_idle_timeout_still_applies_after_login(short_idle):
+    """The timer stopped while PASS was checked must run again: an idle session must end."""
+    d = short_idle
+    sock = connect(d, "pop3")
+    read_until(sock, b"+OK")
+    sock.sendall(b"USER alice\r\nPASS " + PASSWORD.encode() + b"\r\n")
+    read_until(sock, b"Logged in")
+    assert b"Idle for too long" in read_until(sock, b"closing connection")
+    assert closed_by_server(sock)
+    sock.close()
+    wait_idle(d, "pop3", timeout=10)
+
+
+def test_imap_login_timeout_still_applies_after_a_failed_login(short_idle):
+    d = short_idle
+    sock = connect(d, "imap")
+    read_until(sock, b"* OK")
+    sock.sendall(b"a LOGIN alice wrong\r\n")
+    read_until(sock, b"a NO")
+    assert b"Idle for too long" in read_until(sock, b"closing connection")
+    assert closed_by_server(sock)
+    sock.close()
+    wait_idle(d, "imap", timeout=10)
