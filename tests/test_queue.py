@@ -36,9 +36,9 @@ def remote():
     r.stop()
 
 
-def relay_daemon(make_daemon, remote_port: int, **queue):
+def relay_daemon(make_daemon, remote_port: int, smtp: dict | None = None, **queue):
     config = {"queue": {**FAST, "routes": {"remote.test": f"127.0.0.1:{remote_port}"},
-                        **queue}}
+                        **queue}, "smtp": smtp or {}}
     return make_daemon(config=config, listeners=["smtp", "submission", "smtps"],
                        users={"alice": "alice-pw", "bob": "bob-pw"})
 
@@ -149,13 +149,20 @@ def test_550_bounces_to_local_sender_others_delivered(make_daemon, remote):
 
 
 def test_null_sender_is_never_bounced(make_daemon, remote):
+    """The bounce (sender <>) of a bounce is dropped, never bounced again."""
     remote.handler.script["nobody@remote.test"] = ["550 5.1.1 no such user"]
-    d = relay_daemon(make_daemon, remote.port)
-    submit(d, ["nobody@remote.test"], message("nullsender"), sender="")
+    remote.handler.script["far@remote.test"] = ["550 5.1.1 no such user either"]
+    d = relay_daemon(make_daemon, remote.port,
+                     smtp={"shared_senders": {"far@remote.test": ["alice"]}})
+    with pytest.raises(smtplib.SMTPSenderRefused) as e:  # clients may not send as <>
+        submit(d, ["nobody@remote.test"], message("nullsender"), sender="")
+    assert e.value.smtp_code == 553
+    submit(d, ["nobody@remote.test"], message("nullsender"), sender="far@remote.test")
     assert d.wait_for(lambda: "null sender" in d.log(), 10), d.log()[-3000:]
     assert d.wait_for(lambda: queue_ids(d) == [], 5)
     assert dsn_free(d, "alice")
     assert remote.messages == []
+    assert remote.handler.rcpt_calls == {"nobody@remote.test": 1, "far@remote.test": 1}
 
 
 def test_remote_down_then_up(make_daemon):
@@ -412,7 +419,8 @@ def test_delay_warning_then_expiry_bounce(make_daemon):
 
 def test_bounce_for_remote_sender_goes_out_through_the_queue(make_daemon, remote):
     remote.handler.script["nobody@remote.test"] = ["550 5.1.1 no such user"]
-    d = relay_daemon(make_daemon, remote.port)
+    d = relay_daemon(make_daemon, remote.port,
+                     smtp={"shared_senders": {"alice@remote.test": ["alice"]}})
     submit(d, ["nobody@remote.test"], message("fromafar"), sender="alice@remote.test")
     msgs = remote.handler.wait(1)
     assert len(msgs) == 1, d.log()[-3000:]

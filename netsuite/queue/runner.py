@@ -626,7 +626,9 @@ class QueueRunner(service.Service):
         local, _, domain = to.rpartition("@")
         realm = self.realm
         if realm.is_local_domain(domain):
-            users = realm.resolve_local(local, domain)
+            from netsuite.smtp.delivery import local_recipients
+
+            users = local_recipients(realm, local, domain)
             if not users:
                 log.warn("notification for id={id} dropped: no local user <{to}>",
                          id=about, to=to)

@@ -86,6 +86,20 @@ class Transaction:
             f.abort()
 
 
+def local_recipients(realm, local: str, domain: str) -> list[str]:
+    """
+    The users for C{local@domain} (a local domain): the realm's answer, and for
+    C{postmaster} with no user or alias of that name, the realm's postmaster
+    target (RFC 5321 4.5.1: every domain accepts postmaster).
+    """
+    users = realm.resolve_local(local, domain)
+    if not users and local.lower() == "postmaster":
+        fallback = getattr(realm, "postmaster_users", None)
+        if fallback is not None:
+            users = fallback()
+    return users
+
+
 @implementer(smtp.IMessageDelivery)
 class Delivery:
     """
@@ -112,7 +126,7 @@ class Delivery:
         domain = user.dest.domain.decode("utf-8", "replace")
         shown = f"<{local}@{domain}>"
         if self.realm.is_local_domain(domain):
-            users = self.realm.resolve_local(local, domain)
+            users = local_recipients(self.realm, local, domain)
             if not users:
                 raise smtp.SMTPBadRcpt(user, 550, f"5.1.1 {shown}: Recipient address "
                                                   "rejected: User unknown in local recipient table")
