@@ -153,6 +153,7 @@ class QueueWriter:
         self._spill_path: Path | None = None
 
     def write(self, data: bytes) -> None:
+        """Raises L{OSError} (full disk) from the spill file; then call L{abort}."""
         self.size += len(data)
         if not self.eightbit and not data.isascii():
             self.eightbit = True
@@ -183,10 +184,16 @@ class QueueWriter:
                        user=self.user, size=self.size, hops=self.hops, eightbit=self.eightbit)
 
         def store():
-            if spill is not None:
-                spill.close()
-            env.id = spool.new_id(self._head)
-            spool.commit(env, content, self._spill_path)
+            try:
+                if spill is not None:
+                    spill.close()
+                env.id = spool.new_id(self._head)
+                spool.commit(env, content, self._spill_path)
+            except BaseException:
+                # A full disk: the spilled body must not stay in queue/tmp.
+                if self._spill_path is not None:
+                    self._spill_path.unlink(missing_ok=True)
+                raise
 
         d = self.runner.disk(store)
         d.addCallback(lambda _: self.runner.accepted(env, None if spill else content))
@@ -196,7 +203,11 @@ class QueueWriter:
         self._chunks = []
         spill, self._spill = self._spill, None
         if spill is not None:
-            spill.close()
+            try:
+                spill.close()
+            except OSError:
+                pass  # a full disk: the unwritten tail goes with the file
+        if self._spill_path is not None:
             self._spill_path.unlink(missing_ok=True)
 
 

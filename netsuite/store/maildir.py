@@ -55,22 +55,40 @@ class MaildirDelivery:
         self.tmp_path = maildir / "tmp" / self.name
         self._file = open(self.tmp_path, "xb", buffering=65536)
         self.size = 0
+        #: The write error (a full disk, a quota) that spoilt this message.
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        if self.error is not None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            # Keep the session alive: the caller learns at commit; nothing partial stays.
+            self.error = e
+            self.abort()
+            return
         self.size += len(data)
 
     def _finish(self) -> str:
         f = self._file
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        except OSError:
+            self.abort()
+            raise
         final = f"{self.name},S={self.size}"
         os.rename(self.tmp_path, self.maildir / "new" / final)
         fsync_dir(self.maildir / "new")
         return final
 
     def commit(self):
+        if self.error is not None:
+            from twisted.internet import defer
+
+            return defer.fail(self.error)
         d = threads.deferToThread(self._finish)
         if self.on_commit is not None:
             def committed(key):
@@ -85,6 +103,8 @@ class MaildirDelivery:
     def abort(self) -> None:
         try:
             self._file.close()
+        except OSError:
+            pass  # the buffered tail cannot be written (full disk): it is discarded anyway
         finally:
             try:
                 os.unlink(self.tmp_path)
@@ -194,8 +214,13 @@ class MaildirStore:
             last = 0
         value = max(int(time.time()), last + 1)
         tmp = path.with_name(_UIDVALIDITY + ".tmp")
-        tmp.write_text(f"{value}\n")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(f"{value}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            # A full disk: the clock keeps the value fresh; the folder stays readable.
+            tmp.unlink(missing_ok=True)
+            log.warn("cannot record the UIDVALIDITY of {user}: {error}", user=user, error=e)
         return value
 
     def _evict(self) -> None:
@@ -272,13 +297,20 @@ class MaildirStore:
         mark = root / _SPECIAL_MARK
         if mark.exists():
             return
+        try:
+            self._make_special_folders(user, root)
+            mark.touch()
+        except OSError as e:  # a full disk must not stop a login: tried again next time
+            log.warn("cannot create the special folders of {user}: {error}", user=user,
+                     error=e)
+
+    def _make_special_folders(self, user: str, root: Path) -> None:
         for name in SPECIAL_FOLDERS:
             path = root / f".{name}"
             if not (path / "cur").is_dir():
                 ensure_maildir(path)
                 (path / "maildirfolder").touch()
                 self.set_subscribed(user, name, True)
-        mark.touch()
 
     def special_use(self, name: str) -> str | None:
         return SPECIAL_FOLDERS.get(name)
