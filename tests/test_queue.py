@@ -201,6 +201,62 @@ def test_sigkill_with_200_queued_all_arrive_after_restart(make_daemon):
     assert "200 message(s) recovered" in d.log()
 
 
+def test_recorded_250_is_not_resent_after_kill9(make_daemon, remote):
+    """
+    One message for two destinations: remote.test accepts, other.test stays silent.
+    Killed (-9) once remote.test's 250 is in the log, the restarted daemon sends
+    only to other.test: the 250 was recorded durably the moment it came.
+    """
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; no greeting ever comes
+    other_port = silent.getsockname()[1]
+    d = relay_daemon(make_daemon, remote.port, command_timeout=60, connect_timeout=60)
+    d.config["queue"]["routes"]["other.test"] = f"127.0.0.1:{other_port}"
+    d.restart()
+    submit(d, ["x@remote.test", "y@other.test"], message("twodest"))
+    assert remote.handler.wait(1) and d.wait_for(
+        lambda: "sent: id=" in d.log() and "to=<x@remote.test>" in d.log()), d.log()[-3000:]
+    qid = queue_ids(d)
+    assert len(qid) == 1  # other.test is still pending
+    d.kill9()
+    silent.close()
+    other = Remote(other_port).start()
+    try:
+        d.start()
+        got = other.handler.wait(1, timeout=20)
+        assert [m["to"] for m in got] == [["y@other.test"]], d.log()[-3000:]
+        assert d.wait_for(lambda: queue_ids(d) == [], 10)
+    finally:
+        other.stop()
+    assert len(remote.messages) == 1, "remote.test got the message twice"
+    assert remote.handler.rcpt_calls == {"x@remote.test": 1}
+
+
+def test_kill9_mid_delivery_resends_at_most_what_was_in_flight(make_daemon, remote):
+    """Killed while relaying: only a message whose 250 was on the wire may arrive twice."""
+    d = relay_daemon(make_daemon, remote.port, destination_concurrency=3)
+    s = smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=30, context=insecure_context())
+    s.login("alice", "alice-pw")
+    accepted = 0
+    while accepted < 120:
+        s.sendmail("alice@example.test", [f"user{accepted % 7}@remote.test"],
+                   message(f"mid{accepted}"))
+        accepted += 1
+        if len(remote.messages) >= 40:
+            break  # the queue is busy relaying: kill it now
+    d.kill9()
+    s.close()
+    d.start()
+    expected = {f"mid{i}" for i in range(accepted)}
+    assert d.wait_for(lambda: expected <= {parse(m["content"])["Subject"]
+                                           for m in list(remote.messages)}, 60), d.log()[-3000:]
+    assert d.wait_for(lambda: queue_ids(d) == [], 10)
+    subjects = [parse(m["content"])["Subject"] for m in remote.messages]
+    duplicates = len(subjects) - len(set(subjects))
+    assert duplicates <= 3, f"{duplicates} messages sent twice (3 connections in flight)"
+
+
 def test_8bit_becomes_quoted_printable_without_8bitmime(make_daemon):
     r = Remote(handler=Handler(no_8bitmime=True)).start()
     try:

@@ -515,11 +515,31 @@ class QueueRunner(service.Service):
 
     def job_done(self, job: Job, results: dict[str, Reply], remote: str) -> None:
         env = job.env
+        sent = [r.address for r in job.recipients
+                if r.state == PENDING and (results.get(r.address) or Reply(-1, "")).ok]
+        synced: defer.Deferred = defer.succeed(None)
+        if sent:
+            # First of all, before the log, the next message or the removal:
+            # the remote's 250, per recipient, where a restart will read it.
+            # What remains is the moment between the remote's 250 reaching our
+            # socket and this write (a kill -9 there resends), and until the
+            # fsync below, a power loss; neither window can be zero.
+            try:
+                self.spool.record_sent(env.id, sent)
+                synced = self.disk(self.spool.sync_sent, env.id)
+            except OSError as e:
+                log.error("queue: cannot record delivery of {id}: {e}", id=env.id, e=e)
         self._record(env, job.recipients, results, remote)
-        left = self._outstanding.get(env.id, 1) - 1
-        self._outstanding[env.id] = left
-        if left <= 0:
-            self._settle(env)
+        synced.addErrback(lambda f: log.failure("queue: fsync of {id}.sent failed", f,
+                                                id=env.id))
+
+        def settle(_):
+            left = self._outstanding.get(env.id, 1) - 1
+            self._outstanding[env.id] = left
+            if left <= 0:
+                self._settle(env)
+
+        synced.addCallback(settle)
 
     def _record(self, env: Envelope, recipients: list[Recipient],
                 results: dict[str, Reply], remote: str) -> None:
