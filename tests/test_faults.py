@@ -11,6 +11,7 @@ import os
 import shutil
 import smtplib
 import subprocess
+import time
 
 import pytest
 from harness import Daemon
@@ -184,3 +185,69 @@ def test_imap_reads_keep_working_when_the_index_cannot_be_saved(small_disk):
     m.logout()
     assert d.wait_for(lambda: "saved again" in d.log(), 10)
     assert "Unhandled" not in d.log()
+
+
+# -- leftovers in tmp/ after a crash ---------------------------------------------------------
+
+HOURS = 3600
+
+
+def _aged(path, hours: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"partial")
+    then = time.time() - hours * HOURS
+    os.utime(path, (then, then))
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_tmp_leftovers_are_cleaned_at_startup(make_daemon):
+    from netsuite.store.maildir import _HOST
+
+    d = make_daemon(listeners=["smtp"], users={"alice": "alice-pw"}, start=False)
+    box = d.maildir("alice")
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+        (box / ".Sent" / sub).mkdir(parents=True, exist_ok=True)
+    now = int(time.time())
+    old = box / "tmp" / "1000.M1P1Q1.otherhost"
+    old_in_folder = box / ".Sent" / "tmp" / "1000.M2P1Q1.otherhost"
+    fresh_foreign = box / "tmp" / f"{now}.M3P1Q1.otherhost"           # another MDA, writing
+    crashed = box / "tmp" / f"{now}.M4P{_dead_pid()}Q1.{_HOST}"       # ours, writer gone
+    alive = box / "tmp" / f"{now}.M5P{os.getpid()}Q1.{_HOST}"        # ours? its writer lives
+    old_message = box / "cur" / "1000.M6P1Q1.otherhost:2,S"           # cur/ is never touched
+    _aged(old, 40)
+    _aged(old_in_folder, 37)
+    _aged(old_message, 400)
+    for path in (fresh_foreign, crashed, alive):
+        _aged(path, 0)
+    spilled = d.data_dir / "queue" / "tmp" / "0123456789abcdef"
+    _aged(spilled, 0)
+    d.start()
+    assert d.wait_for(lambda: not old.exists() and not crashed.exists(), 10), d.log()[-2000:]
+    assert not old_in_folder.exists() and not spilled.exists()
+    assert fresh_foreign.exists() and alive.exists() and old_message.exists()
+    assert "tmp cleanup: removed 3 leftover file(s)" in d.log()
+
+
+def test_tmp_leftovers_are_cleaned_by_age_while_running(tmp_path):
+    """The hourly pass: what was fresh at start-up goes once it is 36 hours old."""
+    from netsuite.queue.spool import Spool
+    from netsuite.store.maildir import TMP_MAX_AGE, MaildirStore
+
+    store = MaildirStore(tmp_path / "mail")
+    partial = tmp_path / "mail" / "alice" / "tmp" / "1.M1P1Q1.otherhost"
+    _aged(partial, 0)
+    assert store.clean_tmp() == 0 and partial.exists()
+    assert store.clean_tmp(now=time.time() + TMP_MAX_AGE + 60) == 1
+    assert not partial.exists()
+    spool = Spool(tmp_path / "queue")
+    spilled = spool.tmp / "0123456789abcdef"
+    _aged(spilled, 0)
+    assert spool.clean_tmp(TMP_MAX_AGE) == 0 and spilled.exists()
+    assert spool.clean_tmp(TMP_MAX_AGE, now=time.time() + TMP_MAX_AGE + 60) == 1
+    assert not spilled.exists()

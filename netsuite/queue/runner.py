@@ -37,6 +37,9 @@ SPILL = 1 << 20
 MAX_MX_HOSTS = 5
 #: Seconds within which removals of delivered messages share one fsync.
 REMOVAL_SYNC_DELAY = 0.05
+#: How often, and past what age, spilled bodies left in queue/tmp are removed.
+TMP_CLEAN_INTERVAL = 3600.0
+TMP_MAX_AGE = 36 * 3600.0
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -244,6 +247,8 @@ class QueueRunner(service.Service):
         self._pool = ThreadPool(0, DISK_THREADS, name="netsuite-queue")
         self._mx = None
         self._tls_default = None
+        #: recover() empties queue/tmp at start-up; later, by age, hourly.
+        self._tmp_cleaned = time.time()
 
     # -- service ---------------------------------------------------------------------
 
@@ -314,6 +319,10 @@ class QueueRunner(service.Service):
         for env in list(self.envelopes.values()):
             if env.id not in self.busy and env.next_attempt <= now:
                 self.attempt(env)
+        if now - self._tmp_cleaned >= TMP_CLEAN_INTERVAL:
+            self._tmp_cleaned = now
+            self.disk(self.spool.clean_tmp, TMP_MAX_AGE).addErrback(
+                lambda f: log.failure("queue: tmp cleanup failed", f))
 
     def flush(self, qid: str | None) -> int:
         """Make one (or every) message due now."""

@@ -294,6 +294,19 @@ class Spool:
         envelopes.sort(key=lambda e: e.created)
         return envelopes
 
+    def clean_tmp(self, max_age: float, now: float | None = None) -> int:
+        """
+        While running: remove spilled bodies in C{tmp/} older than C{max_age}
+        seconds (a live session's file is being written, so it is fresh; at
+        start-up L{recover} removes them all).
+        """
+        from netsuite.store.maildir import clean_tmp_dir
+
+        removed = clean_tmp_dir(self.tmp, max_age, now)
+        if removed:
+            log.info("queue: removed {n} leftover file(s) from tmp/", n=removed)
+        return removed
+
     def _set_aside(self, qid: str, why: str) -> None:
         log.error("recover: moving {id} to corrupt/: {why}", id=qid, why=why)
         for path in (self.msg_path(qid), self.env_path(qid), self.sent_path(qid)):
