@@ -38,7 +38,7 @@ class SMTPConfig:
 
         shared = {}
         for key, users in self.shared_senders.items():
-            local, at, domain = key.rpartition("@")
+            _local, at, domain = key.rpartition("@")
             if not at or not domain or " " in key:
                 raise ConfigError(f"{key!r}: expected an address or '@domain'",
                                   "shared_senders")
