@@ -209,6 +209,8 @@ class NetsuiteRealm:
                 return True
         if not self.is_local_domain(domain):
             return False
+        if local == user or local.lower() == user.lower():
+            return True  # its own login name (PAM accounts too, not in the password file)
         return any(user in self.resolve_local(name, domain) for name in {local, local.lower()})
 
     # -- per-user places ------------------------------------------------------
