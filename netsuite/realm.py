@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.cred import checkers, portal
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from netsuite.auth import normalize_username
 from netsuite.auth.passwdfile import PasswordFile, valid_name
 from netsuite.config import Config, ConfigError, section
 from netsuite.store.maildir import MaildirStore
+
+log = Logger(namespace="netsuite.realm")
 
 #: The avatar id of an unauthenticated (MX or anonymous FTP) session.
 ANONYMOUS = checkers.ANONYMOUS
@@ -38,6 +41,12 @@ class MailConfig:
     aliases: dict[str, list[str]] = field(default_factory=dict)
     #: An optional file of C{alias: user, user} lines, merged with C{aliases}.
     aliases_file: Path | None = None
+    #: Where C{postmaster@} every local domain (and bare C{<Postmaster>}) goes
+    #: when no user or alias of that name exists (RFC 5321 4.5.1): a user, an
+    #: alias or an address in a local domain; it must resolve at start-up.
+    #: Unset: the mailbox C{DATA/mail/postmaster}, which a user named
+    #: C{postmaster} reads (so the zero-config server starts with no users).
+    postmaster: str = ""
 
     def validate(self) -> None:
         self.local_domains = [d.lower().rstrip(".") for d in self.local_domains]
@@ -50,6 +59,12 @@ class MailConfig:
             except OSError as e:
                 raise ConfigError(f"cannot read: {e.strerror}", "aliases_file")
         self.aliases = {k.lower(): v for k, v in self.aliases.items()}
+        self.postmaster = self.postmaster.strip()
+        if "@" in self.postmaster:
+            domain = self.postmaster.rpartition("@")[2].lower().rstrip(".")
+            if domain not in self.local_domains:
+                raise ConfigError(f"{self.postmaster!r} is not in a local domain",
+                                  "postmaster")
 
 
 def parse_aliases(text: str, path: Path | str = "aliases") -> dict[str, list[str]]:
@@ -136,6 +151,67 @@ class NetsuiteRealm:
             elif self.user_exists(name) and name not in found:
                 found.append(name)
         return found
+
+    #: The mailbox that keeps postmaster mail when nothing else takes it.
+    POSTMASTER_MAILBOX = "postmaster"
+
+    def postmaster_users(self) -> list[str]:
+        """
+        Where mail for C{postmaster@} a local domain goes when no user or alias
+        of that name exists: C{[mail] postmaster}, else the C{postmaster}
+        mailbox, so that such mail is never refused nor lost.
+        """
+        target = self.config.mail.postmaster
+        if target:
+            local, at, domain = target.rpartition("@")
+            users = (self.resolve_local(local, domain) if at
+                     else self.resolve_local(target, self.config.mail.local_domains[0]))
+            if users:
+                return users
+            log.warn("mail.postmaster {target!r} no longer resolves: postmaster mail "
+                     "goes to the mailbox {box!r}", target=target,
+                     box=self.POSTMASTER_MAILBOX)
+        return [self.POSTMASTER_MAILBOX]
+
+    def check_postmaster(self) -> None:
+        """At start-up: a configured postmaster target that resolves to nobody stops it."""
+        target = self.config.mail.postmaster
+        unserved = [d for d in self.config.mail.local_domains
+                    if not self.resolve_local("postmaster", d)]
+        if not unserved:
+            return
+        if target:
+            local, at, domain = target.rpartition("@")
+            users = (self.resolve_local(local, domain) if at
+                     else self.resolve_local(target, unserved[0]))
+            if not users:
+                raise ConfigError(f"{target!r} is not a user, an alias or a local address, "
+                                  f"and postmaster@{unserved[0]} has no mailbox", "mail.postmaster")
+        else:
+            log.info("postmaster@{domains}: no user or alias; kept in the mailbox "
+                     "{box!r} (set [mail] postmaster)", domains=",".join(unserved),
+                     box=self.POSTMASTER_MAILBOX)
+
+    def may_send_as(self, user: str, address: str) -> bool:
+        """
+        Whether the authenticated C{user} may use C{address} (C{local@domain},
+        or "" for the null sender) in MAIL FROM on submission: its own
+        C{user@} every local domain, an alias resolving to it, or a
+        C{[smtp] shared_senders} allowance.  Override to decide otherwise.
+        """
+        local, at, domain = address.rpartition("@")
+        if not at or not local:
+            return False
+        domain = domain.lower().rstrip(".")
+        shared = self.config.smtp.shared_senders
+        for key in (f"{local.lower()}@{domain}", f"@{domain}"):
+            if user in shared.get(key, ()):
+                return True
+        if not self.is_local_domain(domain):
+            return False
+        if local == user or local.lower() == user.lower():
+            return True  # its own login name (PAM accounts too, not in the password file)
+        return any(user in self.resolve_local(name, domain) for name in {local, local.lower()})
 
     # -- per-user places ------------------------------------------------------
 
@@ -245,4 +321,7 @@ def make_realm(config: Config) -> portal.IRealm:
         raise ConfigError(f"{config.server.realm} failed: {e}", "server.realm")
     if not portal.IRealm.providedBy(realm):
         raise ConfigError(f"{config.server.realm} does not provide IRealm", "server.realm")
+    check = getattr(realm, "check_postmaster", None)
+    if check is not None:  # once the realm (a subclass too) is fully built
+        check()
     return realm

@@ -21,8 +21,11 @@ from rawsmtp import insecure_context
 
 def run_twistd(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run twistd expecting it to exit by itself (a start-up error)."""
+    # This worktree's code, not whatever netsuite is installed.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([*twistd(), "-n", "--pidfile=", "netsuite", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 # -- bad configuration stops start-up with file, key and reason ----------------
@@ -41,6 +44,9 @@ BAD_CONFIGS = [
      "tls.certificate: cannot read /nonexistent/cert.pem"),
     ("[tls]\nmin_version = '1.0'", "tls.min_version"),
     ("[mail]\nlocal_domains = []", "mail.local_domains"),
+    ("[mail]\npostmaster = 'nobody'", "mail.postmaster: 'nobody' is not a user, an alias"),
+    ("[mail]\npostmaster = 'pm@remote.test'", "mail.postmaster: 'pm@remote.test' is not in a"),
+    ("[smtp]\nshared_senders = { 'team' = ['alice'] }", "smtp.shared_senders: 'team'"),
 ]
 
 

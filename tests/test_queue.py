@@ -36,9 +36,9 @@ def remote():
     r.stop()
 
 
-def relay_daemon(make_daemon, remote_port: int, **queue):
+def relay_daemon(make_daemon, remote_port: int, smtp: dict | None = None, **queue):
     config = {"queue": {**FAST, "routes": {"remote.test": f"127.0.0.1:{remote_port}"},
-                        **queue}}
+                        **queue}, "smtp": smtp or {}}
     return make_daemon(config=config, listeners=["smtp", "submission", "smtps"],
                        users={"alice": "alice-pw", "bob": "bob-pw"})
 
@@ -149,13 +149,20 @@ def test_550_bounces_to_local_sender_others_delivered(make_daemon, remote):
 
 
 def test_null_sender_is_never_bounced(make_daemon, remote):
+    """The bounce (sender <>) of a bounce is dropped, never bounced again."""
     remote.handler.script["nobody@remote.test"] = ["550 5.1.1 no such user"]
-    d = relay_daemon(make_daemon, remote.port)
-    submit(d, ["nobody@remote.test"], message("nullsender"), sender="")
+    remote.handler.script["far@remote.test"] = ["550 5.1.1 no such user either"]
+    d = relay_daemon(make_daemon, remote.port,
+                     smtp={"shared_senders": {"far@remote.test": ["alice"]}})
+    with pytest.raises(smtplib.SMTPSenderRefused) as e:  # clients may not send as <>
+        submit(d, ["nobody@remote.test"], message("nullsender"), sender="")
+    assert e.value.smtp_code == 553
+    submit(d, ["nobody@remote.test"], message("nullsender"), sender="far@remote.test")
     assert d.wait_for(lambda: "null sender" in d.log(), 10), d.log()[-3000:]
     assert d.wait_for(lambda: queue_ids(d) == [], 5)
     assert dsn_free(d, "alice")
     assert remote.messages == []
+    assert remote.handler.rcpt_calls == {"nobody@remote.test": 1, "far@remote.test": 1}
 
 
 def test_remote_down_then_up(make_daemon):
@@ -192,6 +199,62 @@ def test_sigkill_with_200_queued_all_arrive_after_restart(make_daemon):
     finally:
         r.stop()
     assert "200 message(s) recovered" in d.log()
+
+
+def test_recorded_250_is_not_resent_after_kill9(make_daemon, remote):
+    """
+    One message for two destinations: remote.test accepts, other.test stays silent.
+    Killed (-9) once remote.test's 250 is in the log, the restarted daemon sends
+    only to other.test: the 250 was recorded durably the moment it came.
+    """
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; no greeting ever comes
+    other_port = silent.getsockname()[1]
+    d = relay_daemon(make_daemon, remote.port, command_timeout=60, connect_timeout=60)
+    d.config["queue"]["routes"]["other.test"] = f"127.0.0.1:{other_port}"
+    d.restart()
+    submit(d, ["x@remote.test", "y@other.test"], message("twodest"))
+    assert remote.handler.wait(1) and d.wait_for(
+        lambda: "sent: id=" in d.log() and "to=<x@remote.test>" in d.log()), d.log()[-3000:]
+    qid = queue_ids(d)
+    assert len(qid) == 1  # other.test is still pending
+    d.kill9()
+    silent.close()
+    other = Remote(other_port).start()
+    try:
+        d.start()
+        got = other.handler.wait(1, timeout=20)
+        assert [m["to"] for m in got] == [["y@other.test"]], d.log()[-3000:]
+        assert d.wait_for(lambda: queue_ids(d) == [], 10)
+    finally:
+        other.stop()
+    assert len(remote.messages) == 1, "remote.test got the message twice"
+    assert remote.handler.rcpt_calls == {"x@remote.test": 1}
+
+
+def test_kill9_mid_delivery_resends_at_most_what_was_in_flight(make_daemon, remote):
+    """Killed while relaying: only a message whose 250 was on the wire may arrive twice."""
+    d = relay_daemon(make_daemon, remote.port, destination_concurrency=3)
+    s = smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=30, context=insecure_context())
+    s.login("alice", "alice-pw")
+    accepted = 0
+    while accepted < 120:
+        s.sendmail("alice@example.test", [f"user{accepted % 7}@remote.test"],
+                   message(f"mid{accepted}"))
+        accepted += 1
+        if len(remote.messages) >= 40:
+            break  # the queue is busy relaying: kill it now
+    d.kill9()
+    s.close()
+    d.start()
+    expected = {f"mid{i}" for i in range(accepted)}
+    assert d.wait_for(lambda: expected <= {parse(m["content"])["Subject"]
+                                           for m in list(remote.messages)}, 60), d.log()[-3000:]
+    assert d.wait_for(lambda: queue_ids(d) == [], 10)
+    subjects = [parse(m["content"])["Subject"] for m in remote.messages]
+    duplicates = len(subjects) - len(set(subjects))
+    assert duplicates <= 3, f"{duplicates} messages sent twice (3 connections in flight)"
 
 
 def test_8bit_becomes_quoted_printable_without_8bitmime(make_daemon):
@@ -412,7 +475,8 @@ def test_delay_warning_then_expiry_bounce(make_daemon):
 
 def test_bounce_for_remote_sender_goes_out_through_the_queue(make_daemon, remote):
     remote.handler.script["nobody@remote.test"] = ["550 5.1.1 no such user"]
-    d = relay_daemon(make_daemon, remote.port)
+    d = relay_daemon(make_daemon, remote.port,
+                     smtp={"shared_senders": {"alice@remote.test": ["alice"]}})
     submit(d, ["nobody@remote.test"], message("fromafar"), sender="alice@remote.test")
     msgs = remote.handler.wait(1)
     assert len(msgs) == 1, d.log()[-3000:]

@@ -37,6 +37,9 @@ SPILL = 1 << 20
 MAX_MX_HOSTS = 5
 #: Seconds within which removals of delivered messages share one fsync.
 REMOVAL_SYNC_DELAY = 0.05
+#: How often, and past what age, spilled bodies left in queue/tmp are removed.
+TMP_CLEAN_INTERVAL = 3600.0
+TMP_MAX_AGE = 36 * 3600.0
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -153,6 +156,7 @@ class QueueWriter:
         self._spill_path: Path | None = None
 
     def write(self, data: bytes) -> None:
+        """Raises L{OSError} (full disk) from the spill file; then call L{abort}."""
         self.size += len(data)
         if not self.eightbit and not data.isascii():
             self.eightbit = True
@@ -183,10 +187,16 @@ class QueueWriter:
                        user=self.user, size=self.size, hops=self.hops, eightbit=self.eightbit)
 
         def store():
-            if spill is not None:
-                spill.close()
-            env.id = spool.new_id(self._head)
-            spool.commit(env, content, self._spill_path)
+            try:
+                if spill is not None:
+                    spill.close()
+                env.id = spool.new_id(self._head)
+                spool.commit(env, content, self._spill_path)
+            except BaseException:
+                # A full disk: the spilled body must not stay in queue/tmp.
+                if self._spill_path is not None:
+                    self._spill_path.unlink(missing_ok=True)
+                raise
 
         d = self.runner.disk(store)
         d.addCallback(lambda _: self.runner.accepted(env, None if spill else content))
@@ -196,7 +206,11 @@ class QueueWriter:
         self._chunks = []
         spill, self._spill = self._spill, None
         if spill is not None:
-            spill.close()
+            try:
+                spill.close()
+            except OSError:
+                pass  # a full disk: the unwritten tail goes with the file
+        if self._spill_path is not None:
             self._spill_path.unlink(missing_ok=True)
 
 
@@ -233,6 +247,8 @@ class QueueRunner(service.Service):
         self._pool = ThreadPool(0, DISK_THREADS, name="netsuite-queue")
         self._mx = None
         self._tls_default = None
+        #: recover() empties queue/tmp at start-up; later, by age, hourly.
+        self._tmp_cleaned = time.time()
 
     # -- service ---------------------------------------------------------------------
 
@@ -303,6 +319,10 @@ class QueueRunner(service.Service):
         for env in list(self.envelopes.values()):
             if env.id not in self.busy and env.next_attempt <= now:
                 self.attempt(env)
+        if now - self._tmp_cleaned >= TMP_CLEAN_INTERVAL:
+            self._tmp_cleaned = now
+            self.disk(self.spool.clean_tmp, TMP_MAX_AGE).addErrback(
+                lambda f: log.failure("queue: tmp cleanup failed", f))
 
     def flush(self, qid: str | None) -> int:
         """Make one (or every) message due now."""
@@ -504,11 +524,31 @@ class QueueRunner(service.Service):
 
     def job_done(self, job: Job, results: dict[str, Reply], remote: str) -> None:
         env = job.env
+        sent = [r.address for r in job.recipients
+                if r.state == PENDING and (results.get(r.address) or Reply(-1, "")).ok]
+        synced: defer.Deferred = defer.succeed(None)
+        if sent:
+            # First of all, before the log, the next message or the removal:
+            # the remote's 250, per recipient, where a restart will read it.
+            # What remains is the moment between the remote's 250 reaching our
+            # socket and this write (a kill -9 there resends), and until the
+            # fsync below, a power loss; neither window can be zero.
+            try:
+                self.spool.record_sent(env.id, sent)
+                synced = self.disk(self.spool.sync_sent, env.id)
+            except OSError as e:
+                log.error("queue: cannot record delivery of {id}: {e}", id=env.id, e=e)
         self._record(env, job.recipients, results, remote)
-        left = self._outstanding.get(env.id, 1) - 1
-        self._outstanding[env.id] = left
-        if left <= 0:
-            self._settle(env)
+        synced.addErrback(lambda f: log.failure("queue: fsync of {id}.sent failed", f,
+                                                id=env.id))
+
+        def settle(_):
+            left = self._outstanding.get(env.id, 1) - 1
+            self._outstanding[env.id] = left
+            if left <= 0:
+                self._settle(env)
+
+        synced.addCallback(settle)
 
     def _record(self, env: Envelope, recipients: list[Recipient],
                 results: dict[str, Reply], remote: str) -> None:
@@ -626,7 +666,9 @@ class QueueRunner(service.Service):
         local, _, domain = to.rpartition("@")
         realm = self.realm
         if realm.is_local_domain(domain):
-            users = realm.resolve_local(local, domain)
+            from netsuite.smtp.delivery import local_recipients
+
+            users = local_recipients(realm, local, domain)
             if not users:
                 log.warn("notification for id={id} dropped: no local user <{to}>",
                          id=about, to=to)

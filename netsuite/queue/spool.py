@@ -11,10 +11,14 @@ C{.msg} exists.
 
 Later states (attempts, per-recipient results, next attempt) go to
 C{active/ID.env}, written to C{ID.env.tmp}, fsynced and renamed over; when
-present it wins over the first line.  Finishing removes C{.msg}, then
-C{.env}.  On start-up, L{Spool.recover} drops what a crash can leave behind
-(C{.new}, C{.tmp}, spilled message bodies in C{tmp/}, an C{.env} whose message
-is gone) and moves an unreadable message aside to C{corrupt/}.
+present it wins over the first line.  A remote server's 250 for a recipient
+is appended at once to C{active/ID.sent} (one JSON list of addresses per
+line, L{Spool.record_sent}), before anything else happens to the message, so
+a restart never sends again what a remote already took.  Finishing removes
+C{.msg}, then C{.env} and C{.sent}.  On start-up, L{Spool.recover} drops what
+a crash can leave behind (C{.new}, C{.tmp}, spilled message bodies in
+C{tmp/}, an C{.env} or C{.sent} whose message is gone) and moves an
+unreadable message aside to C{corrupt/}.
 """
 
 from __future__ import annotations
@@ -118,6 +122,9 @@ class Spool:
     def env_path(self, qid: str) -> Path:
         return self.active / f"{qid}.env"
 
+    def sent_path(self, qid: str) -> Path:
+        return self.active / f"{qid}.sent"
+
     def exists(self, qid: str) -> bool:
         return self.msg_path(qid).exists()
 
@@ -135,7 +142,7 @@ class Spool:
 
     def _taken(self, qid: str) -> bool:
         return any(os.path.lexists(self.active / f"{qid}{ext}")
-                   for ext in (".msg", ".new", ".env"))
+                   for ext in (".msg", ".new", ".env", ".sent"))
 
     # -- accepting -------------------------------------------------------------
 
@@ -182,6 +189,45 @@ class Spool:
             return False
         return True
 
+    def record_sent(self, qid: str, addresses: list[str]) -> None:
+        """
+        Note that a remote server accepted C{addresses}: one small append,
+        cheap enough for the reactor thread, so that a kill -9 right after the
+        remote's 250 finds it (the kernel has it once write() returns).
+        L{sync_sent} makes it survive a power loss too.
+        """
+        fd = os.open(self.sent_path(qid), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _write_all(fd, json.dumps(addresses).encode() + b"\n")
+        finally:
+            os.close(fd)
+
+    def sync_sent(self, qid: str) -> None:
+        """fsync what L{record_sent} wrote (and its directory entry)."""
+        try:
+            fd = os.open(self.sent_path(qid), os.O_RDONLY)
+        except FileNotFoundError:
+            return  # removed meanwhile: finished
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.active)
+
+    def _sent(self, qid: str) -> set[str]:
+        """Every address recorded by L{record_sent}; a torn last line is ignored."""
+        try:
+            data = self.sent_path(qid).read_bytes()
+        except FileNotFoundError:
+            return set()
+        done: set[str] = set()
+        for line in data.split(b"\n")[:-1]:
+            try:
+                done.update(json.loads(line))
+            except ValueError:
+                continue
+        return done
+
     def remove(self, qid: str, sync: bool = True) -> bool:
         """
         Take a message out of the queue; False if it was not there.  With
@@ -193,6 +239,7 @@ class Spool:
         except FileNotFoundError:
             existed = False
         self.env_path(qid).unlink(missing_ok=True)
+        self.sent_path(qid).unlink(missing_ok=True)
         if sync:
             self.sync()
         return existed
@@ -206,13 +253,20 @@ class Spool:
         return data[data.index(b"\n") + 1:]
 
     def load(self, qid: str) -> Envelope:
-        """The current envelope: the C{.env} if any, else the message file's first line."""
+        """
+        The current envelope: the C{.env} if any, else the message file's first
+        line; recipients recorded in C{.sent} are sent.
+        """
         try:
-            return Envelope.from_json(self.env_path(qid).read_bytes())
+            env = Envelope.from_json(self.env_path(qid).read_bytes())
         except FileNotFoundError:
-            pass
-        with open(self.msg_path(qid), "rb") as f:
-            return Envelope.from_json(f.readline())
+            with open(self.msg_path(qid), "rb") as f:
+                env = Envelope.from_json(f.readline())
+        done = self._sent(qid)
+        for r in env.recipients:
+            if r.address in done and r.state == PENDING:
+                r.state = SENT
+        return env
 
     # -- start-up ------------------------------------------------------------------
 
@@ -225,7 +279,7 @@ class Spool:
             path = self.active / name
             if name.endswith((".tmp", ".new")):
                 path.unlink(missing_ok=True)
-            elif name.endswith(".env") and name[:-4] + ".msg" not in names:
+            elif name.endswith((".env", ".sent")) and name.rsplit(".", 1)[0] + ".msg" not in names:
                 path.unlink(missing_ok=True)  # removal was cut short
         envelopes = []
         for name in sorted(names):
@@ -240,9 +294,22 @@ class Spool:
         envelopes.sort(key=lambda e: e.created)
         return envelopes
 
+    def clean_tmp(self, max_age: float, now: float | None = None) -> int:
+        """
+        While running: remove spilled bodies in C{tmp/} older than C{max_age}
+        seconds (a live session's file is being written, so it is fresh; at
+        start-up L{recover} removes them all).
+        """
+        from netsuite.store.maildir import clean_tmp_dir
+
+        removed = clean_tmp_dir(self.tmp, max_age, now)
+        if removed:
+            log.info("queue: removed {n} leftover file(s) from tmp/", n=removed)
+        return removed
+
     def _set_aside(self, qid: str, why: str) -> None:
         log.error("recover: moving {id} to corrupt/: {why}", id=qid, why=why)
-        for path in (self.msg_path(qid), self.env_path(qid)):
+        for path in (self.msg_path(qid), self.env_path(qid), self.sent_path(qid)):
             if path.exists():
                 os.replace(path, self.corrupt / path.name)
 

@@ -10,6 +10,8 @@ C{IMessageDelivery} instead: the server treats them the same way.
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -53,37 +55,94 @@ class Transaction:
         self.remote: list[smtp.Address] = []
         self._files: list = []
         self._opened = False
+        #: The disk error that spoilt this message: the rest is discarded, and
+        #: the end of data is answered 452/451 instead of dropping the session.
+        self.error: OSError | None = None
 
     def _open(self) -> None:
         self._opened = True
         return_path = b"Return-Path: <" + bytes(self.sender) + b">\n"
-        for user in self.local:
-            f = self.realm.store.delivery(user)
-            f.write(return_path)
-            self._files.append(f)
-        if self.remote:
-            self._files.append(self.realm.relay(self.sender, self.remote, user=self.user))
+        try:
+            for user in self.local:
+                f = self.realm.store.delivery(user)
+                self._files.append(f)
+                f.write(return_path)
+            if self.remote:
+                self._files.append(self.realm.relay(self.sender, self.remote, user=self.user))
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, error: OSError) -> None:
+        """Give up on the whole message (one reply for all its recipients); keep nothing."""
+        if self.error is None:
+            self.error = error
+            log.warn("cannot store the message from <{sender}>: {error}",
+                     sender=bytes(self.sender).decode("utf-8", "replace"), error=error)
+        self.connectionLost()
 
     def lineReceived(self, line: bytes) -> None:
         if not self._opened:
             self._open()
+        if self.error is not None:
+            return
         data = line + b"\n"
-        for f in self._files:
-            f.write(data)
+        try:
+            for f in self._files:
+                f.write(data)
+                if getattr(f, "error", None) is not None:
+                    raise f.error
+        except OSError as e:
+            self._failed(e)
 
     def eomReceived(self) -> defer.Deferred:
         if not self._opened:
             self._open()
+        if self.error is not None:
+            return defer.fail(storage_error(self.error))
         files, self._files = self._files, []
         results = [defer.maybeDeferred(f.commit) for f in files]
         d = defer.gatherResults(results, consumeErrors=True)
         d.addErrback(lambda failure: failure.value.subFailure)
+
+        def failed(failure):
+            failure.trap(OSError)
+            log.warn("cannot store the message from <{sender}>: {error}",
+                     sender=bytes(self.sender).decode("utf-8", "replace"),
+                     error=failure.value)
+            # Each file that failed to commit removed itself; the others are
+            # delivered (the client's retry may duplicate them, as with any MTA).
+            raise storage_error(failure.value)
+
+        d.addErrback(failed)
         return d
 
     def connectionLost(self) -> None:
         files, self._files = self._files, []
         for f in files:
             f.abort()
+
+
+def storage_error(error: OSError) -> smtp.SMTPServerError:
+    """The reply for a message the disk could not take: full (452 4.3.1) or otherwise (451)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return smtp.SMTPServerError(452, b"4.3.1 Error: insufficient system storage, "
+                                         b"try again later")
+    return smtp.SMTPServerError(451, b"4.3.0 Error: could not store the message, "
+                                     b"try again later")
+
+
+def local_recipients(realm, local: str, domain: str) -> list[str]:
+    """
+    The users for C{local@domain} (a local domain): the realm's answer, and for
+    C{postmaster} with no user or alias of that name, the realm's postmaster
+    target (RFC 5321 4.5.1: every domain accepts postmaster).
+    """
+    users = realm.resolve_local(local, domain)
+    if not users and local.lower() == "postmaster":
+        fallback = getattr(realm, "postmaster_users", None)
+        if fallback is not None:
+            users = fallback()
+    return users
 
 
 @implementer(smtp.IMessageDelivery)
@@ -112,7 +171,7 @@ class Delivery:
         domain = user.dest.domain.decode("utf-8", "replace")
         shown = f"<{local}@{domain}>"
         if self.realm.is_local_domain(domain):
-            users = self.realm.resolve_local(local, domain)
+            users = local_recipients(self.realm, local, domain)
             if not users:
                 raise smtp.SMTPBadRcpt(user, 550, f"5.1.1 {shown}: Recipient address "
                                                   "rejected: User unknown in local recipient table")

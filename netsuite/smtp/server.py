@@ -416,7 +416,10 @@ class SMTPServer(smtp.ESMTP):
             self.say(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")
             return None
         origin = MailAddress(path)
-        d = defer.maybeDeferred(self.delivery.validateFrom, self._helo, origin)
+        d = defer.succeed(None)
+        if self.submission and self.authenticated:
+            d = self._check_sender(origin)
+        d.addCallback(lambda _: self.delivery.validateFrom(self._helo, origin))
 
         def accepted(result):
             self._from = result if isinstance(result, smtp.Address) else origin
@@ -427,6 +430,40 @@ class SMTPServer(smtp.ESMTP):
 
         d.addCallbacks(accepted, self._refused_sender)
         return d
+
+    def _check_sender(self, origin: MailAddress) -> defer.Deferred:
+        """
+        Submission: the authenticated user may send only as an address the
+        realm says it owns (Postfix's C{reject_sender_login_mismatch}); the
+        null sender is for the server's own bounces, never a client's.
+        """
+        user = self.auth_user or ""
+        shown = _show(origin)
+        if not origin.addrstr:
+            return defer.fail(smtp.SMTPBadSender(
+                origin, 553, "5.7.1 <>: Sender address rejected: the null sender is "
+                             "not allowed on submission"))
+        if not self.settings.sender_login_match:
+            return defer.succeed(None)
+        realm = self.factory.ctx.realm
+        check = getattr(realm, "may_send_as", None)
+        if check is None:  # a realm without the hook: only user@local-domain
+            def check(user, address):
+                local, _, domain = address.rpartition("@")
+                is_local = getattr(realm, "is_local_domain", lambda d: False)
+                return local == user and is_local(domain)
+        d = defer.maybeDeferred(check, user, shown)
+
+        def decided(allowed):
+            if allowed:
+                return None
+            log.info("sender mismatch: address={address} user={user} from=<{sender}>",
+                     address=self.peer, user=user, sender=shown)
+            raise smtp.SMTPBadSender(
+                origin, 553, f"5.7.1 <{shown}>: Sender address rejected: not owned by "
+                             f"user {user}")
+
+        return d.addCallback(decided)
 
     def _check_mail_params(self, params: dict[str, bytes | None]) -> dict[str, Any]:
         if params and not self._esmtp:
@@ -551,7 +588,12 @@ class SMTPServer(smtp.ESMTP):
         recipient = b""
         if len(self._to) == 1:
             recipient = b"\n\tfor <" + bytes(self._to[0][0].dest) + b">"
-        return (b"Received: from " + helo + b" ([" + self.peer.encode() + b"])\n\tby "
+        # Postfix's smtpd_sasl_authenticated_header: who submitted it, for abuse handling.
+        who = b""
+        if self.authenticated and self.auth_user:
+            who = b"\n\t(Authenticated sender: " + _clean(self.auth_user) + b")"
+        return (b"Received: from " + helo + b" ([" + self.peer.encode() + b"])" + who
+                + b"\n\tby "
                 + self.host + b" (netsuite) with " + proto.encode() + b" id "
                 + self._queue_id.encode() + recipient + b";\n\t"
                 + smtp.rfc822date(time.localtime()))
@@ -691,6 +733,12 @@ def _show(address: Any) -> str:
     """An address for the log, whatever the realm handed us."""
     raw = bytes(address) if not isinstance(address, bytes) else address
     return raw.decode("utf-8", "replace")
+
+
+def _clean(text: str) -> bytes:
+    """A user name as a header comment: no line breaks, parentheses or backslashes."""
+    return "".join(c for c in text if c.isprintable() and c not in "()\\").encode(
+        "utf-8", "replace")
 
 
 def _text(resp: Any) -> bytes:

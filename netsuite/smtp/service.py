@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netsuite import protocols
 from netsuite.config import listener, positive, section
@@ -24,8 +24,26 @@ class SMTPConfig:
     max_connections_per_address: int = 20
     #: Greeting banner text after the host name.
     banner: str = "ESMTP netsuite"
+    #: Submission: an authenticated user may send only from addresses the realm
+    #: says it owns (C{realm.may_send_as}), like Postfix's
+    #: C{reject_sender_login_mismatch}; otherwise 553 5.7.1.  False: any sender.
+    sender_login_match: bool = True
+    #: Shared senders: an address, or C{"@domain"} for every address of a
+    #: domain, -> the users who may also send as it (a team mailbox, a
+    #: no-reply address, a user's address at a foreign provider).
+    shared_senders: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self) -> None:
+        from netsuite.config import ConfigError
+
+        shared = {}
+        for key, users in self.shared_senders.items():
+            _local, at, domain = key.rpartition("@")
+            if not at or not domain or " " in key:
+                raise ConfigError(f"{key!r}: expected an address or '@domain'",
+                                  "shared_senders")
+            shared[key.lower().rstrip(".")] = list(users)
+        self.shared_senders = shared
         for name in ("max_message_size", "max_recipients", "max_line_length", "idle_timeout",
                      "max_connections", "max_connections_per_address"):
             positive(name, getattr(self, name))

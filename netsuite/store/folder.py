@@ -189,6 +189,7 @@ class Folder:
         self.listeners: list[Callable[["Folder", Changes], None]] = []
         self.keywords: set[str] = set()
         self._dirty = False
+        self._save_failing = False
         ensure_maildir(self.path)
         self._load()
 
@@ -254,8 +255,30 @@ class Folder:
         self.refresh(notify=False, force=True)
         self.save(durable=True)
 
-    def save(self, durable: bool = False) -> None:
-        """Write the index atomically; C{durable} fsyncs it (new UIDs were given)."""
+    def save(self, durable: bool = False) -> bool:
+        """
+        Write the index atomically; C{durable} fsyncs it (new UIDs were given).
+
+        On a full disk (or any write error) this fails soft: reads go on from
+        memory, the error is logged once, and the next save (the next refresh
+        or poll) tries again.  False when the index could not be written.
+        """
+        try:
+            self._write_index(durable)
+        except OSError as e:
+            self._dirty = True
+            (self.path / f"{INDEX_NAME}.tmp").unlink(missing_ok=True)
+            if not self._save_failing:
+                self._save_failing = True
+                log.warn("cannot save the index of {path} ({error}); serving from "
+                         "memory, will retry", path=str(self.path), error=e)
+            return False
+        if self._save_failing:
+            self._save_failing = False
+            log.info("index of {path} saved again", path=str(self.path))
+        return True
+
+    def _write_index(self, durable: bool) -> None:
         self._dirty = False
         out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
                f"{self._mtimes[0]} {self._mtimes[1]}\n"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -27,6 +28,49 @@ _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 SUBDIRS = ("tmp", "new", "cur")
+
+#: A file in a Maildir's tmp/ this old is a leftover (the Maildir spec's 36 hours).
+TMP_MAX_AGE = 36 * 3600
+_TMP_NAME = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.(.+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_tmp_dir(tmp: Path, max_age: float, now: float | None = None,
+                  ours: bool = False) -> int:
+    """
+    Remove leftovers from C{tmp}: files older than C{max_age} seconds, and
+    (C{ours}) files this host's netsuite named whose writing process is gone,
+    a crash's partial messages.  Only tmp/ is listed, never cur/ or new/.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        names = os.listdir(tmp)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for name in names:
+        path = tmp / name
+        try:
+            st = os.lstat(path)
+            stale = st.st_mtime < now - max_age
+            if not stale and ours:
+                m = _TMP_NAME.match(name)
+                stale = bool(m) and m.group(2) == _HOST and not _pid_alive(int(m.group(1)))
+            if stale and not os.path.isdir(path):
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def ensure_maildir(path: Path) -> Path:
@@ -55,22 +99,40 @@ class MaildirDelivery:
         self.tmp_path = maildir / "tmp" / self.name
         self._file = open(self.tmp_path, "xb", buffering=65536)
         self.size = 0
+        #: The write error (a full disk, a quota) that spoilt this message.
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        if self.error is not None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            # Keep the session alive: the caller learns at commit; nothing partial stays.
+            self.error = e
+            self.abort()
+            return
         self.size += len(data)
 
     def _finish(self) -> str:
         f = self._file
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        except OSError:
+            self.abort()
+            raise
         final = f"{self.name},S={self.size}"
         os.rename(self.tmp_path, self.maildir / "new" / final)
         fsync_dir(self.maildir / "new")
         return final
 
     def commit(self):
+        if self.error is not None:
+            from twisted.internet import defer
+
+            return defer.fail(self.error)
         d = threads.deferToThread(self._finish)
         if self.on_commit is not None:
             def committed(key):
@@ -85,6 +147,8 @@ class MaildirDelivery:
     def abort(self) -> None:
         try:
             self._file.close()
+        except OSError:
+            pass  # the buffered tail cannot be written (full disk): it is discarded anyway
         finally:
             try:
                 os.unlink(self.tmp_path)
@@ -194,8 +258,13 @@ class MaildirStore:
             last = 0
         value = max(int(time.time()), last + 1)
         tmp = path.with_name(_UIDVALIDITY + ".tmp")
-        tmp.write_text(f"{value}\n")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(f"{value}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            # A full disk: the clock keeps the value fresh; the folder stays readable.
+            tmp.unlink(missing_ok=True)
+            log.warn("cannot record the UIDVALIDITY of {user}: {error}", user=user, error=e)
         return value
 
     def _evict(self) -> None:
@@ -272,13 +341,20 @@ class MaildirStore:
         mark = root / _SPECIAL_MARK
         if mark.exists():
             return
+        try:
+            self._make_special_folders(user, root)
+            mark.touch()
+        except OSError as e:  # a full disk must not stop a login: tried again next time
+            log.warn("cannot create the special folders of {user}: {error}", user=user,
+                     error=e)
+
+    def _make_special_folders(self, user: str, root: Path) -> None:
         for name in SPECIAL_FOLDERS:
             path = root / f".{name}"
             if not (path / "cur").is_dir():
                 ensure_maildir(path)
                 (path / "maildirfolder").touch()
                 self.set_subscribed(user, name, True)
-        mark.touch()
 
     def special_use(self, name: str) -> str | None:
         return SPECIAL_FOLDERS.get(name)
@@ -323,6 +399,33 @@ class MaildirStore:
         if self._poller is not None and not any(f.listeners for f in self._folders.values()):
             self._poller.stop()
             self._poller = None
+
+    def clean_tmp(self, max_age: float = TMP_MAX_AGE, now: float | None = None) -> int:
+        """
+        Remove leftovers from every mailbox's and folder's tmp/ (see
+        L{clean_tmp_dir}); blocking, for a thread.  The number of files removed.
+        """
+        removed = 0
+        try:
+            users = os.listdir(self.root)
+        except FileNotFoundError:
+            return 0
+        for user in users:
+            box = self.root / user
+            if user.startswith(".") or not (box / "tmp").is_dir():
+                continue
+            removed += clean_tmp_dir(box / "tmp", max_age, now, ours=True)
+            try:
+                entries = os.listdir(box)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.startswith(".") and len(entry) > 1 and entry != "..":
+                    removed += clean_tmp_dir(box / entry / "tmp", max_age, now, ours=True)
+        if removed:
+            log.info("tmp cleanup: removed {n} leftover file(s) under {root}", n=removed,
+                     root=str(self.root))
+        return removed
 
     def flush(self) -> None:
         """Write every folder index with unsaved changes (at shutdown)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from netsuite import protocols
 from netsuite.config import positive, section
+
+#: How often tmp/ leftovers are looked for (and once at start-up).
+TMP_CLEAN_INTERVAL = 3600.0
 
 
 @section("store")
@@ -35,3 +39,29 @@ def configure_store(ctx) -> None:
     if hasattr(store, "flush") and not getattr(store, "_flush_at_shutdown", False):
         store._flush_at_shutdown = True
         ctx.reactor.addSystemEventTrigger("before", "shutdown", store.flush)
+
+
+def start_tmp_cleaner(ctx, top) -> None:
+    """SERVICE_HOOKS entry: clean the store's tmp/ dirs at start-up, then hourly."""
+    from twisted.application.internet import TimerService
+    from twisted.internet import threads
+    from twisted.logger import Logger
+
+    store = getattr(ctx.realm, "store", None)
+    if not hasattr(store, "clean_tmp"):
+        return
+    log = Logger(namespace="netsuite.store")
+
+    def run():
+        d = threads.deferToThreadPool(ctx.reactor, ctx.reactor.getThreadPool(),
+                                      store.clean_tmp)
+        d.addErrback(lambda f: log.failure("tmp cleanup failed", f))
+        return d
+
+    timer = TimerService(TMP_CLEAN_INTERVAL, run)
+    timer.clock = ctx.reactor
+    timer.setName("store-tmp-cleaner")
+    timer.setServiceParent(top)
+
+
+protocols.SERVICE_HOOKS.append(start_tmp_cleaner)
