@@ -655,7 +655,8 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             return
         local = wire.ipv4_of(self.transport.getHost().host)
         if local is None:
-            self.reply(425, "PASV is IPv4 only; use EPSV.")
+            # Permanent (RFC 2428 section 3): a 4xx would only make the client retry.
+            self.reply(522, "PASV not available on IPv6, use EPSV.")
             return
         announce = self.config.masquerade_address or local
         channel = self._passive()
