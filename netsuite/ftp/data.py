@@ -137,6 +137,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self._is_ready = False
         self.sink_error: Failure | None = None
         self.timed_out = False
+        #: Refused after the TLS handshake (no session reuse): closing on its own.
+        self.refused = False
 
     # -- life cycle ------------------------------------------------------------
 
@@ -157,13 +159,28 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     def handshakeCompleted(self) -> None:
         if self.require_reuse and not session_reused(self.transport):
             log.warn("FTPS data connection from {peer} did not resume the control "
-                     "session; dropped", peer=self.peer)
-            self.transport.abortConnection()
-            self._set_ready(Failure(DataChannelError(
-                522, "SSL connection failed: session reuse required.")))
+                     "session; refused", peer=self.peer)
+            self._refuse()
             return
         _set_read_size(self.transport.transport)
         self._ready()
+
+    def _refuse(self) -> None:
+        """
+        Refuse the transfer on a data connection that did not resume the
+        control session (vsftpd's C{require_ssl_reuse}), and say so on the
+        control connection (RFC 4217's 522).  The data connection is closed
+        cleanly (close_notify) and its bytes are read and dropped, not reset:
+        a client such as C{ftplib} sends its whole upload before it reads the
+        control reply, and a reset would surface there as C{ConnectionResetError}
+        instead of the reply.  Nothing is read from or written to the file.
+        """
+        self.refused = True
+        self._early = []
+        self._set_ready(Failure(DataChannelError(
+            522, "Data connection must resume the TLS session of the control "
+                 "connection (require_tls_session_reuse, vsftpd's require_ssl_reuse).")))
+        self.transport.loseConnection()
 
     def _ready(self) -> None:
         self._is_ready = True
@@ -224,6 +241,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        if self.refused:
+            return
         if self._sink is None:
             self._early.append(data)
             self._early_size += len(data)
@@ -282,6 +301,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     def abort(self) -> None:
         """Cut the connection now (ABOR, timeouts), keeping the TLS session resumable."""
+        if self.refused and not self.timed_out:
+            return  # closing cleanly already (see _refuse); only a stall cuts it
         if self.transport is not None and self.close_reason is None:
             if self.tls and self._is_ready:
                 conn = self.transport.getHandle()
