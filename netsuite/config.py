@@ -316,6 +316,7 @@ def _build(
     for name, value in listen_overrides.items():
         listen[name] = value
     for name, endpoints in listen.items():
+        endpoints[:] = [normalize_endpoint(ep) for ep in endpoints]
         for i, ep in enumerate(endpoints):
             _check_endpoint(ep, f"listen.{name}[{i}]")
     realm_options = raw.get("realm", {})
@@ -324,6 +325,81 @@ def _build(
     server = sections.pop("server")
     return Config(path=path, server=server, listen=listen, sections=sections,
                   realm_options=realm_options)
+
+
+#: How to write endpoints, appended to every endpoint error.
+ENDPOINT_HINT = ("write e.g. tcp:2525:interface=127.0.0.1 or tcp6:2525:interface=::1 "
+                 "(or interface=[::1]); a colon inside any other value is written \\:")
+
+
+def _split_endpoint(description: str) -> list[str]:
+    """Split at the colons Twisted splits at (not at backslash-escaped ones)."""
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _ip_literal(value: str) -> str | None:
+    """C{value} (unescaped, brackets allowed) as a bare IP address, or None."""
+    import ipaddress
+
+    value = value.replace("\\:", ":")
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    address, _, scope = value.partition("%")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if scope and not scope.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return None
+    return value
+
+
+def normalize_endpoint(description: str) -> str:
+    """
+    Accept IPv6 addresses as people write them in C{interface=}: C{::1} or
+    C{[::1]} as well as Twisted's escaped C{\\:\\:1}.  Twisted's endpoint
+    parser splits at every colon, so C{tcp6:2525:interface=::1} would reach
+    it as three arguments (C{got multiple values for argument 'interface'}).
+    The longest run of colon-separated pieces after C{interface=} that forms an
+    IP address is taken as the address and its colons are escaped.  Anything
+    else is returned unchanged.
+    """
+    parts = _split_endpoint(description)
+    out = parts[:1]
+    i = 1
+    while i < len(parts):
+        part = parts[i]
+        if part.startswith("interface="):
+            pieces = [part[len("interface="):]]
+            best, used = None, 1
+            for j in range(i + 1, len(parts) + 1):
+                candidate = _ip_literal(":".join(pieces))
+                if candidate is not None:
+                    best, used = candidate, len(pieces)
+                if j == len(parts) or "=" in parts[j]:
+                    break
+                pieces.append(parts[j])
+            if best is not None:
+                out.append("interface=" + best.replace(":", "\\:"))
+                i += used
+                continue
+        out.append(part)
+        i += 1
+    return ":".join(out)
 
 
 def _check_endpoint(description: str, key: str) -> None:
@@ -337,4 +413,4 @@ def _check_endpoint(description: str, key: str) -> None:
     try:
         endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}", key)
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import socket
 import sqlite3
@@ -20,9 +21,11 @@ from rawsmtp import insecure_context
 
 
 def run_twistd(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run twistd expecting it to exit by itself (a start-up error)."""
+    """Run twistd expecting it to exit by itself (a start-up error), on this tree's code."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([*twistd(), "-n", "--pidfile=", "netsuite", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # -- bad configuration stops start-up with file, key and reason ----------------
@@ -272,6 +275,53 @@ def test_auth_option_and_tcp6_endpoint(make_daemon, tmp_path):
     result = subprocess.run([*twistd(), "netsuite", "--help-auth"], capture_output=True,
                             text=True, timeout=60)
     assert "--auth passwd" in result.stdout and "--auth pam" in result.stdout
+
+
+def _have_ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_readme_ipv6_endpoint_example_works_verbatim(make_daemon):
+    """README: `--smtp tcp:2525:interface=127.0.0.1 --smtp tcp6:2525:interface=::1`."""
+    if not _have_ipv6_loopback():
+        pytest.skip("this machine has no ::1 to listen on")
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"`twistd -n netsuite (--smtp tcp:2525\S+ --smtp tcp6:2525\S+)`", readme)
+    assert example, "README lost its endpoint example"
+    args = example.group(1).replace(":2525:", ":0:").split()
+    assert args[-1] == "tcp6:0:interface=::1"  # unescaped, as a user types it
+    d = make_daemon(listeners=[], start=False)
+    d.start(*args)
+    v4, v6 = d.ports["smtp"]
+    with smtplib.SMTP("127.0.0.1", v4, timeout=10) as s:
+        assert s.ehlo()[0] == 250
+    with smtplib.SMTP("::1", v6, timeout=10) as s:
+        assert s.ehlo()[0] == 250
+    assert "smtp listening on tcp6:0:interface=" in d.log()
+
+
+def test_bracketed_ipv6_endpoint_in_the_config_file(make_daemon):
+    if not _have_ipv6_loopback():
+        pytest.skip("this machine has no ::1 to listen on")
+    d = make_daemon(listeners=[], config={"listen": {
+        "pop3": ["tcp6:port=0:interface=[::1]"], "imap": ["tcp6:0:interface=::1:backlog=5"]}})
+    for name in ("pop3", "imap"):
+        with socket.create_connection(("::1", d.port(name)), timeout=10) as conn:
+            assert conn.recv(100)[:4] in (b"+OK ", b"* OK"), name
+
+
+@pytest.mark.parametrize("endpoint", ["tcp6:0:interface=::1:bogus=1", "tcp6:port=x"])
+def test_bad_endpoint_says_how_to_write_one(tmp_path, endpoint):
+    result = run_twistd(tmp_path, "--data-dir", str(tmp_path / "data"), "--smtp", endpoint)
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("netsuite: listen.smtp[0]: bad endpoint"), err
+    assert "tcp6:2525:interface=::1" in err and "interface=[::1]" in err, err
 
 
 def _ca_and_leaf(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
