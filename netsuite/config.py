@@ -150,7 +150,8 @@ class ServerConfig:
     auth: list[str] = field(default_factory=lambda: ["passwd"])
     #: The realm factory, C{package.module:Name}; called with the L{Config}.
     realm: str = "netsuite.realm:NetsuiteRealm"
-    #: Allow plain-text passwords on connections without TLS.
+    #: Allow plain-text passwords on connections without TLS; the default for
+    #: every protocol's own C{allow_plaintext_auth}.
     allow_plaintext_auth: bool = False
 
     def validate(self) -> None:
@@ -207,6 +208,16 @@ class LimitsConfig:
     def validate(self) -> None:
         positive("max_connections", self.max_connections)
         positive("max_connections_per_address", self.max_connections_per_address)
+
+
+def plaintext_auth_allowed(config: "Config", section_name: str) -> bool:
+    """
+    Whether protocol C{section_name} takes plain-text passwords without TLS:
+    its own C{allow_plaintext_auth} when set, else the server-wide one, so
+    allowing plain FTP logins does not make submission offer AUTH in clear.
+    """
+    own = getattr(config.sections.get(section_name), "allow_plaintext_auth", None)
+    return config.server.allow_plaintext_auth if own is None else own
 
 
 #: Listener name -> (default endpoints on the embedded defaults, implicit TLS).

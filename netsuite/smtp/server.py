@@ -30,6 +30,7 @@ from twisted.mail._except import IllegalClientResponse
 from twisted.python.failure import Failure
 
 from netsuite.auth.sasl import MECHANISMS
+from netsuite.config import plaintext_auth_allowed
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp import wire
 from netsuite.smtp.delivery import MailAddress
@@ -247,7 +248,7 @@ class SMTPServer(smtp.ESMTP):
         return ext
 
     def _auth_offered(self) -> bool:
-        plaintext_ok = self.factory.ctx.config.server.allow_plaintext_auth
+        plaintext_ok = plaintext_auth_allowed(self.factory.ctx.config, "smtp")
         return self.submission and not self.authenticated and (self.startedTLS or plaintext_ok)
 
     def do_NOOP(self, rest: bytes) -> None:

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from netsuite.config import plaintext_auth_allowed
 from netsuite.realm import ITerminalAvatar
 from netsuite.telnet import wire
 from netsuite.telnet.session import PTYSession
@@ -485,7 +486,7 @@ class TelnetFactory(protocol.ServerFactory):
         self.reactor = ctx.reactor
         self.listener = listener
         self.hostname = ctx.config.server.hostname
-        self.allow_plaintext = ctx.config.server.allow_plaintext_auth
+        self.allow_plaintext = plaintext_auth_allowed(ctx.config, "telnet")
         self.connections: set[TelnetServer] = set()
         self.recorder = Recorder(self.config.utmp_file, self.config.wtmp_file,
                                  enabled=self.config.utmp and os.geteuid() == 0)
