@@ -358,7 +358,8 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     def _check(self, name: str, password: bytes) -> None:
         if (len(name) > MAX_NAME or name.startswith("-")
                 or any(ord(c) < 32 or c == "\ufffd" for c in name)):
-            d = defer.fail(error.UnauthorizedLogin("malformed user name"))
+            # Refused without a checker, but counted by the throttle like any bad login.
+            d = self.factory.portal(self.peer).refuse(name.encode("utf-8", "replace"))
         else:
             creds = credentials.UsernamePassword(name.encode("utf-8"), password)
             d = self.factory.portal(self.peer).login(creds, None, ITerminalAvatar)
