@@ -234,6 +234,33 @@ def test_custom_realm_misconfigured_stops_startup(tmp_path):
 
 # -- packaging: the plugin is found after `pip install .` too ------------------------
 
+
+def make_venv_seeing_this_environment(venv: Path) -> Path:
+    """
+    A fresh venv (for installing the wheel into) that sees the packages of the
+    interpreter running the tests, whether that is a system Python or itself a
+    venv.  C{--system-site-packages} alone reaches only the base interpreter's
+    site-packages, so inside a venv Twisted would be missing; a C{.pth} adds
+    this interpreter's own site directories after the new venv's, where the
+    wheel goes, so the wheel's copy of netsuite is still the one imported
+    (plain path lines: the outer editable-install hooks are not run).
+    """
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    py = venv / "bin" / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+             sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE:
+        outer.append(site.getusersitepackages())
+    lines = list(dict.fromkeys(p for p in outer if os.path.isdir(p)))
+    Path(inner, "_outer_environment.pth").write_text("".join(f"{p}\n" for p in lines))
+    return py
+
 def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
     """The editable install is what the rest of the suite runs on; this checks `pip install .`."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
@@ -245,9 +272,7 @@ def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert "netsuite/smtp/server.py" in names
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
-    py = venv / "bin" / "python"
+    py = make_venv_seeing_this_environment(venv)
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -256,6 +281,14 @@ def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
                         "print(m.__file__); print(netsuite.__file__)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(str(venv) in path for path in where), where
+    # Its dependencies are the ones this suite runs on, in a venv or not (a venv
+    # made from inside a venv sees only the base interpreter's site-packages).
+    import twisted
+
+    theirs = subprocess.run([str(py), "-c", "import twisted; print(twisted.__file__)"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert theirs == twisted.__file__
     result = subprocess.run([str(py), "-c", "from twisted.scripts.twistd import run; run()",
                              "netsuite", "--help"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
