@@ -105,6 +105,15 @@ def build(ctx, name: str):
         raise ConfigError('tls.min_version is "1.3": set ftp.tls_max_version = "1.3"',
                           "ftp.tls_max_version", ctx.config.path)
 
+    if ctx.config.ftp.require_tls_session_reuse:
+        from netsuite.ftp.data import SessionReuseUnknown, check_session_reuse_available
+
+        try:
+            check_session_reuse_available()
+        except SessionReuseUnknown as e:
+            raise ConfigError(f"{e}: set it to false, or install a pyOpenSSL that can",
+                              "ftp.require_tls_session_reuse", ctx.config.path)
+
     if ctx.config.ftp.anonymous_root is not None:
         from netsuite.ftp.shell import prepare_anonymous_root
 
