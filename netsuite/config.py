@@ -216,7 +216,7 @@ def plaintext_auth_allowed(config: "Config", section_name: str) -> bool:
     its own C{allow_plaintext_auth} when set, else the server-wide one, so
     allowing plain FTP logins does not make submission offer AUTH in clear.
     """
-    own = getattr(config.sections.get(section_name), "allow_plaintext_auth", None)
+    own = getattr(getattr(config, section_name, None), "allow_plaintext_auth", None)
     return config.server.allow_plaintext_auth if own is None else own
 
 
