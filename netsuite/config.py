@@ -150,7 +150,8 @@ class ServerConfig:
     auth: list[str] = field(default_factory=lambda: ["passwd"])
     #: The realm factory, C{package.module:Name}; called with the L{Config}.
     realm: str = "netsuite.realm:NetsuiteRealm"
-    #: Allow plain-text passwords on connections without TLS.
+    #: Allow plain-text passwords on connections without TLS; the default for
+    #: every protocol's own C{allow_plaintext_auth}.
     allow_plaintext_auth: bool = False
 
     def validate(self) -> None:
@@ -215,6 +216,16 @@ class LimitsConfig:
         positive("max_connections_per_address", self.max_connections_per_address)
         positive("tls_handshake_timeout", self.tls_handshake_timeout)
         positive("close_timeout", self.close_timeout)
+
+
+def plaintext_auth_allowed(config: "Config", section_name: str) -> bool:
+    """
+    Whether protocol C{section_name} takes plain-text passwords without TLS:
+    its own C{allow_plaintext_auth} when set, else the server-wide one, so
+    allowing plain FTP logins does not make submission offer AUTH in clear.
+    """
+    own = getattr(getattr(config, section_name, None), "allow_plaintext_auth", None)
+    return config.server.allow_plaintext_auth if own is None else own
 
 
 #: Listener name -> (default endpoints on the embedded defaults, implicit TLS).
@@ -324,6 +335,7 @@ def _build(
     for name, value in listen_overrides.items():
         listen[name] = value
     for name, endpoints in listen.items():
+        endpoints[:] = [normalize_endpoint(ep) for ep in endpoints]
         for i, ep in enumerate(endpoints):
             _check_endpoint(ep, f"listen.{name}[{i}]")
     realm_options = raw.get("realm", {})
@@ -332,6 +344,81 @@ def _build(
     server = sections.pop("server")
     return Config(path=path, server=server, listen=listen, sections=sections,
                   realm_options=realm_options)
+
+
+#: How to write endpoints, appended to every endpoint error.
+ENDPOINT_HINT = ("write e.g. tcp:2525:interface=127.0.0.1 or tcp6:2525:interface=::1 "
+                 "(or interface=[::1]); a colon inside any other value is written \\:")
+
+
+def _split_endpoint(description: str) -> list[str]:
+    """Split at the colons Twisted splits at (not at backslash-escaped ones)."""
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _ip_literal(value: str) -> str | None:
+    """C{value} (unescaped, brackets allowed) as a bare IP address, or None."""
+    import ipaddress
+
+    value = value.replace("\\:", ":")
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    address, _, scope = value.partition("%")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if scope and not scope.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return None
+    return value
+
+
+def normalize_endpoint(description: str) -> str:
+    """
+    Accept IPv6 addresses as people write them in C{interface=}: C{::1} or
+    C{[::1]} as well as Twisted's escaped C{\\:\\:1}.  Twisted's endpoint
+    parser splits at every colon, so C{tcp6:2525:interface=::1} would reach
+    it as three arguments (C{got multiple values for argument 'interface'}).
+    The longest run of colon-separated pieces after C{interface=} that forms an
+    IP address is taken as the address and its colons are escaped.  Anything
+    else is returned unchanged.
+    """
+    parts = _split_endpoint(description)
+    out = parts[:1]
+    i = 1
+    while i < len(parts):
+        part = parts[i]
+        if part.startswith("interface="):
+            pieces = [part[len("interface="):]]
+            best, used = None, 1
+            for j in range(i + 1, len(parts) + 1):
+                candidate = _ip_literal(":".join(pieces))
+                if candidate is not None:
+                    best, used = candidate, len(pieces)
+                if j == len(parts) or "=" in parts[j]:
+                    break
+                pieces.append(parts[j])
+            if best is not None:
+                out.append("interface=" + best.replace(":", "\\:"))
+                i += used
+                continue
+        out.append(part)
+        i += 1
+    return ":".join(out)
 
 
 def _check_endpoint(description: str, key: str) -> None:
@@ -345,4 +432,4 @@ def _check_endpoint(description: str, key: str) -> None:
     try:
         endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}", key)
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key)

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from netsuite import protocols
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
-from netsuite.config import LISTENERS, Config, ConfigError
+from netsuite.config import ENDPOINT_HINT, LISTENERS, Config, ConfigError
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -349,7 +349,7 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
             try:
                 ep, wrap = server_endpoint(ctx, description, implicit_tls)
             except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"bad endpoint {description!r}: {e}",
+                raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
                                   f"listen.{name}[{i}]", config.path)
             f: IProtocolFactory = limited
             if wrap:

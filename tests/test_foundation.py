@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import socket
 import sqlite3
@@ -20,12 +21,11 @@ from rawsmtp import insecure_context
 
 
 def run_twistd(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run twistd expecting it to exit by itself (a start-up error)."""
-    # This worktree's code, not whatever netsuite is installed.
+    """Run twistd expecting it to exit by itself (a start-up error), on this tree's code."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([*twistd(), "-n", "--pidfile=", "netsuite", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # -- bad configuration stops start-up with file, key and reason ----------------
@@ -237,6 +237,33 @@ def test_custom_realm_misconfigured_stops_startup(tmp_path):
 
 # -- packaging: the plugin is found after `pip install .` too ------------------------
 
+
+def make_venv_seeing_this_environment(venv: Path) -> Path:
+    """
+    A fresh venv (for installing the wheel into) that sees the packages of the
+    interpreter running the tests, whether that is a system Python or itself a
+    venv.  C{--system-site-packages} alone reaches only the base interpreter's
+    site-packages, so inside a venv Twisted would be missing; a C{.pth} adds
+    this interpreter's own site directories after the new venv's, where the
+    wheel goes, so the wheel's copy of netsuite is still the one imported
+    (plain path lines: the outer editable-install hooks are not run).
+    """
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    py = venv / "bin" / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+             sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE:
+        outer.append(site.getusersitepackages())
+    lines = list(dict.fromkeys(p for p in outer if os.path.isdir(p)))
+    Path(inner, "_outer_environment.pth").write_text("".join(f"{p}\n" for p in lines))
+    return py
+
 def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
     """The editable install is what the rest of the suite runs on; this checks `pip install .`."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
@@ -248,9 +275,7 @@ def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert "netsuite/smtp/server.py" in names
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
-    py = venv / "bin" / "python"
+    py = make_venv_seeing_this_environment(venv)
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -259,6 +284,14 @@ def test_wheel_ships_the_plugin_and_twistd_finds_it(tmp_path):
                         "print(m.__file__); print(netsuite.__file__)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(str(venv) in path for path in where), where
+    # Its dependencies are the ones this suite runs on, in a venv or not (a venv
+    # made from inside a venv sees only the base interpreter's site-packages).
+    import twisted
+
+    theirs = subprocess.run([str(py), "-c", "import twisted; print(twisted.__file__)"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert theirs == twisted.__file__
     result = subprocess.run([str(py), "-c", "from twisted.scripts.twistd import run; run()",
                              "netsuite", "--help"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
@@ -278,6 +311,53 @@ def test_auth_option_and_tcp6_endpoint(make_daemon, tmp_path):
     result = subprocess.run([*twistd(), "netsuite", "--help-auth"], capture_output=True,
                             text=True, timeout=60)
     assert "--auth passwd" in result.stdout and "--auth pam" in result.stdout
+
+
+def _have_ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_readme_ipv6_endpoint_example_works_verbatim(make_daemon):
+    """README: `--smtp tcp:2525:interface=127.0.0.1 --smtp tcp6:2525:interface=::1`."""
+    if not _have_ipv6_loopback():
+        pytest.skip("this machine has no ::1 to listen on")
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"`twistd -n netsuite (--smtp tcp:2525\S+ --smtp tcp6:2525\S+)`", readme)
+    assert example, "README lost its endpoint example"
+    args = example.group(1).replace(":2525:", ":0:").split()
+    assert args[-1] == "tcp6:0:interface=::1"  # unescaped, as a user types it
+    d = make_daemon(listeners=[], start=False)
+    d.start(*args)
+    v4, v6 = d.ports["smtp"]
+    with smtplib.SMTP("127.0.0.1", v4, timeout=10) as s:
+        assert s.ehlo()[0] == 250
+    with smtplib.SMTP("::1", v6, timeout=10) as s:
+        assert s.ehlo()[0] == 250
+    assert "smtp listening on tcp6:0:interface=" in d.log()
+
+
+def test_bracketed_ipv6_endpoint_in_the_config_file(make_daemon):
+    if not _have_ipv6_loopback():
+        pytest.skip("this machine has no ::1 to listen on")
+    d = make_daemon(listeners=[], config={"listen": {
+        "pop3": ["tcp6:port=0:interface=[::1]"], "imap": ["tcp6:0:interface=::1:backlog=5"]}})
+    for name in ("pop3", "imap"):
+        with socket.create_connection(("::1", d.port(name)), timeout=10) as conn:
+            assert conn.recv(100)[:4] in (b"+OK ", b"* OK"), name
+
+
+@pytest.mark.parametrize("endpoint", ["tcp6:0:interface=::1:bogus=1", "tcp6:port=x"])
+def test_bad_endpoint_says_how_to_write_one(tmp_path, endpoint):
+    result = run_twistd(tmp_path, "--data-dir", str(tmp_path / "data"), "--smtp", endpoint)
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("netsuite: listen.smtp[0]: bad endpoint"), err
+    assert "tcp6:2525:interface=::1" in err and "interface=[::1]" in err, err
 
 
 def _ca_and_leaf(directory: Path, hostname: str) -> tuple[Path, Path, Path]:

@@ -712,7 +712,8 @@ def test_ipv6_data_channels(make_daemon):
         f.set_pasv(mode == "EPSV")  # ftplib uses EPSV/EPRT on IPv6 by itself
         store(f, f"v6-{mode}.bin", data)
         assert fetch(f, f"v6-{mode}.bin") == data
-    with pytest.raises(ftplib.error_temp, match="^425"):
+    # Permanent (5xx, RFC 2428): a 4xx would make clients retry PASV forever.
+    with pytest.raises(ftplib.error_perm, match="^522 .*EPSV"):
         f.sendcmd("PASV")
     with pytest.raises(ftplib.error_perm, match="^500 Illegal PORT"):
         f.sendcmd("EPRT |2|::2|50000|")
@@ -721,6 +722,31 @@ def test_ipv6_data_channels(make_daemon):
     with pytest.raises(ftplib.error_perm, match=r"^522 .*\(2\)"):
         f.sendcmd("EPSV 1")
     f.quit()
+
+
+def test_names_over_name_max_get_553(daemon, alice):
+    """ENAMETOOLONG is a bad file name (553), for every command, never a traceback."""
+    long = "n" * 300
+    nested = f"ok/{long}/x"
+    alice.mkd("ok")
+    store(alice, "ok/short.txt", b"short")
+    for cmd in (f"MKD {long}", f"RMD {long}", f"DELE {long}", f"CWD {long}",
+                f"SIZE {long}", f"MDTM {long}", f"MLST {long}", f"RNFR {long}",
+                f"MKD {nested}", f"DELE {nested}"):
+        with pytest.raises(ftplib.error_perm, match="^553 .*name"):
+            alice.sendcmd(cmd)
+    with pytest.raises(ftplib.error_perm, match="^553 .*name"):
+        store(alice, long, b"data")
+    with pytest.raises(ftplib.error_perm, match="^553 .*name"):
+        store(alice, nested, b"data")
+    with pytest.raises(ftplib.error_perm, match="^553 .*name"):
+        fetch(alice, long)
+    alice.sendcmd("RNFR ok/short.txt")
+    with pytest.raises(ftplib.error_perm, match="^553 .*name"):
+        alice.sendcmd(f"RNTO {long}")
+    assert sorted(os.listdir(root(daemon) / "ok")) == ["short.txt"]
+    assert "Traceback" not in daemon.log()
+    alice.voidcmd("NOOP")
 
 
 def test_data_connection_timeouts(make_daemon):

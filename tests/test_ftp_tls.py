@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ftplib
 import os
+import re
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 
@@ -147,12 +149,58 @@ def test_prot_c_clear_data(daemon, alice):
     assert fetch(alice, "clear.txt") == b"clear data"
 
 
-def test_stock_ftplib_without_session_reuse_is_refused(daemon):
+REUSE_REFUSED = "^522 Data connection must resume the TLS session of the control connection"
+
+
+@pytest.mark.parametrize("mode", ["PASV", "PORT"])
+def test_stock_ftplib_without_session_reuse_gets_a_clear_522(daemon, mode):
+    """
+    Python's ftplib.FTP_TLS never resumes the session on data connections: its
+    upload, download and listing end in a 522 reply saying so (ftplib.error_perm),
+    not in ConnectionResetError, and nothing reaches the file system.
+    """
     f = connect(StockFTPS, daemon.port("ftp"), "alice", "alice-pw", tls=True)
-    with pytest.raises((ftplib.error_temp, ftplib.error_perm, ssl.SSLError, OSError)):
-        fetch(f, "anything")
+    f.set_pasv(mode == "PASV")
+    store(connect(FTPS, daemon.port("ftp"), "alice", "alice-pw", tls=True),
+          "kept.bin", b"kept")
+    data = os.urandom(3 << 20)  # more than any socket buffer: all of it is read and dropped
+    with pytest.raises(ftplib.error_perm, match=REUSE_REFUSED):
+        store(f, f"stock-{mode}.bin", data)
+    with pytest.raises(ftplib.error_perm, match=REUSE_REFUSED):
+        fetch(f, "kept.bin")
+    with pytest.raises(ftplib.error_perm, match=REUSE_REFUSED):
+        f.nlst()
     # The refusal is reported and the session goes on.
     f.voidcmd("NOOP")
+    f.quit()
+    assert not (root(daemon) / f"stock-{mode}.bin").exists()
+    assert not [p for p in root(daemon).iterdir() if p.name.startswith(".")]
+    assert "Traceback" not in daemon.log()
+
+
+def documented_ftplib_subclass():
+    """The ftplib subclass docs/ftp.md tells users to copy, exactly as written there."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ftp.md").read_text()
+    block = re.search(r"```python\n(.*?class ReusingFTP_TLS.*?)```", text, re.S)
+    assert block, "docs/ftp.md lost its ftplib example"
+    namespace: dict = {}
+    exec(block.group(1), namespace)
+    return namespace["ReusingFTP_TLS"]
+
+
+@pytest.mark.parametrize("mode", ["PASV", "PORT"])
+def test_documented_ftplib_subclass_resumes_and_transfers(daemon, mode):
+    cls = documented_ftplib_subclass()
+    f = cls(context=tls_context(), timeout=20)
+    f.connect("127.0.0.1", daemon.port("ftp"))
+    f.login("alice", "alice-pw")  # FTP_TLS.login sends AUTH TLS first
+    f.prot_p()
+    f.set_pasv(mode == "PASV")
+    data = os.urandom(1 << 20)
+    assert store(f, f"documented-{mode}.bin", data).startswith("226")
+    assert (root(daemon) / f"documented-{mode}.bin").read_bytes() == data
+    assert fetch(f, f"documented-{mode}.bin") == data
+    assert f"documented-{mode}.bin" in f.nlst()
     f.quit()
 
 

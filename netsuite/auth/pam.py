@@ -8,6 +8,7 @@ from twisted.internet import defer, threads
 from zope.interface import implementer
 
 from netsuite.auth import normalize_username
+from netsuite.auth.passwdfile import password_bytes
 
 
 @implementer(ICredentialsChecker)
@@ -19,7 +20,7 @@ class PAMChecker:
     def __init__(self, service: str = "login"):
         self.service = service or "login"
 
-    def _authenticate(self, name: str, password: str) -> bool:
+    def _authenticate(self, name: str, password: bytes) -> bool:
         import pam
 
         return bool(pam.pam().authenticate(name, password, service=self.service))
@@ -27,9 +28,8 @@ class PAMChecker:
     @defer.inlineCallbacks
     def requestAvatarId(self, creds):
         name = normalize_username(creds.username)
-        password = creds.password
-        if isinstance(password, bytes):
-            password = password.decode("utf-8", "surrogateescape")
+        # Bytes as sent: python-pam would encode a str with surrogates and fail.
+        password = password_bytes(creds.password)
         if not name or "\0" in name or name.startswith("-"):
             raise error.UnauthorizedLogin("bad user name")
         ok = yield threads.deferToThread(self._authenticate, name, password)

@@ -123,10 +123,24 @@ class PasswordFile:
         self._stamp = None
 
 
+def password_bytes(password: bytes | str) -> bytes:
+    """
+    The password as the bytes the client sent.  Hashes are of the UTF-8 of a
+    str, so valid UTF-8 verifies the same either way; bytes that are not UTF-8
+    (a Latin-1 terminal, a fuzzer) stay bytes and are a wrong password like any
+    other, rather than a C{UnicodeEncodeError} deep in argon2.
+    """
+    if isinstance(password, bytes):
+        return password
+    try:
+        return password.encode("utf-8", "surrogateescape")  # undoes a surrogateescape decode
+    except UnicodeEncodeError:
+        return password.encode("utf-8", "surrogatepass")
+
+
 def verify(hashed: str | None, password: bytes | str) -> bool:
     """Check a password against an argon2 hash (slow on purpose: run in a thread)."""
-    if isinstance(password, bytes):
-        password = password.decode("utf-8", "surrogateescape")
+    password = password_bytes(password)
     try:
         return _hasher.verify(hashed or _DUMMY_HASH, password) and hashed is not None
     except (VerificationError, InvalidHashError):

@@ -1,10 +1,13 @@
 """
 SASL mechanisms shared by SMTP AUTH, POP3 AUTH and IMAP AUTHENTICATE.
 
-Built on Twisted's C{twisted.mail._cred} credentials, with two fixes: PLAIN
-refuses an authorization identity other than the user's own (RFC 4616: we
-offer no proxy authorization), and LOGIN prompts with the C{Username:} /
-C{Password:} every client expects.
+The PLAIN and LOGIN credentials are netsuite's own, on public Twisted
+interfaces only (C{twisted.cred}'s C{UsernamePassword}, declared as
+C{IUsernameHashedPassword} too, so any checker of either takes them, and
+C{twisted.mail.interfaces.IChallengeResponse}): Twisted's are in the private
+C{twisted.mail._cred}.  Unlike those, PLAIN refuses an authorization identity
+other than the user's own (RFC 4616: we offer no proxy authorization), and
+LOGIN prompts with the C{Username:} / C{Password:} every client expects.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 
-from twisted.mail._cred import LOGINCredentials, PLAINCredentials
-from twisted.mail._except import IllegalClientResponse
+from twisted.cred import credentials
+from twisted.mail.interfaces import IChallengeResponse
+from zope.interface import implementer
 
 
 class SASLError(ValueError):
@@ -37,17 +41,43 @@ def decode_plain(response: bytes) -> tuple[bytes, bytes, bytes]:
     return split_plain(raw)
 
 
-class PlainCredentials(PLAINCredentials):
+@implementer(IChallengeResponse, credentials.IUsernameHashedPassword)
+class PlainCredentials(credentials.UsernamePassword):
+    """SASL PLAIN (RFC 4616): one response, C{authzid NUL user NUL password}."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+
+    def getChallenge(self) -> bytes:
+        return b""
+
     def setResponse(self, response: bytes) -> None:
+        """Raises L{SASLError} (a C{ValueError}) for a malformed response."""
         authzid, self.username, self.password = split_plain(response)
         if authzid and authzid != self.username:
-            raise IllegalClientResponse("PLAIN: proxy authorization is not supported")
+            raise SASLError("PLAIN: proxy authorization is not supported")
+
+    def moreChallenges(self) -> bool:
+        return False
 
 
-class LoginCredentials(LOGINCredentials):
+@implementer(IChallengeResponse, credentials.IUsernameHashedPassword)
+class LoginCredentials(credentials.UsernamePassword):
+    """SASL LOGIN: C{Username:}, then C{Password:}, one response to each."""
+
     def __init__(self) -> None:
-        super().__init__()
-        self.challenges = [b"Password:", b"Username:"]
+        super().__init__(None, None)
+        self.challenges = [b"Password:", b"Username:"]  # popped from the end
+        self._fields = ["password", "username"]
+
+    def getChallenge(self) -> bytes:
+        return self.challenges.pop()
+
+    def setResponse(self, response: bytes) -> None:
+        setattr(self, self._fields.pop(), response)
+
+    def moreChallenges(self) -> bool:
+        return bool(self.challenges)
 
 
 #: Mechanism name -> credentials class, in the order they are advertised.

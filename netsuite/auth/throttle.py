@@ -20,6 +20,7 @@ from twisted.cred import error
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from netsuite.auth import normalize_username
 from netsuite.config import ThrottleConfig
@@ -119,15 +120,35 @@ class ThrottledPortal:
             return result
 
         def failed(reason):
-            reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials)
-            delay = self.throttle.fail(*keys)
-            log.warn("login failed: protocol={protocol} address={address} user={user}",
-                     protocol=protocol, address=peer, user=user)
-            if not delay:
-                return reason
-            return task.deferLater(self.reactor, delay, lambda: reason)
+            if not reason.check(error.UnauthorizedLogin, error.UnhandledCredentials):
+                # A checker that broke on these credentials: a bug worth a critical
+                # log line, and still a failed login for the throttle (every bad
+                # credential counts, or breaking a checker would be a free retry).
+                log.failure("credential check failed: protocol={protocol} address={address} "
+                            "user={user}", reason, protocol=protocol, address=peer, user=user)
+            return self._failed(keys, reason, peer, protocol, user)
 
         return d.addCallbacks(ok, failed)
+
+    def refuse(self, username: bytes | str, peer: str = "?", protocol: str = "?"
+               ) -> defer.Deferred:
+        """
+        A login the protocol refuses itself (a malformed user name): counted and
+        delayed by the throttle like any failed login, then failed.
+        """
+        user = normalize_username(username or b"")
+        keys = (f"addr:{peer}", f"user:{user.lower()}")
+        return self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
+                            peer, protocol, user)
+
+    def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
+                user: str) -> Failure | defer.Deferred:
+        delay = self.throttle.fail(*keys)
+        log.warn("login failed: protocol={protocol} address={address} user={user}",
+                 protocol=protocol, address=peer, user=user)
+        if not delay:
+            return reason
+        return task.deferLater(self.reactor, delay, lambda: reason)
 
     @staticmethod
     def _refuse():
@@ -152,3 +173,7 @@ class PeerPortal:
     def login(self, credentials, mind, *interfaces) -> defer.Deferred:
         return self._portal.login(credentials, mind, *interfaces,
                                   peer=self.peer, protocol=self.protocol)
+
+    def refuse(self, username: bytes | str) -> defer.Deferred:
+        """Fail a login without asking a checker, counted by the throttle."""
+        return defer.maybeDeferred(self._portal.refuse, username, self.peer, self.protocol)

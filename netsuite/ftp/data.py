@@ -21,7 +21,6 @@ import socket
 from typing import Any, Callable
 
 from OpenSSL import SSL
-from OpenSSL._util import lib as _ssl_lib
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
@@ -60,8 +59,7 @@ def cap_tls_version(tls_transport, max_version: str) -> None:
     context sets C{SSL_OP_NO_TICKET}) sends nothing after the handshake.
     """
     if max_version == "1.2":
-        conn = tls_transport.getHandle()
-        _ssl_lib.SSL_set_options(conn._ssl, _ssl_lib.SSL_OP_NO_TLSv1_3)
+        tls_transport.getHandle().set_options(SSL.OP_NO_TLSv1_3)
 
 
 def _keep_session(conn: SSL.Connection) -> None:
@@ -85,10 +83,10 @@ class DataTLSProtocol(TLSMemoryBIOProtocol):
     """
 
     def connectionLost(self, reason):
-        conn = self._tlsConnection
-        if conn is not None and not self._lostTLSConnection and \
-                not conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN:
-            _ssl_lib.SSL_set_options(conn._ssl, _ssl_lib.SSL_OP_IGNORE_UNEXPECTED_EOF)
+        conn = self.getHandle()
+        if conn is not None and not conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN:
+            # (After a TLS error the session is gone already; these are then no-ops.)
+            conn.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
             _keep_session(conn)
             if not reason.check(error.ConnectionLost):
                 reason = Failure(error.ConnectionLost("TLS data connection closed "
@@ -100,10 +98,58 @@ class _DataTLSFactory(TLSMemoryBIOFactory):
     protocol = DataTLSProtocol
 
 
+class SessionReuseUnknown(Exception):
+    """This pyOpenSSL cannot say whether a TLS handshake resumed a session."""
+
+
+def _private_session_reused() -> Callable[[SSL.Connection], bool] | None:
+    """
+    pyOpenSSL (26.4) has no public C{Connection.session_reused()}: the only way
+    to ask OpenSSL's C{SSL_session_reused} is its private cffi binding and the
+    connection's private C{_ssl} pointer.  Both may go in an upgrade; then this
+    returns None and L{check_session_reuse_available} stops start-up with a
+    clear line instead of FTPS failing (or, worse, passing) every transfer.
+    """
+    try:
+        from OpenSSL._util import lib  # private: no public equivalent (see above)
+    except ImportError:
+        return None
+    reused = getattr(lib, "SSL_session_reused", None)
+    if reused is None:
+        return None
+
+    def check(conn: SSL.Connection) -> bool:
+        try:
+            return bool(reused(conn._ssl))  # private: no public accessor
+        except AttributeError:
+            raise SessionReuseUnknown("pyOpenSSL Connection has no _ssl") from None
+
+    return check
+
+
+def _session_reuse_check() -> Callable[[SSL.Connection], bool] | None:
+    """The best available way to ask whether a connection resumed its session."""
+    public = getattr(SSL.Connection, "session_reused", None)
+    if callable(public):  # a future pyOpenSSL with a public call: prefer it
+        return lambda conn: bool(conn.session_reused())
+    return _private_session_reused()
+
+
+def check_session_reuse_available() -> None:
+    """Raise L{SessionReuseUnknown} when no session-reuse check works here."""
+    if _session_reuse_check() is None:
+        import OpenSSL
+
+        raise SessionReuseUnknown(f"pyOpenSSL {OpenSSL.__version__} cannot tell whether "
+                                  "a TLS session was resumed")
+
+
 def session_reused(tls_transport) -> bool:
     """Whether the TLS connection under C{tls_transport} resumed a session."""
-    conn = tls_transport.getHandle()
-    return bool(_ssl_lib.SSL_session_reused(conn._ssl))
+    check = _session_reuse_check()
+    if check is None:
+        raise SessionReuseUnknown("no way to check TLS session reuse")
+    return check(tls_transport.getHandle())
 
 
 @implementer(IHandshakeListener)
@@ -137,6 +183,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self._is_ready = False
         self.sink_error: Failure | None = None
         self.timed_out = False
+        #: Refused after the TLS handshake (no session reuse): closing on its own.
+        self.refused = False
 
     # -- life cycle ------------------------------------------------------------
 
@@ -155,15 +203,37 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
             self._ready()
 
     def handshakeCompleted(self) -> None:
-        if self.require_reuse and not session_reused(self.transport):
+        if self.require_reuse and not self._resumed():
             log.warn("FTPS data connection from {peer} did not resume the control "
-                     "session; dropped", peer=self.peer)
-            self.transport.abortConnection()
-            self._set_ready(Failure(DataChannelError(
-                522, "SSL connection failed: session reuse required.")))
+                     "session; refused", peer=self.peer)
+            self._refuse()
             return
         _set_read_size(self.transport.transport)
         self._ready()
+
+    def _resumed(self) -> bool:
+        try:
+            return session_reused(self.transport)
+        except SessionReuseUnknown:
+            log.failure("cannot check TLS session reuse; data connection refused")
+            return False
+
+    def _refuse(self) -> None:
+        """
+        Refuse the transfer on a data connection that did not resume the
+        control session (vsftpd's C{require_ssl_reuse}), and say so on the
+        control connection (RFC 4217's 522).  The data connection is closed
+        cleanly (close_notify) and its bytes are read and dropped, not reset:
+        a client such as C{ftplib} sends its whole upload before it reads the
+        control reply, and a reset would surface there as C{ConnectionResetError}
+        instead of the reply.  Nothing is read from or written to the file.
+        """
+        self.refused = True
+        self._early = []
+        self._set_ready(Failure(DataChannelError(
+            522, "Data connection must resume the TLS session of the control "
+                 "connection (require_tls_session_reuse, vsftpd's require_ssl_reuse).")))
+        self.transport.loseConnection()
 
     def _ready(self) -> None:
         self._is_ready = True
@@ -224,6 +294,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        if self.refused:
+            return
         if self._sink is None:
             self._early.append(data)
             self._early_size += len(data)
@@ -282,6 +354,8 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     def abort(self) -> None:
         """Cut the connection now (ABOR, timeouts), keeping the TLS session resumable."""
+        if self.refused and not self.timed_out:
+            return  # closing cleanly already (see _refuse); only a stall cuts it
         if self.transport is not None and self.close_reason is None:
             if self.tls and self._is_ready:
                 conn = self.transport.getHandle()

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols import basic, ftp, policies
 from twisted.python.failure import Failure
 
+from netsuite.config import plaintext_auth_allowed
 from netsuite.ftp import wire
 from netsuite.ftp.data import ActiveChannel, DataChannel, DataChannelError, DataConnection, \
     PassiveChannel, cap_tls_version
@@ -655,7 +656,8 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             return
         local = wire.ipv4_of(self.transport.getHost().host)
         if local is None:
-            self.reply(425, "PASV is IPv4 only; use EPSV.")
+            # Permanent (RFC 2428 section 3): a 4xx would only make the client retry.
+            self.reply(522, "PASV not available on IPv6, use EPSV.")
             return
         announce = self.config.masquerade_address or local
         channel = self._passive()
@@ -988,7 +990,7 @@ class FTPFactory(protocol.ServerFactory):
         self.implicit_tls = implicit_tls
         require = self.config.require_tls
         if require is None:
-            require = not ctx.config.server.allow_plaintext_auth
+            require = not plaintext_auth_allowed(ctx.config, "ftp")
         self.require_tls = require
         self.require_tls_data = self.config.require_tls_data
         self.require_reuse = self.config.require_tls_session_reuse

@@ -15,6 +15,8 @@ from netsuite.config import ConfigError, listener, positive, section
 class FTPConfig:
     """Policy and limits for the C{ftp} (plain / AUTH TLS) and C{ftps} (implicit) listeners."""
 
+    #: Plain-text passwords without TLS for this protocol; unset: C{server.allow_plaintext_auth}.
+    allow_plaintext_auth: bool | None = None
     #: Passive data ports: 0 and 0 mean any free port, else an inclusive range.
     passive_port_min: int = 0
     passive_port_max: int = 0
@@ -27,7 +29,7 @@ class FTPConfig:
     #: files (but not list, read, overwrite or delete them).
     anonymous_upload_dir: str | None = None
     #: Accounts must log in over TLS (AUTH TLS or implicit FTPS).  Unset: the
-    #: opposite of C{server.allow_plaintext_auth} (so required by default).
+    #: opposite of C{allow_plaintext_auth} (so required by default).
     require_tls: bool | None = None
     #: Accounts must protect data connections too (refuse PROT C).
     require_tls_data: bool = False
@@ -102,6 +104,15 @@ def build(ctx, name: str):
     if ctx.config.tls.min_version == "1.3" and ctx.config.ftp.tls_max_version == "1.2":
         raise ConfigError('tls.min_version is "1.3": set ftp.tls_max_version = "1.3"',
                           "ftp.tls_max_version", ctx.config.path)
+
+    if ctx.config.ftp.require_tls_session_reuse:
+        from netsuite.ftp.data import SessionReuseUnknown, check_session_reuse_available
+
+        try:
+            check_session_reuse_available()
+        except SessionReuseUnknown as e:
+            raise ConfigError(f"{e}: set it to false, or install a pyOpenSSL that can",
+                              "ftp.require_tls_session_reuse", ctx.config.path)
 
     if ctx.config.ftp.anonymous_root is not None:
         from netsuite.ftp.shell import prepare_anonymous_root

@@ -73,12 +73,23 @@ def _errno_failure(e: OSError, path: list[str]) -> defer.Deferred:
         return defer.fail(StorageFull("/".join(path)))
     if e.errno == errno.ENOTEMPTY:
         return defer.fail(NotEmpty("/".join(path)))
+    if e.errno == errno.ENAMETOOLONG:
+        return defer.fail(NameTooLong("/".join(path)))
     return ftp.errnoToFailure(e.errno, "/".join(path))
 
 
 class StorageFull(ftp.FTPCmdError):
     def response(self):
         return f"452 {self.errorMessage}: Insufficient storage space."
+
+
+class NameTooLong(ftp.FTPCmdError):
+    """A name over NAME_MAX or a path over PATH_MAX (ENAMETOOLONG): RFC 959's 553."""
+
+    def response(self):
+        # The name itself is not echoed: it is what is too long.
+        return ("553 Requested action not taken: file name not allowed "
+                "(a name is longer than the file system allows).")
 
 
 class NotEmpty(ftp.FTPCmdError):
@@ -102,14 +113,28 @@ class JailedShell:
         self.writable = writable
         self.upload_dir = upload_dir
         self.fsync = fsync
+        try:
+            self.name_max = os.pathconf(self.root, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            self.name_max = 255
 
     # -- the jail --------------------------------------------------------------
 
     def _inside(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root + os.sep)
 
+    def _check_names(self, path: list[str]) -> None:
+        """
+        A segment over NAME_MAX is a bad name (553) before any file call, as
+        some calls (C{isdir}, C{realpath}) would hide the ENAMETOOLONG as 'missing'.
+        """
+        for seg in path:
+            if len(os.fsencode(seg)) > self.name_max:
+                raise NameTooLong("/".join(path))
+
     def _real(self, path: list[str]) -> str:
         """The real path for C{path}, symlinks followed; outside the root raises."""
+        self._check_names(path)
         for seg in path:
             if not seg or "/" in seg or "\0" in seg or seg in (".", ".."):
                 raise ftp.PermissionDeniedError("/".join(path))
@@ -124,6 +149,7 @@ class JailedShell:
         """The path of the entry itself (a final symlink not followed); not the root."""
         if not path:
             raise ftp.PermissionDeniedError("/")
+        self._check_names(path)
         parent = self._real(path[:-1])
         name = path[-1]
         if not name or "/" in name or "\0" in name or name in (".", ".."):
@@ -522,6 +548,8 @@ class UploadFile:
                     return Failure(StorageFull(self.name))
                 if err.errno == errno.EEXIST:
                     return Failure(ftp.FileExistsError(self.name))
+                if err.errno == errno.ENAMETOOLONG:
+                    return Failure(NameTooLong(self.name))
             return f
 
         return d.addErrback(failed)

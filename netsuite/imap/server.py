@@ -31,6 +31,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from netsuite.config import plaintext_auth_allowed
 from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.message import Part, bodystructure, decoded, envelope, sent_date
@@ -123,7 +124,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.write(line + b"\r\n")
 
     def plaintext_allowed(self) -> bool:
-        return self.tls or self.ctx.config.server.allow_plaintext_auth
+        return self.tls or plaintext_auth_allowed(self.ctx.config, "imap")
 
     def capability_list(self) -> list[bytes]:
         caps = list(EXTENSIONS)

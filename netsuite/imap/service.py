@@ -14,6 +14,8 @@ from netsuite.store.service import configure_store
 class IMAPConfig:
     """IMAP limits."""
 
+    #: Plain-text passwords without TLS for this protocol; unset: C{server.allow_plaintext_auth}.
+    allow_plaintext_auth: bool | None = None
     #: Seconds before an unauthenticated connection is closed.
     login_timeout: int = 60
     #: Seconds of silence after login before the server hangs up (RFC 3501: >= 1800).

@@ -22,6 +22,7 @@ from twisted.mail import pop3
 from zope.interface import implementer
 
 from netsuite.auth import sasl
+from netsuite.config import plaintext_auth_allowed
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
 
@@ -104,7 +105,7 @@ class POP3Server(pop3.POP3):
         super().connectionLost(reason)
 
     def plaintext_allowed(self) -> bool:
-        return self.tls or self.ctx.config.server.allow_plaintext_auth
+        return self.tls or plaintext_auth_allowed(self.ctx.config, "pop3")
 
     def dataReceived(self, data: bytes) -> None:
         """Lines end in LF (CR optional); an overlong line gets -ERR, the session goes on."""

@@ -16,6 +16,8 @@ ON_DELETE = ("expunge", "trash", "keep")
 class POP3Config:
     """POP3 policy and limits."""
 
+    #: Plain-text passwords without TLS for this protocol; unset: C{server.allow_plaintext_auth}.
+    allow_plaintext_auth: bool | None = None
     #: Seconds of silence before the server hangs up (RFC 1939: at least 600).
     idle_timeout: int = 600
     #: Longest command line in bytes, CRLF excluded.

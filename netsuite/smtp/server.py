@@ -26,10 +26,10 @@ from twisted.cred import error as cred_error
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import smtp
-from twisted.mail._except import IllegalClientResponse
 from twisted.python.failure import Failure
 
-from netsuite.auth.sasl import MECHANISMS
+from netsuite.auth.sasl import MECHANISMS, SASLError
+from netsuite.config import plaintext_auth_allowed
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp import wire
 from netsuite.smtp.delivery import MailAddress
@@ -252,7 +252,7 @@ class SMTPServer(smtp.ESMTP):
         return ext
 
     def _auth_offered(self) -> bool:
-        plaintext_ok = self.factory.ctx.config.server.allow_plaintext_auth
+        plaintext_ok = plaintext_auth_allowed(self.factory.ctx.config, "smtp")
         return self.submission and not self.authenticated and (self.startedTLS or plaintext_ok)
 
     def do_NOOP(self, rest: bytes) -> None:
@@ -344,7 +344,7 @@ class SMTPServer(smtp.ESMTP):
         try:
             decoded = base64.b64decode(response, validate=True) if response else b""
             self.challenger.setResponse(decoded)
-        except (binascii.Error, IllegalClientResponse, ValueError) as e:
+        except (binascii.Error, SASLError, ValueError) as e:
             self.mode = COMMAND
             self.say(501, "5.5.2", f"Cannot decode response: {e}")
             return None

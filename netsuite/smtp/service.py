@@ -13,6 +13,8 @@ from netsuite.config import listener, positive, section
 class SMTPConfig:
     """Limits and policy for every SMTP listener."""
 
+    #: Plain-text passwords without TLS for this protocol; unset: C{server.allow_plaintext_auth}.
+    allow_plaintext_auth: bool | None = None
     #: Largest message accepted, in bytes (advertised as SIZE).
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100

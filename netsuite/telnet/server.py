@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from netsuite.config import plaintext_auth_allowed
 from netsuite.realm import ITerminalAvatar
 from netsuite.telnet import wire
 from netsuite.telnet.session import PTYSession
@@ -357,7 +358,8 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     def _check(self, name: str, password: bytes) -> None:
         if (len(name) > MAX_NAME or name.startswith("-")
                 or any(ord(c) < 32 or c == "\ufffd" for c in name)):
-            d = defer.fail(error.UnauthorizedLogin("malformed user name"))
+            # Refused without a checker, but counted by the throttle like any bad login.
+            d = self.factory.portal(self.peer).refuse(name.encode("utf-8", "replace"))
         else:
             creds = credentials.UsernamePassword(name.encode("utf-8"), password)
             d = self.factory.portal(self.peer).login(creds, None, ITerminalAvatar)
@@ -485,7 +487,7 @@ class TelnetFactory(protocol.ServerFactory):
         self.reactor = ctx.reactor
         self.listener = listener
         self.hostname = ctx.config.server.hostname
-        self.allow_plaintext = ctx.config.server.allow_plaintext_auth
+        self.allow_plaintext = plaintext_auth_allowed(ctx.config, "telnet")
         self.connections: set[TelnetServer] = set()
         self.recorder = Recorder(self.config.utmp_file, self.config.wtmp_file,
                                  enabled=self.config.utmp and os.geteuid() == 0)

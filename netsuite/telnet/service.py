@@ -21,6 +21,8 @@ DANGEROUS_ENV = ("LD_*", "DYLD_*", "IFS", "ENV", "BASH_ENV", "BASH_FUNC_*", "PS4
 class TelnetConfig:
     """Login and terminal sessions for every TELNET listener."""
 
+    #: Plain-text passwords without TLS for this protocol; unset: C{server.allow_plaintext_auth}.
+    allow_plaintext_auth: bool | None = None
     #: Shown before the first C{login:} prompt; C{{hostname}} is replaced.
     banner: str = "netsuite {hostname}"
     #: Seconds from connect to a completed login before the server hangs up.
