@@ -203,10 +203,14 @@ class LimitsConfig:
 
     max_connections: int = 500
     max_connections_per_address: int = 50
+    #: Seconds a command line (or an IMAP literal, plus 1 s per 16 KiB) may take
+    #: from its first byte to its last, on SMTP, POP3, IMAP and FTP (slowloris).
+    command_timeout: int = 60
 
     def validate(self) -> None:
         positive("max_connections", self.max_connections)
         positive("max_connections_per_address", self.max_connections_per_address)
+        positive("command_timeout", self.command_timeout)
 
 
 #: Listener name -> (default endpoints on the embedded defaults, implicit TLS).
