@@ -204,6 +204,25 @@ class Sink(Protocol):
     def abort(self) -> None: ...
 
 
+class DiscardSink:
+    """A literal counted away, never kept (an APPEND that cannot succeed)."""
+
+    error = None
+
+    def __init__(self, why: bytes = b""):
+        self.why = why
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 @dataclass
 class Command:
     """A whole IMAP command: text with each literal replaced by one NUL, and the literals."""

@@ -81,24 +81,34 @@ def test_oversized_literal_refused_before_any_byte():
     server, t, _, _ = make(max_message_size=1000)
     server.dataReceived(b"a1 APPEND INBOX {1001}\r\n")
     assert t.value() == b"a1 NO [TOOBIG] Literal too large (limit 1000 octets)\r\n"
-    assert server._mode == "line" and not server._parts
+    assert server._mode == "line" and not server._framer.in_command
+    assert server._framer.lines.buffered == 0
     t.clear()
     server.dataReceived(b"a2 NOOP\r\n")
     assert t.value() == b"a2 OK NOOP completed\r\n"
 
 
-def test_huge_nonsync_literal_is_counted_not_buffered():
+def test_oversized_nonsync_literal_is_refused_at_once_and_the_connection_closed():
+    # RFC 7888 4: the client sends a LITERAL+ literal without waiting, so the
+    # server answers TOOBIG before any of it and hangs up; nothing is buffered.
     server, t, _, _ = make(max_literal=100)
+    server.dataReceived(b"a1 LOGIN {50000000+}\r\n" + b"x" * 65536)
+    assert t.value() == b"a1 NO [TOOBIG] Literal too large (limit 100 octets)\r\n"
+    assert t.disconnecting
+    assert server._framer.lines.buffered == 0
+
+
+def test_big_nonsync_literal_within_limit_streams_through():
+    server, t, portal, _ = make(max_literal=60_000_000)
     server.dataReceived(b"a1 LOGIN {50000000+}\r\n")
     chunk = b"x" * 65536
     sent = 0
     while sent + len(chunk) <= 50_000_000:
         server.dataReceived(chunk)
         sent += len(chunk)
-        assert len(server._in) == 0 and server._lit_chunks == []
-    server.dataReceived(b"x" * (50_000_000 - sent) + b" pw\r\na2 NOOP\r\n")
-    assert t.value() == (b"a1 BAD [TOOBIG] Literal too large (limit 100 octets)\r\n"
-                         b"a2 OK NOOP completed\r\n")
+        assert server._framer.lines.buffered == 0
+    server.dataReceived(b"x" * (50_000_000 - sent) + b" pw\r\n")
+    assert portal.logins == [(b"x" * 50_000_000, b"pw")]
 
 
 def test_commands_pipelined_during_login_wait_their_turn():
