@@ -53,6 +53,8 @@ class LineFramer:
     def __init__(self, max_line: int, timeout: float | None = None):
         self.max_line = max_line
         self.timeout = timeout
+        #: The head of an overlong line: the same bytes however the line was split.
+        self._head = min(HEAD, max_line + 1)
         self._buf = bytearray()
         self._pos = 0
         #: Where the search for LF resumes (no LF in C{_buf[_pos:_scan]}).
@@ -99,7 +101,7 @@ class LineFramer:
         nl = buf.find(b"\n", self._scan)
         if nl < 0:
             if self._overlong is None and len(buf) - self._pos > self.max_line + 1:
-                self._overlong = bytes(buf[self._pos:self._pos + HEAD])
+                self._overlong = bytes(buf[self._pos:self._pos + self._head])
             if self._overlong is not None:
                 # Skipping: nothing of an overlong line is kept.
                 buf.clear()
@@ -115,7 +117,7 @@ class LineFramer:
             return Overlong(head)
         end = nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl
         if end - start > self.max_line:
-            head = bytes(buf[start:min(end, start + HEAD)])
+            head = bytes(buf[start:start + self._head])
             self._taken()
             return Overlong(head)
         line = bytes(buf[start:end])

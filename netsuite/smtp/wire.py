@@ -195,6 +195,7 @@ class DataReader:
     done: bool = False
     rest: bytes = b""
     _buf: bytearray = field(default_factory=bytearray)
+    _midline: bool = False
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._buf:
@@ -213,6 +214,11 @@ class DataReader:
                 break
             line = buf[start:end]
             start = end + 2
+            if self._midline:
+                # The end of a line whose start was dropped (too big): never a dot line.
+                self._midline = False
+                self.size += len(line) + 2
+                continue
             if line[:1] == b".":
                 if line == b".":
                     self.done = True
@@ -230,11 +236,23 @@ class DataReader:
         return lines
 
     def _grow(self, data) -> list[bytes]:
-        if self.size + len(self._buf) + len(data) > self.limit:
-            # A partial line already past the limit: keep only a possible CR.
+        if not data:
+            return []
+        partial = len(self._buf) + len(data)
+        if (self._buf[:1] if self._buf else data[:1]) == b".":
+            partial -= 1  # a stuffed dot or the final one: not part of the message
+        if self.size + partial > self.limit:
             self.too_big = True
-            self.size += len(self._buf) + len(data) - 1
-            self._buf = bytearray(data[-1:])
+            whole = len(self._buf) + len(data)
+            if not self._midline and whole <= 2 and partial < whole:
+                self._buf += data  # "." or ".\r": perhaps the end, keep it whole
+                return []
+            # A partial line past the limit: keep only a possible CR, and
+            # remember that what is kept does not start a line.
+            keep = b"\r" if data[-1:] == b"\r" else b""
+            self.size += whole - len(keep) - (whole - partial if not self._midline else 0)
+            self._buf = bytearray(keep)
+            self._midline = True
         else:
             self._buf += data
         return []
