@@ -393,7 +393,7 @@ class IMAPFramer:
                                 % limit, close=nonsync)
         if cmd.reject is not None:
             if not nonsync:
-                return self._refuse(line, b"BAD", cmd.reject)
+                return self._refuse(line, b"NO", cmd.reject)
             # The client sends it anyway: count it away, never store it.
             cmd.literals.append(b"")
             if size:

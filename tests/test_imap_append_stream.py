@@ -213,3 +213,15 @@ def test_append_on_a_full_disk_says_overquota_and_leaves_nothing(small_disk):
         c.close()
     finally:
         d.stop()
+
+
+def test_connection_lost_mid_append_removes_the_temporary_file(make_daemon):
+    d = make_daemon(listeners=["imap"], users=USERS,
+                    config={"server": {"allow_plaintext_auth": True}})
+    c = Client(d)
+    tmp = d.maildir("alice") / "tmp"
+    c.send(b"a APPEND INBOX {1000000+}\r\n" + b"x" * 300_000)
+    assert d.wait_for(lambda: [p for p in tmp.iterdir() if p.stat().st_size > 0])
+    c.close()
+    assert d.wait_for(lambda: list(tmp.iterdir()) == [])
+    assert stored(d) == []

@@ -149,3 +149,34 @@ def test_many_small_literals_cannot_grow_a_command_forever():
     server, t, _, _ = make(max_line_length=1000)
     server.dataReceived(b"a1 LOGIN" + b" {0+}\r\n" * 2000 + b" x\r\n")
     assert t.value().startswith(b"a1 BAD")
+
+
+def test_overlong_sasl_response_is_refused_and_the_session_goes_on():
+    server, t, portal, _ = make(max_line_length=1000)
+    server.dataReceived(b"a1 AUTHENTICATE PLAIN\r\n")
+    assert t.value() == b"+ \r\n"
+    t.clear()
+    server.dataReceived(b"A" * 3000 + b"\r\na2 NOOP\r\n")
+    assert t.value() == (b"a1 BAD Authentication response too long\r\n"
+                         b"a2 OK NOOP completed\r\n")
+    assert portal.logins == []
+
+
+def test_trickled_line_meets_the_deadline_on_the_session_clock():
+    clock = task.Clock()
+    portal = FakePortal()
+    ctx = SimpleNamespace(portal=portal, tls=None, config=SimpleNamespace(
+        server=SimpleNamespace(allow_plaintext_auth=True),
+        limits=SimpleNamespace(command_timeout=10)))
+    server = IMAPServer(ctx, IMAPConfig())
+    server.callLater = clock.callLater
+    t = StringTransport()
+    server.makeConnection(t)
+    t.clear()
+    for _ in range(9):
+        server.dataReceived(b"x")
+        clock.advance(1)
+    assert not t.disconnecting
+    clock.advance(1)
+    assert t.value() == b"* BYE Command took too long, closing connection\r\n"
+    assert t.disconnecting

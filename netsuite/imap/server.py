@@ -162,6 +162,10 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                     break
                 if self._mode == "idle":
                     self._idle_line(b"" if isinstance(line, Overlong) else line)
+                elif isinstance(line, Overlong):
+                    tag, self._sasl_tag = self._sasl_tag, None
+                    self._mode = "line"
+                    self._tagged(tag, b"BAD", b"Authentication response too long")
                 else:
                     self._sasl_line(line)
                 continue
@@ -205,7 +209,15 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def _execute(self, text: bytes, lits: list[bytes]) -> None:
+    def _execute(self, text: bytes, lits: list) -> None:
+        try:
+            self._run(text, lits)
+        finally:
+            for lit in lits:
+                if not isinstance(lit, bytes):
+                    lit.abort()  # a streamed literal the command did not deliver
+
+    def _run(self, text: bytes, lits: list) -> None:
         try:
             tag, cmd, rest = wire.split_tag(text)
         except ParseError as e:
@@ -246,10 +258,6 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             log.failure("IMAP {command} failed", command=name)
             self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
             return
-        finally:
-            for lit in lits:
-                if not isinstance(lit, bytes):
-                    lit.abort()  # a streamed literal the command did not deliver
         if isinstance(result, defer.Deferred):
             self._busy = True
 
