@@ -5,11 +5,14 @@ Twisted's class keeps the role (states, timeout, the Portal, IAccount /
 IMailbox avatars), but its command reader and several commands are wrong in
 26.10 (see TWISTED-GAPS.md), so this subclass replaces:
 
-  - the reader: whole commands are assembled with their literals before
-    anything runs; C{{n+}} (LITERAL+) is honoured; a literal over the limit is
-    refused before a byte of it is read, and a huge count never allocates;
-    overlong lines get BAD and the session goes on; NUL bytes are refused;
-    input pipelined after STARTTLS is discarded; IDLE ends only on DONE;
+  - the reader (L{netsuite.framer.IMAPFramer}): whole commands are assembled
+    with their literals before anything runs; C{{n+}} (LITERAL+) is honoured; a
+    literal over the limit is refused before a byte of it is read (a C{{n+}}
+    one then closes the connection, RFC 7888), and a huge count never
+    allocates; APPEND literals past L{STREAM_ABOVE} go straight into the
+    folder's tmp/; a line or literal must be complete within the command
+    deadline; overlong lines get BAD and the session goes on; NUL bytes are
+    refused; input pipelined after STARTTLS is discarded; IDLE ends only on DONE;
   - argument parsing (L{netsuite.imap.wire}): quoted strings with escapes,
     nested lists, sequence sets, FETCH attributes and every SEARCH key;
   - FETCH (partial fetch applied, \\Seen set by BODY[]), STORE, SEARCH, COPY,

@@ -238,19 +238,19 @@ class DataReader:
     def _grow(self, data) -> list[bytes]:
         if not data:
             return []
-        partial = len(self._buf) + len(data)
-        if (self._buf[:1] if self._buf else data[:1]) == b".":
-            partial -= 1  # a stuffed dot or the final one: not part of the message
+        whole = len(self._buf) + len(data)
+        if not self._midline and whole <= 2 and bytes(self._buf) + bytes(data) in (b".", b".\r"):
+            self._buf += data  # perhaps the final dot: it adds nothing, judge it later
+            return []
+        partial = whole
+        if not self._midline and (self._buf[:1] if self._buf else data[:1]) == b".":
+            partial -= 1  # a stuffed dot: not part of the message
         if self.size + partial > self.limit:
-            self.too_big = True
-            whole = len(self._buf) + len(data)
-            if not self._midline and whole <= 2 and partial < whole:
-                self._buf += data  # "." or ".\r": perhaps the end, keep it whole
-                return []
             # A partial line past the limit: keep only a possible CR, and
             # remember that what is kept does not start a line.
+            self.too_big = True
             keep = b"\r" if data[-1:] == b"\r" else b""
-            self.size += whole - len(keep) - (whole - partial if not self._midline else 0)
+            self.size += partial - len(keep)
             self._buf = bytearray(keep)
             self._midline = True
         else:
