@@ -180,3 +180,26 @@ def test_trickled_line_meets_the_deadline_on_the_session_clock():
     clock.advance(1)
     assert t.value() == b"* BYE Command took too long, closing connection\r\n"
     assert t.disconnecting
+
+
+class FailingFolder:
+    uidvalidity = 1
+
+    def __init__(self, error):
+        self.error = error
+
+    def append(self, data, flags, date):
+        raise self.error
+
+
+def test_append_disk_errors_are_answered_by_kind():
+    import errno
+
+    for err, code in ((errno.ENOSPC, b"OVERQUOTA"), (errno.EDQUOT, b"OVERQUOTA"),
+                      (errno.EIO, b"SERVERBUG")):
+        server, t, _, _ = make()
+        server.state = "auth"
+        folder = FailingFolder(OSError(err, "disk trouble"))
+        server.account = SimpleNamespace(folder=lambda name, create=False: folder)
+        server.dataReceived(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        assert t.value().startswith(b"a1 NO [" + code + b"]"), t.value()
