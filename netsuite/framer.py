@@ -55,7 +55,9 @@ class LineFramer:
         self.timeout = timeout
         #: The head of an overlong line: the same bytes however the line was split.
         self._head = min(HEAD, max_line + 1)
-        self._buf = bytearray()
+        #: The received bytes from C{_pos} on: a chunk as it came (C{bytes}, no
+        #: copy) until a partial line must grow, then a C{bytearray}.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         #: Where the search for LF resumes (no LF in C{_buf[_pos:_scan]}).
         self._scan = 0
@@ -77,7 +79,17 @@ class LineFramer:
             return
         if self._since is None:
             self._since = now
-        self._buf += data
+        buf = self._buf
+        if self._pos >= len(buf):
+            self._buf = bytes(data)
+            self._pos = self._scan = 0
+            return
+        if type(buf) is bytes:
+            # A partial line grows: from now on in place, amortised linear.
+            self._buf = buf = bytearray(memoryview(buf)[self._pos:])
+            self._scan -= self._pos
+            self._pos = 0
+        buf += data
 
     @property
     def buffered(self) -> int:
@@ -86,7 +98,7 @@ class LineFramer:
 
     def discard(self) -> None:
         """Drop everything buffered: the STARTTLS rule (RFC 3207 4.2, RFC 2595 4)."""
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = self._scan = 0
         self._overlong = None
         self._since = None
@@ -98,42 +110,47 @@ class LineFramer:
     def line(self) -> bytes | Overlong | None:
         """The next line (without its line end), an L{Overlong}, or None for 'need more'."""
         buf = self._buf
+        start = self._pos
         nl = buf.find(b"\n", self._scan)
         if nl < 0:
-            if self._overlong is None and len(buf) - self._pos > self.max_line + 1:
-                self._overlong = bytes(buf[self._pos:self._pos + self._head])
+            if self._overlong is None and len(buf) - start > self.max_line + 1:
+                self._overlong = bytes(buf[start:start + self._head])
             if self._overlong is not None:
                 # Skipping: nothing of an overlong line is kept.
-                buf.clear()
+                self._buf = b""
                 self._pos = self._scan = 0
             else:
                 self._scan = len(buf)
             return None
-        start = self._pos
         self._pos = self._scan = nl + 1
-        if self._overlong is not None:
-            head, self._overlong = self._overlong, None
-            self._taken()
-            return Overlong(head)
         end = nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl
-        if end - start > self.max_line:
-            head = bytes(buf[start:start + self._head])
+        if self._overlong is not None or end - start > self.max_line:
+            head = self._overlong or bytes(buf[start:start + self._head])
+            self._overlong = None
             self._taken()
             return Overlong(head)
-        line = bytes(buf[start:end])
-        self._taken()
-        return line
+        line = buf[start:end]
+        # _taken(), inlined: this is the per-command path.
+        if nl + 1 >= len(buf):
+            self._buf = b""
+            self._pos = self._scan = 0
+            if not self._hold:
+                self._since = None
+        else:
+            self._taken()
+        return line if type(line) is bytes else bytes(line)
 
     def take(self, limit: int | None = None) -> bytes:
         """Up to C{limit} raw bytes (all buffered when None); C{b""} when none."""
-        avail = len(self._buf) - self._pos
+        buf = self._buf
+        avail = len(buf) - self._pos
         n = avail if limit is None or limit > avail else limit
         if n <= 0:
             return b""
-        if self._pos == 0 and n == len(self._buf):
-            data = bytes(self._buf)
+        if self._pos == 0 and n == len(buf):
+            data = buf if type(buf) is bytes else bytes(buf)  # a whole chunk: no copy
         else:
-            data = bytes(memoryview(self._buf)[self._pos:self._pos + n])
+            data = bytes(memoryview(buf)[self._pos:self._pos + n])
         self._pos += n
         self._scan = max(self._scan, self._pos)
         self._taken()
@@ -142,19 +159,20 @@ class LineFramer:
     def unread(self, data: bytes) -> None:
         """Put bytes a body reader did not use back in front (once per body)."""
         if data:
-            self._buf[self._pos:self._pos] = data
-            self._scan = self._pos
+            rest = memoryview(self._buf)[self._pos:]
+            self._buf = bytes(data) + rest.tobytes() if len(rest) else bytes(data)
+            self._pos = self._scan = 0
             if self._since is None:
                 self._since = self._last
 
     def _taken(self) -> None:
         if self._pos >= len(self._buf):
-            self._buf.clear()
+            self._buf = b""
             self._pos = self._scan = 0
             if not self._hold:
                 self._since = None
             return
-        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+        if self._pos > 65536 and self._pos * 2 > len(self._buf) and type(self._buf) is not bytes:
             del self._buf[:self._pos]
             self._scan -= self._pos
             self._pos = 0
