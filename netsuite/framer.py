@@ -18,9 +18,10 @@ receive and pull whole units back out:
   a byte of a literal is read, big literals handed to a sink (a temporary file)
   as they arrive.
 
-The buffer is a C{bytearray} with a read offset: a chunk is appended once and
-never copied again until the unit it belongs to is taken out, so a 50 MiB
-stream costs linear time.
+The buffer is a read offset into the chunk as it came (no copy), which turns
+into a C{bytearray} only when a partial line must grow: every byte is copied
+at most once on the way in and once on the way out, so a 50 MiB stream costs
+linear time (the old C{bytes +=} buffers were quadratic).
 """
 
 from __future__ import annotations
