@@ -210,12 +210,16 @@ class LimitsConfig:
     #: Seconds a connection the server closed may linger (waiting for the peer's
     #: TLS close_notify or FIN, or for it to read the last reply) before it is aborted.
     close_timeout: float = 10.0
+    #: Seconds a command line (or an IMAP literal, plus 1 s per 16 KiB) may take
+    #: from its first byte to its last, on SMTP, POP3, IMAP and FTP (slowloris).
+    command_timeout: int = 60
 
     def validate(self) -> None:
         positive("max_connections", self.max_connections)
         positive("max_connections_per_address", self.max_connections_per_address)
         positive("tls_handshake_timeout", self.tls_handshake_timeout)
         positive("close_timeout", self.close_timeout)
+        positive("command_timeout", self.command_timeout)
 
 
 def plaintext_auth_allowed(config: "Config", section_name: str) -> bool:

@@ -81,24 +81,34 @@ def test_oversized_literal_refused_before_any_byte():
     server, t, _, _ = make(max_message_size=1000)
     server.dataReceived(b"a1 APPEND INBOX {1001}\r\n")
     assert t.value() == b"a1 NO [TOOBIG] Literal too large (limit 1000 octets)\r\n"
-    assert server._mode == "line" and not server._parts
+    assert server._mode == "line" and not server._framer.in_command
+    assert server._framer.lines.buffered == 0
     t.clear()
     server.dataReceived(b"a2 NOOP\r\n")
     assert t.value() == b"a2 OK NOOP completed\r\n"
 
 
-def test_huge_nonsync_literal_is_counted_not_buffered():
+def test_oversized_nonsync_literal_is_refused_at_once_and_the_connection_closed():
+    # RFC 7888 4: the client sends a LITERAL+ literal without waiting, so the
+    # server answers TOOBIG before any of it and hangs up; nothing is buffered.
     server, t, _, _ = make(max_literal=100)
+    server.dataReceived(b"a1 LOGIN {50000000+}\r\n" + b"x" * 65536)
+    assert t.value() == b"a1 NO [TOOBIG] Literal too large (limit 100 octets)\r\n"
+    assert t.disconnecting
+    assert server._framer.lines.buffered == 0
+
+
+def test_big_nonsync_literal_within_limit_streams_through():
+    server, t, portal, _ = make(max_literal=60_000_000)
     server.dataReceived(b"a1 LOGIN {50000000+}\r\n")
     chunk = b"x" * 65536
     sent = 0
     while sent + len(chunk) <= 50_000_000:
         server.dataReceived(chunk)
         sent += len(chunk)
-        assert len(server._in) == 0 and server._lit_chunks == []
-    server.dataReceived(b"x" * (50_000_000 - sent) + b" pw\r\na2 NOOP\r\n")
-    assert t.value() == (b"a1 BAD [TOOBIG] Literal too large (limit 100 octets)\r\n"
-                         b"a2 OK NOOP completed\r\n")
+        assert server._framer.lines.buffered == 0
+    server.dataReceived(b"x" * (50_000_000 - sent) + b" pw\r\n")
+    assert portal.logins == [(b"x" * 50_000_000, b"pw")]
 
 
 def test_commands_pipelined_during_login_wait_their_turn():
@@ -139,3 +149,57 @@ def test_many_small_literals_cannot_grow_a_command_forever():
     server, t, _, _ = make(max_line_length=1000)
     server.dataReceived(b"a1 LOGIN" + b" {0+}\r\n" * 2000 + b" x\r\n")
     assert t.value().startswith(b"a1 BAD")
+
+
+def test_overlong_sasl_response_is_refused_and_the_session_goes_on():
+    server, t, portal, _ = make(max_line_length=1000)
+    server.dataReceived(b"a1 AUTHENTICATE PLAIN\r\n")
+    assert t.value() == b"+ \r\n"
+    t.clear()
+    server.dataReceived(b"A" * 3000 + b"\r\na2 NOOP\r\n")
+    assert t.value() == (b"a1 BAD Authentication response too long\r\n"
+                         b"a2 OK NOOP completed\r\n")
+    assert portal.logins == []
+
+
+def test_trickled_line_meets_the_deadline_on_the_session_clock():
+    clock = task.Clock()
+    portal = FakePortal()
+    ctx = SimpleNamespace(portal=portal, tls=None, config=SimpleNamespace(
+        server=SimpleNamespace(allow_plaintext_auth=True),
+        limits=SimpleNamespace(command_timeout=10)))
+    server = IMAPServer(ctx, IMAPConfig())
+    server.callLater = clock.callLater
+    t = StringTransport()
+    server.makeConnection(t)
+    t.clear()
+    for _ in range(9):
+        server.dataReceived(b"x")
+        clock.advance(1)
+    assert not t.disconnecting
+    clock.advance(1)
+    assert t.value() == b"* BYE Command took too long, closing connection\r\n"
+    assert t.disconnecting
+
+
+class FailingFolder:
+    uidvalidity = 1
+
+    def __init__(self, error):
+        self.error = error
+
+    def append(self, data, flags, date):
+        raise self.error
+
+
+def test_append_disk_errors_are_answered_by_kind():
+    import errno
+
+    for err, code in ((errno.ENOSPC, b"OVERQUOTA"), (errno.EDQUOT, b"OVERQUOTA"),
+                      (errno.EIO, b"SERVERBUG")):
+        server, t, _, _ = make()
+        server.state = "auth"
+        folder = FailingFolder(OSError(err, "disk trouble"))
+        server.account = SimpleNamespace(folder=lambda name, create=False: folder)
+        server.dataReceived(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
+        assert t.value().startswith(b"a1 NO [" + code + b"]"), t.value()

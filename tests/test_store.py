@@ -245,3 +245,43 @@ def test_odd_file_names_are_skipped(store, tmp_path):
     f.refresh(force=True)
     assert len(f.messages) == 1
     assert len(MaildirStore(tmp_path / "mail").folder("alice").messages) == 1
+
+
+def test_append_that_fails_on_disk_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    import netsuite.store.folder as folder_module
+
+    folder = Folder(tmp_path / "box")
+    folder.append(b"Subject: one\n\nkept\n")
+    names = lambda sub: sorted(os.listdir(folder.path / sub))  # noqa: E731
+    before = (names("tmp"), names("cur"), folder.next_uid, len(folder.messages))
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # The message file cannot be written.
+    monkeypatch.setattr(folder_module.os, "fsync", full)
+    with pytest.raises(OSError):
+        folder.append(b"Subject: two\n\nlost\n")
+    assert (names("tmp"), names("cur"), folder.next_uid, len(folder.messages)) == before
+    # The message is written, the index is not: the message goes again, the UID is not spent.
+    calls = []
+
+    def index_full(fd):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(folder_module.os, "fsync", index_full)
+    monkeypatch.setattr(folder_module, "fsync_dir", lambda path: None)
+    with pytest.raises(OSError):
+        folder.append(b"Subject: three\n\nlost too\n")
+    assert (names("tmp"), names("cur"), folder.next_uid, len(folder.messages)) == before
+    assert INDEX_NAME + ".tmp" not in os.listdir(folder.path)
+    monkeypatch.undo()
+    uid = folder.append(b"Subject: four\n\nstored\n")
+    assert uid == before[2]
+    assert Folder(tmp_path / "box").by_uid(uid) is not None

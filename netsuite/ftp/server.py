@@ -19,10 +19,12 @@ from twisted.cred import credentials, error as cred_error
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
-from twisted.protocols import basic, ftp, policies
+from twisted.protocols import ftp, policies
 from twisted.python.failure import Failure
 
 from netsuite.config import plaintext_auth_allowed
+from netsuite.deadline import CommandDeadline
+from netsuite.framer import LineFramer, Overlong
 from netsuite.ftp import wire
 from netsuite.ftp.data import ActiveChannel, DataChannel, DataChannelError, DataConnection, \
     PassiveChannel, cap_tls_version
@@ -91,16 +93,17 @@ class _ASCIIConsumer:
         self.conn.unregisterProducer()
 
 
-class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
+class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
     """One control connection."""
-
-    delimiter = b"\n"
 
     def __init__(self, factory: "FTPFactory", implicit_tls: bool):
         self.factory = factory
         self.config = factory.config
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
-        self.MAX_LENGTH = self.config.max_line_length
+        limits = getattr(factory.ctx.config, "limits", None)
+        # max_line_length counts the CR before the LF, as LineReceiver did.
+        self._framer = LineFramer(self.config.max_line_length - 1,
+                                  getattr(limits, "command_timeout", 60))
         self.implicit_tls = implicit_tls
         self.tls = implicit_tls
         #: PBSZ seen (RFC 2228 wants it before PROT); implicit FTPS implies it.
@@ -124,7 +127,6 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
         self._busy: defer.Deferred | None = None
         self._reading_paused = False
         self._draining = False
-        self._discarding = False
         self._lost = False
         self.peer_host = "?"
 
@@ -155,6 +157,8 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
+        self.cancelDeadline()
+        self._framer.discard()
         if self.transfer is not None:
             self.transfer.abort()
         self._close_channel()
@@ -172,25 +176,37 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
     # -- reading commands --------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._discarding:
-            cut = data.find(b"\n")
-            if cut < 0:
-                return
-            self._discarding = False
-            data = data[cut + 1:]
-            if not data:
-                return
-        super().dataReceived(data)
+        if self._lost or self.transport.disconnecting:
+            return
+        self._framer.feed(data, self.deadlineNow())
+        self._read_lines()
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.reply(500, "Command line too long.")
-        _, sep, rest = line.partition(b"\n")
-        if not sep:
-            self._discarding = True
-        else:
-            self._buffer = rest + self._buffer
-            if rest:
-                self.factory.reactor.callLater(0, self.dataReceived, b"")
+    def _read_lines(self) -> None:
+        """Split what is buffered into commands, unless the queue is full (then wait)."""
+        framer = self._framer
+        while not self._reading_paused and not self._lost and not self.transport.disconnecting:
+            line = framer.line()
+            if line is None:
+                break
+            if isinstance(line, Overlong):
+                self.reply(500, "Command line too long.")
+                continue
+            self.lineReceived(line)
+        if not self._lost and not self.transport.disconnecting:
+            self.armDeadline()
+
+    # -- the whole-line deadline (netsuite.deadline) ---------------------------------
+
+    def deadlineFramer(self) -> LineFramer | None:
+        return None if self._lost or self.transport.disconnecting else self._framer
+
+    def deadlineWaiting(self) -> bool:
+        return self._reading_paused
+
+    def deadlineExpired(self) -> None:
+        self.reply(421, "Command line took too long.")
+        self._framer.discard()
+        self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -208,7 +224,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             if len(self._queue) >= QUEUE_LIMIT and not self._reading_paused:
                 # Stop reading (and stop splitting what is buffered) until drained.
                 self._reading_paused = True
-                self.pauseProducing()
+                self.transport.pauseProducing()
             return
         self._process(line)
 
@@ -237,7 +253,9 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             self._draining = False
         if self._reading_paused and not self._queue and not self._lost:
             self._reading_paused = False
-            self.resumeProducing()
+            self.transport.resumeProducing()
+            self._framer.restart(self.deadlineNow())
+            self._read_lines()
 
     def _dispatch(self, verb: str, arg: str):
         handler = getattr(self, f"ftp_{verb}", None)
@@ -400,7 +418,7 @@ class FTPServer(basic.LineReceiver, policies.TimeoutMixin):
             return
         self.reply(234, "Proceed with negotiation.")
         # Plain text pipelined after AUTH must not be executed inside TLS.
-        self._buffer = b""
+        self._framer.discard()
         self._queue.clear()
         self.transport.startTLS(self.factory.ctx.tls)
         cap_tls_version(self.transport, self.config.tls_max_version)

@@ -5,11 +5,14 @@ Twisted's class keeps the role (states, timeout, the Portal, IAccount /
 IMailbox avatars), but its command reader and several commands are wrong in
 26.10 (see TWISTED-GAPS.md), so this subclass replaces:
 
-  - the reader: whole commands are assembled with their literals before
-    anything runs; C{{n+}} (LITERAL+) is honoured; a literal over the limit is
-    refused before a byte of it is read, and a huge count never allocates;
-    overlong lines get BAD and the session goes on; NUL bytes are refused;
-    input pipelined after STARTTLS is discarded; IDLE ends only on DONE;
+  - the reader (L{netsuite.framer.IMAPFramer}): whole commands are assembled
+    with their literals before anything runs; C{{n+}} (LITERAL+) is honoured; a
+    literal over the limit is refused before a byte of it is read (a C{{n+}}
+    one then closes the connection, RFC 7888), and a huge count never
+    allocates; APPEND literals past L{STREAM_ABOVE} go straight into the
+    folder's tmp/; a line or literal must be complete within the command
+    deadline; overlong lines get BAD and the session goes on; NUL bytes are
+    refused; input pipelined after STARTTLS is discarded; IDLE ends only on DONE;
   - argument parsing (L{netsuite.imap.wire}): quoted strings with escapes,
     nested lists, sequence sets, FETCH attributes and every SEARCH key;
   - FETCH (partial fetch applied, \\Seen set by BODY[]), STORE, SEARCH, COPY,
@@ -24,6 +27,7 @@ IMailbox avatars), but its command reader and several commands are wrong in
 from __future__ import annotations
 
 import datetime as dt
+import errno
 
 from twisted.cred import credentials, error as cred_error
 from twisted.internet import defer, interfaces, task
@@ -37,6 +41,8 @@ from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.message import Part, bodystructure, decoded, envelope, sent_date
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
 from netsuite.auth import sasl
+from netsuite.deadline import CommandDeadline
+from netsuite.framer import Command, Continue, DiscardSink, IMAPFramer, Overlong, Refused
 from netsuite.store.folder import FolderGone
 
 log = Logger(namespace="netsuite.imap")
@@ -57,8 +63,14 @@ STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 #: Messages rendered per reactor turn by FETCH.
 FETCH_BATCH = 256
 
+#: APPEND literals from this size on are streamed into the folder's tmp/.
+STREAM_ABOVE = 65536
 
-class IMAPServer(imap4.IMAP4Server):
+#: Errors of a full disk or quota: APPEND says OVERQUOTA (RFC 5530).
+FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     """One IMAP connection; see the module docstring."""
 
     def __init__(self, ctx, cfg, implicit_tls: bool = False):
@@ -68,17 +80,14 @@ class IMAPServer(imap4.IMAP4Server):
         self.tls = implicit_tls
         self.timeOut = cfg.login_timeout
         self.POSTAUTH_TIMEOUT = cfg.idle_timeout
-        self._in = b""
-        self._parts: list[bytes] = []
-        self._lits: list[bytes] = []
-        self._lit_need = 0
-        self._lit_chunks: list[bytes] = []
-        self._skip = 0
-        self._reject: bytes | None = None
-        self._cmd_bytes = 0
+        limits = getattr(ctx.config, "limits", None)
+        self._framer = IMAPFramer(cfg.max_line_length, cfg.max_literal, cfg.max_message_size,
+                                  timeout=getattr(limits, "command_timeout", 60),
+                                  stream_above=STREAM_ABOVE, sink=self._literal_sink)
+        #: "line", or "idle"/"sasl" while the next line is not a command.
         self._mode = "line"
-        self._discarding = False
         self._busy = False
+        self._paused = False
         self._idle_tag: bytes | None = None
         self._sasl_tag: bytes | None = None
         self.mbox = None
@@ -102,6 +111,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._lost = True
         for t in list(self._tasks):
             t.stop()
+        self.cancelDeadline()
+        self._framer.reset()
         self._deselect()
         super().connectionLost(reason)
 
@@ -118,6 +129,20 @@ class IMAPServer(imap4.IMAP4Server):
 
     def timeoutConnection(self):
         self.send(b"* BYE Idle for too long, closing connection")
+        self.transport.loseConnection()
+
+    # -- the whole-line deadline (netsuite.deadline) ---------------------------------
+
+    def deadlineFramer(self):
+        return None if self.transport.disconnecting else self._framer.lines
+
+    def deadlineWaiting(self) -> bool:
+        return self._busy
+
+    def deadlineExpired(self) -> None:
+        log.info("command timeout: address={address}", address=self.peer)
+        self.send(b"* BYE Command took too long, closing connection")
+        self._framer.discard()
         self.transport.loseConnection()
 
     def send(self, line: bytes) -> None:
@@ -140,111 +165,81 @@ class IMAPServer(imap4.IMAP4Server):
     # -- the reader --------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.transport.disconnecting:
+            return  # closing: nothing more is read into memory
         self.resetTimeout()
-        self._in += data
+        self._framer.feed(data, self.deadlineNow())
         self._process()
 
     def _process(self) -> None:
-        while self._in and not self._busy and not self.transport.disconnecting:
-            if self._skip:
-                n = min(self._skip, len(self._in))
-                self._skip -= n
-                self._in = self._in[n:]
-                continue
-            if self._mode == "literal":
-                n = min(self._lit_need, len(self._in))
-                self._lit_chunks.append(self._in[:n])
-                self._in = self._in[n:]
-                self._lit_need -= n
-                if not self._lit_need:
-                    self._lits.append(b"".join(self._lit_chunks))
-                    self._lit_chunks = []
+        if self._paused and not self._busy:
+            self._paused = False
+            self._framer.lines.restart(self.deadlineNow())
+            self.transport.resumeProducing()
+        framer = self._framer
+        while not self._busy and not self.transport.disconnecting:
+            if self._mode != "line" and not framer.in_command:
+                line = framer.lines.line()
+                if line is None:
+                    break
+                if self._mode == "idle":
+                    self._idle_line(b"" if isinstance(line, Overlong) else line)
+                elif isinstance(line, Overlong):
+                    tag, self._sasl_tag = self._sasl_tag, None
                     self._mode = "line"
+                    self._tagged(tag, b"BAD", b"Authentication response too long")
+                else:
+                    self._sasl_line(line)
                 continue
-            nl = self._in.find(b"\n")
-            if nl < 0:
-                if len(self._in) > self.cfg.max_line_length:
-                    if not self._discarding:
-                        self._discard_tag = self._in[:64].split(b" ", 1)[0]
-                    self._discarding = True
-                    self._in = b""
+            event = framer.next()
+            if event is None:
                 break
-            line, self._in = self._in[:nl], self._in[nl + 1:]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if self._discarding:
-                self._discarding = False
-                tag = self._discard_tag if not self._parts else self._parts[0].split(b" ")[0]
-                self._reset_command()
-                self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD",
-                             b"Command line too long")
-                continue
-            if len(line) > self.cfg.max_line_length:
-                tag = (self._parts[0] if self._parts else line).split(b" ", 1)[0]
-                self._reset_command()
-                self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD",
-                             b"Command line too long")
-                continue
-            self._line(line)
+            if isinstance(event, Command):
+                self._execute(event.text, event.literals)
+            elif isinstance(event, Continue):
+                self.send(b"+ Ready for literal data")
+            elif isinstance(event, Refused):
+                tag = event.tag if wire.valid_tag(event.tag) else b"*"
+                self._tagged(tag, event.status, event.text)
+                if event.close:
+                    self._framer.discard()
+                    self.transport.loseConnection()
+        # Paused only while a command waits, never while closing.
+        if self._busy and not self.transport.disconnecting:
+            if not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+        elif not self.transport.disconnecting:
+            self.armDeadline()
 
-    def _reset_command(self) -> None:
-        self._parts, self._lits, self._cmd_bytes, self._reject = [], [], 0, None
-
-    def _line(self, line: bytes) -> None:
-        if self._mode == "idle" and not self._parts:
-            return self._idle_line(line)
-        if self._mode == "sasl" and not self._parts:
-            return self._sasl_line(line)
-        if b"\x00" in line:
-            tag = (self._parts[0] if self._parts else line).split(b" ", 1)[0]
-            self._reset_command()
-            self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD", b"NUL byte in command")
-            return
-        lit = wire.literal_at_end(line)
-        if lit is None:
-            self._parts.append(line)
-            text = b"\x00".join(self._parts)
-            lits, reject = self._lits, self._reject
-            self._reset_command()
-            if reject is not None:
-                tag = text.split(b" ", 1)[0]
-                self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD", reject)
-                return
-            self._execute(text, lits)
-            return
-        size, nonsync = lit
-        self._parts.append(wire.strip_literal(line))
-        if len(self._parts) > 1000 or sum(map(len, self._parts)) > 4 * self.cfg.max_line_length:
-            # Many small literals must not grow one command without bound.
-            self._reject = self._reject or b"Command too long"
-        first = self._parts[0].split(b" ", 3)
-        tag = first[0]
-        cmd = first[1].upper() if len(first) > 1 else b""
-        limit = self.cfg.max_message_size if cmd == b"APPEND" else self.cfg.max_literal
-        self._cmd_bytes += size
-        if self._reject is None and self._cmd_bytes > limit:
-            self._reject = b"[TOOBIG] Literal too large (limit %d octets)" % limit
-        if self._reject is not None:
-            if nonsync:
-                # The client sends it anyway: count it away, never store it.
-                self._skip = size
-                self._lits.append(b"")
-                return
-            reject = self._reject
-            self._reset_command()
-            self._tagged(tag if wire.valid_tag(tag) else b"*", b"NO", reject)
-            return
-        if not nonsync:
-            self.send(b"+ Ready for literal data")
-        if size == 0:
-            self._lits.append(b"")
-        else:
-            self._mode = "literal"
-            self._lit_need = size
+    def _literal_sink(self, text: bytes, literals: list, size: int):
+        """Where a big literal goes: an APPEND's into the target folder's tmp/."""
+        try:
+            _tag, cmd, rest = wire.split_tag(text)
+        except ParseError:
+            return None
+        if cmd != b"APPEND":
+            return None
+        if self.state not in ("auth", "select"):
+            return DiscardSink(b"APPEND not allowed now")
+        try:
+            folder = self.account.folder(self._mailbox_name(Cursor(rest, literals)))
+        except Exception:
+            return DiscardSink()  # the command fails when it runs; keep nothing
+        incoming = getattr(folder, "incoming", None)
+        return incoming() if incoming is not None else None
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def _execute(self, text: bytes, lits: list[bytes]) -> None:
+    def _execute(self, text: bytes, lits: list) -> None:
+        try:
+            self._run(text, lits)
+        finally:
+            for lit in lits:
+                if not isinstance(lit, bytes):
+                    lit.abort()  # a streamed literal the command did not deliver
+
+    def _run(self, text: bytes, lits: list) -> None:
         try:
             tag, cmd, rest = wire.split_tag(text)
         except ParseError as e:
@@ -268,7 +263,7 @@ class IMAPServer(imap4.IMAP4Server):
         if name not in allowed:
             self._tagged(tag, b"BAD", f"{name} not allowed now".encode())
             return
-        cur = Cursor(rest, lits)
+        cur = Cursor(rest, list(lits))
         try:
             result = handler(tag, cur, uid) if name in UID_COMMANDS else handler(tag, cur)
         except ParseError as e:
@@ -363,8 +358,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.startTLS(self.ctx.tls)
         self.tls = True
         # Commands pipelined in plain text after STARTTLS are never run (RFC 3501 6.2.1).
-        self._in = b""
-        self._reset_command()
+        self._framer.discard()
 
     def _privacy_required(self, tag) -> bool:
         if self.plaintext_allowed():
@@ -629,10 +623,25 @@ class IMAPServer(imap4.IMAP4Server):
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
             return
-        if not data:
+        if isinstance(data, DiscardSink):
+            self._tagged(tag, b"NO", data.why or b"[TRYCREATE] No such mailbox")
+            return
+        streamed = not isinstance(data, bytes)
+        if not (data.wire_size if streamed and data.error is None else data):
             self._tagged(tag, b"NO", b"Empty message")
             return
-        uid = folder.append(data, flags, date)
+        try:
+            if streamed:  # already in tmp/: delivered by rename, never read back
+                uid = folder.append_incoming(data, flags, date)
+            else:
+                uid = folder.append(data, flags, date)
+        except OSError as e:
+            log.warn("IMAP APPEND to {folder} failed: {error}", folder=name, error=e)
+            if e.errno in FULL:
+                self._tagged(tag, b"NO", b"[OVERQUOTA] Mailbox is full")
+            else:
+                self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")
+            return
         self._tagged(tag, b"OK", b"[APPENDUID %d %d] APPEND completed" % (folder.uidvalidity, uid))
 
     def imap_NAMESPACE(self, tag, cur):

@@ -23,6 +23,8 @@ from zope.interface import implementer
 
 from netsuite.auth import sasl
 from netsuite.config import plaintext_auth_allowed
+from netsuite.deadline import CommandDeadline
+from netsuite.framer import LineFramer, Overlong
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
 
@@ -70,7 +72,7 @@ class _Retrieval:
         self.proto._resume()
 
 
-class POP3Server(pop3.POP3):
+class POP3Server(pop3.POP3, CommandDeadline):
     """One POP3 connection; see the module docstring."""
 
     #: Bytes of one command line, CRLF excluded (SASL responses need more than 255).
@@ -80,8 +82,9 @@ class POP3Server(pop3.POP3):
         self.ctx = ctx
         self.tls = implicit_tls
         self.timeOut = timeout
-        self._buffer = b""
-        self._discarding = False
+        limits = getattr(ctx.config, "limits", None)
+        self._command_timeout = getattr(limits, "command_timeout", 60)
+        self._framer: LineFramer | None = None
         self._user: bytes | None = None
         self._sasl_pending = False
         self._busy = False
@@ -96,12 +99,14 @@ class POP3Server(pop3.POP3):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.portal = self.ctx.portal.bind(self.peer, "pop3")
+        self._framer = LineFramer(self.MAX_LENGTH, self._command_timeout)
         self.transport.write(wire.ok("netsuite POP3 ready"))
         self.setTimeout(self.timeOut)
 
     def connectionLost(self, reason):
         self._lost = True
         self._user = None
+        self.cancelDeadline()
         super().connectionLost(reason)
 
     def plaintext_allowed(self) -> bool:
@@ -109,37 +114,43 @@ class POP3Server(pop3.POP3):
 
     def dataReceived(self, data: bytes) -> None:
         """Lines end in LF (CR optional); an overlong line gets -ERR, the session goes on."""
-        buf = self._buffer + data
-        while buf and not self.transport.disconnecting:
+        if self.transport.disconnecting:
+            return
+        self._framer.feed(data, self.deadlineNow())
+        self._read_lines()
+
+    def _read_lines(self) -> None:
+        framer = self._framer
+        while not self.transport.disconnecting:
             if self.blocked is not None or self._busy:
+                return
+            line = framer.line()
+            if line is None:
                 break
-            nl = buf.find(b"\n")
-            if self._discarding:
-                if nl < 0:
-                    buf = b""
-                    break
-                buf = buf[nl + 1:]
-                self._discarding = False
-                self.transport.write(wire.err("Line too long"))
-                continue
-            if nl < 0:
-                if len(buf) > self.MAX_LENGTH:
-                    self._discarding = True
-                    buf = b""
-                break
-            line, buf = buf[:nl], buf[nl + 1:]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > self.MAX_LENGTH:
+            if isinstance(line, Overlong):
                 self.transport.write(wire.err("Line too long"))
                 continue
             starting_tls = self.lineReceived(line)
             if starting_tls:
                 # Anything the client pipelined after STLS arrived in plain
                 # text: drop it, never run it inside TLS (RFC 2595 4).
-                buf = b""
+                framer.discard()
                 break
-        self._buffer = buf
+        if not self.transport.disconnecting:
+            self.armDeadline()
+
+    # -- the whole-line deadline (netsuite.deadline) ---------------------------------
+
+    def deadlineFramer(self) -> LineFramer | None:
+        return None if self.transport.disconnecting else self._framer
+
+    def deadlineWaiting(self) -> bool:
+        return self.blocked is not None or self._busy
+
+    def deadlineExpired(self) -> None:
+        self.transport.write(wire.err("Command took too long, closing connection"))
+        self._framer.discard()
+        self.transport.loseConnection()
 
     def _resume(self, _=None):
         """A long operation finished: run what was pipelined meanwhile."""
@@ -149,9 +160,9 @@ class POP3Server(pop3.POP3):
         if self.timeOut is None:
             self.setTimeout(self._idle)  # off while a login was checked
         self.resetTimeout()
-        if self._buffer and not self.transport.disconnecting:
-            pending, self._buffer = self._buffer, b""
-            self.dataReceived(pending)
+        if self._framer.buffered and not self.transport.disconnecting:
+            self._framer.restart(self.deadlineNow())
+            self._read_lines()
 
     def lineReceived(self, line: bytes):
         self.resetTimeout()

@@ -11,7 +11,8 @@ PLAIN and LOGIN), and every reply, which now carries an enhanced status code.
 
 Commands are answered strictly in order: while one waits on a Deferred (a
 recipient lookup, a login, a delivery) later pipelined commands stay in the
-buffer and the transport is paused.
+buffer and the transport is paused (never while closing: a TLS peer's
+close_notify must still be read).  Bytes are framed by L{netsuite.framer}.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from twisted.python.failure import Failure
 
 from netsuite.auth.sasl import MECHANISMS, SASLError
 from netsuite.config import plaintext_auth_allowed
+from netsuite.deadline import CommandDeadline
+from netsuite.framer import LineFramer, Overlong
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp import wire
 from netsuite.smtp.delivery import MailAddress
@@ -51,7 +54,7 @@ def _peer_host(transport) -> str:
     return getattr(peer, "host", None) or str(peer)
 
 
-class SMTPServer(smtp.ESMTP):
+class SMTPServer(smtp.ESMTP, CommandDeadline):
     """One SMTP session, on the MX or a submission listener."""
 
     def __init__(self, factory: "SMTPFactory"):
@@ -61,9 +64,11 @@ class SMTPServer(smtp.ESMTP):
         self.timeout = self.settings.idle_timeout
         self.host = factory.hostname
         self.submission = factory.submission
-        self._buf = b""
-        self._overlong = False
+        # The line cap counts CRLF (RFC 5321 4.5.3.1.4); the framer's does not.
+        self._framer = LineFramer(self.settings.max_line_length - 2,
+                                  factory.ctx.config.limits.command_timeout)
         self._waiting: defer.Deferred | None = None
+        self._paused = False
         self._closing = False
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
@@ -99,6 +104,7 @@ class SMTPServer(smtp.ESMTP):
         self._lost = True
         self._abort_messages()
         self.setTimeout(None)
+        self.cancelDeadline()
         if self._onLogout:
             self._onLogout()
             self._onLogout = None
@@ -106,6 +112,19 @@ class SMTPServer(smtp.ESMTP):
 
     def timeoutConnection(self) -> None:
         self.say(421, "4.4.2", self.host.decode() + " Error: timeout exceeded")
+        self._close()
+
+    # -- the whole-line deadline (netsuite.deadline) ---------------------------------
+
+    def deadlineFramer(self) -> LineFramer | None:
+        return None if self._closing or self.mode in (DATA, BDAT) else self._framer
+
+    def deadlineWaiting(self) -> bool:
+        return self._waiting is not None
+
+    def deadlineExpired(self) -> None:
+        log.info("command timeout: address={address}", address=self.peer)
+        self.say(421, "4.4.2", self.host.decode() + " Error: command line timeout exceeded")
         self._close()
 
     def greeting(self) -> bytes:
@@ -122,7 +141,11 @@ class SMTPServer(smtp.ESMTP):
 
     def _close(self) -> None:
         self._closing = True
-        self._buf = b""
+        self._framer.discard()
+        if self._paused:
+            # Read on while closing: a TLS peer's close_notify must be seen.
+            self._paused = False
+            self.transport.resumeProducing()
         self.transport.loseConnection()
 
     # -- replies -------------------------------------------------------------
@@ -147,32 +170,32 @@ class SMTPServer(smtp.ESMTP):
         if self._closing:
             return
         self.resetTimeout()
-        self._buf += data
+        self._framer.feed(data, self.deadlineNow())
         self._process()
 
     def _process(self) -> None:
-        while self._buf and self._waiting is None and not self._closing:
+        framer = self._framer
+        while framer.buffered and self._waiting is None and not self._closing:
             if self.mode == DATA:
                 self._data_bytes()
             elif self.mode == BDAT:
                 self._bdat_bytes()
             else:
-                end = self._buf.find(b"\n")
-                if end < 0:
-                    if len(self._buf) > self.settings.max_line_length:
-                        self._overlong = True
-                        self._buf = self._buf[-1:]
+                line = framer.line()
+                if line is None:
                     break
-                line, self._buf = self._buf[:end], self._buf[end + 1:]
-                if self._overlong or len(line) + 1 > self.settings.max_line_length:
-                    self._overlong = False
+                if isinstance(line, Overlong):
                     self.say(500, "5.5.2", "Error: line too long")
                     continue
-                if line.endswith(b"\r"):
-                    line = line[:-1]
                 self._wait(self.lineReceived(line))
+        # Paused only while a command waits: a closing session must go on reading,
+        # or a TLS peer's close_notify (and the FIN) is never seen.
         if self._waiting is not None and not self._closing:
-            self.transport.pauseProducing()
+            if not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+        elif not self._closing:
+            self.armDeadline()
 
     def _wait(self, result: Any) -> None:
         """Hold later commands until C{result}, if a Deferred, has fired."""
@@ -184,7 +207,10 @@ class SMTPServer(smtp.ESMTP):
         def done(value):
             self._waiting = None
             if asynchronous and not self._closing and not self._lost:
-                self.transport.resumeProducing()
+                self._framer.restart(self.deadlineNow())
+                if self._paused:
+                    self._paused = False
+                    self.transport.resumeProducing()
                 self._process()
             return value
 
@@ -289,7 +315,7 @@ class SMTPServer(smtp.ESMTP):
             self.say(220, "2.0.0", "Ready to start TLS")
             # Anything pipelined in plain text after STARTTLS is discarded, and
             # the session starts afresh (RFC 3207 4.2; CVE-2011-0411).
-            self._buf = b""
+            self._framer.discard()
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
             self._reset_transaction()
@@ -624,14 +650,14 @@ class SMTPServer(smtp.ESMTP):
 
     def _data_bytes(self) -> None:
         reader = self._reader
-        data, self._buf = self._buf, b""
+        data = self._framer.take()
         was_big = reader.too_big
         lines = reader.feed(data)
         if reader.too_big and not was_big:
             self._abort_messages()
         self._feed(lines)
         if reader.done:
-            self._buf = reader.rest
+            self._framer.unread(reader.rest)
             self.mode = COMMAND
             self._wait(self._end_message(reader.too_big, reader.size))
 
@@ -699,7 +725,7 @@ class SMTPServer(smtp.ESMTP):
             self._end_chunk()
 
     def _bdat_bytes(self) -> None:
-        take, self._buf = self._buf[: self._bdat_left], self._buf[self._bdat_left:]
+        take = self._framer.take(self._bdat_left)
         self._bdat_left -= len(take)
         if self._bdat_error is None:
             reader = self._reader

@@ -194,10 +194,18 @@ class DataReader:
     too_big: bool = False
     done: bool = False
     rest: bytes = b""
-    _buf: bytes = b""
+    _buf: bytearray = field(default_factory=bytearray)
+    _midline: bool = False
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf + data if self._buf else data
+        if self._buf:
+            if not _ends_line(self._buf, data):
+                # Still inside one line: grow it in place, never re-copy what is held.
+                return self._grow(data)
+            buf = bytes(self._buf) + data
+            self._buf = bytearray()
+        else:
+            buf = data
         lines: list[bytes] = []
         start = 0
         while True:
@@ -206,11 +214,16 @@ class DataReader:
                 break
             line = buf[start:end]
             start = end + 2
+            if self._midline:
+                # The end of a line whose start was dropped (too big): never a dot line.
+                self._midline = False
+                self.size += len(line) + 2
+                continue
             if line[:1] == b".":
                 if line == b".":
                     self.done = True
                     self.rest = buf[start:]
-                    self._buf = b""
+                    self._buf = bytearray()
                     return lines
                 line = line[1:]
             self.size += len(line) + 2
@@ -218,14 +231,31 @@ class DataReader:
                 self.too_big = True
             if not self.too_big:
                 lines.append(line)
-        pending = buf[start:]
-        if self.size + len(pending) > self.limit:
-            # A partial line already past the limit: keep only a possible CR.
-            self.too_big = True
-            self.size += len(pending) - 1
-            pending = pending[-1:]
-        self._buf = pending
+        self._buf = bytearray()
+        self._grow(memoryview(buf)[start:])
         return lines
+
+    def _grow(self, data) -> list[bytes]:
+        if not data:
+            return []
+        whole = len(self._buf) + len(data)
+        if not self._midline and whole <= 2 and bytes(self._buf) + bytes(data) in (b".", b".\r"):
+            self._buf += data  # perhaps the final dot: it adds nothing, judge it later
+            return []
+        partial = whole
+        if not self._midline and (self._buf[:1] if self._buf else data[:1]) == b".":
+            partial -= 1  # a stuffed dot: not part of the message
+        if self.size + partial > self.limit:
+            # A partial line past the limit: keep only a possible CR, and
+            # remember that what is kept does not start a line.
+            self.too_big = True
+            keep = b"\r" if data[-1:] == b"\r" else b""
+            self.size += partial - len(keep)
+            self._buf = bytearray(keep)
+            self._midline = True
+        else:
+            self._buf += data
+        return []
 
 
 @dataclass
@@ -238,7 +268,7 @@ class ChunkReader:
     limit: int
     size: int = 0
     too_big: bool = False
-    _carry: bytes = b""
+    _carry: bytearray = field(default_factory=bytearray)
     _lines: list[bytes] = field(default_factory=list)
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -246,13 +276,21 @@ class ChunkReader:
         if self.size > self.limit:
             self.too_big = True
         if self.too_big:
-            self._carry = b""
+            self._carry = bytearray()
             return []
-        parts = (self._carry + data).split(CRLF)
-        self._carry = parts.pop()
+        if not _ends_line(self._carry, data):
+            self._carry += data  # inside one line: no re-copy of what is held
+            return []
+        parts = (bytes(self._carry) + data if self._carry else data).split(CRLF)
+        self._carry = bytearray(parts.pop())
         return parts
 
     def finish(self) -> list[bytes]:
         """The last, unterminated line, if any."""
-        carry, self._carry = self._carry, b""
+        carry, self._carry = bytes(self._carry), bytearray()
         return [carry] if carry and not self.too_big else []
+
+
+def _ends_line(held: bytes | bytearray, data: bytes) -> bool:
+    """Does C{held + data} contain a CRLF that C{held} alone does not?"""
+    return CRLF in data or (held[-1:] == b"\r" and data[:1] == b"\n")

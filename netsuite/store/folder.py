@@ -164,6 +164,103 @@ class FolderGone(Exception):
     """The folder was deleted or renamed underneath."""
 
 
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.failure("could not remove {path}", path=str(path))
+
+
+class IncomingMessage:
+    """
+    A message written into a folder's C{tmp/} as its bytes arrive (an IMAP
+    APPEND literal), CRLF turned into LF on the way exactly as L{to_disk} does,
+    so memory stays flat whatever the size.  A write error (a full disk) is
+    kept in L{error} and the file removed at once; later bytes are counted away.
+    """
+
+    def __init__(self, tmpdir: Path):
+        self.name = unique_name()
+        self.tmp: Path | None = tmpdir / self.name
+        self.error: OSError | None = None
+        self.finished = False
+        #: Bytes on disk (LF line ends).
+        self.size = 0
+        self._lf = self._crlf = 0
+        self._last = b""
+        self._held_cr = False
+        self._f: BinaryIO | None = None
+        try:
+            self._f = open(self.tmp, "xb")
+        except OSError as e:
+            self._fail(e)
+
+    @property
+    def wire_size(self) -> int:
+        """What L{wire_size} says of the whole file."""
+        return self.size + self._lf - self._crlf
+
+    def write(self, data: bytes) -> None:
+        if self._f is None:
+            return
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
+        if data.endswith(b"\r"):  # perhaps half of a CRLF: wait for the next byte
+            data = data[:-1]
+            self._held_cr = True
+        self._put(data.replace(b"\r\n", b"\n"))
+
+    def _put(self, out: bytes) -> None:
+        if not out:
+            return
+        self._lf += out.count(b"\n")
+        self._crlf += out.count(b"\r\n") + (self._last == b"\r" and out[:1] == b"\n")
+        self._last = out[-1:]
+        self.size += len(out)
+        try:
+            self._f.write(out)
+        except OSError as e:
+            self._fail(e)
+
+    def finish(self) -> None:
+        """All bytes are in: flush and fsync (the rename comes in L{Folder.append_incoming})."""
+        if self._f is None:
+            return
+        if self._held_cr:
+            self._held_cr = False
+            self._put(b"\r")
+        if self._f is None:
+            return
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as e:
+            self._fail(e)
+            return
+        self._f = None
+        self.finished = True
+
+    def _fail(self, error: OSError) -> None:
+        self.error = error
+        self.abort()
+
+    def abort(self) -> None:
+        """Forget the message: close and remove the temporary file."""
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # the unflushed rest of a full disk
+        tmp, self.tmp = self.tmp, None
+        if tmp is not None:
+            _unlink(tmp)
+
+
 class Folder:
     """A Maildir folder and its index; see the module docstring."""
 
@@ -285,12 +382,17 @@ class Folder:
         out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t{' '.join(m.keywords)}\n"
                    for m in self.messages)
         tmp = self.path / f"{INDEX_NAME}.tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("".join(out))
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, self.index_path)
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("".join(out))
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.index_path)
+        except BaseException:
+            self._dirty = True
+            _unlink(tmp)
+            raise
 
     # -- reading the disk -----------------------------------------------------------
 
@@ -536,31 +638,79 @@ class Folder:
 
     def append(self, data: bytes, flags: Iterable[str] = (), date: float | None = None,
                notify: bool = True) -> int:
-        """Store a new message durably (tmp, fsync, rename, fsync dir); returns its UID."""
+        """
+        Store a new message durably (tmp, fsync, rename, fsync dir); returns its UID.
+        On an OSError (a full disk) nothing is left behind.
+        """
         data = to_disk(data)
-        flags = list(flags)
         name = unique_name()
         tmp = self.path / "tmp" / name
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if date is not None:
-            os.utime(tmp, (date, date))
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return self._commit(tmp, name, len(data), wire_size(data), flags, date, notify)
+
+    def incoming(self) -> "IncomingMessage":
+        """A message to be written into C{tmp/} as it arrives; then L{append_incoming}."""
+        return IncomingMessage(self.path / "tmp")
+
+    def append_incoming(self, incoming: "IncomingMessage", flags: Iterable[str] = (),
+                        date: float | None = None, notify: bool = True) -> int:
+        """Deliver a finished L{IncomingMessage} by rename (never read back); its UID."""
+        if incoming.error is not None:
+            incoming.abort()
+            raise incoming.error
+        if incoming.tmp is None or not incoming.finished:
+            raise ValueError("the incoming message is not complete")
+        tmp, incoming.tmp = incoming.tmp, None  # from here on, ours to clean up
+        return self._commit(tmp, incoming.name, incoming.size, incoming.wire_size, flags,
+                            date, notify)
+
+    def _commit(self, tmp: Path, name: str, disk_size: int, size: int,
+                flags: Iterable[str], date: float | None, notify: bool) -> int:
+        flags = list(flags)
         letters = flags_to_letters(flags)
-        final = f"{name},S={len(data)}:2,{letters}"
-        os.rename(tmp, self.path / "cur" / final)
-        fsync_dir(self.path / "cur")
+        final = f"{name},S={disk_size}:2,{letters}"
+        target = self.path / "cur" / final
+        try:
+            if date is not None:
+                os.utime(tmp, (date, date))
+            os.rename(tmp, target)
+        except BaseException:
+            _unlink(tmp)
+            raise
         keywords = tuple(f for f in flags if f.lower() not in FLAG_TO_LETTER
                          and f.lower() != "\\recent")
-        msg = Message(self.next_uid, final, "cur", wire_size(data),
+        msg = Message(self.next_uid, final, "cur", size,
                       int(date if date is not None else self.clock()), keywords)
         self.next_uid += 1
         self._add(msg)
-        self.save(durable=True)
+        try:
+            fsync_dir(self.path / "cur")
+            self.save(durable=True)
+        except BaseException:
+            # The client hears NO: the message must not stay, nor its UID be spent.
+            self._forget_last(msg)
+            _unlink(target)
+            raise
         if notify:
             self._notify(Changes(added=[msg]))
         return msg.uid
+
+    def _forget_last(self, msg: Message) -> None:
+        """Undo the L{_add} of the newest message (its index write failed)."""
+        if self.messages and self.messages[-1] is msg:
+            self.messages.pop()
+            self._uids.pop()
+        self._by_base.pop(msg.base, None)
+        if self._names is not None:
+            self._names[msg.sub].discard(msg.name)
+        self.next_uid = msg.uid
 
     def copy_to(self, msgs: Iterable[Message], dest: "Folder") -> list[tuple[int, int]]:
         """Copy messages (hard links when possible) with their flags; (src UID, dest UID)."""
