@@ -352,19 +352,23 @@ class Folder:
         self.refresh(notify=False, force=True)
         self.save(durable=True)
 
-    def save(self, durable: bool = False) -> bool:
+    def save(self, durable: bool = False, strict: bool = False) -> bool:
         """
         Write the index atomically; C{durable} fsyncs it (new UIDs were given).
 
         On a full disk (or any write error) this fails soft: reads go on from
         memory, the error is logged once, and the next save (the next refresh
         or poll) tries again.  False when the index could not be written.
+        C{strict} raises instead, for a caller that must undo what it did (an
+        APPEND whose UID would otherwise not be durable).
         """
         try:
             self._write_index(durable)
         except OSError as e:
             self._dirty = True
             (self.path / f"{INDEX_NAME}.tmp").unlink(missing_ok=True)
+            if strict:
+                raise
             if not self._save_failing:
                 self._save_failing = True
                 log.warn("cannot save the index of {path} ({error}); serving from "
@@ -692,7 +696,7 @@ class Folder:
         self._add(msg)
         try:
             fsync_dir(self.path / "cur")
-            self.save(durable=True)
+            self.save(durable=True, strict=True)
         except BaseException:
             # The client hears NO: the message must not stay, nor its UID be spent.
             self._forget_last(msg)
