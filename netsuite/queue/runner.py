@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, ssl, task, threads
@@ -149,7 +149,7 @@ class QueueWriter:
         self._chunks: list[bytes] = []
         #: The first bytes, where the SMTP server's Received header names the id.
         self._head = b""
-        self._spill = None
+        self._spill: BinaryIO | None = None
         self._spill_path: Path | None = None
 
     def write(self, data: bytes) -> None:
@@ -197,7 +197,8 @@ class QueueWriter:
         spill, self._spill = self._spill, None
         if spill is not None:
             spill.close()
-            self._spill_path.unlink(missing_ok=True)
+            if self._spill_path is not None:
+                self._spill_path.unlink(missing_ok=True)
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class QueueWriter:
 class QueueRunner(service.Service):
     """Owns the spool and every delivery; see the module docstring."""
 
-    name = "queue"
+    name = "queue"  # type: ignore[assignment]  # Service declares name = None
 
     def __init__(self, ctx, settings):
         self.ctx = ctx
