@@ -15,9 +15,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 #: Section name -> dataclass, filled by L{section}.
 SECTIONS: dict[str, type] = {}
@@ -78,7 +81,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             _coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}")
             for k, v in value.items()
         }
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError("expected a table", key)
         return load_dataclass(tp, value, key)

@@ -14,6 +14,7 @@ interrupted upload never leaves a half file posing as whole.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import secrets
@@ -303,7 +304,7 @@ class JailedShell:
             return UploadFile(target, fd, tmp, self.fsync, exclusive=anonymous_drop)
         return self._call(path, open_)
 
-    def _unique(self, path: list[str], folder: str) -> "UploadFile":
+    def _unique(self, path: builtins.list[str], folder: str) -> "UploadFile":
         base = path[-1] if path and not path[-1].startswith(".") else "file"
         for i in range(100):
             name = base if i == 0 else f"{base}.{i}"
@@ -318,13 +319,13 @@ class JailedShell:
 
     # -- listings ----------------------------------------------------------------
 
-    def _make_entry(self, name: str, real: str, st: os.stat_result, path: list[str]) -> Entry:
+    def _make_entry(self, name: str, real: str, st: os.stat_result, path: builtins.list[str]) -> Entry:
         is_dir = statmod.S_ISDIR(st.st_mode)
         return Entry(name=name, size=st.st_size, directory=is_dir, mode=st.st_mode,
                      nlink=st.st_nlink, mtime=st.st_mtime,
                      unique=f"{st.st_dev:x}g{st.st_ino:x}", perm=self._perm(path, is_dir))
 
-    def _perm(self, path: list[str], is_dir: bool) -> str:
+    def _perm(self, path: builtins.list[str], is_dir: bool) -> str:
         if self.writable:
             return "elcmpdf" if is_dir else "rwadf"
         if self._is_upload_dir(path):
@@ -412,9 +413,11 @@ class DownloadFile:
         self.size = size
         self.offset = offset
         self.sent = 0
-        self._consumer: IConsumer | None = None
+        #: The data connection: a consumer that may also offer C{sendfile_socket()}
+        #: and C{kick()} (netsuite's own, L{netsuite.ftp.data}).
+        self._consumer: Any = None
         self._done: defer.Deferred | None = None
-        self._socket = None
+        self._socket: Any = None
 
     def send(self, consumer: IConsumer) -> defer.Deferred:
         assert self._done is None, "IReadFile.send may be called once"

@@ -23,7 +23,8 @@ class SessionMailbox:
     """One session's view of one folder; see the module docstring."""
 
     def __init__(self, store, user: str, folder: Folder, writeable: bool):
-        self.store = store
+        #: The mail store (not C{store}: that is IMailbox.store, the STORE command).
+        self._store = store
         self.user = user
         self.folder = folder
         self.writeable = writeable
@@ -40,7 +41,7 @@ class SessionMailbox:
         store.watch(folder, self._changed)
 
     def close(self) -> None:
-        self.store.unwatch(self.folder, self._changed)
+        self._store.unwatch(self.folder, self._changed)
 
     # -- change tracking -------------------------------------------------------------
 

@@ -197,7 +197,7 @@ class Cursor:
 
     def flag_list(self) -> list[str]:
         """C{(\\Seen $Label)} or bare flags, for STORE and APPEND: atoms only."""
-        raw = []
+        raw: list[bytes] = []
         if self.maybe(b"("):
             while not self.maybe(b")"):
                 if raw:

@@ -13,7 +13,7 @@ will never answer.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet import protocol
 from twisted.logger import Logger
@@ -48,6 +48,12 @@ class QueueClient(smtp.ESMTPClient):
     #: Twisted's transcript would keep the AUTH exchange in memory: off.
     debug = False
 
+    #: A TCP or TLS connection: both have C{disconnecting} and C{abortConnection},
+    #: which no single Twisted interface declares.
+    transport: Any
+    #: Seconds without a reply before the connection is dropped (Twisted's is None).
+    timeout: Any
+
     def __init__(self, source: JobSource, identity: bytes, remote: str,
                  secret: bytes | None = None, username: bytes | None = None,
                  context=None, require_tls: bool = False, timeout: float = 300):
@@ -61,7 +67,7 @@ class QueueClient(smtp.ESMTPClient):
             self.registerAuthenticator(smtp.PLAINAuthenticator(username))
             self.registerAuthenticator(smtp.LOGINAuthenticator(username))
         self.extensions: dict[bytes, bytes] = {}
-        self.job = None
+        self.job: Any = None
         self._error: str | None = None
         self.delivered = 0
         #: The verb of the last command sent, for error messages ("after RCPT").

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, ssl, task, threads
@@ -152,7 +152,7 @@ class QueueWriter:
         self._chunks: list[bytes] = []
         #: The first bytes, where the SMTP server's Received header names the id.
         self._head = b""
-        self._spill = None
+        self._spill: BinaryIO | None = None
         self._spill_path: Path | None = None
 
     def write(self, data: bytes) -> None:
@@ -220,7 +220,7 @@ class QueueWriter:
 class QueueRunner(service.Service):
     """Owns the spool and every delivery; see the module docstring."""
 
-    name = "queue"
+    name = "queue"  # type: ignore[assignment]  # Service declares name = None
 
     def __init__(self, ctx, settings):
         self.ctx = ctx

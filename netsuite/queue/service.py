@@ -160,7 +160,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
     from netsuite.queue.wire import header_block
 
     spool = Spool(config.data_dir / "queue")
-    qid = getattr(args, "id", None)
+    qid: str | None = getattr(args, "id", None)
     if qid is not None:
         qid = qid.upper()
         if not QUEUE_ID.match(qid):
@@ -176,6 +176,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
         print(f"-- {len(envelopes)} message(s)" if envelopes else "queue is empty")
         return 0
     if args.action == "show":
+        assert qid is not None  # a required argument of show
         try:
             env = spool.load(qid)
             headers = header_block(spool.read_message(qid))
@@ -205,6 +206,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
                   "done at its next start)")
         return 0
     # delete
+    assert qid is not None  # a required argument of delete
     if not spool.exists(qid):
         raise SystemExit(f"netsuite: no message {qid} in the queue")
     if running:

@@ -23,6 +23,7 @@ unreadable message aside to C{corrupt/}.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -333,8 +334,8 @@ class Spool:
         path.write_bytes(b"")
         return path
 
-    def take_requests(self) -> list[tuple[str, str]]:
-        out = []
+    def take_requests(self) -> builtins.list[tuple[str, str]]:
+        out: builtins.list[tuple[str, str]] = []
         try:
             names = os.listdir(self.control)
         except FileNotFoundError:

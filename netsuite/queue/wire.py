@@ -117,6 +117,7 @@ def downgrade_8bit(message: bytes) -> bytes:
         if not payload or not _part_is_8bit(part, raw):
             continue
         body = part.get_payload(decode=True) or b""
+        assert isinstance(body, bytes)  # decode=True on a non-multipart part
         encoded = quopri.encodestring(body.replace(b"\r\n", b"\n"))
         del part["Content-Transfer-Encoding"]
         part["Content-Transfer-Encoding"] = "quoted-printable"

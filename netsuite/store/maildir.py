@@ -15,13 +15,17 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from twisted.internet import threads
+from twisted.internet import task, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
+
+if TYPE_CHECKING:
+    from netsuite.store.folder import Folder
 
 log = Logger(namespace="netsuite.store")
 _counter = itertools.count()
@@ -202,8 +206,8 @@ class MaildirStore:
         self.root = Path(root)
         from collections import OrderedDict
 
-        self._folders: "OrderedDict[Path, object]" = OrderedDict()
-        self._poller = None
+        self._folders: OrderedDict[Path, Folder] = OrderedDict()
+        self._poller: task.LoopingCall | None = None
 
     # -- delivery ---------------------------------------------------------------
 
@@ -387,8 +391,6 @@ class MaildirStore:
         """Call C{listener(folder, changes)} on every change; poll while anyone listens."""
         folder.listeners.append(listener)
         if self._poller is None:
-            from twisted.internet import task
-
             self._poller = task.LoopingCall(self._poll)
             self._poller.start(self.poll_interval, now=False).addErrback(
                 lambda f: log.failure("poller stopped", f))

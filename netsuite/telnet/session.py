@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.cred import error
 from twisted.internet import error as ierror
 from twisted.internet import protocol
+from twisted.internet.process import PTYProcess
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -123,7 +124,7 @@ def terminal_for(realm: Any, user: str) -> TerminalAvatar:
             "telnet.permit_root_login = true to allow it")
 
     home = Path(realm.home(user))
-    if system:
+    if system and account is not None:
         shell = account.pw_shell or "/bin/sh"
         cwd = str(home) if home.is_dir() else "/"
     else:
@@ -204,6 +205,10 @@ class PTYSession(protocol.ProcessProtocol):
 
     #: Most output read from the pty after the program has exited.
     DRAIN_LIMIT = 1 << 20
+
+    #: What C{spawnProcess(usePTY=...)} connects us to: a pty process with a
+    #: C{fileno()} and reader/writer state, not just an C{IProcessTransport}.
+    transport: PTYProcess
 
     def __init__(self, owner: SessionOwner, avatar: TerminalAvatar, term: str,
                  size: tuple[int, int] | None, client_env: dict[str, str],
@@ -311,7 +316,7 @@ class PTYSession(protocol.ProcessProtocol):
 
     def _open(self) -> bool:
         t = self.transport
-        return t is not None and t.connected and not t.disconnected
+        return t is not None and bool(t.connected) and not t.disconnected
 
     # -- ending ------------------------------------------------------------------
 
@@ -371,6 +376,8 @@ class PTYSession(protocol.ProcessProtocol):
         self._kill_call = None
 
     def _signal_session(self, signum: int) -> None:
+        if self.pid is None:
+            return
         for pid in session_members(self.pid):
             try:
                 os.kill(pid, signum)
