@@ -57,6 +57,14 @@ def _peer_host(transport) -> str:
 class SMTPServer(smtp.ESMTP, CommandDeadline):
     """One SMTP session, on the MX or a submission listener."""
 
+    #: A TCP or TLS connection (C{startTLS}, C{pauseProducing}), wrapped by
+    #: L{netsuite.service.TrackedConnection}.
+    transport: Any
+    #: The client's L{netsuite.auth.throttle.PeerPortal}.
+    portal: Any
+    #: The realm's C{IMessageDelivery} for this session (None before AUTH on submission).
+    delivery: Any
+
     def __init__(self, factory: "SMTPFactory"):
         super().__init__(chal=dict(MECHANISMS), contextFactory=factory.ctx.tls)
         self.factory = factory
@@ -650,6 +658,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
 
     def _data_bytes(self) -> None:
         reader = self._reader
+        assert isinstance(reader, wire.DataReader)  # mode DATA
         data = self._framer.take()
         was_big = reader.too_big
         lines = reader.feed(data)
@@ -729,6 +738,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         self._bdat_left -= len(take)
         if self._bdat_error is None:
             reader = self._reader
+            assert isinstance(reader, wire.ChunkReader)  # no error: the transaction's reader
             was_big = reader.too_big
             lines = reader.feed(take)
             if reader.too_big and not was_big:
@@ -746,6 +756,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             self._bdat_error = None
             return
         reader = self._reader
+        assert isinstance(reader, wire.ChunkReader)  # no error: the transaction's reader
         if reader.too_big:
             self._wait(self._end_message(True, reader.size))
         elif self._bdat_last:
