@@ -15,8 +15,8 @@ import re
 import select
 import socket
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 SEED = int(os.environ.get("NETSUITE_FUZZ_SEED", "20261122"))
 
