@@ -15,10 +15,12 @@ import re
 import select
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 SEED = int(os.environ.get("NETSUITE_FUZZ_SEED", "20261122"))
+#: Lines each protocol's fuzz sends at least.
+LINES = 2000
 
 #: Pieces that break parsers of every protocol.
 COMMON = [b" ", b"  ", b"\t", b"\x00", b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", "ü".encode(),
@@ -72,6 +74,7 @@ class Session:
 class Run:
     sent: int = 0          # lines generated and handed to the socket
     sessions: int = 0
+    welcomed: int = 0      # sessions whose opening login was answered with their welcome
     crashes: list[str] = field(default_factory=list)
 
 
@@ -96,11 +99,12 @@ def drain(sock: socket.socket, quiet: float, limit: float, until: bytes | None =
     return bytes(got)
 
 
-def blast(port: int, sessions: Sequence[Session], log: Callable[[], str], *,
-          budget: float = 90.0, chunk: int = 8,
+def blast(port: int, sessions: Iterable[Session], log: Callable[[], str], *,
+          lines: int = LINES, budget: float = 90.0, chunk: int = 8,
           connect: Callable[[int], socket.socket] | None = None) -> Run:
     """
-    Run the sessions one after another, everything pipelined C{chunk} lines at a time,
+    Run sessions one after another until C{lines} lines have gone to open connections
+    (a server may hang up early), everything pipelined C{chunk} lines at a time,
     reading whatever the server has answered in between.  A session with a C{closing}
     line waits (boundedly) for the server to hang up; one without drops the connection
     at once, work in flight or not.  After each session the daemon's log is checked, so
@@ -112,7 +116,7 @@ def blast(port: int, sessions: Sequence[Session], log: Callable[[], str], *,
     deadline = time.monotonic() + budget
     seen = 0
     for number, session in enumerate(sessions):
-        if time.monotonic() > deadline:
+        if run.sent >= lines or time.monotonic() > deadline:
             break
         run.sessions += 1
         try:
@@ -125,7 +129,9 @@ def blast(port: int, sessions: Sequence[Session], log: Callable[[], str], *,
                 if session.opening:
                     sock.sendall(b"".join(session.opening))
                     # The login completes before the garbage: what follows runs logged in.
-                    drain(sock, 10.0, 10.0, until=session.welcome)
+                    if session.welcome:
+                        got = drain(sock, 10.0, 10.0, until=session.welcome)
+                        run.welcomed += session.welcome in got
                 for i in range(0, len(session.lines), chunk):
                     batch = session.lines[i:i + chunk]
                     sock.sendall(b"".join(batch))
@@ -160,4 +166,5 @@ def tail_from_crash(text: str, size: int = 3000) -> str:
 
 def report(protocol: str, run: Run) -> str:
     return (f"{protocol} fuzz (seed {SEED}, NETSUITE_FUZZ_SEED to change): "
-            f"{run.sent} lines in {run.sessions} sessions\n" + "\n\n".join(run.crashes))
+            f"{run.sent} lines in {run.sessions} sessions ({run.welcomed} logged in)\n"
+            + "\n\n".join(run.crashes))
