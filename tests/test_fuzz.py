@@ -421,6 +421,7 @@ def exchange(port: int, data: bytes, until: bytes) -> bytes:
 NON_UTF8_LOGINS = {
     "pop3": (b"USER alice\r\nPASS \xc3\x28\r\n", b"-ERR [AUTH]"),
     "imap": (b'a LOGIN alice "\xc3\x28"\r\n', b"a NO [AUTHENTICATIONFAILED]"),
+    "ftp": (b"USER alice\r\nPASS \xc3\x28\r\n", b"\r\n530 "),
     "telnet": (b"alice\r\n\xc3\x28\r\n", b"Login incorrect"),
 }
 
