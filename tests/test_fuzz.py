@@ -280,12 +280,21 @@ def iac_garbage(rng: random.Random, plain: bool = False) -> bytes:
 
 
 def _plain(sequence: bytes) -> bytes:
-    """Every byte over 127 made ASCII, but IAC and the command byte after it (no IAC IAC)."""
+    """
+    Every byte over 127 made ASCII but IAC and its command byte (no IAC IAC); an option
+    byte always follows WILL, WONT, DO, DONT and SB, so that no IAC of the next sequence
+    can be taken for one.
+    """
     out = bytearray()
-    after_iac = False
+    after_iac = option = False
     for b in sequence:
-        if after_iac:
-            out.append(b if 0xF0 <= b <= 0xFE else wire.NOP)
+        if option:
+            out.append(b & 0x7F)
+            option = False
+        elif after_iac:
+            command = b if 0xF0 <= b <= 0xFE else wire.NOP
+            out.append(command)
+            option = command in (*wire.NEGOTIATION, wire.SB)
             after_iac = False
         elif b == wire.IAC:
             out.append(b)
@@ -293,7 +302,9 @@ def _plain(sequence: bytes) -> bytes:
         else:
             out.append(b & 0x7F)
     if after_iac:
-        out.append(wire.NOP)  # no lone IAC that could pair with the next one
+        out.append(wire.NOP)
+    elif option:
+        out.append(99)
     return bytes(out)
 
 
