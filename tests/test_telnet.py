@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import select
 import socket
 import time
 from pathlib import Path
@@ -669,14 +668,12 @@ def test_backpressure_client_input(daemon):
     c.sock.setblocking(False)
     sent = 0
     chunk = b"a" * 65536
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 5
     while time.monotonic() < deadline and sent < 256 * 1024 * 1024:
         try:
             sent += c.sock.send(chunk)
         except BlockingIOError:
-            # Full: stop once it stays full for a second (a reading server drains it).
-            if not select.select([], [c.sock], [], 1.0)[1]:
-                break
+            time.sleep(0.05)
     after = rss_kb(pid)
     assert sent < 64 * 1024 * 1024, sent  # the socket filled up: nobody kept reading
     assert after - before < 10 * 1024, (before, after)
