@@ -214,3 +214,21 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def wait_steady(read, polls: int = 3, interval: float = 0.2, timeout: float = 15.0) -> bool:
+    """
+    True once C{read()} has returned the same non-zero value C{polls} times in a row:
+    a queue that filled up and stopped growing, a process that stopped writing.
+    False at C{timeout}.
+    """
+    last, same = read(), 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = read()
+        same = same + 1 if now and now == last else 0
+        if same >= polls:
+            return True
+        last = now
+    return False

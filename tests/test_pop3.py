@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import poplib
 import shutil
 import socket
+import struct
 import subprocess
-import time
+import termios
 
 import pytest
 
@@ -14,6 +16,7 @@ from netsuite.store.maildir import MaildirStore
 
 from netsuite.auth import sasl
 from netsuite.pop3 import wire
+from harness import wait_steady
 from rawsmtp import insecure_context as tls_context
 
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -333,6 +336,11 @@ def test_streaming_stuffer_equals_the_whole_message_rendering():
         assert b"".join(out) == dot_stuff(to_wire(stored)), stored
 
 
+def _queued(sock: socket.socket) -> int:
+    """Bytes waiting in our socket's kernel receive queue."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
 def _rss_kib(pid: int) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -357,7 +365,9 @@ def test_large_retr_streams_exactly_and_keeps_pipelined_order(make_daemon):
     before = _rss_kib(pid)
     sock.sendall(b"RETR 1\r\nNOOP\r\n")
     status = f.readline()
-    time.sleep(1.0)                 # a client that does not read yet
+    # A client that does not read yet: wait until the server has filled our socket
+    # and stopped sending, then look at its memory.
+    assert wait_steady(lambda: _queued(sock)), "the server never stopped sending"
     during = _rss_kib(pid)
     wire_form = stored.replace(b"\n", b"\r\n")
     assert status == b"+OK %d octets\r\n" % len(wire_form)

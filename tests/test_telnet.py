@@ -15,7 +15,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from harness import Daemon
+from harness import Daemon, wait_steady
 from netsuite.telnet import wire
 from netsuite.telnet.client import TelnetClient
 
@@ -141,6 +141,39 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
     return predicate()
 
 
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def wait_child(parent: int, argv: list[str], timeout: float = 15.0) -> int:
+    """The pid of C{parent}'s child once it runs C{argv} (exec done), waiting boundedly."""
+    def find():
+        return next((pid for pid in children(parent) if cmdline(pid) == argv), None)
+    pid = wait_until(find, timeout)
+    assert pid, f"{argv} never ran under {parent}: {[cmdline(c) for c in children(parent)]}"
+    return pid
+
+
+def login_shell_pid(p: pexpect.spawn) -> int:
+    """The login shell's pid, asked through the real telnet client."""
+    p.sendline('echo "pid=$$"')
+    p.expect(r"pid=(\d+)")
+    pid = int(p.match.group(1))
+    p.expect(PROMPT)
+    return pid
+
+
+def writes(pid: int) -> int:
+    """Bytes the process has written so far (/proc/PID/io wchar)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar")
+
+
 def assert_clean(d: Daemon) -> None:
     """No child process and no pty left in the daemon."""
     pid = d.proc.pid
@@ -236,15 +269,15 @@ def test_real_client_login_pty_term_size_resize_and_exit(daemon):
         p.expect(PROMPT)
         # A resize reaches the pty: the telnet client sends NAWS on SIGWINCH.
         p.setwinsize(40, 120)
-        for _ in range(50):
+
+        def size() -> tuple[str, str]:
             p.sendline("stty size")
             p.expect(r"\n(\d+) (\d+)\r\n")
-            size = (p.match.group(1), p.match.group(2))
+            got = (p.match.group(1), p.match.group(2))
             p.expect(PROMPT)
-            if size == ("40", "120"):
-                break
-            time.sleep(0.1)
-        assert size == ("40", "120")
+            return got
+
+        assert wait_until(lambda: size() == ("40", "120"), timeout=10), size()
         p.sendline("exit")
         p.expect(pexpect.EOF)
     finally:
@@ -271,15 +304,17 @@ def test_real_client_ctrl_c_stops_sleep(daemon):
     p = spawn_telnet(daemon)
     try:
         telnet_login(p)
+        shell = login_shell_pid(p)
         seen = io.StringIO()
         p.logfile_read = seen
         p.sendline('sleep 100; echo "not""-interrupted"')
-        time.sleep(0.5)
+        sleeper = wait_child(shell, ["sleep", "100"])
         p.sendcontrol("c")
         p.expect(PROMPT, timeout=10)
         p.sendline("echo after-$((2+3))")
         p.expect("after-5")
         assert "not-interrupted" not in seen.getvalue()
+        assert wait_until(lambda: not alive(sleeper))
         p.sendline("exit")
         p.expect(pexpect.EOF)
     finally:
@@ -291,12 +326,13 @@ def test_real_client_escape_commands_ayt_and_ip(daemon):
     p = spawn_telnet(daemon)
     try:
         telnet_login(p)
+        shell = login_shell_pid(p)
         p.sendcontrol("]")
         p.expect("telnet> ")
         p.sendline("send ayt")
         p.expect(r"\[Yes\]")
         p.sendline("sleep 100")
-        time.sleep(0.5)
+        wait_child(shell, ["sleep", "100"])
         p.sendcontrol("]")
         p.expect("telnet> ")
         p.sendline("send ip")
@@ -439,8 +475,9 @@ def test_config_errors_name_key_and_reason():
 
 def test_iac_ip_interrupts_and_ayt_answers(daemon):
     c = shell(daemon)
+    pid = int(run(c, "echo $$").strip())
     c.sendline('sleep 100; echo "not""-interrupted"')
-    time.sleep(0.5)
+    sleeper = wait_child(pid, ["sleep", "100"])
     c.command(wire.IP)
     c.expect(PROMPT)
     c.command(wire.AYT)
@@ -448,6 +485,7 @@ def test_iac_ip_interrupts_and_ayt_answers(daemon):
     out = run(c, "echo still-$((1+1))")
     assert "still-2" in out
     assert b"not-interrupted" not in c.raw
+    assert wait_until(lambda: not alive(sleeper))
     c.close()
 
 
@@ -482,8 +520,9 @@ def test_0xff_round_trips_in_binary_mode(daemon):
     assert b"A\xff\xffB" in c.raw
     c.expect(PROMPT)
     # Client to server: IAC IAC reaches the program as one 0xFF byte.
+    pid = int(run(c, "echo $$").strip())
     c.sendline("stty raw -echo; head -c 3 | od -An -tx1; stty sane")
-    time.sleep(0.5)
+    wait_child(pid, ["head", "-c", "3"])  # stty raw is done
     c.send(b"\xff\xfe\x41")
     c.expect(rb"ff fe 41")
     c.expect(PROMPT)
@@ -495,8 +534,9 @@ def test_0xff_round_trips_without_binary(daemon):
     c.sendline(r"printf 'A\377B\n'")
     c.expect(b"A\xffB")
     c.expect(PROMPT)
+    pid = int(run(c, "echo $$").strip())
     c.sendline("stty raw -echo; head -c 2 | od -An -tx1; stty sane")
-    time.sleep(0.5)
+    wait_child(pid, ["head", "-c", "2"])  # stty raw is done
     c.send(b"\xff\x42")
     c.expect(rb"ff 42")
     c.close()
@@ -564,13 +604,14 @@ def test_garbage_iac_and_endless_subnegotiation_close_only_that_connection(daemo
 def test_iac_eof_and_abort_reach_the_program(daemon):
     """IAC EOF types the terminal's EOF (cat ends), IAC ABORT its QUIT (sleep dies)."""
     c = shell(daemon)
+    pid = int(run(c, "echo $$").strip())
     c.sendline('cat; echo "cat""-done"')
-    time.sleep(0.3)
+    wait_child(pid, ["cat"])
     c.command(wire.EOF)
     c.expect(b"cat-done")
     c.expect(PROMPT)
     c.sendline('sleep 100; echo "status""=$?"')
-    time.sleep(0.3)
+    wait_child(pid, ["sleep", "100"])
     c.command(wire.ABORT)
     c.expect(rb"status=131")  # 128 + SIGQUIT
     c.close()
@@ -581,11 +622,11 @@ def test_hangup_sends_sighup_to_the_session_and_reaps(daemon):
     shell_pid = int(run(c, "echo $$").strip())
     bg = int(run(c, "sleep 1001 & echo $!").strip())
     c.sendline("sleep 1000")
-    time.sleep(0.3)
-    assert alive(shell_pid) and alive(bg)
+    fg = wait_child(shell_pid, ["sleep", "1000"])
+    assert alive(shell_pid) and alive(bg) and alive(fg)
     c.close()  # the client drops the connection
-    assert wait_until(lambda: not alive(shell_pid) and not alive(bg)), \
-        (alive(shell_pid), alive(bg))
+    assert wait_until(lambda: not alive(shell_pid) and not alive(bg) and not alive(fg)), \
+        (alive(shell_pid), alive(bg), alive(fg))
     assert_clean(daemon)
 
 
@@ -593,7 +634,7 @@ def test_program_ignoring_sighup_is_killed(daemon):
     c = shell(daemon)
     pid = int(run(c, "echo $$").strip())
     c.sendline("trap '' HUP; exec sleep 1000")
-    time.sleep(0.5)
+    assert wait_until(lambda: cmdline(pid) == ["sleep", "1000"])  # the trap is set
     c.close()
     assert wait_until(lambda: not alive(pid), timeout=15)
     assert_clean(daemon)
@@ -603,10 +644,13 @@ def test_backpressure_program_output(daemon):
     """`yes` to a client that does not read: the server's memory stays flat."""
     c = shell(daemon)
     pid = daemon.proc.pid
-    c.sendline("yes")
-    time.sleep(0.5)
+    sh = int(run(c, "echo $$").strip())
     before = rss_kb(pid)
-    time.sleep(3)  # we read nothing
+    c.sendline("yes")
+    # We read nothing: once the socket, the server and the pty are full, `yes` blocks.
+    # A server that kept reading the pty would keep `yes` writing (and grow).
+    yes = wait_child(sh, ["yes"])
+    assert wait_steady(lambda: writes(yes)), "the server kept reading the pty"
     after = rss_kb(pid)
     assert after - before < 10 * 1024, (before, after)
     c.close()
@@ -617,8 +661,9 @@ def test_backpressure_client_input(daemon):
     """A program that does not read: the server stops reading the client."""
     c = shell(daemon)
     pid = daemon.proc.pid
+    sh = int(run(c, "echo $$").strip())
     c.sendline("sleep 30")
-    time.sleep(0.3)
+    wait_child(sh, ["sleep", "30"])  # the shell no longer reads the pty
     before = rss_kb(pid)
     c.sock.setblocking(False)
     sent = 0
