@@ -507,6 +507,26 @@ def test_ftp_user_pass_then_close(daemon):
     clean_log(d, since)
 
 
+def test_telnet_login_then_close(daemon):
+    """
+    Name and password, then gone while the password is checked: the pending
+    login is cancelled, counted by the throttle as abandoned, and nothing
+    is logged as an error (it once was: a CancelledError traceback).
+    """
+    d = daemon
+    since = len(d.log())
+    before = d.log().count("protocol=telnet ")
+    sock = connect(d, "telnet")
+    read_until(sock, GREETING["telnet"])
+    sock.sendall(b"alice\r\n" + PASSWORD.encode() + b"\r\n")
+    sock.close()
+    # Decided one way or the other: abandoned (the usual case) or completed first.
+    assert d.wait_for(lambda: d.log().count("protocol=telnet ") > before)
+    wait_idle(d, "telnet", timeout=10)
+    session(d, "telnet", login=True)
+    clean_log(d, since)
+
+
 @pytest.fixture(scope="module")
 def short_idle(tmp_path_factory):
     config = dict(BASE, pop3={"idle_timeout": 1}, imap={"login_timeout": 1})

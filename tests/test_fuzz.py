@@ -28,10 +28,10 @@ from netsuite.telnet import wire
 from netsuite.telnet.client import TelnetClient
 
 LINES = fuzz.LINES
-#: Known bugs fixed on other branches: until they are merged the main fuzz keeps clear
-#: of their input (then set these False; their tests at the end will XPASS and say so).
-AVOID_NON_UTF8_PASSWORDS = True   # UnicodeEncodeError in passwdfile.verify
-AVOID_LONG_FTP_NAMES = True       # OSError 36 for a name over NAME_MAX
+#: Switches that kept the main fuzz clear of two bugs it found while they were open
+#: (both fixed, with the regression tests at the end of this file): keep them False.
+AVOID_NON_UTF8_PASSWORDS = False   # was: UnicodeEncodeError in passwdfile.verify
+AVOID_LONG_FTP_NAMES = False       # was: OSError 36 for a name over NAME_MAX
 PASSWORD = "fuzz-pw"
 MESSAGE = (b"From: bob@example.test\nTo: alice@example.test\nSubject: fuzz\n\n"
            b"first line\n.leading dot\n..two dots\n\nlast line\n")
@@ -437,8 +437,6 @@ NON_UTF8_LOGINS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="known: UnicodeEncodeError in passwdfile.verify for a "
-                   "non-UTF-8 password; fixed on another branch")
 @pytest.mark.parametrize("protocol", sorted(NON_UTF8_LOGINS))
 def test_non_utf8_password_is_refused(daemon, protocol):
     d = daemon(protocol)
@@ -447,8 +445,6 @@ def test_non_utf8_password_is_refused(daemon, protocol):
     assert not fuzz.CRASH.search(d.log()), fuzz.tail_from_crash(d.log())
 
 
-@pytest.mark.xfail(strict=True, reason="known: OSError 36 (File name too long) for a name "
-                   "over NAME_MAX; fixed on another branch")
 def test_ftp_name_over_name_max_is_refused(daemon):
     d = daemon("ftp")
     login = b"USER alice\r\nPASS " + PASSWORD.encode() + b"\r\n"
@@ -457,8 +453,6 @@ def test_ftp_name_over_name_max_is_refused(daemon):
     assert not fuzz.CRASH.search(d.log()), fuzz.tail_from_crash(d.log())
 
 
-@pytest.mark.xfail(strict=True, reason="known: a POP3 login that completes after the client "
-                   "hung up keeps the maildrop lock (connection lifecycle, fixed elsewhere)")
 def test_pop3_login_in_flight_when_dropped_releases_the_maildrop(daemon):
     """USER, PASS and hang up at once: the login finishes after the connection is gone."""
     d = daemon("pop3")

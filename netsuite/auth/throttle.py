@@ -120,7 +120,13 @@ class ThrottledPortal:
             return result
 
         def failed(reason):
-            if not reason.check(error.UnauthorizedLogin, error.UnhandledCredentials):
+            if reason.check(defer.CancelledError):
+                # The client left while its password was being checked.  Counted
+                # all the same: hanging up after PASS must not buy unthrottled
+                # argon2 work (a lock refuses before any verification).
+                log.info("login abandoned: protocol={protocol} address={address} "
+                         "user={user}", protocol=protocol, address=peer, user=user)
+            elif not reason.check(error.UnauthorizedLogin, error.UnhandledCredentials):
                 # A checker that broke on these credentials: a bug worth a critical
                 # log line, and still a failed login for the throttle (every bad
                 # credential counts, or breaking a checker would be a free retry).
