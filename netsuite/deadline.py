@@ -9,6 +9,9 @@ while bytes trickle in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet import reactor
 
 from netsuite.framer import LineFramer
@@ -16,7 +19,7 @@ from netsuite.framer import LineFramer
 
 def seconds_of(call_later) -> float:
     """The time on the clock C{call_later} belongs to (the reactor, or a test's Clock)."""
-    clock = getattr(call_later, "__self__", None)
+    clock: Any = getattr(call_later, "__self__", None)
     if not hasattr(clock, "seconds"):  # TimeoutMixin.callLater: the global reactor
         clock = reactor
     return clock.seconds()
@@ -31,7 +34,9 @@ class CommandDeadline:
     and L{deadlineExpired}.
     """
 
-    _deadline_call = None
+    _deadline_call: Any = None
+    #: The session's C{callLater} (C{TimeoutMixin}'s, or a test's Clock).
+    callLater: Callable[..., Any]
 
     def deadlineFramer(self) -> LineFramer | None:
         raise NotImplementedError

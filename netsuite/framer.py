@@ -173,7 +173,7 @@ class LineFramer:
             if not self._hold:
                 self._since = None
             return
-        if self._pos > 65536 and self._pos * 2 > len(self._buf) and type(self._buf) is not bytes:
+        if self._pos > 65536 and self._pos * 2 > len(self._buf) and isinstance(self._buf, bytearray):
             del self._buf[:self._pos]
             self._scan -= self._pos
             self._pos = 0

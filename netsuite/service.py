@@ -69,6 +69,8 @@ class TrackedConnection(policies.ProtocolWrapper):
     deadline and the close deadline (see there) around the wrapped protocol.
     """
 
+    #: The TCP connection, or the TLS protocol over it (C{startTLS}, C{abortConnection}).
+    transport: Any
     _netsuite_host: str | None = None
     _handshake_timer: Any = None
     _close_timer: Any = None

@@ -46,7 +46,7 @@ class PlainCredentials(credentials.UsernamePassword):
     """SASL PLAIN (RFC 4616): one response, C{authzid NUL user NUL password}."""
 
     def __init__(self) -> None:
-        super().__init__(None, None)
+        super().__init__(b"", b"")  # filled in by setResponse
 
     def getChallenge(self) -> bytes:
         return b""
@@ -66,7 +66,7 @@ class LoginCredentials(credentials.UsernamePassword):
     """SASL LOGIN: C{Username:}, then C{Password:}, one response to each."""
 
     def __init__(self) -> None:
-        super().__init__(None, None)
+        super().__init__(b"", b"")  # filled in by setResponse
         self.challenges = [b"Password:", b"Username:"]  # popped from the end
         self._fields = ["password", "username"]
 

@@ -144,8 +144,9 @@ class ThrottledPortal:
         """
         user = normalize_username(username or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
-        return self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
-                            peer, protocol, user)
+        result = self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
+                              peer, protocol, user)
+        return result if isinstance(result, defer.Deferred) else defer.fail(result)
 
     def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
                 user: str) -> Failure | defer.Deferred:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.cred import credentials, error as cred_error
 from twisted.internet import defer, interfaces, task
@@ -43,7 +45,7 @@ from netsuite.imap.wire import Cursor, ParseError, SeqSet
 from netsuite.auth import sasl
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import Command, Continue, DiscardSink, IMAPFramer, Overlong, Refused
-from netsuite.store.folder import FolderGone
+from netsuite.store.folder import FolderGone, Message
 
 log = Logger(namespace="netsuite.imap")
 
@@ -72,6 +74,15 @@ FULL = {errno.ENOSPC, errno.EDQUOT}
 
 class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     """One IMAP connection; see the module docstring."""
+
+    #: A TCP or TLS connection (C{startTLS}, C{disconnecting}, producers).
+    transport: Any
+    #: The client's L{netsuite.auth.throttle.PeerPortal}.
+    portal: Any
+    #: After login, the realm's account (L{netsuite.imap.account.Account}).
+    account: Any
+    #: The selected L{netsuite.imap.mailbox.SessionMailbox}, or None.
+    mbox: Any
 
     def __init__(self, ctx, cfg, implicit_tls: bool = False):
         super().__init__(contextFactory=ctx.tls)
@@ -185,7 +196,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                 if self._mode == "idle":
                     self._idle_line(b"" if isinstance(line, Overlong) else line)
                 elif isinstance(line, Overlong):
-                    tag, self._sasl_tag = self._sasl_tag, None
+                    tag, self._sasl_tag = self._sasl_tag or b"*", None
                     self._mode = "line"
                     self._tagged(tag, b"BAD", b"Authentication response too long")
                 else:
@@ -395,7 +406,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         return self._sasl_plain(tag, b"" if initial == b"=" else initial)
 
     def _sasl_line(self, line: bytes) -> None:
-        tag, self._sasl_tag = self._sasl_tag, None
+        tag, self._sasl_tag = self._sasl_tag or b"*", None
         self._mode = "line"
         if line.strip() == b"*":
             self._tagged(tag, b"BAD", b"Authentication cancelled")
@@ -660,7 +671,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         if line.strip().upper() != b"DONE":
             self.send(b"* BAD Expected DONE")
             return
-        tag, self._idle_tag = self._idle_tag, None
+        tag, self._idle_tag = self._idle_tag or b"*", None
         self._mode = "line"
         self._tagged(tag, b"OK", b"IDLE terminated")
 
@@ -805,17 +816,19 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             return [b"* %d FETCH (UID %d)\r\n" % (mbox.seq(u), u) for u in targets]
         else:
             template = None
+        pairs: Iterable[tuple[int, Message]]
         if targets == mbox.uids and targets == folder._uids:
             pairs = zip(range(1, len(targets) + 1), folder.messages)
         else:
-            pairs = []
+            found: list[tuple[int, Message]] = []
+            pairs = found
             for u in targets:
                 msg = folder.by_uid(u)
                 seq = mbox.seq(u)
                 if msg is None or not seq:
                     missing.append(u)
                 else:
-                    pairs.append((seq, msg))
+                    found.append((seq, msg))
         cache: dict = {}
         out = []
         for seq, msg in pairs:

@@ -12,7 +12,7 @@ dot-stuffing; Twisted's chunked stuffer misses dots at chunk boundaries).
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from twisted.cred import credentials, error as cred_error
 from twisted.internet import interfaces
@@ -78,13 +78,20 @@ class POP3Server(pop3.POP3, CommandDeadline):
     #: Bytes of one command line, CRLF excluded (SASL responses need more than 255).
     MAX_LENGTH = 2048
 
+    #: A TCP or TLS connection (C{startTLS}, C{disconnecting}, producers).
+    transport: Any
+    #: The client's L{netsuite.auth.throttle.PeerPortal}.
+    portal: Any
+    #: After login, the realm's C{pop3.IMailbox} (netsuite's, or a custom realm's).
+    mbox: Any
+
     def __init__(self, ctx, implicit_tls: bool = False, timeout: int = 600):
         self.ctx = ctx
         self.tls = implicit_tls
         self.timeOut = timeout
         limits = getattr(ctx.config, "limits", None)
         self._command_timeout = getattr(limits, "command_timeout", 60)
-        self._framer: LineFramer | None = None
+        self._framer = LineFramer(self.MAX_LENGTH, self._command_timeout)
         self._user: bytes | None = None
         self._sasl_pending = False
         self._busy = False
@@ -99,7 +106,6 @@ class POP3Server(pop3.POP3, CommandDeadline):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.portal = self.ctx.portal.bind(self.peer, "pop3")
-        self._framer = LineFramer(self.MAX_LENGTH, self._command_timeout)
         self.transport.write(wire.ok("netsuite POP3 ready"))
         self.setTimeout(self.timeOut)
 

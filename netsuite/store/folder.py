@@ -220,6 +220,8 @@ class IncomingMessage:
         self._crlf += out.count(b"\r\n") + (self._last == b"\r" and out[:1] == b"\n")
         self._last = out[-1:]
         self.size += len(out)
+        if self._f is None:
+            return
         try:
             self._f.write(out)
         except OSError as e:

@@ -68,7 +68,8 @@ def clean_tmp_dir(tmp: Path, max_age: float, now: float | None = None,
             stale = st.st_mtime < now - max_age
             if not stale and ours:
                 m = _TMP_NAME.match(name)
-                stale = bool(m) and m.group(2) == _HOST and not _pid_alive(int(m.group(1)))
+                stale = (m is not None and m.group(2) == _HOST
+                         and not _pid_alive(int(m.group(1))))
             if stale and not os.path.isdir(path):
                 os.unlink(path)
                 removed += 1
