@@ -333,7 +333,7 @@ def main() -> None:
     base = results.get("pyftpdlib")
     for m in metrics:
         row = f"{m:32}"
-        for n, r in results.items():
+        for r in results.values():
             v = r[m]
             ratio = ""
             if base and isinstance(v, float) and base[m]:

@@ -46,7 +46,7 @@ class SQLiteRealm(NetsuiteRealm):
                 rows = db.execute("SELECT mailbox FROM routes WHERE address = ?",
                                   (key.lower(),)).fetchall()
         except sqlite3.Error as e:
-            raise ConfigError(f"{self.database}: {e}", "realm.database")
+            raise ConfigError(f"{self.database}: {e}", "realm.database") from e
         return [r[0] for r in rows]
 
     def resolve_local(self, localpart: str, domain: str) -> list[str]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from netsuite.config import Config, ConfigError, load
 
@@ -78,7 +78,7 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     try:
         db.set_password(name, _read_password(args))
     except PasswordFileError as e:
-        raise SystemExit(f"netsuite: {e}")
+        raise SystemExit(f"netsuite: {e}") from e
     print(f"{'added' if args.action == 'add' else 'changed password of'} {name}")
     return 0
 

@@ -13,9 +13,10 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -296,11 +297,11 @@ def load(
             with path.open("rb") as f:
                 raw = tomllib.load(f)
         except FileNotFoundError:
-            raise ConfigError("no such file", file=path)
+            raise ConfigError("no such file", file=path) from None
         except PermissionError:
-            raise ConfigError("permission denied", file=path)
+            raise ConfigError("permission denied", file=path) from None
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"not valid TOML: {e}", file=path)
+            raise ConfigError(f"not valid TOML: {e}", file=path) from e
     for dotted, value in (overrides or {}).items():
         sec, _, key = dotted.partition(".")
         raw.setdefault(sec, {})[key] = value
@@ -439,4 +440,4 @@ def _check_endpoint(description: str, key: str) -> None:
     try:
         endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key)
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key) from e

@@ -27,8 +27,9 @@ linear time (the old C{bytes +=} buffers were quadratic).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r?$")
 
@@ -173,7 +174,8 @@ class LineFramer:
             if not self._hold:
                 self._since = None
             return
-        if self._pos > 65536 and self._pos * 2 > len(self._buf) and isinstance(self._buf, bytearray):
+        if (self._pos > 65536 and self._pos * 2 > len(self._buf)
+                and isinstance(self._buf, bytearray)):
             del self._buf[:self._pos]
             self._scan -= self._pos
             self._pos = 0

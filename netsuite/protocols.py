@@ -11,8 +11,9 @@ adding a protocol is one line here and one package beside the others.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IProtocolFactory
 

@@ -11,9 +11,10 @@ C{examples/sqlite_realm.py}.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.cred import checkers, portal
 from twisted.logger import Logger
@@ -57,7 +58,7 @@ class MailConfig:
                 self.aliases.update(parse_aliases(self.aliases_file.read_text("utf-8"),
                                                   self.aliases_file))
             except OSError as e:
-                raise ConfigError(f"cannot read: {e.strerror}", "aliases_file")
+                raise ConfigError(f"cannot read: {e.strerror}", "aliases_file") from e
         self.aliases = {k.lower(): v for k, v in self.aliases.items()}
         self.postmaster = self.postmaster.strip()
         if "@" in self.postmaster:
@@ -103,7 +104,7 @@ def load_object(dotted: str, key: str = "server.realm") -> Any:
         module = importlib.import_module(module_name)
         return getattr(module, attr)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load {dotted!r}: {e}", key)
+        raise ConfigError(f"cannot load {dotted!r}: {e}", key) from e
 
 
 @implementer(portal.IRealm)
@@ -318,7 +319,7 @@ def make_realm(config: Config) -> portal.IRealm:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"{config.server.realm} failed: {e}", "server.realm")
+        raise ConfigError(f"{config.server.realm} failed: {e}", "server.realm") from e
     if not portal.IRealm.providedBy(realm):
         raise ConfigError(f"{config.server.realm} does not provide IRealm", "server.realm")
     check = getattr(realm, "check_postmaster", None)

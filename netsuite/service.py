@@ -9,8 +9,9 @@ L{ConfigError} before any port opens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -56,9 +57,9 @@ def make_checkers(config: Config) -> list:
         except strcred.InvalidAuthType:
             known = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
             raise ConfigError(f"unknown checker {name!r} (known: {known})",
-                              f"server.auth[{i}]", config.path)
+                              f"server.auth[{i}]", config.path) from None
         except Exception as e:
-            raise ConfigError(f"checker {name!r}: {e}", f"server.auth[{i}]", config.path)
+            raise ConfigError(f"checker {name!r}: {e}", f"server.auth[{i}]", config.path) from e
     return result
 
 
@@ -312,7 +313,7 @@ def build(config: Config, reactor: Any = None) -> service.MultiService:
         raise
     except OSError as e:
         raise ConfigError(f"{e.filename or ''}: {e.strerror}".lstrip(": "), "server.data_dir",
-                          config.path)
+                          config.path) from e
 
 
 def _build(config: Config, reactor: Any) -> service.MultiService:
@@ -352,7 +353,7 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
                 ep, wrap = server_endpoint(ctx, description, implicit_tls)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
-                                  f"listen.{name}[{i}]", config.path)
+                                  f"listen.{name}[{i}]", config.path) from e
             f: IProtocolFactory = limited
             if wrap:
                 f = TLSMemoryBIOFactory(ctx.tls, False, limited)
@@ -381,7 +382,7 @@ class ListenerService(StreamServerEndpointService):
         except CannotListenError as e:
             # One clear line, not a traceback: which listener, which endpoint, why.
             raise SystemExit(f"netsuite: listen.{self.listener}: cannot listen on "
-                             f"{self.description}: {e.socketError or e}")
+                             f"{self.description}: {e.socketError or e}") from e
 
         def listening(port):
             self.port = port

@@ -32,7 +32,7 @@ def write_self_signed(hostname: str, cert_path: Path, key_path: Path, days: int 
     sans: list[x509.GeneralName] = [x509.DNSName(hostname)]
     for literal in ("127.0.0.1", "::1"):
         sans.append(x509.IPAddress(ipaddress.ip_address(literal)))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -68,7 +68,7 @@ def _read(path: Path, key: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}", key)
+        raise ConfigError(f"cannot read {path}: {e.strerror}", key) from e
 
 
 def context_factory(config: Config) -> ssl.CertificateOptions:
@@ -91,7 +91,7 @@ def context_factory(config: Config) -> ssl.CertificateOptions:
     try:
         cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     except Exception as e:
-        raise ConfigError(f"cannot load certificate/key: {e}", "tls.certificate")
+        raise ConfigError(f"cannot load certificate/key: {e}", "tls.certificate") from e
     chain = []
     if tls.chain is not None:
         pem = _read(tls.chain, "tls.chain")
@@ -100,7 +100,7 @@ def context_factory(config: Config) -> ssl.CertificateOptions:
             try:
                 chain.append(ssl.Certificate.loadPEM(block).original)
             except Exception as e:
-                raise ConfigError(f"cannot load chain: {e}", "tls.chain")
+                raise ConfigError(f"cannot load chain: {e}", "tls.chain") from e
     floor = {
         "1.2": ssl.TLSVersion.TLSv1_2,
         "1.3": ssl.TLSVersion.TLSv1_3,

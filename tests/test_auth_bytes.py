@@ -141,7 +141,10 @@ def test_telnet(daemon):
 
 
 def test_non_utf8_failures_lock_the_account(make_daemon):
-    """The throttle's lock is reached by non-UTF-8 tries alone: then even the right password waits."""
+    """
+    The throttle's lock is reached by non-UTF-8 tries alone: then even the
+    right password waits.
+    """
     d = make_daemon(listeners=["telnet", "pop3"], users={"alice": "alice-pw"}, config={
         "server": {"allow_plaintext_auth": True},
         "throttle": {"base_delay": 0.01, "max_delay": 0.02, "lock_after": 2},

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.python.failure import Failure
 
 from netsuite.service import ConnectionLimits, _Busy

@@ -20,7 +20,6 @@ import struct
 import time
 
 import pytest
-
 from harness import Daemon, all_listeners
 from rawsmtp import insecure_context
 
@@ -106,7 +105,7 @@ def closed_by_server(sock: socket.socket) -> bool:
                 return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -159,7 +158,7 @@ class BioTLS:
             except ssl.SSLWantReadError:
                 self._pull()
             except ssl.SSLZeroReturnError:
-                raise ConnectionError(f"close_notify before {marker!r}: {buf!r}")
+                raise ConnectionError(f"close_notify before {marker!r}: {buf!r}") from None
         return buf
 
 

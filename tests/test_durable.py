@@ -42,7 +42,7 @@ def test_concurrent_callers_share_fsyncs_and_each_is_covered(tmp_path, monkeypat
     assert len(starts) <= 4, f"{len(starts)} fsyncs for 20 concurrent callers"
     for begin, returned in called.values():
         # Some fsync started after this caller asked and finished before it returned.
-        assert any(s >= begin and e <= returned for s, e in zip(starts, ends))
+        assert any(s >= begin and e <= returned for s, e in zip(starts, ends, strict=True))
 
 
 def test_a_later_caller_gets_its_own_fsync(tmp_path, monkeypatch):

@@ -254,7 +254,8 @@ def make_venv_seeing_this_environment(venv: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                    check=True, timeout=120)
     py = venv / "bin" / "python"
-    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    inner = subprocess.run([str(py), "-c", purelib],
                            check=True, capture_output=True, text=True, timeout=60).stdout.strip()
     outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"],
              sysconfig.get_paths()["platlib"]]
@@ -369,7 +370,7 @@ def _ca_and_leaf(directory: Path, hostname: str) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def build(subject, issuer, key, signer, ca: bool, san: str | None = None):
         b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)

@@ -9,10 +9,17 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from netsuite.framer import (Command, Continue, DiscardSink, IMAPFramer, LineFramer, Overlong,
-                             Refused)
+from netsuite.framer import (
+    Command,
+    DiscardSink,
+    IMAPFramer,
+    LineFramer,
+    Overlong,
+    Refused,
+)
 from netsuite.smtp.wire import ChunkReader, DataReader
 from netsuite.store.folder import IncomingMessage, to_disk, wire_size
 
@@ -136,7 +143,7 @@ def test_starttls_discards_what_was_pipelined(before, injected, cuts):
     framer = LineFramer(1000)
     lines: list = []
     chunks = splits(stream, cuts)
-    for i, chunk in enumerate(chunks):
+    for chunk in chunks:
         framer.feed(chunk)
         while (line := framer.line()) is not None:
             lines.append(line)

@@ -14,7 +14,6 @@ import struct
 import time
 
 import pytest
-
 from harness import Daemon
 from test_ftp_helpers import FTP, connect, fetch, raw, sha, store
 
@@ -622,7 +621,7 @@ def test_help_feat_stat_misc(alice):
     alice.login("alice", USERS["alice"])
 
 
-# -- limits, timeouts, configuration -----------------------------------------------------------------
+# -- limits, timeouts, configuration ---------------------------------------------------
 
 
 def test_connection_limit_per_address(make_daemon):

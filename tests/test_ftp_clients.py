@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from harness import Daemon
 
 pytestmark = pytest.mark.skipif(not shutil.which("curl") or not shutil.which("lftp"),

@@ -10,8 +10,6 @@ import socket
 from rawsmtp import insecure_context as tls_context
 
 
-
-
 class ModeMixin:
     """Pick the data mode: PASV, EPSV, PORT or EPRT (ftplib alone uses EPSV/EPRT for IPv6 only)."""
 

@@ -15,7 +15,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from harness import Daemon
 from test_ftp_helpers import FTPS, StockFTPS, connect, fetch, raw, sha, store, tls_context
 

@@ -10,11 +10,11 @@ import socket
 import subprocess
 
 import pytest
+from rawsmtp import insecure_context as tls_context
 
 from netsuite.imap import wire
 from netsuite.imap.message import Part, bodystructure
 from netsuite.store.maildir import MaildirStore
-from rawsmtp import insecure_context as tls_context
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 
@@ -620,7 +620,7 @@ def test_seeded_fuzz_gets_tagged_answers(daemon):
     for n in range(300):
         tag = b"f%d" % n
         args = " ".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 6)))
-        line = f"{rnd.choice(commands)} {args}".encode("utf-8")
+        line = f"{rnd.choice(commands)} {args}".encode()
         if line.rstrip().endswith(b"}"):
             line += b" x"  # not a literal announcement: the test waits for an answer
         r.send(tag + b" " + line + b"\r\n")

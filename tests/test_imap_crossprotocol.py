@@ -6,7 +6,6 @@ import poplib
 import smtplib
 
 import pytest
-
 from test_imap import USERS, RawIMAP, connect, tls_context
 
 MESSAGE = (b"From: Bob <bob@remote.test>\r\nTo: alice@example.test\r\n"

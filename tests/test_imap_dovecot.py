@@ -81,7 +81,8 @@ def test_same_fetch_answers_as_dovecot(servers):
     ours, dovecot, _, mb = servers
     mine = answers(ours.port("imap"), mb.PASSWORD)
     theirs = answers(dovecot.imap_port, mb.PASSWORD)
-    for n, (a, b) in enumerate(zip(mine, theirs)):
+    assert len(mine) == len(theirs)
+    for n, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a == b, (n // len(ITEMS) + 1, ITEMS[n % len(ITEMS)])
 
 

@@ -8,10 +8,10 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
+from zope.interface import implementer
 
 from netsuite.imap.server import IMAPServer
 from netsuite.imap.service import IMAPConfig
-from zope.interface import implementer
 
 
 class FakePortal:
@@ -200,6 +200,6 @@ def test_append_disk_errors_are_answered_by_kind():
         server, t, _, _ = make()
         server.state = "auth"
         folder = FailingFolder(OSError(err, "disk trouble"))
-        server.account = SimpleNamespace(folder=lambda name, create=False: folder)
+        server.account = SimpleNamespace(folder=lambda name, create=False, f=folder: f)
         server.dataReceived(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
         assert t.value().startswith(b"a1 NO [" + code + b"]"), t.value()

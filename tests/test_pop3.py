@@ -11,13 +11,12 @@ import subprocess
 import termios
 
 import pytest
-
-from netsuite.store.maildir import MaildirStore
+from harness import wait_steady
+from rawsmtp import insecure_context as tls_context
 
 from netsuite.auth import sasl
 from netsuite.pop3 import wire
-from harness import wait_steady
-from rawsmtp import insecure_context as tls_context
+from netsuite.store.maildir import MaildirStore
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 
@@ -80,7 +79,8 @@ def test_stls_login_list_retr_byte_exact(daemon):
     assert count == 2
     assert size == len(crlf(MESSAGE)) + len(crlf(b"Subject: two\n\nsecond\n"))
     resp, listing, _ = p.list()
-    assert listing == [b"1 %d" % len(crlf(MESSAGE)), b"2 %d" % len(b"Subject: two\r\n\r\nsecond\r\n")]
+    second = b"Subject: two\r\n\r\nsecond\r\n"
+    assert listing == [b"1 %d" % len(crlf(MESSAGE)), b"2 %d" % len(second)]
     resp, lines, octets = p.retr(1)
     # poplib un-stuffs dots and splits lines: join back and compare to the CRLF form.
     assert b"\r\n".join(lines) + b"\r\n" == crlf(MESSAGE)

@@ -61,7 +61,7 @@ def test_delivery_is_byte_exact_with_dots_8bit_and_utf8(mx):
         "bare\rcarriage return kept\r\n"
         "\r\n"
         "trailing line\r\n"
-    ).encode("utf-8") + b"\xff\xfe raw 8-bit bytes\r\n"
+    ).encode() + b"\xff\xfe raw 8-bit bytes\r\n"
     with smtplib.SMTP("127.0.0.1", mx.port("smtp"), timeout=10) as s:
         s.ehlo("client.test")
         s.sendmail("joerg@remote.test", ["alice@example.test"], message,
@@ -119,7 +119,8 @@ def test_alias_fans_out_once_per_user(mx):
         s.sendmail("x@remote.test", ["everyone@example.test", "alice@example.test"],
                    b"Subject: fan-out\r\n\r\nhello team\r\n")
     for user in counts:
-        msgs = mx.wait_for(lambda: len(mx.messages(user)) > counts[user] and mx.messages(user))
+        msgs = mx.wait_for(lambda user=user: len(mx.messages(user)) > counts[user]
+                           and mx.messages(user))
         assert len(msgs) == counts[user] + 1, f"{user} got {len(msgs) - counts[user]} copies"
         assert msgs[-1].endswith(b"hello team\n")
 
@@ -405,7 +406,7 @@ def test_aliases_from_a_file(make_daemon, tmp_path):
     with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=10) as s:
         s.sendmail("x@remote.test", ["abuse@example.test"], b"Subject: a\r\n\r\nreport\r\n")
     for user in ("alice", "bob"):
-        assert d.wait_for(lambda: d.messages(user))[-1].endswith(b"report\n")
+        assert d.wait_for(lambda user=user: d.messages(user))[-1].endswith(b"report\n")
     aliases.write_text("broken line without colon\n")
     with pytest.raises(RuntimeError) as e:
         d.restart()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pexpect
 import pytest
-
 from harness import Daemon, wait_steady
+
 from netsuite.telnet import wire
 from netsuite.telnet.client import TelnetClient
 
@@ -287,7 +287,7 @@ def test_real_client_login_pty_term_size_resize_and_exit(daemon):
 def test_real_client_bad_password_three_tries(daemon):
     p = spawn_telnet(daemon)
     try:
-        for attempt in range(3):
+        for _attempt in range(3):
             p.expect("login: ")
             p.sendline("alice")
             p.expect("Password: ")
@@ -842,7 +842,7 @@ def test_utmp_and_wtmp_records(make_daemon, tmp_path):
     assert wait_until(lambda: "alice" not in subprocess.run(
         ["who", str(utmp)], capture_output=True, text=True).stdout)
     last = subprocess.run(["last", "-f", str(wtmp)], capture_output=True, text=True).stdout
-    line = next(l for l in last.splitlines() if l.startswith("alice"))
+    line = next(x for x in last.splitlines() if x.startswith("alice"))
     assert tty in line and "127.0.0.1" in line and "still logged in" not in line, last
 
 

@@ -81,7 +81,7 @@ def test_three_failures_with_growing_delay_then_hangup():
     proto, t, clock, portal = make(fail_delay=1.0)
     take(t)
     delays = []
-    for attempt in range(3):
+    for _attempt in range(3):
         proto.dataReceived(b"alice\r\nwrong\r\n")
         portal.result.errback(error.UnauthorizedLogin())
         waited = 0.0

@@ -37,7 +37,7 @@ def decode_plain(response: bytes) -> tuple[bytes, bytes, bytes]:
     try:
         raw = base64.b64decode(response.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise SASLError("Invalid base64")
+        raise SASLError("Invalid base64") from None
     return split_plain(raw)
 
 

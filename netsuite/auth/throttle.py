@@ -12,8 +12,9 @@ password.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.cred import credentials as _creds
 from twisted.cred import error

@@ -43,9 +43,9 @@ class ImapAccount:
         try:
             return self.store.folder(self.user, name, create=create)
         except KeyError:
-            raise NoSuchFolder(f"No such mailbox: {name}")
+            raise NoSuchFolder(f"No such mailbox: {name}") from None
         except BadFolderName as e:
-            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+            raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
 
     def names(self) -> list[str]:
         return self.store.list_folders(self.user)
@@ -95,9 +95,9 @@ class ImapAccount:
         try:
             self.store.create_folder(self.user, name)
         except FileExistsError:
-            raise FolderExists(f"Mailbox already exists: {name}")
+            raise FolderExists(f"Mailbox already exists: {name}") from None
         except BadFolderName as e:
-            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+            raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
         return True
 
     def select(self, name, rw=True):
@@ -111,22 +111,22 @@ class ImapAccount:
         try:
             self.store.delete_folder(self.user, name)
         except KeyError:
-            raise NoSuchFolder(f"No such mailbox: {name}")
+            raise NoSuchFolder(f"No such mailbox: {name}") from None
         except PermissionError as e:
-            raise imap4.MailboxException(str(e))
+            raise imap4.MailboxException(str(e)) from e
         except BadFolderName as e:
-            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+            raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
         return True
 
     def rename(self, oldname, newname):
         try:
             self.store.rename_folder(self.user, oldname, newname)
         except KeyError:
-            raise NoSuchFolder(f"No such mailbox: {oldname}")
+            raise NoSuchFolder(f"No such mailbox: {oldname}") from None
         except FileExistsError:
-            raise FolderExists(f"Mailbox already exists: {newname}")
+            raise FolderExists(f"Mailbox already exists: {newname}") from None
         except BadFolderName as e:
-            raise imap4.MailboxException(f"Bad mailbox name: {e}")
+            raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
         return True
 
     def isSubscribed(self, name):

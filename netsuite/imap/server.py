@@ -31,20 +31,21 @@ import errno
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.cred import credentials, error as cred_error
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
 from twisted.internet import defer, interfaces, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from netsuite.auth import sasl
 from netsuite.config import plaintext_auth_allowed
+from netsuite.deadline import CommandDeadline
+from netsuite.framer import Command, Continue, DiscardSink, IMAPFramer, Overlong, Refused
 from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.message import Part, bodystructure, decoded, envelope, sent_date
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
-from netsuite.auth import sasl
-from netsuite.deadline import CommandDeadline
-from netsuite.framer import Command, Continue, DiscardSink, IMAPFramer, Overlong, Refused
 from netsuite.store.folder import FolderGone, Message
 
 log = Logger(namespace="netsuite.imap")
@@ -467,7 +468,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         try:
             name = raw.decode("ascii")
         except UnicodeDecodeError:
-            raise imap4.MailboxException("Mailbox names must be modified UTF-7 (RFC 3501 5.1.3)")
+            raise imap4.MailboxException(
+                "Mailbox names must be modified UTF-7 (RFC 3501 5.1.3)") from None
         return canonical(name)
 
     def _deselect(self) -> None:
@@ -778,7 +780,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
 
         def render():
             out = []
-            for n, u in enumerate(targets):
+            for u in targets:
                 msg = mbox.folder.by_uid(u)
                 seq = mbox.seq(u)
                 if msg is None or not seq:
@@ -818,7 +820,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             template = None
         pairs: Iterable[tuple[int, Message]]
         if targets == mbox.uids and targets == folder._uids:
-            pairs = zip(range(1, len(targets) + 1), folder.messages)
+            pairs = zip(range(1, len(targets) + 1), folder.messages, strict=True)
         else:
             found: list[tuple[int, Message]] = []
             pairs = found

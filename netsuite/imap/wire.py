@@ -238,7 +238,7 @@ class SeqSet:
                 a = None if lo == b"*" else int(lo)
                 b = a if not sep else (None if hi == b"*" else int(hi))
             except ValueError:
-                raise ParseError("Bad sequence set")
+                raise ParseError("Bad sequence set") from None
             if a == 0 or b == 0 or (a is not None and a > 0xFFFFFFFF) or \
                     (b is not None and b > 0xFFFFFFFF):
                 raise ParseError("Bad sequence set")
@@ -455,7 +455,7 @@ def parse_date(raw: bytes):
         d, m, y = raw.decode("ascii").split("-")
         return dt.date(int(y), _MONTHS.index(m.capitalize()) + 1, int(d))
     except (ValueError, UnicodeDecodeError):
-        raise ParseError("Bad date")
+        raise ParseError("Bad date") from None
 
 
 def parse_datetime(raw: bytes) -> float:
@@ -473,7 +473,7 @@ def parse_datetime(raw: bytes) -> float:
                         tzinfo=timezone(timedelta(minutes=offset)))
         return when.timestamp()
     except (ValueError, IndexError, UnicodeDecodeError):
-        raise ParseError("Bad date-time")
+        raise ParseError("Bad date-time") from None
 
 
 def format_datetime(ts: float) -> bytes:

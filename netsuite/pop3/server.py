@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from twisted.cred import credentials, error as cred_error
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
 from twisted.internet import interfaces
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger

@@ -87,12 +87,12 @@ class QueueConfig:
             try:
                 parse_hostport(target)
             except ValueError as e:
-                raise ConfigError(str(e), f"routes.{domain}")
+                raise ConfigError(str(e), f"routes.{domain}") from e
         if self.smarthost:
             try:
                 parse_hostport(self.smarthost, 587)
             except ValueError as e:
-                raise ConfigError(str(e), "smarthost")
+                raise ConfigError(str(e), "smarthost") from e
         if self.smarthost_user and self.smarthost_password_file is None:
             raise ConfigError("smarthost_user needs smarthost_password_file",
                               "smarthost_password_file")
@@ -100,7 +100,7 @@ class QueueConfig:
             try:
                 text = self.smarthost_password_file.read_text("utf-8")
             except OSError as e:
-                raise ConfigError(f"cannot read: {e.strerror}", "smarthost_password_file")
+                raise ConfigError(f"cannot read: {e.strerror}", "smarthost_password_file") from e
             self._password = text.splitlines()[0] if text else ""
             if not self._password:
                 raise ConfigError("the file is empty", "smarthost_password_file")
@@ -181,7 +181,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
             env = spool.load(qid)
             headers = header_block(spool.read_message(qid))
         except FileNotFoundError:
-            raise SystemExit(f"netsuite: no message {qid} in the queue")
+            raise SystemExit(f"netsuite: no message {qid} in the queue") from None
         fmt = "%Y-%m-%d %H:%M:%S"
         print(f"id: {env.id}\nsender: <{env.sender}>\nuser: {env.user or '-'}\n"
               f"size: {env.size}\narrived: {time.strftime(fmt, time.localtime(env.created))}\n"

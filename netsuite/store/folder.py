@@ -26,9 +26,10 @@ import functools
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 from twisted.logger import Logger
 
@@ -407,7 +408,7 @@ class Folder:
             return (os.stat(self.path / "new").st_mtime_ns,
                     os.stat(self.path / "cur").st_mtime_ns)
         except FileNotFoundError:
-            raise FolderGone(self.name)
+            raise FolderGone(self.name) from None
 
     def refresh(self, notify: bool = True, force: bool = False) -> Changes:
         """
