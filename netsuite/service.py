@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.cred import strcred
 from twisted.cred.portal import Portal
-from twisted.internet import endpoints, ssl
-from twisted.internet.error import CannotListenError
+from twisted.internet import defer, endpoints, ssl
 from twisted.internet.interfaces import IHandshakeListener, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netsuite import protocols
@@ -365,24 +364,33 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
     return top
 
 
-class ListenerService(StreamServerEndpointService):
-    """An endpoint listener that fails start-up at once and remembers its port."""
-
-    _raiseSynchronously = True
+class ListenerService(service.Service):
+    """
+    One endpoint listener.  Unlike Twisted's C{StreamServerEndpointService},
+    a port that cannot be bound stops start-up at once with one line (which
+    listener, which endpoint, why) instead of a logged traceback and a server
+    running without it; and it remembers the bound port for C{listening.json}.
+    """
 
     def __init__(self, listener: str, description: str, endpoint, factory):
-        super().__init__(endpoint, factory)
         self.listener = listener
         self.description = description
-        self.port = None
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Any = None
+        self._listening: defer.Deferred | None = None
 
-    def privilegedStartService(self):
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            # One clear line, not a traceback: which listener, which endpoint, why.
-            raise SystemExit(f"netsuite: listen.{self.listener}: cannot listen on "
-                             f"{self.description}: {e.socketError or e}") from e
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        failed: list[Failure] = []
 
         def listening(port):
             self.port = port
@@ -391,7 +399,28 @@ class ListenerService(StreamServerEndpointService):
                      address=str(port.getHost()))
             return port
 
-        self._waitingForPort.addCallback(listening)
+        def cannot(failure: Failure) -> None:
+            failed.append(failure)
+            if self._listening is not None:  # an endpoint that answered later
+                log.failure("listen.{listener}: cannot listen on {endpoint}", failure,
+                            listener=self.listener, endpoint=self.description)
+
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(listening, cannot)
+        if failed:  # tcp:, ssl:, unix: and systemd: endpoints answer at once
+            e = failed[0].value
+            reason = getattr(e, "socketError", None) or e
+            raise SystemExit(f"netsuite: listen.{self.listener}: cannot listen on "
+                             f"{self.description}: {reason}")
+        self._listening = d
+
+    def stopService(self):
+        super().stopService()
+        d, self._listening = self._listening, None
+        if d is None:
+            return None
+        d.cancel()  # still waiting for an endpoint: give up
+        return d.addCallback(lambda port: port.stopListening() if port is not None else None)
 
 
 class ReadyFile(service.Service):
