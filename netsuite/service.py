@@ -80,6 +80,15 @@ class TrackedConnection(policies.ProtocolWrapper):
         if isinstance(transport, TLSMemoryBIOProtocol):
             # Implicit TLS (our wrapping, or an ssl: endpoint): not yet negotiated.
             self._arm_handshake()
+        # Every listener is request/response or interactive: a reply that ends
+        # in a later reactor turn than it began (a streamed body's last piece, a
+        # TELNET echo) must not wait for the client's delayed ACK (Nagle).
+        set_nodelay = getattr(transport, "setTcpNoDelay", None)  # not on unix: sockets
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass
         super().makeConnection(transport)
 
     def startTLS(self, ctx, normal: bool = True) -> None:

@@ -380,3 +380,44 @@ def test_large_retr_streams_exactly_and_keeps_pipelined_order(make_daemon):
     # Streaming keeps the server's memory flat; the old one-shot path held the
     # message and its stuffed copy (~50 MB) while the client was not reading.
     assert during - before < 16 * 1024, f"server RSS grew {during - before} KiB"
+
+
+def test_retr_around_the_one_write_limit_is_exact_and_in_order(make_daemon):
+    """
+    Bodies just under, at and over the size sent in one write (and file sizes
+    at the producer's chunk edges, where the end and the dot share a write):
+    exact octets, dot-stuffed, each followed by its pipelined NOOP.
+    """
+    from netsuite.pop3.server import _Retrieval
+
+    d = make_daemon(listeners=["pop3"], users=USERS, config={
+        "server": {"allow_plaintext_auth": True}})
+    chunk = _Retrieval.CHUNK
+    head = b"Subject: edge\n\n"
+    line = b".dotted line\n"  # 13 bytes on disk, 15 on the wire (CRLF, stuffed dot)
+    stored = []
+    for disk_size in (chunk - 1, chunk, chunk + 1, 2 * chunk, 2 * chunk + 7):
+        body = line * ((disk_size - len(head)) // len(line))
+        stored.append(head + body + b"x" * (disk_size - len(head) - len(body)))
+    for wire_size in (chunk - 1, chunk, chunk + 1):  # the one-write limit is on the wire
+        n = (wire_size - len(head) - 2) // 14
+        msg = head + (b"b" * 12 + b"\n") * n
+        msg += b"c" * (wire_size - len(crlf(msg)))
+        stored.append(msg)
+    for data in stored:
+        put(d, "alice", data)
+    with socket.create_connection(("127.0.0.1", d.port("pop3")), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        sock.sendall(b"USER alice\r\nPASS " + USERS["alice"].encode() + b"\r\n")
+        assert f.readline().startswith(b"+OK") and f.readline().startswith(b"+OK")
+        sock.sendall(b"".join(b"RETR %d\r\nNOOP\r\n" % (i + 1) for i in range(len(stored))))
+        for data in stored:
+            wire_form = crlf(data)
+            assert f.readline() == b"+OK %d octets\r\n" % len(wire_form)
+            body = []
+            while (got := f.readline()) != b".\r\n":
+                body.append(got[1:] if got.startswith(b"..") else got)
+            expected = wire_form if wire_form.endswith(b"\r\n") else wire_form + b"\r\n"
+            assert b"".join(body) == expected
+            assert f.readline().startswith(b"+OK")  # the NOOP, after the whole body

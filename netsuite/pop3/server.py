@@ -52,11 +52,13 @@ class _Retrieval:
             return
         while True:
             chunk = self.file.read(self.CHUNK)
-            if not chunk:
-                self.proto.transport.write(self.stuffer.finish())
+            out = self.stuffer.feed(chunk) if chunk else b""
+            if len(chunk) < self.CHUNK:
+                # The last piece: the terminating dot goes in the same write, so
+                # the end of a body is never a small segment of its own.
+                self.proto.transport.write(out + self.stuffer.finish())
                 self._end()
                 return
-            out = self.stuffer.feed(chunk)
             if out:  # a pull producer must write, or it is never asked again
                 self.proto.transport.write(out)
                 return
@@ -378,8 +380,17 @@ class POP3Server(pop3.POP3, CommandDeadline):
         except KeyError:
             self.transport.write(wire.err("Message was removed by another session"))
             return
-        self.transport.write(wire.ok(f"{size} octets"))
         self._highest = max(self._highest, i + 1)
+        if size <= _Retrieval.CHUNK:
+            # Most mail: the status line, the body and the dot in one write, in
+            # this reactor turn (no producer, no extra round of small segments).
+            with f:
+                data = f.read()
+            stuffer = wire.Stuffer()
+            self.transport.write(wire.ok(f"{size} octets") + stuffer.feed(data)
+                                 + stuffer.finish())
+            return
+        self.transport.write(wire.ok(f"{size} octets"))
         self._busy = True  # pipelined commands wait until the body is out
         self.transport.registerProducer(_Retrieval(self, f), False)
 
