@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import random
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IAddress, IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -161,6 +162,10 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     and the socket is paused, so an eager client loses nothing.
     """
 
+    # A tcp.Server/Client, or (PROT P) a DataTLSProtocol over one: getHandle,
+    # pauseProducing, startWriting and abortConnection are used beyond ITransport.
+    transport: Any
+
     def __init__(self, tls: bool, require_reuse: bool, idle_timeout: float,
                  tls_max_version: str = "1.3"):
         self.tls = tls
@@ -175,7 +180,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         #: Why the connection went away, once it has.
         self.close_reason: Failure | None = None
         self._close_waiters: list[defer.Deferred] = []
-        self.peer = None
+        self.peer: IAddress | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []
         self._early_size = 0
@@ -261,7 +266,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         result = self._ready_result
         if result is not None:
             return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
-        d = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self._ready_waiters.append(d)
         return d
 
@@ -281,7 +286,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         """Fires (with None) once the connection is gone; see C{close_reason}."""
         if self.close_reason is not None:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._close_waiters.append(d)
         return d
 
@@ -308,6 +313,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     def _write(self, data: bytes) -> None:
         if self.sink_error is not None:
             return
+        assert self._sink is not None  # only called once receive_into() has set it
         try:
             self._sink(data)
         except Exception:
@@ -430,7 +436,8 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         self.peer_host = peer_host
         self.tls_options = tls_options
         self.timeout = timeout
-        self.port = None
+        #: The tcp.Port from reactor.listenTCP while listening (its getHost() has a port).
+        self.port: Any = None
         self._make: Callable[[], DataConnection] | None = None
         self._waiting: defer.Deferred | None = None
         self._accepted: DataConnection | None = None

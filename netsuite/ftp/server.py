@@ -15,7 +15,8 @@ import socket
 from collections import deque
 from typing import Any
 
-from twisted.cred import credentials, error as cred_error
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
@@ -26,8 +27,14 @@ from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
 from netsuite.ftp import wire
-from netsuite.ftp.data import ActiveChannel, DataChannel, DataChannelError, DataConnection, \
-    PassiveChannel, cap_tls_version
+from netsuite.ftp.data import (
+    ActiveChannel,
+    DataChannel,
+    DataChannelError,
+    DataConnection,
+    PassiveChannel,
+    cap_tls_version,
+)
 from netsuite.ftp.shell import INetsuiteFTPShell, TransferStopped
 
 log = Logger(namespace="netsuite.ftp")
@@ -96,10 +103,16 @@ class _ASCIIConsumer:
 class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
     """One control connection."""
 
+    # A tcp.Server (startTLS'd by AUTH TLS) or a TLSMemoryBIOProtocol (implicit FTPS):
+    # disconnecting, startTLS, pauseProducing, setTcpNoDelay are used beyond ITransport.
+    transport: Any
+
     def __init__(self, factory: "FTPFactory", implicit_tls: bool):
         self.factory = factory
         self.config = factory.config
-        self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
+        # TimeoutMixin's clock; Twisted means callLater to be replaced like this
+        # (its tests do), but types it as a plain method.
+        self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
         limits = getattr(factory.ctx.config, "limits", None)
         # max_line_length counts the CR before the LF, as LineReceiver did.
         self._framer = LineFramer(self.config.max_line_length - 1,
@@ -319,6 +332,11 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.close()
+
+    def _shell(self) -> INetsuiteFTPShell:
+        """The logged-in user's shell: _dispatch runs no post-login command without one."""
+        assert self.shell is not None, "command past PRE_LOGIN ran before login"
+        return self.shell
 
     def _logout(self) -> None:
         logout, self.logout = self.logout, None
@@ -544,7 +562,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.cwd = segments
             self.reply(250, "Directory successfully changed.")
 
-        return self.shell.access(segments).addCallback(changed)
+        return self._shell().access(segments).addCallback(changed)
 
     ftp_XCWD = ftp_CWD
 
@@ -557,7 +575,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
 
     def ftp_MKD(self, arg: str):
         segments = self._path(arg)
-        return self.shell.makeDirectory(segments).addCallback(
+        return self._shell().makeDirectory(segments).addCallback(
             lambda _: self.reply(257, f"{wire.quote_path(self._display(segments))} created"))
 
     ftp_XMKD = ftp_MKD
@@ -567,13 +585,13 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         if not segments or segments == self.cwd[:len(segments)]:
             self.reply(550, "Cannot remove the current directory or one above it.")
             return None
-        return self.shell.removeDirectory(segments).addCallback(
+        return self._shell().removeDirectory(segments).addCallback(
             lambda _: self.reply(250, "Remove directory operation successful."))
 
     ftp_XRMD = ftp_RMD
 
     def ftp_DELE(self, arg: str):
-        return self.shell.removeFile(self._path(arg)).addCallback(
+        return self._shell().removeFile(self._path(arg)).addCallback(
             lambda _: self.reply(250, "Delete operation successful."))
 
     def ftp_RNFR(self, arg: str):
@@ -583,16 +601,16 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.rename_from = segments
             self.reply(350, "Ready for RNTO.")
 
-        if not self.shell.writable:
+        if not self._shell().writable:
             raise ftp.PermissionDeniedError(self._display(segments))
-        return self.shell.stat(segments, ("size",)).addCallback(found)
+        return self._shell().stat(segments, ("size",)).addCallback(found)
 
     def ftp_RNTO(self, arg: str):
         source, self.rename_from = self.rename_from, None
         if source is None:
             self.reply(503, "RNFR required first.")
             return None
-        return self.shell.rename(source, self._path(arg)).addCallback(
+        return self._shell().rename(source, self._path(arg)).addCallback(
             lambda _: self.reply(250, "Rename successful."))
 
     def ftp_SIZE(self, arg: str):
@@ -601,10 +619,10 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
                 self.reply(550, "Could not get file size.")
             else:
                 self.reply(213, str(e.size))
-        return self.shell.entry(self._path(arg)).addCallback(got)
+        return self._shell().entry(self._path(arg)).addCallback(got)
 
     def ftp_MDTM(self, arg: str):
-        return self.shell.entry(self._path(arg)).addCallback(
+        return self._shell().entry(self._path(arg)).addCallback(
             lambda e: self.reply(213, wire.format_time(e.mtime)))
 
     def ftp_MLST(self, arg: str):
@@ -616,7 +634,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.reply(250, [f"Listing {e.name}",
                              " " + wire.format_facts(e, self.mlst_facts, kind), "End"])
 
-        return self.shell.entry(segments).addCallback(got)
+        return self._shell().entry(segments).addCallback(got)
 
     def ftp_STAT(self, arg: str):
         if self.transfer is not None and not arg.strip():
@@ -709,9 +727,9 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             return
         self._close_channel()
         local = self.transport.getHost().host
-        if wire.ipv4_of(host) is not None and wire.ipv4_of(local) is not None:
-            bind = wire.ipv4_of(local)
-            host = wire.ipv4_of(host)
+        host4, local4 = wire.ipv4_of(host), wire.ipv4_of(local)
+        if host4 is not None and local4 is not None:
+            bind, host = local4, host4
         else:
             bind = local
         self.channel = ActiveChannel(self.factory.reactor, host, port, bind,
@@ -803,7 +821,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         segments = self._path(arg)
         channel = self._take_channel()
         offset, self.rest = self.rest, 0
-        d = self.shell.openForReading(segments, offset=offset)
+        d = self._shell().openForReading(segments, offset=offset)
         d.addErrback(self._discard_channel, channel)
         return d.addCallback(self._retrieve, channel, segments)
 
@@ -851,7 +869,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         segments = self._path(arg)
         channel = self._take_channel()
         offset, self.rest = self.rest, 0
-        d = self.shell.openForWriting(segments, offset=offset, append=append, unique=unique)
+        d = self._shell().openForWriting(segments, offset=offset, append=append, unique=unique)
         d.addErrback(self._discard_channel, channel)
         verb = "STOU" if unique else ("APPE" if append else "STOR")
         return d.addCallback(self._receive, channel, verb, unique, segments)
@@ -914,7 +932,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             pattern, target = last, head + "/" if head or target.startswith("/") else ""
         segments = self._path(target)
         channel = self._take_channel()
-        d = self.shell.entries(segments)
+        d = self._shell().entries(segments)
         if pattern is not None:
             d.addCallback(lambda entries: [e for e in entries if wire.glob_match(e.name, pattern)])
         d.addErrback(self._discard_channel, channel)
@@ -975,7 +993,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
 
         if self.channel is None:
             raise DataChannelError(425, "Use PORT, PASV or EPSV first.")
-        d = self.shell.entry(segments).addCallback(check)
+        d = self._shell().entry(segments).addCallback(check)
 
         def failed(failure: Failure) -> Failure:
             self._close_channel()

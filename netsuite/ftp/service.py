@@ -73,7 +73,7 @@ class FTPConfig:
                 addr = ipaddress.ip_address(self.masquerade_address)
             except ValueError:
                 raise ConfigError(f"not an IP address: {self.masquerade_address!r}",
-                                  "masquerade_address")
+                                  "masquerade_address") from None
             if addr.version != 4:
                 raise ConfigError("PASV announces IPv4 only; IPv6 clients use EPSV",
                                   "masquerade_address")
@@ -112,7 +112,7 @@ def build(ctx, name: str):
             check_session_reuse_available()
         except SessionReuseUnknown as e:
             raise ConfigError(f"{e}: set it to false, or install a pyOpenSSL that can",
-                              "ftp.require_tls_session_reuse", ctx.config.path)
+                              "ftp.require_tls_session_reuse", ctx.config.path) from e
 
     if ctx.config.ftp.anonymous_root is not None:
         from netsuite.ftp.shell import prepare_anonymous_root

@@ -19,8 +19,9 @@ import errno
 import os
 import secrets
 import stat as statmod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IConsumer, IPullProducer
@@ -319,7 +320,8 @@ class JailedShell:
 
     # -- listings ----------------------------------------------------------------
 
-    def _make_entry(self, name: str, real: str, st: os.stat_result, path: builtins.list[str]) -> Entry:
+    def _make_entry(self, name: str, real: str, st: os.stat_result,
+                    path: builtins.list[str]) -> Entry:
         is_dir = statmod.S_ISDIR(st.st_mode)
         return Entry(name=name, size=st.st_size, directory=is_dir, mode=st.st_mode,
                      nlink=st.st_nlink, mtime=st.st_mtime,
@@ -600,7 +602,7 @@ def prepare_anonymous_root(config) -> tuple[Path, list[str] | None]:
     except OSError as e:
         from netsuite.config import ConfigError
 
-        raise ConfigError(f"cannot create {root}: {e.strerror}", "ftp.anonymous_root")
+        raise ConfigError(f"cannot create {root}: {e.strerror}", "ftp.anonymous_root") from e
     return root, upload
 
 

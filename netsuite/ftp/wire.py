@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 import stat as statmod
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
@@ -84,7 +84,7 @@ def parse_command(line: bytes) -> tuple[str, str]:
     try:
         text = arg.decode(ENCODING, ERRORS)
     except UnicodeDecodeError:  # pragma: no cover - surrogateescape never fails
-        raise CommandError(501, "Bad encoding.")
+        raise CommandError(501, "Bad encoding.") from None
     return verb.decode("ascii").upper(), text
 
 
@@ -125,7 +125,7 @@ def parse_port(arg: str) -> tuple[str, int]:
     try:
         nums = [int(p.strip()) for p in parts]
     except ValueError:
-        raise CommandError(501, "Syntax: PORT h1,h2,h3,h4,p1,p2")
+        raise CommandError(501, "Syntax: PORT h1,h2,h3,h4,p1,p2") from None
     if any(n < 0 or n > 255 for n in nums) or any(not p.strip().isdigit() for p in parts):
         raise CommandError(501, "PORT values must be 0-255.")
     host = ".".join(str(n) for n in nums[:4])
@@ -149,7 +149,7 @@ def parse_eprt(arg: str) -> tuple[int, str, int]:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise CommandError(501, "Bad EPRT address.")
+        raise CommandError(501, "Bad EPRT address.") from None
     if (addr.version == 4) != (proto == "1"):
         raise CommandError(501, "EPRT address does not match its protocol.")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:

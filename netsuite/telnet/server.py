@@ -19,7 +19,7 @@ from typing import Any
 from twisted.conch import telnet as ctelnet
 from twisted.cred import credentials, error
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import ISSLTransport, ITransport
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -57,6 +57,9 @@ BS, DEL, CTRL_C, CTRL_D, CTRL_U = 8, 127, 3, 4, 21
 
 class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     """One TELNET connection: NVT negotiation, login, then a pty session."""
+
+    # Only write/loseConnection are used, and only once makeConnection has set it.
+    transport: ITransport
 
     def __init__(self, factory: "TelnetFactory", peer: str):
         super().__init__()
@@ -127,6 +130,11 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             logout()
         self.factory.connections.discard(self)
 
+    def _live_session(self) -> PTYSession:
+        """The pty session: the "session" phase is entered only once it is set."""
+        assert self.session is not None, "phase 'session' without a session"
+        return self.session
+
     def _close(self) -> None:
         self.phase = "closed"
         self.transport.loseConnection()
@@ -154,7 +162,7 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     def applicationDataReceived(self, data: bytes) -> None:
         if self.phase == "session":
             self.resetTimeout()
-            self.session.write(data)
+            self._live_session().write(data)
         elif self.phase in ("login", "password"):
             self._edit(data)
         elif self.phase == "checking":
@@ -178,9 +186,9 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
                        wire.EOF: termios.VEOF, wire.EC: termios.VERASE,
                        wire.EL: termios.VKILL}.get(cmd)
             if control is not None:
-                self.session.send_control(control)
+                self._live_session().send_control(control)
             elif cmd == wire.AO:
-                self.session.discard_output()
+                self._live_session().discard_output()
                 self.transport.write(wire.command(wire.DM))
         elif self.phase in ("login", "password"):
             key = {wire.IP: CTRL_C, wire.EC: DEL, wire.EL: CTRL_U, wire.EOF: CTRL_D}.get(cmd)
@@ -281,9 +289,14 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     def _wait_settled(self) -> defer.Deferred:
         if self._settled():
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._settle_waiters.append(d)
-        timer = self.reactor.callLater(SETTLE_TIMEOUT, lambda: d.called or d.callback(None))
+
+        def settle_anyway() -> None:
+            if not d.called:
+                d.callback(None)
+
+        timer = self.reactor.callLater(SETTLE_TIMEOUT, settle_anyway)
 
         def done(result):
             if timer.active():
@@ -377,7 +390,7 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
                  user=self.username, address=self.peer, n=self.failures,
                  why=reason.getErrorMessage())
         delay = self.config.fail_delay * 2 ** (self.failures - 1)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         call = self.reactor.callLater(delay, d.callback, None)
         self._pending = d
         d.addErrback(lambda f: call.active() and call.cancel())
@@ -501,7 +514,7 @@ class TelnetFactory(protocol.ServerFactory):
                 pwd.getpwnam(self.config.virtual_user)
             except KeyError:
                 raise ConfigError(f"no system account {self.config.virtual_user!r}",
-                                  "telnet.virtual_user", ctx.config.path)
+                                  "telnet.virtual_user", ctx.config.path) from None
         if os.geteuid() == 0 and not self.config.virtual_user:
             log.info("telnet: password-file users without a system account run as root "
                      "(set telnet.virtual_user to change that)")
@@ -541,7 +554,7 @@ class TelnetFactory(protocol.ServerFactory):
         if not waiting:
             return defer.succeed(None)
         deadline = time.monotonic() + self.config.hangup_grace + 1.0
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
 
         def poll():
             if all(s.exited for s in waiting) or time.monotonic() > deadline:
