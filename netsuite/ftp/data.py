@@ -172,7 +172,6 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self.tls_max_version = tls_max_version
         self.require_reuse = require_reuse
         self.idle_timeout = idle_timeout
-        self.ready: defer.Deferred | None = defer.Deferred()
         #: Fires once TCP is connected (before any TLS handshake).
         self.made: defer.Deferred | None = defer.Deferred()
         self._ready_result: Any = None
@@ -248,13 +247,9 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         if self._ready_result is not None:
             return
         self._ready_result = result
-        d, self.ready = self.ready, None
+        # Only those who asked (when_ready) hear it: a Deferred nobody waits on
+        # would log its failure as unhandled (a refused active-mode connection did).
         waiters, self._ready_waiters = self._ready_waiters, []
-        if d is not None:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
         for w in waiters:
             if isinstance(result, Failure):
                 w.errback(result)
@@ -480,7 +475,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         proto = self._make()
         self._accepted = proto
         self._stop_listening()
-        proto.ready.addBoth(self._deliver)
+        proto.when_ready().addBoth(self._deliver)
         return _wrap(proto, self.tls_options, addr)
 
     def _deliver(self, result):
