@@ -22,6 +22,7 @@ import time
 import pytest
 from harness import Daemon, all_listeners
 from rawsmtp import insecure_context
+from test_ftp_helpers import ImplicitFTPS
 
 TLS_LISTENERS = {"smtps", "pop3s", "imaps", "ftps", "telnets"}
 #: Listener -> (the command that starts TLS, the start of its positive reply).
@@ -163,19 +164,6 @@ class BioTLS:
 
 
 # -- ordinary client sessions, per listener --------------------------------------------
-
-
-class ImplicitFTPS(ftplib.FTP_TLS):
-    def connect(self, host="", port=0, timeout=-999, source_address=None):
-        self.host, self.port = host, port
-        if timeout != -999:
-            self.timeout = timeout
-        sock = socket.create_connection((host, port), self.timeout)
-        self.af = sock.family
-        self.sock = self.context.wrap_socket(sock, server_hostname=host)
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        return self.welcome
 
 
 def session(d: Daemon, listener: str, starttls: bool = False, login: bool = False) -> None:

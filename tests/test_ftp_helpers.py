@@ -53,6 +53,21 @@ class FTPS(ModeMixin, ftplib.FTP_TLS):
         return conn, size
 
 
+class ImplicitFTPS(FTPS):
+    """Implicit FTPS (port 990 style): TLS from the first byte."""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        if timeout != -999:
+            self.timeout = timeout
+        sock = socket.create_connection((host, port), self.timeout)
+        self.af = sock.family
+        self.sock = self.context.wrap_socket(sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
 class StockFTPS(ftplib.FTP_TLS):
     """Python's FTP_TLS as shipped: no session resumption on data connections."""
 

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 from harness import Daemon
-from test_ftp_helpers import FTPS, StockFTPS, connect, fetch, raw, sha, store, tls_context
+from test_ftp_helpers import (
+    FTPS,
+    ImplicitFTPS,
+    StockFTPS,
+    connect,
+    fetch,
+    raw,
+    sha,
+    store,
+    tls_context,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +43,6 @@ def daemon(tmp_path_factory):
 
 def root(d):
     return d.data_dir / "ftp" / "alice"
-
-
-class ImplicitFTPS(FTPS):
-    """Implicit FTPS (port 990 style): TLS from the first byte."""
-
-    def connect(self, host="", port=0, timeout=-999, source_address=None):
-        self.host, self.port = host, port
-        if timeout != -999:
-            self.timeout = timeout
-        sock = socket.create_connection((host, port), self.timeout)
-        self.af = sock.family
-        self.sock = self.context.wrap_socket(sock, server_hostname=host)
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        return self.welcome
 
 
 @pytest.fixture
