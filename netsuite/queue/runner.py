@@ -535,10 +535,16 @@ class QueueRunner(service.Service):
             # fsync below, a power loss; neither window can be zero.
             try:
                 self.spool.record_sent(env.id, sent)
-                synced = self.disk(self.spool.sync_sent, env.id)
             except OSError as e:
                 log.error("queue: cannot record delivery of {id}: {e}", id=env.id, e=e)
+                sent = []
         self._record(env, job.recipients, results, remote)
+        if sent and any(r.state == PENDING for r in env.recipients):
+            # Others still wait (here or at another destination): the record must
+            # outlive a power loss too.  When none does, the message is removed
+            # next, and the record dies with it: an fsync would buy nothing
+            # (Postfix does not fsync its done-markers either).
+            synced = self.disk(self.spool.sync_sent, env.id)
         synced.addErrback(lambda f: log.failure("queue: fsync of {id}.sent failed", f,
                                                 id=env.id))
 
