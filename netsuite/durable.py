@@ -5,6 +5,7 @@ uploads, which all promise that what they acknowledged survives a crash.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -24,6 +25,12 @@ class _DirState:
 
 _states: dict[str, _DirState] = {}
 _states_lock = threading.Lock()
+
+
+def disk_full(error: OSError) -> bool:
+    """A write failed for want of space (a full disk or a quota): every protocol
+    answers that with its own 'try later / over quota' reply, not a server error."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: Path | str) -> None:

@@ -30,7 +30,7 @@ from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
-from netsuite.durable import fsync_dir
+from netsuite.durable import disk_full, fsync_dir
 from netsuite.ftp.wire import Entry
 
 log = Logger(namespace="netsuite.ftp")
@@ -71,7 +71,7 @@ class INetsuiteFTPShell(ftp.IFTPShell):
 def _errno_failure(e: OSError, path: list[str]) -> defer.Deferred:
     if e.errno == errno.ELOOP:
         return defer.fail(ftp.PermissionDeniedError("/".join(path)))
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(e):
         return defer.fail(StorageFull("/".join(path)))
     if e.errno == errno.ENOTEMPTY:
         return defer.fail(NotEmpty("/".join(path)))
@@ -549,7 +549,7 @@ class UploadFile:
             self.abort()
             if f.check(OSError):
                 err = f.value
-                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                if disk_full(err):
                     return Failure(StorageFull(self.name))
                 if err.errno == errno.EEXIST:
                     return Failure(ftp.FileExistsError(self.name))

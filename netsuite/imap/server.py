@@ -27,7 +27,6 @@ IMailbox avatars), but its command reader and several commands are wrong in
 from __future__ import annotations
 
 import datetime as dt
-import errno
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +40,7 @@ from twisted.mail import imap4
 from netsuite.auth import sasl
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
+from netsuite.durable import disk_full
 from netsuite.framer import Command, Continue, DiscardSink, IMAPFramer, Overlong, Refused
 from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
@@ -68,9 +68,6 @@ FETCH_BATCH = 256
 
 #: APPEND literals from this size on are streamed into the folder's tmp/.
 STREAM_ABOVE = 65536
-
-#: Errors of a full disk or quota: APPEND says OVERQUOTA (RFC 5530).
-FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 class IMAPServer(imap4.IMAP4Server, CommandDeadline):
@@ -650,7 +647,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                 uid = folder.append(data, flags, date)
         except OSError as e:
             log.warn("IMAP APPEND to {folder} failed: {error}", folder=name, error=e)
-            if e.errno in FULL:
+            if disk_full(e):  # APPEND says OVERQUOTA (RFC 5530)
                 self._tagged(tag, b"NO", b"[OVERQUOTA] Mailbox is full")
             else:
                 self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")

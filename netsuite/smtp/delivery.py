@@ -10,13 +10,12 @@ C{IMessageDelivery} instead: the server treats them the same way.
 
 from __future__ import annotations
 
-import errno
-
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
 
+from netsuite.durable import disk_full
 from netsuite.smtp.wire import Path
 
 log = Logger(namespace="netsuite.smtp")
@@ -124,7 +123,7 @@ class Transaction:
 
 def storage_error(error: OSError) -> smtp.SMTPServerError:
     """The reply for a message the disk could not take: full (452 4.3.1) or otherwise (451)."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if disk_full(error):
         return smtp.SMTPServerError(452, b"4.3.1 Error: insufficient system storage, "
                                          b"try again later")
     return smtp.SMTPServerError(451, b"4.3.0 Error: could not store the message, "
