@@ -305,7 +305,9 @@ service pop3-login {{
             return ""
 
 
-def start_netsuite(workdir: Path, mail_root: Path, users: list[str]) -> Daemon:
+def start_netsuite(workdir: Path, mail_root: Path, users: list[str],
+                   extra: tuple[str, ...] = ()) -> Daemon:
+    """netsuite over C{mail_root}'s Maildirs; C{extra}: more twistd netsuite options."""
     d = Daemon(workdir, config={"server": {"allow_plaintext_auth": True},
                                 "pop3": {"mark_seen": False},
                                 "limits": {"max_connections_per_address": 200},
@@ -315,7 +317,7 @@ def start_netsuite(workdir: Path, mail_root: Path, users: list[str]) -> Daemon:
     (d.data_dir / "mail").symlink_to(mail_root)
     for u in users:
         d.add_user(u, PASSWORD)
-    return d.start()
+    return d.start(*extra)
 
 
 def show(rows) -> None:

@@ -119,7 +119,8 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def start_netsuite(base: Path, sink_port: int):
+def start_netsuite(base: Path, sink_port: int, extra: tuple[str, ...] = ()):
+    """netsuite's MX and submission, relaying sink.test to C{sink_port}; C{extra}: twistd options."""
     from harness import Daemon
 
     d = Daemon(base / "netsuite", listeners=["smtp", "submission"], config={
@@ -130,7 +131,7 @@ def start_netsuite(base: Path, sink_port: int):
         "throttle": {"lock_after": 1000},
     })
     d.add_user(USER, PASSWORD)
-    d.start()
+    d.start(*extra)
     return d
 
 
