@@ -1,18 +1,25 @@
 #!/usr/bin/env python
 """
 FTP benchmark: netsuite side by side with pyftpdlib (pip) and vsftpd (Debian),
-same files, same machine, one run each.
+same files, same machine, the servers alternating over several rounds.
 
   python bench/ftp_bench.py                      # modest defaults (a few minutes)
   python bench/ftp_bench.py --size-mib 500 --clients 200   # the full issue figures
   python bench/ftp_bench.py --servers netsuite,pyftpdlib
+  python bench/ftp_bench.py --smoke              # one small round: checks it runs (CI)
 
 Figures: RETR and STOR throughput of one large file with 1 and --parallel
 clients (one process per client, so the client is not the bottleneck), and
 --clients clients at once each logging in (anonymous on all three servers, so
 no server pays for password hashing), listing a folder and fetching
---small-files small files.  Each figure is printed with its ratio to pyftpdlib.
-Plain FTP on 127.0.0.1; all servers run on this machine.
+--small-files small files.  All servers run at once (idle but for the one
+measured); each round measures every server once, who goes first alternating
+(A B C, C B A, ...), and every figure is quoted as the median over the rounds
+with, per peer, the median of the paired netsuite/peer ratios: single runs on
+a shared 2-core machine are noise.  Plain FTP on 127.0.0.1.
+
+Exits non-zero if a server does not start, a transfer fails, or a netsuite
+small-file session fails (any server's, with --smoke).
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import ftplib
+import importlib.util
 import multiprocessing as mp
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from rounds import alternate, fmt_ratio, median, paired_ratios  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-pw"
 BLOCK = 1 << 20
@@ -77,6 +89,7 @@ def populate(root: Path, size: int, small_files: int) -> None:
 
 class Netsuite:
     name = "netsuite"
+    extra: tuple[str, ...] = ()  # more twistd netsuite options (--workers N)
 
     def __init__(self, work: Path, size: int, small_files: int):
         from harness import Daemon
@@ -92,7 +105,7 @@ class Netsuite:
         populate(self.root, size, small_files)
 
     def start(self) -> int:
-        self.daemon.start()
+        self.daemon.start(*self.extra)
         return self.daemon.port("ftp")
 
     def stop(self) -> None:
@@ -282,66 +295,118 @@ def many_clients(port: int, clients: int, small_files: int) -> tuple[float, int]
     return elapsed, results.count(False)
 
 
-def main() -> None:
+def figure(metric: str, value: float) -> str:
+    if metric.endswith("failed"):
+        return f"{value:.0f}"
+    return f"{value:.3f}" if metric.endswith("seconds") else f"{value:.1f}"
+
+
+def run_round(server, port: int, args, size: int, psize: int) -> dict[str, float]:
+    """One round of every figure against one running server."""
+    anonymous = getattr(server, "anonymous_only", False)
+    r: dict[str, float] = {}
+    r["RETR 1 client MiB/s"] = throughput("RETR", port, anonymous, size, 1)
+    r["STOR 1 client MiB/s"] = throughput("STOR", port, anonymous, size, 1)
+    r[f"RETR {args.parallel} clients MiB/s"] = throughput(
+        "RETR", port, anonymous, size, args.parallel)
+    r[f"STOR {args.parallel} clients MiB/s"] = throughput(
+        "STOR", port, anonymous, psize, args.parallel)
+    secs, failed = many_clients(port, args.clients, args.small_files)
+    r[f"{args.clients} sessions seconds"] = secs
+    r[f"{args.clients} sessions failed"] = float(failed)
+    if FAILURES:
+        print(f"  {server.name}: first failure: {FAILURES[0]}", flush=True)
+        FAILURES.clear()
+    # Uploads would pile up round after round: the next round starts from the same tree.
+    for p in (server.root / "upload").iterdir():
+        p.unlink()
+    return r
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=100, help="large file size (issue: 500)")
     ap.add_argument("--parallel", type=int, default=10, help="parallel large transfers")
     ap.add_argument("--clients", type=int, default=50, help="small-file sessions (issue: 200)")
     ap.add_argument("--small-files", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds; each runs every server once, who goes first alternating")
     ap.add_argument("--servers", default="netsuite,pyftpdlib,vsftpd")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="pass --workers N to twistd netsuite (not passed unless given)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="one round, an 8 MiB file, 10 sessions: checks it runs (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.size_mib, args.parallel, args.clients, args.small_files, args.rounds = 8, 2, 10, 3, 1
     size = args.size_mib << 20
     # Parallel STOR/RETR use a tenth of the file each, so a run stays short.
     psize = max(size // args.parallel, 1 << 20)
     classes = {c.name: c for c in (Netsuite, PyFtpdlib, Vsftpd)}
     wanted = [s for s in args.servers.split(",") if s]
     if "vsftpd" in wanted and not os.path.exists("/usr/sbin/vsftpd"):
-        print("vsftpd not installed; skipping it")
+        print("vsftpd not installed (apt-get install vsftpd); skipping it")
         wanted.remove("vsftpd")
-    results: dict[str, dict[str, str | float]] = {}
+    if "pyftpdlib" in wanted and importlib.util.find_spec("pyftpdlib") is None:
+        print("pyftpdlib not installed (pip install pyftpdlib); skipping it")
+        wanted.remove("pyftpdlib")
     with tempfile.TemporaryDirectory(prefix="ftp-bench-") as tmp:
-        for name in wanted:
-            server = classes[name](Path(tmp), size, args.small_files)
-            anonymous = getattr(server, "anonymous_only", False)
-            port = server.start()
-            r: dict[str, str | float] = {}
-            try:
-                r["RETR 1 client MiB/s"] = throughput("RETR", port, anonymous, size, 1)
-                r["STOR 1 client MiB/s"] = throughput("STOR", port, anonymous, size, 1)
-                r[f"RETR {args.parallel} clients MiB/s"] = throughput(
-                    "RETR", port, anonymous, size, args.parallel)
-                r[f"STOR {args.parallel} clients MiB/s"] = throughput(
-                    "STOR", port, anonymous, psize, args.parallel)
-                secs, failed = many_clients(port, args.clients, args.small_files)
-                r[f"{args.clients} sessions seconds"] = secs
-                r[f"{args.clients} sessions failed"] = failed
-                if FAILURES:
-                    print(f"{name}: first failure: {FAILURES[0]}")
-                    FAILURES.clear()
-            finally:
+        servers = {}
+        ports: dict[str, int] = {}
+        try:
+            for name in wanted:
+                server = classes[name](Path(tmp), size, args.small_files)
+                if name == "netsuite" and args.workers is not None:
+                    server.extra = ("--workers", str(args.workers))
+                ports[name] = server.start()
+                servers[name] = server
+
+            def runner(name: str):
+                return lambda: run_round(servers[name], ports[name], args, size, psize)
+
+            def show(r: int, name: str, figures: dict[str, float]) -> None:
+                print(f"round {r + 1} {name}: " + ", ".join(
+                    f"{k} = {figure(k, v)}" for k, v in figures.items()), flush=True)
+
+            results = alternate(args.rounds, {name: runner(name) for name in servers}, show)
+        finally:
+            for server in servers.values():
                 server.stop()
-            results[name] = r
-            print(f"{name}: " + ", ".join(f"{k} = {v:.1f}" if isinstance(v, float) else
-                                          f"{k} = {v}" for k, v in r.items()), flush=True)
     print()
+    workers = f", netsuite --workers {args.workers}" if args.workers is not None else ""
     print(f"large file {args.size_mib} MiB (parallel STOR: {psize >> 20} MiB each), "
-          f"{args.clients} sessions x {args.small_files} small files")
-    metrics = list(next(iter(results.values())))
-    header = f"{'metric':32}" + "".join(f"{n:>22}" for n in results)
+          f"{args.clients} sessions x {args.small_files} small files, "
+          f"{args.rounds} round(s){workers}")
+    peers = [n for n in ("pyftpdlib", "vsftpd") if n in results and "netsuite" in results]
+    metrics = list(next(iter(results.values()))[0])
+    header = f"{'metric (median of rounds)':34}" + "".join(f"{n:>11}" for n in results)
+    header += "".join(f"{'ns/' + p:>15}" for p in peers)
     print(header)
-    base = results.get("pyftpdlib")
     for m in metrics:
-        row = f"{m:32}"
-        for r in results.values():
-            v = r[m]
-            ratio = ""
-            if base and isinstance(v, float) and base[m]:
-                ratio = f" ({v / base[m]:.2f}x)"
-            row += f"{(f'{v:.1f}' if isinstance(v, float) else str(v)) + ratio:>22}"
+        row = f"{m:34}" + "".join(f"{figure(m, median(rs, m)):>11}" for rs in results.values())
+        if not m.endswith("failed"):
+            for p in peers:
+                ratios = paired_ratios(results["netsuite"], results[p], m)
+                row += f"{fmt_ratio(statistics.median(ratios) if ratios else None):>15}"
         print(row)
-    print("(ratios are to pyftpdlib; for 'seconds' lower is better)")
+    print("(ns/peer: the median of the paired ratios, round by round; "
+          "for 'seconds' lower is better)")
+    if "vsftpd" in peers and args.rounds > 1:
+        ratios = paired_ratios(results["netsuite"], results["vsftpd"], "RETR 1 client MiB/s")
+        print("RETR 1 client, netsuite/vsftpd by round: "
+              + " ".join(f"{r:.2f}x" for r in ratios) + f"  (lowest {min(ratios):.2f}x)")
+    status = 0
+    failed_key = f"{args.clients} sessions failed"
+    for name, rs in results.items():
+        failed = sum(r[failed_key] for r in rs)
+        # A peer that cannot take --clients sessions at once (vsftpd at 200) is its
+        # figure; netsuite failing one, or anyone failing in the small smoke run, is a break.
+        if failed and (name == "netsuite" or args.smoke):
+            print(f"ftp_bench: {name}: {failed:.0f} small-file sessions failed", file=sys.stderr)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -142,7 +142,7 @@ def totals(stdout: str) -> dict[str, int]:
     for line in lines[1:]:
         values = line.split()
         if len(values) == len(names) and all(v.isdigit() for v in values):
-            return dict(zip(names, map(int, values)))
+            return dict(zip(names, map(int, values), strict=True))
     raise BenchError(f"imaptest's Totals block has no counts:\n{stdout[-1000:]}")
 
 

@@ -19,6 +19,7 @@ better; throughput: higher is better).  Defaults are modest; --full adds the
 
     python bench/mail_read_bench.py            # 1k and 10k folders
     python bench/mail_read_bench.py --full     # adds 100k
+    python bench/mail_read_bench.py --smoke    # a 200-message folder, 2 POP3 clients (CI)
 
 Needs dovecot-imapd and dovecot-pop3d (apt-get install dovecot-imapd dovecot-pop3d).
 """
@@ -341,7 +342,14 @@ def main() -> int:
     ap.add_argument("--pop3-clients", type=int, default=20)
     ap.add_argument("--pop3-messages", type=int, default=1000)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="pass --workers N to twistd netsuite (not passed unless given)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a 200-message folder, 2 POP3 clients of 50: checks it runs (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.full, args.fetch_loop = "200", False, 50
+        args.pop3_clients, args.pop3_messages = 2, 50
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.full and 100_000 not in sizes:
         sizes.append(100_000)
@@ -361,7 +369,8 @@ def main() -> int:
     print(f"  done in {time.perf_counter() - t:.1f}s", flush=True)
 
     dovecot = Dovecot(work / "dovecot", work / "theirs", users).start()
-    ours = start_netsuite(work / "netsuite", work / "ours", users)
+    extra = ("--workers", str(args.workers)) if args.workers is not None else ()
+    ours = start_netsuite(work / "netsuite", work / "ours", users, extra=extra)
     rows = []
     try:
         ip, dp = ours.port("imap"), dovecot.imap_port

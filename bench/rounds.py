@@ -16,8 +16,8 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def alternate(rounds: int, runners: dict[str, Callable[[], dict[str, float]]],
 def paired_ratios(ours: list[dict[str, float]], theirs: list[dict[str, float]],
                   key: str) -> list[float]:
     """Round by round ours/theirs for C{key} (rounds where theirs is 0 are left out)."""
-    return [o[key] / t[key] for o, t in zip(ours, theirs) if t.get(key)]
+    return [o[key] / t[key] for o, t in zip(ours, theirs, strict=True) if t.get(key)]
 
 
 def median_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]],

@@ -23,6 +23,9 @@ Postfix daemon itself is never started):
 
     python bench/smtp_bench.py                 # 2000 messages per run
     python bench/smtp_bench.py --count 5000
+    python bench/smtp_bench.py --smoke         # 100 messages (CI)
+
+Postfix itself, with virtual(8) into Maildir, end to end: bench/smtp_postfix_bench.py.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def start_netsuite(base: Path, sink_port: int, extra: tuple[str, ...] = ()):
-    """netsuite's MX and submission, relaying sink.test to C{sink_port}; C{extra}: twistd options."""
+    """netsuite's MX and submission, sink.test relayed to C{sink_port}; C{extra}: twistd options."""
     from harness import Daemon
 
     d = Daemon(base / "netsuite", listeners=["smtp", "submission"], config={
@@ -227,7 +230,12 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=20)
     p.add_argument("--size", type=int, default=4096, help="message size in bytes")
     p.add_argument("--serve-aiosmtpd", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=None,
+                   help="pass --workers N to twistd netsuite (not passed unless given)")
+    p.add_argument("--smoke", action="store_true", help="100 messages: checks it runs (CI)")
     args = p.parse_args()
+    if args.smoke:
+        args.count = 100
     if args.serve_aiosmtpd:
         serve_aiosmtpd(int(args.serve_aiosmtpd[0]), args.serve_aiosmtpd[1])
         return 0
@@ -253,7 +261,8 @@ def main() -> int:
         finally:
             stop(aio)
         print(f"   aiosmtpd Maildir handler   {results['aio1']:8.0f} msgs/s")
-        d = start_netsuite(base, sink_port)
+        d = start_netsuite(base, sink_port, extra=("--workers", str(args.workers))
+                           if args.workers is not None else ())
         t = smtp_source(d.port("smtp"), n, s, size, f"{USER}@example.test")
         stored = count_files(d.maildir(USER) / "new")
         assert stored == n, f"netsuite stored {stored} of {n}"

@@ -20,6 +20,7 @@ on both sides and left out.
     python bench/telnet_bench.py                  # 50 sessions, 20 rounds
     python bench/telnet_bench.py --sessions 50 200 --rounds 30
     python bench/telnet_bench.py --no-telnetd
+    python bench/telnet_bench.py --smoke              # 5 sessions, 4 rounds (CI)
 
 telnetd runs as C{telnetd -h -E /bin/sh} (no /bin/login: the benchmark does
 not create system accounts), so its side has no login process per session.
@@ -172,6 +173,7 @@ def close_all(clients: list[TelnetClient]) -> None:
 
 class Netsuite:
     name = "netsuite"
+    extra: tuple[str, ...] = ()  # more twistd netsuite options (--workers N)
 
     def __init__(self, n: int):
         from harness import Daemon
@@ -187,7 +189,7 @@ class Netsuite:
                        "fail_delay": 0.1},
         }, ["telnet"])
         self.daemon.add_user("bench", "bench-pw")
-        self.daemon.start()
+        self.daemon.start(*self.extra)
         self.port = self.daemon.port("telnet")
         self.login = ("bench", "bench-pw")
 
@@ -272,11 +274,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20,
                         help="burst rounds (idle rounds are a quarter of this)")
     parser.add_argument("--no-telnetd", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="pass --workers N to twistd netsuite (not passed unless given)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="5 sessions, 4 rounds: checks it runs (CI)")
     parser.add_argument("--inetd", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inetd:
         serve_inetd()
         return
+    if args.smoke:
+        args.sessions, args.rounds = [5], 4
+    if args.workers is not None:
+        Netsuite.extra = ("--workers", str(args.workers))
     servers = [Netsuite]
     if not args.no_telnetd:
         if os.path.exists(TELNETD):
