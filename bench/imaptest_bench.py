@@ -263,7 +263,7 @@ def main() -> int:
                   f"LOGIN {f['login_ms']:8.1f} ms   errors {int(f['errors'])}", flush=True)
 
         results = alternate(args.rounds, {name: runner(name) for name in ports}, show)
-    except BenchError as e:
+    except (BenchError, RuntimeError) as e:  # RuntimeError: a server did not start
         print(f"imaptest_bench: {e}", file=sys.stderr)
         if ours is not None:
             print(ours.log()[-3000:], file=sys.stderr)

@@ -245,7 +245,7 @@ def main() -> int:
                   f"({f['accepted_s']:.0f} msgs/s accepted)", flush=True)
 
         results = alternate(args.rounds, {name: runner(name) for name in targets}, show)
-    except BenchError as e:
+    except (BenchError, RuntimeError) as e:  # RuntimeError: a server did not start
         print(f"smtp_postfix_bench: {e}", file=sys.stderr)
         return 1
     finally:
