@@ -4,8 +4,13 @@ The storage realm: one avatar per protocol for every authenticated user.
 The built-in L{NetsuiteRealm} maps each user to a mailbox, an FTP root and a
 terminal program under one data directory.  A custom realm is one class named
 in the config (C{server.realm = "package.module:Name"}), usually a subclass
-that overrides L{NetsuiteRealm.resolve_local} or one avatar method; see
-C{examples/sqlite_realm.py}.
+that overrides L{NetsuiteRealm.resolve_local} or replaces one entry of
+C{avatar_makers}; see C{examples/sqlite_realm.py}.
+
+The realm sits below the protocols and imports none of them: each protocol
+package registers the maker of its avatar here (L{register_avatar}, from its
+C{service} module, beside its config section), and the outgoing queue attaches
+itself as the realm's L{IRelay} (L{NetsuiteRealm.set_relay}).
 """
 
 from __future__ import annotations

@@ -18,12 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, positive, section
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.spool import QUEUE_ID, Spool
 from netsuite.queue.wire import header_block, parse_hostport
+
+log = Logger(namespace="netsuite.queue")
 
 
 @section("queue")
@@ -116,7 +120,12 @@ def start_queue(ctx, parent) -> None:
         return
     runner = QueueRunner(ctx, settings)
     runner.setServiceParent(parent)
-    ctx.realm.set_relay(runner)
+    set_relay = getattr(ctx.realm, "set_relay", None)
+    if set_relay is None:  # a realm of its own (IRealm only): it cannot hand mail on
+        log.warn("queue: {realm} has no set_relay(); mail for other domains is refused, "
+                 "queued mail is still delivered", realm=ctx.config.server.realm)
+    else:
+        set_relay(runner)
 
 
 protocols.SERVICE_HOOKS.append(start_queue)
