@@ -14,7 +14,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from netsuite import protocols
+from netsuite.auth.passwdfile import PasswordFile, PasswordFileError, valid_name
 from netsuite.config import Config, ConfigError, load
+from netsuite.realm import make_realm
+from netsuite.service import make_checkers
+from netsuite.tls import default_paths, write_self_signed
 
 #: Sub-command name -> (configure parser, run); protocol packages may add theirs.
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
@@ -54,8 +59,6 @@ def _user_args(p: argparse.ArgumentParser) -> None:
 
 @command("user", _user_args)
 def _user(args: argparse.Namespace, config: Config) -> int:
-    from netsuite.auth.passwdfile import PasswordFile, PasswordFileError, valid_name
-
     db = PasswordFile(config.data_dir / "passwd")
     if args.action == "list":
         for name in sorted(db.users()):
@@ -92,8 +95,6 @@ def _cert_args(p: argparse.ArgumentParser) -> None:
 
 @command("cert", _cert_args)
 def _cert(args: argparse.Namespace, config: Config) -> int:
-    from netsuite.tls import default_paths, write_self_signed
-
     cert, key = default_paths(config)
     cert, key = args.cert or cert, args.key or key
     write_self_signed(args.hostname, cert, key, args.days)
@@ -103,9 +104,6 @@ def _cert(args: argparse.Namespace, config: Config) -> int:
 
 @command("check", lambda p: None)
 def _check(args: argparse.Namespace, config: Config) -> int:
-    from netsuite.realm import make_realm
-    from netsuite.service import make_checkers
-
     try:
         make_realm(config)
         make_checkers(config)
@@ -119,8 +117,6 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from netsuite import protocols
-
     protocols.load_all()
     p = argparse.ArgumentParser(prog="netsuite", description="Administer a netsuite server.")
     p.add_argument("-c", "--config", help="TOML configuration file, as for twistd netsuite")

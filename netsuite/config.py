@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from netsuite import protocols
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -226,6 +228,62 @@ class LimitsConfig:
         positive("command_timeout", self.command_timeout)
 
 
+@section("mail")
+@dataclass
+class MailConfig:
+    """
+    Which addresses are local, and where they go: the realm's routing, read
+    by SMTP and the queue too, so it sits with the sections of no one protocol.
+    """
+
+    #: Domains delivered here; mail for any other domain is relayed or refused.
+    local_domains: list[str] = field(default_factory=lambda: ["localhost"])
+    #: Alias -> user names (or other aliases), e.g. C{postmaster = ["alice"]}.
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    #: An optional file of C{alias: user, user} lines, merged with C{aliases}.
+    aliases_file: Path | None = None
+    #: Where C{postmaster@} every local domain (and bare C{<Postmaster>}) goes
+    #: when no user or alias of that name exists (RFC 5321 4.5.1): a user, an
+    #: alias or an address in a local domain; it must resolve at start-up.
+    #: Unset: the mailbox C{DATA/mail/postmaster}, which a user named
+    #: C{postmaster} reads (so the zero-config server starts with no users).
+    postmaster: str = ""
+
+    def validate(self) -> None:
+        self.local_domains = [d.lower().rstrip(".") for d in self.local_domains]
+        if not self.local_domains:
+            raise ConfigError("name at least one domain", "local_domains")
+        if self.aliases_file is not None:
+            try:
+                self.aliases.update(parse_aliases(self.aliases_file.read_text("utf-8"),
+                                                  self.aliases_file))
+            except OSError as e:
+                raise ConfigError(f"cannot read: {e.strerror}", "aliases_file") from e
+        self.aliases = {k.lower(): v for k, v in self.aliases.items()}
+        self.postmaster = self.postmaster.strip()
+        if "@" in self.postmaster:
+            domain = self.postmaster.rpartition("@")[2].lower().rstrip(".")
+            if domain not in self.local_domains:
+                raise ConfigError(f"{self.postmaster!r} is not in a local domain",
+                                  "postmaster")
+
+
+def parse_aliases(text: str, path: Path | str = "aliases") -> dict[str, list[str]]:
+    """Parse C{/etc/aliases}-style lines: C{name: user, user}."""
+    table: dict[str, list[str]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, targets = line.partition(":")
+        users = [t.strip() for t in targets.split(",") if t.strip()]
+        if not sep or not name.strip() or not users:
+            raise ConfigError(f"line {number}: expected 'alias: user, user'", "aliases_file",
+                              path)
+        table[name.strip().lower()] = users
+    return table
+
+
 def plaintext_auth_allowed(config: "Config", section_name: str) -> bool:
     """
     Whether protocol C{section_name} takes plain-text passwords without TLS:
@@ -270,9 +328,7 @@ class Config:
 
 
 def _load_protocols() -> None:
-    """Import the realm and every protocol package so their sections register."""
-    from netsuite import protocols, realm  # noqa: F401
-
+    """Import every protocol package so their sections register."""
     protocols.load_all()
 
 

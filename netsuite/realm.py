@@ -4,84 +4,38 @@ The storage realm: one avatar per protocol for every authenticated user.
 The built-in L{NetsuiteRealm} maps each user to a mailbox, an FTP root and a
 terminal program under one data directory.  A custom realm is one class named
 in the config (C{server.realm = "package.module:Name"}), usually a subclass
-that overrides L{NetsuiteRealm.resolve_local} or one avatar method; see
-C{examples/sqlite_realm.py}.
+that overrides L{NetsuiteRealm.resolve_local} or replaces one entry of
+C{avatar_makers}; see C{examples/sqlite_realm.py}.
+
+The realm sits below the protocols and imports none of them: each protocol
+package registers the maker of its avatar here (L{register_avatar}, from its
+C{service} module, beside its config section), and the outgoing queue attaches
+itself as the realm's L{IRelay} (L{NetsuiteRealm.set_relay}).
 """
 
 from __future__ import annotations
 
 import importlib
+import pwd
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.cred import checkers, portal
 from twisted.logger import Logger
+from twisted.mail import smtp
 from zope.interface import Attribute, Interface, implementer
 
 from netsuite.auth import normalize_username
 from netsuite.auth.passwdfile import PasswordFile, valid_name
-from netsuite.config import Config, ConfigError, section
+from netsuite.config import Config, ConfigError
 from netsuite.store.maildir import MaildirStore
 
 log = Logger(namespace="netsuite.realm")
 
 #: The avatar id of an unauthenticated (MX or anonymous FTP) session.
 ANONYMOUS = checkers.ANONYMOUS
-
-
-@section("mail")
-@dataclass
-class MailConfig:
-    """Which addresses are local, and where they go."""
-
-    #: Domains delivered here; mail for any other domain is relayed or refused.
-    local_domains: list[str] = field(default_factory=lambda: ["localhost"])
-    #: Alias -> user names (or other aliases), e.g. C{postmaster = ["alice"]}.
-    aliases: dict[str, list[str]] = field(default_factory=dict)
-    #: An optional file of C{alias: user, user} lines, merged with C{aliases}.
-    aliases_file: Path | None = None
-    #: Where C{postmaster@} every local domain (and bare C{<Postmaster>}) goes
-    #: when no user or alias of that name exists (RFC 5321 4.5.1): a user, an
-    #: alias or an address in a local domain; it must resolve at start-up.
-    #: Unset: the mailbox C{DATA/mail/postmaster}, which a user named
-    #: C{postmaster} reads (so the zero-config server starts with no users).
-    postmaster: str = ""
-
-    def validate(self) -> None:
-        self.local_domains = [d.lower().rstrip(".") for d in self.local_domains]
-        if not self.local_domains:
-            raise ConfigError("name at least one domain", "local_domains")
-        if self.aliases_file is not None:
-            try:
-                self.aliases.update(parse_aliases(self.aliases_file.read_text("utf-8"),
-                                                  self.aliases_file))
-            except OSError as e:
-                raise ConfigError(f"cannot read: {e.strerror}", "aliases_file") from e
-        self.aliases = {k.lower(): v for k, v in self.aliases.items()}
-        self.postmaster = self.postmaster.strip()
-        if "@" in self.postmaster:
-            domain = self.postmaster.rpartition("@")[2].lower().rstrip(".")
-            if domain not in self.local_domains:
-                raise ConfigError(f"{self.postmaster!r} is not in a local domain",
-                                  "postmaster")
-
-
-def parse_aliases(text: str, path: Path | str = "aliases") -> dict[str, list[str]]:
-    """Parse C{/etc/aliases}-style lines: C{name: user, user}."""
-    table: dict[str, list[str]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, sep, targets = line.partition(":")
-        users = [t.strip() for t in targets.split(",") if t.strip()]
-        if not sep or not name.strip() or not users:
-            raise ConfigError(f"line {number}: expected 'alias: user, user'", "aliases_file",
-                              path)
-        table[name.strip().lower()] = users
-    return table
 
 
 class ITerminalAvatar(Interface):
@@ -95,6 +49,45 @@ class ITerminalAvatar(Interface):
     uid = Attribute("uid to run as when the server is root, or None.")
     gid = Attribute("gid to run as when the server is root, or None.")
     groups = Attribute("Supplementary group ids of the account.")
+
+
+class IRelay(Interface):
+    """
+    Where the realm sends mail for other domains: the outgoing queue
+    (L{netsuite.queue.runner.QueueRunner}), attached by its service hook
+    through L{NetsuiteRealm.set_relay}.
+    """
+
+    def writer(sender, recipients, user=None):
+        """
+        A file-like object for one message to C{recipients} (C{smtp.Address}
+        objects): C{write(line)}, C{commit()} -> Deferred, C{abort()}.  C{user}
+        is the authenticated sender, if any.  May raise C{smtp.SMTPServerError}
+        to refuse the message (a rate limit).
+        """
+
+
+@dataclass(frozen=True)
+class AvatarMaker:
+    """How L{NetsuiteRealm} builds one protocol's avatar."""
+
+    #: C{make(realm, user)} -> the avatar, or None to refuse one.
+    make: Callable[[Any, Any], Any]
+    #: Whether L{ANONYMOUS} (an MX session, an anonymous FTP login) reaches
+    #: C{make}; otherwise it is refused without a call.
+    anonymous: bool = False
+
+
+#: Avatar interface -> its L{AvatarMaker}.  Filled by the protocol packages
+#: through L{register_avatar} when they are imported (as they register their
+#: config sections), so the realm imports none of them.
+AVATAR_MAKERS: dict[type[Interface], AvatarMaker] = {}
+
+
+def register_avatar(iface: type[Interface], make: Callable[[Any, Any], Any],
+                    anonymous: bool = False) -> None:
+    """Every L{NetsuiteRealm} builds the avatar for C{iface} with C{make(realm, user)}."""
+    AVATAR_MAKERS[iface] = AvatarMaker(make, anonymous)
 
 
 def load_object(dotted: str, key: str = "server.realm") -> Any:
@@ -119,9 +112,11 @@ class NetsuiteRealm:
         self.data_dir = Path(config.data_dir)
         self.store = MaildirStore(self.data_dir / "mail")
         self.users = PasswordFile(self.data_dir / "passwd")
-        #: Interface -> method building the avatar, for L{requestAvatar}.
-        self.avatar_makers: dict[type[Interface], Callable[[Any], Any]] = {}
-        self._register_builtin_avatars()
+        #: Interface -> C{make(user)} building the avatar (None: refused), for
+        #: L{requestAvatar}: every registered maker, bound to this realm.  A
+        #: subclass replaces or adds entries after C{super().__init__()}.
+        self.avatar_makers: dict[type[Interface], Callable[[Any], Any]] = {
+            iface: self._bound(maker) for iface, maker in AVATAR_MAKERS.items()}
 
     # -- which users and addresses exist -------------------------------------
 
@@ -224,8 +219,6 @@ class NetsuiteRealm:
 
     def home(self, user: str) -> Path:
         """The terminal session's home: the system home for system accounts."""
-        import pwd
-
         try:
             return Path(pwd.getpwnam(user).pw_dir)
         except KeyError:
@@ -233,16 +226,13 @@ class NetsuiteRealm:
 
     # -- cred -----------------------------------------------------------------
 
-    def _register_builtin_avatars(self) -> None:
-        """Map each protocol's avatar interface to the method that builds it."""
-        from twisted.mail import imap4, pop3, smtp
-        from twisted.protocols import ftp
+    def _bound(self, maker: AvatarMaker) -> Callable[[Any], Any]:
+        def make(user):
+            if user is ANONYMOUS and not maker.anonymous:
+                return None
+            return maker.make(self, user)
 
-        self.avatar_makers[smtp.IMessageDelivery] = self.mail_delivery
-        self.avatar_makers[pop3.IMailbox] = self.pop3_mailbox
-        self.avatar_makers[imap4.IAccount] = self.imap_account
-        self.avatar_makers[ftp.IFTPShell] = self.ftp_shell
-        self.avatar_makers[ITerminalAvatar] = self.terminal
+        return make
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         user = avatarId if avatarId is ANONYMOUS else normalize_username(avatarId)
@@ -259,56 +249,25 @@ class NetsuiteRealm:
 
     # -- relaying (the outgoing queue) ------------------------------------------
 
-    #: The outgoing queue (L{netsuite.queue.runner.QueueRunner}), attached by the
-    #: queue's service hook when C{[queue] enabled}; None: no relaying.
-    queue: Any = None
+    #: The outgoing queue, set by L{set_relay}; None: no relaying.
+    _relay: IRelay | None = None
+
+    def set_relay(self, relay: IRelay | None) -> None:
+        """Hand mail for other domains to C{relay} (the queue's service hook calls this)."""
+        self._relay = relay
 
     def can_relay(self) -> bool:
         """Whether mail for other domains can be accepted from authenticated users."""
-        return self.queue is not None
+        return self._relay is not None
 
     def relay(self, sender, recipients, user: str | None = None):
         """
         A file-like object (C{write}, C{commit} -> Deferred, C{abort}) that puts
         one message for C{recipients} into the outgoing queue.
         """
-        if self.queue is None:
-            from twisted.mail import smtp
-
+        if self._relay is None:
             raise smtp.SMTPServerError(451, b"4.3.5 Error: relaying is not enabled")
-        return self.queue.writer(sender, recipients, user)
-
-    def mail_delivery(self, user):
-        """SMTP: local delivery (and relaying, for authenticated users)."""
-        from netsuite.smtp.delivery import Delivery
-
-        return Delivery(self, None if user is ANONYMOUS else user)
-
-    def pop3_mailbox(self, user):
-        if user is ANONYMOUS:
-            return None
-        from netsuite.pop3.mailbox import mailbox_for
-
-        return mailbox_for(self, user)
-
-    def imap_account(self, user):
-        if user is ANONYMOUS:
-            return None
-        from netsuite.imap.account import account_for
-
-        return account_for(self, user)
-
-    def ftp_shell(self, user):
-        from netsuite.ftp.shell import shell_for
-
-        return shell_for(self, user)
-
-    def terminal(self, user):
-        if user is ANONYMOUS:
-            return None
-        from netsuite.telnet.session import terminal_for
-
-        return terminal_for(self, user)
+        return self._relay.writer(sender, recipients, user)
 
 
 def make_realm(config: Config) -> portal.IRealm:

@@ -25,7 +25,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import protocols
+from netsuite import protocols, tls
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
 from netsuite.config import ENDPOINT_HINT, LISTENERS, Config, ConfigError
@@ -327,7 +327,6 @@ def build(config: Config, reactor: Any = None) -> service.MultiService:
 def _build(config: Config, reactor: Any) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    from netsuite import tls
 
     protocols.load_all()
     # Durable writes (fsync) and password hashing run in the reactor's threads;

@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from netsuite import protocols
 from netsuite.config import LISTENERS, ConfigError, load
+from netsuite.service import build
 
 
 class Options(usage.Options):
@@ -85,8 +86,6 @@ for _name in LISTENERS:
 
 
 def makeService(options: Options):
-    from netsuite.service import build
-
     try:
         return build(options["settings"])
     except ConfigError as e:

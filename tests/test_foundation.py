@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ftplib
+import io
 import json
 import os
+import poplib
 import re
 import smtplib
 import socket
@@ -233,6 +236,49 @@ def test_custom_realm_misconfigured_stops_startup(tmp_path):
     with pytest.raises(RuntimeError) as e:
         d.start()
     assert "realm.database: set the SQLite routing file" in str(e.value)
+
+
+SHARED_FTP_REALM = """
+from twisted.protocols import ftp
+
+from netsuite.realm import ANONYMOUS, NetsuiteRealm
+
+
+class SharedFTPRealm(NetsuiteRealm):
+    \"\"\"Every account's FTP login lands in one shared root; the rest is built in.\"\"\"
+
+    def __init__(self, config):
+        super().__init__(config)
+        builtin = self.avatar_makers[ftp.IFTPShell]
+        self.avatar_makers[ftp.IFTPShell] = (
+            lambda user: builtin(user if user is ANONYMOUS else "shared"))
+"""
+
+
+def test_custom_realm_replaces_one_avatar_maker(make_daemon, tmp_path):
+    """README: a subclass replaces one entry of realm.avatar_makers."""
+    (tmp_path / "shared_ftp_realm.py").write_text(SHARED_FTP_REALM)
+    path = os.pathsep.join([str(ROOT), str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    d = make_daemon(listeners=["ftp", "pop3"], users={"alice": "a", "bob": "b"}, config={
+        "server": {"realm": "shared_ftp_realm:SharedFTPRealm"},
+        "ftp": {"require_tls": False}, "pop3": {"allow_plaintext_auth": True},
+    }, env={"PYTHONPATH": path})
+    with ftplib.FTP() as f:
+        f.connect("127.0.0.1", d.port("ftp"), timeout=10)
+        f.login("alice", "a")
+        f.storbinary("STOR note.txt", io.BytesIO(b"from alice\n"))
+    with ftplib.FTP() as f:
+        f.connect("127.0.0.1", d.port("ftp"), timeout=10)
+        f.login("bob", "b")
+        got = io.BytesIO()
+        f.retrbinary("RETR note.txt", got.write)
+    assert got.getvalue() == b"from alice\n"
+    assert (d.data_dir / "ftp" / "shared" / "note.txt").is_file()
+    assert not (d.data_dir / "ftp" / "alice" / "note.txt").exists()
+    pop = poplib.POP3("127.0.0.1", d.port("pop3"), timeout=10)  # other avatars: built in
+    pop.user("bob")
+    assert pop.pass_("b").startswith(b"+OK")
+    pop.quit()
 
 
 # -- packaging: the plugin is found after `pip install .` too ------------------------

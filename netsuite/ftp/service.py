@@ -6,8 +6,15 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from twisted.cred import checkers, credentials
+from twisted.protocols import ftp
+
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
+from netsuite.ftp.data import SessionReuseUnknown, check_session_reuse_available
+from netsuite.ftp.server import FTPFactory
+from netsuite.ftp.shell import prepare_anonymous_root, shell_for
+from netsuite.realm import register_avatar
 
 
 @section("ftp")
@@ -96,18 +103,11 @@ listener("ftps", ["tcp:2990:interface=127.0.0.1"], implicit_tls=True)
 
 @protocols.factory("ftp", "ftps", busy=b"421 Too many connections, try later.\r\n")
 def build(ctx, name: str):
-    from twisted.cred import checkers, credentials
-
-    from netsuite.config import ConfigError
-    from netsuite.ftp.server import FTPFactory
-
     if ctx.config.tls.min_version == "1.3" and ctx.config.ftp.tls_max_version == "1.2":
         raise ConfigError('tls.min_version is "1.3": set ftp.tls_max_version = "1.3"',
                           "ftp.tls_max_version", ctx.config.path)
 
     if ctx.config.ftp.require_tls_session_reuse:
-        from netsuite.ftp.data import SessionReuseUnknown, check_session_reuse_available
-
         try:
             check_session_reuse_available()
         except SessionReuseUnknown as e:
@@ -115,11 +115,13 @@ def build(ctx, name: str):
                               "ftp.require_tls_session_reuse", ctx.config.path) from e
 
     if ctx.config.ftp.anonymous_root is not None:
-        from netsuite.ftp.shell import prepare_anonymous_root
-
         prepare_anonymous_root(ctx.config)
         # Anonymous FTP logs in through the one portal like everybody else.
         portal = ctx.portal.portal
         if credentials.IAnonymous not in portal.checkers:
             portal.registerChecker(checkers.AllowAnonymousAccess())
     return FTPFactory(ctx, implicit_tls=name == "ftps")
+
+
+# The shell decides about ANONYMOUS itself: the public root, if one is configured.
+register_avatar(ftp.IFTPShell, shell_for, anonymous=True)

@@ -30,8 +30,10 @@ from twisted.protocols import ftp
 from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
+from netsuite.config import ConfigError
 from netsuite.durable import disk_full, fsync_dir
 from netsuite.ftp.wire import Entry
+from netsuite.realm import ANONYMOUS
 
 log = Logger(namespace="netsuite.ftp")
 
@@ -600,8 +602,6 @@ def prepare_anonymous_root(config) -> tuple[Path, list[str] | None]:
             upload = _segments(config.ftp.anonymous_upload_dir)
             root.joinpath(*upload).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from netsuite.config import ConfigError
-
         raise ConfigError(f"cannot create {root}: {e.strerror}", "ftp.anonymous_root") from e
     return root, upload
 
@@ -611,8 +611,6 @@ def shell_for(realm, user) -> JailedShell | None:
     The avatar for C{user}: its own root (created if missing), or for
     L{netsuite.realm.ANONYMOUS} the read-only public root, if configured.
     """
-    from netsuite.realm import ANONYMOUS
-
     config = realm.config
     ftp_config = config.ftp
     if user is ANONYMOUS:

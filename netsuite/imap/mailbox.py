@@ -15,6 +15,7 @@ import io
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from netsuite.imap.wire import parse_datetime
 from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
 
 
@@ -163,8 +164,6 @@ class SessionMailbox:
         data = message.read() if hasattr(message, "read") else bytes(message)
         when = None
         if date:
-            from netsuite.imap.wire import parse_datetime
-
             when = parse_datetime(date.encode() if isinstance(date, str) else date)
         return self.folder.append(data, flags, when)
 

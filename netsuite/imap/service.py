@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.mail import imap4
+
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
+from netsuite.imap.account import account_for
+from netsuite.imap.server import IMAPFactory
+from netsuite.realm import register_avatar
 from netsuite.store.service import configure_store
 
 
@@ -43,7 +48,8 @@ listener("imaps", ["tcp:2993:interface=127.0.0.1"], implicit_tls=True)
 
 @protocols.factory("imap", "imaps", busy=b"* BYE Too many connections\r\n")
 def build(ctx, name: str):
-    from netsuite.imap.server import IMAPFactory
-
     configure_store(ctx)
     return IMAPFactory(ctx, implicit_tls=name == "imaps")
+
+
+register_avatar(imap4.IAccount, account_for)

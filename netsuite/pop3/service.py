@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.mail import pop3
+
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
+from netsuite.pop3.mailbox import mailbox_for
+from netsuite.pop3.server import POP3Factory
+from netsuite.realm import register_avatar
 from netsuite.store.service import configure_store
 
 ON_DELETE = ("expunge", "trash", "keep")
@@ -45,6 +50,8 @@ listener("pop3s", ["tcp:2995:interface=127.0.0.1"], implicit_tls=True)
 
 @protocols.factory("pop3", "pop3s", busy=b"-ERR [SYS/TEMP] Too many connections\r\n")
 def build(ctx, name: str):
-    from netsuite.pop3.server import POP3Factory
     configure_store(ctx)
     return POP3Factory(ctx, implicit_tls=name == "pop3s")
+
+
+register_avatar(pop3.IMailbox, mailbox_for)

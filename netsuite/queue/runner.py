@@ -3,7 +3,7 @@ The queue runner: takes accepted messages into the spool, delivers them per
 destination with capped concurrency, retries temporary failures with growing
 backoff, and reports permanent failures, expiry and long delays to the sender
 (RFC 3464).  One L{QueueRunner} service per server, a child of the top
-MultiService; the realm reaches it as C{realm.queue}.
+MultiService; the realm hands it mail for other domains as its L{IRelay}.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from netsuite.queue import bounce, wire
 from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
 from netsuite.queue.spool import FAILED, PENDING, SENT, Envelope, Recipient, Spool
 from netsuite.queue.wire import Reply
+from netsuite.realm import IRelay
+from netsuite.smtp.delivery import MailAddress, Transaction, local_recipients
+from netsuite.smtp.wire import Path as SMTPPath
 
 log = Logger(namespace="netsuite.queue")
 
@@ -217,6 +221,7 @@ class QueueWriter:
 # -- the runner ----------------------------------------------------------------------------
 
 
+@implementer(IRelay)
 class QueueRunner(service.Service):
     """Owns the spool and every delivery; see the module docstring."""
 
@@ -672,17 +677,12 @@ class QueueRunner(service.Service):
         local, _, domain = to.rpartition("@")
         realm = self.realm
         if realm.is_local_domain(domain):
-            from netsuite.smtp.delivery import local_recipients
-
             users = local_recipients(realm, local, domain)
             if not users:
                 log.warn("notification for id={id} dropped: no local user <{to}>",
                          id=about, to=to)
                 return defer.succeed(None)
-            from netsuite.smtp.delivery import MailAddress, Transaction
-            from netsuite.smtp.wire import Path
-
-            tx = Transaction(realm, MailAddress(Path()))
+            tx = Transaction(realm, MailAddress(SMTPPath()))
             tx.local.extend(users)
             for line in message.split(b"\n")[:-1]:
                 tx.lineReceived(line)

@@ -18,9 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, positive, section
+from netsuite.queue.runner import QueueRunner
+from netsuite.queue.spool import QUEUE_ID, Spool
+from netsuite.queue.wire import header_block, parse_hostport
+
+log = Logger(namespace="netsuite.queue")
 
 
 @section("queue")
@@ -71,8 +78,6 @@ class QueueConfig:
         return getattr(self, "_password", "")
 
     def validate(self) -> None:
-        from netsuite.queue.wire import parse_hostport
-
         for name in ("min_backoff", "max_backoff", "lifetime", "poll_interval", "concurrency",
                      "destination_concurrency", "max_hops", "connect_timeout",
                      "command_timeout"):
@@ -109,15 +114,18 @@ class QueueConfig:
 
 
 def start_queue(ctx, parent) -> None:
-    """SERVICE_HOOKS entry: the runner as a child service, reachable as C{realm.queue}."""
+    """SERVICE_HOOKS entry: the runner as a child service, the realm's relay."""
     settings = ctx.config.queue
     if not settings.enabled:
         return
-    from netsuite.queue.runner import QueueRunner
-
     runner = QueueRunner(ctx, settings)
     runner.setServiceParent(parent)
-    ctx.realm.queue = runner
+    set_relay = getattr(ctx.realm, "set_relay", None)
+    if set_relay is None:  # a realm of its own (IRealm only): it cannot hand mail on
+        log.warn("queue: {realm} has no set_relay(); mail for other domains is refused, "
+                 "queued mail is still delivered", realm=ctx.config.server.realm)
+    else:
+        set_relay(runner)
 
 
 protocols.SERVICE_HOOKS.append(start_queue)
@@ -156,9 +164,6 @@ def _wait_picked_up(path: Path, seconds: float = 10.0) -> bool:
 
 @command("queue", _queue_args)
 def _queue(args: argparse.Namespace, config: Config) -> int:
-    from netsuite.queue.spool import QUEUE_ID, Spool
-    from netsuite.queue.wire import header_block
-
     spool = Spool(config.data_dir / "queue")
     qid: str | None = getattr(args, "id", None)
     if qid is not None:

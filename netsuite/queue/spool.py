@@ -36,6 +36,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from netsuite.durable import fsync_dir
+from netsuite.store.maildir import clean_tmp_dir
 
 log = Logger(namespace="netsuite.queue")
 
@@ -301,8 +302,6 @@ class Spool:
         seconds (a live session's file is being written, so it is fresh; at
         start-up L{recover} removes them all).
         """
-        from netsuite.store.maildir import clean_tmp_dir
-
         removed = clean_tmp_dir(self.tmp, max_age, now)
         if removed:
             log.info("queue: removed {n} leftover file(s) from tmp/", n=removed)

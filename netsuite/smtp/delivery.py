@@ -16,6 +16,7 @@ from twisted.mail import smtp
 from zope.interface import implementer
 
 from netsuite.durable import disk_full
+from netsuite.realm import ANONYMOUS
 from netsuite.smtp.wire import Path
 
 log = Logger(namespace="netsuite.smtp")
@@ -185,3 +186,8 @@ class Delivery:
                                               "is not enabled on this server")
         tx.remote.append(user.dest)
         return lambda: tx
+
+
+def delivery_for(realm, user) -> Delivery:
+    """The SMTP avatar: local delivery, and relaying for an authenticated C{user}."""
+    return Delivery(realm, None if user is ANONYMOUS else user)

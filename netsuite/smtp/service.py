@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from twisted.mail import smtp
+
 from netsuite import protocols
-from netsuite.config import listener, positive, section
+from netsuite.config import ConfigError, listener, positive, section
+from netsuite.realm import register_avatar
+from netsuite.smtp.delivery import delivery_for
+from netsuite.smtp.server import SMTPFactory
 
 
 @section("smtp")
@@ -36,8 +41,6 @@ class SMTPConfig:
     shared_senders: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from netsuite.config import ConfigError
-
         shared = {}
         for key, users in self.shared_senders.items():
             _local, at, domain = key.rpartition("@")
@@ -50,8 +53,6 @@ class SMTPConfig:
                      "max_connections", "max_connections_per_address"):
             positive(name, getattr(self, name))
         if self.max_line_length < 512:
-            from netsuite.config import ConfigError
-
             raise ConfigError("must be at least 512 (RFC 5321 4.5.3.1.4)", "max_line_length")
 
 
@@ -63,6 +64,7 @@ listener("smtps", ["tcp:2465:interface=127.0.0.1"], implicit_tls=True)
 @protocols.factory("smtp", "submission", "smtps",
                    busy=b"421 4.7.0 Too many connections, try again later\r\n")
 def build(ctx, name: str):
-    from netsuite.smtp.server import SMTPFactory
-
     return SMTPFactory(ctx, name, submission=name != "smtp")
+
+
+register_avatar(smtp.IMessageDelivery, delivery_for, anonymous=True)

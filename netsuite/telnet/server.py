@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from netsuite.config import plaintext_auth_allowed
+from netsuite.config import ConfigError, plaintext_auth_allowed
 from netsuite.realm import ITerminalAvatar
 from netsuite.telnet import wire
 from netsuite.telnet.session import PTYSession
@@ -507,8 +507,6 @@ class TelnetFactory(protocol.ServerFactory):
         self._shutdown_trigger = None
         if self.config.virtual_user:
             import pwd
-
-            from netsuite.config import ConfigError
 
             try:
                 pwd.getpwnam(self.config.virtual_user)

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
+from netsuite.realm import ITerminalAvatar, register_avatar
+from netsuite.telnet.server import TelnetFactory
+from netsuite.telnet.session import terminal_for
+from netsuite.telnet.wire import parse_ttype
 
 #: Variables the session sets itself; a client can never supply them.
 RESERVED_ENV = frozenset({"TERM", "USER", "LOGNAME", "HOME", "SHELL", "PATH", "MAIL"})
@@ -104,8 +108,6 @@ class TelnetConfig:
 
 
 def _term_ok(name: str) -> bool:
-    from netsuite.telnet.wire import parse_ttype
-
     return parse_ttype(b"\0" + name.encode("ascii", "replace")) == name
 
 
@@ -122,6 +124,7 @@ listener("telnets", [], implicit_tls=True)
 
 @protocols.factory("telnet", "telnets", busy=b"Too many connections, try later.\r\n")
 def build(ctx, name: str):
-    from netsuite.telnet.server import TelnetFactory
-
     return TelnetFactory(ctx, name)
+
+
+register_avatar(ITerminalAvatar, terminal_for)
