@@ -13,6 +13,15 @@ C{listdir} per changed directory, and a C{stat} only for files the index does
 not know.  A missing or corrupt index is rebuilt from the files, with a new
 UIDVALIDITY.
 
+Several processes may share a folder (two netsuite daemons, netsuite and
+the CLI, a Maildir writer such as mutt that does not lock): every UID
+allocation and every index write happens under an exclusive flock on
+C{netsuite-index.lock} (Dovecot's C{dovecot-uidlist.lock}), after taking in
+what the others wrote since (the index header's generation tells, one read;
+outside the lock a stat of the index notices it).  A UID is given once, to
+one file, and the others adopt it; a rename that fails because another
+program renamed the file first is retried on the new name, so no flag is lost.
+
 All methods are synchronous and run in the reactor thread; a L{Folder} is
 shared by every session of the process on that folder (see
 L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about every
@@ -22,6 +31,8 @@ change, whoever made it.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import functools
 import os
 import re
@@ -29,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator, NamedTuple
 
 from twisted.logger import Logger
 
@@ -39,6 +50,55 @@ log = Logger(namespace="netsuite.store")
 
 INDEX_NAME = "netsuite-index"
 INDEX_MAGIC = "netsuite-index 1"
+#: Held (flock, exclusive) around every UID allocation and index write, by every
+#: netsuite process on the folder: Dovecot's C{dovecot-uidlist.lock}.
+LOCK_NAME = "netsuite-index.lock"
+
+
+class _Index(NamedTuple):
+    """An index file as read: the header, then (uid, size, date, sub, name, keywords)."""
+
+    uidvalidity: int
+    next_uid: int
+    first_recent: int
+    mtimes: tuple[int, int]
+    generation: int
+    entries: list[tuple[int, int, int, str, str, tuple[str, ...]]]
+
+
+def _parse_header(line: str) -> tuple[int, int, int, int, int, int]:
+    """uidvalidity, next UID, first recent, mtime new, mtime cur, generation."""
+    head = line.rstrip("\n").split(" ")
+    if " ".join(head[:2]) != INDEX_MAGIC:
+        raise ValueError("bad header")
+    uidvalidity, next_uid, first_recent, m_new, m_cur = (int(x) for x in head[2:7])
+    # Written by every process after it read the others' changes: it only grows.
+    generation = int(head[7]) if len(head) > 7 else 0
+    return uidvalidity, next_uid, first_recent, m_new, m_cur, generation
+
+
+def _parse_index(text: str) -> _Index:
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise ValueError("truncated")
+    uidvalidity, next_uid, first_recent, m_new, m_cur, generation = _parse_header(lines[0])
+    entries = []
+    last = 0
+    for line in lines[1:-1]:
+        uid_s, size_s, date_s, sub, name, kw = line.split("\t")
+        uid = int(uid_s)
+        if uid <= last or sub not in ("new", "cur"):
+            raise ValueError(f"bad entry for UID {uid}")
+        last = uid
+        entries.append((uid, int(size_s), int(date_s), sub, name,
+                        tuple(kw.split(" ")) if kw else ()))
+    if last >= next_uid or uidvalidity <= 0:
+        raise ValueError("UIDs beyond next UID")
+    return _Index(uidvalidity, next_uid, first_recent, (m_new, m_cur), generation, entries)
+
+
+def _file_sig(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 #: Maildir info letters <-> IMAP system flags.
 LETTER_TO_FLAG = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen",
@@ -159,6 +219,30 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.expunged or self.added or self.flags)
+
+
+def _tidy(changes: Changes) -> None:
+    """
+    One report per message: a message both added and expunged in one round
+    (another process's, already gone) is neither; flags once, and not for
+    messages added or expunged.
+    """
+    if changes.added and changes.expunged:
+        both = {m.uid for m in changes.added} & set(changes.expunged)
+        if both:
+            changes.added = [m for m in changes.added if m.uid not in both]
+            changes.expunged = [u for u in changes.expunged if u not in both]
+    if changes.flags:
+        skip = {id(m) for m in changes.added}
+        gone = set(changes.expunged)
+        seen: set[int] = set()
+        flags = []
+        for m in changes.flags:
+            if id(m) in skip or m.uid in gone or id(m) in seen:
+                continue
+            seen.add(id(m))
+            flags.append(m)
+        changes.flags = flags
 
 
 class FolderGone(Exception):
@@ -290,8 +374,148 @@ class Folder:
         self.keywords: set[str] = set()
         self._dirty = False
         self._save_failing = False
+        #: The index file as this process last read or wrote it (inode, mtime,
+        #: size), and its generation: another process's write changes both.
+        self._index_sig: tuple[int, int, int] | None = None
+        self._generation = 0
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._lock_failing = False
+        self._scanned_changes = self._allocated = False
         ensure_maildir(self.path)
-        self._load()
+        with self._lock():
+            self._load()
+
+    # -- locking between processes ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """
+        Hold the folder's lock file (flock: it excludes other processes and other
+        L{Folder} objects on the same path alike).  Re-entrant.  Held only for
+        the short synchronous work of reading the others' changes, giving UIDs
+        and writing the index; never across a Deferred.  If the lock file cannot
+        be made (a read-only or full disk) the work goes on unlocked.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = None
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            if not self._lock_failing:
+                self._lock_failing = True
+                log.warn("cannot lock {path} ({error}); going on unlocked",
+                         path=str(self.path), error=e)
+        self._lock_fd = fd
+        self._lock_depth = 1
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            self._lock_fd = None
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+    def _index_stat(self) -> tuple[int, int, int] | None:
+        try:
+            return _file_sig(os.stat(self.index_path))
+        except FileNotFoundError:
+            return None
+
+    def _sync_locked(self, changes: Changes) -> None:
+        """
+        Under the lock: adopt what other processes wrote into the index since
+        this one last read or wrote it (UIDs they gave, keywords, expunges), so
+        that a UID is never given twice.  Costs one header read when nobody
+        else wrote; a missing or unreadable index is written again from memory,
+        with the same UIDs.
+        """
+        try:
+            f = open(self.index_path, encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            self._dirty = True
+            return
+        with f:
+            sig = _file_sig(os.fstat(f.fileno()))
+            head = f.readline()
+            try:
+                uidvalidity, *_, generation = _parse_header(head)
+            except (ValueError, IndexError):
+                self._dirty = True
+                return
+            if (uidvalidity, generation) == (self.uidvalidity, self._generation):
+                self._index_sig = sig
+                return
+            text = head + f.read()
+        try:
+            index = _parse_index(text)
+        except (ValueError, IndexError) as e:
+            log.warn("index of {path} unreadable ({why}); writing it again from memory",
+                     path=str(self.path), why=e)
+            self._dirty = True
+            return
+        self._merge(index, changes)
+        self._index_sig = sig
+
+    def _merge(self, index: _Index, changes: Changes) -> None:
+        """Take in another process's index: its new UIDs, keywords, expunges."""
+        if index.uidvalidity != self.uidvalidity:
+            log.warn("index of {path} was rebuilt by another process (UIDVALIDITY {old} "
+                     "-> {new})", path=str(self.path), old=self.uidvalidity,
+                     new=index.uidvalidity)
+            changes.expunged.extend(self._uids)
+            self.messages, self._uids, self._by_base = [], [], {}
+            self.uidvalidity, self.next_uid = index.uidvalidity, 1
+        mine = {m.uid: m for m in self.messages}
+        known_next = self.next_uid
+        merged: list[Message] = []
+        for uid, size, date, sub, name, kw in index.entries:
+            msg = mine.pop(uid, None)
+            if msg is None:
+                if uid < known_next:
+                    continue  # this process saw it go (an expunge not yet written)
+                msg = Message(uid, name, sub, size, date, kw)
+                changes.added.append(msg)
+                self.keywords.update(kw)
+            else:
+                if msg.keywords != kw:
+                    msg.keywords = kw
+                    self.keywords.update(kw)
+                    changes.flags.append(msg)
+                if msg.size < 0:
+                    msg.size = size
+                if msg.date < 0:
+                    msg.date = date
+            merged.append(msg)
+        unwritten = []
+        for uid, msg in mine.items():
+            if uid < index.next_uid:
+                changes.expunged.append(uid)  # the other process saw its file go
+            else:
+                unwritten.append(msg)  # given here, not yet written (a failed save)
+        if unwritten:
+            merged.extend(unwritten)
+            merged.sort(key=lambda m: m.uid)
+        changes.expunged.sort()
+        self.messages = merged
+        self._uids = [m.uid for m in merged]
+        self._by_base = {m.base: m for m in merged}
+        self._names = None
+        self.next_uid = max(self.next_uid, index.next_uid)
+        self.first_recent = max(self.first_recent, index.first_recent)
+        self._generation = index.generation
+        # The names in the other's index may be older than the files: look.
+        self._unsure = True
 
     # -- index ------------------------------------------------------------------
 
@@ -301,43 +525,34 @@ class Folder:
 
     def _load(self) -> None:
         try:
-            text = self.index_path.read_text("utf-8", errors="surrogateescape")
-            self._parse(text)
+            with open(self.index_path, encoding="utf-8", errors="surrogateescape") as f:
+                sig = _file_sig(os.fstat(f.fileno()))
+                index = _parse_index(f.read())
         except FileNotFoundError:
             self._rebuild("no index")
         except (ValueError, IndexError) as e:
             self._rebuild(f"corrupt index ({e})")
         else:
+            self._adopt(index, sig)
             self.refresh(notify=False)
 
-    def _parse(self, text: str) -> None:
-        lines = text.split("\n")
-        head = lines[0].split(" ")
-        if " ".join(head[:2]) != INDEX_MAGIC or lines[-1] != "":
-            raise ValueError("bad header or truncated")
-        uidvalidity, next_uid, first_recent, m_new, m_cur = (int(x) for x in head[2:7])
+    def _adopt(self, index: _Index, sig: tuple[int, int, int]) -> None:
         messages = []
         by_base = {}
-        last = 0
-        for line in lines[1:-1]:
-            uid_s, size_s, date_s, sub, name, kw = line.split("\t")
-            uid = int(uid_s)
-            if uid <= last or sub not in ("new", "cur"):
-                raise ValueError(f"bad entry for UID {uid}")
-            last = uid
-            msg = Message(uid, name, sub, int(size_s), int(date_s),
-                          tuple(kw.split(" ")) if kw else ())
+        for uid, size, date, sub, name, kw in index.entries:
+            msg = Message(uid, name, sub, size, date, kw)
             messages.append(msg)
             by_base[split_name(name)[0]] = msg
-        if last >= next_uid or uidvalidity <= 0:
-            raise ValueError("UIDs beyond next UID")
-        self.uidvalidity, self.next_uid, self.first_recent = uidvalidity, next_uid, first_recent
+        self.uidvalidity, self.next_uid = index.uidvalidity, index.next_uid
+        self.first_recent = index.first_recent
         self.messages = messages
         self._uids = [m.uid for m in messages]
         self._by_base = by_base
         self._names = None
-        self._mtimes = (m_new, m_cur)
+        self._mtimes = index.mtimes
         self._unsure = False
+        self._generation = index.generation
+        self._index_sig = sig
         for m in messages:
             self.keywords.update(m.keywords)
 
@@ -352,12 +567,13 @@ class Folder:
         self._names = None
         self._mtimes = (-1, -1)
         self._unsure = True
-        self.refresh(notify=False, force=True)
-        self.save(durable=True)
+        self._scan_locked(Changes(), force=True)
+        self._store_index(durable=True)
 
     def save(self, durable: bool = False, strict: bool = False) -> bool:
         """
-        Write the index atomically; C{durable} fsyncs it (new UIDs were given).
+        Write the index atomically (under the folder lock, after taking in what
+        other processes wrote); C{durable} fsyncs it (new UIDs were given).
 
         On a full disk (or any write error) this fails soft: reads go on from
         memory, the error is logged once, and the next save (the next refresh
@@ -365,6 +581,16 @@ class Folder:
         C{strict} raises instead, for a caller that must undo what it did (an
         APPEND whose UID would otherwise not be durable).
         """
+        changes = Changes()
+        with self._lock():
+            self._sync_locked(changes)
+            ok = self._store_index(durable, strict)
+        if changes:
+            self._notify(changes)
+        return ok
+
+    def _store_index(self, durable: bool = False, strict: bool = False) -> bool:
+        """L{save} under the lock already held."""
         try:
             self._write_index(durable)
         except OSError as e:
@@ -384,22 +610,27 @@ class Folder:
 
     def _write_index(self, durable: bool) -> None:
         self._dirty = False
+        generation = self._generation + 1
         out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
-               f"{self._mtimes[0]} {self._mtimes[1]}\n"]
+               f"{self._mtimes[0]} {self._mtimes[1]} {generation}\n"]
         out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t{' '.join(m.keywords)}\n"
                    for m in self.messages)
         tmp = self.path / f"{INDEX_NAME}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
                 f.write("".join(out))
+                f.flush()
                 if durable:
-                    f.flush()
                     os.fsync(f.fileno())
+                sig = _file_sig(os.fstat(f.fileno()))
             os.replace(tmp, self.index_path)
         except BaseException:
             self._dirty = True
             _unlink(tmp)
             raise
+        self._generation = generation
+        # The rename keeps the inode; the mtime is the last write's.
+        self._index_sig = sig
 
     # -- reading the disk -----------------------------------------------------------
 
@@ -412,15 +643,39 @@ class Folder:
 
     def refresh(self, notify: bool = True, force: bool = False) -> Changes:
         """
-        Bring the index up to date with the disk: cheap (two stats) when
-        nothing changed; otherwise one listdir per directory and a stat per
-        unknown file.  Listeners hear what changed.
+        Bring the index up to date with the disk and with what other processes
+        wrote: cheap (three stats) when nothing changed; otherwise, under the
+        folder lock, the other processes' index changes, one listdir per
+        directory and new UIDs for unknown files.  Listeners hear what changed.
         """
         mtimes = self._dir_mtimes()
-        if mtimes == self._mtimes and not self._unsure and not force:
+        if (mtimes == self._mtimes and not self._unsure and not force
+                and self._index_stat() == self._index_sig):
             if self._dirty:
                 self.save()
             return Changes()
+        changes = Changes()
+        with self._lock():
+            self._sync_locked(changes)
+            self._scan_locked(changes, force)
+            # What came only from the others' index is written already.
+            if self._allocated or self._scanned_changes or force or self._dirty:
+                self._store_index(durable=self._allocated)
+        _tidy(changes)
+        if changes and notify:
+            self._notify(changes)
+        return changes
+
+    def _scan_locked(self, changes: Changes, force: bool = False) -> None:
+        """
+        Under the lock: compare the directories with the index (skipped when
+        their mtimes did not move), give UIDs to unknown files.  Sets
+        C{_scanned_changes} (the files told something new) and C{_allocated}.
+        """
+        self._scanned_changes = self._allocated = False
+        mtimes = self._dir_mtimes()
+        if mtimes == self._mtimes and not self._unsure and not force:
+            return
         now_ns = int(self.clock() * 1e9)
         # Dot files are not messages; names with tabs or newlines cannot be
         # indexed (no Maildir writer makes them) and are left alone.
@@ -435,7 +690,7 @@ class Folder:
             for name in disk[sub] - known[sub]:
                 appeared[split_name(name)[0]] = (sub, name)
             vanished.extend((sub, name) for name in known[sub] - disk[sub])
-        changes = Changes()
+        before = (len(changes.added), len(changes.expunged), len(changes.flags))
         on_disk: dict[str, tuple[str, str]] = {}
         for base, where in appeared.items():
             msg = self._by_base.get(base)
@@ -468,13 +723,9 @@ class Folder:
             changes.added.append(msg)
         self._mtimes = mtimes
         self._unsure = any(now_ns - m < _UNSURE_NS for m in mtimes)
-        if changes:
-            self.save(durable=bool(changes.added))
-            if notify:
-                self._notify(changes)
-        elif force or self._dirty:
-            self.save()
-        return changes
+        self._allocated = bool(fresh)
+        self._scanned_changes = before != (len(changes.added), len(changes.expunged),
+                                           len(changes.flags))
 
     def size_of(self, msg: Message) -> int:
         """The wire (CRLF) size, read from the file the first time it is needed."""
@@ -570,54 +821,84 @@ class Folder:
         Replace (mode 0), add (1) or remove (-1) C{flags}: system flags by
         renaming the file into C{cur/}, keywords in the index.  Returns the
         messages whose flags changed.
+
+        Under the folder lock, after taking in the other processes' changes;
+        a file renamed meanwhile by a program that does not lock (mutt) is
+        looked up again, so no one's flag is lost.
         """
         flags = [f for f in flags if f.lower() != "\\recent"]
         system = {f.lower() for f in flags if f.lower() in FLAG_TO_LETTER}
         keywords = [f for f in flags if f.lower() not in FLAG_TO_LETTER]
         changed = []
         any_keyword = False
-        for msg in msgs:
-            current = {f.lower() for f in letters_to_flags(msg.letters)}
-            kws = list(msg.keywords)
-            if mode == 0:
-                new_sys, new_kw = system, keywords
-            elif mode > 0:
-                new_sys = current | system
-                new_kw = kws + [k for k in keywords if k.lower() not in {x.lower() for x in kws}]
-            else:
-                new_sys = current - system
-                new_kw = [k for k in kws if k.lower() not in {x.lower() for x in keywords}]
-            letters = flags_to_letters(new_sys, keep=msg.letters)
-            kw_changed = tuple(new_kw) != msg.keywords
-            if letters == msg.letters and msg.sub == "cur" and not kw_changed:
-                continue
-            if letters != msg.letters or msg.sub != "cur":
-                new_name = f"{msg.base}:2,{letters}"
-                try:
-                    os.rename(self.file_path(msg), self.path / "cur" / new_name)
-                except FileNotFoundError:
+        others = Changes()
+        allocated = False
+        with self._lock():
+            self._sync_locked(others)
+            for msg in msgs:
+                for _attempt in range(3):
+                    try:
+                        result = self._flag_one(msg, system, keywords, mode)
+                    except FileNotFoundError:
+                        # Renamed or removed by another program: look again.
+                        self._scan_locked(others, force=True)
+                        allocated = allocated or self._allocated
+                        if self._by_base.get(msg.base) is not msg:
+                            result = None
+                            break
+                        continue
+                    break
+                else:
+                    result = None
+                if result is None:
                     continue
-                sys_changed = letters != msg.letters
-                if self._names is not None:
-                    self._names[msg.sub].discard(msg.name)
-                    self._names["cur"].add(new_name)
-                msg.sub, msg.name = "cur", new_name
-            else:
-                sys_changed = False
-            msg.keywords = tuple(new_kw)
-            self.keywords.update(new_kw)
-            if sys_changed or kw_changed:
-                changed.append(msg)
-                any_keyword = any_keyword or kw_changed
-        if changed:
+                sys_changed, kw_changed = result
+                if sys_changed or kw_changed:
+                    changed.append(msg)
+                    any_keyword = any_keyword or kw_changed
             # System flags live in the file names, which a restart reads back;
             # keywords live only in the index, so they are written at once.
-            if any_keyword:
-                self.save()
-            else:
+            if any_keyword or allocated:
+                self._store_index(durable=allocated)
+            elif changed:
                 self._dirty = True
+        _tidy(others)
+        if others:
+            self._notify(others)
+        if changed:
             self._notify(Changes(flags=changed))
         return changed
+
+    def _flag_one(self, msg: Message, system: set[str], keywords: list[str],
+                  mode: int) -> tuple[bool, bool] | None:
+        """One message's new flags; (system changed, keywords changed) or None."""
+        current = {f.lower() for f in letters_to_flags(msg.letters)}
+        kws = list(msg.keywords)
+        if mode == 0:
+            new_sys, new_kw = system, keywords
+        elif mode > 0:
+            new_sys = current | system
+            new_kw = kws + [k for k in keywords if k.lower() not in {x.lower() for x in kws}]
+        else:
+            new_sys = current - system
+            new_kw = [k for k in kws if k.lower() not in {x.lower() for x in keywords}]
+        letters = flags_to_letters(new_sys, keep=msg.letters)
+        kw_changed = tuple(new_kw) != msg.keywords
+        if letters == msg.letters and msg.sub == "cur" and not kw_changed:
+            return None
+        if letters != msg.letters or msg.sub != "cur":
+            new_name = f"{msg.base}:2,{letters}"
+            os.rename(self.file_path(msg), self.path / "cur" / new_name)
+            sys_changed = letters != msg.letters
+            if self._names is not None:
+                self._names[msg.sub].discard(msg.name)
+                self._names["cur"].add(new_name)
+            msg.sub, msg.name = "cur", new_name
+        else:
+            sys_changed = False
+        msg.keywords = tuple(new_kw)
+        self.keywords.update(new_kw)
+        return sys_changed, kw_changed
 
     def expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove these messages' files; returns the UIDs actually removed."""
@@ -684,27 +965,34 @@ class Folder:
         letters = flags_to_letters(flags)
         final = f"{name},S={disk_size}:2,{letters}"
         target = self.path / "cur" / final
-        try:
-            if date is not None:
-                os.utime(tmp, (date, date))
-            os.rename(tmp, target)
-        except BaseException:
-            _unlink(tmp)
-            raise
         keywords = tuple(f for f in flags if f.lower() not in FLAG_TO_LETTER
                          and f.lower() != "\\recent")
-        msg = Message(self.next_uid, final, "cur", size,
-                      int(date if date is not None else self.clock()), keywords)
-        self.next_uid += 1
-        self._add(msg)
-        try:
-            fsync_dir(self.path / "cur")
-            self.save(durable=True, strict=True)
-        except BaseException:
-            # The client hears NO: the message must not stay, nor its UID be spent.
-            self._forget_last(msg)
-            _unlink(target)
-            raise
+        others = Changes()
+        with self._lock():
+            # The UID is given under the lock, after the others' UIDs are known.
+            self._sync_locked(others)
+            try:
+                if date is not None:
+                    os.utime(tmp, (date, date))
+                os.rename(tmp, target)
+            except BaseException:
+                _unlink(tmp)
+                raise
+            msg = Message(self.next_uid, final, "cur", size,
+                          int(date if date is not None else self.clock()), keywords)
+            self.next_uid += 1
+            self._add(msg)
+            try:
+                fsync_dir(self.path / "cur")
+                self._store_index(durable=True, strict=True)
+            except BaseException:
+                # The client hears NO: the message must not stay, nor its UID be spent.
+                self._forget_last(msg)
+                _unlink(target)
+                raise
+        _tidy(others)
+        if others:
+            self._notify(others)
         if notify:
             self._notify(Changes(added=[msg]))
         return msg.uid
@@ -723,32 +1011,40 @@ class Folder:
         """Copy messages (hard links when possible) with their flags; (src UID, dest UID)."""
         pairs = []
         added = []
-        for msg in msgs:
-            name = unique_name()
-            try:
-                # S= is the file's own size (Dovecot trusts it), not the wire size.
-                physical = os.stat(self.file_path(msg)).st_size
-            except FileNotFoundError:
-                continue
-            final = f"{name},S={physical}:2,{msg.letters}"
-            target = dest.path / "cur" / final
-            try:
-                os.link(self.file_path(msg), target)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                tmp = dest.path / "tmp" / name
-                tmp.write_bytes(self.read(msg))
-                date = self.date_of(msg)
-                os.utime(tmp, (date, date))
-                os.rename(tmp, target)
-            new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg), msg.keywords)
-            dest.next_uid += 1
-            dest._add(new)
-            added.append(new)
-            pairs.append((msg.uid, new.uid))
+        others = Changes()
+        with dest._lock():
+            dest._sync_locked(others)
+            for msg in msgs:
+                name = unique_name()
+                try:
+                    # S= is the file's own size (Dovecot trusts it), not the wire size.
+                    physical = os.stat(self.file_path(msg)).st_size
+                except FileNotFoundError:
+                    continue
+                final = f"{name},S={physical}:2,{msg.letters}"
+                target = dest.path / "cur" / final
+                try:
+                    os.link(self.file_path(msg), target)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    tmp = dest.path / "tmp" / name
+                    tmp.write_bytes(self.read(msg))
+                    date = self.date_of(msg)
+                    os.utime(tmp, (date, date))
+                    os.rename(tmp, target)
+                new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
+                              msg.keywords)
+                dest.next_uid += 1
+                dest._add(new)
+                added.append(new)
+                pairs.append((msg.uid, new.uid))
+            if added:
+                fsync_dir(dest.path / "cur")
+                dest._store_index(durable=True)
+        _tidy(others)
+        if others:
+            dest._notify(others)
         if added:
-            fsync_dir(dest.path / "cur")
-            dest.save(durable=True)
             dest._notify(Changes(added=added))
         return pairs
