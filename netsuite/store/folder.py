@@ -5,13 +5,19 @@ The Maildir itself is the truth for which messages exist and which flags they
 carry (flags live in file names, C{:2,DFRST}, as Dovecot and mutt write them).
 The index, C{netsuite-index} in the folder, adds what Maildir cannot say:
 stable UIDs, UIDVALIDITY, the next UID, the wire (CRLF) size, the internal
-date and keywords.  It is rewritten atomically (temporary file, rename).
+date and keywords.  Changes go into an append-only change log beside it
+(L{netsuite.store.changelog}, Dovecot's C{dovecot.index.log}): a new UID,
+a flag change or an expunge is one record, O(1); only new UIDs are fsynced.
+When the log has grown past the index's size it is compacted: the index is
+rewritten atomically (temporary file, fsync, rename), the old one kept as
+C{netsuite-index.backup} and the old log as C{.log.2}, so a lost or corrupt
+index is recovered with the same UIDs (backup + logs), whenever a crash hit.
 
 Opening a folder reads the index and then looks at the disk only if C{new/} or
 C{cur/} changed since the index was written (their mtimes are recorded): one
 C{listdir} per changed directory, and a C{stat} only for files the index does
-not know.  A missing or corrupt index is rebuilt from the files, with a new
-UIDVALIDITY.
+not know.  Only if the backup is gone too is the index rebuilt from the
+files, with a new UIDVALIDITY.
 
 Several processes may share a folder (two netsuite daemons, netsuite and
 the CLI, a Maildir writer such as mutt that does not lock): every UID
@@ -44,6 +50,7 @@ from typing import BinaryIO, Iterator, NamedTuple
 
 from twisted.logger import Logger
 
+from netsuite.store import changelog
 from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
 
 log = Logger(namespace="netsuite.store")
@@ -53,6 +60,17 @@ INDEX_MAGIC = "netsuite-index 1"
 #: Held (flock, exclusive) around every UID allocation and index write, by every
 #: netsuite process on the folder: Dovecot's C{dovecot-uidlist.lock}.
 LOCK_NAME = "netsuite-index.lock"
+#: The change log (see L{netsuite.store.changelog}); C{.2} is the one before the
+#: last compaction, C{INDEX_NAME.backup} the index before it: together they
+#: rebuild a lost or corrupt index with the same UIDs (Dovecot's
+#: C{dovecot.index.log.2}).
+LOG_NAME = "netsuite-index.log"
+LOG2_NAME = "netsuite-index.log.2"
+BACKUP_NAME = "netsuite-index.backup"
+#: The log is compacted into the index when it outgrows this, or this many
+#: bytes per message: amortised O(1) per change.
+COMPACT_MIN_BYTES = 256 * 1024
+COMPACT_BYTES_PER_MESSAGE = 50
 
 
 class _Index(NamedTuple):
@@ -63,25 +81,35 @@ class _Index(NamedTuple):
     first_recent: int
     mtimes: tuple[int, int]
     generation: int
+    #: The log this index was compacted with, and how far it had read it.
+    log_id: str | None
+    log_offset: int
     entries: list[tuple[int, int, int, str, str, tuple[str, ...]]]
 
 
 def _parse_header(line: str) -> tuple[int, int, int, int, int, int]:
     """uidvalidity, next UID, first recent, mtime new, mtime cur, generation."""
+    return _parse_header_log(line)[:6]  # type: ignore[return-value]
+
+
+def _parse_header_log(line: str) -> tuple:
+    """L{_parse_header} and then the log id (None) and offset."""
     head = line.rstrip("\n").split(" ")
     if " ".join(head[:2]) != INDEX_MAGIC:
         raise ValueError("bad header")
     uidvalidity, next_uid, first_recent, m_new, m_cur = (int(x) for x in head[2:7])
     # Written by every process after it read the others' changes: it only grows.
     generation = int(head[7]) if len(head) > 7 else 0
-    return uidvalidity, next_uid, first_recent, m_new, m_cur, generation
+    log_id, log_offset = (head[8], int(head[9])) if len(head) > 9 else (None, 0)
+    return uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id, log_offset
 
 
 def _parse_index(text: str) -> _Index:
     lines = text.split("\n")
     if lines[-1] != "":
         raise ValueError("truncated")
-    uidvalidity, next_uid, first_recent, m_new, m_cur, generation = _parse_header(lines[0])
+    (uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id,
+     log_offset) = _parse_header_log(lines[0])
     entries = []
     last = 0
     for line in lines[1:-1]:
@@ -94,7 +122,8 @@ def _parse_index(text: str) -> _Index:
                         tuple(kw.split(" ")) if kw else ()))
     if last >= next_uid or uidvalidity <= 0:
         raise ValueError("UIDs beyond next UID")
-    return _Index(uidvalidity, next_uid, first_recent, (m_new, m_cur), generation, entries)
+    return _Index(uidvalidity, next_uid, first_recent, (m_new, m_cur), generation, log_id,
+                  log_offset, entries)
 
 
 def _file_sig(st: os.stat_result) -> tuple[int, int, int]:
@@ -219,6 +248,23 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.expunged or self.added or self.flags)
+
+
+def _rec_add(m: Message) -> bytes:
+    return changelog.encode(["A", str(m.uid), str(m.size), str(m.date), m.sub, m.name,
+                             " ".join(m.keywords)])
+
+
+def _rec_flags(m: Message) -> bytes:
+    return changelog.encode(["F", str(m.uid), m.sub, m.name, " ".join(m.keywords)])
+
+
+def _rec_gone(uid: int) -> bytes:
+    return changelog.encode(["X", str(uid)])
+
+
+def _rec_meta(m: Message) -> bytes:
+    return changelog.encode(["S", str(m.uid), str(m.size), str(m.date)])
 
 
 def _tidy(changes: Changes) -> None:
@@ -382,6 +428,15 @@ class Folder:
         self._lock_fd: int | None = None
         self._lock_failing = False
         self._scanned_changes = self._allocated = False
+        #: The change log this process follows: its id, the end of the last
+        #: record read or written, its (inode, size) then.
+        self._log_id: str | None = None
+        self._log_good = 0
+        self._log_sig: tuple[int, int] | None = None
+        self._log_missing = False
+        #: Records (sizes, dates, \\Recent) not worth a write of their own.
+        self._pending: list[bytes] = []
+        self._compact_scheduled = False
         ensure_maildir(self.path)
         with self._lock():
             self._load()
@@ -455,6 +510,7 @@ class Folder:
                 return
             if (uidvalidity, generation) == (self.uidvalidity, self._generation):
                 self._index_sig = sig
+                self._sync_log(changes)
                 return
             text = head + f.read()
         try:
@@ -466,6 +522,7 @@ class Folder:
             return
         self._merge(index, changes)
         self._index_sig = sig
+        self._sync_log(changes)
 
     def _merge(self, index: _Index, changes: Changes) -> None:
         """Take in another process's index: its new UIDs, keywords, expunges."""
@@ -514,8 +571,152 @@ class Folder:
         self.next_uid = max(self.next_uid, index.next_uid)
         self.first_recent = max(self.first_recent, index.first_recent)
         self._generation = index.generation
+        self._log_id, self._log_good = index.log_id, index.log_offset
         # The names in the other's index may be older than the files: look.
         self._unsure = True
+
+    # -- the change log ---------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG_NAME
+
+    def _log_stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.log_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size)
+
+    def _sync_log(self, changes: Changes) -> None:
+        """Under the lock: apply the records others appended since this process read."""
+        if self._log_id is None:
+            self._log_missing = True
+            return
+        got = changelog.read_records(self.log_path, self._log_id, self._log_good)
+        if got is None:
+            # A compaction stopped before its fresh log was in place: the index
+            # holds everything; the next write starts the log again.
+            self._log_missing = True
+            return
+        records, good, _size = got
+        self._log_missing = False
+        if records:
+            self._apply(records, changes)
+        self._log_good = good
+        self._log_sig = self._log_stat()
+
+    def _apply(self, records: list[list[str]], changes: Changes) -> None:
+        """Records another process wrote: O(records), a stat per new name."""
+        gone: set[int] = set()
+        for r in records:
+            try:
+                op = r[0]
+                if op == "A":
+                    uid = int(r[1])
+                    if uid < self.next_uid:
+                        continue  # known already (or expunged here)
+                    kw = tuple(r[6].split(" ")) if r[6] else ()
+                    msg = Message(uid, r[5], r[4], int(r[2]), int(r[3]), kw)
+                    self.next_uid = uid + 1
+                    self._add(msg)
+                    if not os.path.exists(self.file_path(msg)):
+                        self._unsure = True  # renamed since: the next scan finds it
+                    changes.added.append(msg)
+                elif op == "F":
+                    msg = self.by_uid(int(r[1]))
+                    if msg is None or msg.uid in gone:
+                        continue
+                    old = (msg.letters, msg.keywords)
+                    sub, name = r[2], r[3]
+                    if (sub, name) != (msg.sub, msg.name):
+                        if os.path.exists(self.path / sub / name):
+                            if self._names is not None:
+                                self._names[msg.sub].discard(msg.name)
+                                self._names[sub].add(name)
+                            msg.sub, msg.name = sub, name
+                        elif not os.path.exists(self.file_path(msg)):
+                            self._unsure = True
+                    msg.keywords = tuple(r[4].split(" ")) if r[4] else ()
+                    self.keywords.update(msg.keywords)
+                    if (msg.letters, msg.keywords) != old:
+                        changes.flags.append(msg)
+                elif op == "X":
+                    uid = int(r[1])
+                    if uid not in gone and self.by_uid(uid) is not None:
+                        gone.add(uid)
+                        changes.expunged.append(uid)
+                elif op == "S":
+                    msg = self.by_uid(int(r[1]))
+                    if msg is not None:
+                        if msg.size < 0:
+                            msg.size = int(r[2])
+                        if msg.date < 0:
+                            msg.date = int(r[3])
+                elif op == "R":
+                    self.first_recent = max(self.first_recent, int(r[1]))
+            except (IndexError, ValueError):
+                log.warn("bad record in the change log of {path}: {r!r}",
+                         path=str(self.path), r=r)
+        if gone:
+            self._drop(gone)
+            changes.expunged.sort()
+
+    def _drop(self, gone: set[int]) -> None:
+        for m in self.messages:
+            if m.uid in gone:
+                self._by_base.pop(m.base, None)
+                if self._names is not None:
+                    self._names[m.sub].discard(m.name)
+        self.messages = [m for m in self.messages if m.uid not in gone]
+        self._uids = [m.uid for m in self.messages]
+
+    def _log(self, lines: list[bytes], durable: bool = False, strict: bool = False) -> bool:
+        """
+        Under the lock, after L{_sync_locked}: append records (with any pending
+        ones), fsynced when C{durable} (new UIDs).  Without a log to append to,
+        the whole index is written instead (it starts one).  A failure is soft
+        (the index is written whole later) unless C{strict}.
+        """
+        lines = self._pending + lines
+        if self._log_id is None or self._log_missing or self._dirty:
+            return self._store_index(durable=True, strict=strict)
+        if not lines:
+            return True
+        try:
+            self._log_good = changelog.append(self.log_path, self._log_good, lines, durable)
+        except OSError as e:
+            if strict:
+                raise
+            self._dirty = True
+            if not self._save_failing:
+                self._save_failing = True
+                log.warn("cannot save the index of {path} (its change log: {error}); "
+                         "serving from memory, will retry", path=str(self.path), error=e)
+            return False
+        self._pending = []
+        self._log_sig = self._log_stat()
+        if self._log_good > max(COMPACT_MIN_BYTES,
+                                COMPACT_BYTES_PER_MESSAGE * len(self.messages)):
+            self._compact_soon()
+        return True
+
+    def _compact_soon(self) -> None:
+        """Compact once the current command is answered (off its path)."""
+        if self._compact_scheduled:
+            return
+        from twisted.internet import reactor
+
+        self._compact_scheduled = True
+        reactor.callLater(0, self.compact)  # type: ignore[attr-defined]
+
+    def compact(self) -> None:
+        """Write the index whole and start a fresh log: O(messages), rare."""
+        self._compact_scheduled = False
+        try:
+            self.save(durable=True)
+        except FolderGone:
+            pass
 
     # -- index ------------------------------------------------------------------
 
@@ -529,12 +730,62 @@ class Folder:
                 sig = _file_sig(os.fstat(f.fileno()))
                 index = _parse_index(f.read())
         except FileNotFoundError:
-            self._rebuild("no index")
+            if not self._recover("no index"):
+                self._rebuild("no index")
         except (ValueError, IndexError) as e:
-            self._rebuild(f"corrupt index ({e})")
+            if not self._recover(f"corrupt index ({e})"):
+                self._rebuild(f"corrupt index ({e})")
         else:
             self._adopt(index, sig)
+            self._sync_log(Changes())
             self.refresh(notify=False)
+
+    def _recover(self, why: str) -> bool:
+        """
+        The index is lost or corrupt: take the backup (the index before the
+        last compaction) and replay the logs written since (C{.2}, then the
+        current one), so every UID stays what it was.  False if there is no
+        backup either (then the folder is rebuilt with a new UIDVALIDITY).
+        """
+        try:
+            with open(self.path / BACKUP_NAME, encoding="utf-8",
+                      errors="surrogateescape") as f:
+                sig = _file_sig(os.fstat(f.fileno()))
+                index = _parse_index(f.read())
+        except (OSError, ValueError, IndexError):
+            return False
+        self._adopt(index, sig)
+        changes = Changes()
+        for path in (self.path / LOG2_NAME, self.log_path):
+            got = (changelog.read_records(path, self._log_id, self._log_good)
+                   if self._log_id else None)
+            if got is None:
+                continue
+            self._apply(got[0], changes)
+            if path == self.log_path:
+                break
+            # The log after .2 is the current one, from its start.
+            ident = changelog.read_id(self.log_path)
+            if ident is None:
+                break
+            self._log_id, self._log_good = ident[0], 0
+        else:
+            # The backup's log is gone: the current one still holds the latest changes.
+            ident = changelog.read_id(self.log_path)
+            if ident is not None and ident[0] != self._log_id:
+                got = changelog.read_records(self.log_path, ident[0], 0)
+                if got is not None:
+                    self._apply(got[0], changes)
+        log.warn("index of {path} recovered from its backup and change logs ({why}); "
+                 "UIDs kept", path=str(self.path), why=why)
+        self._unsure = True
+        self._scan_locked(Changes(), force=True)
+        # Neither the bad index nor the old backup is kept: the recovered state
+        # is written as both (the backup must match the logs that follow it).
+        _unlink(self.index_path)
+        _unlink(self.path / BACKUP_NAME)
+        self._store_index(durable=True)
+        return True
 
     def _adopt(self, index: _Index, sig: tuple[int, int, int]) -> None:
         messages = []
@@ -552,6 +803,7 @@ class Folder:
         self._mtimes = index.mtimes
         self._unsure = False
         self._generation = index.generation
+        self._log_id, self._log_good = index.log_id, index.log_offset
         self._index_sig = sig
         for m in messages:
             self.keywords.update(m.keywords)
@@ -608,29 +860,57 @@ class Folder:
             log.info("index of {path} saved again", path=str(self.path))
         return True
 
-    def _write_index(self, durable: bool) -> None:
+    def _write_index(self, durable: bool = True) -> None:
+        """
+        Compaction: the whole state into a fresh index, fsynced, beside a fresh
+        empty log.  The old index becomes the backup and the old log C{.2}, so
+        that whatever moment a crash (kill -9) picks, one index and the logs it
+        names still hold every UID and flag.
+        """
         self._dirty = False
         generation = self._generation + 1
-        out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
-               f"{self._mtimes[0]} {self._mtimes[1]} {generation}\n"]
-        out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t{' '.join(m.keywords)}\n"
-                   for m in self.messages)
+        log_id = changelog.new_log_id()
+        fresh_log = self.path / (LOG_NAME + ".new")
         tmp = self.path / f"{INDEX_NAME}.tmp"
         try:
+            log_size = changelog.create(fresh_log, log_id, durable)
+            out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
+                   f"{self._mtimes[0]} {self._mtimes[1]} {generation} {log_id} {log_size}\n"]
+            out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t"
+                       f"{' '.join(m.keywords)}\n" for m in self.messages)
+            text = "".join(out)
+            if not os.path.exists(self.path / BACKUP_NAME):
+                # The first index is its own backup (a copy: later ones are renamed).
+                with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(text)
+                    f.flush()
+                    if durable:
+                        os.fsync(f.fileno())
+                os.replace(tmp, self.path / BACKUP_NAME)
             with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write("".join(out))
+                f.write(text)
                 f.flush()
                 if durable:
                     os.fsync(f.fileno())
                 sig = _file_sig(os.fstat(f.fileno()))
+            if self.index_path.exists():
+                os.replace(self.index_path, self.path / BACKUP_NAME)
             os.replace(tmp, self.index_path)
         except BaseException:
             self._dirty = True
             _unlink(tmp)
+            _unlink(fresh_log)
             raise
+        # From here the new index is the truth: the logs only follow it.
+        if self.log_path.exists():
+            os.replace(self.log_path, self.path / LOG2_NAME)
+        os.replace(fresh_log, self.log_path)
         self._generation = generation
         # The rename keeps the inode; the mtime is the last write's.
         self._index_sig = sig
+        self._log_id, self._log_good, self._log_missing = log_id, log_size, False
+        self._log_sig = self._log_stat()
+        self._pending = []
 
     # -- reading the disk -----------------------------------------------------------
 
@@ -650,32 +930,34 @@ class Folder:
         """
         mtimes = self._dir_mtimes()
         if (mtimes == self._mtimes and not self._unsure and not force
+                and self._log_stat() == self._log_sig
                 and self._index_stat() == self._index_sig):
-            if self._dirty:
-                self.save()
+            if self._dirty or self._pending:
+                self.save_if_dirty()
             return Changes()
         changes = Changes()
         with self._lock():
             self._sync_locked(changes)
-            self._scan_locked(changes, force)
-            # What came only from the others' index is written already.
-            if self._allocated or self._scanned_changes or force or self._dirty:
-                self._store_index(durable=self._allocated)
+            records = self._scan_locked(changes, force)
+            # What came from the others' log is written already.
+            if records or self._dirty or self._pending:
+                self._log(records, durable=self._allocated)
         _tidy(changes)
         if changes and notify:
             self._notify(changes)
         return changes
 
-    def _scan_locked(self, changes: Changes, force: bool = False) -> None:
+    def _scan_locked(self, changes: Changes, force: bool = False) -> list[bytes]:
         """
         Under the lock: compare the directories with the index (skipped when
-        their mtimes did not move), give UIDs to unknown files.  Sets
-        C{_scanned_changes} (the files told something new) and C{_allocated}.
+        their mtimes did not move), give UIDs to unknown files.  The records
+        for the log; sets C{_allocated} when UIDs were given.
         """
         self._scanned_changes = self._allocated = False
         mtimes = self._dir_mtimes()
         if mtimes == self._mtimes and not self._unsure and not force:
-            return
+            return []
+        records: list[bytes] = []
         now_ns = int(self.clock() * 1e9)
         # Dot files are not messages; names with tabs or newlines cannot be
         # indexed (no Maildir writer makes them) and are left alone.
@@ -699,12 +981,14 @@ class Folder:
                 continue
             old = msg.letters
             msg.sub, msg.name = where
+            records.append(_rec_flags(msg))
             if msg.letters != old:
                 changes.flags.append(msg)
         for sub, name in vanished:
             msg = self._by_base.get(split_name(name)[0])
             if msg is not None and (msg.sub, msg.name) == (sub, name):
                 changes.expunged.append(msg.uid)
+                records.append(_rec_gone(msg.uid))
         self._names = disk
         if changes.expunged:
             gone = set(changes.expunged)
@@ -721,17 +1005,19 @@ class Folder:
             self.next_uid += 1
             self._add(msg)
             changes.added.append(msg)
+            records.append(_rec_add(msg))
         self._mtimes = mtimes
         self._unsure = any(now_ns - m < _UNSURE_NS for m in mtimes)
         self._allocated = bool(fresh)
         self._scanned_changes = before != (len(changes.added), len(changes.expunged),
                                            len(changes.flags))
+        return records
 
     def size_of(self, msg: Message) -> int:
         """The wire (CRLF) size, read from the file the first time it is needed."""
         if msg.size < 0:
             msg.size = wire_size(self.read(msg))
-            self._dirty = True
+            self._pending.append(_rec_meta(msg))
         return msg.size
 
     def date_of(self, msg: Message) -> int:
@@ -745,12 +1031,20 @@ class Folder:
                     msg.date = int(os.stat(self.file_path(msg)).st_mtime)
                 except FileNotFoundError:
                     return 0
-            self._dirty = True
+            self._pending.append(_rec_meta(msg))
         return msg.date
 
     def save_if_dirty(self) -> None:
-        if self._dirty:
-            self.save()
+        """Write what is only in memory: pending records, or the whole index if due."""
+        if not (self._dirty or self._pending):
+            return
+        changes = Changes()
+        with self._lock():
+            self._sync_locked(changes)
+            self._log([])
+        _tidy(changes)
+        if changes:
+            self._notify(changes)
 
     def _known(self) -> dict[str, set[str]]:
         """File names the index knows, per directory (rebuilt after bulk changes)."""
@@ -811,7 +1105,7 @@ class Folder:
         recent = {m.uid for m in self.messages[bisect.bisect_left(self._uids, self.first_recent):]}
         if self.first_recent != self.next_uid:
             self.first_recent = self.next_uid
-            self._dirty = True
+            self._pending.append(changelog.encode(["R", str(self.first_recent)]))
         return recent
 
     # -- changing -------------------------------------------------------------------
@@ -830,9 +1124,9 @@ class Folder:
         system = {f.lower() for f in flags if f.lower() in FLAG_TO_LETTER}
         keywords = [f for f in flags if f.lower() not in FLAG_TO_LETTER]
         changed = []
-        any_keyword = False
         others = Changes()
         allocated = False
+        records: list[bytes] = []
         with self._lock():
             self._sync_locked(others)
             for msg in msgs:
@@ -841,7 +1135,7 @@ class Folder:
                         result = self._flag_one(msg, system, keywords, mode)
                     except FileNotFoundError:
                         # Renamed or removed by another program: look again.
-                        self._scan_locked(others, force=True)
+                        records.extend(self._scan_locked(others, force=True))
                         allocated = allocated or self._allocated
                         if self._by_base.get(msg.base) is not msg:
                             result = None
@@ -855,13 +1149,11 @@ class Folder:
                 sys_changed, kw_changed = result
                 if sys_changed or kw_changed:
                     changed.append(msg)
-                    any_keyword = any_keyword or kw_changed
-            # System flags live in the file names, which a restart reads back;
-            # keywords live only in the index, so they are written at once.
-            if any_keyword or allocated:
-                self._store_index(durable=allocated)
-            elif changed:
-                self._dirty = True
+                    records.append(_rec_flags(msg))
+            # One record per message, not fsynced (Dovecot's mail_fsync=optimized):
+            # a crash may lose the last flag changes, never a UID.
+            if records:
+                self._log(records, durable=allocated)
         _tidy(others)
         if others:
             self._notify(others)
@@ -901,26 +1193,35 @@ class Folder:
         return sys_changed, kw_changed
 
     def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Remove these messages' files; returns the UIDs actually removed."""
+        """
+        Remove these messages' files; returns the UIDs actually removed.  One
+        log record each, not fsynced (the files are gone: a restart sees it).
+        """
         gone = []
-        for uid in sorted(set(uids)):
-            msg = self.by_uid(uid)
-            if msg is None:
-                continue
-            try:
-                os.unlink(self.file_path(msg))
-            except FileNotFoundError:
-                pass
-            if self._names is not None:
-                self._names[msg.sub].discard(msg.name)
-            gone.append(uid)
+        others = Changes()
+        with self._lock():
+            self._sync_locked(others)
+            for uid in sorted(set(uids)):
+                msg = self.by_uid(uid)
+                if msg is None:
+                    continue
+                try:
+                    os.unlink(self.file_path(msg))
+                except FileNotFoundError:
+                    # Renamed by another program (a flag change)? Look again.
+                    self._scan_locked(others, force=True)
+                    if self._by_base.get(msg.base) is msg:
+                        _unlink(self.file_path(msg))
+                if self._names is not None:
+                    self._names[msg.sub].discard(msg.name)
+                gone.append(uid)
+            if gone:
+                self._drop(set(gone))
+                self._log([_rec_gone(uid) for uid in gone])
+        _tidy(others)
+        if others:
+            self._notify(others)
         if gone:
-            drop = set(gone)
-            self.messages = [m for m in self.messages if m.uid not in drop]
-            self._uids = [m.uid for m in self.messages]
-            self._by_base = {m.base: m for m in self.messages}
-            # The files are gone: a restart finds that out without the index.
-            self._dirty = True
             self._notify(Changes(expunged=gone))
         return gone
 
@@ -984,7 +1285,7 @@ class Folder:
             self._add(msg)
             try:
                 fsync_dir(self.path / "cur")
-                self._store_index(durable=True, strict=True)
+                self._log([_rec_add(msg)], durable=True, strict=True)
             except BaseException:
                 # The client hears NO: the message must not stay, nor its UID be spent.
                 self._forget_last(msg)
@@ -1041,7 +1342,7 @@ class Folder:
                 pairs.append((msg.uid, new.uid))
             if added:
                 fsync_dir(dest.path / "cur")
-                dest._store_index(durable=True)
+                dest._log([_rec_add(m) for m in added], durable=True)
         _tidy(others)
         if others:
             dest._notify(others)
