@@ -84,7 +84,9 @@ class _Index(NamedTuple):
     #: The log this index was compacted with, and how far it had read it.
     log_id: str | None
     log_offset: int
-    entries: list[tuple[int, int, int, str, str, tuple[str, ...]]]
+    highest_modseq: int
+    #: (uid, size, date, sub, name, keywords, modseq)
+    entries: list[tuple[int, int, int, str, str, tuple[str, ...], int]]
 
 
 def _parse_header(line: str) -> tuple[int, int, int, int, int, int]:
@@ -101,7 +103,9 @@ def _parse_header_log(line: str) -> tuple:
     # Written by every process after it read the others' changes: it only grows.
     generation = int(head[7]) if len(head) > 7 else 0
     log_id, log_offset = (head[8], int(head[9])) if len(head) > 9 else (None, 0)
-    return uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id, log_offset
+    highest_modseq = int(head[10]) if len(head) > 10 else 0
+    return (uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id, log_offset,
+            highest_modseq)
 
 
 def _parse_index(text: str) -> _Index:
@@ -109,21 +113,24 @@ def _parse_index(text: str) -> _Index:
     if lines[-1] != "":
         raise ValueError("truncated")
     (uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id,
-     log_offset) = _parse_header_log(lines[0])
+     log_offset, highest_modseq) = _parse_header_log(lines[0])
     entries = []
     last = 0
     for line in lines[1:-1]:
-        uid_s, size_s, date_s, sub, name, kw = line.split("\t")
+        fields = line.split("\t")
+        if len(fields) == 6:
+            fields.append("0")  # written before MODSEQ
+        uid_s, size_s, date_s, sub, name, kw, modseq_s = fields
         uid = int(uid_s)
         if uid <= last or sub not in ("new", "cur"):
             raise ValueError(f"bad entry for UID {uid}")
         last = uid
         entries.append((uid, int(size_s), int(date_s), sub, name,
-                        tuple(kw.split(" ")) if kw else ()))
+                        tuple(kw.split(" ")) if kw else (), int(modseq_s)))
     if last >= next_uid or uidvalidity <= 0:
         raise ValueError("UIDs beyond next UID")
     return _Index(uidvalidity, next_uid, first_recent, (m_new, m_cur), generation, log_id,
-                  log_offset, entries)
+                  log_offset, highest_modseq, entries)
 
 
 def _file_sig(st: os.stat_result) -> tuple[int, int, int]:
@@ -215,6 +222,9 @@ class Message:
     #: Internal date, Unix seconds.
     date: int
     keywords: tuple[str, ...] = ()
+    #: The folder's modification sequence when this message last changed
+    #: (arrived, or its flags did): RFC 7162's per-message MODSEQ.
+    modseq: int = 0
 
     @property
     def base(self) -> str:
@@ -252,15 +262,16 @@ class Changes:
 
 def _rec_add(m: Message) -> bytes:
     return changelog.encode(["A", str(m.uid), str(m.size), str(m.date), m.sub, m.name,
-                             " ".join(m.keywords)])
+                             " ".join(m.keywords), str(m.modseq)])
 
 
 def _rec_flags(m: Message) -> bytes:
-    return changelog.encode(["F", str(m.uid), m.sub, m.name, " ".join(m.keywords)])
+    return changelog.encode(["F", str(m.uid), m.sub, m.name, " ".join(m.keywords),
+                             str(m.modseq)])
 
 
-def _rec_gone(uid: int) -> bytes:
-    return changelog.encode(["X", str(uid)])
+def _rec_gone(uid: int, modseq: int) -> bytes:
+    return changelog.encode(["X", str(uid), str(modseq)])
 
 
 def _rec_meta(m: Message) -> bytes:
@@ -410,6 +421,9 @@ class Folder:
         self.next_uid = 1
         #: UIDs at or above this are \Recent for the next session that claims them.
         self.first_recent = 1
+        #: The highest MODSEQ given in this folder (RFC 7162 HIGHESTMODSEQ): every
+        #: arrival, flag change and expunge takes the next one.
+        self.highest_modseq = 0
         self.messages: list[Message] = []
         self._uids: list[int] = []
         self._by_base: dict[str, Message] = {}
@@ -536,12 +550,12 @@ class Folder:
         mine = {m.uid: m for m in self.messages}
         known_next = self.next_uid
         merged: list[Message] = []
-        for uid, size, date, sub, name, kw in index.entries:
+        for uid, size, date, sub, name, kw, modseq in index.entries:
             msg = mine.pop(uid, None)
             if msg is None:
                 if uid < known_next:
                     continue  # this process saw it go (an expunge not yet written)
-                msg = Message(uid, name, sub, size, date, kw)
+                msg = Message(uid, name, sub, size, date, kw, modseq)
                 changes.added.append(msg)
                 self.keywords.update(kw)
             else:
@@ -553,6 +567,7 @@ class Folder:
                     msg.size = size
                 if msg.date < 0:
                     msg.date = date
+                msg.modseq = max(msg.modseq, modseq)
             merged.append(msg)
         unwritten = []
         for uid, msg in mine.items():
@@ -570,6 +585,7 @@ class Folder:
         self._names = None
         self.next_uid = max(self.next_uid, index.next_uid)
         self.first_recent = max(self.first_recent, index.first_recent)
+        self.highest_modseq = max(self.highest_modseq, index.highest_modseq)
         self._generation = index.generation
         self._log_id, self._log_good = index.log_id, index.log_offset
         # The names in the other's index may be older than the files: look.
@@ -617,7 +633,9 @@ class Folder:
                     if uid < self.next_uid:
                         continue  # known already (or expunged here)
                     kw = tuple(r[6].split(" ")) if r[6] else ()
-                    msg = Message(uid, r[5], r[4], int(r[2]), int(r[3]), kw)
+                    msg = Message(uid, r[5], r[4], int(r[2]), int(r[3]), kw,
+                                  int(r[7]) if len(r) > 7 else 0)
+                    self.highest_modseq = max(self.highest_modseq, msg.modseq)
                     self.next_uid = uid + 1
                     self._add(msg)
                     if not os.path.exists(self.file_path(msg)):
@@ -639,10 +657,15 @@ class Folder:
                             self._unsure = True
                     msg.keywords = tuple(r[4].split(" ")) if r[4] else ()
                     self.keywords.update(msg.keywords)
+                    if len(r) > 5:
+                        msg.modseq = int(r[5])
+                        self.highest_modseq = max(self.highest_modseq, msg.modseq)
                     if (msg.letters, msg.keywords) != old:
                         changes.flags.append(msg)
                 elif op == "X":
                     uid = int(r[1])
+                    if len(r) > 2:
+                        self.highest_modseq = max(self.highest_modseq, int(r[2]))
                     if uid not in gone and self.by_uid(uid) is not None:
                         gone.add(uid)
                         changes.expunged.append(uid)
@@ -661,6 +684,13 @@ class Folder:
         if gone:
             self._drop(gone)
             changes.expunged.sort()
+
+    def _bump(self, msg: Message | None = None) -> int:
+        """Under the lock: the next MODSEQ, given to C{msg} if any."""
+        self.highest_modseq += 1
+        if msg is not None:
+            msg.modseq = self.highest_modseq
+        return self.highest_modseq
 
     def _drop(self, gone: set[int]) -> None:
         for m in self.messages:
@@ -790,12 +820,13 @@ class Folder:
     def _adopt(self, index: _Index, sig: tuple[int, int, int]) -> None:
         messages = []
         by_base = {}
-        for uid, size, date, sub, name, kw in index.entries:
-            msg = Message(uid, name, sub, size, date, kw)
+        for uid, size, date, sub, name, kw, modseq in index.entries:
+            msg = Message(uid, name, sub, size, date, kw, modseq)
             messages.append(msg)
             by_base[split_name(name)[0]] = msg
         self.uidvalidity, self.next_uid = index.uidvalidity, index.next_uid
         self.first_recent = index.first_recent
+        self.highest_modseq = index.highest_modseq
         self.messages = messages
         self._uids = [m.uid for m in messages]
         self._by_base = by_base
@@ -875,9 +906,10 @@ class Folder:
         try:
             log_size = changelog.create(fresh_log, log_id, durable)
             out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
-                   f"{self._mtimes[0]} {self._mtimes[1]} {generation} {log_id} {log_size}\n"]
+                   f"{self._mtimes[0]} {self._mtimes[1]} {generation} {log_id} {log_size} "
+                   f"{self.highest_modseq}\n"]
             out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t"
-                       f"{' '.join(m.keywords)}\n" for m in self.messages)
+                       f"{' '.join(m.keywords)}\t{m.modseq}\n" for m in self.messages)
             text = "".join(out)
             if not os.path.exists(self.path / BACKUP_NAME):
                 # The first index is its own backup (a copy: later ones are renamed).
@@ -981,14 +1013,15 @@ class Folder:
                 continue
             old = msg.letters
             msg.sub, msg.name = where
-            records.append(_rec_flags(msg))
             if msg.letters != old:
+                self._bump(msg)
                 changes.flags.append(msg)
+            records.append(_rec_flags(msg))
         for sub, name in vanished:
             msg = self._by_base.get(split_name(name)[0])
             if msg is not None and (msg.sub, msg.name) == (sub, name):
                 changes.expunged.append(msg.uid)
-                records.append(_rec_gone(msg.uid))
+                records.append(_rec_gone(msg.uid, self._bump()))
         self._names = disk
         if changes.expunged:
             gone = set(changes.expunged)
@@ -1003,6 +1036,7 @@ class Folder:
         for base, (sub, name) in fresh:
             msg = Message(self.next_uid, name, sub, _size_hint(base), -1)
             self.next_uid += 1
+            self._bump(msg)
             self._add(msg)
             changes.added.append(msg)
             records.append(_rec_add(msg))
@@ -1149,6 +1183,7 @@ class Folder:
                 sys_changed, kw_changed = result
                 if sys_changed or kw_changed:
                     changed.append(msg)
+                    self._bump(msg)
                     records.append(_rec_flags(msg))
             # One record per message, not fsynced (Dovecot's mail_fsync=optimized):
             # a crash may lose the last flag changes, never a UID.
@@ -1217,7 +1252,7 @@ class Folder:
                 gone.append(uid)
             if gone:
                 self._drop(set(gone))
-                self._log([_rec_gone(uid) for uid in gone])
+                self._log([_rec_gone(uid, self._bump()) for uid in gone])
         _tidy(others)
         if others:
             self._notify(others)
@@ -1282,6 +1317,7 @@ class Folder:
             msg = Message(self.next_uid, final, "cur", size,
                           int(date if date is not None else self.clock()), keywords)
             self.next_uid += 1
+            self._bump(msg)
             self._add(msg)
             try:
                 fsync_dir(self.path / "cur")
@@ -1337,6 +1373,7 @@ class Folder:
                 new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
                               msg.keywords)
                 dest.next_uid += 1
+                dest._bump(new)
                 dest._add(new)
                 added.append(new)
                 pairs.append((msg.uid, new.uid))
