@@ -54,3 +54,15 @@ def test_two_folder_objects_share_one_modseq_sequence(tmp_path):
     b.refresh()
     assert a.highest_modseq == b.highest_modseq == 3
     assert a.by_uid(uid).modseq == b.by_uid(uid).modseq == 3
+
+
+def test_folder_and_message_provide_the_store_interfaces(tmp_path):
+    from zope.interface.verify import verifyObject
+
+    from netsuite.store import IMailFolder, IMessage
+
+    f = Folder(tmp_path / "box")
+    uid = f.append(b"Subject: x\n\n")
+    assert verifyObject(IMailFolder, f)
+    assert verifyObject(IMessage, f.by_uid(uid))
+    assert f.uids == [uid] and f.uids == [m.uid for m in f.messages]

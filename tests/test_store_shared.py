@@ -10,6 +10,7 @@ import re
 import smtplib
 import threading
 import time
+import traceback
 
 import pytest
 from test_imap import USERS, connect
@@ -39,8 +40,7 @@ def _smtp_sender(daemon, tags: list[str], errors: list) -> None:
         with smtplib.SMTP("127.0.0.1", daemon.port("smtp"), timeout=30) as s:
             for tag in tags:
                 s.sendmail("bob@remote.test", ["alice@example.test"], _message(tag))
-    except Exception as e:  # surfaced by the test
-        import traceback
+    except Exception:  # surfaced by the test
         errors.append(traceback.format_exc())
 
 
@@ -53,8 +53,7 @@ def _mutt_writer(box, tags: list[str], errors: list) -> None:
             tmp.write_bytes(_message(tag).replace(b"\r\n", b"\n"))
             os.rename(tmp, box / "new" / name)
             _mutt_mark_seen(box, name)
-    except Exception as e:
-        import traceback
+    except Exception:
         errors.append(traceback.format_exc())
 
 
@@ -81,8 +80,7 @@ def _poker(daemon, ready: threading.Semaphore, stop: threading.Event, errors: li
         while not stop.is_set():
             m.noop()
         m.logout()
-    except Exception as e:
-        import traceback
+    except Exception:
         errors.append(traceback.format_exc())
 
 

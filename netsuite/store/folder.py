@@ -43,14 +43,15 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from netsuite.store import changelog
+from netsuite.store import IMailFolder, IMessage, changelog
 from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
 
 log = Logger(namespace="netsuite.store")
@@ -91,7 +92,7 @@ class _Index(NamedTuple):
 
 def _parse_header(line: str) -> tuple[int, int, int, int, int, int]:
     """uidvalidity, next UID, first recent, mtime new, mtime cur, generation."""
-    return _parse_header_log(line)[:6]  # type: ignore[return-value]
+    return _parse_header_log(line)[:6]
 
 
 def _parse_header_log(line: str) -> tuple:
@@ -208,6 +209,7 @@ def to_disk(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
+@implementer(IMessage)
 @dataclass(slots=True, eq=False)
 class Message:
     """One message as the index knows it."""
@@ -405,6 +407,7 @@ class IncomingMessage:
             _unlink(tmp)
 
 
+@implementer(IMailFolder)
 class Folder:
     """A Maildir folder and its index; see the module docstring."""
 
@@ -625,6 +628,7 @@ class Folder:
     def _apply(self, records: list[list[str]], changes: Changes) -> None:
         """Records another process wrote: O(records), a stat per new name."""
         gone: set[int] = set()
+        msg: Message | None
         for r in records:
             try:
                 op = r[0]
@@ -738,7 +742,7 @@ class Folder:
         from twisted.internet import reactor
 
         self._compact_scheduled = True
-        reactor.callLater(0, self.compact)  # type: ignore[attr-defined]
+        reactor.callLater(0, self.compact)
 
     def compact(self) -> None:
         """Write the index whole and start a fresh log: O(messages), rare."""
@@ -1105,6 +1109,11 @@ class Folder:
                 log.failure("folder listener failed")
 
     # -- lookups ----------------------------------------------------------------------
+
+    @property
+    def uids(self) -> list[int]:
+        """The UIDs in ascending order (the folder's own list: do not change it)."""
+        return self._uids
 
     def by_uid(self, uid: int) -> Message | None:
         i = bisect.bisect_left(self._uids, uid)
