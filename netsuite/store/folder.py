@@ -280,6 +280,14 @@ def _rec_meta(m: Message) -> bytes:
     return changelog.encode(["S", str(m.uid), str(m.size), str(m.date)])
 
 
+def _reactor_running() -> bool:
+    """Whether a reactor runs (a daemon), so that blocking work can go to its threads."""
+    import sys
+
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return bool(reactor is not None and getattr(reactor, "running", False))
+
+
 def _tidy(changes: Changes) -> None:
     """
     One report per message: a message both added and expunged in one round
@@ -735,6 +743,19 @@ class Folder:
             self._compact_soon()
         return True
 
+    def _fsync_log_in_thread(self) -> None:
+        from twisted.internet import threads
+
+        def fsync(path: Path) -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        threads.deferToThread(fsync, self.log_path).addErrback(
+            lambda f: log.failure("fsync of {path}", f, path=str(self.log_path)))
+
     def _compact_soon(self) -> None:
         """Compact once the current command is answered (off its path)."""
         if self._compact_scheduled:
@@ -975,9 +996,14 @@ class Folder:
         with self._lock():
             self._sync_locked(changes)
             records = self._scan_locked(changes, force)
-            # What came from the others' log is written already.
+            # What came from the others' log is written already.  UIDs given
+            # to files already durable in new/ or cur/ (a delivery, another
+            # program) are not fsynced here, on the reactor, but in a thread.
+            allocated = self._allocated
             if records or self._dirty or self._pending:
-                self._log(records, durable=self._allocated)
+                if self._log(records, durable=allocated and not _reactor_running()):
+                    if allocated and _reactor_running():
+                        self._fsync_log_in_thread()
         _tidy(changes)
         if changes and notify:
             self._notify(changes)
