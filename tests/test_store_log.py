@@ -128,3 +128,17 @@ def test_kill_9_during_compaction_loses_no_uid_and_no_flag(tmp_path, crash_at):
     assert after.append(b"Subject: later\n\n") > max(expected)
     assert len({m.base for m in after.messages}) == len(after.messages)
     assert INDEX_NAME in os.listdir(box) and LOG_NAME in os.listdir(box)
+
+
+def test_a_growing_log_is_compacted_by_itself(tmp_path, monkeypatch):
+    from netsuite.store import folder as folder_module
+
+    monkeypatch.setattr(folder_module, "COMPACT_MIN_BYTES", 2000)
+    f = Folder(tmp_path / "box")
+    uid = f.append(b"Subject: x\n\n")
+    first = f._log_id
+    for i in range(60):
+        f.set_flags([f.by_uid(uid)], [f"$K{i}"], 1 if i % 2 == 0 else 0)
+    assert f._log_id != first  # compacted on the way, without a reactor
+    assert f.log_path.stat().st_size < 2000 + 200
+    assert Folder(tmp_path / "box").by_uid(uid).flags == f.by_uid(uid).flags

@@ -760,6 +760,9 @@ class Folder:
         """Compact once the current command is answered (off its path)."""
         if self._compact_scheduled:
             return
+        if not _reactor_running():  # a command-line tool: now, it will not wait
+            self._store_index(durable=True)
+            return
         from twisted.internet import reactor
 
         self._compact_scheduled = True
