@@ -105,20 +105,39 @@ def test_unchanged_folder_refresh_does_not_list(store, monkeypatch):
     assert not f.refresh()
 
 
-def test_corrupt_index_is_rebuilt_with_new_uidvalidity(store, tmp_path):
+def test_corrupt_index_is_recovered_with_the_same_uids(store, tmp_path):
     deliver(store, "alice", b"x\n")
     f = store.folder("alice")
+    f.set_flags(f.messages, ["\\Seen", "$Kept"], 1)
+    f.compact()
+    deliver(store, "alice", b"y\n")
+    f.refresh()
+    f.set_flags([f.by_uid(2)], ["$Later"], 1)
     old = f.uidvalidity
     index = tmp_path / "mail" / "alice" / INDEX_NAME
     index.write_text("garbage\n")
     again = Folder(tmp_path / "mail" / "alice", clock=lambda: old + 5)
-    assert again.uidvalidity != old
-    assert [m.uid for m in again.messages] == [1]
+    assert again.uidvalidity == old
+    assert [(m.uid, m.base) for m in again.messages] == [(m.uid, m.base) for m in f.messages]
+    assert again.by_uid(1).flags == ["\\Seen", "$Kept"]
+    assert again.by_uid(2).flags == ["$Later"]
     assert index.read_text().startswith("netsuite-index 1 ")
-    # A truncated index (no final newline) is rebuilt too.
+    # A truncated index (no final newline) is recovered too.
     index.write_text(index.read_text()[:-3])
     third = Folder(tmp_path / "mail" / "alice", clock=lambda: old + 10)
-    assert len(third.messages) == 1 and third.uidvalidity > again.uidvalidity
+    assert third.uidvalidity == old and [m.uid for m in third.messages] == [1, 2]
+
+
+def test_corrupt_index_without_backup_is_rebuilt_with_new_uidvalidity(store, tmp_path):
+    deliver(store, "alice", b"x\n")
+    f = store.folder("alice")
+    old = f.uidvalidity
+    box = tmp_path / "mail" / "alice"
+    (box / INDEX_NAME).write_text("garbage\n")
+    (box / "netsuite-index.backup").unlink()
+    again = Folder(box, clock=lambda: old + 5)
+    assert again.uidvalidity > old
+    assert [m.uid for m in again.messages] == [1]
 
 
 def test_missing_index_rebuilt(store, tmp_path):

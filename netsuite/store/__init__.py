@@ -2,8 +2,10 @@
 Mail storage behind every mail protocol.
 
 SMTP delivers through L{IMailStore.delivery}; POP3 and IMAP read the same
-folders through L{IMailStore.folder} (L{netsuite.store.folder.Folder}: UIDs,
-flags, sizes, change listeners).  A store never knows which protocol called it.
+folders through L{IMailStore.folder} (an L{IMailFolder}: UIDs, flags, sizes,
+MODSEQs, change listeners, of L{IMessage}s).  A store never knows which
+protocol called it.  Each method says what it costs, so that a protocol can
+tell a cheap call from one that reads a file or waits for a disk.
 """
 
 from __future__ import annotations
@@ -71,3 +73,97 @@ class IMailStore(Interface):
 
     def unwatch(folder, listener) -> None:
         """Stop calling C{listener}."""
+
+
+class IMessage(Interface):
+    """One message as a folder's index knows it (no file is read to answer these)."""
+
+    uid = Attribute("The UID, stable for the folder's UIDVALIDITY.")
+    size = Attribute("Wire (CRLF) size, or -1 until L{IMailFolder.size_of} has learned it.")
+    date = Attribute("Internal date (Unix seconds), or -1 until L{IMailFolder.date_of}.")
+    keywords = Attribute("Keywords (IMAP flags that are not system flags), a tuple.")
+    modseq = Attribute("MODSEQ of the message's last change (RFC 7162).")
+    flags = Attribute("System flags then keywords, a new list: O(flags).")
+
+    def has(flag: str) -> bool:
+        """Whether the message carries C{flag} (case-insensitive): O(flags)."""
+
+
+class IMailFolder(Interface):
+    """
+    One folder, shared by every session of a process on it.  All methods are
+    synchronous; listeners hear every change, whoever made it (a session,
+    another process, another program).  Costs below: n is the number of
+    messages, k the number the call is about.
+    """
+
+    name = Attribute("The folder's name (C{INBOX} or an IMAP name, delimiter '.').")
+    uidvalidity = Attribute("UIDVALIDITY: O(1).")
+    next_uid = Attribute("The UID the next message will get (UIDNEXT): O(1).")
+    highest_modseq = Attribute("HIGHESTMODSEQ, persistent across restarts: O(1).")
+    messages = Attribute("L{IMessage}s in UID order, a list not to be changed: O(1).")
+    uids = Attribute("The UIDs in ascending order, a list not to be changed: O(1).")
+    keywords = Attribute("Every keyword ever seen in the folder, a set: O(1).")
+    listeners = Attribute("Callables C{(folder, changes)}; see L{IMailStore.watch}.")
+
+    def by_uid(uid: int):
+        """The L{IMessage} with this UID or None: O(log n), no disk access."""
+
+    def size_of(msg) -> int:
+        """The wire size: O(1) once known, else reads the whole file once."""
+
+    def date_of(msg) -> int:
+        """The internal date: O(1) once known, else one stat once."""
+
+    def open(msg):
+        """The message file open for reading (a binary file): one open; L{KeyError} if gone."""
+
+    def read(msg) -> bytes:
+        """The message as stored (LF line ends): reads the whole file."""
+
+    def read_wire(msg) -> bytes:
+        """The message with CRLF line ends: reads the whole file."""
+
+    def set_flags(msgs, flags, mode: int) -> list:
+        """
+        Replace (0), add (1) or remove (-1) flags; the messages that changed.
+        Takes the folder lock; one rename per message whose system flags
+        change and one change-log record each, not fsynced: O(k).
+        """
+
+    def expunge(uids) -> list:
+        """Remove messages; the UIDs removed.  One unlink and one log record each: O(k)."""
+
+    def append(data: bytes, flags=(), date=None, notify: bool = True) -> int:
+        """
+        Store a message; its UID.  Writes and fsyncs the file, fsyncs the
+        directory and the change log before it returns: O(size).
+        """
+
+    def incoming():
+        """A message to write into tmp/ as it arrives (see L{append_incoming}): O(1)."""
+
+    def append_incoming(incoming, flags=(), date=None, notify: bool = True) -> int:
+        """Deliver a finished incoming message by rename; its UID.  Fsyncs as L{append}."""
+
+    def copy_to(msgs, dest) -> list:
+        """
+        Copy into C{dest} (hard links when possible); (source UID, new UID)
+        pairs.  One link per message, one fsync of the directory and the log.
+        """
+
+    def refresh(notify: bool = True, force: bool = False):
+        """
+        Take in changes by others; what changed.  Three stats when nothing
+        did; else O(records others wrote) plus one listdir per changed
+        directory (O(n) in C) and UIDs for new files (fsynced).
+        """
+
+    def claim_recent() -> set:
+        """UIDs that are \\Recent for the caller, and for no one else: O(recent)."""
+
+    def save_if_dirty() -> None:
+        """Write what is only in memory (learned sizes, \\Recent): a small log append."""
+
+    def compact() -> None:
+        """Rewrite the index whole and start a fresh log: O(n), fsyncs; done when due."""

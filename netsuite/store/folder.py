@@ -5,13 +5,28 @@ The Maildir itself is the truth for which messages exist and which flags they
 carry (flags live in file names, C{:2,DFRST}, as Dovecot and mutt write them).
 The index, C{netsuite-index} in the folder, adds what Maildir cannot say:
 stable UIDs, UIDVALIDITY, the next UID, the wire (CRLF) size, the internal
-date and keywords.  It is rewritten atomically (temporary file, rename).
+date and keywords.  Changes go into an append-only change log beside it
+(L{netsuite.store.changelog}, Dovecot's C{dovecot.index.log}): a new UID,
+a flag change or an expunge is one record, O(1); only new UIDs are fsynced.
+When the log has grown past the index's size it is compacted: the index is
+rewritten atomically (temporary file, fsync, rename), the old one kept as
+C{netsuite-index.backup} and the old log as C{.log.2}, so a lost or corrupt
+index is recovered with the same UIDs (backup + logs), whenever a crash hit.
 
 Opening a folder reads the index and then looks at the disk only if C{new/} or
 C{cur/} changed since the index was written (their mtimes are recorded): one
 C{listdir} per changed directory, and a C{stat} only for files the index does
-not know.  A missing or corrupt index is rebuilt from the files, with a new
-UIDVALIDITY.
+not know.  Only if the backup is gone too is the index rebuilt from the
+files, with a new UIDVALIDITY.
+
+Several processes may share a folder (two netsuite daemons, netsuite and
+the CLI, a Maildir writer such as mutt that does not lock): every UID
+allocation and every index write happens under an exclusive flock on
+C{netsuite-index.lock} (Dovecot's C{dovecot-uidlist.lock}), after taking in
+what the others wrote since (the index header's generation tells, one read;
+outside the lock a stat of the index notices it).  A UID is given once, to
+one file, and the others adopt it; a rename that fails because another
+program renamed the file first is retried on the new name, so no flag is lost.
 
 All methods are synchronous and run in the reactor thread; a L{Folder} is
 shared by every session of the process on that folder (see
@@ -22,23 +37,105 @@ change, whoever made it.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import functools
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from netsuite.store import IMailFolder, IMessage, changelog
 from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
 
 log = Logger(namespace="netsuite.store")
 
 INDEX_NAME = "netsuite-index"
 INDEX_MAGIC = "netsuite-index 1"
+#: Held (flock, exclusive) around every UID allocation and index write, by every
+#: netsuite process on the folder: Dovecot's C{dovecot-uidlist.lock}.
+LOCK_NAME = "netsuite-index.lock"
+#: The change log (see L{netsuite.store.changelog}); C{.2} is the one before the
+#: last compaction, C{INDEX_NAME.backup} the index before it: together they
+#: rebuild a lost or corrupt index with the same UIDs (Dovecot's
+#: C{dovecot.index.log.2}).
+LOG_NAME = "netsuite-index.log"
+LOG2_NAME = "netsuite-index.log.2"
+BACKUP_NAME = "netsuite-index.backup"
+#: The log is compacted into the index when it outgrows this, or this many
+#: bytes per message: amortised O(1) per change.
+COMPACT_MIN_BYTES = 256 * 1024
+COMPACT_BYTES_PER_MESSAGE = 50
+
+
+class _Index(NamedTuple):
+    """An index file as read: the header, then (uid, size, date, sub, name, keywords)."""
+
+    uidvalidity: int
+    next_uid: int
+    first_recent: int
+    mtimes: tuple[int, int]
+    generation: int
+    #: The log this index was compacted with, and how far it had read it.
+    log_id: str | None
+    log_offset: int
+    highest_modseq: int
+    #: (uid, size, date, sub, name, keywords, modseq)
+    entries: list[tuple[int, int, int, str, str, tuple[str, ...], int]]
+
+
+def _parse_header(line: str) -> tuple[int, int, int, int, int, int]:
+    """uidvalidity, next UID, first recent, mtime new, mtime cur, generation."""
+    return _parse_header_log(line)[:6]
+
+
+def _parse_header_log(line: str) -> tuple:
+    """L{_parse_header} and then the log id (None) and offset."""
+    head = line.rstrip("\n").split(" ")
+    if " ".join(head[:2]) != INDEX_MAGIC:
+        raise ValueError("bad header")
+    uidvalidity, next_uid, first_recent, m_new, m_cur = (int(x) for x in head[2:7])
+    # Written by every process after it read the others' changes: it only grows.
+    generation = int(head[7]) if len(head) > 7 else 0
+    log_id, log_offset = (head[8], int(head[9])) if len(head) > 9 else (None, 0)
+    highest_modseq = int(head[10]) if len(head) > 10 else 0
+    return (uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id, log_offset,
+            highest_modseq)
+
+
+def _parse_index(text: str) -> _Index:
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise ValueError("truncated")
+    (uidvalidity, next_uid, first_recent, m_new, m_cur, generation, log_id,
+     log_offset, highest_modseq) = _parse_header_log(lines[0])
+    entries = []
+    last = 0
+    for line in lines[1:-1]:
+        fields = line.split("\t")
+        if len(fields) == 6:
+            fields.append("0")  # written before MODSEQ
+        uid_s, size_s, date_s, sub, name, kw, modseq_s = fields
+        uid = int(uid_s)
+        if uid <= last or sub not in ("new", "cur"):
+            raise ValueError(f"bad entry for UID {uid}")
+        last = uid
+        entries.append((uid, int(size_s), int(date_s), sub, name,
+                        tuple(kw.split(" ")) if kw else (), int(modseq_s)))
+    if last >= next_uid or uidvalidity <= 0:
+        raise ValueError("UIDs beyond next UID")
+    return _Index(uidvalidity, next_uid, first_recent, (m_new, m_cur), generation, log_id,
+                  log_offset, highest_modseq, entries)
+
+
+def _file_sig(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 #: Maildir info letters <-> IMAP system flags.
 LETTER_TO_FLAG = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen",
@@ -112,6 +209,7 @@ def to_disk(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
+@implementer(IMessage)
 @dataclass(slots=True, eq=False)
 class Message:
     """One message as the index knows it."""
@@ -126,6 +224,9 @@ class Message:
     #: Internal date, Unix seconds.
     date: int
     keywords: tuple[str, ...] = ()
+    #: The folder's modification sequence when this message last changed
+    #: (arrived, or its flags did): RFC 7162's per-message MODSEQ.
+    modseq: int = 0
 
     @property
     def base(self) -> str:
@@ -159,6 +260,56 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.expunged or self.added or self.flags)
+
+
+def _rec_add(m: Message) -> bytes:
+    return changelog.encode(["A", str(m.uid), str(m.size), str(m.date), m.sub, m.name,
+                             " ".join(m.keywords), str(m.modseq)])
+
+
+def _rec_flags(m: Message) -> bytes:
+    return changelog.encode(["F", str(m.uid), m.sub, m.name, " ".join(m.keywords),
+                             str(m.modseq)])
+
+
+def _rec_gone(uid: int, modseq: int) -> bytes:
+    return changelog.encode(["X", str(uid), str(modseq)])
+
+
+def _rec_meta(m: Message) -> bytes:
+    return changelog.encode(["S", str(m.uid), str(m.size), str(m.date)])
+
+
+def _reactor_running() -> bool:
+    """Whether a reactor runs (a daemon), so that blocking work can go to its threads."""
+    import sys
+
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return bool(reactor is not None and getattr(reactor, "running", False))
+
+
+def _tidy(changes: Changes) -> None:
+    """
+    One report per message: a message both added and expunged in one round
+    (another process's, already gone) is neither; flags once, and not for
+    messages added or expunged.
+    """
+    if changes.added and changes.expunged:
+        both = {m.uid for m in changes.added} & set(changes.expunged)
+        if both:
+            changes.added = [m for m in changes.added if m.uid not in both]
+            changes.expunged = [u for u in changes.expunged if u not in both]
+    if changes.flags:
+        skip = {id(m) for m in changes.added}
+        gone = set(changes.expunged)
+        seen: set[int] = set()
+        flags = []
+        for m in changes.flags:
+            if id(m) in skip or m.uid in gone or id(m) in seen:
+                continue
+            seen.add(id(m))
+            flags.append(m)
+        changes.flags = flags
 
 
 class FolderGone(Exception):
@@ -264,6 +415,7 @@ class IncomingMessage:
             _unlink(tmp)
 
 
+@implementer(IMailFolder)
 class Folder:
     """A Maildir folder and its index; see the module docstring."""
 
@@ -280,6 +432,9 @@ class Folder:
         self.next_uid = 1
         #: UIDs at or above this are \Recent for the next session that claims them.
         self.first_recent = 1
+        #: The highest MODSEQ given in this folder (RFC 7162 HIGHESTMODSEQ): every
+        #: arrival, flag change and expunge takes the next one.
+        self.highest_modseq = 0
         self.messages: list[Message] = []
         self._uids: list[int] = []
         self._by_base: dict[str, Message] = {}
@@ -290,8 +445,336 @@ class Folder:
         self.keywords: set[str] = set()
         self._dirty = False
         self._save_failing = False
+        #: The index file as this process last read or wrote it (inode, mtime,
+        #: size), and its generation: another process's write changes both.
+        self._index_sig: tuple[int, int, int] | None = None
+        self._generation = 0
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._lock_failing = False
+        self._scanned_changes = self._allocated = False
+        #: The change log this process follows: its id, the end of the last
+        #: record read or written, its (inode, size) then.
+        self._log_id: str | None = None
+        self._log_good = 0
+        self._log_sig: tuple[int, int] | None = None
+        self._log_missing = False
+        #: Records (sizes, dates, \\Recent) not worth a write of their own.
+        self._pending: list[bytes] = []
+        self._compact_scheduled = False
         ensure_maildir(self.path)
-        self._load()
+        with self._lock():
+            self._load()
+
+    # -- locking between processes ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """
+        Hold the folder's lock file (flock: it excludes other processes and other
+        L{Folder} objects on the same path alike).  Re-entrant.  Held only for
+        the short synchronous work of reading the others' changes, giving UIDs
+        and writing the index; never across a Deferred.  If the lock file cannot
+        be made (a read-only or full disk) the work goes on unlocked.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = None
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            if not self._lock_failing:
+                self._lock_failing = True
+                log.warn("cannot lock {path} ({error}); going on unlocked",
+                         path=str(self.path), error=e)
+        self._lock_fd = fd
+        self._lock_depth = 1
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            self._lock_fd = None
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+    def _index_stat(self) -> tuple[int, int, int] | None:
+        try:
+            return _file_sig(os.stat(self.index_path))
+        except FileNotFoundError:
+            return None
+
+    def _sync_locked(self, changes: Changes) -> None:
+        """
+        Under the lock: adopt what other processes wrote into the index since
+        this one last read or wrote it (UIDs they gave, keywords, expunges), so
+        that a UID is never given twice.  Costs one header read when nobody
+        else wrote; a missing or unreadable index is written again from memory,
+        with the same UIDs.
+        """
+        try:
+            f = open(self.index_path, encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            self._dirty = True
+            return
+        with f:
+            sig = _file_sig(os.fstat(f.fileno()))
+            head = f.readline()
+            try:
+                uidvalidity, *_, generation = _parse_header(head)
+            except (ValueError, IndexError):
+                self._dirty = True
+                return
+            if (uidvalidity, generation) == (self.uidvalidity, self._generation):
+                self._index_sig = sig
+                self._sync_log(changes)
+                return
+            text = head + f.read()
+        try:
+            index = _parse_index(text)
+        except (ValueError, IndexError) as e:
+            log.warn("index of {path} unreadable ({why}); writing it again from memory",
+                     path=str(self.path), why=e)
+            self._dirty = True
+            return
+        self._merge(index, changes)
+        self._index_sig = sig
+        self._sync_log(changes)
+
+    def _merge(self, index: _Index, changes: Changes) -> None:
+        """Take in another process's index: its new UIDs, keywords, expunges."""
+        if index.uidvalidity != self.uidvalidity:
+            log.warn("index of {path} was rebuilt by another process (UIDVALIDITY {old} "
+                     "-> {new})", path=str(self.path), old=self.uidvalidity,
+                     new=index.uidvalidity)
+            changes.expunged.extend(self._uids)
+            self.messages, self._uids, self._by_base = [], [], {}
+            self.uidvalidity, self.next_uid = index.uidvalidity, 1
+        mine = {m.uid: m for m in self.messages}
+        known_next = self.next_uid
+        merged: list[Message] = []
+        for uid, size, date, sub, name, kw, modseq in index.entries:
+            msg = mine.pop(uid, None)
+            if msg is None:
+                if uid < known_next:
+                    continue  # this process saw it go (an expunge not yet written)
+                msg = Message(uid, name, sub, size, date, kw, modseq)
+                changes.added.append(msg)
+                self.keywords.update(kw)
+            else:
+                if msg.keywords != kw:
+                    msg.keywords = kw
+                    self.keywords.update(kw)
+                    changes.flags.append(msg)
+                if msg.size < 0:
+                    msg.size = size
+                if msg.date < 0:
+                    msg.date = date
+                msg.modseq = max(msg.modseq, modseq)
+            merged.append(msg)
+        unwritten = []
+        for uid, msg in mine.items():
+            if uid < index.next_uid:
+                changes.expunged.append(uid)  # the other process saw its file go
+            else:
+                unwritten.append(msg)  # given here, not yet written (a failed save)
+        if unwritten:
+            merged.extend(unwritten)
+            merged.sort(key=lambda m: m.uid)
+        changes.expunged.sort()
+        self.messages = merged
+        self._uids = [m.uid for m in merged]
+        self._by_base = {m.base: m for m in merged}
+        self._names = None
+        self.next_uid = max(self.next_uid, index.next_uid)
+        self.first_recent = max(self.first_recent, index.first_recent)
+        self.highest_modseq = max(self.highest_modseq, index.highest_modseq)
+        self._generation = index.generation
+        self._log_id, self._log_good = index.log_id, index.log_offset
+        # The names in the other's index may be older than the files: look.
+        self._unsure = True
+
+    # -- the change log ---------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG_NAME
+
+    def _log_stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.log_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size)
+
+    def _sync_log(self, changes: Changes) -> None:
+        """Under the lock: apply the records others appended since this process read."""
+        if self._log_id is None:
+            self._log_missing = True
+            return
+        got = changelog.read_records(self.log_path, self._log_id, self._log_good)
+        if got is None:
+            # A compaction stopped before its fresh log was in place: the index
+            # holds everything; the next write starts the log again.
+            self._log_missing = True
+            return
+        records, good, _size = got
+        self._log_missing = False
+        if records:
+            self._apply(records, changes)
+        self._log_good = good
+        self._log_sig = self._log_stat()
+
+    def _apply(self, records: list[list[str]], changes: Changes) -> None:
+        """Records another process wrote: O(records), a stat per new name."""
+        gone: set[int] = set()
+        msg: Message | None
+        for r in records:
+            try:
+                op = r[0]
+                if op == "A":
+                    uid = int(r[1])
+                    if uid < self.next_uid:
+                        continue  # known already (or expunged here)
+                    kw = tuple(r[6].split(" ")) if r[6] else ()
+                    msg = Message(uid, r[5], r[4], int(r[2]), int(r[3]), kw,
+                                  int(r[7]) if len(r) > 7 else 0)
+                    self.highest_modseq = max(self.highest_modseq, msg.modseq)
+                    self.next_uid = uid + 1
+                    self._add(msg)
+                    if not os.path.exists(self.file_path(msg)):
+                        self._unsure = True  # renamed since: the next scan finds it
+                    changes.added.append(msg)
+                elif op == "F":
+                    msg = self.by_uid(int(r[1]))
+                    if msg is None or msg.uid in gone:
+                        continue
+                    old = (msg.letters, msg.keywords)
+                    sub, name = r[2], r[3]
+                    if (sub, name) != (msg.sub, msg.name):
+                        if os.path.exists(self.path / sub / name):
+                            if self._names is not None:
+                                self._names[msg.sub].discard(msg.name)
+                                self._names[sub].add(name)
+                            msg.sub, msg.name = sub, name
+                        elif not os.path.exists(self.file_path(msg)):
+                            self._unsure = True
+                    msg.keywords = tuple(r[4].split(" ")) if r[4] else ()
+                    self.keywords.update(msg.keywords)
+                    if len(r) > 5:
+                        msg.modseq = int(r[5])
+                        self.highest_modseq = max(self.highest_modseq, msg.modseq)
+                    if (msg.letters, msg.keywords) != old:
+                        changes.flags.append(msg)
+                elif op == "X":
+                    uid = int(r[1])
+                    if len(r) > 2:
+                        self.highest_modseq = max(self.highest_modseq, int(r[2]))
+                    if uid not in gone and self.by_uid(uid) is not None:
+                        gone.add(uid)
+                        changes.expunged.append(uid)
+                elif op == "S":
+                    msg = self.by_uid(int(r[1]))
+                    if msg is not None:
+                        if msg.size < 0:
+                            msg.size = int(r[2])
+                        if msg.date < 0:
+                            msg.date = int(r[3])
+                elif op == "R":
+                    self.first_recent = max(self.first_recent, int(r[1]))
+            except (IndexError, ValueError):
+                log.warn("bad record in the change log of {path}: {r!r}",
+                         path=str(self.path), r=r)
+        if gone:
+            self._drop(gone)
+            changes.expunged.sort()
+
+    def _bump(self, msg: Message | None = None) -> int:
+        """Under the lock: the next MODSEQ, given to C{msg} if any."""
+        self.highest_modseq += 1
+        if msg is not None:
+            msg.modseq = self.highest_modseq
+        return self.highest_modseq
+
+    def _drop(self, gone: set[int]) -> None:
+        for m in self.messages:
+            if m.uid in gone:
+                self._by_base.pop(m.base, None)
+                if self._names is not None:
+                    self._names[m.sub].discard(m.name)
+        self.messages = [m for m in self.messages if m.uid not in gone]
+        self._uids = [m.uid for m in self.messages]
+
+    def _log(self, lines: list[bytes], durable: bool = False, strict: bool = False) -> bool:
+        """
+        Under the lock, after L{_sync_locked}: append records (with any pending
+        ones), fsynced when C{durable} (new UIDs).  Without a log to append to,
+        the whole index is written instead (it starts one).  A failure is soft
+        (the index is written whole later) unless C{strict}.
+        """
+        lines = self._pending + lines
+        if self._log_id is None or self._log_missing or self._dirty:
+            return self._store_index(durable=True, strict=strict)
+        if not lines:
+            return True
+        try:
+            self._log_good = changelog.append(self.log_path, self._log_good, lines, durable)
+        except OSError as e:
+            if strict:
+                raise
+            self._dirty = True
+            if not self._save_failing:
+                self._save_failing = True
+                log.warn("cannot save the index of {path} (its change log: {error}); "
+                         "serving from memory, will retry", path=str(self.path), error=e)
+            return False
+        self._pending = []
+        self._log_sig = self._log_stat()
+        if self._log_good > max(COMPACT_MIN_BYTES,
+                                COMPACT_BYTES_PER_MESSAGE * len(self.messages)):
+            self._compact_soon()
+        return True
+
+    def _fsync_log_in_thread(self) -> None:
+        from twisted.internet import threads
+
+        def fsync(path: Path) -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        threads.deferToThread(fsync, self.log_path).addErrback(
+            lambda f: log.failure("fsync of {path}", f, path=str(self.log_path)))
+
+    def _compact_soon(self) -> None:
+        """Compact once the current command is answered (off its path)."""
+        if self._compact_scheduled:
+            return
+        if not _reactor_running():  # a command-line tool: now, it will not wait
+            self._store_index(durable=True)
+            return
+        from twisted.internet import reactor
+
+        self._compact_scheduled = True
+        reactor.callLater(0, self.compact)
+
+    def compact(self) -> None:
+        """Write the index whole and start a fresh log: O(messages), rare."""
+        self._compact_scheduled = False
+        try:
+            self.save(durable=True)
+        except FolderGone:
+            pass
 
     # -- index ------------------------------------------------------------------
 
@@ -301,43 +784,86 @@ class Folder:
 
     def _load(self) -> None:
         try:
-            text = self.index_path.read_text("utf-8", errors="surrogateescape")
-            self._parse(text)
+            with open(self.index_path, encoding="utf-8", errors="surrogateescape") as f:
+                sig = _file_sig(os.fstat(f.fileno()))
+                index = _parse_index(f.read())
         except FileNotFoundError:
-            self._rebuild("no index")
+            if not self._recover("no index"):
+                self._rebuild("no index")
         except (ValueError, IndexError) as e:
-            self._rebuild(f"corrupt index ({e})")
+            if not self._recover(f"corrupt index ({e})"):
+                self._rebuild(f"corrupt index ({e})")
         else:
+            self._adopt(index, sig)
+            self._sync_log(Changes())
             self.refresh(notify=False)
 
-    def _parse(self, text: str) -> None:
-        lines = text.split("\n")
-        head = lines[0].split(" ")
-        if " ".join(head[:2]) != INDEX_MAGIC or lines[-1] != "":
-            raise ValueError("bad header or truncated")
-        uidvalidity, next_uid, first_recent, m_new, m_cur = (int(x) for x in head[2:7])
+    def _recover(self, why: str) -> bool:
+        """
+        The index is lost or corrupt: take the backup (the index before the
+        last compaction) and replay the logs written since (C{.2}, then the
+        current one), so every UID stays what it was.  False if there is no
+        backup either (then the folder is rebuilt with a new UIDVALIDITY).
+        """
+        try:
+            with open(self.path / BACKUP_NAME, encoding="utf-8",
+                      errors="surrogateescape") as f:
+                sig = _file_sig(os.fstat(f.fileno()))
+                index = _parse_index(f.read())
+        except (OSError, ValueError, IndexError):
+            return False
+        self._adopt(index, sig)
+        changes = Changes()
+        for path in (self.path / LOG2_NAME, self.log_path):
+            got = (changelog.read_records(path, self._log_id, self._log_good)
+                   if self._log_id else None)
+            if got is None:
+                continue
+            self._apply(got[0], changes)
+            if path == self.log_path:
+                break
+            # The log after .2 is the current one, from its start.
+            ident = changelog.read_id(self.log_path)
+            if ident is None:
+                break
+            self._log_id, self._log_good = ident[0], 0
+        else:
+            # The backup's log is gone: the current one still holds the latest changes.
+            ident = changelog.read_id(self.log_path)
+            if ident is not None and ident[0] != self._log_id:
+                got = changelog.read_records(self.log_path, ident[0], 0)
+                if got is not None:
+                    self._apply(got[0], changes)
+        log.warn("index of {path} recovered from its backup and change logs ({why}); "
+                 "UIDs kept", path=str(self.path), why=why)
+        self._unsure = True
+        self._scan_locked(Changes(), force=True)
+        # Neither the bad index nor the old backup is kept: the recovered state
+        # is written as both (the backup must match the logs that follow it).
+        _unlink(self.index_path)
+        _unlink(self.path / BACKUP_NAME)
+        self._store_index(durable=True)
+        return True
+
+    def _adopt(self, index: _Index, sig: tuple[int, int, int]) -> None:
         messages = []
         by_base = {}
-        last = 0
-        for line in lines[1:-1]:
-            uid_s, size_s, date_s, sub, name, kw = line.split("\t")
-            uid = int(uid_s)
-            if uid <= last or sub not in ("new", "cur"):
-                raise ValueError(f"bad entry for UID {uid}")
-            last = uid
-            msg = Message(uid, name, sub, int(size_s), int(date_s),
-                          tuple(kw.split(" ")) if kw else ())
+        for uid, size, date, sub, name, kw, modseq in index.entries:
+            msg = Message(uid, name, sub, size, date, kw, modseq)
             messages.append(msg)
             by_base[split_name(name)[0]] = msg
-        if last >= next_uid or uidvalidity <= 0:
-            raise ValueError("UIDs beyond next UID")
-        self.uidvalidity, self.next_uid, self.first_recent = uidvalidity, next_uid, first_recent
+        self.uidvalidity, self.next_uid = index.uidvalidity, index.next_uid
+        self.first_recent = index.first_recent
+        self.highest_modseq = index.highest_modseq
         self.messages = messages
         self._uids = [m.uid for m in messages]
         self._by_base = by_base
         self._names = None
-        self._mtimes = (m_new, m_cur)
+        self._mtimes = index.mtimes
         self._unsure = False
+        self._generation = index.generation
+        self._log_id, self._log_good = index.log_id, index.log_offset
+        self._index_sig = sig
         for m in messages:
             self.keywords.update(m.keywords)
 
@@ -352,12 +878,13 @@ class Folder:
         self._names = None
         self._mtimes = (-1, -1)
         self._unsure = True
-        self.refresh(notify=False, force=True)
-        self.save(durable=True)
+        self._scan_locked(Changes(), force=True)
+        self._store_index(durable=True)
 
     def save(self, durable: bool = False, strict: bool = False) -> bool:
         """
-        Write the index atomically; C{durable} fsyncs it (new UIDs were given).
+        Write the index atomically (under the folder lock, after taking in what
+        other processes wrote); C{durable} fsyncs it (new UIDs were given).
 
         On a full disk (or any write error) this fails soft: reads go on from
         memory, the error is logged once, and the next save (the next refresh
@@ -365,6 +892,16 @@ class Folder:
         C{strict} raises instead, for a caller that must undo what it did (an
         APPEND whose UID would otherwise not be durable).
         """
+        changes = Changes()
+        with self._lock():
+            self._sync_locked(changes)
+            ok = self._store_index(durable, strict)
+        if changes:
+            self._notify(changes)
+        return ok
+
+    def _store_index(self, durable: bool = False, strict: bool = False) -> bool:
+        """L{save} under the lock already held."""
         try:
             self._write_index(durable)
         except OSError as e:
@@ -382,24 +919,58 @@ class Folder:
             log.info("index of {path} saved again", path=str(self.path))
         return True
 
-    def _write_index(self, durable: bool) -> None:
+    def _write_index(self, durable: bool = True) -> None:
+        """
+        Compaction: the whole state into a fresh index, fsynced, beside a fresh
+        empty log.  The old index becomes the backup and the old log C{.2}, so
+        that whatever moment a crash (kill -9) picks, one index and the logs it
+        names still hold every UID and flag.
+        """
         self._dirty = False
-        out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
-               f"{self._mtimes[0]} {self._mtimes[1]}\n"]
-        out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t{' '.join(m.keywords)}\n"
-                   for m in self.messages)
+        generation = self._generation + 1
+        log_id = changelog.new_log_id()
+        fresh_log = self.path / (LOG_NAME + ".new")
         tmp = self.path / f"{INDEX_NAME}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write("".join(out))
-                if durable:
+            log_size = changelog.create(fresh_log, log_id, durable)
+            out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
+                   f"{self._mtimes[0]} {self._mtimes[1]} {generation} {log_id} {log_size} "
+                   f"{self.highest_modseq}\n"]
+            out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t"
+                       f"{' '.join(m.keywords)}\t{m.modseq}\n" for m in self.messages)
+            text = "".join(out)
+            if not os.path.exists(self.path / BACKUP_NAME):
+                # The first index is its own backup (a copy: later ones are renamed).
+                with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(text)
                     f.flush()
+                    if durable:
+                        os.fsync(f.fileno())
+                os.replace(tmp, self.path / BACKUP_NAME)
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+                f.flush()
+                if durable:
                     os.fsync(f.fileno())
+                sig = _file_sig(os.fstat(f.fileno()))
+            if self.index_path.exists():
+                os.replace(self.index_path, self.path / BACKUP_NAME)
             os.replace(tmp, self.index_path)
         except BaseException:
             self._dirty = True
             _unlink(tmp)
+            _unlink(fresh_log)
             raise
+        # From here the new index is the truth: the logs only follow it.
+        if self.log_path.exists():
+            os.replace(self.log_path, self.path / LOG2_NAME)
+        os.replace(fresh_log, self.log_path)
+        self._generation = generation
+        # The rename keeps the inode; the mtime is the last write's.
+        self._index_sig = sig
+        self._log_id, self._log_good, self._log_missing = log_id, log_size, False
+        self._log_sig = self._log_stat()
+        self._pending = []
 
     # -- reading the disk -----------------------------------------------------------
 
@@ -412,15 +983,46 @@ class Folder:
 
     def refresh(self, notify: bool = True, force: bool = False) -> Changes:
         """
-        Bring the index up to date with the disk: cheap (two stats) when
-        nothing changed; otherwise one listdir per directory and a stat per
-        unknown file.  Listeners hear what changed.
+        Bring the index up to date with the disk and with what other processes
+        wrote: cheap (three stats) when nothing changed; otherwise, under the
+        folder lock, the other processes' index changes, one listdir per
+        directory and new UIDs for unknown files.  Listeners hear what changed.
         """
         mtimes = self._dir_mtimes()
-        if mtimes == self._mtimes and not self._unsure and not force:
-            if self._dirty:
-                self.save()
+        if (mtimes == self._mtimes and not self._unsure and not force
+                and self._log_stat() == self._log_sig
+                and self._index_stat() == self._index_sig):
+            if self._dirty or self._pending:
+                self.save_if_dirty()
             return Changes()
+        changes = Changes()
+        with self._lock():
+            self._sync_locked(changes)
+            records = self._scan_locked(changes, force)
+            # What came from the others' log is written already.  UIDs given
+            # to files already durable in new/ or cur/ (a delivery, another
+            # program) are not fsynced here, on the reactor, but in a thread.
+            allocated = self._allocated
+            if records or self._dirty or self._pending:
+                if self._log(records, durable=allocated and not _reactor_running()):
+                    if allocated and _reactor_running():
+                        self._fsync_log_in_thread()
+        _tidy(changes)
+        if changes and notify:
+            self._notify(changes)
+        return changes
+
+    def _scan_locked(self, changes: Changes, force: bool = False) -> list[bytes]:
+        """
+        Under the lock: compare the directories with the index (skipped when
+        their mtimes did not move), give UIDs to unknown files.  The records
+        for the log; sets C{_allocated} when UIDs were given.
+        """
+        self._scanned_changes = self._allocated = False
+        mtimes = self._dir_mtimes()
+        if mtimes == self._mtimes and not self._unsure and not force:
+            return []
+        records: list[bytes] = []
         now_ns = int(self.clock() * 1e9)
         # Dot files are not messages; names with tabs or newlines cannot be
         # indexed (no Maildir writer makes them) and are left alone.
@@ -435,7 +1037,7 @@ class Folder:
             for name in disk[sub] - known[sub]:
                 appeared[split_name(name)[0]] = (sub, name)
             vanished.extend((sub, name) for name in known[sub] - disk[sub])
-        changes = Changes()
+        before = (len(changes.added), len(changes.expunged), len(changes.flags))
         on_disk: dict[str, tuple[str, str]] = {}
         for base, where in appeared.items():
             msg = self._by_base.get(base)
@@ -445,11 +1047,14 @@ class Folder:
             old = msg.letters
             msg.sub, msg.name = where
             if msg.letters != old:
+                self._bump(msg)
                 changes.flags.append(msg)
+            records.append(_rec_flags(msg))
         for sub, name in vanished:
             msg = self._by_base.get(split_name(name)[0])
             if msg is not None and (msg.sub, msg.name) == (sub, name):
                 changes.expunged.append(msg.uid)
+                records.append(_rec_gone(msg.uid, self._bump()))
         self._names = disk
         if changes.expunged:
             gone = set(changes.expunged)
@@ -464,23 +1069,22 @@ class Folder:
         for base, (sub, name) in fresh:
             msg = Message(self.next_uid, name, sub, _size_hint(base), -1)
             self.next_uid += 1
+            self._bump(msg)
             self._add(msg)
             changes.added.append(msg)
+            records.append(_rec_add(msg))
         self._mtimes = mtimes
         self._unsure = any(now_ns - m < _UNSURE_NS for m in mtimes)
-        if changes:
-            self.save(durable=bool(changes.added))
-            if notify:
-                self._notify(changes)
-        elif force or self._dirty:
-            self.save()
-        return changes
+        self._allocated = bool(fresh)
+        self._scanned_changes = before != (len(changes.added), len(changes.expunged),
+                                           len(changes.flags))
+        return records
 
     def size_of(self, msg: Message) -> int:
         """The wire (CRLF) size, read from the file the first time it is needed."""
         if msg.size < 0:
             msg.size = wire_size(self.read(msg))
-            self._dirty = True
+            self._pending.append(_rec_meta(msg))
         return msg.size
 
     def date_of(self, msg: Message) -> int:
@@ -494,12 +1098,20 @@ class Folder:
                     msg.date = int(os.stat(self.file_path(msg)).st_mtime)
                 except FileNotFoundError:
                     return 0
-            self._dirty = True
+            self._pending.append(_rec_meta(msg))
         return msg.date
 
     def save_if_dirty(self) -> None:
-        if self._dirty:
-            self.save()
+        """Write what is only in memory: pending records, or the whole index if due."""
+        if not (self._dirty or self._pending):
+            return
+        changes = Changes()
+        with self._lock():
+            self._sync_locked(changes)
+            self._log([])
+        _tidy(changes)
+        if changes:
+            self._notify(changes)
 
     def _known(self) -> dict[str, set[str]]:
         """File names the index knows, per directory (rebuilt after bulk changes)."""
@@ -526,6 +1138,11 @@ class Folder:
                 log.failure("folder listener failed")
 
     # -- lookups ----------------------------------------------------------------------
+
+    @property
+    def uids(self) -> list[int]:
+        """The UIDs in ascending order (the folder's own list: do not change it)."""
+        return self._uids
 
     def by_uid(self, uid: int) -> Message | None:
         i = bisect.bisect_left(self._uids, uid)
@@ -560,7 +1177,7 @@ class Folder:
         recent = {m.uid for m in self.messages[bisect.bisect_left(self._uids, self.first_recent):]}
         if self.first_recent != self.next_uid:
             self.first_recent = self.next_uid
-            self._dirty = True
+            self._pending.append(changelog.encode(["R", str(self.first_recent)]))
         return recent
 
     # -- changing -------------------------------------------------------------------
@@ -570,76 +1187,114 @@ class Folder:
         Replace (mode 0), add (1) or remove (-1) C{flags}: system flags by
         renaming the file into C{cur/}, keywords in the index.  Returns the
         messages whose flags changed.
+
+        Under the folder lock, after taking in the other processes' changes;
+        a file renamed meanwhile by a program that does not lock (mutt) is
+        looked up again, so no one's flag is lost.
         """
         flags = [f for f in flags if f.lower() != "\\recent"]
         system = {f.lower() for f in flags if f.lower() in FLAG_TO_LETTER}
         keywords = [f for f in flags if f.lower() not in FLAG_TO_LETTER]
         changed = []
-        any_keyword = False
-        for msg in msgs:
-            current = {f.lower() for f in letters_to_flags(msg.letters)}
-            kws = list(msg.keywords)
-            if mode == 0:
-                new_sys, new_kw = system, keywords
-            elif mode > 0:
-                new_sys = current | system
-                new_kw = kws + [k for k in keywords if k.lower() not in {x.lower() for x in kws}]
-            else:
-                new_sys = current - system
-                new_kw = [k for k in kws if k.lower() not in {x.lower() for x in keywords}]
-            letters = flags_to_letters(new_sys, keep=msg.letters)
-            kw_changed = tuple(new_kw) != msg.keywords
-            if letters == msg.letters and msg.sub == "cur" and not kw_changed:
-                continue
-            if letters != msg.letters or msg.sub != "cur":
-                new_name = f"{msg.base}:2,{letters}"
-                try:
-                    os.rename(self.file_path(msg), self.path / "cur" / new_name)
-                except FileNotFoundError:
+        others = Changes()
+        allocated = False
+        records: list[bytes] = []
+        with self._lock():
+            self._sync_locked(others)
+            for msg in msgs:
+                for _attempt in range(3):
+                    try:
+                        result = self._flag_one(msg, system, keywords, mode)
+                    except FileNotFoundError:
+                        # Renamed or removed by another program: look again.
+                        records.extend(self._scan_locked(others, force=True))
+                        allocated = allocated or self._allocated
+                        if self._by_base.get(msg.base) is not msg:
+                            result = None
+                            break
+                        continue
+                    break
+                else:
+                    result = None
+                if result is None:
                     continue
-                sys_changed = letters != msg.letters
-                if self._names is not None:
-                    self._names[msg.sub].discard(msg.name)
-                    self._names["cur"].add(new_name)
-                msg.sub, msg.name = "cur", new_name
-            else:
-                sys_changed = False
-            msg.keywords = tuple(new_kw)
-            self.keywords.update(new_kw)
-            if sys_changed or kw_changed:
-                changed.append(msg)
-                any_keyword = any_keyword or kw_changed
+                sys_changed, kw_changed = result
+                if sys_changed or kw_changed:
+                    changed.append(msg)
+                    self._bump(msg)
+                    records.append(_rec_flags(msg))
+            # One record per message, not fsynced (Dovecot's mail_fsync=optimized):
+            # a crash may lose the last flag changes, never a UID.
+            if records:
+                self._log(records, durable=allocated)
+        _tidy(others)
+        if others:
+            self._notify(others)
         if changed:
-            # System flags live in the file names, which a restart reads back;
-            # keywords live only in the index, so they are written at once.
-            if any_keyword:
-                self.save()
-            else:
-                self._dirty = True
             self._notify(Changes(flags=changed))
         return changed
 
-    def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Remove these messages' files; returns the UIDs actually removed."""
-        gone = []
-        for uid in sorted(set(uids)):
-            msg = self.by_uid(uid)
-            if msg is None:
-                continue
-            try:
-                os.unlink(self.file_path(msg))
-            except FileNotFoundError:
-                pass
+    def _flag_one(self, msg: Message, system: set[str], keywords: list[str],
+                  mode: int) -> tuple[bool, bool] | None:
+        """One message's new flags; (system changed, keywords changed) or None."""
+        current = {f.lower() for f in letters_to_flags(msg.letters)}
+        kws = list(msg.keywords)
+        if mode == 0:
+            new_sys, new_kw = system, keywords
+        elif mode > 0:
+            new_sys = current | system
+            new_kw = kws + [k for k in keywords if k.lower() not in {x.lower() for x in kws}]
+        else:
+            new_sys = current - system
+            new_kw = [k for k in kws if k.lower() not in {x.lower() for x in keywords}]
+        letters = flags_to_letters(new_sys, keep=msg.letters)
+        kw_changed = tuple(new_kw) != msg.keywords
+        if letters == msg.letters and msg.sub == "cur" and not kw_changed:
+            return None
+        if letters != msg.letters or msg.sub != "cur":
+            new_name = f"{msg.base}:2,{letters}"
+            os.rename(self.file_path(msg), self.path / "cur" / new_name)
+            sys_changed = letters != msg.letters
             if self._names is not None:
                 self._names[msg.sub].discard(msg.name)
-            gone.append(uid)
+                self._names["cur"].add(new_name)
+            msg.sub, msg.name = "cur", new_name
+        else:
+            sys_changed = False
+        msg.keywords = tuple(new_kw)
+        self.keywords.update(new_kw)
+        return sys_changed, kw_changed
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """
+        Remove these messages' files; returns the UIDs actually removed.  One
+        log record each, not fsynced (the files are gone: a restart sees it).
+        """
+        gone = []
+        others = Changes()
+        with self._lock():
+            self._sync_locked(others)
+            for uid in sorted(set(uids)):
+                msg = self.by_uid(uid)
+                if msg is None:
+                    continue
+                try:
+                    os.unlink(self.file_path(msg))
+                except FileNotFoundError:
+                    # Renamed by another program (a flag change)? Look again.
+                    self._scan_locked(others, force=True)
+                    if self._by_base.get(msg.base) is msg:
+                        _unlink(self.file_path(msg))
+                if self._names is not None:
+                    self._names[msg.sub].discard(msg.name)
+                gone.append(uid)
+            if gone:
+                self._drop(set(gone))
+                self._log([_rec_gone(uid, self._bump()) for uid in gone])
+        _tidy(others)
+        if others:
+            self._notify(others)
         if gone:
-            drop = set(gone)
-            self.messages = [m for m in self.messages if m.uid not in drop]
-            self._uids = [m.uid for m in self.messages]
-            self._by_base = {m.base: m for m in self.messages}
-            # The files are gone: a restart finds that out without the index.
-            self._dirty = True
             self._notify(Changes(expunged=gone))
         return gone
 
@@ -684,27 +1339,35 @@ class Folder:
         letters = flags_to_letters(flags)
         final = f"{name},S={disk_size}:2,{letters}"
         target = self.path / "cur" / final
-        try:
-            if date is not None:
-                os.utime(tmp, (date, date))
-            os.rename(tmp, target)
-        except BaseException:
-            _unlink(tmp)
-            raise
         keywords = tuple(f for f in flags if f.lower() not in FLAG_TO_LETTER
                          and f.lower() != "\\recent")
-        msg = Message(self.next_uid, final, "cur", size,
-                      int(date if date is not None else self.clock()), keywords)
-        self.next_uid += 1
-        self._add(msg)
-        try:
-            fsync_dir(self.path / "cur")
-            self.save(durable=True, strict=True)
-        except BaseException:
-            # The client hears NO: the message must not stay, nor its UID be spent.
-            self._forget_last(msg)
-            _unlink(target)
-            raise
+        others = Changes()
+        with self._lock():
+            # The UID is given under the lock, after the others' UIDs are known.
+            self._sync_locked(others)
+            try:
+                if date is not None:
+                    os.utime(tmp, (date, date))
+                os.rename(tmp, target)
+            except BaseException:
+                _unlink(tmp)
+                raise
+            msg = Message(self.next_uid, final, "cur", size,
+                          int(date if date is not None else self.clock()), keywords)
+            self.next_uid += 1
+            self._bump(msg)
+            self._add(msg)
+            try:
+                fsync_dir(self.path / "cur")
+                self._log([_rec_add(msg)], durable=True, strict=True)
+            except BaseException:
+                # The client hears NO: the message must not stay, nor its UID be spent.
+                self._forget_last(msg)
+                _unlink(target)
+                raise
+        _tidy(others)
+        if others:
+            self._notify(others)
         if notify:
             self._notify(Changes(added=[msg]))
         return msg.uid
@@ -723,32 +1386,41 @@ class Folder:
         """Copy messages (hard links when possible) with their flags; (src UID, dest UID)."""
         pairs = []
         added = []
-        for msg in msgs:
-            name = unique_name()
-            try:
-                # S= is the file's own size (Dovecot trusts it), not the wire size.
-                physical = os.stat(self.file_path(msg)).st_size
-            except FileNotFoundError:
-                continue
-            final = f"{name},S={physical}:2,{msg.letters}"
-            target = dest.path / "cur" / final
-            try:
-                os.link(self.file_path(msg), target)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                tmp = dest.path / "tmp" / name
-                tmp.write_bytes(self.read(msg))
-                date = self.date_of(msg)
-                os.utime(tmp, (date, date))
-                os.rename(tmp, target)
-            new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg), msg.keywords)
-            dest.next_uid += 1
-            dest._add(new)
-            added.append(new)
-            pairs.append((msg.uid, new.uid))
+        others = Changes()
+        with dest._lock():
+            dest._sync_locked(others)
+            for msg in msgs:
+                name = unique_name()
+                try:
+                    # S= is the file's own size (Dovecot trusts it), not the wire size.
+                    physical = os.stat(self.file_path(msg)).st_size
+                except FileNotFoundError:
+                    continue
+                final = f"{name},S={physical}:2,{msg.letters}"
+                target = dest.path / "cur" / final
+                try:
+                    os.link(self.file_path(msg), target)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    tmp = dest.path / "tmp" / name
+                    tmp.write_bytes(self.read(msg))
+                    date = self.date_of(msg)
+                    os.utime(tmp, (date, date))
+                    os.rename(tmp, target)
+                new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
+                              msg.keywords)
+                dest.next_uid += 1
+                dest._bump(new)
+                dest._add(new)
+                added.append(new)
+                pairs.append((msg.uid, new.uid))
+            if added:
+                fsync_dir(dest.path / "cur")
+                dest._log([_rec_add(m) for m in added], durable=True)
+        _tidy(others)
+        if others:
+            dest._notify(others)
         if added:
-            fsync_dir(dest.path / "cur")
-            dest.save(durable=True)
             dest._notify(Changes(added=added))
         return pairs

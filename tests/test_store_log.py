@@ -1,0 +1,144 @@
+"""The change log beside the index: O(1) records, torn tails, crashes during compaction."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from netsuite.store import changelog
+from netsuite.store.folder import INDEX_NAME, LOG_NAME, Folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_flag_change_appends_one_record_and_rewrites_nothing(tmp_path, monkeypatch):
+    f = Folder(tmp_path / "box")
+    uids = [f.append(b"Subject: %d\n\n" % i) for i in range(50)]
+    index = f.index_path.stat()
+    log_size = f.log_path.stat().st_size
+    fsyncs = []
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd))
+    f.set_flags([f.by_uid(uids[7])], ["\\Seen", "$Work"], 1)
+    f.expunge([uids[9]])
+    assert f.index_path.stat().st_ino == index.st_ino  # the index was not rewritten
+    assert fsyncs == []  # flag changes and expunges are not fsynced
+    grown = f.log_path.stat().st_size - log_size
+    assert 0 < grown < 200
+    # Another process (a new Folder) reads them from the log.
+    again = Folder(tmp_path / "box")
+    assert again.by_uid(uids[7]).flags == ["\\Seen", "$Work"]
+    assert again.by_uid(uids[9]) is None
+
+
+def test_a_torn_last_record_is_ignored_and_cut_off(tmp_path):
+    f = Folder(tmp_path / "box")
+    uid = f.append(b"Subject: x\n\n")
+    f.set_flags([f.by_uid(uid)], ["$One"], 1)
+    whole = f.log_path.read_bytes()
+    # A crash in the middle of the next record: half a line, then a garbled one.
+    torn = changelog.encode(["F", str(uid), "cur", f.by_uid(uid).name, "$Two"])
+    with open(f.log_path, "ab") as out:
+        out.write(torn[: len(torn) // 2])
+    again = Folder(tmp_path / "box")
+    assert again.by_uid(uid).flags == ["$One"]
+    # The next writer cuts the torn tail off before it appends.
+    again.set_flags([again.by_uid(uid)], ["$Three"], 1)
+    assert f.log_path.read_bytes().startswith(whole)
+    third = Folder(tmp_path / "box")
+    assert third.by_uid(uid).flags == ["$One", "$Three"]
+    # A record whose CRC does not match is not applied either.
+    bad = bytearray(changelog.encode(["X", str(uid)]))
+    bad[0:8] = b"00000000"
+    with open(f.log_path, "ab") as out:
+        out.write(bytes(bad))
+    assert Folder(tmp_path / "box").by_uid(uid) is not None
+
+
+def test_the_log_is_compacted_into_the_index(tmp_path):
+    f = Folder(tmp_path / "box")
+    uid = f.append(b"Subject: x\n\n")
+    for i in range(20):
+        f.set_flags([f.by_uid(uid)], [f"$K{i}"], 1)
+    before = f.index_path.stat().st_ino
+    f.compact()
+    assert f.index_path.stat().st_ino != before
+    assert f.log_path.stat().st_size == len(changelog.header(f._log_id))
+    again = Folder(tmp_path / "box")
+    assert again.by_uid(uid).flags == [f"$K{i}" for i in range(20)]
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from netsuite.store import folder as folder_module
+    from netsuite.store.folder import Folder
+
+    crash_at = int(sys.argv[2])
+    f = Folder(sys.argv[1])
+    real_replace = os.replace
+    calls = [0]
+
+    def replace(src, dst):
+        calls[0] += 1
+        if calls[0] == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    def done(uid):
+        msg = f.by_uid(uid)
+        print(uid, msg.base, " ".join(sorted(msg.flags)), flush=True)
+
+    os.replace = replace
+    for i in range(40):
+        uid = f.append(b"Subject: %d\\n\\nbody\\n" % i, ["\\\\Seen"] if i % 2 else [])
+        done(uid)
+        f.set_flags([f.by_uid(uid)], ["$K%d" % i, "\\\\Flagged"], 1)
+        done(uid)
+        if i % 3 == 0:
+            f.compact()  # several renames each: the crash lands inside one
+    print("end", flush=True)
+""")
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5, 6, 7, 9, 13, 22])
+def test_kill_9_during_compaction_loses_no_uid_and_no_flag(tmp_path, crash_at):
+    box = tmp_path / "box"
+    validity = Folder(box).uidvalidity
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(box), str(crash_at)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    expected: dict[int, tuple[str, list[str]]] = {}
+    for line in proc.stdout.splitlines():
+        uid, base, *flags = line.split(" ")
+        expected[int(uid)] = (base, flags)
+    assert expected  # it got somewhere before dying
+    after = Folder(box)
+    assert after.uidvalidity == validity
+    for uid, (base, flags) in expected.items():
+        msg = after.by_uid(uid)
+        assert msg is not None and msg.base == base, (uid, base)
+        assert set(flags) <= set(msg.flags), (uid, flags, msg.flags)
+    # No UID is given twice: the next one is above all the dead process gave.
+    assert after.append(b"Subject: later\n\n") > max(expected)
+    assert len({m.base for m in after.messages}) == len(after.messages)
+    assert INDEX_NAME in os.listdir(box) and LOG_NAME in os.listdir(box)
+
+
+def test_a_growing_log_is_compacted_by_itself(tmp_path, monkeypatch):
+    from netsuite.store import folder as folder_module
+
+    monkeypatch.setattr(folder_module, "COMPACT_MIN_BYTES", 2000)
+    f = Folder(tmp_path / "box")
+    uid = f.append(b"Subject: x\n\n")
+    first = f._log_id
+    for i in range(60):
+        f.set_flags([f.by_uid(uid)], [f"$K{i}"], 1 if i % 2 == 0 else 0)
+    assert f._log_id != first  # compacted on the way, without a reactor
+    assert f.log_path.stat().st_size < 2000 + 200
+    assert Folder(tmp_path / "box").by_uid(uid).flags == f.by_uid(uid).flags
