@@ -173,12 +173,16 @@ def close_all(clients: list[TelnetClient]) -> None:
 class Netsuite:
     name = "netsuite"
 
+    #: [auth] cache_size: 0 makes every session a first login (argon2id each time).
+    cache_size = 1000
+
     def __init__(self, n: int):
         from harness import Daemon
 
         self.dir = Path(tempfile.mkdtemp(prefix="telnet-bench-"))
         self.daemon = Daemon(self.dir, {
             "server": {"auth": ["passwd"]},
+            "auth": {"cache_size": self.cache_size},
             "telnet": {"max_connections": n + 10, "max_connections_per_address": n + 10,
                        "utmp": False,
                        # As root, a password-file user's shell would run as root:
@@ -272,11 +276,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20,
                         help="burst rounds (idle rounds are a quarter of this)")
     parser.add_argument("--no-telnetd", action="store_true")
+    parser.add_argument("--no-auth-cache", action="store_true",
+                        help="[auth] cache_size = 0: every session verifies argon2id "
+                             "(by default the sessions, all one user, share one verification)")
     parser.add_argument("--inetd", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inetd:
         serve_inetd()
         return
+    if args.no_auth_cache:
+        Netsuite.cache_size = 0
     servers = [Netsuite]
     if not args.no_telnetd:
         if os.path.exists(TELNETD):

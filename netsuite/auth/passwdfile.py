@@ -20,23 +20,20 @@ import time
 from pathlib import Path
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from zope.interface import implementer
 
-from netsuite.auth import normalize_username
+from netsuite.auth import normalize_username, verifier
 from netsuite.auth.cache import ICacheTokenSource
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 _hasher = PasswordHasher()
 
-#: argon2id verifications at once: each takes 64 MiB and a core for ~0.1 s, so
-#: a burst of logins must queue here rather than take memory and every thread.
-MAX_CONCURRENT_VERIFY = 4
-_verifying = defer.DeferredSemaphore(MAX_CONCURRENT_VERIFY)
+#: argon2id verifications at once (see L{netsuite.auth.verifier}).
+MAX_CONCURRENT_VERIFY = verifier.MAX_CONCURRENT
 #: Verified against for unknown users, so timing does not reveal who exists.
 _DUMMY_HASH = _hasher.hash("netsuite-dummy-password")
 
@@ -158,10 +155,7 @@ def password_bytes(password: bytes | str) -> bytes:
 def verify(hashed: str | None, password: bytes | str) -> bool:
     """Check a password against an argon2 hash (slow on purpose: run in a thread)."""
     password = password_bytes(password)
-    try:
-        return _hasher.verify(hashed or _DUMMY_HASH, password) and hashed is not None
-    except (VerificationError, InvalidHashError):
-        return False
+    return verifier.verify_hash(hashed or _DUMMY_HASH, password) and hashed is not None
 
 
 @implementer(ICredentialsChecker, ICacheTokenSource)
@@ -182,7 +176,7 @@ class PasswordFileChecker:
     def requestAvatarId(self, creds):
         name = normalize_username(creds.username)
         hashed = self.db.hash_for(name) if valid_name(name) else None
-        ok = yield _verifying.run(threads.deferToThread, verify, hashed, creds.password)
+        ok = yield verifier.run(verify, hashed, creds.password)
         if not ok:
             raise error.UnauthorizedLogin("bad user name or password")
         return name
