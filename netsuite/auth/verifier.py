@@ -37,7 +37,7 @@ _hasher = PasswordHasher()
 _local = threading.local()
 
 try:
-    from _argon2_cffi_bindings import ffi, lib
+    from _argon2_cffi_bindings import ffi, lib  # type: ignore[import-untyped]
 
     @ffi.callback("int(uint8_t **, size_t)")
     def _allocate(memory, size):
@@ -127,14 +127,16 @@ _semaphore = defer.DeferredSemaphore(MAX_CONCURRENT)
 _pool: ThreadPool | None = None
 
 
-def _daemon_thread(*args, **kwargs) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
 
 
 class _VerifierPool(ThreadPool):
     """Its threads never hold up the exit of a process whose reactor did not shut down."""
 
-    threadFactory = staticmethod(_daemon_thread)
+    threadFactory = _DaemonThread
 
 
 def _get_pool(reactor) -> ThreadPool:
