@@ -48,3 +48,15 @@ def test_the_block_is_reused_in_a_burst_and_freed_after():
     t.start()
     t.join(30)
     assert seen == [True, True]
+
+
+def test_no_memory_for_a_block_falls_back_to_the_library(monkeypatch):
+    hashed = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("pw")
+
+    def no_memory(size):
+        raise MemoryError
+
+    monkeypatch.setattr(verifier, "_new_block", no_memory)
+    monkeypatch.setattr(verifier._local, "block", None, raising=False)
+    assert verifier.verify_hash(hashed, b"pw") is True
+    assert verifier.verify_hash(hashed, b"px") is False

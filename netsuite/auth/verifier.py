@@ -39,11 +39,16 @@ _local = threading.local()
 try:
     from _argon2_cffi_bindings import ffi, lib  # type: ignore[import-untyped]
 
-    @ffi.callback("int(uint8_t **, size_t)")
+    @ffi.callback("int(uint8_t **, size_t)", error=-22)
     def _allocate(memory, size):
         block = getattr(_local, "block", None)
         if block is None or len(block[0]) < size:
-            block = _local.block = _new_block(size)
+            try:
+                block = _local.block = _new_block(size)
+            except (MemoryError, OSError):
+                # *memory stays NULL: libargon2 fails with ARGON2_MEMORY_ALLOCATION_ERROR
+                # (-22), and the library's own path gets its turn.
+                return -22
         memory[0] = block[1]
         return 0
 
