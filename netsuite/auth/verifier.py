@@ -31,7 +31,8 @@ from twisted.python.threadpool import ThreadPool
 #: its 4 lanes, so a burst of logins queues here rather than take memory and
 #: every thread; as many as there are cores keeps them all busy (2 cores: 2 at
 #: once verify as many per second as 4 did).
-MAX_CONCURRENT = max(2, min(8, os.cpu_count() or 2))
+MAX_CONCURRENT = max(2, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 2))
 
 _hasher = PasswordHasher()
 _local = threading.local()
