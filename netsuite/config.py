@@ -203,6 +203,26 @@ class ThrottleConfig:
             positive(name, getattr(self, name))
 
 
+@section("auth")
+@dataclass
+class AuthConfig:
+    """The cache of successful password verifications (see L{netsuite.auth.cache})."""
+
+    #: Successful logins remembered per process, least recently used out first; 0: off.
+    cache_size: int = 1000
+    #: Seconds a remembered success stays valid (Dovecot's auth_cache_ttl: 1 hour).
+    cache_ttl: float = 3600.0
+    #: Cache checkers that cannot tell when a password changes (PAM, plugins) too:
+    #: a password changed there keeps working until C{cache_ttl} runs out.
+    cache_untracked: bool = False
+
+    def validate(self) -> None:
+        if self.cache_size < 0:
+            raise ConfigError(f"must be 0 or more, got {self.cache_size}", "cache_size")
+        if self.cache_ttl < 0:
+            raise ConfigError(f"must be 0 or more, got {self.cache_ttl}", "cache_ttl")
+
+
 @section("limits")
 @dataclass
 class LimitsConfig:

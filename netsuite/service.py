@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netsuite import protocols, tls
+from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
 from netsuite.config import ENDPOINT_HINT, LISTENERS, Config, ConfigError
@@ -334,7 +335,10 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
     reactor.suggestThreadPoolSize(64)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     realm = make_realm(config)
-    portal = Portal(realm, combine(make_checkers(config)))
+    auth = config.auth
+    portal = Portal(realm, combine([cached(c, auth.cache_size, auth.cache_ttl,
+                                           auth.cache_untracked)
+                                    for c in make_checkers(config)]))
     throttled = ThrottledPortal(portal, LoginThrottle(config.throttle), reactor)
     ctx = ServerContext(config, throttled, realm, tls.context_factory(config), reactor)
 

@@ -7,7 +7,7 @@ Format::
     alice:$argon2id$v=19$m=65536,t=3,p=4$...
 
 Names are 1-64 characters of letters, digits and C{._-} (not starting with
-C{.} or C{-}).  The file is re-read when its modification time changes, so
+C{.} or C{-}).  The file is re-read when it changes (see L{PasswordFile}), so
 C{netsuite user add} takes effect without a restart.  Writes go to a temporary
 file that is fsynced and renamed over the old one.
 """
@@ -16,25 +16,24 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from zope.interface import implementer
 
-from netsuite.auth import normalize_username
+from netsuite.auth import normalize_username, verifier
+from netsuite.auth.cache import ICacheTokenSource
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 _hasher = PasswordHasher()
 
-#: argon2id verifications at once: each takes 64 MiB and a core for ~0.1 s, so
-#: a burst of logins must queue here rather than take memory and every thread.
-MAX_CONCURRENT_VERIFY = 4
-_verifying = defer.DeferredSemaphore(MAX_CONCURRENT_VERIFY)
+#: argon2id verifications at once (see L{netsuite.auth.verifier}).
+MAX_CONCURRENT_VERIFY = verifier.MAX_CONCURRENT
 #: Verified against for unknown users, so timing does not reveal who exists.
 _DUMMY_HASH = _hasher.hash("netsuite-dummy-password")
 
@@ -51,12 +50,26 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+#: A file changed less than this long ago is re-read on every look-up: a second
+#: change within one tick of the file system's clock can leave every stat field
+#: but the contents as they were (git's "racily clean" index entries).
+RACY_SECONDS = 2.0
+
+
 class PasswordFile:
-    """The user database kept in one file; cheap to query, re-read on change."""
+    """
+    The user database kept in one file; cheap to query, re-read on change.
+
+    A change is seen from the file's identity, size, mtime and ctime (a rename
+    over it, as C{netsuite user passwd} does, is a new inode; an in-place edit
+    moves ctime even if it puts mtime back), and a file changed in the last
+    L{RACY_SECONDS} is re-read every time, so no change goes unseen: the
+    verification cache (L{netsuite.auth.cache}) relies on that.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._users: dict[str, str] = {}
 
     def _reload(self) -> None:
@@ -65,11 +78,12 @@ class PasswordFile:
         except FileNotFoundError:
             self._stamp, self._users = None, {}
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if stamp == self._stamp:
             return
         self._users = self.parse(self.path.read_text("utf-8"), self.path)
-        self._stamp = stamp
+        racy = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9
+        self._stamp = None if racy else stamp
 
     @staticmethod
     def parse(text: str, path: Path | str = "passwd") -> dict[str, str]:
@@ -141,13 +155,10 @@ def password_bytes(password: bytes | str) -> bytes:
 def verify(hashed: str | None, password: bytes | str) -> bool:
     """Check a password against an argon2 hash (slow on purpose: run in a thread)."""
     password = password_bytes(password)
-    try:
-        return _hasher.verify(hashed or _DUMMY_HASH, password) and hashed is not None
-    except (VerificationError, InvalidHashError):
-        return False
+    return verifier.verify_hash(hashed or _DUMMY_HASH, password) and hashed is not None
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, ICacheTokenSource)
 class PasswordFileChecker:
     """Checks C{IUsernamePassword} against a L{PasswordFile}; argon2 runs off the reactor."""
 
@@ -156,11 +167,16 @@ class PasswordFileChecker:
     def __init__(self, path: Path | str):
         self.db = PasswordFile(Path(path))
 
+    def cache_token(self, username: str) -> bytes | None:
+        """The user's hash as the file has it now: a new password is a new (salted) hash."""
+        hashed = self.db.hash_for(username) if valid_name(username) else None
+        return None if hashed is None else hashed.encode("ascii", "replace")
+
     @defer.inlineCallbacks
     def requestAvatarId(self, creds):
         name = normalize_username(creds.username)
         hashed = self.db.hash_for(name) if valid_name(name) else None
-        ok = yield _verifying.run(threads.deferToThread, verify, hashed, creds.password)
+        ok = yield verifier.run(verify, hashed, creds.password)
         if not ok:
             raise error.UnauthorizedLogin("bad user name or password")
         return name
