@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from netsuite.auth import normalize_username
+from netsuite.auth import normalize_username, password_bytes
 
 log = Logger(namespace="netsuite.auth")
 
@@ -145,7 +145,6 @@ class CachingChecker:
     def requestAvatarId(self, creds) -> defer.Deferred:
         if not _creds.IUsernamePassword.providedBy(creds):
             return defer.maybeDeferred(self.checker.requestAvatarId, creds)
-        from netsuite.auth.passwdfile import password_bytes
 
         name = normalize_username(creds.username)
         if self._tracked:

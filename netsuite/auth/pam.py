@@ -7,8 +7,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
 from zope.interface import implementer
 
-from netsuite.auth import normalize_username
-from netsuite.auth.passwdfile import password_bytes
+from netsuite.auth import normalize_username, password_bytes
 
 
 @implementer(ICredentialsChecker)

@@ -25,7 +25,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
 from zope.interface import implementer
 
-from netsuite.auth import normalize_username, verifier
+from netsuite.auth import normalize_username, password_bytes, verifier
 from netsuite.auth.cache import ICacheTokenSource
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
@@ -135,21 +135,6 @@ class PasswordFile:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         self._stamp = None
-
-
-def password_bytes(password: bytes | str) -> bytes:
-    """
-    The password as the bytes the client sent.  Hashes are of the UTF-8 of a
-    str, so valid UTF-8 verifies the same either way; bytes that are not UTF-8
-    (a Latin-1 terminal, a fuzzer) stay bytes and are a wrong password like any
-    other, rather than a C{UnicodeEncodeError} deep in argon2.
-    """
-    if isinstance(password, bytes):
-        return password
-    try:
-        return password.encode("utf-8", "surrogateescape")  # undoes a surrogateescape decode
-    except UnicodeEncodeError:
-        return password.encode("utf-8", "surrogatepass")
 
 
 def verify(hashed: str | None, password: bytes | str) -> bool:
