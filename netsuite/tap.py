@@ -29,6 +29,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file (default: embedded defaults)."],
         ["data-dir", "d", None, "Data directory (mailboxes, FTP roots, queue, certificate)."],
         ["hostname", None, None, "Host name used in greetings and trace headers."],
+        ["workers", None, None, "Worker processes sharing the listeners (default 1)."],
     ]
 
     def __init__(self):
@@ -57,6 +58,11 @@ class Options(usage.Options):
             overrides["server.data_dir"] = self["data-dir"]
         if self["hostname"]:
             overrides["server.hostname"] = self["hostname"]
+        if self["workers"]:
+            try:
+                overrides["server.workers"] = int(self["workers"])
+            except ValueError:
+                sys.exit(f"netsuite: --workers: not a number: {self['workers']!r}")
         if self["auth"]:
             overrides["server.auth"] = self["auth"]
         listen = {n: ([] if eps == ["off"] else eps) for n, eps in self["listen"].items()}
@@ -87,7 +93,14 @@ for _name in LISTENERS:
 def makeService(options: Options):
     from netsuite.service import build
 
+    settings = options["settings"]
     try:
-        return build(options["settings"])
+        server = build(settings)
+        if settings.server.workers > 1:
+            # Built above only to validate everything before a port opens.
+            from netsuite.workers import WorkerParent
+
+            return WorkerParent(settings)
+        return server
     except ConfigError as e:
         sys.exit(f"netsuite: {e}")
