@@ -442,15 +442,16 @@ class WorkerParent(service.Service):
     def worker_ended(self, proc: _WorkerProcess, reason) -> None:
         if self.workers.get(proc.index) is proc:
             del self.workers[proc.index]
-        if self._stopping:
-            log.info("worker {index} (pid {pid}) stopped", index=proc.index, pid=proc.pid)
-            return
         why = reason.value
         if isinstance(why, error.ProcessTerminated):
             what = (f"killed by signal {why.signal}" if why.signal is not None
                     else f"exit code {why.exitCode}")
         else:
             what = "exit code 0"
+        if self._stopping:
+            log.info("worker {index} (pid {pid}) stopped ({what})", index=proc.index,
+                     pid=proc.pid, what=what)
+            return
         if not self._serving and not proc.ready:
             log.error("worker {index} (pid {pid}) failed to start ({what}); stopping",
                       index=proc.index, pid=proc.pid, what=what)
