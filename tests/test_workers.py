@@ -19,6 +19,7 @@ import socket
 import ssl
 
 import pytest
+from harness import wait_steady
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"),
                                 reason="reads /proc to see which worker has a connection")
@@ -334,5 +335,41 @@ def test_queue_sends_each_message_once(make_daemon):
                      for m in remote.handler.messages)
         assert got == sorted(subjects), (got, d.log()[-3000:])
         assert len(msgs) >= len(subjects)
+    finally:
+        remote.stop()
+
+
+def test_deferred_message_is_sent_once_when_the_queue_worker_restarts(make_daemon):
+    """A message accepted by worker 1 and deferred (451) is retried by one worker only,
+    also after worker 0 (which runs the queue) is killed and recovers the spool."""
+    try:
+        from queue_remote import Remote
+    except ImportError:
+        pytest.skip("aiosmtpd (pip) is the remote MX of this test")
+    remote = Remote().start()
+    try:
+        remote.handler.script["carol@remote.test"] = ["451 4.3.0 busy"] * 10
+        d = start(make_daemon, {"queue": {"poll_interval": 0.1, "min_backoff": 0.3,
+                                          "max_backoff": 0.6,
+                                          "routes": {"remote.test": f"127.0.0.1:{remote.port}"}}},
+                  listeners=["submission"])
+        w = workers_of(d)
+        client, _ = connect_to(d, lambda: smtplib.SMTP("127.0.0.1", d.port("submission"),
+                                                       timeout=20),
+                               lambda c: c.sock, want_pid=w["1"])
+        client.login("alice", "alice-pw")
+        client.sendmail("alice@example.test", ["carol@remote.test"], mail("deferred"))
+        client.quit()
+        assert d.wait_for(lambda: remote.handler.rcpt_calls.get("carol@remote.test", 0) >= 1)
+        os.kill(w["0"], signal.SIGKILL)
+        assert d.wait_for(lambda: (n := workers_of(d)) and len(n) == 2 and n["0"] != w["0"], 20)
+        assert remote.handler.wait(1)
+        queue = d.data_dir / "queue" / "active"
+        assert d.wait_for(lambda: not [n for n in os.listdir(queue) if n.endswith(".msg")], 20)
+        # A second sender would retry within max_backoff (0.6 s): wait until the
+        # count has stood still for 2 s, then stop the server.
+        assert wait_steady(lambda: len(remote.handler.messages), polls=10)
+        d.stop()
+        assert len(remote.handler.messages) == 1, d.log()[-4000:]
     finally:
         remote.stop()
