@@ -227,12 +227,13 @@ def worker_main() -> int:
     """C{python -m netsuite.workers}: run one worker until SIGTERM or the parent goes."""
     import io
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
     from netsuite import protocols
     from netsuite.service import build
 
+    reactor: Any = _reactor
     spec = _read_spec()
     out = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), encoding="utf-8",
                            line_buffering=True)
@@ -305,12 +306,14 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.pid: int | None = None
         self.ready = False
         self.started = time.monotonic()
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
         self._buf = {1: b"", 2: b""}
 
     @property
     def system(self) -> str:
         return f"worker-{self.index} {self.pid}"
+
+    transport: Any
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid

@@ -83,8 +83,8 @@ def connect_to(d, make, sock_of, want_pid: int | None = None, avoid_pid: int | N
                 and pid is not None:
             return client, pid
         sock_of(client).close()
-    raise AssertionError(f"no connection reached worker {want_pid or 'other than ' + str(avoid_pid)}"
-                         f" in {tries} tries")
+    wanted = want_pid or f"other than {avoid_pid}"
+    raise AssertionError(f"no connection reached worker {wanted} in {tries} tries")
 
 
 def imap(d):
@@ -242,7 +242,7 @@ def test_killed_worker_is_replaced_and_service_continues(make_daemon):
     after = d.wait_for(lambda: (w := workers_of(d)) and len(w) == 2 and w["0"] != victim and w,
                        20)
     assert after and after["1"] == before["1"], (before, after)
-    assert "worker 0 (pid %d) died (killed by signal 9)" % victim in d.log()
+    assert f"worker 0 (pid {victim}) died (killed by signal 9)" in d.log()
     client, _ = connect_to(d, lambda: smtp(d), lambda c: c.sock, want_pid=after["0"])
     deliver(client, "after-kill")
     client.quit()
