@@ -285,7 +285,11 @@ def test_workers_exit_when_the_parent_is_killed(make_daemon):
 
 
 def test_tls_listener_and_listening_json_ports(make_daemon):
-    d = start(make_daemon, listeners=["imaps", "pop3s", "imap"])
+    """Also: C{--workers} on the command line, and implicit TLS served by both workers."""
+    d = make_daemon(config={"server": {"allow_plaintext_auth": True}},
+                    listeners=["imaps", "pop3s", "imap"], users=USERS, start=False)
+    d.start("--workers", "2")
+    assert len(d.wait_for(lambda: workers_of(d), 10)) == 2
     assert set(d.ports) == {"imaps", "pop3s", "imap"} and all(d.ports.values())
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -373,3 +377,10 @@ def test_deferred_message_is_sent_once_when_the_queue_worker_restarts(make_daemo
         assert len(remote.handler.messages) == 1, d.log()[-4000:]
     finally:
         remote.stop()
+
+
+def test_workers_must_be_positive(make_daemon):
+    d = make_daemon(config={"server": {"workers": 0}}, listeners=["imap"], start=False)
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert "server.workers" in str(e.value)
