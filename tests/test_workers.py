@@ -384,3 +384,46 @@ def test_workers_must_be_positive(make_daemon):
     with pytest.raises(RuntimeError) as e:
         d.start()
     assert "server.workers" in str(e.value)
+
+
+def test_ftp_and_telnet_served_by_both_workers(make_daemon):
+    import io
+
+    d = start(make_daemon, {"ftp": {"require_tls": False}}, listeners=["ftp", "telnet"])
+    pids = list(workers_of(d).values())
+    for n, pid in enumerate(pids):
+        f, _ = connect_to(d, lambda: _ftp(d), lambda c: c.sock, want_pid=pid)
+        f.login("alice", "alice-pw")
+        f.storbinary(f"STOR from-{n}.txt", io.BytesIO(f"written by {pid}\n".encode()))
+        f.quit()
+    for pid in pids:  # each worker reads what the other wrote
+        f, _ = connect_to(d, lambda: _ftp(d), lambda c: c.sock, want_pid=pid)
+        f.login("alice", "alice-pw")
+        for n, writer in enumerate(pids):
+            out = io.BytesIO()
+            f.retrbinary(f"RETR from-{n}.txt", out.write)
+            assert out.getvalue() == f"written by {writer}\n".encode()
+        f.quit()
+    for pid in pids:
+        s, _ = connect_to(d, lambda: _telnet(d), lambda s: s, want_pid=pid)
+        s.settimeout(10)
+        got = b""
+        while b"login: " not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        s.close()
+
+
+def _ftp(d):
+    import ftplib
+
+    f = ftplib.FTP(timeout=20)
+    f.connect("127.0.0.1", d.port("ftp"))
+    return f
+
+
+def _telnet(d):
+    s = socket.create_connection(("127.0.0.1", d.port("telnet")), timeout=10)
+    s.recv(1)  # the server has accepted once it speaks (option negotiation)
+    return s
