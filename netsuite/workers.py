@@ -255,6 +255,8 @@ def worker_main() -> int:
             replacement.setServiceParent(top)
             runner.realm.queue = replacement
 
+    failed: list[bool] = []
+
     def start() -> None:
         # Ctrl-C in a terminal reaches the whole process group: the parent
         # decides, and stops the workers with SIGTERM.
@@ -272,6 +274,7 @@ def worker_main() -> int:
             top.startService()
         except BaseException:
             log.failure("worker {index}: start-up failed", index=spec.index)
+            failed.append(True)
             _stop(reactor)
             return
         reactor.addReader(_ParentWatch(reactor))
@@ -282,7 +285,7 @@ def worker_main() -> int:
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: top.stopService() if top.running else None)
     reactor.run()
-    return 0
+    return 1 if failed else 0
 
 
 # -- in the parent ---------------------------------------------------------------

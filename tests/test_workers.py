@@ -427,3 +427,33 @@ def _telnet(d):
     s = socket.create_connection(("127.0.0.1", d.port("telnet")), timeout=10)
     s.recv(1)  # the server has accepted once it speaks (option negotiation)
     return s
+
+
+def test_shared_throttle_file_behaves_like_the_in_memory_one(tmp_path):
+    """Two instances on one file (as two workers): same delays, locks and expiry as
+    L{LoginThrottle}, on a fake clock."""
+    from netsuite.auth.shared_throttle import SharedLoginThrottle
+    from netsuite.auth.throttle import LoginThrottle
+    from netsuite.config import ThrottleConfig
+
+    now = [1000.0]
+    cfg = ThrottleConfig(free_failures=1, base_delay=1, max_delay=4, lock_after=4,
+                         window=10, lock_seconds=30)
+    a = SharedLoginThrottle(cfg, tmp_path / "t.db", clock=lambda: now[0])
+    b = SharedLoginThrottle(cfg, tmp_path / "t.db", clock=lambda: now[0])
+    ref = LoginThrottle(cfg, clock=lambda: now[0])
+    keys = ("addr:1.2.3.4", "user:alice")
+    for i, shared in enumerate([a, b, a, b]):
+        assert shared.fail(*keys) == ref.fail(*keys), i
+    assert a.locked(*keys) and b.locked("user:alice") and ref.locked(*keys)
+    assert not b.locked("user:bob")
+    b.succeed(*keys)  # a success while locked does not unlock
+    assert a.locked(*keys)
+    now[0] += 31
+    assert not a.locked(*keys) and not ref.locked(*keys)
+    # Failures older than the window no longer count.
+    assert a.fail("user:carol") == ref.fail("user:carol") == 0
+    now[0] += 11
+    assert b.fail("user:carol") == ref.fail("user:carol") == 0
+    b.succeed("user:carol")
+    assert a.fail("user:carol") == 0
