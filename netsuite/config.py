@@ -159,10 +159,13 @@ class ServerConfig:
     #: Allow plain-text passwords on connections without TLS; the default for
     #: every protocol's own C{allow_plaintext_auth}.
     allow_plaintext_auth: bool = False
+    #: Worker processes sharing the listening sockets (L{netsuite.workers}); 1: one process.
+    workers: int = 1
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
+        positive("workers", self.workers)
 
 
 @section("tls")

@@ -312,10 +312,14 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     return ep, implicit_tls and kind != "ssl"
 
 
-def build(config: Config, reactor: Any = None) -> service.MultiService:
-    """Build the whole server; raises L{ConfigError} before anything listens."""
+def build(config: Config, reactor: Any = None, worker: Any = None) -> service.MultiService:
+    """
+    Build the whole server; raises L{ConfigError} before anything listens.
+    C{worker}: a L{netsuite.workers.WorkerRole} when this process is one of
+    C{--workers N} (listeners adopted from the parent, shared throttle).
+    """
     try:
-        return _build(config, reactor)
+        return _build(config, reactor, worker)
     except ConfigError as e:
         if e.file is None and config.path is not None:
             e.file = str(config.path)
@@ -325,7 +329,7 @@ def build(config: Config, reactor: Any = None) -> service.MultiService:
                           config.path) from e
 
 
-def _build(config: Config, reactor: Any) -> service.MultiService:
+def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
 
@@ -339,11 +343,13 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
     portal = Portal(realm, combine([cached(c, auth.cache_size, auth.cache_ttl,
                                            auth.cache_untracked)
                                     for c in make_checkers(config)]))
-    throttled = ThrottledPortal(portal, LoginThrottle(config.throttle), reactor)
+    throttle = LoginThrottle(config.throttle) if worker is None else worker.throttle(config)
+    throttled = ThrottledPortal(portal, throttle, reactor)
     ctx = ServerContext(config, throttled, realm, tls.context_factory(config), reactor)
 
     top = service.MultiService()
-    status = ConnectionStatus(config.data_dir / "run" / "connections.json", reactor)
+    status = ConnectionStatus(config.data_dir / "run" / (
+        "connections.json" if worker is None else worker.connections_file), reactor)
     for hook in protocols.SERVICE_HOOKS:
         hook(ctx, top)
     for name, endpoints_ in config.listen.items():
@@ -360,19 +366,25 @@ def _build(config: Config, reactor: Any) -> service.MultiService:
                                    close_timeout=config.limits.close_timeout)
         status.add(limited)
         for i, description in enumerate(endpoints_):
+            tls_options = ctx.tls
             try:
-                ep, wrap = server_endpoint(ctx, description, implicit_tls)
+                if worker is None:
+                    ep, wrap = server_endpoint(ctx, description, implicit_tls)
+                else:
+                    ep, wrap, tls_options = worker.endpoint(ctx, name, i, description,
+                                                            implicit_tls)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
                                   f"listen.{name}[{i}]", config.path) from e
             f: IProtocolFactory = limited
             if wrap:
-                f = TLSMemoryBIOFactory(ctx.tls, False, limited)
+                f = TLSMemoryBIOFactory(tls_options, False, limited)
             svc = ListenerService(name, description, ep, f)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
     status.setServiceParent(top)
-    ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
+    if worker is None:  # with workers, the parent writes it
+        ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
     return top
 
 

@@ -17,6 +17,7 @@ from twisted.python import usage
 from netsuite import protocols
 from netsuite.config import LISTENERS, ConfigError, load
 from netsuite.service import build
+from netsuite.workers import WorkerParent
 
 
 class Options(usage.Options):
@@ -30,6 +31,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file (default: embedded defaults)."],
         ["data-dir", "d", None, "Data directory (mailboxes, FTP roots, queue, certificate)."],
         ["hostname", None, None, "Host name used in greetings and trace headers."],
+        ["workers", None, None, "Worker processes sharing the listeners (default 1)."],
     ]
 
     def __init__(self):
@@ -58,6 +60,11 @@ class Options(usage.Options):
             overrides["server.data_dir"] = self["data-dir"]
         if self["hostname"]:
             overrides["server.hostname"] = self["hostname"]
+        if self["workers"]:
+            try:
+                overrides["server.workers"] = int(self["workers"])
+            except ValueError:
+                sys.exit(f"netsuite: --workers: not a number: {self['workers']!r}")
         if self["auth"]:
             overrides["server.auth"] = self["auth"]
         listen = {n: ([] if eps == ["off"] else eps) for n, eps in self["listen"].items()}
@@ -86,7 +93,12 @@ for _name in LISTENERS:
 
 
 def makeService(options: Options):
+    settings = options["settings"]
     try:
-        return build(options["settings"])
+        server = build(settings)
+        if settings.server.workers > 1:
+            # Built above only to validate everything before a port opens.
+            return WorkerParent(settings)
+        return server
     except ConfigError as e:
         sys.exit(f"netsuite: {e}")

@@ -5,12 +5,16 @@ POP3 numbers messages once at login (RFC 1939); DELE only marks, and the
 marked messages are removed in the UPDATE state, at QUIT (L{POP3Mailbox.sync}).
 A connection that drops without QUIT deletes nothing.  One POP3 session per
 mailbox at a time: a second login gets C{-ERR [IN-USE]} (RFC 2449 8.1.2).
+The lock is an C{flock} on C{LOCK_NAME} in the maildrop, so it holds across
+worker processes (C{--workers N}) and separate servers on one data dir, and
+the kernel releases it when the session's process dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
-from pathlib import Path
+import os
 
 from twisted.logger import Logger
 from twisted.mail import pop3
@@ -20,8 +24,22 @@ from netsuite.pop3.wire import uidl_for
 
 log = Logger(namespace="netsuite.pop3")
 
-#: Mailboxes with a POP3 session in this process.
-_IN_USE: set[Path] = set()
+#: The lock file in the maildrop's directory (no leading dot: not a Maildir++ folder).
+LOCK_NAME = "netsuite-pop3.lock"
+
+
+def _lock_maildrop(path) -> int | None:
+    """An open fd holding the exclusive maildrop lock, or None if another session has it."""
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class MailboxInUse(Exception):
@@ -48,10 +66,10 @@ class POP3Mailbox:
         self.folder.save_if_dirty()
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
-        self._lock = store.mailbox_path(user)
-        if self._lock in _IN_USE:
+        # flock, not lockf: a second open in this same process conflicts too.
+        self._lock_fd = _lock_maildrop(store.mailbox_path(user))
+        if self._lock_fd is None:
             raise MailboxInUse(user)
-        _IN_USE.add(self._lock)
         # Listening keeps this Folder the one shared object for its directory
         # (the store never evicts a watched folder) for the whole session.
         store.watch(self.folder, self._changed)
@@ -125,7 +143,9 @@ class POP3Mailbox:
         """POP3 keeps the list it had at login (RFC 1939); nothing to do."""
 
     def logout(self) -> None:
-        _IN_USE.discard(self._lock)
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
         self.store.unwatch(self.folder, self._changed)
 
 

@@ -320,6 +320,8 @@ class QueueRunner(service.Service):
                 self.flush(None if qid == "ALL" else qid)
             elif action == "delete":
                 self.delete(qid)
+            elif action == "load":
+                self.load(qid)
         now = time.time()
         for env in list(self.envelopes.values()):
             if env.id not in self.busy and env.next_attempt <= now:
@@ -328,6 +330,18 @@ class QueueRunner(service.Service):
             self._tmp_cleaned = now
             self.disk(self.spool.clean_tmp, TMP_MAX_AGE).addErrback(
                 lambda f: log.failure("queue: tmp cleanup failed", f))
+
+    def load(self, qid: str) -> None:
+        """Take over a message that another worker process wrote to the spool."""
+        if qid in self.envelopes:
+            return
+        try:
+            env = self.spool.load(qid)
+        except FileNotFoundError:
+            return  # deleted meanwhile
+        self.envelopes[env.id] = env
+        if self.running:
+            self.attempt(env)
 
     def flush(self, qid: str | None) -> int:
         """Make one (or every) message due now."""

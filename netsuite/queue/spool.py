@@ -345,6 +345,7 @@ class Spool:
                 os.unlink(self.control / name)
             except FileNotFoundError:
                 continue
-            if action in ("flush", "delete") and (qid == "ALL" or QUEUE_ID.match(qid)):
+            # "load": a message another worker process queued (netsuite.workers).
+            if action in ("flush", "delete", "load") and (qid == "ALL" or QUEUE_ID.match(qid)):
                 out.append((action, qid))
         return out

@@ -1,0 +1,529 @@
+"""
+C{--workers N}: one parent process owns the listening sockets, N worker
+processes serve them, each with its own reactor over the same data dir.
+
+How the sockets are shared: the parent binds every configured endpoint
+(through the same Twisted endpoint strings as a single process, so C{tcp:0},
+C{tcp6:}, C{unix:}, C{ssl:} and C{systemd:} all work), never accepts on them
+itself, and hands the listening descriptors to each worker with
+C{spawnProcess(childFDs=...)}; a worker adopts them with
+C{reactor.adoptStreamPort} and wraps implicit-TLS listeners in
+C{TLSMemoryBIOFactory} exactly as a single process does.  Chosen over
+C{SO_REUSEPORT} because:
+  - the parent knows the real port of a C{tcp:0} listener before any worker
+    exists (with C{SO_REUSEPORT} every worker would have to bind the port the
+    first one was given, racing any other process that may take it);
+  - all workers share one accept queue: connections waiting in the backlog of
+    a worker that dies are served by the others, whereas C{SO_REUSEPORT}
+    hashes each connection to one socket and a dead worker's backlog is reset;
+  - C{unix:} and C{systemd:} endpoints need no special case.
+
+What is shared between workers, and how (never one process's memory):
+  - the outgoing queue is run by worker 0 alone.  Other workers accept
+    submissions into the spool as before and leave a C{load-ID} request in
+    C{queue/control/}; worker 0 picks it up on its next pass (and recovers the
+    whole spool when it restarts), so each message has one sender;
+  - the POP3 maildrop lock is an C{flock} in the maildrop
+    (L{netsuite.pop3.mailbox});
+  - the failed-login throttle is an SQLite file, C{run/throttle.db}
+    (L{netsuite.auth.shared_throttle}), emptied when the parent starts;
+  - IMAP IDLE sees other workers' deliveries through the store's folder
+    polling, whose interval is capped at L{POLL_INTERVAL} in a worker.
+Connection caps (C{max_connections}...) are per worker, and each worker writes
+its own C{run/connections-INDEX.json}; the parent writes C{run/listening.json}
+(its pid and the bound ports) once every worker is serving, and
+C{run/workers.json} (worker index -> pid) whenever that changes.
+
+Workers log through the parent: each writes twisted.logger JSON events to its
+stdout, and the parent re-emits them with the worker's index and pid as the
+log system, so there is one log file.  A worker that dies is started again
+(after a delay that grows if it keeps dying at once); SIGTERM to the parent
+stops every worker cleanly, then the parent.  A worker whose parent vanishes
+(kill -9) sees its stdin close and stops too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, error, main, protocol
+from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from zope.interface import implementer
+
+from netsuite import protocols
+from netsuite.auth.shared_throttle import SharedLoginThrottle
+from netsuite.config import Config
+from netsuite.queue.runner import QueueRunner
+from netsuite.service import build
+
+log = Logger(namespace="netsuite.workers")
+
+#: Seconds between folder polls in a worker, the bound on how late IDLE hears
+#: of another worker's delivery when the store has no change notification.
+POLL_INTERVAL = 0.5
+#: Seconds a worker gets to stop after SIGTERM before it is killed.
+STOP_TIMEOUT = 15.0
+#: The first listening descriptor's number in a worker.
+FIRST_FD = 3
+
+
+@dataclass
+class Inherited:
+    """One listening socket a worker adopts."""
+
+    listener: str
+    index: int
+    description: str
+    fd: int  # in the worker
+    family: int
+
+
+@dataclass
+class WorkerSpec:
+    """What the parent sends a worker on its stdin (pickled)."""
+
+    index: int
+    config: Config
+    sockets: list[Inherited]
+
+
+# -- in the worker ----------------------------------------------------------------
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """An endpoint over a listening socket inherited from the parent."""
+
+    def __init__(self, reactor: Any, fd: int, family: int):
+        self.reactor = reactor
+        self.fd = fd
+        self.family = family
+
+    def listen(self, factory) -> defer.Deferred:
+        def adopt():
+            port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+            os.close(self.fd)  # adoptStreamPort works on its own duplicate
+            return port
+
+        return defer.execute(adopt)
+
+
+class WorkerRole:
+    """Passed to L{netsuite.service.build}: what differs in a worker process."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.index = spec.index
+        self.sockets = {(s.listener, s.index): s for s in spec.sockets}
+
+    @property
+    def connections_file(self) -> str:
+        return f"connections-{self.index}.json"
+
+    def throttle(self, config: Config):
+        return SharedLoginThrottle(config.throttle, throttle_path(config))
+
+    def endpoint(self, ctx, name: str, i: int, description: str, implicit_tls: bool):
+        """(endpoint, wrap in TLS?, TLS options) for listener C{name}'s C{i}th endpoint."""
+        inherited = self.sockets[(name, i)]
+        ep = AdoptedEndpoint(ctx.reactor, inherited.fd, inherited.family)
+        if description.split(":", 1)[0] == "ssl":
+            # The parent's ssl: port handed over the bare socket: TLS is ours,
+            # with the certificate that endpoint string names.
+            ssl_ep = endpoints.serverFromString(ctx.reactor, description)
+            return ep, True, ssl_ep._sslContextFactory
+        return ep, implicit_tls, ctx.tls
+
+
+def throttle_path(config: Config) -> Path:
+    return config.data_dir / "run" / "throttle.db"
+
+
+def _submit_only_runner(runner):
+    """Worker > 0: a queue that accepts into the spool and leaves the sending to worker 0."""
+    class SubmitOnlyRunner(QueueRunner):
+        def startService(self) -> None:
+            service.Service.startService(self)
+            self._pool.start()
+
+        def stopService(self):
+            service.Service.stopService(self)
+            self._pool.stop()
+            self.spool.sync()
+
+        def attempt(self, env) -> None:
+            """Hand the message (already durable in the spool) to worker 0."""
+            self.envelopes.pop(env.id, None)
+            self._fresh.pop(env.id, None)
+            try:
+                self.spool.request("load", env.id)
+            except OSError:
+                log.failure("queue: cannot notify the queue worker of {id}; it is "
+                            "sent when that worker next recovers the spool", id=env.id)
+
+    return SubmitOnlyRunner(runner.ctx, runner.settings)
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """Stops the worker's reactor when its stdin (the parent's pipe) closes."""
+
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+        os.set_blocking(0, False)
+
+    def fileno(self) -> int:
+        return 0
+
+    def doRead(self):
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return None
+        return None if data else main.CONNECTION_DONE
+
+    def connectionLost(self, reason) -> None:
+        if self.reactor.running:
+            log.warn("worker: parent gone, stopping")
+            _stop(self.reactor)
+
+    def logPrefix(self) -> str:
+        return "parent-watch"
+
+
+def _stop(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except error.ReactorNotRunning:
+        pass  # already on its way down
+
+
+def _read_spec() -> WorkerSpec:
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = os.read(0, n - len(buf))
+            if not chunk:
+                raise SystemExit("netsuite worker: no spec from the parent")
+            buf += chunk
+        return buf
+
+    (size,) = struct.unpack("!Q", exactly(8))
+    return pickle.loads(exactly(size))
+
+
+def worker_main() -> int:
+    """C{python -m netsuite.workers}: run one worker until SIGTERM or the parent goes."""
+    import io
+
+    from twisted.internet import reactor as _reactor
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    reactor: Any = _reactor
+    spec = _read_spec()
+    out = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), encoding="utf-8",
+                           line_buffering=True)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
+    protocols.load_all()
+    role = WorkerRole(spec)
+    store_cfg = spec.config.sections.get("store")
+    if store_cfg is not None and getattr(store_cfg, "poll_interval", 0) > POLL_INTERVAL:
+        store_cfg.poll_interval = POLL_INTERVAL
+    top = build(spec.config, reactor, worker=role)
+    if spec.index != 0:
+        try:
+            runner = top.getServiceNamed("queue")
+        except KeyError:
+            runner = None
+        if runner is not None:
+            runner.disownServiceParent()
+            replacement = _submit_only_runner(runner)
+            replacement.setServiceParent(top)
+            runner.realm.queue = replacement
+
+    failed: list[bool] = []
+
+    def start() -> None:
+        # Ctrl-C in a terminal reaches the whole process group: the parent
+        # decides, and stops the workers with SIGTERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        def on_term(signum, frame) -> None:
+            # A second SIGTERM (the parent's, and a process-group kill) is one request.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            log.info("worker {index}: SIGTERM, stopping", index=spec.index)
+            reactor.callFromThread(_stop, reactor)
+
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            top.privilegedStartService()
+            top.startService()
+        except BaseException:
+            log.failure("worker {index}: start-up failed", index=spec.index)
+            failed.append(True)
+            _stop(reactor)
+            return
+        reactor.addReader(_ParentWatch(reactor))
+        log.info("worker {index} serving, pid {pid}", index=spec.index, pid=os.getpid(),
+                 netsuite_worker_ready=True)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: top.stopService() if top.running else None)
+    reactor.run()
+    return 1 if failed else 0
+
+
+# -- in the parent ---------------------------------------------------------------
+
+
+class _NoConnections(protocol.Factory):
+    """The parent's listening ports never accept (L{WorkerParent} stops reading them)."""
+
+    noisy = False
+
+    def buildProtocol(self, addr):
+        return None
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    """One worker as the parent sees it: its log events, its exit."""
+
+    def __init__(self, parent: "WorkerParent", index: int):
+        self.parent = parent
+        self.index = index
+        self.pid: int | None = None
+        self.ready = False
+        self.started = time.monotonic()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._buf = {1: b"", 2: b""}
+
+    @property
+    def system(self) -> str:
+        return f"worker-{self.index} {self.pid}"
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        buf = self._buf.get(fd, b"") + data
+        *lines, self._buf[fd] = buf.split(b"\n")
+        for line in lines:
+            self._line(fd, line)
+
+    def _line(self, fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").lstrip("\x1e").rstrip("\r")
+        if not text:
+            return
+        if fd == 1:
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                event["log_system"] = self.system
+                event["netsuite_worker"] = self.index
+                globalLogPublisher(event)
+                if event.get("netsuite_worker_ready"):
+                    self.ready = True
+                    self.parent.worker_ready(self)
+                return
+        log.info("{text}", text=text, log_system=self.system)
+
+    def processEnded(self, reason) -> None:
+        for fd, rest in self._buf.items():
+            if rest:
+                self._line(fd, rest)
+        self.parent.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerParent(service.Service):
+    """The parent: binds, spawns, restarts and stops the workers (module docstring)."""
+
+    #: Seconds before a dead worker is replaced; doubles while it dies young.
+    restart_delay = 0.5
+    max_restart_delay = 10.0
+
+    def __init__(self, config: Config, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.reactor = reactor
+        self.count = config.server.workers
+        self.ports: list[tuple[str, int, str, Any]] = []
+        self.workers: dict[int, _WorkerProcess] = {}
+        self._delays: dict[int, float] = {}
+        self._serving = False
+        self._stopping = False
+        self.run_dir = config.data_dir / "run"
+
+    # -- start ---------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.ports:
+            self._bind()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("throttle.db", "throttle.db-wal", "throttle.db-shm"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _bind(self) -> None:
+        for name, descriptions in self.config.listen.items():
+            if not descriptions or descriptions == ["off"] or name not in protocols.FACTORIES:
+                continue
+            for i, description in enumerate(descriptions):
+                ep = endpoints.serverFromString(self.reactor, description)
+                result: list[Any] = []
+                ep.listen(_NoConnections()).addBoth(result.append)
+                port = result[0] if result else None
+                if port is None or not hasattr(port, "getHost"):
+                    e = getattr(port, "value", port)
+                    reason = getattr(e, "socketError", None) or e or "no answer"
+                    raise SystemExit(f"netsuite: listen.{name}: cannot listen on "
+                                     f"{description}: {reason}")
+                port.stopReading()  # the workers accept, never the parent
+                log.info("{listener} listening on {endpoint} ({address})", listener=name,
+                         endpoint=description, address=str(port.getHost()))
+                self.ports.append((name, i, description, port))
+
+    def _spawn(self, index: int) -> None:
+        if self._stopping:
+            return
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        inherited = []
+        for n, (name, i, description, port) in enumerate(self.ports):
+            fd = FIRST_FD + n
+            child_fds[fd] = port.fileno()
+            sock = getattr(port, "socket", None)
+            family = sock.family if sock is not None else socket.AF_INET
+            inherited.append(Inherited(name, i, description, fd, family))
+        spec = pickle.dumps(WorkerSpec(index, self.config, inherited))
+        proc = _WorkerProcess(self, index)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [package_root, env.get("PYTHONPATH", "")] if p)
+        self.reactor.spawnProcess(proc, sys.executable,
+                                  [sys.executable, "-m", "netsuite.workers"],
+                                  env=env, childFDs=child_fds)
+        proc.transport.write(struct.pack("!Q", len(spec)) + spec)
+        self.workers[index] = proc
+        log.info("worker {index} started, pid {pid}", index=index, pid=proc.pid)
+        self._write_workers()
+
+    # -- events from workers ----------------------------------------------------------
+
+    def worker_ready(self, proc: _WorkerProcess) -> None:
+        self._write_workers()
+        if not self._serving and all(p.ready for p in self.workers.values()) \
+                and len(self.workers) == self.count:
+            self._serving = True
+            self._write_listening()
+
+    def worker_ended(self, proc: _WorkerProcess, reason) -> None:
+        if self.workers.get(proc.index) is proc:
+            del self.workers[proc.index]
+        why = reason.value
+        if isinstance(why, error.ProcessTerminated):
+            what = (f"killed by signal {why.signal}" if why.signal is not None
+                    else f"exit code {why.exitCode}")
+        else:
+            what = "exit code 0"
+        if self._stopping:
+            log.info("worker {index} (pid {pid}) stopped ({what})", index=proc.index,
+                     pid=proc.pid, what=what)
+            return
+        if not self._serving and not proc.ready:
+            log.error("worker {index} (pid {pid}) failed to start ({what}); stopping",
+                      index=proc.index, pid=proc.pid, what=what)
+            if self.reactor.running:
+                self.reactor.stop()
+            return
+        young = time.monotonic() - proc.started < 5.0
+        delay = self._delays.get(proc.index, self.restart_delay)
+        delay = min(delay * 2, self.max_restart_delay) if young else self.restart_delay
+        self._delays[proc.index] = delay
+        log.warn("worker {index} (pid {pid}) died ({what}); restarting it in {delay}s",
+                 index=proc.index, pid=proc.pid, what=what, delay=delay)
+        self._write_workers()
+        self.reactor.callLater(delay, self._spawn, proc.index)
+
+    # -- run/ files ---------------------------------------------------------------------
+
+    def _write_json(self, name: str, data: dict) -> None:
+        path = self.run_dir / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _write_workers(self) -> None:
+        self._write_json("workers.json", {
+            "pid": os.getpid(),
+            "workers": {str(i): p.pid for i, p in sorted(self.workers.items())},
+            "ready": {str(i): p.ready for i, p in sorted(self.workers.items())},
+        })
+
+    def _write_listening(self) -> None:
+        ports: dict[str, list[int]] = {}
+        for name, _i, _description, port in self.ports:
+            ports.setdefault(name, []).append(port.getHost().port)
+        self._write_json("listening.json", {"pid": os.getpid(), "listen": ports,
+                                            "workers": self.count})
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def stopService(self):
+        super().stopService()
+        self._stopping = True
+        waiting = [p.ended for p in self.workers.values()]
+        for proc in list(self.workers.values()):
+            try:
+                proc.transport.signalProcess("TERM")
+            except error.ProcessExitedAlready:
+                pass
+        timer = self.reactor.callLater(STOP_TIMEOUT, self._kill_all)
+        d = defer.DeferredList(waiting)
+
+        def done(_):
+            if timer.active():
+                timer.cancel()
+            for _name, _i, _description, port in self.ports:
+                port.stopListening()
+            self.ports = []
+            for name in ("listening.json", "workers.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+
+        return d.addCallback(done)
+
+    def _kill_all(self) -> None:
+        for proc in list(self.workers.values()):
+            log.warn("worker {index} (pid {pid}) did not stop in {t}s; killing it",
+                     index=proc.index, pid=proc.pid, t=STOP_TIMEOUT)
+            try:
+                proc.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
