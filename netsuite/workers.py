@@ -250,7 +250,7 @@ def worker_main() -> int:
             runner.disownServiceParent()
             replacement = _submit_only_runner(runner)
             replacement.setServiceParent(top)
-            runner.realm.queue = replacement
+            runner.realm.set_relay(replacement)
 
     failed: list[bool] = []
 
