@@ -66,6 +66,10 @@ STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 #: Messages rendered per reactor turn by FETCH.
 FETCH_BATCH = 256
 
+#: FETCH/STORE of a set in which another session expunged some messages: the rest are
+#: answered and the command succeeds, Dovecot's words (its cmd-fetch.c).
+EXPUNGE_ISSUED = b"[EXPUNGEISSUED] Some messages were already expunged."
+
 #: APPEND literals from this size on are streamed into the folder's tmp/.
 STREAM_ABOVE = 65536
 
@@ -763,9 +767,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         missing = []
 
         def done(_):
-            if missing:
-                self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged",
-                             allow_expunge=uid)
+            if missing:  # as Dovecot: the remaining messages were answered (RFC 2180 4.1.2)
+                self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
             else:
                 self._tagged(tag, b"OK", b"FETCH completed", allow_expunge=uid)
 
@@ -926,8 +929,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                     uidpart = b" UID %d" % m.uid if uid else b""
                     self.send(b"* %d FETCH (FLAGS %s%s)" % (seq, mbox.flag_bytes(m), uidpart))
         if len(msgs) < len(targets):
-            self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged",
-                         allow_expunge=uid)
+            self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
         else:
             self._tagged(tag, b"OK", b"STORE completed", allow_expunge=uid)
 
