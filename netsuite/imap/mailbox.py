@@ -15,6 +15,7 @@ import io
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from netsuite.store.cache import cache_for
 from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
 
 
@@ -186,6 +187,19 @@ class SessionMailbox:
 
     def copy(self, message):
         raise NotImplementedError("netsuite's IMAP server handles COPY itself")
+
+    # -- the folder's message cache (netsuite.store.cache) ------------------------------
+
+    def cached(self, msg: Message, field: str) -> bytes | None:
+        """A value this package rendered from C{msg} before (this or an earlier process)."""
+        return cache_for(self.folder).get(msg.base, field)
+
+    def remember(self, msg: Message, field: str, value: bytes) -> None:
+        cache_for(self.folder).put(msg.base, field, value)
+
+    def flush_cache(self) -> None:
+        """Write what L{remember} buffered (once per FETCH batch)."""
+        cache_for(self.folder).flush()
 
     def read(self, msg: Message) -> bytes:
         return self.folder.read_wire(msg)

@@ -791,9 +791,11 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                 except KeyError:
                     missing.append(u)
                 if len(out) >= FETCH_BATCH:
+                    mbox.flush_cache()
                     self.transport.writeSequence(out)
                     out = []
                     yield None
+            mbox.flush_cache()
             if out:
                 self.transport.writeSequence(out)
 
@@ -874,24 +876,30 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                     raw[sec.partial[0]:sec.partial[0] + sec.partial[1]]
                 items.append(wire.section_label(sec) + b" " + wire.literal(data))
             else:
-                if part is None:
-                    part = Part(raw if raw is not None else mbox.read(msg))
-                if name == "ENVELOPE":
-                    items.append(b"ENVELOPE " + envelope(part))
-                elif name == "BODYSTRUCTURE":
-                    items.append(b"BODYSTRUCTURE " + bodystructure(part, True))
-                elif name == "BODY":
-                    items.append(b"BODY " + bodystructure(part, False))
+                sec = att.section
+                field = _cache_field(att)
+                value = None if field is None else mbox.cached(msg, field)
+                if value is None:
+                    if part is None:
+                        part = Part(raw if raw is not None else mbox.read(msg))
+                    if name == "ENVELOPE":
+                        value = envelope(part)
+                    elif name == "BODYSTRUCTURE":
+                        value = bodystructure(part, True)
+                    elif name == "BODY":
+                        value = bodystructure(part, False)
+                    else:
+                        # A part that does not exist is empty, as in Dovecot.
+                        value = part.section(sec.part, sec.kind, sec.fields) or b""
+                    if field is not None:
+                        mbox.remember(msg, field, value)
+                if name in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
+                    items.append(name.encode() + b" " + value)
                 else:
-                    sec = att.section
-                    data = part.section(sec.part, sec.kind, sec.fields)
-                    label = wire.section_label(sec)
-                    if data is None:
-                        data = b""  # a part that does not exist is empty, as in Dovecot
                     if sec.partial is not None:
                         start, length = sec.partial
-                        data = data[start:start + length]
-                    items.append(label + b" " + wire.literal(data))
+                        value = value[start:start + length]
+                    items.append(wire.section_label(sec) + b" " + wire.literal(value))
         if add_flags:
             items.append(b"FLAGS " + mbox.flag_bytes(msg))
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
@@ -1092,6 +1100,28 @@ class _SearchContext:
             return needle in self._text(self.part.data) or any(
                 needle in decoded(v).lower() for _, v in self.part.fields)
         raise ParseError(f"Unknown search key {op}")
+
+
+def _cache_field(att) -> str | None:
+    """
+    The message-cache field (netsuite.store.cache) of a FETCH item computed from the
+    message's bytes, or None if it is not cached: ENVELOPE, BODY, BODYSTRUCTURE and the
+    top-level header sections that clients ask for in every message list.  The names
+    carry a version: a change to how one renders must change its name.
+    """
+    name = att.name
+    if name == "ENVELOPE":
+        return "envelope1"
+    if name == "BODYSTRUCTURE":
+        return "bodystructure1"
+    if name == "BODY":
+        return "body1"
+    sec = att.section
+    if sec is not None and not sec.part and sec.kind in ("HEADER", "HEADER.FIELDS",
+                                                         "HEADER.FIELDS.NOT"):
+        return ("h1:" + sec.kind + " " +
+                " ".join(f.decode("ascii", "replace") for f in sec.fields))
+    return None
 
 
 def _compare_date(op: str, day, ref) -> bool:

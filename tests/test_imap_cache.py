@@ -1,0 +1,152 @@
+"""IMAP FETCH speed work (issue 10): the parsed-message cache and FETCH/STORE on expunged messages."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+
+from test_imap import SIMPLE, MULTIPART, USERS, connect, crlf, daemon, put  # noqa: F401
+
+
+def test_fetch_and_store_answer_for_remaining_when_some_expunged(daemon):
+    """As Dovecot: OK [EXPUNGEISSUED] with data for the messages that remain (RFC 2180 4.1.2)."""
+    for _ in range(3):
+        put(daemon, "alice", SIMPLE)
+    a = connect(daemon)
+    b = connect(daemon)
+    a.select("INBOX")
+    b.select("INBOX")
+    a.store("2", "+FLAGS", "(\\Deleted)")
+    a.expunge()
+    # B has not been told: its message 2 is gone, 1 and 3 remain.
+    typ, data = b.fetch("1:3", "(UID RFC822.SIZE)")
+    assert typ == "OK", data
+    assert sorted(d.split(b" (")[0] for d in data if isinstance(d, bytes)) == [b"1", b"3"]
+    typ, data = b.fetch("1:3", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK", data
+    assert len([d for d in data if isinstance(d, tuple)]) == 2
+    typ, data = b.store("1:3", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK", data
+    flagged = [d for d in data if d and b"\\Flagged" in d]
+    assert len(flagged) == 2
+    typ, data = b.uid("FETCH", "1:3", "(FLAGS)")
+    assert typ == "OK", data
+    a.logout()
+    b.logout()
+
+
+THIRD = (b"From: Dave <dave@example.test>\nTo: alice@example.test\nSubject: lunch\n"
+         b"Date: Tue, 3 Mar 2026 12:00:00 +0000\n\nSee you at noon.\n")
+
+CACHED = "(ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])"
+
+
+def message_files(d, user="alice") -> list:
+    box = d.data_dir / "mail" / user
+    return sorted(p for sub in ("cur", "new") for p in (box / sub).iterdir())
+
+
+def shift(text: bytes) -> bytes:
+    return bytes((b - 97 + 1) % 26 + 97 if 97 <= b <= 122 else b for b in text)
+
+
+def scramble(path) -> None:
+    """Same size, other bytes: lower-case letters shifted, header names kept."""
+    data = path.read_bytes()
+    head, sep, body = data.partition(b"\n\n")
+    lines = []
+    for line in head.split(b"\n"):
+        name, colon, value = line.partition(b": ")
+        lines.append(name + colon + shift(value) if colon and b" " not in name else shift(line))
+    out = b"\n".join(lines) + sep + shift(body)
+    assert out != data and len(out) == len(data)
+    path.write_bytes(out)
+
+
+def per_message(data) -> list[bytes]:
+    """imaplib's FETCH data as one bytes string per message."""
+    out: list[bytes] = []
+    for item in data:
+        if isinstance(item, tuple):
+            out.append(b"".join(item))
+        elif out:
+            out[-1] += item
+    return out
+
+
+def fetch_all(d, what=CACHED) -> list:
+    m = connect(d)
+    m.select("INBOX")
+    typ, data = m.fetch("1:*", what)
+    assert typ == "OK", data
+    m.logout()
+    return per_message(data)
+
+
+def test_second_fetch_after_restart_reads_no_message_file(daemon):
+    """ENVELOPE, BODYSTRUCTURE, BODY, header fields come from the cache, also after a restart.
+
+    Tests run as root (chmod 000 proves nothing), so the proof is: after the first FETCH the
+    files are rewritten with other bytes of the same size; the answers stay those of the
+    original bytes, while a section that is not cached (BODY[TEXT]) shows the new bytes.
+    """
+    for data in (SIMPLE, MULTIPART, THIRD):
+        put(daemon, "alice", data)
+    first = fetch_all(daemon)
+    assert b"lunch" in first[2] and b'"mixed"' in first[1]
+    daemon.restart()
+    for p in message_files(daemon):
+        scramble(p)
+    assert fetch_all(daemon) == first
+    text = fetch_all(daemon, "(BODY.PEEK[TEXT])")
+    assert b"Sff zpv bu oppo." in text[2]  # the file itself did change
+    assert (daemon.data_dir / "mail" / "alice" / "netsuite-cache").exists()
+
+
+def test_corrupt_or_torn_cache_is_ignored(daemon):
+    for data in (SIMPLE, MULTIPART, THIRD):
+        put(daemon, "alice", data)
+    first = fetch_all(daemon)
+    cache = daemon.data_dir / "mail" / "alice" / "netsuite-cache"
+    good = cache.read_bytes()
+    daemon.stop()
+    for p in message_files(daemon):
+        scramble(p)
+    # A torn last record (message 3's header fields): the rest still counts.
+    cache.write_bytes(good[:-5])
+    daemon.start()
+    torn = fetch_all(daemon)
+    assert torn[:2] == first[:2]
+    assert b"lunch" in torn[2]  # its ENVELOPE is still cached ...
+    assert b"Subject: mvodi" in torn[2]  # ... its header fields were read again
+    # A flipped byte inside message 2's ENVELOPE record: only that record is lost.
+    data = bytearray(cache.read_bytes())
+    data[data.index(b"report")] ^= 0x20
+    cache.write_bytes(bytes(data))
+    daemon.restart()
+    again = fetch_all(daemon)
+    assert again[0] == first[0]
+    assert b'"sfqpsu"' in again[1] and b'"mixed"' in again[1]
+    # Garbage from the first byte: the file is ignored and rebuilt from the messages.
+    cache.write_bytes(os.urandom(300))
+    daemon.restart()
+    fresh = fetch_all(daemon)
+    assert b"mvodi" in fresh[2] and b"lunch" not in b"".join(fresh)
+    assert cache.read_bytes().startswith(b"netsuite-cache 1\n")
+
+
+def test_cache_drops_expunged_messages(daemon):
+    for data in (SIMPLE, MULTIPART, THIRD):
+        put(daemon, "alice", data)
+    fetch_all(daemon)
+    cache = daemon.data_dir / "mail" / "alice" / "netsuite-cache"
+    doomed = message_files(daemon)[1].name.split(":2,")[0].encode()
+    assert doomed in cache.read_bytes()
+    m = connect(daemon)
+    m.select("INBOX")
+    m.store("2", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    m.logout()
+    daemon.restart()
+    assert len(fetch_all(daemon)) == 2
+    assert doomed not in cache.read_bytes()
