@@ -150,3 +150,36 @@ def test_cache_drops_expunged_messages(daemon):
     daemon.restart()
     assert len(fetch_all(daemon)) == 2
     assert doomed not in cache.read_bytes()
+
+
+def test_flags_fetch_of_a_big_folder_in_chunks(daemon):
+    """Over FLAGS_CHUNK messages, FETCH (UID FLAGS) is written in paced chunks: all there, in order."""
+    from netsuite.imap.server import FLAGS_CHUNK
+
+    count = FLAGS_CHUNK + 1500
+    box = daemon.data_dir / "mail" / "alice"
+    m = connect(daemon)  # creates the Maildir
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        flags = "S" if i % 3 else ("FS" if i % 2 else "")
+        (box / "cur" / f"{1_700_000_000 + i}.M{i}P1.test,S=20:2,{flags}").write_bytes(
+            b"Subject: %d\n\nbody\n" % i)
+    m.select("INBOX")
+    typ, data = m.fetch("1:*", "(UID FLAGS)")
+    assert typ == "OK"
+    assert len(data) == count
+    for i, line in enumerate(data):
+        names = ["\\Seen"] if i % 3 else (["\\Flagged", "\\Seen"] if i % 2 else [])
+        # This first session holds every message as \\Recent.
+        flags = " ".join([*names, "\\Recent"])
+        assert line.decode() == f"{i + 1} (UID {i + 1} FLAGS ({flags}))"
+    typ, data = m.fetch("2:*", "(FLAGS UID)")
+    assert typ == "OK" and len(data) == count - 1
+    assert data[-1].decode().startswith(f"{count} (FLAGS ")
+    typ, data = m.uid("FETCH", "1:*", "(FLAGS)")
+    assert typ == "OK" and len(data) == count
+    other = connect(daemon)  # served while the big FETCHes ran
+    assert other.noop()[0] == "OK"
+    other.logout()
+    m.logout()

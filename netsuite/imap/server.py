@@ -27,7 +27,7 @@ IMailbox avatars), but its command reader and several commands are wrong in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from twisted.cred import credentials
@@ -65,6 +65,12 @@ STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 #: Messages rendered per reactor turn by FETCH.
 FETCH_BATCH = 256
+
+#: Messages per write (and per reactor turn) of a FETCH of UID/FLAGS only.
+FLAGS_CHUNK = 4096
+
+#: FLAGS renderings of keyword-less messages by their Maildir info letters (bounded).
+_FLAG_BYTES: dict[str, bytes] = {}
 
 #: FETCH/STORE of a set in which another session expunged some messages: the rest are
 #: answered and the command succeeds, Dovecot's words (its cmd-fetch.c).
@@ -123,19 +129,39 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     def connectionLost(self, reason):
         self._lost = True
         for t in list(self._tasks):
-            t.stop()
+            try:
+                t.stop()
+            except (task.TaskDone, task.TaskFinished):  # finished in this very turn
+                pass
         self.cancelDeadline()
         self._framer.reset()
         self._deselect()
         super().connectionLost(reason)
 
     def _cooperate(self, work):
-        """Run C{work} a batch per reactor turn; stopped in connectionLost."""
+        """
+        Run C{work} a batch per reactor turn; stopped in connectionLost.
+
+        The task is the transport's producer while it runs: it is paused while
+        the client reads slower than the batches are written, so a huge FETCH
+        never sits in memory as one unsent buffer.
+        """
         t = task.cooperate(work)
         self._tasks.add(t)
+        pacer = _Pacer(t)
+        registered = False
+        if getattr(self.transport, "producer", None) is None:
+            try:
+                self.transport.registerProducer(pacer, True)
+                registered = True
+            except RuntimeError:  # someone else produces: no pacing, as before
+                pass
 
         def finished(result):
             self._tasks.discard(t)
+            pacer.done = True
+            if registered and not self._lost:
+                self.transport.unregisterProducer()
             return result
 
         return t.whenDone().addBoth(finished)
@@ -773,10 +799,20 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                 self._tagged(tag, b"OK", b"FETCH completed", allow_expunge=uid)
 
         if all(a.name in ("UID", "FLAGS") for a in atts):
-            # The common "what changed" FETCH: from the index only, in one write.
-            self.transport.writeSequence(self._fetch_flags(targets, atts, missing))
-            done(None)
-            return None
+            # The common "what changed" FETCH: from the index only, a few big writes.
+            chunks = self._fetch_flags(targets, atts, missing)
+            if len(targets) <= FLAGS_CHUNK:
+                for chunk in chunks:
+                    self.transport.write(chunk)
+                done(None)
+                return None
+
+            def write_chunks():
+                for chunk in chunks:
+                    self.transport.write(chunk)
+                    yield None
+
+            return self._cooperate(write_chunks()).addCallback(done)
 
         def render():
             out = []
@@ -806,51 +842,53 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             return None
         return self._cooperate(render()).addCallback(done)
 
-    def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> list[bytes]:
-        """FETCH of UID and/or FLAGS only: index data, one cached rendering per flag set."""
+    def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> Iterator[bytes]:
+        """
+        FETCH of UID and/or FLAGS only, from the index: the responses of
+        L{FLAGS_CHUNK} messages joined into one bytes string at a time (one
+        transport write each, not one per message).  The per-message work is
+        a template and a flag rendering looked up by the file name's info
+        letters (L{_FLAG_BYTES}).
+        """
         mbox = self.mbox
         folder = mbox.folder
-        recent = mbox.recent
         order = tuple(a.name for a in atts)
-        if order == ("UID", "FLAGS"):
-            template = b"* %d FETCH (UID %d FLAGS %s)\r\n"
-        elif order == ("FLAGS", "UID"):
-            template = None
-        elif order == ("UID",):
-            return [b"* %d FETCH (UID %d)\r\n" % (mbox.seq(u), u) for u in targets]
-        else:
-            template = None
-        pairs: Iterable[tuple[int, Message]]
+        render = self._flag_renderer()
         if targets == mbox.uids and targets == folder._uids:
-            pairs = zip(range(1, len(targets) + 1), folder.messages, strict=True)
-        else:
-            found: list[tuple[int, Message]] = []
-            pairs = found
-            for u in targets:
-                msg = folder.by_uid(u)
-                seq = mbox.seq(u)
-                if msg is None or not seq:
-                    missing.append(u)
-                else:
-                    found.append((seq, msg))
-        cache: dict = {}
-        out = []
-        for seq, msg in pairs:
-            uid = msg.uid
-            key = (msg.name.partition(":2,")[2], msg.keywords, uid in recent)
-            flags = cache.get(key)
-            if flags is None:
-                names = msg.flags
-                if key[2]:
-                    names.append("\\Recent")
-                flags = cache[key] = b"(" + " ".join(names).encode() + b")"
-            if template is not None:
-                out.append(template % (seq, uid, flags))
+            # Snapshot: another session may change the folder between two chunks.
+            msgs = list(folder.messages)
+            for start in range(0, len(msgs), FLAGS_CHUNK):
+                yield _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK], start + 1),
+                                   render)
+            return
+        found: list[tuple[int, Message]] = []
+        for u in targets:
+            msg = folder.by_uid(u)
+            seq = mbox.seq(u)
+            if msg is None or not seq:
+                missing.append(u)
             else:
-                parts = [b"UID %d" % uid if name == "UID" else b"FLAGS " + flags
-                         for name in order]
-                out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
-        return out
+                found.append((seq, msg))
+        for start in range(0, len(found), FLAGS_CHUNK):
+            yield _flags_lines(order, found[start:start + FLAGS_CHUNK], render)
+
+    def _flag_renderer(self) -> Callable[[Message], bytes]:
+        """C{msg -> b"(\\Seen ...)"} for this session: shared renderings by info letters."""
+        recent = self.mbox.recent
+        flag_list = self.mbox.flag_list
+
+        def render(msg: Message) -> bytes:
+            if msg.keywords or msg.uid in recent:
+                return ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
+            letters = msg.name.partition(":2,")[2]
+            flags = _FLAG_BYTES.get(letters)
+            if flags is None:
+                flags = ("(" + " ".join(msg.flags) + ")").encode("utf-8", "replace")
+                if len(_FLAG_BYTES) < 4096:
+                    _FLAG_BYTES[letters] = flags
+            return flags
+
+        return render
 
     def _fetch_one(self, mbox, seq: int, msg, atts, add_flags: bool) -> bytes:
         items = []
@@ -1018,6 +1056,44 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             return None
         # A big folder is searched a batch per reactor turn: other sessions go on.
         return self._cooperate(scan()).addCallback(done)
+
+
+def _flags_lines(order: tuple[str, ...], pairs: Iterable[tuple[int, Message]],
+                 render: Callable[[Message], bytes]) -> bytes:
+    """The FETCH responses of (seq, message) pairs for UID and/or FLAGS, joined."""
+    if order == ("UID", "FLAGS"):
+        return b"".join([b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, m.uid, render(m))
+                         for seq, m in pairs])
+    if order == ("FLAGS",):
+        return b"".join([b"* %d FETCH (FLAGS %s)\r\n" % (seq, render(m)) for seq, m in pairs])
+    if order == ("UID",):
+        return b"".join([b"* %d FETCH (UID %d)\r\n" % (seq, m.uid) for seq, m in pairs])
+    return b"".join([b"* %d FETCH (" % seq + b" ".join(
+        b"UID %d" % m.uid if name == "UID" else b"FLAGS " + render(m)
+        for name in order) + b")\r\n" for seq, m in pairs])
+
+
+class _Pacer:
+    """Pauses a cooperative task while the transport's send buffer is full (IPushProducer)."""
+
+    def __init__(self, task: task.CooperativeTask):
+        self.task = task
+        self.paused = False
+        self.done = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused and not self.done:
+            self.paused = True
+            self.task.pause()
+
+    def resumeProducing(self) -> None:
+        if self.paused and not self.done:
+            self.paused = False
+            self.task.resume()
+
+    def stopProducing(self) -> None:
+        # The connection is going: IMAPServer.connectionLost stops the task.
+        self.done = True
 
 
 class _SearchContext:
