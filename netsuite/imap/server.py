@@ -352,7 +352,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     def imap_NOOP(self, tag, cur):
         cur.end()
         if self.mbox is not None:
-            self.mbox.folder.refresh()
+            self.mbox.refresh()
         self._tagged(tag, b"OK", b"NOOP completed")
 
     def imap_LOGOUT(self, tag, cur):
@@ -529,8 +529,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         unseen = mbox.unseen_first()
         if unseen:
             self.send(b"* OK [UNSEEN %d] First unseen" % unseen)
-        self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.folder.uidvalidity)
-        self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.folder.next_uid)
+        self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.uidvalidity)
+        self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.next_uid)
         mode = b"[READ-WRITE] SELECT" if rw else b"[READ-ONLY] EXAMINE"
         self.send(tag + b" OK " + mode + b" completed")
 
@@ -556,7 +556,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     def imap_DELETE(self, tag, cur):
         name = self._mailbox_name(cur)
         cur.end()
-        if self.mbox is not None and self.mbox.folder.name == name:
+        if self.mbox is not None and self.mbox.name == name:
             self._deselect()
         try:
             self.account.delete(name)
@@ -717,7 +717,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
 
     def imap_CHECK(self, tag, cur):
         cur.end()
-        self.mbox.folder.refresh()
+        self.mbox.refresh()
         self._tagged(tag, b"OK", b"CHECK completed")
 
     def imap_CLOSE(self, tag, cur):
@@ -725,8 +725,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         mbox = self.mbox
         if mbox.writeable:
             mbox.on_change = None
-            doomed = [u for u in mbox.uids if (m := mbox.folder.by_uid(u)) and m.has("\\Deleted")]
-            mbox.folder.expunge(doomed)
+            mbox.expunge_uids(mbox.deleted())
         self._deselect()
         self.send(tag + b" OK CLOSE completed")
 
@@ -759,10 +758,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         if not self.mbox.writeable:
             self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only")
             return
-        doomed = [u for u in self.mbox.uids
-                  if (which is None or u in which)
-                  and (m := self.mbox.folder.by_uid(u)) is not None and m.has("\\Deleted")]
-        self.mbox.folder.expunge(doomed)
+        doomed = [u for u in self.mbox.deleted() if which is None or u in which]
+        self.mbox.expunge_uids(doomed)
         self._tagged(tag, b"OK", b"EXPUNGE completed")
 
     # FETCH
@@ -780,14 +777,9 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             a.section is not None and not a.section.peek for a in atts)
         add_flags = set()
         if marks_seen:
-            unseen = [m for u in targets if (m := mbox.folder.by_uid(u)) is not None
-                      and not m.has("\\Seen")]
+            unseen = [m for m in mbox.messages(targets) if not m.has("\\Seen")]
             if unseen:
-                mbox.quiet = True
-                try:
-                    mbox.folder.set_flags(unseen, ["\\Seen"], 1)
-                finally:
-                    mbox.quiet = False
+                mbox.set_flags(unseen, ["\\Seen"], 1)
                 if not any(a.name == "FLAGS" for a in atts):
                     add_flags = {m.uid for m in unseen}
         missing = []
@@ -817,7 +809,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         def render():
             out = []
             for u in targets:
-                msg = mbox.folder.by_uid(u)
+                msg = mbox.message(u)
                 seq = mbox.seq(u)
                 if msg is None or not seq:
                     missing.append(u)
@@ -851,19 +843,18 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         letters (L{_FLAG_BYTES}).
         """
         mbox = self.mbox
-        folder = mbox.folder
         order = tuple(a.name for a in atts)
         render = self._flag_renderer()
-        if targets == mbox.uids and targets == folder._uids:
-            # Snapshot: another session may change the folder between two chunks.
-            msgs = list(folder.messages)
+        # Snapshot: another session may change the folder between two chunks.
+        msgs = mbox.snapshot() if targets == mbox.uids else None
+        if msgs is not None:
             for start in range(0, len(msgs), FLAGS_CHUNK):
                 yield _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK], start + 1),
                                    render)
             return
         found: list[tuple[int, Message]] = []
         for u in targets:
-            msg = folder.by_uid(u)
+            msg = mbox.message(u)
             seq = mbox.seq(u)
             if msg is None or not seq:
                 missing.append(u)
@@ -901,9 +892,9 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             elif name == "FLAGS":
                 items.append(b"FLAGS " + mbox.flag_bytes(msg))
             elif name == "INTERNALDATE":
-                items.append(b"INTERNALDATE " + wire.format_datetime(mbox.folder.date_of(msg)))
+                items.append(b"INTERNALDATE " + wire.format_datetime(mbox.date_of(msg)))
             elif name == "RFC822.SIZE":
-                items.append(b"RFC822.SIZE %d" % mbox.folder.size_of(msg))
+                items.append(b"RFC822.SIZE %d" % mbox.size_of(msg))
             elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
                     part is None:
                 # BODY[] / RFC822: the whole message, no MIME parsing needed.
@@ -962,12 +953,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only", allow_expunge=uid)
             return
         mbox = self.mbox
-        msgs = [m for u in targets if (m := mbox.folder.by_uid(u)) is not None]
-        mbox.quiet = True
-        try:
-            mbox.folder.set_flags(msgs, flags, mode)
-        finally:
-            mbox.quiet = False
+        msgs = mbox.messages(targets)
+        mbox.set_flags(msgs, flags, mode)
         if not silent:
             for m in msgs:
                 seq = mbox.seq(m.uid)
@@ -995,9 +982,9 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
             return
-        src = self.mbox.folder
-        msgs = [m for u in targets if (m := src.by_uid(u)) is not None]
-        pairs = src.copy_to(msgs, dest) if dest is not src or not move else []
+        src = self.mbox
+        msgs = src.messages(targets)
+        pairs = src.copy_to(msgs, dest) if not (move and src.holds(dest)) else []
         code = b""
         if pairs:
             code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,
@@ -1006,7 +993,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         if move:
             if code:
                 self.send(b"* OK " + code + b"Moved")
-            src.expunge([p[0] for p in pairs])
+            src.expunge_uids([p[0] for p in pairs])
             self._tagged(tag, b"OK", b"MOVE completed")
         else:
             self._tagged(tag, b"OK", code + b"COPY completed", allow_expunge=uid)
@@ -1037,7 +1024,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
 
         def scan():
             for seq, u in enumerate(uids, 1):
-                msg = mbox.folder.by_uid(u)
+                msg = mbox.message(u)
                 if msg is not None:
                     ctx = _SearchContext(mbox, seq, msg, star_seq, star_uid)
                     if all(ctx.match(k) for k in keys):
@@ -1152,11 +1139,11 @@ class _SearchContext:
         if op == "NEW":
             return m.uid in mbox.recent and not m.has("\\Seen")
         if op == "LARGER":
-            return mbox.folder.size_of(m) > key[1]
+            return mbox.size_of(m) > key[1]
         if op == "SMALLER":
-            return mbox.folder.size_of(m) < key[1]
+            return mbox.size_of(m) < key[1]
         if op in ("BEFORE", "ON", "SINCE"):
-            day = dt.date.fromtimestamp(mbox.folder.date_of(m))
+            day = dt.date.fromtimestamp(mbox.date_of(m))
             return _compare_date(op, day, key[1])
         if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             day = sent_date(self.part)
