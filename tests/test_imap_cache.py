@@ -183,3 +183,30 @@ def test_flags_fetch_of_a_big_folder_in_chunks(daemon):
     assert other.noop()[0] == "OK"
     other.logout()
     m.logout()
+
+
+def test_shared_flags_rendering_follows_every_change(daemon):
+    """FETCH 1:* (UID FLAGS) bytes shared between sessions are dropped on any change."""
+    for _ in range(3):
+        put(daemon, "alice", SIMPLE)
+    first = connect(daemon)
+    first.select("INBOX")  # takes \\Recent: the sessions below share renderings
+    b = connect(daemon)
+    c = connect(daemon)
+    b.select("INBOX")
+    c.select("INBOX")
+    assert b.fetch("1:*", "(UID FLAGS)")[1] == [b"1 (UID 1 FLAGS ())", b"2 (UID 2 FLAGS ())",
+                                                b"3 (UID 3 FLAGS ())"]
+    c.store("2", "+FLAGS.SILENT", "(\\Flagged)")
+    assert b.fetch("1:*", "(UID FLAGS)")[1][1] == b"2 (UID 2 FLAGS (\\Flagged))"
+    assert c.fetch("1:*", "(UID FLAGS)")[1][1] == b"2 (UID 2 FLAGS (\\Flagged))"
+    # Another program renames a file (a flag change on disk): seen after the refresh.
+    path = next(p for p in message_files(daemon) if p.name.endswith(":2,F"))
+    os.rename(path, path.with_name(path.name.split(":2,")[0] + ":2,FS"))
+    b.noop()
+    daemon.wait_for(lambda: b"\\Seen" in b.fetch("2", "(FLAGS)")[1][0])
+    assert b.fetch("1:*", "(UID FLAGS)")[1][1] == b"2 (UID 2 FLAGS (\\Flagged \\Seen))"
+    data = c.fetch("1:*", "(UID FLAGS)")[1]
+    assert data[1] == b"2 (UID 2 FLAGS (\\Flagged \\Seen))", data
+    for m in (first, b, c):
+        m.logout()

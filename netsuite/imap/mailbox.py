@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import weakref
 
 from twisted.mail import imap4
 from zope.interface import Attribute, implementer
@@ -76,6 +77,36 @@ class ISessionMailbox(imap4.IMailboxInfo):
         """Write the cache's buffered records (one append)."""
 
 
+class RenderedFlags:
+    """
+    Rendered C{FETCH 1:* (UID FLAGS)} chunks of one whole folder, shared by the
+    sessions of this process: a client that re-reads a big folder's flags gets
+    bytes rendered once.  Any change to the folder (the store calls every
+    listener on every change, IMailStore.watch) drops them all; C{version}
+    lets a FETCH that spans reactor turns keep only what it rendered before
+    any change.
+    """
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.chunks: dict[tuple, bytes] = {}
+
+    def changed(self, folder: Folder, changes: Changes) -> None:
+        self.version += 1
+        self.chunks.clear()
+
+
+_rendered: "weakref.WeakKeyDictionary[Folder, RenderedFlags]" = weakref.WeakKeyDictionary()
+
+
+def rendered_flags(store, folder: Folder) -> RenderedFlags:
+    found = _rendered.get(folder)
+    if found is None:
+        found = _rendered[folder] = RenderedFlags()
+        store.watch(folder, found.changed)
+    return found
+
+
 @implementer(ISessionMailbox)
 class SessionMailbox:
     """One session's view of one folder; see the module docstring."""
@@ -96,6 +127,7 @@ class SessionMailbox:
         self.quiet = False
         self.on_change = None
         store.watch(folder, self._changed)
+        self._rendered = rendered_flags(store, folder)
 
     def close(self) -> None:
         self._store.unwatch(self.folder, self._changed)
@@ -242,6 +274,11 @@ class SessionMailbox:
         if self.uids == folder._uids:
             return list(folder.messages)
         return None
+
+    def rendered(self) -> RenderedFlags | None:
+        """The folder's shared FETCH (UID FLAGS) renderings, if this session may use them:
+        not while it holds \\Recent messages (those render differently here)."""
+        return None if self.recent else self._rendered
 
     def set_flags(self, msgs, flags, mode: int) -> None:
         self.quiet = True

@@ -848,9 +848,18 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         # Snapshot: another session may change the folder between two chunks.
         msgs = mbox.snapshot() if targets == mbox.uids else None
         if msgs is not None:
+            shared = mbox.rendered()
+            version = shared.version if shared is not None else -1
             for start in range(0, len(msgs), FLAGS_CHUNK):
-                yield _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK], start + 1),
-                                   render)
+                key = (order, start, len(msgs))
+                data = shared.chunks.get(key) \
+                    if shared is not None and shared.version == version else None
+                if data is None:
+                    data = _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK],
+                                                         start + 1), render)
+                    if shared is not None and shared.version == version:
+                        shared.chunks[key] = data  # nothing changed since the snapshot
+                yield data
             return
         found: list[tuple[int, Message]] = []
         for u in targets:
