@@ -1,11 +1,17 @@
-"""IMAP FETCH speed work (issue 10): the parsed-message cache and FETCH/STORE on expunged messages."""
+"""IMAP FETCH speed (issue 10): the parsed-message cache, FLAGS renderings, expunged messages."""
 
 from __future__ import annotations
 
-import imaplib
 import os
 
-from test_imap import SIMPLE, MULTIPART, USERS, connect, crlf, daemon, put  # noqa: F401
+import pytest
+from test_imap import MULTIPART, SIMPLE, USERS, connect, put
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon(listeners=["imap", "imaps"], users=USERS,
+                       config={"store": {"poll_interval": 0.2}})
 
 
 def test_fetch_and_store_answer_for_remaining_when_some_expunged(daemon):
@@ -153,7 +159,7 @@ def test_cache_drops_expunged_messages(daemon):
 
 
 def test_flags_fetch_of_a_big_folder_in_chunks(daemon):
-    """Over FLAGS_CHUNK messages, FETCH (UID FLAGS) is written in paced chunks: all there, in order."""
+    """Over FLAGS_CHUNK messages FETCH (UID FLAGS) is written in paced chunks: all, in order."""
     from netsuite.imap.server import FLAGS_CHUNK
 
     count = FLAGS_CHUNK + 1500

@@ -16,7 +16,7 @@ import weakref
 from twisted.mail import imap4
 from zope.interface import Attribute, implementer
 
-from netsuite.store.cache import cache_for
+from netsuite.store.cache import MessageCache, cache_for
 from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
 
 
@@ -128,6 +128,7 @@ class SessionMailbox:
         self.on_change = None
         store.watch(folder, self._changed)
         self._rendered = rendered_flags(store, folder)
+        self._cache: MessageCache | None = None
 
     def close(self) -> None:
         self._store.unwatch(self.folder, self._changed)
@@ -309,16 +310,22 @@ class SessionMailbox:
 
     # -- the folder's message cache (netsuite.store.cache) ------------------------------
 
+    def _message_cache(self) -> MessageCache:
+        if self._cache is None:
+            self._cache = cache_for(self.folder)
+        return self._cache
+
     def cached(self, msg: Message, field: str) -> bytes | None:
         """A value this package rendered from C{msg} before (this or an earlier process)."""
-        return cache_for(self.folder).get(msg.base, field)
+        return self._message_cache().get(msg.base, field)
 
     def remember(self, msg: Message, field: str, value: bytes) -> None:
-        cache_for(self.folder).put(msg.base, field, value)
+        self._message_cache().put(msg.base, field, value)
 
     def flush_cache(self) -> None:
         """Write what L{remember} buffered (once per FETCH batch)."""
-        cache_for(self.folder).flush()
+        if self._cache is not None:
+            self._cache.flush()
 
     def read(self, msg: Message) -> bytes:
         return self.folder.read_wire(msg)
