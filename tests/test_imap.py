@@ -658,12 +658,15 @@ def test_avatars_provide_twisted_interfaces():
     from zope.interface.verify import verifyClass
 
     from netsuite.imap.account import ImapAccount
-    from netsuite.imap.mailbox import SessionMailbox
+    from netsuite.imap.mailbox import ISessionMailbox, SessionMailbox
     from netsuite.pop3.mailbox import POP3Mailbox
 
     assert verifyClass(imap4.IAccount, ImapAccount)
     assert verifyClass(imap4.INamespacePresenter, ImapAccount)
-    assert verifyClass(imap4.IMailbox, SessionMailbox)
+    # Twisted's IMailbox is not claimed: netsuite renders FETCH/STORE/SEARCH/COPY itself.
+    assert verifyClass(ISessionMailbox, SessionMailbox)
+    assert imap4.IMailboxInfo.implementedBy(SessionMailbox)
+    assert not imap4.IMailbox.implementedBy(SessionMailbox)
     assert verifyClass(pop3.IMailbox, POP3Mailbox)
 
 

@@ -11,15 +11,103 @@ from __future__ import annotations
 
 import bisect
 import io
+import weakref
 
 from twisted.mail import imap4
-from zope.interface import implementer
+from zope.interface import Attribute, implementer
 
-from netsuite.imap.wire import parse_datetime
+from netsuite.store.cache import MessageCache, cache_for
 from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
 
 
-@implementer(imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier)
+class ISessionMailbox(imap4.IMailboxInfo):
+    """
+    What netsuite's IMAP server needs of a selected folder.  Not Twisted's
+    C{IMailbox}: netsuite renders FETCH, STORE, SEARCH and COPY itself (Twisted's
+    renderings are wrong in places, TWISTED-GAPS.md), so only C{IMailboxInfo}
+    of Twisted's interfaces is claimed.  Costs are for the Maildir store.
+    """
+
+    uids = Attribute("This session's message numbers: UIDs in order (list).")
+    recent = Attribute("UIDs that are \\Recent in this session (set).")
+
+    def updates(allow_expunge):
+        """Untagged responses for what others changed (O(changes))."""
+
+    def message(uid):
+        """The index entry of C{uid}, or None (a bisect)."""
+
+    def messages(uids):
+        """Index entries of the C{uids} that still exist, in order."""
+
+    def holds(folder):
+        """Whether C{folder} (from the account) is the one selected."""
+
+    def copy_to(msgs, dest):
+        """Copy into another folder: [(old uid, new uid)] (a hard link per message)."""
+
+    def size_of(msg):
+        """RFC822.SIZE (read once if the name does not say it)."""
+
+    def date_of(msg):
+        """INTERNALDATE, Unix seconds (a stat once)."""
+
+    def snapshot():
+        """The folder's messages if they are exactly this session's, else None (O(n))."""
+
+    def refresh():
+        """Pick up changes on disk (two stats when nothing changed)."""
+
+    def set_flags(msgs, flags, mode):
+        """STORE by this session: its own FETCH answers report it, not updates()."""
+
+    def expunge_uids(uids):
+        """Remove messages (one index write)."""
+
+    def deleted():
+        """UIDs of this session's messages flagged \\Deleted (O(n))."""
+
+    def cached(msg, field):
+        """A rendering of C{msg} kept in the folder's cache, or None (a dict lookup)."""
+
+    def remember(msg, field, value):
+        """Keep a rendering in the cache (buffered; see flush_cache)."""
+
+    def flush_cache():
+        """Write the cache's buffered records (one append)."""
+
+
+class RenderedFlags:
+    """
+    Rendered C{FETCH 1:* (UID FLAGS)} chunks of one whole folder, shared by the
+    sessions of this process: a client that re-reads a big folder's flags gets
+    bytes rendered once.  Any change to the folder (the store calls every
+    listener on every change, IMailStore.watch) drops them all; C{version}
+    lets a FETCH that spans reactor turns keep only what it rendered before
+    any change.
+    """
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.chunks: dict[tuple, bytes] = {}
+
+    def changed(self, folder: Folder, changes: Changes) -> None:
+        self.version += 1
+        self.chunks.clear()
+
+
+_rendered: "weakref.WeakKeyDictionary[Folder, RenderedFlags]" = weakref.WeakKeyDictionary()
+
+
+def rendered_flags(store, folder: Folder) -> RenderedFlags:
+    found = _rendered.get(folder)
+    if found is None:
+        found = _rendered[folder] = RenderedFlags()
+        store.watch(folder, found.changed)
+    return found
+
+
+@implementer(ISessionMailbox)
 class SessionMailbox:
     """One session's view of one folder; see the module docstring."""
 
@@ -38,8 +126,9 @@ class SessionMailbox:
         #: Set while this session changes flags itself (it reports them itself).
         self.quiet = False
         self.on_change = None
-        self._twisted_listeners: list = []
         store.watch(folder, self._changed)
+        self._rendered = rendered_flags(store, folder)
+        self._cache: MessageCache | None = None
 
     def close(self) -> None:
         self._store.unwatch(self.folder, self._changed)
@@ -81,7 +170,7 @@ class SessionMailbox:
             self._grown = False
             last = self.uids[-1] if self.uids else 0
             fresh = [m.uid for m in
-                     self.folder.messages[bisect.bisect_right(self.folder._uids, last):]]
+                     self.folder.messages[bisect.bisect_right(self.folder.uids, last):]]
             if fresh:
                 self.uids.extend(fresh)
                 if self.writeable:
@@ -154,37 +243,89 @@ class SessionMailbox:
     def requestStatus(self, names):
         return status(self.folder, names)
 
-    def addListener(self, listener):
-        self._twisted_listeners.append(listener)
-
-    def removeListener(self, listener):
-        self._twisted_listeners.remove(listener)
-
-    def addMessage(self, message, flags=(), date=None):
-        data = message.read() if hasattr(message, "read") else bytes(message)
-        when = None
-        if date:
-            when = parse_datetime(date.encode() if isinstance(date, str) else date)
-        return self.folder.append(data, flags, when)
-
     def expunge(self):
-        doomed = [u for u in self.uids if (m := self.folder.by_uid(u)) is not None
-                  and m.has("\\Deleted")]
+        doomed = self.deleted()
         seqs = [self.seq(u) for u in doomed]
         self.folder.expunge(doomed)
         return seqs
 
-    def fetch(self, messages, uid):
-        raise NotImplementedError("netsuite's IMAP server renders FETCH itself")
+    # -- what IMAPServer does to the folder, through this session ------------------------
 
-    def store(self, messages, flags, mode, uid):
-        raise NotImplementedError("netsuite's IMAP server handles STORE itself")
+    @property
+    def name(self) -> str:
+        return self.folder.name
 
-    def search(self, query, uid):
-        raise NotImplementedError("netsuite's IMAP server evaluates SEARCH itself")
+    @property
+    def uidvalidity(self) -> int:
+        return self.folder.uidvalidity
 
-    def copy(self, message):
-        raise NotImplementedError("netsuite's IMAP server handles COPY itself")
+    @property
+    def next_uid(self) -> int:
+        return self.folder.next_uid
+
+    def refresh(self) -> None:
+        self.folder.refresh()
+
+    def messages(self, uids) -> list[Message]:
+        by_uid = self.folder.by_uid
+        return [m for u in uids if (m := by_uid(u)) is not None]
+
+    def snapshot(self) -> list[Message] | None:
+        folder = self.folder
+        if self.uids == folder.uids:
+            return list(folder.messages)
+        return None
+
+    def rendered(self) -> RenderedFlags | None:
+        """The folder's shared FETCH (UID FLAGS) renderings, if this session may use them:
+        not while it holds \\Recent messages (those render differently here)."""
+        return None if self.recent else self._rendered
+
+    def set_flags(self, msgs, flags, mode: int) -> None:
+        self.quiet = True
+        try:
+            self.folder.set_flags(msgs, flags, mode)
+        finally:
+            self.quiet = False
+
+    def expunge_uids(self, uids) -> None:
+        self.folder.expunge(uids)
+
+    def deleted(self) -> list[int]:
+        by_uid = self.folder.by_uid
+        return [u for u in self.uids if (m := by_uid(u)) is not None and m.has("\\Deleted")]
+
+    def holds(self, folder) -> bool:
+        """Whether C{folder} (from the account) is this session's folder."""
+        return folder is self.folder
+
+    def copy_to(self, msgs, dest):
+        return self.folder.copy_to(msgs, dest)
+
+    def size_of(self, msg: Message) -> int:
+        return self.folder.size_of(msg)
+
+    def date_of(self, msg: Message) -> int:
+        return self.folder.date_of(msg)
+
+    # -- the folder's message cache (netsuite.store.cache) ------------------------------
+
+    def _message_cache(self) -> MessageCache:
+        if self._cache is None:
+            self._cache = cache_for(self.folder)
+        return self._cache
+
+    def cached(self, msg: Message, field: str) -> bytes | None:
+        """A value this package rendered from C{msg} before (this or an earlier process)."""
+        return self._message_cache().get(msg.base, field)
+
+    def remember(self, msg: Message, field: str, value: bytes) -> None:
+        self._message_cache().put(msg.base, field, value)
+
+    def flush_cache(self) -> None:
+        """Write what L{remember} buffered (once per FETCH batch)."""
+        if self._cache is not None:
+            self._cache.flush()
 
     def read(self, msg: Message) -> bytes:
         return self.folder.read_wire(msg)

@@ -27,7 +27,7 @@ IMailbox avatars), but its command reader and several commands are wrong in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from twisted.cred import credentials
@@ -65,6 +65,16 @@ STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 #: Messages rendered per reactor turn by FETCH.
 FETCH_BATCH = 256
+
+#: Messages per write (and per reactor turn) of a FETCH of UID/FLAGS only.
+FLAGS_CHUNK = 4096
+
+#: FLAGS renderings of keyword-less messages by their Maildir info letters (bounded).
+_FLAG_BYTES: dict[str, bytes] = {}
+
+#: FETCH/STORE of a set in which another session expunged some messages: the rest are
+#: answered and the command succeeds, Dovecot's words (its cmd-fetch.c).
+EXPUNGE_ISSUED = b"[EXPUNGEISSUED] Some messages were already expunged."
 
 #: APPEND literals from this size on are streamed into the folder's tmp/.
 STREAM_ABOVE = 65536
@@ -119,19 +129,39 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     def connectionLost(self, reason):
         self._lost = True
         for t in list(self._tasks):
-            t.stop()
+            try:
+                t.stop()
+            except (task.TaskDone, task.TaskFinished):  # finished in this very turn
+                pass
         self.cancelDeadline()
         self._framer.reset()
         self._deselect()
         super().connectionLost(reason)
 
     def _cooperate(self, work):
-        """Run C{work} a batch per reactor turn; stopped in connectionLost."""
+        """
+        Run C{work} a batch per reactor turn; stopped in connectionLost.
+
+        The task is the transport's producer while it runs: it is paused while
+        the client reads slower than the batches are written, so a huge FETCH
+        never sits in memory as one unsent buffer.
+        """
         t = task.cooperate(work)
         self._tasks.add(t)
+        pacer = _Pacer(t)
+        registered = False
+        if getattr(self.transport, "producer", None) is None:
+            try:
+                self.transport.registerProducer(pacer, True)
+                registered = True
+            except RuntimeError:  # someone else produces: no pacing, as before
+                pass
 
         def finished(result):
             self._tasks.discard(t)
+            pacer.done = True
+            if registered and not self._lost:
+                self.transport.unregisterProducer()
             return result
 
         return t.whenDone().addBoth(finished)
@@ -322,7 +352,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     def imap_NOOP(self, tag, cur):
         cur.end()
         if self.mbox is not None:
-            self.mbox.folder.refresh()
+            self.mbox.refresh()
         self._tagged(tag, b"OK", b"NOOP completed")
 
     def imap_LOGOUT(self, tag, cur):
@@ -499,8 +529,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         unseen = mbox.unseen_first()
         if unseen:
             self.send(b"* OK [UNSEEN %d] First unseen" % unseen)
-        self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.folder.uidvalidity)
-        self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.folder.next_uid)
+        self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.uidvalidity)
+        self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.next_uid)
         mode = b"[READ-WRITE] SELECT" if rw else b"[READ-ONLY] EXAMINE"
         self.send(tag + b" OK " + mode + b" completed")
 
@@ -526,7 +556,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
     def imap_DELETE(self, tag, cur):
         name = self._mailbox_name(cur)
         cur.end()
-        if self.mbox is not None and self.mbox.folder.name == name:
+        if self.mbox is not None and self.mbox.name == name:
             self._deselect()
         try:
             self.account.delete(name)
@@ -687,7 +717,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
 
     def imap_CHECK(self, tag, cur):
         cur.end()
-        self.mbox.folder.refresh()
+        self.mbox.refresh()
         self._tagged(tag, b"OK", b"CHECK completed")
 
     def imap_CLOSE(self, tag, cur):
@@ -695,8 +725,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         mbox = self.mbox
         if mbox.writeable:
             mbox.on_change = None
-            doomed = [u for u in mbox.uids if (m := mbox.folder.by_uid(u)) and m.has("\\Deleted")]
-            mbox.folder.expunge(doomed)
+            mbox.expunge_uids(mbox.deleted())
         self._deselect()
         self.send(tag + b" OK CLOSE completed")
 
@@ -729,10 +758,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         if not self.mbox.writeable:
             self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only")
             return
-        doomed = [u for u in self.mbox.uids
-                  if (which is None or u in which)
-                  and (m := self.mbox.folder.by_uid(u)) is not None and m.has("\\Deleted")]
-        self.mbox.folder.expunge(doomed)
+        doomed = [u for u in self.mbox.deleted() if which is None or u in which]
+        self.mbox.expunge_uids(doomed)
         self._tagged(tag, b"OK", b"EXPUNGE completed")
 
     # FETCH
@@ -750,35 +777,39 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             a.section is not None and not a.section.peek for a in atts)
         add_flags = set()
         if marks_seen:
-            unseen = [m for u in targets if (m := mbox.folder.by_uid(u)) is not None
-                      and not m.has("\\Seen")]
+            unseen = [m for m in mbox.messages(targets) if not m.has("\\Seen")]
             if unseen:
-                mbox.quiet = True
-                try:
-                    mbox.folder.set_flags(unseen, ["\\Seen"], 1)
-                finally:
-                    mbox.quiet = False
+                mbox.set_flags(unseen, ["\\Seen"], 1)
                 if not any(a.name == "FLAGS" for a in atts):
                     add_flags = {m.uid for m in unseen}
         missing = []
 
         def done(_):
-            if missing:
-                self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged",
-                             allow_expunge=uid)
+            if missing:  # as Dovecot: the remaining messages were answered (RFC 2180 4.1.2)
+                self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
             else:
                 self._tagged(tag, b"OK", b"FETCH completed", allow_expunge=uid)
 
         if all(a.name in ("UID", "FLAGS") for a in atts):
-            # The common "what changed" FETCH: from the index only, in one write.
-            self.transport.writeSequence(self._fetch_flags(targets, atts, missing))
-            done(None)
-            return None
+            # The common "what changed" FETCH: from the index only, a few big writes.
+            chunks = self._fetch_flags(targets, atts, missing)
+            if len(targets) <= FLAGS_CHUNK:
+                for chunk in chunks:
+                    self.transport.write(chunk)
+                done(None)
+                return None
+
+            def write_chunks():
+                for chunk in chunks:
+                    self.transport.write(chunk)
+                    yield None
+
+            return self._cooperate(write_chunks()).addCallback(done)
 
         def render():
             out = []
             for u in targets:
-                msg = mbox.folder.by_uid(u)
+                msg = mbox.message(u)
                 seq = mbox.seq(u)
                 if msg is None or not seq:
                     missing.append(u)
@@ -788,9 +819,11 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                 except KeyError:
                     missing.append(u)
                 if len(out) >= FETCH_BATCH:
+                    mbox.flush_cache()
                     self.transport.writeSequence(out)
                     out = []
                     yield None
+            mbox.flush_cache()
             if out:
                 self.transport.writeSequence(out)
 
@@ -801,51 +834,61 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             return None
         return self._cooperate(render()).addCallback(done)
 
-    def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> list[bytes]:
-        """FETCH of UID and/or FLAGS only: index data, one cached rendering per flag set."""
+    def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> Iterator[bytes]:
+        """
+        FETCH of UID and/or FLAGS only, from the index: the responses of
+        L{FLAGS_CHUNK} messages joined into one bytes string at a time (one
+        transport write each, not one per message).  The per-message work is
+        a template and a flag rendering looked up by the file name's info
+        letters (L{_FLAG_BYTES}).
+        """
         mbox = self.mbox
-        folder = mbox.folder
-        recent = mbox.recent
         order = tuple(a.name for a in atts)
-        if order == ("UID", "FLAGS"):
-            template = b"* %d FETCH (UID %d FLAGS %s)\r\n"
-        elif order == ("FLAGS", "UID"):
-            template = None
-        elif order == ("UID",):
-            return [b"* %d FETCH (UID %d)\r\n" % (mbox.seq(u), u) for u in targets]
-        else:
-            template = None
-        pairs: Iterable[tuple[int, Message]]
-        if targets == mbox.uids and targets == folder._uids:
-            pairs = zip(range(1, len(targets) + 1), folder.messages, strict=True)
-        else:
-            found: list[tuple[int, Message]] = []
-            pairs = found
-            for u in targets:
-                msg = folder.by_uid(u)
-                seq = mbox.seq(u)
-                if msg is None or not seq:
-                    missing.append(u)
-                else:
-                    found.append((seq, msg))
-        cache: dict = {}
-        out = []
-        for seq, msg in pairs:
-            uid = msg.uid
-            key = (msg.name.partition(":2,")[2], msg.keywords, uid in recent)
-            flags = cache.get(key)
-            if flags is None:
-                names = msg.flags
-                if key[2]:
-                    names.append("\\Recent")
-                flags = cache[key] = b"(" + " ".join(names).encode() + b")"
-            if template is not None:
-                out.append(template % (seq, uid, flags))
+        render = self._flag_renderer()
+        # Snapshot: another session may change the folder between two chunks.
+        msgs = mbox.snapshot() if targets == mbox.uids else None
+        if msgs is not None:
+            shared = mbox.rendered()
+            version = shared.version if shared is not None else -1
+            for start in range(0, len(msgs), FLAGS_CHUNK):
+                key = (order, start, len(msgs))
+                data = shared.chunks.get(key) \
+                    if shared is not None and shared.version == version else None
+                if data is None:
+                    data = _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK],
+                                                         start + 1), render)
+                    if shared is not None and shared.version == version:
+                        shared.chunks[key] = data  # nothing changed since the snapshot
+                yield data
+            return
+        found: list[tuple[int, Message]] = []
+        for u in targets:
+            msg = mbox.message(u)
+            seq = mbox.seq(u)
+            if msg is None or not seq:
+                missing.append(u)
             else:
-                parts = [b"UID %d" % uid if name == "UID" else b"FLAGS " + flags
-                         for name in order]
-                out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
-        return out
+                found.append((seq, msg))
+        for start in range(0, len(found), FLAGS_CHUNK):
+            yield _flags_lines(order, found[start:start + FLAGS_CHUNK], render)
+
+    def _flag_renderer(self) -> Callable[[Message], bytes]:
+        """C{msg -> b"(\\Seen ...)"} for this session: shared renderings by info letters."""
+        recent = self.mbox.recent
+        flag_list = self.mbox.flag_list
+
+        def render(msg: Message) -> bytes:
+            if msg.keywords or msg.uid in recent:
+                return ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
+            letters = msg.name.partition(":2,")[2]
+            flags = _FLAG_BYTES.get(letters)
+            if flags is None:
+                flags = ("(" + " ".join(msg.flags) + ")").encode("utf-8", "replace")
+                if len(_FLAG_BYTES) < 4096:
+                    _FLAG_BYTES[letters] = flags
+            return flags
+
+        return render
 
     def _fetch_one(self, mbox, seq: int, msg, atts, add_flags: bool) -> bytes:
         items = []
@@ -858,9 +901,9 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             elif name == "FLAGS":
                 items.append(b"FLAGS " + mbox.flag_bytes(msg))
             elif name == "INTERNALDATE":
-                items.append(b"INTERNALDATE " + wire.format_datetime(mbox.folder.date_of(msg)))
+                items.append(b"INTERNALDATE " + wire.format_datetime(mbox.date_of(msg)))
             elif name == "RFC822.SIZE":
-                items.append(b"RFC822.SIZE %d" % mbox.folder.size_of(msg))
+                items.append(b"RFC822.SIZE %d" % mbox.size_of(msg))
             elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
                     part is None:
                 # BODY[] / RFC822: the whole message, no MIME parsing needed.
@@ -871,24 +914,30 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                     raw[sec.partial[0]:sec.partial[0] + sec.partial[1]]
                 items.append(wire.section_label(sec) + b" " + wire.literal(data))
             else:
-                if part is None:
-                    part = Part(raw if raw is not None else mbox.read(msg))
-                if name == "ENVELOPE":
-                    items.append(b"ENVELOPE " + envelope(part))
-                elif name == "BODYSTRUCTURE":
-                    items.append(b"BODYSTRUCTURE " + bodystructure(part, True))
-                elif name == "BODY":
-                    items.append(b"BODY " + bodystructure(part, False))
+                sec = att.section
+                field = _cache_field(att)
+                value = None if field is None else mbox.cached(msg, field)
+                if value is None:
+                    if part is None:
+                        part = Part(raw if raw is not None else mbox.read(msg))
+                    if name == "ENVELOPE":
+                        value = envelope(part)
+                    elif name == "BODYSTRUCTURE":
+                        value = bodystructure(part, True)
+                    elif name == "BODY":
+                        value = bodystructure(part, False)
+                    else:
+                        # A part that does not exist is empty, as in Dovecot.
+                        value = part.section(sec.part, sec.kind, sec.fields) or b""
+                    if field is not None:
+                        mbox.remember(msg, field, value)
+                if name in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
+                    items.append(name.encode() + b" " + value)
                 else:
-                    sec = att.section
-                    data = part.section(sec.part, sec.kind, sec.fields)
-                    label = wire.section_label(sec)
-                    if data is None:
-                        data = b""  # a part that does not exist is empty, as in Dovecot
                     if sec.partial is not None:
                         start, length = sec.partial
-                        data = data[start:start + length]
-                    items.append(label + b" " + wire.literal(data))
+                        value = value[start:start + length]
+                    items.append(wire.section_label(sec) + b" " + wire.literal(value))
         if add_flags:
             items.append(b"FLAGS " + mbox.flag_bytes(msg))
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
@@ -913,12 +962,8 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only", allow_expunge=uid)
             return
         mbox = self.mbox
-        msgs = [m for u in targets if (m := mbox.folder.by_uid(u)) is not None]
-        mbox.quiet = True
-        try:
-            mbox.folder.set_flags(msgs, flags, mode)
-        finally:
-            mbox.quiet = False
+        msgs = mbox.messages(targets)
+        mbox.set_flags(msgs, flags, mode)
         if not silent:
             for m in msgs:
                 seq = mbox.seq(m.uid)
@@ -926,8 +971,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
                     uidpart = b" UID %d" % m.uid if uid else b""
                     self.send(b"* %d FETCH (FLAGS %s%s)" % (seq, mbox.flag_bytes(m), uidpart))
         if len(msgs) < len(targets):
-            self._tagged(tag, b"NO", b"[EXPUNGEISSUED] Some messages were expunged",
-                         allow_expunge=uid)
+            self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
         else:
             self._tagged(tag, b"OK", b"STORE completed", allow_expunge=uid)
 
@@ -947,9 +991,9 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
             return
-        src = self.mbox.folder
-        msgs = [m for u in targets if (m := src.by_uid(u)) is not None]
-        pairs = src.copy_to(msgs, dest) if dest is not src or not move else []
+        src = self.mbox
+        msgs = src.messages(targets)
+        pairs = src.copy_to(msgs, dest) if not (move and src.holds(dest)) else []
         code = b""
         if pairs:
             code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,
@@ -958,7 +1002,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         if move:
             if code:
                 self.send(b"* OK " + code + b"Moved")
-            src.expunge([p[0] for p in pairs])
+            src.expunge_uids([p[0] for p in pairs])
             self._tagged(tag, b"OK", b"MOVE completed")
         else:
             self._tagged(tag, b"OK", code + b"COPY completed", allow_expunge=uid)
@@ -989,7 +1033,7 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
 
         def scan():
             for seq, u in enumerate(uids, 1):
-                msg = mbox.folder.by_uid(u)
+                msg = mbox.message(u)
                 if msg is not None:
                     ctx = _SearchContext(mbox, seq, msg, star_seq, star_uid)
                     if all(ctx.match(k) for k in keys):
@@ -1008,6 +1052,44 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
             return None
         # A big folder is searched a batch per reactor turn: other sessions go on.
         return self._cooperate(scan()).addCallback(done)
+
+
+def _flags_lines(order: tuple[str, ...], pairs: Iterable[tuple[int, Message]],
+                 render: Callable[[Message], bytes]) -> bytes:
+    """The FETCH responses of (seq, message) pairs for UID and/or FLAGS, joined."""
+    if order == ("UID", "FLAGS"):
+        return b"".join([b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, m.uid, render(m))
+                         for seq, m in pairs])
+    if order == ("FLAGS",):
+        return b"".join([b"* %d FETCH (FLAGS %s)\r\n" % (seq, render(m)) for seq, m in pairs])
+    if order == ("UID",):
+        return b"".join([b"* %d FETCH (UID %d)\r\n" % (seq, m.uid) for seq, m in pairs])
+    return b"".join([b"* %d FETCH (" % seq + b" ".join(
+        b"UID %d" % m.uid if name == "UID" else b"FLAGS " + render(m)
+        for name in order) + b")\r\n" for seq, m in pairs])
+
+
+class _Pacer:
+    """Pauses a cooperative task while the transport's send buffer is full (IPushProducer)."""
+
+    def __init__(self, task: task.CooperativeTask):
+        self.task = task
+        self.paused = False
+        self.done = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused and not self.done:
+            self.paused = True
+            self.task.pause()
+
+    def resumeProducing(self) -> None:
+        if self.paused and not self.done:
+            self.paused = False
+            self.task.resume()
+
+    def stopProducing(self) -> None:
+        # The connection is going: IMAPServer.connectionLost stops the task.
+        self.done = True
 
 
 class _SearchContext:
@@ -1066,11 +1148,11 @@ class _SearchContext:
         if op == "NEW":
             return m.uid in mbox.recent and not m.has("\\Seen")
         if op == "LARGER":
-            return mbox.folder.size_of(m) > key[1]
+            return mbox.size_of(m) > key[1]
         if op == "SMALLER":
-            return mbox.folder.size_of(m) < key[1]
+            return mbox.size_of(m) < key[1]
         if op in ("BEFORE", "ON", "SINCE"):
-            day = dt.date.fromtimestamp(mbox.folder.date_of(m))
+            day = dt.date.fromtimestamp(mbox.date_of(m))
             return _compare_date(op, day, key[1])
         if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             day = sent_date(self.part)
@@ -1090,6 +1172,28 @@ class _SearchContext:
             return needle in self._text(self.part.data) or any(
                 needle in decoded(v).lower() for _, v in self.part.fields)
         raise ParseError(f"Unknown search key {op}")
+
+
+def _cache_field(att) -> str | None:
+    """
+    The message-cache field (netsuite.store.cache) of a FETCH item computed from the
+    message's bytes, or None if it is not cached: ENVELOPE, BODY, BODYSTRUCTURE and the
+    top-level header sections that clients ask for in every message list.  The names
+    carry a version: a change to how one renders must change its name.
+    """
+    name = att.name
+    if name == "ENVELOPE":
+        return "envelope1"
+    if name == "BODYSTRUCTURE":
+        return "bodystructure1"
+    if name == "BODY":
+        return "body1"
+    sec = att.section
+    if sec is not None and not sec.part and sec.kind in ("HEADER", "HEADER.FIELDS",
+                                                         "HEADER.FIELDS.NOT"):
+        return ("h1:" + sec.kind + " " +
+                " ".join(f.decode("ascii", "replace") for f in sec.fields))
+    return None
 
 
 def _compare_date(op: str, day, ref) -> bool:
