@@ -348,14 +348,24 @@ class MaildirStore:
                 self.set_subscribed(user, new + sub[len(old):], True)
 
     def ensure_special_folders(self, user: str) -> None:
-        """Create Sent, Drafts, Trash, Junk on the first login (once: a user may delete them)."""
-        root = ensure_maildir(self.mailbox_path(user))
+        """
+        Create Sent, Drafts, Trash, Junk on the first login (once: a user may
+        delete them).  Done once per user and process: later logins cost one
+        stat, and only a mailbox removed meanwhile (by an admin) is made again,
+        special folders included, as Dovecot's autocreate does on access.
+        """
+        root = self.mailbox_path(user)
+        if user in self._ready and (root / "cur").is_dir():
+            return
+        ensure_maildir(root)
         mark = root / _SPECIAL_MARK
         if mark.exists():
+            self._ready.add(user)
             return
         try:
             self._make_special_folders(user, root)
             mark.touch()
+            self._ready.add(user)
         except OSError as e:  # a full disk must not stop a login: tried again next time
             log.warn("cannot create the special folders of {user}: {error}", user=user,
                      error=e)
