@@ -68,7 +68,7 @@ class KeywordLetters:
         return self._by_num.get(i)
 
     def letter(self, keyword: str, create: bool = False) -> str | None:
-        """C{keyword}'s letter; with C{create} a free one is assigned (None when all 26 are used)."""
+        """C{keyword}'s letter; C{create} assigns a free one (None: all 26 are taken)."""
         self._reload()
         num = self._by_name.get(keyword.lower())
         if num is None and create:
