@@ -213,9 +213,11 @@ def test_flags_persist_across_restart(daemon):
     assert data == [None]
     m.store("1", "-FLAGS", "(\\Flagged)")
     m.logout()
-    # The flags are in the file names, where mutt and Dovecot look.
+    # The flags are in the file names, where mutt and Dovecot look (keywords as
+    # Dovecot's letters, mapped in dovecot-keywords).
     names = sorted(p.name for p in (daemon.maildir("alice") / "cur").iterdir())
-    assert names[0].endswith(":2,") or names[0].endswith(":2,R")
+    assert sorted(n.rpartition(":2,")[2] for n in names) == ["R", "a"]
+    assert (daemon.maildir("alice") / "dovecot-keywords").read_text() == "0 $Important\n"
     daemon.restart()
     m = connect(daemon)
     m.select("INBOX")

@@ -111,3 +111,48 @@ def test_dovecot_reads_flags_and_folders_netsuite_wrote(servers):
     typ, data = d.fetch("1", "(FLAGS BODY.PEEK[])")
     assert b"\\Seen" in data[0][0] and data[0][1] == b"Subject: p\r\n\r\nbody\r\n"
     d.logout()
+
+
+def flags_of(m, n: int) -> set[bytes]:
+    typ, data = m.fetch(str(n), "(FLAGS)")
+    assert typ == "OK", data
+    inner = data[0].split(b"FLAGS (", 1)[1].split(b")", 1)[0]
+    return set(inner.split())
+
+
+def test_keywords_travel_both_ways_with_dovecot(servers):
+    ours, dovecot, work, mb = servers
+    m = imaplib.IMAP4("127.0.0.1", ours.port("imap"), timeout=10)
+    m.login("bench", mb.PASSWORD)
+    m.select("INBOX")
+    m.store("1", "+FLAGS", "($Forwarded Junk \\Seen)")
+    m.store("2", "+FLAGS", "(Junk)")
+    m.logout()
+    ours.stop()
+    dovecot.stop()
+    shutil.rmtree(work / "theirs" / "bench")
+    shutil.copytree(work / "ours" / "bench", work / "theirs" / "bench")
+    subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
+    dovecot.start()
+    d = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    d.login("bench", mb.PASSWORD)
+    d.select("INBOX")
+    assert {b"$Forwarded", b"Junk", b"\\Seen"} <= flags_of(d, 1)
+    assert b"Junk" in flags_of(d, 2) and b"$Forwarded" not in flags_of(d, 2)
+    assert not {b"Junk", b"$Forwarded"} & flags_of(d, 3)
+    # Now Dovecot changes them: netsuite must read its letters back.
+    d.store("1", "-FLAGS", "(Junk)")
+    d.store("3", "+FLAGS", "(Project $Forwarded)")
+    d.logout()
+    dovecot.stop()
+    shutil.rmtree(work / "ours" / "bench")
+    shutil.copytree(work / "theirs" / "bench", work / "ours" / "bench")
+    ours.start()
+    m = imaplib.IMAP4("127.0.0.1", ours.port("imap"), timeout=10)
+    m.login("bench", mb.PASSWORD)
+    m.select("INBOX")
+    one = flags_of(m, 1)
+    assert b"$Forwarded" in one and b"Junk" not in one, one
+    assert b"Junk" in flags_of(m, 2)
+    assert {b"Project", b"$Forwarded"} <= flags_of(m, 3)
+    m.logout()

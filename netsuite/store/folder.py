@@ -52,6 +52,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from netsuite.store import IMailFolder, IMessage, changelog
+from netsuite.store.keywords import LETTERS as KEYWORD_LETTERS
+from netsuite.store.keywords import KeywordLetters
 from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
 
 log = Logger(namespace="netsuite.store")
@@ -443,6 +445,8 @@ class Folder:
         self._unsure = True
         self.listeners: list[Callable[["Folder", Changes], None]] = []
         self.keywords: set[str] = set()
+        #: Keywords as Dovecot's letters in file names (C{dovecot-keywords}).
+        self.keyword_letters = KeywordLetters(self.path)
         self._dirty = False
         self._save_failing = False
         #: The index file as this process last read or wrote it (inode, mtime,
@@ -1048,6 +1052,7 @@ class Folder:
             msg.sub, msg.name = where
             if msg.letters != old:
                 self._bump(msg)
+                msg.keywords = self._name_keywords(msg.letters, msg.keywords)
                 changes.flags.append(msg)
             records.append(_rec_flags(msg))
         for sub, name in vanished:
@@ -1067,7 +1072,8 @@ class Folder:
         # internal date and the wire size are looked up when first needed.
         fresh = sorted(on_disk.items(), key=lambda item: _arrival(item[0]))
         for base, (sub, name) in fresh:
-            msg = Message(self.next_uid, name, sub, _size_hint(base), -1)
+            msg = Message(self.next_uid, name, sub, _size_hint(base), -1,
+                          self._name_keywords(split_name(name)[1], ()))
             self.next_uid += 1
             self._bump(msg)
             self._add(msg)
@@ -1129,6 +1135,29 @@ class Folder:
         self._uids.append(msg.uid)
         self._by_base[msg.base] = msg
         self.keywords.update(msg.keywords)
+
+    def _name_keywords(self, letters: str, keywords: tuple[str, ...]) -> tuple[str, ...]:
+        """
+        A message's keywords once its file name says C{letters}: the name is
+        the truth for keywords that have a Dovecot letter, the index for the rest.
+        """
+        if not keywords and not any(c in KEYWORD_LETTERS for c in letters):
+            return keywords
+        kl = self.keyword_letters
+        kept = tuple(k for k in keywords if kl.letter(k) is None)
+        seen = {k.lower() for k in kept}
+        named = tuple(k for k in kl.keywords_of(letters) if k.lower() not in seen)
+        self.keywords.update(named)
+        return kept + named
+
+    def _keyword_letters(self, keywords: Iterable[str], letters: str) -> str:
+        """C{letters} with their keyword letters replaced by those of C{keywords}."""
+        if not keywords and not any(c in KEYWORD_LETTERS for c in letters):
+            return letters
+        kl = self.keyword_letters
+        keep = "".join(c for c in letters
+                       if c not in KEYWORD_LETTERS or kl.keyword(c) is None)
+        return keep + "".join(c for k in keywords if (c := kl.letter(k, create=True)))
 
     def _notify(self, changes: Changes) -> None:
         for listener in list(self.listeners):
@@ -1247,7 +1276,7 @@ class Folder:
         else:
             new_sys = current - system
             new_kw = [k for k in kws if k.lower() not in {x.lower() for x in keywords}]
-        letters = flags_to_letters(new_sys, keep=msg.letters)
+        letters = flags_to_letters(new_sys, keep=self._keyword_letters(new_kw, msg.letters))
         kw_changed = tuple(new_kw) != msg.keywords
         if letters == msg.letters and msg.sub == "cur" and not kw_changed:
             return None
@@ -1336,11 +1365,11 @@ class Folder:
     def _commit(self, tmp: Path, name: str, disk_size: int, size: int,
                 flags: Iterable[str], date: float | None, notify: bool) -> int:
         flags = list(flags)
-        letters = flags_to_letters(flags)
-        final = f"{name},S={disk_size}:2,{letters}"
-        target = self.path / "cur" / final
         keywords = tuple(f for f in flags if f.lower() not in FLAG_TO_LETTER
                          and f.lower() != "\\recent")
+        letters = flags_to_letters(flags, keep=self._keyword_letters(keywords, ""))
+        final = f"{name},S={disk_size}:2,{letters}"
+        target = self.path / "cur" / final
         others = Changes()
         with self._lock():
             # The UID is given under the lock, after the others' UIDs are known.
@@ -1396,7 +1425,11 @@ class Folder:
                     physical = os.stat(self.file_path(msg)).st_size
                 except FileNotFoundError:
                     continue
-                final = f"{name},S={physical}:2,{msg.letters}"
+                # Keyword letters are per folder (its dovecot-keywords): mapped afresh.
+                letters = "".join(sorted(
+                    "".join(c for c in msg.letters if c not in KEYWORD_LETTERS)
+                    + dest._keyword_letters(msg.keywords, "")))
+                final = f"{name},S={physical}:2,{letters}"
                 target = dest.path / "cur" / final
                 try:
                     os.link(self.file_path(msg), target)

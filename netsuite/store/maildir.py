@@ -26,6 +26,7 @@ from netsuite.store import IDeliveryFile, IMailStore
 
 if TYPE_CHECKING:
     from netsuite.store.folder import Folder
+    from netsuite.store.watch import InotifyWatcher
 
 log = Logger(namespace="netsuite.store")
 _counter = itertools.count()
@@ -196,8 +197,9 @@ class MaildirStore:
     Folders are shared by every session in the process: L{folder} returns the
     same L{Folder} object, kept in memory while used and for a while after
     (an LRU), so reopening a big folder costs two stats, not a read.  Folders
-    that someone listens to are polled every C{poll_interval} seconds, so
-    changes by other programs reach idling sessions too.
+    that someone listens to are watched with inotify (polled every
+    C{poll_interval} seconds where inotify is missing), so changes by other
+    programs reach idling sessions too.
     """
 
     cache_size = 64
@@ -209,6 +211,11 @@ class MaildirStore:
 
         self._folders: OrderedDict[Path, Folder] = OrderedDict()
         self._poller: task.LoopingCall | None = None
+        self._watcher: InotifyWatcher | None = None
+        #: inotify failed once in this process: poll from then on.
+        self._no_inotify = False
+        #: Users whose mailbox and special folders were made ready in this process.
+        self._ready: set[str] = set()
 
     # -- delivery ---------------------------------------------------------------
 
@@ -341,14 +348,24 @@ class MaildirStore:
                 self.set_subscribed(user, new + sub[len(old):], True)
 
     def ensure_special_folders(self, user: str) -> None:
-        """Create Sent, Drafts, Trash, Junk on the first login (once: a user may delete them)."""
-        root = ensure_maildir(self.mailbox_path(user))
+        """
+        Create Sent, Drafts, Trash, Junk on the first login (once: a user may
+        delete them).  Done once per user and process: later logins cost one
+        stat, and only a mailbox removed meanwhile (by an admin) is made again,
+        special folders included, as Dovecot's autocreate does on access.
+        """
+        root = self.mailbox_path(user)
+        if user in self._ready and (root / "cur").is_dir():
+            return
+        ensure_maildir(root)
         mark = root / _SPECIAL_MARK
         if mark.exists():
+            self._ready.add(user)
             return
         try:
             self._make_special_folders(user, root)
             mark.touch()
+            self._ready.add(user)
         except OSError as e:  # a full disk must not stop a login: tried again next time
             log.warn("cannot create the special folders of {user}: {error}", user=user,
                      error=e)
@@ -389,8 +406,19 @@ class MaildirStore:
     # -- change notification between sessions and other programs -------------------------
 
     def watch(self, folder, listener) -> None:
-        """Call C{listener(folder, changes)} on every change; poll while anyone listens."""
+        """
+        Call C{listener(folder, changes)} on every change.  While anyone
+        listens, other programs' changes are noticed through inotify, or by
+        polling every C{poll_interval} seconds where inotify cannot be had.
+        """
         folder.listeners.append(listener)
+        if self._watcher is None and not self._no_inotify:
+            from netsuite.store.watch import InotifyWatcher
+
+            self._watcher = InotifyWatcher.create(self._refresh_watched)
+            self._no_inotify = self._watcher is None
+        if self._watcher is not None and self._watcher.add(folder):
+            return
         if self._poller is None:
             self._poller = task.LoopingCall(self._poll)
             self._poller.start(self.poll_interval, now=False).addErrback(
@@ -399,7 +427,11 @@ class MaildirStore:
     def unwatch(self, folder, listener) -> None:
         if listener in folder.listeners:
             folder.listeners.remove(listener)
-        if self._poller is not None and not any(f.listeners for f in self._folders.values()):
+        if self._watcher is not None and not folder.listeners:
+            self._watcher.remove(folder)
+        if self._poller is not None and not any(
+                f.listeners and not (self._watcher and self._watcher.watching(f))
+                for f in self._folders.values()):
             self._poller.stop()
             self._poller = None
 
@@ -438,11 +470,25 @@ class MaildirStore:
             except OSError:
                 log.failure("saving the index of {path}", path=str(folder.path))
 
+    def _refresh_watched(self, folder) -> None:
+        """inotify saw a change in C{folder}: bring it up to date (listeners hear it)."""
+        from netsuite.store.folder import FolderGone
+
+        if not folder.listeners:
+            return
+        try:
+            folder.refresh()
+        except FolderGone:
+            if self._watcher is not None:
+                self._watcher.remove(folder)
+        except OSError:
+            log.failure("refreshing {path}", path=str(folder.path))
+
     def _poll(self) -> None:
         from netsuite.store.folder import FolderGone
 
         for folder in list(self._folders.values()):
-            if folder.listeners:
+            if folder.listeners and not (self._watcher and self._watcher.watching(folder)):
                 try:
                     folder.refresh()
                 except FolderGone:
