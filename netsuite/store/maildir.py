@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
+from netsuite.store.watch import InotifyWatcher
 
 if TYPE_CHECKING:
     from netsuite.store.folder import Folder
@@ -413,8 +414,6 @@ class MaildirStore:
         """
         folder.listeners.append(listener)
         if self._watcher is None and not self._no_inotify:
-            from netsuite.store.watch import InotifyWatcher
-
             self._watcher = InotifyWatcher.create(self._refresh_watched)
             self._no_inotify = self._watcher is None
         if self._watcher is not None and self._watcher.add(folder):
