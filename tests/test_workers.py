@@ -74,7 +74,7 @@ def owner(d, sock: socket.socket) -> int | None:
 
 
 def connect_to(d, make, sock_of, want_pid: int | None = None, avoid_pid: int | None = None,
-               tries: int = 60):
+               tries: int = 300):
     """A client (made by C{make()}, after its greeting) served by the wanted worker."""
     for _ in range(tries):
         client = make()
@@ -200,7 +200,8 @@ def test_throttle_lockout_is_shared(make_daemon):
     with pytest.raises(poplib.error_proto):
         c.pass_("alice-pw")
     c.sock.close()
-    assert "login refused, locked" in d.log()
+    # The worker's log reaches the parent's file through a pipe: wait for it.
+    assert d.wait_for(lambda: "login refused, locked" in d.log())
     # bob (same address: that key is locked too) is refused on the first worker as well.
     c, _ = connect_to(d, lambda: imap(d), lambda c: c.sock, want_pid=pids[0])
     with pytest.raises(imaplib.IMAP4.error):
