@@ -255,6 +255,27 @@ def test_expunge_in_one_is_heard_in_the_other_and_the_uid_never_comes_back(tmp_p
     assert [m.uid for m in a.messages] == [second, third]
 
 
+def test_uids_an_expunge_gives_on_a_second_look_are_taken_by_the_other(tmp_path):
+    """An expunge whose file another program renamed looks at the directories
+    again; a new file found then gets a UID, which the other process must hear."""
+    a, b = _two_folders(tmp_path)
+    doomed = a.append(b"Subject: doomed\n\n")
+    b.refresh()
+    msg = a.by_uid(doomed)
+    # mutt marks it seen (a rename), and a delivery lands, neither through netsuite.
+    os.rename(a.file_path(msg), a.path / "cur" / f"{msg.base}:2,S")
+    _drop(a.path, "9.M1P1Q9.h")
+    assert a.expunge([doomed]) == [doomed]
+    found = next(m.uid for m in a.messages if m.base == "9.M1P1Q9.h")
+    uid_b = b.append(b"Subject: b\n\n")
+    assert uid_b != found
+    a.refresh()
+    b.refresh()
+    view = lambda f: [(m.uid, m.base) for m in f.messages]  # noqa: E731
+    assert view(a) == view(b)
+    assert len({u for u, _ in view(a)}) == len(view(a)) == 2
+
+
 def test_a_deleted_index_is_written_again_with_the_same_uids(tmp_path):
     a, b = _two_folders(tmp_path)
     a.append(b"Subject: 1\n\n")

@@ -1301,6 +1301,10 @@ class Folder:
         """
         gone = []
         others = Changes()
+        #: What a second look at the directories found (UIDs it gave among it):
+        #: logged with the expunges, or another process could give those UIDs again.
+        scanned: list[bytes] = []
+        allocated = False
         with self._lock():
             self._sync_locked(others)
             for uid in sorted(set(uids)):
@@ -1311,7 +1315,8 @@ class Folder:
                     os.unlink(self.file_path(msg))
                 except FileNotFoundError:
                     # Renamed by another program (a flag change)? Look again.
-                    self._scan_locked(others, force=True)
+                    scanned.extend(self._scan_locked(others, force=True))
+                    allocated = allocated or self._allocated
                     if self._by_base.get(msg.base) is msg:
                         _unlink(self.file_path(msg))
                 if self._names is not None:
@@ -1319,7 +1324,9 @@ class Folder:
                 gone.append(uid)
             if gone:
                 self._drop(set(gone))
-                self._log([_rec_gone(uid, self._bump()) for uid in gone])
+            if gone or scanned:
+                self._log(scanned + [_rec_gone(uid, self._bump()) for uid in gone],
+                          durable=allocated)
         _tidy(others)
         if others:
             self._notify(others)
