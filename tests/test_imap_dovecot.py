@@ -77,6 +77,16 @@ def answers(port: int, password: str) -> list:
     return out
 
 
+def hand_to_dovecot(ours, dovecot, work) -> None:
+    """Stop both servers, give Dovecot netsuite's Maildir, start Dovecot on it."""
+    ours.stop()
+    dovecot.stop()
+    shutil.rmtree(work / "theirs" / "bench")
+    shutil.copytree(work / "ours" / "bench", work / "theirs" / "bench")
+    subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
+    dovecot.start()
+
+
 def test_same_fetch_answers_as_dovecot(servers):
     ours, dovecot, _, mb = servers
     mine = answers(ours.port("imap"), mb.PASSWORD)
@@ -96,12 +106,7 @@ def test_dovecot_reads_flags_and_folders_netsuite_wrote(servers):
     m.append("Projects", "(\\Seen)", None, b"Subject: p\r\n\r\nbody\r\n")
     m.logout()
     # Hand netsuite's Maildir to Dovecot: stop both, swap the trees, start Dovecot.
-    ours.stop()
-    dovecot.stop()
-    shutil.rmtree(work / "theirs" / "bench")
-    shutil.copytree(work / "ours" / "bench", work / "theirs" / "bench")
-    subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
-    dovecot.start()
+    hand_to_dovecot(ours, dovecot, work)
     d = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
     d.login("bench", mb.PASSWORD)
     d.select("INBOX")
@@ -128,12 +133,7 @@ def test_keywords_travel_both_ways_with_dovecot(servers):
     m.store("1", "+FLAGS", "($Forwarded Junk \\Seen)")
     m.store("2", "+FLAGS", "(Junk)")
     m.logout()
-    ours.stop()
-    dovecot.stop()
-    shutil.rmtree(work / "theirs" / "bench")
-    shutil.copytree(work / "ours" / "bench", work / "theirs" / "bench")
-    subprocess.run(["chown", "-R", "mail:mail", str(work / "theirs")], check=True)
-    dovecot.start()
+    hand_to_dovecot(ours, dovecot, work)
     d = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
     d.login("bench", mb.PASSWORD)
     d.select("INBOX")

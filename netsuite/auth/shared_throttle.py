@@ -13,9 +13,10 @@ to this process's memory and says so once.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from twisted.logger import Logger
@@ -31,6 +32,18 @@ CREATE INDEX IF NOT EXISTS failures_key ON failures (key);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once (IMMEDIATE: no upgrade deadlock between workers)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 class SharedLoginThrottle(LoginThrottle):
     """L{LoginThrottle} whose counters live in C{path}, shared across processes."""
@@ -87,8 +100,7 @@ class SharedLoginThrottle(LoginThrottle):
         horizon = now - self.config.window
         worst = 0
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 for key in keys:
                     db.execute("DELETE FROM failures WHERE key = ? AND t <= ?", (key, horizon))
                     db.execute("INSERT INTO failures (key, t) VALUES (?, ?)", (key, now))
@@ -102,10 +114,6 @@ class SharedLoginThrottle(LoginThrottle):
                 if self._fails % self.sweep_every == 0:
                     db.execute("DELETE FROM failures WHERE t <= ?", (horizon,))
                     db.execute("DELETE FROM locks WHERE until <= ?", (now,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error:
             self._give_up()
             return super().fail(*keys)
@@ -120,17 +128,12 @@ class SharedLoginThrottle(LoginThrottle):
             return super().succeed(*keys)
         now = self.clock()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 for key in keys:
                     if db.execute("SELECT 1 FROM locks WHERE key = ? AND until > ?",
                                   (key, now)).fetchone() is None:
                         db.execute("DELETE FROM failures WHERE key = ?", (key,))
                         db.execute("DELETE FROM locks WHERE key = ?", (key,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error:
             self._give_up()
             super().succeed(*keys)
