@@ -30,6 +30,7 @@ mailboxes, append, fetch, flags, copy, search), mixed into L{IMAPServer}.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from twisted.internet import defer, task
@@ -43,6 +44,7 @@ from netsuite.framer import Command, Continue, IMAPFramer, Overlong, Refused
 from netsuite.imap import wire
 from netsuite.imap.account import canonical
 from netsuite.imap.commands.append import STREAM_ABOVE, AppendCommands
+from netsuite.imap.commands.compress import CompressCommands
 from netsuite.imap.commands.copy import CopyCommands
 from netsuite.imap.commands.fetch import FetchCommands
 from netsuite.imap.commands.flags import FlagCommands
@@ -50,6 +52,7 @@ from netsuite.imap.commands.general import GeneralCommands
 from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
 from netsuite.imap.commands.search import SearchCommands
+from netsuite.imap.compress import Inflater
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
 from netsuite.store.folder import FolderGone
 
@@ -62,14 +65,14 @@ EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
 AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-              "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "IDLE", "ENABLE"}
+              "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "IDLE", "ENABLE", "COMPRESS"}
 SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                    "MOVE", "UID"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 
 
 class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands, FetchCommands,
-                 FlagCommands, CopyCommands, SearchCommands,
+                 FlagCommands, CopyCommands, SearchCommands, CompressCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
@@ -105,6 +108,8 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
         self._idle_tag: bytes | None = None
         self._sasl_tag: bytes | None = None
         self.mbox = None
+        #: After COMPRESS DEFLATE: the compressed input not yet read.
+        self._inflater: Inflater | None = None
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
         #: Long FETCH/SEARCH renderings, stopped if the connection goes.
@@ -187,6 +192,8 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
 
     def capability_list(self) -> list[bytes]:
         caps = list(EXTENSIONS)
+        if self.state != "unauth":
+            caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
             if not self.tls and self.ctx.tls is not None:
                 caps.append(b"STARTTLS")
@@ -202,8 +209,32 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
         if self.transport.disconnecting:
             return  # closing: nothing more is read into memory
         self.resetTimeout()
-        self._framer.feed(data, self.deadlineNow())
+        if self._inflater is not None:
+            self._inflater.feed(data)  # inflated a piece at a time by _refill
+        else:
+            self._framer.feed(data, self.deadlineNow())
         self._process()
+
+    def _refill(self) -> bool:
+        """
+        Under COMPRESS, give the reader the next inflated piece; False when there
+        is none.  Only called when the reader needs more, so what one compressed
+        burst expands to is never buffered whole.
+        """
+        inflater = self._inflater
+        if inflater is None or not inflater.pending:
+            return False
+        try:
+            data = inflater.next()
+        except zlib.error as e:
+            log.info("compression error: address={address}: {error}", address=self.peer,
+                     error=e)
+            self._inflater = Inflater()  # nothing more is read
+            self.send(b"* BYE Compression error")
+            self.transport.loseConnection()
+            return False
+        self._framer.feed(data, self.deadlineNow())
+        return True
 
     def _process(self) -> None:
         if self._paused and not self._busy:
@@ -215,6 +246,8 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
             if self._mode != "line" and not framer.in_command:
                 line = framer.lines.line()
                 if line is None:
+                    if self._refill():
+                        continue
                     break
                 if self._mode == "idle":
                     self._idle_line(b"" if isinstance(line, Overlong) else line)
@@ -227,6 +260,8 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
                 continue
             event = framer.next()
             if event is None:
+                if self._refill():
+                    continue
                 break
             if isinstance(event, Command):
                 self._execute(event.text, event.literals)

@@ -46,6 +46,7 @@ class SessionBase:
     _idle_tag: bytes | None
     _sasl_tag: bytes | None
     _onLogout: Any
+    _inflater: Any
 
     if TYPE_CHECKING:
         def send(self, line: bytes) -> None: ...
