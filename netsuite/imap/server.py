@@ -60,7 +60,8 @@ log = Logger(namespace="netsuite.imap")
 
 IDENT = "netsuite IMAP4rev1 ready"
 EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
-              b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN"]
+              b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN",
+              b"BINARY"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}

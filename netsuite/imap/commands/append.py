@@ -10,6 +10,7 @@ from netsuite.durable import disk_full
 from netsuite.framer import DiscardSink
 from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
+from netsuite.imap.binary import to_7bit
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.wire import Cursor, ParseError
 
@@ -50,9 +51,12 @@ class AppendCommands(SessionBase):
         if cur.peek() == 0x22:
             date = wire.parse_datetime(cur.quoted())
             cur.sp()
+        binary = cur.maybe(b"~")  # literal8 (RFC 3516)
         if cur.peek() != wire.LITERAL_MARK:
             raise ParseError("APPEND needs the message as a literal")
         data = cur.string()
+        if binary and isinstance(data, bytes):
+            data = to_7bit(data)  # binary parts stored as base64; BINARY[] undoes it
         cur.end()
         if any(f.lower() == "\\recent" for f in flags):
             raise ParseError("\\Recent cannot be set")

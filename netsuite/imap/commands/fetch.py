@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from netsuite.imap import wire
+from netsuite.imap.binary import UnknownCTE, binary_section
 from netsuite.imap.commands import EXPUNGE_ISSUED, SessionBase
 from netsuite.imap.message import Part, bodystructure, envelope
 from netsuite.store.folder import Message
@@ -44,9 +45,14 @@ class FetchCommands(SessionBase):
                 if not any(a.name == "FLAGS" for a in atts):
                     add_flags = {m.uid for m in unseen}
         missing = []
+        unknown_cte: list[str] = []
 
         def done(_):
-            if missing:  # as Dovecot: the remaining messages were answered (RFC 2180 4.1.2)
+            if unknown_cte:  # RFC 3516 4.1: the encoding cannot be undone
+                self._tagged(tag, b"NO", b"[UNKNOWN-CTE] Unknown Content-Transfer-Encoding " +
+                             unknown_cte[0].encode("ascii", "replace")[:64],
+                             allow_expunge=uid)
+            elif missing:  # as Dovecot: the remaining messages were answered (RFC 2180 4.1.2)
                 self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
             else:
                 self._tagged(tag, b"OK", b"FETCH completed", allow_expunge=uid)
@@ -79,6 +85,8 @@ class FetchCommands(SessionBase):
                     out.append(self._fetch_one(mbox, seq, msg, atts, u in add_flags))
                 except KeyError:
                     missing.append(u)
+                except UnknownCTE as e:
+                    unknown_cte.append(str(e))
                 if len(out) >= FETCH_BATCH:
                     mbox.flush_cache()
                     self.transport.writeSequence(out)
@@ -174,6 +182,18 @@ class FetchCommands(SessionBase):
                 data = raw if sec.partial is None else \
                     raw[sec.partial[0]:sec.partial[0] + sec.partial[1]]
                 items.append(wire.section_label(sec) + b" " + wire.literal(data))
+            elif name in ("BINARY", "BINARY.SIZE"):
+                if part is None:
+                    part = Part(raw if raw is not None else mbox.read(msg))
+                sec = att.section
+                content = binary_section(part, sec.part) or b""  # raises UnknownCTE
+                if name == "BINARY.SIZE":
+                    items.append(wire.binary_label(sec, size=True) + b" %d" % len(content))
+                else:
+                    if sec.partial is not None:
+                        start, length = sec.partial
+                        content = content[start:start + length]
+                    items.append(wire.binary_label(sec) + b" " + wire.literal8(content))
             else:
                 sec = att.section
                 field = _cache_field(att)
