@@ -27,13 +27,13 @@ def binary_section(message: Part, path: tuple[int, ...]) -> bytes | None:
     None when there is no such part.
     """
     if not path:
-        return message.data
+        return decode_tree(message.data)
     raw = message.section(path, "", ())
     part = message.subpart(path)
     if raw is None or part is None:
         return None
     if part.children or part.maintype in (b"multipart", b"message"):
-        return raw
+        return decode_tree(raw)
     cte = (part.get(b"content-transfer-encoding") or b"7bit").strip().lower()
     if cte in (b"7bit", b"8bit", b"binary"):
         return raw
@@ -114,3 +114,39 @@ def to_7bit(data: bytes) -> bytes:
     encoded = binascii.b2a_base64(part.body, newline=False)
     lines = [encoded[i:i + 76] for i in range(0, len(encoded), 76)]
     return header + b"\r\n".join(lines) + b"\r\n"
+
+
+def decode_tree(data: bytes, keep_cte: bool = False) -> bytes:
+    """
+    A message or multipart with every base64 or quoted-printable leaf decoded
+    and its Content-Transfer-Encoding rewritten to C{binary} (as Dovecot's
+    BINARY[] of a whole message or an embedded one); C{keep_cte} leaves the
+    headers as they were, for the BODYPARTSTRUCTURE of that content
+    (RFC 5524: it describes what BINARY returns).
+    """
+    part = Part(data)
+    if part.children:
+        body, out, pos = part.body, [], 0
+        for child in part.children:
+            at = body.find(child.data, pos)
+            if at < 0:
+                return data
+            out.append(body[pos:at])
+            out.append(decode_tree(child.data, keep_cte))
+            pos = at + len(child.data)
+        out.append(body[pos:])
+        return part.header + b"".join(out)
+    if part.message is not None:
+        return part.header + decode_tree(part.body, keep_cte)
+    cte = (part.get(b"content-transfer-encoding") or b"7bit").strip().lower()
+    if cte == b"base64":
+        body = decode_base64(part.body)
+    elif cte == b"quoted-printable":
+        body = decode_qp(part.body)
+    elif cte in (b"7bit", b"8bit", b"binary"):
+        return data
+    else:
+        raise UnknownCTE(cte.decode("ascii", "replace"))
+    header = part.header if keep_cte else _CTE_FIELD.sub(
+        b"Content-Transfer-Encoding: binary\r\n", part.header, count=1)
+    return header + body

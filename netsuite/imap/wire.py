@@ -383,6 +383,14 @@ def _section(cur: Cursor) -> Section:
     return sec
 
 
+def parse_section_text(text: bytes) -> Section:
+    """A section spec on its own (C{1.2.HEADER}), as an IMAP URL's C{;SECTION=} names it."""
+    cur = Cursor(b"[" + text + b"]", [])
+    sec = _section(cur)
+    cur.end()
+    return sec
+
+
 def section_label(sec: Section) -> bytes:
     """How a section is named in the response: BODY[1.HEADER.FIELDS (A B)]<0>."""
     if sec.label:
