@@ -8,7 +8,7 @@ from __future__ import annotations
 import imaplib
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -36,7 +36,7 @@ def test_message_urls_parse_with_every_part():
         "alice", "mail.example", "Sent Items", 7, 20)
     assert (u.section, u.partial, u.access, u.mechanism, u.token) == (
         "1.2", (10, 5), "user+bob", "INTERNAL", "0a1b")
-    assert u.expire == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert u.expire == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert u.rump.endswith(";URLAUTH=user+bob")
     assert parse("imap://alice@h/INBOX/;UID=1;URLAUTH=authuser").rump == \
         "imap://alice@h/INBOX/;UID=1;URLAUTH=authuser"
@@ -157,7 +157,7 @@ def test_sections_partials_and_expiry(daemon, mailbox):
     assert data[0][1] == b"hello world"
     piece = genurl(m, f"imap://alice@h/INBOX/;UID={uid2}/;PARTIAL=6.6;URLAUTH=user+alice")
     assert body_of(urlfetch(m, piece)) == SECOND[6:12]
-    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    past = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     expired = genurl(m, f"imap://alice@h/INBOX/;UID={uid2};EXPIRE={past};URLAUTH=user+alice")
     assert body_of(urlfetch(m, expired)) is None
 
