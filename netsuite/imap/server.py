@@ -1,9 +1,10 @@
 """
 The IMAP4rev1 session, on Twisted's L{imap4.IMAP4Server}.
 
-Twisted's class keeps the role (states, timeout, the Portal, IAccount /
-IMailbox avatars), but its command reader and several commands are wrong in
-26.10 (see TWISTED-GAPS.md), so this subclass replaces:
+Twisted's class keeps the role (states, timeout, the Portal; the avatar is
+netsuite's L{netsuite.imap.account.IImapAccount}), but its command reader and
+several commands are wrong in 26.10 (see TWISTED-GAPS.md), so this subclass
+replaces:
 
   - the reader (L{netsuite.framer.IMAPFramer}): whole commands are assembled
     with their literals before anything runs; C{{n+}} (LITERAL+) is honoured; a

@@ -8,9 +8,9 @@ from twisted.cred import credentials
 from twisted.cred import error as cred_error
 from twisted.internet import interfaces
 from twisted.logger import Logger
-from twisted.mail import imap4
 
 from netsuite.auth import sasl
+from netsuite.imap.account import IImapAccount
 from netsuite.imap.commands import SessionBase
 
 log = Logger(namespace="netsuite.imap")
@@ -96,7 +96,7 @@ class LoginCommands(SessionBase):
 
     def _login(self, tag, user: bytes, password: bytes):
         self.setTimeout(None)
-        d = self.portal.login(credentials.UsernamePassword(user, password), None, imap4.IAccount)
+        d = self.portal.login(credentials.UsernamePassword(user, password), None, IImapAccount)
 
         def ok(result):
             iface, avatar, logout = result
