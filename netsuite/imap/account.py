@@ -85,6 +85,78 @@ class ImapAccount:
                         out.append((parent, ["\\Noselect", "\\HasChildren"]))
         return out
 
+    def extended_listing(self, ref: str, patterns: list[str], subscribed: bool = False,
+                         recursive: bool = False, special: bool = False
+                         ) -> list[tuple[str, list[str], list[str]]]:
+        """
+        LIST-EXTENDED (RFC 5258): (name, attributes, CHILDINFO tags) for the
+        names matching any of C{patterns}, each once.
+
+        C{subscribed}: only subscribed names (existing or not: \\NonExistent),
+        marked \\Subscribed.  C{special}: only special-use folders (RFC 6154).
+        C{recursive} (RECURSIVEMATCH): a matching name that is not selected
+        itself but has a selected descendant the patterns do not match is
+        listed too, with CHILDINFO ("SUBSCRIBED").  Without a selection
+        option, a missing parent of a deeper folder where a pattern stops
+        ('%') is listed as \\NonExistent \\HasChildren (RFC 5258 5), as
+        L{listing} lists it \\Noselect.  \\Subscribed is always marked: the
+        caller drops it unless asked for.
+        """
+        names = self.names()
+        existing = set(names)
+        subs = self.store.subscriptions(self.user)
+        subset = set(subs)
+        regexes = [pattern_regex(canonical(ref + p) if ref else p) for p in patterns]
+
+        def matches(name: str) -> bool:
+            return any(r.match(name) for r in regexes)
+
+        def selected(name: str) -> bool:
+            if subscribed and name not in subset:
+                return False
+            if special and (name not in existing or not self.store.special_use(name)):
+                return False
+            return True
+
+        # Candidates in listing order: every folder and subscription, then their parents.
+        pool: list[str] = []
+        seen: set[str] = set()
+        for name in names + subs:
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts) + 1):
+                n = DELIMITER.join(parts[:i])
+                if n not in seen:
+                    seen.add(n)
+                    pool.append(n)
+        pool.sort(key=lambda n: (n != "INBOX", n))
+        chosen = {n for n in pool if selected(n) and (n in existing or subscribed)}
+        out = []
+        for name in pool:
+            if not matches(name):
+                continue
+            prefix = name + DELIMITER
+            childinfo: list[str] = []
+            if name in chosen:
+                pass
+            elif recursive and subscribed and any(
+                    c.startswith(prefix) and not matches(c) for c in chosen):
+                childinfo = ["SUBSCRIBED"]
+            elif not subscribed and not special and name not in existing and any(
+                    c.startswith(prefix) and not matches(c) for c in names):
+                pass  # a missing parent a pattern stops at: \NonExistent below
+            else:
+                continue
+            if name in existing:
+                attrs = self.attributes(name, names)
+            else:
+                attrs = ["\\NonExistent"]
+                if any(n.startswith(prefix) for n in names):
+                    attrs.append("\\HasChildren")
+            if name in subset:
+                attrs.append("\\Subscribed")
+            out.append((name, attrs, childinfo))
+        return out
+
     # -- twisted.mail.imap4.IAccount --------------------------------------------------
 
     def addMailbox(self, name, mbox=None):

@@ -350,6 +350,8 @@ def status(folder: Folder, names) -> dict[str, int]:
             out[name] = folder.uidvalidity
         elif name == "UNSEEN":
             out[name] = sum(1 for m in folder.messages if "S" not in m.letters)
+        elif name == "SIZE":  # RFC 8438: the index's sizes, a file read only for unknown ones
+            out[name] = sum(folder.size_of(m) for m in folder.messages)
         else:
             raise ValueError(name)
     return out

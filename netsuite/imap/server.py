@@ -47,6 +47,7 @@ from netsuite.imap.commands.copy import CopyCommands
 from netsuite.imap.commands.fetch import FetchCommands
 from netsuite.imap.commands.flags import FlagCommands
 from netsuite.imap.commands.general import GeneralCommands
+from netsuite.imap.commands.listext import ListExtCommands
 from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
 from netsuite.imap.commands.search import SearchCommands
@@ -58,6 +59,9 @@ log = Logger(namespace="netsuite.imap")
 IDENT = "netsuite IMAP4rev1 ready"
 EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN"]
+EXTENSIONS += [b"LIST-EXTENDED"]
+EXTENSIONS += [b"LIST-STATUS"]
+EXTENSIONS += [b"STATUS=SIZE"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -68,7 +72,7 @@ SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 
 
-class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands, FetchCommands,
+class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands, MailboxCommands, AppendCommands, FetchCommands,
                  FlagCommands, CopyCommands, SearchCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """

@@ -11,6 +11,8 @@ from netsuite.imap.commands import SessionBase
 from netsuite.imap.wire import ParseError
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+#: STATUS items of extensions: SIZE (RFC 8438).
+STATUS_ITEMS += ("SIZE",)
 
 
 class MailboxCommands(SessionBase):
