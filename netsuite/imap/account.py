@@ -32,9 +32,11 @@ class FolderExists(imap4.MailboxException):
 class ImapAccount:
     """One user's folders; see the module docstring."""
 
-    def __init__(self, store, user: str):
+    def __init__(self, store, user: str, quota: int | None = None):
         self.store = store
         self.user = user
+        #: Storage quota in bytes (RFC 9208 STORAGE), None for no limit.
+        self.quota = quota
         store.ensure_special_folders(user)
 
     # -- helpers --------------------------------------------------------------------
@@ -263,4 +265,5 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
 
 def account_for(realm, user: str) -> ImapAccount:
     """What the realm hands to IMAP logins."""
-    return ImapAccount(realm.store, user)
+    quota_for = getattr(realm, "quota_for", None)
+    return ImapAccount(realm.store, user, quota_for(user) if quota_for is not None else None)

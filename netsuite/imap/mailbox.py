@@ -352,6 +352,10 @@ def status(folder: Folder, names) -> dict[str, int]:
             out[name] = sum(1 for m in folder.messages if "S" not in m.letters)
         elif name == "SIZE":  # RFC 8438: the index's sizes, a file read only for unknown ones
             out[name] = sum(folder.size_of(m) for m in folder.messages)
+        elif name == "DELETED":
+            out[name] = sum(1 for m in folder.messages if "T" in m.letters)
+        elif name == "DELETED-STORAGE":  # in units of 1024 octets (RFC 9208 4.4)
+            out[name] = sum(folder.size_of(m) for m in folder.messages if "T" in m.letters) // 1024
         else:
             raise ValueError(name)
     return out

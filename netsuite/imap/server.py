@@ -50,6 +50,7 @@ from netsuite.imap.commands.general import GeneralCommands
 from netsuite.imap.commands.listext import ListExtCommands
 from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
+from netsuite.imap.commands.quota import QuotaCommands
 from netsuite.imap.commands.search import SearchCommands
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
 from netsuite.store.folder import FolderGone
@@ -62,6 +63,7 @@ EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", 
 EXTENSIONS += [b"LIST-EXTENDED"]
 EXTENSIONS += [b"LIST-STATUS"]
 EXTENSIONS += [b"STATUS=SIZE"]
+EXTENSIONS += [b"QUOTA", b"QUOTA=RES-STORAGE"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -70,10 +72,13 @@ AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "U
 SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                    "MOVE", "UID"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+AUTH |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
+SELECTED |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
 
 
-class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands, MailboxCommands, AppendCommands, FetchCommands,
-                 FlagCommands, CopyCommands, SearchCommands,
+class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
+                 MailboxCommands, AppendCommands, FetchCommands,
+                 FlagCommands, CopyCommands, SearchCommands, QuotaCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.

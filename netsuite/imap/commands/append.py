@@ -68,6 +68,8 @@ class AppendCommands(SessionBase):
         if not (data.wire_size if streamed and data.error is None else data):
             self._tagged(tag, b"NO", b"Empty message")
             return
+        if self._refuse_over_quota(tag, data.wire_size if streamed else len(data)):
+            return
         try:
             if streamed:  # already in tmp/: delivered by rename, never read back
                 uid = folder.append_incoming(data, flags, date)

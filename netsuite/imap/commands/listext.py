@@ -9,6 +9,7 @@ from __future__ import annotations
 from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
 from netsuite.imap.commands import SessionBase
+from netsuite.imap.commands.mailboxes import STATUS_ITEMS
 from netsuite.imap.wire import ParseError
 from netsuite.imap.wire_list import parse_list
 
@@ -48,9 +49,7 @@ class ListExtCommands(SessionBase):
         self._tagged(tag, b"OK", b"LIST completed")
 
     def _check_status_items(self, items: list[str]) -> None:
-        """BAD for an item STATUS does not know (L{mailboxes.STATUS_ITEMS} and ours)."""
-        from netsuite.imap.commands.mailboxes import STATUS_ITEMS
-
+        """BAD for an item STATUS does not know (L{mailboxes.STATUS_ITEMS})."""
         if any(i not in STATUS_ITEMS for i in items):
             raise ParseError("Unknown STATUS item")
 

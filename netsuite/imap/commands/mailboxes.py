@@ -10,9 +10,11 @@ from netsuite.imap.account import FolderExists, NoSuchFolder
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.wire import ParseError
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS: tuple[str, ...] = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 #: STATUS items of extensions: SIZE (RFC 8438).
 STATUS_ITEMS += ("SIZE",)
+#: DELETED and DELETED-STORAGE (RFC 9208 4.4, with QUOTA=RES-STORAGE).
+STATUS_ITEMS += ("DELETED", "DELETED-STORAGE")
 
 
 class MailboxCommands(SessionBase):
