@@ -32,11 +32,14 @@ class FolderExists(imap4.MailboxException):
 class ImapAccount:
     """One user's folders; see the module docstring."""
 
-    def __init__(self, store, user: str, quota: int | None = None):
+    def __init__(self, store, user: str, quota: int | None = None,
+                 append_limit: int | None = None):
         self.store = store
         self.user = user
         #: Storage quota in bytes (RFC 9208 STORAGE), None for no limit.
         self.quota = quota
+        #: The largest message APPEND takes (RFC 7889 STATUS APPENDLIMIT), None: no limit.
+        self.append_limit = append_limit
         store.ensure_special_folders(user)
 
     # -- helpers --------------------------------------------------------------------
@@ -221,7 +224,16 @@ class ImapAccount:
                 if "\\Noselect" not in attrs]
 
     def status(self, name, names):
-        return status(self.folder(name), names)
+        """STATUS items; APPENDLIMIT (RFC 7889) is the account's, the rest the folder's."""
+        names = list(names)
+        extra = {}
+        if "APPENDLIMIT" in names:
+            names.remove("APPENDLIMIT")
+            extra["APPENDLIMIT"] = "NIL" if self.append_limit is None else self.append_limit
+        folder = self.folder(name)
+        values = status(folder, names) if names else {}
+        values.update(extra)
+        return values
 
     # -- INamespacePresenter ------------------------------------------------------------
 
@@ -266,4 +278,6 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
 def account_for(realm, user: str) -> ImapAccount:
     """What the realm hands to IMAP logins."""
     quota_for = getattr(realm, "quota_for", None)
-    return ImapAccount(realm.store, user, quota_for(user) if quota_for is not None else None)
+    imap = getattr(getattr(realm, "config", None), "imap", None)
+    return ImapAccount(realm.store, user, quota_for(user) if quota_for is not None else None,
+                       getattr(imap, "max_message_size", None))

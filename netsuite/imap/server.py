@@ -64,6 +64,7 @@ EXTENSIONS += [b"LIST-EXTENDED"]
 EXTENSIONS += [b"LIST-STATUS"]
 EXTENSIONS += [b"STATUS=SIZE"]
 EXTENSIONS += [b"QUOTA", b"QUOTA=RES-STORAGE"]
+EXTENSIONS += [b"MULTIAPPEND"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -196,6 +197,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
 
     def capability_list(self) -> list[bytes]:
         caps = list(EXTENSIONS)
+        caps.append(b"APPENDLIMIT=%d" % self.cfg.max_message_size)  # RFC 7889
         if self.state == "unauth":
             if not self.tls and self.ctx.tls is not None:
                 caps.append(b"STARTTLS")
