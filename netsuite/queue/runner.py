@@ -711,8 +711,9 @@ class QueueRunner(service.Service):
                 f.trap(smtp.SMTPServerError)
                 if f.value.code != 552:
                     return f
+                reply = f"{f.value.code} {f.value.resp.decode('utf-8', 'replace')}"
                 log.error("notification for id={id} not delivered: <{to}> {reply}",
-                          id=about, to=to, reply=f"{f.value.code} {f.value.resp.decode('utf-8', 'replace')}")
+                          id=about, to=to, reply=reply)
                 return None
 
             d.addErrback(refused)
