@@ -68,6 +68,17 @@ def test_ids_stable_across_rename_and_restart(daemon):
     assert m.rename("box", "renamed")[0] == "OK"
     assert select_mailboxid(m, "renamed") == box_id
     assert fetch_ids(m) == ids
+    # Copies and moved messages keep the EMAILID (RFC 8474 5.1); distinct ones differ.
+    m.copy("1", "INBOX")
+    m._simple_command("MOVE", "2", "other")
+    m.select("INBOX")
+    assert fetch_ids(m) == [ids[0]]
+    m.select("other")
+    assert fetch_ids(m) == [ids[1]]
+    m.append("other", None, None, b"Subject: 1\r\n\r\nbody\r\n")  # same bytes, new message
+    m.select("other")
+    assert fetch_ids(m, "2")[0][0] not in (ids[0][0], ids[1][0])
+    m._simple_command("MOVE", "1", "renamed")
     m.logout()
     daemon.restart()
     m = connect(daemon)

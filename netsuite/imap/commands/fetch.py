@@ -166,7 +166,7 @@ class FetchCommands(SessionBase):
             elif name == "RFC822.SIZE":
                 items.append(b"RFC822.SIZE %d" % mbox.size_of(msg))
             elif name in ("EMAILID", "THREADID", "SAVEDATE"):
-                items.append(_object_item(name, msg))
+                items.append(_object_item(name, mbox.folder, msg))
             elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
                     part is None:
                 # BODY[] / RFC822: the whole message, no MIME parsing needed.
@@ -221,10 +221,10 @@ def _flags_lines(order: tuple[str, ...], pairs: Iterable[tuple[int, Message]],
         for name in order) + b")\r\n" for seq, m in pairs])
 
 
-def _object_item(name: str, msg) -> bytes:
-    """EMAILID, THREADID (RFC 8474) or SAVEDATE (RFC 8514), from the index alone."""
+def _object_item(name: str, folder, msg) -> bytes:
+    """EMAILID, THREADID (RFC 8474) or SAVEDATE (RFC 8514): see L{objectid}."""
     if name == "EMAILID":
-        return b"EMAILID (" + objectid.email_id(msg).encode() + b")"
+        return b"EMAILID (" + objectid.email_id(folder, msg).encode() + b")"
     if name == "THREADID":
         return b"THREADID NIL"
     saved = objectid.save_date(msg)

@@ -65,7 +65,7 @@ class QuotaCommands(SessionBase):
     def _refuse_over_quota(self, tag: bytes, extra: int) -> bool:
         """Answer NO [OVERQUOTA] if C{extra} more bytes pass the limit; whether it did."""
         limit = getattr(self.account, "quota", None)
-        if over_quota(self.account.store, self.account.user, limit, extra):
+        if limit is not None and over_quota(self.account.store, self.account.user, limit, extra):
             self._tagged(tag, b"NO", b"[OVERQUOTA] Quota exceeded (mailbox is full)")
             return True
         return False
