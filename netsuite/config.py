@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from netsuite import protocols
+from netsuite.store.quota import parse_size
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -271,8 +272,23 @@ class MailConfig:
     #: Unset: the mailbox C{DATA/mail/postmaster}, which a user named
     #: C{postmaster} reads (so the zero-config server starts with no users).
     postmaster: str = ""
+    #: Every user's storage quota (RFC 9208 STORAGE): C{"100M"}, C{"2G"}, C{"512K"},
+    #: bytes; C{""} or C{"unlimited"}: none.  Counted over all of a user's folders.
+    quota: str | int = ""
+    #: Per-user overrides of C{quota}, e.g. C{{ alice = "1G", robot = "unlimited" }}.
+    quotas: dict[str, str | int] = field(default_factory=dict)
+
+    def quota_for(self, user: str) -> int | None:
+        """C{user}'s quota in bytes, or None for no limit."""
+        return parse_size(self.quotas.get(user, self.quota))
 
     def validate(self) -> None:
+        for key, value in [("quota", self.quota)] + [
+                (f"quotas.{u}", v) for u, v in self.quotas.items()]:
+            try:
+                parse_size(value)
+            except ValueError as e:
+                raise ConfigError(str(e), key) from e
         self.local_domains = [d.lower().rstrip(".") for d in self.local_domains]
         if not self.local_domains:
             raise ConfigError("name at least one domain", "local_domains")

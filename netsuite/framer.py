@@ -406,8 +406,16 @@ class IMAPFramer:
         first = cmd.parts[0].split(b" ", 3)
         verb = first[1].upper() if len(first) > 1 else b""
         limit = self.max_append if verb == b"APPEND" else self.max_literal
-        cmd.size += size
-        if cmd.size > limit:
+        if verb == b"APPEND":
+            # The limit is per message (RFC 7889 APPENDLIMIT), several in one
+            # MULTIAPPEND (RFC 3502); what is held in memory stays within it.
+            if size < self.stream_above or self.sink is None:
+                cmd.size += size
+            over = size > limit or cmd.size > limit
+        else:
+            cmd.size += size
+            over = cmd.size > limit
+        if over:
             # Refused before a byte of it is read; a LITERAL+ client sends it
             # anyway, so the connection ends there (RFC 7888 4).
             return self._refuse(line, b"NO", b"[TOOBIG] Literal too large (limit %d octets)"

@@ -209,6 +209,14 @@ class NetsuiteRealm:
             return True  # its own login name (PAM accounts too, not in the password file)
         return any(user in self.resolve_local(name, domain) for name in {local, local.lower()})
 
+    def quota_for(self, user: str) -> int | None:
+        """
+        C{user}'s storage quota in bytes (None: no limit): C{[mail] quotas},
+        else C{[mail] quota}.  A realm whose user source carries a quota (a
+        database column) overrides this; IMAP, SMTP and the queue ask here.
+        """
+        return self.config.mail.quota_for(user)
+
     # -- per-user places ------------------------------------------------------
 
     def mailbox_path(self, user: str) -> Path:

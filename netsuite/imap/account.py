@@ -74,9 +74,14 @@ class IImapAccount(Interface):
 class ImapAccount:
     """One user's folders; see the module docstring."""
 
-    def __init__(self, store, user: str):
+    def __init__(self, store, user: str, quota: int | None = None,
+                 append_limit: int | None = None):
         self.store = store
         self.user = user
+        #: Storage quota in bytes (RFC 9208 STORAGE), None for no limit.
+        self.quota = quota
+        #: The largest message APPEND takes (RFC 7889 STATUS APPENDLIMIT), None: no limit.
+        self.append_limit = append_limit
         store.ensure_special_folders(user)
 
     # -- helpers --------------------------------------------------------------------
@@ -125,6 +130,78 @@ class ImapAccount:
                     if parent not in seen and parent not in names and regex.match(parent):
                         seen.add(parent)
                         out.append((parent, ["\\Noselect", "\\HasChildren"]))
+        return out
+
+    def extended_listing(self, ref: str, patterns: list[str], subscribed: bool = False,
+                         recursive: bool = False, special: bool = False
+                         ) -> list[tuple[str, list[str], list[str]]]:
+        """
+        LIST-EXTENDED (RFC 5258): (name, attributes, CHILDINFO tags) for the
+        names matching any of C{patterns}, each once.
+
+        C{subscribed}: only subscribed names (existing or not: \\NonExistent),
+        marked \\Subscribed.  C{special}: only special-use folders (RFC 6154).
+        C{recursive} (RECURSIVEMATCH): a matching name that is not selected
+        itself but has a selected descendant the patterns do not match is
+        listed too, with CHILDINFO ("SUBSCRIBED").  Without a selection
+        option, a missing parent of a deeper folder where a pattern stops
+        ('%') is listed as \\NonExistent \\HasChildren (RFC 5258 5), as
+        L{listing} lists it \\Noselect.  \\Subscribed is always marked: the
+        caller drops it unless asked for.
+        """
+        names = self.names()
+        existing = set(names)
+        subs = self.store.subscriptions(self.user)
+        subset = set(subs)
+        regexes = [pattern_regex(canonical(ref + p) if ref else p) for p in patterns]
+
+        def matches(name: str) -> bool:
+            return any(r.match(name) for r in regexes)
+
+        def selected(name: str) -> bool:
+            if subscribed and name not in subset:
+                return False
+            if special and (name not in existing or not self.store.special_use(name)):
+                return False
+            return True
+
+        # Candidates in listing order: every folder and subscription, then their parents.
+        pool: list[str] = []
+        seen: set[str] = set()
+        for name in names + subs:
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts) + 1):
+                n = DELIMITER.join(parts[:i])
+                if n not in seen:
+                    seen.add(n)
+                    pool.append(n)
+        pool.sort(key=lambda n: (n != "INBOX", n))
+        chosen = {n for n in pool if selected(n) and (n in existing or subscribed)}
+        out = []
+        for name in pool:
+            if not matches(name):
+                continue
+            prefix = name + DELIMITER
+            childinfo: list[str] = []
+            if name in chosen:
+                pass
+            elif recursive and subscribed and any(
+                    c.startswith(prefix) and not matches(c) for c in chosen):
+                childinfo = ["SUBSCRIBED"]
+            elif not subscribed and not special and name not in existing and any(
+                    c.startswith(prefix) and not matches(c) for c in names):
+                pass  # a missing parent a pattern stops at: \NonExistent below
+            else:
+                continue
+            if name in existing:
+                attrs = self.attributes(name, names)
+            else:
+                attrs = ["\\NonExistent"]
+                if any(n.startswith(prefix) for n in names):
+                    attrs.append("\\HasChildren")
+            if name in subset:
+                attrs.append("\\Subscribed")
+            out.append((name, attrs, childinfo))
         return out
 
     # -- IImapAccount ------------------------------------------------------------------
@@ -179,7 +256,16 @@ class ImapAccount:
         return True
 
     def status(self, name, names):
-        return status(self.folder(name), names)
+        """STATUS items; APPENDLIMIT (RFC 7889) is the account's, the rest the folder's."""
+        names = list(names)
+        extra = {}
+        if "APPENDLIMIT" in names:
+            names.remove("APPENDLIMIT")
+            extra["APPENDLIMIT"] = "NIL" if self.append_limit is None else self.append_limit
+        folder = self.folder(name)
+        values = status(folder, names) if names else {}
+        values.update(extra)
+        return values
 
     # -- INamespacePresenter ------------------------------------------------------------
 
@@ -223,4 +309,7 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
 
 def account_for(realm, user: str) -> ImapAccount:
     """What the realm hands to IMAP logins."""
-    return ImapAccount(realm.store, user)
+    quota_for = getattr(realm, "quota_for", None)
+    imap = getattr(getattr(realm, "config", None), "imap", None)
+    return ImapAccount(realm.store, user, quota_for(user) if quota_for is not None else None,
+                       getattr(imap, "max_message_size", None))

@@ -16,6 +16,7 @@ import weakref
 from twisted.mail import imap4
 from zope.interface import Attribute, implementer
 
+from netsuite.imap.objectid import mailbox_id
 from netsuite.store.cache import MessageCache, cache_for
 from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
 
@@ -334,10 +335,10 @@ class SessionMailbox:
         return io.BytesIO(self.read(msg))
 
 
-def status(folder: Folder, names) -> dict[str, int]:
+def status(folder: Folder, names) -> dict[str, int | str]:
     """STATUS items for a folder (refreshed first)."""
     folder.refresh()
-    out = {}
+    out: dict[str, int | str] = {}
     for name in names:
         name = name.upper()
         if name == "MESSAGES":
@@ -350,6 +351,14 @@ def status(folder: Folder, names) -> dict[str, int]:
             out[name] = folder.uidvalidity
         elif name == "UNSEEN":
             out[name] = sum(1 for m in folder.messages if "S" not in m.letters)
+        elif name == "SIZE":  # RFC 8438: the index's sizes, a file read only for unknown ones
+            out[name] = sum(folder.size_of(m) for m in folder.messages)
+        elif name == "MAILBOXID":
+            out[name] = f"({mailbox_id(folder)})"
+        elif name == "DELETED":
+            out[name] = sum(1 for m in folder.messages if "T" in m.letters)
+        elif name == "DELETED-STORAGE":  # in units of 1024 octets (RFC 9208 4.4)
+            out[name] = sum(folder.size_of(m) for m in folder.messages if "T" in m.letters) // 1024
         else:
             raise ValueError(name)
     return out

@@ -50,8 +50,10 @@ from netsuite.imap.commands.copy import CopyCommands
 from netsuite.imap.commands.fetch import FetchCommands
 from netsuite.imap.commands.flags import FlagCommands
 from netsuite.imap.commands.general import GeneralCommands
+from netsuite.imap.commands.listext import ListExtCommands
 from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
+from netsuite.imap.commands.quota import QuotaCommands
 from netsuite.imap.commands.search import SearchCommands
 from netsuite.imap.commands.urlauth import UrlAuthCommands
 from netsuite.imap.compress import Inflater
@@ -64,6 +66,13 @@ IDENT = "netsuite IMAP4rev1 ready"
 EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN",
               b"BINARY", b"URLAUTH", b"URLAUTH=BINARY"]
+EXTENSIONS += [b"LIST-EXTENDED"]
+EXTENSIONS += [b"LIST-STATUS"]
+EXTENSIONS += [b"STATUS=SIZE"]
+EXTENSIONS += [b"QUOTA", b"QUOTA=RES-STORAGE"]
+EXTENSIONS += [b"MULTIAPPEND"]
+EXTENSIONS += [b"OBJECTID"]
+EXTENSIONS += [b"SAVEDATE"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -73,10 +82,13 @@ AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "U
 SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                    "MOVE", "UID"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+AUTH |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
+SELECTED |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
 
 
-class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands, FetchCommands,
-                 FlagCommands, CopyCommands, SearchCommands, CompressCommands,
+class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
+                 MailboxCommands, AppendCommands, FetchCommands,
+                 FlagCommands, CopyCommands, SearchCommands, QuotaCommands, CompressCommands,
                  UrlAuthCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
@@ -197,6 +209,7 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
 
     def capability_list(self) -> list[bytes]:
         caps = list(EXTENSIONS)
+        caps.append(b"APPENDLIMIT=%d" % self.cfg.max_message_size)  # RFC 7889
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":

@@ -300,6 +300,8 @@ _MACROS = {
 }
 _SIMPLE = {b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE",
            b"BODY"}
+#: OBJECTID (RFC 8474) and SAVEDATE (RFC 8514).
+_SIMPLE |= {b"EMAILID", b"THREADID", b"SAVEDATE"}
 
 
 def parse_fetch_atts(cur: Cursor) -> list[FetchAtt]:
@@ -415,6 +417,9 @@ _STRING_ARG = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 _DATE_ARG = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _NUM_ARG = {"LARGER", "SMALLER"}
 _ATOM_ARG = {"KEYWORD", "UNKEYWORD"}
+#: SAVEDATE (RFC 8514).
+_DATE_ARG |= {"SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
+_NO_ARG |= {"SAVEDATESUPPORTED"}
 
 
 def parse_search(cur: Cursor) -> list:

@@ -704,6 +704,19 @@ class QueueRunner(service.Service):
             d.addCallback(lambda _: log.info(
                 "notified: id={id} action={action} to=<{to}> (local mailbox)",
                 id=about, action=action, to=to))
+
+            def refused(f):
+                # A notice cannot bounce (it is to the sender, from <>): a full mailbox
+                # is said loudly, once, instead of failing the settlement for ever.
+                f.trap(smtp.SMTPServerError)
+                if f.value.code != 552:
+                    return f
+                reply = f"{f.value.code} {f.value.resp.decode('utf-8', 'replace')}"
+                log.error("notification for id={id} not delivered: <{to}> {reply}",
+                          id=about, to=to, reply=reply)
+                return None
+
+            d.addErrback(refused)
             return d
         env = Envelope(id=self.spool.new_id(), sender="", recipients=[Recipient(to)],
                        size=len(message), eightbit=wire.has_8bit(message))

@@ -18,6 +18,7 @@ from zope.interface import implementer
 from netsuite.durable import disk_full
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp.wire import Path
+from netsuite.store.quota import over_quota
 
 log = Logger(namespace="netsuite.smtp")
 
@@ -58,6 +59,8 @@ class Transaction:
         #: The disk error that spoilt this message: the rest is discarded, and
         #: the end of data is answered 452/451 instead of dropping the session.
         self.error: OSError | None = None
+        #: The message's size on the wire (CRLF), as quotas count it.
+        self.size = 0
 
     def _open(self) -> None:
         self._opened = True
@@ -86,6 +89,7 @@ class Transaction:
         if self.error is not None:
             return
         data = line + b"\n"
+        self.size += len(line) + 2
         try:
             for f in self._files:
                 f.write(data)
@@ -99,6 +103,15 @@ class Transaction:
             self._open()
         if self.error is not None:
             return defer.fail(storage_error(self.error))
+        full = [u for u in self.local if over_user_quota(self.realm, u, self.size)]
+        if full:
+            # One reply for every recipient (SMTP): the whole message is refused, so
+            # the sender hears of it; nothing is delivered to anyone, nothing lost.
+            log.info("refused for quota: from=<{sender}> to={users} size={size}",
+                     sender=bytes(self.sender).decode("utf-8", "replace"),
+                     users=",".join(full), size=self.size)
+            self.connectionLost()
+            return defer.fail(quota_error())
         files, self._files = self._files, []
         results = [defer.maybeDeferred(f.commit) for f in files]
         d = defer.gatherResults(results, consumeErrors=True)
@@ -129,6 +142,19 @@ def storage_error(error: OSError) -> smtp.SMTPServerError:
                                          b"try again later")
     return smtp.SMTPServerError(451, b"4.3.0 Error: could not store the message, "
                                      b"try again later")
+
+
+def over_user_quota(realm, user: str, extra: int) -> bool:
+    """Whether C{extra} more bytes take C{user} past the realm's quota for it."""
+    quota_for = getattr(realm, "quota_for", None)
+    if quota_for is None or getattr(realm.store, "usage", None) is None:
+        return False  # a custom realm or store without quotas
+    return over_quota(realm.store, user, quota_for(user), extra)
+
+
+def quota_error() -> smtp.SMTPServerError:
+    """The reply for a message a mailbox's quota cannot take (RFC 3463 5.2.2)."""
+    return smtp.SMTPServerError(552, b"5.2.2 Error: mailbox full (quota exceeded)")
 
 
 def local_recipients(realm, local: str, domain: str) -> list[str]:
@@ -175,6 +201,11 @@ class Delivery:
             if not users:
                 raise smtp.SMTPBadRcpt(user, 550, f"5.1.1 {shown}: Recipient address "
                                                   "rejected: User unknown in local recipient table")
+            for name in users:
+                # Already full: refused now (the message itself is checked at its end).
+                if over_user_quota(self.realm, name, 1):
+                    raise smtp.SMTPBadRcpt(user, 552, f"5.2.2 {shown}: Mailbox full "
+                                                      "(quota exceeded)")
             for name in users:
                 if name not in tx.local:
                     tx.local.append(name)

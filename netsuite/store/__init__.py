@@ -68,6 +68,12 @@ class IMailStore(Interface):
     def special_use(name: str):
         """The RFC 6154 attribute of a folder name, or None."""
 
+    def usage(user: str):
+        """
+        (bytes, messages) in all of C{user}'s folders, for quotas: from the
+        folders' indexes, summed again only for folders that changed.
+        """
+
     def watch(folder, listener) -> None:
         """Call C{listener(folder, changes)} on every change of C{folder}."""
 

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
+from netsuite.store.quota import QuotaUsage
 from netsuite.store.watch import InotifyWatcher
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ class MaildirStore:
         self._no_inotify = False
         #: Users whose mailbox and special folders were made ready in this process.
         self._ready: set[str] = set()
+        self._usage: QuotaUsage | None = None
 
     # -- delivery ---------------------------------------------------------------
 
@@ -381,6 +383,12 @@ class MaildirStore:
 
     def special_use(self, name: str) -> str | None:
         return SPECIAL_FOLDERS.get(name)
+
+    def usage(self, user: str) -> tuple[int, int]:
+        """(bytes, messages) in all of C{user}'s folders, for quotas (L{QuotaUsage})."""
+        if self._usage is None:
+            self._usage = QuotaUsage(self)
+        return self._usage.usage(user)
 
     # -- subscriptions -------------------------------------------------------------
 

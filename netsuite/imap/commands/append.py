@@ -12,6 +12,7 @@ from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
 from netsuite.imap.binary import to_7bit
 from netsuite.imap.commands import SessionBase
+from netsuite.imap.commands.copy import compress
 from netsuite.imap.wire import Cursor, ParseError
 
 log = Logger(namespace="netsuite.imap")
@@ -41,47 +42,67 @@ class AppendCommands(SessionBase):
         return incoming() if incoming is not None else None
 
     def imap_APPEND(self, tag, cur):
+        """
+        APPEND of one message, or of several (MULTIAPPEND, RFC 3502): all are
+        stored or none is (the ones already stored are expunged again), and
+        APPENDUID names their UIDs as a set.
+        """
         name = self._mailbox_name(cur)
-        cur.sp()
-        flags: list[str] = []
-        date = None
-        if cur.peek() == 0x28:
-            flags = cur.flag_list()
+        items = []
+        while True:
             cur.sp()
-        if cur.peek() == 0x22:
-            date = wire.parse_datetime(cur.quoted())
-            cur.sp()
-        binary = cur.maybe(b"~")  # literal8 (RFC 3516)
-        if cur.peek() != wire.LITERAL_MARK:
-            raise ParseError("APPEND needs the message as a literal")
-        data = cur.string()
-        if binary and isinstance(data, bytes):
-            data = to_7bit(data)  # binary parts stored as base64; BINARY[] undoes it
-        cur.end()
-        if any(f.lower() == "\\recent" for f in flags):
-            raise ParseError("\\Recent cannot be set")
+            flags: list[str] = []
+            date = None
+            if cur.peek() == 0x28:
+                flags = cur.flag_list()
+                cur.sp()
+            if cur.peek() == 0x22:
+                date = wire.parse_datetime(cur.quoted())
+                cur.sp()
+            binary = cur.maybe(b"~")  # literal8 (RFC 3516)
+            if cur.peek() != wire.LITERAL_MARK:
+                raise ParseError("APPEND needs the message as a literal")
+            data = cur.string()
+            if binary and isinstance(data, bytes):
+                data = to_7bit(data)  # binary parts stored as base64; BINARY[] undoes it
+            if any(f.lower() == "\\recent" for f in flags):
+                raise ParseError("\\Recent cannot be set")
+            items.append((flags, date, data))
+            if cur.at_end():
+                break
         try:
             folder = self.account.folder(name)
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
             return
-        if isinstance(data, DiscardSink):
-            self._tagged(tag, b"NO", data.why or b"[TRYCREATE] No such mailbox")
+        total = 0
+        for _flags, _date, data in items:
+            if isinstance(data, DiscardSink):
+                self._tagged(tag, b"NO", data.why or b"[TRYCREATE] No such mailbox")
+                return
+            streamed = not isinstance(data, bytes)
+            size = data.wire_size if streamed else len(data)
+            if not size and (not streamed or data.error is None):
+                self._tagged(tag, b"NO", b"Empty message")
+                return
+            total += size
+        if self._refuse_over_quota(tag, total):
             return
-        streamed = not isinstance(data, bytes)
-        if not (data.wire_size if streamed and data.error is None else data):
-            self._tagged(tag, b"NO", b"Empty message")
-            return
-        try:
-            if streamed:  # already in tmp/: delivered by rename, never read back
-                uid = folder.append_incoming(data, flags, date)
-            else:
-                uid = folder.append(data, flags, date)
-        except OSError as e:
-            log.warn("IMAP APPEND to {folder} failed: {error}", folder=name, error=e)
-            if disk_full(e):  # APPEND says OVERQUOTA (RFC 5530)
-                self._tagged(tag, b"NO", b"[OVERQUOTA] Mailbox is full")
-            else:
-                self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")
-            return
-        self._tagged(tag, b"OK", b"[APPENDUID %d %d] APPEND completed" % (folder.uidvalidity, uid))
+        uids: list[int] = []
+        for flags, date, data in items:
+            try:
+                if not isinstance(data, bytes):  # in tmp/: delivered by rename, never read back
+                    uids.append(folder.append_incoming(data, flags, date))
+                else:
+                    uids.append(folder.append(data, flags, date))
+            except OSError as e:
+                log.warn("IMAP APPEND to {folder} failed: {error}", folder=name, error=e)
+                if uids:  # all or none (RFC 3502 6)
+                    folder.expunge(uids)
+                if disk_full(e):  # APPEND says OVERQUOTA (RFC 5530)
+                    self._tagged(tag, b"NO", b"[OVERQUOTA] Mailbox is full")
+                else:
+                    self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")
+                return
+        self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
+                     % (folder.uidvalidity, compress(uids)))

@@ -27,6 +27,8 @@ class CopyCommands(SessionBase):
             return
         src = self.mbox
         msgs = src.messages(targets)
+        if not move and self._refuse_over_quota(tag, sum(src.size_of(m) for m in msgs)):
+            return
         pairs = src.copy_to(msgs, dest) if not (move and src.holds(dest)) else []
         code = b""
         if pairs:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from netsuite.imap import wire
+from netsuite.imap import objectid, wire
 from netsuite.imap.binary import UnknownCTE, binary_section
 from netsuite.imap.commands import EXPUNGE_ISSUED, SessionBase
 from netsuite.imap.message import Part, bodystructure, envelope
@@ -173,6 +173,8 @@ class FetchCommands(SessionBase):
                 items.append(b"INTERNALDATE " + wire.format_datetime(mbox.date_of(msg)))
             elif name == "RFC822.SIZE":
                 items.append(b"RFC822.SIZE %d" % mbox.size_of(msg))
+            elif name in ("EMAILID", "THREADID", "SAVEDATE"):
+                items.append(_object_item(name, mbox.folder, msg))
             elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
                     part is None:
                 # BODY[] / RFC822: the whole message, no MIME parsing needed.
@@ -237,6 +239,16 @@ def _flags_lines(order: tuple[str, ...], pairs: Iterable[tuple[int, Message]],
     return b"".join([b"* %d FETCH (" % seq + b" ".join(
         b"UID %d" % m.uid if name == "UID" else b"FLAGS " + render(m)
         for name in order) + b")\r\n" for seq, m in pairs])
+
+
+def _object_item(name: str, folder, msg) -> bytes:
+    """EMAILID, THREADID (RFC 8474) or SAVEDATE (RFC 8514): see L{objectid}."""
+    if name == "EMAILID":
+        return b"EMAILID (" + objectid.email_id(folder, msg).encode() + b")"
+    if name == "THREADID":
+        return b"THREADID NIL"
+    saved = objectid.save_date(msg)
+    return b"SAVEDATE " + (b"NIL" if saved is None else wire.format_datetime(saved))
 
 
 def _cache_field(att) -> str | None:

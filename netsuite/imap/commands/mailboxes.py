@@ -8,9 +8,18 @@ from __future__ import annotations
 from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder
 from netsuite.imap.commands import SessionBase
+from netsuite.imap.objectid import mailbox_id
 from netsuite.imap.wire import ParseError
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS: tuple[str, ...] = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+#: STATUS items of extensions: SIZE (RFC 8438).
+STATUS_ITEMS += ("SIZE",)
+#: DELETED and DELETED-STORAGE (RFC 9208 4.4, with QUOTA=RES-STORAGE).
+STATUS_ITEMS += ("DELETED", "DELETED-STORAGE")
+#: APPENDLIMIT (RFC 7889).
+STATUS_ITEMS += ("APPENDLIMIT",)
+#: MAILBOXID (RFC 8474).
+STATUS_ITEMS += ("MAILBOXID",)
 
 
 class MailboxCommands(SessionBase):
@@ -40,6 +49,7 @@ class MailboxCommands(SessionBase):
             self.send(b"* OK [UNSEEN %d] First unseen" % unseen)
         self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.uidvalidity)
         self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.next_uid)
+        self.send(b"* OK [MAILBOXID (%s)] Ok" % mailbox_id(mbox.folder).encode())  # RFC 8474
         mode = b"[READ-WRITE] SELECT" if rw else b"[READ-ONLY] EXAMINE"
         self.send(tag + b" OK " + mode + b" completed")
 

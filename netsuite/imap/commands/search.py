@@ -10,6 +10,7 @@ from netsuite.imap import wire
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.message import Part, decoded, sent_date
+from netsuite.imap.objectid import save_date
 from netsuite.imap.wire import ParseError
 
 
@@ -117,6 +118,13 @@ class _SearchContext:
         if op in ("BEFORE", "ON", "SINCE"):
             day = dt.date.fromtimestamp(mbox.date_of(m))
             return _compare_date(op, day, key[1])
+        if op == "SAVEDATESUPPORTED":
+            return True
+        if op in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+            # RFC 8514 4: a message without a save date is searched by its internal date.
+            saved = save_date(m)
+            day = dt.date.fromtimestamp(mbox.date_of(m) if saved is None else saved)
+            return _compare_date(op[5:], day, key[1])
         if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             day = sent_date(self.part)
             return day is not None and _compare_date(op[4:], day, key[1])

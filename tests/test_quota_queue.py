@@ -1,0 +1,44 @@
+"""A queue notice (DSN) to a local sender over quota: said in the log, never retried for ever."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+try:
+    import aiosmtpd  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("aiosmtpd (pip) is the remote MX of these tests", allow_module_level=True)
+
+from queue_remote import Remote  # noqa: E402
+from test_queue import FAST, message, queue_ids, submit  # noqa: E402
+
+from netsuite.store.maildir import MaildirStore  # noqa: E402
+
+
+@pytest.fixture
+def remote():
+    r = Remote().start()
+    yield r
+    r.stop()
+
+
+def test_dsn_to_full_local_mailbox_is_logged_and_settled(make_daemon, remote):
+    remote.handler.script["nobody@remote.test"] = ["550 5.1.1 <nobody@remote.test>: no such user"]
+    d = make_daemon(config={
+        "queue": {**FAST, "routes": {"remote.test": f"127.0.0.1:{remote.port}"}},
+        "mail": {"quotas": {"alice": "2K"}}},
+        listeners=["smtp", "submission", "smtps"], users={"alice": "alice-pw"})
+    delivery = MaildirStore(d.data_dir / "mail").delivery("alice")
+    delivery.write(b"Subject: filler\n\n" + b"x" * 3000 + b"\n")
+    delivery._finish()
+    submit(d, ["nobody@remote.test"], message("bounceme"))
+    assert d.wait_for(lambda: "not delivered: <alice@example.test> 552 5.2.2" in d.log(), 15), \
+        d.log()[-3000:]
+    d.wait_for(lambda: "removed: id=" in d.log(), 5)
+    assert queue_ids(d) == []
+    assert not any(b"multipart/report" in m for m in d.messages("alice"))
+    assert "could not update" not in d.log()
