@@ -134,6 +134,12 @@ class IMailFolder(Interface):
     def expunge(uids) -> list:
         """Remove messages; the UIDs removed.  One unlink and one log record each: O(k)."""
 
+    def expunged_since(modseq: int):
+        """
+        UIDs expunged after MODSEQ C{modseq} (RFC 7162 QRESYNC), ascending, or None
+        when the folder no longer knows that far back: reads a small file, O(expunges kept).
+        """
+
     def append(data: bytes, flags=(), date=None, notify: bool = True) -> int:
         """
         Store a message; its UID.  Writes and fsyncs the file, fsyncs the

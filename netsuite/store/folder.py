@@ -51,7 +51,7 @@ from typing import BinaryIO, NamedTuple
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from netsuite.store import IMailFolder, IMessage, changelog
+from netsuite.store import IMailFolder, IMessage, changelog, vanished
 from netsuite.store.keywords import LETTERS as KEYWORD_LETTERS
 from netsuite.store.keywords import KeywordLetters
 from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
@@ -465,6 +465,8 @@ class Folder:
         self._log_missing = False
         #: Records (sizes, dates, \\Recent) not worth a write of their own.
         self._pending: list[bytes] = []
+        #: Expunges (uid, modseq) for C{netsuite-vanished}, written with their log records.
+        self._vanished: list[tuple[int, int]] = []
         self._compact_scheduled = False
         ensure_maildir(self.path)
         with self._lock():
@@ -707,6 +709,26 @@ class Folder:
         if msg is not None:
             msg.modseq = self.highest_modseq
         return self.highest_modseq
+
+    def _gone(self, uid: int) -> bytes:
+        """Under the lock: the next MODSEQ for an expunge of C{uid}; its log record."""
+        modseq = self._bump()
+        self._vanished.append((uid, modseq))
+        return _rec_gone(uid, modseq)
+
+    def _write_vanished(self) -> None:
+        """Under the lock: the expunges of this round into C{netsuite-vanished} (QRESYNC)."""
+        pairs, self._vanished = self._vanished, []
+        try:
+            vanished.record(self.path / vanished.NAME, self.uidvalidity, pairs)
+        except OSError as e:
+            # Soft: without it a resynchronising client is told every missing UID.
+            log.warn("cannot record expunges in {path}: {error}", path=str(self.path), error=e)
+            (self.path / vanished.NAME).unlink(missing_ok=True)
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after MODSEQ C{modseq}; None when that is too far back to know."""
+        return vanished.since(self.path / vanished.NAME, self.uidvalidity, modseq)
 
     def _drop(self, gone: set[int]) -> None:
         for m in self.messages:
@@ -1059,8 +1081,10 @@ class Folder:
             msg = self._by_base.get(split_name(name)[0])
             if msg is not None and (msg.sub, msg.name) == (sub, name):
                 changes.expunged.append(msg.uid)
-                records.append(_rec_gone(msg.uid, self._bump()))
+                records.append(self._gone(msg.uid))
         self._names = disk
+        if self._vanished:
+            self._write_vanished()
         if changes.expunged:
             gone = set(changes.expunged)
             self.messages = [m for m in self.messages if m.uid not in gone]
@@ -1325,8 +1349,9 @@ class Folder:
             if gone:
                 self._drop(set(gone))
             if gone or scanned:
-                self._log(scanned + [_rec_gone(uid, self._bump()) for uid in gone],
-                          durable=allocated)
+                records = [self._gone(uid) for uid in gone]
+                self._write_vanished()
+                self._log(scanned + records, durable=allocated)
         _tidy(others)
         if others:
             self._notify(others)
