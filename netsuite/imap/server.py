@@ -58,6 +58,8 @@ log = Logger(namespace="netsuite.imap")
 IDENT = "netsuite IMAP4rev1 ready"
 EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN"]
+EXTENSIONS.append(b"CONDSTORE")
+EXTENSIONS.append(b"QRESYNC")
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -105,6 +107,8 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
         self._idle_tag: bytes | None = None
         self._sasl_tag: bytes | None = None
         self.mbox = None
+        #: Extensions turned on by ENABLE or first use (CONDSTORE), see commands.general.
+        self.enabled: set[bytes] = set()
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
         #: Long FETCH/SEARCH renderings, stopped if the connection goes.

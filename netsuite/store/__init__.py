@@ -124,9 +124,10 @@ class IMailFolder(Interface):
     def read_wire(msg) -> bytes:
         """The message with CRLF line ends: reads the whole file."""
 
-    def set_flags(msgs, flags, mode: int) -> list:
+    def set_flags(msgs, flags, mode: int, unchanged_since=None) -> list:
         """
         Replace (0), add (1) or remove (-1) flags; the messages that changed.
+        With C{unchanged_since}, messages whose MODSEQ is above it are skipped.
         Takes the folder lock; one rename per message whose system flags
         change and one change-log record each, not fsynced: O(k).
         """

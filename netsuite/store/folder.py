@@ -1235,11 +1235,14 @@ class Folder:
 
     # -- changing -------------------------------------------------------------------
 
-    def set_flags(self, msgs: Iterable[Message], flags: Iterable[str], mode: int) -> list[Message]:
+    def set_flags(self, msgs: Iterable[Message], flags: Iterable[str], mode: int,
+                  unchanged_since: int | None = None) -> list[Message]:
         """
         Replace (mode 0), add (1) or remove (-1) C{flags}: system flags by
         renaming the file into C{cur/}, keywords in the index.  Returns the
-        messages whose flags changed.
+        messages whose flags changed.  With C{unchanged_since}, a message whose
+        MODSEQ is above it (changed since, by anyone) is left alone (RFC 7162
+        STORE UNCHANGEDSINCE: the test and the change under one lock).
 
         Under the folder lock, after taking in the other processes' changes;
         a file renamed meanwhile by a program that does not lock (mutt) is
@@ -1255,6 +1258,8 @@ class Folder:
         with self._lock():
             self._sync_locked(others)
             for msg in msgs:
+                if unchanged_since is not None and msg.modseq > unchanged_since:
+                    continue
                 for _attempt in range(3):
                     try:
                         result = self._flag_one(msg, system, keywords, mode)
