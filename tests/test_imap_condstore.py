@@ -5,7 +5,6 @@ with a line-level client (imaplib hides untagged responses' order); plus the gra
 
 from __future__ import annotations
 
-import imaplib
 import random
 import re
 
@@ -13,7 +12,6 @@ import pytest
 from test_imap import USERS, RawIMAP, connect, crlf, put
 
 from netsuite.imap import wire
-from netsuite.store import vanished
 
 
 @pytest.fixture
@@ -258,6 +256,8 @@ def test_qresync_without_the_expunge_history_reports_every_missing_uid(daemon):
     other.expunge()
     other.logout()
     # The record of expunges is gone (an older folder, or trimmed): RFC 7162 3.2.5.2.
+    from netsuite.store import vanished
+
     (daemon.maildir("alice") / vanished.NAME).unlink()
     c = client(daemon)
     c.ok(b"ENABLE QRESYNC")

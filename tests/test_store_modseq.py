@@ -69,8 +69,6 @@ def test_folder_and_message_provide_the_store_interfaces(tmp_path):
 
 
 def test_expunged_uids_are_known_with_their_modseq_across_compaction_and_restart(tmp_path):
-    from netsuite.store import vanished
-
     box = tmp_path / "box"
     f = Folder(box)
     uids = [f.append(b"Subject: %d\n\n" % n) for n in range(6)]

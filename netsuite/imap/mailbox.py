@@ -263,7 +263,7 @@ class SessionMailbox:
         if seq_match is not None:
             seqs, uids = _members(seq_match[0]), _members(seq_match[1])
             if len(seqs) == len(uids):
-                for n, u in zip(seqs, uids):
+                for n, u in zip(seqs, uids, strict=True):
                     if n > len(self.uids) or self.uids[n - 1] != u:
                         break
                     floor = u

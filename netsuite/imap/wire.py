@@ -645,18 +645,13 @@ def parse_store_modifiers(cur: Cursor) -> int | None:
 
 def seqset_text(values) -> bytes:
     """Ascending numbers -> the shortest sequence set, C{1:3,7}; b"" for none."""
-    out: list[bytes] = []
-    start = prev = None
+    runs: list[list[int]] = []
     for n in values:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-        start = prev = n
-    if start is not None:
-        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-    return b",".join(out)
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
 
 
 # -- rendering ----------------------------------------------------------------------------------

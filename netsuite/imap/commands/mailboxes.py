@@ -69,10 +69,10 @@ class MailboxCommands(SessionBase):
         top = mbox.uids[-1] if mbox.uids else 0
         out = []
         for seq, uid in enumerate(mbox.uids, 1):
-            if q.known_uids is not None and not q.known_uids.contains(uid, top):
-                continue
             msg = mbox.message(uid)
-            if msg is not None and mbox.modseq_of(msg) > q.modseq:
+            if msg is None or mbox.modseq_of(msg) <= q.modseq:
+                continue
+            if q.known_uids is None or q.known_uids.contains(uid, top):
                 out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
                     seq, uid, mbox.flag_bytes(msg), mbox.modseq_of(msg)))
         if out:
