@@ -343,3 +343,43 @@ def test_condstore_grammar_fuzz():
                 parse(wire.Cursor(text, [b"lit"]))
             except wire.ParseError:
                 pass
+
+
+def test_condstore_commands_fuzzed_against_the_daemon(daemon):
+    """Bounded: 400 random CONDSTORE/QRESYNC commands in one session never give an
+    internal error, and the daemon logs no traceback."""
+    mail(daemon, 6)
+    rng = random.Random(20261202)
+    c = client(daemon)
+    c.ok(b"ENABLE QRESYNC")
+    lines, _ = c.ok(b"SELECT INBOX")
+    validity = code(lines, b"UIDVALIDITY")
+    sets = [b"1", b"1:*", b"*", b"2:4", b"3,1", b"5:2", b"1:4294967295", b"99"]
+    mods = [b"1", b"0", b"2", b"9223372036854775807", b"5"]
+    known = [b"", b" 1:6", b" 2,4", b" 1:9 (1:3 1:3)", b" (2 2)", b" 1:3 (1,3 1,9)"]
+    templates = [
+        lambda: b"SELECT INBOX (QRESYNC (%d %s%s))" % (rng.choice([validity, 1]),
+                                                       rng.choice(mods[:1] + mods[2:]),
+                                                       rng.choice(known)),
+        lambda: b"EXAMINE INBOX (CONDSTORE)",
+        lambda: b"%sFETCH %s (FLAGS) (CHANGEDSINCE %s%s)" % (
+            rng.choice([b"", b"UID "]), rng.choice(sets), rng.choice(mods),
+            rng.choice([b"", b" VANISHED"])),
+        lambda: b"%sSTORE %s (UNCHANGEDSINCE %s) %s (%s)" % (
+            rng.choice([b"", b"UID "]), rng.choice(sets), rng.choice(mods),
+            rng.choice([b"+FLAGS", b"-FLAGS", b"FLAGS.SILENT"]),
+            rng.choice([b"\\Seen", b"\\Deleted", b"$X", b""])),
+        lambda: b"%sSEARCH MODSEQ %s%s" % (rng.choice([b"", b"UID "]),
+                                           rng.choice([b"", b'"/flags/\\\\seen" all ']),
+                                           rng.choice(mods)),
+        lambda: b"%sEXPUNGE%s" % rng.choice([(b"", b""), (b"UID ", b" " + rng.choice(sets))]),
+        lambda: b"APPEND INBOX (\\Seen) {5+}\r\nhello",
+        lambda: b"STATUS INBOX (HIGHESTMODSEQ UIDNEXT)",
+        lambda: b"FETCH %s (UID MODSEQ BODY[])" % rng.choice(sets),
+    ]
+    for _ in range(400):
+        _, tagged = c.run(rng.choice(templates)())
+        assert tagged.split(b" ", 1)[0] in (b"OK", b"NO", b"BAD"), tagged
+        assert b"SERVERBUG" not in tagged, tagged
+    c.ok(b"NOOP")
+    assert "Traceback" not in daemon.log()
