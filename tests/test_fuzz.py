@@ -166,7 +166,10 @@ IMAP_PIECES = [b"INBOX", b"inbox", b"INBOX.x", b'"INBOX"', b'""', b"Fuzz", b"Tra
                b"BEFORE", b"1-Jan-2020", b"99-Foo-99999", b"OR", b"NOT", b"LARGER",
                b"(MESSAGES UIDNEXT UNSEEN)", b"(MESSAGES", b"alice", PASSWORD.encode(),
                b"NIL", b"(", b")", b"((((((((((", b"{0}", b"{5}", b"{999999999}", b"{5+}",
-               b"{-1}", b"{4294967296}", b"{abc}", b"~{3}", b"CONDSTORE", b"UTF8=ACCEPT"]
+               b"{-1}", b"{4294967296}", b"{abc}", b"~{3}", b"CONDSTORE", b"UTF8=ACCEPT",
+               b"QRESYNC", b"(CONDSTORE)", b"(QRESYNC (1 1 1:*))", b"(QRESYNC (1 1 1:9 (1 2)))",
+               b"(CHANGEDSINCE 1 VANISHED)", b"(UNCHANGEDSINCE 0)", b"MODSEQ",
+               b'"/flags/\\seen"', b"9223372036854775808", b"(HIGHESTMODSEQ)"]
 
 
 def imap_line(rng: random.Random, logged_in: bool) -> bytes:

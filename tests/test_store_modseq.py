@@ -66,3 +66,57 @@ def test_folder_and_message_provide_the_store_interfaces(tmp_path):
     assert verifyObject(IMailFolder, f)
     assert verifyObject(IMessage, f.by_uid(uid))
     assert f.uids == [uid] and f.uids == [m.uid for m in f.messages]
+
+
+def test_expunged_uids_are_known_with_their_modseq_across_compaction_and_restart(tmp_path):
+    box = tmp_path / "box"
+    f = Folder(box)
+    uids = [f.append(b"Subject: %d\n\n" % n) for n in range(6)]
+    # Nothing expunged yet, and no record of how far back: not known (fall back).
+    assert f.expunged_since(0) is None
+    before = f.highest_modseq
+    f.expunge([uids[1], uids[3]])
+    middle = f.highest_modseq
+    assert f.expunged_since(before) == [uids[1], uids[3]]
+    assert f.expunged_since(middle) == []
+    assert f.expunged_since(before - 1) is None  # before the record starts
+    # Another program removes a file: the next scan records it too.
+    os.unlink(f.file_path(f.by_uid(uids[4])))
+    f._unsure = True
+    f.refresh()
+    assert f.expunged_since(middle) == [uids[4]]
+    f.compact()  # the change log starts afresh; the record does not
+    again = Folder(box)
+    assert again.expunged_since(before) == [uids[1], uids[3], uids[4]]
+    assert again.expunged_since(middle) == [uids[4]]
+    # Another process's folder object sees the same.
+    again.expunge([uids[0]])
+    assert f.expunged_since(middle) == [uids[0], uids[4]]
+
+
+def test_the_expunge_record_stays_bounded_and_says_how_far_back_it_knows(tmp_path, monkeypatch):
+    from netsuite.store import vanished
+
+    monkeypatch.setattr(vanished, "MAX_BYTES", 200)
+    f = Folder(tmp_path / "box")
+    uids = [f.append(b"Subject: %d\n\n" % n) for n in range(60)]
+    start = f.highest_modseq
+    marks = []
+    for u in uids:
+        f.expunge([u])
+        marks.append(f.highest_modseq)
+    path = f.path / vanished.NAME
+    assert path.stat().st_size <= 200 + 40
+    # The newest expunges are still known exactly; the oldest no longer are.
+    assert f.expunged_since(marks[-3]) == uids[-2:]
+    assert f.expunged_since(start) is None
+    known_from = min(m for m in [start] + marks if f.expunged_since(m) is not None)
+    n = ([start] + marks).index(known_from)
+    assert f.expunged_since(known_from) == uids[n:]
+    # A torn tail (a crash mid-write) is ignored and cut by the next writer.
+    with open(path, "ab") as out:
+        out.write(b"99")
+    assert f.expunged_since(marks[-3]) == uids[-2:]
+    extra = f.append(b"Subject: x\n\n")
+    f.expunge([extra])
+    assert f.expunged_since(marks[-1]) == [extra]

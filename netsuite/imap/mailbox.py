@@ -16,6 +16,7 @@ import weakref
 from twisted.mail import imap4
 from zope.interface import Attribute, implementer
 
+from netsuite.imap import wire
 from netsuite.imap.objectid import mailbox_id
 from netsuite.store.cache import MessageCache, cache_for
 from netsuite.store.folder import SYSTEM_FLAGS, Changes, Folder, Message
@@ -34,6 +35,9 @@ class ISessionMailbox(imap4.IMailboxInfo):
 
     def updates(allow_expunge):
         """Untagged responses for what others changed (O(changes))."""
+
+    def vanished_since(modseq, within, seq_match):
+        """UIDs expunged after C{modseq} (QRESYNC): a sequence set (O(expunges) or O(n))."""
 
     def message(uid):
         """The index entry of C{uid}, or None (a bisect)."""
@@ -126,6 +130,10 @@ class SessionMailbox:
         self._grown = False
         #: Set while this session changes flags itself (it reports them itself).
         self.quiet = False
+        #: RFC 7162, set by the session: flag updates carry MODSEQ (CONDSTORE),
+        #: expunges are told as VANISHED (QRESYNC).
+        self.condstore = False
+        self.qresync = False
         self.on_change = None
         store.watch(folder, self._changed)
         self._rendered = rendered_flags(store, folder)
@@ -157,15 +165,23 @@ class SessionMailbox:
                 seq = self.seq(uid)
                 msg = self.folder.by_uid(uid)
                 if seq and msg is not None:
-                    out.append(b"* %d FETCH (UID %d FLAGS %s)" % (seq, uid, self.flag_bytes(msg)))
+                    modseq = b" MODSEQ (%d)" % self.modseq_of(msg) if self.condstore else b""
+                    out.append(b"* %d FETCH (UID %d%s FLAGS %s)" % (
+                        seq, uid, modseq, self.flag_bytes(msg)))
             self._flag_changed.clear()
         if allow_expunge and self._expunged:
+            vanished = []
             for uid in sorted(self._expunged, reverse=True):
                 seq = self.seq(uid)
                 if seq:
                     del self.uids[seq - 1]
                     self.recent.discard(uid)
-                    out.append(b"* %d EXPUNGE" % seq)
+                    if self.qresync:
+                        vanished.append(uid)
+                    else:
+                        out.append(b"* %d EXPUNGE" % seq)
+            if vanished:  # RFC 7162 3.2.10: one line for them all, by UID
+                out.append(b"* VANISHED " + wire.seqset_text(reversed(vanished)))
             self._expunged.clear()
         if self._grown:
             self._grown = False
@@ -204,6 +220,65 @@ class SessionMailbox:
             if msg is not None and not msg.has("\\Seen"):
                 return n
         return 0
+
+    def modseq_of(self, msg: Message) -> int:
+        """The message's MODSEQ as IMAP tells it: positive (RFC 7162 mod-sequence-value)."""
+        return msg.modseq or 1
+
+    @property
+    def highest_modseq(self) -> int | None:
+        """HIGHESTMODSEQ, or None when the store keeps none (the session says NOMODSEQ)."""
+        value = getattr(self.folder, "highest_modseq", None)
+        return None if value is None else max(value, 1)
+
+    def vanished_since(self, modseq: int, within: wire.SeqSet | None = None,
+                       seq_match: tuple[wire.SeqSet, wire.SeqSet] | None = None) -> bytes:
+        """
+        The UIDs expunged after C{modseq} among C{within} (all if None) that this
+        session does not still count, as a sequence set (QRESYNC's VANISHED (EARLIER)).
+        When the store no longer knows that far back, every UID below UIDNEXT that is
+        not in the folder, as RFC 7162 3.2.5.2 allows; C{seq_match} (the client's
+        sequence numbers and their UIDs) then narrows it: below the last pair that
+        still matches, nothing was expunged.
+        """
+        top = self.folder.next_uid - 1
+        ranges = [(1, top)] if within is None else [
+            (min(lo, hi), max(lo, hi)) for a, b in within.ranges
+            for lo, hi in [(top if a is None else a, top if b is None else b)]]
+        present = self.uids if self.uids == self.folder.uids else \
+            sorted(set(self.uids) | set(self.folder.uids))
+        known = self.folder.expunged_since(modseq)
+        if known is not None:
+            merged: list[list[int]] = []
+            for lo, hi in sorted(ranges):
+                if merged and lo <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], hi)
+                else:
+                    merged.append([lo, hi])
+            starts = [lo for lo, _ in merged]
+            return wire.seqset_text(
+                u for u in known
+                if (i := bisect.bisect_right(starts, u) - 1) >= 0 and u <= merged[i][1] and
+                not _holds(present, u))
+        floor = 0
+        if seq_match is not None:
+            seqs, uids = _members(seq_match[0]), _members(seq_match[1])
+            if len(seqs) == len(uids):
+                for n, u in zip(seqs, uids, strict=True):
+                    if n > len(self.uids) or self.uids[n - 1] != u:
+                        break
+                    floor = u
+        gaps: list[tuple[int, int]] = []  # (first, last) runs of missing UIDs
+        for lo, hi in sorted(ranges):
+            lo = max(lo, floor + 1, gaps[-1][1] + 1 if gaps else 1)
+            i = bisect.bisect_left(present, lo)
+            while lo <= hi:
+                nxt = present[i] if i < len(present) else hi + 1
+                if nxt > lo:
+                    gaps.append((lo, min(nxt - 1, hi)))
+                lo = nxt + 1
+                i += 1
+        return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in gaps)
 
     def all_flags(self) -> list[str]:
         return list(SYSTEM_FLAGS) + sorted(self.folder.keywords)
@@ -282,10 +357,14 @@ class SessionMailbox:
         not while it holds \\Recent messages (those render differently here)."""
         return None if self.recent else self._rendered
 
-    def set_flags(self, msgs, flags, mode: int) -> None:
+    def set_flags(self, msgs, flags, mode: int, unchanged_since: int | None = None) -> list:
+        """The messages changed; with C{unchanged_since} only those whose MODSEQ is
+        not above it (STORE UNCHANGEDSINCE, checked under the folder lock)."""
         self.quiet = True
         try:
-            self.folder.set_flags(msgs, flags, mode)
+            if unchanged_since is None:
+                return self.folder.set_flags(msgs, flags, mode)
+            return self.folder.set_flags(msgs, flags, mode, unchanged_since=unchanged_since)
         finally:
             self.quiet = False
 
@@ -359,6 +438,26 @@ def status(folder: Folder, names) -> dict[str, int | str]:
             out[name] = sum(1 for m in folder.messages if "T" in m.letters)
         elif name == "DELETED-STORAGE":  # in units of 1024 octets (RFC 9208 4.4)
             out[name] = sum(folder.size_of(m) for m in folder.messages if "T" in m.letters) // 1024
+        elif name == "HIGHESTMODSEQ":
+            out[name] = max(folder.highest_modseq, 1)
         else:
             raise ValueError(name)
+    return out
+
+
+def _holds(values: list[int], n: int) -> bool:
+    i = bisect.bisect_left(values, n)
+    return i < len(values) and values[i] == n
+
+
+def _members(uids: wire.SeqSet) -> list[int]:
+    """The numbers of a set without '*', in the client's order (bounded: a seq-match
+    list is as long as the client wrote it, ranges aside)."""
+    out: list[int] = []
+    for a, b in uids.ranges:
+        lo, hi = (a or 0), (b or 0)
+        step = 1 if hi >= lo else -1
+        if abs(hi - lo) > 100000:
+            return []
+        out.extend(range(lo, hi + step, step))
     return out

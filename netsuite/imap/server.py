@@ -73,6 +73,8 @@ EXTENSIONS += [b"QUOTA", b"QUOTA=RES-STORAGE"]
 EXTENSIONS += [b"MULTIAPPEND"]
 EXTENSIONS += [b"OBJECTID"]
 EXTENSIONS += [b"SAVEDATE"]
+EXTENSIONS.append(b"CONDSTORE")
+EXTENSIONS.append(b"QRESYNC")
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -127,6 +129,8 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
         self.mbox = None
         #: After COMPRESS DEFLATE: the compressed input not yet read.
         self._inflater: Inflater | None = None
+        #: Extensions turned on by ENABLE or first use (CONDSTORE), see commands.general.
+        self.enabled: set[bytes] = set()
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
         #: Long FETCH/SEARCH renderings, stopped if the connection goes.

@@ -299,7 +299,7 @@ _MACROS = {
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
 _SIMPLE = {b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE",
-           b"BODY"}
+           b"BODY", b"MODSEQ"}
 #: OBJECTID (RFC 8474) and SAVEDATE (RFC 8514).
 _SIMPLE |= {b"EMAILID", b"THREADID", b"SAVEDATE"}
 
@@ -467,7 +467,26 @@ def _search_key(cur: Cursor):
         return (word, cur.flag().decode())
     if word == "UID":
         return ("UID", cur.seqset())
+    if word == "MODSEQ":
+        return ("MODSEQ", _search_modseq(cur))
     raise ParseError(f"Unknown search key {word}")
+
+
+_ENTRY_TYPES = {b"PRIV", b"SHARED", b"ALL"}
+
+
+def _search_modseq(cur: Cursor) -> int:
+    """RFC 7162 3.1.5: C{MODSEQ [entry-name SP entry-type-req SP] n}; the entry is not
+    told apart (one MODSEQ per message, as the RFC allows)."""
+    if cur.peek() in (0x22, LITERAL_MARK):
+        name = cur.string()
+        if not name.startswith(b"/flags/"):
+            raise ParseError("Bad MODSEQ entry name")
+        cur.sp()
+        if cur.atom().upper() not in _ENTRY_TYPES:
+            raise ParseError("Bad MODSEQ entry type")
+        cur.sp()
+    return mod_sequence(cur, zero=True)
 
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -511,6 +530,154 @@ def format_datetime(ts: float) -> bytes:
     return (f'"{t.tm_mday:2d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} '
             f'{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{off // 60:02d}{off % 60:02d}"'
             ).encode()
+
+
+# -- CONDSTORE / QRESYNC (RFC 7162) ----------------------------------------------------------
+
+#: mod-sequence-value: a positive 63-bit number.
+MAX_MODSEQ = (1 << 63) - 1
+
+
+def mod_sequence(cur: Cursor, zero: bool = False) -> int:
+    """mod-sequence-value (C{zero}: mod-sequence-valzer, 0 allowed)."""
+    d = cur._take_while(lambda c: 0x30 <= c <= 0x39)
+    if not d or len(d) > 19 or int(d) > MAX_MODSEQ:
+        raise ParseError("Expected a mod-sequence")
+    n = int(d)
+    if n == 0 and not zero:
+        raise ParseError("Expected a non-zero mod-sequence")
+    return n
+
+
+@dataclass
+class QResync:
+    """SELECT's QRESYNC parameter: what the client knew of the mailbox."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SeqSet | None = None
+    #: (known sequence numbers, their UIDs), to find expunges without a history.
+    seq_match: tuple[SeqSet, SeqSet] | None = None
+
+
+@dataclass
+class SelectParams:
+    condstore: bool = False
+    qresync: QResync | None = None
+
+
+def parse_select_params(cur: Cursor) -> SelectParams:
+    """After the mailbox name: C{[SP "(" select-param *(SP select-param) ")"]}."""
+    params = SelectParams()
+    if cur.at_end():
+        return params
+    cur.sp()
+    cur.expect(b"(")
+    first = True
+    while not cur.maybe(b")"):
+        if not first:
+            cur.sp()
+        first = False
+        name = cur.atom().upper()
+        if name == b"CONDSTORE":
+            params.condstore = True
+        elif name == b"QRESYNC" and params.qresync is None:
+            cur.sp()
+            params.qresync = _qresync(cur)
+        else:
+            raise ParseError(f"Unknown SELECT parameter {name.decode(errors='replace')}")
+    cur.end()
+    return params
+
+
+def _qresync(cur: Cursor) -> QResync:
+    cur.expect(b"(")
+    q = QResync(cur.nz_number(), 0)
+    cur.sp()
+    q.modseq = mod_sequence(cur)
+    if cur.maybe(b" "):
+        if cur.peek() != 0x28:
+            q.known_uids = _uid_set(cur)
+            if not cur.maybe(b" "):
+                cur.expect(b")")
+                return q
+        cur.expect(b"(")
+        seqs = cur.seqset()
+        cur.sp()
+        uids = _uid_set(cur)
+        cur.expect(b")")
+        q.seq_match = (seqs, uids)
+    cur.expect(b")")
+    return q
+
+
+def _uid_set(cur: Cursor) -> SeqSet:
+    """A sequence set without '*' (known-uids, RFC 7162)."""
+    s = cur.seqset()
+    if any(n is None for r in s.ranges for n in r):
+        raise ParseError("'*' is not allowed here")
+    return s
+
+
+@dataclass
+class FetchModifiers:
+    changedsince: int | None = None
+    vanished: bool = False
+
+
+def parse_fetch_modifiers(cur: Cursor) -> FetchModifiers:
+    """After the FETCH attributes: C{[SP "(" CHANGEDSINCE n [SP VANISHED] ")"]}, any order."""
+    mods = FetchModifiers()
+    if cur.at_end():
+        return mods
+    cur.sp()
+    cur.expect(b"(")
+    seen: set[bytes] = set()
+    while not cur.maybe(b")"):
+        if seen:
+            cur.sp()
+        name = cur.atom().upper()
+        if name in seen:
+            raise ParseError("FETCH modifier given twice")
+        seen.add(name)
+        if name == b"CHANGEDSINCE":
+            cur.sp()
+            mods.changedsince = mod_sequence(cur)
+        elif name == b"VANISHED":
+            mods.vanished = True
+        else:
+            raise ParseError(f"Unknown FETCH modifier {name.decode(errors='replace')}")
+    if not seen:
+        raise ParseError("Empty FETCH modifier list")
+    if mods.vanished and mods.changedsince is None:
+        raise ParseError("VANISHED needs CHANGEDSINCE")
+    cur.end()
+    return mods
+
+
+def parse_store_modifiers(cur: Cursor) -> int | None:
+    """Before the STORE item: C{"(" UNCHANGEDSINCE n ")" SP}; the number, or None."""
+    if not cur.maybe(b"("):
+        return None
+    name = cur.atom().upper()
+    if name != b"UNCHANGEDSINCE":
+        raise ParseError(f"Unknown STORE modifier {name.decode(errors='replace')}")
+    cur.sp()
+    n = mod_sequence(cur, zero=True)
+    cur.expect(b")")
+    cur.sp()
+    return n
+
+
+def seqset_text(values) -> bytes:
+    """Ascending numbers -> the shortest sequence set, C{1:3,7}; b"" for none."""
+    runs: list[list[int]] = []
+    for n in values:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
 
 
 # -- rendering ----------------------------------------------------------------------------------

@@ -130,15 +130,22 @@ class IMailFolder(Interface):
     def read_wire(msg) -> bytes:
         """The message with CRLF line ends: reads the whole file."""
 
-    def set_flags(msgs, flags, mode: int) -> list:
+    def set_flags(msgs, flags, mode: int, unchanged_since=None) -> list:
         """
         Replace (0), add (1) or remove (-1) flags; the messages that changed.
+        With C{unchanged_since}, messages whose MODSEQ is above it are skipped.
         Takes the folder lock; one rename per message whose system flags
         change and one change-log record each, not fsynced: O(k).
         """
 
     def expunge(uids) -> list:
         """Remove messages; the UIDs removed.  One unlink and one log record each: O(k)."""
+
+    def expunged_since(modseq: int):
+        """
+        UIDs expunged after MODSEQ C{modseq} (RFC 7162 QRESYNC), ascending, or None
+        when the folder no longer knows that far back: reads a small file, O(expunges kept).
+        """
 
     def append(data: bytes, flags=(), date=None, notify: bool = True) -> int:
         """

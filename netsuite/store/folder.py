@@ -51,7 +51,7 @@ from typing import BinaryIO, NamedTuple
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from netsuite.store import IMailFolder, IMessage, changelog
+from netsuite.store import IMailFolder, IMessage, changelog, vanished
 from netsuite.store.keywords import LETTERS as KEYWORD_LETTERS
 from netsuite.store.keywords import KeywordLetters
 from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
@@ -465,6 +465,8 @@ class Folder:
         self._log_missing = False
         #: Records (sizes, dates, \\Recent) not worth a write of their own.
         self._pending: list[bytes] = []
+        #: Expunges (uid, modseq) for C{netsuite-vanished}, written with their log records.
+        self._vanished: list[tuple[int, int]] = []
         self._compact_scheduled = False
         ensure_maildir(self.path)
         with self._lock():
@@ -707,6 +709,26 @@ class Folder:
         if msg is not None:
             msg.modseq = self.highest_modseq
         return self.highest_modseq
+
+    def _gone(self, uid: int) -> bytes:
+        """Under the lock: the next MODSEQ for an expunge of C{uid}; its log record."""
+        modseq = self._bump()
+        self._vanished.append((uid, modseq))
+        return _rec_gone(uid, modseq)
+
+    def _write_vanished(self) -> None:
+        """Under the lock: the expunges of this round into C{netsuite-vanished} (QRESYNC)."""
+        pairs, self._vanished = self._vanished, []
+        try:
+            vanished.record(self.path / vanished.NAME, self.uidvalidity, pairs)
+        except OSError as e:
+            # Soft: without it a resynchronising client is told every missing UID.
+            log.warn("cannot record expunges in {path}: {error}", path=str(self.path), error=e)
+            (self.path / vanished.NAME).unlink(missing_ok=True)
+
+    def expunged_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after MODSEQ C{modseq}; None when that is too far back to know."""
+        return vanished.since(self.path / vanished.NAME, self.uidvalidity, modseq)
 
     def _drop(self, gone: set[int]) -> None:
         for m in self.messages:
@@ -1059,8 +1081,10 @@ class Folder:
             msg = self._by_base.get(split_name(name)[0])
             if msg is not None and (msg.sub, msg.name) == (sub, name):
                 changes.expunged.append(msg.uid)
-                records.append(_rec_gone(msg.uid, self._bump()))
+                records.append(self._gone(msg.uid))
         self._names = disk
+        if self._vanished:
+            self._write_vanished()
         if changes.expunged:
             gone = set(changes.expunged)
             self.messages = [m for m in self.messages if m.uid not in gone]
@@ -1211,11 +1235,14 @@ class Folder:
 
     # -- changing -------------------------------------------------------------------
 
-    def set_flags(self, msgs: Iterable[Message], flags: Iterable[str], mode: int) -> list[Message]:
+    def set_flags(self, msgs: Iterable[Message], flags: Iterable[str], mode: int,
+                  unchanged_since: int | None = None) -> list[Message]:
         """
         Replace (mode 0), add (1) or remove (-1) C{flags}: system flags by
         renaming the file into C{cur/}, keywords in the index.  Returns the
-        messages whose flags changed.
+        messages whose flags changed.  With C{unchanged_since}, a message whose
+        MODSEQ is above it (changed since, by anyone) is left alone (RFC 7162
+        STORE UNCHANGEDSINCE: the test and the change under one lock).
 
         Under the folder lock, after taking in the other processes' changes;
         a file renamed meanwhile by a program that does not lock (mutt) is
@@ -1231,6 +1258,8 @@ class Folder:
         with self._lock():
             self._sync_locked(others)
             for msg in msgs:
+                if unchanged_since is not None and msg.modseq > unchanged_since:
+                    continue
                 for _attempt in range(3):
                     try:
                         result = self._flag_one(msg, system, keywords, mode)
@@ -1325,8 +1354,9 @@ class Folder:
             if gone:
                 self._drop(set(gone))
             if gone or scanned:
-                self._log(scanned + [_rec_gone(uid, self._bump()) for uid in gone],
-                          durable=allocated)
+                records = [self._gone(uid) for uid in gone]
+                self._write_vanished()
+                self._log(scanned + records, durable=allocated)
         _tidy(others)
         if others:
             self._notify(others)

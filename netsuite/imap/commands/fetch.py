@@ -11,6 +11,7 @@ from netsuite.imap import objectid, wire
 from netsuite.imap.binary import UnknownCTE, binary_section
 from netsuite.imap.commands import EXPUNGE_ISSUED, SessionBase
 from netsuite.imap.message import Part, bodystructure, envelope
+from netsuite.imap.wire import ParseError
 from netsuite.store.folder import Message
 
 #: Messages rendered per reactor turn by FETCH (and scanned per turn by SEARCH).
@@ -30,11 +31,25 @@ class FetchCommands(SessionBase):
         seqset = cur.seqset()
         cur.sp()
         atts = wire.parse_fetch_atts(cur)
-        cur.end()
+        mods = wire.parse_fetch_modifiers(cur)
+        if mods.vanished and not (uid and b"QRESYNC" in self.enabled):
+            raise ParseError("VANISHED needs UID FETCH and ENABLE QRESYNC")
         if uid and not any(a.name == "UID" for a in atts):
             atts.insert(0, wire.FetchAtt("UID"))
+        since = mods.changedsince
+        if since is not None and not any(a.name == "MODSEQ" for a in atts):
+            atts.append(wire.FetchAtt("MODSEQ"))  # RFC 7162 3.1.4.1
+        if any(a.name == "MODSEQ" for a in atts):
+            self._condstore_used()
         targets = self._targets(seqset, uid)
         mbox = self.mbox
+        if since is not None:
+            if mods.vanished:  # before any FETCH response (RFC 7162 3.2.6)
+                gone = mbox.vanished_since(since, seqset)
+                if gone:
+                    self.send(b"* VANISHED (EARLIER) " + gone)
+            targets = [u for u in targets
+                       if (m := mbox.message(u)) is None or mbox.modseq_of(m) > since]
         marks_seen = mbox.writeable and any(
             a.section is not None and not a.section.peek for a in atts)
         add_flags = set()
@@ -167,6 +182,8 @@ class FetchCommands(SessionBase):
             name = att.name
             if name == "UID":
                 items.append(b"UID %d" % msg.uid)
+            elif name == "MODSEQ":
+                items.append(b"MODSEQ (%d)" % mbox.modseq_of(msg))
             elif name == "FLAGS":
                 items.append(b"FLAGS " + mbox.flag_bytes(msg))
             elif name == "INTERNALDATE":
@@ -223,6 +240,11 @@ class FetchCommands(SessionBase):
                     items.append(wire.section_label(sec) + b" " + wire.literal(value))
         if add_flags:
             items.append(b"FLAGS " + mbox.flag_bytes(msg))
+            if mbox.condstore:  # \Seen set: told with UID and MODSEQ (RFC 7162 3.1)
+                if not any(a.name == "UID" for a in atts):
+                    items.append(b"UID %d" % msg.uid)
+                if not any(a.name == "MODSEQ" for a in atts):
+                    items.append(b"MODSEQ (%d)" % mbox.modseq_of(msg))
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
 
 

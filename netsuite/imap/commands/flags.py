@@ -4,6 +4,7 @@ Changing flags and removing messages: STORE and (UID) EXPUNGE.
 
 from __future__ import annotations
 
+from netsuite.imap import wire
 from netsuite.imap.commands import EXPUNGE_ISSUED, SessionBase
 from netsuite.imap.wire import ParseError
 
@@ -14,6 +15,7 @@ class FlagCommands(SessionBase):
     def imap_STORE(self, tag, cur, uid=False):
         seqset = cur.seqset()
         cur.sp()
+        unchanged = wire.parse_store_modifiers(cur)
         item = cur.atom().upper()
         cur.sp()
         flags = cur.flag_list()
@@ -29,15 +31,40 @@ class FlagCommands(SessionBase):
             self._tagged(tag, b"NO", b"[READ-ONLY] Mailbox is read-only", allow_expunge=uid)
             return
         mbox = self.mbox
+        if unchanged is not None:
+            self._condstore_used()
         msgs = mbox.messages(targets)
-        mbox.set_flags(msgs, flags, mode)
-        if not silent:
-            for m in msgs:
+        found = len(msgs)
+        failed: list = []
+        if unchanged is None:
+            changed = mbox.set_flags(msgs, flags, mode)
+        else:
+            # RFC 7162 3.1.3: a message changed since (MODSEQ above the number) is left
+            # alone and named in MODIFIED; UNCHANGEDSINCE 0 leaves every message alone.
+            changed = mbox.set_flags(msgs, flags, mode, unchanged) if unchanged else []
+            done = {id(m) for m in changed}
+            failed = [m for m in msgs if id(m) not in done and
+                      (not unchanged or mbox.modseq_of(m) > unchanged)]
+            bad = {id(m) for m in failed}
+            msgs = [m for m in msgs if id(m) not in bad]
+        condstore = mbox.condstore
+        if not silent or (condstore and unchanged is not None):
+            told = msgs if not silent else changed
+            for m in told:
                 seq = mbox.seq(m.uid)
-                if seq:
-                    uidpart = b" UID %d" % m.uid if uid else b""
-                    self.send(b"* %d FETCH (FLAGS %s%s)" % (seq, mbox.flag_bytes(m), uidpart))
-        if len(msgs) < len(targets):
+                if not seq:
+                    continue
+                items = [] if silent else [b"FLAGS " + mbox.flag_bytes(m)]
+                if uid or condstore:
+                    items.append(b"UID %d" % m.uid)
+                if condstore:
+                    items.append(b"MODSEQ (%d)" % mbox.modseq_of(m))
+                self.send(b"* %d FETCH (%s)" % (seq, b" ".join(items)))
+        if failed:
+            numbers = sorted(m.uid if uid else mbox.seq(m.uid) for m in failed)
+            self._tagged(tag, b"OK", b"[MODIFIED %s] Conditional STORE failed" %
+                         wire.seqset_text(n for n in numbers if n), allow_expunge=uid)
+        elif found < len(targets):
             self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
         else:
             self._tagged(tag, b"OK", b"STORE completed", allow_expunge=uid)
@@ -52,4 +79,6 @@ class FlagCommands(SessionBase):
             return
         doomed = [u for u in self.mbox.deleted() if which is None or u in which]
         self.mbox.expunge_uids(doomed)
-        self._tagged(tag, b"OK", b"EXPUNGE completed")
+        highest = self.mbox.highest_modseq if self.mbox.condstore else None
+        code = b"" if highest is None else b"[HIGHESTMODSEQ %d] " % highest  # RFC 7162 3.2.7
+        self._tagged(tag, b"OK", code + b"EXPUNGE completed")

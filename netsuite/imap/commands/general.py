@@ -5,8 +5,17 @@ ENABLE, NAMESPACE, IDLE, CHECK.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.wire import ParseError
+
+#: ENABLE (RFC 5161): each extension it knows, and what enabling it does to the
+#: session besides adding its name to C{session.enabled} (None: nothing more).
+ENABLERS: dict[bytes, Callable[["GeneralCommands"], None] | None] = {
+    b"CONDSTORE": lambda s: s._condstore_used(),
+    b"QRESYNC": lambda s: s._enable_qresync(),  # implies CONDSTORE (RFC 7162 3.2.3)
+}
 
 
 class GeneralCommands(SessionBase):
@@ -43,13 +52,48 @@ class GeneralCommands(SessionBase):
         self._tagged(tag, b"OK", b"ID completed")
 
     def imap_ENABLE(self, tag, cur):
-        cur.atom()
+        names = [cur.atom().upper()]
         while cur.maybe(b" "):
-            cur.atom()
+            names.append(cur.atom().upper())
         cur.end()
-        # No extension that needs enabling (CONDSTORE, UTF8=ACCEPT) is offered.
-        self.send(b"* ENABLED")
+        before = set(self.enabled)
+        done: list[bytes] = []
+        for name in names:
+            if name not in ENABLERS or name in before or name in done:
+                continue  # unknown, or on already: not listed (RFC 5161 3.1)
+            action = ENABLERS[name]
+            if action is not None:
+                action(self)
+            self.enabled.add(name)
+            done.append(name)
+        self.send(b" ".join([b"* ENABLED", *done]))
         self._tagged(tag, b"OK", b"ENABLE completed")
+
+    def _condstore_used(self) -> None:
+        """
+        A CONDSTORE-enabling command (RFC 7162 3.1): from now on FETCH responses
+        carry MODSEQ and SELECT tells HIGHESTMODSEQ; with a mailbox selected, its
+        HIGHESTMODSEQ is told at once.
+        """
+        if b"CONDSTORE" in self.enabled:
+            return
+        self.enabled.add(b"CONDSTORE")
+        if self.mbox is not None:
+            self.mbox.condstore = True
+            self._send_highestmodseq()
+
+    def _enable_qresync(self) -> None:
+        self._condstore_used()
+        self.enabled.add(b"QRESYNC")
+        if self.mbox is not None:
+            self.mbox.qresync = True
+
+    def _send_highestmodseq(self) -> None:
+        highest = self.mbox.highest_modseq
+        if highest is None:
+            self.send(b"* OK [NOMODSEQ] No permanent modsequences")
+        else:
+            self.send(b"* OK [HIGHESTMODSEQ %d] Highest" % highest)
 
     def imap_NAMESPACE(self, tag, cur):
         cur.end()

@@ -20,6 +20,8 @@ STATUS_ITEMS += ("DELETED", "DELETED-STORAGE")
 STATUS_ITEMS += ("APPENDLIMIT",)
 #: MAILBOXID (RFC 8474).
 STATUS_ITEMS += ("MAILBOXID",)
+#: HIGHESTMODSEQ (RFC 7162, CONDSTORE).
+STATUS_ITEMS += ("HIGHESTMODSEQ",)
 
 
 class MailboxCommands(SessionBase):
@@ -27,8 +29,15 @@ class MailboxCommands(SessionBase):
 
     def _select(self, tag, cur, rw: bool):
         name = self._mailbox_name(cur)
-        cur.end()
-        self._deselect()
+        params = wire.parse_select_params(cur)
+        if params.qresync is not None and b"QRESYNC" not in self.enabled:
+            raise ParseError("QRESYNC is not enabled (ENABLE QRESYNC first)")
+        if self.mbox is not None:
+            self._deselect()
+            # RFC 7162 3.2.11: what follows is about the mailbox being selected.
+            self.send(b"* OK [CLOSED] Previous mailbox closed")
+        if params.condstore or params.qresync is not None:
+            self._condstore_used()  # nothing selected: nothing told yet
         mbox = self.account.select(name, rw)
         if mbox is None:
             self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
@@ -36,6 +45,8 @@ class MailboxCommands(SessionBase):
         self.mbox = mbox
         self.state = "select"
         mbox.on_change = self._mailbox_changed
+        mbox.condstore = b"CONDSTORE" in self.enabled
+        mbox.qresync = b"QRESYNC" in self.enabled
         flags = " ".join(mbox.all_flags()).encode()
         self.send(b"* FLAGS (" + flags + b")")
         if rw:
@@ -50,8 +61,34 @@ class MailboxCommands(SessionBase):
         self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.uidvalidity)
         self.send(b"* OK [UIDNEXT %d] Predicted next UID" % mbox.next_uid)
         self.send(b"* OK [MAILBOXID (%s)] Ok" % mailbox_id(mbox.folder).encode())  # RFC 8474
+        if mbox.condstore:
+            self._send_highestmodseq()
+            q = params.qresync
+            if q is not None and q.uidvalidity == mbox.uidvalidity and \
+                    mbox.highest_modseq is not None:
+                self._resync(mbox, q)
         mode = b"[READ-WRITE] SELECT" if rw else b"[READ-ONLY] EXAMINE"
         self.send(tag + b" OK " + mode + b" completed")
+
+    def _resync(self, mbox, q: wire.QResync) -> None:
+        """
+        QRESYNC (RFC 7162 3.2.5): what changed since the client's MODSEQ, among the
+        UIDs it knows: the expunged as VANISHED (EARLIER), the rest as FETCH.
+        """
+        gone = mbox.vanished_since(q.modseq, q.known_uids, q.seq_match)
+        if gone:
+            self.send(b"* VANISHED (EARLIER) " + gone)
+        top = mbox.uids[-1] if mbox.uids else 0
+        out = []
+        for seq, uid in enumerate(mbox.uids, 1):
+            msg = mbox.message(uid)
+            if msg is None or mbox.modseq_of(msg) <= q.modseq:
+                continue
+            if q.known_uids is None or q.known_uids.contains(uid, top):
+                out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
+                    seq, uid, mbox.flag_bytes(msg), mbox.modseq_of(msg)))
+        if out:
+            self.transport.writeSequence(out)
 
     def imap_SELECT(self, tag, cur):
         self._select(tag, cur, True)
@@ -151,6 +188,8 @@ class MailboxCommands(SessionBase):
         cur.end()
         if not items or any(i not in STATUS_ITEMS for i in items):
             raise ParseError("Unknown STATUS item")
+        if "HIGHESTMODSEQ" in items:
+            self._condstore_used()
         try:
             values = self.account.status(name, items)
         except NoSuchFolder:

@@ -30,6 +30,10 @@ class SearchCommands(SessionBase):
         mbox = self.mbox
         uids = list(mbox.uids)
         found: list[int] = []
+        #: RFC 7162 3.1.5: a MODSEQ key makes the response end in the highest MODSEQ found.
+        modseq = [0] if _uses_modseq(keys) else None
+        if modseq is not None:
+            self._condstore_used()
         star_seq = len(uids)
         star_uid = uids[-1] if uids else 0
 
@@ -40,11 +44,14 @@ class SearchCommands(SessionBase):
                     ctx = _SearchContext(mbox, seq, msg, star_seq, star_uid)
                     if all(ctx.match(k) for k in keys):
                         found.append(u if uid else seq)
+                        if modseq is not None:
+                            modseq[0] = max(modseq[0], mbox.modseq_of(msg))
                 if seq % FETCH_BATCH == 0:
                     yield None
 
         def done(_=None):
-            self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
+            tail = b" (MODSEQ %d)" % modseq[0] if modseq is not None and found else b""
+            self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + tail)
             self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
 
         if len(uids) <= FETCH_BATCH:
@@ -95,6 +102,8 @@ class _SearchContext:
             return key[1].contains(self.seq, self.star_seq)
         if op == "UID":
             return key[1].contains(m.uid, self.star_uid)
+        if op == "MODSEQ":
+            return mbox.modseq_of(m) >= key[1]
         flag = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
                 "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
         if op in flag:
@@ -143,6 +152,19 @@ class _SearchContext:
             return needle in self._text(self.part.data) or any(
                 needle in decoded(v).lower() for _, v in self.part.fields)
         raise ParseError(f"Unknown search key {op}")
+
+
+def _uses_modseq(keys) -> bool:
+    """Whether a MODSEQ key occurs anywhere in parsed search keys."""
+    for key in keys:
+        op = key[0]
+        if op == "MODSEQ":
+            return True
+        if op == "AND" and _uses_modseq(key[1]):
+            return True
+        if op in ("NOT", "OR") and _uses_modseq(key[1:]):
+            return True
+    return False
 
 
 def _compare_date(op: str, day, ref) -> bool:
