@@ -56,28 +56,28 @@ class Part:
     # -- sections ----------------------------------------------------------------------
 
     def subpart(self, path: tuple[int, ...]) -> "Part | None":
-        """Part numbers as in BODY[1.2]: None when there is no such part."""
+        """
+        Part numbers as in BODY[1.2]: None when there is no such part.
+
+        A message (the top level, or one a message/rfc822 part encapsulates)
+        numbers its multipart children, or else has one part, its body; a
+        message/rfc822 part numbers as the message it holds, so 1.1.1 walks
+        two embeddings down (RFC 3501 6.4.5).
+        """
         part = self
-        for n in path:
-            if part.children:
-                if n > len(part.children):
-                    return None
-                part = part.children[n - 1]
+        for depth, n in enumerate(path):
+            if depth == 0:
+                numbered = _numbered(part)
+            elif part.children:
+                numbered = part.children
             elif part.message is not None:
-                inner = part.message
-                if inner.children:
-                    if n > len(inner.children):
-                        return None
-                    part = inner.children[n - 1]
-                elif n == 1:
-                    part = inner
-                else:
-                    return None
-            elif n == 1:
-                # A non-multipart entity has one part: itself (its body).
-                part = _BodyOnly(part) if part is self else part
+                numbered = _numbered(part.message)
             else:
+                # A leaf body part: 1 names itself.
+                numbered = [part]
+            if not 1 <= n <= len(numbered):
                 return None
+            part = numbered[n - 1]
         return part
 
     def section(self, path: tuple[int, ...], kind: str, fields: tuple[bytes, ...]) -> bytes | None:
@@ -101,13 +101,20 @@ class Part:
         return pick_headers(part.header, fields, kind == "HEADER.FIELDS.NOT")
 
 
+def _numbered(message: Part) -> list[Part]:
+    """The parts a message numbers: its multipart children, or its body as part 1."""
+    return message.children or [_BodyOnly(message)]
+
+
 class _BodyOnly(Part):
-    """Part 1 of a single-part message: the body, with the message's MIME header."""
+    """
+    Part 1 of a single-part message: the body, with the message's MIME header;
+    a message/rfc822 body keeps the message it encapsulates.
+    """
 
     def __init__(self, outer: Part):
         self.__dict__.update(outer.__dict__)
         self.data = outer.body
-        self.message = None
 
 
 def parse_header(header: bytes) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,65 @@
+"""
+IMAP4 details imaptest's compliance groups check, against the real daemon with
+imaplib and raw sockets: message/rfc822 sections, source routes, MOVE's
+COPYUID, address SEARCH, RECENT on EXAMINE, LSUB's \\Noselect parents and
+keywords announced in FLAGS before they are used.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+
+import pytest
+from test_imap import USERS, RawIMAP, connect, crlf, put
+
+#: imaptest's fetch-body-message-rfc822-x2 message: a message/rfc822 holding
+#: another message/rfc822.
+NESTED = crlf(b"From: user@domain.org\nDate: Sat, 24 Mar 2007 23:00:00 +0200\n"
+              b"Mime-Version: 1.0\nContent-Type: message/rfc822\n\n"
+              b"From: user2@domain.org\nDate: Fri, 23 Mar 2007 11:22:33 +0200\n"
+              b"Mime-Version: 1.0\nContent-Type: message/rfc822\n\n"
+              b"From: sub@domain.org\nSubject: submsg\n\nHello world\n")
+
+DIGEST = crlf(b"From: user@domain.org\nContent-Type: message/rfc822\n\n"
+              b"From: sub@domain.org\nContent-Type: multipart/digest; boundary=\"foo\"\n\n"
+              b"prologue\n\n--foo \n\nFrom: m1@example.com\nSubject: m1\n\nm1 body\n\n"
+              b"--foo \nX-Mime: m2 header\n\nFrom: m2@example.com\nSubject: m2\n\nm2 body\n\n"
+              b"--foo--\n\nepilogue\n")
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon(listeners=["imap", "imaps"], users=USERS,
+                       config={"store": {"poll_interval": 0.2}})
+
+
+def body(m, spec: str, seq: str = "1") -> bytes:
+    typ, data = m.fetch(seq, f"(BODY.PEEK[{spec}])")
+    assert typ == "OK", data
+    return data[0][1]
+
+
+def test_sections_of_embedded_messages(daemon):
+    put(daemon, "alice", NESTED)
+    put(daemon, "alice", DIGEST)
+    m = connect(daemon)
+    m.select("INBOX")
+    inner = NESTED.split(b"\r\n\r\n", 1)[1]
+    innermost = inner.split(b"\r\n\r\n", 1)[1]
+    # BODY[1] of a single-part message/rfc822 is the whole embedded message.
+    assert body(m, "1") == inner
+    assert body(m, "1.HEADER") == inner.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    assert body(m, "1.TEXT") == innermost
+    assert body(m, "1.HEADER.FIELDS (FROM)") == b"From: user2@domain.org\r\n\r\n"
+    # One level further down: the second embedding.
+    assert body(m, "1.1") == innermost
+    assert body(m, "1.1.HEADER") == b"From: sub@domain.org\r\nSubject: submsg\r\n\r\n"
+    assert body(m, "1.1.TEXT") == b"Hello world\r\n"
+    assert body(m, "1.1.1") == b"Hello world\r\n"
+    # A digest inside the embedded message: its parts are message/rfc822 by default.
+    assert body(m, "1.1", "2") == b"From: m1@example.com\r\nSubject: m1\r\n\r\nm1 body\r\n"
+    assert body(m, "1.2.MIME", "2") == b"X-Mime: m2 header\r\n\r\n"
+    assert body(m, "1.2.HEADER", "2") == b"From: m2@example.com\r\nSubject: m2\r\n\r\n"
+    assert body(m, "1.2.TEXT", "2") == b"m2 body\r\n"
+    m.logout()
