@@ -63,3 +63,16 @@ def test_sections_of_embedded_messages(daemon):
     assert body(m, "1.2.HEADER", "2") == b"From: m2@example.com\r\nSubject: m2\r\n\r\n"
     assert body(m, "1.2.TEXT", "2") == b"m2 body\r\n"
     m.logout()
+
+
+def test_envelope_keeps_source_routes(daemon):
+    put(daemon, "alice", crlf(b"From: <@route:user@domain>\nTo: Name <@r1,@r2:to@example.test>, "
+                              b"\"a, b\" <ab@example.test>\nSubject: r\n\nbody\n"))
+    m = connect(daemon)
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(ENVELOPE)")
+    assert typ == "OK", data
+    env = data[0]
+    assert b'((NIL "@route" "user" "domain"))' in env
+    assert b'(("Name" "@r1,@r2" "to" "example.test")("a, b" NIL "ab" "example.test"))' in env
+    m.logout()

@@ -255,14 +255,63 @@ def _split_groups(text: str) -> list[tuple[str | None, str]]:
     return runs
 
 
-def _address(name: str, addr: str) -> bytes:
+def _split_addresses(text: str) -> list[str]:
+    """A mailbox list at its top-level commas (not those in quotes, comments, <...>)."""
+    out = []
+    depth_angle = depth_comment = 0
+    quoted = escaped = False
+    start = 0
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif quoted:
+            quoted = c != '"'
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth_comment += 1
+        elif c == ")" and depth_comment:
+            depth_comment -= 1
+        elif depth_comment:
+            continue
+        elif c == "<":
+            depth_angle += 1
+        elif c == ">" and depth_angle:
+            depth_angle -= 1
+        elif c == "," and not depth_angle:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
+
+
+#: An obsolete source route at the start of an angle-addr: <@a,@b:user@domain> (RFC 5322 4.4).
+_ROUTE = re.compile(r"<\s*(@[^<>\":]*?)\s*:")
+
+
+def _address(name: str, addr: str, route: str | None = None) -> bytes:
     local, at, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
 
     def enc(s):
         return s.encode("utf-8", "surrogateescape") if s else None
 
-    return b"(" + b" ".join([_nstring(enc(name)), b"NIL", _nstring(enc(local)),
+    return b"(" + b" ".join([_nstring(enc(name)), _nstring(enc(route)), _nstring(enc(local)),
                              _nstring(enc(domain) if at else None)]) + b")"
+
+
+def _mailboxes(members: str) -> list[bytes]:
+    """Each mailbox of a list as an ENVELOPE address, its source route kept (Dovecot does)."""
+    out = []
+    for item in _split_addresses(members):
+        route = _ROUTE.search(item)
+        if route:
+            item = item[:route.start(1)] + item[route.end():]
+        for name, addr in email.utils.getaddresses([item]):
+            if addr or name:
+                out.append(_address(name, addr, route.group(1) if route else None))
+    return out
 
 
 def addresses(value: bytes | None) -> bytes:
@@ -275,9 +324,7 @@ def addresses(value: bytes | None) -> bytes:
             # Group syntax: (NIL NIL "name" NIL) members (NIL NIL NIL NIL).
             out.append(b"(NIL NIL " + string(group.encode("utf-8", "surrogateescape")) +
                        b" NIL)")
-        for name, addr in email.utils.getaddresses([members]):
-            if addr or name:
-                out.append(_address(name, addr))
+        out.extend(_mailboxes(members))
         if group is not None:
             out.append(b"(NIL NIL NIL NIL)")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
