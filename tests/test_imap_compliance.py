@@ -76,3 +76,19 @@ def test_envelope_keeps_source_routes(daemon):
     assert b'((NIL "@route" "user" "domain"))' in env
     assert b'(("Name" "@r1,@r2" "to" "example.test")("a, b" NIL "ab" "example.test"))' in env
     m.logout()
+
+
+def test_search_matches_addresses_written_out_again(daemon):
+    put(daemon, "alice", crlf(b"From: <user-from (comment)@ (comment) domain.org>\n"
+                              b"To: group: g1@domain.org, =?utf-8?q?J=C3=B6rg?= <j@domain.org>;\n"
+                              b"Subject: s\n\nbody\n"))
+    put(daemon, "alice", crlf(b"From: other@domain.org\nSubject: s\n\nbody\n"))
+    m = connect(daemon)
+    m.select("INBOX")
+    assert m.search(None, "FROM", "user-from@domain.org") == ("OK", [b"1"])
+    assert m.search(None, "FROM", "domain.org") == ("OK", [b"1 2"])
+    assert m.search(None, "TO", "g1@domain.org") == ("OK", [b"1"])
+    m.literal = "Jörg <j@".encode()
+    assert m.search("UTF-8", "TO") == ("OK", [b"1"])
+    assert m.search(None, "FROM", "nobody@domain.org") == ("OK", [b""])
+    m.logout()

@@ -301,8 +301,8 @@ def _address(name: str, addr: str, route: str | None = None) -> bytes:
                              _nstring(enc(domain) if at else None)]) + b")"
 
 
-def _mailboxes(members: str) -> list[bytes]:
-    """Each mailbox of a list as an ENVELOPE address, its source route kept (Dovecot does)."""
+def _parse_mailboxes(members: str) -> list[tuple[str, str | None, str]]:
+    """(display name, source route or None, address) of each mailbox of a list."""
     out = []
     for item in _split_addresses(members):
         route = _ROUTE.search(item)
@@ -310,8 +310,32 @@ def _mailboxes(members: str) -> list[bytes]:
             item = item[:route.start(1)] + item[route.end():]
         for name, addr in email.utils.getaddresses([item]):
             if addr or name:
-                out.append(_address(name, addr, route.group(1) if route else None))
+                out.append((name, route.group(1) if route else None, addr))
     return out
+
+
+def _mailboxes(members: str) -> list[bytes]:
+    """Each mailbox of a list as an ENVELOPE address, its source route kept (Dovecot does)."""
+    return [_address(name, addr, route) for name, route, addr in _parse_mailboxes(members)]
+
+
+def address_text(value: bytes) -> str:
+    """
+    An address header as SEARCH FROM/TO/CC/BCC matches it, the way Dovecot
+    does: each mailbox written out again as C{name <local@domain>} (comments
+    and odd spacing gone, RFC 2047 names decoded), groups as C{name: ...;}.
+    """
+    text = value.decode("utf-8", "surrogateescape")
+    out = []
+    for group, members in _split_groups(text):
+        mailboxes = ", ".join(f"{decoded(name.encode('utf-8', 'surrogateescape'))} <{addr}>"
+                              if name else addr
+                              for name, _, addr in _parse_mailboxes(members))
+        if group is not None:
+            out.append(f"{group}: {mailboxes};")
+        elif mailboxes:
+            out.append(mailboxes)
+    return ", ".join(out)
 
 
 def addresses(value: bytes | None) -> bytes:
