@@ -92,3 +92,28 @@ def test_search_matches_addresses_written_out_again(daemon):
     assert m.search("UTF-8", "TO") == ("OK", [b"1"])
     assert m.search(None, "FROM", "nobody@domain.org") == ("OK", [b""])
     m.logout()
+
+
+def test_examine_shows_recent_without_taking_it(daemon):
+    put(daemon, "alice", crlf(b"Subject: one\n\n1\n"))
+    put(daemon, "alice", crlf(b"Subject: two\n\n2\n"))
+    m = connect(daemon)
+    m.select("INBOX", readonly=True)
+    assert m.untagged_responses["RECENT"] == [b"2"]
+    typ, data = m.fetch("1:*", "(FLAGS)")
+    assert all(b"\\Recent" in line for line in data), data
+    # New mail while EXAMINEd is \Recent here too.
+    put(daemon, "alice", crlf(b"Subject: three\n\n3\n"))
+    r = RawIMAP(daemon)
+    r.login()
+    r.send(b"e EXAMINE INBOX\r\n")
+    assert b"* 3 RECENT\r\n" in r.until_tagged(b"e")
+    r.close()
+    m.close()
+    # EXAMINE took nothing: SELECT still finds all three \Recent; the next SELECT none.
+    m.select("INBOX")
+    assert m.untagged_responses["RECENT"] == [b"3"]
+    m.close()
+    m.select("INBOX", readonly=True)
+    assert m.untagged_responses["RECENT"] == [b"0"]
+    m.logout()

@@ -119,7 +119,9 @@ class SessionMailbox:
         self.writeable = writeable
         folder.refresh()
         self.uids: list[int] = [m.uid for m in folder.messages]
-        self.recent: set[int] = folder.claim_recent() if writeable else set()
+        #: EXAMINE shows what is \Recent without taking it (RFC 3501 6.3.2): a later
+        #: SELECT, here or elsewhere, still gets it.
+        self.recent: set[int] = folder.claim_recent() if writeable else self._unclaimed()
         self._expunged: set[int] = set()
         self._flag_changed: set[int] = set()
         self._grown = False
@@ -173,11 +175,16 @@ class SessionMailbox:
                      self.folder.messages[bisect.bisect_right(self.folder.uids, last):]]
             if fresh:
                 self.uids.extend(fresh)
-                if self.writeable:
-                    self.recent.update(self.folder.claim_recent())
+                self.recent.update(self.folder.claim_recent() if self.writeable
+                                   else self._unclaimed())
                 out.append(b"* %d EXISTS" % len(self.uids))
                 out.append(b"* %d RECENT" % len(self.recent))
         return out
+
+    def _unclaimed(self) -> set[int]:
+        """UIDs still \\Recent for whoever selects the folder next (a bisect)."""
+        folder = self.folder
+        return set(folder.uids[bisect.bisect_left(folder.uids, folder.first_recent):])
 
     # -- lookups ---------------------------------------------------------------------------
 
