@@ -117,3 +117,21 @@ def test_examine_shows_recent_without_taking_it(daemon):
     m.select("INBOX", readonly=True)
     assert m.untagged_responses["RECENT"] == [b"0"]
     m.logout()
+
+
+def test_lsub_lists_unsubscribed_parents_as_noselect(daemon):
+    m = connect(daemon)
+    for name in ("top", "top.kid", "top.kid.deep", "other"):
+        assert m.create(name)[0] == "OK"
+    assert m.subscribe("top.kid.deep")[0] == "OK"
+    assert m.subscribe("other")[0] == "OK"
+    # top and top.kid exist but are not subscribed: LSUB names them \Noselect.
+    typ, data = m.lsub('""', "%")
+    assert typ == "OK"
+    assert b'(\\Noselect) "." top' in data and b'(\\HasNoChildren) "." other' in data, data
+    typ, data = m.lsub('""', "top.%")
+    assert data == [b'(\\Noselect) "." top.kid'], data
+    # LIST still shows the folder as it is.
+    typ, data = m.list('""', "top")
+    assert data == [b'(\\HasChildren) "." top'], data
+    m.logout()
