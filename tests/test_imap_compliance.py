@@ -135,3 +135,29 @@ def test_lsub_lists_unsubscribed_parents_as_noselect(daemon):
     typ, data = m.list('""', "top")
     assert data == [b'(\\HasChildren) "." top'], data
     m.logout()
+
+
+def test_move_sends_copyuid_before_expunge_and_to_itself_renumbers(daemon):
+    for n in (1, 2):
+        put(daemon, "alice", crlf(b"Subject: %d\n\nbody\n" % n))
+    r = RawIMAP(daemon)
+    r.login()
+    r.send(b"c CREATE Other\r\ns SELECT INBOX\r\n")
+    r.until_tagged(b"c")
+    lines = r.until_tagged(b"s")
+    validity = int(re.search(rb"UIDVALIDITY (\d+)", b"".join(lines)).group(1))
+    r.send(b"m MOVE 1 Other\r\n")
+    lines = r.until_tagged(b"m")
+    assert re.match(rb"\* OK \[COPYUID \d+ 1 1\]", lines[0]), lines
+    assert lines[1:] == [b"* 1 EXPUNGE\r\n", b"m OK MOVE completed\r\n"], lines
+    # MOVE to the selected folder: a new UID, reported as EXPUNGE then EXISTS.
+    r.send(b"m2 UID MOVE 2 INBOX\r\n")
+    lines = r.until_tagged(b"m2")
+    assert lines[0] == b"* OK [COPYUID %d 2 3] Moved\r\n" % validity, lines
+    assert lines[1:3] == [b"* 1 EXPUNGE\r\n", b"* 1 EXISTS\r\n"], lines
+    assert lines[-1] == b"m2 OK MOVE completed\r\n"
+    r.send(b"f UID FETCH 1:* (FLAGS)\r\n")
+    lines = r.until_tagged(b"f")
+    assert lines[:-1] == \
+        [b"* 1 FETCH (UID 3 FLAGS (\\Recent))\r\n"], lines
+    r.close()

@@ -27,7 +27,9 @@ class CopyCommands(SessionBase):
             return
         src = self.mbox
         msgs = src.messages(targets)
-        pairs = src.copy_to(msgs, dest) if not (move and src.holds(dest)) else []
+        # MOVE to the selected folder itself copies too: the messages get new UIDs
+        # (what Dovecot does, and imaptest's move group expects).
+        pairs = src.copy_to(msgs, dest)
         code = b""
         if pairs:
             code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,
