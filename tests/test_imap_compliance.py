@@ -161,3 +161,53 @@ def test_move_sends_copyuid_before_expunge_and_to_itself_renumbers(daemon):
     assert lines[:-1] == \
         [b"* 1 FETCH (UID 3 FLAGS (\\Recent))\r\n"], lines
     r.close()
+
+
+def select(r: RawIMAP, tag: bytes, name: bytes = b"INBOX") -> list[bytes]:
+    r.send(tag + b" SELECT " + name + b"\r\n")
+    return r.until_tagged(tag)
+
+
+def test_new_keywords_are_in_flags_before_a_fetch_shows_them(daemon):
+    put(daemon, "alice", crlf(b"Subject: one\n\n1\n"))
+    a, b, c = RawIMAP(daemon), RawIMAP(daemon), RawIMAP(daemon)
+    for r in (a, b, c):
+        r.login()
+        assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n" in select(r, b"s")
+    # The session that adds a keyword hears FLAGS and PERMANENTFLAGS first.
+    a.send(b"k STORE 1 +FLAGS ($hello)\r\n")
+    assert a.until_tagged(b"k") == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello \\*)] "
+        b"Flags permitted\r\n",
+        b"* 1 FETCH (FLAGS ($hello \\Recent))\r\n",
+        b"k OK STORE completed\r\n"]
+    # Another session: FLAGS before the unsolicited FETCH that shows it...
+    b.send(b"n NOOP\r\n")
+    lines = b.until_tagged(b"n")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello)\r\n", lines
+    assert any(b"FETCH" in line and b"$hello" in line for line in lines[2:]), lines
+    # ... and before its own FETCH's answer.
+    c.send(b"f FETCH 1 FLAGS\r\n")
+    lines = c.until_tagged(b"f")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello)\r\n", lines
+    assert lines.index(b"* 1 FETCH (FLAGS ($hello))\r\n") > 1, lines
+    # Told once: the next change of that keyword sends no FLAGS again.
+    a.send(b"k2 STORE 1 -FLAGS ($hello)\r\n")
+    assert a.until_tagged(b"k2") == [b"* 1 FETCH (FLAGS (\\Recent))\r\n",
+                                     b"k2 OK STORE completed\r\n"]
+    for r in (a, b, c):
+        r.close()
+
+
+def test_keyword_nil_is_a_keyword_as_dovecot_has_it(daemon):
+    # imaptest's nil group (Dovecot passes it): STORE +FLAGS NIL sets the keyword "NIL".
+    put(daemon, "alice", crlf(b"Subject: one\n\n1\n"))
+    r = RawIMAP(daemon)
+    r.login()
+    select(r, b"s")
+    r.send(b"k STORE 1 +FLAGS NIL\r\n")
+    lines = r.until_tagged(b"k")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft NIL)\r\n", lines
+    assert lines[-2:] == [b"* 1 FETCH (FLAGS (NIL \\Recent))\r\n", b"k OK STORE completed\r\n"]
+    r.close()

@@ -34,6 +34,9 @@ class ISessionMailbox(imap4.IMailboxInfo):
     def updates(allow_expunge):
         """Untagged responses for what others changed (O(changes))."""
 
+    def flags_update():
+        """FLAGS and PERMANENTFLAGS again if the folder has keywords not yet announced."""
+
     def message(uid):
         """The index entry of C{uid}, or None (a bisect)."""
 
@@ -125,6 +128,8 @@ class SessionMailbox:
         self._expunged: set[int] = set()
         self._flag_changed: set[int] = set()
         self._grown = False
+        #: Keywords this session's client was told of in FLAGS (see flags_update).
+        self._announced: set[str] = set(folder.keywords)
         #: Set while this session changes flags itself (it reports them itself).
         self.quiet = False
         self.on_change = None
@@ -152,7 +157,7 @@ class SessionMailbox:
 
     def updates(self, allow_expunge: bool) -> list[bytes]:
         """Untagged responses for what changed since the last call."""
-        out = []
+        out = self.flags_update()
         if self._flag_changed:
             for uid in sorted(self._flag_changed):
                 seq = self.seq(uid)
@@ -212,7 +217,24 @@ class SessionMailbox:
         return 0
 
     def all_flags(self) -> list[str]:
-        return list(SYSTEM_FLAGS) + sorted(self.folder.keywords)
+        return list(SYSTEM_FLAGS) + sorted(self._announced)
+
+    def flags_update(self) -> list[bytes]:
+        """
+        FLAGS (and PERMANENTFLAGS) again if the folder gained keywords since
+        the client was last told: a keyword must be in FLAGS before a FETCH
+        shows it (RFC 3501 7.2.6; imaptest checks).  Keywords are never taken
+        back out, as Dovecot does.
+        """
+        new = self.folder.keywords - self._announced
+        if not new:
+            return []
+        self._announced |= new
+        flags = " ".join(self.all_flags()).encode()
+        out = [b"* FLAGS (" + flags + b")"]
+        if self.writeable:
+            out.append(b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted")
+        return out
 
     # -- twisted.mail.imap4.IMailbox -----------------------------------------------------
 

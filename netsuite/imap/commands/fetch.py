@@ -43,6 +43,8 @@ class FetchCommands(SessionBase):
                 mbox.set_flags(unseen, ["\\Seen"], 1)
                 if not any(a.name == "FLAGS" for a in atts):
                     add_flags = {m.uid for m in unseen}
+        for line in mbox.flags_update():  # keywords others added: FLAGS before the FETCHes
+            self.send(line)
         missing = []
 
         def done(_):

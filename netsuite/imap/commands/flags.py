@@ -31,6 +31,8 @@ class FlagCommands(SessionBase):
         mbox = self.mbox
         msgs = mbox.messages(targets)
         mbox.set_flags(msgs, flags, mode)
+        for line in mbox.flags_update():  # a new keyword: FLAGS before the FETCHes
+            self.send(line)
         if not silent:
             for m in msgs:
                 seq = mbox.seq(m.uid)
