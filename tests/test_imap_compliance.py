@@ -7,7 +7,6 @@ keywords announced in FLAGS before they are used.
 
 from __future__ import annotations
 
-import imaplib
 import re
 
 import pytest
