@@ -7,6 +7,7 @@ keywords announced in FLAGS before they are used.
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -210,3 +211,21 @@ def test_keyword_nil_is_a_keyword_as_dovecot_has_it(daemon):
     assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft NIL)\r\n", lines
     assert lines[-2:] == [b"* 1 FETCH (FLAGS (NIL \\Recent))\r\n", b"k OK STORE completed\r\n"]
     r.close()
+
+
+def test_renderings_cached_before_the_route_fix_are_not_served(daemon):
+    """ENVELOPE (and BODYSTRUCTURE, BODY: they hold envelopes) changed: new cache fields."""
+    from netsuite.store.cache import CACHE_NAME, HEADER, record
+
+    put(daemon, "alice", crlf(b"From: <@route:user@domain>\nSubject: r\n\nbody\n"))
+    (name,) = os.listdir(daemon.maildir("alice") / "new")
+    base = name.partition(":")[0]
+    (daemon.maildir("alice") / CACHE_NAME).write_bytes(
+        HEADER + b"".join(record(base, f, b"(OLD)")
+                          for f in ("envelope1", "bodystructure1", "body1")))
+    m = connect(daemon)
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(ENVELOPE BODYSTRUCTURE BODY)")
+    assert typ == "OK" and b"OLD" not in data[0], data
+    assert b'((NIL "@route" "user" "domain"))' in data[0]
+    m.logout()

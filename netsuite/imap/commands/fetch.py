@@ -230,11 +230,11 @@ def _cache_field(att) -> str | None:
     """
     name = att.name
     if name == "ENVELOPE":
-        return "envelope1"
+        return "envelope2"  # 2: source routes kept
     if name == "BODYSTRUCTURE":
-        return "bodystructure1"
+        return "bodystructure2"  # 2: its envelopes too
     if name == "BODY":
-        return "body1"
+        return "body2"
     sec = att.section
     if sec is not None and not sec.part and sec.kind in ("HEADER", "HEADER.FIELDS",
                                                          "HEADER.FIELDS.NOT"):
