@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+from collections.abc import Iterator
 from email.header import decode_header, make_header
 
 from netsuite.imap.wire import string
@@ -72,9 +73,10 @@ class Part:
                 numbered = part.children
             elif part.message is not None:
                 numbered = _numbered(part.message)
+            elif isinstance(part, _BodyOnly):
+                return None  # a body alone has no parts
             else:
-                # A leaf body part: 1 names itself.
-                numbered = [part]
+                numbered = [_BodyOnly(part)]  # a leaf of a multipart: 1 is its body (Dovecot)
             if not 1 <= n <= len(numbered):
                 return None
             part = numbered[n - 1]
@@ -210,57 +212,13 @@ def _nstring(value: bytes | None) -> bytes:
     return string(value) if value is not None else b"NIL"
 
 
-def _split_groups(text: str) -> list[tuple[str | None, str]]:
-    """Address-list text -> (group name or None, members text) runs (RFC 5322 3.4)."""
-    runs: list[tuple[str | None, str]] = []
+def _top_level(text: str) -> Iterator[tuple[int, str]]:
+    """
+    (index, character) of what lies outside quoted strings, comments and
+    <angle-addrs>: where an address list's separators (, : ;) count (RFC 5322 3.4).
+    """
     depth_angle = depth_comment = 0
     quoted = escaped = False
-    start = 0
-    group: str | None = None
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-            continue
-        if c == "\\":
-            escaped = True
-        elif quoted:
-            quoted = c != '"'
-        elif c == '"':
-            quoted = True
-        elif c == "(":
-            depth_comment += 1
-        elif c == ")" and depth_comment:
-            depth_comment -= 1
-        elif depth_comment:
-            continue
-        elif c == "<":
-            depth_angle += 1
-        elif c == ">" and depth_angle:
-            depth_angle -= 1
-        elif c == ":" and not depth_angle and group is None:
-            head = text[start:i]
-            cut = head.rfind(",")
-            if cut >= 0:
-                runs.append((None, head[:cut]))
-            group = head[cut + 1:].strip()
-            start = i + 1
-        elif c == ";" and not depth_angle and group is not None:
-            runs.append((group, text[start:i]))
-            group = None
-            start = i + 1
-    if group is not None:
-        runs.append((group, text[start:]))
-    elif text[start:].strip(" ,"):
-        runs.append((None, text[start:]))
-    return runs
-
-
-def _split_addresses(text: str) -> list[str]:
-    """A mailbox list at its top-level commas (not those in quotes, comments, <...>)."""
-    out = []
-    depth_angle = depth_comment = 0
-    quoted = escaped = False
-    start = 0
     for i, c in enumerate(text):
         if escaped:
             escaped = False
@@ -280,7 +238,40 @@ def _split_addresses(text: str) -> list[str]:
             depth_angle += 1
         elif c == ">" and depth_angle:
             depth_angle -= 1
-        elif c == "," and not depth_angle:
+        elif not depth_angle:
+            yield i, c
+
+
+def _split_groups(text: str) -> list[tuple[str | None, str]]:
+    """Address-list text -> (group name or None, members text) runs (RFC 5322 3.4)."""
+    runs: list[tuple[str | None, str]] = []
+    start = 0
+    group: str | None = None
+    for i, c in _top_level(text):
+        if c == ":" and group is None:
+            head = text[start:i]
+            cut = head.rfind(",")
+            if cut >= 0:
+                runs.append((None, head[:cut]))
+            group = head[cut + 1:].strip()
+            start = i + 1
+        elif c == ";" and group is not None:
+            runs.append((group, text[start:i]))
+            group = None
+            start = i + 1
+    if group is not None:
+        runs.append((group, text[start:]))
+    elif text[start:].strip(" ,"):
+        runs.append((None, text[start:]))
+    return runs
+
+
+def _split_addresses(text: str) -> list[str]:
+    """A mailbox list cut at its top-level commas."""
+    out = []
+    start = 0
+    for i, c in _top_level(text):
+        if c == ",":
             out.append(text[start:i])
             start = i + 1
     out.append(text[start:])
@@ -289,6 +280,8 @@ def _split_addresses(text: str) -> list[str]:
 
 #: An obsolete source route at the start of an angle-addr: <@a,@b:user@domain> (RFC 5322 4.4).
 _ROUTE = re.compile(r"<\s*(@[^<>\":]*?)\s*:")
+_ANGLE = re.compile(r"<[^<>]*>")
+_COMMENT = re.compile(r"\s*\((?:[^()\\]|\\.)*\)\s*")
 
 
 def _address(name: str, addr: str, route: str | None = None) -> bytes:
@@ -308,6 +301,8 @@ def _parse_mailboxes(members: str) -> list[tuple[str, str | None, str]]:
         route = _ROUTE.search(item)
         if route:
             item = item[:route.start(1)] + item[route.end():]
+        # A comment inside <...> is no display name (Python's parser takes it for one).
+        item = _ANGLE.sub(lambda m: _COMMENT.sub("", m.group(0)), item)
         for name, addr in email.utils.getaddresses([item]):
             if addr or name:
                 out.append((name, route.group(1) if route else None, addr))
