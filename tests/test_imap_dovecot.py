@@ -41,6 +41,7 @@ MESSAGES = [
     # message/rfc822, source routes, comments in an address.
     (b"From: user@domain.org\nMime-Version: 1.0\nContent-Type: message/rfc822\n\n"
      b"From: <@route:user2@domain.org>\nTo: <user-to (comment)@ (comment) domain.org>\n"
+     b"Cc: (before) a@b.c, x@y.z (after), (both) p@q.r (sides)\n"
      b"Mime-Version: 1.0\nContent-Type: message/rfc822\n\n"
      b"From: sub@domain.org\nSubject: submsg\n\nHello world\n"),
 ]

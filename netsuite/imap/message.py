@@ -282,6 +282,7 @@ def _split_addresses(text: str) -> list[str]:
 _ROUTE = re.compile(r"<\s*(@[^<>\":]*?)\s*:")
 _ANGLE = re.compile(r"<[^<>]*>")
 _COMMENT = re.compile(r"\s*\((?:[^()\\]|\\.)*\)\s*")
+_LEADING_COMMENTS = re.compile(r"^(?:\s*\((?:[^()\\]|\\.)*\))+\s*")
 
 
 def _address(name: str, addr: str, route: str | None = None) -> bytes:
@@ -301,8 +302,11 @@ def _parse_mailboxes(members: str) -> list[tuple[str, str | None, str]]:
         route = _ROUTE.search(item)
         if route:
             item = item[:route.start(1)] + item[route.end():]
-        # A comment inside <...> is no display name (Python's parser takes it for one).
+        # A comment inside <...>, or before a bare addr-spec, is no display name
+        # (Python's parser takes it for one; Dovecot only one after the addr-spec).
         item = _ANGLE.sub(lambda m: _COMMENT.sub("", m.group(0)), item)
+        if "<" not in item:
+            item = _LEADING_COMMENTS.sub("", item)
         for name, addr in email.utils.getaddresses([item]):
             if addr or name:
                 out.append((name, route.group(1) if route else None, addr))
