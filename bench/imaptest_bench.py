@@ -32,7 +32,6 @@ dovecot-dev build-essential autoconf automake libtool pkg-config.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -46,11 +45,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from imaptest_build import DOVECOT_LIBS, build_imaptest, cache_root  # noqa: E402
 from mail_read_bench import PASSWORD, Dovecot, make_message, start_netsuite  # noqa: E402
-from rounds import alternate, fmt_ratio, median, median_ratio, shared_dir  # noqa: E402
+from rounds import alternate, fmt_ratio, median, median_ratio  # noqa: E402
 
 USER = "bench"
-DOVECOT_LIBS = "/usr/lib/dovecot"
 
 
 class BenchError(Exception):
@@ -58,51 +57,6 @@ class BenchError(Exception):
 
 
 # -- imaptest --------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "netsuite-bench"
-
-
-def build_imaptest(cache: Path) -> Path:
-    """
-    imaptest's binary, built with shared/imaptest/build.sh into C{cache} the
-    first time.  The directory is named after a hash of the build inputs, so a
-    new tarball or patch builds afresh instead of using a stale binary.
-    """
-    shared = shared_dir()
-    if shared is None or not (shared / "imaptest" / "build.sh").exists():
-        raise BenchError("shared/imaptest/build.sh not found (expected ../shared beside the "
-                         "repository; NETSUITE_SHARED=DIR points elsewhere)")
-    src = shared / "imaptest"
-    digest = hashlib.sha256()
-    for p in sorted(src.iterdir()):
-        if p.is_file():
-            digest.update(p.name.encode() + b"\0" + p.read_bytes())
-    dest = cache / f"imaptest-{digest.hexdigest()[:12]}"
-    binary = dest / "src" / "imaptest"
-    if os.access(binary, os.X_OK):
-        return binary
-    if not Path(DOVECOT_LIBS, "dovecot-config").exists():
-        raise BenchError("dovecot-dev is not installed (imaptest builds against it)")
-    print(f"building imaptest into {dest} ...", flush=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    # build.sh writes into its DEST: build in a scratch directory and move it
-    # into place whole, so an interrupted build never looks like a cached one.
-    scratch = Path(tempfile.mkdtemp(prefix="imaptest-build-", dir=cache))
-    try:
-        done = subprocess.run(["bash", str(src / "build.sh"), str(scratch / "b")],
-                              capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            raise BenchError(f"imaptest build failed:\n{done.stdout}{done.stderr}")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.rename(scratch / "b", dest)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if not os.access(binary, os.X_OK):
-        raise BenchError(f"imaptest build left no {binary}")
-    return binary
 
 
 def write_mbox(path: Path, count: int = 200) -> None:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tools import require
+from tools import need_file, need_imaptest_build, require
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -29,14 +29,6 @@ sys.path.insert(0, str(BENCH))
 
 NUM = r"\d+(?:\.\d+)?"
 RATIO = NUM + "x"
-
-
-def need_file(path: str, package: str) -> None:
-    if not os.path.exists(path):
-        message = f"{path} is missing (.ci/apt-packages.txt installs {package})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def need_module(name: str) -> None:
@@ -50,21 +42,6 @@ def need_module(name: str) -> None:
 def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("Postfix's master needs root (CI runs as root)")
-
-
-def need_imaptest_build() -> None:
-    from rounds import shared_dir
-
-    need_file("/usr/sbin/dovecot", "dovecot-imapd")
-    need_file("/usr/lib/dovecot/dovecot-config", "dovecot-dev")
-    for program in ("autoconf", "automake", "libtoolize", "make", "cc", "pkg-config"):
-        require(program)
-    shared = shared_dir()
-    if shared is None or not (shared / "imaptest" / "build.sh").exists():
-        message = "shared/imaptest/build.sh not found beside the repository"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def run_bench(script: str, *args: str, timeout: float = 240,

@@ -37,10 +37,19 @@ MESSAGES = [
      b"Content-Disposition: inline\n\n<b>bold</b>\n--=_a--\n"),
     b"Subject: no body",
     b"From: x@y\n\n",
+    # imaptest's fetch-body-message-rfc822-x2 and fetch-envelope: nested
+    # message/rfc822, source routes, comments in an address.
+    (b"From: user@domain.org\nMime-Version: 1.0\nContent-Type: message/rfc822\n\n"
+     b"From: <@route:user2@domain.org>\nTo: <user-to (comment)@ (comment) domain.org>\n"
+     b"Cc: (before) a@b.c, x@y.z (after), (both) p@q.r (sides)\n"
+     b"Mime-Version: 1.0\nContent-Type: message/rfc822\n\n"
+     b"From: sub@domain.org\nSubject: submsg\n\nHello world\n"),
 ]
 ITEMS = ["BODYSTRUCTURE", "ENVELOPE", "BODY", "RFC822.SIZE", "BODY.PEEK[1]", "BODY.PEEK[2]",
          "BODY.PEEK[1.MIME]", "BODY.PEEK[TEXT]", "BODY.PEEK[HEADER]", "BODY.PEEK[2.1]",
-         "BODY.PEEK[2.HEADER]", "BODY.PEEK[HEADER.FIELDS (Subject From)]"]
+         "BODY.PEEK[2.HEADER]", "BODY.PEEK[HEADER.FIELDS (Subject From)]",
+         "BODY.PEEK[1.1]", "BODY.PEEK[1.HEADER]", "BODY.PEEK[1.TEXT]", "BODY.PEEK[1.1.1]",
+         "BODY.PEEK[1.1.HEADER]"]
 
 
 @pytest.fixture

@@ -124,12 +124,16 @@ class ImapAccount:
                 seen.add(name)
             else:
                 # '%' stops at a level: a parent of a deeper match is listed.
+                # LSUB lists an unsubscribed parent of a subscribed name as \Noselect,
+                # whether or not the folder exists (RFC 3501 6.3.9).
                 parts = name.split(DELIMITER)
                 for i in range(1, len(parts)):
                     parent = DELIMITER.join(parts[:i])
-                    if parent not in seen and parent not in names and regex.match(parent):
+                    if parent not in seen and parent not in (pool if subscribed else names) \
+                            and regex.match(parent):
                         seen.add(parent)
-                        out.append((parent, ["\\Noselect", "\\HasChildren"]))
+                        out.append((parent, ["\\Noselect"] if subscribed
+                                    else ["\\Noselect", "\\HasChildren"]))
         return out
 
     def extended_listing(self, ref: str, patterns: list[str], subscribed: bool = False,

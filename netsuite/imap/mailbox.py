@@ -36,6 +36,9 @@ class ISessionMailbox(imap4.IMailboxInfo):
     def updates(allow_expunge):
         """Untagged responses for what others changed (O(changes))."""
 
+    def flags_update():
+        """FLAGS and PERMANENTFLAGS again if the folder has keywords not yet announced."""
+
     def vanished_since(modseq, within, seq_match):
         """UIDs expunged after C{modseq} (QRESYNC): a sequence set (O(expunges) or O(n))."""
 
@@ -124,10 +127,14 @@ class SessionMailbox:
         self.writeable = writeable
         folder.refresh()
         self.uids: list[int] = [m.uid for m in folder.messages]
-        self.recent: set[int] = folder.claim_recent() if writeable else set()
+        #: EXAMINE shows what is \Recent without taking it (RFC 3501 6.3.2): a later
+        #: SELECT, here or elsewhere, still gets it.
+        self.recent: set[int] = folder.claim_recent() if writeable else self._unclaimed()
         self._expunged: set[int] = set()
         self._flag_changed: set[int] = set()
         self._grown = False
+        #: Keywords this session's client was told of in FLAGS (see flags_update).
+        self._announced: set[str] = set(folder.keywords)
         #: Set while this session changes flags itself (it reports them itself).
         self.quiet = False
         #: RFC 7162, set by the session: flag updates carry MODSEQ (CONDSTORE),
@@ -159,7 +166,7 @@ class SessionMailbox:
 
     def updates(self, allow_expunge: bool) -> list[bytes]:
         """Untagged responses for what changed since the last call."""
-        out = []
+        out = self.flags_update()
         if self._flag_changed:
             for uid in sorted(self._flag_changed):
                 seq = self.seq(uid)
@@ -190,11 +197,16 @@ class SessionMailbox:
                      self.folder.messages[bisect.bisect_right(self.folder.uids, last):]]
             if fresh:
                 self.uids.extend(fresh)
-                if self.writeable:
-                    self.recent.update(self.folder.claim_recent())
+                self.recent.update(self.folder.claim_recent() if self.writeable
+                                   else self._unclaimed())
                 out.append(b"* %d EXISTS" % len(self.uids))
                 out.append(b"* %d RECENT" % len(self.recent))
         return out
+
+    def _unclaimed(self) -> set[int]:
+        """UIDs still \\Recent for whoever selects the folder next (a bisect)."""
+        folder = self.folder
+        return set(folder.uids[bisect.bisect_left(folder.uids, folder.first_recent):])
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -281,7 +293,24 @@ class SessionMailbox:
         return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in gaps)
 
     def all_flags(self) -> list[str]:
-        return list(SYSTEM_FLAGS) + sorted(self.folder.keywords)
+        return list(SYSTEM_FLAGS) + sorted(self._announced)
+
+    def flags_update(self) -> list[bytes]:
+        """
+        FLAGS (and PERMANENTFLAGS) again if the folder gained keywords since
+        the client was last told: a keyword must be in FLAGS before a FETCH
+        shows it (RFC 3501 7.2.6; imaptest checks).  Keywords are never taken
+        back out, as Dovecot does.
+        """
+        new = self.folder.keywords - self._announced
+        if not new:
+            return []
+        self._announced |= new
+        flags = " ".join(self.all_flags()).encode()
+        out = [b"* FLAGS (" + flags + b")"]
+        if self.writeable:
+            out.append(b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted")
+        return out
 
     # -- twisted.mail.imap4.IMailbox -----------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+from collections.abc import Iterator
 from email.header import decode_header, make_header
 
 from netsuite.imap.wire import string
@@ -56,28 +57,29 @@ class Part:
     # -- sections ----------------------------------------------------------------------
 
     def subpart(self, path: tuple[int, ...]) -> "Part | None":
-        """Part numbers as in BODY[1.2]: None when there is no such part."""
+        """
+        Part numbers as in BODY[1.2]: None when there is no such part.
+
+        A message (the top level, or one a message/rfc822 part encapsulates)
+        numbers its multipart children, or else has one part, its body; a
+        message/rfc822 part numbers as the message it holds, so 1.1.1 walks
+        two embeddings down (RFC 3501 6.4.5).
+        """
         part = self
-        for n in path:
-            if part.children:
-                if n > len(part.children):
-                    return None
-                part = part.children[n - 1]
+        for depth, n in enumerate(path):
+            if depth == 0:
+                numbered = _numbered(part)
+            elif part.children:
+                numbered = part.children
             elif part.message is not None:
-                inner = part.message
-                if inner.children:
-                    if n > len(inner.children):
-                        return None
-                    part = inner.children[n - 1]
-                elif n == 1:
-                    part = inner
-                else:
-                    return None
-            elif n == 1:
-                # A non-multipart entity has one part: itself (its body).
-                part = _BodyOnly(part) if part is self else part
+                numbered = _numbered(part.message)
+            elif isinstance(part, _BodyOnly):
+                return None  # a body alone has no parts
             else:
+                numbered = [_BodyOnly(part)]  # a leaf of a multipart: 1 is its body (Dovecot)
+            if not 1 <= n <= len(numbered):
                 return None
+            part = numbered[n - 1]
         return part
 
     def section(self, path: tuple[int, ...], kind: str, fields: tuple[bytes, ...]) -> bytes | None:
@@ -101,13 +103,20 @@ class Part:
         return pick_headers(part.header, fields, kind == "HEADER.FIELDS.NOT")
 
 
+def _numbered(message: Part) -> list[Part]:
+    """The parts a message numbers: its multipart children, or its body as part 1."""
+    return message.children or [_BodyOnly(message)]
+
+
 class _BodyOnly(Part):
-    """Part 1 of a single-part message: the body, with the message's MIME header."""
+    """
+    Part 1 of a single-part message: the body, with the message's MIME header;
+    a message/rfc822 body keeps the message it encapsulates.
+    """
 
     def __init__(self, outer: Part):
         self.__dict__.update(outer.__dict__)
         self.data = outer.body
-        self.message = None
 
 
 def parse_header(header: bytes) -> list[tuple[bytes, bytes]]:
@@ -203,18 +212,17 @@ def _nstring(value: bytes | None) -> bytes:
     return string(value) if value is not None else b"NIL"
 
 
-def _split_groups(text: str) -> list[tuple[str | None, str]]:
-    """Address-list text -> (group name or None, members text) runs (RFC 5322 3.4)."""
-    runs: list[tuple[str | None, str]] = []
+def _top_level(text: str) -> Iterator[tuple[int, str]]:
+    """
+    (index, character) of what lies outside quoted strings, comments and
+    <angle-addrs>: where an address list's separators (, : ;) count (RFC 5322 3.4).
+    """
     depth_angle = depth_comment = 0
     quoted = escaped = False
-    start = 0
-    group: str | None = None
     for i, c in enumerate(text):
         if escaped:
             escaped = False
-            continue
-        if c == "\\":
+        elif c == "\\":
             escaped = True
         elif quoted:
             quoted = c != '"'
@@ -230,14 +238,24 @@ def _split_groups(text: str) -> list[tuple[str | None, str]]:
             depth_angle += 1
         elif c == ">" and depth_angle:
             depth_angle -= 1
-        elif c == ":" and not depth_angle and group is None:
+        elif not depth_angle:
+            yield i, c
+
+
+def _split_groups(text: str) -> list[tuple[str | None, str]]:
+    """Address-list text -> (group name or None, members text) runs (RFC 5322 3.4)."""
+    runs: list[tuple[str | None, str]] = []
+    start = 0
+    group: str | None = None
+    for i, c in _top_level(text):
+        if c == ":" and group is None:
             head = text[start:i]
             cut = head.rfind(",")
             if cut >= 0:
                 runs.append((None, head[:cut]))
             group = head[cut + 1:].strip()
             start = i + 1
-        elif c == ";" and not depth_angle and group is not None:
+        elif c == ";" and group is not None:
             runs.append((group, text[start:i]))
             group = None
             start = i + 1
@@ -248,14 +266,75 @@ def _split_groups(text: str) -> list[tuple[str | None, str]]:
     return runs
 
 
-def _address(name: str, addr: str) -> bytes:
+def _split_addresses(text: str) -> list[str]:
+    """A mailbox list cut at its top-level commas."""
+    out = []
+    start = 0
+    for i, c in _top_level(text):
+        if c == ",":
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
+
+
+#: An obsolete source route at the start of an angle-addr: <@a,@b:user@domain> (RFC 5322 4.4).
+_ROUTE = re.compile(r"<\s*(@[^<>\":]*?)\s*:")
+_ANGLE = re.compile(r"<[^<>]*>")
+_COMMENT = re.compile(r"\s*\((?:[^()\\]|\\.)*\)\s*")
+_LEADING_COMMENTS = re.compile(r"^(?:\s*\((?:[^()\\]|\\.)*\))+\s*")
+
+
+def _address(name: str, addr: str, route: str | None = None) -> bytes:
     local, at, domain = addr.rpartition("@") if "@" in addr else (addr, "", "")
 
     def enc(s):
         return s.encode("utf-8", "surrogateescape") if s else None
 
-    return b"(" + b" ".join([_nstring(enc(name)), b"NIL", _nstring(enc(local)),
+    return b"(" + b" ".join([_nstring(enc(name)), _nstring(enc(route)), _nstring(enc(local)),
                              _nstring(enc(domain) if at else None)]) + b")"
+
+
+def _parse_mailboxes(members: str) -> list[tuple[str, str | None, str]]:
+    """(display name, source route or None, address) of each mailbox of a list."""
+    out = []
+    for item in _split_addresses(members):
+        route = _ROUTE.search(item)
+        if route:
+            item = item[:route.start(1)] + item[route.end():]
+        # A comment inside <...>, or before a bare addr-spec, is no display name
+        # (Python's parser takes it for one; Dovecot only one after the addr-spec).
+        item = _ANGLE.sub(lambda m: _COMMENT.sub("", m.group(0)), item)
+        if "<" not in item:
+            item = _LEADING_COMMENTS.sub("", item)
+        for name, addr in email.utils.getaddresses([item]):
+            if addr or name:
+                out.append((name, route.group(1) if route else None, addr))
+    return out
+
+
+def _mailboxes(members: str) -> list[bytes]:
+    """Each mailbox of a list as an ENVELOPE address, its source route kept (Dovecot does)."""
+    return [_address(name, addr, route) for name, route, addr in _parse_mailboxes(members)]
+
+
+def address_text(value: bytes) -> str:
+    """
+    An address header as SEARCH FROM/TO/CC/BCC matches it, the way Dovecot
+    does: each mailbox written out again as C{name <local@domain>} (comments
+    and odd spacing gone, RFC 2047 names decoded), groups as C{name: ...;}.
+    """
+    text = value.decode("utf-8", "surrogateescape")
+    out = []
+    for group, members in _split_groups(text):
+        mailboxes = ", ".join(f"{decoded(name.encode('utf-8', 'surrogateescape'))} <{addr}>"
+                              if name else addr
+                              for name, _, addr in _parse_mailboxes(members))
+        if group is not None:
+            out.append(f"{group}: {mailboxes};")
+        elif mailboxes:
+            out.append(mailboxes)
+    return ", ".join(out)
 
 
 def addresses(value: bytes | None) -> bytes:
@@ -268,9 +347,7 @@ def addresses(value: bytes | None) -> bytes:
             # Group syntax: (NIL NIL "name" NIL) members (NIL NIL NIL NIL).
             out.append(b"(NIL NIL " + string(group.encode("utf-8", "surrogateescape")) +
                        b" NIL)")
-        for name, addr in email.utils.getaddresses([members]):
-            if addr or name:
-                out.append(_address(name, addr))
+        out.extend(_mailboxes(members))
         if group is not None:
             out.append(b"(NIL NIL NIL NIL)")
     return b"(" + b"".join(out) + b")" if out else b"NIL"

@@ -29,7 +29,9 @@ class CopyCommands(SessionBase):
         msgs = src.messages(targets)
         if not move and self._refuse_over_quota(tag, sum(src.size_of(m) for m in msgs)):
             return
-        pairs = src.copy_to(msgs, dest) if not (move and src.holds(dest)) else []
+        # MOVE to the selected folder itself copies too: the messages get new UIDs
+        # (what Dovecot does, and imaptest's move group expects).
+        pairs = src.copy_to(msgs, dest)
         code = b""
         if pairs:
             code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,

@@ -59,6 +59,8 @@ class FetchCommands(SessionBase):
                 mbox.set_flags(unseen, ["\\Seen"], 1)
                 if not any(a.name == "FLAGS" for a in atts):
                     add_flags = {m.uid for m in unseen}
+        for line in mbox.flags_update():  # keywords others added: FLAGS before the FETCHes
+            self.send(line)
         missing = []
         unknown_cte: list[str] = []
 
@@ -282,11 +284,11 @@ def _cache_field(att) -> str | None:
     """
     name = att.name
     if name == "ENVELOPE":
-        return "envelope1"
+        return "envelope2"  # 2: source routes kept
     if name == "BODYSTRUCTURE":
-        return "bodystructure1"
+        return "bodystructure2"  # 2: its envelopes too
     if name == "BODY":
-        return "body1"
+        return "body2"
     sec = att.section
     if sec is not None and not sec.part and sec.kind in ("HEADER", "HEADER.FIELDS",
                                                          "HEADER.FIELDS.NOT"):

@@ -47,6 +47,8 @@ class FlagCommands(SessionBase):
                       (not unchanged or mbox.modseq_of(m) > unchanged)]
             bad = {id(m) for m in failed}
             msgs = [m for m in msgs if id(m) not in bad]
+        for line in mbox.flags_update():  # a new keyword: FLAGS before the FETCHes
+            self.send(line)
         condstore = mbox.condstore
         if not silent or (condstore and unchanged is not None):
             told = msgs if not silent else changed

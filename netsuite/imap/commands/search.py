@@ -9,7 +9,7 @@ import datetime as dt
 from netsuite.imap import wire
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.commands.fetch import FETCH_BATCH
-from netsuite.imap.message import Part, decoded, sent_date
+from netsuite.imap.message import Part, address_text, decoded, sent_date
 from netsuite.imap.objectid import save_date
 from netsuite.imap.wire import ParseError
 
@@ -137,9 +137,15 @@ class _SearchContext:
         if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             day = sent_date(self.part)
             return day is not None and _compare_date(op[4:], day, key[1])
-        if op in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        if op in ("FROM", "TO", "CC", "BCC"):
+            # The header as written, or its addresses written out again: the latter
+            # finds user@domain.org in <user (comment)@ domain.org> as Dovecot does.
             needle = self._text(key[1])
-            return any(needle in decoded(v).lower() for v in self.part.get_all(op.lower().encode()))
+            return any(needle in decoded(v).lower() or needle in address_text(v).lower()
+                       for v in self.part.get_all(op.lower().encode()))
+        if op == "SUBJECT":
+            needle = self._text(key[1])
+            return any(needle in decoded(v).lower() for v in self.part.get_all(b"subject"))
         if op == "HEADER":
             name = key[1].lower()
             needle = self._text(key[2])
