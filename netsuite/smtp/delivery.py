@@ -81,11 +81,18 @@ class Transaction:
         self.connectionLost()
 
     def lineReceived(self, line: bytes) -> None:
+        self._write(line + b"\n")
+
+    def linesReceived(self, lines: list[bytes]) -> None:
+        """Many lines at once (what one read of DATA held): one write, not one per line."""
+        if lines:
+            self._write(b"\n".join(lines) + b"\n")
+
+    def _write(self, data: bytes) -> None:
         if not self._opened:
             self._open()
         if self.error is not None:
             return
-        data = line + b"\n"
         try:
             for f in self._files:
                 f.write(data)
