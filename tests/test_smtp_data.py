@@ -146,7 +146,7 @@ def test_held_and_spilled_messages_are_stored_byte_exact(mx, size):
     assert body_of(got) == stored
     name = [p.name for p in (mx.maildir("alice") / "new").iterdir()
             if marker in p.read_bytes()][0]
-    assert name.endswith(",S=%d" % len(got))
+    assert name.endswith(f",S={len(got)}")
     assert list((mx.maildir("alice") / "tmp").iterdir()) == []
 
 

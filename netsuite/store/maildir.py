@@ -15,7 +15,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import task, threads
 from twisted.logger import Logger
@@ -119,7 +119,7 @@ class MaildirDelivery:
         self.on_missing = on_missing
         self.name = unique_name()
         self.tmp_path = maildir / "tmp" / self.name
-        self._file = None
+        self._file: BinaryIO | None = None
         self._held: list[bytes] = []
         self._aborted = False
         self.size = 0
@@ -137,15 +137,16 @@ class MaildirDelivery:
             data = b"".join(self._held)
             self._held = []
         try:
-            if self._file is None:
-                self._file = self._create()
-            self._file.write(data)
+            f = self._file
+            if f is None:
+                f = self._file = self._create()
+            f.write(data)
         except OSError as e:
             # Keep the session alive: the caller learns at commit; nothing partial stays.
             self.error = e
             self.abort()
 
-    def _create(self):
+    def _create(self) -> BinaryIO:
         try:
             return open(self.tmp_path, "xb", buffering=65536)
         except FileNotFoundError:
@@ -157,11 +158,11 @@ class MaildirDelivery:
     def _finish(self) -> str:
         """Blocking (a thread): make the message durable in C{new/}; its file name."""
         try:
-            if self._file is None:
-                self._file = self._create()
-                self._file.write(b"".join(self._held))
-                self._held = []
             f = self._file
+            if f is None:
+                f = self._file = self._create()
+                f.write(b"".join(self._held))
+                self._held = []
             f.flush()
             os.fsync(f.fileno())
             f.close()
