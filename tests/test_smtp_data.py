@@ -8,9 +8,11 @@ the message is on disk, even for many concurrent deliveries killed at once.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from harness import Daemon
@@ -217,3 +219,35 @@ def test_every_250_of_concurrent_deliveries_survives_a_kill9(make_daemon):
     on_disk = b"\n".join(d.messages("alice"))
     missing = [m for m in accepted if m + b"\n" not in on_disk]
     assert missing == [], f"{len(missing)} of {target} accepted messages lost"
+
+
+HOOK = Path(__file__).resolve().parent / "hooks" / "fsync_stall"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_250_comes_after_both_fsyncs_and_input_during_the_wait_is_answered_after_it(
+        make_daemon, tmp_path):
+    """
+    Every fsync stalls (the test hook), numbered: the message file's, then
+    new/'s.  The 250 must come after both ended; a command sent while they
+    stall (not pipelined with the dot: it arrives during the wait) is held and
+    answered after the 250, in order.
+    """
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    d = make_daemon(listeners=["smtp"], users={"alice": "alice-pw"}, env={
+        "NETSUITE_TEST_FSYNC_STALL": str(stall),
+        "PYTHONPATH": os.pathsep.join([str(HOOK), str(ROOT), str(ROOT / "examples")])})
+    raw = open_data(d)
+    (stall / "armed").touch()
+    raw.send(b"Subject: stalled-1\r\n\r\nbody\r\n.\r\n")
+    assert d.wait_for(lambda: (stall / "start-1").exists(), 10)
+    raw.send(b"NOOP\r\nMAIL FROM:<y@remote.test>\r\n")
+    code, text = raw.reply()
+    assert code == 250 and b"queued as" in text, (code, text)
+    assert (stall / "done-1").exists() and (stall / "done-2").exists(), \
+        "250 before the message and its directory entry were fsynced"
+    assert raw.reply() == (250, b"2.0.0 Ok")
+    assert raw.reply()[0] == 250
+    raw.close()
+    assert len(stored_with(d, b"stalled-1")) == 1
