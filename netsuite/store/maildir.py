@@ -109,7 +109,7 @@ class MaildirDelivery:
     """
 
     #: Bytes held in memory before the file is created and written as data comes.
-    SPILL = 256 * 1024
+    SPILL = 128 * 1024
 
     def __init__(self, maildir: Path, on_commit=None, on_missing=None):
         self.maildir = maildir
