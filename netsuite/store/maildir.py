@@ -3,8 +3,9 @@ Maildir delivery, in the layout Dovecot and mutt read.
 
 A message is written to C{tmp/}, fsynced, renamed into C{new/}, and the
 C{new/} directory is fsynced, all before the caller answers 250: an accepted
-message survives a crash.  The fsyncs run in a thread so one slow disk flush
-does not stall every other connection.
+message survives a crash.  The file is created, written and fsynced in a
+thread (see L{MaildirDelivery}), so one slow disk flush, or a journal busy
+with other deliveries' flushes, does not stall every other connection.
 """
 
 from __future__ import annotations
