@@ -11,8 +11,8 @@ PLAIN and LOGIN), and every reply, which now carries an enhanced status code.
 
 Commands are answered strictly in order: while one waits on a Deferred (a
 recipient lookup, a login, a delivery) later pipelined commands stay in the
-buffer and the transport is paused (never while closing: a TLS peer's
-close_notify must still be read).  Bytes are framed by L{netsuite.framer}.
+buffer and, once such input is there, the transport is paused (never while
+closing: a TLS peer's close_notify must still be read).  Bytes are framed by L{netsuite.framer}.
 """
 
 from __future__ import annotations
