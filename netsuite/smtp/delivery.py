@@ -85,7 +85,12 @@ class Transaction:
 
     def linesReceived(self, lines: list[bytes]) -> None:
         """Many lines at once (what one read of DATA held): one write, not one per line."""
-        if lines:
+        if self.remote:
+            # The queue's writer reads the headers (hops, the end of the headers)
+            # one write per line.
+            for line in lines:
+                self._write(line + b"\n")
+        elif lines:
             self._write(b"\n".join(lines) + b"\n")
 
     def _write(self, data: bytes) -> None:
