@@ -238,6 +238,8 @@ class ConnectionStatus(service.Service):
     Writes C{run/connections.json}: per listener, open connections in total and
     per client address.  Changes are coalesced into at most one write per
     C{delay} seconds, so a connection burst costs a handful of small writes.
+    The writes run in a thread, one at a time: creating and renaming a file
+    waits for the filesystem's journal, which deliveries' fsyncs keep busy.
     """
 
     delay = 0.1
@@ -247,6 +249,10 @@ class ConnectionStatus(service.Service):
         self.reactor = reactor
         self.listeners: dict[str, ConnectionLimits] = {}
         self._pending: Any = None
+        #: The write in its thread, if one is under way.
+        self._writing: defer.Deferred | None = None
+        #: A change came while a write was under way: write again after it.
+        self._again = False
 
     def add(self, limits: ConnectionLimits) -> None:
         self.listeners[limits.listener] = limits
@@ -254,20 +260,52 @@ class ConnectionStatus(service.Service):
 
     def changed(self) -> None:
         if self._pending is None and self.running:
-            self._pending = self.reactor.callLater(self.delay, self.write)
+            self._pending = self.reactor.callLater(self.delay, self._flush)
 
-    def write(self) -> None:
+    def _snapshot(self) -> str:
         import json
         import os
 
-        self._pending = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
+        return json.dumps({
             "pid": os.getpid(),
             "listeners": {name: limits.counts() for name, limits in self.listeners.items()},
-        }))
+        })
+
+    def _store(self, text: str) -> None:
+        """Blocking: replace the file with C{text}."""
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
         os.replace(tmp, self.path)
+
+    def write(self) -> None:
+        """Write now, in this thread (at start-up)."""
+        self._pending = None
+        self._store(self._snapshot())
+
+    def _flush(self) -> None:
+        from twisted.internet import threads
+
+        self._pending = None
+        if self._writing is not None:
+            self._again = True
+            return
+        # The counts are read here, on the reactor; only the file work is in the thread.
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      self._store, self._snapshot())
+        self._writing = d
+
+        def written(result):
+            self._writing = None
+            if isinstance(result, Failure):
+                log.failure("writing {path}", result, path=str(self.path))
+            if self._again:
+                self._again = False
+                self.changed()
+
+        d.addBoth(written)
 
     def startService(self):
         super().startService()
@@ -278,10 +316,21 @@ class ConnectionStatus(service.Service):
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self._again = False
+
+        def remove(_=None) -> None:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+        if self._writing is not None:
+            # A write under way would bring the file back: remove it after that one.
+            d = defer.Deferred()
+            self._writing.addBoth(lambda _: d.callback(None))
+            return d.addCallback(remove)
+        remove()
+        return None
 
 
 def _limits_for(config: Config, name: str) -> tuple[int, int]:

@@ -108,6 +108,29 @@ def test_full_disk_during_data_is_452_and_the_session_goes_on(small_disk):
     assert "Unhandled" not in d.log() and "Traceback" not in d.log()
 
 
+def test_full_disk_with_a_small_message_held_until_commit_is_452(small_disk):
+    """A small message is first written in the commit thread: the full disk is seen there."""
+    d = small_disk
+    fill(d.data_dir / "mail" / "filler")
+    raw = RawSMTP(d.port("smtp"))
+    raw.cmd(b"EHLO remote.test")
+    assert raw.cmd(b"MAIL FROM:<a@remote.test>")[0] == 250
+    assert raw.cmd(b"RCPT TO:<alice@example.test>")[0] == 250
+    assert raw.cmd(b"DATA")[0] == 354
+    code, text = raw.cmd(b"Subject: small\r\n\r\n" + b"x" * 20000 + b"\r\n.")
+    assert code == 452 and text.startswith(b"4.3.1"), (code, text, d.log()[-2000:])
+    assert tmp_files(d) == [] and d.messages("alice") == []
+    os.unlink(d.data_dir / "mail" / "filler")
+    assert raw.cmd(b"MAIL FROM:<a@remote.test>")[0] == 250
+    assert raw.cmd(b"RCPT TO:<alice@example.test>")[0] == 250
+    assert raw.cmd(b"DATA")[0] == 354
+    code, text = raw.cmd(b"Subject: after\r\n\r\nsmall\r\n.")
+    assert code == 250, text
+    raw.close()
+    assert [m.endswith(b"\nsmall\n") for m in d.messages("alice")] == [True]
+    assert "Unhandled" not in d.log() and "Traceback" not in d.log()
+
+
 def test_full_disk_during_bdat_is_452_and_the_session_goes_on(small_disk):
     d = small_disk
     raw = RawSMTP(d.port("smtp"))

@@ -84,12 +84,24 @@ class Transaction:
         self.connectionLost()
 
     def lineReceived(self, line: bytes) -> None:
+        self._write(line + b"\n")
+
+    def linesReceived(self, lines: list[bytes]) -> None:
+        """Many lines at once (what one read of DATA held): one write, not one per line."""
+        if self.remote:
+            # The queue's writer reads the headers (hops, the end of the headers)
+            # one write per line.
+            for line in lines:
+                self._write(line + b"\n")
+        elif lines:
+            self._write(b"\n".join(lines) + b"\n")
+
+    def _write(self, data: bytes) -> None:
         if not self._opened:
             self._open()
         if self.error is not None:
             return
-        data = line + b"\n"
-        self.size += len(line) + 2
+        self.size += len(data) + data.count(b"\n")  # on the wire each LF is CRLF
         try:
             for f in self._files:
                 f.write(data)

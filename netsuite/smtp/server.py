@@ -11,8 +11,8 @@ PLAIN and LOGIN), and every reply, which now carries an enhanced status code.
 
 Commands are answered strictly in order: while one waits on a Deferred (a
 recipient lookup, a login, a delivery) later pipelined commands stay in the
-buffer and the transport is paused (never while closing: a TLS peer's
-close_notify must still be read).  Bytes are framed by L{netsuite.framer}.
+buffer and, once such input is there, the transport is paused (never while
+closing: a TLS peer's close_notify must still be read).  Bytes are framed by L{netsuite.framer}.
 """
 
 from __future__ import annotations
@@ -197,9 +197,13 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                     continue
                 self._wait(self.lineReceived(line))
         # Paused only while a command waits: a closing session must go on reading,
-        # or a TLS peer's close_notify (and the FIN) is never seen.
+        # or a TLS peer's close_notify (and the FIN) is never seen.  And only once
+        # input is waiting too (pipelined after the command, or arriving while it
+        # waits): a client that waits for each reply, as most do, costs no
+        # pause and resume (two epoll_ctl calls) per message; one that does not
+        # has at most one read more held in the buffer.
         if self._waiting is not None and not self._closing:
-            if not self._paused:
+            if not self._paused and framer.buffered:
                 self._paused = True
                 self.transport.pauseProducing()
         elif not self._closing:
@@ -671,9 +675,17 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             self._wait(self._end_message(reader.too_big, reader.size))
 
     def _feed(self, lines: list[bytes]) -> None:
-        for line in lines:
-            for msg in self._msgs:
-                msg.lineReceived(line)
+        if not lines:
+            return
+        for msg in self._msgs:
+            # netsuite's own Transaction takes a read's lines in one call; any
+            # other realm's IMessage gets Twisted's one call per line.
+            bulk = getattr(msg, "linesReceived", None)
+            if bulk is not None:
+                bulk(lines)
+            else:
+                for line in lines:
+                    msg.lineReceived(line)
 
     def _end_message(self, too_big: bool, size: int):
         if too_big:

@@ -3,8 +3,9 @@ Maildir delivery, in the layout Dovecot and mutt read.
 
 A message is written to C{tmp/}, fsynced, renamed into C{new/}, and the
 C{new/} directory is fsynced, all before the caller answers 250: an accepted
-message survives a crash.  The fsyncs run in a thread so one slow disk flush
-does not stall every other connection.
+message survives a crash.  The file is created, written and fsynced in a
+thread (see L{MaildirDelivery}), so one slow disk flush, or a journal busy
+with other deliveries' flushes, does not stall every other connection.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet import task, threads
 from twisted.logger import Logger
@@ -98,33 +99,72 @@ def unique_name() -> str:
 
 @implementer(IDeliveryFile)
 class MaildirDelivery:
-    """Writes one message into C{tmp/}; L{commit} moves it to C{new/}."""
+    """
+    Writes one message into C{tmp/}; L{commit} moves it to C{new/}.
 
-    def __init__(self, maildir: Path, on_commit=None):
+    A message is held in memory up to L{SPILL} bytes, and then created,
+    written, fsynced, renamed and its directory fsynced by L{_finish}, all in
+    a thread: creating a file waits for the filesystem's journal, which other
+    deliveries' fsyncs keep busy, and that wait must not stall the reactor.
+    Only a bigger message gets its file at once (in C{write}), so that
+    memory stays bounded and a full disk is seen while its data arrives.
+    """
+
+    #: Bytes held in memory before the file is created and written as data comes.
+    SPILL = 128 * 1024
+
+    def __init__(self, maildir: Path, on_commit=None, on_missing=None):
         self.maildir = maildir
         self.on_commit = on_commit
+        #: Called when the Maildir turns out to be gone (removed by an admin):
+        #: it makes it again.
+        self.on_missing = on_missing
         self.name = unique_name()
         self.tmp_path = maildir / "tmp" / self.name
-        self._file = open(self.tmp_path, "xb", buffering=65536)
+        self._file: BinaryIO | None = None
+        self._held: list[bytes] = []
+        self._aborted = False
         self.size = 0
         #: The write error (a full disk, a quota) that spoilt this message.
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> None:
-        if self.error is not None:
+        if self.error is not None or self._aborted:
             return
+        self.size += len(data)
+        if self._file is None:
+            self._held.append(data)
+            if self.size <= self.SPILL:
+                return
+            data = b"".join(self._held)
+            self._held = []
         try:
-            self._file.write(data)
+            f = self._file
+            if f is None:
+                f = self._file = self._create()
+            f.write(data)
         except OSError as e:
             # Keep the session alive: the caller learns at commit; nothing partial stays.
             self.error = e
             self.abort()
-            return
-        self.size += len(data)
+
+    def _create(self) -> BinaryIO:
+        try:
+            return open(self.tmp_path, "xb", buffering=65536)
+        except FileNotFoundError:
+            if self.on_missing is None:
+                raise
+            self.on_missing()
+            return open(self.tmp_path, "xb", buffering=65536)
 
     def _finish(self) -> str:
-        f = self._file
+        """Blocking (a thread): make the message durable in C{new/}; its file name."""
         try:
+            f = self._file
+            if f is None:
+                f = self._file = self._create()
+                f.write(b"".join(self._held))
+                self._held = []
             f.flush()
             os.fsync(f.fileno())
             f.close()
@@ -153,8 +193,13 @@ class MaildirDelivery:
         return d
 
     def abort(self) -> None:
+        self._aborted = True
+        self._held = []
+        f, self._file = self._file, None
+        if f is None:
+            return
         try:
-            self._file.close()
+            f.close()
         except OSError:
             pass  # the buffered tail cannot be written (full disk): it is discarded anyway
         finally:
@@ -219,6 +264,8 @@ class MaildirStore:
         #: Users whose mailbox and special folders were made ready in this process.
         self._ready: set[str] = set()
         self._usage: QuotaUsage | None = None
+        #: Users whose Maildir L{delivery} has made ready in this process.
+        self._delivering: set[str] = set()
 
     # -- delivery ---------------------------------------------------------------
 
@@ -228,8 +275,17 @@ class MaildirStore:
         return self.root / user
 
     def delivery(self, user: str) -> MaildirDelivery:
-        return MaildirDelivery(ensure_maildir(self.mailbox_path(user)),
-                               on_commit=lambda: self.changed(user, "INBOX"))
+        """
+        Start a delivery; the Maildir is made once per user and process, not
+        checked per message (a mailbox removed meanwhile is made again when
+        the delivery finds it gone).
+        """
+        path = self.mailbox_path(user)
+        if user not in self._delivering:
+            ensure_maildir(path)
+            self._delivering.add(user)
+        return MaildirDelivery(path, on_commit=lambda: self.changed(user, "INBOX"),
+                               on_missing=lambda: ensure_maildir(path))
 
     def changed(self, user: str, name: str = "INBOX") -> None:
         """Something (delivery) changed a folder: refresh it if anyone has it open."""
