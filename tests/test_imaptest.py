@@ -5,10 +5,11 @@ per group (the scripts in imaptest's C{src/tests}), all against one daemon.
 imaptest itself skips a group whose C{capabilities:} header names something
 the server does not advertise, and still counts it as run; here such a group
 is an expected failure (xfail) that names the capability, so every report
-shows what never ran (a skip would fail in CI, where nothing may be skipped).  A group passes only if imaptest ran commands for it, none failed, and
-its own state checks (C{Error:} lines, e.g. a keyword FETCHed before FLAGS
-named it) found nothing.  imaptest is built once (bench/imaptest_build.py,
-cached under ~/.cache/netsuite-bench/).
+shows what never ran (a skip would fail in CI, where nothing may be skipped).
+A group passes only if imaptest ran commands for it, none failed, and its own
+state checks (C{Error:} lines, e.g. a keyword FETCHed before FLAGS named it)
+found nothing. imaptest is built once (bench/imaptest_build.py, cached under
+~/.cache/netsuite-bench/).
 """
 
 from __future__ import annotations
