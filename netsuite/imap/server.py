@@ -71,6 +71,8 @@ FLAGS_CHUNK = 4096
 
 #: FLAGS renderings of keyword-less messages by their Maildir info letters (bounded).
 _FLAG_BYTES: dict[str, bytes] = {}
+#: The same for messages that are \Recent in the session.
+_RECENT_FLAG_BYTES: dict[str, bytes] = {}
 
 #: FETCH/STORE of a set in which another session expunged some messages: the rest are
 #: answered and the command succeeds, Dovecot's words (its cmd-fetch.c).
@@ -878,9 +880,16 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         flag_list = self.mbox.flag_list
 
         def render(msg: Message) -> bytes:
-            if msg.keywords or msg.uid in recent:
+            if msg.keywords:
                 return ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
             letters = msg.name.partition(":2,")[2]
+            if msg.uid in recent:  # a first open: every message is \Recent
+                flags = _RECENT_FLAG_BYTES.get(letters)
+                if flags is None:
+                    flags = ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
+                    if len(_RECENT_FLAG_BYTES) < 4096:
+                        _RECENT_FLAG_BYTES[letters] = flags
+                return flags
             flags = _FLAG_BYTES.get(letters)
             if flags is None:
                 flags = ("(" + " ".join(msg.flags) + ")").encode("utf-8", "replace")

@@ -40,6 +40,7 @@ import bisect
 import contextlib
 import fcntl
 import functools
+import itertools
 import os
 import re
 import time
@@ -192,6 +193,49 @@ def _arrival(base: str) -> tuple[int, int, int, str]:
     if m is None:
         return (0, 0, 0, base)
     return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0), base)
+
+
+def _arrival_sorted(bases: Iterable[str]) -> list[str]:
+    """
+    C{sorted(bases, key=_arrival)}, without a regex per name when it can: a
+    big folder's first open sorts every name.  When every name starts with
+    ASCII digits of one width and a dot (every Maildir writer's seconds), the
+    plain string order already orders them by second; only names that share
+    a second are sorted again by the full key.
+    """
+    order = sorted(bases)
+    if len(order) < 2:
+        return order
+    width = order[0].find(".")
+    if width <= 0 or any(b.find(".") != width for b in order):
+        return sorted(order, key=_arrival)
+    seconds = [b[:width] for b in order]
+    digits = "".join(seconds)
+    if not (digits.isascii() and digits.isdigit()):
+        return sorted(order, key=_arrival)
+    if len(set(seconds)) == len(seconds):
+        return order
+    out: list[str] = []
+    for _second, run in itertools.groupby(order, key=lambda b: b[:width]):
+        names = list(run)
+        if len(names) > 1:
+            names.sort(key=_arrival)
+        out.extend(names)
+    return out
+
+
+#: Info letters -> whether they hold keyword letters (a-z), for the few
+#: distinct info strings of a folder.
+_KEYWORD_INFO: dict[str, bool] = {}
+
+
+def _has_keyword_letters(letters: str) -> bool:
+    found = _KEYWORD_INFO.get(letters)
+    if found is None:
+        found = any(c in KEYWORD_LETTERS for c in letters)
+        if len(_KEYWORD_INFO) < 4096:
+            _KEYWORD_INFO[letters] = found
+    return found
 
 
 def wire_size(data: bytes) -> int:
@@ -841,7 +885,7 @@ class Folder:
         log.warn("index of {path} recovered from its backup and change logs ({why}); "
                  "UIDs kept", path=str(self.path), why=why)
         self._unsure = True
-        self._scan_locked(Changes(), force=True)
+        self._scan_locked(Changes(), force=True, log=False)
         # Neither the bad index nor the old backup is kept: the recovered state
         # is written as both (the backup must match the logs that follow it).
         _unlink(self.index_path)
@@ -882,7 +926,7 @@ class Folder:
         self._names = None
         self._mtimes = (-1, -1)
         self._unsure = True
-        self._scan_locked(Changes(), force=True)
+        self._scan_locked(Changes(), force=True, log=False)
         self._store_index(durable=True)
 
     def save(self, durable: bool = False, strict: bool = False) -> bool:
@@ -1016,11 +1060,13 @@ class Folder:
             self._notify(changes)
         return changes
 
-    def _scan_locked(self, changes: Changes, force: bool = False) -> list[bytes]:
+    def _scan_locked(self, changes: Changes, force: bool = False,
+                     log: bool = True) -> list[bytes]:
         """
         Under the lock: compare the directories with the index (skipped when
         their mtimes did not move), give UIDs to unknown files.  The records
-        for the log; sets C{_allocated} when UIDs were given.
+        for the log (none unless C{log}: a caller that writes the whole index
+        next needs none); sets C{_allocated} when UIDs were given.
         """
         self._scanned_changes = self._allocated = False
         mtimes = self._dir_mtimes()
@@ -1039,11 +1085,14 @@ class Folder:
         vanished: list[tuple[str, str]] = []
         for sub in ("new", "cur"):
             for name in disk[sub] - known[sub]:
-                appeared[split_name(name)[0]] = (sub, name)
+                # split_name, inline: a first open meets every name here.
+                base, sep, _info = name.partition(":2,")
+                appeared[base if sep else name.partition(":")[0]] = (sub, name)
             vanished.extend((sub, name) for name in known[sub] - disk[sub])
         before = (len(changes.added), len(changes.expunged), len(changes.flags))
-        on_disk: dict[str, tuple[str, str]] = {}
-        for base, where in appeared.items():
+        # Nothing indexed yet (a first open): every file that appeared is new.
+        on_disk: dict[str, tuple[str, str]] = {} if self._by_base else appeared
+        for base, where in appeared.items() if self._by_base else ():
             msg = self._by_base.get(base)
             if msg is None:
                 on_disk[base] = where
@@ -1070,21 +1119,50 @@ class Folder:
         # New files in arrival order as their names tell it (Maildir names
         # start with the delivery time); neither stat nor read here: the
         # internal date and the wire size are looked up when first needed.
-        fresh = sorted(on_disk.items(), key=lambda item: _arrival(item[0]))
-        for base, (sub, name) in fresh:
-            msg = Message(self.next_uid, name, sub, _size_hint(base), -1,
-                          self._name_keywords(split_name(name)[1], ()))
-            self.next_uid += 1
-            self._bump(msg)
-            self._add(msg)
-            changes.added.append(msg)
-            records.append(_rec_add(msg))
+        fresh = self._allocate(on_disk)
+        changes.added.extend(fresh)
+        if log:
+            records.extend([_rec_add(m) for m in fresh])
         self._mtimes = mtimes
         self._unsure = any(now_ns - m < _UNSURE_NS for m in mtimes)
         self._allocated = bool(fresh)
         self._scanned_changes = before != (len(changes.added), len(changes.expunged),
                                            len(changes.flags))
         return records
+
+    def _allocate(self, on_disk: dict[str, tuple[str, str]]) -> list[Message]:
+        """
+        Under the lock, once L{_scan_locked} set C{_names} to the names it
+        listed (these among them): UIDs and MODSEQs for new files (base -> (sub, name)), in
+        arrival order, in one pass: a first open of a big folder meets every
+        file here, so the per-file work is a few string operations and one
+        L{Message}, no call per file into the helpers L{_add} uses.
+        """
+        if not on_disk:
+            return []
+        uid = self.next_uid
+        modseq = self.highest_modseq
+        made: list[Message] = []
+        append = made.append
+        by_base = self._by_base
+        #: info letters -> keywords (a folder has few distinct info strings)
+        named: dict[str, tuple[str, ...]] = {"": ()}
+        for base in _arrival_sorted(on_disk):
+            sub, name = on_disk[base]
+            letters = name.partition(":2,")[2]
+            keywords = named.get(letters)
+            if keywords is None:
+                keywords = named[letters] = self._name_keywords(letters, ())
+            modseq += 1
+            msg = Message(uid, name, sub, _size_hint(base) if ",W=" in base else -1, -1,
+                          keywords, modseq)
+            uid += 1
+            append(msg)
+            by_base[base] = msg
+        self.next_uid, self.highest_modseq = uid, modseq
+        self.messages.extend(made)
+        self._uids.extend([m.uid for m in made])
+        return made
 
     def size_of(self, msg: Message) -> int:
         """The wire (CRLF) size, read from the file the first time it is needed."""
@@ -1141,7 +1219,7 @@ class Folder:
         A message's keywords once its file name says C{letters}: the name is
         the truth for keywords that have a Dovecot letter, the index for the rest.
         """
-        if not keywords and not any(c in KEYWORD_LETTERS for c in letters):
+        if not keywords and not _has_keyword_letters(letters):
             return keywords
         kl = self.keyword_letters
         kept = tuple(k for k in keywords if kl.letter(k) is None)
