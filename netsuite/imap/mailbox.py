@@ -118,7 +118,7 @@ class SessionMailbox:
         self.folder = folder
         self.writeable = writeable
         folder.refresh()
-        self.uids: list[int] = [m.uid for m in folder.messages]
+        self.uids: list[int] = list(folder.uids)
         self.recent: set[int] = folder.claim_recent() if writeable else set()
         self._expunged: set[int] = set()
         self._flag_changed: set[int] = set()

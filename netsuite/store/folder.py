@@ -40,6 +40,7 @@ import bisect
 import contextlib
 import fcntl
 import functools
+import gc
 import itertools
 import os
 import re
@@ -204,16 +205,20 @@ def _arrival_sorted(bases: Iterable[str]) -> list[str]:
     a second are sorted again by the full key.
     """
     order = sorted(bases)
-    if len(order) < 2:
+    count = len(order)
+    if count < 2:
         return order
-    width = order[0].find(".")
-    if width <= 0 or any(b.find(".") != width for b in order):
-        return sorted(order, key=_arrival)
+    width = order[0].find(".") + 1
+    # Each name's first C{width} characters, the dot last: checked on one
+    # string, so that no Python code runs per name.
     seconds = [b[:width] for b in order]
-    digits = "".join(seconds)
-    if not (digits.isascii() and digits.isdigit()):
+    joined = "".join(seconds)
+    digits = joined.replace(".", "")
+    if (width < 2 or len(joined) != count * width or joined.count(".") != count
+            or joined[width - 1::width] != "." * count
+            or not (digits.isascii() and digits.isdigit())):
         return sorted(order, key=_arrival)
-    if len(set(seconds)) == len(seconds):
+    if len(set(seconds)) == count:
         return order
     out: list[str] = []
     for _second, run in itertools.groupby(order, key=lambda b: b[:width]):
@@ -222,6 +227,53 @@ def _arrival_sorted(bases: Iterable[str]) -> list[str]:
             names.sort(key=_arrival)
         out.extend(names)
     return out
+
+
+def _message_names(names: list[str]) -> set[str]:
+    """
+    The names in a listing that can be messages: dot files are not, names
+    with tabs or newlines cannot be indexed (no Maildir writer makes them)
+    and are left alone.  Checked on the joined listing first ('/' is in no
+    file name), so a clean directory costs no Python code per name.
+    """
+    joined = "/" + "/".join(names)
+    if "/." not in joined and "\t" not in joined and "\n" not in joined:
+        return set(names)
+    return {n for n in names if n[:1] != "." and "\t" not in n and "\n" not in n}
+
+
+def _by_base_name(sub: str, names: list[str]) -> Iterable[tuple[str, tuple[str, str]]]:
+    """
+    (base, (C{sub}, name)) for each name, the base as L{split_name} says.
+    When every colon in the names starts a C{:2,} (every name a Maildir
+    writer makes), the base is what precedes C{:2,}, or the whole name: one
+    string operation per name, checked for all names at once.
+    """
+    joined = "/".join(names)
+    if joined.count(":") == joined.count(":2,"):
+        return zip([n.partition(":2,")[0] for n in names], zip(itertools.repeat(sub), names))
+    return ((split_name(n)[0], (sub, n)) for n in names)
+
+
+#: Some name's info holds a letter a-z (a keyword, see store.keywords), in
+#: names joined with '/'.
+_KEYWORD_INFO_RE = re.compile(r":2,[^/]*[a-z]")
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """
+    No cyclic garbage collection while a big folder's index is made: its
+    100,000 new objects (none in a cycle) would trigger several full
+    collections of the whole process for nothing.  Nests; restores.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 #: Info letters -> whether they hold keyword letters (a-z), for the few
@@ -926,7 +978,8 @@ class Folder:
         self._names = None
         self._mtimes = (-1, -1)
         self._unsure = True
-        self._scan_locked(Changes(), force=True, log=False)
+        with _gc_paused():
+            self._scan_locked(Changes(), force=True, log=False)
         self._store_index(durable=True)
 
     def save(self, durable: bool = False, strict: bool = False) -> bool:
@@ -1074,20 +1127,13 @@ class Folder:
             return []
         records: list[bytes] = []
         now_ns = int(self.clock() * 1e9)
-        # Dot files are not messages; names with tabs or newlines cannot be
-        # indexed (no Maildir writer makes them) and are left alone.
-        disk = {sub: {n for n in os.listdir(self.path / sub)
-                      if n[:1] != "." and "\t" not in n and "\n" not in n}
-                for sub in ("new", "cur")}
+        disk = {sub: _message_names(os.listdir(self.path / sub)) for sub in ("new", "cur")}
         known = self._known()
         # Set differences (in C) find what changed; Python looks only at those.
         appeared: dict[str, tuple[str, str]] = {}
         vanished: list[tuple[str, str]] = []
         for sub in ("new", "cur"):
-            for name in disk[sub] - known[sub]:
-                # split_name, inline: a first open meets every name here.
-                base, sep, _info = name.partition(":2,")
-                appeared[base if sep else name.partition(":")[0]] = (sub, name)
+            appeared.update(_by_base_name(sub, list(disk[sub] - known[sub])))
             vanished.extend((sub, name) for name in known[sub] - disk[sub])
         before = (len(changes.added), len(changes.expunged), len(changes.flags))
         # Nothing indexed yet (a first open): every file that appeared is new.
@@ -1133,35 +1179,41 @@ class Folder:
     def _allocate(self, on_disk: dict[str, tuple[str, str]]) -> list[Message]:
         """
         Under the lock, once L{_scan_locked} set C{_names} to the names it
-        listed (these among them): UIDs and MODSEQs for new files (base -> (sub, name)), in
-        arrival order, in one pass: a first open of a big folder meets every
-        file here, so the per-file work is a few string operations and one
-        L{Message}, no call per file into the helpers L{_add} uses.
+        listed (these among them): UIDs and MODSEQs for new files (base ->
+        (sub, name)), in arrival order, in one batch.  A first open of a big
+        folder meets every file here: the messages are made by C{map}, and
+        names are looked at one by one only if some say a keyword or a size.
         """
         if not on_disk:
             return []
-        uid = self.next_uid
-        modseq = self.highest_modseq
-        made: list[Message] = []
-        append = made.append
-        by_base = self._by_base
-        #: info letters -> keywords (a folder has few distinct info strings)
-        named: dict[str, tuple[str, ...]] = {"": ()}
-        for base in _arrival_sorted(on_disk):
-            sub, name = on_disk[base]
-            letters = name.partition(":2,")[2]
-            keywords = named.get(letters)
-            if keywords is None:
-                keywords = named[letters] = self._name_keywords(letters, ())
-            modseq += 1
-            msg = Message(uid, name, sub, _size_hint(base) if ",W=" in base else -1, -1,
-                          keywords, modseq)
-            uid += 1
-            append(msg)
-            by_base[base] = msg
-        self.next_uid, self.highest_modseq = uid, modseq
+        order = _arrival_sorted(on_disk)
+        count = len(order)
+        where = [on_disk[b] for b in order]
+        names = [w[1] for w in where]
+        joined = "/".join(names)
+        keywords: Iterable[tuple[str, ...]] = itertools.repeat(())
+        if _KEYWORD_INFO_RE.search(joined):
+            #: info letters -> keywords (a folder has few distinct info strings)
+            named: dict[str, tuple[str, ...]] = {"": ()}
+            keywords = []
+            for name in names:
+                letters = name.partition(":2,")[2]
+                found = named.get(letters)
+                if found is None:
+                    found = named[letters] = self._name_keywords(letters, ())
+                keywords.append(found)
+        sizes: Iterable[int] = itertools.repeat(-1)
+        if ",W=" in joined:
+            sizes = [_size_hint(b) if ",W=" in b else -1 for b in order]
+        first, modseq = self.next_uid, self.highest_modseq
+        with _gc_paused():
+            made = list(map(Message, range(first, first + count), names,
+                            [w[0] for w in where], sizes, itertools.repeat(-1), keywords,
+                            range(modseq + 1, modseq + 1 + count)))
+        self.next_uid, self.highest_modseq = first + count, modseq + count
+        self._by_base.update(zip(order, made))
         self.messages.extend(made)
-        self._uids.extend([m.uid for m in made])
+        self._uids.extend(range(first, first + count))
         return made
 
     def size_of(self, msg: Message) -> int:
@@ -1281,7 +1333,7 @@ class Folder:
 
     def claim_recent(self) -> set[int]:
         """UIDs that are \\Recent for the caller; nobody else will see them as recent."""
-        recent = {m.uid for m in self.messages[bisect.bisect_left(self._uids, self.first_recent):]}
+        recent = set(self._uids[bisect.bisect_left(self._uids, self.first_recent):])
         if self.first_recent != self.next_uid:
             self.first_recent = self.next_uid
             self._pending.append(changelog.encode(["R", str(self.first_recent)]))
