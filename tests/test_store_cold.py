@@ -12,6 +12,7 @@ import imaplib
 import os
 import random
 import re
+import socket
 
 import pytest
 
@@ -149,3 +150,167 @@ def test_files_that_arrive_later_get_the_next_uids_in_one_log_append(tmp_path, m
     assert appends == [(300, True)]  # one write, fsynced: new UIDs
     again = Folder(box)
     assert [(m.uid, m.base) for m in again.messages] == [(m.uid, m.base) for m in f.messages]
+
+
+# -- through the daemon --------------------------------------------------------------------
+
+from test_imap import USERS, connect  # noqa: E402
+
+BIG = 60
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    d = make_daemon(listeners=["imap", "imaps"], users=USERS, start=False)
+    box = d.data_dir / "mail" / "alice" / ".Big"
+    files = [("cur" if i % 4 else "new",
+              f"{1700000000 + i}.M{i}P1.bench,S=20" + (":2,S" if i % 4 else ""),
+              b"Subject: %d\n\nbody\n" % i) for i in range(BIG)]
+    make_folder(box, files)
+    (box / "maildirfolder").touch()
+    return d.start()
+
+
+def lock_waiters(path) -> list[int]:
+    """PIDs waiting for the flock on C{path} (/proc/locks marks a waiter with '->')."""
+    ino = os.stat(path).st_ino
+    out = []
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 6 and fields[1] == "->" and fields[6].endswith(f":{ino}"):
+                out.append(int(fields[5]))
+    return out
+
+
+class Locked:
+    """Holds a folder's netsuite-index.lock as another netsuite process would."""
+
+    def __init__(self, box):
+        import fcntl
+
+        self.path = box / folder_module.LOCK_NAME
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def select_in_thread(m, name, out):
+    import threading
+
+    th = threading.Thread(target=lambda: out.append(m.select(name)), daemon=True)
+    th.start()
+    return th
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks")
+def test_a_first_open_does_not_stop_other_sessions(daemon):
+    box = daemon.data_dir / "mail" / "alice" / ".Big"
+    lock = Locked(box)
+    try:
+        a = connect(daemon)
+        got: list = []
+        th = select_in_thread(a, "Big", got)
+        # The daemon reads the folder: it waits for the lock (held here).
+        assert daemon.wait_for(lambda: daemon.proc.pid in lock_waiters(lock.path))
+        # Meanwhile another session logs in and works: nothing waits for that read.
+        b = connect(daemon, "bob")
+        assert b.noop()[0] == "OK"
+        assert b.select("INBOX")[0] == "OK"
+        b.logout()
+        assert not got
+    finally:
+        lock.release()
+    th.join(30)
+    assert got == [("OK", [b"%d" % BIG])]
+    typ, data = a.uid("FETCH", "1:*", "(UID FLAGS)")
+    assert typ == "OK" and len(data) == BIG
+    assert [int(re.search(rb"UID (\d+)", d).group(1)) for d in data] == \
+        list(range(1, BIG + 1))
+    a.logout()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks")
+def test_sessions_that_open_a_folder_being_read_all_get_it(daemon):
+    box = daemon.data_dir / "mail" / "alice" / ".Big"
+    lock = Locked(box)
+    clients, results, threads = [], [], []
+    try:
+        for _ in range(3):
+            m = connect(daemon)
+            out: list = []
+            clients.append(m)
+            results.append(out)
+            threads.append(select_in_thread(m, "Big", out))
+        assert daemon.wait_for(lambda: daemon.proc.pid in lock_waiters(lock.path))
+    finally:
+        lock.release()
+    for th in threads:
+        th.join(30)
+    assert [r for r in results] == [[("OK", [b"%d" % BIG])]] * 3
+    validity = {m.response("UIDVALIDITY")[1][0] for m in clients}
+    assert len(validity) == 1
+    answers = {tuple(m.uid("FETCH", "1:*", "(UID)")[1]) for m in clients}
+    assert len(answers) == 1
+    # One folder object for all: a flag one session sets is news to the others.
+    clients[0].uid("STORE", "1", "+FLAGS", "(\\Flagged)")
+    for m in clients[1:]:
+        m.noop()
+        typ, data = m.uid("FETCH", "1", "(FLAGS)")
+        assert b"\\Flagged" in data[0]
+    for m in clients:
+        m.logout()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks")
+def test_a_client_that_leaves_while_its_folder_is_read_harms_nobody(daemon):
+    import ssl
+
+    from rawsmtp import insecure_context
+
+    box = daemon.data_dir / "mail" / "alice" / ".Big"
+    lock = Locked(box)
+    try:
+        raw = insecure_context().wrap_socket(
+            socket.create_connection(("127.0.0.1", daemon.port("imaps")), timeout=10))
+        f = raw.makefile("rb")
+        f.readline()
+        raw.sendall(b"a LOGIN alice %s\r\n" % USERS["alice"].encode())
+        while not f.readline().startswith(b"a OK"):
+            pass
+        raw.sendall(b"b SELECT Big\r\n")
+        assert daemon.wait_for(lambda: daemon.proc.pid in lock_waiters(lock.path))
+        f.close()
+        raw.close()
+    except ssl.SSLError:
+        raise
+    finally:
+        lock.release()
+    m = connect(daemon)
+    assert m.select("Big") == ("OK", [b"%d" % BIG])
+    m.logout()
+    assert "Traceback" not in daemon.log()
+
+
+def test_uids_of_a_first_open_survive_kill_9(daemon):
+    m = connect(daemon)
+    assert m.select("Big") == ("OK", [b"%d" % BIG])
+    validity = m.response("UIDVALIDITY")[1][0]
+    typ, first = m.uid("FETCH", "1:*", "(UID FLAGS)")
+    assert typ == "OK" and len(first) == BIG
+    daemon.kill9()  # right after the answers: the index must be on disk already
+    daemon.start()
+    m = connect(daemon)
+    assert m.select("Big") == ("OK", [b"%d" % BIG])
+    assert m.response("UIDVALIDITY")[1][0] == validity
+    typ, again = m.uid("FETCH", "1:*", "(UID FLAGS)")
+    # Same UIDs for the same files (\\Recent is not kept across a kill -9: no fsync).
+    def strip(data):
+        return [d.replace(b" \\Recent", b"").replace(b"\\Recent", b"") for d in data]
+
+    assert strip(again) == strip(first)
+    m.logout()

@@ -513,7 +513,23 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         name = self._mailbox_name(cur)
         cur.end()
         self._deselect()
-        mbox = self.account.select(name, rw)
+        # A folder not in memory yet is read in a thread (a first open lists it all).
+        mbox = self.account.select_deferred(name, rw)
+        if isinstance(mbox, defer.Deferred):
+            return mbox.addCallbacks(self._selected, self._select_failed,
+                                     callbackArgs=(tag, rw), errbackArgs=(tag,))
+        return self._selected(mbox, tag, rw)
+
+    def _select_failed(self, failure, tag) -> None:
+        failure.trap(FolderGone)
+        if not self._lost:
+            self._tagged(tag, b"NO", b"[NONEXISTENT] Mailbox was deleted or renamed")
+
+    def _selected(self, mbox, tag, rw: bool) -> None:
+        if self._lost:  # the client left while the folder was read
+            if mbox is not None:
+                mbox.close()
+            return
         if mbox is None:
             self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
             return
@@ -537,10 +553,10 @@ class IMAPServer(imap4.IMAP4Server, CommandDeadline):
         self.send(tag + b" OK " + mode + b" completed")
 
     def imap_SELECT(self, tag, cur):
-        self._select(tag, cur, True)
+        return self._select(tag, cur, True)
 
     def imap_EXAMINE(self, tag, cur):
-        self._select(tag, cur, False)
+        return self._select(tag, cur, False)
 
     def imap_CREATE(self, tag, cur):
         name = self._mailbox_name(cur)

@@ -379,11 +379,19 @@ def _rec_meta(m: Message) -> bytes:
 
 
 def _reactor_running() -> bool:
-    """Whether a reactor runs (a daemon), so that blocking work can go to its threads."""
+    """
+    Whether a reactor runs (a daemon) and this is its thread, so that blocking
+    work should go to its threads.  Off the reactor's thread (a folder read by
+    L{netsuite.store.maildir.MaildirStore.open_folder}) it is done there and then.
+    """
     import sys
 
     reactor = sys.modules.get("twisted.internet.reactor")
-    return bool(reactor is not None and getattr(reactor, "running", False))
+    if reactor is None or not getattr(reactor, "running", False):
+        return False
+    from twisted.python import threadable
+
+    return threadable.isInIOThread()
 
 
 def _tidy(changes: Changes) -> None:
