@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -219,6 +220,7 @@ class MaildirStore:
         self._ready: set[str] = set()
         #: Folders being read in a thread (L{open_folder}), with who waits for them.
         self._opening: dict[Path, list] = {}
+        self._uidvalidity_lock = threading.Lock()
 
     # -- delivery ---------------------------------------------------------------
 
@@ -316,6 +318,11 @@ class MaildirStore:
 
     def _next_uidvalidity(self, user: str) -> int:
         """Per user, strictly increasing (and at least the current time)."""
+        # Folders read in threads (open_folder) ask at the same time.
+        with self._uidvalidity_lock:
+            return self._next_uidvalidity_locked(user)
+
+    def _next_uidvalidity_locked(self, user: str) -> int:
         path = self.mailbox_path(user) / _UIDVALIDITY
         try:
             last = int(path.read_text().strip() or 0)
