@@ -28,10 +28,12 @@ outside the lock a stat of the index notices it).  A UID is given once, to
 one file, and the others adopt it; a rename that fails because another
 program renamed the file first is retried on the new name, so no flag is lost.
 
-All methods are synchronous and run in the reactor thread; a L{Folder} is
-shared by every session of the process on that folder (see
-L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about every
-change, whoever made it.
+All methods are synchronous and run in the reactor thread, except that a
+folder may be read (made) in a thread before anyone else sees it
+(L{netsuite.store.maildir.MaildirStore.open_folder}: a first open of a big
+folder); a L{Folder} is shared by every session of the process on that folder
+(see L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about
+every change, whoever made it.
 """
 
 from __future__ import annotations
