@@ -253,7 +253,8 @@ def _by_base_name(sub: str, names: list[str]) -> Iterable[tuple[str, tuple[str, 
     """
     joined = "/".join(names)
     if joined.count(":") == joined.count(":2,"):
-        return zip([n.partition(":2,")[0] for n in names], zip(itertools.repeat(sub), names))
+        return zip([n.partition(":2,")[0] for n in names], zip(itertools.repeat(sub), names),
+                   strict=True)
     return ((split_name(n)[0], (sub, n)) for n in names)
 
 
@@ -1221,7 +1222,7 @@ class Folder:
                             [w[0] for w in where], sizes, itertools.repeat(-1), keywords,
                             range(modseq + 1, modseq + 1 + count)))
         self.next_uid, self.highest_modseq = first + count, modseq + count
-        self._by_base.update(zip(order, made))
+        self._by_base.update(zip(order, made, strict=True))
         self.messages.extend(made)
         self._uids.extend(range(first, first + count))
         return made
