@@ -659,11 +659,13 @@ def test_avatars_provide_twisted_interfaces():
     from twisted.mail import imap4, pop3
     from zope.interface.verify import verifyClass
 
-    from netsuite.imap.account import ImapAccount
+    from netsuite.imap.account import IImapAccount, ImapAccount
     from netsuite.imap.mailbox import ISessionMailbox, SessionMailbox
     from netsuite.pop3.mailbox import POP3Mailbox
 
-    assert verifyClass(imap4.IAccount, ImapAccount)
+    assert verifyClass(IImapAccount, ImapAccount)
+    # Twisted's IAccount is not claimed: its select() must return an IMailbox.
+    assert not imap4.IAccount.implementedBy(ImapAccount)
     assert verifyClass(imap4.INamespacePresenter, ImapAccount)
     # Twisted's IMailbox is not claimed: netsuite renders FETCH/STORE/SEARCH/COPY itself.
     assert verifyClass(ISessionMailbox, SessionMailbox)

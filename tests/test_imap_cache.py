@@ -160,7 +160,7 @@ def test_cache_drops_expunged_messages(daemon):
 
 def test_flags_fetch_of_a_big_folder_in_chunks(daemon):
     """Over FLAGS_CHUNK messages FETCH (UID FLAGS) is written in paced chunks: all, in order."""
-    from netsuite.imap.server import FLAGS_CHUNK
+    from netsuite.imap.commands.fetch import FLAGS_CHUNK
 
     count = FLAGS_CHUNK + 1500
     box = daemon.data_dir / "mail" / "alice"

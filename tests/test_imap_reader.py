@@ -7,9 +7,9 @@ from types import SimpleNamespace
 from twisted.internet import defer, task
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
-from twisted.mail import imap4
 from zope.interface import implementer
 
+from netsuite.imap.account import IImapAccount
 from netsuite.imap.server import IMAPServer
 from netsuite.imap.service import IMAPConfig
 
@@ -116,7 +116,7 @@ def test_commands_pipelined_during_login_wait_their_turn():
     server.dataReceived(b"a1 LOGIN alice pw\r\na2 CAPABILITY\r\n")
     assert t.value() == b""  # a2 waits for the login to finish
     account = SimpleNamespace()
-    portal.pending.callback((imap4.IAccount, account, lambda: None))
+    portal.pending.callback((IImapAccount, account, lambda: None))
     out = t.value().split(b"\r\n")
     assert out[0].startswith(b"a1 OK [CAPABILITY")
     assert out[1].startswith(b"* CAPABILITY") and out[2].startswith(b"a2 OK")

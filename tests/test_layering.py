@@ -12,11 +12,12 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.mail import imap4, pop3, smtp
+from twisted.mail import pop3, smtp
 from twisted.protocols import ftp
 from zope.interface.verify import verifyClass
 
 from netsuite import protocols, realm
+from netsuite.imap.account import IImapAccount
 from netsuite.queue.runner import QueueRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,7 @@ def test_realm_config_auth_store_import_no_protocol():
 def test_every_protocol_registers_its_avatar_maker():
     """The realm learns its avatars from the protocol packages, as config learns sections."""
     protocols.load_all()
-    for iface in (smtp.IMessageDelivery, pop3.IMailbox, imap4.IAccount, ftp.IFTPShell,
+    for iface in (smtp.IMessageDelivery, pop3.IMailbox, IImapAccount, ftp.IFTPShell,
                   realm.ITerminalAvatar):
         assert iface in realm.AVATAR_MAKERS, iface
 

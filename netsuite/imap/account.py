@@ -1,10 +1,13 @@
 """
 The IMAP avatar: a user's folders in the Maildir++ store.
 
-Implements Twisted's L{imap4.IAccount} and L{imap4.INamespacePresenter} so a
-stock IMAP4Server could use it too; netsuite's server calls the same methods.
-Hierarchy delimiter '.', as Dovecot's Maildir++ layout uses.  Folder names are
-stored as they come on the wire (modified UTF-7), as Dovecot does.
+Provides netsuite's L{IImapAccount}, what the IMAP session asks of a login,
+and Twisted's L{imap4.INamespacePresenter}.  Twisted's C{IAccount} is not
+claimed: its C{select} must return an C{IMailbox}, and the session's
+mailboxes are L{netsuite.imap.mailbox.ISessionMailbox} instead (netsuite
+renders FETCH, STORE, SEARCH and COPY itself).  Hierarchy delimiter '.', as
+Dovecot's Maildir++ layout uses.  Folder names are stored as they come on
+the wire (modified UTF-7), as Dovecot does.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 
 from twisted.mail import imap4
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from netsuite.imap.mailbox import SessionMailbox, status
 from netsuite.store.maildir import BadFolderName
@@ -29,7 +32,49 @@ class FolderExists(imap4.MailboxException):
     pass
 
 
-@implementer(imap4.IAccount, imap4.INamespacePresenter)
+class IImapAccount(Interface):
+    """
+    A logged-in IMAP user's mailboxes: the avatar interface IMAP logins ask
+    the Portal for.  Names are canonical (INBOX upper-case) modified UTF-7.
+    Errors are L{imap4.MailboxException}s (L{NoSuchFolder}, L{FolderExists})
+    that the session answers with NO.
+    """
+
+    user = Attribute("The login name.")
+    store = Attribute("The L{netsuite.store.IMailStore} holding the folders.")
+
+    def folder(name: str, create: bool = False):
+        """The store folder (L{netsuite.store.IMailFolder}); NoSuchFolder if there is none."""
+
+    def select(name: str, rw: bool = True):
+        """An L{netsuite.imap.mailbox.ISessionMailbox} on the folder, or None if none."""
+
+    def select_deferred(name: str, rw: bool = True):
+        """L{select}, or a Deferred of it while the folder is read off the reactor."""
+
+    def create(pathspec: str) -> bool:
+        """Create a folder (and its parents); FolderExists if it is there."""
+
+    def delete(name: str) -> bool:
+        """Delete a folder; NoSuchFolder if there is none."""
+
+    def rename(oldname: str, newname: str) -> bool:
+        """Rename a folder and its children."""
+
+    def subscribe(name: str) -> bool:
+        """Add the name to the subscriptions."""
+
+    def unsubscribe(name: str) -> bool:
+        """Remove it; NoSuchFolder if it was not subscribed."""
+
+    def listing(ref: str, pattern: str, subscribed: bool = False) -> list:
+        """(name, attributes) pairs for LIST / LSUB, \\Noselect parents included."""
+
+    def status(name: str, names) -> dict:
+        """STATUS items (MESSAGES, UIDNEXT, ...) of a folder: name -> number."""
+
+
+@implementer(IImapAccount, imap4.INamespacePresenter)
 class ImapAccount:
     """One user's folders; see the module docstring."""
 
@@ -86,10 +131,7 @@ class ImapAccount:
                         out.append((parent, ["\\Noselect", "\\HasChildren"]))
         return out
 
-    # -- twisted.mail.imap4.IAccount --------------------------------------------------
-
-    def addMailbox(self, name, mbox=None):
-        return self.create(name)
+    # -- IImapAccount ------------------------------------------------------------------
 
     def create(self, pathspec):
         name = pathspec.rstrip(DELIMITER)
@@ -112,8 +154,7 @@ class ImapAccount:
         """
         L{select}, for netsuite's SELECT and EXAMINE: the mailbox (or None: no
         such folder) at once if the folder is in memory, else a Deferred
-        that fires with it once the store has read it off the reactor
-        (IAccount.select allows either).
+        that fires with it once the store has read it off the reactor.
         """
 
         def none(f: Failure) -> None:
@@ -153,9 +194,6 @@ class ImapAccount:
             raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
         return True
 
-    def isSubscribed(self, name):
-        return name in self.store.subscriptions(self.user)
-
     def subscribe(self, name):
         self.store.set_subscribed(self.user, name, True)
         return True
@@ -165,10 +203,6 @@ class ImapAccount:
             raise NoSuchFolder(f"Not subscribed: {name}")
         self.store.set_subscribed(self.user, name, False)
         return True
-
-    def listMailboxes(self, ref, wildcard):
-        return [(name, self.select(name, False)) for name, attrs in self.listing(ref, wildcard)
-                if "\\Noselect" not in attrs]
 
     def status(self, name, names):
         return status(self.folder(name), names)

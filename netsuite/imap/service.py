@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.mail import imap4
-
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
-from netsuite.imap.account import account_for
+from netsuite.imap.account import IImapAccount, account_for
 from netsuite.imap.server import IMAPFactory
 from netsuite.realm import register_avatar
 from netsuite.store.service import configure_store
@@ -52,4 +50,4 @@ def build(ctx, name: str):
     return IMAPFactory(ctx, implicit_tls=name == "imaps")
 
 
-register_avatar(imap4.IAccount, account_for)
+register_avatar(IImapAccount, account_for)

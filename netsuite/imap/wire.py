@@ -337,6 +337,19 @@ def _fetch_att(cur: Cursor) -> FetchAtt:
             cur.expect(b">")
             sec.partial = (start, length)
         return FetchAtt("SECTION", sec)
+    if word in (b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE") and cur.peek() == 0x5B:
+        # RFC 3516: section-binary is part numbers only; BINARY.SIZE takes no partial.
+        sec = _section(cur)
+        if sec.kind:
+            raise ParseError("BINARY takes part numbers only")
+        sec.peek = word != b"BINARY"
+        if word != b"BINARY.SIZE" and cur.maybe(b"<"):
+            start = cur.number()
+            cur.expect(b".")
+            length = cur.nz_number()
+            cur.expect(b">")
+            sec.partial = (start, length)
+        return FetchAtt("BINARY.SIZE" if word == b"BINARY.SIZE" else "BINARY", sec)
     if word in _SIMPLE:
         return FetchAtt(word.decode())
     raise ParseError(f"Unknown FETCH attribute {word.decode(errors='replace')!r}")
@@ -367,6 +380,14 @@ def _section(cur: Cursor) -> Section:
             raise ParseError("Bad header list")
         sec.fields = tuple(n.upper() for n in names)
     cur.expect(b"]")
+    return sec
+
+
+def parse_section_text(text: bytes) -> Section:
+    """A section spec on its own (C{1.2.HEADER}), as an IMAP URL's C{;SECTION=} names it."""
+    cur = Cursor(b"[" + text + b"]", [])
+    sec = _section(cur)
+    cur.end()
     return sec
 
 
@@ -491,6 +512,24 @@ def format_datetime(ts: float) -> bytes:
 
 def literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def literal8(data: bytes) -> bytes:
+    """BINARY content: C{~{n}} (RFC 3516) when it holds a NUL, else an ordinary literal."""
+    if b"\x00" in data:
+        return b"~{%d}\r\n" % len(data) + data
+    return literal(data)
+
+
+def binary_label(sec: Section, size: bool = False) -> bytes:
+    """C{BINARY[1.2]<0>} or C{BINARY.SIZE[1.2]}, as a response names the item."""
+    spec = ".".join(str(p) for p in sec.part).encode()
+    if size:
+        return b"BINARY.SIZE[" + spec + b"]"
+    out = b"BINARY[" + spec + b"]"
+    if sec.partial is not None:
+        out += b"<%d>" % sec.partial[0]
+    return out
 
 
 def string(data: bytes | str | None) -> bytes:

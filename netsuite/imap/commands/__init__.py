@@ -1,0 +1,64 @@
+"""
+The IMAP commands, by group, as mixins of L{netsuite.imap.server.IMAPServer}.
+
+The session class keeps the state (the connection, the login, the selected
+mailbox), the reader and the dispatch (C{imap_NAME} methods); each module here
+holds one group of commands and the helpers only it uses.  A command's grammar
+lives in L{netsuite.imap.wire}, as functions of a L{netsuite.imap.wire.Cursor}
+that can be tested on their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
+
+    from netsuite.imap.wire import Cursor, SeqSet
+
+#: FETCH/STORE of a set in which another session expunged some messages: the rest are
+#: answered and the command succeeds, Dovecot's words (its cmd-fetch.c).
+EXPUNGE_ISSUED = b"[EXPUNGEISSUED] Some messages were already expunged."
+
+
+class SessionBase:
+    """
+    What the command mixins use of the session, for the type checker: the
+    attributes and methods are L{netsuite.imap.server.IMAPServer}'s (and
+    Twisted's C{IMAP4Server}'s); nothing here exists at run time.
+    """
+
+    transport: Any
+    state: str
+    ctx: Any
+    cfg: Any
+    tls: bool
+    peer: str
+    portal: Any
+    account: Any
+    mbox: Any
+    POSTAUTH_TIMEOUT: Any
+    _framer: Any
+    _mode: str
+    _busy: bool
+    _lost: bool
+    _idle_tag: bytes | None
+    _sasl_tag: bytes | None
+    _onLogout: Any
+    _inflater: Any
+
+    if TYPE_CHECKING:
+        def send(self, line: bytes) -> None: ...
+        def _tagged(self, tag: bytes, status: bytes, text: bytes,
+                    allow_expunge: bool = True) -> None: ...
+        def _mailbox_name(self, cur: Cursor) -> str: ...
+        def _deselect(self) -> None: ...
+        def _targets(self, seqset: SeqSet, uid: bool) -> list[int]: ...
+        def _cooperate(self, work: Any) -> defer.Deferred: ...
+        def _process(self) -> None: ...
+        def _mailbox_changed(self) -> None: ...
+        def capability_list(self) -> list[bytes]: ...
+        def plaintext_allowed(self) -> bool: ...
+        def setTimeout(self, period: float | None) -> Any: ...
+        def resetTimeout(self) -> None: ...

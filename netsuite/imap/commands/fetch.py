@@ -1,0 +1,270 @@
+"""
+FETCH: UID/FLAGS-only answers from the index in big chunks, the rest a batch per reactor
+turn, parsed fields from the message cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from netsuite.imap import wire
+from netsuite.imap.binary import UnknownCTE, binary_section
+from netsuite.imap.commands import EXPUNGE_ISSUED, SessionBase
+from netsuite.imap.message import Part, bodystructure, envelope
+from netsuite.store.folder import Message
+
+#: Messages rendered per reactor turn by FETCH (and scanned per turn by SEARCH).
+FETCH_BATCH = 256
+
+#: Messages per write (and per reactor turn) of a FETCH of UID/FLAGS only.
+FLAGS_CHUNK = 4096
+
+#: FLAGS renderings of keyword-less messages by their Maildir info letters (bounded).
+_FLAG_BYTES: dict[str, bytes] = {}
+#: The same for messages that are \Recent in the session.
+_RECENT_FLAG_BYTES: dict[str, bytes] = {}
+
+
+class FetchCommands(SessionBase):
+    """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
+
+    def imap_FETCH(self, tag, cur, uid=False):
+        seqset = cur.seqset()
+        cur.sp()
+        atts = wire.parse_fetch_atts(cur)
+        cur.end()
+        if uid and not any(a.name == "UID" for a in atts):
+            atts.insert(0, wire.FetchAtt("UID"))
+        targets = self._targets(seqset, uid)
+        mbox = self.mbox
+        marks_seen = mbox.writeable and any(
+            a.section is not None and not a.section.peek for a in atts)
+        add_flags = set()
+        if marks_seen:
+            unseen = [m for m in mbox.messages(targets) if not m.has("\\Seen")]
+            if unseen:
+                mbox.set_flags(unseen, ["\\Seen"], 1)
+                if not any(a.name == "FLAGS" for a in atts):
+                    add_flags = {m.uid for m in unseen}
+        missing = []
+        unknown_cte: list[str] = []
+
+        def done(_):
+            if unknown_cte:  # RFC 3516 4.1: the encoding cannot be undone
+                self._tagged(tag, b"NO", b"[UNKNOWN-CTE] Unknown Content-Transfer-Encoding " +
+                             unknown_cte[0].encode("ascii", "replace")[:64],
+                             allow_expunge=uid)
+            elif missing:  # as Dovecot: the remaining messages were answered (RFC 2180 4.1.2)
+                self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
+            else:
+                self._tagged(tag, b"OK", b"FETCH completed", allow_expunge=uid)
+
+        if all(a.name in ("UID", "FLAGS") for a in atts):
+            # The common "what changed" FETCH: from the index only, a few big writes.
+            chunks = self._fetch_flags(targets, atts, missing)
+            if len(targets) <= FLAGS_CHUNK:
+                for chunk in chunks:
+                    self.transport.write(chunk)
+                done(None)
+                return None
+
+            def write_chunks():
+                for chunk in chunks:
+                    self.transport.write(chunk)
+                    yield None
+
+            return self._cooperate(write_chunks()).addCallback(done)
+
+        def render():
+            out = []
+            for u in targets:
+                msg = mbox.message(u)
+                seq = mbox.seq(u)
+                if msg is None or not seq:
+                    missing.append(u)
+                    continue
+                try:
+                    out.append(self._fetch_one(mbox, seq, msg, atts, u in add_flags))
+                except KeyError:
+                    missing.append(u)
+                except UnknownCTE as e:
+                    unknown_cte.append(str(e))
+                if len(out) >= FETCH_BATCH:
+                    mbox.flush_cache()
+                    self.transport.writeSequence(out)
+                    out = []
+                    yield None
+            mbox.flush_cache()
+            if out:
+                self.transport.writeSequence(out)
+
+        if len(targets) <= FETCH_BATCH:
+            for _ in render():
+                pass
+            done(None)
+            return None
+        return self._cooperate(render()).addCallback(done)
+
+    def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> Iterator[bytes]:
+        """
+        FETCH of UID and/or FLAGS only, from the index: the responses of
+        L{FLAGS_CHUNK} messages joined into one bytes string at a time (one
+        transport write each, not one per message).  The per-message work is
+        a template and a flag rendering looked up by the file name's info
+        letters (L{_FLAG_BYTES}).
+        """
+        mbox = self.mbox
+        order = tuple(a.name for a in atts)
+        render = self._flag_renderer()
+        # Snapshot: another session may change the folder between two chunks.
+        msgs = mbox.snapshot() if targets == mbox.uids else None
+        if msgs is not None:
+            shared = mbox.rendered()
+            version = shared.version if shared is not None else -1
+            for start in range(0, len(msgs), FLAGS_CHUNK):
+                key = (order, start, len(msgs))
+                data = shared.chunks.get(key) \
+                    if shared is not None and shared.version == version else None
+                if data is None:
+                    data = _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK],
+                                                         start + 1), render)
+                    if shared is not None and shared.version == version:
+                        shared.chunks[key] = data  # nothing changed since the snapshot
+                yield data
+            return
+        found: list[tuple[int, Message]] = []
+        for u in targets:
+            msg = mbox.message(u)
+            seq = mbox.seq(u)
+            if msg is None or not seq:
+                missing.append(u)
+            else:
+                found.append((seq, msg))
+        for start in range(0, len(found), FLAGS_CHUNK):
+            yield _flags_lines(order, found[start:start + FLAGS_CHUNK], render)
+
+    def _flag_renderer(self) -> Callable[[Message], bytes]:
+        """C{msg -> b"(\\Seen ...)"} for this session: shared renderings by info letters."""
+        recent = self.mbox.recent
+        flag_list = self.mbox.flag_list
+
+        def render(msg: Message) -> bytes:
+            if msg.keywords:
+                return ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
+            letters = msg.name.partition(":2,")[2]
+            if msg.uid in recent:  # a first open: every message is \Recent
+                flags = _RECENT_FLAG_BYTES.get(letters)
+                if flags is None:
+                    flags = ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
+                    if len(_RECENT_FLAG_BYTES) < 4096:
+                        _RECENT_FLAG_BYTES[letters] = flags
+                return flags
+            flags = _FLAG_BYTES.get(letters)
+            if flags is None:
+                flags = ("(" + " ".join(msg.flags) + ")").encode("utf-8", "replace")
+                if len(_FLAG_BYTES) < 4096:
+                    _FLAG_BYTES[letters] = flags
+            return flags
+
+        return render
+
+    def _fetch_one(self, mbox, seq: int, msg, atts, add_flags: bool) -> bytes:
+        items = []
+        part = None
+        raw = None
+        for att in atts:
+            name = att.name
+            if name == "UID":
+                items.append(b"UID %d" % msg.uid)
+            elif name == "FLAGS":
+                items.append(b"FLAGS " + mbox.flag_bytes(msg))
+            elif name == "INTERNALDATE":
+                items.append(b"INTERNALDATE " + wire.format_datetime(mbox.date_of(msg)))
+            elif name == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % mbox.size_of(msg))
+            elif name == "SECTION" and not att.section.part and att.section.kind == "" and \
+                    part is None:
+                # BODY[] / RFC822: the whole message, no MIME parsing needed.
+                sec = att.section
+                if raw is None:
+                    raw = mbox.read(msg)
+                data = raw if sec.partial is None else \
+                    raw[sec.partial[0]:sec.partial[0] + sec.partial[1]]
+                items.append(wire.section_label(sec) + b" " + wire.literal(data))
+            elif name in ("BINARY", "BINARY.SIZE"):
+                if part is None:
+                    part = Part(raw if raw is not None else mbox.read(msg))
+                sec = att.section
+                content = binary_section(part, sec.part) or b""  # raises UnknownCTE
+                if name == "BINARY.SIZE":
+                    items.append(wire.binary_label(sec, size=True) + b" %d" % len(content))
+                else:
+                    if sec.partial is not None:
+                        start, length = sec.partial
+                        content = content[start:start + length]
+                    items.append(wire.binary_label(sec) + b" " + wire.literal8(content))
+            else:
+                sec = att.section
+                field = _cache_field(att)
+                value = None if field is None else mbox.cached(msg, field)
+                if value is None:
+                    if part is None:
+                        part = Part(raw if raw is not None else mbox.read(msg))
+                    if name == "ENVELOPE":
+                        value = envelope(part)
+                    elif name == "BODYSTRUCTURE":
+                        value = bodystructure(part, True)
+                    elif name == "BODY":
+                        value = bodystructure(part, False)
+                    else:
+                        # A part that does not exist is empty, as in Dovecot.
+                        value = part.section(sec.part, sec.kind, sec.fields) or b""
+                    if field is not None:
+                        mbox.remember(msg, field, value)
+                if name in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
+                    items.append(name.encode() + b" " + value)
+                else:
+                    if sec.partial is not None:
+                        start, length = sec.partial
+                        value = value[start:start + length]
+                    items.append(wire.section_label(sec) + b" " + wire.literal(value))
+        if add_flags:
+            items.append(b"FLAGS " + mbox.flag_bytes(msg))
+        return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+
+
+def _flags_lines(order: tuple[str, ...], pairs: Iterable[tuple[int, Message]],
+                 render: Callable[[Message], bytes]) -> bytes:
+    """The FETCH responses of (seq, message) pairs for UID and/or FLAGS, joined."""
+    if order == ("UID", "FLAGS"):
+        return b"".join([b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, m.uid, render(m))
+                         for seq, m in pairs])
+    if order == ("FLAGS",):
+        return b"".join([b"* %d FETCH (FLAGS %s)\r\n" % (seq, render(m)) for seq, m in pairs])
+    if order == ("UID",):
+        return b"".join([b"* %d FETCH (UID %d)\r\n" % (seq, m.uid) for seq, m in pairs])
+    return b"".join([b"* %d FETCH (" % seq + b" ".join(
+        b"UID %d" % m.uid if name == "UID" else b"FLAGS " + render(m)
+        for name in order) + b")\r\n" for seq, m in pairs])
+
+
+def _cache_field(att) -> str | None:
+    """
+    The message-cache field (netsuite.store.cache) of a FETCH item computed from the
+    message's bytes, or None if it is not cached: ENVELOPE, BODY, BODYSTRUCTURE and the
+    top-level header sections that clients ask for in every message list.  The names
+    carry a version: a change to how one renders must change its name.
+    """
+    name = att.name
+    if name == "ENVELOPE":
+        return "envelope1"
+    if name == "BODYSTRUCTURE":
+        return "bodystructure1"
+    if name == "BODY":
+        return "body1"
+    sec = att.section
+    if sec is not None and not sec.part and sec.kind in ("HEADER", "HEADER.FIELDS",
+                                                         "HEADER.FIELDS.NOT"):
+        return ("h1:" + sec.kind + " " +
+                " ".join(f.decode("ascii", "replace") for f in sec.fields))
+    return None
