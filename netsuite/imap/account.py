@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from netsuite.imap.mailbox import SessionMailbox, status
@@ -47,6 +48,9 @@ class IImapAccount(Interface):
 
     def select(name: str, rw: bool = True):
         """An L{netsuite.imap.mailbox.ISessionMailbox} on the folder, or None if none."""
+
+    def select_deferred(name: str, rw: bool = True):
+        """L{select}, or a Deferred of it while the folder is read off the reactor."""
 
     def create(pathspec: str) -> bool:
         """Create a folder (and its parents); FolderExists if it is there."""
@@ -226,6 +230,28 @@ class ImapAccount:
         except (KeyError, BadFolderName):
             return None
         return SessionMailbox(self.store, self.user, folder, bool(rw))
+
+    def select_deferred(self, name, rw=True):
+        """
+        L{select}, for netsuite's SELECT and EXAMINE: the mailbox (or None: no
+        such folder) at once if the folder is in memory, else a Deferred
+        that fires with it once the store has read it off the reactor.
+        """
+
+        def none(f: Failure) -> None:
+            f.trap(KeyError, BadFolderName)
+            return None
+
+        d = self.store.open_folder(self.user, name)
+        d.addCallback(lambda folder: SessionMailbox(self.store, self.user, folder, bool(rw)))
+        d.addErrback(none)
+        if not d.called:
+            return d
+        out: list = []
+        d.addBoth(out.append)
+        if isinstance(out[0], Failure):
+            out[0].raiseException()
+        return out[0]
 
     def delete(self, name):
         try:

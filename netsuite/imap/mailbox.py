@@ -126,7 +126,7 @@ class SessionMailbox:
         self.folder = folder
         self.writeable = writeable
         folder.refresh()
-        self.uids: list[int] = [m.uid for m in folder.messages]
+        self.uids: list[int] = list(folder.uids)
         #: EXAMINE shows what is \Recent without taking it (RFC 3501 6.3.2): a later
         #: SELECT, here or elsewhere, still gets it.
         self.recent: set[int] = folder.claim_recent() if writeable else self._unclaimed()

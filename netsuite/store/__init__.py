@@ -44,6 +44,13 @@ class IMailStore(Interface):
         process, so every session sees every other's changes.
         """
 
+    def open_folder(user: str, name: str = "INBOX"):
+        """
+        L{folder} as a Deferred: a folder that is not in memory yet is read
+        without blocking the reactor (a first open of a big folder reads
+        whole directories).  Fails with L{KeyError} if it does not exist.
+        """
+
     def list_folders(user: str) -> list:
         """Folder names, INBOX first (hierarchy delimiter '.')."""
 

@@ -28,10 +28,12 @@ outside the lock a stat of the index notices it).  A UID is given once, to
 one file, and the others adopt it; a rename that fails because another
 program renamed the file first is retried on the new name, so no flag is lost.
 
-All methods are synchronous and run in the reactor thread; a L{Folder} is
-shared by every session of the process on that folder (see
-L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about every
-change, whoever made it.
+All methods are synchronous and run in the reactor thread, except that a
+folder may be read (made) in a thread before anyone else sees it
+(L{netsuite.store.maildir.MaildirStore.open_folder}: a first open of a big
+folder); a L{Folder} is shared by every session of the process on that folder
+(see L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about
+every change, whoever made it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import bisect
 import contextlib
 import fcntl
 import functools
+import gc
+import itertools
 import os
 import re
 import time
@@ -194,6 +198,101 @@ def _arrival(base: str) -> tuple[int, int, int, str]:
     return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0), base)
 
 
+def _arrival_sorted(bases: Iterable[str]) -> list[str]:
+    """
+    C{sorted(bases, key=_arrival)}, without a regex per name when it can: a
+    big folder's first open sorts every name.  When every name starts with
+    ASCII digits of one width and a dot (every Maildir writer's seconds), the
+    plain string order already orders them by second; only names that share
+    a second are sorted again by the full key.
+    """
+    order = sorted(bases)
+    count = len(order)
+    if count < 2:
+        return order
+    width = order[0].find(".") + 1
+    # Each name's first C{width} characters, the dot last: checked on one
+    # string, so that no Python code runs per name.
+    seconds = [b[:width] for b in order]
+    joined = "".join(seconds)
+    digits = joined.replace(".", "")
+    if (width < 2 or len(joined) != count * width or joined.count(".") != count
+            or joined[width - 1::width] != "." * count
+            or not (digits.isascii() and digits.isdigit())):
+        return sorted(order, key=_arrival)
+    if len(set(seconds)) == count:
+        return order
+    out: list[str] = []
+    for _second, run in itertools.groupby(order, key=lambda b: b[:width]):
+        names = list(run)
+        if len(names) > 1:
+            names.sort(key=_arrival)
+        out.extend(names)
+    return out
+
+
+def _message_names(names: list[str]) -> set[str]:
+    """
+    The names in a listing that can be messages: dot files are not, names
+    with tabs or newlines cannot be indexed (no Maildir writer makes them)
+    and are left alone.  Checked on the joined listing first ('/' is in no
+    file name), so a clean directory costs no Python code per name.
+    """
+    joined = "/" + "/".join(names)
+    if "/." not in joined and "\t" not in joined and "\n" not in joined:
+        return set(names)
+    return {n for n in names if n[:1] != "." and "\t" not in n and "\n" not in n}
+
+
+def _by_base_name(sub: str, names: list[str]) -> Iterable[tuple[str, tuple[str, str]]]:
+    """
+    (base, (C{sub}, name)) for each name, the base as L{split_name} says.
+    When every colon in the names starts a C{:2,} (every name a Maildir
+    writer makes), the base is what precedes C{:2,}, or the whole name: one
+    string operation per name, checked for all names at once.
+    """
+    joined = "/".join(names)
+    if joined.count(":") == joined.count(":2,"):
+        return zip([n.partition(":2,")[0] for n in names], zip(itertools.repeat(sub), names),
+                   strict=True)
+    return ((split_name(n)[0], (sub, n)) for n in names)
+
+
+#: Some name's info holds a letter a-z (a keyword, see store.keywords), in
+#: names joined with '/'.
+_KEYWORD_INFO_RE = re.compile(r":2,[^/]*[a-z]")
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """
+    No cyclic garbage collection while a big folder's index is made: its
+    100,000 new objects (none in a cycle) would trigger several full
+    collections of the whole process for nothing.  Nests; restores.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+#: Info letters -> whether they hold keyword letters (a-z), for the few
+#: distinct info strings of a folder.
+_KEYWORD_INFO: dict[str, bool] = {}
+
+
+def _has_keyword_letters(letters: str) -> bool:
+    found = _KEYWORD_INFO.get(letters)
+    if found is None:
+        found = any(c in KEYWORD_LETTERS for c in letters)
+        if len(_KEYWORD_INFO) < 4096:
+            _KEYWORD_INFO[letters] = found
+    return found
+
+
 def wire_size(data: bytes) -> int:
     """Size of C{data} with every bare LF sent as CRLF."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
@@ -283,11 +382,19 @@ def _rec_meta(m: Message) -> bytes:
 
 
 def _reactor_running() -> bool:
-    """Whether a reactor runs (a daemon), so that blocking work can go to its threads."""
+    """
+    Whether a reactor runs (a daemon) and this is its thread, so that blocking
+    work should go to its threads.  Off the reactor's thread (a folder read by
+    L{netsuite.store.maildir.MaildirStore.open_folder}) it is done there and then.
+    """
     import sys
 
     reactor = sys.modules.get("twisted.internet.reactor")
-    return bool(reactor is not None and getattr(reactor, "running", False))
+    if reactor is None or not getattr(reactor, "running", False):
+        return False
+    from twisted.python import threadable
+
+    return threadable.isInIOThread()
 
 
 def _tidy(changes: Changes) -> None:
@@ -863,7 +970,7 @@ class Folder:
         log.warn("index of {path} recovered from its backup and change logs ({why}); "
                  "UIDs kept", path=str(self.path), why=why)
         self._unsure = True
-        self._scan_locked(Changes(), force=True)
+        self._scan_locked(Changes(), force=True, log=False)
         # Neither the bad index nor the old backup is kept: the recovered state
         # is written as both (the backup must match the logs that follow it).
         _unlink(self.index_path)
@@ -904,7 +1011,8 @@ class Folder:
         self._names = None
         self._mtimes = (-1, -1)
         self._unsure = True
-        self._scan_locked(Changes(), force=True)
+        with _gc_paused():
+            self._scan_locked(Changes(), force=True, log=False)
         self._store_index(durable=True)
 
     def save(self, durable: bool = False, strict: bool = False) -> bool:
@@ -1038,11 +1146,13 @@ class Folder:
             self._notify(changes)
         return changes
 
-    def _scan_locked(self, changes: Changes, force: bool = False) -> list[bytes]:
+    def _scan_locked(self, changes: Changes, force: bool = False,
+                     log: bool = True) -> list[bytes]:
         """
         Under the lock: compare the directories with the index (skipped when
         their mtimes did not move), give UIDs to unknown files.  The records
-        for the log; sets C{_allocated} when UIDs were given.
+        for the log (none unless C{log}: a caller that writes the whole index
+        next needs none); sets C{_allocated} when UIDs were given.
         """
         self._scanned_changes = self._allocated = False
         mtimes = self._dir_mtimes()
@@ -1050,22 +1160,18 @@ class Folder:
             return []
         records: list[bytes] = []
         now_ns = int(self.clock() * 1e9)
-        # Dot files are not messages; names with tabs or newlines cannot be
-        # indexed (no Maildir writer makes them) and are left alone.
-        disk = {sub: {n for n in os.listdir(self.path / sub)
-                      if n[:1] != "." and "\t" not in n and "\n" not in n}
-                for sub in ("new", "cur")}
+        disk = {sub: _message_names(os.listdir(self.path / sub)) for sub in ("new", "cur")}
         known = self._known()
         # Set differences (in C) find what changed; Python looks only at those.
         appeared: dict[str, tuple[str, str]] = {}
         vanished: list[tuple[str, str]] = []
         for sub in ("new", "cur"):
-            for name in disk[sub] - known[sub]:
-                appeared[split_name(name)[0]] = (sub, name)
+            appeared.update(_by_base_name(sub, list(disk[sub] - known[sub])))
             vanished.extend((sub, name) for name in known[sub] - disk[sub])
         before = (len(changes.added), len(changes.expunged), len(changes.flags))
-        on_disk: dict[str, tuple[str, str]] = {}
-        for base, where in appeared.items():
+        # Nothing indexed yet (a first open): every file that appeared is new.
+        on_disk: dict[str, tuple[str, str]] = {} if self._by_base else appeared
+        for base, where in appeared.items() if self._by_base else ():
             msg = self._by_base.get(base)
             if msg is None:
                 on_disk[base] = where
@@ -1094,21 +1200,56 @@ class Folder:
         # New files in arrival order as their names tell it (Maildir names
         # start with the delivery time); neither stat nor read here: the
         # internal date and the wire size are looked up when first needed.
-        fresh = sorted(on_disk.items(), key=lambda item: _arrival(item[0]))
-        for base, (sub, name) in fresh:
-            msg = Message(self.next_uid, name, sub, _size_hint(base), -1,
-                          self._name_keywords(split_name(name)[1], ()))
-            self.next_uid += 1
-            self._bump(msg)
-            self._add(msg)
-            changes.added.append(msg)
-            records.append(_rec_add(msg))
+        fresh = self._allocate(on_disk)
+        changes.added.extend(fresh)
+        if log:
+            records.extend([_rec_add(m) for m in fresh])
         self._mtimes = mtimes
         self._unsure = any(now_ns - m < _UNSURE_NS for m in mtimes)
         self._allocated = bool(fresh)
         self._scanned_changes = before != (len(changes.added), len(changes.expunged),
                                            len(changes.flags))
         return records
+
+    def _allocate(self, on_disk: dict[str, tuple[str, str]]) -> list[Message]:
+        """
+        Under the lock, once L{_scan_locked} set C{_names} to the names it
+        listed (these among them): UIDs and MODSEQs for new files (base ->
+        (sub, name)), in arrival order, in one batch.  A first open of a big
+        folder meets every file here: the messages are made by C{map}, and
+        names are looked at one by one only if some say a keyword or a size.
+        """
+        if not on_disk:
+            return []
+        order = _arrival_sorted(on_disk)
+        count = len(order)
+        where = [on_disk[b] for b in order]
+        names = [w[1] for w in where]
+        joined = "/".join(names)
+        keywords: Iterable[tuple[str, ...]] = itertools.repeat(())
+        if _KEYWORD_INFO_RE.search(joined):
+            #: info letters -> keywords (a folder has few distinct info strings)
+            named: dict[str, tuple[str, ...]] = {"": ()}
+            keywords = []
+            for name in names:
+                letters = name.partition(":2,")[2]
+                found = named.get(letters)
+                if found is None:
+                    found = named[letters] = self._name_keywords(letters, ())
+                keywords.append(found)
+        sizes: Iterable[int] = itertools.repeat(-1)
+        if ",W=" in joined:
+            sizes = [_size_hint(b) if ",W=" in b else -1 for b in order]
+        first, modseq = self.next_uid, self.highest_modseq
+        with _gc_paused():
+            made = list(map(Message, range(first, first + count), names,
+                            [w[0] for w in where], sizes, itertools.repeat(-1), keywords,
+                            range(modseq + 1, modseq + 1 + count)))
+        self.next_uid, self.highest_modseq = first + count, modseq + count
+        self._by_base.update(zip(order, made, strict=True))
+        self.messages.extend(made)
+        self._uids.extend(range(first, first + count))
+        return made
 
     def size_of(self, msg: Message) -> int:
         """The wire (CRLF) size, read from the file the first time it is needed."""
@@ -1165,7 +1306,7 @@ class Folder:
         A message's keywords once its file name says C{letters}: the name is
         the truth for keywords that have a Dovecot letter, the index for the rest.
         """
-        if not keywords and not any(c in KEYWORD_LETTERS for c in letters):
+        if not keywords and not _has_keyword_letters(letters):
             return keywords
         kl = self.keyword_letters
         kept = tuple(k for k in keywords if kl.letter(k) is None)
@@ -1227,7 +1368,7 @@ class Folder:
 
     def claim_recent(self) -> set[int]:
         """UIDs that are \\Recent for the caller; nobody else will see them as recent."""
-        recent = {m.uid for m in self.messages[bisect.bisect_left(self._uids, self.first_recent):]}
+        recent = set(self._uids[bisect.bisect_left(self._uids, self.first_recent):])
         if self.first_recent != self.next_uid:
             self.first_recent = self.next_uid
             self._pending.append(changelog.encode(["R", str(self.first_recent)]))

@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -266,6 +267,9 @@ class MaildirStore:
         self._usage: QuotaUsage | None = None
         #: Users whose Maildir L{delivery} has made ready in this process.
         self._delivering: set[str] = set()
+        #: Folders being read in a thread (L{open_folder}), with who waits for them.
+        self._opening: dict[Path, list] = {}
+        self._uidvalidity_lock = threading.Lock()
 
     # -- delivery ---------------------------------------------------------------
 
@@ -302,8 +306,6 @@ class MaildirStore:
 
     def folder(self, user: str, name: str = "INBOX", create: bool = False):
         """The shared L{Folder} for C{name}; L{KeyError} if it does not exist."""
-        from netsuite.store.folder import Folder
-
         path = self.folder_path(user, name)
         cached = self._folders.get(path)
         if cached is not None:
@@ -314,14 +316,71 @@ class MaildirStore:
         if not (path / "cur").is_dir():
             if not create and name.upper() != "INBOX":
                 raise KeyError(name)
-        folder = Folder(path, "INBOX" if name.upper() == "INBOX" else name,
-                        new_uidvalidity=lambda: self._next_uidvalidity(user))
+        folder = self._new_folder(path, user, name)
         self._folders[path] = folder
         self._evict()
         return folder
 
+    def _new_folder(self, path: Path, user: str, name: str) -> "Folder":
+        from netsuite.store.folder import Folder
+
+        return Folder(path, "INBOX" if name.upper() == "INBOX" else name,
+                      new_uidvalidity=lambda: self._next_uidvalidity(user))
+
+    def open_folder(self, user: str, name: str = "INBOX"):
+        """
+        L{folder}, as a Deferred, for a session that is about to use it (IMAP
+        SELECT).  A folder not in memory yet is read in a thread: its first
+        open lists whole directories and writes the index (0.5 s for 100,000
+        messages), which must not stall every other connection.  Several
+        sessions opening the same folder meanwhile wait for the one read.
+        Fails with L{KeyError} or L{BadFolderName} as L{folder} raises them.
+        """
+        from twisted.internet import defer
+
+        from netsuite.store.folder import _reactor_running
+
+        try:
+            path = self.folder_path(user, name)
+        except BadFolderName:
+            return defer.fail()
+        if path in self._folders or path in self._opening or not _reactor_running():
+            pass
+        elif not (path / "cur").is_dir() and name.upper() != "INBOX":
+            return defer.fail(KeyError(name))
+        else:
+            self._opening[path] = []
+            d = threads.deferToThread(self._new_folder, path, user, name)
+            d.addCallbacks(self._opened, self._not_opened, callbackArgs=(path,),
+                           errbackArgs=(path,))
+        waiters = self._opening.get(path)
+        if waiters is None:
+            return defer.maybeDeferred(self.folder, user, name)
+        waiter: defer.Deferred = defer.Deferred()
+        waiters.append(waiter)
+        return waiter
+
+    def _opened(self, folder: "Folder", path: Path) -> None:
+        """A folder read in a thread: shared from now on (unless one was made meanwhile)."""
+        waiters = self._opening.pop(path, [])
+        current = self._folders.get(path)
+        if current is None:
+            current = self._folders[path] = folder
+            self._evict()
+        for waiter in waiters:
+            waiter.callback(current)
+
+    def _not_opened(self, failure, path: Path) -> None:
+        for waiter in self._opening.pop(path, []):
+            waiter.errback(failure)
+
     def _next_uidvalidity(self, user: str) -> int:
         """Per user, strictly increasing (and at least the current time)."""
+        # Folders read in threads (open_folder) ask at the same time.
+        with self._uidvalidity_lock:
+            return self._next_uidvalidity_locked(user)
+
+    def _next_uidvalidity_locked(self, user: str) -> int:
         path = self.mailbox_path(user) / _UIDVALIDITY
         try:
             last = int(path.read_text().strip() or 0)

@@ -22,6 +22,8 @@ FLAGS_CHUNK = 4096
 
 #: FLAGS renderings of keyword-less messages by their Maildir info letters (bounded).
 _FLAG_BYTES: dict[str, bytes] = {}
+#: The same for messages that are \Recent in the session.
+_RECENT_FLAG_BYTES: dict[str, bytes] = {}
 
 
 class FetchCommands(SessionBase):
@@ -164,9 +166,16 @@ class FetchCommands(SessionBase):
         flag_list = self.mbox.flag_list
 
         def render(msg: Message) -> bytes:
-            if msg.keywords or msg.uid in recent:
+            if msg.keywords:
                 return ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
             letters = msg.name.partition(":2,")[2]
+            if msg.uid in recent:  # a first open: every message is \Recent
+                flags = _RECENT_FLAG_BYTES.get(letters)
+                if flags is None:
+                    flags = ("(" + " ".join(flag_list(msg)) + ")").encode("utf-8", "replace")
+                    if len(_RECENT_FLAG_BYTES) < 4096:
+                        _RECENT_FLAG_BYTES[letters] = flags
+                return flags
             flags = _FLAG_BYTES.get(letters)
             if flags is None:
                 flags = ("(" + " ".join(msg.flags) + ")").encode("utf-8", "replace")

@@ -5,11 +5,14 @@ STATUS, CLOSE, UNSELECT.
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.objectid import mailbox_id
 from netsuite.imap.wire import ParseError
+from netsuite.store.folder import FolderGone
 
 STATUS_ITEMS: tuple[str, ...] = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 #: STATUS items of extensions: SIZE (RFC 8438).
@@ -38,7 +41,23 @@ class MailboxCommands(SessionBase):
             self.send(b"* OK [CLOSED] Previous mailbox closed")
         if params.condstore or params.qresync is not None:
             self._condstore_used()  # nothing selected: nothing told yet
-        mbox = self.account.select(name, rw)
+        # A folder not in memory yet is read in a thread (a first open lists it all).
+        mbox = self.account.select_deferred(name, rw)
+        if isinstance(mbox, defer.Deferred):
+            return mbox.addCallbacks(self._selected, self._select_failed,
+                                     callbackArgs=(tag, rw, params), errbackArgs=(tag,))
+        return self._selected(mbox, tag, rw, params)
+
+    def _select_failed(self, failure, tag) -> None:
+        failure.trap(FolderGone)
+        if not self._lost:
+            self._tagged(tag, b"NO", b"[NONEXISTENT] Mailbox was deleted or renamed")
+
+    def _selected(self, mbox, tag, rw: bool, params) -> None:
+        if self._lost:  # the client left while the folder was read
+            if mbox is not None:
+                mbox.close()
+            return
         if mbox is None:
             self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
             return
@@ -91,10 +110,10 @@ class MailboxCommands(SessionBase):
             self.transport.writeSequence(out)
 
     def imap_SELECT(self, tag, cur):
-        self._select(tag, cur, True)
+        return self._select(tag, cur, True)
 
     def imap_EXAMINE(self, tag, cur):
-        self._select(tag, cur, False)
+        return self._select(tag, cur, False)
 
     def imap_CREATE(self, tag, cur):
         name = self._mailbox_name(cur)
