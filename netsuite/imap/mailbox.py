@@ -129,6 +129,8 @@ class SessionMailbox:
         store.watch(folder, self._changed)
         self._rendered = rendered_flags(store, folder)
         self._cache: MessageCache | None = None
+        #: SEARCHRES's saved result, C{$} (RFC 5182): UIDs; a new selection starts empty.
+        self.saved: set[int] = set()
 
     def close(self) -> None:
         self._store.unwatch(self.folder, self._changed)

@@ -50,6 +50,7 @@ from netsuite.imap.commands.general import GeneralCommands
 from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
 from netsuite.imap.commands.search import SearchCommands
+from netsuite.imap.commands.sort import SortCommands
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
 from netsuite.store.folder import FolderGone
 
@@ -58,6 +59,13 @@ log = Logger(namespace="netsuite.imap")
 IDENT = "netsuite IMAP4rev1 ready"
 EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN"]
+EXTENSIONS += [b"SORT"]
+EXTENSIONS += [b"SORT=DISPLAY"]
+EXTENSIONS += [b"THREAD=ORDEREDSUBJECT"]
+EXTENSIONS += [b"THREAD=REFERENCES"]
+EXTENSIONS += [b"ESEARCH"]
+EXTENSIONS += [b"ESORT"]
+EXTENSIONS += [b"SEARCHRES"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -65,11 +73,13 @@ AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "U
               "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "IDLE", "ENABLE"}
 SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                    "MOVE", "UID"}
+SELECTED |= {"SORT", "THREAD"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
+UID_COMMANDS |= {"SORT", "THREAD"}
 
 
 class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands, FetchCommands,
-                 FlagCommands, CopyCommands, SearchCommands,
+                 FlagCommands, CopyCommands, SearchCommands, SortCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
@@ -383,6 +393,9 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
     def _targets(self, seqset: SeqSet, uid: bool) -> list[int]:
         """UIDs named by a sequence set (message numbers or UIDs) in this session."""
         uids = self.mbox.uids
+        if seqset.saved:  # $: the saved UIDs that are still here (RFC 5182)
+            saved = self.mbox.saved
+            return [u for u in uids if u in saved] if saved else []
         if uid:
             return seqset.resolve(uids, uids[-1] if uids else 0)
         count = len(uids)

@@ -1,12 +1,15 @@
 """
-SEARCH: every RFC 3501 key, a big folder searched a batch per reactor turn.
+SEARCH: every RFC 3501 key, a big folder searched a batch per reactor turn; the
+RETURN options of ESEARCH (RFC 4731) and SEARCHRES (RFC 5182).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from netsuite.imap import wire
+from twisted.internet import defer
+
+from netsuite.imap import wire, wire_sort
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.message import Part, decoded, sent_date
@@ -17,6 +20,7 @@ class SearchCommands(SessionBase):
     """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
 
     def imap_SEARCH(self, tag, cur, uid=False):
+        options = wire_sort.parse_return(cur)
         if cur.text[cur.pos:cur.pos + 8].upper() == b"CHARSET ":
             cur.pos += 8
             charset = cur.astring().upper()
@@ -25,10 +29,48 @@ class SearchCommands(SessionBase):
                 self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
                              allow_expunge=uid)
                 return
-        keys = wire.parse_search(cur)
+        keys = self._parse_search_keys(cur, options)
+
+        def done(pairs):
+            if options is None:
+                self.send(b"* SEARCH" + b"".join(b" %d" % (u if uid else seq)
+                                                 for seq, u in pairs))
+            else:
+                self._search_return(tag, uid, options, [u if uid else seq for seq, u in pairs],
+                                    [u for _, u in pairs])
+            self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
+
+        return then(self._search_pairs(keys), done)
+
+    def _parse_search_keys(self, cur, options) -> list:
+        """Search keys; a SEARCH ... RETURN (SAVE) that fails empties $ (RFC 5182 2.1)."""
+        try:
+            return wire.parse_search(cur)
+        except ParseError:
+            if options is not None and "SAVE" in options:
+                self.mbox.saved = set()
+            raise
+
+    def _search_return(self, tag: bytes, uid: bool, options, nums: list[int],
+                       uids: list[int]) -> None:
+        """
+        The answer of a SEARCH/SORT with RETURN options: C{nums} as the client
+        numbers them (in the command's order), C{uids} the same messages' UIDs.
+        """
+        if "SAVE" in options:
+            self.mbox.saved = set(wire_sort.to_save(options, uids))
+            if len(options) == 1:
+                return  # SAVE alone: no ESEARCH (RFC 5182 2.1)
+        self.send(wire_sort.esearch(tag, uid, options, nums))
+
+    def _search_pairs(self, keys):
+        """
+        (seq, uid) of the messages matching C{keys}, in order: a list, or a
+        Deferred of one when the folder is big (a batch per reactor turn).
+        """
         mbox = self.mbox
         uids = list(mbox.uids)
-        found: list[int] = []
+        found: list[tuple[int, int]] = []
         star_seq = len(uids)
         star_uid = uids[-1] if uids else 0
 
@@ -38,21 +80,23 @@ class SearchCommands(SessionBase):
                 if msg is not None:
                     ctx = _SearchContext(mbox, seq, msg, star_seq, star_uid)
                     if all(ctx.match(k) for k in keys):
-                        found.append(u if uid else seq)
+                        found.append((seq, u))
                 if seq % FETCH_BATCH == 0:
                     yield None
 
-        def done(_=None):
-            self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
-            self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
-
-        if len(uids) <= FETCH_BATCH:
+        if len(uids) <= FETCH_BATCH or keys == [("ALL",)]:
             for _ in scan():
                 pass
-            done()
-            return None
+            return found
         # A big folder is searched a batch per reactor turn: other sessions go on.
-        return self._cooperate(scan()).addCallback(done)
+        return self._cooperate(scan()).addCallback(lambda _: found)
+
+
+def then(value, f):
+    """C{f(value)}, or C{f} added to C{value}'s callbacks if it is a Deferred."""
+    if isinstance(value, defer.Deferred):
+        return value.addCallback(f)
+    return f(value)
 
 
 class _SearchContext:
@@ -94,6 +138,8 @@ class _SearchContext:
             return key[1].contains(self.seq, self.star_seq)
         if op == "UID":
             return key[1].contains(m.uid, self.star_uid)
+        if op == "SAVED":  # $ (RFC 5182)
+            return m.uid in mbox.saved
         flag = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
                 "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
         if op in flag:
