@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,11 @@ from netsuite.imap.message import _split_groups, decoded, parse_header
 from netsuite.imap.wire_sort import base_subject
 
 _MSGID = re.compile(rb"<([^<>]*)>")
+
+
+def casemap(text: str) -> str:
+    """i;unicode-casemap (RFC 5051) as Dovecot applies it: upper case, decomposed (NFKD)."""
+    return text if text.isascii() else unicodedata.normalize("NFKD", text.upper())
 
 
 @dataclass(slots=True)
@@ -88,7 +94,8 @@ def sort_info(header: bytes) -> SortInfo:
         return None
 
     info = SortInfo()
-    info.subject, info.refwd = base_subject(decoded(get(b"subject")))
+    subject, info.refwd = base_subject(decoded(get(b"subject")))
+    info.subject = casemap(subject)
     date = get(b"date")
     if date:
         try:
@@ -100,8 +107,8 @@ def sort_info(header: bytes) -> SortInfo:
     to, info.display_to = _first_address(get(b"to"))
     cc, _ = _first_address(get(b"cc"))
     info.from_, info.to, info.cc = frm.upper(), to.upper(), cc.upper()
-    info.display_from = info.display_from.upper()
-    info.display_to = info.display_to.upper()
+    info.display_from = casemap(info.display_from.upper())
+    info.display_to = casemap(info.display_to.upper())
     ids = _message_ids(get(b"message-id"))
     info.msgid = ids[0] if ids else ""
     info.refs = _message_ids(get(b"references")) or _message_ids(get(b"in-reply-to"))[:1]
