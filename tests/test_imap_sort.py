@@ -243,3 +243,22 @@ def test_big_folder_second_sort_from_cache(daemon):
     assert nums(m, "(REVERSE FROM DATE)", "UTF-8", "ALL") == first_from
     assert m.thread("REFERENCES", "UTF-8", "ALL")[1] == first_thread
     m.logout()
+
+
+def test_sort_and_thread_follow_changes(box):
+    """Answers kept for the same messages are not reused once the folder changed."""
+    m = box
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [3, 5, 1, 2, 4]
+    assert m.thread("ORDEREDSUBJECT", "UTF-8", "ALL")[1] == [b"(3 5)(2 (1)(4))"]
+    m.append("INBOX", "", imaplib.Time2Internaldate(1_772_000_500),
+             b"Subject: aardvark\r\nDate: Sun, 1 Mar 2026 00:00:00 +0000\r\n\r\nx\r\n")
+    m.noop()
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [6, 3, 5, 1, 2, 4]
+    assert m.thread("ORDEREDSUBJECT", "UTF-8", "ALL")[1] == [b"(3 5)(6)(2 (1)(4))"]
+    m.store("3", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [5, 4, 1, 2, 3]
+    assert m.thread("ORDEREDSUBJECT", "UTF-8", "ALL")[1] == [b"(5)(2 (1)(3))(4)"]
+    # Flags do not change an order, but they change who matches.
+    m.store("1", "+FLAGS", "(\\Seen)")
+    assert nums(m, "(SUBJECT)", "UTF-8", "UNSEEN") == [5, 4, 2, 3]

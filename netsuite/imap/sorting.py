@@ -10,6 +10,7 @@ reply chain of thousands of messages is an ordinary mailing-list folder.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import json
 import re
@@ -21,6 +22,13 @@ from netsuite.imap.message import _split_groups, decoded, parse_header
 from netsuite.imap.wire_sort import base_subject
 
 _MSGID = re.compile(rb"<([^<>]*)>")
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: The usual Date: form (RFC 5322 3.3), parsed without email.utils (4x faster).
+_DATE = re.compile(rb"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+"
+                   rb"(\d\d):(\d\d)(?::(\d\d))?\s+([+-])(\d\d)(\d\d)\s*(?:\([^()]*\))?\s*$")
+_MONTHS = {m: n for n, m in enumerate(
+    [b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+     b"dec"], 1)}
 
 
 def casemap(text: str) -> str:
@@ -44,9 +52,9 @@ class SortInfo:
     refs: list[str] = field(default_factory=list)  #: parent chain, oldest first
 
     def encode(self) -> bytes:
-        return json.dumps([self.subject, self.refwd, self.date, self.from_, self.to, self.cc,
-                           self.display_from, self.display_to, self.msgid, self.refs],
-                          ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _JSON.encode([self.subject, self.refwd, self.date, self.from_, self.to, self.cc,
+                             self.display_from, self.display_to, self.msgid, self.refs]
+                            ).encode("utf-8", "surrogatepass")
 
     @classmethod
     def decode(cls, data: bytes) -> "SortInfo | None":
@@ -64,11 +72,29 @@ def _message_ids(value: bytes | None) -> list[str]:
             if m.strip() and b" " not in m.strip()]
 
 
+#: The usual first address: C{Name <local@domain>}, C{"Name" <local@domain>} or
+#: C{local@domain}, followed by a comma or the end (anything else: the full parser).
+_NAME_ADDR = re.compile(r'\s*(?:"([^"\\]*)"|([^",<>()@;:\\\[\]]*?))\s*<([^<>@\s",;:()]+)@([^<>\s",;:()]*)>\s*(?:,|$)')
+_ADDR_SPEC = re.compile(r'\s*([^<>@\s",;:()\[\]]+)@([^<>\s",;:()\[\]]+)\s*(?:,|$)')
+
+
+def _decoded(value: str) -> str:
+    """RFC 2047 decoding, skipped (it is slow) when there is no encoded word."""
+    return decoded(value.encode("utf-8", "surrogateescape")) if "=?" in value else value
+
+
 def _first_address(value: bytes | None) -> tuple[str, str]:
     """(addr-mailbox, RFC 5957 display string) of the first address of a header."""
     if not value:
         return "", ""
     text = value.decode("utf-8", "surrogateescape")
+    m = _NAME_ADDR.match(text)
+    if m is not None:
+        name = _decoded((m.group(1) if m.group(1) is not None else m.group(2)).strip())
+        return m.group(3), name.strip() or f"{m.group(3)}@{m.group(4)}"
+    m = _ADDR_SPEC.match(text)
+    if m is not None:
+        return m.group(1), f"{m.group(1)}@{m.group(2)}"
     for group, members in _split_groups(text):
         if group is not None:
             # As Dovecot: a group's first "address" is the group name.
@@ -85,22 +111,32 @@ def _first_address(value: bytes | None) -> tuple[str, str]:
 
 def sort_info(header: bytes) -> SortInfo:
     """The sort keys of a message from its header block (CRLF line ends)."""
-    fields = parse_header(header)
-
-    def get(name: bytes) -> bytes | None:
-        for k, v in fields:
-            if k == name:
-                return v
-        return None
+    first: dict[bytes, bytes] = {}
+    for k, v in parse_header(header):
+        if k not in first:
+            first[k] = v
+    get = first.get
 
     info = SortInfo()
-    subject, info.refwd = base_subject(decoded(get(b"subject")))
+    raw = get(b"subject")
+    text = "" if raw is None else raw.decode("utf-8", "replace")
+    subject, info.refwd = base_subject(_decoded(text) if b"=?" in (raw or b"") else text)
     info.subject = casemap(subject)
     date = get(b"date")
-    if date:
+    m = _DATE.match(date) if date else None
+    month = _MONTHS.get(m.group(2).lower()) if m else None
+    if m is not None and month is not None:
+        day, year, hh, mm = int(m.group(1)), int(m.group(3)), int(m.group(4)), int(m.group(5))
+        offset = (int(m.group(8)) * 60 + int(m.group(9))) * (-60 if m.group(7) == b"-" else 60)
         try:
-            when = email.utils.parsedate_to_datetime(date.decode("ascii", "replace"))
-            info.date = when.timestamp()
+            info.date = float(calendar.timegm((year, month, day, hh, mm,
+                                               int(m.group(6) or 0), 0, 0, 0)) - offset)
+        except (ValueError, OverflowError):
+            info.date = None
+    elif date:
+        try:
+            parsed = email.utils.parsedate_tz(date.decode("ascii", "replace"))
+            info.date = None if parsed is None else float(email.utils.mktime_tz(parsed))
         except (TypeError, ValueError, IndexError, OverflowError):
             info.date = None
     frm, info.display_from = _first_address(get(b"from"))

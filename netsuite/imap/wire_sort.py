@@ -154,6 +154,8 @@ def base_subject(subject: str) -> tuple[str, bool]:
     Dovecot compares).
     """
     text = _WSP.sub(" ", subject)
+    if not any(c in text for c in ":[("):  # nothing to strip but spaces (most subjects)
+        return text.strip(" ").upper(), False
     refwd = False
     while True:
         # (2) trailers

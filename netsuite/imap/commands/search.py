@@ -26,6 +26,8 @@ class SearchCommands(SessionBase):
             charset = cur.astring().upper()
             cur.sp()
             if charset not in (b"US-ASCII", b"UTF-8"):
+                if options is not None and "SAVE" in options:
+                    self.mbox.saved = set()  # RFC 5182 2.1: a failed SEARCH empties $
                 self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
                              allow_expunge=uid)
                 return
@@ -84,7 +86,10 @@ class SearchCommands(SessionBase):
                 if seq % FETCH_BATCH == 0:
                     yield None
 
-        if len(uids) <= FETCH_BATCH or keys == [("ALL",)]:
+        if keys == [("ALL",)]:  # SORT/THREAD ... ALL, the usual: nothing to evaluate
+            by_uid = mbox.message
+            return [(seq, u) for seq, u in enumerate(uids, 1) if by_uid(u) is not None]
+        if len(uids) <= FETCH_BATCH:
             for _ in scan():
                 pass
             return found

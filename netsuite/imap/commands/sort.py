@@ -6,13 +6,15 @@ The keys of a message (L{netsuite.imap.sorting.SortInfo}) come from its
 header only, once: they are kept in the folder's message cache (field
 L{SORT_FIELD}) and, decoded, in this process's memory by base name (a
 message never changes), so a second SORT of a big folder reads no message
-file and decodes nothing.  Keys that must be read are read a batch per
-reactor turn, as SEARCH scans.
+file and decodes nothing; the last few answers are kept too (L{_answers}).
+Keys that must be read are read a batch per reactor turn, as SEARCH scans.
 """
 
 from __future__ import annotations
 
+import os
 import weakref
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from netsuite.imap import sorting, wire_sort
@@ -25,17 +27,32 @@ from netsuite.store.folder import Folder, Message, to_wire
 #: Message-cache field of the sort keys; the version changes with what they hold.
 SORT_FIELD = "sort1"
 #: Header bytes read at a time while looking for the end of a header.
-_HEADER_CHUNK = 16384
+_HEADER_CHUNK = 8192
 #: Cached (not read) messages whose keys are looked up per reactor turn.
 _CACHED_BATCH = 8192
+
+#: Answers by folder, the last few: (what was asked, UIDVALIDITY, the matched (seq, uid)
+#: pairs) -> the order or the thread rendering.  A message's keys never change, so the
+#: same messages asked the same way get the same answer: a client that sorts its big
+#: folder again gets it without a sort.
+_answers: "weakref.WeakKeyDictionary[Folder, OrderedDict]" = weakref.WeakKeyDictionary()
+ANSWERS_KEPT = 4
 
 #: Decoded keys by folder and base name: what a second SORT uses.
 _decoded: "weakref.WeakKeyDictionary[Folder, dict[str, SortInfo]]" = weakref.WeakKeyDictionary()
 
 
-def read_header(mbox: Any, msg: Message) -> bytes:
-    """The header block of a message (CRLF ends), without reading its body."""
-    with mbox.folder.open(msg) as f:
+def read_header(mbox: Any, msg: Message, directory: str | None = None) -> bytes:
+    """
+    The header block of a message (CRLF ends), without reading its body.
+    C{directory}: the folder's path as a string (saves building a Path per file).
+    """
+    try:
+        f = open(os.path.join(directory, msg.sub, msg.name), "rb") if directory \
+            else mbox.folder.open(msg)
+    except FileNotFoundError:  # renamed by another program: the store finds it again
+        f = mbox.folder.open(msg)
+    with f:
         data = f.read(_HEADER_CHUNK)
         while True:
             lf = data.find(b"\n\n")
@@ -66,15 +83,19 @@ class SortCommands(SessionBase):
         criteria = wire_sort.parse_sort_criteria(cur)
         cur.sp()
 
-        def answer(items: list[Item]) -> None:
-            ordered = sorting.sort_items(items, criteria)
-            if options is None:
-                self.send(b"* SORT" + b"".join(b" %d" % i.num for i in ordered))
-            else:
-                self._search_return(tag, uid, options, [i.num for i in ordered],
-                                    [i.uid for i in ordered])
+        def compute(items: list[Item]) -> list[tuple[int, int]]:
+            return [(i.seq, i.uid) for i in sorting.sort_items(items, criteria)]
 
-        return self._keyed(tag, cur, uid, b"SORT", options, answer)
+        def answer(ordered: list[tuple[int, int]]) -> None:
+            nums = [u if uid else seq for seq, u in ordered]
+            if options is None:
+                self.send(b"* SORT" + b"".join(b" %d" % n for n in nums))
+            else:
+                self._search_return(tag, uid, options, nums, [u for _, u in ordered])
+
+        names = {name for name, _ in criteria}
+        return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)), compute,
+                           answer, arrival="ARRIVAL" in names, size="SIZE" in names)
 
     def imap_THREAD(self, tag, cur, uid=False):
         algorithm = wire_sort.parse_thread_algorithm(cur)
@@ -82,37 +103,68 @@ class SortCommands(SessionBase):
         build = sorting.thread_references if algorithm == "REFERENCES" \
             else sorting.thread_ordered_subject
 
-        def answer(items: list[Item]) -> None:
-            self.send(b"* THREAD " + sorting.render_threads(build(items)) if items
-                      else b"* THREAD")
+        def compute(items: list[Item]) -> bytes:
+            return sorting.render_threads(build(items))
 
-        return self._keyed(tag, cur, uid, b"THREAD", None, answer)
+        def answer(threads: bytes) -> None:
+            self.send(b"* THREAD " + threads if threads else b"* THREAD")
 
-    def _keyed(self, tag, cur, uid: bool, name: bytes, options, answer):
-        """charset, search keys; then C{answer} the matching messages' L{Item}s, then OK."""
+        return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid), compute,
+                           answer)
+
+    def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, compute, answer,
+               arrival: bool = False, size: bool = False):
+        """
+        The charset and search keys of SORT/THREAD; then C{compute} over the
+        matching messages' L{Item}s (or the same answer kept from before, see
+        L{_answers}), C{answer} with it and the tagged OK.
+        """
         charset = wire_sort.parse_charset(cur)
         cur.sp()
         keys = self._parse_search_keys(cur, options)
         if charset not in wire_sort.CHARSETS:
+            if options is not None and "SAVE" in options:
+                self.mbox.saved = set()
             self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
                          allow_expunge=uid)
             return None
+        folder = self.mbox.folder
 
-        def done(items: list[Item]) -> None:
-            answer(items)
+        def keyed(pairs: list[tuple[int, int]]):
+            kept = _answers.setdefault(folder, OrderedDict())
+            key = (what, folder.uidvalidity, tuple(pairs))
+            found = kept.get(key)
+            if found is not None:
+                kept.move_to_end(key)
+                return found
+
+            def computed(items: list[Item]):
+                value = compute(items)
+                kept[key] = value
+                while len(kept) > ANSWERS_KEPT:
+                    kept.popitem(last=False)
+                return value
+
+            return then(self._sort_items(pairs, uid, arrival, size), computed)
+
+        def done(value) -> None:
+            answer(value)
             self._tagged(tag, b"OK", name + b" completed", allow_expunge=uid)
 
-        return then(then(self._search_pairs(keys), lambda pairs: self._sort_items(pairs, uid)),
-                    done)
+        return then(then(self._search_pairs(keys), keyed), done)
 
-    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool):
+    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, arrival: bool = False,
+                    size: bool = False):
         """
         The L{Item}s of the matched (seq, uid) pairs, keys looked up (or read and
-        remembered) a batch per reactor turn; a list, or a Deferred of one.
+        remembered) a batch per reactor turn; a list, or a Deferred of one.  The
+        INTERNALDATE is looked up only if C{arrival} or a message has no usable
+        Date:, the size only if C{size} (either may need the file the first time).
         """
         mbox = self.mbox
         memo = _decoded.setdefault(mbox.folder, {})
         items: list[Item] = []
+        directory = str(mbox.folder.path)
 
         def work():
             read = 0
@@ -128,19 +180,19 @@ class SortCommands(SessionBase):
                     info = SortInfo.decode(raw) if raw is not None else None
                     if info is None:
                         try:
-                            info = sorting.sort_info(read_header(mbox, msg))
+                            info = sorting.sort_info(read_header(mbox, msg, directory))
                         except KeyError:  # gone meanwhile: sorts as empty
                             info = SortInfo()
                         else:
                             mbox.remember(msg, SORT_FIELD, info.encode())
                         read += 1
                     memo[base] = info
-                items.append(Item(u if uid else seq, seq, u, info, mbox.date_of(msg),
-                                  mbox.size_of(msg)))
+                items.append(Item(u if uid else seq, seq, u, info,
+                                  mbox.date_of(msg) if arrival or info.date is None else 0,
+                                  mbox.size_of(msg) if size else 0))
                 looked += 1
                 if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
-                    mbox.flush_cache()
-                    read = looked = 0
+                    read = looked = 0  # (the cache writes itself past a size: no flush here)
                     yield None
             mbox.flush_cache()
             if len(memo) > 2 * len(mbox.folder.messages) + 1024:
