@@ -274,6 +274,10 @@ def test_fuzz_base_subject_is_stable():
         assert base == base.strip(" ") and "\t" not in base
         info = sorting.sort_info(b"Subject: " + subject.encode() + b"\r\n\r\n")
         assert isinstance(info.subject, str)
+        # The fast path (no blob, trailer or wrapper possible) agrees with every step.
+        plain = subject.replace("[", "").replace("(", "")
+        collapsed = re.sub(r"[ \t]+", " ", plain)
+        assert wire_sort.base_subject(plain) == wire_sort._base_subject(collapsed), plain
 
 
 def test_fuzz_threads_cover_every_message_once():

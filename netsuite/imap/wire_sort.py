@@ -143,6 +143,7 @@ _TRAILER = re.compile(r"(?:\s|\(fwd\))+$", re.I)
 _BLOB = r"\[[^\[\]]*\][ \t]*"
 _LEADER = re.compile(r"^(?:[ \t]+|(?:" + _BLOB + r")*(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:)",
                      re.I)
+_PLAIN_LEADERS = re.compile(r"(?:[ \t]*(?:re|fwd?)[ \t]*:)*[ \t]*", re.I)
 _LEADING_BLOB = re.compile(r"^" + _BLOB)
 _FWD_WRAPPER = re.compile(r"^\[fwd:(.*)\]$", re.I | re.S)
 
@@ -154,8 +155,15 @@ def base_subject(subject: str) -> tuple[str, bool]:
     Dovecot compares).
     """
     text = _WSP.sub(" ", subject)
-    if not any(c in text for c in ":[("):  # nothing to strip but spaces (most subjects)
-        return text.strip(" ").upper(), False
+    if "[" not in text and "(" not in text:
+        # No blob, trailer or wrapper can occur: only "Re:"-style leaders (most subjects).
+        m = _PLAIN_LEADERS.match(text)
+        return text[m.end():].strip(" ").upper(), ":" in m.group(0)
+    return _base_subject(text)
+
+
+def _base_subject(text: str) -> tuple[str, bool]:
+    """L{base_subject}'s every step, on whitespace-collapsed text."""
     refwd = False
     while True:
         # (2) trailers
