@@ -262,3 +262,69 @@ def test_sort_and_thread_follow_changes(box):
     # Flags do not change an order, but they change who matches.
     m.store("1", "+FLAGS", "(\\Seen)")
     assert nums(m, "(SUBJECT)", "UTF-8", "UNSEEN") == [5, 4, 2, 3]
+
+
+imaplib.Commands.setdefault("CANCELUPDATE", ("SELECTED",))
+
+
+def untagged_esearch(m) -> list[bytes]:
+    return m.untagged_responses.pop("ESEARCH", [])
+
+
+def test_context_search_updates(box, daemon):
+    """SEARCH RETURN (UPDATE): ADDTO/REMOVEFROM for own and other sessions' changes."""
+    m = box
+    m.untagged_responses.clear()
+    typ, data = m._simple_command("SEARCH", "RETURN", "(UPDATE)", "FLAGGED")
+    assert typ == "OK"
+    tag = re.match(rb'\(TAG "([^"]+)"\)', untagged_esearch(m)[0]).group(1)
+    m.store("2,4", "+FLAGS", "(\\Flagged)")
+    assert untagged_esearch(m) == [b'(TAG "%s") ADDTO (0 2,4)' % tag]
+    m.store("2", "-FLAGS", "(\\Flagged)")
+    assert untagged_esearch(m) == [b'(TAG "%s") REMOVEFROM (0 2)' % tag]
+    # Another session's change and a new message reach this one at its next command.
+    other = connect(daemon)
+    other.select("INBOX")
+    other.store("1", "+FLAGS", "(\\Flagged)")
+    other.append("INBOX", "(\\Flagged)", None, b"Subject: new\r\n\r\nx\r\n")
+    other.logout()
+    m.noop()
+    assert untagged_esearch(m) == [b'(TAG "%s") ADDTO (0 1,6)' % tag]
+    # An expunged message leaves the result, numbered as the client knew it.
+    m.store("4", "+FLAGS", "(\\Deleted)")
+    m.untagged_responses.clear()
+    m.expunge()
+    assert untagged_esearch(m) == [b'(TAG "%s") REMOVEFROM (0 4)' % tag]
+    # UID contexts number by UID; CANCELUPDATE stops the updates.
+    typ, data = m._simple_command("UID", "SEARCH", "RETURN", "(UPDATE COUNT)", "SEEN")
+    first = untagged_esearch(m)[0]
+    utag = re.match(rb'\(TAG "([^"]+)"\)', first).group(1)
+    assert first.endswith(b"UID COUNT 0")
+    typ, data = m.fetch("5", "(UID)")
+    uid5 = int(re.search(rb"UID (\d+)", data[0]).group(1))
+    m.store("5", "+FLAGS", "(\\Seen)")
+    assert untagged_esearch(m) == [b'(TAG "%s") UID ADDTO (0 %d)' % (utag, uid5)]
+    assert m._simple_command("CANCELUPDATE", '"%s"' % utag.decode())[0] == "OK"
+    m.store("5", "-FLAGS", "(\\Seen)")
+    assert untagged_esearch(m) == []
+    m._simple_command("CANCELUPDATE", '"%s"' % tag.decode())
+    m.store("5", "+FLAGS", "(\\Flagged)")
+    assert untagged_esearch(m) == []
+    # A new SELECT forgets every context.
+    m._simple_command("SEARCH", "RETURN", "(UPDATE)", "DELETED")
+    m.select("INBOX")
+    m.store("1", "+FLAGS", "(\\Deleted)")
+    assert untagged_esearch(m) == []
+
+
+def test_context_partial_and_sort_noupdate(box):
+    m = box
+    out = esearch(m, "SEARCH", "RETURN", "(PARTIAL 2:3)", "ALL")
+    assert out.endswith(b"PARTIAL (2:3 2:3)"), out
+    out = esearch(m, "SORT", "RETURN", "(PARTIAL 1:2)", "(SUBJECT)", "UTF-8", "ALL")
+    assert out.endswith(b"PARTIAL (1:2 3,5)"), out
+    out = esearch(m, "SEARCH", "RETURN", "(PARTIAL 9:12)", "ALL")
+    assert out.endswith(b"PARTIAL (9:12 NIL)"), out
+    refused(m, "SEARCH", "RETURN", "(PARTIAL 1:*)", "ALL")
+    typ, data = m._simple_command("SORT", "RETURN", "(UPDATE)", "(DATE)", "UTF-8", "ALL")
+    assert typ == "OK" and b"[NOUPDATE " in data[0]

@@ -54,6 +54,29 @@ def test_parse_return():
             wire_sort.parse_return(cur(bad))
 
 
+def test_parse_return_context_options():
+    opts = wire_sort.parse_return(cur(b"RETURN (PARTIAL 5:2 COUNT) ALL"))
+    assert opts == ["PARTIAL", "COUNT"] and opts.partial == (2, 5) and not opts.implied_all
+    opts = wire_sort.parse_return(cur(b"RETURN (UPDATE) SEEN"))
+    assert opts == ["UPDATE", "ALL"] and opts.implied_all and opts.partial is None
+    assert wire_sort.parse_return(cur(b"RETURN (SAVE) ALL")).implied_all
+    for bad in (b"RETURN (PARTIAL 1) ALL", b"RETURN (PARTIAL 1:*) ALL", b"RETURN (PARTIAL *:1) ALL",
+                b"RETURN (PARTIAL 0:3) ALL", b"RETURN (PARTIAL) ALL"):
+        with pytest.raises(ParseError):
+            wire_sort.parse_return(cur(bad))
+
+
+def test_partial_and_context_updates():
+    opts = wire_sort.parse_return(cur(b"RETURN (PARTIAL 2:4) ALL"))
+    assert wire_sort.esearch(b"t", False, opts, [1, 2, 4, 5]) == \
+        b'* ESEARCH (TAG "t") PARTIAL (2:4 2,4:5)'
+    assert wire_sort.esearch(b"t", True, opts, [7]) == b'* ESEARCH (TAG "t") UID PARTIAL (2:4 NIL)'
+    assert wire_sort.context_update(b"s1", False, b"ADDTO", [4, 1, 2]) == \
+        b'* ESEARCH (TAG "s1") ADDTO (0 1:2,4)'
+    assert wire_sort.context_update(b"s1", True, b"REMOVEFROM", [9]) == \
+        b'* ESEARCH (TAG "s1") UID REMOVEFROM (0 9)'
+
+
 def test_thread_algorithm_and_charset():
     assert wire_sort.parse_thread_algorithm(cur(b"references")) == "REFERENCES"
     assert wire_sort.parse_thread_algorithm(cur(b"OrderedSubject")) == "ORDEREDSUBJECT"
@@ -248,13 +271,16 @@ def test_ordered_subject():
 # -- bounded fuzz --------------------------------------------------------------------------------
 
 PIECES = [b"(", b")", b" ", b"REVERSE", b"DATE", b"SUBJECT", b"DISPLAYTO", b"RETURN", b"MIN",
-          b"SAVE", b"ALL", b"$", b"1:*", b"\x00", b'"', b"UTF-8", b"REFERENCES", b"\xff"]
+          b"SAVE", b"ALL", b"$", b"1:*", b"\x00", b'"', b"UTF-8", b"REFERENCES", b"\xff",
+          b"PARTIAL", b"UPDATE", b"3:1", b"0", b"4294967296"]
 
 
 def test_fuzz_grammar():
     rnd = random.Random(5256)
     for _ in range(3000):
         text = b"".join(rnd.choice(PIECES) for _ in range(rnd.randrange(8)))
+        if rnd.random() < 0.3:
+            text = b"RETURN (" + text
         for parse in (wire_sort.parse_sort_criteria, wire_sort.parse_return,
                       wire_sort.parse_thread_algorithm, wire_sort.parse_charset,
                       wire.parse_search):

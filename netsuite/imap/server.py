@@ -43,6 +43,7 @@ from netsuite.framer import Command, Continue, IMAPFramer, Overlong, Refused
 from netsuite.imap import wire
 from netsuite.imap.account import canonical
 from netsuite.imap.commands.append import STREAM_ABOVE, AppendCommands
+from netsuite.imap.commands.context import ContextCommands
 from netsuite.imap.commands.copy import CopyCommands
 from netsuite.imap.commands.fetch import FetchCommands
 from netsuite.imap.commands.flags import FlagCommands
@@ -66,6 +67,8 @@ EXTENSIONS += [b"THREAD=REFERENCES"]
 EXTENSIONS += [b"ESEARCH"]
 EXTENSIONS += [b"ESORT"]
 EXTENSIONS += [b"SEARCHRES"]
+EXTENSIONS += [b"CONTEXT=SEARCH"]
+EXTENSIONS += [b"CONTEXT=SORT"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -73,13 +76,13 @@ AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "U
               "LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "IDLE", "ENABLE"}
 SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                    "MOVE", "UID"}
-SELECTED |= {"SORT", "THREAD"}
+SELECTED |= {"SORT", "THREAD", "CANCELUPDATE"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 UID_COMMANDS |= {"SORT", "THREAD"}
 
 
 class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands, FetchCommands,
-                 FlagCommands, CopyCommands, SearchCommands, SortCommands,
+                 FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
@@ -327,7 +330,10 @@ class IMAPServer(GeneralCommands, LoginCommands, MailboxCommands, AppendCommands
     def _tagged(self, tag: bytes, status: bytes, text: bytes, allow_expunge: bool = True) -> None:
         """Send pending unsolicited updates, then the tagged completion."""
         if self.mbox is not None and status != b"BAD":
+            additions = self._context_changes() if self.mbox.contexts else None
             for line in self.mbox.updates(allow_expunge):
+                self.send(line)
+            for line in additions() if additions is not None else ():
                 self.send(line)
         self.send(tag + b" " + status + b" " + text)
 

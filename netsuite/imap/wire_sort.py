@@ -17,31 +17,54 @@ SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"}
 #: RFC 5957 (SORT=DISPLAY).
 DISPLAY_KEYS = {"DISPLAYFROM", "DISPLAYTO"}
 THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
-RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
+#: The options that ask for result data (the others alone imply ALL).
+RESULT_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "PARTIAL"}
 CHARSETS = {b"US-ASCII", b"UTF-8"}
 
 
-def parse_return(cur: Cursor) -> list[str] | None:
+class ReturnOptions(list):
+    """The RETURN options' names (a list of str), and PARTIAL's range if given."""
+
+    partial: tuple[int, int] | None = None
+    #: ALL was not asked for but implied (RFC 4731 3.1, RFC 5267).
+    implied_all = False
+
+
+def parse_return(cur: Cursor) -> ReturnOptions | None:
     """
     C{RETURN (MIN COUNT) } before search keys -> ["MIN", "COUNT"], or None
     when there is no RETURN (a plain SEARCH).  C{RETURN ()} means ALL
-    (RFC 4731 3.1); the space after the list is consumed.
+    (RFC 4731 3.1), and so does UPDATE or CONTEXT without a result option
+    (RFC 5267); C{PARTIAL 4:2} gives C{.partial == (2, 4)}.  The space
+    after the list is consumed.
     """
     if cur.text[cur.pos:cur.pos + 7].upper() != b"RETURN ":
         return None
     cur.pos += 7
     cur.expect(b"(")
-    options: list[str] = []
+    options = ReturnOptions()
+    first = True
     while not cur.maybe(b")"):
-        if options:
+        if not first:
             cur.sp()
+        first = False
         word = cur.atom().upper().decode()
         if word not in RETURN_OPTIONS:
             raise ParseError(f"Unknown search return option {word}")
+        if word == "PARTIAL":
+            cur.sp()
+            lo = cur.nz_number()
+            cur.expect(b":")
+            hi = cur.nz_number()
+            options.partial = (min(lo, hi), max(lo, hi))
         if word not in options:
             options.append(word)
     cur.sp()
-    return options or ["ALL"]
+    if not any(o in options for o in RESULT_OPTIONS):
+        options.append("ALL")
+        options.implied_all = True
+    return options
 
 
 def parse_sort_criteria(cur: Cursor, display: bool = True) -> list[tuple[str, bool]]:
@@ -119,8 +142,22 @@ def esearch(tag: bytes, uid: bool, options: Sequence[str], found: Sequence[int],
         out.append(b"COUNT %d" % len(ordered))
     if ordered and "ALL" in options:
         out.append(b"ALL " + sequence_set(ordered))
+    partial = getattr(options, "partial", None)
+    if partial is not None:
+        lo, hi = partial
+        picked = sequence_set(ordered[lo - 1:hi]) or b"NIL"
+        out.append(b"PARTIAL (%d:%d " % (lo, hi) + picked + b")")
     out.extend(extra)
     return b" ".join(out)
+
+
+def context_update(tag: bytes, uid: bool, kind: bytes, nums: Sequence[int]) -> bytes:
+    """C{* ESEARCH (TAG "t") UID ADDTO (0 3:5)}: a search context changed (RFC 5267 4.3;
+    the position of an unsorted SEARCH's change is 0, as Dovecot sends it)."""
+    from netsuite.imap.wire import string
+
+    return (b"* ESEARCH (TAG " + string(tag) + b")" + (b" UID " if uid else b" ") + kind +
+            b" (0 " + sequence_set(sorted(nums)) + b")")
 
 
 def to_save(options: Sequence[str], found: Sequence[int]) -> list[int]:

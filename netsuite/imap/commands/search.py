@@ -6,6 +6,7 @@ RETURN options of ESEARCH (RFC 4731) and SEARCHRES (RFC 5182).
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
@@ -18,6 +19,10 @@ from netsuite.imap.wire import ParseError
 
 class SearchCommands(SessionBase):
     """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
+
+    if TYPE_CHECKING:  # ContextCommands provides it
+        def _start_context(self, tag: bytes, keys: list, uid: bool,
+                           matched: list[int]) -> bytes | None: ...
 
     def imap_SEARCH(self, tag, cur, uid=False):
         options = wire_sort.parse_return(cur)
@@ -40,6 +45,11 @@ class SearchCommands(SessionBase):
             else:
                 self._search_return(tag, uid, options, [u if uid else seq for seq, u in pairs],
                                     [u for _, u in pairs])
+                if "UPDATE" in options:  # CONTEXT=SEARCH (RFC 5267)
+                    refused = self._start_context(tag, keys, uid, [u for _, u in pairs])
+                    if refused is not None:
+                        self._tagged(tag, b"OK", refused, allow_expunge=uid)
+                        return
             self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
 
         return then(self._search_pairs(keys), done)
@@ -61,7 +71,7 @@ class SearchCommands(SessionBase):
         """
         if "SAVE" in options:
             self.mbox.saved = set(wire_sort.to_save(options, uids))
-            if len(options) == 1:
+            if len(options) == 2 and getattr(options, "implied_all", False):
                 return  # SAVE alone: no ESEARCH (RFC 5182 2.1)
         self.send(wire_sort.esearch(tag, uid, options, nums))
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from netsuite.imap import sorting, wire_sort
 from netsuite.imap.commands import SessionBase
+from netsuite.imap.commands.context import noupdate
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.commands.search import then
 from netsuite.imap.sorting import Item, SortInfo
@@ -149,7 +150,10 @@ class SortCommands(SessionBase):
 
         def done(value) -> None:
             answer(value)
-            self._tagged(tag, b"OK", name + b" completed", allow_expunge=uid)
+            # CONTEXT=SORT: PARTIAL is answered, updates are not kept (RFC 5267 4.2).
+            text = noupdate(tag, name) if options is not None and "UPDATE" in options \
+                else name + b" completed"
+            self._tagged(tag, b"OK", text, allow_expunge=uid)
 
         return then(then(self._search_pairs(keys), keyed), done)
 
