@@ -304,10 +304,10 @@ def test_context_search_updates(box, daemon):
     uid5 = int(re.search(rb"UID (\d+)", data[0]).group(1))
     m.store("5", "+FLAGS", "(\\Seen)")
     assert untagged_esearch(m) == [b'(TAG "%s") UID ADDTO (0 %d)' % (utag, uid5)]
-    assert m._simple_command("CANCELUPDATE", '"%s"' % utag.decode())[0] == "OK"
+    assert m._simple_command("CANCELUPDATE", f'"{utag.decode()}"')[0] == "OK"
     m.store("5", "-FLAGS", "(\\Seen)")
     assert untagged_esearch(m) == []
-    m._simple_command("CANCELUPDATE", '"%s"' % tag.decode())
+    m._simple_command("CANCELUPDATE", f'"{tag.decode()}"')
     m.store("5", "+FLAGS", "(\\Flagged)")
     assert untagged_esearch(m) == []
     # A new SELECT forgets every context.

@@ -17,6 +17,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from netsuite.imap.message import _split_groups, decoded, parse_header
 from netsuite.imap.wire_sort import base_subject
@@ -74,7 +75,8 @@ def _message_ids(value: bytes | None) -> list[str]:
 
 #: The usual first address: C{Name <local@domain>}, C{"Name" <local@domain>} or
 #: C{local@domain}, followed by a comma or the end (anything else: the full parser).
-_NAME_ADDR = re.compile(r'\s*(?:"([^"\\]*)"|([^",<>()@;:\\\[\]]*?))\s*<([^<>@\s",;:()]+)@([^<>\s",;:()]*)>\s*(?:,|$)')
+_NAME_ADDR = re.compile(r'\s*(?:"([^"\\]*)"|([^",<>()@;:\\\[\]]*?))\s*'
+                        r'<([^<>@\s",;:()]+)@([^<>\s",;:()]*)>\s*(?:,|$)')
 _ADDR_SPEC = re.compile(r'\s*([^<>@\s",;:()\[\]]+)@([^<>\s",;:()\[\]]+)\s*(?:,|$)')
 
 
@@ -170,7 +172,7 @@ class Item:
         return self.info.date if self.info.date is not None else self.arrival
 
 
-_KEYS: dict[str, Callable[[Item], object]] = {
+_KEYS: dict[str, Callable[[Item], Any]] = {
     "ARRIVAL": lambda i: i.arrival,
     "CC": lambda i: i.info.cc,
     "DATE": lambda i: i.sent,
@@ -327,7 +329,9 @@ def _prune(roots: list[Node]) -> list[Node]:
 
 
 def _first_info(node: Node) -> SortInfo:
-    return (node.item if node.item is not None else node.children[0].item).info
+    item = node.item if node.item is not None else node.children[0].item
+    assert item is not None  # a dummy's children are messages after pruning
+    return item.info
 
 
 def _group_by_subject(roots: list[Node]) -> list[Node]:

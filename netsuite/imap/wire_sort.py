@@ -105,18 +105,13 @@ def parse_thread_algorithm(cur: Cursor) -> str:
 
 def sequence_set(numbers: Iterable[int]) -> bytes:
     """C{[1, 2, 3, 7, 5]} -> C{b"1:3,7,5"}: ascending runs collapsed, order kept."""
-    out: list[bytes] = []
-    start = prev = None
+    runs: list[list[int]] = []
     for n in numbers:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-        start = prev = n
-    if start is not None:
-        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-    return b",".join(out)
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
 
 
 def esearch(tag: bytes, uid: bool, options: Sequence[str], found: Sequence[int],
@@ -194,8 +189,9 @@ def base_subject(subject: str) -> tuple[str, bool]:
     text = _WSP.sub(" ", subject)
     if "[" not in text and "(" not in text:
         # No blob, trailer or wrapper can occur: only "Re:"-style leaders (most subjects).
-        m = _PLAIN_LEADERS.match(text)
-        return text[m.end():].strip(" ").upper(), ":" in m.group(0)
+        leaders = _PLAIN_LEADERS.match(text)
+        assert leaders is not None  # the pattern matches the empty string
+        return text[leaders.end():].strip(" ").upper(), ":" in leaders.group(0)
     return _base_subject(text)
 
 
