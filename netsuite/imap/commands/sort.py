@@ -23,7 +23,7 @@ from netsuite.imap.commands.context import noupdate
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.commands.search import then
 from netsuite.imap.sorting import Item, SortInfo
-from netsuite.store.folder import Folder, Message, to_wire
+from netsuite.store.folder import Folder, Message
 
 #: Message-cache field of the sort keys; the version changes with what they hold.
 SORT_FIELD = "sort1"
@@ -45,29 +45,34 @@ _decoded: "weakref.WeakKeyDictionary[Folder, dict[str, SortInfo]]" = weakref.Wea
 
 def read_header(mbox: Any, msg: Message, directory: str | None = None) -> bytes:
     """
-    The header block of a message (CRLF ends), without reading its body.
-    C{directory}: the folder's path as a string (saves building a Path per file).
+    The header block of a message as stored (LF or CRLF ends), without its body.
+    C{directory}: the folder's path as a string: the file is read with three
+    system calls, no file object (this runs once per message of a big folder).
     """
+    fd = -1
+    if directory:
+        try:
+            fd = os.open(os.path.join(directory, msg.sub, msg.name), os.O_RDONLY)
+        except FileNotFoundError:  # renamed by another program: the store finds it again
+            fd = -1
+    if fd < 0:
+        with mbox.folder.open(msg) as f:
+            fd = os.dup(f.fileno())
     try:
-        f = open(os.path.join(directory, msg.sub, msg.name), "rb") if directory \
-            else mbox.folder.open(msg)
-    except FileNotFoundError:  # renamed by another program: the store finds it again
-        f = mbox.folder.open(msg)
-    with f:
-        data = f.read(_HEADER_CHUNK)
+        data = os.read(fd, _HEADER_CHUNK)
         while True:
             lf = data.find(b"\n\n")
             crlf = data.find(b"\r\n\r\n")
             ends = [i for i in (lf, crlf) if i >= 0]
             if ends:
                 end = min(ends)
-                data = data[:end + (2 if end == lf else 4)]
-                break
-            more = f.read(_HEADER_CHUNK * 4)
+                return data[:end + (2 if end == lf else 4)]
+            more = os.read(fd, _HEADER_CHUNK * 4)
             if not more:
-                break
+                return data
             data += more
-    return to_wire(data)
+    finally:
+        os.close(fd)
 
 
 class SortCommands(SessionBase):
