@@ -328,3 +328,12 @@ def test_context_partial_and_sort_noupdate(box):
     refused(m, "SEARCH", "RETURN", "(PARTIAL 1:*)", "ALL")
     typ, data = m._simple_command("SORT", "RETURN", "(UPDATE)", "(DATE)", "UTF-8", "ALL")
     assert typ == "OK" and b"[NOUPDATE " in data[0]
+    # Contexts are bounded per session: the ninth is answered, not kept.
+    for _ in range(8):
+        typ, data = m._simple_command("SEARCH", "RETURN", "(UPDATE)", "SEEN")
+        assert typ == "OK" and b"NOUPDATE" not in data[0]
+    typ, data = m._simple_command("SEARCH", "RETURN", "(UPDATE)", "SEEN")
+    assert typ == "OK" and b"[NOUPDATE " in data[0]
+    m.untagged_responses.clear()
+    m.store("1", "+FLAGS", "(\\Seen)")
+    assert len(untagged_esearch(m)) == 8

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from netsuite.imap.wire import Cursor, ParseError
+from netsuite.imap.wire import Cursor, ParseError, string
 
 SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"}
 #: RFC 5957 (SORT=DISPLAY).
@@ -122,8 +122,6 @@ def esearch(tag: bytes, uid: bool, options: Sequence[str], found: Sequence[int],
     C{extra} is more return data already rendered (C{b"MODSEQ 7"}, ...),
     appended as is.
     """
-    from netsuite.imap.wire import string
-
     out = [b"* ESEARCH (TAG " + string(tag) + b")"]
     if uid:
         out.append(b"UID")
@@ -149,8 +147,6 @@ def esearch(tag: bytes, uid: bool, options: Sequence[str], found: Sequence[int],
 def context_update(tag: bytes, uid: bool, kind: bytes, nums: Sequence[int]) -> bytes:
     """C{* ESEARCH (TAG "t") UID ADDTO (0 3:5)}: a search context changed (RFC 5267 4.3;
     the position of an unsorted SEARCH's change is 0, as Dovecot sends it)."""
-    from netsuite.imap.wire import string
-
     return (b"* ESEARCH (TAG " + string(tag) + b")" + (b" UID " if uid else b" ") + kind +
             b" (0 " + sequence_set(sorted(nums)) + b")")
 

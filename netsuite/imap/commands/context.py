@@ -6,8 +6,8 @@ whenever the set of matching messages changes; CANCELUPDATE ends it.
 A context is evaluated again (the whole folder, synchronously) when a
 command completes and the folder changed since its last look (HIGHESTMODSEQ,
 message count, next UID and this session's view say so).  That is bounded:
-at most L{MAX_CONTEXTS} per session, on folders of at most
-L{MAX_MESSAGES}; beyond, the search is answered with C{[NOUPDATE]} (which
+at most L{MAX_CONTEXTS} per session, and contexts times messages at most
+L{MAX_WATCHED}; beyond, the search is answered with C{[NOUPDATE]} (which
 RFC 5267 4.2 allows).  SORT's contexts are always refused that way: only
 PARTIAL of CONTEXT=SORT is done.
 """
@@ -22,7 +22,9 @@ from netsuite.imap.commands import SessionBase
 from netsuite.imap.commands.search import _SearchContext
 
 MAX_CONTEXTS = 8
-MAX_MESSAGES = 20_000
+#: Messages evaluated per command at most (contexts x folder size): bounds the
+#: reactor turn a change costs.
+MAX_WATCHED = 40_000
 
 
 @dataclass
@@ -55,7 +57,8 @@ class ContextCommands(SessionBase):
     def _start_context(self, tag: bytes, keys: list, uid: bool, matched: list[int]) -> bytes | None:
         """Keep a SEARCH RETURN (UPDATE); the tagged OK text if it cannot be kept."""
         mbox = self.mbox
-        if len(mbox.contexts) >= MAX_CONTEXTS or len(mbox.folder.messages) > MAX_MESSAGES:
+        watched = (len(mbox.contexts) + 1) * len(mbox.folder.messages)
+        if len(mbox.contexts) >= MAX_CONTEXTS or watched > MAX_WATCHED:
             return noupdate(tag, b"SEARCH")
         mbox.contexts[tag] = SearchUpdate(keys, uid, set(matched), self._signature())
         return None
