@@ -74,6 +74,14 @@ BENCHES = {
         [rf"^SELECT\+FETCH 1:\* \(UID FLAGS\)\s+200 again\s+{NUM}\s+{NUM}\s+{RATIO}$",
          rf"^FETCH BODY.PEEK\[\] random.*\s{NUM}\s+{NUM}\s+{RATIO}$",
          rf"^POP3 RETR msgs/s.*\s{NUM}\s+{NUM}\s+{RATIO}$"]),
+    "sort_bench.py": (
+        lambda: need_file("/usr/sbin/dovecot", "dovecot-imapd"),
+        [rf"^SORT \(SUBJECT\) first\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         rf"^THREAD=REFERENCES again\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         r"^answers equal to Dovecot's: SORT \(SUBJECT\)\s+yes$",
+         r"^answers equal to Dovecot's: SORT \(DATE\)\s+yes$",
+         r"^answers equal to Dovecot's: SORT \(FROM\)\s+yes$",
+         r"^answers equal to Dovecot's: THREAD=REFERENCES\s+yes$"]),
     "ftp_bench.py": (
         lambda: (need_file("/usr/sbin/vsftpd", "vsftpd"), need_module("pyftpdlib")),
         # netsuite, pyftpdlib, vsftpd, then the two paired ratios.

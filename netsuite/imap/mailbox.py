@@ -145,6 +145,10 @@ class SessionMailbox:
         store.watch(folder, self._changed)
         self._rendered = rendered_flags(store, folder)
         self._cache: MessageCache | None = None
+        #: SEARCHRES's saved result, C{$} (RFC 5182): UIDs; a new selection starts empty.
+        self.saved: set[int] = set()
+        #: CONTEXT=SEARCH's searches kept up to date, by tag (netsuite.imap.commands.context).
+        self.contexts: dict = {}
 
     def close(self) -> None:
         self._store.unwatch(self.folder, self._changed)

@@ -46,6 +46,7 @@ from netsuite.imap import wire
 from netsuite.imap.account import canonical
 from netsuite.imap.commands.append import STREAM_ABOVE, AppendCommands
 from netsuite.imap.commands.compress import CompressCommands
+from netsuite.imap.commands.context import ContextCommands
 from netsuite.imap.commands.copy import CopyCommands
 from netsuite.imap.commands.fetch import FetchCommands
 from netsuite.imap.commands.flags import FlagCommands
@@ -55,6 +56,7 @@ from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
 from netsuite.imap.commands.quota import QuotaCommands
 from netsuite.imap.commands.search import SearchCommands
+from netsuite.imap.commands.sort import SortCommands
 from netsuite.imap.commands.urlauth import UrlAuthCommands
 from netsuite.imap.compress import Inflater
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
@@ -75,6 +77,15 @@ EXTENSIONS += [b"OBJECTID"]
 EXTENSIONS += [b"SAVEDATE"]
 EXTENSIONS.append(b"CONDSTORE")
 EXTENSIONS.append(b"QRESYNC")
+EXTENSIONS += [b"SORT"]
+EXTENSIONS += [b"SORT=DISPLAY"]
+EXTENSIONS += [b"THREAD=ORDEREDSUBJECT"]
+EXTENSIONS += [b"THREAD=REFERENCES"]
+EXTENSIONS += [b"ESEARCH"]
+EXTENSIONS += [b"ESORT"]
+EXTENSIONS += [b"SEARCHRES"]
+EXTENSIONS += [b"CONTEXT=SEARCH"]
+EXTENSIONS += [b"CONTEXT=SORT"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -83,15 +94,17 @@ AUTH = ANY | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "U
               "GENURLAUTH", "URLFETCH", "RESETKEY"}
 SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                    "MOVE", "UID"}
+SELECTED |= {"SORT", "THREAD", "CANCELUPDATE"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
 AUTH |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
 SELECTED |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
+UID_COMMANDS |= {"SORT", "THREAD"}
 
 
 class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                  MailboxCommands, AppendCommands, FetchCommands,
-                 FlagCommands, CopyCommands, SearchCommands, QuotaCommands, CompressCommands,
-                 UrlAuthCommands,
+                 FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
+                 QuotaCommands, CompressCommands, UrlAuthCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
@@ -374,7 +387,10 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
     def _tagged(self, tag: bytes, status: bytes, text: bytes, allow_expunge: bool = True) -> None:
         """Send pending unsolicited updates, then the tagged completion."""
         if self.mbox is not None and status != b"BAD":
+            additions = self._context_changes() if self.mbox.contexts else None
             for line in self.mbox.updates(allow_expunge):
+                self.send(line)
+            for line in additions() if additions is not None else ():
                 self.send(line)
         self.send(tag + b" " + status + b" " + text)
 
@@ -440,6 +456,9 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
     def _targets(self, seqset: SeqSet, uid: bool) -> list[int]:
         """UIDs named by a sequence set (message numbers or UIDs) in this session."""
         uids = self.mbox.uids
+        if seqset.saved:  # $: the saved UIDs that are still here (RFC 5182)
+            saved = self.mbox.saved
+            return [u for u in uids if u in saved] if saved else []
         if uid:
             return seqset.resolve(uids, uids[-1] if uids else 0)
         count = len(uids)

@@ -168,6 +168,8 @@ class Cursor:
         return n
 
     def seqset(self) -> "SeqSet":
+        if self.maybe(b"$"):  # SEARCHRES (RFC 5182): the saved search result
+            return SeqSet([], saved=True)
         text = self._take_while(lambda c: c in b"0123456789:*,")
         return SeqSet.parse(text)
 
@@ -223,9 +225,10 @@ class Cursor:
 
 @dataclass
 class SeqSet:
-    """A sequence set; C{None} stands for '*'."""
+    """A sequence set; C{None} stands for '*'; C{saved}: C{$}, the saved result (UIDs)."""
 
     ranges: list[tuple[int | None, int | None]]
+    saved: bool = False
 
     @classmethod
     def parse(cls, text: bytes) -> "SeqSet":
@@ -439,6 +442,9 @@ def _search_key(cur: Cursor):
             keys.append(_search_key(cur))
         return ("AND", keys)
     c = cur.peek()
+    if c == 0x24:  # $ (RFC 5182)
+        cur.pos += 1
+        return ("SAVED",)
     if c is not None and (0x30 <= c <= 0x39 or c == 0x2A):
         return ("SEQ", cur.seqset())
     word = cur.atom().upper().decode()
@@ -466,7 +472,8 @@ def _search_key(cur: Cursor):
     if word in _ATOM_ARG:
         return (word, cur.flag().decode())
     if word == "UID":
-        return ("UID", cur.seqset())
+        ids = cur.seqset()
+        return ("SAVED",) if ids.saved else ("UID", ids)
     if word == "MODSEQ":
         return ("MODSEQ", _search_modseq(cur))
     raise ParseError(f"Unknown search key {word}")

@@ -1,12 +1,16 @@
 """
-SEARCH: every RFC 3501 key, a big folder searched a batch per reactor turn.
+SEARCH: every RFC 3501 key, a big folder searched a batch per reactor turn; the
+RETURN options of ESEARCH (RFC 4731) and SEARCHRES (RFC 5182).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
-from netsuite.imap import wire
+from twisted.internet import defer
+
+from netsuite.imap import wire, wire_sort
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.message import Part, address_text, decoded, sent_date
@@ -17,23 +21,92 @@ from netsuite.imap.wire import ParseError
 class SearchCommands(SessionBase):
     """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
 
+    if TYPE_CHECKING:  # ContextCommands provides it
+        def _start_context(self, tag: bytes, keys: list, uid: bool,
+                           matched: list[int]) -> bytes | None: ...
+
     def imap_SEARCH(self, tag, cur, uid=False):
+        options = wire_sort.parse_return(cur)
         if cur.text[cur.pos:cur.pos + 8].upper() == b"CHARSET ":
             cur.pos += 8
             charset = cur.astring().upper()
             cur.sp()
             if charset not in (b"US-ASCII", b"UTF-8"):
+                if options is not None and "SAVE" in options:
+                    self.mbox.saved = set()  # RFC 5182 2.1: a failed SEARCH empties $
                 self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
                              allow_expunge=uid)
                 return
-        keys = wire.parse_search(cur)
+        keys = self._parse_search_keys(cur, options)
+        #: RFC 7162 3.1.5: a MODSEQ key makes the answer carry the highest MODSEQ found.
+        with_modseq = _uses_modseq(keys)
+        if with_modseq:
+            self._condstore_used()
+
+        def done(pairs):
+            extra = self._modseq_data(pairs, options) if with_modseq else b""
+            if options is None:
+                self.send(b"* SEARCH" + b"".join(b" %d" % (u if uid else seq)
+                                                 for seq, u in pairs) +
+                          (b" (" + extra + b")" if extra else b""))
+            else:
+                self._search_return(tag, uid, options, [u if uid else seq for seq, u in pairs],
+                                    [u for _, u in pairs], (extra,) if extra else ())
+                if "UPDATE" in options:  # CONTEXT=SEARCH (RFC 5267)
+                    refused = self._start_context(tag, keys, uid, [u for _, u in pairs])
+                    if refused is not None:
+                        self._tagged(tag, b"OK", refused, allow_expunge=uid)
+                        return
+            self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
+
+        return then(self._search_pairs(keys), done)
+
+    def _parse_search_keys(self, cur, options) -> list:
+        """Search keys; a SEARCH ... RETURN (SAVE) that fails empties $ (RFC 5182 2.1)."""
+        try:
+            return wire.parse_search(cur)
+        except ParseError:
+            if options is not None and "SAVE" in options:
+                self.mbox.saved = set()
+            raise
+
+    def _modseq_data(self, pairs, options) -> bytes:
+        """
+        C{MODSEQ n}: the highest MODSEQ of the matches, or, for an ESEARCH
+        returning only MIN and/or MAX, of the messages it returns (RFC 7162
+        3.1.5, 3.1.10); nothing when nothing matched.
+        """
+        if not pairs:
+            return b""
+        chosen = pairs
+        if options is not None and options and set(options) <= {"MIN", "MAX"}:
+            chosen = ([pairs[0]] if "MIN" in options else []) + \
+                ([pairs[-1]] if "MAX" in options else [])
+        mbox = self.mbox
+        top = max(mbox.modseq_of(m) for m in (mbox.message(u) for _, u in chosen)
+                  if m is not None)
+        return b"MODSEQ %d" % top
+
+    def _search_return(self, tag: bytes, uid: bool, options, nums: list[int],
+                       uids: list[int], extra: tuple[bytes, ...] = ()) -> None:
+        """
+        The answer of a SEARCH/SORT with RETURN options: C{nums} as the client
+        numbers them (in the command's order), C{uids} the same messages' UIDs.
+        """
+        if "SAVE" in options:
+            self.mbox.saved = set(wire_sort.to_save(options, uids))
+            if len(options) == 2 and getattr(options, "implied_all", False):
+                return  # SAVE alone: no ESEARCH (RFC 5182 2.1)
+        self.send(wire_sort.esearch(tag, uid, options, nums, extra))
+
+    def _search_pairs(self, keys):
+        """
+        (seq, uid) of the messages matching C{keys}, in order: a list, or a
+        Deferred of one when the folder is big (a batch per reactor turn).
+        """
         mbox = self.mbox
         uids = list(mbox.uids)
-        found: list[int] = []
-        #: RFC 7162 3.1.5: a MODSEQ key makes the response end in the highest MODSEQ found.
-        modseq = [0] if _uses_modseq(keys) else None
-        if modseq is not None:
-            self._condstore_used()
+        found: list[tuple[int, int]] = []
         star_seq = len(uids)
         star_uid = uids[-1] if uids else 0
 
@@ -43,24 +116,26 @@ class SearchCommands(SessionBase):
                 if msg is not None:
                     ctx = _SearchContext(mbox, seq, msg, star_seq, star_uid)
                     if all(ctx.match(k) for k in keys):
-                        found.append(u if uid else seq)
-                        if modseq is not None:
-                            modseq[0] = max(modseq[0], mbox.modseq_of(msg))
+                        found.append((seq, u))
                 if seq % FETCH_BATCH == 0:
                     yield None
 
-        def done(_=None):
-            tail = b" (MODSEQ %d)" % modseq[0] if modseq is not None and found else b""
-            self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + tail)
-            self._tagged(tag, b"OK", b"SEARCH completed", allow_expunge=uid)
-
+        if keys == [("ALL",)]:  # SORT/THREAD ... ALL, the usual: nothing to evaluate
+            by_uid = mbox.message
+            return [(seq, u) for seq, u in enumerate(uids, 1) if by_uid(u) is not None]
         if len(uids) <= FETCH_BATCH:
             for _ in scan():
                 pass
-            done()
-            return None
+            return found
         # A big folder is searched a batch per reactor turn: other sessions go on.
-        return self._cooperate(scan()).addCallback(done)
+        return self._cooperate(scan()).addCallback(lambda _: found)
+
+
+def then(value, f):
+    """C{f(value)}, or C{f} added to C{value}'s callbacks if it is a Deferred."""
+    if isinstance(value, defer.Deferred):
+        return value.addCallback(f)
+    return f(value)
 
 
 class _SearchContext:
@@ -104,6 +179,8 @@ class _SearchContext:
             return key[1].contains(m.uid, self.star_uid)
         if op == "MODSEQ":
             return mbox.modseq_of(m) >= key[1]
+        if op == "SAVED":  # $ (RFC 5182)
+            return m.uid in mbox.saved
         flag = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
                 "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
         if op in flag:

@@ -1,0 +1,216 @@
+"""
+SORT (RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267) and THREAD
+(ORDEREDSUBJECT, REFERENCES).
+
+The keys of a message (L{netsuite.imap.sorting.SortInfo}) come from its
+header only, once: they are kept in the folder's message cache (field
+L{SORT_FIELD}) and, decoded, in this process's memory by base name (a
+message never changes), so a second SORT of a big folder reads no message
+file and decodes nothing; the last few answers are kept too (L{_answers}).
+Keys that must be read are read a batch per reactor turn, as SEARCH scans.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from netsuite.imap import sorting, wire_sort
+from netsuite.imap.commands import SessionBase
+from netsuite.imap.commands.context import noupdate
+from netsuite.imap.commands.fetch import FETCH_BATCH
+from netsuite.imap.commands.search import then
+from netsuite.imap.sorting import Item, SortInfo
+from netsuite.store.folder import Folder, Message
+
+#: Message-cache field of the sort keys; the version changes with what they hold.
+SORT_FIELD = "sort1"
+#: Header bytes read at a time while looking for the end of a header.
+_HEADER_CHUNK = 8192
+#: Cached (not read) messages whose keys are looked up per reactor turn.
+_CACHED_BATCH = 8192
+
+#: Answers by folder, the last few: (what was asked, UIDVALIDITY, the matched (seq, uid)
+#: pairs) -> the order or the thread rendering.  A message's keys never change, so the
+#: same messages asked the same way get the same answer: a client that sorts its big
+#: folder again gets it without a sort.
+_answers: "weakref.WeakKeyDictionary[Folder, OrderedDict]" = weakref.WeakKeyDictionary()
+ANSWERS_KEPT = 4
+
+#: Decoded keys by folder and base name: what a second SORT uses.
+_decoded: "weakref.WeakKeyDictionary[Folder, dict[str, SortInfo]]" = weakref.WeakKeyDictionary()
+
+
+def read_header(mbox: Any, msg: Message, directory: str | None = None) -> bytes:
+    """
+    The header block of a message as stored (LF or CRLF ends), without its body.
+    C{directory}: the folder's path as a string: the file is read with three
+    system calls, no file object (this runs once per message of a big folder).
+    """
+    fd = -1
+    if directory:
+        try:
+            fd = os.open(os.path.join(directory, msg.sub, msg.name), os.O_RDONLY)
+        except FileNotFoundError:  # renamed by another program: the store finds it again
+            fd = -1
+    if fd < 0:
+        with mbox.folder.open(msg) as f:
+            fd = os.dup(f.fileno())
+    try:
+        data = os.read(fd, _HEADER_CHUNK)
+        while True:
+            lf = data.find(b"\n\n")
+            crlf = data.find(b"\r\n\r\n")
+            ends = [i for i in (lf, crlf) if i >= 0]
+            if ends:
+                end = min(ends)
+                return data[:end + (2 if end == lf else 4)]
+            more = os.read(fd, _HEADER_CHUNK * 4)
+            if not more:
+                return data
+            data += more
+    finally:
+        os.close(fd)
+
+
+class SortCommands(SessionBase):
+    """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
+
+    if TYPE_CHECKING:  # SearchCommands provides them
+        def _search_pairs(self, keys: list) -> Any: ...
+        def _parse_search_keys(self, cur: Any, options: Any) -> list: ...
+        def _search_return(self, tag: bytes, uid: bool, options: Any, nums: list[int],
+                           uids: list[int], extra: tuple[bytes, ...] = ()) -> None: ...
+
+    def imap_SORT(self, tag, cur, uid=False):
+        options = wire_sort.parse_return(cur)
+        criteria = wire_sort.parse_sort_criteria(cur)
+        cur.sp()
+
+        def compute(items: list[Item]) -> list[tuple[int, int]]:
+            return [(i.seq, i.uid) for i in sorting.sort_items(items, criteria)]
+
+        def answer(ordered: list[tuple[int, int]]) -> None:
+            nums = [u if uid else seq for seq, u in ordered]
+            if options is None:
+                self.send(b"* SORT" + b"".join(b" %d" % n for n in nums))
+            else:
+                self._search_return(tag, uid, options, nums, [u for _, u in ordered])
+
+        names = {name for name, _ in criteria}
+        return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)), compute,
+                           answer, arrival="ARRIVAL" in names, size="SIZE" in names)
+
+    def imap_THREAD(self, tag, cur, uid=False):
+        algorithm = wire_sort.parse_thread_algorithm(cur)
+        cur.sp()
+        build = sorting.thread_references if algorithm == "REFERENCES" \
+            else sorting.thread_ordered_subject
+
+        def compute(items: list[Item]) -> bytes:
+            return sorting.render_threads(build(items))
+
+        def answer(threads: bytes) -> None:
+            self.send(b"* THREAD " + threads if threads else b"* THREAD")
+
+        return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid), compute,
+                           answer)
+
+    def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, compute, answer,
+               arrival: bool = False, size: bool = False):
+        """
+        The charset and search keys of SORT/THREAD; then C{compute} over the
+        matching messages' L{Item}s (or the same answer kept from before, see
+        L{_answers}), C{answer} with it and the tagged OK.
+        """
+        charset = wire_sort.parse_charset(cur)
+        cur.sp()
+        keys = self._parse_search_keys(cur, options)
+        if charset not in wire_sort.CHARSETS:
+            if options is not None and "SAVE" in options:
+                self.mbox.saved = set()
+            self._tagged(tag, b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset",
+                         allow_expunge=uid)
+            return None
+        folder = self.mbox.folder
+
+        def keyed(pairs: list[tuple[int, int]]):
+            kept = _answers.setdefault(folder, OrderedDict())
+            key = (what, folder.uidvalidity, tuple(pairs))
+            found = kept.get(key)
+            if found is not None:
+                kept.move_to_end(key)
+                return found
+
+            def computed(items: list[Item]):
+                value = compute(items)
+                kept[key] = value
+                while len(kept) > ANSWERS_KEPT:
+                    kept.popitem(last=False)
+                return value
+
+            return then(self._sort_items(pairs, uid, arrival, size), computed)
+
+        def done(value) -> None:
+            answer(value)
+            # CONTEXT=SORT: PARTIAL is answered, updates are not kept (RFC 5267 4.2).
+            text = noupdate(tag, name) if options is not None and "UPDATE" in options \
+                else name + b" completed"
+            self._tagged(tag, b"OK", text, allow_expunge=uid)
+
+        return then(then(self._search_pairs(keys), keyed), done)
+
+    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, arrival: bool = False,
+                    size: bool = False):
+        """
+        The L{Item}s of the matched (seq, uid) pairs, keys looked up (or read and
+        remembered) a batch per reactor turn; a list, or a Deferred of one.  The
+        INTERNALDATE is looked up only if C{arrival} or a message has no usable
+        Date:, the size only if C{size} (either may need the file the first time).
+        """
+        mbox = self.mbox
+        memo = _decoded.setdefault(mbox.folder, {})
+        items: list[Item] = []
+        directory = str(mbox.folder.path)
+
+        def work():
+            read = 0
+            looked = 0
+            for seq, u in pairs:
+                msg = mbox.message(u)
+                if msg is None:
+                    continue
+                base = msg.base
+                info = memo.get(base)
+                if info is None:
+                    raw = mbox.cached(msg, SORT_FIELD)
+                    info = SortInfo.decode(raw) if raw is not None else None
+                    if info is None:
+                        try:
+                            info = sorting.sort_info(read_header(mbox, msg, directory))
+                        except KeyError:  # gone meanwhile: sorts as empty
+                            info = SortInfo()
+                        else:
+                            mbox.remember(msg, SORT_FIELD, info.encode())
+                        read += 1
+                    memo[base] = info
+                items.append(Item(u if uid else seq, seq, u, info,
+                                  mbox.date_of(msg) if arrival or info.date is None else 0,
+                                  mbox.size_of(msg) if size else 0))
+                looked += 1
+                if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
+                    read = looked = 0  # (the cache writes itself past a size: no flush here)
+                    yield None
+            mbox.flush_cache()
+            if len(memo) > 2 * len(mbox.folder.messages) + 1024:
+                live = {m.base for m in mbox.folder.messages}
+                for gone in [b for b in memo if b not in live]:
+                    del memo[gone]
+
+        if len(pairs) <= FETCH_BATCH:
+            for _ in work():
+                pass
+            return items
+        return self._cooperate(work()).addCallback(lambda _: items)
