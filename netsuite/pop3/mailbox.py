@@ -105,6 +105,17 @@ class POP3Mailbox:
         self.retrieved.add(i)  # RETR makes it \Seen at QUIT
         return msg.size, f
 
+    def retrieve(self, i: int, inline: int):
+        """
+        For RETR: the wire size and the stored bytes (up to C{inline} wire
+        octets: one read, no file object) or else the stored file, open, to be
+        streamed; KeyError if it vanished.
+        """
+        msg = self._check(i)
+        body = self.folder.read(msg) if 0 <= msg.size <= inline else self.folder.open(msg)
+        self.retrieved.add(i)  # RETR makes it \Seen at QUIT
+        return msg.size, body
+
     def getUidl(self, i: int) -> bytes:
         return uidl_for(self._check(i).base).encode("ascii")
 
