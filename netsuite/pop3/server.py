@@ -28,7 +28,7 @@ from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
-from netsuite.sendnow import send_now
+from netsuite.sendnow import send_now, write_now
 from netsuite.store.folder import to_wire
 
 log = Logger(namespace="netsuite.pop3")
@@ -387,7 +387,7 @@ class POP3Server(pop3.POP3, CommandDeadline):
         if isinstance(f, bytes):
             # Most mail: the status line, the body and the dot in one write, in
             # this reactor turn (no producer, no extra round of small segments).
-            self.transport.write(b"+OK %d octets\r\n" % size + wire.dot_stuff(to_wire(f)))
+            write_now(self.transport, b"+OK %d octets\r\n" % size + wire.dot_stuff(to_wire(f)))
             return
         self.transport.write(wire.ok(f"{size} octets"))
         self._busy = True  # pipelined commands wait until the body is out
