@@ -108,11 +108,12 @@ class POP3Mailbox:
     def retrieve(self, i: int, inline: int):
         """
         For RETR: the wire size and the stored bytes (up to C{inline} wire
-        octets: one read, no file object) or else the stored file, open, to be
-        streamed; KeyError if it vanished.
+        octets, and a file of at most that: no file object) or else the stored
+        file, open, to be streamed; KeyError if it vanished.
         """
         msg = self._check(i)
-        body = self.folder.read(msg) if 0 <= msg.size <= inline else self.folder.open(msg)
+        folder = self.folder
+        body = folder.read_upto(msg, inline) if 0 <= msg.size <= inline else folder.open(msg)
         self.retrieved.add(i)  # RETR makes it \Seen at QUIT
         return msg.size, body
 

@@ -1222,6 +1222,33 @@ class Folder:
         finally:
             os.close(fd)
 
+    def read_upto(self, msg: Message, limit: int) -> bytes | BinaryIO:
+        """
+        The message as stored if the file holds at most C{limit} bytes (read as
+        L{read} does), else the file, open at its start, to be streamed: a
+        wrong size in the index (a C{,W=} in a name written by another
+        program) never loads a large message into memory.
+        """
+        fd = self._open_fd(msg)
+        try:
+            parts: list[bytes] = []
+            got = 0
+            want = (msg.size if 0 <= msg.size < limit else limit) + 1
+            while got <= limit:
+                chunk = os.read(fd, want)
+                if not chunk:
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                parts.append(chunk)
+                got += len(chunk)
+                want = limit + 1 - got
+            os.lseek(fd, 0, os.SEEK_SET)
+            f = open(fd, "rb")
+            fd = -1  # the file object owns it now
+            return f
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     def read_wire(self, msg: Message) -> bytes:
         return to_wire(self.read(msg))
 
