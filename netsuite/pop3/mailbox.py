@@ -98,13 +98,6 @@ class POP3Mailbox:
             self.retrieved.add(i)  # RETR, not TOP, makes it \Seen at QUIT
         return data
 
-    def open_wire(self, i: int):
-        """For RETR: the wire size and the stored file, open; KeyError if it vanished."""
-        msg = self._check(i)
-        f = self.folder.open(msg)
-        self.retrieved.add(i)  # RETR makes it \Seen at QUIT
-        return msg.size, f
-
     def retrieve(self, i: int, inline: int):
         """
         For RETR: the wire size and the stored bytes (up to C{inline} wire

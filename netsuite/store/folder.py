@@ -1202,7 +1202,12 @@ class Folder:
 
     def open(self, msg: Message) -> BinaryIO:
         """The message file, open for reading; follows a rename by another program."""
-        return open(self._open_fd(msg), "rb")
+        fd = self._open_fd(msg)
+        try:
+            return open(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def read(self, msg: Message) -> bytes:
         """
