@@ -39,8 +39,8 @@ def _descriptor(transport: Any) -> FileDescriptor | None:
 def _writable(fd: FileDescriptor) -> bool:
     """Connected, not closing (the reactor must see C{doWrite}'s CONNECTION_DONE
     itself) and no producer (C{doWrite} would resume it from inside our caller)."""
-    return (fd.connected and not fd.disconnecting and not fd._writeDisconnecting
-            and fd.producer is None)
+    return bool(fd.connected and not fd.disconnecting and not fd._writeDisconnecting
+                and fd.producer is None)
 
 
 def send_now(transport: Any) -> None:
