@@ -98,12 +98,17 @@ class POP3Mailbox:
             self.retrieved.add(i)  # RETR, not TOP, makes it \Seen at QUIT
         return data
 
-    def open_wire(self, i: int):
-        """For RETR: the wire size and the stored file, open; KeyError if it vanished."""
+    def retrieve(self, i: int, inline: int):
+        """
+        For RETR: the wire size and the stored bytes (up to C{inline} wire
+        octets, and a file of at most that: no file object) or else the stored
+        file, open, to be streamed; KeyError if it vanished.
+        """
         msg = self._check(i)
-        f = self.folder.open(msg)
+        folder = self.folder
+        body = folder.read_upto(msg, inline) if 0 <= msg.size <= inline else folder.open(msg)
         self.retrieved.add(i)  # RETR makes it \Seen at QUIT
-        return msg.size, f
+        return msg.size, body
 
     def getUidl(self, i: int) -> bytes:
         return uidl_for(self._check(i).base).encode("ascii")

@@ -28,6 +28,8 @@ from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
+from netsuite.sendnow import send_now, write_now
+from netsuite.store.folder import to_wire
 
 log = Logger(namespace="netsuite.pop3")
 
@@ -127,6 +129,7 @@ class POP3Server(pop3.POP3, CommandDeadline):
             return
         self._framer.feed(data, self.deadlineNow())
         self._read_lines()
+        send_now(self.transport)
 
     def _read_lines(self) -> None:
         framer = self._framer
@@ -376,19 +379,15 @@ class POP3Server(pop3.POP3, CommandDeadline):
         """Stream the message: memory stays flat and a slow reader slows only itself."""
         i = self._number(arg)
         try:
-            size, f = self.mbox.open_wire(i)
+            size, f = self.mbox.retrieve(i, _Retrieval.CHUNK)
         except KeyError:
             self.transport.write(wire.err("Message was removed by another session"))
             return
         self._highest = max(self._highest, i + 1)
-        if size <= _Retrieval.CHUNK:
+        if isinstance(f, bytes):
             # Most mail: the status line, the body and the dot in one write, in
             # this reactor turn (no producer, no extra round of small segments).
-            with f:
-                data = f.read()
-            stuffer = wire.Stuffer()
-            self.transport.write(wire.ok(f"{size} octets") + stuffer.feed(data)
-                                 + stuffer.finish())
+            write_now(self.transport, b"+OK %d octets\r\n" % size + wire.dot_stuff(to_wire(f)))
             return
         self.transport.write(wire.ok(f"{size} octets"))
         self._busy = True  # pipelined commands wait until the body is out

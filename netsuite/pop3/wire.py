@@ -98,7 +98,10 @@ class Stuffer:
 
 def top(wire: bytes, lines: int) -> bytes:
     """The header, the blank line, and the first C{lines} lines of the body."""
-    head, sep, body = wire.partition(b"\r\n\r\n")
+    if wire.startswith(b"\r\n"):  # no header at all: the blank line comes first
+        head, sep, body = b"", b"\r\n", wire[2:]
+    else:
+        head, sep, body = wire.partition(b"\r\n\r\n")
     if not sep:
         return wire
     if lines == 0:
