@@ -697,7 +697,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             return
         announce = self.config.masquerade_address or local
         channel = self._passive()
-        self.reply(227, wire.render_pasv(announce, channel.port.getHost().port))
+        self.reply(227, wire.render_pasv(announce, channel.number))
 
     def ftp_EPSV(self, arg: str):
         proto = arg.strip().upper()
@@ -714,7 +714,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
                 self.reply(501, "Syntax: EPSV [1|2|ALL]")
             return
         channel = self._passive()
-        self.reply(229, wire.render_epsv(channel.port.getHost().port))
+        self.reply(229, wire.render_epsv(channel.number))
 
     def _active(self, host: str, port: int):
         if self.epsv_all:
