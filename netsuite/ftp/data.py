@@ -442,8 +442,18 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         self._closed = False
         self._result: DataConnection | Failure | None = None
 
-    def listen(self, interface: str, low: int = 0, high: int = 0) -> int:
-        """Open the port; C{low}..C{high} is the configured range (0, 0: any)."""
+    def listen(self, interface: str, low: int = 0, high: int = 0,
+               reuse: "_PassivePort | None" = None) -> int:
+        """
+        Open the port; C{low}..C{high} is the configured range (0, 0: any).
+        C{reuse}: the session's port of an earlier passive channel, listened on
+        again (only without a range, where a session may keep its own port).
+        """
+        if not low and reuse is not None and reuse.resume(self, interface):
+            self.port = reuse
+            self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+            self.number = reuse.number
+            return self.number
         if not low:
             candidates = [0]
         else:
@@ -516,7 +526,10 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
             self._timer.cancel()
         self._timer = None
         if self.port is not None:
-            self.port.close()
+            if self.port.keep:
+                self.port.pause()  # the session listens on it again at its next PASV/EPSV
+            else:
+                self.port.close()
             self.port = None
 
     def close(self) -> None:
@@ -534,13 +547,23 @@ class _PassivePort:
     """
     The listening socket of one passive data channel.
 
-    Not C{reactor.listenTCP}: a passive port lives for one transfer, and a
-    C{tcp.Port} logs two lines (starting on, closed) and defers its close by
-    one timer for each.  Accepted connections become ordinary TCP transports
-    through the public C{adoptStreamConnection}; C{factory.buildProtocol}
-    decides (the peer check), as with a Port.  C{SO_REUSEADDR} only for a
-    configured range, whose ports may still have TIME_WAIT connections; for
-    an ephemeral port it only makes the kernel's search for one slower.
+    Not C{reactor.listenTCP}: a C{tcp.Port} logs two lines (starting on,
+    closed) and defers its close by one timer, for every transfer.  Accepted
+    connections become ordinary TCP transports through the public
+    C{adoptStreamConnection}; C{factory.buildProtocol} decides (the peer
+    check), as with a Port.  C{SO_REUSEADDR} only for a configured range,
+    whose ports may still have TIME_WAIT connections; for an ephemeral port it
+    only makes the kernel's search for one slower.
+
+    An ephemeral port (no range configured) is kept by its session between
+    transfers (L{keep}): not read while no passive channel uses it, listened
+    on again by the next one.  Binding a new ephemeral port for every
+    transfer makes the kernel search past every port that a finished
+    transfer left in TIME_WAIT: that search was the larger part of the
+    server's system time for many small transfers.  Whatever connected in
+    between (a stray second connection, a stranger) is accepted and closed
+    before the port is announced again, so it never becomes a transfer's
+    data connection.
     """
 
     def __init__(self, reactor: Any, interface: str, number: int,
@@ -563,7 +586,39 @@ class _PassivePort:
             raise
         self.sock: socket.socket | None = sock
         self.number: int = sock.getsockname()[1]
+        self.interface = interface
+        #: An ephemeral port, kept by its session (see above).
+        self.keep = not number
+        self._reading = True
         reactor.addReader(self)
+
+    def pause(self) -> None:
+        """No passive channel uses the port for now: stop accepting."""
+        if self._reading and self.sock is not None:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def resume(self, factory: protocol.ServerFactory, interface: str) -> bool:
+        """
+        Serve C{factory} again, after closing whatever connected meanwhile;
+        False if the port cannot be reused (closed, another address).
+        """
+        sock = self.sock
+        if sock is None or self._reading or interface != self.interface:
+            return False
+        while True:
+            try:
+                stale, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                return False
+            stale.close()
+        self.factory = factory
+        self._reading = True
+        self.reactor.addReader(self)
+        return True
 
     def fileno(self) -> int:
         return self.sock.fileno() if self.sock is not None else -1
@@ -596,11 +651,20 @@ class _PassivePort:
     def connectionLost(self, reason: Failure) -> None:
         self.close()
 
+    def release(self) -> None:
+        """The session no longer keeps the port: close it now, or when its channel is done."""
+        self.keep = False
+        if not self._reading:
+            self.close()
+
     def close(self) -> None:
+        if self.sock is None:
+            return
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)  # while fileno() still names the socket
         sock, self.sock = self.sock, None
-        if sock is not None:
-            self.reactor.removeReader(self)
-            sock.close()
+        sock.close()
 
 
 class ActiveChannel(DataChannel, protocol.ClientFactory):
