@@ -629,8 +629,8 @@ class _PassivePort:
     def doRead(self) -> None:
         for _ in range(16):
             sock = self.sock
-            if sock is None:
-                return
+            if sock is None or not self._reading:
+                return  # closed, or paused by the channel that took its connection
             try:
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
