@@ -350,6 +350,23 @@ def _section_of(listener: str) -> str:
             "ftps": "ftp", "telnets": "telnet"}.get(listener, listener)
 
 
+#: Listen backlog for endpoints that do not give one (Twisted's default is 50).
+#: FTP, SMTP, POP3 and IMAP clients wait for the server to speak first: a
+#: burst of connections beyond the accept queue has its handshakes completed
+#: by SYN cookies and their final ACK dropped, and such a client then waits
+#: for a banner that never comes (the server never heard of it) until its
+#: own timeout.  The kernel caps the value at C{net.core.somaxconn}.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """C{description} with L{LISTEN_BACKLOG} when it is a listening kind that takes one."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     """
     The endpoint, and whether the factory must be wrapped in TLS by us: an
@@ -357,7 +374,7 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     endpoint is served with the configured certificate.
     """
     kind = description.split(":", 1)[0]
-    ep = endpoints.serverFromString(ctx.reactor, description)
+    ep = endpoints.serverFromString(ctx.reactor, with_backlog(description))
     return ep, implicit_tls and kind != "ssl"
 
 

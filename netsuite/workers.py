@@ -66,7 +66,7 @@ from netsuite import protocols
 from netsuite.auth.shared_throttle import SharedLoginThrottle
 from netsuite.config import Config
 from netsuite.queue.runner import QueueRunner
-from netsuite.service import build
+from netsuite.service import build, with_backlog
 
 log = Logger(namespace="netsuite.workers")
 
@@ -392,7 +392,7 @@ class WorkerParent(service.Service):
             if not descriptions or descriptions == ["off"] or name not in protocols.FACTORIES:
                 continue
             for i, description in enumerate(descriptions):
-                ep = endpoints.serverFromString(self.reactor, description)
+                ep = endpoints.serverFromString(self.reactor, with_backlog(description))
                 result: list[Any] = []
                 ep.listen(_NoConnections()).addBoth(result.append)
                 port = result[0] if result else None

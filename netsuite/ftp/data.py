@@ -23,7 +23,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol
-from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IReadDescriptor
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -431,8 +431,10 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         self.peer_host = peer_host
         self.tls_options = tls_options
         self.timeout = timeout
-        #: The tcp.Port from reactor.listenTCP while listening (its getHost() has a port).
-        self.port: Any = None
+        #: The listening socket while listening.
+        self.port: _PassivePort | None = None
+        #: The port number once listening.
+        self.number = 0
         self._make: Callable[[], DataConnection] | None = None
         self._waiting: defer.Deferred | None = None
         self._accepted: DataConnection | None = None
@@ -440,8 +442,18 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         self._closed = False
         self._result: DataConnection | Failure | None = None
 
-    def listen(self, interface: str, low: int = 0, high: int = 0) -> int:
-        """Open the port; C{low}..C{high} is the configured range (0, 0: any)."""
+    def listen(self, interface: str, low: int = 0, high: int = 0,
+               reuse: "_PassivePort | None" = None) -> int:
+        """
+        Open the port; C{low}..C{high} is the configured range (0, 0: any).
+        C{reuse}: the session's port of an earlier passive channel, listened on
+        again (only without a range, where a session may keep its own port).
+        """
+        if not low and reuse is not None and reuse.resume(self, interface):
+            self.port = reuse
+            self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+            self.number = reuse.number
+            return self.number
         if not low:
             candidates = [0]
         else:
@@ -451,15 +463,15 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         last: Exception | None = None
         for number in candidates:
             try:
-                self.port = self.reactor.listenTCP(number, self, backlog=5,
-                                                   interface=interface)
+                self.port = _PassivePort(self.reactor, interface, number, self)
                 break
-            except error.CannotListenError as e:
+            except OSError as e:
                 last = e
         else:
             raise DataChannelError(425, f"Can't open passive connection: {last}")
         self._timer = self.reactor.callLater(self.timeout, self._timed_out)
-        return self.port.getHost().port
+        self.number = self.port.number
+        return self.number
 
     def set_maker(self, make: Callable[[], DataConnection]) -> None:
         """How to build the connection's protocol (TLS or not is decided then)."""
@@ -514,7 +526,10 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
             self._timer.cancel()
         self._timer = None
         if self.port is not None:
-            self.port.stopListening()
+            if self.port.keep:
+                self.port.pause()  # the session listens on it again at its next PASV/EPSV
+            else:
+                self.port.close()
             self.port = None
 
     def close(self) -> None:
@@ -525,6 +540,131 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
             self._accepted.abort()
         if d is not None:
             d.errback(DataChannelError(425, "Data channel closed."))
+
+
+@implementer(IReadDescriptor)
+class _PassivePort:
+    """
+    The listening socket of one passive data channel.
+
+    Not C{reactor.listenTCP}: a C{tcp.Port} logs two lines (starting on,
+    closed) and defers its close by one timer, for every transfer.  Accepted
+    connections become ordinary TCP transports through the public
+    C{adoptStreamConnection}; C{factory.buildProtocol} decides (the peer
+    check), as with a Port.  C{SO_REUSEADDR} only for a configured range,
+    whose ports may still have TIME_WAIT connections; for an ephemeral port it
+    only makes the kernel's search for one slower.
+
+    An ephemeral port (no range configured) is kept by its session between
+    transfers (L{keep}): not read while no passive channel uses it, listened
+    on again by the next one.  Binding a new ephemeral port for every
+    transfer makes the kernel search past every port that a finished
+    transfer left in TIME_WAIT: that search was the larger part of the
+    server's system time for many small transfers.  Whatever connected in
+    between (a stray second connection, a stranger) is accepted and closed
+    before the port is announced again, so it never becomes a transfer's
+    data connection.
+    """
+
+    def __init__(self, reactor: Any, interface: str, number: int,
+                 factory: protocol.ServerFactory):
+        self.reactor = reactor
+        self.factory = factory
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        self.family = family
+        addr = socket.getaddrinfo(interface, number, family, socket.SOCK_STREAM, 0,
+                                  socket.AI_NUMERICHOST)[0][4]
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK |
+                             socket.SOCK_CLOEXEC)
+        try:
+            if number:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(5)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock: socket.socket | None = sock
+        self.number: int = sock.getsockname()[1]
+        self.interface = interface
+        #: An ephemeral port, kept by its session (see above).
+        self.keep = not number
+        self._reading = True
+        reactor.addReader(self)
+
+    def pause(self) -> None:
+        """No passive channel uses the port for now: stop accepting."""
+        if self._reading and self.sock is not None:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def resume(self, factory: protocol.ServerFactory, interface: str) -> bool:
+        """
+        Serve C{factory} again, after closing whatever connected meanwhile;
+        False if the port cannot be reused (closed, another address).
+        """
+        sock = self.sock
+        if sock is None or self._reading or interface != self.interface:
+            return False
+        while True:
+            try:
+                stale, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                return False
+            stale.close()
+        self.factory = factory
+        self._reading = True
+        self.reactor.addReader(self)
+        return True
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def logPrefix(self) -> str:
+        return "PassiveChannel"
+
+    def doRead(self) -> None:
+        for _ in range(16):
+            sock = self.sock
+            if sock is None or not self._reading:
+                return  # closed, or paused by the channel that took its connection
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # EMFILE, ENOBUFS, a connection reset before it was taken: nothing to hand over.
+                log.info("passive data port {port}: accept failed: {error}",
+                         port=self.number, error=e)
+                return
+            try:
+                conn.setblocking(False)
+                self.reactor.adoptStreamConnection(conn.fileno(), self.family, self.factory)
+            except OSError as e:
+                log.info("passive data connection lost before it was taken: {error}", error=e)
+            finally:
+                conn.close()  # adoptStreamConnection took a duplicate (or refused it)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+    def release(self) -> None:
+        """The session no longer keeps the port: close it now, or when its channel is done."""
+        self.keep = False
+        if not self._reading:
+            self.close()
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)  # while fileno() still names the socket
+        sock, self.sock = self.sock, None
+        sock.close()
 
 
 class ActiveChannel(DataChannel, protocol.ClientFactory):

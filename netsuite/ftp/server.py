@@ -35,7 +35,7 @@ from netsuite.ftp.data import (
     PassiveChannel,
     cap_tls_version,
 )
-from netsuite.ftp.shell import INetsuiteFTPShell, TransferStopped
+from netsuite.ftp.shell import FileShrank, INetsuiteFTPShell, TransferStopped
 
 log = Logger(namespace="netsuite.ftp")
 
@@ -134,6 +134,8 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         self.channel: DataChannel | None = None
         self.epsv_all = False
         self.transfer: Transfer | None = None
+        #: This session's passive port, kept between transfers (see data._PassivePort).
+        self._passive_port: Any = None
         self.failed_logins = 0
         self.mlst_facts: list[str] = list(wire.MLST_FACTS)
         self._queue: deque[bytes] = deque()
@@ -175,6 +177,9 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         if self.transfer is not None:
             self.transfer.abort()
         self._close_channel()
+        port, self._passive_port = self._passive_port, None
+        if port is not None:
+            port.release()
         self._logout()
         self._queue.clear()
 
@@ -682,7 +687,14 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         channel = PassiveChannel(self.factory.reactor, self.peer_host, self._tls_options(),
                                  self.config.connect_timeout)
         channel.set_maker(self._make_data_connection)
-        channel.listen(local, self.config.passive_port_min, self.config.passive_port_max)
+        kept = self._passive_port
+        channel.listen(local, self.config.passive_port_min, self.config.passive_port_max,
+                       reuse=kept)
+        if channel.port is not kept:
+            if kept is not None:
+                kept.release()
+            port = channel.port
+            self._passive_port = port if port is not None and port.keep else None
         self.channel = channel
         return channel
 
@@ -697,7 +709,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             return
         announce = self.config.masquerade_address or local
         channel = self._passive()
-        self.reply(227, wire.render_pasv(announce, channel.port.getHost().port))
+        self.reply(227, wire.render_pasv(announce, channel.number))
 
     def ftp_EPSV(self, arg: str):
         proto = arg.strip().upper()
@@ -714,7 +726,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
                 self.reply(501, "Syntax: EPSV [1|2|ALL]")
             return
         channel = self._passive()
-        self.reply(229, wire.render_epsv(channel.port.getHost().port))
+        self.reply(229, wire.render_epsv(channel.number))
 
     def _active(self, host: str, port: int):
         if self.epsv_all:
@@ -798,6 +810,10 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.reply(426, "Data connection idle; transfer aborted.")
         elif failure.check(TransferStopped):
             self.reply(426, "Data connection closed; transfer aborted.")
+        elif failure.check(FileShrank):
+            log.warn("RETR cut short: {reason}", reason=failure.getErrorMessage())
+            self.reply(451, "Requested action aborted: the file was cut short while it "
+                            "was sent.")
         elif failure.check(DataChannelError):
             self.reply(failure.value.code, failure.value.text)
         elif failure.check(ftp.FTPCmdError):

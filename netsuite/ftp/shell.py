@@ -39,6 +39,9 @@ log = Logger(namespace="netsuite.ftp")
 
 #: Bytes read from disk per write to the data connection.
 CHUNK = 256 * 1024
+#: Most bytes asked of one os.sendfile: the socket is non-blocking, so the
+#: kernel sends what its buffer takes and the rest waits for the next turn.
+SENDFILE_MAX = 16 << 20
 #: Prefix of in-progress upload names; such files are hidden from listings.
 TMP_PREFIX = ".netsuite-upload-"
 
@@ -381,6 +384,10 @@ class TransferStopped(Exception):
     """The consumer stopped a download before its end (connection lost, ABOR)."""
 
 
+class FileShrank(Exception):
+    """The file being sent was cut short (truncated) during the transfer."""
+
+
 class RestartPastEnd(ftp.FTPCmdError):
     def response(self):
         return f"554 {self.errorMessage}: Restart offset is beyond the end of the file."
@@ -444,21 +451,29 @@ class DownloadFile:
             self._finish(Failure())
             return
         if not data:
-            self._finish(None)
+            self._finish(self._short())
             return
         self.sent += len(data)
         self._consumer.write(data)
 
+    def _short(self) -> Failure | None:
+        """At end of file: a failure if the file ended before the size announced in 150."""
+        if self.offset + self.sent < self.size:
+            return Failure(FileShrank(f"the file ended at {self.offset + self.sent} of "
+                                      f"{self.size} bytes"))
+        return None
+
     def _sendfile(self) -> None:
         try:
-            n = os.sendfile(self._socket.fileno(), self.fd, self.offset + self.sent, 4 * CHUNK)
+            n = os.sendfile(self._socket.fileno(), self.fd, self.offset + self.sent,
+                            SENDFILE_MAX)
         except (BlockingIOError, InterruptedError):
             n = None
         except OSError:
             self._finish(Failure())
             return
         if n == 0:
-            self._finish(None)
+            self._finish(self._short())
             return
         if n:
             self.sent += n
