@@ -32,6 +32,8 @@ class AppendCommands(SessionBase):
             return None
         if cmd != b"APPEND":
             return None
+        if b" CATENATE " in rest.upper():
+            return None  # its parts are joined in memory (bounded by the literal limits)
         if self.state not in ("auth", "select"):
             return DiscardSink(b"APPEND not allowed now")
         try:
@@ -59,12 +61,17 @@ class AppendCommands(SessionBase):
             if cur.peek() == 0x22:
                 date = wire.parse_datetime(cur.quoted())
                 cur.sp()
-            binary = cur.maybe(b"~")  # literal8 (RFC 3516)
-            if cur.peek() != wire.LITERAL_MARK:
-                raise ParseError("APPEND needs the message as a literal")
-            data = cur.string()
-            if binary and isinstance(data, bytes):
-                data = to_7bit(data)  # binary parts stored as base64; BINARY[] undoes it
+            data: object
+            if cur.text[cur.pos:cur.pos + 9].upper() == b"CATENATE ":
+                cur.pos += 9
+                data = _catenate_parts(cur)  # resolved once the whole command is read
+            else:
+                binary = cur.maybe(b"~")  # literal8 (RFC 3516)
+                if cur.peek() != wire.LITERAL_MARK:
+                    raise ParseError("APPEND needs the message as a literal")
+                data = cur.string()
+                if binary and isinstance(data, bytes):
+                    data = to_7bit(data)  # binary parts stored as base64; BINARY[] undoes it
             if any(f.lower() == "\\recent" for f in flags):
                 raise ParseError("\\Recent cannot be set")
             items.append((flags, date, data))
@@ -75,6 +82,17 @@ class AppendCommands(SessionBase):
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
             return
+        for i, (flags, date, data) in enumerate(items):
+            if isinstance(data, Catenate):
+                joined = []
+                for kind, value in data:
+                    piece = value if kind == "TEXT" else self._catenate_url(value)
+                    if piece is None:  # RFC 4469 6: the URL that could not be used
+                        self._tagged(tag, b"NO", b"[BADURL " + wire.string(value) +
+                                     b"] URL cannot be used")
+                        return
+                    joined.append(piece)
+                items[i] = (flags, date, b"".join(joined))
         total = 0
         for _flags, _date, data in items:
             if isinstance(data, DiscardSink):
@@ -106,3 +124,31 @@ class AppendCommands(SessionBase):
                 return
         self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
                      % (folder.uidvalidity, compress(uids)))
+
+
+class Catenate(list):
+    """An APPEND's CATENATE list (RFC 4469): ("TEXT", bytes) and ("URL", str) parts."""
+
+
+def _catenate_parts(cur: Cursor) -> Catenate:
+    """C{(TEXT {n} URL "/box/;UID=1" ...)}: the parts, in order."""
+    cur.expect(b"(")
+    parts = Catenate()
+    while True:
+        kind = cur.atom().upper()
+        cur.sp()
+        if kind == b"TEXT":
+            cur.maybe(b"~")  # literal8 allowed (RFC 4469 with BINARY)
+            if cur.peek() != wire.LITERAL_MARK:
+                raise ParseError("CATENATE TEXT needs a literal")
+            value = cur.string()
+            if not isinstance(value, bytes):
+                raise ParseError("CATENATE TEXT too large")
+            parts.append(("TEXT", value))
+        elif kind == b"URL":
+            parts.append(("URL", cur.astring().decode("utf-8", "replace")))
+        else:
+            raise ParseError("CATENATE parts are TEXT or URL")
+        if cur.maybe(b")"):
+            return parts
+        cur.sp()

@@ -7,8 +7,10 @@ another user's, when the URL's access allows it), RESETKEY revokes them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from twisted.logger import Logger
+from twisted.mail import imap4
 
 from netsuite.imap import wire
 from netsuite.imap.binary import UnknownCTE, binary_section, decode_tree
@@ -151,6 +153,50 @@ class UrlAuthCommands(SessionBase):
         if url.partial is not None:
             data = _partial(data, url.partial)
         return wire.literal(data)
+
+    def _catenate_url(self, text: str) -> bytes | None:
+        """
+        What a CATENATE URL part names (RFC 4469 5), or None (BADURL): a
+        relative URL (C{/mailbox/;UID=n...}) or an absolute one of the session's
+        own user reads the user's folders; any other needs a valid URLAUTH.
+        """
+        if text.startswith("/"):
+            text = f"imap://{quote(self.account.user, safe='')}@localhost{text}"
+        try:
+            url = parse(text)
+            sec = wire.parse_section_text(url.section.encode()) if url.section else None
+        except (BadURL, ParseError):
+            return None
+        if url.token is not None:
+            message = self._resolve(url)
+        elif url.user == self.account.user and url.access is None:
+            message = self._own(url)
+        else:
+            return None
+        if message is None:
+            return None
+        part = Part(message)
+        data = part.data if sec is None else part.section(sec.part, sec.kind, sec.fields)
+        if data is None:
+            return None
+        return data if url.partial is None else _partial(data, url.partial)
+
+    def _own(self, url: ImapURL) -> bytes | None:
+        """The message a URL names in the session's own folders, or None."""
+        try:
+            folder = self.account.folder(_mailbox(url.mailbox))
+        except imap4.MailboxException:
+            return None
+        if url.uidvalidity is not None and url.uidvalidity != folder.uidvalidity:
+            return None
+        folder.refresh()
+        msg = folder.by_uid(url.uid)
+        if msg is None:
+            return None
+        try:
+            return folder.read_wire(msg)
+        except (KeyError, OSError):
+            return None
 
     def _resolve(self, url: ImapURL) -> bytes | None:
         """The message a signed URL names, or None (bad token, access, expiry, UID...)."""
