@@ -54,6 +54,7 @@ from netsuite.imap.commands.general import GeneralCommands
 from netsuite.imap.commands.listext import ListExtCommands
 from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
+from netsuite.imap.commands.notify import NotifyCommands
 from netsuite.imap.commands.quota import QuotaCommands
 from netsuite.imap.commands.search import SearchCommands
 from netsuite.imap.commands.sort import SortCommands
@@ -74,6 +75,7 @@ EXTENSIONS += [b"STATUS=SIZE"]
 EXTENSIONS += [b"QUOTA", b"QUOTA=RES-STORAGE"]
 EXTENSIONS += [b"MULTIAPPEND"]
 EXTENSIONS += [b"CATENATE"]
+EXTENSIONS += [b"NOTIFY"]
 EXTENSIONS += [b"OBJECTID"]
 EXTENSIONS += [b"SAVEDATE"]
 EXTENSIONS.append(b"CONDSTORE")
@@ -97,15 +99,15 @@ SELECTED = AUTH | {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "
                    "MOVE", "UID"}
 SELECTED |= {"SORT", "THREAD", "CANCELUPDATE"}
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE"}
-AUTH |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
-SELECTED |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
+AUTH |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA", "NOTIFY"}
+SELECTED |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA", "NOTIFY"}
 UID_COMMANDS |= {"SORT", "THREAD"}
 
 
 class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                  MailboxCommands, AppendCommands, FetchCommands,
                  FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
-                 QuotaCommands, CompressCommands, UrlAuthCommands,
+                 QuotaCommands, CompressCommands, UrlAuthCommands, NotifyCommands,
                  imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
@@ -141,6 +143,8 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
         self._idle_tag: bytes | None = None
         self._sasl_tag: bytes | None = None
         self.mbox = None
+        #: A command is being run (synchronously): NOTIFY pushes wait for its end.
+        self._executing = False
         #: After COMPRESS DEFLATE: the compressed input not yet read.
         self._inflater: Inflater | None = None
         #: Extensions turned on by ENABLE or first use (CONDSTORE), see commands.general.
@@ -170,6 +174,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                 pass
         self.cancelDeadline()
         self._framer.reset()
+        self._notify_stop()
         self._deselect()
         super().connectionLost(reason)
 
@@ -321,9 +326,11 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
     # -- dispatch ------------------------------------------------------------------------
 
     def _execute(self, text: bytes, lits: list) -> None:
+        self._executing = True  # nothing unsolicited is pushed in the middle of a command
         try:
             self._run(text, lits)
         finally:
+            self._executing = False
             for lit in lits:
                 if not isinstance(lit, bytes):
                     lit.abort()  # a streamed literal the command did not deliver
@@ -393,26 +400,11 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                 self.send(line)
             for line in additions() if additions is not None else ():
                 self.send(line)
+        if status != b"BAD":
+            self._notify_flush(ending=True)  # NOTIFY: other mailboxes changed meanwhile
         self.send(tag + b" " + status + b" " + text)
 
-    # -- any state ------------------------------------------------------------------------
-
-
-
-
-
-
-    # -- not authenticated ----------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-    # -- authenticated ----------------------------------------------------------------------
+    # -- session helpers the command groups share ---------------------------------------
 
     def _mailbox_name(self, cur) -> str:
         raw = cur.astring()
@@ -431,28 +423,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
         if self.state == "select":
             self.state = "auth"
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     # -- selected -------------------------------------------------------------------------
-
-
-
 
     def _targets(self, seqset: SeqSet, uid: bool) -> list[int]:
         """UIDs named by a sequence set (message numbers or UIDs) in this session."""
@@ -476,17 +447,10 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
 
     # FETCH
 
-
-
-
-
     # STORE
 
 
     # COPY / MOVE
-
-
-
 
     # SEARCH
 

@@ -116,7 +116,7 @@ class GeneralCommands(SessionBase):
         self._tagged(tag, b"OK", b"IDLE terminated")
 
     def _mailbox_changed(self) -> None:
-        if self._mode == "idle":
+        if self._mode == "idle" or self._notify_selected_changed():
             self._push_updates()
 
     def _push_updates(self) -> None:

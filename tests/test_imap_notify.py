@@ -1,0 +1,111 @@
+"""NOTIFY (RFC 5465) against the real daemon: pushes without a command, for other mailboxes too."""
+
+from __future__ import annotations
+
+import imaplib
+import socket
+import time
+
+import pytest
+
+USERS = {"alice": "wonderland"}
+
+
+def message(n: int) -> bytes:
+    return b"From: bob@example.test\r\nSubject: n%d\r\n\r\nbody\r\n" % n
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon(listeners=["imap"], users=USERS,
+                       config={"imap": {"allow_plaintext_auth": True}})
+
+
+class Raw:
+    def __init__(self, d):
+        self.s = socket.create_connection(("127.0.0.1", d.port("imap")), timeout=10)
+        self.buf = b""
+        self.n = 0
+        self.line()
+        self.run(b"LOGIN alice wonderland")
+
+    def line(self, timeout: float = 10.0) -> bytes | None:
+        """The next line, or None if none comes within C{timeout}."""
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.s.settimeout(left)
+            try:
+                chunk = self.s.recv(65536)
+            except TimeoutError:
+                return None
+            assert chunk, self.buf
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def run(self, text: bytes) -> list[bytes]:
+        self.n += 1
+        tag = b"t%d" % self.n
+        self.s.sendall(tag + b" " + text + b"\r\n")
+        out = []
+        while True:
+            line = self.line()
+            assert line is not None, out
+            out.append(line)
+            if line.startswith(tag + b" "):
+                return out
+
+
+def other(d) -> imaplib.IMAP4:
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=10)
+    m.login("alice", USERS["alice"])
+    return m
+
+
+def test_status_of_other_mailboxes_is_pushed_without_a_command(daemon):
+    b = other(daemon)
+    b.create("Lists")
+    b.append("Lists", "", None, message(0))
+    a = Raw(daemon)
+    a.run(b"SELECT INBOX")
+    reply = a.run(b"NOTIFY SET STATUS (MAILBOXES Lists (MessageNew MessageExpunge))")
+    assert reply[-1].split()[1] == b"OK", reply
+    assert any(r.startswith(b"* STATUS Lists (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ") for r in reply)
+    b.append("Lists", "", None, message(1))  # another session, another mailbox
+    line = a.line()
+    assert line is not None and line.startswith(b"* STATUS Lists (MESSAGES 2 UIDNEXT 3 ")
+    b.logout()
+
+
+def test_selected_mailbox_changes_are_pushed(daemon):
+    a = Raw(daemon)
+    a.run(b"SELECT INBOX")
+    assert a.run(b"NOTIFY SET (SELECTED (MessageNew MessageExpunge FlagChange))")[-1] \
+        .split()[1] == b"OK"
+    assert a.line(timeout=0.5) is None  # nothing happened, nothing said
+    b = other(daemon)
+    b.append("INBOX", "", None, message(1))
+    assert a.line() == b"* 1 EXISTS"
+    assert a.line() == b"* 1 RECENT"
+    b.select("INBOX")
+    b.store("1", "+FLAGS", "(\\Flagged)")
+    line = a.line()
+    assert line is not None and line.startswith(b"* 1 FETCH (") and b"\\Flagged" in line
+    b.logout()
+
+
+def test_notify_none_stops_and_bad_events_are_refused(daemon):
+    a = Raw(daemon)
+    reply = a.run(b"NOTIFY SET (PERSONAL (MailboxName))")
+    assert reply[-1].split()[1] == b"NO" and b"[BADEVENT" in reply[-1], reply
+    assert a.run(b"NOTIFY SET (NOWHERE (MessageNew))")[-1].split()[1] == b"BAD"
+    assert a.run(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")[-1].split()[1] == b"OK"
+    assert a.run(b"NOTIFY NONE")[-1].split()[1] == b"OK"
+    b = other(daemon)
+    b.append("INBOX", "", None, message(2))
+    assert a.line(timeout=1.0) is None
+    assert not any(r.startswith(b"* STATUS") for r in a.run(b"NOOP"))
+    b.logout()
