@@ -18,8 +18,7 @@ replaces:
     nested lists, sequence sets, FETCH attributes and every SEARCH key;
   - FETCH (partial fetch applied, \\Seen set by BODY[]), STORE, SEARCH, COPY,
     MOVE, EXPUNGE, UID EXPUNGE, SELECT/EXAMINE response codes, and the
-    extensions: IDLE, UIDPLUS, MOVE, NAMESPACE, SPECIAL-USE, LITERAL+, ENABLE,
-    ID, UNSELECT, SASL-IR;
+    extensions listed in L{EXTENSIONS} (docs/imap.md says what each covers);
   - unsolicited updates: changes by other sessions, deliveries and other
     programs are queued by L{SessionMailbox} and sent where RFC 3501 7.4.1
     allows (EXPUNGE never during FETCH, STORE or SEARCH).
