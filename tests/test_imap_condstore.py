@@ -323,7 +323,7 @@ def test_condstore_grammar():
             wire.parse_search(wire.Cursor(bad))
     assert [a.name for a in wire.parse_fetch_atts(wire.Cursor(b"(UID MODSEQ)"))] == \
         ["UID", "MODSEQ"]
-    assert wire.seqset_text([1, 2, 3, 5, 7, 8]) == b"1:3,5,7:8" and wire.seqset_text([]) == b""
+    assert wire.sequence_set([1, 2, 3, 5, 7, 8]) == b"1:3,5,7:8" and wire.sequence_set([]) == b""
 
 
 def test_condstore_grammar_fuzz():

@@ -94,16 +94,7 @@ def to_7bit(data: bytes) -> bytes:
     """
     part = Part(data)
     if part.children:
-        body, out, pos = part.body, [], 0
-        for child in part.children:
-            at = body.find(child.data, pos)
-            if at < 0:
-                return data
-            out.append(body[pos:at])
-            out.append(to_7bit(child.data))
-            pos = at + len(child.data)
-        out.append(body[pos:])
-        return part.header + b"".join(out)
+        return _with_children(part, data, to_7bit)
     if part.maintype in (b"multipart", b"message"):
         return data
     cte = (part.get(b"content-transfer-encoding") or b"").strip().lower()
@@ -126,16 +117,7 @@ def decode_tree(data: bytes, keep_cte: bool = False) -> bytes:
     """
     part = Part(data)
     if part.children:
-        body, out, pos = part.body, [], 0
-        for child in part.children:
-            at = body.find(child.data, pos)
-            if at < 0:
-                return data
-            out.append(body[pos:at])
-            out.append(decode_tree(child.data, keep_cte))
-            pos = at + len(child.data)
-        out.append(body[pos:])
-        return part.header + b"".join(out)
+        return _with_children(part, data, lambda child: decode_tree(child, keep_cte))
     if part.message is not None:
         return part.header + decode_tree(part.body, keep_cte)
     cte = (part.get(b"content-transfer-encoding") or b"7bit").strip().lower()
@@ -150,3 +132,21 @@ def decode_tree(data: bytes, keep_cte: bool = False) -> bytes:
     header = part.header if keep_cte else _CTE_FIELD.sub(
         b"Content-Transfer-Encoding: binary\r\n", part.header, count=1)
     return header + body
+
+
+def _with_children(part: Part, data: bytes, rewrite) -> bytes:
+    """
+    A multipart with each child's bytes replaced by C{rewrite(child bytes)}, its
+    preamble, boundaries and epilogue kept byte for byte (C{data} as it was if a
+    child cannot be found in the body again).
+    """
+    body, out, pos = part.body, [], 0
+    for child in part.children:
+        at = body.find(child.data, pos)
+        if at < 0:
+            return data
+        out.append(body[pos:at])
+        out.append(rewrite(child.data))
+        pos = at + len(child.data)
+    out.append(body[pos:])
+    return part.header + b"".join(out)

@@ -192,7 +192,7 @@ class SessionMailbox:
                     else:
                         out.append(b"* %d EXPUNGE" % seq)
             if vanished:  # RFC 7162 3.2.10: one line for them all, by UID
-                out.append(b"* VANISHED " + wire.seqset_text(reversed(vanished)))
+                out.append(b"* VANISHED " + wire.sequence_set(reversed(vanished)))
             self._expunged.clear()
         if self._grown:
             self._grown = False
@@ -272,7 +272,7 @@ class SessionMailbox:
                 else:
                     merged.append([lo, hi])
             starts = [lo for lo, _ in merged]
-            return wire.seqset_text(
+            return wire.sequence_set(
                 u for u in known
                 if (i := bisect.bisect_right(starts, u) - 1) >= 0 and u <= merged[i][1] and
                 not _holds(present, u))

@@ -676,10 +676,14 @@ def parse_store_modifiers(cur: Cursor) -> int | None:
     return n
 
 
-def seqset_text(values) -> bytes:
-    """Ascending numbers -> the shortest sequence set, C{1:3,7}; b"" for none."""
+def sequence_set(numbers) -> bytes:
+    """
+    Numbers -> a sequence set, runs of consecutive ascending numbers collapsed
+    and the order kept (C{[1, 2, 3, 7, 5]} -> C{b"1:3,7,5"}; ascending input
+    gives the shortest set, and COPYUID's pairs stay in step); b"" for none.
+    """
     runs: list[list[int]] = []
-    for n in values:
+    for n in numbers:
         if runs and n == runs[-1][1] + 1:
             runs[-1][1] = n
         else:

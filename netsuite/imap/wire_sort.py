@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from netsuite.imap.wire import Cursor, ParseError, string
+from netsuite.imap.wire import Cursor, ParseError, sequence_set, string
 
 SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"}
 #: RFC 5957 (SORT=DISPLAY).
@@ -102,17 +102,6 @@ def parse_thread_algorithm(cur: Cursor) -> str:
 
 
 # -- rendering -------------------------------------------------------------------------------
-
-def sequence_set(numbers: Iterable[int]) -> bytes:
-    """C{[1, 2, 3, 7, 5]} -> C{b"1:3,7,5"}: ascending runs collapsed, order kept."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
-
 
 def esearch(tag: bytes, uid: bool, options: Sequence[str], found: Sequence[int],
             extra: Iterable[bytes] = ()) -> bytes:

@@ -12,7 +12,6 @@ from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
 from netsuite.imap.binary import to_7bit
 from netsuite.imap.commands import SessionBase
-from netsuite.imap.commands.copy import compress
 from netsuite.imap.wire import Cursor, ParseError
 
 log = Logger(namespace="netsuite.imap")
@@ -123,7 +122,7 @@ class AppendCommands(SessionBase):
                     self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")
                 return
         self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
-                     % (folder.uidvalidity, compress(uids)))
+                     % (folder.uidvalidity, wire.sequence_set(uids)))
 
 
 class Catenate(list):

@@ -4,6 +4,7 @@ COPY and MOVE, answered with COPYUID (UIDPLUS).
 
 from __future__ import annotations
 
+from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
 from netsuite.imap.commands import SessionBase
 
@@ -35,8 +36,8 @@ class CopyCommands(SessionBase):
         code = b""
         if pairs:
             code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,
-                                             compress([p[0] for p in pairs]),
-                                             compress([p[1] for p in pairs]))
+                                             wire.sequence_set([p[0] for p in pairs]),
+                                             wire.sequence_set([p[1] for p in pairs]))
         if move:
             if code:
                 self.send(b"* OK " + code + b"Moved")
@@ -50,19 +51,3 @@ class CopyCommands(SessionBase):
 
     def imap_MOVE(self, tag, cur, uid=False):
         self._copy(tag, cur, uid, move=True)
-
-
-def compress(numbers: list[int]) -> bytes:
-    """[1, 2, 3, 5] -> b"1:3,5" (order kept: COPYUID pairs source and destination)."""
-    out = []
-    start = prev = None
-    for n in numbers:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            out.append(f"{start}:{prev}" if start != prev else f"{start}")
-        start = prev = n
-    if start is not None:
-        out.append(f"{start}:{prev}" if start != prev else f"{start}")
-    return ",".join(out).encode()

@@ -65,7 +65,7 @@ class FlagCommands(SessionBase):
         if failed:
             numbers = sorted(m.uid if uid else mbox.seq(m.uid) for m in failed)
             self._tagged(tag, b"OK", b"[MODIFIED %s] Conditional STORE failed" %
-                         wire.seqset_text(n for n in numbers if n), allow_expunge=uid)
+                         wire.sequence_set(n for n in numbers if n), allow_expunge=uid)
         elif found < len(targets):
             self._tagged(tag, b"OK", EXPUNGE_ISSUED, allow_expunge=uid)
         else:

@@ -187,16 +187,7 @@ class UrlAuthCommands(SessionBase):
             folder = self.account.folder(_mailbox(url.mailbox))
         except imap4.MailboxException:
             return None
-        if url.uidvalidity is not None and url.uidvalidity != folder.uidvalidity:
-            return None
-        folder.refresh()
-        msg = folder.by_uid(url.uid)
-        if msg is None:
-            return None
-        try:
-            return folder.read_wire(msg)
-        except (KeyError, OSError):
-            return None
+        return _message_at(folder, url)
 
     def _resolve(self, url: ImapURL) -> bytes | None:
         """The message a signed URL names, or None (bad token, access, expiry, UID...)."""
@@ -212,16 +203,7 @@ class UrlAuthCommands(SessionBase):
             folder = self.account.store.folder(url.user, name)
         except (KeyError, ValueError, OSError):
             return None
-        if url.uidvalidity is not None and url.uidvalidity != folder.uidvalidity:
-            return None
-        folder.refresh()
-        msg = folder.by_uid(url.uid)
-        if msg is None:
-            return None
-        try:
-            return folder.read_wire(msg)
-        except (KeyError, OSError):
-            return None
+        return _message_at(folder, url)
 
     def imap_RESETKEY(self, tag, cur):
         name = None
@@ -241,3 +223,17 @@ class UrlAuthCommands(SessionBase):
 def _partial(data: bytes, partial: tuple[int, int | None]) -> bytes:
     start, length = partial
     return data[start:] if length is None else data[start:start + length]
+
+
+def _message_at(folder, url: ImapURL) -> bytes | None:
+    """The message (wire form) at the URL's UID in C{folder}, or None (UIDVALIDITY, gone)."""
+    if url.uidvalidity is not None and url.uidvalidity != folder.uidvalidity:
+        return None
+    folder.refresh()
+    msg = folder.by_uid(url.uid)
+    if msg is None:
+        return None
+    try:
+        return folder.read_wire(msg)
+    except (KeyError, OSError):
+        return None
