@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from test_imap import USERS, RawIMAP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +65,71 @@ def test_an_fsync_stall_during_delivery_does_not_delay_a_noop(make_daemon, tmp_p
     replies += other.until_tagged(b"e")
     assert b"* 1 EXISTS\r\n" in replies
     other.close()
+
+
+def _stalled_daemon(make_daemon, tmp_path, listeners=("imaps",)):
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    d = make_daemon(listeners=list(listeners), users=USERS, env={
+        "NETSUITE_TEST_FSYNC_STALL": str(stall),
+        "PYTHONPATH": os.pathsep.join([str(HOOK), str(ROOT), str(ROOT / "examples")])})
+    return d, stall
+
+
+def _noops_answered_during(other: RawIMAP, stall: Path, fsyncs: int, errors: list) -> list:
+    """While each of the first C{fsyncs} stalled fsyncs runs, C{other}'s NOOP is answered."""
+    replies: list[bytes] = []
+    for n in range(1, fsyncs + 1):
+        started = stall / f"start-{n}"
+        assert _wait(started.exists), (n, errors)
+        other.send(b"n%d NOOP\r\n" % n)
+        replies += other.until_tagged(b"n%d" % n)
+        assert replies[-1].startswith(b"n%d OK" % n)
+        assert not (stall / f"done-{n}").exists(), \
+            f"NOOP answered only after fsync {n} ({started.read_text()}) ended"
+    return replies
+
+
+APPENDS = {
+    # name: (messages, fsyncs: one per file, then cur/, then the change log)
+    "in-memory literal": ([b"Subject: small\r\n\r\nslow disk\r\n"], 3),
+    "streamed literal": ([b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 2000], 3),
+    "multiappend": ([b"Subject: one\r\n\r\n1\r\n",
+                     b"Subject: two\r\n\r\n" + (b"y" * 98 + b"\r\n") * 1000], 4),
+}
+
+
+@pytest.mark.parametrize("case", list(APPENDS))
+def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_path, case):
+    messages, fsyncs = APPENDS[case]
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = RawIMAP(d)
+    other.login()
+    other.send(b"s SELECT INBOX\r\n")
+    assert other.until_tagged(b"s")[-1].startswith(b"s OK")
+    appender = RawIMAP(d)
+    appender.login()
+    (stall / "armed").touch()
+
+    command = b"a APPEND INBOX"
+    for body in messages:
+        command += b" (\\Seen) {%d+}\r\n%s" % (len(body), body)
+    appender.send(command + b"\r\n")
+    errors: list = []
+    replies = _noops_answered_during(other, stall, fsyncs, errors)
+    done = appender.until_tagged(b"a")[-1]
+    # The tagged OK only once every fsync has ended: the messages are durable.
+    assert done.startswith(b"a OK [APPENDUID "), done
+    assert (stall / f"done-{fsyncs}").exists()
+    (stall / "armed").unlink()
+    uids = done.split(b" ")[4].rstrip(b"]")
+    other.send(b"e NOOP\r\n")
+    replies += other.until_tagged(b"e")
+    assert b"* %d EXISTS\r\n" % len(messages) in replies
+    other.send(b"f UID FETCH %s (FLAGS BODY.PEEK[])\r\n" % uids)
+    fetched = b"".join(other.until_tagged(b"f"))
+    for body in messages:
+        assert body in fetched
+    assert fetched.count(b"\\Seen") == len(messages)
+    other.close()
+    appender.close()

@@ -166,6 +166,14 @@ class IMailFolder(Interface):
     def append_incoming(incoming, flags=(), date=None, notify: bool = True) -> int:
         """Deliver a finished incoming message by rename; its UID.  Fsyncs as L{append}."""
 
+    def append_many(items, notify: bool = True):
+        """
+        Store messages, all or none, off the reactor (IMAP APPEND, MULTIAPPEND):
+        C{items} are (bytes or a finished L{incoming} message, flags, date).  A
+        Deferred of their UIDs, fired once files, directory and log are
+        fsynced (each fsync in a thread): O(total size).
+        """
+
     def copy_to(msgs, dest) -> list:
         """
         Copy into C{dest} (hard links when possible); (source UID, new UID)

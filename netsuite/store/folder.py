@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -397,6 +398,31 @@ def _reactor_running() -> bool:
     return threadable.isInIOThread()
 
 
+def _off_reactor(f: Callable, *args) -> defer.Deferred:
+    """C{f(*args)} in a thread when a reactor runs here (L{_reactor_running}), else now."""
+    if _reactor_running():
+        return threads.deferToThread(f, *args)
+    return defer.maybeDeferred(f, *args)
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync the file at C{path} (blocking: for a thread)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_placed(cur: Path, log_fd: int) -> None:
+    """In a thread: the renames into C{cur} and the change log made durable; closes C{log_fd}."""
+    try:
+        fsync_dir(cur)
+        os.fsync(log_fd)
+    finally:
+        os.close(log_fd)
+
+
 def _tidy(changes: Changes) -> None:
     """
     One report per message: a message both added and expunged in one round
@@ -489,7 +515,11 @@ class IncomingMessage:
             self._fail(e)
 
     def finish(self) -> None:
-        """All bytes are in: flush and fsync (the rename comes in L{Folder.append_incoming})."""
+        """
+        All bytes are in: flush and close.  No fsync here, on the reactor (the
+        framer calls this): L{Folder.append_many} fsyncs the file in a thread,
+        L{Folder.append_incoming} before its rename.
+        """
         if self._f is None:
             return
         if self._held_cr:
@@ -499,7 +529,6 @@ class IncomingMessage:
             return
         try:
             self._f.flush()
-            os.fsync(self._f.fileno())
             self._f.close()
         except OSError as e:
             self._fail(e)
@@ -1593,8 +1622,135 @@ class Folder:
         if incoming.tmp is None or not incoming.finished:
             raise ValueError("the incoming message is not complete")
         tmp, incoming.tmp = incoming.tmp, None  # from here on, ours to clean up
+        try:
+            _fsync_path(tmp)
+        except BaseException:
+            _unlink(tmp)
+            raise
         return self._commit(tmp, incoming.name, incoming.size, incoming.wire_size, flags,
                             date, notify)
+
+    def append_many(self, items: list[tuple[object, list[str], float | None]],
+                    notify: bool = True) -> defer.Deferred:
+        """
+        Store messages, all or none, without blocking the reactor; a Deferred
+        of their UIDs that fires once they are durable.  C{items}: (data,
+        flags, date), data bytes or a finished L{IncomingMessage}.
+
+        The files are written and fsynced in a thread; then, on the reactor
+        and under the folder lock, renamed into C{cur/} and given UIDs with one
+        change-log append (cheap: a rename each and one write); then C{cur/}
+        and the log are fsynced in a thread.  On an OSError nothing stays:
+        files not placed yet are removed, placed ones expunged again.
+        """
+        staged: list[tuple[Path, str, int, int]] = []
+        payloads: list[bytes | None] = []
+
+        def discard(failure=None):
+            for tmp, *_ in staged:
+                _unlink(tmp)
+            for data, _flags, _date in items:
+                if isinstance(data, IncomingMessage):
+                    data.abort()
+            return failure
+
+        try:
+            for data, _flags, _date in items:
+                if isinstance(data, IncomingMessage):
+                    if data.error is not None:
+                        raise data.error
+                    if data.tmp is None or not data.finished:
+                        raise ValueError("the incoming message is not complete")
+                    tmp, data.tmp = data.tmp, None  # from here on, ours to clean up
+                    staged.append((tmp, data.name, data.size, data.wire_size))
+                    payloads.append(None)
+                else:
+                    disk = to_disk(data)  # type: ignore[arg-type]
+                    name = unique_name()
+                    staged.append((self.path / "tmp" / name, name, len(disk),
+                                   wire_size(disk)))
+                    payloads.append(disk)
+        except BaseException:
+            return defer.fail().addErrback(discard)
+
+        def write() -> None:
+            """In a thread: every file's data on disk."""
+            for (tmp, *_), disk in zip(staged, payloads, strict=True):
+                if disk is None:
+                    _fsync_path(tmp)
+                    continue
+                with open(tmp, "xb") as f:
+                    f.write(disk)
+                    f.flush()
+                    os.fsync(f.fileno())
+
+        def place(_):
+            placed, fd = self._place(staged, items)
+            staged.clear()  # renamed: no longer in tmp/
+            d = _off_reactor(_fsync_placed, self.path / "cur", fd)
+            d.addCallbacks(lambda _: durable(placed), undo, errbackArgs=(placed,))
+            return d
+
+        def undo(failure, placed: list[Message]):
+            # The client hears NO: the messages must not stay.
+            self.expunge([m.uid for m in placed])
+            return failure
+
+        def durable(placed: list[Message]) -> list[int]:
+            here = [m for m in placed if self.by_uid(m.uid) is m]
+            if notify and here:
+                self._notify(Changes(added=here))
+            return [m.uid for m in placed]
+
+        d = _off_reactor(write)
+        d.addCallbacks(place, discard)
+        return d
+
+    def _place(self, staged: list[tuple[Path, str, int, int]],
+               items: list[tuple[object, list[str], float | None]]) -> tuple[list[Message], int]:
+        """
+        L{append_many} on the reactor, under the lock: rename the fsynced files
+        into C{cur/}, give UIDs, append their records (not fsynced yet).  The
+        messages, and a descriptor of the log for the fsync that follows.  On
+        an error nothing of it stays and the UIDs are not spent.
+        """
+        others = Changes()
+        placed: list[Message] = []
+        targets: list[Path] = []
+        with self._lock():
+            self._sync_locked(others)
+            try:
+                for (tmp, name, disk_size, size), (_data, flags, date) in zip(
+                        staged, items, strict=True):
+                    flags = list(flags)
+                    keywords = tuple(f for f in flags if f.lower() not in FLAG_TO_LETTER
+                                     and f.lower() != "\\recent")
+                    letters = flags_to_letters(flags,
+                                               keep=self._keyword_letters(keywords, ""))
+                    final = f"{name},S={disk_size}:2,{letters}"
+                    target = self.path / "cur" / final
+                    if date is not None:
+                        os.utime(tmp, (date, date))
+                    os.rename(tmp, target)
+                    targets.append(target)
+                    msg = Message(self.next_uid, final, "cur", size,
+                                  int(date if date is not None else self.clock()), keywords)
+                    self.next_uid += 1
+                    self._bump(msg)
+                    self._add(msg)
+                    placed.append(msg)
+                self._log([_rec_add(m) for m in placed], durable=False, strict=True)
+                fd = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
+            except BaseException:
+                for msg in reversed(placed):
+                    self._forget_last(msg)
+                for target in targets:
+                    _unlink(target)
+                raise
+        _tidy(others)
+        if others:
+            self._notify(others)
+        return placed, fd
 
     def _commit(self, tmp: Path, name: str, disk_size: int, size: int,
                 flags: Iterable[str], date: float | None, notify: bool) -> int:

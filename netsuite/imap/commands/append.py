@@ -105,24 +105,28 @@ class AppendCommands(SessionBase):
             total += size
         if self._refuse_over_quota(tag, total):
             return
-        uids: list[int] = []
-        for flags, date, data in items:
-            try:
-                if not isinstance(data, bytes):  # in tmp/: delivered by rename, never read back
-                    uids.append(folder.append_incoming(data, flags, date))
-                else:
-                    uids.append(folder.append(data, flags, date))
-            except OSError as e:
-                log.warn("IMAP APPEND to {folder} failed: {error}", folder=name, error=e)
-                if uids:  # all or none (RFC 3502 6)
-                    folder.expunge(uids)
-                if disk_full(e):  # APPEND says OVERQUOTA (RFC 5530)
-                    self._tagged(tag, b"NO", b"[OVERQUOTA] Mailbox is full")
-                else:
-                    self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")
+        # Written and fsynced off the reactor; the tagged OK only once durable.
+        d = folder.append_many([(data, flags, date) for flags, date, data in items])
+
+        def stored(uids: list[int]) -> None:
+            if self._lost:
                 return
-        self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
-                     % (folder.uidvalidity, wire.sequence_set(uids)))
+            self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
+                         % (folder.uidvalidity, wire.sequence_set(uids)))
+
+        def failed(f) -> None:
+            f.trap(OSError)
+            e = f.value
+            log.warn("IMAP APPEND to {folder} failed: {error}", folder=name, error=e)
+            if self._lost:
+                return None
+            if disk_full(e):  # APPEND says OVERQUOTA (RFC 5530)
+                self._tagged(tag, b"NO", b"[OVERQUOTA] Mailbox is full")
+            else:
+                self._tagged(tag, b"NO", b"[SERVERBUG] Could not store the message")
+            return None
+
+        return d.addCallbacks(stored, failed)
 
 
 class Catenate(list):
