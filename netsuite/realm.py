@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.cred import checkers, portal
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import Attribute, Interface, implementer
@@ -71,7 +72,8 @@ class IRelay(Interface):
 class AvatarMaker:
     """How L{NetsuiteRealm} builds one protocol's avatar."""
 
-    #: C{make(realm, user)} -> the avatar, or None to refuse one.
+    #: C{make(realm, user)} -> the avatar, or None to refuse one, or a Deferred
+    #: of the avatar (one that reads the disk first, off the reactor).
     make: Callable[[Any, Any], Any]
     #: Whether L{ANONYMOUS} (an MX session, an anonymous FTP login) reaches
     #: C{make}; otherwise it is refused without a call.
@@ -251,8 +253,9 @@ class NetsuiteRealm:
             avatar = make(user)
             if avatar is None:
                 continue
-            logout = getattr(avatar, "logout", None) or (lambda: None)
-            return iface, avatar, logout
+            if isinstance(avatar, defer.Deferred):  # the Portal waits for it
+                return avatar.addCallback(_avatar_triple, iface)
+            return _avatar_triple(avatar, iface)
         raise NotImplementedError(f"no avatar for {interfaces!r}")
 
     # -- relaying (the outgoing queue) ------------------------------------------
@@ -276,6 +279,11 @@ class NetsuiteRealm:
         if self._relay is None:
             raise smtp.SMTPServerError(451, b"4.3.5 Error: relaying is not enabled")
         return self._relay.writer(sender, recipients, user)
+
+
+def _avatar_triple(avatar: Any, iface: type[Interface]) -> tuple:
+    """What L{IRealm.requestAvatar} answers: (interface, avatar, logout)."""
+    return iface, avatar, getattr(avatar, "logout", None) or (lambda: None)
 
 
 def make_realm(config: Config) -> portal.IRealm:

@@ -133,3 +133,81 @@ def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_pat
     assert fetched.count(b"\\Seen") == len(messages)
     other.close()
     appender.close()
+
+
+#: Messages in the big folder a first open reads (and indexes, with three fsyncs).
+BIG = 3000
+
+
+def _big_folder(box: Path, count: int = BIG) -> None:
+    """A Maildir with C{count} messages and no index yet, as another program left it."""
+    for sub in ("new", "cur", "tmp"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (box / "cur" / f"{1700000000 + i}.M{i}P1Q{i}.stall,S=17:2,S").write_bytes(
+            b"Subject: %d\n\nbody\n" % (i % 10))
+
+
+def _idle_bob(d) -> RawIMAP:
+    other = RawIMAP(d)
+    other.login("bob")
+    other.send(b"s SELECT INBOX\r\n")
+    assert other.until_tagged(b"s")[-1].startswith(b"s OK")
+    return other
+
+
+def test_a_pop3_login_that_reads_a_big_inbox_does_not_delay_a_noop(make_daemon, tmp_path):
+    import poplib
+
+    from rawsmtp import insecure_context
+
+    d, stall = _stalled_daemon(make_daemon, tmp_path, listeners=("imaps", "pop3s"))
+    other = _idle_bob(d)
+    _big_folder(d.data_dir / "mail" / "alice")
+    (stall / "armed").touch()
+    got: list = []
+    errors: list = []
+
+    def pop() -> None:
+        try:
+            p = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=insecure_context(),
+                                timeout=60)
+            p.user("alice")
+            got.append(p.pass_(USERS["alice"]))
+            got.append(p.stat())
+            got.append(p.retr(BIG)[1])
+            p.quit()
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=pop)
+    th.start()
+    # The INBOX's first open writes its index: log, backup, index, each fsynced.
+    _noops_answered_during(other, stall, 3, errors)
+    th.join(60)
+    assert not errors, errors
+    assert got[0].startswith(b"+OK Logged in, %d messages" % BIG)
+    assert got[1][0] == BIG
+    assert got[2] == [b"Subject: %d" % ((BIG - 1) % 10), b"", b"body"]
+    other.close()
+
+
+def test_a_status_that_reads_a_big_folder_does_not_delay_a_noop(make_daemon, tmp_path):
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    alice = RawIMAP(d)
+    alice.login()
+    big = d.data_dir / "mail" / "alice" / ".Big"
+    _big_folder(big)
+    (big / "maildirfolder").touch()
+    (stall / "armed").touch()
+    alice.send(b"s STATUS Big (MESSAGES UIDNEXT UNSEEN)\r\n")
+    _noops_answered_during(other, stall, 3, [])
+    replies = alice.until_tagged(b"s")
+    assert replies[-1].startswith(b"s OK"), replies
+    assert b"* STATUS Big (MESSAGES %d UIDNEXT %d UNSEEN 0)\r\n" % (BIG, BIG + 1) in replies
+    # A folder that is not there is still a NO, as before.
+    alice.send(b"t STATUS Nothere (MESSAGES)\r\n")
+    assert alice.until_tagged(b"t")[-1].startswith(b"t NO [NONEXISTENT]")
+    alice.close()
+    other.close()

@@ -73,6 +73,9 @@ class IImapAccount(Interface):
     def status(name: str, names) -> dict:
         """STATUS items (MESSAGES, UIDNEXT, ...) of a folder: name -> number."""
 
+    def status_deferred(name: str, names):
+        """L{status}, or a Deferred of it while the folder is read off the reactor."""
+
 
 @implementer(IImapAccount, imap4.INamespacePresenter)
 class ImapAccount:
@@ -296,6 +299,29 @@ class ImapAccount:
         values = status(folder, names) if names else {}
         values.update(extra)
         return values
+
+    def status_deferred(self, name, names):
+        """
+        L{status}, for the STATUS command: at once if the folder is in memory,
+        else a Deferred that fires with it once the store has read the folder
+        off the reactor (a big folder's first open), as L{select_deferred}.
+        """
+
+        def missing(f: Failure):
+            f.trap(KeyError, BadFolderName)
+            if f.check(BadFolderName):
+                raise imap4.MailboxException(f"Bad mailbox name: {f.value}")
+            raise NoSuchFolder(f"No such mailbox: {name}")
+
+        d = self.store.open_folder(self.user, name)
+        d.addCallbacks(lambda _folder: self.status(name, names), missing)
+        if not d.called:
+            return d
+        out: list = []
+        d.addBoth(out.append)
+        if isinstance(out[0], Failure):
+            out[0].raiseException()
+        return out[0]
 
     # -- INamespacePresenter ------------------------------------------------------------
 

@@ -154,9 +154,17 @@ class POP3Mailbox:
         self.store.unwatch(self.folder, self._changed)
 
 
-def mailbox_for(realm, user: str) -> POP3Mailbox:
-    """What the realm hands to POP3 logins."""
+def mailbox_for(realm, user: str):
+    """
+    What the realm hands to POP3 logins: a Deferred of the L{POP3Mailbox},
+    once the store has the INBOX in memory.  An INBOX not read yet is read in
+    a thread (L{netsuite.store.IMailStore.open_folder}): a big one's first
+    open lists and indexes every file, which must not stall other sessions.
+    """
     cfg = getattr(realm.config, "pop3", None)
     on_delete = getattr(cfg, "on_delete", "expunge")
     mark_seen = getattr(cfg, "mark_seen", True)
-    return POP3Mailbox(realm.store, user, on_delete, mark_seen)
+    store = realm.store
+    d = store.open_folder(user, "INBOX")
+    d.addCallback(lambda _folder: POP3Mailbox(store, user, on_delete, mark_seen))
+    return d

@@ -6,6 +6,7 @@ STATUS, CLOSE, UNSELECT.
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.mail import imap4
 
 from netsuite.imap import wire
 from netsuite.imap.account import FolderExists, NoSuchFolder
@@ -210,13 +211,31 @@ class MailboxCommands(SessionBase):
         if "HIGHESTMODSEQ" in items:
             self._condstore_used()
         try:
-            values = self.account.status(name, items)
+            values = self.account.status_deferred(name, items)
         except NoSuchFolder:
             self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
+            return None
+        if isinstance(values, defer.Deferred):  # a folder read off the reactor first
+            return values.addCallbacks(self._status_done, self._status_failed,
+                                       callbackArgs=(tag, name, items), errbackArgs=(tag,))
+        self._status_done(values, tag, name, items)
+        return None
+
+    def _status_done(self, values: dict, tag: bytes, name: str, items: list[str]) -> None:
+        if self._lost:
             return
         body = " ".join(f"{k} {values[k]}" for k in items).encode()
         self.send(b"* STATUS " + wire.astring(name) + b" (" + body + b")")
         self._tagged(tag, b"OK", b"STATUS completed")
+
+    def _status_failed(self, failure, tag: bytes) -> None:
+        failure.trap(imap4.MailboxException)
+        if self._lost:
+            return
+        if failure.check(NoSuchFolder):
+            self._tagged(tag, b"NO", b"[NONEXISTENT] No such mailbox")
+        else:
+            self._tagged(tag, b"NO", str(failure.value).encode())
 
     def imap_CLOSE(self, tag, cur):
         cur.end()
