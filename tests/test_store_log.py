@@ -101,18 +101,29 @@ CHILD = textwrap.dedent("""
         done(uid)
         f.set_flags([f.by_uid(uid)], ["$K%d" % i, "\\\\Flagged"], 1)
         done(uid)
-        if i % 3 == 0:
+        if i % 3 == 0 and sys.argv[3] == "aside":
+            # As in the daemon: written without the lock, put in place under it
+            # (and given up, then done at once, when a change came meanwhile).
+            with f._lock():
+                job = f._index_job()
+            job.write(True)
+            if i % 2 == 0:
+                f.set_flags([f.by_uid(uid)], ["$Meanwhile%d" % i], 1)
+                done(uid)
+            f._compacted(None, job)
+        elif i % 3 == 0:
             f.compact()  # several renames each: the crash lands inside one
     print("end", flush=True)
 """)
 
 
+@pytest.mark.parametrize("mode", ["locked", "aside"])
 @pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5, 6, 7, 9, 13, 22])
-def test_kill_9_during_compaction_loses_no_uid_and_no_flag(tmp_path, crash_at):
+def test_kill_9_during_compaction_loses_no_uid_and_no_flag(tmp_path, crash_at, mode):
     box = tmp_path / "box"
     validity = Folder(box).uidvalidity
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(box), str(crash_at)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(box), str(crash_at), mode],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     expected: dict[int, tuple[str, list[str]]] = {}
@@ -144,3 +155,42 @@ def test_a_growing_log_is_compacted_by_itself(tmp_path, monkeypatch):
     assert f._log_id != first  # compacted on the way, without a reactor
     assert f.log_path.stat().st_size < 2000 + 200
     assert Folder(tmp_path / "box").by_uid(uid).flags == f.by_uid(uid).flags
+
+
+@pytest.mark.parametrize("who", ["this process", "another process"])
+def test_a_compaction_written_aside_is_given_up_if_the_folder_changed_meanwhile(tmp_path, who):
+    # Folder._compact_in_background in steps, without a reactor: the job is made
+    # under the lock, written (a thread, in the daemon) without it, then put in
+    # place only if nothing changed; here something did.
+    f = Folder(tmp_path / "box")
+    uids = [f.append(b"Subject: %d\n\n" % i) for i in range(5)]
+    with f._lock():
+        job = f._index_job()
+    job.write(True)
+    writer = f if who == "this process" else Folder(tmp_path / "box")
+    writer.set_flags([writer.by_uid(uids[1])], ["$Meanwhile"], 1)
+    new = writer.append(b"Subject: meanwhile\n\n")
+    index = f.index_path.stat().st_ino
+    f._compacted(None, job)
+    # Given up, its files gone; compacted again at once (no reactor to wait for).
+    assert not job.tmp.exists() and not job.fresh_log.exists()
+    assert f._compact_tries == 1
+    assert f.index_path.stat().st_ino != index
+    again = Folder(tmp_path / "box")
+    assert again.by_uid(uids[1]).flags == ["$Meanwhile"]
+    assert again.by_uid(new) is not None
+    assert sorted(n for n in os.listdir(tmp_path / "box") if n.startswith(INDEX_NAME)) == [
+        INDEX_NAME, INDEX_NAME + ".backup", INDEX_NAME + ".lock", LOG_NAME, LOG_NAME + ".2"]
+
+
+def test_a_compaction_written_aside_is_put_in_place_when_nothing_changed(tmp_path):
+    f = Folder(tmp_path / "box")
+    uid = f.append(b"Subject: x\n\n")
+    f.set_flags([f.by_uid(uid)], ["$One"], 1)
+    with f._lock():
+        job = f._index_job()
+    job.write(True)
+    f._compacted(None, job)
+    assert f.index_path.stat().st_ino == job.sig[0] and f._log_id == job.log_id
+    assert f.log_path.stat().st_size == len(changelog.header(job.log_id))
+    assert Folder(tmp_path / "box").by_uid(uid).flags == ["$One"]

@@ -143,8 +143,9 @@ def _big_folder(box: Path, count: int = BIG) -> None:
     """A Maildir with C{count} messages and no index yet, as another program left it."""
     for sub in ("new", "cur", "tmp"):
         (box / sub).mkdir(parents=True, exist_ok=True)
+    host = "stall-host.netsuite-tests.example"  # long names: long change-log records
     for i in range(count):
-        (box / "cur" / f"{1700000000 + i}.M{i}P1Q{i}.stall,S=17:2,S").write_bytes(
+        (box / "cur" / f"{1700000000 + i}.M{i}P1Q{i}.{host},S=17:2,S").write_bytes(
             b"Subject: %d\n\nbody\n" % (i % 10))
 
 
@@ -209,5 +210,41 @@ def test_a_status_that_reads_a_big_folder_does_not_delay_a_noop(make_daemon, tmp
     # A folder that is not there is still a NO, as before.
     alice.send(b"t STATUS Nothere (MESSAGES)\r\n")
     assert alice.until_tagged(b"t")[-1].startswith(b"t NO [NONEXISTENT]")
+    alice.close()
+    other.close()
+
+
+def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp_path):
+    from netsuite.store import changelog
+    from netsuite.store.folder import INDEX_NAME, Folder
+
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    big = d.data_dir / "mail" / "alice" / ".Big"
+    _big_folder(big)
+    (big / "maildirfolder").touch()
+    alice = RawIMAP(d)
+    alice.login()
+    alice.send(b"s SELECT Big\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    index = os.stat(big / INDEX_NAME).st_ino
+    (stall / "armed").touch()
+    # One change-log record per message: past the compaction threshold.
+    alice.send(b"f STORE 1:* +FLAGS.SILENT (\\Flagged $Big)\r\n")
+    assert alice.until_tagged(b"f")[-1].startswith(b"f OK")
+    # The compaction that follows: the fresh log, then the index, each fsynced.
+    _noops_answered_during(other, stall, 2, [])
+    alice.send(b"g NOOP\r\n")
+    assert alice.until_tagged(b"g")[-1].startswith(b"g OK")
+    # Put in place once written: a new index and an empty log.
+    assert d.wait_for(lambda: os.stat(big / INDEX_NAME).st_ino != index, 30)
+    (stall / "armed").unlink()
+    log_id = changelog.read_id(big / "netsuite-index.log")
+    assert log_id is not None and log_id[1] == len(changelog.header(log_id[0]))
+    # Read as another process would, from the index alone: every flag is there.
+    after = Folder(big)
+    assert len(after.messages) == BIG
+    assert all(m.flags == ["\\Flagged", "\\Seen", "$Big"] for m in after.messages)
+    assert not [n for n in os.listdir(big) if ".tmp." in n or ".new." in n]
     alice.close()
     other.close()

@@ -79,6 +79,62 @@ BACKUP_NAME = "netsuite-index.backup"
 #: bytes per message: amortised O(1) per change.
 COMPACT_MIN_BYTES = 256 * 1024
 COMPACT_BYTES_PER_MESSAGE = 50
+#: Compactions written in a thread and given up (the folder changed meanwhile)
+#: before one is done on the reactor, under the lock throughout.
+COMPACT_TRIES = 3
+_job_counter = itertools.count()
+#: The name of an L{_IndexJob}'s file: the pid of the process that wrote it.
+_JOB_FILE = re.compile(r"^netsuite-index(?:\.log\.new|\.tmp|\.backup\.tmp)\.(\d+)\.\d+(?:\.tmp)?$")
+
+
+class _IndexJob:
+    """
+    One index rewrite: made under the folder lock (L{Folder._index_job}),
+    written by L{write} (blocking: a thread may do it, its files have names of
+    their own), put in place under the lock (L{Folder._install_index}).
+    """
+
+    def __init__(self, path: Path, text: str, generation: int, log_id: str, log_size: int,
+                 backup: bool, snapshot: tuple):
+        self.text = text
+        self.generation = generation
+        self.log_id = log_id
+        self.log_size = log_size
+        #: What the folder was when the text was made (see L{Folder._job_current}).
+        self.snapshot = snapshot
+        suffix = f"{os.getpid()}.{next(_job_counter)}"
+        self.tmp = path / f"{INDEX_NAME}.tmp.{suffix}"
+        self.fresh_log = path / f"{LOG_NAME}.new.{suffix}"
+        self.backup_tmp = path / f"{BACKUP_NAME}.tmp.{suffix}" if backup else None
+        self.sig: tuple[int, int, int] | None = None
+
+    def write(self, durable: bool = True) -> None:
+        """The fresh log, the backup copy (first index only) and the index, fsynced."""
+        changelog.create(self.fresh_log, self.log_id, durable)
+        for target in (self.backup_tmp, self.tmp):
+            if target is None:
+                continue
+            with open(target, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(self.text)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+                self.sig = _file_sig(os.fstat(f.fileno()))
+
+    def discard(self) -> None:
+        for path in (self.tmp, self.fresh_log, self.backup_tmp):
+            if path is not None:
+                _unlink(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 class _Index(NamedTuple):
@@ -605,6 +661,10 @@ class Folder:
         #: Expunges (uid, modseq) for C{netsuite-vanished}, written with their log records.
         self._vanished: list[tuple[int, int]] = []
         self._compact_scheduled = False
+        #: A compaction's files are being written in a thread; and how many
+        #: were given up since the last that was put in place (a change came).
+        self._compacting = False
+        self._compact_tries = 0
         ensure_maildir(self.path)
         with self._lock():
             self._load()
@@ -901,8 +961,7 @@ class Folder:
             return False
         self._pending = []
         self._log_sig = self._log_stat()
-        if self._log_good > max(COMPACT_MIN_BYTES,
-                                COMPACT_BYTES_PER_MESSAGE * len(self.messages)):
+        if self._compact_due():
             self._compact_soon()
         return True
 
@@ -929,7 +988,88 @@ class Folder:
         from twisted.internet import reactor
 
         self._compact_scheduled = True
-        reactor.callLater(0, self.compact)
+        reactor.callLater(0, self._compact_in_background)
+
+    def _compact_due(self) -> bool:
+        return self._log_good > max(COMPACT_MIN_BYTES,
+                                    COMPACT_BYTES_PER_MESSAGE * len(self.messages))
+
+    def _compact_in_background(self) -> None:
+        """
+        L{compact} with the index written and fsynced in a thread, while the
+        reactor serves.  The folder lock is not held meanwhile (it is never held
+        across a Deferred): the files are written under names of their own and
+        put in place under the lock afterwards, only if nothing changed in
+        between; else the compaction is tried again, and done at once, on the
+        reactor, after L{COMPACT_TRIES} tries that something always changed.
+        """
+        self._compact_scheduled = False
+        if self._compacting:
+            return
+        changes = Changes()
+        job = None
+        try:
+            with self._lock():
+                self._sync_locked(changes)
+                if self._dirty or self._log_id is None or self._log_missing:
+                    self._store_index(durable=True)
+                elif not self._compact_due():
+                    pass  # another process compacted meanwhile
+                elif self._compact_tries >= COMPACT_TRIES:
+                    self._compact_tries = 0
+                    self._store_index(durable=True)
+                else:
+                    self._clean_job_leftovers()
+                    job = self._index_job()
+        except FolderGone:
+            return
+        _tidy(changes)
+        if changes:
+            self._notify(changes)
+        if job is None:
+            return
+        from twisted.internet import threads
+
+        self._compacting = True
+        d = threads.deferToThread(job.write, True)
+        d.addCallbacks(self._compacted, self._compaction_failed, callbackArgs=(job,),
+                       errbackArgs=(job,))
+        d.addErrback(lambda f: log.failure("compacting {path}", f, path=str(self.path)))
+
+    def _clean_job_leftovers(self) -> None:
+        """Under the lock: files of compactions whose process died before it put them in place."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        for name in names:
+            m = _JOB_FILE.match(name)
+            if m is not None and not _process_alive(int(m.group(1))):
+                _unlink(self.path / name)
+
+    def _compacted(self, _result, job: "_IndexJob") -> None:
+        """The job's files are durable: put them in place, if still current."""
+        self._compacting = False
+        try:
+            with self._lock():
+                if self._job_current(job):
+                    self._install_index(job)
+                    self._compact_tries = 0
+                    self._saved()
+                    return
+        except OSError as e:
+            job.discard()
+            self._save_failed(e)
+            return
+        job.discard()
+        self._compact_tries += 1
+        self._compact_soon()
+
+    def _compaction_failed(self, failure, job: "_IndexJob") -> None:
+        self._compacting = False
+        job.discard()
+        failure.trap(OSError)
+        self._save_failed(failure.value)
 
     def compact(self) -> None:
         """Write the index whole and start a fresh log: O(messages), rare."""
@@ -1069,72 +1209,87 @@ class Folder:
         try:
             self._write_index(durable)
         except OSError as e:
-            self._dirty = True
-            (self.path / f"{INDEX_NAME}.tmp").unlink(missing_ok=True)
             if strict:
                 raise
-            if not self._save_failing:
-                self._save_failing = True
-                log.warn("cannot save the index of {path} ({error}); serving from "
-                         "memory, will retry", path=str(self.path), error=e)
+            self._save_failed(e)
             return False
+        self._saved()
+        return True
+
+    def _save_failed(self, error: OSError) -> None:
+        self._dirty = True
+        if not self._save_failing:
+            self._save_failing = True
+            log.warn("cannot save the index of {path} ({error}); serving from "
+                     "memory, will retry", path=str(self.path), error=error)
+
+    def _saved(self) -> None:
         if self._save_failing:
             self._save_failing = False
             log.info("index of {path} saved again", path=str(self.path))
-        return True
 
     def _write_index(self, durable: bool = True) -> None:
         """
         Compaction: the whole state into a fresh index, fsynced, beside a fresh
         empty log.  The old index becomes the backup and the old log C{.2}, so
         that whatever moment a crash (kill -9) picks, one index and the logs it
-        names still hold every UID and flag.
+        names still hold every UID and flag.  Under the lock, all of it here;
+        L{_compact_in_background} writes the job in a thread instead.
         """
         self._dirty = False
-        generation = self._generation + 1
-        log_id = changelog.new_log_id()
-        fresh_log = self.path / (LOG_NAME + ".new")
-        tmp = self.path / f"{INDEX_NAME}.tmp"
+        job = self._index_job()
         try:
-            log_size = changelog.create(fresh_log, log_id, durable)
-            out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
-                   f"{self._mtimes[0]} {self._mtimes[1]} {generation} {log_id} {log_size} "
-                   f"{self.highest_modseq}\n"]
-            out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t"
-                       f"{' '.join(m.keywords)}\t{m.modseq}\n" for m in self.messages)
-            text = "".join(out)
-            if not os.path.exists(self.path / BACKUP_NAME):
-                # The first index is its own backup (a copy: later ones are renamed).
-                with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-                    f.write(text)
-                    f.flush()
-                    if durable:
-                        os.fsync(f.fileno())
-                os.replace(tmp, self.path / BACKUP_NAME)
-            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(text)
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
-                sig = _file_sig(os.fstat(f.fileno()))
-            if self.index_path.exists():
-                os.replace(self.index_path, self.path / BACKUP_NAME)
-            os.replace(tmp, self.index_path)
+            job.write(durable)
+            self._install_index(job)
         except BaseException:
             self._dirty = True
-            _unlink(tmp)
-            _unlink(fresh_log)
+            job.discard()
             raise
+
+    def _index_job(self) -> "_IndexJob":
+        """Under the lock: the whole state as index text, to be written by L{_IndexJob.write}."""
+        generation = self._generation + 1
+        log_id = changelog.new_log_id()
+        log_size = len(changelog.header(log_id))
+        out = [f"{INDEX_MAGIC} {self.uidvalidity} {self.next_uid} {self.first_recent} "
+               f"{self._mtimes[0]} {self._mtimes[1]} {generation} {log_id} {log_size} "
+               f"{self.highest_modseq}\n"]
+        out.extend(f"{m.uid}\t{m.size}\t{m.date}\t{m.sub}\t{m.name}\t"
+                   f"{' '.join(m.keywords)}\t{m.modseq}\n" for m in self.messages)
+        backup = not os.path.exists(self.path / BACKUP_NAME)
+        return _IndexJob(self.path, "".join(out), generation, log_id, log_size, backup,
+                         (self._index_sig, self._log_stat(), self._log_good,
+                          len(self._pending), self.uidvalidity))
+
+    def _install_index(self, job: "_IndexJob") -> None:
+        """Under the lock: the written job's files put in place, in crash-safe order."""
+        if job.backup_tmp is not None:
+            # The first index is its own backup (a copy: later ones are renamed).
+            if os.path.exists(self.path / BACKUP_NAME):
+                _unlink(job.backup_tmp)
+            else:
+                os.replace(job.backup_tmp, self.path / BACKUP_NAME)
+        if self.index_path.exists():
+            os.replace(self.index_path, self.path / BACKUP_NAME)
+        os.replace(job.tmp, self.index_path)
         # From here the new index is the truth: the logs only follow it.
         if self.log_path.exists():
             os.replace(self.log_path, self.path / LOG2_NAME)
-        os.replace(fresh_log, self.log_path)
-        self._generation = generation
+        os.replace(job.fresh_log, self.log_path)
+        self._generation = job.generation
         # The rename keeps the inode; the mtime is the last write's.
-        self._index_sig = sig
-        self._log_id, self._log_good, self._log_missing = log_id, log_size, False
+        self._index_sig = job.sig
+        self._log_id, self._log_good, self._log_missing = job.log_id, job.log_size, False
         self._log_sig = self._log_stat()
-        self._pending = []
+        self._pending = self._pending[job.snapshot[3]:]
+
+    def _job_current(self, job: "_IndexJob") -> bool:
+        """Under the lock: nothing (here or in another process) changed since the job's state."""
+        index_sig, log_sig, log_good, pending, uidvalidity = job.snapshot
+        return (not self._dirty and self._generation + 1 == job.generation
+                and self.uidvalidity == uidvalidity and self._log_good == log_good
+                and len(self._pending) >= pending and self._index_stat() == index_sig
+                and self._log_stat() == log_sig)
 
     # -- reading the disk -----------------------------------------------------------
 
