@@ -191,6 +191,11 @@ class FailingFolder:
     def append(self, data, flags, date):
         raise self.error
 
+    def append_many(self, items, notify=True):
+        from twisted.internet import defer
+
+        return defer.fail(self.error)
+
 
 def test_append_disk_errors_are_answered_by_kind():
     import errno
