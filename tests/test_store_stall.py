@@ -248,3 +248,103 @@ def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp
     assert not [n for n in os.listdir(big) if ".tmp." in n or ".new." in n]
     alice.close()
     other.close()
+
+
+class SlowMessage:
+    """
+    One message file that is a FIFO: whoever reads it waits until the test
+    writes it.  A read on the reactor thread would stall every session.
+    """
+
+    BODY = b"Subject: slow\n\nread at last\n"
+
+    def __init__(self, box: Path):
+        self.path = box / "cur" / "1800000000.M1P1Q1.slow,S=28:2,S"
+        os.mkfifo(self.path)
+        self.fd: int | None = None
+
+    def being_read(self) -> bool:
+        """Someone has it open for reading (a writer may then open it without waiting)."""
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        return True
+
+    def finish(self) -> None:
+        if self.fd is None:
+            if not _wait(self.being_read, 30):
+                return
+        os.write(self.fd, self.BODY)
+        os.close(self.fd)
+        self.fd = None
+
+    @classmethod
+    def wire_size(cls) -> int:
+        return len(cls.BODY) + cls.BODY.count(b"\n")
+
+
+def test_a_pop3_login_that_reads_unknown_sizes_does_not_delay_a_noop(make_daemon, tmp_path):
+    import poplib
+
+    from rawsmtp import insecure_context
+
+    d = make_daemon(listeners=["imaps", "pop3s"], users=USERS)
+    other = _idle_bob(d)
+    box = d.data_dir / "mail" / "alice"
+    _big_folder(box, 100)
+    slow = SlowMessage(box)
+    got: list = []
+    errors: list = []
+
+    def pop() -> None:
+        try:
+            p = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=insecure_context(),
+                                timeout=60)
+            p.user("alice")
+            got.append(p.pass_(USERS["alice"]))
+            got.append(p.stat())
+            p.quit()
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=pop)
+    th.start()
+    try:
+        # The login reads the sizes no name says: the FIFO is being read now.
+        assert _wait(slow.being_read, 30), errors
+        other.send(b"n NOOP\r\n")
+        assert other.until_tagged(b"n")[-1].startswith(b"n OK")
+        assert not got
+    finally:
+        slow.finish()
+    th.join(60)
+    assert not errors, errors
+    assert got[0].startswith(b"+OK Logged in, 101 messages")
+    assert got[1] == (101, 100 * 20 + slow.wire_size())
+    other.close()
+
+
+def test_a_status_size_that_reads_unknown_sizes_does_not_delay_a_noop(make_daemon, tmp_path):
+    d = make_daemon(listeners=["imaps"], users=USERS)
+    other = _idle_bob(d)
+    alice = RawIMAP(d)
+    alice.login()
+    big = d.data_dir / "mail" / "alice" / ".Big"
+    _big_folder(big, 100)
+    (big / "maildirfolder").touch()
+    alice.send(b"s STATUS Big (MESSAGES)\r\n")  # in memory now, sizes not known
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    slow = SlowMessage(big)
+    try:
+        alice.send(b"t STATUS Big (MESSAGES SIZE)\r\n")
+        assert _wait(slow.being_read, 30)
+        other.send(b"n NOOP\r\n")
+        assert other.until_tagged(b"n")[-1].startswith(b"n OK")
+    finally:
+        slow.finish()
+    replies = alice.until_tagged(b"t")
+    assert replies[-1].startswith(b"t OK"), replies
+    assert b"* STATUS Big (MESSAGES 101 SIZE %d)\r\n" % (100 * 20 + slow.wire_size()) in replies
+    alice.close()
+    other.close()

@@ -302,9 +302,10 @@ class ImapAccount:
 
     def status_deferred(self, name, names):
         """
-        L{status}, for the STATUS command: at once if the folder is in memory,
-        else a Deferred that fires with it once the store has read the folder
-        off the reactor (a big folder's first open), as L{select_deferred}.
+        L{status}, for the STATUS command: at once if the folder is in memory
+        (and, for SIZE, its sizes known), else a Deferred that fires with it
+        once the store has read the folder (a big folder's first open) and the
+        files of unknown size off the reactor, as L{select_deferred}.
         """
 
         def missing(f: Failure):
@@ -314,11 +315,20 @@ class ImapAccount:
             raise NoSuchFolder(f"No such mailbox: {name}")
 
         d = self.store.open_folder(self.user, name)
-        d.addCallbacks(lambda _folder: self.status(name, names), missing)
-        if not d.called:
-            return d
+        if {"SIZE", "DELETED-STORAGE"} & {n.upper() for n in names}:
+            # Sizes not known yet are read off the reactor too, not file by file in status().
+            d.addCallback(lambda folder: folder.learn_sizes())
+        d.addCallbacks(lambda _: self.status(name, names), missing)
         out: list = []
-        d.addBoth(out.append)
+
+        def keep(result):
+            out.append(result)
+            return result
+
+        d.addBoth(keep)
+        if not out:  # waiting (for a thread): the caller waits on d
+            return d
+        d.addErrback(lambda _f: None)  # raised below instead
         if isinstance(out[0], Failure):
             out[0].raiseException()
         return out[0]

@@ -159,12 +159,15 @@ def mailbox_for(realm, user: str):
     What the realm hands to POP3 logins: a Deferred of the L{POP3Mailbox},
     once the store has the INBOX in memory.  An INBOX not read yet is read in
     a thread (L{netsuite.store.IMailStore.open_folder}): a big one's first
-    open lists and indexes every file, which must not stall other sessions.
+    open lists and indexes every file, and then reads those whose size it
+    does not know, which must not stall other sessions.
     """
     cfg = getattr(realm.config, "pop3", None)
     on_delete = getattr(cfg, "on_delete", "expunge")
     mark_seen = getattr(cfg, "mark_seen", True)
     store = realm.store
     d = store.open_folder(user, "INBOX")
-    d.addCallback(lambda _folder: POP3Mailbox(store, user, on_delete, mark_seen))
+    # LIST and the login's reply need every size: files of unknown size are read there too.
+    d.addCallback(lambda folder: folder.learn_sizes())
+    d.addCallback(lambda _: POP3Mailbox(store, user, on_delete, mark_seen))
     return d

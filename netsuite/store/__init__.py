@@ -125,6 +125,12 @@ class IMailFolder(Interface):
     def size_of(msg) -> int:
         """The wire size: O(1) once known, else reads the whole file once."""
 
+    def learn_sizes():
+        """
+        Every unknown wire size learned, the files read off the reactor: a
+        Deferred of None.  O(bytes of the messages whose size was unknown).
+        """
+
     def date_of(msg) -> int:
         """The internal date: O(1) once known, else one stat once."""
 

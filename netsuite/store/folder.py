@@ -461,6 +461,23 @@ def _off_reactor(f: Callable, *args) -> defer.Deferred:
     return defer.maybeDeferred(f, *args)
 
 
+def _file_wire_size(path: Path) -> int | None:
+    """L{wire_size} of a file, read in pieces (blocking: for a thread); None if gone."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    size = 0
+    last = b""
+    with f:
+        while chunk := f.read(1 << 20):
+            # A CRLF split between two pieces is one CRLF, not a bare LF.
+            size += (len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+                     - (last == b"\r" and chunk[:1] == b"\n"))
+            last = chunk[-1:]
+    return size
+
+
 def _fsync_path(path: Path) -> None:
     """fsync the file at C{path} (blocking: for a thread)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -1442,6 +1459,30 @@ class Folder:
             msg.size = wire_size(self.read(msg))
             self._pending.append(_rec_meta(msg))
         return msg.size
+
+    def learn_sizes(self) -> defer.Deferred:
+        """
+        Learn every wire size not known yet (files other programs put there),
+        reading the files in a thread: before a POP3 login's LIST or a STATUS
+        SIZE of a big folder, which would read them all one by one on the
+        reactor.  A Deferred of None; a file renamed meanwhile is left to
+        L{size_of}.  Refreshes first, so that files that just arrived count.
+        """
+        self.refresh()
+        unknown = [(m, self.file_path(m)) for m in self.messages if m.size < 0]
+        if not unknown:
+            return defer.succeed(None)
+
+        def measure() -> list[int | None]:
+            return [_file_wire_size(path) for _m, path in unknown]
+
+        def learnt(sizes: list[int | None]) -> None:
+            for (msg, _path), size in zip(unknown, sizes, strict=True):
+                if size is not None and msg.size < 0:
+                    msg.size = size
+                    self._pending.append(_rec_meta(msg))
+
+        return _off_reactor(measure).addCallback(learnt)
 
     def date_of(self, msg: Message) -> int:
         """The internal date (the file's mtime, as Dovecot uses), looked up once."""
