@@ -105,9 +105,10 @@ class IMessage(Interface):
 class IMailFolder(Interface):
     """
     One folder, shared by every session of a process on it.  All methods are
-    synchronous; listeners hear every change, whoever made it (a session,
-    another process, another program).  Costs below: n is the number of
-    messages, k the number the call is about.
+    synchronous but L{append_many} and L{learn_sizes} (Deferreds); listeners
+    hear every change, whoever made it (a session, another process, another
+    program).  Costs below: n is the number of messages, k the number the call
+    is about.
     """
 
     name = Attribute("The folder's name (C{INBOX} or an IMAP name, delimiter '.').")

@@ -28,12 +28,17 @@ outside the lock a stat of the index notices it).  A UID is given once, to
 one file, and the others adopt it; a rename that fails because another
 program renamed the file first is retried on the new name, so no flag is lost.
 
-All methods are synchronous and run in the reactor thread, except that a
-folder may be read (made) in a thread before anyone else sees it
+All methods run in the reactor thread, except that a folder may be read
+(made) in a thread before anyone else sees it
 (L{netsuite.store.maildir.MaildirStore.open_folder}: a first open of a big
-folder); a L{Folder} is shared by every session of the process on that folder
-(see L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about
-every change, whoever made it.
+folder).  What would block it for long is done in threads, with the state
+touched only on the reactor: L{Folder.append_many} writes and fsyncs there
+(the tagged OK waits for it), L{Folder.learn_sizes} reads files there, and a
+compaction due in the daemon writes and fsyncs its files there, then puts
+them in place under the lock if nothing changed meanwhile.  A L{Folder} is
+shared by every session of the process on that folder (see
+L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about every
+change, whoever made it.
 """
 
 from __future__ import annotations
@@ -1045,8 +1050,6 @@ class Folder:
             self._notify(changes)
         if job is None:
             return
-        from twisted.internet import threads
-
         self._compacting = True
         d = threads.deferToThread(job.write, True)
         d.addCallbacks(self._compacted, self._compaction_failed, callbackArgs=(job,),
