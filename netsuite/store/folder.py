@@ -55,10 +55,11 @@ from typing import BinaryIO, NamedTuple
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netsuite.durable import fsync_dir
 from netsuite.store import IMailFolder, IMessage, changelog, vanished
 from netsuite.store.keywords import LETTERS as KEYWORD_LETTERS
 from netsuite.store.keywords import KeywordLetters
-from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
+from netsuite.store.layout import ensure_maildir, unique_name
 
 log = Logger(namespace="netsuite.store")
 
