@@ -21,6 +21,7 @@ from netsuite.store.folder import (
     _arrival,
     _arrival_sorted,
     _by_base_name,
+    _first_listing,
     _message_names,
     split_name,
 )
@@ -59,6 +60,39 @@ def test_arrival_sorted_sorts_names_of_one_second_by_microseconds():
     bases = ["1700000000.M100P1.h", "1700000000.M20P1.h", "1699999999.M900P1.h"]
     assert _arrival_sorted(bases) == ["1699999999.M900P1.h", "1700000000.M20P1.h",
                                       "1700000000.M100P1.h"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_first_listing_is_the_general_path(seed):
+    """
+    A first open's listing (sorted as names, in parallel lists) is what the
+    general path (a dict by base, sorted as bases) gives, also for bases that
+    are prefixes of others (their names sort otherwise: ',' < ':').
+    """
+    rnd = random.Random(seed)
+    bases = random_bases(rnd, rnd.randrange(0, 300), odd=seed % 2 == 1)
+    bases += [b + ",S=5" for b in rnd.sample(bases, len(bases) // 4)]
+    infos = ["", ":2,", ":2,S", ":2,RS", ":2,a", ":2,FSb"]
+    disk: dict[str, set[str]] = {"new": set(), "cur": set()}
+    for b in bases:
+        sub = rnd.choice(("new", "cur"))
+        disk[sub].add(b + (rnd.choice(infos) if sub == "cur" else ""))
+    appeared: dict = {}
+    for sub in ("new", "cur"):
+        appeared.update(_by_base_name(sub, list(disk[sub])))
+    order = _arrival_sorted(appeared)
+    assert _first_listing(disk) == (order, [appeared[b][1] for b in order],
+                                    [appeared[b][0] for b in order])
+
+
+def test_a_first_open_with_one_base_in_new_and_cur_indexes_it_once(tmp_path):
+    disk = {"new": {"1700000001.M1P1.h"}, "cur": {"1700000001.M1P1.h:2,S", "1700000000.x:2,"}}
+    assert _first_listing(disk) is None  # the general path decides
+    box = tmp_path / "box"
+    make_folder(box, [(sub, name, b"x\n") for sub, names in disk.items() for name in names])
+    f = Folder(box)
+    assert [(m.uid, m.sub, m.name) for m in f.messages] == [
+        (1, "cur", "1700000000.x:2,"), (2, "cur", "1700000001.M1P1.h:2,S")]
 
 
 @pytest.mark.parametrize("names", [

@@ -44,6 +44,7 @@ import fcntl
 import functools
 import gc
 import itertools
+import operator
 import os
 import re
 import time
@@ -208,38 +209,47 @@ def _arrival_sorted(bases: Iterable[str]) -> list[str]:
 def _arrival_order(bases: list[str]) -> list[int]:
     """
     The positions of C{bases} in arrival order (C{sorted(range(len(bases)),
-    key=lambda i: _arrival(bases[i]))}), without a regex per name when it
-    can: a big folder's first open sorts every name, and positions let it
-    put the names and directories in the same order without a dict.  When
-    every name starts with ASCII digits of one width and a dot (every Maildir
-    writer's seconds), the plain string order already orders them by second;
-    only names that share a second are sorted again by the full key.
+    key=lambda i: _arrival(bases[i]))}): the string order, then
+    L{_arrival_fixups}.
+    """
+    order = sorted(range(len(bases)), key=bases.__getitem__)
+    fixups = _arrival_fixups(list(map(bases.__getitem__, order)))
+    return order if fixups is None else list(map(order.__getitem__, fixups))
+
+
+def _arrival_fixups(bases: list[str]) -> list[int] | None:
+    """
+    For bases in string order (or the order of their names: the same where it
+    matters), None when that is already their arrival order, else the
+    positions in arrival order; without a regex per name when it can, since a
+    big folder's first open sorts every name.  When every name starts with
+    ASCII digits of one width and a dot (every Maildir writer's seconds), the
+    string order orders them by second; only names that share a second are
+    sorted again by the full key.
     """
     count = len(bases)
-    order = sorted(range(count), key=bases.__getitem__)
     if count < 2:
-        return order
-    ordered = list(map(bases.__getitem__, order))
-    width = ordered[0].find(".") + 1
+        return None
+    width = bases[0].find(".") + 1
     # Each name's first C{width} characters, the dot last: checked on one
     # string, so that no Python code runs per name.
-    seconds = [b[:width] for b in ordered]
+    seconds = list(map(operator.itemgetter(slice(0, width)), bases))
     joined = "".join(seconds)
     digits = joined.replace(".", "")
     if (width < 2 or len(joined) != count * width or joined.count(".") != count
             or joined[width - 1::width] != "." * count
             or not (digits.isascii() and digits.isdigit())):
-        return sorted(order, key=lambda i: _arrival(bases[i]))
+        return sorted(range(count), key=lambda i: _arrival(bases[i]))
     if len(set(seconds)) == count:
-        return order
+        return None
     out: list[int] = []
     start = 0
     for _second, run in itertools.groupby(seconds):
         end = start + sum(1 for _ in run)
-        positions = order[start:end]
-        if len(positions) > 1:
-            positions.sort(key=lambda i: _arrival(bases[i]))
-        out.extend(positions)
+        if end - start > 1:
+            out.extend(sorted(range(start, end), key=lambda i: _arrival(bases[i])))
+        else:
+            out.append(start)
         start = end
     return out
 
@@ -248,13 +258,20 @@ def _base_names(names: list[str]) -> list[str]:
     """
     L{split_name}'s base of each name.  When every colon in the names starts
     a C{:2,} (every name a Maildir writer makes), the base is what precedes
-    C{:2,}, or the whole name: one string operation per name, checked for
-    all names at once.
+    C{:2,}, or the whole name: the infos are cut out of the names joined
+    with '/' (in no file name) by one regex substitution, checked for all
+    names at once, and no Python code runs per name.
     """
     joined = "/".join(names)
-    if joined.count(":") == joined.count(":2,"):
-        return [n.partition(":2,")[0] for n in names]
+    if names and joined.count(":") == joined.count(":2,"):
+        bases = _INFO_TAIL.sub("", joined).split("/")
+        if len(bases) == len(names):
+            return bases
     return [split_name(n)[0] for n in names]
+
+
+#: A name's C{:2,} info, to its end, in names joined with '/'.
+_INFO_TAIL = re.compile(r":2,[^/]*")
 
 
 def _first_listing(disk: dict[str, set[str]]) -> tuple[list[str], list[str], list[str]] | None:
@@ -265,15 +282,21 @@ def _first_listing(disk: dict[str, set[str]]) -> tuple[list[str], list[str], lis
     files share a base (a copy in new/ and cur/): L{Folder._scan_locked}'s
     general path decides which one counts.
     """
-    new, cur = list(disk["new"]), list(disk["cur"])
-    names = new + cur
+    names = list(disk["cur"])
+    names += disk["new"]
+    # Sorted as names, not bases: L{_arrival_fixups} needs only the names of
+    # one second together, and that holds for both.
+    names.sort()
     bases = _base_names(names)
     if len(set(bases)) != len(bases):
         return None
-    subs = ["new"] * len(new) + ["cur"] * len(cur)
-    order = _arrival_order(bases)
-    return (list(map(bases.__getitem__, order)), list(map(names.__getitem__, order)),
-            list(map(subs.__getitem__, order)))
+    fixups = _arrival_fixups(bases)
+    if fixups is not None:
+        bases = list(map(bases.__getitem__, fixups))
+        names = list(map(names.__getitem__, fixups))
+    new = disk["new"]
+    subs = ["new" if n in new else "cur" for n in names] if new else ["cur"] * len(names)
+    return bases, names, subs
 
 
 def _message_names(names: list[str]) -> set[str]:
