@@ -343,3 +343,71 @@ def test_uids_of_a_first_open_survive_kill_9(daemon):
 
     assert strip(again) == strip(first)
     m.logout()
+
+
+def flag_sets(data) -> dict[int, set[bytes]]:
+    """UID -> its FLAGS, from FETCH answers."""
+    out = {}
+    for d in data:
+        uid = int(re.search(rb"UID (\d+)", d).group(1))
+        out[uid] = set(re.search(rb"FLAGS \(([^)]*)\)", d).group(1).split())
+    return out
+
+
+def test_fetch_1_star_flags_of_a_first_open_say_each_files_flags(make_daemon):
+    """
+    FETCH 1:* (UID FLAGS) renders runs of messages at once (all \\Recent, none,
+    or mixed; with keywords or not): each answer is the message's own flags.
+    """
+    d = make_daemon(listeners=["imap", "imaps"], users=USERS, start=False)
+    box = d.data_dir / "mail" / "alice" / ".Mix"
+    # Keywords only in the first of the two runs of 4096 (FLAGS_CHUNK).
+    infos = ["", ":2,", ":2,S", ":2,RS", ":2,FT", ":2,D"]
+    keyworded = [":2,Sa", ":2,b"]
+    files = [("new" if i % 9 == 0 else "cur",
+              f"{1700000000 + i}.M{i}P1.h" + ("" if i % 9 == 0 else
+                                              (keyworded + infos)[i % 8] if i < 200 else
+                                              infos[i % len(infos)]),
+              b"Subject: %d\n\nbody\n" % i) for i in range(5000)]
+    for folder in ("Mix", "Mix2"):
+        make_folder(box.with_name("." + folder), files)
+        (box.with_name("." + folder) / "maildirfolder").touch()
+        (box.with_name("." + folder) / "dovecot-keywords").write_text("0 $Forwarded\n1 Junk\n")
+    d.start()
+    letter_flags = {"D": b"\\Draft", "F": b"\\Flagged", "R": b"\\Answered", "S": b"\\Seen",
+                    "T": b"\\Deleted", "a": b"$Forwarded", "b": b"Junk"}
+
+    def expected(name: str) -> set[bytes]:
+        return {letter_flags[c] for c in split_name(name)[1]}
+
+    by_uid = {i + 1: name for i, (_s, name, _b) in enumerate(files)}
+    a = connect(d)
+    assert a.select("Mix")[0] == "OK"
+    got = flag_sets(a.fetch("1:*", "(UID FLAGS)")[1])
+    assert got == {u: expected(n) | {b"\\Recent"} for u, n in by_uid.items()}
+    # More mail: a second session has only those as \Recent (a mixed run).
+    make_folder(box, [("new", f"{1700009000 + i}.M{i}P1.h", b"x\n") for i in range(3)])
+    b = connect(d)
+    assert b.select("Mix")[0] == "OK"
+    got = flag_sets(b.fetch("1:*", "(UID FLAGS)")[1])
+    new = {5001: set(), 5002: set(), 5003: set()}
+    assert got == {**{u: expected(n) for u, n in by_uid.items()},
+                   **{u: {b"\\Recent"} for u in new}}
+    assert flag_sets(b.fetch("4990:*", "(FLAGS UID)")[1]) == \
+        {u: f for u, f in got.items() if u >= 4990}
+    typ, uids = b.fetch("1:*", "(UID)")
+    assert [int(re.search(rb"UID (\d+)", x).group(1)) for x in uids] == list(range(1, 5004))
+    typ, flags_only = b.fetch("1:*", "(FLAGS)")
+    assert [set(re.search(rb"FLAGS \(([^)]*)\)", x).group(1).split()) for x in flags_only] == \
+        [got[u] for u in range(1, 5004)]
+    # A session for which no message is \Recent any more.
+    c = connect(d)
+    assert c.select("Mix")[0] == "OK"
+    assert flag_sets(c.fetch("1:*", "(UID FLAGS)")[1]) == \
+        {**{u: expected(n) for u, n in by_uid.items()}, **new}
+    # Another folder's first open, once renderings without \Recent are known too.
+    assert c.select("Mix2")[0] == "OK"
+    assert flag_sets(c.fetch("1:*", "(UID FLAGS)")[1]) == \
+        {u: expected(n) | {b"\\Recent"} for u, n in by_uid.items()}
+    for m in (a, b, c):
+        m.logout()
