@@ -36,15 +36,9 @@ LATE_IMPORTS = {
         "only when the checker is chosen",
     ("netsuite/auth/factories.py", "netsuite.auth.pam"):
         "python-pam is an optional dependency, imported only when 'pam' is chosen",
-    ("netsuite/store/maildir.py", "netsuite.store.folder"):
-        "store/folder.py imports maildir.py's helpers; being rebuilt on the 'store' "
-        "branch (issue 10), which owns both files",
 }
 #: Import cycles (sorted module names) -> why they are tolerated.
-CYCLES = {
-    ("netsuite.store.folder", "netsuite.store.maildir"):
-        LATE_IMPORTS[("netsuite/store/maildir.py", "netsuite.store.folder")],
-}
+CYCLES: dict[tuple[str, ...], str] = {}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from netsuite.store.folder import (
     _arrival,
     _arrival_sorted,
     _by_base_name,
+    _first_listing,
     _message_names,
     split_name,
 )
@@ -59,6 +60,39 @@ def test_arrival_sorted_sorts_names_of_one_second_by_microseconds():
     bases = ["1700000000.M100P1.h", "1700000000.M20P1.h", "1699999999.M900P1.h"]
     assert _arrival_sorted(bases) == ["1699999999.M900P1.h", "1700000000.M20P1.h",
                                       "1700000000.M100P1.h"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_first_listing_is_the_general_path(seed):
+    """
+    A first open's listing (sorted as names, in parallel lists) is what the
+    general path (a dict by base, sorted as bases) gives, also for bases that
+    are prefixes of others (their names sort otherwise: ',' < ':').
+    """
+    rnd = random.Random(seed)
+    bases = random_bases(rnd, rnd.randrange(0, 300), odd=seed % 2 == 1)
+    bases += [b + ",S=5" for b in rnd.sample(bases, len(bases) // 4)]
+    infos = ["", ":2,", ":2,S", ":2,RS", ":2,a", ":2,FSb"]
+    disk: dict[str, set[str]] = {"new": set(), "cur": set()}
+    for b in bases:
+        sub = rnd.choice(("new", "cur"))
+        disk[sub].add(b + (rnd.choice(infos) if sub == "cur" else ""))
+    appeared: dict = {}
+    for sub in ("new", "cur"):
+        appeared.update(_by_base_name(sub, list(disk[sub])))
+    order = _arrival_sorted(appeared)
+    assert _first_listing(disk) == (order, [appeared[b][1] for b in order],
+                                    [appeared[b][0] for b in order])
+
+
+def test_a_first_open_with_one_base_in_new_and_cur_indexes_it_once(tmp_path):
+    disk = {"new": {"1700000001.M1P1.h"}, "cur": {"1700000001.M1P1.h:2,S", "1700000000.x:2,"}}
+    assert _first_listing(disk) is None  # the general path decides
+    box = tmp_path / "box"
+    make_folder(box, [(sub, name, b"x\n") for sub, names in disk.items() for name in names])
+    f = Folder(box)
+    assert [(m.uid, m.sub, m.name) for m in f.messages] == [
+        (1, "cur", "1700000000.x:2,"), (2, "cur", "1700000001.M1P1.h:2,S")]
 
 
 @pytest.mark.parametrize("names", [
@@ -309,3 +343,71 @@ def test_uids_of_a_first_open_survive_kill_9(daemon):
 
     assert strip(again) == strip(first)
     m.logout()
+
+
+def flag_sets(data) -> dict[int, set[bytes]]:
+    """UID -> its FLAGS, from FETCH answers."""
+    out = {}
+    for d in data:
+        uid = int(re.search(rb"UID (\d+)", d).group(1))
+        out[uid] = set(re.search(rb"FLAGS \(([^)]*)\)", d).group(1).split())
+    return out
+
+
+def test_fetch_1_star_flags_of_a_first_open_say_each_files_flags(make_daemon):
+    """
+    FETCH 1:* (UID FLAGS) renders runs of messages at once (all \\Recent, none,
+    or mixed; with keywords or not): each answer is the message's own flags.
+    """
+    d = make_daemon(listeners=["imap", "imaps"], users=USERS, start=False)
+    box = d.data_dir / "mail" / "alice" / ".Mix"
+    # Keywords only in the first of the two runs of 4096 (FLAGS_CHUNK).
+    infos = ["", ":2,", ":2,S", ":2,RS", ":2,FT", ":2,D"]
+    keyworded = [":2,Sa", ":2,b"]
+    files = [("new" if i % 9 == 0 else "cur",
+              f"{1700000000 + i}.M{i}P1.h" + ("" if i % 9 == 0 else
+                                              (keyworded + infos)[i % 8] if i < 200 else
+                                              infos[i % len(infos)]),
+              b"Subject: %d\n\nbody\n" % i) for i in range(5000)]
+    for folder in ("Mix", "Mix2"):
+        make_folder(box.with_name("." + folder), files)
+        (box.with_name("." + folder) / "maildirfolder").touch()
+        (box.with_name("." + folder) / "dovecot-keywords").write_text("0 $Forwarded\n1 Junk\n")
+    d.start()
+    letter_flags = {"D": b"\\Draft", "F": b"\\Flagged", "R": b"\\Answered", "S": b"\\Seen",
+                    "T": b"\\Deleted", "a": b"$Forwarded", "b": b"Junk"}
+
+    def expected(name: str) -> set[bytes]:
+        return {letter_flags[c] for c in split_name(name)[1]}
+
+    by_uid = {i + 1: name for i, (_s, name, _b) in enumerate(files)}
+    a = connect(d)
+    assert a.select("Mix")[0] == "OK"
+    got = flag_sets(a.fetch("1:*", "(UID FLAGS)")[1])
+    assert got == {u: expected(n) | {b"\\Recent"} for u, n in by_uid.items()}
+    # More mail: a second session has only those as \Recent (a mixed run).
+    make_folder(box, [("new", f"{1700009000 + i}.M{i}P1.h", b"x\n") for i in range(3)])
+    b = connect(d)
+    assert b.select("Mix")[0] == "OK"
+    got = flag_sets(b.fetch("1:*", "(UID FLAGS)")[1])
+    new = {5001: set(), 5002: set(), 5003: set()}
+    assert got == {**{u: expected(n) for u, n in by_uid.items()},
+                   **{u: {b"\\Recent"} for u in new}}
+    assert flag_sets(b.fetch("4990:*", "(FLAGS UID)")[1]) == \
+        {u: f for u, f in got.items() if u >= 4990}
+    typ, uids = b.fetch("1:*", "(UID)")
+    assert [int(re.search(rb"UID (\d+)", x).group(1)) for x in uids] == list(range(1, 5004))
+    typ, flags_only = b.fetch("1:*", "(FLAGS)")
+    assert [set(re.search(rb"FLAGS \(([^)]*)\)", x).group(1).split()) for x in flags_only] == \
+        [got[u] for u in range(1, 5004)]
+    # A session for which no message is \Recent any more.
+    c = connect(d)
+    assert c.select("Mix")[0] == "OK"
+    assert flag_sets(c.fetch("1:*", "(UID FLAGS)")[1]) == \
+        {**{u: expected(n) for u, n in by_uid.items()}, **new}
+    # Another folder's first open, once renderings without \Recent are known too.
+    assert c.select("Mix2")[0] == "OK"
+    assert flag_sets(c.fetch("1:*", "(UID FLAGS)")[1]) == \
+        {u: expected(n) | {b"\\Recent"} for u, n in by_uid.items()}
+    for m in (a, b, c):
+        m.logout()

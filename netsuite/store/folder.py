@@ -49,6 +49,7 @@ import fcntl
 import functools
 import gc
 import itertools
+import operator
 import os
 import re
 import time
@@ -61,10 +62,11 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netsuite.durable import fsync_dir
 from netsuite.store import IMailFolder, IMessage, changelog, vanished
 from netsuite.store.keywords import LETTERS as KEYWORD_LETTERS
 from netsuite.store.keywords import KeywordLetters
-from netsuite.store.maildir import ensure_maildir, fsync_dir, unique_name
+from netsuite.store.layout import ensure_maildir, unique_name
 
 log = Logger(namespace="netsuite.store")
 
@@ -261,36 +263,102 @@ def _arrival(base: str) -> tuple[int, int, int, str]:
 
 
 def _arrival_sorted(bases: Iterable[str]) -> list[str]:
+    """C{sorted(bases, key=_arrival)}, as L{_arrival_order} finds it."""
+    bases = list(bases)
+    return list(map(bases.__getitem__, _arrival_order(bases)))
+
+
+def _arrival_order(bases: list[str]) -> list[int]:
     """
-    C{sorted(bases, key=_arrival)}, without a regex per name when it can: a
+    The positions of C{bases} in arrival order (C{sorted(range(len(bases)),
+    key=lambda i: _arrival(bases[i]))}): the string order, then
+    L{_arrival_fixups}.
+    """
+    order = sorted(range(len(bases)), key=bases.__getitem__)
+    fixups = _arrival_fixups(list(map(bases.__getitem__, order)))
+    return order if fixups is None else list(map(order.__getitem__, fixups))
+
+
+def _arrival_fixups(bases: list[str]) -> list[int] | None:
+    """
+    For bases in string order (or the order of their names: the same where it
+    matters), None when that is already their arrival order, else the
+    positions in arrival order; without a regex per name when it can, since a
     big folder's first open sorts every name.  When every name starts with
     ASCII digits of one width and a dot (every Maildir writer's seconds), the
-    plain string order already orders them by second; only names that share
-    a second are sorted again by the full key.
+    string order orders them by second; only names that share a second are
+    sorted again by the full key.
     """
-    order = sorted(bases)
-    count = len(order)
+    count = len(bases)
     if count < 2:
-        return order
-    width = order[0].find(".") + 1
+        return None
+    width = bases[0].find(".") + 1
     # Each name's first C{width} characters, the dot last: checked on one
     # string, so that no Python code runs per name.
-    seconds = [b[:width] for b in order]
+    seconds = list(map(operator.itemgetter(slice(0, width)), bases))
     joined = "".join(seconds)
     digits = joined.replace(".", "")
     if (width < 2 or len(joined) != count * width or joined.count(".") != count
             or joined[width - 1::width] != "." * count
             or not (digits.isascii() and digits.isdigit())):
-        return sorted(order, key=_arrival)
+        return sorted(range(count), key=lambda i: _arrival(bases[i]))
     if len(set(seconds)) == count:
-        return order
-    out: list[str] = []
-    for _second, run in itertools.groupby(order, key=lambda b: b[:width]):
-        names = list(run)
-        if len(names) > 1:
-            names.sort(key=_arrival)
-        out.extend(names)
+        return None
+    out: list[int] = []
+    start = 0
+    for _second, run in itertools.groupby(seconds):
+        end = start + sum(1 for _ in run)
+        if end - start > 1:
+            out.extend(sorted(range(start, end), key=lambda i: _arrival(bases[i])))
+        else:
+            out.append(start)
+        start = end
     return out
+
+
+def _base_names(names: list[str]) -> list[str]:
+    """
+    L{split_name}'s base of each name.  When every colon in the names starts
+    a C{:2,} (every name a Maildir writer makes), the base is what precedes
+    C{:2,}, or the whole name: the infos are cut out of the names joined
+    with '/' (in no file name) by one regex substitution, checked for all
+    names at once, and no Python code runs per name.
+    """
+    joined = "/".join(names)
+    if names and joined.count(":") == joined.count(":2,"):
+        bases = _INFO_TAIL.sub("", joined).split("/")
+        if len(bases) == len(names):
+            return bases
+    return [split_name(n)[0] for n in names]
+
+
+#: A name's C{:2,} info, to its end, in names joined with '/'.
+_INFO_TAIL = re.compile(r":2,[^/]*")
+
+
+def _first_listing(disk: dict[str, set[str]]) -> tuple[list[str], list[str], list[str]] | None:
+    """
+    A folder's first listing (nothing indexed yet) as three parallel lists in
+    arrival order: bases, names, directories; built by whole-list operations
+    and one sort, with neither a dict nor a tuple per file.  None when two
+    files share a base (a copy in new/ and cur/): L{Folder._scan_locked}'s
+    general path decides which one counts.
+    """
+    names = list(disk["cur"])
+    names += disk["new"]
+    # Sorted as names, not bases: L{_arrival_fixups} needs only the names of
+    # one second together, and that holds for both.
+    names.sort()
+    bases = _base_names(names)
+    if len(set(bases)) != len(bases):
+        return None
+    fixups = _arrival_fixups(bases)
+    if fixups is not None:
+        bases = list(map(bases.__getitem__, fixups))
+        names = list(map(names.__getitem__, fixups))
+    new = disk["new"]
+    subs = ["new" if n in new else "cur" for n in names] if new else ["cur"] * len(names)
+    return bases, names, subs
 
 
 def _message_names(names: list[str]) -> set[str]:
@@ -313,11 +381,7 @@ def _by_base_name(sub: str, names: list[str]) -> Iterable[tuple[str, tuple[str, 
     writer makes), the base is what precedes C{:2,}, or the whole name: one
     string operation per name, checked for all names at once.
     """
-    joined = "/".join(names)
-    if joined.count(":") == joined.count(":2,"):
-        return zip([n.partition(":2,")[0] for n in names], zip(itertools.repeat(sub), names),
-                   strict=True)
-    return ((split_name(n)[0], (sub, n)) for n in names)
+    return zip(_base_names(names), zip(itertools.repeat(sub), names), strict=True)
 
 
 #: Some name's info holds a letter a-z (a keyword, see store.keywords), in
@@ -1367,10 +1431,12 @@ class Folder:
         now_ns = int(self.clock() * 1e9)
         disk = {sub: _message_names(os.listdir(self.path / sub)) for sub in ("new", "cur")}
         known = self._known()
+        # A first open (nothing indexed) takes every file in one batch.
+        listing = None if self._by_base else _first_listing(disk)
         # Set differences (in C) find what changed; Python looks only at those.
         appeared: dict[str, tuple[str, str]] = {}
         vanished: list[tuple[str, str]] = []
-        for sub in ("new", "cur"):
+        for sub in ("new", "cur") if listing is None else ():
             appeared.update(_by_base_name(sub, list(disk[sub] - known[sub])))
             vanished.extend((sub, name) for name in known[sub] - disk[sub])
         before = (len(changes.added), len(changes.expunged), len(changes.flags))
@@ -1405,7 +1471,7 @@ class Folder:
         # New files in arrival order as their names tell it (Maildir names
         # start with the delivery time); neither stat nor read here: the
         # internal date and the wire size are looked up when first needed.
-        fresh = self._allocate(on_disk)
+        fresh = self._allocate(on_disk) if listing is None else self._allocate_sorted(*listing)
         changes.added.extend(fresh)
         if log:
             records.extend([_rec_add(m) for m in fresh])
@@ -1427,9 +1493,15 @@ class Folder:
         if not on_disk:
             return []
         order = _arrival_sorted(on_disk)
-        count = len(order)
         where = [on_disk[b] for b in order]
-        names = [w[1] for w in where]
+        return self._allocate_sorted(order, [w[1] for w in where], [w[0] for w in where])
+
+    def _allocate_sorted(self, order: list[str], names: list[str],
+                         subs: list[str]) -> list[Message]:
+        """L{_allocate} for files already in arrival order: bases, names, directories."""
+        count = len(order)
+        if not count:
+            return []
         joined = "/".join(names)
         keywords: Iterable[tuple[str, ...]] = itertools.repeat(())
         if _KEYWORD_INFO_RE.search(joined):
@@ -1448,7 +1520,7 @@ class Folder:
         first, modseq = self.next_uid, self.highest_modseq
         with _gc_paused():
             made = list(map(Message, range(first, first + count), names,
-                            [w[0] for w in where], sizes, itertools.repeat(-1), keywords,
+                            subs, sizes, itertools.repeat(-1), keywords,
                             range(modseq + 1, modseq + 1 + count)))
         self.next_uid, self.highest_modseq = first + count, modseq + count
         self._by_base.update(zip(order, made, strict=True))

@@ -10,33 +10,27 @@ with other deliveries' flushes, does not stall every other connection.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
-import socket
+import shutil
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
-from twisted.internet import task, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
+from netsuite.store.folder import Folder, FolderGone, _reactor_running
+from netsuite.store.layout import _HOST, ensure_maildir, unique_name
 from netsuite.store.quota import QuotaUsage
 from netsuite.store.watch import InotifyWatcher
 
-if TYPE_CHECKING:
-    from netsuite.store.folder import Folder
-    from netsuite.store.watch import InotifyWatcher
-
 log = Logger(namespace="netsuite.store")
-_counter = itertools.count()
-_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-
-SUBDIRS = ("tmp", "new", "cur")
 
 #: A file in a Maildir's tmp/ this old is a leftover (the Maildir spec's 36 hours).
 TMP_MAX_AGE = 36 * 3600
@@ -81,21 +75,6 @@ def clean_tmp_dir(tmp: Path, max_age: float, now: float | None = None,
         except FileNotFoundError:
             continue
     return removed
-
-
-def ensure_maildir(path: Path) -> Path:
-    """Create C{path} with tmp/new/cur (mode 0700) if missing."""
-    for sub in SUBDIRS:
-        (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def unique_name() -> str:
-    """A Maildir base name: time, microseconds, pid and counter, host (no flags)."""
-    now = time.time()
-    sec = int(now)
-    usec = int((now - sec) * 1_000_000)
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{_HOST}"
 
 
 @implementer(IDeliveryFile)
@@ -179,8 +158,6 @@ class MaildirDelivery:
 
     def commit(self):
         if self.error is not None:
-            from twisted.internet import defer
-
             return defer.fail(self.error)
         d = threads.deferToThread(self._finish)
         if self.on_commit is not None:
@@ -255,8 +232,6 @@ class MaildirStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        from collections import OrderedDict
-
         self._folders: OrderedDict[Path, Folder] = OrderedDict()
         self._poller: task.LoopingCall | None = None
         self._watcher: InotifyWatcher | None = None
@@ -321,9 +296,7 @@ class MaildirStore:
         self._evict()
         return folder
 
-    def _new_folder(self, path: Path, user: str, name: str) -> "Folder":
-        from netsuite.store.folder import Folder
-
+    def _new_folder(self, path: Path, user: str, name: str) -> Folder:
         return Folder(path, "INBOX" if name.upper() == "INBOX" else name,
                       new_uidvalidity=lambda: self._next_uidvalidity(user))
 
@@ -336,10 +309,6 @@ class MaildirStore:
         sessions opening the same folder meanwhile wait for the one read.
         Fails with L{KeyError} or L{BadFolderName} as L{folder} raises them.
         """
-        from twisted.internet import defer
-
-        from netsuite.store.folder import _reactor_running
-
         try:
             path = self.folder_path(user, name)
         except BadFolderName:
@@ -425,8 +394,6 @@ class MaildirStore:
         (path / "maildirfolder").touch()
 
     def delete_folder(self, user: str, name: str) -> None:
-        import shutil
-
         if name.upper() == "INBOX":
             raise PermissionError("INBOX cannot be deleted")
         path = self.folder_path(user, name)
@@ -594,8 +561,6 @@ class MaildirStore:
 
     def _refresh_watched(self, folder) -> None:
         """inotify saw a change in C{folder}: bring it up to date (listeners hear it)."""
-        from netsuite.store.folder import FolderGone
-
         if not folder.listeners:
             return
         try:
@@ -607,8 +572,6 @@ class MaildirStore:
             log.failure("refreshing {path}", path=str(folder.path))
 
     def _poll(self) -> None:
-        from netsuite.store.folder import FolderGone
-
         for folder in list(self._folders.values()):
             if folder.listeners and not (self._watcher and self._watcher.watching(folder)):
                 try:

@@ -5,6 +5,8 @@ turn, parsed fields from the message cache.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator
 
 from netsuite.imap import objectid, wire
@@ -143,8 +145,9 @@ class FetchCommands(SessionBase):
                 data = shared.chunks.get(key) \
                     if shared is not None and shared.version == version else None
                 if data is None:
-                    data = _flags_lines(order, enumerate(msgs[start:start + FLAGS_CHUNK],
-                                                         start + 1), render)
+                    chunk = msgs[start:start + FLAGS_CHUNK]
+                    data = _flags_lines(order, range(start + 1, start + 1 + len(chunk)),
+                                        chunk, render, mbox.recent)
                     if shared is not None and shared.version == version:
                         shared.chunks[key] = data  # nothing changed since the snapshot
                 yield data
@@ -158,7 +161,9 @@ class FetchCommands(SessionBase):
             else:
                 found.append((seq, msg))
         for start in range(0, len(found), FLAGS_CHUNK):
-            yield _flags_lines(order, found[start:start + FLAGS_CHUNK], render)
+            pairs = found[start:start + FLAGS_CHUNK]
+            yield _flags_lines(order, [seq for seq, _m in pairs], [m for _s, m in pairs], render,
+                               mbox.recent)
 
     def _flag_renderer(self) -> Callable[[Message], bytes]:
         """C{msg -> b"(\\Seen ...)"} for this session: shared renderings by info letters."""
@@ -259,19 +264,51 @@ class FetchCommands(SessionBase):
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
 
 
-def _flags_lines(order: tuple[str, ...], pairs: Iterable[tuple[int, Message]],
-                 render: Callable[[Message], bytes]) -> bytes:
-    """The FETCH responses of (seq, message) pairs for UID and/or FLAGS, joined."""
-    if order == ("UID", "FLAGS"):
-        return b"".join([b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, m.uid, render(m))
-                         for seq, m in pairs])
-    if order == ("FLAGS",):
-        return b"".join([b"* %d FETCH (FLAGS %s)\r\n" % (seq, render(m)) for seq, m in pairs])
+def _flags_lines(order: tuple[str, ...], seqs: Iterable[int], msgs: list[Message],
+                 render: Callable[[Message], bytes], recent: set[int]) -> bytes:
+    """The FETCH responses of messages C{msgs} numbered C{seqs} for UID and/or FLAGS, joined."""
     if order == ("UID",):
-        return b"".join([b"* %d FETCH (UID %d)\r\n" % (seq, m.uid) for seq, m in pairs])
+        return b"".join(map(b"* %d FETCH (UID %d)\r\n".__mod__,
+                            zip(seqs, map(_UID, msgs), strict=True)))
+    flags = _render_flags(msgs, render, recent)
+    if order == ("UID", "FLAGS"):
+        return b"".join(map(b"* %d FETCH (UID %d FLAGS %s)\r\n".__mod__,
+                            zip(seqs, map(_UID, msgs), flags, strict=True)))
+    if order == ("FLAGS",):
+        return b"".join(map(b"* %d FETCH (FLAGS %s)\r\n".__mod__, zip(seqs, flags, strict=True)))
     return b"".join([b"* %d FETCH (" % seq + b" ".join(
-        b"UID %d" % m.uid if name == "UID" else b"FLAGS " + render(m)
-        for name in order) + b")\r\n" for seq, m in pairs])
+        b"UID %d" % m.uid if name == "UID" else b"FLAGS " + f
+        for name in order) + b")\r\n" for seq, m, f in zip(seqs, msgs, flags, strict=True)])
+
+
+_UID = operator.attrgetter("uid")
+_NAME = operator.attrgetter("name")
+_KEYWORDS = operator.attrgetter("keywords")
+_INFO = operator.itemgetter(2)
+
+
+def _render_flags(msgs: list[Message], render: Callable[[Message], bytes],
+                  recent: set[int]) -> list[bytes]:
+    """
+    C{list(map(render, msgs))}, and for a run of keyword-less messages all
+    \\Recent or none (every message on a first open) with no Python code per
+    message: their names' info letters by C{map}, the renderings from
+    L{_FLAG_BYTES} or L{_RECENT_FLAG_BYTES} by C{map(dict.get)}.
+    """
+    if any(map(_KEYWORDS, msgs)):
+        return list(map(render, msgs))
+    uids = list(map(_UID, msgs))
+    if recent.issuperset(uids):
+        table = _RECENT_FLAG_BYTES
+    elif recent.isdisjoint(uids):
+        table = _FLAG_BYTES
+    else:
+        return list(map(render, msgs))
+    flags = list(map(table.get, map(_INFO, map(str.partition, map(_NAME, msgs),
+                                               itertools.repeat(":2,")))))
+    if None in flags:  # letters not rendered yet (a few per folder)
+        flags = [f if f is not None else render(m) for f, m in zip(flags, msgs, strict=True)]
+    return flags
 
 
 def _object_item(name: str, folder, msg) -> bytes:
