@@ -22,14 +22,15 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IReadDescriptor
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netsuite.ftp.timer import SessionTimer
 from netsuite.ftp.wire import same_host
 
 log = Logger(namespace="netsuite.ftp")
@@ -38,6 +39,11 @@ log = Logger(namespace="netsuite.ftp")
 READ_SIZE = 256 * 1024
 #: Bytes buffered from an early upload before reading pauses.
 EARLY_LIMIT = 256 * 1024
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+    return reactor
 
 
 class DataChannelError(Exception):
@@ -154,7 +160,7 @@ def session_reused(tls_transport) -> bool:
 
 
 @implementer(IHandshakeListener)
-class DataConnection(protocol.Protocol, TimeoutMixin):
+class DataConnection(protocol.Protocol):
     """
     One data connection.  C{ready} fires once it can carry a transfer (after
     the TLS handshake, when there is one); C{when_closed()} fires when it goes
@@ -167,7 +173,9 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     transport: Any
 
     def __init__(self, tls: bool, require_reuse: bool, idle_timeout: float,
-                 tls_max_version: str = "1.3"):
+                 tls_max_version: str = "1.3", timer: SessionTimer | None = None):
+        #: The session's deadlines (L{netsuite.ftp.timer}): the idle timeout is one of them.
+        self.timer = timer if timer is not None else SessionTimer(_global_reactor())
         self.tls = tls
         self.tls_max_version = tls_max_version
         self.require_reuse = require_reuse
@@ -197,7 +205,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         handle = self.transport.getHandle()
         if hasattr(handle, "setsockopt"):
             _set_read_size(self.transport)
-        self.setTimeout(self.idle_timeout)
+        self.timer.set(self, self.idle_timeout, self.timeoutConnection)
         if self.tls:
             cap_tls_version(self.transport, self.tls_max_version)
         made, self.made = self.made, None
@@ -266,7 +274,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         return d
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.setTimeout(None)
+        self.timer.clear(self)
         made, self.made = self.made, None
         if made is not None:
             made.errback(DataChannelError(425, "Can't open data connection."))
@@ -291,6 +299,10 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self.abort()
 
     # -- receiving (uploads) ---------------------------------------------------------
+
+    def resetTimeout(self) -> None:
+        """Activity: the idle timeout starts again."""
+        self.timer.touch(self, self.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -426,8 +438,11 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
 
     noisy = False
 
-    def __init__(self, reactor: Any, peer_host: str, tls_options, timeout: float):
+    def __init__(self, reactor: Any, peer_host: str, tls_options, timeout: float,
+                 timer: SessionTimer | None = None):
         self.reactor = reactor
+        #: The session's deadlines: the wait for the client to connect is one of them.
+        self.timer = timer if timer is not None else SessionTimer(reactor)
         self.peer_host = peer_host
         self.tls_options = tls_options
         self.timeout = timeout
@@ -438,7 +453,6 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         self._make: Callable[[], DataConnection] | None = None
         self._waiting: defer.Deferred | None = None
         self._accepted: DataConnection | None = None
-        self._timer = None
         self._closed = False
         self._result: DataConnection | Failure | None = None
 
@@ -451,7 +465,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         """
         if not low and reuse is not None and reuse.resume(self, interface):
             self.port = reuse
-            self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+            self.timer.set(self, self.timeout, self._timed_out)
             self.number = reuse.number
             return self.number
         if not low:
@@ -469,7 +483,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
                 last = e
         else:
             raise DataChannelError(425, f"Can't open passive connection: {last}")
-        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        self.timer.set(self, self.timeout, self._timed_out)
         self.number = self.port.number
         return self.number
 
@@ -513,7 +527,6 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         return self._waiting
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self._accepted is None:
             self._stop_listening()
             self._closed = True
@@ -522,9 +535,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
                 d.errback(DataChannelError(425, "Failed to establish connection."))
 
     def _stop_listening(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.timer.clear(self)
         if self.port is not None:
             if self.port.keep:
                 self.port.pause()  # the session listens on it again at its next PASV/EPSV
@@ -549,9 +560,11 @@ class _PassivePort:
 
     Not C{reactor.listenTCP}: a C{tcp.Port} logs two lines (starting on,
     closed) and defers its close by one timer, for every transfer.  Accepted
-    connections become ordinary TCP transports through the public
-    C{adoptStreamConnection}; C{factory.buildProtocol} decides (the peer
-    check), as with a Port.  C{SO_REUSEADDR} only for a configured range,
+    connections become ordinary TCP transports (C{tcp.Server}, built as
+    C{tcp.Port.doRead} and C{adoptStreamConnection} build it, from the socket
+    and address C{accept} gave: C{adoptStreamConnection} would duplicate the
+    descriptor and ask the kernel both addresses again, for every transfer);
+    C{factory.buildProtocol} decides (the peer check), as with a Port.  C{SO_REUSEADDR} only for a configured range,
     whose ports may still have TIME_WAIT connections; for an ephemeral port it
     only makes the kernel's search for one slower.
 
@@ -632,7 +645,7 @@ class _PassivePort:
             if sock is None or not self._reading:
                 return  # closed, or paused by the channel that took its connection
             try:
-                conn, _addr = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -642,11 +655,21 @@ class _PassivePort:
                 return
             try:
                 conn.setblocking(False)
-                self.reactor.adoptStreamConnection(conn.fileno(), self.family, self.factory)
+                self._take(conn, addr)
             except OSError as e:
                 log.info("passive data connection lost before it was taken: {error}", error=e)
-            finally:
-                conn.close()  # adoptStreamConnection took a duplicate (or refused it)
+                conn.close()
+
+    def _take(self, conn: socket.socket, addr: tuple) -> None:
+        """Hand an accepted socket to the factory's protocol as a TCP transport."""
+        kind = IPv6Address if self.family == socket.AF_INET6 else IPv4Address
+        proto = self.factory.buildProtocol(kind("TCP", *addr))
+        if proto is None:
+            conn.close()
+            return
+        transport = tcp.Server(conn, proto, addr, None, addr[1], self.reactor)
+        transport.repstr = f"<{proto.__class__.__name__} #{addr[1]} on {self.number}>"
+        proto.makeConnection(transport)
 
     def connectionLost(self, reason: Failure) -> None:
         self.close()

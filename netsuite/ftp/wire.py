@@ -182,6 +182,8 @@ def ipv4_of(host: str) -> str | None:
 
 def same_host(a: str, b: str) -> bool:
     """Whether two address strings name the same host (IPv4-mapped counts as IPv4)."""
+    if a == b:
+        return True  # the common case (every passive data connection): no parsing
     try:
         x = ipaddress.ip_address(a.split("%", 1)[0])
         y = ipaddress.ip_address(b.split("%", 1)[0])
