@@ -884,6 +884,8 @@ class FTPServer(protocol.Protocol, CommandDeadline):
             self.reply(451, "Requested action aborted: local error in processing.")
 
     def _log_transfer(self, t: Transfer, path: str, nbytes: int) -> None:
+        if not self.config.transfer_log:
+            return
         log.info("{verb} {path} {bytes} bytes: user={user} address={address} tls={tls}",
                  verb=t.verb, path=path, bytes=nbytes,
                  user="anonymous" if self.anonymous else self.user, address=self.peer_host,
