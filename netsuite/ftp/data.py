@@ -180,10 +180,11 @@ class DataConnection(protocol.Protocol):
         self.tls_max_version = tls_max_version
         self.require_reuse = require_reuse
         self.idle_timeout = idle_timeout
-        #: Fires once TCP is connected (before any TLS handshake).
-        self.made: defer.Deferred | None = defer.Deferred()
+        #: Fires once TCP is connected (before any TLS handshake), if someone
+        #: set it (L{ActiveChannel}; a passive channel waits for L{on_ready}).
+        self.made: defer.Deferred | None = None
         self._ready_result: Any = None
-        self._ready_waiters: list[defer.Deferred] = []
+        self._ready_waiters: list[Callable[[Any], None]] = []
         #: Why the connection went away, once it has.
         self.close_reason: Failure | None = None
         self._close_waiters: list[defer.Deferred] = []
@@ -259,10 +260,15 @@ class DataConnection(protocol.Protocol):
         # would log its failure as unhandled (a refused active-mode connection did).
         waiters, self._ready_waiters = self._ready_waiters, []
         for w in waiters:
-            if isinstance(result, Failure):
-                w.errback(result)
-            else:
-                w.callback(result)
+            w(result)
+
+    def on_ready(self, f: Callable[[Any], None]) -> None:
+        """Call C{f} with this connection (or a Failure) once it can carry data."""
+        result = self._ready_result
+        if result is not None:
+            f(result)
+        else:
+            self._ready_waiters.append(f)
 
     def when_ready(self) -> defer.Deferred:
         """Fires with this connection once it can carry data (TLS handshake done)."""
@@ -270,7 +276,8 @@ class DataConnection(protocol.Protocol):
         if result is not None:
             return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
         d: defer.Deferred[Any] = defer.Deferred()
-        self._ready_waiters.append(d)
+        self._ready_waiters.append(
+            lambda r: d.errback(r) if isinstance(r, Failure) else d.callback(r))
         return d
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -501,10 +508,10 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         proto = self._make()
         self._accepted = proto
         self._stop_listening()
-        proto.when_ready().addBoth(self._deliver)
+        proto.on_ready(self._deliver)
         return _wrap(proto, self.tls_options, addr)
 
-    def _deliver(self, result):
+    def _deliver(self, result) -> None:
         """The accepted connection is ready (or failed): hand it over, or keep it."""
         d, self._waiting = self._waiting, None
         if d is None:
@@ -585,8 +592,11 @@ class _PassivePort:
         self.factory = factory
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self.family = family
-        addr = socket.getaddrinfo(interface, number, family, socket.SOCK_STREAM, 0,
-                                  socket.AI_NUMERICHOST)[0][4]
+        if family == socket.AF_INET:
+            addr: Any = (interface, number)
+        else:  # a scope (fe80::1%eth0) needs the resolver's parsing
+            addr = socket.getaddrinfo(interface, number, family, socket.SOCK_STREAM, 0,
+                                      socket.AI_NUMERICHOST)[0][4]
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK |
                              socket.SOCK_CLOEXEC)
         try:
@@ -722,6 +732,7 @@ class ActiveChannel(DataChannel, protocol.ClientFactory):
         # The client may wait for 150 before its TLS handshake (ftplib does):
         # hand the connection over once TCP is up; the transfer then waits for
         # when_ready().
+        proto.made = defer.Deferred()
         proto.made.addBoth(self._deliver)
         return _wrap(proto, self.tls_options, addr)
 

@@ -125,7 +125,7 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         # CommandDeadline's clock (the reactor, or a test's Clock).
         self.callLater = factory.reactor.callLater
         #: Every deadline of the session: idle, passive accept, data idle (netsuite.ftp.timer).
-        self.timer = SessionTimer(factory.reactor)
+        self.timer = SessionTimer(factory.reactor, horizon=self.config.connect_timeout)
         limits = getattr(factory.ctx.config, "limits", None)
         # max_line_length counts the CR before the LF, as LineReceiver did.
         self._framer = LineFramer(self.config.max_line_length - 1,
@@ -833,9 +833,12 @@ class FTPServer(protocol.Protocol, CommandDeadline):
 
     # -- transfers -------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
     def _open_data(self, t: Transfer, message: str):
-        """The data connection for C{t}, with the 150 reply at the right moment."""
+        """
+        The data connection for C{t}, with the 150 reply at the right moment.
+        A plain generator, run inside the transfer's own C{inlineCallbacks}
+        (C{conn = yield from ...}): no second coroutine and Deferred per transfer.
+        """
         passive = isinstance(t.channel, PassiveChannel)
         if passive:
             self.reply(150, message)
@@ -914,7 +917,7 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         t.counter = lambda: getattr(file, "sent", 0)
         try:
             size = f" ({file.size} bytes)" if getattr(file, "size", None) is not None else ""
-            conn = yield self._open_data(
+            conn = yield from self._open_data(
                 t, f"Opening {self._mode_name()} mode data connection for {name}{size}.")
             consumer = conn if self.binary else _ASCIIConsumer(conn)
             yield file.send(consumer)
@@ -960,7 +963,7 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         done = False
         try:
             message = f"FILE: {name}" if unique else "Ok to send data."
-            conn = yield self._open_data(t, message)
+            conn = yield from self._open_data(t, message)
             convert = None if self.binary else wire.FromNetASCII()
             if convert is None:
                 conn.receive_into(upload.write)
@@ -1021,7 +1024,7 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         t = self._start(verb, verb, channel)
         t.size = len(body)
         try:
-            conn = yield self._open_data(t, "Here comes the directory listing.")
+            conn = yield from self._open_data(t, "Here comes the directory listing.")
             conn.write(body)
             t.bytes = len(body)
             conn.finish()

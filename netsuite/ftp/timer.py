@@ -21,8 +21,12 @@ from typing import Any, Hashable
 class SessionTimer:
     """Named deadlines (C{key}: seconds from now, then C{expired()}) on C{reactor}'s clock."""
 
-    def __init__(self, reactor: Any):
+    def __init__(self, reactor: Any, horizon: float | None = None):
         self.reactor = reactor
+        #: The call is never armed further ahead than this: a deadline set
+        #: within it (a passive port's, after the idle one) then needs no
+        #: move of the call in the reactor's heap.
+        self.horizon = horizon
         self._due: dict[Hashable, tuple[float, Callable[[], None]]] = {}
         self._call: Any = None
         self._stopped = False
@@ -35,7 +39,7 @@ class SessionTimer:
         self._due[key] = (when, expired)
         call = self._call
         if call is None:
-            self._call = self.reactor.callLater(seconds, self._fire)
+            self._call = self.reactor.callLater(self._ahead(seconds), self._fire)
         elif call.getTime() > when:
             call.reset(seconds)
 
@@ -69,4 +73,8 @@ class SessionTimer:
                 entry[1]()
         if self._due and self._call is None and not self._stopped:
             earliest = min(when for when, _ in self._due.values())
-            self._call = self.reactor.callLater(max(0.0, earliest - now), self._fire)
+            self._call = self.reactor.callLater(self._ahead(max(0.0, earliest - now)),
+                                                self._fire)
+
+    def _ahead(self, seconds: float) -> float:
+        return seconds if self.horizon is None else min(seconds, self.horizon)
