@@ -187,8 +187,7 @@ class DataConnection(protocol.Protocol):
         self._ready_waiters: list[Callable[[Any], None]] = []
         #: Why the connection went away, once it has.
         self.close_reason: Failure | None = None
-        self._close_waiters: list[defer.Deferred] = []
-        self.peer: IAddress | None = None
+        self._close_waiters: list[Callable[[], None]] = []
         self._sink: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []
         self._early_size = 0
@@ -201,11 +200,12 @@ class DataConnection(protocol.Protocol):
 
     # -- life cycle ------------------------------------------------------------
 
+    @property
+    def peer(self) -> IAddress | None:
+        """The client's address (for log lines only: not asked for every transfer)."""
+        return self.transport.getPeer() if self.transport is not None else None
+
     def connectionMade(self) -> None:
-        self.peer = self.transport.getPeer()
-        handle = self.transport.getHandle()
-        if hasattr(handle, "setsockopt"):
-            _set_read_size(self.transport)
         self.timer.set(self, self.idle_timeout, self.timeoutConnection)
         if self.tls:
             cap_tls_version(self.transport, self.tls_max_version)
@@ -290,14 +290,21 @@ class DataConnection(protocol.Protocol):
         self.close_reason = reason
         waiters, self._close_waiters = self._close_waiters, []
         for w in waiters:
-            w.callback(None)
+            w()
+
+    def on_closed(self, f: Callable[[], None]) -> None:
+        """Call C{f()} once the connection is gone (at once if it is); see C{close_reason}."""
+        if self.close_reason is not None:
+            f()
+        else:
+            self._close_waiters.append(f)
 
     def when_closed(self) -> defer.Deferred:
         """Fires (with None) once the connection is gone; see C{close_reason}."""
         if self.close_reason is not None:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._close_waiters.append(d)
+        self._close_waiters.append(lambda: d.callback(None))
         return d
 
     def timeoutConnection(self) -> None:
@@ -336,6 +343,7 @@ class DataConnection(protocol.Protocol):
 
     def receive_into(self, sink: Callable[[bytes], None]) -> None:
         """Start handing received bytes to C{sink}, early ones first."""
+        _set_read_size(self.transport)  # an upload: bigger reads (downloads read nothing)
         self._sink = sink
         early, self._early = self._early, []
         for chunk in early:

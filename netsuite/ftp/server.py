@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred import credentials
@@ -833,24 +834,102 @@ class FTPServer(protocol.Protocol, CommandDeadline):
 
     # -- transfers -------------------------------------------------------------------------
 
-    def _open_data(self, t: Transfer, message: str):
+    def _connect_data(self, t: Transfer, message: str, then: Callable[[DataConnection], None],
+                      failed: Callable[[Failure], None]) -> None:
         """
-        The data connection for C{t}, with the 150 reply at the right moment.
-        A plain generator, run inside the transfer's own C{inlineCallbacks}
-        (C{conn = yield from ...}): no second coroutine and Deferred per transfer.
+        The data connection for C{t}, with the 150 reply at the right moment:
+        C{then(conn)} once it can carry data, or C{failed(failure)}.
         """
         passive = isinstance(t.channel, PassiveChannel)
         if passive:
             self.reply(150, message)
-        conn = yield t.channel.connect(self._make_data_connection)
-        if t.aborted:
-            conn.abort()
-            raise _Aborted()
-        t.conn = conn
-        if not passive:
-            self.reply(150, message)
-            yield conn.when_ready()
+
+        def connected(conn: DataConnection) -> None:
+            if t.aborted:
+                conn.abort()
+                failed(Failure(_Aborted()))
+                return
+            t.conn = conn
+            if passive:
+                then(conn)
+            else:
+                self.reply(150, message)
+                conn.on_ready(lambda r: failed(r) if isinstance(r, Failure) else then(conn))
+
+        t.channel.connect(self._make_data_connection).addCallbacks(connected, failed)
+
+    def _open_data(self, t: Transfer, message: str):
+        """L{_connect_data} for a coroutine: C{conn = yield from self._open_data(...)}."""
+        d: defer.Deferred[DataConnection] = defer.Deferred()
+        self._connect_data(t, message, d.callback, d.errback)
+        conn = yield d
         return conn
+
+    def _download(self, t: Transfer, message: str,
+                  send: Callable[[DataConnection], defer.Deferred | None],
+                  complete: Callable[[], None],
+                  cleanup: Callable[[], None] | None = None) -> defer.Deferred:
+        """
+        The server-to-client side of a transfer (RETR, LIST, NLST, MLSD): the
+        data connection and its 150, C{send(conn)} (a Deferred, or None when it
+        wrote everything at once), the close, then C{complete()} (226 and the
+        log line); on any failure C{cleanup()}, the connection cut and the
+        error reply.  Returns what the command waits on: a Deferred that fires
+        once the final reply went out.  Plain callbacks rather than a
+        coroutine, as this runs for every download: for small files a
+        coroutine's bookkeeping was the largest part of the server's time.
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def end() -> None:
+            self._end(t)
+            done.callback(None)
+
+        def failed(failure: Failure) -> None:
+            if done.called:
+                return
+            try:
+                if cleanup is not None:
+                    cleanup()
+                if t.conn is not None:
+                    t.conn.abort()
+                self._transfer_failed(t, failure)
+            finally:
+                end()
+
+        def guarded(step):
+            def run(*args) -> None:
+                try:
+                    step(*args)
+                except Exception:
+                    failed(Failure())
+            return run
+
+        @guarded
+        def closed() -> None:
+            if t.aborted:
+                raise _Aborted()
+            complete()
+            end()
+
+        @guarded
+        def sent(conn: DataConnection) -> None:
+            conn.finish()
+            conn.on_closed(closed)
+
+        @guarded
+        def opened(conn: DataConnection) -> None:
+            d = send(conn)
+            if d is None:
+                sent(conn)
+            else:
+                d.addCallbacks(lambda _: sent(conn), failed)
+
+        try:
+            self._connect_data(t, message, opened, failed)
+        except Exception:
+            failed(Failure())
+        return done
 
     def _start(self, verb: str, name: str, channel: DataChannel) -> Transfer:
         self.transfer = Transfer(verb, name, channel)
@@ -909,32 +988,23 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         channel.close()
         return failure
 
-    @defer.inlineCallbacks
-    def _retrieve(self, file, channel: DataChannel, segments: list[str]):
+    def _retrieve(self, file, channel: DataChannel, segments: list[str]) -> defer.Deferred:
         name = segments[-1] if segments else "/"
         t = self._start("RETR", name, channel)
         t.size = getattr(file, "size", None)
         t.counter = lambda: getattr(file, "sent", 0)
-        try:
-            size = f" ({file.size} bytes)" if getattr(file, "size", None) is not None else ""
-            conn = yield from self._open_data(
-                t, f"Opening {self._mode_name()} mode data connection for {name}{size}.")
-            consumer = conn if self.binary else _ASCIIConsumer(conn)
-            yield file.send(consumer)
-            conn.finish()
-            yield conn.when_closed()
-            if t.aborted:
-                raise _Aborted()
+        size = f" ({t.size} bytes)" if t.size is not None else ""
+
+        def send(conn: DataConnection) -> defer.Deferred:
+            return file.send(conn if self.binary else _ASCIIConsumer(conn))
+
+        def complete() -> None:
             self.reply(226, "Transfer complete.")
             self._log_transfer(t, self._display(segments), file.sent)
-        except Exception:
-            if hasattr(file, "close"):
-                file.close()
-            if t.conn is not None:
-                t.conn.abort()
-            self._transfer_failed(t, Failure())
-        finally:
-            self._end(t)
+
+        return self._download(
+            t, f"Opening {self._mode_name()} mode data connection for {name}{size}.",
+            send, complete, getattr(file, "close", None))
 
     def ftp_STOR(self, arg: str):
         return self._store(arg, append=False)
@@ -1019,25 +1089,16 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         return d.addCallback(lambda entries: self._send_listing(
             verb, channel, render(entries, segments)))
 
-    @defer.inlineCallbacks
-    def _send_listing(self, verb: str, channel: DataChannel, body: bytes):
+    def _send_listing(self, verb: str, channel: DataChannel, body: bytes) -> defer.Deferred:
         t = self._start(verb, verb, channel)
         t.size = len(body)
-        try:
-            conn = yield from self._open_data(t, "Here comes the directory listing.")
-            conn.write(body)
+
+        def send(conn: DataConnection) -> None:
+            conn.write(body)  # the whole listing at once
             t.bytes = len(body)
-            conn.finish()
-            yield conn.when_closed()
-            if t.aborted:
-                raise _Aborted()
-            self.reply(226, "Directory send OK.")
-        except Exception:
-            if t.conn is not None:
-                t.conn.abort()
-            self._transfer_failed(t, Failure())
-        finally:
-            self._end(t)
+
+        return self._download(t, "Here comes the directory listing.", send,
+                              lambda: self.reply(226, "Directory send OK."))
 
     @staticmethod
     def _lines(lines) -> bytes:

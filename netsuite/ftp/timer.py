@@ -23,6 +23,7 @@ class SessionTimer:
 
     def __init__(self, reactor: Any, horizon: float | None = None):
         self.reactor = reactor
+        self._seconds = reactor.seconds
         #: The call is never armed further ahead than this: a deadline set
         #: within it (a passive port's, after the idle one) then needs no
         #: move of the call in the reactor's heap.
@@ -35,7 +36,7 @@ class SessionTimer:
         """Call C{expired()} in C{seconds} unless L{touch}ed or L{clear}ed first."""
         if self._stopped:
             return
-        when = self.reactor.seconds() + seconds
+        when = self._seconds() + seconds
         self._due[key] = (when, expired)
         call = self._call
         if call is None:
@@ -47,7 +48,7 @@ class SessionTimer:
         """Activity: C{key}'s deadline is C{seconds} from now again (if it is set)."""
         entry = self._due.get(key)
         if entry is not None:
-            self._due[key] = (self.reactor.seconds() + seconds, entry[1])
+            self._due[key] = (self._seconds() + seconds, entry[1])
 
     def clear(self, key: Hashable) -> None:
         self._due.pop(key, None)
@@ -65,7 +66,7 @@ class SessionTimer:
 
     def _fire(self) -> None:
         self._call = None
-        now = self.reactor.seconds()
+        now = self._seconds()
         for key in [k for k, (when, _) in self._due.items() if when <= now]:
             entry = self._due.get(key)
             if entry is not None and entry[0] <= now:  # an earlier one's expiry may change it
