@@ -162,10 +162,11 @@ def session_reused(tls_transport) -> bool:
 @implementer(IHandshakeListener)
 class DataConnection(protocol.Protocol):
     """
-    One data connection.  C{ready} fires once it can carry a transfer (after
-    the TLS handshake, when there is one); C{when_closed()} fires when it goes
-    away, C{close_reason} says why.  Bytes that arrive before a consumer is attached are held
-    and the socket is paused, so an eager client loses nothing.
+    One data connection.  C{on_ready(f)} hears once it can carry a transfer
+    (after the TLS handshake, when there is one); C{on_closed(f)} (or
+    C{when_closed()}, a Deferred) when it goes away, C{close_reason} says why.
+    Bytes that arrive before a consumer is attached are held and the socket
+    is paused, so an eager client loses nothing.
     """
 
     # A tcp.Server/Client, or (PROT P) a DataTLSProtocol over one: getHandle,
@@ -256,7 +257,7 @@ class DataConnection(protocol.Protocol):
         if self._ready_result is not None:
             return
         self._ready_result = result
-        # Only those who asked (when_ready) hear it: a Deferred nobody waits on
+        # Only those who asked (on_ready) hear it: a Deferred nobody waits on
         # would log its failure as unhandled (a refused active-mode connection did).
         waiters, self._ready_waiters = self._ready_waiters, []
         for w in waiters:
@@ -269,16 +270,6 @@ class DataConnection(protocol.Protocol):
             f(result)
         else:
             self._ready_waiters.append(f)
-
-    def when_ready(self) -> defer.Deferred:
-        """Fires with this connection once it can carry data (TLS handshake done)."""
-        result = self._ready_result
-        if result is not None:
-            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
-        d: defer.Deferred[Any] = defer.Deferred()
-        self._ready_waiters.append(
-            lambda r: d.errback(r) if isinstance(r, Failure) else d.callback(r))
-        return d
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.timer.clear(self)
@@ -579,9 +570,10 @@ class _PassivePort:
     C{tcp.Port.doRead} and C{adoptStreamConnection} build it, from the socket
     and address C{accept} gave: C{adoptStreamConnection} would duplicate the
     descriptor and ask the kernel both addresses again, for every transfer);
-    C{factory.buildProtocol} decides (the peer check), as with a Port.  C{SO_REUSEADDR} only for a configured range,
-    whose ports may still have TIME_WAIT connections; for an ephemeral port it
-    only makes the kernel's search for one slower.
+    C{factory.buildProtocol} decides (the peer check), as with a Port.
+    C{SO_REUSEADDR} only for a configured range, whose ports may still have
+    TIME_WAIT connections; for an ephemeral port it only makes the kernel's
+    search for one slower.
 
     An ephemeral port (no range configured) is kept by its session between
     transfers (L{keep}): not read while no passive channel uses it, listened

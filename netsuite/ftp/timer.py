@@ -14,8 +14,8 @@ finds nothing due).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 
 class SessionTimer:
