@@ -677,7 +677,9 @@ class _PassivePort:
         if proto is None:
             conn.close()
             return
-        transport = tcp.Server(conn, proto, addr, None, addr[1], self.reactor)
+        # No Port behind it (as in Server._fromConnectedSocket, which passes None too).
+        transport = tcp.Server(conn, proto, addr, None,  # type: ignore[arg-type]
+                               addr[1], self.reactor)
         transport.repstr = f"<{proto.__class__.__name__} #{addr[1]} on {self.number}>"
         proto.makeConnection(transport)
 
