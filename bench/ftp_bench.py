@@ -97,7 +97,9 @@ class Netsuite:
         self.daemon = Daemon(work / "netsuite", config={
             "ftp": {"require_tls": False, "anonymous_root": f"ftp/{USER}",
                     "anonymous_upload_dir": "upload", "max_connections": 2000,
-                    "max_connections_per_address": 2000, "fsync_uploads": False},
+                    "max_connections_per_address": 2000, "fsync_uploads": False,
+                    # Neither peer logs transfers (xferlog_enable=NO, logging at ERROR).
+                    "transfer_log": False},
             "throttle": {"lock_after": 100000},
         }, listeners=["ftp"])
         self.daemon.add_user(USER, PASSWORD)

@@ -27,6 +27,8 @@ What is shared between workers, and how (never one process's memory):
     (L{netsuite.pop3.mailbox});
   - the failed-login throttle is an SQLite file, C{run/throttle.db}
     (L{netsuite.auth.shared_throttle}), emptied when the parent starts;
+    the queue's per-user hourly sending counts live there too
+    (L{netsuite.queue.sendlog});
   - IMAP IDLE sees other workers' deliveries through the store's folder
     polling, whose interval is capped at L{POLL_INTERVAL} in a worker.
 Connection caps (C{max_connections}...) are per worker, and each worker writes
@@ -66,6 +68,7 @@ from netsuite import protocols
 from netsuite.auth.shared_throttle import SharedLoginThrottle
 from netsuite.config import Config
 from netsuite.queue.runner import QueueRunner
+from netsuite.queue.sendlog import SharedSendLog
 from netsuite.service import build, with_backlog
 
 log = Logger(namespace="netsuite.workers")
@@ -133,6 +136,9 @@ class WorkerRole:
 
     def throttle(self, config: Config):
         return SharedLoginThrottle(config.throttle, throttle_path(config))
+
+    def send_log(self, config: Config) -> SharedSendLog:
+        return SharedSendLog(throttle_path(config))
 
     def endpoint(self, ctx, name: str, i: int, description: str, implicit_tls: bool):
         """(endpoint, wrap in TLS?, TLS options) for listener C{name}'s C{i}th endpoint."""
@@ -241,16 +247,18 @@ def worker_main() -> int:
     if store_cfg is not None and getattr(store_cfg, "poll_interval", 0) > POLL_INTERVAL:
         store_cfg.poll_interval = POLL_INTERVAL
     top = build(spec.config, reactor, worker=role)
-    if spec.index != 0:
-        try:
-            runner = top.getServiceNamed("queue")
-        except KeyError:
-            runner = None
-        if runner is not None:
-            runner.disownServiceParent()
-            replacement = _submit_only_runner(runner)
-            replacement.setServiceParent(top)
-            runner.realm.set_relay(replacement)
+    try:
+        runner = top.getServiceNamed("queue")
+    except KeyError:
+        runner = None
+    if runner is not None and spec.index != 0:
+        runner.disownServiceParent()
+        replacement = _submit_only_runner(runner)
+        replacement.setServiceParent(top)
+        runner.realm.set_relay(replacement)
+        runner = replacement
+    if runner is not None:
+        runner.sends = role.send_log(spec.config)
 
     failed: list[bool] = []
 

@@ -814,3 +814,34 @@ def test_total_connection_limit(make_daemon):
     b.close()
     assert a.cmd("NOOP").startswith("200")
     a.close()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_transfer_log_switch(make_daemon, enabled):
+    """C{transfer_log} (vsftpd's xferlog_enable): a line per finished transfer, or none."""
+    d = make_daemon(config={"ftp": {"require_tls": False, "transfer_log": enabled}},
+                    listeners=["ftp"], users={"alice": "pw"})
+    f = connect(FTP, d.port("ftp"), "alice", "pw")
+    store(f, "logged.bin", b"hello")
+    assert fetch(f, "logged.bin") == b"hello"
+    # A refused PORT logs a warning after the transfers: once it is in the file,
+    # so would their lines be.
+    with pytest.raises(ftplib.error_perm):
+        f.sendcmd("PORT 127,0,0,1,0,21")
+    f.quit()
+    assert d.wait_for(lambda: "refused active data connection" in d.log())
+    log = d.log()
+    assert ("RETR /logged.bin 5 bytes: user=alice" in log) is enabled
+    assert ("STOR /logged.bin 5 bytes: user=alice" in log) is enabled
+
+
+def test_retr_sizes_around_one_chunk(daemon, alice):
+    """Files up to one chunk go out in one write, longer ones streamed: both byte-exact."""
+    from netsuite.ftp.shell import CHUNK
+
+    for size in (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7):
+        data = os.urandom(size)
+        (root(daemon) / f"s{size}.bin").write_bytes(data)
+        assert sha(fetch(alice, f"s{size}.bin")) == sha(data), size
+        if size > 10:
+            assert fetch(alice, f"s{size}.bin", rest=size - 10) == data[-10:], size

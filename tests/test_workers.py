@@ -344,6 +344,38 @@ def test_queue_sends_each_message_once(make_daemon):
         remote.stop()
 
 
+def test_hourly_sending_limit_is_shared(make_daemon):
+    """C{messages_per_hour} counts a user's messages on every worker, not per worker."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens: the messages wait in the queue, which is fine here
+    d = start(make_daemon, {"queue": {"messages_per_hour": 2,
+                                      "routes": {"remote.test": f"127.0.0.1:{port}"}}},
+              listeners=["submission"])
+    pids = list(workers_of(d).values())
+
+    def send(pid: int, subject: str) -> None:
+        client, _ = connect_to(d, lambda: smtplib.SMTP("127.0.0.1", d.port("submission"),
+                                                       timeout=20),
+                               lambda c: c.sock, want_pid=pid)
+        try:
+            client.login("alice", "alice-pw")
+            client.sendmail("alice@example.test", ["carol@remote.test"], mail(subject))
+        finally:
+            client.close()
+
+    # Both allowed messages on the first worker ...
+    send(pids[0], "one")
+    send(pids[0], "two")
+    # ... and the third is refused on the other one as well as on the first.
+    for pid in (pids[1], pids[0]):
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            send(pid, "three")
+        assert e.value.smtp_code == 450 and e.value.smtp_error.startswith(b"4.7.1")
+    assert d.wait_for(lambda: d.log().count("rate limit: user=alice") == 2)
+
+
 def test_deferred_message_is_sent_once_when_the_queue_worker_restarts(make_daemon):
     """A message accepted by worker 1 and deferred (451) is retried by one worker only,
     also after worker 0 (which runs the queue) is killed and recovers the spool."""

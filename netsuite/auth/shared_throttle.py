@@ -8,7 +8,8 @@ update a few microseconds of local I/O (the state need not survive a power
 cut; the parent removes the file at start-up, as a restart clears the
 in-memory throttle).  Times are C{time.monotonic()}, one clock for every
 process on the host.  If the file cannot be used, the throttle falls back
-to this process's memory and says so once.
+to this process's memory and says so once.  The queue's per-user hourly
+sending counts (L{netsuite.queue.sendlog}) live in the same file.
 """
 
 from __future__ import annotations
@@ -30,12 +31,24 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, t REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS failures_key ON failures (key);
 CREATE TABLE IF NOT EXISTS locks (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (user TEXT NOT NULL, t REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_user ON sent (user, t);
 """
 
 
+def connect(path: Path) -> sqlite3.Connection:
+    """The shared file, opened and its tables made (also by L{netsuite.queue.sendlog})."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None,
+                         check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    db.executescript(_SCHEMA)
+    return db
+
 
 @contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
     """One write transaction, taken at once (IMMEDIATE: no upgrade deadlock between workers)."""
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -62,13 +75,7 @@ class SharedLoginThrottle(LoginThrottle):
     def _conn(self) -> sqlite3.Connection | None:
         if self._db is None and not self._broken:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None,
-                                     check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=OFF")
-                db.executescript(_SCHEMA)
-                self._db = db
+                self._db = connect(self.path)
             except sqlite3.Error:
                 self._give_up()
         return self._db
@@ -100,7 +107,7 @@ class SharedLoginThrottle(LoginThrottle):
         horizon = now - self.config.window
         worst = 0
         try:
-            with _transaction(db):
+            with transaction(db):
                 for key in keys:
                     db.execute("DELETE FROM failures WHERE key = ? AND t <= ?", (key, horizon))
                     db.execute("INSERT INTO failures (key, t) VALUES (?, ?)", (key, now))
@@ -128,7 +135,7 @@ class SharedLoginThrottle(LoginThrottle):
             return super().succeed(*keys)
         now = self.clock()
         try:
-            with _transaction(db):
+            with transaction(db):
                 for key in keys:
                     if db.execute("SELECT 1 FROM locks WHERE key = ? AND until > ?",
                                   (key, now)).fetchone() is None:

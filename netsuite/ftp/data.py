@@ -22,14 +22,15 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IReadDescriptor
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netsuite.ftp.timer import SessionTimer
 from netsuite.ftp.wire import same_host
 
 log = Logger(namespace="netsuite.ftp")
@@ -38,6 +39,11 @@ log = Logger(namespace="netsuite.ftp")
 READ_SIZE = 256 * 1024
 #: Bytes buffered from an early upload before reading pauses.
 EARLY_LIMIT = 256 * 1024
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+    return reactor
 
 
 class DataChannelError(Exception):
@@ -154,12 +160,13 @@ def session_reused(tls_transport) -> bool:
 
 
 @implementer(IHandshakeListener)
-class DataConnection(protocol.Protocol, TimeoutMixin):
+class DataConnection(protocol.Protocol):
     """
-    One data connection.  C{ready} fires once it can carry a transfer (after
-    the TLS handshake, when there is one); C{when_closed()} fires when it goes
-    away, C{close_reason} says why.  Bytes that arrive before a consumer is attached are held
-    and the socket is paused, so an eager client loses nothing.
+    One data connection.  C{on_ready(f)} hears once it can carry a transfer
+    (after the TLS handshake, when there is one); C{on_closed(f)} (or
+    C{when_closed()}, a Deferred) when it goes away, C{close_reason} says why.
+    Bytes that arrive before a consumer is attached are held and the socket
+    is paused, so an eager client loses nothing.
     """
 
     # A tcp.Server/Client, or (PROT P) a DataTLSProtocol over one: getHandle,
@@ -167,19 +174,21 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
     transport: Any
 
     def __init__(self, tls: bool, require_reuse: bool, idle_timeout: float,
-                 tls_max_version: str = "1.3"):
+                 tls_max_version: str = "1.3", timer: SessionTimer | None = None):
+        #: The session's deadlines (L{netsuite.ftp.timer}): the idle timeout is one of them.
+        self.timer = timer if timer is not None else SessionTimer(_global_reactor())
         self.tls = tls
         self.tls_max_version = tls_max_version
         self.require_reuse = require_reuse
         self.idle_timeout = idle_timeout
-        #: Fires once TCP is connected (before any TLS handshake).
-        self.made: defer.Deferred | None = defer.Deferred()
+        #: Fires once TCP is connected (before any TLS handshake), if someone
+        #: set it (L{ActiveChannel}; a passive channel waits for L{on_ready}).
+        self.made: defer.Deferred | None = None
         self._ready_result: Any = None
-        self._ready_waiters: list[defer.Deferred] = []
+        self._ready_waiters: list[Callable[[Any], None]] = []
         #: Why the connection went away, once it has.
         self.close_reason: Failure | None = None
-        self._close_waiters: list[defer.Deferred] = []
-        self.peer: IAddress | None = None
+        self._close_waiters: list[Callable[[], None]] = []
         self._sink: Callable[[bytes], None] | None = None
         self._early: list[bytes] = []
         self._early_size = 0
@@ -192,12 +201,13 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     # -- life cycle ------------------------------------------------------------
 
+    @property
+    def peer(self) -> IAddress | None:
+        """The client's address (for log lines only: not asked for every transfer)."""
+        return self.transport.getPeer() if self.transport is not None else None
+
     def connectionMade(self) -> None:
-        self.peer = self.transport.getPeer()
-        handle = self.transport.getHandle()
-        if hasattr(handle, "setsockopt"):
-            _set_read_size(self.transport)
-        self.setTimeout(self.idle_timeout)
+        self.timer.set(self, self.idle_timeout, self.timeoutConnection)
         if self.tls:
             cap_tls_version(self.transport, self.tls_max_version)
         made, self.made = self.made, None
@@ -247,26 +257,22 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         if self._ready_result is not None:
             return
         self._ready_result = result
-        # Only those who asked (when_ready) hear it: a Deferred nobody waits on
+        # Only those who asked (on_ready) hear it: a Deferred nobody waits on
         # would log its failure as unhandled (a refused active-mode connection did).
         waiters, self._ready_waiters = self._ready_waiters, []
         for w in waiters:
-            if isinstance(result, Failure):
-                w.errback(result)
-            else:
-                w.callback(result)
+            w(result)
 
-    def when_ready(self) -> defer.Deferred:
-        """Fires with this connection once it can carry data (TLS handshake done)."""
+    def on_ready(self, f: Callable[[Any], None]) -> None:
+        """Call C{f} with this connection (or a Failure) once it can carry data."""
         result = self._ready_result
         if result is not None:
-            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
-        d: defer.Deferred[Any] = defer.Deferred()
-        self._ready_waiters.append(d)
-        return d
+            f(result)
+        else:
+            self._ready_waiters.append(f)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.setTimeout(None)
+        self.timer.clear(self)
         made, self.made = self.made, None
         if made is not None:
             made.errback(DataChannelError(425, "Can't open data connection."))
@@ -275,14 +281,21 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self.close_reason = reason
         waiters, self._close_waiters = self._close_waiters, []
         for w in waiters:
-            w.callback(None)
+            w()
+
+    def on_closed(self, f: Callable[[], None]) -> None:
+        """Call C{f()} once the connection is gone (at once if it is); see C{close_reason}."""
+        if self.close_reason is not None:
+            f()
+        else:
+            self._close_waiters.append(f)
 
     def when_closed(self) -> defer.Deferred:
         """Fires (with None) once the connection is gone; see C{close_reason}."""
         if self.close_reason is not None:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._close_waiters.append(d)
+        self._close_waiters.append(lambda: d.callback(None))
         return d
 
     def timeoutConnection(self) -> None:
@@ -291,6 +304,10 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
         self.abort()
 
     # -- receiving (uploads) ---------------------------------------------------------
+
+    def resetTimeout(self) -> None:
+        """Activity: the idle timeout starts again."""
+        self.timer.touch(self, self.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -317,6 +334,7 @@ class DataConnection(protocol.Protocol, TimeoutMixin):
 
     def receive_into(self, sink: Callable[[bytes], None]) -> None:
         """Start handing received bytes to C{sink}, early ones first."""
+        _set_read_size(self.transport)  # an upload: bigger reads (downloads read nothing)
         self._sink = sink
         early, self._early = self._early, []
         for chunk in early:
@@ -426,8 +444,11 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
 
     noisy = False
 
-    def __init__(self, reactor: Any, peer_host: str, tls_options, timeout: float):
+    def __init__(self, reactor: Any, peer_host: str, tls_options, timeout: float,
+                 timer: SessionTimer | None = None):
         self.reactor = reactor
+        #: The session's deadlines: the wait for the client to connect is one of them.
+        self.timer = timer if timer is not None else SessionTimer(reactor)
         self.peer_host = peer_host
         self.tls_options = tls_options
         self.timeout = timeout
@@ -438,7 +459,6 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         self._make: Callable[[], DataConnection] | None = None
         self._waiting: defer.Deferred | None = None
         self._accepted: DataConnection | None = None
-        self._timer = None
         self._closed = False
         self._result: DataConnection | Failure | None = None
 
@@ -451,7 +471,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         """
         if not low and reuse is not None and reuse.resume(self, interface):
             self.port = reuse
-            self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+            self.timer.set(self, self.timeout, self._timed_out)
             self.number = reuse.number
             return self.number
         if not low:
@@ -469,7 +489,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
                 last = e
         else:
             raise DataChannelError(425, f"Can't open passive connection: {last}")
-        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        self.timer.set(self, self.timeout, self._timed_out)
         self.number = self.port.number
         return self.number
 
@@ -487,10 +507,10 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         proto = self._make()
         self._accepted = proto
         self._stop_listening()
-        proto.when_ready().addBoth(self._deliver)
+        proto.on_ready(self._deliver)
         return _wrap(proto, self.tls_options, addr)
 
-    def _deliver(self, result):
+    def _deliver(self, result) -> None:
         """The accepted connection is ready (or failed): hand it over, or keep it."""
         d, self._waiting = self._waiting, None
         if d is None:
@@ -513,7 +533,6 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
         return self._waiting
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self._accepted is None:
             self._stop_listening()
             self._closed = True
@@ -522,9 +541,7 @@ class PassiveChannel(DataChannel, protocol.ServerFactory):
                 d.errback(DataChannelError(425, "Failed to establish connection."))
 
     def _stop_listening(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.timer.clear(self)
         if self.port is not None:
             if self.port.keep:
                 self.port.pause()  # the session listens on it again at its next PASV/EPSV
@@ -549,11 +566,14 @@ class _PassivePort:
 
     Not C{reactor.listenTCP}: a C{tcp.Port} logs two lines (starting on,
     closed) and defers its close by one timer, for every transfer.  Accepted
-    connections become ordinary TCP transports through the public
-    C{adoptStreamConnection}; C{factory.buildProtocol} decides (the peer
-    check), as with a Port.  C{SO_REUSEADDR} only for a configured range,
-    whose ports may still have TIME_WAIT connections; for an ephemeral port it
-    only makes the kernel's search for one slower.
+    connections become ordinary TCP transports (C{tcp.Server}, built as
+    C{tcp.Port.doRead} and C{adoptStreamConnection} build it, from the socket
+    and address C{accept} gave: C{adoptStreamConnection} would duplicate the
+    descriptor and ask the kernel both addresses again, for every transfer);
+    C{factory.buildProtocol} decides (the peer check), as with a Port.
+    C{SO_REUSEADDR} only for a configured range, whose ports may still have
+    TIME_WAIT connections; for an ephemeral port it only makes the kernel's
+    search for one slower.
 
     An ephemeral port (no range configured) is kept by its session between
     transfers (L{keep}): not read while no passive channel uses it, listened
@@ -572,8 +592,11 @@ class _PassivePort:
         self.factory = factory
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self.family = family
-        addr = socket.getaddrinfo(interface, number, family, socket.SOCK_STREAM, 0,
-                                  socket.AI_NUMERICHOST)[0][4]
+        if family == socket.AF_INET:
+            addr: Any = (interface, number)
+        else:  # a scope (fe80::1%eth0) needs the resolver's parsing
+            addr = socket.getaddrinfo(interface, number, family, socket.SOCK_STREAM, 0,
+                                      socket.AI_NUMERICHOST)[0][4]
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK |
                              socket.SOCK_CLOEXEC)
         try:
@@ -632,7 +655,7 @@ class _PassivePort:
             if sock is None or not self._reading:
                 return  # closed, or paused by the channel that took its connection
             try:
-                conn, _addr = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -642,11 +665,23 @@ class _PassivePort:
                 return
             try:
                 conn.setblocking(False)
-                self.reactor.adoptStreamConnection(conn.fileno(), self.family, self.factory)
+                self._take(conn, addr)
             except OSError as e:
                 log.info("passive data connection lost before it was taken: {error}", error=e)
-            finally:
-                conn.close()  # adoptStreamConnection took a duplicate (or refused it)
+                conn.close()
+
+    def _take(self, conn: socket.socket, addr: tuple) -> None:
+        """Hand an accepted socket to the factory's protocol as a TCP transport."""
+        kind = IPv6Address if self.family == socket.AF_INET6 else IPv4Address
+        proto = self.factory.buildProtocol(kind("TCP", *addr))
+        if proto is None:
+            conn.close()
+            return
+        # No Port behind it (as in Server._fromConnectedSocket, which passes None too).
+        transport = tcp.Server(conn, proto, addr, None,  # type: ignore[arg-type]
+                               addr[1], self.reactor)
+        transport.repstr = f"<{proto.__class__.__name__} #{addr[1]} on {self.number}>"
+        proto.makeConnection(transport)
 
     def connectionLost(self, reason: Failure) -> None:
         self.close()
@@ -699,6 +734,7 @@ class ActiveChannel(DataChannel, protocol.ClientFactory):
         # The client may wait for 150 before its TLS handshake (ftplib does):
         # hand the connection over once TCP is up; the transfer then waits for
         # when_ready().
+        proto.made = defer.Deferred()
         proto.made.addBoth(self._deliver)
         return _wrap(proto, self.tls_options, addr)
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
-from twisted.protocols import ftp, policies
+from twisted.protocols import ftp
 from twisted.python.failure import Failure
 
 from netsuite.config import plaintext_auth_allowed
@@ -36,6 +37,7 @@ from netsuite.ftp.data import (
     cap_tls_version,
 )
 from netsuite.ftp.shell import FileShrank, INetsuiteFTPShell, TransferStopped
+from netsuite.ftp.timer import SessionTimer
 
 log = Logger(namespace="netsuite.ftp")
 
@@ -50,6 +52,8 @@ NEEDS_ARG = {"USER", "RNFR", "RNTO", "DELE", "MKD", "XMKD", "RMD", "XRMD", "CWD"
              "EPRT", "AUTH", "PBSZ", "PROT", "OPTS"}
 #: Known verbs this server deliberately does not implement.
 NOT_IMPLEMENTED = {"ACCT", "SMNT", "SITE", "CCC", "ADAT", "MIC", "CONF", "ENC", "LANG"}
+#: The control connection's idle deadline in the session's L{SessionTimer}.
+IDLE = "idle"
 #: Lines queued behind a running command before reading pauses.
 QUEUE_LIMIT = 64
 
@@ -68,9 +72,18 @@ class Transfer:
         self.aborted = False
         self.bytes = 0
         self.size: int | None = None
-        #: Fires after the transfer's final reply went out.
-        self.finished: defer.Deferred = defer.Deferred()
+        #: Called after the transfer's final reply went out (ABOR's 226 waits on it).
+        self._on_finished: list[Any] = []
         self.counter: Any = None
+
+    def when_finished(self, f) -> None:
+        """Call C{f()} once the transfer's final reply went out."""
+        self._on_finished.append(f)
+
+    def finished(self) -> None:
+        waiting, self._on_finished = self._on_finished, []
+        for f in waiting:
+            f()
 
     def transferred(self) -> int:
         return self.counter() if self.counter else self.bytes
@@ -100,7 +113,7 @@ class _ASCIIConsumer:
         self.conn.unregisterProducer()
 
 
-class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
+class FTPServer(protocol.Protocol, CommandDeadline):
     """One control connection."""
 
     # A tcp.Server (startTLS'd by AUTH TLS) or a TLSMemoryBIOProtocol (implicit FTPS):
@@ -110,9 +123,10 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
     def __init__(self, factory: "FTPFactory", implicit_tls: bool):
         self.factory = factory
         self.config = factory.config
-        # TimeoutMixin's clock; Twisted means callLater to be replaced like this
-        # (its tests do), but types it as a plain method.
-        self.callLater = factory.reactor.callLater  # type: ignore[method-assign]
+        # CommandDeadline's clock (the reactor, or a test's Clock).
+        self.callLater = factory.reactor.callLater
+        #: Every deadline of the session: idle, passive accept, data idle (netsuite.ftp.timer).
+        self.timer = SessionTimer(factory.reactor, horizon=self.config.connect_timeout)
         limits = getattr(factory.ctx.config, "limits", None)
         # max_line_length counts the CR before the LF, as LineReceiver did.
         self._framer = LineFramer(self.config.max_line_length - 1,
@@ -144,12 +158,19 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         self._draining = False
         self._lost = False
         self.peer_host = "?"
+        #: The socket replies go to directly while nothing is queued (see L{reply}).
+        self._direct: tuple[Any, socket.socket] | None = None
+        self.local_host = "?"
+        self.local_ipv4: str | None = None
 
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "?")
+        # The local address, and its IPv4 form, once: PASV/EPSV ask at every transfer.
+        self.local_host = getattr(self.transport.getHost(), "host", "?")
+        self.local_ipv4 = wire.ipv4_of(self.local_host)
         self.portal = self.factory.ctx.portal.bind(self.peer_host, "ftp")
         if hasattr(self.transport, "setTcpNoDelay"):
             # Replies are small and come in pairs (150 ... 226): no Nagle delay.
@@ -166,12 +187,14 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
                 pass
         if self.implicit_tls:
             cap_tls_version(self.transport, self.config.tls_max_version)
-        self.setTimeout(self.config.idle_timeout)
+        else:
+            self._direct = self._direct_socket()
+        self.timer.set(IDLE, self.config.idle_timeout, self.timeoutConnection)
         self.reply(220, self.config.banner)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
-        self.setTimeout(None)
+        self.timer.stop()
         self.cancelDeadline()
         self._framer.discard()
         if self.transfer is not None:
@@ -188,8 +211,45 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         self.transport.loseConnection()
 
     def reply(self, code: int, text: str | list[str]) -> None:
-        if self.transport is not None and not self.transport.disconnecting:
-            self.transport.write(wire.render_reply(code, text))
+        transport = self.transport
+        if transport is None or transport.disconnecting:
+            return
+        data = wire.render_reply(code, text)
+        direct = self._direct
+        if direct is not None:
+            tcp_transport, sock = direct
+            if not tcp_transport.TLS and tcp_transport.offset == len(tcp_transport.dataBuffer) \
+                    and not tcp_transport._tempDataLen:
+                # Nothing queued in the transport: send now.  Through write() a
+                # reply costs two epoll registrations and a later reactor turn.
+                try:
+                    sent = sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent = 0  # the transport's own write meets the error and reports it
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        transport.write(data)
+
+    def _direct_socket(self) -> tuple[Any, socket.socket] | None:
+        """
+        The TCP transport and its socket when replies may be sent on it at once:
+        a plain Twisted TCP transport (or the connection-limit wrapper around
+        one) whose buffer attributes are the ones checked in L{reply}.  None
+        for implicit TLS, a test's StringTransport, or a Twisted that changed.
+        """
+        transport = self.transport
+        if hasattr(transport, "wrappedProtocol"):  # policies.ProtocolWrapper
+            transport = transport.transport
+        if not isinstance(transport, tcp.Connection):
+            return None
+        if not all(hasattr(transport, a) for a in ("TLS", "offset", "dataBuffer",
+                                                   "_tempDataLen")):
+            return None
+        handle = transport.getHandle()
+        return (transport, handle) if isinstance(handle, socket.socket) else None
 
     # -- reading commands --------------------------------------------------------
 
@@ -227,7 +287,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
-        self.resetTimeout()
+        self.timer.touch(IDLE, self.config.idle_timeout)
         if self._busy is not None:
             try:
                 verb, arg = wire.parse_command(line)
@@ -440,6 +500,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.reply(503, "AUTH after login is not supported; log in over TLS.")
             return
         self.reply(234, "Proceed with negotiation.")
+        self._direct = None  # from here on every byte goes through TLS
         # Plain text pipelined after AUTH must not be executed inside TLS.
         self._framer.discard()
         self._queue.clear()
@@ -676,16 +737,16 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
     def _make_data_connection(self) -> DataConnection:
         return DataConnection(tls=self.prot_private, require_reuse=self.factory.require_reuse,
                               idle_timeout=self.config.data_timeout,
-                              tls_max_version=self.config.tls_max_version)
+                              tls_max_version=self.config.tls_max_version, timer=self.timer)
 
     def _tls_options(self):
         return self.factory.ctx.tls
 
     def _passive(self) -> PassiveChannel:
         self._close_channel()
-        local = self.transport.getHost().host
+        local = self.local_host
         channel = PassiveChannel(self.factory.reactor, self.peer_host, self._tls_options(),
-                                 self.config.connect_timeout)
+                                 self.config.connect_timeout, self.timer)
         channel.set_maker(self._make_data_connection)
         kept = self._passive_port
         channel.listen(local, self.config.passive_port_min, self.config.passive_port_max,
@@ -702,7 +763,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         if self.epsv_all:
             self.reply(503, "Only EPSV is allowed after EPSV ALL.")
             return
-        local = wire.ipv4_of(self.transport.getHost().host)
+        local = self.local_ipv4
         if local is None:
             # Permanent (RFC 2428 section 3): a 4xx would only make the client retry.
             self.reply(522, "PASV not available on IPv6, use EPSV.")
@@ -717,8 +778,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.epsv_all = True
             self.reply(200, "EPSV ALL ok.")
             return
-        local = self.transport.getHost().host
-        family = "1" if wire.ipv4_of(local) is not None else "2"
+        family = "1" if self.local_ipv4 is not None else "2"
         if proto and proto != family:
             if proto in ("1", "2"):
                 self.reply(522, f"Network protocol not supported, use ({family})")
@@ -738,8 +798,8 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.reply(500, "Illegal PORT command: only to your own address, port >= 1024.")
             return
         self._close_channel()
-        local = self.transport.getHost().host
-        host4, local4 = wire.ipv4_of(host), wire.ipv4_of(local)
+        local = self.local_host
+        host4, local4 = wire.ipv4_of(host), self.local_ipv4
         if host4 is not None and local4 is not None:
             bind, host = local4, host4
         else:
@@ -766,7 +826,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         if self.transfer is not None:
             t = self.transfer
             t.abort()
-            t.finished.addCallback(lambda _: self.reply(226, "ABOR successful."))
+            t.when_finished(lambda: self.reply(226, "ABOR successful."))
             return None
         self._close_channel()
         self.reply(225, "No transfer to ABOR.")
@@ -774,25 +834,106 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
 
     # -- transfers -------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def _open_data(self, t: Transfer, message: str):
-        """The data connection for C{t}, with the 150 reply at the right moment."""
+    def _connect_data(self, t: Transfer, message: str, then: Callable[[DataConnection], None],
+                      failed: Callable[[Failure], None]) -> None:
+        """
+        The data connection for C{t}, with the 150 reply at the right moment:
+        C{then(conn)} once it can carry data, or C{failed(failure)}.
+        """
         passive = isinstance(t.channel, PassiveChannel)
         if passive:
             self.reply(150, message)
-        conn = yield t.channel.connect(self._make_data_connection)
-        if t.aborted:
-            conn.abort()
-            raise _Aborted()
-        t.conn = conn
-        if not passive:
-            self.reply(150, message)
-            yield conn.when_ready()
+
+        def connected(conn: DataConnection) -> None:
+            if t.aborted:
+                conn.abort()
+                failed(Failure(_Aborted()))
+                return
+            t.conn = conn
+            if passive:
+                then(conn)
+            else:
+                self.reply(150, message)
+                conn.on_ready(lambda r: failed(r) if isinstance(r, Failure) else then(conn))
+
+        t.channel.connect(self._make_data_connection).addCallbacks(connected, failed)
+
+    def _open_data(self, t: Transfer, message: str):
+        """L{_connect_data} for a coroutine: C{conn = yield from self._open_data(...)}."""
+        d: defer.Deferred[DataConnection] = defer.Deferred()
+        self._connect_data(t, message, d.callback, d.errback)
+        conn = yield d
         return conn
+
+    def _download(self, t: Transfer, message: str,
+                  send: Callable[[DataConnection], defer.Deferred | None],
+                  complete: Callable[[], None],
+                  cleanup: Callable[[], None] | None = None) -> defer.Deferred:
+        """
+        The server-to-client side of a transfer (RETR, LIST, NLST, MLSD): the
+        data connection and its 150, C{send(conn)} (a Deferred, or None when it
+        wrote everything at once), the close, then C{complete()} (226 and the
+        log line); on any failure C{cleanup()}, the connection cut and the
+        error reply.  Returns what the command waits on: a Deferred that fires
+        once the final reply went out.  Plain callbacks rather than a
+        coroutine, as this runs for every download: for small files a
+        coroutine's bookkeeping was the largest part of the server's time.
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def end() -> None:
+            self._end(t)
+            done.callback(None)
+
+        def failed(failure: Failure) -> None:
+            if done.called:
+                return
+            try:
+                if cleanup is not None:
+                    cleanup()
+                if t.conn is not None:
+                    t.conn.abort()
+                self._transfer_failed(t, failure)
+            finally:
+                end()
+
+        def guarded(step):
+            def run(*args) -> None:
+                try:
+                    step(*args)
+                except Exception:
+                    failed(Failure())
+            return run
+
+        @guarded
+        def closed() -> None:
+            if t.aborted:
+                raise _Aborted()
+            complete()
+            end()
+
+        @guarded
+        def sent(conn: DataConnection) -> None:
+            conn.finish()
+            conn.on_closed(closed)
+
+        @guarded
+        def opened(conn: DataConnection) -> None:
+            d = send(conn)
+            if d is None:
+                sent(conn)
+            else:
+                d.addCallbacks(lambda _: sent(conn), failed)
+
+        try:
+            self._connect_data(t, message, opened, failed)
+        except Exception:
+            failed(Failure())
+        return done
 
     def _start(self, verb: str, name: str, channel: DataChannel) -> Transfer:
         self.transfer = Transfer(verb, name, channel)
-        self.setTimeout(None)
+        self.timer.clear(IDLE)  # a transfer may take longer than the idle timeout
         return self.transfer
 
     def _end(self, t: Transfer) -> None:
@@ -800,8 +941,8 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         if self.transfer is t:
             self.transfer = None
         if not self._lost:
-            self.setTimeout(self.config.idle_timeout)
-        t.finished.callback(None)
+            self.timer.set(IDLE, self.config.idle_timeout, self.timeoutConnection)
+        t.finished()
 
     def _transfer_failed(self, t: Transfer, failure: Failure) -> None:
         if t.aborted or failure.check(_Aborted):
@@ -825,6 +966,8 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
             self.reply(451, "Requested action aborted: local error in processing.")
 
     def _log_transfer(self, t: Transfer, path: str, nbytes: int) -> None:
+        if not self.config.transfer_log:
+            return
         log.info("{verb} {path} {bytes} bytes: user={user} address={address} tls={tls}",
                  verb=t.verb, path=path, bytes=nbytes,
                  user="anonymous" if self.anonymous else self.user, address=self.peer_host,
@@ -845,32 +988,23 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         channel.close()
         return failure
 
-    @defer.inlineCallbacks
-    def _retrieve(self, file, channel: DataChannel, segments: list[str]):
+    def _retrieve(self, file, channel: DataChannel, segments: list[str]) -> defer.Deferred:
         name = segments[-1] if segments else "/"
         t = self._start("RETR", name, channel)
         t.size = getattr(file, "size", None)
         t.counter = lambda: getattr(file, "sent", 0)
-        try:
-            size = f" ({file.size} bytes)" if getattr(file, "size", None) is not None else ""
-            conn = yield self._open_data(
-                t, f"Opening {self._mode_name()} mode data connection for {name}{size}.")
-            consumer = conn if self.binary else _ASCIIConsumer(conn)
-            yield file.send(consumer)
-            conn.finish()
-            yield conn.when_closed()
-            if t.aborted:
-                raise _Aborted()
+        size = f" ({t.size} bytes)" if t.size is not None else ""
+
+        def send(conn: DataConnection) -> defer.Deferred:
+            return file.send(conn if self.binary else _ASCIIConsumer(conn))
+
+        def complete() -> None:
             self.reply(226, "Transfer complete.")
             self._log_transfer(t, self._display(segments), file.sent)
-        except Exception:
-            if hasattr(file, "close"):
-                file.close()
-            if t.conn is not None:
-                t.conn.abort()
-            self._transfer_failed(t, Failure())
-        finally:
-            self._end(t)
+
+        return self._download(
+            t, f"Opening {self._mode_name()} mode data connection for {name}{size}.",
+            send, complete, getattr(file, "close", None))
 
     def ftp_STOR(self, arg: str):
         return self._store(arg, append=False)
@@ -899,7 +1033,7 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         done = False
         try:
             message = f"FILE: {name}" if unique else "Ok to send data."
-            conn = yield self._open_data(t, message)
+            conn = yield from self._open_data(t, message)
             convert = None if self.binary else wire.FromNetASCII()
             if convert is None:
                 conn.receive_into(upload.write)
@@ -955,25 +1089,16 @@ class FTPServer(protocol.Protocol, policies.TimeoutMixin, CommandDeadline):
         return d.addCallback(lambda entries: self._send_listing(
             verb, channel, render(entries, segments)))
 
-    @defer.inlineCallbacks
-    def _send_listing(self, verb: str, channel: DataChannel, body: bytes):
+    def _send_listing(self, verb: str, channel: DataChannel, body: bytes) -> defer.Deferred:
         t = self._start(verb, verb, channel)
         t.size = len(body)
-        try:
-            conn = yield self._open_data(t, "Here comes the directory listing.")
-            conn.write(body)
+
+        def send(conn: DataConnection) -> None:
+            conn.write(body)  # the whole listing at once
             t.bytes = len(body)
-            conn.finish()
-            yield conn.when_closed()
-            if t.aborted:
-                raise _Aborted()
-            self.reply(226, "Directory send OK.")
-        except Exception:
-            if t.conn is not None:
-                t.conn.abort()
-            self._transfer_failed(t, Failure())
-        finally:
-            self._end(t)
+
+        return self._download(t, "Here comes the directory listing.", send,
+                              lambda: self.reply(226, "Directory send OK."))
 
     @staticmethod
     def _lines(lines) -> bytes:

@@ -60,6 +60,9 @@ class FTPConfig:
     max_line_length: int = 4096
     #: fsync uploads (and their folder) before answering 226.
     fsync_uploads: bool = True
+    #: One log line per finished transfer (verb, path, bytes, user, address;
+    #: vsftpd's C{xferlog_enable}).
+    transfer_log: bool = True
     banner: str = "netsuite FTP server ready."
 
     def validate(self) -> None:

@@ -94,6 +94,8 @@ def render_reply(code: int, text: str | Iterable[str]) -> bytes:
     (C{code-first}, middle lines, C{code last}).  Line breaks inside a text are
     rendered as separate lines; CR inside a name becomes CR NUL (RFC 2640 3.1).
     """
+    if isinstance(text, str) and "\n" not in text and "\r" not in text:
+        return f"{code} {text}\r\n".encode(ENCODING, ERRORS)  # most replies
     lines = [text] if isinstance(text, str) else list(text)
     flat: list[str] = []
     for item in lines:
@@ -182,6 +184,8 @@ def ipv4_of(host: str) -> str | None:
 
 def same_host(a: str, b: str) -> bool:
     """Whether two address strings name the same host (IPv4-mapped counts as IPv4)."""
+    if a == b:
+        return True  # the common case (every passive data connection): no parsing
     try:
         x = ipaddress.ip_address(a.split("%", 1)[0])
         y = ipaddress.ip_address(b.split("%", 1)[0])

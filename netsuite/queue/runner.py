@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from netsuite.queue import bounce, wire
 from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
+from netsuite.queue.sendlog import SendLog
 from netsuite.queue.spool import FAILED, PENDING, SENT, Envelope, Recipient, Spool
 from netsuite.queue.wire import Reply
 from netsuite.realm import IRelay
@@ -244,7 +245,8 @@ class QueueRunner(service.Service):
         #: Messages just accepted, still in memory for their first attempt.
         self._fresh: dict[str, bytes] = {}
         self._sync_call = None
-        self._sent_by_user: dict[str, deque] = {}
+        #: Per-user hourly counts; a worker process swaps in the shared one.
+        self.sends = SendLog()
         self._loop: task.LoopingCall | None = None
         #: The queue's own threads for fsync work, so a burst of queue writes
         #: does not wait behind (or hold up) the Maildir deliveries in the
@@ -288,13 +290,10 @@ class QueueRunner(service.Service):
                user: str | None = None) -> QueueWriter:
         """For C{realm.relay()}: refuses (450) a user over the hourly sending limit."""
         if user is not None and self.settings.messages_per_hour > 0:
-            sent = self._sent_by_user.setdefault(user, deque())
-            horizon = self.reactor.seconds() - 3600
-            while sent and sent[0] < horizon:
-                sent.popleft()
-            if len(sent) >= self.settings.messages_per_hour:
+            sent = self.sends.count(user)
+            if sent >= self.settings.messages_per_hour:
                 log.warn("rate limit: user={user} sent {n} messages in the last hour",
-                         user=user, n=len(sent))
+                         user=user, n=sent)
                 raise smtp.SMTPServerError(
                     450, b"4.7.1 Error: too many messages sent in the last hour, "
                          b"try again later")
@@ -302,7 +301,7 @@ class QueueRunner(service.Service):
 
     def accepted(self, env: Envelope, content: bytes | None = None) -> None:
         if env.user is not None and self.settings.messages_per_hour > 0:
-            self._sent_by_user.setdefault(env.user, deque()).append(self.reactor.seconds())
+            self.sends.add(env.user)
         log.info("queued: id={id} from=<{sender}> nrcpt={n} size={size} user={user}",
                  id=env.id, sender=env.sender, n=len(env.recipients), size=env.size,
                  user=env.user or "-")
