@@ -64,6 +64,8 @@ class AppendCommands(SessionBase):
             if cur.text[cur.pos:cur.pos + 9].upper() == b"CATENATE ":
                 cur.pos += 9
                 data = _catenate_parts(cur)  # resolved once the whole command is read
+            elif cur.text[cur.pos:cur.pos + 6].upper() == b"UTF8 (":
+                data = self._utf8_data(cur)
             else:
                 binary = cur.maybe(b"~")  # literal8 (RFC 3516)
                 if cur.peek() != wire.LITERAL_MARK:
@@ -123,6 +125,25 @@ class AppendCommands(SessionBase):
                 return
         self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
                      % (folder.uidvalidity, wire.sequence_set(uids)))
+
+
+    def _utf8_data(self, cur: Cursor):
+        """
+        C{UTF8 (~{n}...)}: a message with UTF-8 headers (RFC 6855 4, RFC 6532),
+        stored as it comes; only after ENABLE UTF8=ACCEPT (else BAD, as for
+        QRESYNC before its ENABLE).
+        """
+        if b"UTF8=ACCEPT" not in self.enabled:
+            raise ParseError("APPEND UTF8 needs ENABLE UTF8=ACCEPT first (RFC 6855 4)")
+        cur.pos += 6
+        binary = cur.maybe(b"~")  # literal8; a plain literal is taken too
+        if cur.peek() != wire.LITERAL_MARK:
+            raise ParseError("APPEND UTF8 needs the message as a literal8")
+        data = cur.string()
+        cur.expect(b")")
+        if binary and isinstance(data, bytes):
+            data = to_7bit(data)
+        return data
 
 
 class Catenate(list):

@@ -1,0 +1,246 @@
+"""
+UTF8=ACCEPT (RFC 6855) against the real daemon: mailbox names in UTF-8 after
+ENABLE and in modified UTF-7 without it, the APPEND UTF8 form, SEARCH, and
+what is refused.  Python's imaplib speaks UTF-8 after C{enable("UTF8=ACCEPT")};
+raw lines go through its socket where it cannot (invalid octets, APPEND UTF8:
+imaplib wraps the literal itself, wrongly).
+"""
+
+from __future__ import annotations
+
+import imaplib
+
+import pytest
+
+from netsuite.imap import names
+from netsuite.imap.wire import ParseError
+
+USERS = {"alice": "wonderland"}
+
+UTF8_MESSAGE = ("From: Jörg Müller <jörg@example.test>\r\nTo: bob@example.test\r\n"
+                "Subject: Grüße aus Köln\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n"
+                "Content-Transfer-Encoding: 8bit\r\n\r\nSchöne Grüße\r\n").encode()
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon(listeners=["imap"], users=USERS,
+                       config={"server": {"allow_plaintext_auth": True}})
+
+
+def connect(d, utf8: bool) -> imaplib.IMAP4:
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=10)
+    m.login("alice", USERS["alice"])
+    if utf8:
+        assert m.enable("UTF8=ACCEPT")[0] == "OK"
+        assert m.untagged_responses.pop("ENABLED") == [b"UTF8=ACCEPT"]
+    return m
+
+
+def raw(m: imaplib.IMAP4, command: bytes, literal: bytes | None = None
+        ) -> tuple[bytes, list[bytes]]:
+    """
+    One command as bytes (C{literal}: sent after the line, which ends in its
+    C{{n+}}); (tagged status, every untagged line).
+    """
+    tag = m._new_tag()
+    m.send(tag + b" " + command + b"\r\n")
+    if literal is not None:
+        m.send(literal + b")\r\n")
+    lines = []
+    while True:
+        line = m._get_line()
+        if line.startswith(tag + b" "):
+            return line.split(b" ", 2)[1], lines
+        lines.append(line)
+
+
+def listed(m: imaplib.IMAP4, pattern: bytes = b"*") -> list[bytes]:
+    status, lines = raw(m, b'LIST "" "' + pattern + b'"')
+    assert status == b"OK"
+    return [line.split(b') "." ', 1)[1] for line in lines if line.startswith(b"* LIST ")]
+
+
+def test_capability_and_enable(daemon):
+    m = imaplib.IMAP4("127.0.0.1", daemon.port("imap"), timeout=10)
+    assert "UTF8=ACCEPT" in m.capabilities
+    m.login("alice", USERS["alice"])
+    status, lines = raw(m, b"ENABLE UTF8=ACCEPT")
+    assert status == b"OK" and lines == [b"* ENABLED UTF8=ACCEPT"]
+    status, lines = raw(m, b"ENABLE UTF8=ACCEPT")  # already on: not listed again
+    assert status == b"OK" and lines == [b"* ENABLED"]
+    m.logout()
+
+
+def test_enable_after_select_is_refused(daemon):
+    m = connect(daemon, utf8=False)
+    m.select("INBOX")
+    status, _ = raw(m, b"ENABLE UTF8=ACCEPT")
+    assert status == b"BAD"
+    # Still modified UTF-7: a UTF-8 name is refused as before.
+    status, _ = raw(m, "CREATE \"Entwürfe\"".encode())
+    assert status == b"NO"
+    m.unselect()
+    status, lines = raw(m, b"ENABLE UTF8=ACCEPT")
+    assert status == b"OK" and lines == [b"* ENABLED UTF8=ACCEPT"]
+    m.logout()
+
+
+def test_utf8_names_seen_as_modified_utf7_by_others(daemon):
+    u = connect(daemon, utf8=True)
+    old = connect(daemon, utf8=False)
+    assert u.create('"Entwürfe"')[0] == "OK"
+    assert u.create('"Tom & Jerry"')[0] == "OK"
+    assert old.create("Brouillons.&AOk-t&AOk-")[0] == "OK"
+    got = listed(u)
+    assert '"Entwürfe"'.encode() in got and b'"Tom & Jerry"' in got
+    assert '"Brouillons.été"'.encode() in got
+    old_got = listed(old)
+    assert b"Entw&APw-rfe" in old_got and b'"Tom &- Jerry"' in old_got
+    assert b"Brouillons.&AOk-t&AOk-" in old_got
+    # The same folder, whichever way it is named.
+    assert old.append("Entw&APw-rfe", None, None, b"Subject: x\r\n\r\nx\r\n")[0] == "OK"
+    status, lines = raw(u, 'STATUS "Entwürfe" (MESSAGES)'.encode())
+    assert status == b"OK" and lines == ['* STATUS "Entwürfe" (MESSAGES 1)'.encode()]
+    # A pattern in UTF-8 finds it; modified UTF-7 is taken literally ('&' is '&').
+    assert listed(u, b"Entw%rfe") == ['"Entwürfe"'.encode()]
+    assert listed(u, b"Entw&APw-rfe") == []
+    u.logout()
+    old.logout()
+
+
+def test_mailbox_commands_with_utf8_names(daemon):
+    u = connect(daemon, utf8=True)
+    assert u.create('"Ordner"')[0] == "OK"
+    assert u.rename('"Ordner"', '"Gelöscht"')[0] == "OK"
+    assert u.subscribe('"Gelöscht"')[0] == "OK"
+    status, lines = raw(u, b'LSUB "" "*"')
+    assert '"Gelöscht"'.encode() in b" ".join(lines)
+    assert u.append('"Gelöscht"', None, None, b"Subject: a\r\n\r\na\r\n")[0] == "OK"
+    typ, data = u.select('"Gelöscht"')
+    assert typ == "OK" and data == [b"1"]
+    assert u.create('"Ziel ✓"')[0] == "OK"
+    assert u.copy("1", '"Ziel ✓"')[0] == "OK"
+    typ, data = u._simple_command("MOVE", "1", '"Ziel ✓"')
+    assert typ == "OK"
+    status, lines = raw(u, 'STATUS "Ziel ✓" (MESSAGES)'.encode())
+    assert lines == ['* STATUS "Ziel ✓" (MESSAGES 2)'.encode()]
+    status, lines = raw(u, 'GETQUOTAROOT "Ziel ✓"'.encode())
+    assert status == b"OK" and lines[0] == '* QUOTAROOT "Ziel ✓"'.encode()
+    status, lines = raw(u, b'LIST "" "Z*" RETURN (STATUS (MESSAGES))')
+    assert status == b"OK"
+    assert lines == ['* LIST (\\HasNoChildren) "." "Ziel ✓"'.encode(),
+                     '* STATUS "Ziel ✓" (MESSAGES 2)'.encode()]
+    status, lines = raw(u, 'NOTIFY SET STATUS (MAILBOXES "Ziel ✓" (MessageNew))'.encode())
+    assert status == b"OK" and lines[0].startswith('* STATUS "Ziel ✓" ('.encode())
+    u.unselect()
+    assert u.delete('"Gelöscht"')[0] == "OK"
+    assert '"Gelöscht"'.encode() not in listed(u)
+    old = connect(daemon, utf8=False)
+    assert b'"Ziel &JxM-"' in listed(old)
+    old.logout()
+    u.logout()
+
+
+def test_bad_utf8_names_are_refused(daemon):
+    u = connect(daemon, utf8=True)
+    assert raw(u, b'CREATE "Entw\xfcrfe"')[0] == b"BAD"  # Latin-1, not UTF-8
+    assert raw(u, b'CREATE "a\xc2\x85b"')[0] == b"NO"  # U+0085, a C1 control
+    assert raw(u, 'CREATE "a\u2028b"'.encode())[0] == b"NO"
+    assert raw(u, b'LIST "" "\xff*"')[0] == b"BAD"
+    assert raw(u, b'SELECT "\xe4"')[0] == b"BAD"
+    before = listed(u)
+    assert not any(b"\xfc" in n or b"\xc2\x85" in n for n in before)
+    u.logout()
+    old = connect(daemon, utf8=False)
+    # Without ENABLE, as before: non-ASCII is not modified UTF-7.
+    assert raw(old, "CREATE \"Entwürfe\"".encode())[0] == b"NO"
+    old.logout()
+
+
+def test_append_utf8_literal(daemon):
+    u = connect(daemon, utf8=True)
+    status, lines = raw(u, b"APPEND INBOX UTF8 (~{%d+}" % len(UTF8_MESSAGE),
+                        literal=UTF8_MESSAGE)
+    assert status == b"OK"
+    assert daemon.messages("alice") == [UTF8_MESSAGE.replace(b"\r\n", b"\n")]
+    u.select("INBOX")
+    typ, data = u.fetch("1", "(BODY.PEEK[])")
+    assert data[0][1] == UTF8_MESSAGE
+    # Headers in UTF-8 (RFC 6532) are matched by UTF-8 search strings.
+    typ, data = u.search(None, 'SUBJECT "Grüße"')
+    assert (typ, data) == ("OK", [b"1"])
+    typ, data = u.search(None, 'FROM "Müller"')
+    assert (typ, data) == ("OK", [b"1"])
+    typ, data = u.search(None, 'FROM "jörg@example.test"')
+    assert (typ, data) == ("OK", [b"1"])
+    typ, data = u.search(None, 'BODY "Schöne"')
+    assert (typ, data) == ("OK", [b"1"])
+    typ, data = u.search(None, 'SUBJECT "Paris"')
+    assert (typ, data) == ("OK", [b""])
+    # ENVELOPE: the UTF-8 strings come back as they are stored.
+    typ, data = u.fetch("1", "(ENVELOPE)")
+    assert typ == "OK"
+    flat = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in data)
+    assert "Grüße aus Köln".encode() in flat and "Jörg Müller".encode() in flat
+    u.logout()
+
+
+def test_append_utf8_refused_without_enable(daemon):
+    old = connect(daemon, utf8=False)
+    status, _ = raw(old, b"APPEND INBOX UTF8 (~{%d+}" % len(UTF8_MESSAGE),
+                    literal=UTF8_MESSAGE)
+    assert status == b"BAD"
+    assert daemon.messages("alice") == []
+    # The session goes on.
+    assert old.noop()[0] == "OK"
+    old.logout()
+
+
+def test_search_charset_refused_after_enable(daemon):
+    u = connect(daemon, utf8=True)
+    u.select("INBOX")
+    assert raw(u, b"SEARCH CHARSET UTF-8 ALL")[0] == b"BAD"
+    assert raw(u, b"SEARCH CHARSET US-ASCII ALL")[0] == b"BAD"
+    assert raw(u, b'SEARCH SUBJECT "\xff"')[0] == b"BAD"  # not UTF-8
+    assert raw(u, b"SEARCH ALL")[0] == b"OK"
+    u.logout()
+    old = connect(daemon, utf8=False)
+    old.select("INBOX")
+    assert raw(old, b"SEARCH CHARSET UTF-8 ALL")[0] == b"OK"  # without ENABLE: as before
+    old.logout()
+
+
+def test_envelope_for_a_session_without_utf8(daemon):
+    u = connect(daemon, utf8=True)
+    assert raw(u, b"APPEND INBOX UTF8 (~{%d+}" % len(UTF8_MESSAGE),
+               literal=UTF8_MESSAGE)[0] == b"OK"
+    u.logout()
+    old = connect(daemon, utf8=False)
+    old.select("INBOX")
+    # 8-bit text goes out in literals, never in quoted strings (RFC 6855 3).
+    status, lines = raw(old, b"FETCH 1 (ENVELOPE BODYSTRUCTURE)")
+    assert status == b"OK"
+    for line in lines:
+        for quoted in line.split(b'"')[1::2]:
+            assert quoted.isascii()
+    old.logout()
+
+
+# -- the name functions on their own ------------------------------------------------------
+
+def test_names_round_trip():
+    for text in ("Entwürfe", "Tom & Jerry", "日本語.下書き", "INBOX", "a&b"):
+        stored = names.from_wire(text.encode(), True)
+        assert stored.isascii()
+        assert names.to_wire(stored, True) in (text.encode(), b'"' + text.encode() + b'"')
+    assert names.from_wire(b"Entw&APw-rfe", False) == "Entw&APw-rfe"
+    assert names.to_wire("Entw&APw-rfe", False) == b"Entw&APw-rfe"
+    # Not modified UTF-7 as netsuite writes it (another program's folder): as stored.
+    assert names.to_wire("a&b", True) == b"a&b"
+    assert names.to_wire("&AGE-", True) == b"&AGE-"
+    with pytest.raises(ParseError):
+        names.from_wire(b"\xc3", True)
+    assert names.to_wire("x", True) == b"x"
+    assert names.utf8_astring('a"\\ü'.encode()) == b'"a\\"\\\\\xc3\xbc"'
