@@ -38,22 +38,24 @@ def connect(d, utf8: bool) -> imaplib.IMAP4:
     return m
 
 
-def raw(m: imaplib.IMAP4, command: bytes, literal: bytes | None = None
-        ) -> tuple[bytes, list[bytes]]:
+def raw(m: imaplib.IMAP4, command: bytes) -> tuple[bytes, list[bytes]]:
     """
-    One command as bytes (C{literal}: sent after the line, which ends in its
-    C{{n+}}); (tagged status, every untagged line).
+    One command as bytes, its literals (C{{n+}}, LITERAL+) inside; (tagged
+    status, every untagged line).
     """
     tag = m._new_tag()
     m.send(tag + b" " + command + b"\r\n")
-    if literal is not None:
-        m.send(literal + b")\r\n")
     lines = []
     while True:
         line = m._get_line()
         if line.startswith(tag + b" "):
             return line.split(b" ", 2)[1], lines
         lines.append(line)
+
+
+def append_utf8(message: bytes = UTF8_MESSAGE) -> bytes:
+    """APPEND INBOX UTF8 (~{n+}...): the RFC 6855 4 form, as LITERAL+."""
+    return b"APPEND INBOX UTF8 (~{%d+}\r\n" % len(message) + message + b")"
 
 
 def listed(m: imaplib.IMAP4, pattern: bytes = b"*") -> list[bytes]:
@@ -161,8 +163,7 @@ def test_bad_utf8_names_are_refused(daemon):
 
 def test_append_utf8_literal(daemon):
     u = connect(daemon, utf8=True)
-    status, lines = raw(u, b"APPEND INBOX UTF8 (~{%d+}" % len(UTF8_MESSAGE),
-                        literal=UTF8_MESSAGE)
+    status, lines = raw(u, append_utf8())
     assert status == b"OK"
     assert daemon.messages("alice") == [UTF8_MESSAGE.replace(b"\r\n", b"\n")]
     u.select("INBOX")
@@ -189,13 +190,27 @@ def test_append_utf8_literal(daemon):
 
 def test_append_utf8_refused_without_enable(daemon):
     old = connect(daemon, utf8=False)
-    status, _ = raw(old, b"APPEND INBOX UTF8 (~{%d+}" % len(UTF8_MESSAGE),
-                    literal=UTF8_MESSAGE)
+    status, _ = raw(old, append_utf8())
     assert status == b"BAD"
     assert daemon.messages("alice") == []
     # The session goes on.
     assert old.noop()[0] == "OK"
     old.logout()
+
+
+def test_catenate_utf8_part(daemon):
+    head, body = UTF8_MESSAGE.split(b"\r\n\r\n", 1)
+    head += b"\r\n\r\n"
+    command = (b"APPEND INBOX CATENATE (UTF8 (~{%d+}\r\n" % len(head) + head +
+               b") TEXT {%d+}\r\n" % len(body) + body + b")")
+    old = connect(daemon, utf8=False)
+    assert raw(old, command)[0] == b"BAD"
+    old.logout()
+    assert daemon.messages("alice") == []
+    u = connect(daemon, utf8=True)
+    assert raw(u, command)[0] == b"OK"
+    assert daemon.messages("alice") == [UTF8_MESSAGE.replace(b"\r\n", b"\n")]
+    u.logout()
 
 
 def test_search_charset_refused_after_enable(daemon):
@@ -214,8 +229,7 @@ def test_search_charset_refused_after_enable(daemon):
 
 def test_envelope_for_a_session_without_utf8(daemon):
     u = connect(daemon, utf8=True)
-    assert raw(u, b"APPEND INBOX UTF8 (~{%d+}" % len(UTF8_MESSAGE),
-               literal=UTF8_MESSAGE)[0] == b"OK"
+    assert raw(u, append_utf8())[0] == b"OK"
     u.logout()
     old = connect(daemon, utf8=False)
     old.select("INBOX")

@@ -63,7 +63,8 @@ class AppendCommands(SessionBase):
             data: object
             if cur.text[cur.pos:cur.pos + 9].upper() == b"CATENATE ":
                 cur.pos += 9
-                data = _catenate_parts(cur)  # resolved once the whole command is read
+                # resolved once the whole command is read
+                data = _catenate_parts(cur, b"UTF8=ACCEPT" in self.enabled)
             elif cur.text[cur.pos:cur.pos + 6].upper() == b"UTF8 (":
                 data = self._utf8_data(cur)
             else:
@@ -150,8 +151,11 @@ class Catenate(list):
     """An APPEND's CATENATE list (RFC 4469): ("TEXT", bytes) and ("URL", str) parts."""
 
 
-def _catenate_parts(cur: Cursor) -> Catenate:
-    """C{(TEXT {n} URL "/box/;UID=1" ...)}: the parts, in order."""
+def _catenate_parts(cur: Cursor, utf8: bool = False) -> Catenate:
+    """
+    C{(TEXT {n} URL "/box/;UID=1" ...)}: the parts, in order; C{UTF8 (~{n})}
+    parts (RFC 6855 4) too when C{utf8} (ENABLE UTF8=ACCEPT), else BAD.
+    """
     cur.expect(b"(")
     parts = Catenate()
     while True:
@@ -167,8 +171,20 @@ def _catenate_parts(cur: Cursor) -> Catenate:
             parts.append(("TEXT", value))
         elif kind == b"URL":
             parts.append(("URL", cur.astring().decode("utf-8", "replace")))
+        elif kind == b"UTF8":  # cat-part =/ utf8-literal
+            if not utf8:
+                raise ParseError("CATENATE UTF8 needs ENABLE UTF8=ACCEPT first (RFC 6855 4)")
+            cur.expect(b"(")
+            cur.maybe(b"~")
+            if cur.peek() != wire.LITERAL_MARK:
+                raise ParseError("CATENATE UTF8 needs a literal8")
+            value = cur.string()
+            if not isinstance(value, bytes):
+                raise ParseError("CATENATE UTF8 too large")
+            cur.expect(b")")
+            parts.append(("TEXT", value))
         else:
-            raise ParseError("CATENATE parts are TEXT or URL")
+            raise ParseError("CATENATE parts are TEXT, URL or UTF8")
         if cur.maybe(b")"):
             return parts
         cur.sp()
