@@ -112,6 +112,22 @@ def test_utf8_names_seen_as_modified_utf7_by_others(daemon):
     old.logout()
 
 
+def test_patterns_match_characters_not_base64(daemon):
+    # 日本語 is one modified UTF-7 word, &ZeVnLIqe-; 日本* is &ZeVnLA-*: matched as text.
+    u = connect(daemon, utf8=True)
+    old = connect(daemon, utf8=False)
+    assert u.create('"日本語"')[0] == "OK"
+    assert u.create('"日本語.下書き"')[0] == "OK"
+    assert listed(u, "日本*".encode()) == ['"日本語"'.encode(), '"日本語.下書き"'.encode()]
+    assert listed(u, "日本%".encode()) == ['"日本語"'.encode()]
+    assert listed(u, "*書き".encode()) == ['"日本語.下書き"'.encode()]
+    assert listed(old, b"&ZeVnLA-*") == [b"&ZeVnLIqe-", b"&ZeVnLIqe-.&Tgtm+DBN-"]
+    status, lines = raw(u, 'LIST "" ("日本%" "x*") RETURN (CHILDREN)'.encode())
+    assert status == b"OK" and lines == ['* LIST (\\HasChildren) "." "日本語"'.encode()]
+    u.logout()
+    old.logout()
+
+
 def test_mailbox_commands_with_utf8_names(daemon):
     u = connect(daemon, utf8=True)
     assert u.create('"Ordner"')[0] == "OK"

@@ -13,12 +13,14 @@ the wire (modified UTF-7), as Dovecot does.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from netsuite.imap.mailbox import SessionMailbox, status
+from netsuite.imap.names import to_unicode
 from netsuite.store.maildir import BadFolderName
 
 DELIMITER = "."
@@ -118,11 +120,11 @@ class ImapAccount:
         if subscribed:
             subs = self.store.subscriptions(self.user)
             pool = [n for n in subs]
-        regex = pattern_regex(canonical(ref + pattern) if ref else pattern)
+        matches = pattern_matcher(canonical(ref + pattern) if ref else pattern)
         out = []
         seen = set()
         for name in pool:
-            if regex.match(name):
+            if matches(name):
                 attrs = self.attributes(name, names) if name in names else ["\\NonExistent"]
                 out.append((name, attrs))
                 seen.add(name)
@@ -134,7 +136,7 @@ class ImapAccount:
                 for i in range(1, len(parts)):
                     parent = DELIMITER.join(parts[:i])
                     if parent not in seen and parent not in (pool if subscribed else names) \
-                            and regex.match(parent):
+                            and matches(parent):
                         seen.add(parent)
                         out.append((parent, ["\\Noselect"] if subscribed
                                     else ["\\Noselect", "\\HasChildren"]))
@@ -161,10 +163,10 @@ class ImapAccount:
         existing = set(names)
         subs = self.store.subscriptions(self.user)
         subset = set(subs)
-        regexes = [pattern_regex(canonical(ref + p) if ref else p) for p in patterns]
+        tests = [pattern_matcher(canonical(ref + p) if ref else p) for p in patterns]
 
         def matches(name: str) -> bool:
-            return any(r.match(name) for r in regexes)
+            return any(t(name) for t in tests)
 
         def selected(name: str) -> bool:
             if subscribed and name not in subset:
@@ -335,6 +337,16 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in "*%."):
         body = "(?i:INBOX)" + "".join(out[5:])
     return re.compile(body + r"\Z", flags)
+
+
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """
+    A LIST pattern (stored form) as a test of stored names, both compared as
+    text: one modified UTF-7 word holds several characters, so C{日本*}
+    (C{&ZeVnLA-*}) must meet C{日本語} decoded, not C{&ZeVnLIqe-}.
+    """
+    regex = pattern_regex(to_unicode(pattern))
+    return lambda name: regex.match(to_unicode(name)) is not None
 
 
 def account_for(realm, user: str) -> ImapAccount:

@@ -11,6 +11,8 @@ to the second session.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from twisted.mail import imap4  # also registers the "imap4-utf-7" codec
 
 from netsuite.imap import wire
@@ -72,14 +74,20 @@ def to_wire(name: str, utf8: bool) -> bytes:
     """
     if not utf8:
         return wire.astring(name)
-    text = name
+    return utf8_astring(to_unicode(name).encode("utf-8"))
+
+
+@lru_cache(maxsize=4096)
+def to_unicode(name: str) -> str:
+    """
+    A stored name as text: modified UTF-7 decoded, or the name as it is when
+    it is not modified UTF-7 as L{from_wire} writes it (another program's).
+    """
     try:
         decoded = name.encode("ascii").decode("imap4-utf-7")
-        if decoded.encode("imap4-utf-7").decode("ascii") == name:
-            text = decoded
     except UnicodeError:
-        pass
-    return utf8_astring(text.encode("utf-8"))
+        return name
+    return decoded if decoded.encode("imap4-utf-7").decode("ascii") == name else name
 
 
 def utf8_astring(data: bytes) -> bytes:
