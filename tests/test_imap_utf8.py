@@ -236,10 +236,16 @@ def test_search_charset_refused_after_enable(daemon):
     assert raw(u, b"SEARCH CHARSET US-ASCII ALL")[0] == b"BAD"
     assert raw(u, b'SEARCH SUBJECT "\xff"')[0] == b"BAD"  # not UTF-8
     assert raw(u, b"SEARCH ALL")[0] == b"OK"
+    # SORT and THREAD must name a charset: only UTF-8 now (RFC 6855 erratum 4029).
+    assert raw(u, b"SORT (SUBJECT) US-ASCII ALL")[0] == b"BAD"
+    assert raw(u, b"THREAD REFERENCES US-ASCII ALL")[0] == b"BAD"
+    assert raw(u, b"SORT (SUBJECT) UTF-8 ALL")[0] == b"OK"
+    assert raw(u, b"THREAD REFERENCES UTF-8 ALL")[0] == b"OK"
     u.logout()
     old = connect(daemon, utf8=False)
     old.select("INBOX")
     assert raw(old, b"SEARCH CHARSET UTF-8 ALL")[0] == b"OK"  # without ENABLE: as before
+    assert raw(old, b"SORT (SUBJECT) US-ASCII ALL")[0] == b"OK"
     old.logout()
 
 
