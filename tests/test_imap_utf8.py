@@ -9,11 +9,12 @@ imaplib wraps the literal itself, wrongly).
 from __future__ import annotations
 
 import imaplib
+import random
 
 import pytest
 
 from netsuite.imap import names
-from netsuite.imap.wire import ParseError
+from netsuite.imap.wire import Cursor, ParseError
 
 USERS = {"alice": "wonderland"}
 
@@ -214,6 +215,21 @@ def test_append_utf8_refused_without_enable(daemon):
     old.logout()
 
 
+def test_big_append_utf8_streams_and_refused_one_leaves_nothing(daemon):
+    # Past 64 KiB the literal goes into tmp/ as it arrives (docs/imap.md).
+    big = UTF8_MESSAGE + "Grüße ".encode() * 20000 + b"\r\n"
+    old = connect(daemon, utf8=False)
+    assert raw(old, append_utf8(big))[0] == b"BAD"
+    old.logout()
+    assert list((daemon.maildir("alice") / "tmp").iterdir()) == []
+    assert daemon.messages("alice") == []
+    u = connect(daemon, utf8=True)
+    assert raw(u, append_utf8(big))[0] == b"OK"
+    assert daemon.messages("alice") == [big.replace(b"\r\n", b"\n")]
+    assert list((daemon.maildir("alice") / "tmp").iterdir()) == []
+    u.logout()
+
+
 def test_catenate_utf8_part(daemon):
     head, body = UTF8_MESSAGE.split(b"\r\n\r\n", 1)
     head += b"\r\n\r\n"
@@ -280,3 +296,51 @@ def test_names_round_trip():
         names.from_wire(b"\xc3", True)
     assert names.to_wire("x", True) == b"x"
     assert names.utf8_astring('a"\\ü'.encode()) == b'"a\\"\\\\\xc3\xbc"'
+
+
+PIECES = ["ü", "日本", "&", "&-", "&AOQ-", ".", "%", "*", "\"", "\\", " ", "a", "INBOX",
+          "\u2028", "\x85", "\x7f", "😀", "ß"]
+
+
+def test_names_fuzz():
+    """Random names: refused (BAD/NO) or stored as ASCII and given back as sent."""
+    from twisted.mail import imap4
+
+    rng = random.Random(6855)
+    for _ in range(3000):
+        if rng.random() < 0.3:
+            raw_name = rng.randbytes(rng.randrange(1, 12))
+        else:
+            raw_name = "".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 6))).encode()
+        try:
+            stored = names.from_wire(raw_name, True)
+        except (ParseError, imap4.MailboxException):
+            continue
+        assert stored.isascii()
+        assert names.to_unicode(stored).encode() == raw_name
+        out = names.to_wire(stored, True)
+        cur = Cursor(out[out.index(b"\r\n") + 2:] if out.startswith(b"{") else out, [])
+        if out.startswith(b"{"):
+            assert cur.text == raw_name
+        else:
+            assert cur.astring() == raw_name and cur.at_end()
+
+
+def test_utf8_session_fuzz(daemon):
+    """Random UTF-8 and broken names at every naming command; the session stays usable."""
+    rng = random.Random(9051)
+    u = connect(daemon, utf8=True)
+    verbs = [b"CREATE", b"SELECT", b"EXAMINE", b"DELETE", b"SUBSCRIBE", b"UNSUBSCRIBE",
+             b"STATUS", b"LIST \"\"", b"LSUB \"\"", b"RENAME x", b"GETQUOTAROOT"]
+    for _ in range(150):
+        name = b"".join(rng.choice([p.encode() for p in PIECES] + [b"\xff", b"\xc3"])
+                        for _ in range(rng.randrange(1, 5))).replace(b'"', b"").replace(b"\\", b"")
+        tail = b" (MESSAGES)" if rng.random() < 0.5 else b""
+        status, _ = raw(u, rng.choice(verbs) + b' "' + name + b'"' + tail)
+        assert status in (b"OK", b"NO", b"BAD")
+    assert u.noop()[0] == "OK"
+    assert raw(u, b"LIST \"\" \"*\"")[0] == b"OK"
+    u.logout()
+    old = connect(daemon, utf8=False)
+    assert old.list()[0] == "OK"
+    old.logout()
