@@ -6,8 +6,9 @@ and Twisted's L{imap4.INamespacePresenter}.  Twisted's C{IAccount} is not
 claimed: its C{select} must return an C{IMailbox}, and the session's
 mailboxes are L{netsuite.imap.mailbox.ISessionMailbox} instead (netsuite
 renders FETCH, STORE, SEARCH and COPY itself).  Hierarchy delimiter '.', as
-Dovecot's Maildir++ layout uses.  Folder names are stored as they come on
-the wire (modified UTF-7), as Dovecot does.
+Dovecot's Maildir++ layout uses.  Folder names are stored in modified
+UTF-7, as Dovecot does (L{netsuite.imap.names} converts at the wire for a
+session that enabled UTF-8).
 """
 
 from __future__ import annotations

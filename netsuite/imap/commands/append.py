@@ -127,7 +127,6 @@ class AppendCommands(SessionBase):
         self._tagged(tag, b"OK", b"[APPENDUID %d %s] APPEND completed"
                      % (folder.uidvalidity, wire.sequence_set(uids)))
 
-
     def _utf8_data(self, cur: Cursor):
         """
         C{UTF8 (~{n}...)}: a message with UTF-8 headers (RFC 6855 4, RFC 6532),
