@@ -127,6 +127,31 @@ def test_dovecot_reads_flags_and_folders_netsuite_wrote(servers):
     d.logout()
 
 
+def test_dovecot_reads_a_folder_named_in_utf8(servers):
+    # ENABLE UTF8=ACCEPT (RFC 6855) changes the wire, not the disk: the folder
+    # is modified UTF-7 there, as Dovecot (which does not offer UTF8=ACCEPT) names it.
+    ours, dovecot, work, mb = servers
+    m = imaplib.IMAP4("127.0.0.1", ours.port("imap"), timeout=10)
+    m.login("bench", mb.PASSWORD)
+    assert m.enable("UTF8=ACCEPT")[0] == "OK"
+    assert m.create('"Entwürfe"')[0] == "OK"
+    message = "Subject: Grüße\r\n\r\nbody\r\n".encode()
+    tag = m._new_tag()
+    m.send(tag + ' APPEND "Entwürfe" UTF8 (~{%d+}\r\n'.encode() % len(message) + message +
+           b")\r\n")
+    assert m._get_line().startswith(tag + b" OK")
+    m.logout()
+    hand_to_dovecot(ours, dovecot, work)
+    d = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=10)
+    d.login("bench", mb.PASSWORD)
+    typ, data = d.list('""', "Entw*")
+    assert typ == "OK" and [line.rsplit(b" ", 1)[1] for line in data] == [b"Entw&APw-rfe"]
+    assert d.select("Entw&APw-rfe") == ("OK", [b"1"])
+    typ, data = d.fetch("1", "(BODY.PEEK[])")
+    assert data[0][1] == message
+    d.logout()
+
+
 def flags_of(m, n: int) -> set[bytes]:
     typ, data = m.fetch(str(n), "(FLAGS)")
     assert typ == "OK", data

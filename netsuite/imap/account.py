@@ -6,19 +6,22 @@ and Twisted's L{imap4.INamespacePresenter}.  Twisted's C{IAccount} is not
 claimed: its C{select} must return an C{IMailbox}, and the session's
 mailboxes are L{netsuite.imap.mailbox.ISessionMailbox} instead (netsuite
 renders FETCH, STORE, SEARCH and COPY itself).  Hierarchy delimiter '.', as
-Dovecot's Maildir++ layout uses.  Folder names are stored as they come on
-the wire (modified UTF-7), as Dovecot does.
+Dovecot's Maildir++ layout uses.  Folder names are stored in modified
+UTF-7, as Dovecot does (L{netsuite.imap.names} converts at the wire for a
+session that enabled UTF-8).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from netsuite.imap.mailbox import SessionMailbox, status
+from netsuite.imap.names import to_unicode
 from netsuite.store.maildir import BadFolderName
 
 DELIMITER = "."
@@ -121,11 +124,11 @@ class ImapAccount:
         if subscribed:
             subs = self.store.subscriptions(self.user)
             pool = [n for n in subs]
-        regex = pattern_regex(canonical(ref + pattern) if ref else pattern)
+        matches = pattern_matcher(canonical(ref + pattern) if ref else pattern)
         out = []
         seen = set()
         for name in pool:
-            if regex.match(name):
+            if matches(name):
                 attrs = self.attributes(name, names) if name in names else ["\\NonExistent"]
                 out.append((name, attrs))
                 seen.add(name)
@@ -137,7 +140,7 @@ class ImapAccount:
                 for i in range(1, len(parts)):
                     parent = DELIMITER.join(parts[:i])
                     if parent not in seen and parent not in (pool if subscribed else names) \
-                            and regex.match(parent):
+                            and matches(parent):
                         seen.add(parent)
                         out.append((parent, ["\\Noselect"] if subscribed
                                     else ["\\Noselect", "\\HasChildren"]))
@@ -164,10 +167,10 @@ class ImapAccount:
         existing = set(names)
         subs = self.store.subscriptions(self.user)
         subset = set(subs)
-        regexes = [pattern_regex(canonical(ref + p) if ref else p) for p in patterns]
+        tests = [pattern_matcher(canonical(ref + p) if ref else p) for p in patterns]
 
         def matches(name: str) -> bool:
-            return any(r.match(name) for r in regexes)
+            return any(t(name) for t in tests)
 
         def selected(name: str) -> bool:
             if subscribed and name not in subset:
@@ -371,6 +374,16 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     if pattern[:5].upper() == "INBOX" and (len(pattern) == 5 or pattern[5] in "*%."):
         body = "(?i:INBOX)" + "".join(out[5:])
     return re.compile(body + r"\Z", flags)
+
+
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """
+    A LIST pattern (stored form) as a test of stored names, both compared as
+    text: one modified UTF-7 word holds several characters, so C{日本*}
+    (C{&ZeVnLA-*}) must meet C{日本語} decoded, not C{&ZeVnLIqe-}.
+    """
+    regex = pattern_regex(to_unicode(pattern))
+    return lambda name: regex.match(to_unicode(name)) is not None
 
 
 def account_for(realm, user: str) -> ImapAccount:

@@ -41,7 +41,7 @@ from twisted.mail import imap4
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import Command, Continue, IMAPFramer, Overlong, Refused
-from netsuite.imap import wire
+from netsuite.imap import names, wire
 from netsuite.imap.account import canonical
 from netsuite.imap.commands.append import STREAM_ABOVE, AppendCommands
 from netsuite.imap.commands.compress import CompressCommands
@@ -88,6 +88,7 @@ EXTENSIONS += [b"ESORT"]
 EXTENSIONS += [b"SEARCHRES"]
 EXTENSIONS += [b"CONTEXT=SEARCH"]
 EXTENSIONS += [b"CONTEXT=SORT"]
+EXTENSIONS += [b"UTF8=ACCEPT"]
 
 ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
 UNAUTH = ANY | {"STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -358,6 +359,10 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
         if name not in allowed:
             self._tagged(tag, b"BAD", f"{name} not allowed now".encode())
             return
+        if not rest.isascii() and self.utf8_names() and not names.valid_utf8(rest):
+            # RFC 6855 3: 8-bit octets that are not UTF-8 "MUST" be BAD.
+            self._tagged(tag, b"BAD", b"Invalid UTF-8 in the command")
+            return
         cur = Cursor(rest, list(lits))
         try:
             result = handler(tag, cur, uid) if name in UID_COMMANDS else handler(tag, cur)
@@ -406,13 +411,12 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
     # -- session helpers the command groups share ---------------------------------------
 
     def _mailbox_name(self, cur) -> str:
-        raw = cur.astring()
-        try:
-            name = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise imap4.MailboxException(
-                "Mailbox names must be modified UTF-7 (RFC 3501 5.1.3)") from None
-        return canonical(name)
+        """The next argument as a stored mailbox name (L{names.from_wire}), INBOX canonical."""
+        return canonical(names.from_wire(cur.astring(), self.utf8_names()))
+
+    def _wire_name(self, name: str) -> bytes:
+        """A stored mailbox name as this session reads it (L{names.to_wire})."""
+        return names.to_wire(name, self.utf8_names())
 
     def _deselect(self) -> None:
         if self.mbox is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from netsuite.imap.names import pattern_from_wire
 from netsuite.imap.wire import Cursor, ParseError
 
 SELECT_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
@@ -31,12 +32,15 @@ class ListCommand:
     extended: bool = False
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("ascii", "replace")
+def parse_list(cur: Cursor, utf8: bool = False) -> ListCommand:
+    """
+    The arguments of LIST (the cursor is after C{LIST }); L{ParseError} for BAD.
+    C{utf8}: names are UTF-8, not modified UTF-7 (L{netsuite.imap.names}).
+    """
 
+    def _decode(raw: bytes) -> str:
+        return pattern_from_wire(raw, utf8)
 
-def parse_list(cur: Cursor) -> ListCommand:
-    """The arguments of LIST (the cursor is after C{LIST }); L{ParseError} for BAD."""
     extended = False
     select: set[bytes] = set()
     if cur.peek() == 0x28:

@@ -89,9 +89,15 @@ def parse_sort_criteria(cur: Cursor, display: bool = True) -> list[tuple[str, bo
         cur.sp()
 
 
-def parse_charset(cur: Cursor) -> bytes:
-    """The charset argument of SORT and THREAD (an astring), upper-cased."""
-    return cur.astring().upper()
+def parse_charset(cur: Cursor, utf8_only: bool = False) -> bytes:
+    """
+    The charset argument of SORT and THREAD (an astring), upper-cased.
+    C{utf8_only} (after ENABLE UTF8=ACCEPT): any other is BAD (RFC 6855 erratum 4029).
+    """
+    charset = cur.astring().upper()
+    if utf8_only and charset != b"UTF-8":
+        raise ParseError("The charset must be UTF-8 after ENABLE UTF8=ACCEPT")
+    return charset
 
 
 def parse_thread_algorithm(cur: Cursor) -> str:

@@ -26,7 +26,8 @@ class SessionBase:
     """
     What the command mixins use of the session, for the type checker: the
     attributes and methods are L{netsuite.imap.server.IMAPServer}'s (and
-    Twisted's C{IMAP4Server}'s); nothing here exists at run time.
+    Twisted's C{IMAP4Server}'s); nothing here exists at run time but the
+    few methods below the declarations.
     """
 
     transport: Any
@@ -55,6 +56,7 @@ class SessionBase:
         def _tagged(self, tag: bytes, status: bytes, text: bytes,
                     allow_expunge: bool = True) -> None: ...
         def _mailbox_name(self, cur: Cursor) -> str: ...
+        def _wire_name(self, name: str) -> bytes: ...
         def _deselect(self) -> None: ...
         def _targets(self, seqset: SeqSet, uid: bool) -> list[int]: ...
         def _cooperate(self, work: Any) -> defer.Deferred: ...
@@ -72,3 +74,11 @@ class SessionBase:
         def plaintext_allowed(self) -> bool: ...
         def setTimeout(self, period: float | None) -> Any: ...
         def resetTimeout(self) -> None: ...
+
+    def utf8_names(self) -> bool:
+        """
+        Mailbox names (and quoted strings) are UTF-8 in this session, not
+        modified UTF-7: after ENABLE UTF8=ACCEPT (RFC 6855 3) or ENABLE
+        IMAP4rev2 (RFC 9051 5.1).
+        """
+        return bool(self.enabled & {b"UTF8=ACCEPT", b"IMAP4REV2"})

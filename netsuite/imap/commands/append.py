@@ -63,7 +63,10 @@ class AppendCommands(SessionBase):
             data: object
             if cur.text[cur.pos:cur.pos + 9].upper() == b"CATENATE ":
                 cur.pos += 9
-                data = _catenate_parts(cur)  # resolved once the whole command is read
+                # resolved once the whole command is read
+                data = _catenate_parts(cur, b"UTF8=ACCEPT" in self.enabled)
+            elif cur.text[cur.pos:cur.pos + 6].upper() == b"UTF8 (":
+                data = self._utf8_data(cur)
             else:
                 binary = cur.maybe(b"~")  # literal8 (RFC 3516)
                 if cur.peek() != wire.LITERAL_MARK:
@@ -128,13 +131,34 @@ class AppendCommands(SessionBase):
 
         return d.addCallbacks(stored, failed)
 
+    def _utf8_data(self, cur: Cursor):
+        """
+        C{UTF8 (~{n}...)}: a message with UTF-8 headers (RFC 6855 4, RFC 6532),
+        stored as it comes; only after ENABLE UTF8=ACCEPT (else BAD, as for
+        QRESYNC before its ENABLE).
+        """
+        if b"UTF8=ACCEPT" not in self.enabled:
+            raise ParseError("APPEND UTF8 needs ENABLE UTF8=ACCEPT first (RFC 6855 4)")
+        cur.pos += 6
+        binary = cur.maybe(b"~")  # literal8; a plain literal is taken too
+        if cur.peek() != wire.LITERAL_MARK:
+            raise ParseError("APPEND UTF8 needs the message as a literal8")
+        data = cur.string()
+        cur.expect(b")")
+        if binary and isinstance(data, bytes):
+            data = to_7bit(data)
+        return data
+
 
 class Catenate(list):
     """An APPEND's CATENATE list (RFC 4469): ("TEXT", bytes) and ("URL", str) parts."""
 
 
-def _catenate_parts(cur: Cursor) -> Catenate:
-    """C{(TEXT {n} URL "/box/;UID=1" ...)}: the parts, in order."""
+def _catenate_parts(cur: Cursor, utf8: bool = False) -> Catenate:
+    """
+    C{(TEXT {n} URL "/box/;UID=1" ...)}: the parts, in order; C{UTF8 (~{n})}
+    parts (RFC 6855 4) too when C{utf8} (ENABLE UTF8=ACCEPT), else BAD.
+    """
     cur.expect(b"(")
     parts = Catenate()
     while True:
@@ -150,8 +174,20 @@ def _catenate_parts(cur: Cursor) -> Catenate:
             parts.append(("TEXT", value))
         elif kind == b"URL":
             parts.append(("URL", cur.astring().decode("utf-8", "replace")))
+        elif kind == b"UTF8":  # cat-part =/ utf8-literal
+            if not utf8:
+                raise ParseError("CATENATE UTF8 needs ENABLE UTF8=ACCEPT first (RFC 6855 4)")
+            cur.expect(b"(")
+            cur.maybe(b"~")
+            if cur.peek() != wire.LITERAL_MARK:
+                raise ParseError("CATENATE UTF8 needs a literal8")
+            value = cur.string()
+            if not isinstance(value, bytes):
+                raise ParseError("CATENATE UTF8 too large")
+            cur.expect(b")")
+            parts.append(("TEXT", value))
         else:
-            raise ParseError("CATENATE parts are TEXT or URL")
+            raise ParseError("CATENATE parts are TEXT, URL or UTF8")
         if cur.maybe(b")"):
             return parts
         cur.sp()

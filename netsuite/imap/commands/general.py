@@ -15,6 +15,7 @@ from netsuite.imap.wire import ParseError
 ENABLERS: dict[bytes, Callable[["GeneralCommands"], None] | None] = {
     b"CONDSTORE": lambda s: s._condstore_used(),
     b"QRESYNC": lambda s: s._enable_qresync(),  # implies CONDSTORE (RFC 7162 3.2.3)
+    b"UTF8=ACCEPT": lambda s: _refuse_utf8_when_selected(s),  # RFC 6855, names: names.py
 }
 
 
@@ -128,3 +129,15 @@ class GeneralCommands(SessionBase):
         cur.end()
         self.mbox.refresh()
         self._tagged(tag, b"OK", b"CHECK completed")
+
+
+def _refuse_utf8_when_selected(session: SessionBase) -> None:
+    """
+    ENABLE UTF8=ACCEPT "is only valid in the authenticated state" (RFC 6855 3):
+    the selected mailbox's name would change meaning under the client, so the
+    command is BAD while a mailbox is selected.  Once on, names are UTF-8
+    (L{SessionBase.utf8_names}, L{netsuite.imap.names}).
+    """
+    if session.state == "select":
+        raise ParseError("ENABLE UTF8=ACCEPT is only valid in the authenticated state "
+                         "(RFC 6855 3): CLOSE or UNSELECT first")

@@ -20,7 +20,7 @@ class ListExtCommands(SessionBase):
     def imap_LIST(self, tag, cur):
         start = cur.pos
         lits = list(cur.literals)
-        cmd = parse_list(cur)
+        cmd = parse_list(cur, self.utf8_names())
         if not cmd.extended:
             cur.pos, cur.literals = start, lits
             self._list(tag, cur, False, b"LIST")
@@ -39,7 +39,7 @@ class ListExtCommands(SessionBase):
         for name, attrs, childinfo in rows:
             if not mark_subscribed:
                 attrs = [a for a in attrs if a != "\\Subscribed"]
-            line = (b"* LIST (" + " ".join(attrs).encode() + b') "." ' + wire.astring(name))
+            line = (b"* LIST (" + " ".join(attrs).encode() + b') "." ' + self._wire_name(name))
             if childinfo:
                 line += (b' ("CHILDINFO" (' +
                          b" ".join(wire.string(c) for c in childinfo) + b"))")
@@ -60,4 +60,4 @@ class ListExtCommands(SessionBase):
         except NoSuchFolder:
             return
         body = " ".join(f"{k} {values[k]}" for k in items).encode()
-        self.send(b"* STATUS " + wire.astring(name) + b" (" + body + b")")
+        self.send(b"* STATUS " + self._wire_name(name) + b" (" + body + b")")

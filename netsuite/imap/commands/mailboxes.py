@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.mail import imap4
 
-from netsuite.imap import wire
+from netsuite.imap import names, wire
 from netsuite.imap.account import FolderExists, NoSuchFolder
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.objectid import mailbox_id
@@ -179,9 +179,9 @@ class MailboxCommands(SessionBase):
             special_only = b"SPECIAL-USE" in options
             subscribed = b"SUBSCRIBED" in options
             cur.sp()
-        ref = cur.astring().decode("ascii", "replace")
+        ref = names.pattern_from_wire(cur.astring(), self.utf8_names())
         cur.sp()
-        pattern = cur.list_mailbox().decode("ascii", "replace")
+        pattern = names.pattern_from_wire(cur.list_mailbox(), self.utf8_names())
         cur.end()
         if not pattern:
             self.send(b'* ' + verb + b' (\\Noselect) "." ""')
@@ -192,7 +192,7 @@ class MailboxCommands(SessionBase):
                                         for a in attrs):
                 continue
             self.send(b"* " + verb + b" (" + " ".join(attrs).encode() + b') "." ' +
-                      wire.astring(name))
+                      self._wire_name(name))
         self._tagged(tag, b"OK", verb + b" completed")
 
     def imap_LIST(self, tag, cur):
@@ -225,7 +225,7 @@ class MailboxCommands(SessionBase):
         if self._lost:
             return
         body = " ".join(f"{k} {values[k]}" for k in items).encode()
-        self.send(b"* STATUS " + wire.astring(name) + b" (" + body + b")")
+        self.send(b"* STATUS " + self._wire_name(name) + b" (" + body + b")")
         self._tagged(tag, b"OK", b"STATUS completed")
 
     def _status_failed(self, failure, tag: bytes) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from netsuite.imap import wire
 from netsuite.imap.account import canonical
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.mailbox import status as folder_status
+from netsuite.imap.names import from_wire as name_from_wire
 from netsuite.imap.wire_notify import SUPPORTED, NotifySpec, parse_notify
 
 log = Logger(namespace="netsuite.imap")
@@ -82,7 +82,7 @@ class NotifyCommands(SessionBase):
                 subs = set(self.account.store.subscriptions(self.account.user))
                 chosen = [n for n in names if n in subs]
             else:
-                wanted = [canonical(b.decode("ascii", "replace")) for b in g.mailboxes]
+                wanted = [canonical(name_from_wire(b, self.utf8_names())) for b in g.mailboxes]
                 if g.filter == "MAILBOXES":
                     chosen = [n for n in wanted if n in names]
                 else:
@@ -105,7 +105,7 @@ class NotifyCommands(SessionBase):
     def _notify_status(self, name: str, folder, items) -> bytes:
         values = folder_status(folder, items)
         body = " ".join(f"{k} {values[k]}" for k in items).encode()
-        return b"* STATUS " + wire.astring(name) + b" (" + body + b")"
+        return b"* STATUS " + self._wire_name(name) + b" (" + body + b")"
 
     def _notify_changed(self, folder, changes) -> None:
         """A watched mailbox changed: its STATUS is due (sent at once when idle)."""

@@ -10,7 +10,6 @@ account does not change its usage, so it is never refused for the quota.
 
 from __future__ import annotations
 
-from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
 from netsuite.imap.commands import SessionBase
 from netsuite.store.quota import over_quota
@@ -39,9 +38,9 @@ class QuotaCommands(SessionBase):
             return
         line = self._quota_line()
         if line is None:  # no limit: no quota root (RFC 9208 4.3.2)
-            self.send(b"* QUOTAROOT " + wire.astring(name))
+            self.send(b"* QUOTAROOT " + self._wire_name(name))
         else:
-            self.send(b"* QUOTAROOT " + wire.astring(name) + b' ""')
+            self.send(b"* QUOTAROOT " + self._wire_name(name) + b' ""')
             self.send(line)
         self._tagged(tag, b"OK", b"GETQUOTAROOT completed")
 

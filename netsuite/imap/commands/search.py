@@ -29,6 +29,10 @@ class SearchCommands(SessionBase):
         options = wire_sort.parse_return(cur)
         if cur.text[cur.pos:cur.pos + 8].upper() == b"CHARSET ":
             cur.pos += 8
+            if b"UTF8=ACCEPT" in self.enabled:  # RFC 6855 3: conflicting charset labels
+                if options is not None and "SAVE" in options:
+                    self.mbox.saved = set()
+                raise ParseError("No CHARSET in SEARCH after ENABLE UTF8=ACCEPT (RFC 6855 3)")
             charset = cur.astring().upper()
             cur.sp()
             if charset not in (b"US-ASCII", b"UTF-8"):

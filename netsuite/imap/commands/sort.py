@@ -125,7 +125,7 @@ class SortCommands(SessionBase):
         matching messages' L{Item}s (or the same answer kept from before, see
         L{_answers}), C{answer} with it and the tagged OK.
         """
-        charset = wire_sort.parse_charset(cur)
+        charset = wire_sort.parse_charset(cur, b"UTF8=ACCEPT" in self.enabled)
         cur.sp()
         keys = self._parse_search_keys(cur, options)
         if charset not in wire_sort.CHARSETS:
