@@ -42,7 +42,7 @@ from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import Command, Continue, IMAPFramer, Overlong, Refused
 from netsuite.imap import wire
-from netsuite.imap.account import canonical
+from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.commands.append import STREAM_ABOVE, AppendCommands
 from netsuite.imap.commands.compress import CompressCommands
 from netsuite.imap.commands.context import ContextCommands
@@ -55,6 +55,7 @@ from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
 from netsuite.imap.commands.notify import NotifyCommands
 from netsuite.imap.commands.quota import QuotaCommands
+from netsuite.imap.commands.rev2 import Rev2Commands
 from netsuite.imap.commands.search import SearchCommands
 from netsuite.imap.commands.sort import SortCommands
 from netsuite.imap.commands.urlauth import UrlAuthCommands
@@ -65,7 +66,7 @@ from netsuite.store.folder import FolderGone
 log = Logger(namespace="netsuite.imap")
 
 IDENT = "netsuite IMAP4rev1 ready"
-EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
+EXTENSIONS = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN",
               b"BINARY", b"URLAUTH", b"URLAUTH=BINARY"]
 EXTENSIONS += [b"LIST-EXTENDED"]
@@ -107,7 +108,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                  MailboxCommands, AppendCommands, FetchCommands,
                  FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
                  QuotaCommands, CompressCommands, UrlAuthCommands, NotifyCommands,
-                 imap4.IMAP4Server, CommandDeadline):
+                 Rev2Commands, imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
 
@@ -365,7 +366,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
             self._tagged(tag, b"BAD", str(e).encode())
             return
         except imap4.MailboxException as e:
-            self._tagged(tag, b"NO", str(e).encode())
+            self._tagged(tag, b"NO", _response_code(e) + str(e).encode())
             return
         except FolderGone:
             self._deselect()
@@ -455,6 +456,21 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
 
 
 
+
+
+def _response_code(e: imap4.MailboxException) -> bytes:
+    """
+    The RFC 5530 code (also RFC 9051 7.1's) for a mailbox error no command
+    answered itself: a missing or existing folder, else one that can never
+    succeed (a bad name, DELETE INBOX): CANNOT.  Nothing if the text has one.
+    """
+    if str(e).startswith("["):
+        return b""
+    if isinstance(e, NoSuchFolder):
+        return b"[NONEXISTENT] "
+    if isinstance(e, FolderExists):
+        return b"[ALREADYEXISTS] "
+    return b"[CANNOT] "
 
 
 class _Pacer:

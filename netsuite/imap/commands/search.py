@@ -38,6 +38,9 @@ class SearchCommands(SessionBase):
                              allow_expunge=uid)
                 return
         keys = self._parse_search_keys(cur, options)
+        self._rev2_check_keys(keys)
+        if options is None and self._rev2():
+            options = wire_sort.ReturnOptions(["ALL"])  # RFC 9051 6.4.4: ESEARCH, ALL
         #: RFC 7162 3.1.5: a MODSEQ key makes the answer carry the highest MODSEQ found.
         with_modseq = _uses_modseq(keys)
         if with_modseq:
