@@ -144,6 +144,11 @@ def test_search_keys_of_recent_are_gone(daemon, key):
     cmd(r2, b"s", b"SELECT INBOX")
     assert cmd(r2, b"q", b"SEARCH " + key)[-1].startswith(b"q BAD")
     assert cmd(r2, b"u", b"UID SEARCH " + key)[-1].startswith(b"u BAD")
+    assert cmd(r2, b"o", b"SORT (ARRIVAL) UTF-8 " + key)[-1].startswith(b"o BAD")
+    # A SEARCH ... RETURN (SAVE) refused so empties $ (RFC 5182 2.1).
+    assert cmd(r2, b"v", b"SEARCH RETURN (SAVE) ALL")[-1].startswith(b"v OK")
+    assert cmd(r2, b"w", b"SEARCH RETURN (SAVE) " + key)[-1].startswith(b"w BAD")
+    assert cmd(r2, b"x", b"SEARCH $")[0] == b'* ESEARCH (TAG "x")\r\n'
     r1.close()
     r2.close()
 

@@ -26,6 +26,8 @@ replaces:
 This module keeps the session: its state, the reader and the dispatch.  The
 commands live by group in L{netsuite.imap.commands} (general, login,
 mailboxes, append, fetch, flags, copy, search), mixed into L{IMAPServer}.
+IMAP4rev2 (RFC 9051) is offered too: what a session that enabled it is answered
+differently is in L{netsuite.imap.commands.rev2}.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ class SearchCommands(SessionBase):
                              allow_expunge=uid)
                 return
         keys = self._parse_search_keys(cur, options)
-        self._rev2_check_keys(keys)
         if options is None and self._rev2():
             options = wire_sort.ReturnOptions(["ALL"])  # RFC 9051 6.4.4: ESEARCH, ALL
         #: RFC 7162 3.1.5: a MODSEQ key makes the answer carry the highest MODSEQ found.
@@ -67,7 +66,9 @@ class SearchCommands(SessionBase):
     def _parse_search_keys(self, cur, options) -> list:
         """Search keys; a SEARCH ... RETURN (SAVE) that fails empties $ (RFC 5182 2.1)."""
         try:
-            return wire.parse_search(cur)
+            keys = wire.parse_search(cur)
+            self._rev2_check_keys(keys)  # no RECENT, NEW, OLD after ENABLE IMAP4rev2
+            return keys
         except ParseError:
             if options is not None and "SAVE" in options:
                 self.mbox.saved = set()
