@@ -68,9 +68,10 @@ from netsuite.store.folder import FolderGone
 log = Logger(namespace="netsuite.imap")
 
 IDENT = "netsuite IMAP4rev1 ready"
-EXTENSIONS = [b"IMAP4rev1", b"IMAP4rev2", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
+EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN",
               b"BINARY", b"URLAUTH", b"URLAUTH=BINARY"]
+EXTENSIONS.insert(1, b"IMAP4rev2")  # RFC 9051, beside IMAP4rev1: see commands/rev2.py
 EXTENSIONS += [b"LIST-EXTENDED"]
 EXTENSIONS += [b"LIST-STATUS"]
 EXTENSIONS += [b"STATUS=SIZE"]
