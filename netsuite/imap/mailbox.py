@@ -141,6 +141,9 @@ class SessionMailbox:
         #: expunges are told as VANISHED (QRESYNC).
         self.condstore = False
         self.qresync = False
+        #: IMAP4rev2 (RFC 9051) has no \Recent: what the session claims is not shown,
+        #: and no RECENT response is sent (set by the session, see set_no_recent).
+        self.no_recent = False
         self.on_change = None
         store.watch(folder, self._changed)
         self._rendered = rendered_flags(store, folder)
@@ -201,11 +204,18 @@ class SessionMailbox:
                      self.folder.messages[bisect.bisect_right(self.folder.uids, last):]]
             if fresh:
                 self.uids.extend(fresh)
-                self.recent.update(self.folder.claim_recent() if self.writeable
-                                   else self._unclaimed())
+                claimed = self.folder.claim_recent() if self.writeable else self._unclaimed()
+                if not self.no_recent:
+                    self.recent.update(claimed)
                 out.append(b"* %d EXISTS" % len(self.uids))
-                out.append(b"* %d RECENT" % len(self.recent))
+                if not self.no_recent:
+                    out.append(b"* %d RECENT" % len(self.recent))
         return out
+
+    def set_no_recent(self) -> None:
+        """IMAP4rev2 from now on: nothing is \\Recent here any more (RFC 9051 2.3.2)."""
+        self.no_recent = True
+        self.recent = set()
 
     def _unclaimed(self) -> set[int]:
         """UIDs still \\Recent for whoever selects the folder next (a bisect)."""

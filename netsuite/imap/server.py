@@ -26,6 +26,8 @@ replaces:
 This module keeps the session: its state, the reader and the dispatch.  The
 commands live by group in L{netsuite.imap.commands} (general, login,
 mailboxes, append, fetch, flags, copy, search), mixed into L{IMAPServer}.
+IMAP4rev2 (RFC 9051) is offered too: what a session that enabled it is answered
+differently is in L{netsuite.imap.commands.rev2}.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import Command, Continue, IMAPFramer, Overlong, Refused
 from netsuite.imap import names, wire
-from netsuite.imap.account import canonical
+from netsuite.imap.account import FolderExists, NoSuchFolder, canonical
 from netsuite.imap.commands.append import STREAM_ABOVE, AppendCommands
 from netsuite.imap.commands.compress import CompressCommands
 from netsuite.imap.commands.context import ContextCommands
@@ -55,6 +57,7 @@ from netsuite.imap.commands.login import LoginCommands
 from netsuite.imap.commands.mailboxes import MailboxCommands
 from netsuite.imap.commands.notify import NotifyCommands
 from netsuite.imap.commands.quota import QuotaCommands
+from netsuite.imap.commands.rev2 import Rev2Commands
 from netsuite.imap.commands.search import SearchCommands
 from netsuite.imap.commands.sort import SortCommands
 from netsuite.imap.commands.urlauth import UrlAuthCommands
@@ -68,6 +71,7 @@ IDENT = "netsuite IMAP4rev1 ready"
 EXTENSIONS = [b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE",
               b"UNSELECT", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN",
               b"BINARY", b"URLAUTH", b"URLAUTH=BINARY"]
+EXTENSIONS.insert(1, b"IMAP4rev2")  # RFC 9051, beside IMAP4rev1: see commands/rev2.py
 EXTENSIONS += [b"LIST-EXTENDED"]
 EXTENSIONS += [b"LIST-STATUS"]
 EXTENSIONS += [b"STATUS=SIZE"]
@@ -108,7 +112,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                  MailboxCommands, AppendCommands, FetchCommands,
                  FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
                  QuotaCommands, CompressCommands, UrlAuthCommands, NotifyCommands,
-                 imap4.IMAP4Server, CommandDeadline):
+                 Rev2Commands, imap4.IMAP4Server, CommandDeadline):
     """
     One IMAP connection; see the module docstring.
 
@@ -370,7 +374,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
             self._tagged(tag, b"BAD", str(e).encode())
             return
         except imap4.MailboxException as e:
-            self._tagged(tag, b"NO", str(e).encode())
+            self._tagged(tag, b"NO", _response_code(e) + str(e).encode())
             return
         except FolderGone:
             self._deselect()
@@ -459,6 +463,21 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
 
 
 
+
+
+def _response_code(e: imap4.MailboxException) -> bytes:
+    """
+    The RFC 5530 code (also RFC 9051 7.1's) for a mailbox error no command
+    answered itself: a missing or existing folder, else one that can never
+    succeed (a bad name, DELETE INBOX): CANNOT.  Nothing if the text has one.
+    """
+    if str(e).startswith("["):
+        return b""
+    if isinstance(e, NoSuchFolder):
+        return b"[NONEXISTENT] "
+    if isinstance(e, FolderExists):
+        return b"[ALREADYEXISTS] "
+    return b"[CANNOT] "
 
 
 class _Pacer:

@@ -17,6 +17,9 @@ ENABLERS: dict[bytes, Callable[["GeneralCommands"], None] | None] = {
     b"QRESYNC": lambda s: s._enable_qresync(),  # implies CONDSTORE (RFC 7162 3.2.3)
     b"UTF8=ACCEPT": lambda s: _refuse_utf8_when_selected(s),  # RFC 6855, names: names.py
 }
+ENABLERS[b"IMAP4REV2"] = lambda s: s._enable_imap4rev2()  # RFC 9051 (commands/rev2.py)
+#: How ENABLED names an extension whose name is not all capitals.
+ENABLED_AS = {b"IMAP4REV2": b"IMAP4rev2"}
 
 
 class GeneralCommands(SessionBase):
@@ -66,7 +69,7 @@ class GeneralCommands(SessionBase):
             if action is not None:
                 action(self)
             self.enabled.add(name)
-            done.append(name)
+            done.append(ENABLED_AS.get(name, name))
         self.send(b" ".join([b"* ENABLED", *done]))
         self._tagged(tag, b"OK", b"ENABLE completed")
 

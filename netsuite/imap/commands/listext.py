@@ -27,6 +27,7 @@ class ListExtCommands(SessionBase):
             return
         if cmd.status:
             self._check_status_items(cmd.status)
+            cmd.status = self._rev2_status_items(cmd.status)
         if cmd.patterns == [""] and not cmd.select:
             self.send(b'* LIST (\\Noselect) "." ""')
             self._tagged(tag, b"OK", b"LIST completed")

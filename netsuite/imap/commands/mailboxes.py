@@ -67,15 +67,21 @@ class MailboxCommands(SessionBase):
         mbox.on_change = self._mailbox_changed
         mbox.condstore = b"CONDSTORE" in self.enabled
         mbox.qresync = b"QRESYNC" in self.enabled
+        rev2 = self._rev2()
+        if rev2:
+            mbox.set_no_recent()
         flags = " ".join(mbox.all_flags()).encode()
         self.send(b"* FLAGS (" + flags + b")")
         if rw:
             self.send(b"* OK [PERMANENTFLAGS (" + flags + b" \\*)] Flags permitted")
         else:
             self.send(b"* OK [PERMANENTFLAGS ()] Read-only mailbox")
+        if rev2:
+            self._rev2_selected(mbox)  # RFC 9051 6.3.2: LIST, and no RECENT or UNSEEN
         self.send(b"* %d EXISTS" % len(mbox.uids))
-        self.send(b"* %d RECENT" % len(mbox.recent))
-        unseen = mbox.unseen_first()
+        if not rev2:
+            self.send(b"* %d RECENT" % len(mbox.recent))
+        unseen = 0 if rev2 else mbox.unseen_first()
         if unseen:
             self.send(b"* OK [UNSEEN %d] First unseen" % unseen)
         self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % mbox.uidvalidity)
@@ -137,6 +143,11 @@ class MailboxCommands(SessionBase):
         try:
             self.account.delete(name)
         except NoSuchFolder as e:
+            if any(n.startswith(name + ".") for n in self.account.names()):
+                # Only a \Noselect parent of others: RFC 9051 6.3.4's HASCHILDREN.
+                self._tagged(tag, b"NO", b"[HASCHILDREN] Mailbox has inferior hierarchical "
+                             b"names and is not selectable")
+                return
             self._tagged(tag, b"NO", b"[NONEXISTENT] " + str(e).encode())
             return
         self._tagged(tag, b"OK", b"DELETE completed")
@@ -210,6 +221,7 @@ class MailboxCommands(SessionBase):
             raise ParseError("Unknown STATUS item")
         if "HIGHESTMODSEQ" in items:
             self._condstore_used()
+        items = self._rev2_status_items(items)
         try:
             values = self.account.status_deferred(name, items)
         except NoSuchFolder:

@@ -42,6 +42,8 @@ class SearchCommands(SessionBase):
                              allow_expunge=uid)
                 return
         keys = self._parse_search_keys(cur, options)
+        if options is None and self._rev2():
+            options = wire_sort.ReturnOptions(["ALL"])  # RFC 9051 6.4.4: ESEARCH, ALL
         #: RFC 7162 3.1.5: a MODSEQ key makes the answer carry the highest MODSEQ found.
         with_modseq = _uses_modseq(keys)
         if with_modseq:
@@ -68,7 +70,9 @@ class SearchCommands(SessionBase):
     def _parse_search_keys(self, cur, options) -> list:
         """Search keys; a SEARCH ... RETURN (SAVE) that fails empties $ (RFC 5182 2.1)."""
         try:
-            return wire.parse_search(cur)
+            keys = wire.parse_search(cur)
+            self._rev2_check_keys(keys)  # no RECENT, NEW, OLD after ENABLE IMAP4rev2
+            return keys
         except ParseError:
             if options is not None and "SAVE" in options:
                 self.mbox.saved = set()
