@@ -94,7 +94,7 @@ def _first_address(value: bytes | None) -> tuple[str, str]:
     if not value:
         return "", ""
     text = value.decode("utf-8", "surrogateescape")
-    m = _NAME_ADDR.match(text)
+    m = _NAME_ADDR.match(text) if "<" in text else None  # (it needs one: a bare address skips it)
     if m is not None:
         name = _decoded((m.group(1) if m.group(1) is not None else m.group(2)).strip())
         return m.group(3), name.strip() or f"{m.group(3)}@{m.group(4)}"
