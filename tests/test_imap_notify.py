@@ -174,3 +174,18 @@ def test_message_new_sends_the_fetch_asked_for(daemon):
     # Nothing was read: \Seen is not set.
     assert any(b"FLAGS (\\Recent)" in r for r in a.run(b"FETCH 1 FLAGS"))
     b.logout()
+
+
+def test_message_new_fetch_comes_at_the_end_of_a_command_too(daemon):
+    """Mail that came while a command ran: its EXISTS and then its FETCH before the OK."""
+    a = Raw(daemon)
+    a.run(b"SELECT INBOX")
+    reply = a.run(b"NOTIFY SET (SELECTED (MessageNew (UID FLAGS)))")
+    assert reply[-1].split()[1] == b"OK", reply
+    data = message(8)
+    reply = a.run(b"APPEND INBOX {%d+}\r\n" % len(data) + data)  # the session's own command
+    assert reply[-1].split()[1] == b"OK", reply
+    assert b"* 1 EXISTS" in reply and b"* 1 FETCH (UID 1 FLAGS (\\Recent))" in reply, reply
+    assert reply.index(b"* 1 EXISTS") < reply.index(b"* 1 FETCH (UID 1 FLAGS (\\Recent))")
+    # Told once: the next command does not repeat it.
+    assert not any(b"FETCH" in r for r in a.run(b"NOOP")), reply

@@ -48,6 +48,8 @@ class NotifyCommands(SessionBase):
     _notify_lines: list | None = None
     #: MessageNew's fetch attributes for the selected mailbox (RFC 5465 5.2).
     _notify_fetch: list | None = None
+    #: (selected mailbox, the highest UID whose MessageNew FETCH is sent or not due).
+    _notify_told: tuple | None = None
 
     def imap_NOTIFY(self, tag, cur):
         spec = parse_notify(cur)
@@ -183,6 +185,8 @@ class NotifyCommands(SessionBase):
         Send what is due, unless a command is running: then its end (C{ending},
         just before its tagged reply) sends it.
         """
+        if ending and self._notify_fetch:
+            self._notify_new_messages()  # after the EXISTS the tagged reply's updates sent
         if self._lost or not (getattr(self, "_notify_due", None) or self._notify_lines):
             return
         if not ending and (self._busy or self._executing):
@@ -201,16 +205,31 @@ class NotifyCommands(SessionBase):
         With MessageNew's fetch attributes they are sent here, each new
         message's FETCH after the EXISTS (RFC 5465 5.2), and the answer is no.
         """
+        mbox = self.mbox
+        if self._notify_fetch and mbox is not None and \
+                (self._notify_told is None or self._notify_told[0] is not mbox):
+            # The first change since this mailbox was selected, before any EXISTS for it:
+            # what the session holds now is what the client was told at SELECT.
+            self._notify_told = (mbox, mbox.uids[-1] if mbox.uids else 0)
         if not self._notify_selected or self._busy or self._executing:
             return False
-        if not self._notify_fetch or self.mbox is None:
+        if not self._notify_fetch or mbox is None:
             return True
-        mbox = self.mbox
-        last = mbox.uids[-1] if mbox.uids else 0
         for line in mbox.updates(True):
             self.send(line)
-        for seq in range(bisect.bisect_right(mbox.uids, last), len(mbox.uids)):
-            msg = mbox.message(mbox.uids[seq])
+        self._notify_new_messages()
+        return False
+
+    def _notify_new_messages(self) -> None:
+        """MessageNew's FETCH for the messages told by EXISTS since the last time."""
+        mbox = self.mbox
+        if mbox is None or self._notify_told is None or self._notify_told[0] is not mbox \
+                or self._lost:
+            return
+        last = self._notify_told[1]
+        uids = mbox.uids
+        for seq in range(bisect.bisect_right(uids, last), len(uids)):
+            msg = mbox.message(uids[seq])
             if msg is None:
                 continue
             try:  # as FETCH; BODY[] does not set \Seen here: nothing was asked of it
@@ -219,7 +238,7 @@ class NotifyCommands(SessionBase):
             except (KeyError, UnknownCTE):  # gone meanwhile, or not decodable: skipped
                 continue
         mbox.flush_cache()
-        return False
+        self._notify_told = (mbox, max(last, uids[-1] if uids else 0))
 
     def _notify_stop(self) -> None:
         store = self.account.store if getattr(self, "account", None) is not None else None
@@ -234,6 +253,7 @@ class NotifyCommands(SessionBase):
         self._notify_names = None
         self._notify_lines = None
         self._notify_fetch = None
+        self._notify_told = None
 
 
 def _in_filter(group, name: str, subscribed: set[str] | None) -> bool:
