@@ -189,3 +189,28 @@ def test_message_new_fetch_comes_at_the_end_of_a_command_too(daemon):
     assert reply.index(b"* 1 EXISTS") < reply.index(b"* 1 FETCH (UID 1 FLAGS (\\Recent))")
     # Told once: the next command does not repeat it.
     assert not any(b"FETCH" in r for r in a.run(b"NOOP")), reply
+
+
+def test_mailboxes_created_later_are_watched_and_name_events_bring_no_status(daemon):
+    """
+    PERSONAL names the mailboxes there are now: one created after NOTIFY is watched too.
+    A group asking only for MailboxName gets no (empty) STATUS for new mail.
+    """
+    a = Raw(daemon)
+    reply = a.run(b"NOTIFY SET (PERSONAL (MessageNew))")
+    assert reply[-1].split()[1] == b"OK", reply
+    b = other(daemon)
+    b.create("Fresh")
+    b.append("Fresh", "", None, message(1))
+    line = a.line()
+    assert line is not None and line.startswith(b"* STATUS Fresh (MESSAGES 1 UIDNEXT 2 "), line
+    b.rename("Fresh", "Renamed")
+    b.append("Renamed", "", None, message(2))
+    line = a.line()
+    assert line is not None and line.startswith(b"* STATUS Renamed (MESSAGES 2 UIDNEXT 3 "), line
+    c = Raw(daemon)
+    assert c.run(b"NOTIFY SET (PERSONAL (MailboxName))")[-1].split()[1] == b"OK"
+    b.append("INBOX", "", None, message(3))  # nothing asked for that: the LIST comes first
+    b.create("Later")
+    assert c.line() == b'* LIST (\\HasNoChildren) "." Later'
+    b.logout()

@@ -50,6 +50,8 @@ class NotifyCommands(SessionBase):
     _notify_fetch: list | None = None
     #: (selected mailbox, the highest UID whose MessageNew FETCH is sent or not due).
     _notify_told: tuple | None = None
+    #: The NOTIFY SET in force, if it has groups about other mailboxes.
+    _notify_spec: NotifySpec | None = None
 
     def imap_NOTIFY(self, tag, cur):
         spec = parse_notify(cur)
@@ -73,11 +75,12 @@ class NotifyCommands(SessionBase):
             if g.filter.startswith("SELECTED"):
                 self._notify_selected = g.events
                 self._notify_fetch = g.fetch if "MessageNew" in g.events else None
-        names = [g for g in spec.groups if not g.filter.startswith("SELECTED")
-                 and {"MailboxName", "SubscriptionChange"} & set(g.events)]
-        if names:
-            self._notify_names = names
-            self._notify_lines = []
+        self._notify_names = [g for g in spec.groups if not g.filter.startswith("SELECTED")
+                              and {"MailboxName", "SubscriptionChange"} & set(g.events)]
+        self._notify_lines = []
+        if any(not g.filter.startswith("SELECTED") and g.events for g in spec.groups):
+            # Names created, renamed or deleted (by any session) change what is watched.
+            self._notify_spec = spec
             self.account.watch_names(self._notify_name_changed)
         self._notify_watched = {}
         self._notify_due = {}
@@ -113,6 +116,8 @@ class NotifyCommands(SessionBase):
             items: list[str] = []
             for e in g.events:
                 items += [i for i in _ITEMS.get(e, ()) if i not in items]
+            if not items:  # MailboxName, SubscriptionChange only: no folder to watch
+                continue
             for name in chosen:
                 if len(out) >= MAX_WATCHED and name not in out:
                     raise OverflowError
@@ -141,9 +146,30 @@ class NotifyCommands(SessionBase):
             self._notify_due[name] = (folder, items)
         self._notify_flush()
 
+    def _notify_rewatch(self) -> None:
+        """The mailboxes the filters name now, watched (a CREATE or RENAME may add one)."""
+        if self._notify_spec is None or self._lost:
+            return
+        try:
+            watched = self._notify_mailboxes(self._notify_spec)
+        except OverflowError:  # past the limit: the ones watched already stay
+            return
+        store = self.account.store
+        now = {folder: (name, items) for name, (folder, items) in watched.items()}
+        for folder in [f for f in self._notify_watched if f not in now]:
+            store.unwatch(folder, self._notify_changed)
+        for folder in [f for f in now if f not in self._notify_watched]:
+            store.watch(folder, self._notify_changed)
+        self._notify_watched = now
+
     def _notify_name_changed(self, account, change: NameChange) -> None:
-        """Another session of this user changed a mailbox name or subscription."""
-        if account is self.account or self._lost or not self._notify_names:
+        """A session of this user (this one too) changed a mailbox name or subscription."""
+        if self._lost:
+            return
+        if change.kind in ("create", "delete", "rename") or any(
+                g.filter == "SUBSCRIBED" for g in self._notify_spec.groups):
+            self._notify_rewatch()
+        if account is self.account or not self._notify_names:
             return
         event = "SubscriptionChange" if change.kind in ("subscribe", "unsubscribe") \
             else "MailboxName"
@@ -245,8 +271,9 @@ class NotifyCommands(SessionBase):
         for folder in list(getattr(self, "_notify_watched", {}) or {}):
             if store is not None:
                 store.unwatch(folder, self._notify_changed)
-        if self._notify_names and getattr(self, "account", None) is not None:
+        if self._notify_spec is not None and getattr(self, "account", None) is not None:
             self.account.unwatch_names(self._notify_name_changed)
+        self._notify_spec = None
         self._notify_watched = {}
         self._notify_due = {}
         self._notify_selected = None
