@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -25,6 +26,8 @@ from netsuite.imap.mailbox import SessionMailbox, status
 from netsuite.store.maildir import BadFolderName
 
 DELIMITER = "."
+
+log = Logger(namespace="netsuite.imap")
 
 
 class NameChange(NamedTuple):
@@ -121,7 +124,10 @@ class ImapAccount:
     def _names_changed(self, *changes: NameChange) -> None:
         for listener in list(_name_listeners.get(self.store, {}).get(self.user, ())):
             for change in changes:
-                listener(self, change)
+                try:  # one session's trouble is not the CREATE's (as folder listeners)
+                    listener(self, change)
+                except Exception:
+                    log.failure("mailbox name listener failed")
 
     # -- helpers --------------------------------------------------------------------
 
