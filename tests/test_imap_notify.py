@@ -99,7 +99,7 @@ def test_selected_mailbox_changes_are_pushed(daemon):
 
 def test_notify_none_stops_and_bad_events_are_refused(daemon):
     a = Raw(daemon)
-    reply = a.run(b"NOTIFY SET (PERSONAL (MailboxName))")
+    reply = a.run(b"NOTIFY SET (PERSONAL (AnnotationChange))")
     assert reply[-1].split()[1] == b"NO" and b"[BADEVENT" in reply[-1], reply
     assert a.run(b"NOTIFY SET (NOWHERE (MessageNew))")[-1].split()[1] == b"BAD"
     assert a.run(b"NOTIFY SET (INBOXES (MessageNew MessageExpunge))")[-1].split()[1] == b"OK"
@@ -108,4 +108,109 @@ def test_notify_none_stops_and_bad_events_are_refused(daemon):
     b.append("INBOX", "", None, message(2))
     assert a.line(timeout=1.0) is None
     assert not any(r.startswith(b"* STATUS") for r in a.run(b"NOOP"))
+    b.logout()
+
+
+def test_mailbox_names_and_subscriptions_of_other_sessions_are_pushed(daemon):
+    """MailboxName and SubscriptionChange (RFC 5465 5.4, 5.5): untagged LIST, no command."""
+    a = Raw(daemon)
+    reply = a.run(b"NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))")
+    assert reply[-1].split()[1] == b"OK", reply
+    b = other(daemon)
+    b.create("Proj")
+    assert a.line() == b'* LIST (\\HasNoChildren) "." Proj'
+    b.create("Proj.Sub")
+    assert a.line() == b'* LIST (\\HasNoChildren) "." Proj.Sub'
+    b.subscribe("Proj.Sub")
+    assert a.line() == b'* LIST (\\HasNoChildren \\Subscribed) "." Proj.Sub'
+    b.rename("Proj", "Work")  # the child is renamed too: one LIST each
+    assert a.line() == b'* LIST (\\HasChildren) "." Work ("OLDNAME" (Proj))'
+    assert a.line() == b'* LIST (\\HasNoChildren \\Subscribed) "." Work.Sub ("OLDNAME" (Proj.Sub))'
+    b.unsubscribe("Work.Sub")
+    assert a.line() == b'* LIST (\\HasNoChildren) "." Work.Sub'
+    b.delete("Work.Sub")
+    assert a.line() == b'* LIST (\\NonExistent) "." Work.Sub'
+    # The session's own changes are its own replies' business: no LIST for them.
+    reply = a.run(b"CREATE Mine")
+    assert reply[-1].split()[1] == b"OK" and len(reply) == 1, reply
+    b.logout()
+    assert a.run(b"NOTIFY NONE")[-1].split()[1] == b"OK"
+
+
+def test_mailbox_name_events_follow_the_filter(daemon):
+    """Only names in the group's mailboxes are told; a command in progress tells them at its end."""
+    a = Raw(daemon)
+    reply = a.run(b"NOTIFY SET (SUBTREE Lists (MailboxName))")
+    assert reply[-1].split()[1] == b"OK", reply
+    b = other(daemon)
+    b.create("Other")  # not in the subtree: nothing (the next line is about Lists)
+    b.subscribe("Other")  # not asked for (SubscriptionChange)
+    b.create("Lists")
+    assert a.line() == b'* LIST (\\HasNoChildren) "." Lists'
+    b.create("Lists.a")
+    assert a.line() == b'* LIST (\\HasNoChildren) "." Lists.a'
+    b.rename("Other", "Lists.b")  # into the subtree: told (the new name is in it)
+    assert a.line() == b'* LIST (\\HasNoChildren \\Subscribed) "." Lists.b ("OLDNAME" (Other))'
+    b.logout()
+
+
+def test_message_new_sends_the_fetch_asked_for(daemon):
+    """MessageNew's fetch attributes (RFC 5465 5.2): a FETCH after the EXISTS."""
+    a = Raw(daemon)
+    a.run(b"SELECT INBOX")
+    reply = a.run(b"NOTIFY SET (SELECTED (MessageNew (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS "
+                  b"(SUBJECT)]) MessageExpunge))")
+    assert reply[-1].split()[1] == b"OK", reply
+    b = other(daemon)
+    b.append("INBOX", "", None, message(7))
+    assert a.line() == b"* 1 EXISTS"
+    assert a.line() == b"* 1 RECENT"
+    line = a.line()
+    assert line == b"* 1 FETCH (UID 1 RFC822.SIZE %d BODY[HEADER.FIELDS (SUBJECT)] {15}" \
+        % len(message(7)), line
+    assert a.line() == b"Subject: n7"
+    assert a.line() == b""
+    assert a.line() == b")"
+    # Nothing was read: \Seen is not set.
+    assert any(b"FLAGS (\\Recent)" in r for r in a.run(b"FETCH 1 FLAGS"))
+    b.logout()
+
+
+def test_message_new_fetch_comes_at_the_end_of_a_command_too(daemon):
+    """Mail that came while a command ran: its EXISTS and then its FETCH before the OK."""
+    a = Raw(daemon)
+    a.run(b"SELECT INBOX")
+    reply = a.run(b"NOTIFY SET (SELECTED (MessageNew (UID FLAGS)))")
+    assert reply[-1].split()[1] == b"OK", reply
+    data = message(8)
+    reply = a.run(b"APPEND INBOX {%d+}\r\n" % len(data) + data)  # the session's own command
+    assert reply[-1].split()[1] == b"OK", reply
+    assert b"* 1 EXISTS" in reply and b"* 1 FETCH (UID 1 FLAGS (\\Recent))" in reply, reply
+    assert reply.index(b"* 1 EXISTS") < reply.index(b"* 1 FETCH (UID 1 FLAGS (\\Recent))")
+    # Told once: the next command does not repeat it.
+    assert not any(b"FETCH" in r for r in a.run(b"NOOP")), reply
+
+
+def test_mailboxes_created_later_are_watched_and_name_events_bring_no_status(daemon):
+    """
+    PERSONAL names the mailboxes there are now: one created after NOTIFY is watched too.
+    A group asking only for MailboxName gets no (empty) STATUS for new mail.
+    """
+    a = Raw(daemon)
+    reply = a.run(b"NOTIFY SET (PERSONAL (MessageNew))")
+    assert reply[-1].split()[1] == b"OK", reply
+    b = other(daemon)
+    b.create("Fresh")
+    b.append("Fresh", "", None, message(1))
+    line = a.line()
+    assert line is not None and line.startswith(b"* STATUS Fresh (MESSAGES 1 UIDNEXT 2 "), line
+    b.rename("Fresh", "Renamed")
+    b.append("Renamed", "", None, message(2))
+    line = a.line()
+    assert line is not None and line.startswith(b"* STATUS Renamed (MESSAGES 2 UIDNEXT 3 "), line
+    c = Raw(daemon)
+    assert c.run(b"NOTIFY SET (PERSONAL (MailboxName))")[-1].split()[1] == b"OK"
+    b.append("INBOX", "", None, message(3))  # nothing asked for that: the LIST comes first
+    b.create("Later")
+    assert c.line() == b'* LIST (\\HasNoChildren) "." Later'
     b.logout()

@@ -337,3 +337,64 @@ def test_context_partial_and_sort_noupdate(box):
     m.untagged_responses.clear()
     m.store("1", "+FLAGS", "(\\Seen)")
     assert len(untagged_esearch(m)) == 8
+
+
+def test_kept_answers_follow_other_sessions(box, daemon):
+    """
+    Answers kept from an earlier SORT/THREAD are not reused once another session changed
+    the folder: an expunge this session was not told of yet (its message is left out), the
+    same after it was told (the numbers move), new mail, and a flag change that changes who
+    matches.
+    """
+    m = box
+    for _ in range(2):  # the second time from the kept answers
+        assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [3, 5, 1, 2, 4]
+        assert nums(m, "(SUBJECT)", "UTF-8", "ALL", uid=True) == [3, 5, 1, 2, 4]
+        assert m.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"((3)(5))(2 1 4)"]
+    other = connect(daemon)
+    other.select("INBOX")
+    other.store("3", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    # Not told yet (no EXPUNGE during SORT): message 3 is gone from the answers.
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [5, 1, 2, 4]
+    assert m.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"(2 1 4)(5)"]
+    # UID SORT may tell of it (RFC 3501 7.4.1): then 4 and 5 are 3 and 4.
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL", uid=True) == [5, 1, 2, 4]
+    m.noop()
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [4, 1, 2, 3]
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL", uid=True) == [5, 1, 2, 4]
+    assert m.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"(2 1 3)(4)"]
+    other.append("INBOX", "", imaplib.Time2Internaldate(1_772_000_500),
+                 b"Subject: aardvark\r\nDate: Sun, 1 Mar 2026 00:00:00 +0000\r\n\r\nx\r\n")
+    m.noop()
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [5, 4, 1, 2, 3]
+    assert m.thread("REFERENCES", "UTF-8", "ALL")[1] == [b"(5)(2 1 3)(4)"]
+    assert nums(m, "(SUBJECT)", "UTF-8", "UNSEEN") == [5, 4, 1, 2, 3]
+    other.store("2", "+FLAGS", "(\\Seen)")
+    assert nums(m, "(SUBJECT)", "UTF-8", "UNSEEN") == [5, 4, 1, 3]
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [5, 4, 1, 2, 3]
+    other.logout()
+
+
+def test_released_thread_tree_leaves_no_cycles():
+    """
+    A rendered thread tree is unlinked: nothing of it is left for the collector's full
+    pass (a 10k-message THREAD once left tens of thousands of objects to it, and that
+    pass then fell on a later command of the session).
+    """
+    import gc
+
+    items = [sorting.Item(n, n, n, sorting.sort_info(
+        b"Subject: Re: t%d\r\nMessage-ID: <%d@x>\r\nReferences: <%d@x> <%d@x>\r\n\r\n"
+        % (n % 7, n, n // 3, n // 2)), n, 0) for n in range(1, 301)]
+    for build in (sorting.thread_references, sorting.thread_ordered_subject):
+        gc.collect()
+        gc.disable()
+        try:
+            roots = build(items)
+            assert sorting.render_threads(roots).count(b"(") >= len(roots)
+            sorting.release(roots)
+            del roots
+            assert gc.collect() == 0
+        finally:
+            gc.enable()

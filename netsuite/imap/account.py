@@ -14,8 +14,11 @@ session that enabled UTF-8).
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
+from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -25,6 +28,24 @@ from netsuite.imap.names import to_unicode
 from netsuite.store.maildir import BadFolderName
 
 DELIMITER = "."
+
+log = Logger(namespace="netsuite.imap")
+
+
+class NameChange(NamedTuple):
+    """A mailbox created, deleted or renamed, or (un)subscribed (NOTIFY, RFC 5465 5.4, 5.5)."""
+
+    kind: str  #: "create", "delete", "rename", "subscribe" or "unsubscribe"
+    name: str  #: the mailbox (for "rename": its new name)
+    old: str | None = None  #: "rename": the old name
+
+
+#: Listeners C{(account, change)} of a user's mailbox names, by store and user: the
+#: sessions of one user learn of each other's CREATE, DELETE, RENAME and (UN)SUBSCRIBE
+#: as folders' listeners learn of messages.  (This process's sessions: another worker's
+#: are not told.)
+_name_listeners: "weakref.WeakKeyDictionary[Any, dict[str, list[Callable]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 class NoSuchFolder(imap4.MailboxException):
@@ -93,6 +114,25 @@ class ImapAccount:
         #: The largest message APPEND takes (RFC 7889 STATUS APPENDLIMIT), None: no limit.
         self.append_limit = append_limit
         store.ensure_special_folders(user)
+
+    # -- listeners of mailbox names (NOTIFY) -------------------------------------------
+
+    def watch_names(self, listener: Callable[["ImapAccount", NameChange], None]) -> None:
+        """Call C{listener(account, change)} on every L{NameChange} of this user."""
+        _name_listeners.setdefault(self.store, {}).setdefault(self.user, []).append(listener)
+
+    def unwatch_names(self, listener: Callable) -> None:
+        listeners = _name_listeners.get(self.store, {}).get(self.user, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def _names_changed(self, *changes: NameChange) -> None:
+        for listener in list(_name_listeners.get(self.store, {}).get(self.user, ())):
+            for change in changes:
+                try:  # one session's trouble is not the CREATE's (as folder listeners)
+                    listener(self, change)
+                except Exception:
+                    log.failure("mailbox name listener failed")
 
     # -- helpers --------------------------------------------------------------------
 
@@ -228,6 +268,7 @@ class ImapAccount:
             raise FolderExists(f"Mailbox already exists: {name}") from None
         except BadFolderName as e:
             raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
+        self._names_changed(NameChange("create", name))
         return True
 
     def select(self, name, rw=True):
@@ -268,9 +309,12 @@ class ImapAccount:
             raise imap4.MailboxException(str(e)) from e
         except BadFolderName as e:
             raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
+        self._names_changed(NameChange("delete", name))
         return True
 
     def rename(self, oldname, newname):
+        children = [] if oldname.upper() == "INBOX" else \
+            [n for n in self.names() if n.startswith(oldname + DELIMITER)]
         try:
             self.store.rename_folder(self.user, oldname, newname)
         except KeyError:
@@ -279,16 +323,23 @@ class ImapAccount:
             raise FolderExists(f"Mailbox already exists: {newname}") from None
         except BadFolderName as e:
             raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
+        if oldname.upper() == "INBOX":  # INBOX stays (emptied): the new one is created
+            self._names_changed(NameChange("create", newname))
+        else:
+            self._names_changed(NameChange("rename", newname, oldname), *(
+                NameChange("rename", newname + c[len(oldname):], c) for c in children))
         return True
 
     def subscribe(self, name):
         self.store.set_subscribed(self.user, name, True)
+        self._names_changed(NameChange("subscribe", name))
         return True
 
     def unsubscribe(self, name):
         if name not in self.store.subscriptions(self.user):
             raise NoSuchFolder(f"Not subscribed: {name}")
         self.store.set_subscribed(self.user, name, False)
+        self._names_changed(NameChange("unsubscribe", name))
         return True
 
     def status(self, name, names):

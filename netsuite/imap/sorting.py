@@ -94,7 +94,7 @@ def _first_address(value: bytes | None) -> tuple[str, str]:
     if not value:
         return "", ""
     text = value.decode("utf-8", "surrogateescape")
-    m = _NAME_ADDR.match(text)
+    m = _NAME_ADDR.match(text) if "<" in text else None  # (it needs one: a bare address skips it)
     if m is not None:
         name = _decoded((m.group(1) if m.group(1) is not None else m.group(2)).strip())
         return m.group(3), name.strip() or f"{m.group(3)}@{m.group(4)}"
@@ -118,10 +118,9 @@ def _first_address(value: bytes | None) -> tuple[str, str]:
 def sort_info(header: bytes) -> SortInfo:
     """The sort keys of a message from its header block (LF or CRLF line ends)."""
     first: dict[bytes, bytes] = {}
-    for field_match in _FIELDS.finditer(header):
-        name = field_match.group(1).lower()
+    for name, value in _FIELDS.findall(header):  # (findall: no match object per field)
+        name = name.lower()
         if name not in first:
-            value = field_match.group(2)
             if b"\n" in value:
                 value = _FOLD.sub(b" ", value)
             first[name] = value.strip()
@@ -247,6 +246,19 @@ def _postorder(roots: Sequence[Node]) -> list[Node]:
         stack.extend(n.children)
     order.reverse()
     return order
+
+
+def release(roots: Sequence[Node]) -> None:
+    """
+    Unlink a thread tree once rendered: its parent/child links are cycles, which
+    only the collector's full (slow, whole-heap) pass would free; unlinked, the
+    nodes go at once and do not bring that pass on.
+    """
+    for n in _postorder(roots):
+        n.parent = None
+        n.children = []
+    for r in roots:
+        r.children = []
 
 
 def _date_key(node: Node) -> tuple[float, int]:

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote_to_bytes
 
+#: Numbers are 32-bit (RFC 5092 nz-number, RFC 3501 number): at most 10 ASCII digits, so
+#: that int() never meets thousands of them (Python refuses past 4300) or other scripts'.
 _URL = re.compile(
     r"^imap://(?:(?P<user>[^@/;]+)(?:;AUTH=[^@/]*)?@)?(?P<host>[^/]+)/"
-    r"(?P<mailbox>[^;]*?)(?:;UIDVALIDITY=(?P<uidvalidity>\d+))?"
-    r"/;UID=(?P<uid>\d+)"
+    r"(?P<mailbox>[^;]*?)(?:;UIDVALIDITY=(?P<uidvalidity>[0-9]{1,10}))?"
+    r"/;UID=(?P<uid>[0-9]{1,10})"
     r"(?:/;SECTION=(?P<section>[^/;]+))?"
-    r"(?:/;PARTIAL=(?P<pstart>\d+)(?:\.(?P<plen>\d+))?)?"
+    r"(?:/;PARTIAL=(?P<pstart>[0-9]{1,10})(?:\.(?P<plen>[0-9]{1,10}))?)?"
     r"(?:;EXPIRE=(?P<expire>[^;]+))?"
     r"(?:;URLAUTH=(?P<access>[^:;]+)(?::(?P<mech>[^:;]+):(?P<token>[0-9A-Fa-f]+))?)?$",
     re.IGNORECASE)
@@ -72,7 +74,8 @@ class ImapURL:
 
 
 def unquote(text: str) -> str:
-    return unquote_to_bytes(text).decode("utf-8", "replace")
+    # (surrogatepass: a lone surrogate in the text is not this parser's to crash on)
+    return unquote_to_bytes(text.encode("utf-8", "surrogatepass")).decode("utf-8", "replace")
 
 
 def parse(text: str) -> ImapURL:

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from netsuite.imap.wire import Cursor, FetchAtt, ParseError, parse_fetch_atts
 
 #: Events netsuite delivers (RFC 5465 5); any other is refused with BADEVENT.
-SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange")
+SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
 _KNOWN = {e.upper(): e for e in SUPPORTED + (
-    "AnnotationChange", "MailboxName", "SubscriptionChange", "MailboxMetadataChange",
-    "ServerMetadataChange")}
+    "AnnotationChange", "MailboxMetadataChange", "ServerMetadataChange")}
 _FILTERS = ("SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE",
             "MAILBOXES")
 

@@ -12,9 +12,13 @@ Keys that must be read are read a batch per reactor turn, as SEARCH scans.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
+from array import array
 from collections import OrderedDict
+from collections.abc import Iterable
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from netsuite.imap import sorting, wire_sort
@@ -32,10 +36,13 @@ _HEADER_CHUNK = 8192
 #: Cached (not read) messages whose keys are looked up per reactor turn.
 _CACHED_BATCH = 8192
 
-#: Answers by folder, the last few: (what was asked, UIDVALIDITY, the matched (seq, uid)
-#: pairs) -> the order or the thread rendering.  A message's keys never change, so the
-#: same messages asked the same way get the same answer: a client that sorts its big
-#: folder again gets it without a sort.
+#: Answers by folder, the last few: (what was asked, UIDVALIDITY, a digest of the matched
+#: (seq, uid) pairs, or of the UIDs for ALL) -> the order (two arrays) or the thread
+#: rendering.  A message's keys never change, so the same messages asked the same way get
+#: the same answer: a client that sorts its big folder again gets it without a sort.  Keys
+#: and answers are a few objects each, not one per message: thousands of small objects
+#: kept here would make each of the collector's full passes slower (and the hit path
+#: builds none, so it does not bring such a pass on).
 _answers: "weakref.WeakKeyDictionary[Folder, OrderedDict]" = weakref.WeakKeyDictionary()
 ANSWERS_KEPT = 4
 
@@ -43,16 +50,50 @@ ANSWERS_KEPT = 4
 _decoded: "weakref.WeakKeyDictionary[Folder, dict[str, SortInfo]]" = weakref.WeakKeyDictionary()
 
 
-def read_header(mbox: Any, msg: Message, directory: str | None = None) -> bytes:
+def _digest(numbers: Iterable[int]) -> bytes:
+    """A 128-bit digest of a sequence of message numbers (what L{_answers} is keyed by)."""
+    return hashlib.blake2b(array("Q", numbers).tobytes(), digest_size=16).digest()
+
+
+class _Dirs:
+    """
+    The folder's cur/ and new/ opened once, so that each message file is opened
+    relative to its directory (openat: no walk down the folder's whole path per
+    message, a good part of a first SORT's time).
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.fds: dict[str, int] = {}
+
+    def fd(self, sub: str) -> int:
+        fd = self.fds.get(sub)
+        if fd is None:
+            try:
+                fd = os.open(f"{self.directory}/{sub}", os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                fd = -1
+            self.fds[sub] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            if fd >= 0:
+                os.close(fd)
+        self.fds.clear()
+
+
+def read_header(mbox: Any, msg: Message, dirs: _Dirs | None = None) -> bytes:
     """
     The header block of a message as stored (LF or CRLF ends), without its body.
-    C{directory}: the folder's path as a string: the file is read with three
-    system calls, no file object (this runs once per message of a big folder).
+    C{dirs}: the folder's directories: the file is read with three system
+    calls, no file object (this runs once per message of a big folder).
     """
     fd = -1
-    if directory:
+    if dirs is not None:
+        at = dirs.fd(msg.sub)
         try:
-            fd = os.open(os.path.join(directory, msg.sub, msg.name), os.O_RDONLY)
+            fd = os.open(msg.name, os.O_RDONLY, dir_fd=at) if at >= 0 else -1
         except FileNotFoundError:  # renamed by another program: the store finds it again
             fd = -1
     if fd < 0:
@@ -89,15 +130,17 @@ class SortCommands(SessionBase):
         criteria = wire_sort.parse_sort_criteria(cur)
         cur.sp()
 
-        def compute(items: list[Item]) -> list[tuple[int, int]]:
-            return [(i.seq, i.uid) for i in sorting.sort_items(items, criteria)]
+        def compute(items: list[Item]) -> tuple[array, array]:
+            ordered = sorting.sort_items(items, criteria)
+            return array("Q", [i.seq for i in ordered]), array("Q", [i.uid for i in ordered])
 
-        def answer(ordered: list[tuple[int, int]]) -> None:
-            nums = [u if uid else seq for seq, u in ordered]
+        def answer(ordered: tuple[array, array]) -> None:
+            seqs, uids = ordered
+            nums = uids if uid else seqs
             if options is None:
                 self.send(b"* SORT" + b"".join(b" %d" % n for n in nums))
             else:
-                self._search_return(tag, uid, options, nums, [u for _, u in ordered])
+                self._search_return(tag, uid, options, list(nums), list(uids))
 
         names = {name for name, _ in criteria}
         return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)), compute,
@@ -110,7 +153,11 @@ class SortCommands(SessionBase):
             else sorting.thread_ordered_subject
 
         def compute(items: list[Item]) -> bytes:
-            return sorting.render_threads(build(items))
+            roots = build(items)
+            try:
+                return sorting.render_threads(roots)
+            finally:
+                sorting.release(roots)
 
         def answer(threads: bytes) -> None:
             self.send(b"* THREAD " + threads if threads else b"* THREAD")
@@ -135,14 +182,20 @@ class SortCommands(SessionBase):
                          allow_expunge=uid)
             return None
         folder = self.mbox.folder
+        kept = _answers.setdefault(folder, OrderedDict())
 
-        def keyed(pairs: list[tuple[int, int]]):
-            kept = _answers.setdefault(folder, OrderedDict())
-            key = (what, folder.uidvalidity, tuple(pairs))
+        def lookup(key: tuple):
             found = kept.get(key)
             if found is not None:
                 kept.move_to_end(key)
-                return found
+            return found
+
+        def keyed(pairs: list[tuple[int, int]], key: tuple | None = None):
+            if key is None:
+                key = (what, folder.uidvalidity, _digest(chain.from_iterable(pairs)))
+                found = lookup(key)
+                if found is not None:
+                    return found
 
             def computed(items: list[Item]):
                 value = compute(items)
@@ -160,7 +213,23 @@ class SortCommands(SessionBase):
                 else name + b" completed"
             self._tagged(tag, b"OK", text, allow_expunge=uid)
 
+        if keys == [("ALL",)] and self._all_present():
+            # The usual SORT/THREAD ... ALL of an unchanged folder: its UIDs are the key,
+            # nothing is built per message (see _answers).
+            key = (what, folder.uidvalidity, b"ALL", _digest(self.mbox.uids))
+            found = lookup(key)
+            if found is not None:
+                return done(found)
+            return then(then(self._search_pairs(keys), lambda pairs: keyed(pairs, key)), done)
         return then(then(self._search_pairs(keys), keyed), done)
+
+    def _all_present(self) -> bool:
+        """Whether every message of the session's view is still in the folder."""
+        by_uid = self.mbox.message
+        for u in self.mbox.uids:
+            if by_uid(u) is None:
+                return False
+        return True
 
     def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, arrival: bool = False,
                     size: bool = False):
@@ -173,36 +242,39 @@ class SortCommands(SessionBase):
         mbox = self.mbox
         memo = _decoded.setdefault(mbox.folder, {})
         items: list[Item] = []
-        directory = str(mbox.folder.path)
+        dirs = _Dirs(str(mbox.folder.path))
 
         def work():
             read = 0
             looked = 0
-            for seq, u in pairs:
-                msg = mbox.message(u)
-                if msg is None:
-                    continue
-                base = msg.base
-                info = memo.get(base)
-                if info is None:
-                    raw = mbox.cached(msg, SORT_FIELD)
-                    info = SortInfo.decode(raw) if raw is not None else None
+            try:
+                for seq, u in pairs:
+                    msg = mbox.message(u)
+                    if msg is None:
+                        continue
+                    base = msg.base
+                    info = memo.get(base)
                     if info is None:
-                        try:
-                            info = sorting.sort_info(read_header(mbox, msg, directory))
-                        except KeyError:  # gone meanwhile: sorts as empty
-                            info = SortInfo()
-                        else:
-                            mbox.remember(msg, SORT_FIELD, info.encode())
-                        read += 1
-                    memo[base] = info
-                items.append(Item(u if uid else seq, seq, u, info,
-                                  mbox.date_of(msg) if arrival or info.date is None else 0,
-                                  mbox.size_of(msg) if size else 0))
-                looked += 1
-                if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
-                    read = looked = 0  # (the cache writes itself past a size: no flush here)
-                    yield None
+                        raw = mbox.cached(msg, SORT_FIELD)
+                        info = SortInfo.decode(raw) if raw is not None else None
+                        if info is None:
+                            try:
+                                info = sorting.sort_info(read_header(mbox, msg, dirs))
+                            except KeyError:  # gone meanwhile: sorts as empty
+                                info = SortInfo()
+                            else:
+                                mbox.remember(msg, SORT_FIELD, info.encode())
+                            read += 1
+                        memo[base] = info
+                    items.append(Item(u if uid else seq, seq, u, info,
+                                      mbox.date_of(msg) if arrival or info.date is None else 0,
+                                      mbox.size_of(msg) if size else 0))
+                    looked += 1
+                    if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
+                        read = looked = 0  # (the cache writes itself past a size: no flush here)
+                        yield None
+            finally:
+                dirs.close()
             mbox.flush_cache()
             if len(memo) > 2 * len(mbox.folder.messages) + 1024:
                 live = {m.base for m in mbox.folder.messages}
