@@ -13,6 +13,7 @@ client contributes only TERM, the window size and whitelisted variables.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 from twisted.conch.interfaces import (EnvironmentVariableNotPermitted, ISession,
@@ -40,6 +41,24 @@ class SessionChannel(session.SSHSession):
 
     #: The pty master, or None: paused while the client cannot take more.
     output_producer: Any = None
+    #: Serving a subsystem (sftp) rather than a program.
+    serves_subsystem = False
+
+    def request_subsystem(self, data: bytes) -> int:
+        ok = super().request_subsystem(data)
+        self.serves_subsystem = bool(ok)
+        return ok
+
+    def eofReceived(self) -> None:
+        """
+        A subsystem's client is done: end with exit-status 0 as sshd does
+        (scp treats a missing status as failure), then close.
+        """
+        if self.serves_subsystem and self.conn is not None:
+            self.conn.sendRequest(self, b"exit-status", struct.pack(">L", 0))
+            self.conn.sendClose(self)
+            return
+        super().eofReceived()
 
     def stopWriting(self) -> None:
         if self.output_producer is not None:
