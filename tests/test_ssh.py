@@ -89,7 +89,7 @@ def root(d: Daemon, user: str = "alice") -> Path:
     return path
 
 
-# -- host keys ----------------------------------------------------------------------------
+# -- host keys ---------------------------------------------------------------------------------
 
 
 def test_host_keys_generated_private_and_printed(daemon, tmp_path):
@@ -196,7 +196,7 @@ def test_user_keys_add_list_del(daemon, keys):
     assert bad.returncode != 0
 
 
-# -- terminal sessions ---------------------------------------------------------------------------
+# -- terminal sessions -------------------------------------------------------------------------
 
 
 def test_interactive_pty_session_with_resize(daemon, keys):
@@ -246,7 +246,7 @@ def test_root_shell_refused_unless_permitted_but_sftp_works(tmp_path, keys):
         d.stop()
 
 
-# -- SFTP and scp ---------------------------------------------------------------------------------
+# -- SFTP and scp ------------------------------------------------------------------------------
 
 
 def test_sftp_put_get_ls_rename_rm(daemon, keys, tmp_path):
@@ -335,7 +335,7 @@ def test_interrupted_upload_leaves_nothing(daemon, keys, tmp_path):
     assert not (r / "big.bin").exists()
 
 
-# -- the shared throttle ------------------------------------------------------------------------------
+# -- the shared throttle -----------------------------------------------------------------------
 
 
 def test_wrong_passwords_throttled_with_telnet_and_ftp(tmp_path):
@@ -385,7 +385,7 @@ def test_wrong_passwords_throttled_with_telnet_and_ftp(tmp_path):
         d.stop()
 
 
-# -- algorithms ------------------------------------------------------------------------------------
+# -- algorithms --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("option", [
@@ -426,7 +426,7 @@ def test_algorithms_configurable_and_checked(tmp_path, keys):
         d.stop()
 
 
-# -- the transport's first packets --------------------------------------------------------------------
+# -- the transport's first packets -------------------------------------------------------------
 
 
 def _closed_by_server(sock: socket.socket, timeout: float = 10.0) -> bool:

@@ -168,4 +168,6 @@ def _comment(line: bytes) -> str:
 
 def describe(path_line: bytes) -> str:
     key = parse_line(path_line)
-    return "" if key is None else f"{_fp(key)} {key.sshType().decode()} {_comment(path_line)}".rstrip()
+    if key is None:
+        return ""
+    return f"{_fp(key)} {key.sshType().decode()} {_comment(path_line)}".rstrip()

@@ -11,13 +11,17 @@ import os
 from typing import Any
 
 from twisted.conch import avatar, error
+from twisted.conch.interfaces import ISession, ISFTPServer
 from twisted.conch.ssh import connection, factory, transport, userauth
 from twisted.conch.ssh.common import getNS
 from twisted.cred import error as cred_error
 from twisted.internet import threads
 from twisted.logger import Logger
+from twisted.python import components
 
 from netsuite.ssh import authorized
+from netsuite.ssh.session import SessionChannel, TerminalSession
+from netsuite.ssh.sftp import JailedSFTP, SFTPServer
 from netsuite.telnet.utmp import Recorder
 
 log = Logger(namespace="netsuite.ssh")
@@ -34,6 +38,9 @@ class ServerTransport(transport.SSHServerTransport):
 
     ourVersionString = VERSION
     _deadline: Any = None
+    #: The L{SSHFactory} and the TCP connection (conch types them loosely).
+    factory: Any
+    transport: Any
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -79,6 +86,9 @@ class UserAuth(userauth.SSHUserAuthServer):
     failures are counted with TELNET, FTP and mail failures for the same
     address and user.
     """
+
+    #: Our L{ServerTransport}.
+    transport: Any
 
     def serviceStarted(self) -> None:
         f = self.transport.factory
@@ -160,9 +170,6 @@ class SSHUser(avatar.ConchUser):
 
     def __init__(self, realm, user: str, sftp: bool):
         super().__init__()
-        from netsuite.ssh.session import SessionChannel
-        from netsuite.ssh.sftp import SFTPServer
-
         self.realm = realm
         self.username = user
         self.channelLookup[b"session"] = SessionChannel
@@ -187,4 +194,9 @@ class SSHUser(avatar.ConchUser):
 
 def make_user(realm, user) -> SSHUser:
     return SSHUser(realm, user, realm.config.ssh.sftp)
+
+
+# One session object per channel, one SFTP server per subsystem.
+components.registerAdapter(TerminalSession, SSHUser, ISession)
+components.registerAdapter(JailedSFTP, SSHUser, ISFTPServer)
 

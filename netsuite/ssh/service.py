@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from twisted.conch.ssh import transport as conch_transport
 from twisted.cred import credentials
 
 from netsuite import protocols
+from netsuite.auth.passwdfile import valid_name
+from netsuite.cli import command, user_action
 from netsuite.config import ConfigError, listener, positive, section
 from netsuite.realm import register_avatar
-from netsuite.ssh import hostkeys
+from netsuite.ssh import authorized, hostkeys
 from netsuite.ssh.authorized import AuthorizedKeysChecker
 from netsuite.ssh.server import SSHFactory, make_user
 
@@ -107,78 +110,69 @@ register_avatar(IConchUser, make_user)
 # -- admin commands -----------------------------------------------------------------
 
 
-def _register_cli() -> None:
-    from netsuite import cli
+def _hostkeys_args(p) -> None:
+    p.add_argument("--no-create", action="store_true",
+                   help="only show existing keys; do not generate missing ones")
 
-    def hostkeys_args(p) -> None:
-        p.add_argument("--no-create", action="store_true",
-                       help="only show existing keys; do not generate missing ones")
 
-    def show_hostkeys(args, config) -> int:
-        if args.no_create and not config.ssh.host_keys:
-            paths = [hostkeys.host_key_dir(config.data_dir) / n
-                     for n in hostkeys.DEFAULT_FILES.values()]
-            paths = [p for p in paths if p.exists()]
-        else:
-            paths = host_key_paths(config)
-        for path in paths:
-            key = hostkeys.load([path])
-            for k in key.values():
-                print(f"{hostkeys.fingerprint(k)} {path}")
+@command("ssh-hostkeys", _hostkeys_args)
+def _show_hostkeys(args, config) -> int:
+    """Print the host keys' fingerprints, as C{ssh-keygen -l} does."""
+    if args.no_create and not config.ssh.host_keys:
+        paths = [hostkeys.host_key_dir(config.data_dir) / n
+                 for n in hostkeys.DEFAULT_FILES.values()]
+        paths = [p for p in paths if p.exists()]
+    else:
+        paths = host_key_paths(config)
+    for path in paths:
+        for k in hostkeys.load([path]).values():
+            print(f"{hostkeys.fingerprint(k)} {path}")
+    return 0
+
+
+def _keys_args(p) -> None:
+    sub = p.add_subparsers(dest="keys_action", required=True)
+    a = sub.add_parser("add", help="add a public key (an OpenSSH .pub line) for a user")
+    a.add_argument("name")
+    a.add_argument("key", nargs="?",
+                   help="the key line, or a .pub file; standard input when omitted")
+    sub.add_parser("list", help="list a user's keys").add_argument("name")
+    d = sub.add_parser("del", help="delete a user's key by fingerprint or comment")
+    d.add_argument("name")
+    d.add_argument("key", help="SHA256:... fingerprint, or the key's comment")
+
+
+def _keys_run(args, config) -> int:
+    """C{netsuite user keys add|list|del}: the per-user keys file under DATA/ssh/."""
+    name = args.name
+    if not valid_name(name):
+        raise SystemExit(f"netsuite: invalid user name {name!r}")
+    if args.keys_action == "list":
+        path = authorized.netsuite_keys_path(config.data_dir, name)
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            shown = authorized.describe(line)
+            if shown:
+                print(shown)
         return 0
-
-    cli.command("ssh-hostkeys", hostkeys_args)(show_hostkeys)
-
-    def keys_args(p) -> None:
-        sub = p.add_subparsers(dest="keys_action", required=True)
-        a = sub.add_parser("add", help="add a public key (an OpenSSH .pub line) for a user")
-        a.add_argument("name")
-        a.add_argument("key", nargs="?",
-                       help="the key line, or a .pub file; standard input when omitted")
-        sub.add_parser("list", help="list a user's keys").add_argument("name")
-        d = sub.add_parser("del", help="delete a user's key by fingerprint or comment")
-        d.add_argument("name")
-        d.add_argument("key", help="SHA256:... fingerprint, or the key's comment")
-
-    def keys_run(args, config) -> int:
-        import sys
-
-        from netsuite.auth.passwdfile import valid_name
-        from netsuite.ssh import authorized
-
-        name = args.name
-        if not valid_name(name):
-            raise SystemExit(f"netsuite: invalid user name {name!r}")
-        if args.keys_action == "list":
-            path = authorized.netsuite_keys_path(config.data_dir, name)
-            try:
-                lines = path.read_bytes().splitlines()
-            except FileNotFoundError:
-                lines = []
-            for line in lines:
-                text = authorized.describe(line)
-                if text:
-                    print(text)
-            return 0
-        if args.keys_action == "add":
-            line = args.key
-            if line is None:
-                line = sys.stdin.readline()
-            elif Path(line).is_file():
-                line = Path(line).read_text().strip()
-            try:
-                authorized.add_key(config.data_dir, name, line)
-            except ValueError as e:
-                raise SystemExit(f"netsuite: {e}") from e
-            print(f"added key for {name}: {authorized.describe(line.encode())}")
-            return 0
-        removed = authorized.delete_key(config.data_dir, name, args.key)
-        if not removed:
-            raise SystemExit(f"netsuite: no key {args.key!r} for {name}")
-        print(f"deleted {removed} key(s) of {name}")
+    if args.keys_action == "add":
+        key_line: str = args.key if args.key is not None else sys.stdin.readline()
+        if args.key is not None and Path(key_line).is_file():
+            key_line = Path(key_line).read_text().strip()
+        try:
+            authorized.add_key(config.data_dir, name, key_line)
+        except ValueError as e:
+            raise SystemExit(f"netsuite: {e}") from e
+        print(f"added key for {name}: {authorized.describe(key_line.encode())}")
         return 0
+    removed = authorized.delete_key(config.data_dir, name, args.key)
+    if not removed:
+        raise SystemExit(f"netsuite: no key {args.key!r} for {name}")
+    print(f"deleted {removed} key(s) of {name}")
+    return 0
 
-    cli.user_action("keys", keys_args, keys_run)
 
-
-_register_cli()
+user_action("keys", _keys_args, _keys_run)

@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from twisted.conch.interfaces import (EnvironmentVariableNotPermitted, ISession,
-                                      ISessionSetEnv)
+from twisted.conch.interfaces import EnvironmentVariableNotPermitted, ISession, ISessionSetEnv
 from twisted.conch.ssh import session
 from twisted.cred import error as cred_error
 from twisted.logger import Logger
-from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netsuite.realm import ITerminalAvatar
-from netsuite.ssh.server import SSHUser
 from netsuite.telnet.session import PTYSession
 from netsuite.telnet.wire import parse_ttype
+
+if TYPE_CHECKING:
+    from netsuite.ssh.server import SSHUser
 
 log = Logger(namespace="netsuite.ssh")
 
@@ -109,7 +110,7 @@ class _PTYInput:
 class TerminalSession:
     """One session channel's program (conch makes one per channel)."""
 
-    def __init__(self, user: SSHUser):
+    def __init__(self, user: "SSHUser"):
         self.user = user
         self.config = user.realm.config
         self.term: str | None = None
@@ -229,8 +230,6 @@ class _Owner:
 
 def _with(avatar, executable: str, argv: list[str], extra: dict[str, str]):
     """The terminal avatar with the command's argv and extra variables."""
-    from dataclasses import replace
-
     try:
         return replace(avatar, executable=executable, argv=argv, env={**avatar.env, **extra})
     except TypeError:  # a custom realm's avatar that is not a dataclass
@@ -238,5 +237,3 @@ def _with(avatar, executable: str, argv: list[str], extra: dict[str, str]):
         avatar.env = {**avatar.env, **extra}
         return avatar
 
-
-components.registerAdapter(TerminalSession, SSHUser, ISession)

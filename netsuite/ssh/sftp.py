@@ -14,22 +14,30 @@ from __future__ import annotations
 import errno
 import os
 import stat as statmod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch import ls
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh import filetransfer
-from twisted.conch.ssh.filetransfer import (FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ,
-                                            FXF_TRUNC, FXF_WRITE, SFTPError)
+from twisted.conch.ssh.filetransfer import (
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    SFTPError,
+)
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.protocols import ftp
-from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netsuite.ftp.shell import TMP_PREFIX, JailedShell, UploadFile
-from netsuite.ssh.server import SSHUser
+
+if TYPE_CHECKING:
+    from netsuite.ssh.server import SSHUser
 
 log = Logger(namespace="netsuite.ssh")
 
@@ -203,13 +211,12 @@ class _Directory:
 class JailedSFTP:
     """ISFTPServer over one user's L{JailedShell}."""
 
-    def __init__(self, user: SSHUser):
-        from twisted.protocols.ftp import IFTPShell
-
-        shell = user.realm_avatar(IFTPShell)
+    def __init__(self, user: "SSHUser"):
+        shell = user.realm_avatar(ftp.IFTPShell)
         if not isinstance(shell, JailedShell) or not shell.writable:
             raise SFTPError(filetransfer.FX_PERMISSION_DENIED, "no file root")
         self.user = user
+        self.avatar = user
         self.shell = shell
 
     # Every operation is synchronous metadata work, as in the FTP shell, except
@@ -337,5 +344,3 @@ class SFTPServer(filetransfer.FileTransferServer):
         for d, _it in dirs.values():
             d.close()
 
-
-components.registerAdapter(JailedSFTP, SSHUser, ISFTPServer)
