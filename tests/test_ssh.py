@@ -142,6 +142,22 @@ def test_password_login_runs_command(daemon):
     assert p.exitstatus == 0
 
 
+def test_keyboard_interactive_password(daemon):
+    p = pexpect.spawn(SSH, [*BASE, "-o", "PubkeyAuthentication=no",
+                            "-o", "PreferredAuthentications=keyboard-interactive",
+                            "-p", str(daemon.port("ssh")), "alice@127.0.0.1", "echo", "ki-ok"],
+                      timeout=20, encoding="utf-8", codec_errors="replace")
+    p.expect("Password: ")
+    p.sendline("wrong")
+    p.expect("Password: ")
+    p.sendline("secret")
+    p.expect(pexpect.EOF)
+    p.close()
+    assert "ki-ok" in p.before
+    assert p.exitstatus == 0
+    assert "login failed: protocol=ssh address=127.0.0.1 user=alice" in daemon.log()
+
+
 def test_wrong_password_refused(daemon):
     p = spawn(daemon, "-o", "NumberOfPasswordPrompts=2", "bob@127.0.0.1", "echo", "nope")
     for _ in range(2):

@@ -8,14 +8,16 @@ channels are terminal sessions (L{netsuite.ssh.session}) and SFTP
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 from twisted.conch import avatar, error
-from twisted.conch.interfaces import ISession, ISFTPServer
+from twisted.conch.interfaces import IConchUser, ISession, ISFTPServer
 from twisted.conch.ssh import connection, factory, transport, userauth
-from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.common import NS, getNS
+from twisted.cred import credentials
 from twisted.cred import error as cred_error
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python import components
 
@@ -99,8 +101,50 @@ class UserAuth(userauth.SSHUserAuthServer):
         self.clock = f.reactor
         super().serviceStarted()
         self.portal = f.ctx.portal.bind(self.transport.peer(), "ssh")
-        if not f.config.password_auth and b"password" in self.supportedAuthentications:
-            self.supportedAuthentications.remove(b"password")
+        self._answer: defer.Deferred | None = None
+        if not f.config.password_auth:
+            if b"password" in self.supportedAuthentications:
+                self.supportedAuthentications.remove(b"password")
+        elif b"password" in self.supportedAuthentications:
+            self.supportedAuthentications.append(b"keyboard-interactive")
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            answer.cancel()
+
+    def auth_keyboard_interactive(self, packet: bytes):
+        """
+        RFC 4256 with one prompt, "Password:", checked through the portal as the
+        password method is (many clients prefer this method for passwords).
+        """
+        if self._answer is not None:
+            return defer.fail(cred_error.UnauthorizedLogin("a prompt is already open"))
+        d: defer.Deferred = defer.Deferred()
+        self._answer = d
+        self.transport.sendPacket(
+            userauth.MSG_USERAUTH_INFO_REQUEST,
+            NS(b"") + NS(b"") + NS(b"") + struct.pack(">L", 1) + NS(b"Password: ") + b"\x00")
+        return d
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+        d, self._answer = self._answer, None
+        if d is None:
+            self.transport.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                                          b"unexpected info response")
+            return
+        try:
+            (count,) = struct.unpack(">L", packet[:4])
+            answers = getNS(packet[4:], count) if count == 1 else None
+        except (struct.error, ValueError, IndexError):
+            answers = None
+        if not answers:
+            d.errback(cred_error.UnauthorizedLogin("expected one answer"))
+            return
+        creds = credentials.UsernamePassword(self.user, answers[0])
+        login = self.portal.login(creds, None, IConchUser).addErrback(self._ebPassword)
+        login.chainDeferred(d)
 
     def auth_publickey(self, packet: bytes):
         """
