@@ -34,6 +34,17 @@ def command(name: str, configure: Callable[[argparse.ArgumentParser], None]):
     return register
 
 
+#: Extra C{netsuite user ACTION} sub-commands: action -> (configure parser, run).
+USER_ACTIONS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                              Callable[[argparse.Namespace, Config], int]]] = {}
+
+
+def user_action(name: str, configure: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace, Config], int]) -> None:
+    """Add C{netsuite user NAME ...} (the ssh package adds C{keys})."""
+    USER_ACTIONS[name] = (configure, run)
+
+
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -55,10 +66,14 @@ def _user_args(p: argparse.ArgumentParser) -> None:
                        help="read the password from the first line of standard input")
     sub.add_parser("del", help="delete a user (mail and files are kept)").add_argument("name")
     sub.add_parser("list", help="list users")
+    for name, (configure, _run) in USER_ACTIONS.items():
+        configure(sub.add_parser(name))
 
 
 @command("user", _user_args)
 def _user(args: argparse.Namespace, config: Config) -> int:
+    if args.action in USER_ACTIONS:
+        return USER_ACTIONS[args.action][1](args, config)
     db = PasswordFile(config.data_dir / "passwd")
     if args.action == "list":
         for name in sorted(db.users()):

@@ -28,6 +28,7 @@ PACKAGES = [
     "netsuite.imap.service",
     "netsuite.ftp.service",
     "netsuite.telnet.service",
+    "netsuite.ssh.service",
 ]
 
 Builder = Callable[["ServerContext", str], IProtocolFactory]

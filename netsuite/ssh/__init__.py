@@ -1,0 +1,1 @@
+"""SSH and SFTP on twisted.conch, over the same portal, terminal avatar and jailed root."""
