@@ -64,6 +64,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
     portal: Any
     #: The realm's C{IMessageDelivery} for this session (None before AUTH on submission).
     delivery: Any
+    #: The protocol name in the Received: header (RFC 3848), before its S and A.
+    trace_protocol = "ESMTP"
 
     def __init__(self, factory: "SMTPFactory"):
         super().__init__(chal=dict(MECHANISMS), contextFactory=factory.ctx.tls)
@@ -620,7 +622,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         if custom:
             return custom.replace(b"\r\n", b"\n")
         proto = "UTF8" if "SMTPUTF8" in self._params else ""
-        proto += "ESMTP" if self._esmtp else "SMTP"
+        proto += self.trace_protocol if self._esmtp else "SMTP"
         proto += ("S" if self.startedTLS else "") + ("A" if self.authenticated else "")
         helo = self._helo[0] if self._helo else b"unknown"
         recipient = b""
