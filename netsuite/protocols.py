@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 PACKAGES = [
     "netsuite.smtp.service",
     "netsuite.lmtp.service",
+    "netsuite.mailauth.service",
     "netsuite.queue.service",
     "netsuite.pop3.service",
     "netsuite.imap.service",
