@@ -111,7 +111,7 @@ class LMTPServer(SMTPServer):
 
         def answer(_):
             delivered = []
-            for user, msg in zip(recipients, per_rcpt):
+            for user, msg in zip(recipients, per_rcpt, strict=True):
                 failure = outcome.get(id(msg))
                 shown = _show(user.dest)
                 if failure is None:
@@ -141,8 +141,9 @@ class LMTPServer(SMTPServer):
 class LMTPFactory(SMTPFactory):
     """Builds L{LMTPServer} sessions for one listener."""
 
-    protocol = LMTPServer
+    protocol = LMTPServer  # type: ignore[assignment]
 
     def __init__(self, ctx, listener: str):
         super().__init__(ctx, listener, submission=False)
         self.banner = b"LMTP netsuite"
+        self.checker = None  # the MTA in front has checked it

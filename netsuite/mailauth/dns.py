@@ -54,7 +54,7 @@ def run_blocking(make: Any) -> Any:
         d.addBoth(done)
 
     reactor.callWhenRunning(go)
-    reactor.run(installSignalHandlers=False)
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
     result = box[0]
     if isinstance(result, Failure):
         result.raiseException()

@@ -80,6 +80,24 @@ class DNSConfig:
             raise ConfigError("must be positive", "timeout")
 
 
+@section("checks")
+@dataclass
+class ChecksConfig:
+    """
+    SPF and DKIM checks on mail arriving at the MX, written into one
+    Authentication-Results header (docs/mail-auth.md).  Off by default: every
+    MX message then costs DNS queries.
+    """
+
+    enabled: bool = False
+    #: The authserv-id in Authentication-Results; unset: C{server.hostname}.
+    authserv_id: str | None = None
+
+    def validate(self) -> None:
+        if self.authserv_id is not None and not _DOMAIN.match(self.authserv_id):
+            raise ConfigError("expected a host name", "authserv_id")
+
+
 def load_signer(config: Config) -> signing.Signer | None:
     """
     The signer for every domain with keys, or None when signing is off.
@@ -166,7 +184,7 @@ def _check(config: Config, directory: Path, domain: str, selector: str) -> int:
 
     results = dns.run_blocking(lookups)
     bad = 0
-    for (name, record), (ok, value) in zip(wanted, results):
+    for (name, record), (ok, value) in zip(wanted, results, strict=True):
         if not ok:
             bad += 1
             reason = dns.describe(value, config.dns.timeout)

@@ -70,15 +70,15 @@ def generate(directory: Path, domain: str, selector: str) -> list[tuple[str, str
     folder = Path(directory) / domain
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     out = []
-    for name, _alg, k in ALGORITHMS:
+    for name, _alg, _k in ALGORITHMS:
         if name == "rsa":
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            private = key.private_bytes(serialization.Encoding.PEM,
+            rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            private = rsa_key.private_bytes(serialization.Encoding.PEM,
                                         serialization.PrivateFormat.TraditionalOpenSSL,
                                         serialization.NoEncryption())
         else:
-            key = ed25519.Ed25519PrivateKey.generate()
-            raw = key.private_bytes(serialization.Encoding.Raw,
+            ed_key = ed25519.Ed25519PrivateKey.generate()
+            raw = ed_key.private_bytes(serialization.Encoding.Raw,
                                     serialization.PrivateFormat.Raw,
                                     serialization.NoEncryption())
             private = base64.b64encode(raw) + b"\n"
@@ -93,15 +93,19 @@ def generate(directory: Path, domain: str, selector: str) -> list[tuple[str, str
 def public_record(path: Path, algorithm: str) -> str:
     """The TXT record (C{v=DKIM1; k=...; p=...}) for the private key in C{path}."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
     try:
         data = path.read_bytes()
     except OSError as e:
         raise KeyError_(f"{path}: {e.strerror}") from e
+    bits = 0
     try:
         if algorithm == "rsa":
             key = serialization.load_pem_private_key(data, password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise ValueError(f"a {type(key).__name__}")
+            bits = key.key_size
             public = key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         else:
@@ -111,8 +115,8 @@ def public_record(path: Path, algorithm: str) -> str:
                                       serialization.PublicFormat.Raw)
     except Exception as e:  # cryptography raises ValueError, TypeError, UnsupportedAlgorithm
         raise KeyError_(f"{path}: not a {algorithm} private key ({e})") from e
-    if algorithm == "rsa" and key.key_size < 1024:
-        raise KeyError_(f"{path}: RSA key of {key.key_size} bits (RFC 8301 needs 1024+)")
+    if algorithm == "rsa" and bits < 1024:
+        raise KeyError_(f"{path}: RSA key of {bits} bits (RFC 8301 needs 1024+)")
     return f"v=DKIM1; k={algorithm}; p={base64.b64encode(public).decode()}"
 
 
