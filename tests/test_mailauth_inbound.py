@@ -35,6 +35,12 @@ def keys(tmp_path_factory):
 def zone(keys, tmp_path_factory):
     txt = {name: [text] for name, text in keys["published"].items()}
     txt["sender.test"] = ["v=spf1 ip4:127.0.0.1 -all"]
+    # Twelve includes, each a lookup: past RFC 7208 4.6.4's limit of 10; padded to ~10 KB.
+    txt["loop.test"] = ["v=spf1 " + " ".join(f"include:i{i}.loop.test" for i in range(12))
+                        + " -all"]
+    for i in range(12):
+        txt[f"i{i}.loop.test"] = [f"v=spf1 ip4:192.0.2.{i} " + "a:" + "x" * 60
+                                  + f".loop.test ?all" + " " * 800]
     server = DNSServer(tmp_path_factory.mktemp("zone"), txt)
     yield server
     server.stop()
@@ -124,3 +130,9 @@ def test_dns_timeout_is_temperror_and_mail_flows(make_daemon, keys):
     assert "spf=temperror" in ar
     assert ar.count("dkim=temperror") == 2, ar
     assert "Traceback" not in d.log()
+
+
+def test_more_than_ten_lookups_is_permerror(mx):
+    body = BODY.replace(b"news@sender.test", b"x@loop.test")
+    ar = results(send(mx, body, sender="x@loop.test"))
+    assert "spf=permerror smtp.mailfrom=x@loop.test" in ar, ar
