@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 #: Modules imported by L{load_all}, in start-up order.
 PACKAGES = [
     "netsuite.smtp.service",
+    "netsuite.lmtp.service",
+    "netsuite.mailauth.service",
     "netsuite.queue.service",
     "netsuite.pop3.service",
     "netsuite.imap.service",

@@ -528,10 +528,15 @@ class ReadyFile(service.Service):
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ports: dict[str, list[int]] = {}
+        ports: dict[str, list[int | str]] = {}
         for svc in self.parent:
             if isinstance(svc, ListenerService) and svc.port is not None:
-                ports.setdefault(svc.listener, []).append(svc.port.getHost().port)
+                host = svc.port.getHost()
+                # A unix: listener has a path where TCP has a port.
+                bound = getattr(host, "port", None)
+                if bound is None:
+                    bound = os.fsdecode(getattr(host, "name", b"") or b"")
+                ports.setdefault(svc.listener, []).append(bound)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listen": ports}))
         os.replace(tmp, self.path)

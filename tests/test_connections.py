@@ -34,7 +34,7 @@ STARTTLS = {
     "ftp": (b"AUTH TLS", b"234 "),
 }
 #: Listener family -> how its greeting starts.
-GREETING = {"smtp": b"220 ", "pop3": b"+OK", "imap": b"* OK", "ftp": b"220 ",
+GREETING = {"smtp": b"220 ", "lmtp": b"220 ", "pop3": b"+OK", "imap": b"* OK", "ftp": b"220 ",
             "telnet": b"login: "}
 PASSWORD = "alice-pw"
 
@@ -182,6 +182,12 @@ def session(d: Daemon, listener: str, starttls: bool = False, login: bool = Fals
             s.sendmail("bob@remote.test", ["alice@example.test"], b"Subject: hi\r\n\r\nhi\r\n")
         elif login:
             s.login("alice", PASSWORD)
+        assert s.quit()[0] == 221
+    elif fam == "lmtp":
+        s = smtplib.LMTP("127.0.0.1", port, timeout=15)
+        s.ehlo()  # LHLO
+        if login:  # no AUTH on LMTP: deliver instead
+            s.sendmail("bob@remote.test", ["alice@example.test"], b"Subject: hi\r\n\r\nhi\r\n")
         assert s.quit()[0] == 221
     elif fam == "pop3":
         if listener == "pop3s":

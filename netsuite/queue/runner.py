@@ -191,12 +191,19 @@ class QueueWriter:
                        recipients=[Recipient(a) for a in self.recipients],
                        user=self.user, size=self.size, hops=self.hops, eightbit=self.eightbit)
 
+        signed = b""
+
         def store():
+            nonlocal signed
             try:
                 if spill is not None:
                     spill.close()
+                if self.user is not None:  # submitted: signed on its way out
+                    whole = content if spill is None else self._spill_path.read_bytes()
+                    signed = self.runner.dkim_sign(whole, self.sender)
+                    env.size += len(signed)
                 env.id = spool.new_id(self._head)
-                spool.commit(env, content, self._spill_path)
+                spool.commit(env, content, self._spill_path, prefix=signed)
             except BaseException:
                 # A full disk: the spilled body must not stay in queue/tmp.
                 if self._spill_path is not None:
@@ -204,7 +211,7 @@ class QueueWriter:
                 raise
 
         d = self.runner.disk(store)
-        d.addCallback(lambda _: self.runner.accepted(env, None if spill else content))
+        d.addCallback(lambda _: self.runner.accepted(env, None if spill else signed + content))
         return d
 
     def abort(self) -> None:
@@ -254,6 +261,8 @@ class QueueRunner(service.Service):
         self._pool = ThreadPool(0, DISK_THREADS, name="netsuite-queue")
         self._mx = None
         self._tls_default = None
+        #: The DKIM signer (L{netsuite.mailauth.signing.Signer}); None: nothing signed.
+        self.signer = None
         #: recover() empties queue/tmp at start-up; later, by age, hourly.
         self._tmp_cleaned = time.time()
 
@@ -681,6 +690,19 @@ class QueueRunner(service.Service):
                                    recipients=items, original=original)
         return self.deliver_notice(env.sender, report, about=env.id, action=action)
 
+    def dkim_sign(self, message: bytes, sender: str) -> bytes:
+        """
+        The DKIM-Signature headers for C{message} (blocking: call in a thread),
+        or C{b""}; a signing error is logged and the message goes unsigned.
+        """
+        if self.signer is None:
+            return b""
+        try:
+            return self.signer.sign(message, fallback=sender.rpartition("@")[2] or None)
+        except Exception:
+            log.failure("dkim: signing failed; sent unsigned")
+            return b""
+
     def message(self, qid: str) -> bytes:
         fresh = self._fresh.get(qid)
         return fresh if fresh is not None else self.spool.read_message(qid)
@@ -719,7 +741,14 @@ class QueueRunner(service.Service):
             return d
         env = Envelope(id=self.spool.new_id(), sender="", recipients=[Recipient(to)],
                        size=len(message), eightbit=wire.has_8bit(message))
-        d = self.disk(self.spool.add, env, message)
+
+        def store():
+            # Signed as the host name's domain (the From: is MAILER-DAEMON@hostname).
+            signed = self.dkim_sign(message, self.hostname)
+            env.size += len(signed)
+            self.spool.add(env, message, prefix=signed)
+
+        d = self.disk(store)
 
         def queued(_):
             log.info("notified: id={id} action={action} to=<{to}> (queued as {new})",

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, positive, section
+from netsuite.mailauth.service import load_signer
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.spool import QUEUE_ID, Spool
 from netsuite.queue.wire import header_block, parse_hostport
@@ -119,6 +120,7 @@ def start_queue(ctx, parent) -> None:
     if not settings.enabled:
         return
     runner = QueueRunner(ctx, settings)
+    runner.signer = load_signer(ctx.config)
     runner.setServiceParent(parent)
     set_relay = getattr(ctx.realm, "set_relay", None)
     if set_relay is None:  # a realm of its own (IRealm only): it cannot hand mail on

@@ -148,15 +148,18 @@ class Spool:
 
     # -- accepting -------------------------------------------------------------
 
-    def commit(self, env: Envelope, message: bytes = b"", spilled: Path | None = None) -> None:
+    def commit(self, env: Envelope, message: bytes = b"", spilled: Path | None = None,
+               prefix: bytes = b"") -> None:
         """
         Queue C{env} with its message (C{message}, or the file C{spilled} holds,
-        which is then removed); returns once the message is durable.
+        which is then removed), after C{prefix} (headers added on the way in,
+        such as DKIM signatures); returns once the message is durable.
         """
         new = self.active / f"{env.id}.new"
         fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, env.to_json() + b"\n")
+            _write_all(fd, prefix)
             if spilled is not None:
                 with open(spilled, "rb") as src:
                     while chunk := src.read(1 << 20):

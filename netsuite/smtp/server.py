@@ -33,6 +33,7 @@ from netsuite.auth.sasl import MECHANISMS, SASLError
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
+from netsuite.mailauth.inbound import make_checker
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp import wire
 from netsuite.smtp.delivery import MailAddress
@@ -64,6 +65,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
     portal: Any
     #: The realm's C{IMessageDelivery} for this session (None before AUTH on submission).
     delivery: Any
+    #: The protocol name in the Received: header (RFC 3848), before its S and A.
+    trace_protocol = "ESMTP"
 
     def __init__(self, factory: "SMTPFactory"):
         super().__init__(chal=dict(MECHANISMS), contextFactory=factory.ctx.tls)
@@ -85,6 +88,9 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         self._params: dict[str, Any] = {}
         self._msgs: list = []
         self._reader: wire.DataReader | wire.ChunkReader | None = None
+        #: MX with checks on: the message held here until its checks are done,
+        #: because Authentication-Results goes before the first line.
+        self._held: list[bytes] | None = None
         self._bdat_left = 0
         self._bdat_last = False
         self._bdat_error: bytes | None = None
@@ -419,6 +425,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
 
     def _reset_transaction(self) -> None:
         self._abort_messages()
+        self._held = None
         self._from = None
         self._to = []
         self._params = {}
@@ -594,9 +601,12 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                 msg = factory()
                 if not any(m is msg for m in msgs):
                     msgs.append(msg)
-            for line in header.split(b"\n"):
-                for msg in msgs:
-                    msg.lineReceived(line)
+            if self.factory.checker is not None:
+                self._held = header.split(b"\n")
+            else:
+                for line in header.split(b"\n"):
+                    for msg in msgs:
+                        msg.lineReceived(line)
         except smtp.SMTPServerError as e:
             self._msgs = msgs
             self._reset_transaction()
@@ -620,7 +630,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         if custom:
             return custom.replace(b"\r\n", b"\n")
         proto = "UTF8" if "SMTPUTF8" in self._params else ""
-        proto += "ESMTP" if self._esmtp else "SMTP"
+        proto += self.trace_protocol if self._esmtp else "SMTP"
         proto += ("S" if self.startedTLS else "") + ("A" if self.authenticated else "")
         helo = self._helo[0] if self._helo else b"unknown"
         recipient = b""
@@ -677,6 +687,9 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
     def _feed(self, lines: list[bytes]) -> None:
         if not lines:
             return
+        if self._held is not None:
+            self._held.extend(lines)
+            return
         for msg in self._msgs:
             # netsuite's own Transaction takes a read's lines in one call; any
             # other realm's IMessage gets Twisted's one call per line.
@@ -688,6 +701,21 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                     msg.lineReceived(line)
 
     def _end_message(self, too_big: bool, size: int):
+        held, self._held = self._held, None
+        if too_big or held is None:
+            return self._deliver(too_big, size)
+        helo = self._helo[0] if self._helo else b""
+        d = self.factory.checker.check(held, self.peer, helo, bytes(self._from))
+
+        def checked(lines: list[bytes]):
+            if self._lost:
+                return None
+            self._feed(lines)
+            return self._deliver(False, size)
+
+        return d.addCallback(checked)
+
+    def _deliver(self, too_big: bool, size: int):
         if too_big:
             self._refuse("DATA", None, 552, "5.3.4", b"Error: message size exceeds fixed limit")
             self._reset_transaction()
@@ -814,6 +842,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.submission = submission
         self.hostname = ctx.config.server.hostname.encode("idna")
         self.banner = ctx.config.smtp.banner.encode("utf-8")
+        #: SPF/DKIM on the MX (None: off, and always on submission).
+        self.checker = None if submission else make_checker(ctx)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)

@@ -1,0 +1,217 @@
+"""
+Checks on mail arriving at the MX: DKIM verification (dkimpy) and SPF
+(pyspf) on the envelope sender (the HELO name for the null sender), written
+into one C{Authentication-Results:} header (RFC 8601) under the server's
+authserv-id; any such header claiming that id that came from outside is
+removed first.
+
+The checks run in a thread (they are blocking libraries); their DNS queries
+go through twisted.names on the reactor (L{netsuite.mailauth.dns}) with the
+C{[dns]} timeout, so the reactor never waits on the network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+import dkim as dkimpy
+import spf as pyspf
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.names import dns as names_dns
+from twisted.names import error as names_error
+
+from netsuite.mailauth import dns
+
+log = Logger(namespace="netsuite.mailauth")
+
+_QTYPES = {"A": names_dns.A, "AAAA": names_dns.AAAA, "MX": names_dns.MX,
+           "PTR": names_dns.PTR, "TXT": names_dns.TXT, "SPF": names_dns.TXT}
+
+
+class Checker:
+    """SPF and DKIM for one server; L{check} is called once per message."""
+
+    def __init__(self, authserv_id: str, settings: Any, reactor: Any):
+        self.authserv_id = authserv_id
+        self.reactor = reactor
+        self.timeout = settings.timeout
+        self.resolver = dns.resolver(settings, reactor)
+
+    # -- DNS, from the checking thread through the reactor ---------------------------
+
+    def _query(self, name: str, qtype: int) -> list:
+        """Answers for C{name}; [] for NXDOMAIN/no data; L{TimeoutError} when none came."""
+        def ask():
+            d = self.resolver.query(names_dns.Query(name, qtype, names_dns.IN))
+            return d.addCallback(lambda result: result[0])
+
+        try:
+            return threads.blockingCallFromThread(self.reactor, ask)
+        except (names_error.DomainError, names_error.AuthoritativeDomainError,
+                names_error.DNSNameError):
+            return []
+        except (names_error.DNSQueryTimeoutError, defer.TimeoutError) as e:
+            raise TimeoutError(f"DNS timeout for {name}") from e
+        except names_error.DNSServerError as e:
+            raise TimeoutError(f"DNS server failure for {name}") from e
+
+    def dkim_txt(self, name: bytes, timeout: int = 5) -> bytes | None:
+        """dkimpy's C{dnsfunc}: the TXT record's text, or None; TimeoutError passes through."""
+        answers = self._query(name.decode("ascii", "replace").rstrip("."), names_dns.TXT)
+        for rr in answers:
+            if rr.type == names_dns.TXT:
+                return b"".join(rr.payload.data)
+        return None
+
+    def spf_lookup(self, name: str, qtype: str, tcpfallback: bool = True,
+                   timeout: int = 30) -> list:
+        """pyspf's C{DNSLookup}: ((name, type), value) pairs; TempError on a timeout."""
+        try:
+            answers = self._query(name, _QTYPES[qtype])
+        except TimeoutError as e:
+            raise pyspf.TempError(f"DNS {e}") from e
+        out: list = []
+        for rr in answers:
+            p = rr.payload
+            if rr.type == names_dns.A and qtype == "A":
+                out.append(((name, qtype), p.dottedQuad()))
+            elif rr.type == names_dns.AAAA and qtype == "AAAA":
+                out.append(((name, qtype), ipaddress.IPv6Address(p.address).compressed))
+            elif rr.type == names_dns.MX and qtype == "MX":
+                out.append(((name, qtype), (p.preference, str(p.name))))
+            elif rr.type == names_dns.PTR and qtype == "PTR":
+                out.append(((name, qtype), str(p.name)))
+            elif rr.type == names_dns.TXT and qtype in ("TXT", "SPF"):
+                out.append(((name, qtype), list(p.data)))
+            elif rr.type == names_dns.CNAME:
+                out.append(((name, "CNAME"), str(p.name)))
+        return out
+
+    # -- the checks ---------------------------------------------------------------------
+
+    def check(self, lines: list[bytes], ip: str, helo: bytes, mailfrom: bytes
+              ) -> defer.Deferred:
+        """
+        The message's lines (LF-split, the server's Received first) with the
+        Authentication-Results header put first and forged ones taken out.
+        """
+        return threads.deferToThread(self._check, lines, ip, helo, mailfrom)
+
+    def _check(self, lines: list[bytes], ip: str, helo: bytes, mailfrom: bytes) -> list[bytes]:
+        lines = strip_forged(lines, self.authserv_id)
+        message = b"\r\n".join(lines) + b"\r\n"
+        results = [self._dkim(message), self._spf(ip, helo, mailfrom)]
+        header = f"Authentication-Results: {self.authserv_id};\n\t" + ";\n\t".join(results)
+        return header.encode("utf-8", "replace").split(b"\n") + lines
+
+    def _dkim(self, message: bytes) -> str:
+        try:
+            d = dkimpy.DKIM(message, timeout=int(self.timeout) or 1)
+            count = sum(1 for name, _v in d.headers if name.lower() == b"dkim-signature")
+        except Exception as e:  # an unparsable message: no signature to check
+            log.info("dkim: cannot parse the message: {e}", e=e)
+            return "dkim=none"
+        if not count:
+            return "dkim=none"
+        out = []
+        for i in range(count):
+            try:
+                ok = d.verify(idx=i, dnsfunc=self.dkim_txt)
+                result = "pass" if ok else "fail"
+            except TimeoutError as e:
+                result = "temperror"
+                log.info("dkim: signature {i}: {e}", i=i, e=e)
+            except dkimpy.DKIMException as e:
+                # A changed body is a failed signature; a signature or key that
+                # cannot be used is a permanent error (RFC 8601 2.7.1).
+                result = "fail" if "body hash mismatch" in str(e) else "permerror"
+                log.info("dkim: signature {i}: {e}", i=i, e=e)
+            except Exception:
+                log.failure("dkim: verifying signature {i} failed", i=i)
+                result = "temperror"
+            tags = _tags(d, i)
+            props = " ".join(f"header.{k}={_value(tags.get(k.encode(), b''))}"
+                             for k in ("d", "s", "a") if tags.get(k.encode()))
+            out.append(f"dkim={result}" + (f" {props}" if props else ""))
+        return ";\n\t".join(out)
+
+    def _spf(self, ip: str, helo: bytes, mailfrom: bytes) -> str:
+        helo_text = helo.decode("utf-8", "replace")
+        sender = mailfrom.decode("utf-8", "replace")
+        identity = sender or f"postmaster@{helo_text}"
+        prop = f"smtp.mailfrom={sender}" if sender else f"smtp.helo={helo_text}"
+        global _ACTIVE
+        _ACTIVE = self
+        try:
+            q = pyspf.query(i=ip, s=identity, h=helo_text, timeout=max(1, int(self.timeout * 4)))
+            result, _code, _text = q.check()
+        except Exception:
+            log.failure("spf: check failed")
+            result = "temperror"
+        return f"spf={result} {_value(prop.encode())}"
+
+
+#: The checker whose resolver pyspf's module-level DNSLookup uses (one per process).
+_ACTIVE: Checker | None = None
+
+
+def _dns_lookup(name, qtype, tcpfallback=True, timeout=30):
+    if _ACTIVE is None:
+        raise pyspf.TempError("DNS: no resolver")
+    return _ACTIVE.spf_lookup(name, qtype, tcpfallback, timeout)
+
+
+pyspf.DNSLookup = _dns_lookup
+
+
+def _tags(d, i: int) -> dict[bytes, bytes]:
+    sigs = [v for name, v in d.headers if name.lower() == b"dkim-signature"]
+    try:
+        return dkimpy.util.parse_tag_value(sigs[i])
+    except Exception:
+        return {}
+
+
+_TOKEN = re.compile(rb"^[\x21-\x7e]+$")
+
+
+def _value(raw: bytes) -> str:
+    """A property value: kept if it is a plain token, else quoted (RFC 8601 2.2)."""
+    raw = b"".join(raw.split())
+    text = raw.decode("utf-8", "replace")
+    if _TOKEN.match(raw) and b";" not in raw and b'"' not in raw and b"(" not in raw:
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def strip_forged(lines: list[bytes], authserv_id: str) -> list[bytes]:
+    """The lines without any Authentication-Results header whose authserv-id is ours."""
+    ours = authserv_id.lower().encode()
+    out: list[bytes] = []
+    skipping = False
+    for i, line in enumerate(lines):
+        if line in (b"", b"\r"):
+            return out + lines[i:]  # the body: untouched
+        if skipping and line[:1] in (b" ", b"\t"):
+            continue
+        skipping = False
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"authentication-results":
+            ident = value.split(b";", 1)[0].strip().split()
+            if ident and ident[0].lower() == ours:
+                skipping = True
+                continue
+        out.append(line)
+    return out
+
+
+def make_checker(ctx) -> Checker | None:
+    """The MX's checker, or None when C{[checks] enabled} is false."""
+    settings = ctx.config.checks
+    if not settings.enabled:
+        return None
+    return Checker(settings.authserv_id or ctx.config.server.hostname, ctx.config.dns,
+                   ctx.reactor)
