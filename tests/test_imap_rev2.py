@@ -234,3 +234,17 @@ def test_response_codes_of_delete(daemon, rev2):
     assert cmd(r, b"j", b"DELETE p.c")[-1].startswith(b"j OK")
     assert cmd(r, b"k", b"DELETE p")[-1].startswith(b"k NO [NONEXISTENT] ")
     r.close()
+
+
+def test_select_list_line_names_the_mailbox_in_utf8(daemon):
+    """The LIST a rev2 SELECT sends uses UTF-8 names (RFC 9051 5.1), as LIST does."""
+    r2 = session(daemon, rev2=True)
+    assert cmd(r2, b"c", 'CREATE "Entwürfe"'.encode())[-1].startswith(b"c OK")
+    lines = cmd(r2, b"s", 'SELECT "Entwürfe"'.encode())
+    assert lines[-1].startswith(b"s OK")
+    assert untagged(lines, b"LIST") == ['* LIST (\\HasNoChildren) "." "Entwürfe"\r\n'.encode()]
+    r1 = session(daemon, rev2=False)
+    assert untagged(cmd(r1, b"l", b'LIST "" "Entw*"'), b"LIST") == \
+        [b'* LIST (\\HasNoChildren) "." Entw&APw-rfe\r\n']
+    r1.close()
+    r2.close()

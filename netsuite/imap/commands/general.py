@@ -16,8 +16,8 @@ ENABLERS: dict[bytes, Callable[["GeneralCommands"], None] | None] = {
     b"CONDSTORE": lambda s: s._condstore_used(),
     b"QRESYNC": lambda s: s._enable_qresync(),  # implies CONDSTORE (RFC 7162 3.2.3)
     b"UTF8=ACCEPT": lambda s: _refuse_utf8_when_selected(s),  # RFC 6855, names: names.py
+    b"IMAP4REV2": lambda s: s._enable_imap4rev2(),  # RFC 9051 (commands/rev2.py)
 }
-ENABLERS[b"IMAP4REV2"] = lambda s: s._enable_imap4rev2()  # RFC 9051 (commands/rev2.py)
 #: How ENABLED names an extension whose name is not all capitals.
 ENABLED_AS = {b"IMAP4REV2": b"IMAP4rev2"}
 

@@ -20,7 +20,6 @@ Mailbox names in UTF-8 (RFC 9051 5.1) are UTF8=ACCEPT's, elsewhere.
 
 from __future__ import annotations
 
-from netsuite.imap import wire
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.wire import ParseError
 
@@ -44,7 +43,7 @@ class Rev2Commands(SessionBase):
     def _rev2_selected(self, mbox) -> None:
         """The untagged LIST a rev2 SELECT/EXAMINE sends (RFC 9051 6.3.2)."""
         attrs = self.account.attributes(mbox.name, self.account.names())
-        self.send(b"* LIST (" + " ".join(attrs).encode() + b') "." ' + wire.astring(mbox.name))
+        self.send(b"* LIST (" + " ".join(attrs).encode() + b') "." ' + self._wire_name(mbox.name))
 
     def _rev2_status_items(self, items: list[str]) -> list[str]:
         """STATUS items to answer: rev2 has no RECENT, which is left out (as Dovecot)."""
