@@ -40,7 +40,7 @@ def zone(keys, tmp_path_factory):
                         + " -all"]
     for i in range(12):
         txt[f"i{i}.loop.test"] = [f"v=spf1 ip4:192.0.2.{i} " + "a:" + "x" * 60
-                                  + f".loop.test ?all" + " " * 800]
+                                  + ".loop.test ?all" + " " * 800]
     server = DNSServer(tmp_path_factory.mktemp("zone"), txt)
     yield server
     server.stop()
