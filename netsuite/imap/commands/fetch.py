@@ -304,11 +304,11 @@ def _render_flags(msgs: list[Message], render: Callable[[Message], bytes],
         table = _FLAG_BYTES
     else:
         return list(map(render, msgs))
-    flags = list(map(table.get, map(_INFO, map(str.partition, map(_NAME, msgs),
-                                               itertools.repeat(":2,")))))
-    if None in flags:  # letters not rendered yet (a few per folder)
-        flags = [f if f is not None else render(m) for f, m in zip(flags, msgs, strict=True)]
-    return flags
+    found: list[bytes | None] = list(map(table.get, map(_INFO, map(
+        str.partition, map(_NAME, msgs), itertools.repeat(":2,")))))
+    if None in found:  # letters not rendered yet (a few per folder)
+        return [f if f is not None else render(m) for f, m in zip(found, msgs, strict=True)]
+    return found  # type: ignore[return-value]  # no None in it
 
 
 def _object_item(name: str, folder, msg) -> bytes:
