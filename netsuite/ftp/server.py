@@ -18,12 +18,13 @@ from typing import Any
 
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
-from twisted.internet import defer, protocol, tcp
+from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 
+from netsuite import sendnow
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
@@ -159,7 +160,6 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         self._lost = False
         self.peer_host = "?"
         #: The socket replies go to directly while nothing is queued (see L{reply}).
-        self._direct: tuple[Any, socket.socket] | None = None
         self.local_host = "?"
         self.local_ipv4: str | None = None
 
@@ -187,8 +187,6 @@ class FTPServer(protocol.Protocol, CommandDeadline):
                 pass
         if self.implicit_tls:
             cap_tls_version(self.transport, self.config.tls_max_version)
-        else:
-            self._direct = self._direct_socket()
         self.timer.set(IDLE, self.config.idle_timeout, self.timeoutConnection)
         self.reply(220, self.config.banner)
 
@@ -214,42 +212,9 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         transport = self.transport
         if transport is None or transport.disconnecting:
             return
-        data = wire.render_reply(code, text)
-        direct = self._direct
-        if direct is not None:
-            tcp_transport, sock = direct
-            if not tcp_transport.TLS and tcp_transport.offset == len(tcp_transport.dataBuffer) \
-                    and not tcp_transport._tempDataLen:
-                # Nothing queued in the transport: send now.  Through write() a
-                # reply costs two epoll registrations and a later reactor turn.
-                try:
-                    sent = sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
-                    sent = 0  # the transport's own write meets the error and reports it
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        transport.write(data)
-
-    def _direct_socket(self) -> tuple[Any, socket.socket] | None:
-        """
-        The TCP transport and its socket when replies may be sent on it at once:
-        a plain Twisted TCP transport (or the connection-limit wrapper around
-        one) whose buffer attributes are the ones checked in L{reply}.  None
-        for implicit TLS, a test's StringTransport, or a Twisted that changed.
-        """
-        transport = self.transport
-        if hasattr(transport, "wrappedProtocol"):  # policies.ProtocolWrapper
-            transport = transport.transport
-        if not isinstance(transport, tcp.Connection):
-            return None
-        if not all(hasattr(transport, a) for a in ("TLS", "offset", "dataBuffer",
-                                                   "_tempDataLen")):
-            return None
-        handle = transport.getHandle()
-        return (transport, handle) if isinstance(handle, socket.socket) else None
+        # Nothing queued: sent in this turn (through write() a reply costs two
+        # epoll registrations and a later reactor turn); TLS falls back to write().
+        sendnow.write_now(transport, wire.render_reply(code, text))
 
     # -- reading commands --------------------------------------------------------
 
@@ -500,7 +465,6 @@ class FTPServer(protocol.Protocol, CommandDeadline):
             self.reply(503, "AUTH after login is not supported; log in over TLS.")
             return
         self.reply(234, "Proceed with negotiation.")
-        self._direct = None  # from here on every byte goes through TLS
         # Plain text pipelined after AUTH must not be executed inside TLS.
         self._framer.discard()
         self._queue.clear()
