@@ -19,6 +19,7 @@ import ssl
 import struct
 import time
 
+import pexpect
 import pytest
 from harness import Daemon, all_listeners
 from rawsmtp import insecure_context
@@ -35,7 +36,7 @@ STARTTLS = {
 }
 #: Listener family -> how its greeting starts.
 GREETING = {"smtp": b"220 ", "lmtp": b"220 ", "pop3": b"+OK", "imap": b"* OK", "ftp": b"220 ",
-            "telnet": b"login: "}
+            "telnet": b"login: ", "ssh": b"SSH-2.0-"}
 PASSWORD = "alice-pw"
 
 BASE = {
@@ -221,6 +222,21 @@ def session(d: Daemon, listener: str, starttls: bool = False, login: bool = Fals
         if login:
             f.login("alice", PASSWORD)
         assert f.quit().startswith("221")
+    elif fam == "ssh":
+        if login:
+            p = pexpect.spawn("ssh", ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                                      "-o", "UserKnownHostsFile=/dev/null",
+                                      "-o", "PubkeyAuthentication=no", "-p", str(port),
+                                      "alice@127.0.0.1", "true"], timeout=15)
+            p.expect("assword:")
+            p.sendline(PASSWORD)
+            p.expect(pexpect.EOF)
+            p.close()
+        else:
+            sock = connect(d, listener)
+            read_until(sock, GREETING["ssh"])
+            sock.sendall(b"SSH-2.0-probe\r\n")
+            sock.close()
     else:
         sock = connect(d, listener)
         if listener == "telnets":

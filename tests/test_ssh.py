@@ -254,6 +254,8 @@ def test_root_shell_refused_unless_permitted_but_sftp_works(tmp_path, keys):
         r = ssh(d, keys["alice"], "echo", "rooted")
         assert "rooted" not in r.stdout
         assert r.returncode != 0
+        assert "session refused user=alice" in d.log()
+        assert "Traceback" not in d.log()
         (root(d) / "f.txt").write_text("x")
         out = sftp(d, keys["alice"], ["ls"], tmp_path)
         assert out.returncode == 0, out.stderr

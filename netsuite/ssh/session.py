@@ -50,6 +50,24 @@ class SessionChannel(session.SSHSession):
         self.serves_subsystem = bool(ok)
         return ok
 
+    def request_shell(self, data: bytes) -> int:
+        return super().request_shell(data) if self._may_run() else 0
+
+    def request_exec(self, data: bytes) -> int:
+        return super().request_exec(data) if self._may_run() else 0
+
+    def _may_run(self) -> bool:
+        """A refused program (root, none installed) fails the request, without a traceback."""
+        prepare = getattr(self._session, "prepare", None)  # another ISession: no check
+        try:
+            if prepare is not None:
+                prepare()
+        except (cred_error.UnauthorizedLogin, OSError) as e:
+            log.info("ssh: session refused user={user}: {why}",
+                     user=getattr(self.avatar, "username", "?"), why=e)
+            return False
+        return True
+
     def eofReceived(self) -> None:
         """
         A subsystem's client is done: end with exit-status 0 as sshd does
@@ -119,6 +137,7 @@ class TerminalSession:
         self.pty: PTYSession | None = None
         self.process: Any = None
         self.proto: Any = None
+        self.avatar: Any = None
 
     # -- requests before the program starts ---------------------------------------
 
@@ -151,15 +170,17 @@ class TerminalSession:
     def execCommand(self, proto, cmd: bytes) -> None:
         self._start(proto, cmd.decode("utf-8", "surrogateescape"))
 
-    def _avatar(self):
-        try:
-            return self.user.realm_avatar(ITerminalAvatar)
-        except cred_error.UnauthorizedLogin as e:
-            log.info("ssh: session refused user={user}: {why}", user=self.user.username, why=e)
-            raise
+    def prepare(self):
+        """The realm's terminal avatar, once; raises if the user may not run a program."""
+        if self.avatar is None:
+            avatar = self.user.realm_avatar(ITerminalAvatar)
+            if not (os.path.isfile(avatar.executable) and os.access(avatar.executable, os.X_OK)):
+                raise FileNotFoundError(f"{avatar.executable}: not an executable file")
+            self.avatar = avatar
+        return self.avatar
 
     def _start(self, proto, command: str | None) -> None:
-        avatar = self._avatar()
+        avatar = self.prepare()
         executable, argv = avatar.executable, list(avatar.argv)
         extra: dict[str, str] = {}
         if command is not None:
@@ -187,8 +208,6 @@ class TerminalSession:
                      pid=pty.pid, term=self.term)
         else:
             env = {**self.client_env, **avatar.env, **extra}
-            if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
-                raise FileNotFoundError(f"{executable}: not an executable file")
             self.process = factory.reactor.spawnProcess(
                 proto, executable, argv, env, path=avatar.cwd, uid=avatar.uid,
                 gid=avatar.gid, usePTY=False)
