@@ -11,6 +11,7 @@ selected mailbox come with the FETCH that MessageNew asked for (5.2).
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.mail import imap4
@@ -52,6 +53,10 @@ class NotifyCommands(SessionBase):
     _notify_told: tuple | None = None
     #: The NOTIFY SET in force, if it has groups about other mailboxes.
     _notify_spec: NotifySpec | None = None
+
+    if TYPE_CHECKING:  # FetchCommands provides it
+        def _fetch_one(self, mbox: Any, seq: int, msg: Any, atts: Any,
+                       add_flags: bool) -> bytes: ...
 
     def imap_NOTIFY(self, tag, cur):
         spec = parse_notify(cur)
@@ -164,12 +169,13 @@ class NotifyCommands(SessionBase):
 
     def _notify_name_changed(self, account, change: NameChange) -> None:
         """A session of this user (this one too) changed a mailbox name or subscription."""
-        if self._lost:
+        spec = self._notify_spec
+        if self._lost or spec is None:
             return
         if change.kind in ("create", "delete", "rename") or any(
-                g.filter == "SUBSCRIBED" for g in self._notify_spec.groups):
+                g.filter == "SUBSCRIBED" for g in spec.groups):
             self._notify_rewatch()
-        if account is self.account or not self._notify_names:
+        if account is self.account or not self._notify_names or self._notify_lines is None:
             return
         event = "SubscriptionChange" if change.kind in ("subscribe", "unsubscribe") \
             else "MailboxName"
