@@ -288,3 +288,24 @@ def test_a_deleted_index_is_written_again_with_the_same_uids(tmp_path):
     again = Folder(a.path)
     assert again.uidvalidity == validity
     assert [(m.uid, m.base) for m in again.messages] == [(m.uid, m.base) for m in a.messages]
+
+
+def test_a_new_message_is_recent_for_one_process_only(tmp_path):
+    """
+    imaptest with --workers 2 saw \\Recent on one UID in two sessions: a claim was
+    a pending record, so the other process, reading the log, claimed it again.
+    """
+    a, b = _two_folders(tmp_path)
+    a.claim_recent(), b.claim_recent()  # both have seen everything so far
+    uid = a.append(b"Subject: new\n\n")
+    b.refresh()
+    assert b.by_uid(uid) is not None
+    claimed = [a.claim_recent(), b.claim_recent()]
+    assert sorted(map(sorted, claimed)) == [[], [uid]]
+    # Whichever process looks first claims it; the other never does, also later.
+    _drop(a.path, "9.M1P1Q9.h")
+    b.refresh()
+    a.refresh()
+    later = [b.claim_recent(), a.claim_recent()]
+    assert sorted(map(len, later)) == [0, 1]
+    assert a.first_recent == b.first_recent == a.next_uid

@@ -1723,11 +1723,37 @@ class Folder:
         return to_wire(self.read(msg))
 
     def claim_recent(self) -> set[int]:
-        """UIDs that are \\Recent for the caller; nobody else will see them as recent."""
-        recent = set(self._uids[bisect.bisect_left(self._uids, self.first_recent):])
-        if self.first_recent != self.next_uid:
-            self.first_recent = self.next_uid
-            self._pending.append(changelog.encode(["R", str(self.first_recent)]))
+        """
+        UIDs that are \\Recent for the caller; nobody else will see them as
+        recent, in this process or another.  Inside a locked change the claim
+        goes out with that change's records; otherwise it is made under the
+        lock, after the others' claims are read, and written at once (a pending
+        record let a second process claim the same UIDs).  Only the UIDs this
+        process knew before are claimed: ones the lock's read brings in stay
+        for whoever is told of them.
+        """
+        uids = self._uids
+        if self._lock_depth:
+            recent = set(uids[bisect.bisect_left(uids, self.first_recent):])
+            if self.first_recent != self.next_uid:
+                self.first_recent = self.next_uid
+                self._pending.append(changelog.encode(["R", str(self.first_recent)]))
+            return recent
+        if not uids or uids[-1] < self.first_recent:
+            return set()
+        upto = uids[-1]
+        others = Changes()
+        with self._lock():
+            self._sync_locked(others)
+            uids = self._uids
+            recent = set(uids[bisect.bisect_left(uids, self.first_recent):
+                              bisect.bisect_right(uids, upto)])
+            if self.first_recent <= upto:
+                self.first_recent = upto + 1
+                self._log([changelog.encode(["R", str(self.first_recent)])])
+        _tidy(others)
+        if others:
+            self._notify(others)
         return recent
 
     # -- changing -------------------------------------------------------------------
