@@ -88,6 +88,13 @@ BENCHES = {
         [rf"^RETR 1 client MiB/s\s+{NUM}\s+{NUM}\s+{NUM}\s+{RATIO}\s+{RATIO}$",
          rf"^10 sessions seconds\s+{NUM}\s+{NUM}\s+{NUM}\s+{RATIO}\s+{RATIO}$",
          r"^10 sessions failed\s+0\s+0\s+0$"]),
+    "ssh_bench.py": (
+        lambda: (need_root(), need_file("/usr/sbin/sshd", "openssh-server"),
+                 need_file("/usr/lib/openssh/sftp-server", "openssh-server")),
+        [rf"^get MiB/s\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         rf"^put MiB/s\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         rf"^logins seconds\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         r"^logins failed\s+0\.00\s+0\.00\s+n/a$"]),
     "telnet_bench.py": (
         lambda: need_file("/usr/sbin/telnetd", "inetutils-telnetd"),
         [rf"^netsuite\s+5\s+{NUM}(\s+{NUM}){{6}}$",
