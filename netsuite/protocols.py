@@ -31,6 +31,7 @@ PACKAGES = [
     "netsuite.ftp.service",
     "netsuite.telnet.service",
     "netsuite.ssh.service",
+    "netsuite.http.service",
 ]
 
 Builder = Callable[["ServerContext", str], IProtocolFactory]

@@ -17,7 +17,11 @@ from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.portal import Portal
 from twisted.internet import defer, endpoints, ssl
-from twisted.internet.interfaces import IHandshakeListener, IProtocolFactory
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
@@ -135,6 +139,7 @@ class TrackedConnection(policies.ProtocolWrapper):
         self.transport.abortConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionLimits(policies.WrappingFactory):
     """
     Caps connections in total and per client address; over the cap the client
@@ -168,6 +173,11 @@ class ConnectionLimits(policies.WrappingFactory):
         self.close_timeout = close_timeout
         self.on_change = on_change
         self.by_address: dict[str, int] = {}
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The wrapped factory's ALPN names (twisted.web's C{http/1.1}); none for the others."""
+        negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return list(negotiation.acceptableProtocols()) if negotiation is not None else []
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", str(addr))
@@ -347,7 +357,7 @@ def _limits_for(config: Config, name: str) -> tuple[int, int]:
 
 def _section_of(listener: str) -> str:
     return {"submission": "smtp", "smtps": "smtp", "pop3s": "pop3", "imaps": "imap",
-            "ftps": "ftp", "telnets": "telnet"}.get(listener, listener)
+            "ftps": "ftp", "telnets": "telnet", "https": "http"}.get(listener, listener)
 
 
 #: Listen backlog for endpoints that do not give one (Twisted's default is 50).

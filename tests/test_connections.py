@@ -10,6 +10,7 @@ client left (a login, a pipelined STLS) never acts on the dead connection.
 from __future__ import annotations
 
 import ftplib
+import http.client
 import imaplib
 import json
 import poplib
@@ -25,7 +26,7 @@ from harness import Daemon, all_listeners
 from rawsmtp import insecure_context
 from test_ftp_helpers import ImplicitFTPS
 
-TLS_LISTENERS = {"smtps", "pop3s", "imaps", "ftps", "telnets"}
+TLS_LISTENERS = {"smtps", "pop3s", "imaps", "ftps", "telnets", "https"}
 #: Listener -> (the command that starts TLS, the start of its positive reply).
 STARTTLS = {
     "smtp": (b"STARTTLS", b"220 "),
@@ -36,7 +37,7 @@ STARTTLS = {
 }
 #: Listener family -> how its greeting starts.
 GREETING = {"smtp": b"220 ", "lmtp": b"220 ", "pop3": b"+OK", "imap": b"* OK", "ftp": b"220 ",
-            "telnet": b"login: ", "ssh": b"SSH-2.0-"}
+            "telnet": b"login: ", "ssh": b"SSH-2.0-", "http": b"HTTP/1.1 200 "}
 PASSWORD = "alice-pw"
 
 BASE = {
@@ -47,7 +48,14 @@ BASE = {
 
 def family(listener: str) -> str:
     return {"submission": "smtp", "smtps": "smtp", "pop3s": "pop3", "imaps": "imap",
-            "ftps": "ftp", "telnets": "telnet"}.get(listener, listener)
+            "ftps": "ftp", "telnets": "telnet", "https": "http"}.get(listener, listener)
+
+
+def greet(sock, listener: str) -> bytes:
+    """Read the greeting; HTTP has none, so a health check stands for it."""
+    if family(listener) == "http":
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    return read_until(sock, GREETING[family(listener)])
 
 
 def counts(d: Daemon) -> dict:
@@ -237,6 +245,15 @@ def session(d: Daemon, listener: str, starttls: bool = False, login: bool = Fals
             read_until(sock, GREETING["ssh"])
             sock.sendall(b"SSH-2.0-probe\r\n")
             sock.close()
+    elif fam == "http":
+        if listener == "https":
+            c = http.client.HTTPSConnection("127.0.0.1", port, timeout=15, context=ctx)
+        else:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        c.request("GET", "/healthz")
+        response = c.getresponse()
+        assert response.status == 200 and b'"ok"' in response.read()
+        c.close()
     else:
         sock = connect(d, listener)
         if listener == "telnets":
@@ -256,7 +273,7 @@ def aborted_handshakes(d: Daemon, listener: str) -> None:
         sock = connect(d, listener)
         if listener in STARTTLS:
             command, ok = STARTTLS[listener]
-            read_until(sock, GREETING[family(listener)])
+            greet(sock, listener)
             sock.sendall(command + b"\r\n")
             read_until(sock, ok)
         sock.sendall(payload)
@@ -272,12 +289,12 @@ def resets(d: Daemon, listener: str) -> None:
     sock = connect(d, listener)
     if listener in TLS_LISTENERS:
         sock = insecure_context().wrap_socket(sock)
-    read_until(sock, GREETING[family(listener)])
+    greet(sock, listener)
     reset(sock)
     if listener in STARTTLS:
         sock = connect(d, listener)
         command, ok = STARTTLS[listener]
-        read_until(sock, GREETING[family(listener)])
+        greet(sock, listener)
         sock.sendall(command + b"\r\n")
         read_until(sock, ok)
         tls = insecure_context().wrap_socket(sock)
@@ -304,7 +321,7 @@ def test_counters_return_to_zero(daemon, listener):
     held = connect(d, listener)
     if listener in TLS_LISTENERS:
         held = insecure_context().wrap_socket(held)
-    read_until(held, GREETING[family(listener)])
+    greet(held, listener)
     assert d.wait_for(lambda: counts(d)[listener] == {"open": 1,
                                                     "addresses": {"127.0.0.1": 1}}), counts(d)
     held.close()
@@ -381,7 +398,7 @@ def test_silence_after_starttls_is_cut_off(quick, listener):
     since = len(d.log())
     sock = connect(d, listener)
     command, ok = STARTTLS[listener]
-    read_until(sock, GREETING[family(listener)])
+    greet(sock, listener)
     sock.sendall(command + b"\r\n")
     read_until(sock, ok)
     assert closed_by_server(sock)
@@ -470,7 +487,7 @@ def _login_then_leave(d: Daemon, listener: str, commands: bytes, logged: str) ->
     """Pipeline a login and more, leave before the answer; wait until the login was decided."""
     before = d.log().count(logged)
     sock = connect(d, listener)
-    read_until(sock, GREETING[family(listener)])
+    greet(sock, listener)
     sock.sendall(commands)
     sock.close()
     assert d.wait_for(lambda: d.log().count(logged) > before)

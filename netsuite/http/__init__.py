@@ -1,0 +1,1 @@
+"""The operations listener: health checks, and what administrators and mail clients ask."""

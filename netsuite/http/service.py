@@ -1,0 +1,37 @@
+"""The C{http} listener (operations: health, and what builds on it) and its C{[http]} section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netsuite import protocols
+from netsuite.config import listener, positive, section
+from netsuite.http.site import OperationsSite
+
+# Loopback only by default: what it serves is for the administrator's tools.
+listener("http", ["tcp:2080:interface=127.0.0.1"])
+# The same site over implicit TLS, with [tls]'s certificate; off by default.
+listener("https", [], implicit_tls=True)
+
+
+@section("http")
+@dataclass
+class HTTPConfig:
+    """Caps and timeouts of the operations listener (twisted.web)."""
+
+    max_connections: int = 100
+    max_connections_per_address: int = 20
+    #: Seconds an HTTP connection may stay idle (twisted.web's Site timeout).
+    idle_timeout: float = 60.0
+
+    def validate(self) -> None:
+        positive("max_connections", self.max_connections)
+        positive("max_connections_per_address", self.max_connections_per_address)
+        positive("idle_timeout", self.idle_timeout)
+
+
+@protocols.factory("http", "https",
+                   busy=b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                        b"Connection: close\r\n\r\n")
+def build(ctx, name: str) -> OperationsSite:
+    return OperationsSite(ctx, name, ctx.config.http.idle_timeout)

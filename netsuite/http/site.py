@@ -1,0 +1,134 @@
+"""
+The operations site: one twisted.web leaf resource that dispatches on the
+request path to handlers registered with L{route}.
+
+A handler module (health, metrics, autoconfig, ...) declares its paths with
+C{@route("/path")}; L{ROUTE_MODULES} lists the modules imported when the
+site is built, so adding an endpoint is one module and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web.server import Request
+
+if TYPE_CHECKING:
+    from netsuite.service import ServerContext
+
+log = Logger(namespace="netsuite.http")
+
+#: Modules whose C{@route}s make up the site, imported by L{OperationsSite}.
+ROUTE_MODULES = [
+    "netsuite.http.health",
+]
+
+#: What a handler returns: the body, or a Deferred that fires with it.
+Body = bytes | defer.Deferred
+Handler = Callable[[Request, "OperationsSite"], Body]
+
+
+@dataclass
+class Route:
+    handler: Handler
+    methods: tuple[bytes, ...]
+
+
+#: Request path -> its L{Route}.
+ROUTES: dict[bytes, Route] = {}
+
+
+def route(*paths: str, methods: tuple[str, ...] = ("GET", "HEAD")) -> Callable[[Handler], Handler]:
+    """Decorator: C{handler(request, site)} answers C{paths}."""
+
+    def register(handler: Handler) -> Handler:
+        for path in paths:
+            ROUTES[path.encode("ascii")] = Route(handler, tuple(m.encode() for m in methods))
+        return handler
+
+    return register
+
+
+def json_body(request: Request, obj: Any, code: int = 200) -> bytes:
+    """C{obj} as the JSON response, with its status code and content type."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(obj, sort_keys=True).encode() + b"\n"
+
+
+def text_body(request: Request, text: str | bytes, content_type: bytes = b"text/plain",
+              code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type + b"; charset=utf-8")
+    return text.encode() if isinstance(text, str) else text
+
+
+class Dispatch(resource.Resource):
+    """Every path goes to its registered handler; unknown paths are 404, wrong methods 405."""
+
+    isLeaf = True
+
+    def __init__(self, site: OperationsSite):
+        super().__init__()
+        self.site = site
+
+    def render(self, request: Request):
+        request.setHeader(b"server", b"netsuite")  # not Twisted's name and version
+        found = ROUTES.get(request.path)
+        if found is None:
+            return json_body(request, {"error": "not found"}, 404)
+        method = request.method
+        if method not in found.methods:
+            request.setHeader(b"allow", b", ".join(found.methods))
+            return json_body(request, {"error": "method not allowed"}, 405)
+        try:
+            body = found.handler(request, self.site)
+        except Exception:
+            log.failure("http {path}", path=request.path.decode("ascii", "replace"))
+            return json_body(request, {"error": "internal error"}, 500)
+        if not isinstance(body, defer.Deferred):
+            return body
+        body.addCallbacks(lambda data: self._finish(request, data),
+                          lambda f: self._failed(request, f))
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _finish(request: Request, data: bytes) -> None:
+        if request.finished or request.channel is None:  # the client left
+            return
+        request.write(data)
+        request.finish()
+
+    def _failed(self, request: Request, failure: Failure) -> None:
+        log.failure("http {path}", failure, path=request.path.decode("ascii", "replace"))
+        self._finish(request, json_body(request, {"error": "internal error"}, 500))
+
+
+class OperationsSite(server.Site):
+    """The site on the C{http} listener; handlers reach the server through C{ctx}."""
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, ctx: ServerContext, listener: str, idle_timeout: float):
+        for name in ROUTE_MODULES:
+            importlib.import_module(name)
+        self.ctx = ctx
+        self.listener = listener
+        super().__init__(Dispatch(self), timeout=idle_timeout, reactor=ctx.reactor)
+
+    def log(self, request: http.Request) -> None:
+        """Access lines through twisted.logger, at debug: health checks come every few seconds."""
+        log.debug("http {method} {path} {code} {client}",
+                  method=request.method.decode("ascii", "replace"),
+                  path=request.uri.decode("ascii", "replace"), code=request.code,
+                  client=getattr(request.getClientAddress(), "host", "?"))
