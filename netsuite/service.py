@@ -16,7 +16,7 @@ from typing import Any
 from twisted.application import service
 from twisted.cred import strcred
 from twisted.cred.portal import Portal
-from twisted.internet import defer, endpoints, ssl
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocolFactory,
@@ -46,7 +46,8 @@ class ServerContext:
     config: Config
     portal: ThrottledPortal
     realm: Any
-    tls: ssl.CertificateOptions
+    #: Replaceable (a renewed certificate, a reload): ask it per connection.
+    tls: tls.CurrentCertificate
     reactor: Any
 
 
@@ -421,7 +422,8 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
                                     for c in make_checkers(config)]))
     throttle = LoginThrottle(config.throttle) if worker is None else worker.throttle(config)
     throttled = ThrottledPortal(portal, throttle, reactor)
-    ctx = ServerContext(config, throttled, realm, tls.context_factory(config), reactor)
+    ctx = ServerContext(config, throttled, realm,
+                        tls.CurrentCertificate(tls.context_factory(config)), reactor)
 
     top = service.MultiService()
     status = ConnectionStatus(config.data_dir / "run" / (

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolNegotiationFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from netsuite.config import Config, ConfigError
 
@@ -72,6 +73,26 @@ def _read(path: Path, key: str) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}", key) from e
+
+
+@implementer(IOpenSSLContextFactory)
+class CurrentCertificate:
+    """
+    The TLS context every listener and STARTTLS uses, replaceable while running.
+
+    Twisted asks an C{IOpenSSLContextFactory} for its context once per
+    connection, so L{replace} (a renewed certificate, a reload) applies to the
+    next handshake while connections already up keep the session they have.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions):
+        self.options = options
+
+    def getContext(self) -> SSL.Context:
+        return self.options.getContext()
+
+    def replace(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
 
 
 def context_factory(config: Config) -> ssl.CertificateOptions:
