@@ -49,6 +49,8 @@ class ServerContext:
     #: Replaceable (a renewed certificate, a reload): ask it per connection.
     tls: tls.CurrentCertificate
     reactor: Any
+    #: The top service, once built: what is listening now (L{listening_ports}).
+    top: service.MultiService | None = None
 
 
 def make_checkers(config: Config) -> list:
@@ -426,6 +428,7 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
                         tls.CurrentCertificate(tls.context_factory(config)), reactor)
 
     top = service.MultiService()
+    ctx.top = top
     status = ConnectionStatus(config.data_dir / "run" / (
         "connections.json" if worker is None else worker.connections_file), reactor)
     for hook in protocols.SERVICE_HOOKS:
@@ -525,6 +528,21 @@ class ListenerService(service.Service):
         return d.addCallback(lambda port: port.stopListening() if port is not None else None)
 
 
+def listening_ports(top: Any) -> dict[str, list[int | str]]:
+    """Listener name -> its bound ports (a C{unix:} listener's path), from the running services."""
+    import os
+
+    ports: dict[str, list[int | str]] = {}
+    for svc in top:
+        if isinstance(svc, ListenerService) and svc.port is not None:
+            host = svc.port.getHost()
+            bound = getattr(host, "port", None)
+            if bound is None:
+                bound = os.fsdecode(getattr(host, "name", b"") or b"")
+            ports.setdefault(svc.listener, []).append(bound)
+    return ports
+
+
 class ReadyFile(service.Service):
     """
     Writes C{run/listening.json} (listener -> bound ports) once every listener
@@ -540,15 +558,7 @@ class ReadyFile(service.Service):
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ports: dict[str, list[int | str]] = {}
-        for svc in self.parent:
-            if isinstance(svc, ListenerService) and svc.port is not None:
-                host = svc.port.getHost()
-                # A unix: listener has a path where TCP has a port.
-                bound = getattr(host, "port", None)
-                if bound is None:
-                    bound = os.fsdecode(getattr(host, "name", b"") or b"")
-                ports.setdefault(svc.listener, []).append(bound)
+        ports = listening_ports(self.parent)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listen": ports}))
         os.replace(tmp, self.path)

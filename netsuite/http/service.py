@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netsuite import protocols
-from netsuite.config import listener, positive, section
+from netsuite.config import ConfigError, listener, positive, section
 from netsuite.http.site import OperationsSite
 
 # Loopback only by default: what it serves is for the administrator's tools.
@@ -23,8 +23,22 @@ class HTTPConfig:
     max_connections_per_address: int = 20
     #: Seconds an HTTP connection may stay idle (twisted.web's Site timeout).
     idle_timeout: float = 60.0
+    #: Bytes a request body may have (Outlook's autodiscover POST is ~1 KiB); more: 413.
+    max_body: int = 65536
+    #: The host name mail clients are told to use in autoconfiguration; "": [server] hostname.
+    mail_hostname: str = ""
+    #: The MTA-STS policy served at /.well-known/mta-sts.txt (RFC 8461).
+    mta_sts_mode: str = "testing"
+    #: MX names the policy allows; empty: [server] hostname.
+    mta_sts_mx: list[str] = field(default_factory=list)
+    mta_sts_max_age: int = 604800
 
     def validate(self) -> None:
+        if self.mta_sts_mode not in ("enforce", "testing", "none"):
+            raise ConfigError('must be "enforce", "testing" or "none"', "mta_sts_mode")
+        if not 0 < self.mta_sts_max_age <= 31557600:
+            raise ConfigError("must be 1 to 31557600 seconds (RFC 8461)", "mta_sts_max_age")
+        positive("max_body", self.max_body)
         positive("max_connections", self.max_connections)
         positive("max_connections_per_address", self.max_connections_per_address)
         positive("idle_timeout", self.idle_timeout)
@@ -34,4 +48,4 @@ class HTTPConfig:
                    busy=b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                         b"Connection: close\r\n\r\n")
 def build(ctx, name: str) -> OperationsSite:
-    return OperationsSite(ctx, name, ctx.config.http.idle_timeout)
+    return OperationsSite(ctx, name, ctx.config.http.idle_timeout, ctx.config.http.max_body)

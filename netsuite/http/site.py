@@ -29,6 +29,7 @@ log = Logger(namespace="netsuite.http")
 #: Modules whose C{@route}s make up the site, imported by L{OperationsSite}.
 ROUTE_MODULES = [
     "netsuite.http.health",
+    "netsuite.http.autoconfig",
 ]
 
 #: What a handler returns: the body, or a Deferred that fires with it.
@@ -113,17 +114,66 @@ class Dispatch(resource.Resource):
         self._finish(request, json_body(request, {"error": "internal error"}, 500))
 
 
+class BoundedRequest(server.Request):
+    """
+    A request whose body may not exceed the site's C{max_body}: twisted.web
+    alone buffers a body of any size (to a temporary file past 100 KiB).
+    Over the limit the client gets 413 and the connection is closed.
+    """
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self._refuse()
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _limit(self) -> int:
+        return getattr(self.site, "max_body", 65536)
+
+    def _refuse(self) -> None:
+        if self._refused or self.channel is None:
+            return
+        self._refused = True
+        log.info("http request refused: body over {limit} bytes, client={client} reason={reason}",
+                 limit=self._limit(), reason="request_too_large",
+                 client=getattr(self.getClientAddress(), "host", "?"))
+        transport: Any = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+        self.channel.loseConnection()
+
+
 class OperationsSite(server.Site):
     """The site on the C{http} listener; handlers reach the server through C{ctx}."""
 
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, ctx: ServerContext, listener: str, idle_timeout: float):
+    requestFactory = BoundedRequest
+
+    def __init__(self, ctx: ServerContext, listener: str, idle_timeout: float,
+                 max_body: int = 65536):
         for name in ROUTE_MODULES:
             importlib.import_module(name)
         self.ctx = ctx
         self.listener = listener
+        self.max_body = max_body
         super().__init__(Dispatch(self), timeout=idle_timeout, reactor=ctx.reactor)
 
     def log(self, request: http.Request) -> None:
