@@ -99,6 +99,18 @@ class SharedLoginThrottle(LoginThrottle):
             return super().locked(*keys)
         return row is not None
 
+    def locks(self) -> dict[str, float]:
+        db = self._conn()
+        if db is None:
+            return super().locks()
+        now = self.clock()
+        try:
+            rows = db.execute("SELECT key, until FROM locks WHERE until > ?", (now,)).fetchall()
+        except sqlite3.Error:
+            self._give_up()
+            return super().locks()
+        return {key: until - now for key, until in rows}
+
     def fail(self, *keys: str) -> float:
         db = self._conn()
         if db is None:

@@ -12,6 +12,7 @@ password.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,12 @@ class LoginThrottle:
             return 0.0
         return min(self.config.base_delay * 2 ** (extra - 1), self.config.max_delay)
 
+    def locks(self) -> dict[str, float]:
+        """Keys (C{addr:...}, C{user:...}) locked now -> seconds the lock has left."""
+        now = self.clock()
+        return {k: r.locked_until - now for k, r in self._records.items()
+                if r.locked_until > now}
+
     def succeed(self, *keys: str) -> None:
         for key in keys:
             rec = self._records.get(key)
@@ -95,6 +102,8 @@ class ThrottledPortal:
         self.portal = portal
         self.throttle = throttle
         self.reactor = reactor
+        #: The latest failed logins of this process, newest last (the status page).
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=50)
 
     def bind(self, peer: str, protocol: str) -> "PeerPortal":
         return PeerPortal(self, peer, protocol)
@@ -109,6 +118,7 @@ class ThrottledPortal:
         keys = (f"addr:{peer}", f"user:{user.lower()}")
         if self.throttle.locked(*keys):
             delay = self.throttle.fail(*keys)
+            self._remember(protocol, peer, user, "locked")
             log.warn("login refused, locked: protocol={protocol} address={address} user={user}",
                      protocol=protocol, address=peer, user=user)
             return task.deferLater(self.reactor, delay, self._refuse)
@@ -152,11 +162,16 @@ class ThrottledPortal:
     def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
                 user: str) -> Failure | defer.Deferred:
         delay = self.throttle.fail(*keys)
+        self._remember(protocol, peer, user, "failed")
         log.warn("login failed: protocol={protocol} address={address} user={user}",
                  protocol=protocol, address=peer, user=user)
         if not delay:
             return reason
         return task.deferLater(self.reactor, delay, lambda: reason)
+
+    def _remember(self, protocol: str, peer: str, user: str, outcome: str) -> None:
+        self.recent_failures.append({"time": time.time(), "protocol": protocol,
+                                     "address": peer, "user": user, "outcome": outcome})
 
     @staticmethod
     def _refuse():

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from netsuite import protocols
 from netsuite.config import ConfigError, listener, positive, section
+from netsuite.http import operator as _operator  # noqa: F401  (registers the avatar)
 from netsuite.http.site import OperationsSite
 
 # Loopback only by default: what it serves is for the administrator's tools.
@@ -32,6 +33,12 @@ class HTTPConfig:
     #: MX names the policy allows; empty: [server] hostname.
     mta_sts_mx: list[str] = field(default_factory=list)
     mta_sts_max_age: int = 604800
+    #: Users who may read the status page from other hosts, over https with basic
+    #: auth; loopback clients always may.
+    admins: list[str] = field(default_factory=list)
+    #: Loopback clients read the status page without a password; false behind a
+    #: reverse proxy on this host (every client would look local).
+    status_loopback: bool = True
 
     def validate(self) -> None:
         if self.mta_sts_mode not in ("enforce", "testing", "none"):

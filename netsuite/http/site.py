@@ -30,6 +30,7 @@ log = Logger(namespace="netsuite.http")
 ROUTE_MODULES = [
     "netsuite.http.health",
     "netsuite.http.autoconfig",
+    "netsuite.http.status",
 ]
 
 #: What a handler returns: the body, or a Deferred that fires with it.
@@ -169,12 +170,15 @@ class OperationsSite(server.Site):
 
     def __init__(self, ctx: ServerContext, listener: str, idle_timeout: float,
                  max_body: int = 65536):
-        for name in ROUTE_MODULES:
-            importlib.import_module(name)
         self.ctx = ctx
         self.listener = listener
         self.max_body = max_body
         super().__init__(Dispatch(self), timeout=idle_timeout, reactor=ctx.reactor)
+        for name in ROUTE_MODULES:
+            # A module may start what its pages need (a sampler) when a site is built.
+            built = getattr(importlib.import_module(name), "site_built", None)
+            if built is not None:
+                built(self)
 
     def log(self, request: http.Request) -> None:
         """Access lines through twisted.logger, at debug: health checks come every few seconds."""
