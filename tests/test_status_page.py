@@ -97,7 +97,7 @@ def daemon(make_daemon):
                     users={"alice": "alice-pw", "root2": "root2-pw"})
     # Mail in, mail queued for an unreachable remote, a failed login and a lock.
     with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=15) as s:
-        for n in range(3):
+        for _ in range(3):
             s.sendmail("bob@elsewhere.test", ["alice@example.test"], b"Subject: x\r\n\r\nx\r\n")
     with smtplib.SMTP("127.0.0.1", d.port("submission"), timeout=15) as s:
         s.login("alice", "alice-pw")
