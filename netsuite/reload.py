@@ -44,6 +44,15 @@ from twisted.logger import Logger
 
 from netsuite import protocols, tls
 from netsuite.config import Config, ConfigError
+from netsuite.service import (
+    ConnectionStatus,
+    ListenerService,
+    ReadyFile,
+    _limits_for,
+    listener_limits,
+    listener_service,
+)
+from netsuite.store.service import configure_store
 
 log = Logger(namespace="netsuite.reload")
 
@@ -107,20 +116,26 @@ class ReloadService(service.Service):
     Applies a re-read configuration to the running server (module docstring).
 
     C{top} is the server's MultiService, whose L{ListenerService} children are
-    the listeners; C{worker} is set in a C{--workers} worker, where listeners
-    stay as the parent bound them.
+    the listeners (beside its L{ConnectionStatus} and L{ReadyFile});
+    C{worker} is set in a C{--workers} worker (L{netsuite.workers}), where
+    listeners stay as the parent bound them.
     """
 
-    def __init__(self, ctx: Any, top: service.MultiService, status: Any, ready: Any,
-                 worker: Any = None):
+    def __init__(self, ctx: Any, top: service.MultiService, worker: Any = None):
         self.ctx = ctx
         self.top = top
-        self.status = status
-        self.ready = ready
         self.worker = worker
         self._previous: Any = None
         self._running: defer.Deferred | None = None
         self._again = False
+
+    @property
+    def status(self) -> ConnectionStatus:
+        return next(svc for svc in self.top if isinstance(svc, ConnectionStatus))
+
+    @property
+    def ready(self) -> ReadyFile | None:
+        return next((svc for svc in self.top if isinstance(svc, ReadyFile)), None)
 
     def startService(self) -> None:
         super().startService()
@@ -168,14 +183,6 @@ class ReloadService(service.Service):
 
     @defer.inlineCallbacks
     def _reload(self):
-        from netsuite.service import (
-            ListenerService,
-            _limits_for,
-            listener_limits,
-            listener_service,
-        )
-        from netsuite.store.service import configure_store
-
         ctx = self.ctx
         running: Config = ctx.config
         try:
@@ -302,3 +309,13 @@ class ReloadService(service.Service):
         while f"{name}.{n}" in taken:
             n += 1
         return f"{name}.{n}"
+
+
+def add_reload_service(ctx: Any, top: service.MultiService) -> None:
+    """SERVICE_HOOKS entry: every server built reloads at SIGHUP."""
+    svc = ReloadService(ctx, top)
+    svc.setName("reload")
+    svc.setServiceParent(top)
+
+
+protocols.SERVICE_HOOKS.append(add_reload_service)

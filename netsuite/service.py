@@ -440,13 +440,8 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
     status.setServiceParent(top)
-    ready = None
     if worker is None:  # with workers, the parent writes it
-        ready = ReadyFile(config.data_dir / "run" / "listening.json")
-        ready.setServiceParent(top)
-    from netsuite.reload import ReloadService
-
-    ReloadService(ctx, top, status, ready, worker).setServiceParent(top)
+        ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
     return top
 
 

@@ -251,6 +251,7 @@ def worker_main() -> int:
     role = WorkerRole(spec)
     role.adjust(spec.config)
     top = build(spec.config, reactor, worker=role)
+    top.getServiceNamed("reload").worker = role  # listeners stay as the parent bound them
     try:
         runner = top.getServiceNamed("queue")
     except KeyError:
