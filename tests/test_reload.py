@@ -277,3 +277,19 @@ def test_reload_with_generated_certificate(make_daemon):
     out = reloaded(d)
     assert "certificate reloaded" in out, out
     assert peer_cert(d.port("imaps")) == der
+
+
+def test_command_line_overrides_are_kept(make_daemon):
+    """What twistd's options set wins over the file at a reload as at start-up."""
+    d = make_daemon(config=PLAIN, listeners=["imap"], users=USERS, start=False)
+    d.start(f"--pop3={LOCAL}", "--hostname=cli.test")
+    pop3 = listening(d)["pop3"]
+    rewrite(d, server={"hostname": "file.test"}, listen={"pop3": [], "smtp": [LOCAL]})
+    out = reloaded(d)
+    assert "added smtp" in out and "pop3" not in out, out
+    assert "server.hostname" not in out, out
+    ports = listening(d)
+    assert ports["pop3"] == pop3 and len(ports["smtp"]) == 1, ports
+    with smtplib.SMTP("127.0.0.1", ports["smtp"][0], timeout=10) as s:
+        code, banner = s.ehlo("client.test")
+    assert code == 250 and banner.startswith(b"cli.test"), banner
