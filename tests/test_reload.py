@@ -293,3 +293,45 @@ def test_command_line_overrides_are_kept(make_daemon):
     with smtplib.SMTP("127.0.0.1", ports["smtp"][0], timeout=10) as s:
         code, banner = s.ehlo("client.test")
     assert code == 250 and banner.startswith(b"cli.test"), banner
+
+
+def test_endpoint_that_cannot_be_bound_is_logged_and_the_rest_applies(make_daemon):
+    d = make_daemon(config=PLAIN, listeners=["imap"], users=USERS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        rewrite(d, listen={"pop3": [endpoint], "smtp": [LOCAL]})
+        out = reloaded(d)
+    assert f"reload: listen.pop3: cannot listen on {endpoint}: " in out, out
+    assert "added smtp" in out and "added pop3" not in out, out
+    ports = listening(d)
+    assert "pop3" not in ports and len(ports["smtp"]) == 1, ports
+    imap_login(d.port("imap")).logout()
+
+    # The next reload tries again (the address is free now).
+    out = reloaded(d)
+    assert f"added pop3 {endpoint}" in out, out
+    assert listening(d)["pop3"] == [port]
+
+
+# -- unit --------------------------------------------------------------------------------
+
+def test_reread_uses_the_same_overrides(tmp_path):
+    from netsuite.config import load
+    from netsuite.reload import changed_keys
+
+    path = tmp_path / "n.toml"
+    path.write_text('[server]\nhostname = "file.test"\n[listen]\nimap = "tcp:1143"\n')
+    first = load(path, {"server.hostname": "cli.test", "server.auth": ["passwd"]},
+                 {"pop3": ["tcp6:1110:interface=::1"]})
+    path.write_text('[server]\nhostname = "file2.test"\n[listen]\nimap = "tcp:2143"\n'
+                    '[mail]\naliases = { sales = ["alice"] }\n')
+    again = first.reread()
+    assert again.server.hostname == "cli.test"
+    assert again.listen["imap"] == ["tcp:2143"]
+    assert again.listen["pop3"] == first.listen["pop3"] == ["tcp6:1110:interface=\\:\\:1"]
+    assert again.listen_overrides == {"pop3": ["tcp6:1110:interface=::1"]}  # as given
+    assert changed_keys(first.server, again.server, "server") == []
+    assert changed_keys(first.mail, again.mail, "mail") == ["mail.aliases"]
