@@ -223,6 +223,7 @@ class ReloadService(service.Service):
                  for i, description in enumerate(eps) if (name, description) not in have]
 
         # Apply the settings first, so new listeners are built from them.
+        old_tls = running.sections.get("tls")
         for name in LIVE_SECTIONS:
             if name in new.sections:
                 running.sections[name] = new.sections[name]
@@ -236,17 +237,20 @@ class ReloadService(service.Service):
         for key in restart:
             log.warn("reload: {key} changed; it takes effect at a restart "
                      "(the running value is kept)", key=key)
-        if live:
-            done.append("applied " + ", ".join(live))
 
         try:
             ctx.tls.replace(tls.context_factory(running))
             done.append("certificate reloaded")
-        except ConfigError as e:
-            if e.file is None and running.path is not None:
+        except Exception as e:  # a ConfigError naming the file, or what OpenSSL said
+            if isinstance(e, ConfigError) and e.file is None and running.path is not None:
                 e.file = str(running.path)
             log.error("reload: certificate not replaced, the old one stays: {error}",
                       error=str(e))
+            if old_tls is not None:  # the settings of the certificate being served
+                running.sections["tls"] = old_tls
+            live = [key for key in live if not key.startswith("tls.")]
+        if live:
+            done.insert(0, "applied " + ", ".join(live))
 
         stopping = []
         for svc in gone:

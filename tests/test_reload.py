@@ -162,6 +162,14 @@ def test_certificate_replaced_on_disk_is_served_after_reload(make_daemon, tmp_pa
     out = reloaded(d)
     assert "certificate not replaced, the old one stays" in out and "tls.certificate" in out, out
     assert peer_cert(d.port("imaps")) == new_der
+
+    # Nor does a certificate with another certificate's key.
+    write_self_signed("other.test", tmp_path / "other.pem", tmp_path / "other.key")
+    cert.write_bytes((tmp_path / "other.pem").read_bytes())
+    out = reloaded(d)
+    assert "certificate not replaced" in out and "keys do not match" in out, out
+    assert peer_cert(d.port("imaps")) == new_der
+    still_works(old_session)
     old_session.logout()
 
 
@@ -183,8 +191,15 @@ def test_invalid_config_is_refused_and_the_old_one_serves(make_daemon):
     assert f"netsuite: reload refused: {d.config_path}: not valid TOML" in out, out
     imap_login(d.port("imap")).logout()
 
+    # What start-up refuses beyond the file's own checks: a postmaster that resolves nowhere.
     del d.config["limits"]
-    rewrite(d, listen={"pop3": []})
+    rewrite(d, listen={"pop3": []}, mail={"postmaster": "nobody"})
+    out = reloaded(d)
+    assert f"netsuite: reload refused: {d.config_path}: mail.postmaster: 'nobody' is not " \
+           "a user" in out, out
+
+    del d.config["mail"]["postmaster"]
+    d.write_config()
     assert "reload: done (" in reloaded(d)
 
 
