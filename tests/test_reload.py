@@ -216,8 +216,11 @@ def test_restart_only_keys_are_named_and_kept(make_daemon):
 
 # -- aliases and the password file ---------------------------------------------------------
 
-def test_aliases_apply_at_reload_and_passwords_without(make_daemon):
-    d = make_daemon(config=PLAIN, listeners=["smtp", "imap"], users=USERS)
+def test_aliases_apply_at_reload_and_passwords_without(make_daemon, tmp_path):
+    aliases = tmp_path / "aliases"
+    aliases.write_text("info: alice\n")
+    d = make_daemon(config={**PLAIN, "mail": {"aliases_file": str(aliases)}},
+                    listeners=["smtp", "imap"], users=USERS)
 
     def rcpt(address: str) -> int:
         with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=10) as s:
@@ -225,11 +228,19 @@ def test_aliases_apply_at_reload_and_passwords_without(make_daemon):
             s.mail("someone@remote.test")
             return s.rcpt(address)[0]
 
+    assert rcpt("info@example.test") == 250
     assert rcpt("sales@example.test") == 550
     rewrite(d, mail={"aliases": {"sales": ["alice"]}})
     out = reloaded(d)
     assert "mail.aliases" in out, out
     assert rcpt("sales@example.test") == 250
+
+    # The aliases file alone changed: read again too.
+    assert rcpt("help@example.test") == 550
+    aliases.write_text("info: alice\nhelp: alice\n")
+    out = reloaded(d)
+    assert "applied mail.aliases" in out, out
+    assert rcpt("help@example.test") == 250
 
     # The password file is read again whenever it changes: no reload needed.
     d.add_user("bob", "builder")
