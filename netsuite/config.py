@@ -354,6 +354,15 @@ class Config:
     sections: dict[str, Any]
     #: The free-form C{[realm]} table, for a custom realm's own settings.
     realm_options: dict[str, Any] = field(default_factory=dict)
+    #: What L{load} was given besides the file (the command line's
+    #: C{"section.key"} values and listener endpoints): a reload
+    #: (L{netsuite.reload}) reads the file again with the same ones.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    listen_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def reread(self) -> "Config":
+        """The configuration as the file says now, with the same overrides."""
+        return load(self.path, self.overrides, self.listen_overrides)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -384,6 +393,8 @@ def load(
     @param listen_overrides: listener name -> endpoints from the command line;
         they replace the file's list for that listener.
     """
+    import copy
+
     _load_protocols()
     raw: dict[str, Any] = {}
     if path is not None:
@@ -399,12 +410,15 @@ def load(
             raise ConfigError(f"not valid TOML: {e}", file=path) from e
     for dotted, value in (overrides or {}).items():
         sec, _, key = dotted.partition(".")
-        raw.setdefault(sec, {})[key] = value
+        raw.setdefault(sec, {})[key] = copy.deepcopy(value)
+    kept = copy.deepcopy((overrides or {}, listen_overrides or {}))
     try:
-        return _build(path, raw, listen_overrides or {})
+        config = _build(path, raw, copy.deepcopy(listen_overrides or {}))
     except ConfigError as e:
         e.file = str(path) if path else e.file
         raise
+    config.overrides, config.listen_overrides = kept
+    return config
 
 
 def _build(

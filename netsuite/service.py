@@ -436,37 +436,50 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
     for name, endpoints_ in config.listen.items():
         if not endpoints_ or endpoints_ == ["off"] or name not in protocols.FACTORIES:
             continue
-        kind = protocols.FACTORIES[name]
-        implicit_tls = LISTENERS[name][1]
-        total, per = _limits_for(config, name)
-        # One cap per listener, shared by its endpoints, and inside TLS so that a
-        # TLS client can read the busy line.
-        limited = ConnectionLimits(kind.build(ctx, name), total, per, kind.busy,
-                                   listener=name, reactor=reactor,
-                                   tls_handshake_timeout=config.limits.tls_handshake_timeout,
-                                   close_timeout=config.limits.close_timeout)
+        limited = listener_limits(ctx, name)
         status.add(limited)
         for i, description in enumerate(endpoints_):
-            tls_options = ctx.tls
-            try:
-                if worker is None:
-                    ep, wrap = server_endpoint(ctx, description, implicit_tls)
-                else:
-                    ep, wrap, tls_options = worker.endpoint(ctx, name, i, description,
-                                                            implicit_tls)
-            except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
-                                  f"listen.{name}[{i}]", config.path) from e
-            f: IProtocolFactory = limited
-            if wrap:
-                f = TLSMemoryBIOFactory(tls_options, False, limited)
-            svc = ListenerService(name, description, ep, f)
+            svc = listener_service(ctx, name, i, description, limited, worker)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
     status.setServiceParent(top)
     if worker is None:  # with workers, the parent writes it
         ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
     return top
+
+
+def listener_limits(ctx: ServerContext, name: str) -> ConnectionLimits:
+    """
+    Listener C{name}'s protocol factory inside its L{ConnectionLimits}: one
+    cap per listener, shared by its endpoints, and inside TLS so that a TLS
+    client can read the busy line.
+    """
+    config = ctx.config
+    kind = protocols.FACTORIES[name]
+    total, per = _limits_for(config, name)
+    return ConnectionLimits(kind.build(ctx, name), total, per, kind.busy,
+                            listener=name, reactor=ctx.reactor,
+                            tls_handshake_timeout=config.limits.tls_handshake_timeout,
+                            close_timeout=config.limits.close_timeout)
+
+
+def listener_service(ctx: ServerContext, name: str, i: int, description: str,
+                     limited: ConnectionLimits, worker: Any = None) -> "ListenerService":
+    """The (not yet started) L{ListenerService} of listener C{name}'s C{i}th endpoint."""
+    implicit_tls = LISTENERS[name][1]
+    tls_options: Any = ctx.tls
+    try:
+        if worker is None:
+            ep, wrap = server_endpoint(ctx, description, implicit_tls)
+        else:
+            ep, wrap, tls_options = worker.endpoint(ctx, name, i, description, implicit_tls)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
+                          f"listen.{name}[{i}]", ctx.config.path) from e
+    f: IProtocolFactory = limited
+    if wrap:
+        f = TLSMemoryBIOFactory(tls_options, False, limited)
+    return ListenerService(name, description, ep, f)
 
 
 class ListenerService(service.Service):
@@ -554,6 +567,10 @@ class ReadyFile(service.Service):
 
     def startService(self):
         super().startService()
+        self.write()
+
+    def write(self) -> None:
+        """Write the file from the listeners running now (at start, and after a reload)."""
         import json
         import os
 
