@@ -9,7 +9,7 @@ L{ConfigError} before any port opens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import protocols, tls
+from netsuite import protocols, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
@@ -525,10 +525,17 @@ class ListenerService(service.Service):
         return d.addCallback(lambda port: port.stopListening() if port is not None else None)
 
 
+def ready_status(ports: Mapping[str, Sequence[int | str]]) -> str:
+    """The C{STATUS=} sent with C{READY=1}: what C{systemctl status} shows."""
+    return "serving " + ", ".join(
+        f"{name} {' '.join(str(p) for p in bound)}" for name, bound in sorted(ports.items()))
+
+
 class ReadyFile(service.Service):
     """
     Writes C{run/listening.json} (listener -> bound ports) once every listener
-    is up: how scripts and tests learn ephemeral ports without racing.
+    is up: how scripts and tests learn ephemeral ports without racing; and
+    tells systemd C{READY=1} then (C{STOPPING=1} when stopping).
     """
 
     def __init__(self, path):
@@ -552,8 +559,10 @@ class ReadyFile(service.Service):
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listen": ports}))
         os.replace(tmp, self.path)
+        systemd.notifier().ready(ready_status(ports))
 
     def stopService(self):
+        systemd.notifier().stopping()
         super().stopService()
         try:
             self.path.unlink()

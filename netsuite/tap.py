@@ -14,7 +14,7 @@ import sys
 from twisted.cred import strcred
 from twisted.python import usage
 
-from netsuite import protocols
+from netsuite import protocols, systemd
 from netsuite.config import LISTENERS, ConfigError, load
 from netsuite.service import build
 from netsuite.workers import WorkerParent
@@ -93,6 +93,8 @@ for _name in LISTENERS:
 
 
 def makeService(options: Options):
+    # First: read and unset NOTIFY_SOCKET and WATCHDOG_*, before anything can inherit them.
+    systemd.notifier()
     settings = options["settings"]
     try:
         server = build(settings)

@@ -1,0 +1,238 @@
+"""
+systemd integration against the real daemon, tested the way systemd does it:
+a notify socket of our own (C{NOTIFY_SOCKET}, reading the sender's pid from
+C{SCM_CREDENTIALS} as systemd does), listening sockets passed as descriptor 3
+onwards with C{LISTEN_FDS}/C{LISTEN_PID}/C{LISTEN_FDNAMES}, and privileges
+dropped after binding when started as root.  Unit tests for the message format
+and the watchdog on a fake clock first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from twisted.internet import task
+
+from netsuite import systemd
+
+
+class NotifySocket:
+    """What systemd listens on: a datagram socket that learns each sender's pid."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        #: (sender pid, {key: value}) in arrival order.
+        self.messages: list[tuple[int, dict[str, str]]] = []
+
+    def _receive(self, timeout: float) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            data, ancillary, _flags, _addr = self.sock.recvmsg(
+                4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+        except (TimeoutError, BlockingIOError):
+            return False
+        pid = -1
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _uid, _gid = struct.unpack("3i", payload[:12])
+        fields = dict(line.split("=", 1) for line in data.decode().split("\n") if line)
+        self.messages.append((pid, fields))
+        return True
+
+    def wait_for(self, predicate, timeout: float = 15.0) -> tuple[int, dict[str, str]]:
+        """The first message (seen or arriving within C{timeout}) that C{predicate} accepts."""
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.messages[seen:]:
+                if predicate(message[1]):
+                    return message
+            seen = len(self.messages)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no such message in {timeout}s; got {self.messages}")
+            self._receive(min(left, 0.5))
+
+    def drain(self) -> None:
+        while self._receive(0.2):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path):
+    sockets: list[NotifySocket] = []
+
+    def make(abstract: bool = False) -> NotifySocket:
+        address = (f"@netsuite-test-{uuid.uuid4().hex}" if abstract
+                   else str(tmp_path / f"notify-{len(sockets)}"))
+        s = NotifySocket(address)
+        sockets.append(s)
+        return s
+
+    yield make
+    for s in sockets:
+        s.close()
+
+
+#: How twistd ends after SIGTERM: by re-raising it; 0 once shutdown is graceful.
+STOPPED = (0, -signal.SIGTERM)
+
+
+# -- the message format and the environment ------------------------------------------------
+
+
+def test_message_format():
+    assert systemd.message(("READY", 1), ("STATUS", "serving smtp 25")) == \
+        b"READY=1\nSTATUS=serving smtp 25"
+    # A newline in a value would start another assignment (READY=1 smuggled in a status).
+    assert systemd.message(("STATUS", "a\nREADY=1")) == b"STATUS=a READY=1"
+    with pytest.raises(ValueError):
+        systemd.message(("BAD=KEY", 1))
+
+
+def test_socket_address_path_and_abstract():
+    assert systemd.socket_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert systemd.socket_address("@sd-notify") == b"\0sd-notify"
+    assert systemd.socket_address("") is None
+    assert systemd.socket_address("vsock:2:1234") is None
+
+
+def test_from_environ_reads_and_removes_the_variables():
+    env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1234",
+           "PATH": "/bin"}
+    n = systemd.Notifier.from_environ(env, pid=1234)
+    assert env == {"PATH": "/bin"}
+    assert n.address == b"\0x" and n.watchdog_usec == 3_000_000
+    assert n.watchdog_interval == 1.5
+
+
+def test_watchdog_of_another_pid_is_not_ours():
+    env = {"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "99"}
+    n = systemd.Notifier.from_environ(env, pid=1234)
+    assert n.address == "/run/n" and n.watchdog_usec is None and not env
+    assert systemd.Notifier.from_environ({"WATCHDOG_USEC": "x"}).watchdog_usec is None
+    assert not systemd.Notifier.from_environ({}).enabled
+
+
+def test_without_notify_socket_everything_is_a_no_op():
+    n = systemd.Notifier(None, 1_000_000, task.Clock())
+    assert not n.ready("x") and not n.stopping() and not n.reloading() and not n.reloaded()
+    assert n._watchdog is None
+
+
+def test_messages_reach_the_socket(notify):
+    for abstract in (False, True):
+        s = notify(abstract)
+        n = systemd.Notifier(systemd.socket_address(s.address), None, task.Clock())
+        before = systemd.monotonic_usec()
+        assert n.ready("serving imap 143")
+        assert n.reloading()
+        assert n.reloaded("serving imap 143")
+        assert n.stopping()
+        s.wait_for(lambda m: "STOPPING" in m)
+        got = [m for _pid, m in s.messages]
+        assert got[0] == {"READY": "1", "STATUS": "serving imap 143"}
+        assert got[1]["RELOADING"] == "1"
+        assert before <= int(got[1]["MONOTONIC_USEC"]) <= systemd.monotonic_usec()
+        assert got[2] == {"READY": "1", "STATUS": "serving imap 143"}
+        assert got[3]["STOPPING"] == "1"
+        assert {pid for pid, _m in s.messages} == {os.getpid()}
+
+
+def test_watchdog_pings_on_the_reactor_clock(notify):
+    s = notify()
+    clock = task.Clock()
+    n = systemd.Notifier(s.address, 200_000, clock)
+    n.ready()
+    s.wait_for(lambda m: "READY" in m)
+    s.wait_for(lambda m: "WATCHDOG" in m)  # the first ping goes with READY
+    pings = lambda: sum("WATCHDOG" in m for _p, m in s.messages)  # noqa: E731
+    assert pings() == 1
+    s.drain()
+    assert pings() == 1  # nothing without the clock: the reactor sends them
+    for _ in range(3):
+        clock.advance(0.1)
+    s.wait_for(lambda m: pings() >= 4)
+    n.ready()  # a second READY (after a reload) does not start a second loop
+    clock.advance(0.1)
+    s.drain()
+    assert pings() == 5
+    n.stop_watchdog()
+    clock.advance(1)
+    s.drain()
+    assert pings() == 5
+
+
+def test_unreachable_socket_is_logged_once_and_never_raises(tmp_path):
+    n = systemd.Notifier(str(tmp_path / "nobody-listens"), None, task.Clock())
+    assert not n.ready()
+    assert not n.stopping()
+    assert n._failing
+
+
+# -- the real daemon ---------------------------------------------------------------------
+
+
+def test_ready_once_listening_then_stopping_on_sigterm(make_daemon, notify):
+    s = notify()
+    d = make_daemon(listeners=["smtp", "imap"], env={"NOTIFY_SOCKET": s.address})
+    pid, ready = s.wait_for(lambda m: "READY" in m)
+    listening = json.loads((d.data_dir / "run" / "listening.json").read_text())
+    assert pid == d.proc.pid == listening["pid"]
+    assert ready["READY"] == "1"
+    assert f"smtp {d.port('smtp')}" in ready["STATUS"]
+    assert f"imap {d.port('imap')}" in ready["STATUS"]
+    # Without WATCHDOG_USEC, no pings.
+    assert not [m for _p, m in s.messages if "WATCHDOG" in m]
+    d.proc.send_signal(signal.SIGTERM)
+    pid, stopping = s.wait_for(lambda m: "STOPPING" in m)
+    assert pid == d.proc.pid and stopping["STOPPING"] == "1"
+    assert d.proc.wait(15) in STOPPED
+    s.drain()
+    assert sum("READY" in m for _p, m in s.messages) == 1
+
+
+def test_watchdog_pings_repeatedly_over_an_abstract_socket(make_daemon, notify):
+    s = notify(abstract=True)
+    d = make_daemon(listeners=["smtp"], env={"NOTIFY_SOCKET": s.address,
+                                             "WATCHDOG_USEC": "200000"})
+    s.wait_for(lambda m: "READY" in m)
+    for n in range(1, 4):
+        s.wait_for(lambda m, n=n: sum("WATCHDOG" in x for _p, x in s.messages) >= n)
+    assert {pid for pid, m in s.messages if "WATCHDOG" in m} == {d.proc.pid}
+    assert d.stop() in STOPPED
+
+
+def test_workers_the_parent_notifies_and_children_inherit_nothing(make_daemon, notify):
+    s = notify()
+    env = {"NOTIFY_SOCKET": s.address, "WATCHDOG_USEC": "400000"}
+    d = make_daemon(config={"server": {"workers": 2}}, listeners=["smtp", "imap"], env=env)
+    pid, ready = s.wait_for(lambda m: "READY" in m)
+    assert pid == d.proc.pid and "with 2 workers" in ready["STATUS"]
+    info = json.loads((d.data_dir / "run" / "workers.json").read_text())
+    assert all(info["ready"].values()) and len(info["workers"]) == 2
+    for worker_pid in info["workers"].values():
+        names = {entry.split(b"=", 1)[0] for entry in
+                 Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")}
+        assert not names & {b"NOTIFY_SOCKET", b"WATCHDOG_USEC", b"WATCHDOG_PID"}
+    s.wait_for(lambda m: sum("WATCHDOG" in x for _p, x in s.messages) >= 3)
+    d.proc.send_signal(signal.SIGTERM)
+    s.wait_for(lambda m: "STOPPING" in m)
+    assert d.proc.wait(15) in STOPPED
+    s.drain()
+    assert {p for p, _m in s.messages} == {pid}
+    assert sum("READY" in m for _p, m in s.messages) == 1
