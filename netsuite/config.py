@@ -453,6 +453,10 @@ def _build(
 ENDPOINT_HINT = ("write e.g. tcp:2525:interface=127.0.0.1 or tcp6:2525:interface=::1 "
                  "(or interface=[::1]); a colon inside any other value is written \\:")
 
+#: The same for socket activation (C{etc/systemd/netsuite.socket}).
+SYSTEMD_HINT = ("write e.g. systemd:domain=INET:name=imap (the socket unit's "
+                "FileDescriptorName=) or systemd:domain=INET6:index=0")
+
 
 def _split_endpoint(description: str) -> list[str]:
     """Split at the colons Twisted splits at (not at backslash-escaped ones)."""
@@ -533,6 +537,44 @@ def _check_endpoint(description: str, key: str) -> None:
         # ssl: loads certificate files at parse time; checked when listening.
         return
     try:
-        endpoints.serverFromString(reactor, description)
+        if kind == "systemd":
+            _check_systemd_endpoint(description)
+        else:
+            endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key) from e
+        hint = SYSTEMD_HINT if kind == "systemd" else ENDPOINT_HINT
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}", key) from e
+
+
+class _AnyDescriptor:
+    """Answers every index and name: the inherited sockets when only syntax is checked."""
+
+    def __getitem__(self, key: object) -> int:
+        return -1
+
+    def inheritedDescriptors(self) -> "_AnyDescriptor":
+        return self
+
+    def inheritedNamedDescriptors(self) -> "_AnyDescriptor":
+        return self
+
+
+def _check_systemd_endpoint(description: str) -> None:
+    """
+    C{systemd:domain=INET:index=0} (or C{name=}), parsed by Twisted's own
+    parser but without looking the socket up: the config is read by
+    C{netsuite check} too, which systemd passes no sockets; whether the socket
+    is there is checked when the server builds its listeners.
+    """
+    import socket
+
+    from twisted.internet import endpoints, reactor
+
+    args, kwargs = endpoints._parse(description)  # what serverFromString splits
+    parser = endpoints._SystemdParser()
+    parser._sddaemon = _AnyDescriptor()  # type: ignore[assignment]
+    domain = kwargs.get("domain", args[1] if len(args) > 1 else None)
+    if not isinstance(domain, str) or not hasattr(socket, "AF_" + domain):
+        raise ValueError(f"domain must be an address family such as INET, INET6 or UNIX, "
+                         f"got {domain!r}")
+    parser.parseStreamServer(reactor, *args[1:], **kwargs)

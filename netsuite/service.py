@@ -33,7 +33,7 @@ from netsuite import protocols, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
-from netsuite.config import ENDPOINT_HINT, LISTENERS, Config, ConfigError
+from netsuite.config import ENDPOINT_HINT, LISTENERS, SYSTEMD_HINT, Config, ConfigError
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -385,6 +385,8 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     endpoint is served with the configured certificate.
     """
     kind = description.split(":", 1)[0]
+    if kind == "systemd":
+        systemd.check_inherited(description)
     ep = endpoints.serverFromString(ctx.reactor, with_backlog(description))
     return ep, implicit_tls and kind != "ssl"
 
@@ -452,7 +454,8 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
                     ep, wrap, tls_options = worker.endpoint(ctx, name, i, description,
                                                             implicit_tls)
             except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
+                hint = SYSTEMD_HINT if description.startswith("systemd:") else ENDPOINT_HINT
+                raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}",
                                   f"listen.{name}[{i}]", config.path) from e
             f: IProtocolFactory = limited
             if wrap:

@@ -209,3 +209,32 @@ def notifier() -> Notifier:
     if _notifier is None:
         _notifier = Notifier.from_environ()
     return _notifier
+
+
+def check_inherited(description: str) -> None:
+    """
+    Raise C{ValueError} with a clear reason unless the socket that the
+    C{systemd:} endpoint C{description} names was passed to this process
+    (C{LISTEN_FDS}, C{LISTEN_PID}, C{LISTEN_FDNAMES}, which Twisted reads and
+    unsets when C{twisted.internet.endpoints} is first imported).
+    """
+    from twisted.internet import endpoints
+
+    args, kwargs = endpoints._parse(description)
+    index = kwargs.get("index", args[2] if len(args) > 2 else None)
+    name = kwargs.get("name", args[3] if len(args) > 3 else None)
+    inherited = endpoints._SystemdParser._sddaemon
+    fds = inherited.inheritedDescriptors()
+    names = list(inherited.inheritedNamedDescriptors())
+    if index is not None and 0 <= int(index) < len(fds):
+        return
+    if name is not None and name in names:
+        return
+    if not fds:
+        passed = ("no socket was passed (LISTEN_FDS and LISTEN_PID for this process, "
+                  "with LISTEN_FDNAMES, as systemd sets them)")
+    else:
+        passed = f"the {len(fds)} passed are " + ", ".join(
+            f"index={i} name={n}" for i, n in enumerate(names))
+    wanted = f"index={index}" if index is not None else f"name={name}"
+    raise ValueError(f"no socket {wanted} from systemd: {passed}")

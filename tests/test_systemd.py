@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -236,3 +237,106 @@ def test_workers_the_parent_notifies_and_children_inherit_nothing(make_daemon, n
     s.drain()
     assert {p for p, _m in s.messages} == {pid}
     assert sum("READY" in m for _p, m in s.messages) == 1
+
+
+# -- socket activation ---------------------------------------------------------------------
+
+#: Exec wrapper doing what systemd does before it starts the service: the passed
+#: sockets become descriptors 3, 4, ... and LISTEN_PID is the pid that runs the
+#: service (this one: exec keeps it).  argv: FD,FD,... COMMAND...
+ACTIVATE = r"""
+import fcntl, os, sys
+fds = [int(fd) for fd in sys.argv[1].split(",")]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+for fd in fds:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def listening_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+def activation(sockets: list[socket.socket], names: list[str]) -> dict:
+    """make_daemon keywords that pass C{sockets} the way systemd does."""
+    fds = tuple(s.fileno() for s in sockets)
+    return {"pass_fds": fds,
+            "wrapper": [sys.executable, "-c", ACTIVATE, ",".join(map(str, fds))],
+            "env": {"LISTEN_FDS": str(len(fds)), "LISTEN_FDNAMES": ":".join(names)}}
+
+
+def deliver_and_read(d, smtp_port: int, imaps_port: int) -> None:
+    """SMTP delivers a message to alice; IMAP over implicit TLS reads it back."""
+    import imaplib
+    import smtplib
+    import ssl
+
+    subject = f"activated {uuid.uuid4().hex}"
+    with smtplib.SMTP("127.0.0.1", smtp_port, timeout=15) as smtp:
+        smtp.sendmail("bob@remote.test", ["alice@example.test"],
+                      f"From: bob@remote.test\r\nSubject: {subject}\r\n\r\nhello\r\n")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL("127.0.0.1", imaps_port, ssl_context=context, timeout=15)
+    try:
+        imap.login("alice", "secret")
+        imap.select("INBOX")
+        typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and subject.encode() in data[0][1]
+    finally:
+        imap.logout()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_socket_activation_serves_passed_sockets(make_daemon, workers):
+    smtp_sock, imaps_sock = listening_socket(), listening_socket()
+    ports = smtp_sock.getsockname()[1], imaps_sock.getsockname()[1]
+    listen = {"smtp": ["systemd:domain=INET:name=smtp"],
+              # index= too; the implicit-TLS listener gets TLS from netsuite, as on tcp:
+              "imaps": ["systemd:domain=INET:index=1"]}
+    d = make_daemon(config={"listen": listen, "server": {"workers": workers}}, listeners=[],
+                    users={"alice": "secret"},
+                    **activation([smtp_sock, imaps_sock], ["smtp", "imaps"]))
+    # Only the daemon holds the sockets now: it, not a leftover of ours, answers.
+    smtp_sock.close()
+    imaps_sock.close()
+    assert (d.port("smtp"), d.port("imaps")) == ports
+    deliver_and_read(d, *ports)
+    # `netsuite check` reads the same config, with no sockets passed to it.
+    assert "systemd:domain=INET:name=smtp" in d.cli("check").stdout
+
+
+def test_systemd_endpoint_without_the_socket_stops_start_up(make_daemon):
+    d = make_daemon(config={"listen": {"imap": ["systemd:domain=INET:name=imap"]}},
+                    listeners=[], start=False)
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    message = str(e.value)
+    assert "listen.imap[0]: bad endpoint 'systemd:domain=INET:name=imap': " \
+           "no socket name=imap from systemd: no socket was passed" in message
+    assert "Traceback" not in message
+
+
+def test_bad_systemd_endpoints_are_config_errors(tmp_path):
+    from netsuite.config import ConfigError, load
+
+    assert load(listen_overrides={"imap": ["systemd:domain=INET6:index=0"]}).listen["imap"] \
+        == ["systemd:domain=INET6:index=0"]
+    for bad, reason in [("systemd:domain=NOPE:index=0", "domain must be an address family"),
+                        ("systemd:domain=INET", "Specify exactly one of descriptor index or name"),
+                        ("systemd:domain=INET:index=first", "invalid literal")]:
+        path = tmp_path / "n.toml"
+        path.write_text(f'[listen]\nimap = ["{bad}"]\n')
+        with pytest.raises(ConfigError) as e:
+            load(path)
+        assert str(e.value).startswith(f"{path}: listen.imap[0]: bad endpoint {bad!r}: ")
+        assert reason in str(e.value) and "systemd:domain=INET:name=imap" in str(e.value)
