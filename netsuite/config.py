@@ -162,11 +162,18 @@ class ServerConfig:
     allow_plaintext_auth: bool = False
     #: Worker processes sharing the listening sockets (L{netsuite.workers}); 1: one process.
     workers: int = 1
+    #: Started as root: the user (and group; default the user's) to run as once
+    #: every listener is bound (L{netsuite.privileges}); empty: stay as started.
+    user: str = ""
+    group: str = ""
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
+        from netsuite.privileges import identity
+
+        identity(self)  # a user or group that does not exist stops start-up
 
 
 @section("tls")

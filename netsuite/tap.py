@@ -14,7 +14,7 @@ import sys
 from twisted.cred import strcred
 from twisted.python import usage
 
-from netsuite import protocols, systemd
+from netsuite import privileges, protocols, systemd
 from netsuite.config import LISTENERS, ConfigError, load
 from netsuite.service import build
 from netsuite.workers import WorkerParent
@@ -97,7 +97,12 @@ def makeService(options: Options):
     systemd.notifier()
     settings = options["settings"]
     try:
-        server = build(settings)
+        # Built as the user it will run as (what it creates is theirs); twistd
+        # switches for good after privilegedStartService has bound the listeners.
+        switch = privileges.plan(settings)
+        with privileges.acting_as(settings, switch):
+            server = build(settings)
+        privileges.request(options, switch, settings)
         if settings.server.workers > 1:
             # Built above only to validate everything before a port opens.
             return WorkerParent(settings)

@@ -340,3 +340,155 @@ def test_bad_systemd_endpoints_are_config_errors(tmp_path):
             load(path)
         assert str(e.value).startswith(f"{path}: listen.imap[0]: bad endpoint {bad!r}: ")
         assert reason in str(e.value) and "systemd:domain=INET:name=imap" in str(e.value)
+
+
+# -- dropping privileges ----------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root "
+                                "(CI runs as root)")
+
+
+def _blocked(path: Path) -> Path | None:
+    """The first ancestor of C{path} that other users cannot traverse."""
+    for parent in reversed(path.resolve().parents):
+        if parent != Path("/") and not parent.stat().st_mode & 0o001:
+            return parent
+    return None
+
+
+def readable_for_everyone(scratch: Path) -> list[str]:
+    """
+    A wrapper that makes this Python installation reachable by an unprivileged
+    user when it sits in a directory only root may enter (pyenv in /root, as
+    here and in CI): in a private mount namespace, that directory is replaced by
+    one with mode 0711 holding bind mounts of just the entries needed.  The
+    host is untouched; exec keeps the pid.  Empty when nothing is blocked
+    (a system Python in /usr).
+    """
+    import twisted
+
+    needed = [Path(sys.prefix), Path(os.__file__).parent, Path(twisted.__file__).parent,
+              Path(__file__).resolve().parent.parent]
+    blocked: dict[Path, set[str]] = {}
+    for path in needed:
+        top = _blocked(path)
+        if top is not None:
+            blocked.setdefault(top, set()).add(path.resolve().relative_to(top).parts[0])
+    if not blocked:
+        return []
+    steps = []
+    for n, (top, children) in enumerate(sorted(blocked.items())):
+        stand_in = scratch / f"stand-in-{n}"
+        stand_in.mkdir(mode=0o711)
+        stand_in.chmod(0o711)
+        for child in sorted(children):
+            (stand_in / child).mkdir()
+            steps.append(f"mount --bind '{top / child}' '{stand_in / child}'")
+        steps.append(f"mount --rbind '{stand_in}' '{top}'")
+    script = " && ".join(steps) + ' && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+@pytest.fixture
+def world_dir():
+    """A directory the daemon's user can reach (pytest's tmp dirs are root's, mode 0700)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="netsuite-privileges-"))
+    path.chmod(0o711)
+    daemons: list = []
+    yield path, daemons
+    for d in daemons:
+        d.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def proc_ids(pid: int) -> dict[str, list[int]]:
+    ids = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            ids[key] = [int(v) for v in value.split()]
+    return ids
+
+
+@needs_root
+@pytest.mark.parametrize("workers", [1, 2])
+def test_runs_as_the_configured_user_after_binding(world_dir, workers):
+    import grp
+    import pwd
+
+    from harness import Daemon
+
+    base, daemons = world_dir
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrgid(nobody.pw_gid).gr_name
+    # Port 26 (below 1024) shows the binding happened as root.
+    d = Daemon(base / "d", {"server": {"user": "nobody", "workers": workers},
+                            "listen": {"smtp": ["tcp:0:interface=127.0.0.1",
+                                                "tcp:26:interface=127.0.0.2"]}},
+               listeners=["smtp", "imaps"], wrapper=readable_for_everyone(base))
+    daemons.append(d)
+    d.add_user("alice", "secret")  # as root, as `netsuite user add` would: data/ is root's
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert (f"server.data_dir: {d.data_dir} is not writable by user 'nobody' (it belongs to "
+            f"root:root): chown -R nobody:{nogroup} {d.data_dir}") in str(e.value)
+    for path in [d.data_dir, *d.data_dir.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    d.start()
+    assert d.ports["smtp"][1] == 26
+    pids = [d.proc.pid]
+    if workers > 1:
+        info = json.loads((d.data_dir / "run" / "workers.json").read_text())
+        pids += list(info["workers"].values())
+    for pid in pids:
+        ids = proc_ids(pid)
+        assert ids["Uid"] == [nobody.pw_uid] * 4 and ids["Gid"] == [nobody.pw_gid] * 4
+        assert 0 not in ids["Groups"]
+    deliver_and_read(d, d.port("smtp"), d.port("imaps"))
+    created = [p for p in d.data_dir.rglob("*") if p.name != "passwd"]
+    assert created and {p.lstat().st_uid for p in created} == {nobody.pw_uid}
+    assert "set uid/gid" in d.log()
+    assert d.stop() in STOPPED
+
+
+@needs_root
+def test_unknown_user_login_listeners_and_closed_data_dir_stop_start_up(world_dir):
+    import pwd
+
+    from harness import Daemon
+
+    base, daemons = world_dir
+    d = Daemon(base / "u", {"server": {"user": "no-such-user-here"}}, listeners=["smtp"])
+    daemons.append(d)
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert f"netsuite: {d.config_path}: server.user: no such user 'no-such-user-here'" \
+        in str(e.value)
+    d = Daemon(base / "g", {"server": {"user": "nobody", "group": "no-such-group-here"}},
+               listeners=["smtp"])
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert "server.group: no such group 'no-such-group-here'" in str(e.value)
+    d = Daemon(base / "t", {"server": {"user": "nobody"}}, listeners=["smtp", "telnet", "ssh"])
+    daemons.append(d)
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert (f"netsuite: {d.config_path}: server.user: TELNET and SSH sessions start programs "
+            "as their own users, which needs root: with listen.telnet, listen.ssh on, leave "
+            "server.user unset") in str(e.value)
+    assert not (d.data_dir / "run" / "listening.json").exists()
+    # A data dir of the user's own, behind a directory closed to it.
+    closed = base / "closed"
+    closed.mkdir(mode=0o700)
+    d = Daemon(closed / "c", {"server": {"user": "nobody"}}, listeners=["smtp"],
+               wrapper=readable_for_everyone(base))
+    daemons.append(d)
+    d.data_dir.mkdir()
+    os.chown(d.data_dir, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(RuntimeError) as e:
+        d.start()
+    assert (f"server.data_dir: user 'nobody' cannot reach {d.data_dir}: a directory above it "
+            "does not let that user through") in str(e.value)
