@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -492,3 +493,54 @@ def test_unknown_user_login_listeners_and_closed_data_dir_stop_start_up(world_di
         d.start()
     assert (f"server.data_dir: user 'nobody' cannot reach {d.data_dir}: a directory above it "
             "does not let that user through") in str(e.value)
+
+
+# -- the unit files -----------------------------------------------------------------------
+
+UNITS = Path(__file__).resolve().parent.parent / "etc" / "systemd"
+
+
+def test_unit_files_verify(tmp_path):
+    """systemd-analyze verify: no unknown key, bad value or missing program (drop-in included)."""
+    import shutil
+    import subprocess
+
+    from harness import twistd
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is missing (Debian package systemd)")
+    shutil.copytree(UNITS, tmp_path / "units")
+    units = tmp_path / "units"
+    service = units / "netsuite.service"
+    text = service.read_text()
+    assert "ExecStart=/usr/local/bin/twistd --nodaemon --pidfile= netsuite " in text
+    # The program must exist for verify; here it is this interpreter's twistd.
+    service.write_text(text.replace("/usr/local/bin/twistd", twistd()[0]))
+    assert (units / "netsuite.service.d" / "mail-only.conf").exists()
+    result = subprocess.run([analyze, "verify", str(service), str(units / "netsuite.socket")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
+    # verify reports problems in the drop-in too (it is read from beside the unit).
+    dropin = units / "netsuite.service.d" / "mail-only.conf"
+    dropin.write_text(dropin.read_text().replace("NoNewPrivileges=yes", "NoNewPrivileges=maybe"))
+    result = subprocess.run([analyze, "verify", str(service)], capture_output=True, text=True,
+                            timeout=60)
+    assert "mail-only.conf" in result.stdout + result.stderr
+
+
+def test_socket_unit_matches_its_listen_example():
+    """The [listen] table shown in netsuite.socket loads, one index per ListenStream=."""
+    from netsuite.config import load
+
+    text = (UNITS / "netsuite.socket").read_text()
+    streams = [line for line in text.splitlines() if line.startswith("ListenStream=")]
+    listen: dict[str, list[str]] = {}
+    for match in re.finditer(r"^#   (\w+) = (\[.*?\])", text, re.M):  # the indented example
+        listen[match[1]] = json.loads(match[2])
+    assert {"smtp", "imaps", "lmtp", "ftp"} <= set(listen)
+    config = load(listen_overrides=listen)
+    indexes = sorted(int(ep.rsplit("index=", 1)[1]) for eps in config.listen.values()
+                     for ep in eps if ep.startswith("systemd:"))
+    assert indexes == list(range(len(streams))) and len(streams) == 8
