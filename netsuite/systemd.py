@@ -211,6 +211,21 @@ def notifier() -> Notifier:
     return _notifier
 
 
+def forget_listen_fds(environ: MutableMapping[str, str] | None = None) -> None:
+    """
+    Remove the socket-activation variables once Twisted has read them (when
+    C{twisted.internet.endpoints} is imported; it unsets C{LISTEN_PID} and
+    C{LISTEN_FDS} only, and only when they were meant for this process), so
+    that no child sees C{LISTEN_FDNAMES} or another process's sockets.
+    """
+    import twisted.internet.endpoints  # noqa: F401  (reads them, once)
+
+    if environ is None:
+        environ = os.environ
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+
+
 def check_inherited(description: str) -> None:
     """
     Raise C{ValueError} with a clear reason unless the socket that the

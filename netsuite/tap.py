@@ -93,8 +93,10 @@ for _name in LISTENERS:
 
 
 def makeService(options: Options):
-    # First: read and unset NOTIFY_SOCKET and WATCHDOG_*, before anything can inherit them.
+    # First: read and unset NOTIFY_SOCKET, WATCHDOG_* and LISTEN_*, before
+    # anything (a worker, a session's program) can inherit them.
     systemd.notifier()
+    systemd.forget_listen_fds()
     settings = options["settings"]
     try:
         # Built as the user it will run as (what it creates is theirs); twistd

@@ -312,6 +312,11 @@ def test_socket_activation_serves_passed_sockets(make_daemon, workers):
     imaps_sock.close()
     assert (d.port("smtp"), d.port("imaps")) == ports
     deliver_and_read(d, *ports)
+    if workers > 1:  # the parent adopted the sockets; the workers see no LISTEN_*
+        info = json.loads((d.data_dir / "run" / "workers.json").read_text())
+        for worker_pid in info["workers"].values():
+            environ = Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")
+            assert not [e for e in environ if e.startswith(b"LISTEN_")]
     # `netsuite check` reads the same config, with no sockets passed to it.
     assert "systemd:domain=INET:name=smtp" in d.cli("check").stdout
 
