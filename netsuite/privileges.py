@@ -179,6 +179,19 @@ def acting_as(config: "Config", target: Identity | None) -> Iterator[None]:
         os.setgroups(saved[2])
 
 
+def adopt_twistd_ids(options: Any, config: "Config") -> None:
+    """
+    C{twistd --uid/--gid} without C{[server] user}: the same request, so that
+    it gets the same checks and the same build as that user.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or config.server.user or parent.get("uid") is None:
+        return
+    config.server.user = str(parent["uid"])
+    if parent.get("gid") is not None and not config.server.group:
+        config.server.group = str(parent["gid"])
+
+
 def request(options: Any, target: Identity | None, config: "Config") -> None:
     """Ask twistd to switch to C{target} after C{privilegedStartService}."""
     if target is None:

@@ -101,6 +101,7 @@ def makeService(options: Options):
     try:
         # Built as the user it will run as (what it creates is theirs); twistd
         # switches for good after privilegedStartService has bound the listeners.
+        privileges.adopt_twistd_ids(options, settings)
         switch = privileges.plan(settings)
         with privileges.acting_as(settings, switch):
             server = build(settings)

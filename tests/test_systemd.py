@@ -419,6 +419,26 @@ def proc_ids(pid: int) -> dict[str, list[int]]:
     return ids
 
 
+def test_identity_lookup():
+    import grp
+    import pwd
+
+    from netsuite.config import ConfigError, ServerConfig
+    from netsuite.privileges import identity
+
+    assert identity(ServerConfig()) is None
+    nobody = pwd.getpwnam("nobody")
+    by_name = identity(ServerConfig(user="nobody"))
+    assert by_name is not None and (by_name.uid, by_name.gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert identity(ServerConfig(user=str(nobody.pw_uid))) == by_name
+    root_group = grp.getgrgid(0).gr_name
+    other = identity(ServerConfig(user="nobody", group=root_group))
+    assert other is not None and other.gid == 0 and 0 in other.groups
+    with pytest.raises(ConfigError) as e:
+        identity(ServerConfig(group=root_group))
+    assert e.value.key == "group" and "needs server.user" in e.value.reason
+
+
 @needs_root
 @pytest.mark.parametrize("workers", [1, 2])
 def test_runs_as_the_configured_user_after_binding(world_dir, workers):
@@ -486,6 +506,21 @@ def test_unknown_user_login_listeners_and_closed_data_dir_stop_start_up(world_di
             "as their own users, which needs root: with listen.telnet, listen.ssh on, leave "
             "server.user unset") in str(e.value)
     assert not (d.data_dir / "run" / "listening.json").exists()
+    # twistd's own --uid is the same request as server.user, with the same checks.
+    import subprocess
+
+    from harness import twistd
+
+    command = d.command()
+    at = command.index("netsuite")
+    d.config["server"].pop("user")
+    d.write_config()
+    result = subprocess.run([*twistd(), "--uid", "nobody", *command[len(twistd()):at],
+                             *command[at:]], capture_output=True, text=True, timeout=60,
+                            cwd=d.dir, env=dict(os.environ, PYTHONPATH=str(UNITS.parent.parent)))
+    assert result.returncode != 0
+    assert ("server.user: TELNET and SSH sessions start programs as their own users"
+            in result.stdout + result.stderr)
     # A data dir of the user's own, behind a directory closed to it.
     closed = base / "closed"
     closed.mkdir(mode=0o700)
