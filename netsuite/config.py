@@ -162,11 +162,18 @@ class ServerConfig:
     allow_plaintext_auth: bool = False
     #: Worker processes sharing the listening sockets (L{netsuite.workers}); 1: one process.
     workers: int = 1
+    #: Started as root: the user (and group; default the user's) to run as once
+    #: every listener is bound (L{netsuite.privileges}); empty: stay as started.
+    user: str = ""
+    group: str = ""
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
+        from netsuite.privileges import identity
+
+        identity(self)  # a user or group that does not exist stops start-up
 
 
 @section("tls")
@@ -467,6 +474,10 @@ def _build(
 ENDPOINT_HINT = ("write e.g. tcp:2525:interface=127.0.0.1 or tcp6:2525:interface=::1 "
                  "(or interface=[::1]); a colon inside any other value is written \\:")
 
+#: The same for socket activation (C{etc/systemd/netsuite.socket}).
+SYSTEMD_HINT = ("write e.g. systemd:domain=INET:name=imap (the socket unit's "
+                "FileDescriptorName=) or systemd:domain=INET6:index=0")
+
 
 def _split_endpoint(description: str) -> list[str]:
     """Split at the colons Twisted splits at (not at backslash-escaped ones)."""
@@ -547,6 +558,44 @@ def _check_endpoint(description: str, key: str) -> None:
         # ssl: loads certificate files at parse time; checked when listening.
         return
     try:
-        endpoints.serverFromString(reactor, description)
+        if kind == "systemd":
+            _check_systemd_endpoint(description)
+        else:
+            endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key) from e
+        hint = SYSTEMD_HINT if kind == "systemd" else ENDPOINT_HINT
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}", key) from e
+
+
+class _AnyDescriptor:
+    """Answers every index and name: the inherited sockets when only syntax is checked."""
+
+    def __getitem__(self, key: object) -> int:
+        return -1
+
+    def inheritedDescriptors(self) -> "_AnyDescriptor":
+        return self
+
+    def inheritedNamedDescriptors(self) -> "_AnyDescriptor":
+        return self
+
+
+def _check_systemd_endpoint(description: str) -> None:
+    """
+    C{systemd:domain=INET:index=0} (or C{name=}), parsed by Twisted's own
+    parser but without looking the socket up: the config is read by
+    C{netsuite check} too, which systemd passes no sockets; whether the socket
+    is there is checked when the server builds its listeners.
+    """
+    import socket
+
+    from twisted.internet import endpoints, reactor
+
+    args, kwargs = endpoints._parse(description)  # what serverFromString splits
+    parser = endpoints._SystemdParser()
+    parser._sddaemon = _AnyDescriptor()  # type: ignore[assignment]
+    domain = kwargs.get("domain", args[1] if len(args) > 1 else None)
+    if not isinstance(domain, str) or not hasattr(socket, "AF_" + domain):
+        raise ValueError(f"domain must be an address family such as INET, INET6 or UNIX, "
+                         f"got {domain!r}")
+    parser.parseStreamServer(reactor, *args[1:], **kwargs)

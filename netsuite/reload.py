@@ -42,7 +42,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from netsuite import protocols, tls
+from netsuite import protocols, systemd, tls
 from netsuite.config import Config, ConfigError
 from netsuite.service import (
     ConnectionStatus,
@@ -59,8 +59,8 @@ log = Logger(namespace="netsuite.reload")
 #: Called (no arguments) when a reload of the main process starts, and when it
 #: has been applied or refused: where systemd's notify plugs in
 #: (C{RELOADING=1} / C{READY=1}).
-on_reload_start: list[Callable[[], None]] = []
-on_reload_done: list[Callable[[], None]] = []
+on_reload_start: list[Callable[[], None]] = [lambda: systemd.notifier().reloading()]
+on_reload_done: list[Callable[[], None]] = [lambda: systemd.notifier().reloaded()]
 
 #: Sections whose new values take effect at reload: everything that reads them
 #: does so through the running L{Config} when it needs them (the realm per

@@ -9,7 +9,7 @@ L{ConfigError} before any port opens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import protocols, tls
+from netsuite import protocols, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
-from netsuite.config import ENDPOINT_HINT, LISTENERS, Config, ConfigError
+from netsuite.config import ENDPOINT_HINT, LISTENERS, SYSTEMD_HINT, Config, ConfigError
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -387,6 +387,8 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     endpoint is served with the configured certificate.
     """
     kind = description.split(":", 1)[0]
+    if kind == "systemd":
+        systemd.check_inherited(description)
     ep = endpoints.serverFromString(ctx.reactor, with_backlog(description))
     return ep, implicit_tls and kind != "ssl"
 
@@ -474,7 +476,8 @@ def listener_service(ctx: ServerContext, name: str, i: int, description: str,
         else:
             ep, wrap, tls_options = worker.endpoint(ctx, name, i, description, implicit_tls)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
+        hint = SYSTEMD_HINT if description.startswith("systemd:") else ENDPOINT_HINT
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}",
                           f"listen.{name}[{i}]", ctx.config.path) from e
     f: IProtocolFactory = limited
     if wrap:
@@ -556,10 +559,17 @@ def listening_ports(top: Any) -> dict[str, list[int | str]]:
     return ports
 
 
+def ready_status(ports: Mapping[str, Sequence[int | str]]) -> str:
+    """The C{STATUS=} sent with C{READY=1}: what C{systemctl status} shows."""
+    return "serving " + ", ".join(
+        f"{name} {' '.join(str(p) for p in bound)}" for name, bound in sorted(ports.items()))
+
+
 class ReadyFile(service.Service):
     """
     Writes C{run/listening.json} (listener -> bound ports) once every listener
-    is up: how scripts and tests learn ephemeral ports without racing.
+    is up: how scripts and tests learn ephemeral ports without racing; and
+    tells systemd C{READY=1} then (C{STOPPING=1} when stopping).
     """
 
     def __init__(self, path):
@@ -579,8 +589,10 @@ class ReadyFile(service.Service):
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listen": ports}))
         os.replace(tmp, self.path)
+        systemd.notifier().ready(ready_status(ports))
 
     def stopService(self):
+        systemd.notifier().stopping()
         super().stopService()
         try:
             self.path.unlink()

@@ -64,12 +64,12 @@ from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
-from netsuite import protocols, reload
+from netsuite import protocols, reload, systemd
 from netsuite.auth.shared_throttle import SharedLoginThrottle
 from netsuite.config import Config, ConfigError
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.sendlog import SharedSendLog
-from netsuite.service import build, with_backlog
+from netsuite.service import build, ready_status, with_backlog
 
 log = Logger(namespace="netsuite.workers")
 
@@ -550,10 +550,12 @@ class WorkerParent(service.Service):
             ports.setdefault(name, []).append(port.getHost().port)
         self._write_json("listening.json", {"pid": os.getpid(), "listen": ports,
                                             "workers": self.count})
+        systemd.notifier().ready(ready_status(ports) + f" with {self.count} workers")
 
     # -- stop ---------------------------------------------------------------------------
 
     def stopService(self):
+        systemd.notifier().stopping()
         super().stopService()
         self._stopping = True
         reload.restore_sighup(self._previous_hup)
