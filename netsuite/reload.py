@@ -59,8 +59,8 @@ log = Logger(namespace="netsuite.reload")
 #: Called (no arguments) when a reload of the main process starts, and when it
 #: has been applied or refused: where systemd's notify plugs in
 #: (C{RELOADING=1} / C{READY=1}).
-on_reload_start: list[Callable[[], None]] = [lambda: systemd.notifier().reloading()]
-on_reload_done: list[Callable[[], None]] = [lambda: systemd.notifier().reloaded()]
+on_reload_start: list[Callable[[], object]] = [lambda: systemd.notifier().reloading()]
+on_reload_done: list[Callable[[], object]] = [lambda: systemd.notifier().reloaded()]
 
 #: Sections whose new values take effect at reload: everything that reads them
 #: does so through the running L{Config} when it needs them (the realm per
@@ -70,7 +70,7 @@ on_reload_done: list[Callable[[], None]] = [lambda: systemd.notifier().reloaded(
 LIVE_SECTIONS = frozenset({"mail", "limits", "imap", "pop3", "store", "tls"})
 
 
-def _hooks(hooks: list[Callable[[], None]]) -> None:
+def _hooks(hooks: list[Callable[[], object]]) -> None:
     for hook in list(hooks):
         try:
             hook()
