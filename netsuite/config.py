@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from netsuite import protocols
+from netsuite import accounts, protocols
 from netsuite.store.quota import parse_size
 
 if TYPE_CHECKING:
@@ -171,9 +171,10 @@ class ServerConfig:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
-        from netsuite.privileges import identity
-
-        identity(self)  # a user or group that does not exist stops start-up
+        try:
+            accounts.lookup(self.user, self.group)  # one that does not exist stops start-up
+        except accounts.AccountError as e:
+            raise ConfigError(e.reason, e.key) from None
 
 
 @section("tls")

@@ -25,12 +25,15 @@ import grp
 import os
 import pwd
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+import netsuite
+import twisted
+from netsuite import protocols
+from netsuite.accounts import AccountError, Identity, lookup
 from netsuite.config import ConfigError
 
 if TYPE_CHECKING:
@@ -42,44 +45,12 @@ log = Logger(namespace="netsuite.privileges")
 LOGIN_LISTENERS = ("telnet", "telnets", "ssh")
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who the server runs as after binding."""
-
-    user: str
-    uid: int
-    gid: int
-    #: Supplementary groups, as initgroups(3) will set them.
-    groups: tuple[int, ...]
-
-    @property
-    def group(self) -> str:
-        try:
-            return grp.getgrgid(self.gid).gr_name
-        except KeyError:
-            return str(self.gid)
-
-
 def identity(server: "ServerConfig") -> Identity | None:
     """C{[server] user}/C{group} looked up; None when C{user} is unset."""
-    if not server.user:
-        if server.group:
-            raise ConfigError("needs server.user too (the user to run as)", "group")
-        return None
     try:
-        account = (pwd.getpwuid(int(server.user)) if server.user.isdigit()
-                   else pwd.getpwnam(server.user))
-    except KeyError:
-        raise ConfigError(f"no such user {server.user!r}", "user") from None
-    gid = account.pw_gid
-    if server.group:
-        try:
-            gid = (grp.getgrgid(int(server.group)).gr_gid if server.group.isdigit()
-                   else grp.getgrnam(server.group).gr_gid)
-        except KeyError:
-            raise ConfigError(f"no such group {server.group!r}", "group") from None
-    groups = tuple(os.getgrouplist(account.pw_name, gid))
-    return Identity(account.pw_name, account.pw_uid, gid, groups)
+        return lookup(server.user, server.group)
+    except AccountError as e:
+        raise ConfigError(e.reason, e.key) from None
 
 
 def plan(config: "Config") -> Identity | None:
@@ -96,8 +67,6 @@ def plan(config: "Config") -> Identity | None:
     if os.geteuid() != 0:
         raise ConfigError(f"switching to user {target.user!r} needs root; netsuite runs as "
                           f"uid {os.geteuid()}", "server.user", config.path)
-    from netsuite import protocols
-
     logins = [name for name in LOGIN_LISTENERS
               if config.listen.get(name) and config.listen[name] != ["off"]
               and name in protocols.FACTORIES]
@@ -119,9 +88,6 @@ def _readable(path: Path) -> bool:
 
 def _check(config: "Config", target: Identity) -> None:
     """As C{target} (effective ids): can it run netsuite and write the data dir?"""
-    import netsuite
-    import twisted
-
     for what, path in [("Python's library", Path(os.__file__).parent),
                        ("Twisted", Path(twisted.__file__).parent),
                        ("netsuite", Path(netsuite.__file__).parent)]:
