@@ -64,7 +64,7 @@ from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
-from netsuite import protocols
+from netsuite import metrics, protocols
 from netsuite.auth.shared_throttle import SharedLoginThrottle
 from netsuite.config import Config
 from netsuite.queue.runner import QueueRunner
@@ -242,6 +242,7 @@ def worker_main() -> int:
                            line_buffering=True)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
     protocols.load_all()
+    metrics.set_worker(spec.index)  # /metrics says which worker answered the scrape
     role = WorkerRole(spec)
     store_cfg = spec.config.sections.get("store")
     if store_cfg is not None and getattr(store_cfg, "poll_interval", 0) > POLL_INTERVAL:

@@ -29,6 +29,8 @@ log = Logger(namespace="netsuite.http")
 #: Modules whose C{@route}s make up the site, imported by L{OperationsSite}.
 ROUTE_MODULES = [
     "netsuite.http.health",
+    "netsuite.http.metrics",
+    "netsuite.http.ready",
 ]
 
 #: What a handler returns: the body, or a Deferred that fires with it.

@@ -1,0 +1,245 @@
+"""
+C{/metrics} and C{/readyz} against the real daemon: real SMTP deliveries,
+IMAP/POP3/FTP sessions and a broken TLS handshake, then a scrape parsed with
+prometheus_client's own parser, with the exact counts of what the test did;
+readiness turning 503 when the queue or the store directory cannot be written.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import imaplib
+import json
+import poplib
+import re
+import smtplib
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from email.message import EmailMessage
+
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+USERS = {"alice": "alice-pw"}
+
+
+def scrape(d) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float], dict]:
+    """Content type, every sample by (name, sorted labels), and the families by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.port('http')}/metrics",
+                                timeout=15) as r:
+        content_type = r.headers["content-type"]
+        text = r.read().decode()
+    samples = {}
+    families = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = family
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return content_type, samples, families
+
+
+def value(samples, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    assert key in samples, f"no sample {name}{labels}; have: " + ", ".join(
+        f"{n}{dict(ls)}" for n, ls in samples if n == name)
+    return samples[key]
+
+
+def unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def message(n: int) -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "sender@remote.test"
+    m["To"] = "alice@example.test"
+    m["Subject"] = f"metrics {n}"
+    m.set_content(f"message {n}\n" + "x" * 100 * n)
+    return m
+
+
+def test_metrics_count_what_clients_did(make_daemon):
+    d = make_daemon(listeners=["http", "smtp", "imaps", "pop3s", "ftp"], users=USERS,
+                    config={"ftp": {"require_tls": False}})
+
+    # SMTP: two messages delivered, one recipient refused (unknown user), one session.
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=15) as s:
+        s.ehlo("client.test")
+        for n in (1, 2):
+            s.send_message(message(n))
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            s.sendmail("sender@remote.test", ["nobody@example.test"], b"Subject: x\r\n\r\nx\r\n")
+    assert d.wait_for(lambda: len(d.messages("alice")) == 2)
+    sizes = [int(m) for m in re.findall(r"accepted: id=\S+ size=(\d+)", d.log())]
+    assert len(sizes) == 2
+
+    # IMAP over implicit TLS: one failed login, one good one, SELECT, a FETCH, a UID FETCH.
+    imap = imaplib.IMAP4_SSL("127.0.0.1", d.port("imaps"), ssl_context=unverified(),
+                             timeout=15)
+    with pytest.raises(imaplib.IMAP4.error):
+        imap.login("alice", "wrong")
+    imap.login("alice", USERS["alice"])
+    assert imap.select("INBOX")[0] == "OK"
+    assert imap.fetch("1:*", "(FLAGS)")[0] == "OK"
+    assert imap.uid("FETCH", "1:*", "(UID)")[0] == "OK"
+    with pytest.raises(imaplib.IMAP4.error, match="Unknown command"):
+        imap.xatom("XNOSUCH")  # counted as "other"
+    imap.logout()
+
+    # POP3 over implicit TLS.
+    pop = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=unverified(), timeout=15)
+    pop.user("alice")
+    pop.pass_(USERS["alice"])
+    assert pop.stat()[0] == 2
+    pop.quit()
+
+    # FTP: one upload.
+    data = b"0123456789" * 1234
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", d.port("ftp"), timeout=15)
+    ftp.login("alice", USERS["alice"])
+    import io
+    ftp.storbinary("STOR upload.bin", io.BytesIO(data))
+    ftp.quit()
+
+    # A TLS handshake that fails: not TLS at all on the IMAPS port.
+    with socket.create_connection(("127.0.0.1", d.port("imaps")), timeout=15) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+        while raw.recv(4096):
+            pass
+
+    def settled():
+        _, samples, _ = scrape(d)
+        idle = all(value(samples, "netsuite_connections_open", listener=name) == 0
+                   for name in ("smtp", "imaps", "pop3s", "ftp"))
+        done = value(samples, "netsuite_tls_handshakes_total",
+                     listener="imaps", result="failed") == 1
+        return samples if idle and done else None
+
+    samples = d.wait_for(settled)
+    assert samples, "connections did not all close"
+    content_type, samples, families = scrape(d)
+    assert content_type == CONTENT_TYPE_LATEST
+
+    v = lambda name, **labels: value(samples, name, **labels)  # noqa: E731
+    # Connections: one session per listener (the failed handshake is the second on imaps).
+    assert v("netsuite_connections_total", listener="smtp") == 1
+    assert v("netsuite_connections_total", listener="imaps") == 2
+    assert v("netsuite_connections_total", listener="pop3s") == 1
+    assert v("netsuite_connections_total", listener="ftp") == 1
+    assert v("netsuite_connections_open", listener="http") == 1  # this scrape
+    assert v("netsuite_connections_refused_total", listener="smtp") == 0
+    assert v("netsuite_tls_handshakes_total", listener="imaps", result="ok") == 1
+    assert v("netsuite_tls_handshakes_total", listener="pop3s", result="ok") == 1
+    assert v("netsuite_tls_certificate_expiry_timestamp_seconds") > time.time() + 86400
+
+    # SMTP and the local deliveries.
+    assert v("netsuite_smtp_messages_total", listener="smtp", result="accepted") == 2
+    assert v("netsuite_smtp_messages_total", listener="smtp", result="refused") == 0
+    assert v("netsuite_smtp_received_bytes_total", listener="smtp") == sum(sizes)
+    assert v("netsuite_smtp_refusals_total", listener="smtp", stage="rcpt",
+             reason="5.1.1") == 1
+    assert v("netsuite_delivery_attempts_total", destination="local",
+             result="delivered") == 2
+
+    # Logins: by protocol and mechanism.
+    assert v("netsuite_logins_total", protocol="imap", mechanism="password",
+             result="failed") == 1
+    assert v("netsuite_logins_total", protocol="imap", mechanism="password",
+             result="ok") == 1
+    assert v("netsuite_logins_total", protocol="pop3", mechanism="password",
+             result="ok") == 1
+    assert v("netsuite_logins_total", protocol="ftp", mechanism="password",
+             result="ok") == 1
+    assert ("netsuite_logins_total", (("mechanism", "password"), ("protocol", "pop3"),
+                                      ("result", "failed"))) not in samples
+
+    # IMAP and POP3 commands, with their latency histograms.
+    for command, count in (("LOGIN", 2), ("SELECT", 1), ("FETCH", 1), ("UID FETCH", 1),
+                           ("LOGOUT", 1), ("other", 1)):
+        assert v("netsuite_imap_commands_total", command=command) == count, command
+    assert families["netsuite_imap_command_duration_seconds"].type == "histogram"
+    assert v("netsuite_imap_command_duration_seconds_count", command="SELECT") == 1
+    assert v("netsuite_imap_command_duration_seconds_count", command="LOGIN") == 2
+    assert v("netsuite_imap_command_duration_seconds_bucket", command="LOGIN", le="+Inf") == 2
+    assert v("netsuite_imap_command_duration_seconds_sum", command="SELECT") > 0
+    for command in ("USER", "PASS", "STAT", "QUIT"):
+        assert v("netsuite_pop3_commands_total", command=command) == 1, command
+        assert v("netsuite_pop3_command_duration_seconds_count", command=command) == 1
+
+    # FTP.
+    assert v("netsuite_ftp_transfers_total", direction="upload", result="complete") == 1
+    assert v("netsuite_ftp_transferred_bytes_total", direction="upload") == len(data)
+    assert (d.data_dir / "ftp" / "alice" / "upload.bin").read_bytes() == data
+
+    # Queue (nothing queued: every message was local), TELNET, store, the process.
+    for state in ("new", "active", "deferred"):
+        assert v("netsuite_queue_messages", state=state) == 0
+    assert v("netsuite_queue_oldest_message_age_seconds") == 0
+    assert v("netsuite_telnet_sessions_open") == 0
+    assert "netsuite_store_index_compactions" in families
+    assert v("process_resident_memory_bytes") > 0
+    assert v("process_open_fds") > 0
+    assert ("process_cpu_seconds_total", ()) in samples
+    assert any(name == "python_info" for name, _ in samples)
+    assert "netsuite_worker_info" in families and not [
+        s for s in families["netsuite_worker_info"].samples]  # a single process
+    assert "Traceback" not in d.log()
+
+
+def readyz(d) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.port('http')}/readyz",
+                                    timeout=15) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_readyz_checks_listeners_store_and_queue(make_daemon):
+    # A long queue poll: the runner's pass must not run while its directory is a file.
+    d = make_daemon(listeners=["http", "imap", "smtp"], config={"queue": {"poll_interval": 3600}})
+    status, body = readyz(d)
+    assert status == 200 and body["status"] == "ready", body
+    checks = body["checks"]
+    assert set(checks) == {"listen.http", "listen.imap", "listen.smtp", "store", "queue"}
+    assert all(check["ok"] for check in checks.values()), checks
+    assert checks["listen.imap"]["bound"] == [d.port("imap")]
+    assert checks["queue"]["path"] == str(d.data_dir / "queue")
+    assert not list((d.data_dir / "queue").glob(".netsuite-ready-*"))  # the probe is removed
+
+    # The queue directory replaced by a file (root ignores permission bits: not this).
+    queue, aside = d.data_dir / "queue", d.data_dir / "queue.aside"
+    queue.rename(aside)
+    queue.write_bytes(b"")
+    try:
+        status, body = readyz(d)
+        assert status == 503 and body["status"] == "not ready", body
+        assert body["checks"]["queue"]["ok"] is False and body["checks"]["queue"]["error"]
+        assert all(c["ok"] for name, c in body["checks"].items() if name != "queue")
+    finally:
+        queue.unlink()
+        aside.rename(queue)
+    assert readyz(d)[0] == 200
+
+    # The mail store the same way.
+    store = d.data_dir / "mail"
+    store.rename(d.data_dir / "mail.aside")
+    store.write_bytes(b"")
+    try:
+        status, body = readyz(d)
+        assert status == 503 and body["checks"]["store"]["ok"] is False
+        assert body["checks"]["queue"]["ok"] is True
+    finally:
+        store.unlink()
+        (d.data_dir / "mail.aside").rename(store)
+    status, body = readyz(d)
+    assert status == 200 and all(c["ok"] for c in body["checks"].values())
+    assert "Traceback" not in d.log()
