@@ -12,13 +12,16 @@ import imaplib
 import json
 import poplib
 import re
+import shutil
 import smtplib
 import socket
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -243,3 +246,88 @@ def test_readyz_checks_listeners_store_and_queue(make_daemon):
     status, body = readyz(d)
     assert status == 200 and all(c["ok"] for c in body["checks"].values())
     assert "Traceback" not in d.log()
+
+
+# -- etc/prometheus/alerts.yml and the Grafana dashboard ----------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def exported_names() -> set[str]:
+    """Every sample name netsuite's registry can export (counter and histogram suffixes too)."""
+    from netsuite import metrics
+
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_count", "_sum"))
+    return names
+
+
+def referenced(expr: str) -> set[str]:
+    return set(re.findall(r"\b((?:netsuite|process)_[a-z0-9_]+)\b", expr))
+
+
+def balanced(expr: str) -> bool:
+    depth = {"(": 0, "[": 0, "{": 0}
+    closing = {")": "(", "]": "[", "}": "{"}
+    for c in re.sub(r'"[^"]*"', '""', expr):
+        if c in depth:
+            depth[c] += 1
+        elif c in closing:
+            depth[closing[c]] -= 1
+            if depth[closing[c]] < 0:
+                return False
+    return not any(depth.values())
+
+
+def test_alert_rules_are_well_formed_and_name_real_metrics():
+    import yaml
+
+    path = ROOT / "etc" / "prometheus" / "alerts.yml"
+    rules = yaml.safe_load(path.read_text())
+    names = exported_names()
+    seen = set()
+    assert [g["name"] for g in rules["groups"]] == ["netsuite"]
+    for rule in rules["groups"][0]["rules"]:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert rule["alert"] not in seen and re.fullmatch(r"Netsuite[A-Za-z]+", rule["alert"])
+        seen.add(rule["alert"])
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert re.fullmatch(r"\d+[smh]", rule.get("for", "0m"))
+        assert balanced(rule["expr"]), rule["alert"]
+        unknown = referenced(rule["expr"]) - names
+        assert not unknown, f"{rule['alert']} uses metrics netsuite does not export: {unknown}"
+    # What the issue asks alerts for: a growing queue, failing deliveries, an expiring
+    # certificate, brute force.
+    assert {"NetsuiteQueueGrowing", "NetsuiteRemoteDeliveriesFailing",
+            "NetsuiteCertificateExpiring", "NetsuiteBruteForce"} <= seen
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # where Prometheus is installed, its own checker too
+        result = subprocess.run([promtool, "check", "rules", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_dashboard_queries_real_metrics():
+    dashboard = json.loads((ROOT / "etc" / "grafana" / "netsuite-dashboard.json").read_text())
+    names = exported_names()
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 20 and all(balanced(e) for e in exprs)
+    used = set().union(*(referenced(e) for e in exprs))
+    assert used <= names, used - names
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    # Every netsuite metric family is on the dashboard, but these few.
+    from netsuite import metrics
+
+    families = {f.name for f in metrics.REGISTRY.collect() if f.name.startswith("netsuite_")}
+    suffixes = ("", "_total", "_bucket", "_count", "_sum")
+    missing = {f for f in families if not any(f + x in used for x in suffixes)}
+    assert missing == {"netsuite_worker_info", "netsuite_login_throttle_delay_seconds",
+                       "netsuite_login_locked_refusals", "netsuite_telnet_sessions",
+                       "netsuite_pop3_commands", "netsuite_ftp_transfers"}, missing
