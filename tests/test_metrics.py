@@ -197,6 +197,110 @@ def test_metrics_count_what_clients_did(make_daemon):
     assert "Traceback" not in d.log()
 
 
+def submit(d, rcpts: list[str], subject: str) -> dict:
+    """Over SMTPS with AUTH (smtplib picks PLAIN), as alice."""
+    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
+                          context=unverified()) as s:
+        s.login("alice", USERS["alice"])
+        return s.sendmail("alice@example.test", rcpts,
+                          f"Subject: {subject}\r\n\r\nhello\r\n".encode())
+
+
+def test_queue_deliveries_and_bounces_by_result(make_daemon):
+    pytest.importorskip("aiosmtpd")
+    from queue_remote import Remote
+
+    remote = Remote().start()
+    try:
+        remote.handler.script["slow@remote.test"] = ["451 4.3.0 try later"]
+        remote.handler.script["bad@remote.test"] = ["550 5.1.1 no such user"]
+        d = make_daemon(listeners=["http", "smtps"], users=USERS, config={"queue": {
+            "min_backoff": 0.3, "max_backoff": 0.6, "poll_interval": 0.1,
+            "routes": {"remote.test": f"127.0.0.1:{remote.port}"}}})
+        refused = submit(d, ["ok@remote.test", "slow@remote.test", "bad@remote.test"], "q")
+        assert refused == {}
+        # ok at once, slow after one retry; bad bounced, its DSN into alice's mailbox.
+        assert len(remote.handler.wait(2)) == 2, d.log()[-3000:]
+        assert d.wait_for(lambda: "removed: id=" in d.log() and d.messages("alice"))
+        _, samples, _ = scrape(d)
+    finally:
+        remote.stop()
+    v = lambda name, **labels: value(samples, name, **labels)  # noqa: E731
+    assert v("netsuite_delivery_attempts_total", destination="remote", result="delivered") == 2
+    assert v("netsuite_delivery_attempts_total", destination="remote", result="deferred") == 1
+    assert v("netsuite_delivery_attempts_total", destination="remote", result="bounced") == 1
+    assert v("netsuite_delivery_attempts_total", destination="local", result="delivered") == 1
+    assert v("netsuite_smtp_messages_total", listener="smtps", result="accepted") == 1
+    assert v("netsuite_logins_total", protocol="smtp", mechanism="plain", result="ok") == 1
+    for state in ("new", "active", "deferred"):
+        assert v("netsuite_queue_messages", state=state) == 0
+
+
+def test_queue_depth_locks_and_refusals(make_daemon):
+    from queue_remote import free_port
+
+    down = free_port()  # nothing listens there: every attempt is deferred
+    d = make_daemon(listeners=["http", "smtps", "pop3s"], users=USERS, config={
+        "queue": {"min_backoff": 3600, "max_backoff": 3600, "poll_interval": 0.1,
+                  "routes": {"down.test": f"127.0.0.1:{down}"}},
+        "throttle": {"lock_after": 2},
+        "pop3": {"max_connections_per_address": 1}})
+    assert submit(d, ["someone@down.test"], "waits") == {}
+
+    def deferred():
+        _, samples, _ = scrape(d)
+        return samples if value(samples, "netsuite_queue_messages", state="deferred") else None
+
+    samples = d.wait_for(deferred)
+    assert samples, d.log()[-3000:]
+    assert value(samples, "netsuite_queue_messages", state="new") == 0
+    assert value(samples, "netsuite_queue_messages", state="active") == 0
+    assert value(samples, "netsuite_queue_oldest_message_age_seconds") > 0
+    assert value(samples, "netsuite_delivery_attempts_total", destination="remote",
+                 result="deferred") == 1
+
+    # Two failed POP3 logins lock alice (lock_after = 2); the third is refused unchecked.
+    pop = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=unverified(), timeout=15)
+    for _ in range(3):
+        pop.user("alice")
+        with pytest.raises(poplib.error_proto):
+            pop.pass_("wrong")
+    # A second connection from the same address is over the cap of 1.
+    with socket.create_connection(("127.0.0.1", d.port("pop3s")), timeout=15) as raw:
+        with unverified().wrap_socket(raw) as tls:
+            assert tls.recv(100).startswith(b"-ERR")
+    pop.quit()
+    _, samples, _ = scrape(d)
+    v = lambda name, **labels: value(samples, name, **labels)  # noqa: E731
+    assert v("netsuite_logins_total", protocol="pop3", mechanism="password",
+             result="failed") == 3
+    assert v("netsuite_login_locks_total", protocol="pop3") == 1
+    assert v("netsuite_login_locked_refusals_total", protocol="pop3") == 1
+    assert v("netsuite_login_throttle_delays_total", protocol="pop3") >= 1
+    assert v("netsuite_login_throttle_delay_seconds_total", protocol="pop3") > 0
+    assert v("netsuite_connections_refused_total", listener="pop3s") == 1
+
+
+def test_each_worker_answers_with_its_own_numbers(make_daemon):
+    d = make_daemon(listeners=["http"], config={"server": {"workers": 2}})
+    seen = set()
+    for _ in range(40):  # connections spread over the workers; a few suffice to see both
+        _, samples, families = scrape(d)
+        workers = [s.labels["worker"] for s in families["netsuite_worker_info"].samples]
+        assert len(workers) == 1 and workers[0] in ("0", "1")
+        seen.add(workers[0])
+        assert v_ok(samples)
+        if seen == {"0", "1"}:
+            break
+    assert seen, "no worker answered"
+
+
+def v_ok(samples) -> bool:
+    """A worker's own scrape: its process metrics, and itself as the one open http connection."""
+    return (value(samples, "process_resident_memory_bytes") > 0
+            and value(samples, "netsuite_connections_open", listener="http") >= 1)
+
+
 def readyz(d) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{d.port('http')}/readyz",
