@@ -435,3 +435,39 @@ def test_grafana_dashboard_queries_real_metrics():
     assert missing == {"netsuite_worker_info", "netsuite_login_throttle_delay_seconds",
                        "netsuite_login_locked_refusals", "netsuite_telnet_sessions",
                        "netsuite_pop3_commands", "netsuite_ftp_transfers"}, missing
+
+
+# -- units ------------------------------------------------------------------------------
+
+
+def test_bounded_labels():
+    from twisted.cred import credentials
+
+    from netsuite.auth import sasl
+    from netsuite.auth.throttle import mechanism_of
+    from netsuite.metrics import smtp_reason
+
+    assert mechanism_of(sasl.PlainCredentials()) == "plain"
+    assert mechanism_of(sasl.LoginCredentials()) == "login"
+    assert mechanism_of(credentials.UsernamePassword(b"u", b"p")) == "password"
+    assert mechanism_of(credentials.SSHPrivateKey(b"u", b"ssh-ed25519", b"k", None, None)) \
+        == "publickey"
+    assert mechanism_of(object()) == "other"
+    assert smtp_reason("5.1.1", 550) == "5.1.1"
+    assert smtp_reason(None, 552, b"5.2.2 <a@b>: Mailbox full") == "5.2.2"
+    assert smtp_reason(None, 451, "no enhanced code here") == "4.0.0"
+    assert smtp_reason("9.9.9", 250) == "2.0.0"
+    assert smtp_reason(None, 999, b"") == "other"
+    # A client-chosen string never becomes a label.
+    assert smtp_reason(None, 550, b"<script> 5.1.1") == "5.0.0"
+
+
+def test_every_metric_is_documented():
+    from netsuite import metrics
+
+    section = (ROOT / "docs" / "operations.md").read_text().split(
+        "## Metrics and readiness", 1)[1]
+    documented = set(re.findall(r"^\| `(netsuite_[a-z0-9_]+)` \|", section, re.M))
+    families = {f.name + ("_total" if f.type == "counter" else "")
+                for f in metrics.REGISTRY.collect() if f.name.startswith("netsuite_")}
+    assert documented == families, (documented ^ families)

@@ -170,15 +170,17 @@ class ThrottledPortal:
         user = normalize_username(username or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
         result = self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
-                              peer, protocol, user)
+                              peer, protocol, user,
+                              was_locked=self.throttle.locked(*keys))
         return result if isinstance(result, defer.Deferred) else defer.fail(result)
 
     def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
-                user: str, mechanism: str = "password") -> Failure | defer.Deferred:
+                user: str, mechanism: str = "password",
+                was_locked: bool = False) -> Failure | defer.Deferred:
         delay = self.throttle.fail(*keys)
         metrics.logins.labels(protocol, mechanism, "failed").inc()
         self._delayed(protocol, delay)
-        if self.throttle.locked(*keys):  # not locked before this failure: it locked now
+        if not was_locked and self.throttle.locked(*keys):  # this failure locked it
             metrics.login_locks.labels(protocol).inc()
         log.warn("login failed: protocol={protocol} address={address} user={user}",
                  protocol=protocol, address=peer, user=user)
