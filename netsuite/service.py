@@ -29,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import protocols, systemd, tls
+from netsuite import metrics, protocols, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
@@ -105,6 +105,8 @@ class TrackedConnection(policies.ProtocolWrapper):
         self._arm_handshake()
 
     def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None:
+            metrics.tls_handshakes.labels(self.factory.listener, "ok").inc()
         self._cancel("_handshake_timer")
         if not self._gone and IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
@@ -117,6 +119,8 @@ class TrackedConnection(policies.ProtocolWrapper):
 
     def connectionLost(self, reason):
         self._gone = True
+        if self._handshake_timer is not None:  # a TLS error, or gone during the handshake
+            metrics.tls_handshakes.labels(self.factory.listener, "failed").inc()
         self._cancel("_handshake_timer")
         self._cancel("_close_timer")
         super().connectionLost(reason)
@@ -137,6 +141,7 @@ class TrackedConnection(policies.ProtocolWrapper):
             self._close_timer = None
         else:
             self._handshake_timer = None
+            metrics.tls_handshakes.labels(self.factory.listener, "failed").inc()
         log.info("{what} timeout: listener={listener} address={address}, connection aborted",
                  what=what, listener=self.factory.listener, address=self._netsuite_host)
         self.transport.abortConnection()
@@ -176,6 +181,10 @@ class ConnectionLimits(policies.WrappingFactory):
         self.close_timeout = close_timeout
         self.on_change = on_change
         self.by_address: dict[str, int] = {}
+        # Listed at 0 from the start, not only after a first connection.
+        metrics.connections_open.labels(listener)
+        metrics.connections.labels(listener)
+        metrics.connections_refused.labels(listener)
 
     def acceptableProtocols(self) -> list[bytes]:
         """The wrapped factory's ALPN names (twisted.web's C{http/1.1}); none for the others."""
@@ -186,6 +195,7 @@ class ConnectionLimits(policies.WrappingFactory):
         host = getattr(addr, "host", str(addr))
         if len(self.protocols) >= self.total or self.by_address.get(host, 0) >= self.per_address:
             log.warn("connection refused, limit reached: address={address}", address=host)
+            metrics.connections_refused.labels(self.listener).inc()
             return _Busy(self.busy, self.reactor,
                          self.tls_handshake_timeout + self.close_timeout)
         self.by_address[host] = self.by_address.get(host, 0) + 1
@@ -194,6 +204,8 @@ class ConnectionLimits(policies.WrappingFactory):
             self._release(host)
         else:
             proto._netsuite_host = host
+            metrics.connections.labels(self.listener).inc()
+            metrics.connections_open.labels(self.listener).inc()
         self._changed()
         return proto
 
@@ -210,6 +222,7 @@ class ConnectionLimits(policies.WrappingFactory):
         if host is not None:
             p._netsuite_host = None  # released once, whatever calls us again
             self._release(host)
+            metrics.connections_open.labels(self.listener).dec()
             self._changed()
 
     def counts(self) -> dict[str, Any]:

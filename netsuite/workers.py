@@ -64,7 +64,7 @@ from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
-from netsuite import protocols, reload, systemd
+from netsuite import metrics, protocols, reload, systemd
 from netsuite.auth.shared_throttle import SharedLoginThrottle
 from netsuite.config import Config, ConfigError
 from netsuite.queue.runner import QueueRunner
@@ -248,6 +248,7 @@ def worker_main() -> int:
                            line_buffering=True)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
     protocols.load_all()
+    metrics.set_worker(spec.index)  # /metrics says which worker answered the scrape
     role = WorkerRole(spec)
     role.adjust(spec.config)
     top = build(spec.config, reactor, worker=role)
