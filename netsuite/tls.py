@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolNegotia
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.config import Config, ConfigError
 
 log = Logger()
@@ -99,8 +100,6 @@ class CurrentCertificate:
 
 def publish_expiry(options: Any) -> None:
     """C{netsuite_tls_certificate_expiry_timestamp_seconds}: the served certificate's notAfter."""
-    from netsuite import metrics
-
     cert = getattr(options, "certificate", None)
     if cert is None:
         return

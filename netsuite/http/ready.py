@@ -20,6 +20,7 @@ from twisted.internet import defer, threads
 from twisted.web.server import Request
 
 from netsuite.http.site import OperationsSite, json_body, route
+from netsuite.service import ListenerService
 
 #: The probe file's name prefix (never a Maildir or spool name).
 PROBE = ".netsuite-ready-"
@@ -46,7 +47,6 @@ def probe_writable(directory: Path) -> dict[str, Any]:
 
 def listener_checks(top: Any) -> dict[str, dict[str, Any]]:
     """C{listen.NAME}: every endpoint of every configured listener has its port."""
-    from netsuite.service import ListenerService
 
     checks: dict[str, dict[str, Any]] = {}
     for svc in (top or ()):
