@@ -167,6 +167,14 @@ worker_info = Gauge(
     ["worker"], registry=REGISTRY)
 
 
+def messages_accepted() -> int:
+    """Messages accepted so far on every SMTP/LMTP listener (the status page's chart)."""
+    return int(sum(sample.value for family in smtp_messages.collect()
+                   for sample in family.samples
+                   if sample.name == "netsuite_smtp_messages_total"
+                   and sample.labels.get("result") == "accepted"))
+
+
 def set_worker(index: int) -> None:
     worker_info.labels(str(index)).set(1)
 
