@@ -131,6 +131,33 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+@command("reload", lambda p: None)
+def _reload(args: argparse.Namespace, config: Config) -> int:
+    """Send the running server SIGHUP (its pid is in DATA/run/listening.json)."""
+    import json
+    import os
+    import signal
+
+    ready = config.data_dir / "run" / "listening.json"
+    try:
+        pid = int(json.loads(ready.read_text())["pid"])
+    except FileNotFoundError:
+        raise SystemExit(f"netsuite: no server is running on {config.data_dir} "
+                         f"(no {ready})") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"netsuite: cannot read the server's pid from {ready}: {e}") from e
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise SystemExit(f"netsuite: no server is running on {config.data_dir} "
+                         f"(pid {pid} from {ready} is gone)") from None
+    except PermissionError:
+        raise SystemExit(f"netsuite: not allowed to signal pid {pid} (run as its user)") \
+            from None
+    print(f"sent SIGHUP to the server (pid {pid}); its log says what the reload changed")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     protocols.load_all()
     p = argparse.ArgumentParser(prog="netsuite", description="Administer a netsuite server.")

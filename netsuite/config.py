@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from netsuite import protocols
+from netsuite import accounts, protocols
 from netsuite.store.quota import parse_size
 
 if TYPE_CHECKING:
@@ -162,11 +162,19 @@ class ServerConfig:
     allow_plaintext_auth: bool = False
     #: Worker processes sharing the listening sockets (L{netsuite.workers}); 1: one process.
     workers: int = 1
+    #: Started as root: the user (and group; default the user's) to run as once
+    #: every listener is bound (L{netsuite.privileges}); empty: stay as started.
+    user: str = ""
+    group: str = ""
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
+        try:
+            accounts.lookup(self.user, self.group)  # one that does not exist stops start-up
+        except accounts.AccountError as e:
+            raise ConfigError(e.reason, e.key) from None
 
 
 @section("tls")
@@ -354,6 +362,15 @@ class Config:
     sections: dict[str, Any]
     #: The free-form C{[realm]} table, for a custom realm's own settings.
     realm_options: dict[str, Any] = field(default_factory=dict)
+    #: What L{load} was given besides the file (the command line's
+    #: C{"section.key"} values and listener endpoints): a reload
+    #: (L{netsuite.reload}) reads the file again with the same ones.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    listen_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def reread(self) -> "Config":
+        """The configuration as the file says now, with the same overrides."""
+        return load(self.path, self.overrides, self.listen_overrides)
 
     def __getattr__(self, name: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -384,6 +401,8 @@ def load(
     @param listen_overrides: listener name -> endpoints from the command line;
         they replace the file's list for that listener.
     """
+    import copy
+
     _load_protocols()
     raw: dict[str, Any] = {}
     if path is not None:
@@ -399,12 +418,15 @@ def load(
             raise ConfigError(f"not valid TOML: {e}", file=path) from e
     for dotted, value in (overrides or {}).items():
         sec, _, key = dotted.partition(".")
-        raw.setdefault(sec, {})[key] = value
+        raw.setdefault(sec, {})[key] = copy.deepcopy(value)
+    kept = copy.deepcopy((overrides or {}, listen_overrides or {}))
     try:
-        return _build(path, raw, listen_overrides or {})
+        config = _build(path, raw, copy.deepcopy(listen_overrides or {}))
     except ConfigError as e:
         e.file = str(path) if path else e.file
         raise
+    config.overrides, config.listen_overrides = kept
+    return config
 
 
 def _build(
@@ -452,6 +474,10 @@ def _build(
 #: How to write endpoints, appended to every endpoint error.
 ENDPOINT_HINT = ("write e.g. tcp:2525:interface=127.0.0.1 or tcp6:2525:interface=::1 "
                  "(or interface=[::1]); a colon inside any other value is written \\:")
+
+#: The same for socket activation (C{etc/systemd/netsuite.socket}).
+SYSTEMD_HINT = ("write e.g. systemd:domain=INET:name=imap (the socket unit's "
+                "FileDescriptorName=) or systemd:domain=INET6:index=0")
 
 
 def _split_endpoint(description: str) -> list[str]:
@@ -533,6 +559,44 @@ def _check_endpoint(description: str, key: str) -> None:
         # ssl: loads certificate files at parse time; checked when listening.
         return
     try:
-        endpoints.serverFromString(reactor, description)
+        if kind == "systemd":
+            _check_systemd_endpoint(description)
+        else:
+            endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}", key) from e
+        hint = SYSTEMD_HINT if kind == "systemd" else ENDPOINT_HINT
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}", key) from e
+
+
+class _AnyDescriptor:
+    """Answers every index and name: the inherited sockets when only syntax is checked."""
+
+    def __getitem__(self, key: object) -> int:
+        return -1
+
+    def inheritedDescriptors(self) -> "_AnyDescriptor":
+        return self
+
+    def inheritedNamedDescriptors(self) -> "_AnyDescriptor":
+        return self
+
+
+def _check_systemd_endpoint(description: str) -> None:
+    """
+    C{systemd:domain=INET:index=0} (or C{name=}), parsed by Twisted's own
+    parser but without looking the socket up: the config is read by
+    C{netsuite check} too, which systemd passes no sockets; whether the socket
+    is there is checked when the server builds its listeners.
+    """
+    import socket
+
+    from twisted.internet import endpoints, reactor
+
+    args, kwargs = endpoints._parse(description)  # what serverFromString splits
+    parser = endpoints._SystemdParser()
+    parser._sddaemon = _AnyDescriptor()  # type: ignore[assignment]
+    domain = kwargs.get("domain", args[1] if len(args) > 1 else None)
+    if not isinstance(domain, str) or not hasattr(socket, "AF_" + domain):
+        raise ValueError(f"domain must be an address family such as INET, INET6 or UNIX, "
+                         f"got {domain!r}")
+    parser.parseStreamServer(reactor, *args[1:], **kwargs)

@@ -32,6 +32,8 @@ PACKAGES = [
     "netsuite.telnet.service",
     "netsuite.ssh.service",
     "netsuite.http.service",
+    # Not a protocol: SIGHUP / netsuite reload, a service hook like the queue's.
+    "netsuite.reload",
 ]
 
 Builder = Callable[["ServerContext", str], IProtocolFactory]

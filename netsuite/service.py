@@ -9,7 +9,7 @@ L{ConfigError} before any port opens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import protocols, tls
+from netsuite import metrics, protocols, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
-from netsuite.config import ENDPOINT_HINT, LISTENERS, Config, ConfigError
+from netsuite.config import ENDPOINT_HINT, LISTENERS, SYSTEMD_HINT, Config, ConfigError
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -105,6 +105,8 @@ class TrackedConnection(policies.ProtocolWrapper):
         self._arm_handshake()
 
     def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None:
+            metrics.tls_handshakes.labels(self.factory.listener, "ok").inc()
         self._cancel("_handshake_timer")
         if not self._gone and IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
@@ -117,6 +119,8 @@ class TrackedConnection(policies.ProtocolWrapper):
 
     def connectionLost(self, reason):
         self._gone = True
+        if self._handshake_timer is not None:  # a TLS error, or gone during the handshake
+            metrics.tls_handshakes.labels(self.factory.listener, "failed").inc()
         self._cancel("_handshake_timer")
         self._cancel("_close_timer")
         super().connectionLost(reason)
@@ -137,6 +141,7 @@ class TrackedConnection(policies.ProtocolWrapper):
             self._close_timer = None
         else:
             self._handshake_timer = None
+            metrics.tls_handshakes.labels(self.factory.listener, "failed").inc()
         log.info("{what} timeout: listener={listener} address={address}, connection aborted",
                  what=what, listener=self.factory.listener, address=self._netsuite_host)
         self.transport.abortConnection()
@@ -176,6 +181,10 @@ class ConnectionLimits(policies.WrappingFactory):
         self.close_timeout = close_timeout
         self.on_change = on_change
         self.by_address: dict[str, int] = {}
+        # Listed at 0 from the start, not only after a first connection.
+        metrics.connections_open.labels(listener)
+        metrics.connections.labels(listener)
+        metrics.connections_refused.labels(listener)
 
     def acceptableProtocols(self) -> list[bytes]:
         """The wrapped factory's ALPN names (twisted.web's C{http/1.1}); none for the others."""
@@ -186,6 +195,7 @@ class ConnectionLimits(policies.WrappingFactory):
         host = getattr(addr, "host", str(addr))
         if len(self.protocols) >= self.total or self.by_address.get(host, 0) >= self.per_address:
             log.warn("connection refused, limit reached: address={address}", address=host)
+            metrics.connections_refused.labels(self.listener).inc()
             return _Busy(self.busy, self.reactor,
                          self.tls_handshake_timeout + self.close_timeout)
         self.by_address[host] = self.by_address.get(host, 0) + 1
@@ -194,6 +204,8 @@ class ConnectionLimits(policies.WrappingFactory):
             self._release(host)
         else:
             proto._netsuite_host = host
+            metrics.connections.labels(self.listener).inc()
+            metrics.connections_open.labels(self.listener).inc()
         self._changed()
         return proto
 
@@ -210,6 +222,7 @@ class ConnectionLimits(policies.WrappingFactory):
         if host is not None:
             p._netsuite_host = None  # released once, whatever calls us again
             self._release(host)
+            metrics.connections_open.labels(self.listener).dec()
             self._changed()
 
     def counts(self) -> dict[str, Any]:
@@ -387,6 +400,8 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     endpoint is served with the configured certificate.
     """
     kind = description.split(":", 1)[0]
+    if kind == "systemd":
+        systemd.check_inherited(description)
     ep = endpoints.serverFromString(ctx.reactor, with_backlog(description))
     return ep, implicit_tls and kind != "ssl"
 
@@ -436,37 +451,51 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
     for name, endpoints_ in config.listen.items():
         if not endpoints_ or endpoints_ == ["off"] or name not in protocols.FACTORIES:
             continue
-        kind = protocols.FACTORIES[name]
-        implicit_tls = LISTENERS[name][1]
-        total, per = _limits_for(config, name)
-        # One cap per listener, shared by its endpoints, and inside TLS so that a
-        # TLS client can read the busy line.
-        limited = ConnectionLimits(kind.build(ctx, name), total, per, kind.busy,
-                                   listener=name, reactor=reactor,
-                                   tls_handshake_timeout=config.limits.tls_handshake_timeout,
-                                   close_timeout=config.limits.close_timeout)
+        limited = listener_limits(ctx, name)
         status.add(limited)
         for i, description in enumerate(endpoints_):
-            tls_options = ctx.tls
-            try:
-                if worker is None:
-                    ep, wrap = server_endpoint(ctx, description, implicit_tls)
-                else:
-                    ep, wrap, tls_options = worker.endpoint(ctx, name, i, description,
-                                                            implicit_tls)
-            except (ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"bad endpoint {description!r}: {e}; {ENDPOINT_HINT}",
-                                  f"listen.{name}[{i}]", config.path) from e
-            f: IProtocolFactory = limited
-            if wrap:
-                f = TLSMemoryBIOFactory(tls_options, False, limited)
-            svc = ListenerService(name, description, ep, f)
+            svc = listener_service(ctx, name, i, description, limited, worker)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
     status.setServiceParent(top)
     if worker is None:  # with workers, the parent writes it
         ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
     return top
+
+
+def listener_limits(ctx: ServerContext, name: str) -> ConnectionLimits:
+    """
+    Listener C{name}'s protocol factory inside its L{ConnectionLimits}: one
+    cap per listener, shared by its endpoints, and inside TLS so that a TLS
+    client can read the busy line.
+    """
+    config = ctx.config
+    kind = protocols.FACTORIES[name]
+    total, per = _limits_for(config, name)
+    return ConnectionLimits(kind.build(ctx, name), total, per, kind.busy,
+                            listener=name, reactor=ctx.reactor,
+                            tls_handshake_timeout=config.limits.tls_handshake_timeout,
+                            close_timeout=config.limits.close_timeout)
+
+
+def listener_service(ctx: ServerContext, name: str, i: int, description: str,
+                     limited: ConnectionLimits, worker: Any = None) -> "ListenerService":
+    """The (not yet started) L{ListenerService} of listener C{name}'s C{i}th endpoint."""
+    implicit_tls = LISTENERS[name][1]
+    tls_options: Any = ctx.tls
+    try:
+        if worker is None:
+            ep, wrap = server_endpoint(ctx, description, implicit_tls)
+        else:
+            ep, wrap, tls_options = worker.endpoint(ctx, name, i, description, implicit_tls)
+    except (ValueError, TypeError, KeyError) as e:
+        hint = SYSTEMD_HINT if description.startswith("systemd:") else ENDPOINT_HINT
+        raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}",
+                          f"listen.{name}[{i}]", ctx.config.path) from e
+    f: IProtocolFactory = limited
+    if wrap:
+        f = TLSMemoryBIOFactory(tls_options, False, limited)
+    return ListenerService(name, description, ep, f)
 
 
 class ListenerService(service.Service):
@@ -543,10 +572,17 @@ def listening_ports(top: Any) -> dict[str, list[int | str]]:
     return ports
 
 
+def ready_status(ports: Mapping[str, Sequence[int | str]]) -> str:
+    """The C{STATUS=} sent with C{READY=1}: what C{systemctl status} shows."""
+    return "serving " + ", ".join(
+        f"{name} {' '.join(str(p) for p in bound)}" for name, bound in sorted(ports.items()))
+
+
 class ReadyFile(service.Service):
     """
     Writes C{run/listening.json} (listener -> bound ports) once every listener
-    is up: how scripts and tests learn ephemeral ports without racing.
+    is up: how scripts and tests learn ephemeral ports without racing; and
+    tells systemd C{READY=1} then (C{STOPPING=1} when stopping).
     """
 
     def __init__(self, path):
@@ -554,6 +590,10 @@ class ReadyFile(service.Service):
 
     def startService(self):
         super().startService()
+        self.write()
+
+    def write(self) -> None:
+        """Write the file from the listeners running now (at start, and after a reload)."""
         import json
         import os
 
@@ -562,8 +602,10 @@ class ReadyFile(service.Service):
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listen": ports}))
         os.replace(tmp, self.path)
+        systemd.notifier().ready(ready_status(ports))
 
     def stopService(self):
+        systemd.notifier().stopping()
         super().stopService()
         try:
             self.path.unlink()

@@ -14,7 +14,7 @@ import sys
 from twisted.cred import strcred
 from twisted.python import usage
 
-from netsuite import protocols
+from netsuite import privileges, protocols, systemd
 from netsuite.config import LISTENERS, ConfigError, load
 from netsuite.service import build
 from netsuite.workers import WorkerParent
@@ -93,9 +93,19 @@ for _name in LISTENERS:
 
 
 def makeService(options: Options):
+    # First: read and unset NOTIFY_SOCKET, WATCHDOG_* and LISTEN_*, before
+    # anything (a worker, a session's program) can inherit them.
+    systemd.notifier()
+    systemd.forget_listen_fds()
     settings = options["settings"]
     try:
-        server = build(settings)
+        # Built as the user it will run as (what it creates is theirs); twistd
+        # switches for good after privilegedStartService has bound the listeners.
+        privileges.adopt_twistd_ids(options, settings)
+        switch = privileges.plan(settings)
+        with privileges.acting_as(settings, switch):
+            server = build(settings)
+        privileges.request(options, switch, settings)
         if settings.server.workers > 1:
             # Built above only to validate everything before a port opens.
             return WorkerParent(settings)

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolNegotia
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.config import Config, ConfigError
 
 log = Logger()
@@ -87,12 +88,26 @@ class CurrentCertificate:
 
     def __init__(self, options: ssl.CertificateOptions):
         self.options = options
+        publish_expiry(options)
 
     def getContext(self) -> SSL.Context:
         return self.options.getContext()
 
     def replace(self, options: ssl.CertificateOptions) -> None:
         self.options = options
+        publish_expiry(options)
+
+
+def publish_expiry(options: Any) -> None:
+    """C{netsuite_tls_certificate_expiry_timestamp_seconds}: the served certificate's notAfter."""
+    cert = getattr(options, "certificate", None)
+    if cert is None:
+        return
+    try:
+        not_after = cert.to_cryptography().not_valid_after_utc
+    except Exception:  # not a pyOpenSSL X509: nothing to publish
+        return
+    metrics.tls_certificate_expiry.set(not_after.timestamp())
 
 
 def context_factory(config: Config) -> ssl.CertificateOptions:

@@ -64,12 +64,12 @@ from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
-from netsuite import protocols
+from netsuite import metrics, protocols, reload, systemd
 from netsuite.auth.shared_throttle import SharedLoginThrottle
-from netsuite.config import Config
+from netsuite.config import Config, ConfigError
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.sendlog import SharedSendLog
-from netsuite.service import build, with_backlog
+from netsuite.service import build, ready_status, with_backlog
 
 log = Logger(namespace="netsuite.workers")
 
@@ -133,6 +133,12 @@ class WorkerRole:
     @property
     def connections_file(self) -> str:
         return f"connections-{self.index}.json"
+
+    def adjust(self, config: Config) -> None:
+        """What a worker changes in its configuration (at start and at a reload)."""
+        store_cfg = config.sections.get("store")
+        if store_cfg is not None and getattr(store_cfg, "poll_interval", 0) > POLL_INTERVAL:
+            store_cfg.poll_interval = POLL_INTERVAL
 
     def throttle(self, config: Config):
         return SharedLoginThrottle(config.throttle, throttle_path(config))
@@ -242,11 +248,11 @@ def worker_main() -> int:
                            line_buffering=True)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out)], redirectStandardIO=False)
     protocols.load_all()
+    metrics.set_worker(spec.index)  # /metrics says which worker answered the scrape
     role = WorkerRole(spec)
-    store_cfg = spec.config.sections.get("store")
-    if store_cfg is not None and getattr(store_cfg, "poll_interval", 0) > POLL_INTERVAL:
-        store_cfg.poll_interval = POLL_INTERVAL
+    role.adjust(spec.config)
     top = build(spec.config, reactor, worker=role)
+    top.getServiceNamed("reload").worker = role  # listeners stay as the parent bound them
     try:
         runner = top.getServiceNamed("queue")
     except KeyError:
@@ -378,6 +384,7 @@ class WorkerParent(service.Service):
         self._serving = False
         self._stopping = False
         self.run_dir = config.data_dir / "run"
+        self._previous_hup: Any = None
 
     # -- start ---------------------------------------------------------------------
 
@@ -394,6 +401,53 @@ class WorkerParent(service.Service):
             (self.run_dir / name).unlink(missing_ok=True)
         for index in range(self.count):
             self._spawn(index)
+        self._previous_hup = reload.install_sighup(self.reactor, self.reload)
+
+    # -- reload ---------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """
+        SIGHUP: check the file again and pass the signal on to every worker,
+        which reloads itself (L{netsuite.reload}); listener changes need a
+        restart, since the sockets are this process's.  False if refused.
+        """
+        if self._stopping:
+            return False
+        reload._hooks(reload.on_reload_start)
+        try:
+            log.info("reload: SIGHUP, reading {path}",
+                     path=str(self.config.path or "embedded defaults"))
+            try:
+                new = self.config.reread()
+            except ConfigError as e:
+                log.error("netsuite: reload refused: {error}", error=str(e))
+                return False
+            old_listen = reload.wanted_listeners(self.config)
+            new_listen = reload.wanted_listeners(new)
+            for name in sorted(set(old_listen) | set(new_listen)):
+                if old_listen.get(name, []) != new_listen.get(name, []):
+                    log.warn("reload: listen.{name} changed; with --workers a listener "
+                             "change takes effect at a restart (the running listeners "
+                             "are kept)", name=name)
+            # Kept for workers started from now on (one that died, restarted).
+            new.listen = self.config.listen
+            new.server = self.config.server
+            self.config = new
+            signalled = []
+            for index, proc in sorted(self.workers.items()):
+                if not proc.ready:
+                    # Not serving yet (SIGHUP would end it): the next reload reaches it.
+                    continue
+                try:
+                    proc.transport.signalProcess("HUP")
+                    signalled.append(str(index))
+                except error.ProcessExitedAlready:
+                    pass
+            log.info("reload: done (passed to workers {workers})",
+                     workers=", ".join(signalled) or "none")
+            return True
+        finally:
+            reload._hooks(reload.on_reload_done)
 
     def _bind(self) -> None:
         for name, descriptions in self.config.listen.items():
@@ -497,12 +551,16 @@ class WorkerParent(service.Service):
             ports.setdefault(name, []).append(port.getHost().port)
         self._write_json("listening.json", {"pid": os.getpid(), "listen": ports,
                                             "workers": self.count})
+        systemd.notifier().ready(ready_status(ports) + f" with {self.count} workers")
 
     # -- stop ---------------------------------------------------------------------------
 
     def stopService(self):
+        systemd.notifier().stopping()
         super().stopService()
         self._stopping = True
+        reload.restore_sighup(self._previous_hup)
+        self._previous_hup = None
         waiting = [p.ended for p in self.workers.values()]
         for proc in list(self.workers.values()):
             try:

@@ -72,7 +72,8 @@ class Daemon:
     """One C{twistd -n netsuite} process in its own directory."""
 
     def __init__(self, directory: Path, config: dict | None = None,
-                 listeners: list[str] | None = None, env: dict | None = None):
+                 listeners: list[str] | None = None, env: dict | None = None,
+                 pass_fds: tuple[int, ...] = (), wrapper: list[str] | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -90,6 +91,10 @@ class Daemon:
         }
         self.config = merge(base, config or {})
         self.env = env or {}
+        #: Descriptors the daemon inherits (socket activation), and a command
+        #: prefix that ends by exec'ing the rest (so the pid stays twistd's).
+        self.pass_fds = pass_fds
+        self.wrapper = wrapper or []
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, list[int]] = {}
 
@@ -99,7 +104,7 @@ class Daemon:
         self.config_path.write_text(to_toml(self.config))
 
     def command(self, *extra: str) -> list[str]:
-        return [*twistd(), "--nodaemon", "--pidfile=",
+        return [*self.wrapper, *twistd(), "--nodaemon", "--pidfile=",
                 f"--logfile={self.log_path}", "netsuite", "--config", str(self.config_path),
                 *extra]
 
@@ -113,7 +118,7 @@ class Daemon:
         env.update(self.env)
         self.proc = subprocess.Popen(self.command(*extra), cwd=self.dir, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, pass_fds=self.pass_fds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

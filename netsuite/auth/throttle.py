@@ -24,6 +24,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from netsuite import metrics
 from netsuite.auth import normalize_username
 from netsuite.config import ThrottleConfig
 
@@ -93,6 +94,24 @@ class LoginThrottle:
             del self._records[key]
 
 
+#: Credential classes -> the C{mechanism} label of C{netsuite_logins_total}.
+_MECHANISMS = {"PlainCredentials": "plain", "LoginCredentials": "login",
+               "UsernamePassword": "password", "SSHPrivateKey": "publickey"}
+
+
+def mechanism_of(credentials: Any) -> str:
+    """
+    A bounded name for how a client logged in: SASL PLAIN or LOGIN (SMTP AUTH),
+    a user name and password (IMAP LOGIN and AUTHENTICATE PLAIN, POP3, FTP,
+    TELNET, SSH password and keyboard-interactive), an SSH public key.
+    """
+    for cls in type(credentials).__mro__:
+        name = _MECHANISMS.get(cls.__name__)
+        if name is not None:
+            return name
+    return "other"
+
+
 class ThrottledPortal:
     """The one Portal, wrapped: C{bind(peer, protocol)} gives a per-connection view."""
 
@@ -116,9 +135,13 @@ class ThrottledPortal:
             return self.portal.login(credentials, mind, *interfaces)
         user = normalize_username(getattr(credentials, "username", b"") or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
+        mechanism = mechanism_of(credentials)
         if self.throttle.locked(*keys):
             delay = self.throttle.fail(*keys)
             self._remember(protocol, peer, user, "locked")
+            metrics.logins.labels(protocol, mechanism, "failed").inc()
+            metrics.login_locked_refusals.labels(protocol).inc()
+            self._delayed(protocol, delay)
             log.warn("login refused, locked: protocol={protocol} address={address} user={user}",
                      protocol=protocol, address=peer, user=user)
             return task.deferLater(self.reactor, delay, self._refuse)
@@ -126,6 +149,7 @@ class ThrottledPortal:
 
         def ok(result):
             self.throttle.succeed(*keys)
+            metrics.logins.labels(protocol, mechanism, "ok").inc()
             log.info("login: protocol={protocol} address={address} user={user}",
                      protocol=protocol, address=peer, user=user)
             return result
@@ -143,7 +167,7 @@ class ThrottledPortal:
                 # credential counts, or breaking a checker would be a free retry).
                 log.failure("credential check failed: protocol={protocol} address={address} "
                             "user={user}", reason, protocol=protocol, address=peer, user=user)
-            return self._failed(keys, reason, peer, protocol, user)
+            return self._failed(keys, reason, peer, protocol, user, mechanism)
 
         return d.addCallbacks(ok, failed)
 
@@ -156,13 +180,19 @@ class ThrottledPortal:
         user = normalize_username(username or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
         result = self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
-                              peer, protocol, user)
+                              peer, protocol, user,
+                              was_locked=self.throttle.locked(*keys))
         return result if isinstance(result, defer.Deferred) else defer.fail(result)
 
     def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
-                user: str) -> Failure | defer.Deferred:
+                user: str, mechanism: str = "password",
+                was_locked: bool = False) -> Failure | defer.Deferred:
         delay = self.throttle.fail(*keys)
         self._remember(protocol, peer, user, "failed")
+        metrics.logins.labels(protocol, mechanism, "failed").inc()
+        self._delayed(protocol, delay)
+        if not was_locked and self.throttle.locked(*keys):  # this failure locked it
+            metrics.login_locks.labels(protocol).inc()
         log.warn("login failed: protocol={protocol} address={address} user={user}",
                  protocol=protocol, address=peer, user=user)
         if not delay:
@@ -172,6 +202,12 @@ class ThrottledPortal:
     def _remember(self, protocol: str, peer: str, user: str, outcome: str) -> None:
         self.recent_failures.append({"time": time.time(), "protocol": protocol,
                                      "address": peer, "user": user, "outcome": outcome})
+
+    @staticmethod
+    def _delayed(protocol: str, delay: float) -> None:
+        if delay > 0:
+            metrics.login_throttle_delays.labels(protocol).inc()
+            metrics.login_throttle_delay_seconds.labels(protocol).inc(delay)
 
     @staticmethod
     def _refuse():

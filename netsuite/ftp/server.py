@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
 
-from netsuite import sendnow
+from netsuite import metrics, sendnow
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
@@ -62,6 +62,10 @@ FEATURES = ["AUTH TLS", "PBSZ", "PROT", "EPRT", "EPSV", "MDTM", "SIZE", "REST ST
             "TVFS", "UTF8"]
 
 
+#: File transfer verbs -> the C{direction} label of the FTP metrics.
+_DIRECTIONS = {"RETR": "download", "STOR": "upload", "APPE": "upload", "STOU": "upload"}
+
+
 class Transfer:
     """The transfer in progress, for ABOR and STAT."""
 
@@ -76,6 +80,8 @@ class Transfer:
         #: Called after the transfer's final reply went out (ABOR's 226 waits on it).
         self._on_finished: list[Any] = []
         self.counter: Any = None
+        #: The final 226 went out (for C{netsuite_ftp_transfers_total}).
+        self.complete = False
 
     def when_finished(self, f) -> None:
         """Call C{f()} once the transfer's final reply went out."""
@@ -904,6 +910,10 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         """After the final reply: let a waiting ABOR answer, restart the idle timer."""
         if self.transfer is t:
             self.transfer = None
+        direction = _DIRECTIONS.get(t.verb)
+        if direction is not None:  # a file, not a listing
+            metrics.ftp_transfers.labels(direction, "complete" if t.complete else "failed").inc()
+            metrics.ftp_bytes.labels(direction).inc(t.transferred())
         if not self._lost:
             self.timer.set(IDLE, self.config.idle_timeout, self.timeoutConnection)
         t.finished()
@@ -930,6 +940,7 @@ class FTPServer(protocol.Protocol, CommandDeadline):
             self.reply(451, "Requested action aborted: local error in processing.")
 
     def _log_transfer(self, t: Transfer, path: str, nbytes: int) -> None:
+        t.complete = True
         if not self.config.transfer_log:
             return
         log.info("{verb} {path} {bytes} bytes: user={user} address={address} tls={tls}",

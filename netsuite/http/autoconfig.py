@@ -19,6 +19,7 @@ from typing import Any
 from twisted.web.server import Request
 
 from netsuite.http.site import OperationsSite, json_body, route, text_body
+from netsuite.service import listening_ports
 
 #: (listener, protocol, socket type) in the order clients should prefer them.
 OFFERED = [
@@ -42,8 +43,6 @@ class Server:
 
 def servers(site: OperationsSite) -> list[Server]:
     """What clients may use, best first: the TCP ports the mail listeners are bound to now."""
-    from netsuite.service import listening_ports
-
     bound = listening_ports(site.ctx.top) if site.ctx.top is not None else {}
     found = []
     for listener, protocol, socket in OFFERED:

@@ -30,6 +30,8 @@ log = Logger(namespace="netsuite.http")
 ROUTE_MODULES = [
     "netsuite.http.health",
     "netsuite.http.autoconfig",
+    "netsuite.http.metrics",
+    "netsuite.http.ready",
     "netsuite.http.status",
 ]
 

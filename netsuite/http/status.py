@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import ipaddress
 import time
 from collections import deque
@@ -22,8 +21,11 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, task, threads
 from twisted.web.server import Request
 
+from netsuite import metrics
 from netsuite.http.operator import IOperator
 from netsuite.http.site import OperationsSite, json_body, route, text_body
+from netsuite.queue.spool import Spool
+from netsuite.service import ConnectionStatus, listening_ports
 
 #: Minutes of history in the chart.
 MINUTES = 60
@@ -62,11 +64,7 @@ class MessageRate:
 
 
 def accepted_total() -> int | None:
-    """Messages SMTP and LMTP accepted so far (the metrics counter), None without metrics."""
-    try:
-        metrics = importlib.import_module("netsuite.metrics")
-    except ImportError:
-        return None
+    """Messages SMTP and LMTP accepted so far (the metrics counter)."""
     return metrics.messages_accepted()
 
 
@@ -135,8 +133,6 @@ def authorize(request: Request, site: OperationsSite):
 
 
 def _sessions(site: OperationsSite) -> dict[str, dict[str, Any]]:
-    from netsuite.service import ConnectionStatus, listening_ports
-
     top = site.ctx.top
     if top is None:
         return {}
@@ -152,8 +148,6 @@ def _sessions(site: OperationsSite) -> dict[str, dict[str, Any]]:
 
 def _queue(data_dir) -> list[dict[str, Any]]:
     """Blocking: the spool's messages, oldest first (in a thread)."""
-    from netsuite.queue.spool import Spool
-
     path = data_dir / "queue"
     if not (path / "active").is_dir():
         return []

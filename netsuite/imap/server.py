@@ -40,6 +40,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from netsuite import metrics
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import Command, Continue, IMAPFramer, Overlong, Refused
@@ -357,6 +358,9 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                 self._tagged(tag, b"BAD", b"Unknown UID command")
                 return
         handler = getattr(self, f"imap_{name}", None)
+        # The label comes from our own command table: a client cannot add names.
+        label = "other" if handler is None else (f"UID {name}" if uid else name)
+        metrics.imap_commands.labels(label).inc()
         if handler is None:
             self._tagged(tag, b"BAD", b"Unknown command")
             return
@@ -368,23 +372,31 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
             self._tagged(tag, b"BAD", b"Invalid UTF-8 in the command")
             return
         cur = Cursor(rest, list(lits))
+        timer = metrics.Timer(metrics.imap_command_duration, label)
         try:
             result = handler(tag, cur, uid) if name in UID_COMMANDS else handler(tag, cur)
         except ParseError as e:
             self._tagged(tag, b"BAD", str(e).encode())
+            timer.done()
             return
         except imap4.MailboxException as e:
             self._tagged(tag, b"NO", _response_code(e) + str(e).encode())
+            timer.done()
             return
         except FolderGone:
             self._deselect()
             self._tagged(tag, b"NO", b"[NONEXISTENT] Mailbox was deleted or renamed")
+            timer.done()
             return
         except Exception:
             log.failure("IMAP {command} failed", command=name)
             self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
+            timer.done()
             return
-        if isinstance(result, defer.Deferred):
+        if not isinstance(result, defer.Deferred):
+            timer.done()
+        else:
+            result.addBoth(timer.done)
             self._busy = True
 
             def failed(f):

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
+from netsuite import metrics
 from netsuite.lmtp.delivery import ILMTPDelivery
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp.server import SMTPFactory, SMTPServer, _show, _text
@@ -93,6 +94,7 @@ class LMTPServer(SMTPServer):
             for user in recipients:
                 self._refuse("DATA", user.dest, 552, "5.3.4",
                              b"Error: message size exceeds fixed limit")
+            self._count_message(False)
             self._reset_transaction()
             return None
         msgs, self._msgs = self._msgs, []
@@ -127,6 +129,9 @@ class LMTPServer(SMTPServer):
                                 id=queue_id, rcpt=shown)
                     self.say(451, "4.3.0", f"<{shown}> Error: could not store the "
                                            "message, try again later")
+                    metrics.smtp_refusals.labels(self.factory.listener, "data",
+                                                 "4.3.0").inc()
+            self._count_message(bool(delivered), size)
             if delivered:
                 log.info("accepted: id={id} size={size} from=<{sender}> to={recipients} "
                          "address={address} via=lmtp", id=queue_id, size=size,

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.auth import sasl
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
@@ -100,6 +101,8 @@ class POP3Server(pop3.POP3, CommandDeadline):
         self._user: bytes | None = None
         self._sasl_pending = False
         self._busy = False
+        #: The command that set C{_busy}, timed until L{_resume}.
+        self._command_timer: metrics.Timer | None = None
         self._idle = timeout
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
@@ -167,6 +170,9 @@ class POP3Server(pop3.POP3, CommandDeadline):
     def _resume(self, _=None):
         """A long operation finished: run what was pipelined meanwhile."""
         self._busy = False
+        timer, self._command_timer = self._command_timer, None
+        if timer is not None:
+            timer.done()
         if self._lost:
             return
         if self.timeOut is None:
@@ -187,18 +193,26 @@ class POP3Server(pop3.POP3, CommandDeadline):
             return None
         allowed = TRANSACTION_COMMANDS if self.mbox is not None else AUTHORIZATION_COMMANDS
         handler = getattr(self, f"pop3_{cmd}", None)
+        # The label comes from our own command table: a client cannot add names.
+        metrics.pop3_commands.labels("other" if handler is None else cmd).inc()
         if handler is None:
             self.transport.write(wire.err("Unknown command"))
             return None
         if cmd not in allowed:
             self.transport.write(wire.err(f"{cmd} not allowed in this state"))
             return None
+        timer = metrics.Timer(metrics.pop3_command_duration, cmd)
         try:
             return handler(*args)
         except TypeError:
             self.transport.write(wire.err(f"Wrong number of arguments for {cmd}"))
         except wire.CommandError as e:
             self.transport.write(wire.err(str(e)))
+        finally:
+            if self._busy:  # a login being checked, a body being streamed: until _resume
+                self._command_timer = timer
+            else:
+                timer.done()
         return None
 
     # -- AUTHORIZATION state ------------------------------------------------------------

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.queue import bounce, wire
 from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
 from netsuite.queue.sendlog import SendLog
@@ -274,6 +275,7 @@ class QueueRunner(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        metrics.queue.watch(self)
         self._pool.start()
         for env in self.spool.recover():
             self.envelopes[env.id] = env
@@ -286,6 +288,7 @@ class QueueRunner(service.Service):
 
     def stopService(self):
         super().stopService()
+        metrics.queue.forget(self)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._sync_call is not None and self._sync_call.active():
@@ -603,6 +606,8 @@ class QueueRunner(service.Service):
             else:
                 r.last_error = str(reply)
                 status = "deferred"
+            metrics.delivery_attempts.labels(
+                "remote", "delivered" if status == "sent" else status).inc()
             log.info("{status}: id={id} to=<{to}> relay={relay} delay={delay:.2f} "
                      "attempts={attempts} ({reply})", status=status, id=env.id, to=r.address,
                      relay=remote, delay=delay, attempts=r.attempts, reply=str(reply))

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.durable import disk_full
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp.wire import Path
@@ -114,6 +115,7 @@ class Transaction:
         if not self._opened:
             self._open()
         if self.error is not None:
+            metrics.delivery_attempts.labels("local", "deferred").inc(len(self.local))
             return defer.fail(storage_error(self.error))
         full = [u for u in self.local if over_user_quota(self.realm, u, self.size)]
         if full:
@@ -123,9 +125,14 @@ class Transaction:
                      sender=bytes(self.sender).decode("utf-8", "replace"),
                      users=",".join(full), size=self.size)
             self.connectionLost()
+            metrics.delivery_attempts.labels("local", "bounced").inc(len(self.local))
             return defer.fail(quota_error())
         files, self._files = self._files, []
         results = [defer.maybeDeferred(f.commit) for f in files]
+        # The mailboxes' files come first (L{_open}), the queue's writer last.
+        for result in results[:len(self.local)]:
+            result.addCallbacks(_counted, _counted, callbackArgs=("delivered",),
+                                errbackArgs=("deferred",))
         d = defer.gatherResults(results, consumeErrors=True)
         d.addErrback(lambda failure: failure.value.subFailure)
 
@@ -145,6 +152,12 @@ class Transaction:
         files, self._files = self._files, []
         for f in files:
             f.abort()
+
+
+def _counted(result, outcome: str):
+    """One local delivery attempt's result into C{netsuite_delivery_attempts_total}."""
+    metrics.delivery_attempts.labels("local", outcome).inc()
+    return result
 
 
 def storage_error(error: OSError) -> smtp.SMTPServerError:

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
+from netsuite import metrics
 from netsuite.auth.sasl import MECHANISMS, SASLError
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
@@ -539,6 +540,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                 text: bytes) -> None:
         """Answer a refusal and log it once, Postfix-style (no message was queued)."""
         self.say(code, enhanced, text)
+        metrics.smtp_refusals.labels(self.factory.listener, what.lower(),
+                                     metrics.smtp_reason(enhanced, code, text)).inc()
         log.info("refused: {what} address={address} from=<{sender}> to=<{rcpt}> "
                  "reply={code} {text}", what=what, address=self.peer,
                  sender=_show(self._from) if self._from is not None else "-",
@@ -718,6 +721,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
     def _deliver(self, too_big: bool, size: int):
         if too_big:
             self._refuse("DATA", None, 552, "5.3.4", b"Error: message size exceeds fixed limit")
+            self._count_message(False)
             self._reset_transaction()
             return None
         msgs, self._msgs = self._msgs, []
@@ -727,6 +731,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                                 consumeErrors=True)
 
         def stored(_):
+            self._count_message(True, size)
             self.say(250, "2.0.0", f"Ok: queued as {queue_id}")
             log.info("accepted: id={id} size={size} from=<{sender}> to={recipients} "
                      "address={address} user={user}",
@@ -736,15 +741,27 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
 
         def failed(failure: Failure):
             failure = getattr(failure.value, "subFailure", failure)
+            self._count_message(False)
             if failure.check(smtp.SMTPServerError):
-                self.say(failure.value.code, None, _text(failure.value.resp))
+                code, text = failure.value.code, _text(failure.value.resp)
+                self.say(code, None, text)
             else:
                 log.failure("delivery failed: id={id}", failure, id=queue_id)
+                code, text = 451, b"4.3.0"
                 self.say(451, "4.3.0", "Error: could not store the message, try again later")
+            metrics.smtp_refusals.labels(self.factory.listener, "data",
+                                         metrics.smtp_reason(None, code, text)).inc()
 
         self._from, self._to, self._params, self._reader = None, [], {}, None
         d.addCallbacks(stored, failed)
         return d
+
+    def _count_message(self, accepted: bool, size: int = 0) -> None:
+        """C{netsuite_smtp_messages_total} (and the bytes of an accepted one)."""
+        listener = self.factory.listener
+        metrics.smtp_messages.labels(listener, "accepted" if accepted else "refused").inc()
+        if accepted:
+            metrics.smtp_received_bytes.labels(listener).inc(size)
 
     # -- BDAT (RFC 3030) -------------------------------------------------------
 
@@ -840,6 +857,9 @@ class SMTPFactory(protocol.ServerFactory):
         self.ctx = ctx
         self.listener = listener
         self.submission = submission
+        for result in ("accepted", "refused"):  # listed at 0 from the start
+            metrics.smtp_messages.labels(listener, result)
+        metrics.smtp_received_bytes.labels(listener)
         self.hostname = ctx.config.server.hostname.encode("idna")
         self.banner = ctx.config.smtp.banner.encode("utf-8")
         #: SPF/DKIM on the MX (None: off, and always on submission).

@@ -62,6 +62,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.durable import fsync_dir
 from netsuite.store import IMailFolder, IMessage, changelog, vanished
 from netsuite.store.keywords import LETTERS as KEYWORD_LETTERS
@@ -1103,7 +1104,8 @@ class Folder:
                     pass  # another process compacted meanwhile
                 elif self._compact_tries >= COMPACT_TRIES:
                     self._compact_tries = 0
-                    self._store_index(durable=True)
+                    if self._store_index(durable=True):
+                        metrics.store_index_compactions.inc()
                 else:
                     self._clean_job_leftovers()
                     job = self._index_job()
@@ -1138,6 +1140,7 @@ class Folder:
             with self._lock():
                 if self._job_current(job):
                     self._install_index(job)
+                    metrics.store_index_compactions.inc()
                     self._compact_tries = 0
                     self._saved()
                     return
@@ -1159,7 +1162,8 @@ class Folder:
         """Write the index whole and start a fresh log: O(messages), rare."""
         self._compact_scheduled = False
         try:
-            self.save(durable=True)
+            if self.save(durable=True):
+                metrics.store_index_compactions.inc()
         except FolderGone:
             pass
 
@@ -1255,6 +1259,7 @@ class Folder:
             self.keywords.update(m.keywords)
 
     def _rebuild(self, why: str) -> None:
+        metrics.store_index_rebuilds.labels("missing" if why == "no index" else "corrupt").inc()
         if why != "no index":
             log.warn("rebuilding index of {path}: {why}", path=str(self.path), why=why)
         fresh = self.new_uidvalidity() if self.new_uidvalidity else int(self.clock())

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netsuite import metrics
 from netsuite.realm import ITerminalAvatar
 
 if TYPE_CHECKING:
@@ -231,6 +232,8 @@ class PTYSession(protocol.ProcessProtocol):
         self.ended = False
         self._kill_call = None
         self._reactor = None
+        #: Counted in C{netsuite_telnet_sessions_open} (its program was spawned).
+        self._counted = False
 
     # -- starting -------------------------------------------------------------
 
@@ -269,6 +272,9 @@ class PTYSession(protocol.ProcessProtocol):
                 pass
             raise
         self.pid = process.pid
+        self._counted = True
+        metrics.telnet_sessions.inc()
+        metrics.telnet_sessions_open.inc()
         if self.recorder is not None:
             self.recorder.login(self.pid, self.tty, self.avatar.user, self.host)
 
@@ -347,6 +353,8 @@ class PTYSession(protocol.ProcessProtocol):
     def _finish(self, reason: Failure) -> None:
         if not self.ended:
             self.ended = True
+            if self._counted:
+                metrics.telnet_sessions_open.dec()
             if self.recorder is not None and self.pid is not None:
                 self.recorder.logout(self.pid, self.tty)
             self.owner.terminalEnded(reason)
