@@ -38,7 +38,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from datetime import datetime, timezone
+import time
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, eventAsText
@@ -57,16 +58,18 @@ REASONS: dict[str, str] = {
     "abandoned": "the client hung up while its password was being checked",
     "checker_error": "the credential checker broke on these credentials (a bug; traceback logged)",
     "locked": "too many failed logins: the address or the user is locked for a while",
+    "anonymous_disabled": "FTP: an anonymous login where anonymous access is off",
     "plaintext_refused": "a plain-text password offered without TLS where TLS is required",
     "connection_limit": "the listener's connection cap, in total or per address, is reached",
     "tls_handshake_timeout": "the TLS handshake did not finish in time",
     "close_timeout": "a closed connection lingered past the close deadline; aborted",
     "command_timeout": "a command line took too long from first to last byte",
-    "idle_timeout": "the client said nothing for too long",
+    "login_timeout": "no successful login within the login timeout",
     "relay_denied": "mail for another domain from a client that may not relay",
     "unknown_recipient": "no such local user or alias",
     "quota_exceeded": "the recipient's mailbox is full",
     "message_too_large": "the message is over the size limit",
+    "insufficient_storage": "the disk cannot take the message now (4.3.1; the client retries)",
     "too_many_recipients": "more recipients than one message may have",
     "sender_rejected": "the sender address is refused (not owned by the user, or null)",
     "auth_required": "a command that needs an authenticated session",
@@ -101,8 +104,8 @@ def _text(value: Any) -> str | None:
 def _time(event: dict[str, Any]) -> str:
     when = event.get("log_time")
     if not isinstance(when, (int, float)):
-        when = datetime.now(timezone.utc).timestamp()
-    stamp = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+        when = time.time()
+    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
 
@@ -181,7 +184,7 @@ def _destination(options: Any) -> IO[Any]:
         def rotate(signum, frame) -> None:
             from twisted.internet import reactor
 
-            reactor.callFromThread(out.rotate)
+            reactor.callFromThread(out.rotate)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGUSR1, rotate)
     return out

@@ -27,6 +27,7 @@ class LMTPServer(SMTPServer):
     """One LMTP session."""
 
     trace_protocol = "LMTP"
+    protocol_name = "lmtp"
 
     def __init__(self, factory: "LMTPFactory"):
         super().__init__(factory)
@@ -128,10 +129,11 @@ class LMTPServer(SMTPServer):
                     self.say(451, "4.3.0", f"<{shown}> Error: could not store the "
                                            "message, try again later")
             if delivered:
-                log.info("accepted: id={id} size={size} from=<{sender}> to={recipients} "
-                         "address={address} via=lmtp", id=queue_id, size=size,
-                         sender=_show(sender), recipients=",".join(delivered),
-                         address=self.peer)
+                log.info("accepted: id={message_id} size={size} from=<{sender}> "
+                         "to={recipients} address={client} via=lmtp", message_id=queue_id,
+                         size=size, sender=_show(sender), recipients=",".join(delivered),
+                         client=self.peer, event="accepted", protocol="lmtp",
+                         listener=self.factory.listener)
 
         self._from, self._to, self._params, self._reader = None, [], {}, None
         d.addCallback(answer)
