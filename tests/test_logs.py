@@ -327,3 +327,16 @@ def test_operations_doc_documents_every_field_and_reason():
     table = section.split("\nEvents:\n", 1)[1].split("\nReason codes", 1)[0]
     for name in sorted(events):
         assert f"`{name}`" in table, name
+
+
+def test_workers_log_through_the_parent_in_json(make_daemon):
+    """C{--workers 2}: the workers' events reach the one log file in the same schema."""
+    d = make_daemon(config={"log": {"format": "json"},
+                            "server": {"workers": 2, "allow_plaintext_auth": True}},
+                    listeners=["pop3"])
+    assert not pop3_login(d, "alice", "nope")
+    failed = find(d, event="login_failed", protocol="pop3")
+    assert failed["worker"] in (0, 1) and failed["reason"] == "auth_failed"
+    assert failed["system"] and failed["system"].startswith(f"worker-{failed['worker']} ")
+    d.stop()
+    check_schema(objects(d))
