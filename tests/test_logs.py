@@ -171,7 +171,7 @@ def test_failed_logins_then_lockout(json_daemon):
 def test_connection_over_the_cap_names_connection_limit(make_daemon):
     d = make_daemon(config={"log": {"format": "json"},
                             "pop3": {"max_connections_per_address": 1}},
-                    listeners=["pop3"])
+                    listeners=["pop3", "imap"])
     first = socket.create_connection(("127.0.0.1", d.port("pop3")), timeout=10)
     try:
         assert first.makefile("rb").readline().startswith(b"+OK")
@@ -184,6 +184,13 @@ def test_connection_over_the_cap_names_connection_limit(make_daemon):
     assert refused["reason"] == "connection_limit"
     assert refused["listener"] == "pop3" and refused["protocol"] == "pop3"
     assert refused["client"] == "127.0.0.1" and refused["level"] == "warn"
+    # No TLS and plain text not allowed (the default): LOGIN is refused, and says why.
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.login("alice", "alice-pw")
+    m.logout()
+    plain = find(d, event="login_refused", protocol="imap")
+    assert plain["reason"] == "plaintext_refused" and plain["client"] == "127.0.0.1"
     check_schema(objects(d))
 
 
