@@ -235,6 +235,20 @@ class AuthConfig:
             raise ConfigError(f"must be 0 or more, got {self.cache_ttl}", "cache_ttl")
 
 
+@section("log")
+@dataclass
+class LogConfig:
+    """How twistd's log file (or stdout) is written: see L{netsuite.logs}."""
+
+    #: C{"plain"}: twistd's own text lines, as always; C{"json"}: one JSON
+    #: object per line with the fields documented in docs/operations.md.
+    format: str = "plain"
+
+    def validate(self) -> None:
+        if self.format not in ("plain", "json"):
+            raise ConfigError(f'expected "plain" or "json", got {self.format!r}', "format")
+
+
 @section("limits")
 @dataclass
 class LimitsConfig:

@@ -38,6 +38,9 @@ from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
 
+#: The reason code (netsuite.logs.REASONS) of each deadline of L{TrackedConnection}.
+_TIMEOUT_REASONS = {"tls handshake": "tls_handshake_timeout", "close": "close_timeout"}
+
 
 @dataclass
 class ServerContext:
@@ -142,8 +145,9 @@ class TrackedConnection(policies.ProtocolWrapper):
         else:
             self._handshake_timer = None
             metrics.tls_handshakes.labels(self.factory.listener, "failed").inc()
-        log.info("{what} timeout: listener={listener} address={address}, connection aborted",
-                 what=what, listener=self.factory.listener, address=self._netsuite_host)
+        log.info("{what} timeout: listener={listener} address={client}, connection aborted",
+                 what=what, listener=self.factory.listener, client=self._netsuite_host,
+                 event="connection_aborted", reason=_TIMEOUT_REASONS[what])
         self.transport.abortConnection()
 
 
@@ -194,7 +198,9 @@ class ConnectionLimits(policies.WrappingFactory):
     def buildProtocol(self, addr):
         host = getattr(addr, "host", str(addr))
         if len(self.protocols) >= self.total or self.by_address.get(host, 0) >= self.per_address:
-            log.warn("connection refused, limit reached: address={address}", address=host)
+            log.warn("connection refused, limit reached: address={client}", client=host,
+                     listener=self.listener, event="connection_refused",
+                     reason="connection_limit")
             metrics.connections_refused.labels(self.listener).inc()
             return _Busy(self.busy, self.reactor,
                          self.tls_handshake_timeout + self.close_timeout)

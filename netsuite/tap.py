@@ -14,7 +14,7 @@ import sys
 from twisted.cred import strcred
 from twisted.python import usage
 
-from netsuite import privileges, protocols, systemd
+from netsuite import logs, privileges, protocols, systemd
 from netsuite.config import LISTENERS, ConfigError, load
 from netsuite.service import build
 from netsuite.workers import WorkerParent
@@ -77,6 +77,9 @@ class Options(usage.Options):
             self["settings"] = load(self["config"], overrides, listen)
         except ConfigError as e:
             sys.exit(f"netsuite: {e}")
+        # [log] format = "json": twistd's own --logger, set before twistd reads it
+        # (netsuite.logs explains the order of things).
+        logs.use_twistd_options(getattr(self, "parent", None), self["settings"].log.format)
 
 
 def _listener_option(name: str):

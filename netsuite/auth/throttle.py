@@ -142,16 +142,17 @@ class ThrottledPortal:
             metrics.logins.labels(protocol, mechanism, "failed").inc()
             metrics.login_locked_refusals.labels(protocol).inc()
             self._delayed(protocol, delay)
-            log.warn("login refused, locked: protocol={protocol} address={address} user={user}",
-                     protocol=protocol, address=peer, user=user)
+            log.warn("login refused, locked: protocol={protocol} address={client} user={user}",
+                     protocol=protocol, client=peer, user=user, event="login_refused",
+                     reason="locked")
             return task.deferLater(self.reactor, delay, self._refuse)
         d = self.portal.login(credentials, mind, *interfaces)
 
         def ok(result):
             self.throttle.succeed(*keys)
             metrics.logins.labels(protocol, mechanism, "ok").inc()
-            log.info("login: protocol={protocol} address={address} user={user}",
-                     protocol=protocol, address=peer, user=user)
+            log.info("login: protocol={protocol} address={client} user={user}",
+                     protocol=protocol, client=peer, user=user, event="login")
             return result
 
         def failed(reason):
@@ -159,15 +160,21 @@ class ThrottledPortal:
                 # The client left while its password was being checked.  Counted
                 # all the same: hanging up after PASS must not buy unthrottled
                 # argon2 work (a lock refuses before any verification).
-                log.info("login abandoned: protocol={protocol} address={address} "
-                         "user={user}", protocol=protocol, address=peer, user=user)
+                log.info("login abandoned: protocol={protocol} address={client} "
+                         "user={user}", protocol=protocol, client=peer, user=user,
+                         event="login_abandoned", reason="abandoned")
+                why = "abandoned"
             elif not reason.check(error.UnauthorizedLogin, error.UnhandledCredentials):
                 # A checker that broke on these credentials: a bug worth a critical
                 # log line, and still a failed login for the throttle (every bad
                 # credential counts, or breaking a checker would be a free retry).
-                log.failure("credential check failed: protocol={protocol} address={address} "
-                            "user={user}", reason, protocol=protocol, address=peer, user=user)
-            return self._failed(keys, reason, peer, protocol, user, mechanism)
+                log.failure("credential check failed: protocol={protocol} address={client} "
+                            "user={user}", reason, protocol=protocol, client=peer, user=user,
+                            event="checker_error", reason="checker_error")
+                why = "checker_error"
+            else:
+                why = "auth_failed"
+            return self._failed(keys, reason, peer, protocol, user, mechanism, why)
 
         return d.addCallbacks(ok, failed)
 
@@ -180,21 +187,23 @@ class ThrottledPortal:
         user = normalize_username(username or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
         result = self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
-                              peer, protocol, user,
+                              peer, protocol, user, why="bad_username",
                               was_locked=self.throttle.locked(*keys))
         return result if isinstance(result, defer.Deferred) else defer.fail(result)
 
     def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
-                user: str, mechanism: str = "password",
+                user: str, mechanism: str = "password", why: str = "auth_failed",
                 was_locked: bool = False) -> Failure | defer.Deferred:
+        """C{why}: the reason code of the log line (L{netsuite.logs.REASONS})."""
         delay = self.throttle.fail(*keys)
         self._remember(protocol, peer, user, "failed")
         metrics.logins.labels(protocol, mechanism, "failed").inc()
         self._delayed(protocol, delay)
         if not was_locked and self.throttle.locked(*keys):  # this failure locked it
             metrics.login_locks.labels(protocol).inc()
-        log.warn("login failed: protocol={protocol} address={address} user={user}",
-                 protocol=protocol, address=peer, user=user)
+        log.warn("login failed: protocol={protocol} address={client} user={user}",
+                 protocol=protocol, client=peer, user=user, event="login_failed",
+                 reason=why, delay=delay)
         if not delay:
             return reason
         return task.deferLater(self.reactor, delay, lambda: reason)

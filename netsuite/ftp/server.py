@@ -394,6 +394,9 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         if not self.anonymous and self.factory.require_tls and not self.tls:
             self.user = None
             self.reply(530, "Non-anonymous sessions must use encryption (AUTH TLS).")
+            log.info("login refused without TLS: protocol=ftp address={client} user={user}",
+                     client=self.peer_host, user=name, protocol="ftp", event="login_refused",
+                     reason="plaintext_refused")
             return
         self.user = name
         if self.anonymous:
@@ -411,6 +414,9 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         if self.anonymous:
             creds: Any = credentials.Anonymous()
             if not self.factory.anonymous_enabled:
+                log.info("anonymous login refused: protocol=ftp address={client}",
+                         client=self.peer_host, user=self.user, protocol="ftp",
+                         event="login_refused", reason="anonymous_disabled")
                 return self._login_failed(Failure(cred_error.UnauthorizedLogin()))
         else:
             creds = credentials.UsernamePassword(
@@ -763,8 +769,9 @@ class FTPServer(protocol.Protocol, CommandDeadline):
             self.reply(503, "Only EPSV is allowed after EPSV ALL.")
             return
         if not wire.same_host(host, self.peer_host) or port < 1024:
-            log.warn("refused active data connection to {host}:{port} from {peer}",
-                     host=host, port=port, peer=self.peer_host)
+            log.warn("refused active data connection to {host}:{port} from {client}",
+                     host=host, port=port, client=self.peer_host, protocol="ftp",
+                     user=self.user, event="refused", reason="active_data_refused")
             self.reply(500, "Illegal PORT command: only to your own address, port >= 1024.")
             return
         self._close_channel()
@@ -926,7 +933,8 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         elif failure.check(TransferStopped):
             self.reply(426, "Data connection closed; transfer aborted.")
         elif failure.check(FileShrank):
-            log.warn("RETR cut short: {reason}", reason=failure.getErrorMessage())
+            log.warn("RETR cut short: {error}", error=failure.getErrorMessage(),
+                     client=self.peer_host, user=self.user, event="transfer_failed")
             self.reply(451, "Requested action aborted: the file was cut short while it "
                             "was sent.")
         elif failure.check(DataChannelError):
@@ -943,10 +951,10 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         t.complete = True
         if not self.config.transfer_log:
             return
-        log.info("{verb} {path} {bytes} bytes: user={user} address={address} tls={tls}",
+        log.info("{verb} {path} {bytes} bytes: user={user} address={client} tls={tls}",
                  verb=t.verb, path=path, bytes=nbytes,
-                 user="anonymous" if self.anonymous else self.user, address=self.peer_host,
-                 tls=self.prot_private)
+                 user="anonymous" if self.anonymous else self.user, client=self.peer_host,
+                 tls=self.prot_private, event="transfer", protocol="ftp")
 
     def _mode_name(self) -> str:
         return "BINARY" if self.binary else "ASCII"

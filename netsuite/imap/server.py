@@ -224,7 +224,8 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
         return self._busy
 
     def deadlineExpired(self) -> None:
-        log.info("command timeout: address={address}", address=self.peer)
+        log.info("command timeout: address={client}", client=self.peer, protocol="imap",
+                 event="timeout", reason="command_timeout")
         self.send(b"* BYE Command took too long, closing connection")
         self._framer.discard()
         self.transport.loseConnection()

@@ -28,6 +28,7 @@ class LMTPServer(SMTPServer):
     """One LMTP session."""
 
     trace_protocol = "LMTP"
+    protocol_name = "lmtp"
 
     def __init__(self, factory: "LMTPFactory"):
         super().__init__(factory)
@@ -133,10 +134,11 @@ class LMTPServer(SMTPServer):
                                                  "4.3.0").inc()
             self._count_message(bool(delivered), size)
             if delivered:
-                log.info("accepted: id={id} size={size} from=<{sender}> to={recipients} "
-                         "address={address} via=lmtp", id=queue_id, size=size,
-                         sender=_show(sender), recipients=",".join(delivered),
-                         address=self.peer)
+                log.info("accepted: id={message_id} size={size} from=<{sender}> "
+                         "to={recipients} address={client} via=lmtp", message_id=queue_id,
+                         size=size, sender=_show(sender), recipients=",".join(delivered),
+                         client=self.peer, event="accepted", protocol="lmtp",
+                         listener=self.factory.listener)
 
         self._from, self._to, self._params, self._reader = None, [], {}, None
         d.addCallback(answer)

@@ -249,6 +249,9 @@ class POP3Server(pop3.POP3, CommandDeadline):
             return False
         self.transport.write(wire.err(
             "Plaintext authentication disallowed on non-secure connections; use STLS", "AUTH"))
+        log.info("login refused without TLS: protocol=pop3 address={client}",
+                 client=self.peer, protocol="pop3", event="login_refused",
+                 reason="plaintext_refused")
         return True
 
     def pop3_USER(self, *args):

@@ -35,6 +35,9 @@ from netsuite.smtp.wire import Path as SMTPPath
 
 log = Logger(namespace="netsuite.queue")
 
+#: The reason code (netsuite.logs.REASONS) of a delivery attempt's log line.
+_DELIVERY_REASONS = {"bounced": "delivery_failed", "deferred": "delivery_deferred"}
+
 #: Threads for the queue's disk work (each mostly waits in fsync).
 DISK_THREADS = 20
 #: Messages up to this size are kept in memory until committed.
@@ -305,7 +308,7 @@ class QueueRunner(service.Service):
             sent = self.sends.count(user)
             if sent >= self.settings.messages_per_hour:
                 log.warn("rate limit: user={user} sent {n} messages in the last hour",
-                         user=user, n=sent)
+                         user=user, n=sent, event="refused", reason="rate_limited")
                 raise smtp.SMTPServerError(
                     450, b"4.7.1 Error: too many messages sent in the last hour, "
                          b"try again later")
@@ -314,9 +317,9 @@ class QueueRunner(service.Service):
     def accepted(self, env: Envelope, content: bytes | None = None) -> None:
         if env.user is not None and self.settings.messages_per_hour > 0:
             self.sends.add(env.user)
-        log.info("queued: id={id} from=<{sender}> nrcpt={n} size={size} user={user}",
-                 id=env.id, sender=env.sender, n=len(env.recipients), size=env.size,
-                 user=env.user or "-")
+        log.info("queued: id={message_id} from=<{sender}> nrcpt={n} size={size} user={user}",
+                 message_id=env.id, sender=env.sender, n=len(env.recipients), size=env.size,
+                 user=env.user or "-", event="queued")
         self.envelopes[env.id] = env
         if content is not None:
             self._fresh[env.id] = content
@@ -608,9 +611,11 @@ class QueueRunner(service.Service):
                 status = "deferred"
             metrics.delivery_attempts.labels(
                 "remote", "delivered" if status == "sent" else status).inc()
-            log.info("{status}: id={id} to=<{to}> relay={relay} delay={delay:.2f} "
-                     "attempts={attempts} ({reply})", status=status, id=env.id, to=r.address,
-                     relay=remote, delay=delay, attempts=r.attempts, reply=str(reply))
+            log.info("{status}: id={message_id} to=<{to}> relay={relay} delay={delay:.2f} "
+                     "attempts={attempts} ({reply})", status=status, message_id=env.id,
+                     to=r.address, relay=remote, delay=delay, attempts=r.attempts,
+                     reply=str(reply), event=status, protocol="smtp", user=env.user,
+                     reason=_DELIVERY_REASONS.get(status))
         errors = [r.last_error for r in recipients if r.state == PENDING]
         if errors:
             env.last_error = errors[-1]
@@ -639,7 +644,8 @@ class QueueRunner(service.Service):
                 r.state = FAILED
                 r.status = "4.4.7"  # delivery time expired (reported as 5.4.7)
                 r.last_error = f"message expired, last error: {r.last_error or 'none'}"
-                log.info("expired: id={id} to=<{to}>", id=env.id, to=r.address)
+                log.info("expired: id={message_id} to=<{to}>", message_id=env.id,
+                         to=r.address, event="expired", reason="expired")
             pending = []
         failed = [r for r in env.recipients if r.state == FAILED and not r.reported]
         warn = (pending and s.delay_warning > 0 and not env.warned
@@ -655,7 +661,7 @@ class QueueRunner(service.Service):
             self.envelopes.pop(env.id, None)
             yield self.disk(self.spool.remove, env.id, False)
             self._sync_soon()
-            log.info("removed: id={id}", id=env.id)
+            log.info("removed: id={message_id}", message_id=env.id, event="removed")
             return
         env.next_attempt = now + wire.backoff(env.attempts, s.min_backoff, s.max_backoff)
         still = yield self.disk(self.spool.update, env)
@@ -719,8 +725,9 @@ class QueueRunner(service.Service):
         if realm.is_local_domain(domain):
             users = local_recipients(realm, local, domain)
             if not users:
-                log.warn("notification for id={id} dropped: no local user <{to}>",
-                         id=about, to=to)
+                log.warn("notification for id={message_id} dropped: no local user <{to}>",
+                         message_id=about, to=to, event="notification_dropped",
+                         reason="no_local_user")
                 return defer.succeed(None)
             tx = Transaction(realm, MailAddress(SMTPPath()))
             tx.local.extend(users)
@@ -728,8 +735,8 @@ class QueueRunner(service.Service):
                 tx.lineReceived(line)
             d = tx.eomReceived()
             d.addCallback(lambda _: log.info(
-                "notified: id={id} action={action} to=<{to}> (local mailbox)",
-                id=about, action=action, to=to))
+                "notified: id={message_id} action={action} to=<{to}> (local mailbox)",
+                message_id=about, action=action, to=to, event="notified"))
 
             def refused(f):
                 # A notice cannot bounce (it is to the sender, from <>): a full mailbox
@@ -738,8 +745,9 @@ class QueueRunner(service.Service):
                 if f.value.code != 552:
                     return f
                 reply = f"{f.value.code} {f.value.resp.decode('utf-8', 'replace')}"
-                log.error("notification for id={id} not delivered: <{to}> {reply}",
-                          id=about, to=to, reply=reply)
+                log.error("notification for id={message_id} not delivered: <{to}> {reply}",
+                          message_id=about, to=to, reply=reply,
+                          event="notification_refused", reason="quota_exceeded")
                 return None
 
             d.addErrback(refused)
@@ -756,8 +764,8 @@ class QueueRunner(service.Service):
         d = self.disk(store)
 
         def queued(_):
-            log.info("notified: id={id} action={action} to=<{to}> (queued as {new})",
-                     id=about, action=action, to=to, new=env.id)
+            log.info("notified: id={message_id} action={action} to=<{to}> (queued as {new})",
+                     message_id=about, action=action, to=to, new=env.id, event="notified")
             self.envelopes[env.id] = env
             env.next_attempt = 0.0
 

@@ -59,6 +59,8 @@ def _peer_host(transport) -> str:
 class SMTPServer(smtp.ESMTP, CommandDeadline):
     """One SMTP session, on the MX or a submission listener."""
 
+    #: The C{protocol} key of its log events (netsuite.logs).
+    protocol_name = "smtp"
     #: A TCP or TLS connection (C{startTLS}, C{pauseProducing}), wrapped by
     #: L{netsuite.service.TrackedConnection}.
     transport: Any
@@ -106,8 +108,9 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         self.portal = self.factory.ctx.portal.bind(self.peer, "smtp")
         self._helo = None
         tls = interfaces.ISSLTransport.providedBy(self.transport)
-        log.info("connect: listener={listener} address={address} tls={tls}",
-                 listener=self.factory.listener, address=self.peer, tls=tls)
+        log.info("connect: listener={listener} address={client} tls={tls}",
+                 listener=self.factory.listener, client=self.peer, tls=tls, event="connect",
+                 protocol=self.protocol_name)
         self._reset_delivery()
         self.transport.write(wire.reply(220, None, self.host + b" " + self.factory.banner))
         self.setTimeout(self.timeout)
@@ -123,7 +126,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         if self._onLogout:
             self._onLogout()
             self._onLogout = None
-        log.info("disconnect: address={address}", address=self.peer)
+        log.info("disconnect: address={client}", client=self.peer, event="disconnect",
+                 listener=self.factory.listener, protocol=self.protocol_name)
 
     def timeoutConnection(self) -> None:
         self.say(421, "4.4.2", self.host.decode() + " Error: timeout exceeded")
@@ -138,7 +142,9 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         return self._waiting is not None
 
     def deadlineExpired(self) -> None:
-        log.info("command timeout: address={address}", address=self.peer)
+        log.info("command timeout: address={client}", client=self.peer, event="timeout",
+                 reason="command_timeout", listener=self.factory.listener,
+                 protocol=self.protocol_name)
         self.say(421, "4.4.2", self.host.decode() + " Error: command line timeout exceeded")
         self._close()
 
@@ -360,6 +366,9 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             return None
         if not self._auth_offered():
             self.say(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            log.info("auth refused without TLS: address={client}", client=self.peer,
+                     event="login_refused", reason="plaintext_refused",
+                     listener=self.factory.listener, protocol=self.protocol_name)
             return None
         parts = rest.split()
         if not parts or len(parts) > 2:
@@ -449,14 +458,17 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             self.say(503, "5.5.1", "Error: nested MAIL command")
             return None
         if self.submission and not self.authenticated:
-            self.say(530, "5.7.0", "Authentication required")
+            self._refuse("MAIL", None, 530, "5.7.0", b"Authentication required")
             return None
         try:
             path, params_text = wire.parse_path(rest, b"FROM:", allow_null=True)
             params = wire.parse_params(params_text)
             checked = self._check_mail_params(params)
         except wire.WireError as e:
-            self.say(e.code, e.enhanced, e.text)
+            if e.code == 552:  # SIZE over the limit: a refusal, logged
+                self._refuse("MAIL", None, e.code, e.enhanced, _text(e.text))
+            else:
+                self.say(e.code, e.enhanced, e.text)
             return None
         if not path.ascii and "SMTPUTF8" not in checked:
             self.say(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")
@@ -503,8 +515,9 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         def decided(allowed):
             if allowed:
                 return None
-            log.info("sender mismatch: address={address} user={user} from=<{sender}>",
-                     address=self.peer, user=user, sender=shown)
+            log.info("sender mismatch: address={client} user={user} from=<{sender}>",
+                     client=self.peer, user=user, sender=shown, event="sender_mismatch",
+                     protocol=self.protocol_name, listener=self.factory.listener)
             raise smtp.SMTPBadSender(
                 origin, 553, f"5.7.1 <{shown}>: Sender address rejected: not owned by "
                              f"user {user}")
@@ -542,11 +555,14 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         self.say(code, enhanced, text)
         metrics.smtp_refusals.labels(self.factory.listener, what.lower(),
                                      metrics.smtp_reason(enhanced, code, text)).inc()
-        log.info("refused: {what} address={address} from=<{sender}> to=<{rcpt}> "
-                 "reply={code} {text}", what=what, address=self.peer,
+        log.info("refused: {what} address={client} from=<{sender}> to=<{rcpt}> "
+                 "reply={code} {text}", what=what, client=self.peer,
                  sender=_show(self._from) if self._from is not None else "-",
                  rcpt=_show(address) if address is not None else "-", code=code,
-                 text=text.decode("utf-8", "replace"))
+                 text=text.decode("utf-8", "replace"), event="refused",
+                 reason=refusal_reason(what, code, enhanced, text),
+                 user=self.auth_user, protocol=self.protocol_name,
+                 listener=self.factory.listener)
 
     def _refused_sender(self, failure: Failure) -> None:
         if failure.check(smtp.SMTPBadSender, smtp.SMTPServerError):
@@ -561,7 +577,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             self.say(503, "5.5.1", "Error: need MAIL command")
             return None
         if len(self._to) >= self.settings.max_recipients:
-            self.say(452, "4.5.3", "Error: too many recipients")
+            self._refuse("RCPT", None, 452, "4.5.3", b"Error: too many recipients")
             return None
         try:
             path, params_text = wire.parse_path(rest, b"TO:", allow_bare_postmaster=True)
@@ -733,24 +749,23 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         def stored(_):
             self._count_message(True, size)
             self.say(250, "2.0.0", f"Ok: queued as {queue_id}")
-            log.info("accepted: id={id} size={size} from=<{sender}> to={recipients} "
-                     "address={address} user={user}",
-                     id=queue_id, size=size, sender=_show(sender),
+            log.info("accepted: id={message_id} size={size} from=<{sender}> to={recipients} "
+                     "address={client} user={user}",
+                     message_id=queue_id, size=size, sender=_show(sender),
                      recipients=",".join(f"<{_show(u.dest)}>" for u in recipients),
-                     address=self.peer, user=self.auth_user or "-")
+                     client=self.peer, user=self.auth_user or "-", event="accepted",
+                     protocol=self.protocol_name, listener=self.factory.listener)
 
         def failed(failure: Failure):
             failure = getattr(failure.value, "subFailure", failure)
             self._count_message(False)
             if failure.check(smtp.SMTPServerError):
-                code, text = failure.value.code, _text(failure.value.resp)
-                self.say(code, None, text)
+                self._refuse("DATA", None, failure.value.code, None, _text(failure.value.resp))
             else:
-                log.failure("delivery failed: id={id}", failure, id=queue_id)
-                code, text = 451, b"4.3.0"
+                log.failure("delivery failed: id={message_id}", failure, message_id=queue_id)
                 self.say(451, "4.3.0", "Error: could not store the message, try again later")
-            metrics.smtp_refusals.labels(self.factory.listener, "data",
-                                         metrics.smtp_reason(None, code, text)).inc()
+                metrics.smtp_refusals.labels(self.factory.listener, "data",
+                                             metrics.smtp_reason("4.3.0", 451)).inc()
 
         self._from, self._to, self._params, self._reader = None, [], {}, None
         d.addCallbacks(stored, failed)
@@ -837,6 +852,35 @@ def _clean(text: str) -> bytes:
 
 def _text(resp: Any) -> bytes:
     return resp if isinstance(resp, bytes) else str(resp).encode("utf-8", "replace")
+
+
+def refusal_reason(what: str, code: int, enhanced: str | None, text: bytes) -> str:
+    """
+    The reason code (L{netsuite.logs.REASONS}) of a refused MAIL, RCPT or DATA,
+    from its enhanced status code (RFC 3463), given or leading the text.
+    """
+    status = enhanced
+    if status is None:
+        m = wire.ENHANCED.match(text)
+        status = m.group(0).strip().decode() if m else f"{code // 100}.0.0"
+    detail = status.split(".", 1)[1] if "." in status else ""
+    if detail == "1.1":
+        return "unknown_recipient" if what != "MAIL" else "sender_rejected"
+    if detail == "2.2":
+        return "quota_exceeded"
+    if detail in ("3.4", "2.3"):
+        return "message_too_large"
+    if detail == "3.1":
+        return "insufficient_storage"
+    if detail == "5.3":
+        return "too_many_recipients"
+    if code == 530:
+        return "auth_required"
+    if code == 450 and detail == "7.1":
+        return "rate_limited"
+    if detail in ("7.1", "3.5"):
+        return "sender_rejected" if what == "MAIL" else "relay_denied"
+    return "refused"
 
 
 def _enhanced(exc: smtp.SMTPServerError) -> str | None:

@@ -71,7 +71,8 @@ class ServerTransport(transport.SSHServerTransport):
     def _too_slow(self) -> None:
         self._deadline = None
         if not hasattr(self, "avatar"):
-            log.info("ssh: login timeout address={address}", address=self.peer())
+            log.info("ssh: login timeout address={client}", client=self.peer(),
+                     event="timeout", reason="login_timeout")
             self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
                                 b"login timed out")
 

@@ -64,7 +64,8 @@ class SessionChannel(session.SSHSession):
                 prepare()
         except (cred_error.UnauthorizedLogin, OSError) as e:
             log.info("ssh: session refused user={user}: {why}",
-                     user=getattr(self.avatar, "username", "?"), why=e)
+                     user=getattr(self.avatar, "username", "?"), why=e,
+                     event="refused", reason="session_refused")
             return False
         return True
 
@@ -203,16 +204,17 @@ class TerminalSession:
             pty.start(factory.reactor)
             self.pty = pty
             proto.makeConnection(_PTYInput(pty))
-            log.info("ssh: session user={user} address={address} tty={tty} pid={pid} "
-                     "term={term}", user=self.user.username, address=host, tty=pty.tty,
-                     pid=pty.pid, term=self.term)
+            log.info("ssh: session user={user} address={client} tty={tty} pid={pid} "
+                     "term={term}", user=self.user.username, client=host, tty=pty.tty,
+                     pid=pty.pid, term=self.term, event="session_start")
         else:
             env = {**self.client_env, **avatar.env, **extra}
             self.process = factory.reactor.spawnProcess(
                 proto, executable, argv, env, path=avatar.cwd, uid=avatar.uid,
                 gid=avatar.gid, usePTY=False)
-            log.info("ssh: exec user={user} address={address} pid={pid}",
-                     user=self.user.username, address=host, pid=self.process.pid)
+            log.info("ssh: exec user={user} address={client} pid={pid}",
+                     user=self.user.username, client=host, pid=self.process.pid,
+                     event="session_start")
 
     # -- ending -------------------------------------------------------------------
 

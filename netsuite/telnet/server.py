@@ -104,7 +104,8 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             self.say(banner.replace("\r\n", "\n").replace("\n", "\r\n") + "\r\n\r\n")
         if not self.factory.plaintext_ok(self.transport, self.peer):
             self.say("Logins over plain TELNET are disabled here: connect with TLS (telnets).\r\n")
-            log.info("telnet: plain-text login refused address={address}", address=self.peer)
+            log.info("telnet: plain-text login refused address={client}", client=self.peer,
+                     event="login_refused", reason="plaintext_refused")
             self._close()
             return
         self._login_timer = self.reactor.callLater(self.config.login_timeout, self._login_timeout)
@@ -123,8 +124,9 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
         self._settle_waiters = []
         if self.session is not None:
             self.session.hangup()
-            log.info("telnet: connection closed user={user} address={address} pid={pid}",
-                     user=self.username, address=self.peer, pid=self.session.pid)
+            log.info("telnet: connection closed user={user} address={client} pid={pid}",
+                     user=self.username, client=self.peer, pid=self.session.pid,
+                     event="disconnect")
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
@@ -386,8 +388,8 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             return None
         reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials, NotImplementedError)
         self.failures += 1
-        log.info("telnet: login failed user={user} address={address} try={n} reason={why}",
-                 user=self.username, address=self.peer, n=self.failures,
+        log.info("telnet: login failed user={user} address={client} try={n} reason={why}",
+                 user=self.username, client=self.peer, n=self.failures,
                  why=reason.getErrorMessage())
         delay = self.config.fail_delay * 2 ** (self.failures - 1)
         d: defer.Deferred[None] = defer.Deferred()
@@ -445,9 +447,9 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             return
         self.session = session
         self.phase = "session"
-        log.info("telnet: login user={user} address={address} tty={tty} pid={pid} term={term}",
-                 user=self.username, address=self.peer, tty=session.tty, pid=session.pid,
-                 term=term)
+        log.info("telnet: login user={user} address={client} tty={tty} pid={pid} term={term}",
+                 user=self.username, client=self.peer, tty=session.tty, pid=session.pid,
+                 term=term, event="session_start")
         if self.config.idle_timeout:
             self.setTimeout(self.config.idle_timeout)
         self._replay_typeahead()
@@ -484,9 +486,9 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
             self.transport.write(self.encoder.encode(data))
 
     def terminalEnded(self, status: Failure) -> None:
-        log.info("telnet: logout user={user} address={address} after {seconds:.0f}s ({status})",
-                 user=self.username, address=self.peer, seconds=time.monotonic() - self.started,
-                 status=status.getErrorMessage())
+        log.info("telnet: logout user={user} address={client} after {seconds:.0f}s ({status})",
+                 user=self.username, client=self.peer, seconds=time.monotonic() - self.started,
+                 status=status.getErrorMessage(), event="session_end")
         if self.phase != "closed":
             self._close()
 

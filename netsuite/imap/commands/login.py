@@ -38,6 +38,9 @@ class LoginCommands(SessionBase):
             return False
         self._tagged(tag, b"NO", b"[PRIVACYREQUIRED] Plaintext authentication disallowed "
                                  b"on non-secure connections; use STARTTLS")
+        log.info("login refused without TLS: protocol=imap address={client}",
+                 client=self.peer, protocol="imap", event="login_refused",
+                 reason="plaintext_refused")
         return True
 
     def imap_LOGIN(self, tag, cur):
