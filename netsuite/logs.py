@@ -61,6 +61,7 @@ REASONS: dict[str, str] = {
     "anonymous_disabled": "FTP: an anonymous login where anonymous access is off",
     "plaintext_refused": "a plain-text password offered without TLS where TLS is required",
     "connection_limit": "the listener's connection cap, in total or per address, is reached",
+    "request_too_large": "an HTTP request body over [http] max_body bytes (answered 413)",
     "tls_handshake_timeout": "the TLS handshake did not finish in time",
     "close_timeout": "a closed connection lingered past the close deadline; aborted",
     "command_timeout": "a command line took too long from first to last byte",

@@ -154,7 +154,7 @@ class BoundedRequest(server.Request):
             return
         self._refused = True
         log.info("http request refused: body over {limit} bytes, client={client} reason={reason}",
-                 limit=self._limit(), reason="request_too_large",
+                 limit=self._limit(), event="refused", protocol="http", reason="request_too_large",
                  client=getattr(self.getClientAddress(), "host", "?"))
         transport: Any = self.channel.transport
         transport.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
