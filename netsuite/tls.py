@@ -98,8 +98,7 @@ class CurrentCertificate:
 def context_factory(config: Config) -> ssl.CertificateOptions:
     """
     Build the server TLS context from C{[tls]}, generating a certificate if none
-    is configured.  TLS 1.2 is the floor; the session cache is on so that FTPS
-    data connections can resume the control connection's session.
+    is configured.
     """
     tls = config.tls
     if tls.certificate is None:
@@ -112,32 +111,56 @@ def context_factory(config: Config) -> ssl.CertificateOptions:
         cert_path, key_path = tls.certificate, tls.key
     cert_pem = _read(cert_path, "tls.certificate")
     key_pem = _read(key_path, "tls.key")
+    chain_pem = _read(tls.chain, "tls.chain") if tls.chain is not None else b""
+    return options_from_pem(cert_pem, key_pem, chain_pem, tls.min_version)
+
+
+def split_certificates(pem: bytes) -> list[bytes]:
+    """The PEM certificate blocks of C{pem} (a chain file, a full chain), in order."""
+    end = b"-----END CERTIFICATE-----"
+    return [block[block.index(b"-----BEGIN"):] + end + b"\n"
+            for block in pem.split(end)[:-1] if b"-----BEGIN" in block]
+
+
+def options_from_pem(cert_pem: bytes, key_pem: bytes, chain_pem: bytes = b"",
+                     min_version: str = "1.2") -> ssl.CertificateOptions:
+    """
+    Server TLS options from PEM bytes: the first certificate of C{cert_pem} with
+    C{key_pem}, then the rest of C{cert_pem} (a full chain, as ACME issues it) and
+    C{chain_pem} as the chain.  TLS 1.2 is the floor; the session cache is on so
+    that FTPS data connections can resume the control connection's session.
+    Shared by L{context_factory} and the ACME client (L{netsuite.tls_acme}).
+    """
+    blocks = split_certificates(cert_pem)
+    if not blocks:
+        raise ConfigError("no certificate in the PEM data", "tls.certificate")
     try:
-        cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        cert = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + key_pem)
     except Exception as e:
         raise ConfigError(f"cannot load certificate/key: {e}", "tls.certificate") from e
     chain = []
-    if tls.chain is not None:
-        pem = _read(tls.chain, "tls.chain")
-        for block in pem.split(b"-----END CERTIFICATE-----")[:-1]:
-            block = block + b"-----END CERTIFICATE-----\n"
-            try:
-                chain.append(ssl.Certificate.loadPEM(block).original)
-            except Exception as e:
-                raise ConfigError(f"cannot load chain: {e}", "tls.chain") from e
+    for block in blocks[1:] + split_certificates(chain_pem):
+        try:
+            chain.append(ssl.Certificate.loadPEM(block).original)
+        except Exception as e:
+            raise ConfigError(f"cannot load chain: {e}", "tls.chain") from e
     floor = {
         "1.2": ssl.TLSVersion.TLSv1_2,
         "1.3": ssl.TLSVersion.TLSv1_3,
-    }[tls.min_version]
-    options = ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
-        extraCertChain=chain or None,
-        raiseMinimumTo=floor,
-        enableSessions=True,
-        enableSessionTickets=False,
-    )
-    options.getContext().set_alpn_select_callback(_select_alpn)
+    }[min_version]
+    try:
+        options = ssl.CertificateOptions(
+            privateKey=cert.privateKey.original,
+            certificate=cert.original,
+            extraCertChain=chain or None,
+            raiseMinimumTo=floor,
+            enableSessions=True,
+            enableSessionTickets=False,
+        )
+        context = options.getContext()  # a key that does not match fails here
+    except Exception as e:
+        raise ConfigError(f"cannot use certificate/key: {e}", "tls.certificate") from e
+    context.set_alpn_select_callback(_select_alpn)
     return options
 
 

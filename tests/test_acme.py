@@ -1,0 +1,248 @@
+"""
+ACME (RFC 8555) against Pebble, Let's Encrypt's test CA, on loopback: the real
+daemon obtains a certificate through an HTTP-01 challenge on its http listener,
+installs it on every TLS listener without dropping a session opened before,
+renews it, and after a restart serves the saved one without a new order.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from dns_zone import DNSServer
+
+from netsuite.config import ConfigError, load
+from netsuite.tls import write_self_signed
+
+DOMAIN = "mail.netsuite.test"
+
+pytestmark = pytest.mark.skipif(shutil.which("pebble") is None,
+                                reason="pebble is not installed (Debian package pebble)")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (Pebble's ports must be known up front)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pebble:
+    """Pebble as a subprocess with its own config and TLS certificate, stopped by PID."""
+
+    def __init__(self, directory: Path, http_port: int, dns: str, validity: int):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Its own listener's certificate: also the CA bundle netsuite trusts for it.
+        self.ca_bundle = self.dir / "pebble-cert.pem"
+        write_self_signed("localhost", self.ca_bundle, self.dir / "pebble-key.pem")
+        self.port = free_port()
+        self.management = free_port()
+        self.http_port = http_port
+        self.dns = dns
+        self.validity = validity
+        self.log_path = self.dir / "pebble.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def start(self) -> None:
+        config = {"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.management}",
+            "certificate": str(self.ca_bundle),
+            "privateKey": str(self.dir / "pebble-key.pem"),
+            "httpPort": self.http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+            "certificateValidityPeriod": self.validity,
+        }}
+        path = self.dir / "pebble.json"
+        path.write_text(json.dumps(config))
+        env = {"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+               # every order is validated afresh: the renewal answers a challenge too
+               "PEBBLE_AUTHZREUSE": "0"}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(["pebble", "-config", str(path), "-dnsserver", self.dns],
+                                         stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         cwd=self.dir)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            if "ACME directory available" in self.log():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pebble did not start:\n{self.log()}")
+
+    def root(self) -> str:
+        """The root CA of this run (Pebble makes a new one at every start)."""
+        context = ssl.create_default_context(cafile=str(self.ca_bundle))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.management}/roots/0",
+                                    context=context, timeout=10) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def dns(tmp_path):
+    server = DNSServer(tmp_path, {}, {DOMAIN: "127.0.0.1"})
+    yield server
+    server.stop()
+
+
+def unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def served(port: int, context: ssl.SSLContext | None = None) -> x509.Certificate:
+    """The certificate a new TLS connection to C{port} is shown (verified with C{context})."""
+    context = context or unverified()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as s:
+            der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def session_cert(m: imaplib.IMAP4_SSL) -> x509.Certificate:
+    der = m.sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def issuer_cn(cert: x509.Certificate) -> str:
+    return cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def sans(cert: x509.Certificate) -> list[str]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return ext.value.get_values_for_type(x509.DNSName)
+
+
+def test_pebble_issues_renews_and_restart_reuses(make_daemon, tmp_path, dns):
+    http_port = free_port()
+    # Certificates valid 30 days, renewed 40 days before expiry: every check renews.
+    pebble = Pebble(tmp_path / "pebble", http_port, dns.address, validity=30 * 86400)
+    acme = {"directory": pebble.directory, "email": "postmaster@netsuite.test",
+            "domains": [DOMAIN], "renew_before": 40.0, "check_interval": 1.0,
+            "ca_bundle": str(pebble.ca_bundle)}
+    d = make_daemon(config={"tls": {"acme": acme},
+                            "listen": {"http": [f"tcp:{http_port}:interface=127.0.0.1"]}},
+                    listeners=["imaps", "http"])
+    try:
+        # Before the CA answers, the self-signed certificate serves; the session opened
+        # now must survive both switches.
+        m = imaplib.IMAP4_SSL("127.0.0.1", d.port("imaps"), ssl_context=unverified(),
+                              timeout=10)
+        first_session = session_cert(m)
+        assert issuer_cn(first_session) == "mx.test"  # self-signed
+        d.wait_for(lambda: "acme: the order for mail.netsuite.test failed" in d.log())
+        assert "keeps serving, retrying in" in d.log()
+
+        pebble.start()
+        d.wait_for(lambda: d.log().count("installed a new certificate") >= 1, timeout=20)
+        root = pebble.root()
+        # A client that trusts Pebble's root and checks the name accepts the new one:
+        # the full chain is served, for the domain.
+        verifying = ssl.create_default_context(cadata=root)
+        issued = served(d.port("imaps"), verifying)
+        assert issuer_cn(issued).startswith("Pebble Intermediate CA")
+        assert sans(issued) == [DOMAIN]
+        assert m.noop()[0] == "OK"
+
+        # The renewal: a second, different certificate, the session still up.
+        d.wait_for(lambda: d.log().count("installed a new certificate") >= 2, timeout=20)
+        renewed = served(d.port("imaps"), verifying)
+        assert renewed.serial_number != issued.serial_number
+        assert sans(renewed) == [DOMAIN]
+        assert m.noop()[0] == "OK"
+        m.logout()
+        # Pebble's validation requests reached the http listener and got the answer.
+        assert re.search(r"http GET /\.well-known/acme-challenge/[\w-]+ 200 ", d.log())
+
+        # A restart with a certificate that is not due serves the saved one, orders nothing.
+        d.stop()
+        saved = (d.data_dir / "tls" / "acme" / "certificate.pem")
+        assert saved.stat().st_mode & 0o777 == 0o600
+        assert (d.data_dir / "tls" / "acme" / "account.pem").stat().st_mode & 0o777 == 0o600
+        saved_cert = x509.load_pem_x509_certificate(saved.read_bytes())
+        offset = len(d.log())
+        d.config["tls"]["acme"]["renew_before"] = 10.0
+        d.start()
+        d.wait_for(lambda: "is good until" in d.log()[offset:], timeout=20)
+        after = d.log()[offset:]
+        assert "installed the saved certificate" in after
+        assert "ordering" not in after
+        assert served(d.port("imaps"), verifying).serial_number == saved_cert.serial_number
+    finally:
+        pebble.stop()
+
+
+def test_challenge_route_serves_pending_tokens_only(make_daemon):
+    d = make_daemon(listeners=["http"])
+    challenges = d.data_dir / "tls" / "acme" / "challenges"
+    challenges.mkdir(parents=True)
+    (challenges / "tok-EN_1").write_text("tok-EN_1.thumbprint")
+    (d.data_dir / "secret").write_text("not for the web")
+    base = f"http://127.0.0.1:{d.port('http')}/.well-known/acme-challenge/"
+
+    def get(path: str) -> tuple[int, bytes]:
+        out = subprocess.run(["curl", "-s", "--path-as-is", "-o", "-", "-w", "\n%{http_code}",
+                              base + path], capture_output=True, check=True, timeout=10).stdout
+        body, _, code = out.rpartition(b"\n")
+        return int(code), body
+
+    assert get("tok-EN_1") == (200, b"tok-EN_1.thumbprint")
+    assert get("unknown")[0] == 404
+    assert get("../../secret")[0] == 404
+    assert get("..%2f..%2fsecret")[0] == 404
+    assert get("")[0] == 404
+
+
+@pytest.mark.parametrize("acme, key, reason", [
+    ({"directory": "http://ca.test/dir", "domains": ["a.test"]}, "tls.acme.directory", "https"),
+    ({"directory": "https://ca.test/dir", "domains": []}, "tls.acme.domains", "at least one"),
+    ({"directory": "https://ca.test/dir", "domains": ["*.a.test"]}, "tls.acme.domains[0]",
+     "not a host name"),
+    ({"directory": "https://ca.test/dir", "domains": ["a.test"], "challenge": "dns-01"},
+     "tls.acme.challenge", "http-01"),
+    ({"directory": "https://ca.test/dir", "domains": ["a.test"], "renew": 3},
+     "tls.acme.renew", "unknown key"),
+    ({"directory": "https://ca.test/dir", "domains": ["a.test"], "check_interval": 0},
+     "tls.acme.check_interval", "greater than 0"),
+])
+def test_bad_acme_config_names_key_and_reason(tmp_path, acme, key, reason):
+    path = tmp_path / "netsuite.toml"
+    inline = ", ".join(f"{k} = {json.dumps(v)}" for k, v in acme.items())
+    path.write_text(f"[tls]\nacme = {{ {inline} }}\n")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert e.value.key == key
+    assert reason in e.value.reason
+    assert str(path) in str(e.value)
