@@ -190,7 +190,8 @@ class ACMEConfig:
     renew_before: float = 30.0
     #: Seconds between checks (whether to renew; a failed order is retried sooner).
     check_interval: float = 86400.0
-    #: How the CA checks control of the names: "http-01" (the http listener, port 80).
+    #: How the CA checks control of the names: "http-01" (the http listener, port 80)
+    #: or "tls-alpn-01" (a TLS listener on port 443, the https listener say).
     challenge: str = "http-01"
     #: PEM file of CA certificates to trust for the directory (a private CA); unset: the system's.
     ca_bundle: Path | None = None
@@ -220,7 +221,7 @@ class ACMEConfig:
 
 
 #: The ACME challenge types netsuite answers.
-ACME_CHALLENGES = ("http-01",)
+ACME_CHALLENGES = ("http-01", "tls-alpn-01")
 
 
 @section("tls")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +165,48 @@ def options_from_pem(cert_pem: bytes, key_pem: bytes, chain_pem: bytes = b"",
     return options
 
 
+#: The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+ACME_TLS_1 = b"acme-tls/1"
+#: Where pending TLS-ALPN-01 challenge certificates are (C{<name>.alpn.pem}: key and
+#: certificate), set by L{netsuite.tls_acme} when C{[tls] acme} answers that challenge.
+#: Files, so that with C{--workers N} the worker the CA reaches answers too.
+acme_alpn_challenges: Path | None = None
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def alpn_challenge_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}.alpn.pem"
+
+
+def _acme_challenge(connection: SSL.Connection) -> bool:
+    """
+    A TLS-ALPN-01 validation: show this connection the challenge certificate
+    for its SNI name, if one is pending.  Set on the connection from the ALPN
+    callback (switching the context there breaks TLS 1.2 handshakes).
+    """
+    if acme_alpn_challenges is None:
+        return False
+    raw = connection.get_servername()
+    name = raw.decode("ascii", "replace").lower() if raw else ""
+    if not _HOST_NAME.match(name):
+        return False
+    try:
+        pem = alpn_challenge_path(acme_alpn_challenges, name).read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return False
+    connection.use_certificate(cert)
+    connection.use_privatekey(key)
+    return True
+
+
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     """
-    The ALPN choice: the first protocol of ours the client offered, or none.
+    The ALPN choice: the first protocol of ours the client offered, or none;
+    C{acme-tls/1} while a TLS-ALPN-01 challenge for the SNI name is pending.
 
     Twisted's own callback answers a client whose list shares nothing with
     ours (an IMAPS client offering C{imap}, curl offering C{h2} to a listener
@@ -174,6 +214,8 @@ def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     C{internal_error} alert: the handshake fails. Going on without ALPN is
     what Dovecot and Postfix do.
     """
+    if ACME_TLS_1 in offered and _acme_challenge(connection):
+        return ACME_TLS_1
     tls_protocol = connection.get_app_data()
     wrapped = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
     negotiation = IProtocolNegotiationFactory(wrapped, None)

@@ -8,7 +8,8 @@ the next handshake on every TLS listener and STARTTLS uses it, sessions already
 up keep theirs.  Every C{check_interval} it looks at the saved certificate and
 orders a new one when it is missing, does not cover the domains or expires
 within C{renew_before} days; the CA checks control of each name with an
-HTTP-01 challenge answered by the http listener (L{netsuite.http.acme}).
+HTTP-01 challenge answered by the http listener (L{netsuite.http.acme}), or
+a TLS-ALPN-01 one answered by any TLS listener (L{netsuite.tls}; port 443).
 
 The C{acme} package's client is blocking (requests): every order runs in a
 thread of the reactor's pool, which touches no Twisted state; its result is
@@ -34,8 +35,9 @@ from typing import Any
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
@@ -221,17 +223,75 @@ class Order:
     def _answer(self, acme: client.ClientV2, key: jose.JWKEC,
                 authzr: messages.AuthorizationResource, written: list[Path]) -> None:
         name = authzr.body.identifier.value
+        wanted = self.settings.challenge
         for challb in authzr.body.challenges:
-            if isinstance(challb.chall, challenges.HTTP01):
+            response: challenges.ChallengeResponse
+            if wanted == "http-01" and isinstance(challb.chall, challenges.HTTP01):
                 response, validation = challb.response_and_validation(key)
                 path = self.challenges / challb.chall.encode("token")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(validation)
-                written.append(path)
-                acme.answer_challenge(challb, response)
-                return
-        offered = ", ".join(str(c.chall.typ) for c in authzr.body.challenges)
-        raise ValueError(f"{name}: the CA offers no http-01 challenge (only {offered})")
+                data = validation.encode("ascii")
+            elif wanted == "tls-alpn-01" and _challenge_type(challb) == "tls-alpn-01":
+                token = challb.chall.jobj.get("token", "")
+                thumbprint = jose.b64encode(key.thumbprint(hash_function=hashes.SHA256))
+                key_authorization = f"{token}.{thumbprint.decode()}"
+                response = TLSALPN01Response(key_authorization=key_authorization)
+                path = tls.alpn_challenge_path(self.challenges, name)
+                data = tls_alpn_certificate(name, key_authorization)
+            else:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_private(path, data)
+            written.append(path)
+            acme.answer_challenge(challb, response)
+            return
+        offered = ", ".join(_challenge_type(c) for c in authzr.body.challenges)
+        raise ValueError(f"{name}: the CA offers no {wanted} challenge (only {offered})")
+
+
+def _challenge_type(challb: messages.ChallengeBody) -> str:
+    """The type of a challenge, also of one the acme package does not know (tls-alpn-01)."""
+    chall = challb.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):
+        return str(chall.jobj.get("type", "?"))
+    return str(chall.typ)
+
+
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The (empty) answer to a TLS-ALPN-01 challenge; acme 3+ dropped its own class."""
+
+    typ = "tls-alpn-01"
+
+
+#: id-pe-acmeIdentifier (RFC 8737 6.1).
+ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
+
+def tls_alpn_certificate(name: str, key_authorization: str) -> bytes:
+    """
+    The TLS-ALPN-01 challenge certificate for C{name} (RFC 8737 3): self-signed,
+    the name as its only SAN, and the critical acmeIdentifier extension holding
+    the SHA-256 of the key authorization (a DER OCTET STRING).  Key, then certificate.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest),
+                       critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()) + cert.public_bytes(
+                                 serialization.Encoding.PEM)
 
 
 class OrderBusy(Exception):
@@ -381,6 +441,8 @@ def start(ctx: Any, parent: service.MultiService) -> ACMEService:
     """Called by L{netsuite.service} when C{[tls] acme} is set: the service, with the saved
     certificate already installed so the first handshake uses it."""
     settings = ctx.config.tls.acme
+    if settings.challenge == "tls-alpn-01":
+        tls.acme_alpn_challenges = challenge_dir(ctx.config.data_dir)
     svc = ACMEService(ctx, settings)
     svc.install_saved()
     svc.setName("acme")

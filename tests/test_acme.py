@@ -11,6 +11,7 @@ import imaplib
 import json
 import re
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -42,7 +43,8 @@ def free_port() -> int:
 class Pebble:
     """Pebble as a subprocess with its own config and TLS certificate, stopped by PID."""
 
-    def __init__(self, directory: Path, http_port: int, dns: str, validity: int):
+    def __init__(self, directory: Path, dns: str, validity: int = 30 * 86400,
+                 http_port: int | None = None, tls_port: int | None = None):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         # Its own listener's certificate: also the CA bundle netsuite trusts for it.
@@ -50,7 +52,8 @@ class Pebble:
         write_self_signed("localhost", self.ca_bundle, self.dir / "pebble-key.pem")
         self.port = free_port()
         self.management = free_port()
-        self.http_port = http_port
+        self.http_port = http_port or free_port()
+        self.tls_port = tls_port or free_port()
         self.dns = dns
         self.validity = validity
         self.log_path = self.dir / "pebble.log"
@@ -67,7 +70,7 @@ class Pebble:
             "certificate": str(self.ca_bundle),
             "privateKey": str(self.dir / "pebble-key.pem"),
             "httpPort": self.http_port,
-            "tlsPort": free_port(),
+            "tlsPort": self.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
             "certificateValidityPeriod": self.validity,
@@ -145,16 +148,22 @@ def sans(cert: x509.Certificate) -> list[str]:
     return ext.value.get_values_for_type(x509.DNSName)
 
 
+def logged(d, text: str, count: int = 1, since: int = 0) -> None:
+    """Wait until the daemon's log (from offset C{since}) has C{text} C{count} times."""
+    assert d.wait_for(lambda: d.log()[since:].count(text) >= count, timeout=20), (
+        f"{text!r} not logged {count} times:\n{d.log()[since:]}")
+
+
 def test_pebble_issues_renews_and_restart_reuses(make_daemon, tmp_path, dns):
     http_port = free_port()
     # Certificates valid 30 days, renewed 40 days before expiry: every check renews.
-    pebble = Pebble(tmp_path / "pebble", http_port, dns.address, validity=30 * 86400)
+    pebble = Pebble(tmp_path / "pebble", dns.address, validity=30 * 86400, http_port=http_port)
     acme = {"directory": pebble.directory, "email": "postmaster@netsuite.test",
             "domains": [DOMAIN], "renew_before": 40.0, "check_interval": 1.0,
             "ca_bundle": str(pebble.ca_bundle)}
     d = make_daemon(config={"tls": {"acme": acme},
                             "listen": {"http": [f"tcp:{http_port}:interface=127.0.0.1"]}},
-                    listeners=["imaps", "http"])
+                    listeners=["imaps", "submission", "http"])
     try:
         # Before the CA answers, the self-signed certificate serves; the session opened
         # now must survive both switches.
@@ -162,11 +171,11 @@ def test_pebble_issues_renews_and_restart_reuses(make_daemon, tmp_path, dns):
                               timeout=10)
         first_session = session_cert(m)
         assert issuer_cn(first_session) == "mx.test"  # self-signed
-        d.wait_for(lambda: "acme: the order for mail.netsuite.test failed" in d.log())
+        logged(d, "acme: the order for mail.netsuite.test failed")
         assert "keeps serving, retrying in" in d.log()
 
         pebble.start()
-        d.wait_for(lambda: d.log().count("installed a new certificate") >= 1, timeout=20)
+        logged(d, "installed a new certificate")
         root = pebble.root()
         # A client that trusts Pebble's root and checks the name accepts the new one:
         # the full chain is served, for the domain.
@@ -175,9 +184,17 @@ def test_pebble_issues_renews_and_restart_reuses(make_daemon, tmp_path, dns):
         assert issuer_cn(issued).startswith("Pebble Intermediate CA")
         assert sans(issued) == [DOMAIN]
         assert m.noop()[0] == "OK"
+        # STARTTLS takes it as well (the name is checked below: smtplib checks the address).
+        chain_only = ssl.create_default_context(cadata=root)
+        chain_only.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", d.port("submission"), timeout=10) as smtp:
+            smtp.starttls(context=chain_only)
+            der = smtp.sock.getpeercert(binary_form=True)
+        assert der is not None
+        assert sans(x509.load_der_x509_certificate(der)) == [DOMAIN]
 
         # The renewal: a second, different certificate, the session still up.
-        d.wait_for(lambda: d.log().count("installed a new certificate") >= 2, timeout=20)
+        logged(d, "installed a new certificate", count=2)
         renewed = served(d.port("imaps"), verifying)
         assert renewed.serial_number != issued.serial_number
         assert sans(renewed) == [DOMAIN]
@@ -195,11 +212,44 @@ def test_pebble_issues_renews_and_restart_reuses(make_daemon, tmp_path, dns):
         offset = len(d.log())
         d.config["tls"]["acme"]["renew_before"] = 10.0
         d.start()
-        d.wait_for(lambda: "is good until" in d.log()[offset:], timeout=20)
+        logged(d, "is good until", since=offset)
         after = d.log()[offset:]
         assert "installed the saved certificate" in after
         assert "ordering" not in after
         assert served(d.port("imaps"), verifying).serial_number == saved_cert.serial_number
+    finally:
+        pebble.stop()
+
+
+def test_tls_alpn_01_on_the_https_listener(make_daemon, tmp_path, dns):
+    """The CA validates over TLS (RFC 8737): the https listener shows it the challenge
+    certificate for acme-tls/1, every other client the server's own."""
+    https_port = free_port()
+    pebble = Pebble(tmp_path / "pebble", dns.address, tls_port=https_port)
+    pebble.start()
+    try:
+        acme = {"directory": pebble.directory, "domains": [DOMAIN], "challenge": "tls-alpn-01",
+                "check_interval": 1.0, "ca_bundle": str(pebble.ca_bundle)}
+        d = make_daemon(config={"tls": {"acme": acme},
+                                "listen": {"https": [f"tcp:{https_port}:interface=127.0.0.1"]}},
+                        listeners=["https", "imaps"])
+        logged(d, "installed a new certificate")
+        verifying = ssl.create_default_context(cadata=pebble.root())
+        for listener in ("https", "imaps"):
+            cert = served(d.port(listener), verifying)
+            assert issuer_cn(cert).startswith("Pebble Intermediate CA")
+            assert sans(cert) == [DOMAIN]
+        assert "http GET /.well-known/acme-challenge/" not in d.log()
+        # No challenge pending any more: acme-tls/1 is not chosen, the real certificate serves.
+        context = unverified()
+        context.set_alpn_protocols(["acme-tls/1"])
+        with socket.create_connection(("127.0.0.1", https_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=DOMAIN) as s:
+                assert s.selected_alpn_protocol() is None
+                der = s.getpeercert(binary_form=True)
+        assert der is not None
+        assert issuer_cn(x509.load_der_x509_certificate(der)).startswith("Pebble Intermediate")
+        assert not list((d.data_dir / "tls" / "acme" / "challenges").iterdir())
     finally:
         pebble.stop()
 
@@ -231,7 +281,7 @@ def test_challenge_route_serves_pending_tokens_only(make_daemon):
     ({"directory": "https://ca.test/dir", "domains": ["*.a.test"]}, "tls.acme.domains[0]",
      "not a host name"),
     ({"directory": "https://ca.test/dir", "domains": ["a.test"], "challenge": "dns-01"},
-     "tls.acme.challenge", "http-01"),
+     "tls.acme.challenge", "http-01, tls-alpn-01"),
     ({"directory": "https://ca.test/dir", "domains": ["a.test"], "renew": 3},
      "tls.acme.renew", "unknown key"),
     ({"directory": "https://ca.test/dir", "domains": ["a.test"], "check_interval": 0},
