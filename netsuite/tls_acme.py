@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,14 @@ class Order:
     Touches only files and the network.
     """
 
-    def __init__(self, settings: ACMEConfig, data_dir: Path, stopping: threading.Event):
+    def __init__(self, settings: ACMEConfig, data_dir: Path, stopping: threading.Event,
+                 started: Callable[[], None] = lambda: None):
         self.settings = settings
         self.dir = acme_dir(data_dir)
         self.challenges = challenge_dir(data_dir)
         self.stopping = stopping
+        #: Called (in the thread) once this process holds the order lock.
+        self.started = started
 
     def account_key(self) -> jose.JWKEC:
         """DATA/tls/acme/account.pem, created (P-256, mode 0600) on first use."""
@@ -189,14 +193,27 @@ class Order:
                                                         body=messages.Registration())
         return acme
 
-    def run(self) -> bytes:
-        """Order, answer the challenges, finalize; the new C{certificate.pem} contents."""
+    def run(self) -> tuple[bytes, bool]:
+        """
+        Order, answer the challenges, finalize: the new C{certificate.pem} contents,
+        and True.  (The saved contents and False when another worker renewed it
+        while this one waited for the lock.)
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "lock", "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise OrderBusy() from None
+            try:
+                pem = (self.dir / "certificate.pem").read_bytes()
+                now = datetime.datetime.now(datetime.UTC)
+                if Saved.parse(pem).renew_reason(self.settings.domains,
+                                                 self.settings.renew_before, now) is None:
+                    return pem, False
+            except (OSError, ValueError):
+                pass
+            self.started()
             key = self.account_key()
             acme = self.connect(key)
             cert_key = _new_key_pem()
@@ -218,7 +235,7 @@ class Order:
             pem = cert_key + order.fullchain_pem.encode("ascii")
             Saved.parse(pem)  # what the CA sent is a chain
             write_private(self.dir / "certificate.pem", pem)
-            return pem
+            return pem, True
 
     def _answer(self, acme: client.ClientV2, key: jose.JWKEC,
                 authzr: messages.AuthorizationResource, written: list[Path]) -> None:
@@ -408,18 +425,24 @@ class ACMEService(service.Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        log.info("acme: ordering a certificate for {domains} from {directory}: {reason}",
-                 domains=", ".join(self.settings.domains), directory=self.settings.directory,
-                 reason=reason)
-        work = Order(self.settings, self.ctx.config.data_dir, self._stopping)
+
+        def started() -> None:  # in the thread: log from the reactor
+            self.reactor.callFromThread(
+                log.info, "acme: ordering a certificate for {domains} from {directory}: "
+                "{reason}", domains=", ".join(self.settings.domains),
+                directory=self.settings.directory, reason=reason)
+
+        work = Order(self.settings, self.ctx.config.data_dir, self._stopping, started)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), work.run)
         d.addCallbacks(self._issued, self._failed)
         d.addBoth(self._done)
 
-    def _issued(self, pem: bytes) -> None:
+    def _issued(self, result: tuple[bytes, bool]) -> None:
+        pem, new = result
         self.retry_delay = 0.0
-        if self.running:
-            self.install(Saved.parse(pem), "a new certificate")
+        saved = Saved.parse(pem)
+        if self.running and (new or saved.fingerprint != self.installed):
+            self.install(saved, "a new certificate" if new else "the saved certificate")
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(OrderBusy):

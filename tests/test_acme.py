@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from dns_zone import DNSServer
+from test_workers import connect_to, workers_of
 
 from netsuite.config import ConfigError, load
 from netsuite.tls import write_self_signed
@@ -217,6 +218,44 @@ def test_pebble_issues_renews_and_restart_reuses(make_daemon, tmp_path, dns):
         assert "installed the saved certificate" in after
         assert "ordering" not in after
         assert served(d.port("imaps"), verifying).serial_number == saved_cert.serial_number
+    finally:
+        pebble.stop()
+
+
+def test_workers_order_once_and_all_serve_it(make_daemon, tmp_path, dns):
+    """C{--workers 2}: one worker orders (the lock), the other installs the saved certificate,
+    and the CA's validation is answered whichever worker it reaches."""
+    http_port = free_port()
+    pebble = Pebble(tmp_path / "pebble", dns.address, http_port=http_port)
+    pebble.start()
+    try:
+        acme = {"directory": pebble.directory, "domains": [DOMAIN], "renew_before": 10.0,
+                "check_interval": 1.0, "ca_bundle": str(pebble.ca_bundle)}
+        d = make_daemon(config={"server": {"workers": 2}, "tls": {"acme": acme},
+                                "listen": {"http": [f"tcp:{http_port}:interface=127.0.0.1"]}},
+                        listeners=["imaps", "http"])
+        logged(d, "installed a new certificate")
+        logged(d, "installed the saved certificate")
+        verifying = ssl.create_default_context(cadata=pebble.root())
+        verifying.check_hostname = False  # the name is checked below, per worker
+
+        def make() -> ssl.SSLSocket:
+            raw = socket.create_connection(("127.0.0.1", d.port("imaps")), timeout=10)
+            s = verifying.wrap_socket(raw, server_hostname=DOMAIN)
+            s.recv(100)  # the greeting: the worker has accepted it
+            return s
+
+        serials = set()
+        for pid in workers_of(d).values():
+            s, _ = connect_to(d, make, lambda s: s, want_pid=pid)
+            der = s.getpeercert(binary_form=True)
+            s.close()
+            assert der is not None
+            cert = x509.load_der_x509_certificate(der)
+            assert sans(cert) == [DOMAIN]
+            serials.add(cert.serial_number)
+        assert len(serials) == 1, serials  # one order, one certificate for both
+        assert d.log().count("acme: ordering a certificate") == 1, d.log()
     finally:
         pebble.stop()
 
