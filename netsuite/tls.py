@@ -118,9 +118,9 @@ def context_factory(config: Config) -> ssl.CertificateOptions:
 
 def split_certificates(pem: bytes) -> list[bytes]:
     """The PEM certificate blocks of C{pem} (a chain file, a full chain), in order."""
-    end = b"-----END CERTIFICATE-----"
-    return [block[block.index(b"-----BEGIN"):] + end + b"\n"
-            for block in pem.split(end)[:-1] if b"-----BEGIN" in block]
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    return [block[block.index(begin):] + end + b"\n"
+            for block in pem.split(end)[:-1] if begin in block]
 
 
 def options_from_pem(cert_pem: bytes, key_pem: bytes, chain_pem: bytes = b"",

@@ -335,3 +335,51 @@ def test_bad_acme_config_names_key_and_reason(tmp_path, acme, key, reason):
     assert e.value.key == key
     assert reason in e.value.reason
     assert str(path) in str(e.value)
+
+
+def _saved(names: list[str], days_left: float, lifetime: float = 90.0):
+    """A L{Saved} for a self-signed certificate with C{names}, expiring in C{days_left}."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from netsuite.tls_acme import Saved
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    not_after = now + datetime.timedelta(days=days_left)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_after - datetime.timedelta(days=lifetime))
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()) + cert.public_bytes(
+                                serialization.Encoding.PEM)
+    return Saved.parse(pem), now
+
+
+def test_renew_reason():
+    saved, now = _saved(["a.test", "b.test"], days_left=40)
+    assert saved.renew_reason(["a.test", "b.test"], 30.0, now) is None
+    assert saved.renew_reason(["b.test"], 30.0, now) is None  # a subset is covered
+    assert "does not cover c.test" in saved.renew_reason(["a.test", "c.test"], 30.0, now)
+    assert "within renew_before" in saved.renew_reason(["a.test"], 41.0, now)
+    expired, now = _saved(["a.test"], days_left=-1)
+    assert expired.renew_reason(["a.test"], 0.0, now) == "it has expired"
+
+
+def test_saved_file_must_hold_key_and_chain():
+    from netsuite.tls_acme import Saved
+
+    saved, _ = _saved(["a.test"], days_left=40)
+    assert saved.chain_pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert b"PRIVATE KEY" not in saved.chain_pem
+    with pytest.raises(ValueError):
+        Saved.parse(saved.chain_pem)  # no key
+    with pytest.raises(ValueError):
+        Saved.parse(saved.key_pem)  # no certificate
