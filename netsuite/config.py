@@ -10,6 +10,7 @@ L{section}; the loader knows nothing about SMTP or FTP.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -65,15 +66,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: list[ConfigError] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
             except ConfigError as e:
-                errors.append(e.reason)
-        raise ConfigError(errors[0] if errors else "bad value", key)
+                errors.append(e)
+        if len(errors) == 1:  # X | None: X's own error, with its key (a table's inner key)
+            raise errors[0]
+        raise ConfigError(errors[0].reason if errors else "bad value", key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"expected a list, got {type(value).__name__}", key)
@@ -177,6 +180,58 @@ class ServerConfig:
             raise ConfigError(e.reason, e.key) from None
 
 
+#: One DNS label: letters, digits, inner hyphens (RFC 1123).
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass
+class ACMEConfig:
+    """C{[tls] acme}: certificates obtained and renewed from an ACME CA (L{netsuite.tls_acme})."""
+
+    #: The CA's directory URL (https).
+    directory: str = ""
+    #: Contact address given to the CA; empty: none.
+    email: str = ""
+    #: The names the certificate covers; the first is its subject.
+    domains: list[str] = field(default_factory=list)
+    #: Days before expiry when the certificate is renewed.
+    renew_before: float = 30.0
+    #: Seconds between checks (whether to renew; a failed order is retried sooner).
+    check_interval: float = 86400.0
+    #: How the CA checks control of the names: "http-01" (the http listener, port 80)
+    #: or "tls-alpn-01" (a TLS listener on port 443, the https listener say).
+    challenge: str = "http-01"
+    #: PEM file of CA certificates to trust for the directory (a private CA); unset: the system's.
+    ca_bundle: Path | None = None
+
+    def validate(self) -> None:
+        if not self.directory.startswith("https://") or len(self.directory) <= len("https://"):
+            raise ConfigError(f"expected an https:// URL, got {self.directory!r}", "directory")
+        if not self.domains:
+            raise ConfigError("at least one domain is needed", "domains")
+        self.domains = [d.lower().rstrip(".") for d in self.domains]
+        for i, domain in enumerate(self.domains):
+            labels = domain.split(".")
+            if len(domain) > 253 or not all(_LABEL.match(label) for label in labels):
+                raise ConfigError(f"not a host name: {domain!r}", f"domains[{i}]")
+        if len(set(self.domains)) != len(self.domains):
+            raise ConfigError("a domain is listed twice", "domains")
+        if self.email and "@" not in self.email:
+            raise ConfigError(f"not an email address: {self.email!r}", "email")
+        if self.renew_before < 0:
+            raise ConfigError(f"must be 0 or more, got {self.renew_before}", "renew_before")
+        positive("check_interval", self.check_interval)
+        if self.challenge not in ACME_CHALLENGES:
+            raise ConfigError(f"expected one of {', '.join(ACME_CHALLENGES)}, "
+                              f"got {self.challenge!r}", "challenge")
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            raise ConfigError(f"no such file: {self.ca_bundle}", "ca_bundle")
+
+
+#: The ACME challenge types netsuite answers.
+ACME_CHALLENGES = ("http-01", "tls-alpn-01")
+
+
 @section("tls")
 @dataclass
 class TLSConfig:
@@ -187,6 +242,8 @@ class TLSConfig:
     chain: Path | None = None
     #: Lowest protocol version offered: "1.2" or "1.3".
     min_version: str = "1.2"
+    #: Obtain and renew the certificate by ACME (a table); unset: off.
+    acme: ACMEConfig | None = None
 
     def validate(self) -> None:
         if self.min_version not in ("1.2", "1.3"):

@@ -181,6 +181,22 @@ class ReloadService(service.Service):
                 _hooks(on_reload_done)
         return result
 
+    def _reload_certificate(self, running: Config, old_tls: Any, live: list[str],
+                            done: list[str]) -> None:
+        """The certificate files as they are now; one that cannot be loaded keeps the old."""
+        ctx = self.ctx
+        try:
+            ctx.tls.replace(tls.context_factory(running))
+            done.append("certificate reloaded")
+        except Exception as e:  # a ConfigError naming the file, or what OpenSSL said
+            if isinstance(e, ConfigError) and e.file is None and running.path is not None:
+                e.file = str(running.path)
+            log.error("reload: certificate not replaced, the old one stays: {error}",
+                      error=str(e))
+            if old_tls is not None:  # the settings of the certificate being served
+                running.sections["tls"] = old_tls
+            live[:] = [key for key in live if not key.startswith("tls.")]
+
     @defer.inlineCallbacks
     def _reload(self):
         ctx = self.ctx
@@ -238,17 +254,19 @@ class ReloadService(service.Service):
             log.warn("reload: {key} changed; it takes effect at a restart "
                      "(the running value is kept)", key=key)
 
-        try:
-            ctx.tls.replace(tls.context_factory(running))
-            done.append("certificate reloaded")
-        except Exception as e:  # a ConfigError naming the file, or what OpenSSL said
-            if isinstance(e, ConfigError) and e.file is None and running.path is not None:
-                e.file = str(running.path)
-            log.error("reload: certificate not replaced, the old one stays: {error}",
-                      error=str(e))
-            if old_tls is not None:  # the settings of the certificate being served
+        acme_before = getattr(old_tls, "acme", None)
+        if acme_before is not None or running.tls.acme is not None:
+            # The ACME service owns the certificate (its saved file, its renewals):
+            # a reload must not put the self-signed or configured one back.
+            if acme_before != running.tls.acme:
+                log.warn("reload: tls.acme changed; it takes effect at a restart "
+                         "(the running ACME settings and certificate are kept)")
+            if old_tls is not None:
                 running.sections["tls"] = old_tls
             live = [key for key in live if not key.startswith("tls.")]
+            done.append("certificate kept (managed by [tls] acme)")
+        else:
+            self._reload_certificate(running, old_tls, live, done)
         if live:
             done.insert(0, "applied " + ", ".join(live))
 

@@ -454,6 +454,10 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
         "connections.json" if worker is None else worker.connections_file), reactor)
     for hook in protocols.SERVICE_HOOKS:
         hook(ctx, top)
+    if config.tls.acme is not None:
+        from netsuite import tls_acme
+
+        tls_acme.start(ctx, top)
     for name, endpoints_ in config.listen.items():
         if not endpoints_ or endpoints_ == ["off"] or name not in protocols.FACTORIES:
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,7 @@ def publish_expiry(options: Any) -> None:
 def context_factory(config: Config) -> ssl.CertificateOptions:
     """
     Build the server TLS context from C{[tls]}, generating a certificate if none
-    is configured.  TLS 1.2 is the floor; the session cache is on so that FTPS
-    data connections can resume the control connection's session.
+    is configured.
     """
     tls = config.tls
     if tls.certificate is None:
@@ -127,38 +127,101 @@ def context_factory(config: Config) -> ssl.CertificateOptions:
         cert_path, key_path = tls.certificate, tls.key
     cert_pem = _read(cert_path, "tls.certificate")
     key_pem = _read(key_path, "tls.key")
+    chain_pem = _read(tls.chain, "tls.chain") if tls.chain is not None else b""
+    return options_from_pem(cert_pem, key_pem, chain_pem, tls.min_version)
+
+
+def split_certificates(pem: bytes) -> list[bytes]:
+    """The PEM certificate blocks of C{pem} (a chain file, a full chain), in order."""
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    return [block[block.index(begin):] + end + b"\n"
+            for block in pem.split(end)[:-1] if begin in block]
+
+
+def options_from_pem(cert_pem: bytes, key_pem: bytes, chain_pem: bytes = b"",
+                     min_version: str = "1.2") -> ssl.CertificateOptions:
+    """
+    Server TLS options from PEM bytes: the first certificate of C{cert_pem} with
+    C{key_pem}, then the rest of C{cert_pem} (a full chain, as ACME issues it) and
+    C{chain_pem} as the chain.  TLS 1.2 is the floor; the session cache is on so
+    that FTPS data connections can resume the control connection's session.
+    Shared by L{context_factory} and the ACME client (L{netsuite.tls_acme}).
+    """
+    blocks = split_certificates(cert_pem)
+    if not blocks:
+        raise ConfigError("no certificate in the PEM data", "tls.certificate")
     try:
-        cert = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+        cert = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + key_pem)
     except Exception as e:
         raise ConfigError(f"cannot load certificate/key: {e}", "tls.certificate") from e
     chain = []
-    if tls.chain is not None:
-        pem = _read(tls.chain, "tls.chain")
-        for block in pem.split(b"-----END CERTIFICATE-----")[:-1]:
-            block = block + b"-----END CERTIFICATE-----\n"
-            try:
-                chain.append(ssl.Certificate.loadPEM(block).original)
-            except Exception as e:
-                raise ConfigError(f"cannot load chain: {e}", "tls.chain") from e
+    for block in blocks[1:] + split_certificates(chain_pem):
+        try:
+            chain.append(ssl.Certificate.loadPEM(block).original)
+        except Exception as e:
+            raise ConfigError(f"cannot load chain: {e}", "tls.chain") from e
     floor = {
         "1.2": ssl.TLSVersion.TLSv1_2,
         "1.3": ssl.TLSVersion.TLSv1_3,
-    }[tls.min_version]
-    options = ssl.CertificateOptions(
-        privateKey=cert.privateKey.original,
-        certificate=cert.original,
-        extraCertChain=chain or None,
-        raiseMinimumTo=floor,
-        enableSessions=True,
-        enableSessionTickets=False,
-    )
-    options.getContext().set_alpn_select_callback(_select_alpn)
+    }[min_version]
+    try:
+        options = ssl.CertificateOptions(
+            privateKey=cert.privateKey.original,
+            certificate=cert.original,
+            extraCertChain=chain or None,
+            raiseMinimumTo=floor,
+            enableSessions=True,
+            enableSessionTickets=False,
+        )
+        context = options.getContext()  # a key that does not match fails here
+    except Exception as e:
+        raise ConfigError(f"cannot use certificate/key: {e}", "tls.certificate") from e
+    context.set_alpn_select_callback(_select_alpn)
     return options
+
+
+#: The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+ACME_TLS_1 = b"acme-tls/1"
+#: Where pending TLS-ALPN-01 challenge certificates are (C{<name>.alpn.pem}: key and
+#: certificate), set by L{netsuite.tls_acme} when C{[tls] acme} answers that challenge.
+#: Files, so that with C{--workers N} the worker the CA reaches answers too.
+acme_alpn_challenges: Path | None = None
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def alpn_challenge_path(directory: Path, name: str) -> Path:
+    return directory / f"{name}.alpn.pem"
+
+
+def _acme_challenge(connection: SSL.Connection) -> bool:
+    """
+    A TLS-ALPN-01 validation: show this connection the challenge certificate
+    for its SNI name, if one is pending.  Set on the connection from the ALPN
+    callback (switching the context there breaks TLS 1.2 handshakes).
+    """
+    if acme_alpn_challenges is None:
+        return False
+    raw = connection.get_servername()
+    name = raw.decode("ascii", "replace").lower() if raw else ""
+    if not _HOST_NAME.match(name):
+        return False
+    try:
+        pem = alpn_challenge_path(acme_alpn_challenges, name).read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return False
+    connection.use_certificate(cert)
+    connection.use_privatekey(key)
+    return True
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     """
-    The ALPN choice: the first protocol of ours the client offered, or none.
+    The ALPN choice: the first protocol of ours the client offered, or none;
+    C{acme-tls/1} while a TLS-ALPN-01 challenge for the SNI name is pending.
 
     Twisted's own callback answers a client whose list shares nothing with
     ours (an IMAPS client offering C{imap}, curl offering C{h2} to a listener
@@ -166,6 +229,8 @@ def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     C{internal_error} alert: the handshake fails. Going on without ALPN is
     what Dovecot and Postfix do.
     """
+    if ACME_TLS_1 in offered and _acme_challenge(connection):
+        return ACME_TLS_1
     tls_protocol = connection.get_app_data()
     wrapped = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
     negotiation = IProtocolNegotiationFactory(wrapped, None)

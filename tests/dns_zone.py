@@ -1,7 +1,8 @@
 """
 A DNS server on loopback for tests: twisted.names answering authoritatively
-from a JSON file of TXT records (C{{"name": ["text", ...]}}); run as a
-subprocess, it prints its UDP port (TCP on the same port where free).
+from a JSON file of TXT records (C{{"name": ["text", ...]}}) and, optionally, a
+second one of A records (C{{"name": "127.0.0.1"}}); run as a subprocess, it
+prints its UDP port (TCP on the same port where free).
 """
 
 from __future__ import annotations
@@ -15,14 +16,21 @@ from twisted.names import common, dns, error, server
 
 
 class Zone(common.ResolverBase):
-    """TXT records only; every other name or type is NXDOMAIN."""
+    """TXT and A records; every other name is NXDOMAIN."""
 
-    def __init__(self, txt: dict[str, list[str]]):
+    def __init__(self, txt: dict[str, list[str]], a: dict[str, str] | None = None):
         super().__init__()
         self.txt = {k.lower().rstrip("."): v for k, v in txt.items()}
+        self.a = {k.lower().rstrip("."): v for k, v in (a or {}).items()}
 
     def _lookup(self, name, cls, type_, timeout):
         key = name.decode().lower().rstrip(".")
+        address = self.a.get(key)
+        if address is not None:
+            if type_ not in (dns.A, dns.ALL_RECORDS):
+                return defer.succeed(([], [], []))
+            return defer.succeed(([dns.RRHeader(name, dns.A, dns.IN, 60,
+                                                dns.Record_A(address), auth=True)], [], []))
         texts = self.txt.get(key)
         if texts is None:
             return defer.fail(error.AuthoritativeDomainError(name))
@@ -37,11 +45,16 @@ class Zone(common.ResolverBase):
         return defer.succeed((answers, [], []))
 
 
-def main(path: str) -> None:
+def main(path: str, a_path: str | None = None) -> None:
     from twisted.internet import reactor
 
     with open(path) as f:
-        zone = Zone(json.load(f))
+        txt = json.load(f)
+    a = None
+    if a_path is not None:
+        with open(a_path) as f:
+            a = json.load(f)
+    zone = Zone(txt, a)
     factory = server.DNSServerFactory(authorities=[zone])
     port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
     number = port.getHost().port
@@ -56,11 +69,16 @@ def main(path: str) -> None:
 class DNSServer:
     """The server above as a subprocess of the test, stopped by PID."""
 
-    def __init__(self, directory, records: dict[str, list[str]]):
+    def __init__(self, directory, records: dict[str, list[str]],
+                 addresses: dict[str, str] | None = None):
         self.path = directory / "zone.json"
         self.path.write_text(json.dumps(records))
-        self.proc = subprocess.Popen([sys.executable, __file__, str(self.path)],
-                                     stdout=subprocess.PIPE, text=True)
+        argv = [sys.executable, __file__, str(self.path)]
+        if addresses is not None:
+            a_path = directory / "zone-a.json"
+            a_path.write_text(json.dumps(addresses))
+            argv.append(str(a_path))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.strip().isdigit():
             self.stop()
@@ -78,4 +96,4 @@ class DNSServer:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -36,6 +36,8 @@ LATE_IMPORTS = {
         "only when the checker is chosen",
     ("netsuite/auth/factories.py", "netsuite.auth.pam"):
         "python-pam is an optional dependency, imported only when 'pam' is chosen",
+    ("netsuite/service.py", "netsuite.tls_acme"):
+        "the ACME client (acme, josepy, requests) loads only when [tls] acme is set",
 }
 #: Import cycles (sorted module names) -> why they are tolerated.
 CYCLES: dict[tuple[str, ...], str] = {}

@@ -33,6 +33,7 @@ ROUTE_MODULES = [
     "netsuite.http.metrics",
     "netsuite.http.ready",
     "netsuite.http.status",
+    "netsuite.http.acme",
 ]
 
 #: What a handler returns: the body, or a Deferred that fires with it.
@@ -48,17 +49,38 @@ class Route:
 
 #: Request path -> its L{Route}.
 ROUTES: dict[bytes, Route] = {}
+#: Path prefix (ending in C{/}) -> its L{Route}, for paths under it that no exact route has.
+PREFIX_ROUTES: dict[bytes, Route] = {}
 
 
-def route(*paths: str, methods: tuple[str, ...] = ("GET", "HEAD")) -> Callable[[Handler], Handler]:
-    """Decorator: C{handler(request, site)} answers C{paths}."""
+def route(*paths: str, methods: tuple[str, ...] = ("GET", "HEAD"),
+          prefix: bool = False) -> Callable[[Handler], Handler]:
+    """
+    Decorator: C{handler(request, site)} answers C{paths}; with C{prefix}, every
+    path under them too (C{/.well-known/acme-challenge/<token>}).
+    """
 
     def register(handler: Handler) -> Handler:
+        table = PREFIX_ROUTES if prefix else ROUTES
         for path in paths:
-            ROUTES[path.encode("ascii")] = Route(handler, tuple(m.encode() for m in methods))
+            if prefix and not path.endswith("/"):
+                raise ValueError(f"a prefix route ends in '/': {path!r}")
+            table[path.encode("ascii")] = Route(handler, tuple(m.encode() for m in methods))
         return handler
 
     return register
+
+
+def find_route(path: bytes) -> Route | None:
+    """The exact route for C{path}, else the longest prefix route above it."""
+    found = ROUTES.get(path)
+    if found is not None:
+        return found
+    best = b""
+    for prefix in PREFIX_ROUTES:
+        if path.startswith(prefix) and len(prefix) > len(best):
+            best = prefix
+    return PREFIX_ROUTES.get(best) if best else None
 
 
 def json_body(request: Request, obj: Any, code: int = 200) -> bytes:
@@ -87,7 +109,7 @@ class Dispatch(resource.Resource):
 
     def render(self, request: Request):
         request.setHeader(b"server", b"netsuite")  # not Twisted's name and version
-        found = ROUTES.get(request.path)
+        found = find_route(request.path)
         if found is None:
             return json_body(request, {"error": "not found"}, 404)
         method = request.method
