@@ -15,8 +15,11 @@ import shutil
 import smtplib
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from email.header import decode_header, make_header
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -194,7 +197,8 @@ def test_gtube_is_rejected_550_and_not_stored(mx):
 
 def test_clean_message_is_delivered_with_x_spamd_result(mx):
     before = len(mx.messages("alice"))
-    forged = "X-Spam: Yes\r\nX-Spamd-Result: default: False [-100.00 / 15.00]\r\n"
+    forged = ("X-Spam: Yes\r\nX-Spamd-Result: default: False [-100.00 / 15.00]\r\n"
+              "X-Spamd-Bar: forged+++\r\n")
     code, text = send(mx, message("clean", "a plain hello\r\n", extra=forged))
     assert code == 250, text
     raw = stored(mx, "alice", "", before)
@@ -202,7 +206,8 @@ def test_clean_message_is_delivered_with_x_spamd_result(mx):
     assert h.count("X-Spamd-Result:") == 1, h  # the forged one is gone
     assert "X-Spamd-Result: default: False [" in h and "/ 15.00]" in h, h
     assert "-100.00" not in h and "X-Spam: Yes" not in h, h
-    assert "X-Spamd-Bar:" in h  # rspamd's milter add_headers
+    # rspamd's milter edits: its remove_headers took the forged bar, add_headers put its own.
+    assert h.count("X-Spamd-Bar:") == 1 and "forged" not in h, h
     assert raw.endswith(b"\n\na plain hello\n")
 
 
@@ -303,6 +308,49 @@ def test_rspamd_down_fail_closed_451(make_daemon, silent, down):
     assert "fail=closed: 451" in d.log()
 
 
+class _Broken(BaseHTTPRequestHandler):
+    """An rspamd that answers, but not with a verdict."""
+
+    answers = {"/500/checkv2": (500, b"oops"), "/text/checkv2": (200, b"<html>no</html>"),
+               "/error/checkv2": (200, b'{"error": "cannot parse message"}')}
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        code, body = self.answers[self.path]
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def broken():
+    server = HTTPServer(("127.0.0.1", 0), _Broken)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_answer_that_is_not_a_verdict_follows_fail(make_daemon, broken):
+    d = make_daemon(listeners=["smtp"], users={"alice": "pw"}, config={
+        "rspamd": {"enabled": True, "url": broken + "/500", "fail": "open"}})
+    code, text = send(d, message("rspamd says 500"))
+    assert code == 250, text
+    for where, reason in (("/text", "not JSON: <html>no</html>"),
+                          ("/error", "rspamd error: cannot parse message")):
+        d.config["rspamd"]["url"] = broken + where
+        d.restart()
+        assert send(d, message("rspamd says " + where))[0] == 250
+        assert reason in d.log(), d.log()[-2000:]
+    assert len(d.messages("alice")) == 3
+    assert "unavailable (HTTP 500: oops); fail=open" in d.log()
+
+
 @pytest.mark.parametrize("key,value,reason", [
     ("url", "ftp://127.0.0.1:11333", "expected http://host:port"),
     ("url", "http://127.0.0.1:99999", "out of range"),
@@ -316,3 +364,50 @@ def test_bad_config_stops_startup(make_daemon, key, value, reason):
     with pytest.raises(RuntimeError) as e:
         d.start()
     assert f"rspamd.{key}: " in str(e.value) and reason in str(e.value), str(e.value)
+
+
+# -- the header edits, on their own -------------------------------------------------
+
+MSG = [b"Received: from a", b"\tby mx.test", b"Authentication-Results: mx.test; spf=pass",
+       b"X-A: 1", b"X-A: 2", b"X-A: 3", b"Subject: old", b"\tfolded", b"", b"X-A: body"]
+
+
+def test_milter_remove_headers_counts_and_keeps_trace_headers():
+    from netsuite.mailauth.rspamd import edit
+
+    def remaining(spec):
+        out = edit(MSG, {"remove_headers": spec})
+        assert out[-2:] == [b"", b"X-A: body"]  # the body is never touched
+        return [line for line in out if line.startswith(b"X-A")][:-1]
+
+    assert remaining({"X-A": 0}) == []
+    assert remaining({"x-a": 2}) == [b"X-A: 1", b"X-A: 3"]
+    assert remaining({"X-A": -1}) == [b"X-A: 1", b"X-A: 2"]
+    assert remaining({"X-A": 7}) == [b"X-A: 1", b"X-A: 2", b"X-A: 3"]
+    kept = edit(MSG, {"remove_headers": {"Received": 0, "Authentication-Results": 0}})
+    assert kept == MSG
+
+
+def test_milter_add_headers_forms_and_subject_rewrite():
+    from netsuite.mailauth.rspamd import edit, set_subject
+
+    out = edit(MSG, {"add_headers": {"X-One": "a", "X-Two": {"value": "b", "order": 0},
+                                     "X-Three": [{"value": "c1"}, "c2"],
+                                     "X-Bad": {"value": "x\r\n\tEvil: y"}}})
+    assert out[:5] == [b"X-One: a", b"X-Two: b", b"X-Three: c1", b"X-Three: c2",
+                       b"X-Bad: x Evil: y"]  # no header smuggled in by a line break
+    assert out[5:] == MSG
+    new = set_subject(MSG, "*** SPAM *** Grüße")
+    subjects = [line for line in new if line.startswith(b"Subject:")]
+    assert len(subjects) == 1 and subjects[0].startswith(b"Subject: =?utf-8?"), subjects
+    assert str(make_header(decode_header(subjects[0][9:].decode()))) == "*** SPAM *** Grüße"
+    assert b"\tfolded" not in new and new[-2:] == [b"", b"X-A: body"]
+
+
+def test_x_spamd_result_format():
+    from netsuite.mailauth.rspamd import summary
+
+    lines = summary(True, 7.5, 15, {"B_SYM": {"score": 1}, "A_SYM": {"score": 6.5,
+                                                                       "options": ["x;y"]}})
+    assert lines == [b"X-Spamd-Result: default: True [7.50 / 15.00];",
+                     b"\tA_SYM(6.50)[x,y];", b"\tB_SYM(1.00)"]
