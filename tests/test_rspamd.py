@@ -411,3 +411,28 @@ def test_x_spamd_result_format():
                                                                        "options": ["x;y"]}})
     assert lines == [b"X-Spamd-Result: default: True [7.50 / 15.00];",
                      b"\tA_SYM(6.50)[x,y];", b"\tB_SYM(1.00)"]
+
+
+def test_with_spf_and_dkim_checks_both_headers_are_there(make_daemon, rspamd_server,
+                                                         tmp_path):
+    from dns_zone import DNSServer
+
+    zone = DNSServer(tmp_path, {"sender.test": ["v=spf1 ip4:127.0.0.1 -all"]})
+    try:
+        d = make_daemon(listeners=["smtp"], users={"alice": "pw"}, config={
+            "checks": {"enabled": True},
+            "dns": {"nameservers": [zone.address], "timeout": 2.0},
+            "rspamd": {"enabled": True, "url": rspamd_server.url}})
+        forged = "Authentication-Results: mx.test; spf=pass\r\n"
+        assert send(d, message("checked", extra=forged))[0] == 250
+        h = head(stored(d, "alice", "", 0))
+        assert h.count("Authentication-Results: mx.test;") == 1, h
+        assert "spf=pass smtp.mailfrom=news@sender.test" in h and "dkim=none" in h, h
+        assert "X-Spamd-Result: default: False" in h
+        # Both written by this hop: above its Received.
+        assert h.index("X-Spamd-Result") < h.index("Received:")
+        assert h.index("Authentication-Results: mx.test") < h.index("Received:")
+        code, _text = send(d, message("checked spam", f"{REJECT}\r\n"))
+        assert code == 550
+    finally:
+        zone.stop()
