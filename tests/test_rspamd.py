@@ -47,6 +47,14 @@ rspamd_config:register_symbol{
     end
   end,
 }
+-- And the Hostname header netsuite sent, as a symbol's option in X-Spamd-Result.
+rspamd_config:register_symbol{
+  name = 'NETSUITE_TEST_HOSTNAME',
+  score = 0.0,
+  callback = function(task)
+    task:insert_result('NETSUITE_TEST_HOSTNAME', 1.0, task:get_hostname() or 'none')
+  end,
+}
 """
 
 CONFIG = """
@@ -143,7 +151,8 @@ def mx(rspamd_server, tmp_path_factory):
     from harness import Daemon
 
     d = Daemon(tmp_path_factory.mktemp("mx"), listeners=["smtp", "smtps"], config={
-        "rspamd": {"enabled": True, "url": rspamd_server.url, "timeout": 10.0}})
+        "rspamd": {"enabled": True, "url": rspamd_server.url, "timeout": 10.0,
+                   "reverse_dns": False}})
     d.add_user("alice", "alice-pw")
     d.add_user("bob", "bob-pw")
     d.start()
@@ -157,9 +166,11 @@ def message(subject: str, body: str = "hello\r\n", extra: str = "") -> bytes:
             f"Date: Wed, 02 Dec 2026 14:00:00 +0000\r\n\r\n{body}").encode()
 
 
-def send(d, content: bytes, rcpt: str = "alice@example.test", bdat: bool = False):
+def send(d, content: bytes, rcpt: str = "alice@example.test", bdat: bool = False,
+         source: str = "127.0.0.1"):
     """(code, reply) of the end of data; smtplib's sendmail raises on a refusal."""
-    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=30) as s:
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=30,
+                      source_address=(source, 0)) as s:
         s.ehlo("client.sender.test")
         assert s.mail("news@sender.test")[0] == 250
         assert s.rcpt(rcpt)[0] == 250
@@ -258,7 +269,8 @@ def test_submission_is_not_scanned_unless_configured(mx):
 
 def test_submission_scanned_when_configured(make_daemon, rspamd_server):
     d = make_daemon(listeners=["smtps"], users={"alice": "alice-pw"}, config={
-        "rspamd": {"enabled": True, "url": rspamd_server.url, "scan_submission": True}})
+        "rspamd": {"enabled": True, "url": rspamd_server.url, "scan_submission": True,
+                   "reverse_dns": False}})
     with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
                           context=insecure_context()) as s:
         s.login("alice", "alice-pw")
@@ -285,7 +297,8 @@ def silent():
 def test_rspamd_down_fail_open_delivers_and_logs(make_daemon, silent, down):
     url = f"http://127.0.0.1:{free_port()}" if down == "refused" else silent
     d = make_daemon(listeners=["smtp"], users={"alice": "pw"}, config={
-        "rspamd": {"enabled": True, "url": url, "timeout": 1.0, "fail": "open"}})
+        "rspamd": {"enabled": True, "url": url, "timeout": 1.0, "fail": "open",
+                   "reverse_dns": False}})
     code, text = send(d, message("while rspamd is down", f"{REJECT}\r\n"))
     assert code == 250, text
     h = head(stored(d, "alice", "", 0))
@@ -300,7 +313,8 @@ def test_rspamd_down_fail_open_delivers_and_logs(make_daemon, silent, down):
 def test_rspamd_down_fail_closed_451(make_daemon, silent, down):
     url = f"http://127.0.0.1:{free_port()}" if down == "refused" else silent
     d = make_daemon(listeners=["smtp"], users={"alice": "pw"}, config={
-        "rspamd": {"enabled": True, "url": url, "timeout": 1.0, "fail": "closed"}})
+        "rspamd": {"enabled": True, "url": url, "timeout": 1.0, "fail": "closed",
+                   "reverse_dns": False}})
     code, text = send(d, message("while rspamd is down"))
     assert (code, text.split()[0]) == (451, b"4.7.1"), text
     time.sleep(0.3)
@@ -338,7 +352,8 @@ def broken():
 
 def test_answer_that_is_not_a_verdict_follows_fail(make_daemon, broken):
     d = make_daemon(listeners=["smtp"], users={"alice": "pw"}, config={
-        "rspamd": {"enabled": True, "url": broken + "/500", "fail": "open"}})
+        "rspamd": {"enabled": True, "url": broken + "/500", "fail": "open",
+                   "reverse_dns": False}})
     code, text = send(d, message("rspamd says 500"))
     assert code == 250, text
     for where, reason in (("/text", "not JSON: <html>no</html>"),
@@ -417,7 +432,12 @@ def test_with_spf_and_dkim_checks_both_headers_are_there(make_daemon, rspamd_ser
                                                          tmp_path):
     from dns_zone import DNSServer
 
-    zone = DNSServer(tmp_path, {"sender.test": ["v=spf1 ip4:127.0.0.1 -all"]})
+    zone = DNSServer(tmp_path, {"sender.test": ["v=spf1 ip4:127.0.0.1 -all"],
+                                "PTR 1.0.0.127.in-addr.arpa": ["client.sender.test"],
+                                "A client.sender.test": ["127.0.0.1"],
+                                # A PTR whose name does not lead back: not confirmed.
+                                "PTR 3.0.0.127.in-addr.arpa": ["bank.test"],
+                                "A bank.test": ["192.0.2.1"]})
     try:
         d = make_daemon(listeners=["smtp"], users={"alice": "pw"}, config={
             "checks": {"enabled": True},
@@ -432,6 +452,12 @@ def test_with_spf_and_dkim_checks_both_headers_are_there(make_daemon, rspamd_ser
         # Both written by this hop: above its Received.
         assert h.index("X-Spamd-Result") < h.index("Received:")
         assert h.index("Authentication-Results: mx.test") < h.index("Received:")
+        # The forward-confirmed reverse name went to rspamd as Hostname.
+        assert "NETSUITE_TEST_HOSTNAME(0.00)[client.sender.test]" in h, h
+        for source in ("127.0.0.2", "127.0.0.3"):  # no PTR; a PTR not confirmed
+            assert send(d, message("from " + source), source=source)[0] == 250
+            h = head(stored(d, "alice", "", 1 if source == "127.0.0.2" else 2))
+            assert "NETSUITE_TEST_HOSTNAME(0.00)[unknown]" in h, h
         code, _text = send(d, message("checked spam", f"{REJECT}\r\n"))
         assert code == 550
     finally:

@@ -17,6 +17,7 @@ reactor; a timeout or an unreachable rspamd follows C{[rspamd] fail}.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.names import dns as names_dns
+from twisted.names import error as names_error
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
@@ -37,6 +40,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 
 from netsuite.config import ConfigError, section
+from netsuite.mailauth import dns
 
 log = Logger(namespace="netsuite.rspamd")
 
@@ -71,6 +75,9 @@ class RspamdConfig:
     scan_submission: bool = False
     #: Where C{add header} and C{rewrite subject} mail is delivered (created if missing).
     junk_folder: str = "Junk"
+    #: Look the client's host name up (PTR, forward-confirmed, through C{[dns]}) and
+    #: send it as C{Hostname}; rspamd counts a missing one against the sender.
+    reverse_dns: bool = True
 
     def validate(self) -> None:
         parts = urlsplit(self.url)
@@ -136,9 +143,11 @@ class _Pool(HTTPConnectionPool):
 class Scanner:
     """One listener's rspamd client (a persistent connection pool)."""
 
-    def __init__(self, settings: RspamdConfig, reactor: Any):
+    def __init__(self, settings: RspamdConfig, reactor: Any, resolver: Any = None):
         self.settings = settings
         self.reactor = reactor
+        #: twisted.names, for the client's host name (None: not looked up).
+        self.resolver = resolver
         self.pool = _Pool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
         self.pool.retryAutomatically = False
@@ -176,10 +185,57 @@ class Scanner:
         """
         lines = strip_headers(lines, OWN_HEADERS)
         message = b"\r\n".join(lines) + b"\r\n"
-        d = defer.maybeDeferred(self.request, message, envelope)
+        d = self.hostname(envelope.ip)
+
+        def named(hostname: str | None):
+            envelope.hostname = hostname
+            return self.request(message, envelope)
+
+        d.addCallback(named)
         d.addCallback(self.decide, lines, envelope)
         d.addErrback(self.unavailable, lines, envelope)
         return d
+
+    def hostname(self, ip: str) -> defer.Deferred:
+        """
+        The client's forward-confirmed reverse DNS name, C{"unknown"} when it
+        has none (as Postfix tells rspamd), or None when nothing was looked up.
+        """
+        if self.resolver is None:
+            return defer.succeed(None)
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return defer.succeed(None)
+        d = self.resolver.lookupPointer(address.reverse_pointer)
+
+        def pointed(result):
+            names = [str(rr.payload.name) for rr in result[0] if rr.type == names_dns.PTR]
+            if not names:
+                return "unknown"
+            name = names[0].rstrip(".")
+            ask = (self.resolver.lookupAddress if address.version == 4
+                   else self.resolver.lookupIPV6Address)
+            return ask(name).addCallback(confirmed, name)
+
+        def confirmed(result, name: str):
+            for rr in result[0]:
+                if rr.type == names_dns.A and rr.payload.dottedQuad() == str(address):
+                    return name
+                if (rr.type == names_dns.AAAA
+                        and ipaddress.ip_address(rr.payload.address) == address):
+                    return name
+            return "unknown"
+
+        def failed(failure):
+            if failure.check(names_error.DNSNameError, names_error.DomainError,
+                             names_error.AuthoritativeDomainError):
+                return "unknown"
+            log.info("rspamd: reverse DNS of {ip}: {reason}", ip=ip,
+                     reason=failure.getErrorMessage() or type(failure.value).__name__)
+            return "unknown"
+
+        return d.addCallback(pointed).addErrback(failed)
 
     def decide(self, answer: dict, lines: list[bytes], envelope: Envelope) -> Outcome:
         action = str(answer.get("action", "no action"))
@@ -422,7 +478,8 @@ def make_scanner(ctx, submission: bool) -> Scanner | None:
     settings = ctx.config.rspamd
     if not settings.enabled or (submission and not settings.scan_submission):
         return None
-    return Scanner(settings, ctx.reactor)
+    resolver = dns.resolver(ctx.config.dns, ctx.reactor) if settings.reverse_dns else None
+    return Scanner(settings, ctx.reactor, resolver)
 
 
 def file_into(msg: Any, folder: str) -> None:
