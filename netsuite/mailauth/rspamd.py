@@ -65,8 +65,8 @@ class RspamdConfig:
     enabled: bool = False
     #: The normal worker (not the controller): C{http://host:port}.
     url: str = "http://127.0.0.1:11333"
-    #: Seconds for the whole scan (connect, send, answer); rspamd's own
-    #: task_timeout is 8 s.
+    #: Seconds rspamd has to answer (connect, send, verdict); rspamd's own
+    #: task_timeout is 8 s.  The Hostname lookup has C{[dns] timeout}.
     timeout: float = 15.0
     #: rspamd timed out or unreachable: C{"open"} delivers (and logs),
     #: C{"closed"} answers 451 4.7.1 so the client retries later.
@@ -157,7 +157,7 @@ class Scanner:
         """rspamd's answer (a dict); fails with the reason on a timeout or a bad answer."""
         headers = Headers({b"IP": [envelope.ip.encode()],
                            b"Queue-Id": [envelope.queue_id.encode()],
-                           b"From": [_field(envelope.sender)],
+                           b"From": [_field(envelope.sender) or b"<>"],
                            b"Rcpt": [_field(r) for r in envelope.recipients] or [b"<>"]})
         if envelope.helo:
             headers.setRawHeaders(b"Helo", [_field(envelope.helo)])
