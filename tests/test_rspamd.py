@@ -462,3 +462,17 @@ def test_with_spf_and_dkim_checks_both_headers_are_there(make_daemon, rspamd_ser
         assert code == 550
     finally:
         zone.stop()
+
+
+def test_store_delivers_into_junk_made_again_if_the_user_deleted_it(tmp_path):
+    from netsuite.store.maildir import MaildirStore
+
+    store = MaildirStore(tmp_path / "mail")
+    store.ensure_special_folders("alice")
+    store.delete_folder("alice", "Junk")
+    d = store.delivery("alice", "Junk")
+    d.write(b"Subject: spam\n\nbody\n")
+    d._finish()  # the blocking step commit runs in a thread
+    assert [m.uid for m in store.folder("alice", "Junk").messages] == [1]
+    assert "Junk" in store.subscriptions("alice")
+    assert store.folder("alice").messages == []  # nothing in INBOX
