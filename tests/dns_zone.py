@@ -14,17 +14,33 @@ import sys
 from twisted.internet import defer
 from twisted.names import common, dns, error, server
 
+#: Record types a key may name before the name ("PTR 1.0.0.127.in-addr.arpa"); plain: TXT.
+_TYPED = {"A": (dns.A, dns.Record_A), "PTR": (dns.PTR, dns.Record_PTR)}
+
 
 class Zone(common.ResolverBase):
-    """TXT and A records; every other name is NXDOMAIN."""
+    """TXT records, and A or PTR ones under a typed key (or in C{a}); the rest is NXDOMAIN."""
 
     def __init__(self, txt: dict[str, list[str]], a: dict[str, str] | None = None):
         super().__init__()
-        self.txt = {k.lower().rstrip("."): v for k, v in txt.items()}
+        self.typed: dict[tuple[int, str], list[str]] = {}
+        self.txt = {}
+        for k, v in txt.items():
+            kind, _, rest = k.partition(" ")
+            if rest and kind in _TYPED:
+                self.typed[(_TYPED[kind][0], rest.lower().rstrip("."))] = v
+            else:
+                self.txt[k.lower().rstrip(".")] = v
+        #: Names with an A record only: any other type asked of them is an empty answer.
         self.a = {k.lower().rstrip("."): v for k, v in (a or {}).items()}
 
     def _lookup(self, name, cls, type_, timeout):
         key = name.decode().lower().rstrip(".")
+        typed = self.typed.get((type_, key))
+        if typed is not None:
+            record = next(r for t, r in _TYPED.values() if t == type_)
+            return defer.succeed(([dns.RRHeader(name, type_, dns.IN, 60, record(v), auth=True)
+                                   for v in typed], [], []))
         address = self.a.get(key)
         if address is not None:
             if type_ not in (dns.A, dns.ALL_RECORDS):

@@ -154,3 +154,4 @@ class LMTPFactory(SMTPFactory):
         super().__init__(ctx, listener, submission=False)
         self.banner = b"LMTP netsuite"
         self.checker = None  # the MTA in front has checked it
+        self.rspamd = None  # and filtered it

@@ -62,13 +62,19 @@ class Transaction:
         self.error: OSError | None = None
         #: The message's size on the wire (CRLF), as quotas count it.
         self.size = 0
+        #: The local recipients' folder (None: INBOX); a filter (rspamd) sets it
+        #: before the first line is written.
+        self.folder: str | None = None
 
     def _open(self) -> None:
         self._opened = True
         return_path = b"Return-Path: <" + bytes(self.sender) + b">\n"
         try:
             for user in self.local:
-                f = self.realm.store.delivery(user)
+                if self.folder:
+                    f = self.realm.store.delivery(user, self.folder)
+                else:
+                    f = self.realm.store.delivery(user)
                 self._files.append(f)
                 f.write(return_path)
             if self.remote:

@@ -34,6 +34,7 @@ from netsuite.auth.sasl import MECHANISMS, SASLError
 from netsuite.config import plaintext_auth_allowed
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
+from netsuite.mailauth import rspamd
 from netsuite.mailauth.inbound import make_checker
 from netsuite.realm import ANONYMOUS
 from netsuite.smtp import wire
@@ -620,7 +621,7 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                 msg = factory()
                 if not any(m is msg for m in msgs):
                     msgs.append(msg)
-            if self.factory.checker is not None:
+            if self.factory.checker is not None or self.factory.rspamd is not None:
                 self._held = header.split(b"\n")
             else:
                 for line in header.split(b"\n"):
@@ -724,15 +725,47 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         if too_big or held is None:
             return self._deliver(too_big, size)
         helo = self._helo[0] if self._helo else b""
-        d = self.factory.checker.check(held, self.peer, helo, bytes(self._from))
+        if self.factory.checker is not None:
+            d = self.factory.checker.check(held, self.peer, helo, bytes(self._from))
+        else:
+            d = defer.succeed(held)
+        if self.factory.rspamd is not None:
+            d.addCallback(self._spam_filter, helo)
 
-        def checked(lines: list[bytes]):
-            if self._lost:
+        def checked(lines: list[bytes] | None):
+            if self._lost or lines is None:
                 return None
             self._feed(lines)
             return self._deliver(False, size)
 
         return d.addCallback(checked)
+
+    # -- rspamd (netsuite.mailauth.rspamd) ---------------------------------------
+
+    def _spam_filter(self, lines: list[bytes], helo: bytes):
+        """rspamd's verdict: the lines to deliver (maybe into Junk), or None once refused."""
+        if self._lost:
+            return None
+        envelope = rspamd.Envelope(
+            ip=self.peer, helo=helo, sender=bytes(self._from),
+            recipients=[bytes(u.dest) for u, _f in self._to],
+            queue_id=getattr(self, "_queue_id", "-"), user=self.auth_user)
+        d = self.factory.rspamd.scan(lines, envelope)
+
+        def decided(outcome: rspamd.Outcome):
+            if self._lost:
+                return None
+            if outcome.reply is not None:
+                code, enhanced, text = outcome.reply
+                self._refuse("DATA", None, code, enhanced, text.encode())
+                self._reset_transaction()
+                return None
+            if outcome.folder:
+                for msg in self._msgs:
+                    rspamd.file_into(msg, outcome.folder)
+            return outcome.lines
+
+        return d.addCallback(decided)
 
     def _deliver(self, too_big: bool, size: int):
         if too_big:
@@ -908,6 +941,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.banner = ctx.config.smtp.banner.encode("utf-8")
         #: SPF/DKIM on the MX (None: off, and always on submission).
         self.checker = None if submission else make_checker(ctx)
+        #: rspamd (None: off, or a submission listener it does not scan).
+        self.rspamd = rspamd.make_scanner(ctx, submission)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)

@@ -253,17 +253,28 @@ class MaildirStore:
             raise ValueError(f"bad mailbox name {user!r}")
         return self.root / user
 
-    def delivery(self, user: str) -> MaildirDelivery:
+    def delivery(self, user: str, folder: str = "INBOX") -> MaildirDelivery:
         """
         Start a delivery; the Maildir is made once per user and process, not
         checked per message (a mailbox removed meanwhile is made again when
-        the delivery finds it gone).
+        the delivery finds it gone).  Another C{folder} than INBOX (a spam
+        filter's Junk) is made, and subscribed, if it does not exist.
         """
         path = self.mailbox_path(user)
         if user not in self._delivering:
             ensure_maildir(path)
             self._delivering.add(user)
-        return MaildirDelivery(path, on_commit=lambda: self.changed(user, "INBOX"),
+        if folder.upper() != "INBOX":
+            path = self.folder_path(user, folder)
+            if not (path / "cur").is_dir():
+                self.ensure_special_folders(user)
+            if not (path / "cur").is_dir():
+                ensure_maildir(path)
+                (path / "maildirfolder").touch()
+                self.set_subscribed(user, folder, True)
+        else:
+            folder = "INBOX"
+        return MaildirDelivery(path, on_commit=lambda: self.changed(user, folder),
                                on_missing=lambda: ensure_maildir(path))
 
     def changed(self, user: str, name: str = "INBOX") -> None:
