@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 
 from netsuite.config import ConfigError, section
 from netsuite.mailauth import dns
+from netsuite.store.maildir import BadFolderName, check_folder_name
 
 log = Logger(namespace="netsuite.rspamd")
 
@@ -93,8 +94,6 @@ class RspamdConfig:
             raise ConfigError("must be positive", "timeout")
         if self.fail not in ("open", "closed"):
             raise ConfigError(f"expected \"open\" or \"closed\", got {self.fail!r}", "fail")
-        from netsuite.store.maildir import BadFolderName, check_folder_name
-
         try:
             check_folder_name(self.junk_folder)
         except BadFolderName as e:
