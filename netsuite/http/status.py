@@ -267,7 +267,8 @@ Machine-readable: <a href="/status.json">/status.json</a>.</p>
 {_table("listeners", ["listener", "ports", "open", "cap"], listeners, "nothing listening")}
 <h2>Messages accepted per minute (last hour: <span id="accepted">{total}</span>)</h2>
 {chart(data["messages_per_minute"])}
-<h2>Queue (<span id="queued">{len(data["queue"])}</span> messages)</h2>
+<h2>Queue (<span id="queued">{len(data["queue"])}</span>
+message{"" if len(data["queue"]) == 1 else "s"})</h2>
 {_table("queue", ["id", "sender", "recipient", "attempts", "next attempt", "reason"], queue,
         "the queue is empty")}
 <h2>Recent failed logins</h2>
