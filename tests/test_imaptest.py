@@ -40,16 +40,28 @@ from imaptest_build import (  # noqa: E402
 EXPECTED_GROUPS = 71
 
 USER, USER2, PASSWORD = "imaptest", "imaptest2", "compliance"
+#: A pair of its own for urlauth2 run over a filled INBOX (no other group touches it).
+URLAUTH2_USERS = ("urlauth-a", "urlauth-b")
 
 #: Groups no server can pass as imaptest runs them, with the reason.
 BROKEN_GROUPS = {
-    # Its script FETCHes 1:2 yet has no "messages:" header, so imaptest appends
-    # nothing to the mailbox it has just re-created; and user 2 SELECTs that name
-    # in its own account, where imaptest never creates it.  Without user2= (as the
-    # issue's reference run against Dovecot) imaptest skips it silently.  What it
-    # means to check, another user URLFETCHing an authuser URL, is
-    # tests/test_imap_urlauth.py::test_access_decides_who_else_may_fetch.
-    "urlauth2": "imaptest appends no message for it and never creates user 2's mailbox",
+    # urlauth2 has "connections: 2" and "user 2: $user2" but no "messages:"
+    # header: imaptest's message_count stays 0, so it APPENDs nothing (mbox= does
+    # not change that), and client 2 SELECTs box= in user 2's account, which
+    # imaptest never creates.  Without user2= imaptest skips the group silently
+    # ("0/0 individual commands failed").  Dovecot 2.3.19.1 with URLAUTH
+    # (imap_urlauth_host, mail_attribute_dict; bench/imaptest_compliance.py) and
+    # user2= answers the same as netsuite: "*** Test urlauth2 initialization
+    # failed: SELECT "imaptest" (tag 2.2) failed: NO Mailbox doesn't exist:
+    # imaptest".  With box=INBOX and an empty INBOX: "1.6 BAD Error in IMAP
+    # command FETCH: Invalid messageset".  Only box=INBOX over two messages put
+    # there first runs it: netsuite passes that (test_urlauth2_over_a_filled_inbox);
+    # Dovecot 2.3.19.1 fails it (imap-urlauth-login panics: "assertion failed:
+    # (!private || (mech->flags & MECH_SEC_PRIVATE) != 0)", URLFETCH "NO
+    # Internal error occurred").
+    "urlauth2": "imaptest APPENDs nothing for it (no messages: header) and never creates "
+                "user 2's box=: SELECT fails on Dovecot 2.3.19 too; run over a filled "
+                "INBOX by test_urlauth2_over_a_filled_inbox",
 }
 
 
@@ -90,6 +102,8 @@ def server(tmp_path_factory, imaptest):
                listeners=["imap"])
     d.add_user(USER, PASSWORD)
     d.add_user(USER2, PASSWORD)
+    for u in URLAUTH2_USERS:
+        d.add_user(u, PASSWORD)
     d.start()
     try:
         m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=10)
@@ -134,10 +148,11 @@ def verdict(done: subprocess.CompletedProcess) -> str | None:
     return None
 
 
-def run_group(imaptest: Path, daemon: Daemon, group: str,
-              password: str = PASSWORD) -> subprocess.CompletedProcess:
+def run_group(imaptest: Path, daemon: Daemon, group: str, password: str = PASSWORD,
+              user: str = USER, user2: str = USER2,
+              box: str | None = None) -> subprocess.CompletedProcess:
     cmd = [str(imaptest), "host=127.0.0.1", f"port={daemon.port('imap')}",
-           f"user={USER}", f"user2={USER2}", f"pass={password}", f"box=it-{group}",
+           f"user={user}", f"user2={user2}", f"pass={password}", f"box={box or 'it-' + group}",
            f"test={imaptest.parent / 'tests' / group}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL,
@@ -166,3 +181,31 @@ def test_group(group, imaptest, server):
     if why:
         pytest.fail(f"imaptest group {group}: {why}\n{done.stdout[-6000:]}\n"
                     f"{done.stderr[-3000:]}", pytrace=False)
+
+
+def fill_inbox(daemon: Daemon, user: str, count: int) -> None:
+    m = imaplib.IMAP4("127.0.0.1", daemon.port("imap"), timeout=10)
+    m.login(user, PASSWORD)
+    for i in range(count):
+        typ, _ = m.append("INBOX", None, None,
+                          f"From: a@example.test\r\nSubject: urlauth2 {i}\r\n\r\n"
+                          f"body {i}\r\n".encode())
+        assert typ == "OK"
+    m.logout()
+
+
+def test_urlauth2_over_a_filled_inbox(imaptest, server):
+    """
+    imaptest's urlauth2 script as it can run (see BROKEN_GROUPS): box=INBOX,
+    which exists for user 2 and which imaptest neither deletes nor creates,
+    holding the two messages its FETCH 1:2 expects.  User 1 GENURLAUTHs
+    authuser URLs, user 2 URLFETCHes them, RESETKEY makes them fetch NIL.
+    """
+    daemon, capabilities = server
+    assert "URLAUTH" in capabilities
+    a, b = URLAUTH2_USERS
+    fill_inbox(daemon, a, 2)
+    done = run_group(imaptest, daemon, "urlauth2", user=a, user2=b, box="INBOX")
+    why = verdict(done)
+    assert why is None, f"{why}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert "extensions: 0/9 individual commands failed" in done.stdout, done.stdout
