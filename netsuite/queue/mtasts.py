@@ -76,7 +76,7 @@ def parse_txt(texts: list[str]) -> str:
     if len(records) != 1:
         raise PolicyError("no STSv1 TXT record" if not records
                           else "more than one STSv1 TXT record")
-    fields = {}
+    fields: dict[str, str] = {}
     for part in records[0].split(";"):
         key, eq, value = part.strip().partition("=")
         if eq:
@@ -167,6 +167,9 @@ class _EndpointFactory:
 
 class _Body(protocol.Protocol):
     """Collects a response body up to L{MAX_POLICY} bytes."""
+
+    #: The response's body producer (it has C{stopProducing}).
+    transport: Any
 
     def __init__(self, done: defer.Deferred):
         self.done = done
@@ -280,7 +283,7 @@ class MtaSts:
             return cached
         except Exception:
             f = Failure()
-            if cached is None and not f.check(ValueError):
+            if cached is None:
                 log.debug("mta-sts: {domain}: no TXT record: {why}", domain=domain,
                           why=describe(f, self.timeout))
             return cached
