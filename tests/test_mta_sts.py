@@ -91,6 +91,7 @@ class PolicyServer:
 
     def __init__(self, ctx: ssl.SSLContext, body: bytes):
         self.body = body
+        self.status = 200
         self.requests = 0
         server = self
 
@@ -100,7 +101,9 @@ class PolicyServer:
                 if self.path != "/.well-known/mta-sts.txt":
                     self.send_error(404)
                     return
-                self.send_response(200)
+                self.send_response(server.status)
+                if server.status in (301, 302):
+                    self.send_header("Location", "https://mta-sts.remote.test/elsewhere")
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
@@ -273,6 +276,25 @@ def test_policy_not_utf8_is_no_policy_and_mail_flows(make_daemon, ca, policy_ser
         assert msgs[0]["tls"]  # opportunistic STARTTLS as ever
         assert "policy is not valid UTF-8" in d.log()
         assert "treated as no policy" in d.log()
+        assert "Traceback" not in d.log()
+    finally:
+        mx.stop()
+
+
+@pytest.mark.parametrize("status, body, logged", [
+    (301, ENFORCE, "HTTP status 301"),  # RFC 8461 3.3: redirects are not followed
+    (200, ENFORCE + b"# " + b"x" * (64 * 1024) + b"\r\n", "policy larger than 65536 bytes"),
+    (200, ENFORCE.replace(b"STSv1", b"STSv2"), "policy version is not STSv1"),
+])
+def test_unusable_policy_is_no_policy(make_daemon, ca, policy_server, dns_server,
+                                      status, body, logged):
+    policy_server.status, policy_server.body = status, body
+    mx = remote_mx(server_context(*ca.issue("other.test")))  # bad: enforce would refuse
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port)
+        submit(d, "unusable")
+        assert len(mx.handler.wait(1)) == 1, d.log()[-4000:]
+        assert logged in d.log() and "treated as no policy" in d.log(), d.log()[-4000:]
         assert "Traceback" not in d.log()
     finally:
         mx.stop()
