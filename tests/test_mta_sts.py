@@ -236,6 +236,18 @@ def test_enforce_bad_certificate_is_deferred_with_the_reason(make_daemon, ca, po
         mx.stop()
 
 
+def test_enforce_without_starttls_is_deferred(make_daemon, ca, policy_server, dns_server):
+    mx = Remote().start()  # no tls_context: no STARTTLS offered
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port)
+        submit(d, "plain")
+        shown = deferred_reason(d)
+        assert f"MTA-STS enforce: {MX}: no STARTTLS offered" in shown, shown
+        assert mx.messages == []
+    finally:
+        mx.stop()
+
+
 def test_enforce_mx_not_in_the_policy_is_deferred(make_daemon, ca, policy_server, dns_server):
     policy_server.body = ENFORCE.replace(b"mx: mx.remote.test", b"mx: *.elsewhere.test")
     mx = remote_mx(server_context(*ca.issue(MX)))

@@ -99,7 +99,10 @@ class QueueClient(smtp.ESMTPClient):
             mode, host, check = self.mta_sts
             if self._tlsMode:  # the EHLO after STARTTLS: the handshake is done
                 self._sts_checked = True
-                problem = check.problem(self.transport, host)
+                try:
+                    problem = check.problem(self.transport, host)
+                except Exception as e:  # a broken certificate the libraries choke on
+                    problem = f"certificate check failed ({type(e).__name__}: {e})"[:300]
                 if problem is not None and not self._sts_failed(f"{host}: {problem}"):
                     return
             elif b"STARTTLS" not in self.extensions:
