@@ -1,8 +1,9 @@
 """
 A DNS server on loopback for tests: twisted.names answering authoritatively
 from a JSON file of TXT records (C{{"name": ["text", ...]}}) and, optionally, a
-second one of A records (C{{"name": "127.0.0.1"}}); run as a subprocess, it
-prints its UDP port (TCP on the same port where free).
+second one of A records (C{{"name": "127.0.0.1"}}) and a third of MX records
+(C{{"domain": [[10, "mx.host"], ...]}}); run as a subprocess, it prints its
+UDP port (TCP on the same port where free).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ _TYPED = {"A": (dns.A, dns.Record_A), "PTR": (dns.PTR, dns.Record_PTR)}
 
 
 class Zone(common.ResolverBase):
-    """TXT records, and A or PTR ones under a typed key (or in C{a}); the rest is NXDOMAIN."""
+    """TXT, MX, and A or PTR records (under a typed key, or in C{a}); the rest is NXDOMAIN."""
 
-    def __init__(self, txt: dict[str, list[str]], a: dict[str, str] | None = None):
+    def __init__(self, txt: dict[str, list[str]], a: dict[str, str] | None = None,
+                 mx: dict[str, list] | None = None):
         super().__init__()
         self.typed: dict[tuple[int, str], list[str]] = {}
         self.txt = {}
@@ -33,6 +35,7 @@ class Zone(common.ResolverBase):
                 self.txt[k.lower().rstrip(".")] = v
         #: Names with an A record only: any other type asked of them is an empty answer.
         self.a = {k.lower().rstrip("."): v for k, v in (a or {}).items()}
+        self.mx = {k.lower().rstrip("."): v for k, v in (mx or {}).items()}
 
     def _lookup(self, name, cls, type_, timeout):
         key = name.decode().lower().rstrip(".")
@@ -41,6 +44,13 @@ class Zone(common.ResolverBase):
             record = next(r for t, r in _TYPED.values() if t == type_)
             return defer.succeed(([dns.RRHeader(name, type_, dns.IN, 60, record(v), auth=True)
                                    for v in typed], [], []))
+        exchanges = self.mx.get(key)
+        if exchanges is not None and key not in self.txt:
+            if type_ not in (dns.MX, dns.ALL_RECORDS):
+                return defer.succeed(([], [], []))
+            return defer.succeed(([dns.RRHeader(name, dns.MX, dns.IN, 60,
+                                                dns.Record_MX(pref, host.encode()), auth=True)
+                                   for pref, host in exchanges], [], []))
         address = self.a.get(key)
         if address is not None:
             if type_ not in (dns.A, dns.ALL_RECORDS):
@@ -61,16 +71,20 @@ class Zone(common.ResolverBase):
         return defer.succeed((answers, [], []))
 
 
-def main(path: str, a_path: str | None = None) -> None:
+def main(path: str, a_path: str | None = None, mx_path: str | None = None) -> None:
     from twisted.internet import reactor
 
     with open(path) as f:
         txt = json.load(f)
     a = None
-    if a_path is not None:
+    if a_path:
         with open(a_path) as f:
             a = json.load(f)
-    zone = Zone(txt, a)
+    mx = None
+    if mx_path:
+        with open(mx_path) as f:
+            mx = json.load(f)
+    zone = Zone(txt, a, mx)
     factory = server.DNSServerFactory(authorities=[zone])
     port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
     number = port.getHost().port
@@ -86,7 +100,7 @@ class DNSServer:
     """The server above as a subprocess of the test, stopped by PID."""
 
     def __init__(self, directory, records: dict[str, list[str]],
-                 addresses: dict[str, str] | None = None):
+                 addresses: dict[str, str] | None = None, mx: dict[str, list] | None = None):
         self.path = directory / "zone.json"
         self.path.write_text(json.dumps(records))
         argv = [sys.executable, __file__, str(self.path)]
@@ -94,6 +108,12 @@ class DNSServer:
             a_path = directory / "zone-a.json"
             a_path.write_text(json.dumps(addresses))
             argv.append(str(a_path))
+        if mx is not None:
+            mx_path = directory / "zone-mx.json"
+            mx_path.write_text(json.dumps(mx))
+            if addresses is None:
+                argv.append("")
+            argv.append(str(mx_path))
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.strip().isdigit():
@@ -112,4 +132,4 @@ class DNSServer:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

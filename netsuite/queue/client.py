@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from twisted.internet import error as neterror
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -56,8 +57,13 @@ class QueueClient(smtp.ESMTPClient):
 
     def __init__(self, source: JobSource, identity: bytes, remote: str,
                  secret: bytes | None = None, username: bytes | None = None,
-                 context=None, require_tls: bool = False, timeout: float = 300):
+                 context=None, require_tls: bool = False, timeout: float = 300,
+                 mta_sts: Any = None):
         super().__init__(secret, context, identity, logsize=20)
+        #: (mode, MX host, L{netsuite.queue.mtasts.CertificateCheck}) when the
+        #: domain has an MTA-STS policy in mode enforce or testing.
+        self.mta_sts = mta_sts
+        self._sts_checked = False
         self.source = source
         self.remote = remote
         self.timeout = timeout
@@ -89,7 +95,33 @@ class QueueClient(smtp.ESMTPClient):
 
     def esmtpState_serverConfig(self, code, resp):
         self.extensions = wire.parse_ehlo(resp)
+        if self.mta_sts is not None and not self._sts_checked:
+            mode, host, check = self.mta_sts
+            if self._tlsMode:  # the EHLO after STARTTLS: the handshake is done
+                self._sts_checked = True
+                try:
+                    problem = check.problem(self.transport, host)
+                except Exception as e:  # a broken certificate the libraries choke on
+                    problem = f"certificate check failed ({type(e).__name__}: {e})"[:300]
+                if problem is not None and not self._sts_failed(f"{host}: {problem}"):
+                    return
+            elif b"STARTTLS" not in self.extensions:
+                self._sts_checked = True
+                if not self._sts_failed(f"{host}: no STARTTLS offered"):
+                    return
         self.tryTLS(code, resp, self.extensions)
+
+    def _sts_failed(self, problem: str) -> bool:
+        """An MTA-STS check failed: C{enforce} ends the connection, C{testing} logs; go on?"""
+        mode = self.mta_sts[0]
+        if mode == "enforce":
+            log.warn("MTA-STS enforce: {problem}; delivery deferred", problem=problem,
+                     event="mta_sts_refused")
+            self._fail(f"4.7.5 MTA-STS enforce: {problem}")
+            return False
+        log.warn("MTA-STS testing: {problem}; delivered anyway", problem=problem,
+                 event="mta_sts_testing")
+        return True
 
     def smtpState_helo(self, code, resp):
         """EHLO refused: HELO once (Twisted would repeat HELO as long as it is refused)."""
@@ -121,6 +153,12 @@ class QueueClient(smtp.ESMTPClient):
     def connectionLost(self, reason=protocol.connectionDone):
         super().connectionLost(reason)
         job, self.job = self.job, None
+        if (self._error is None and self._tlsMode and not self._sts_checked
+                and self.mta_sts is not None and self.mta_sts[0] == "enforce"
+                and not reason.check(neterror.ConnectionDone)):
+            # The TLS handshake itself failed (no shared cipher, an alert).
+            self._error = (f"4.7.5 MTA-STS enforce: {self.mta_sts[1]}: TLS failed: "
+                           f"{reason.getErrorMessage()[:200]}")
         error = self._error
         if error is None and job is not None:
             error = f"lost connection with {self.remote} while sending"

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from netsuite import metrics
 from netsuite.queue import bounce, wire
 from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
+from netsuite.queue.mtasts import MtaStsError
 from netsuite.queue.sendlog import SendLog
 from netsuite.queue.spool import FAILED, PENDING, SENT, Envelope, Recipient, Spool
 from netsuite.queue.wire import Reply
@@ -129,6 +130,8 @@ class Destination:
     established: int = 0
     #: Open connections waiting for the next message, with their expiry calls.
     idle: dict = field(default_factory=dict)
+    #: The MTA-STS policy (L{netsuite.queue.mtasts.Policy}) of an MX destination.
+    policy: Any = None
 
 
 class PermanentRouteError(Exception):
@@ -265,6 +268,27 @@ class QueueRunner(service.Service):
         self._pool = ThreadPool(0, DISK_THREADS, name="netsuite-queue")
         self._mx = None
         self._tls_default = None
+        dns_settings = getattr(ctx.config, "dns", None)
+        #: The C{[dns]} servers, when configured, answer MX and address lookups too.
+        self._dns = None
+        if dns_settings is not None and dns_settings.nameservers:
+            from netsuite.mailauth.dns import resolver
+
+            self._dns = resolver(dns_settings, self.reactor)
+        self.mta_sts = None
+        self._sts_check = None
+        if settings.mta_sts and dns_settings is not None:
+            from netsuite.mailauth.dns import resolver
+            from netsuite.queue.mtasts import CertificateCheck, MtaSts
+
+            self.mta_sts = MtaSts(self.reactor, self._dns or resolver(dns_settings, self.reactor),
+                                  ctx.config.data_dir / "queue" / "mta-sts",
+                                  address_resolver=self._dns,
+                                  ca_bundle=settings.mta_sts_ca_bundle,
+                                  https_port=settings.mta_sts_https_port,
+                                  timeout=min(settings.connect_timeout, 30.0),
+                                  disk=self.disk)
+            self._sts_check = CertificateCheck(settings.mta_sts_ca_bundle)
         #: The DKIM signer (L{netsuite.mailauth.signing.Signer}); None: nothing signed.
         self.signer = None
         #: recover() empties queue/tmp at start-up; later, by age, hourly.
@@ -446,7 +470,17 @@ class QueueRunner(service.Service):
 
     def _try_host(self, dest: Destination, tried: list[str], last: Failure | None) -> None:
         route = dest.route
-        d = defer.maybeDeferred(self._resolve, route)
+        if not tried and route.mx_domain is not None and self.mta_sts is not None:
+            # Routes and the smarthost are the administrator's choice: no MTA-STS there.
+            d = self.mta_sts.policy_for(route.mx_domain)
+
+            def have(policy):
+                dest.policy = policy if policy is not None and policy.mode != "none" else None
+                return self._resolve(route)
+
+            d.addCallback(have)
+        else:
+            d = defer.maybeDeferred(self._resolve, route)
 
         def connect(hostport):
             host, port = hostport
@@ -454,13 +488,27 @@ class QueueRunner(service.Service):
                 return last
             tried.append(host)
             remote = f"{host}:{port}"
+            policy = dest.policy
+            sts = None
+            if policy is not None:
+                if policy.matches(host):
+                    sts = (policy.mode, host, self._sts_check)
+                elif policy.mode == "enforce":
+                    return Failure(MtaStsError(
+                        f"4.7.5 MTA-STS enforce: {host}: not an MX allowed by the policy "
+                        f"of {route.mx_domain}"))
+                else:
+                    log.warn("MTA-STS testing: {host}: not an MX allowed by the policy of "
+                             "{domain}; delivered anyway", host=host, domain=route.mx_domain,
+                             event="mta_sts_testing")
 
             def make():
                 return QueueClient(_Source(self, dest), self.identity, remote,
                                    secret=route.secret, username=route.username,
                                    context=self._tls_for(route, host),
-                                   require_tls=route.require_tls,
-                                   timeout=self.settings.command_timeout)
+                                   require_tls=route.require_tls or (
+                                       sts is not None and sts[0] == "enforce"),
+                                   timeout=self.settings.command_timeout, mta_sts=sts)
 
             c = self.endpoint(host, port).connect(QueueClientFactory(make))
             c.addCallback(self._connected, dest)
@@ -473,6 +521,10 @@ class QueueRunner(service.Service):
                 self._mx.markBad(tried[-1])  # skipped for an hour by MXCalculator
             if f is last or len(tried) >= MAX_MX_HOSTS:
                 return self._connect_failed(f, dest)
+            if f.check(MtaStsError):
+                log.warn("{error}; trying the next MX", error=str(f.value),
+                         event="mta_sts_refused")
+                return self._try_host(dest, tried, f)
             log.info("cannot connect to {host} for {domain}: {error}; trying the next MX",
                      host=tried[-1], domain=route.mx_domain, error=_reason(f))
             self._try_host(dest, tried, f)
@@ -482,6 +534,11 @@ class QueueRunner(service.Service):
 
     def endpoint(self, host: str, port: int):
         """The client endpoint for one remote host (A and AAAA, happy eyeballs)."""
+        if self._dns is not None:
+            from netsuite.queue.mtasts import ResolvingEndpoint
+
+            return ResolvingEndpoint(self.reactor, self._dns, host, port,
+                                     self.settings.connect_timeout)
         return endpoints.HostnameEndpoint(self.reactor, host, port,
                                           timeout=self.settings.connect_timeout)
 
@@ -493,14 +550,14 @@ class QueueRunner(service.Service):
         if self._mx is None:
             from twisted.mail.relaymanager import MXCalculator
 
-            self._mx = MXCalculator(clock=self.reactor)
+            self._mx = MXCalculator(resolver=self._dns, clock=self.reactor)
         d = self._mx.getMX(route.mx_domain)
 
         def found(record):
             name = str(record.name)
             if name in ("", "."):  # RFC 7505 null MX
                 raise PermanentRouteError(f"5.1.10 Domain {route.mx_domain} accepts no mail")
-            return (name, 25)
+            return (name, self.settings.mx_port)
 
         def failed(f: Failure):
             from twisted.internet.error import DNSLookupError
@@ -525,6 +582,8 @@ class QueueRunner(service.Service):
         self.connections -= 1
         if f.check(PermanentRouteError):
             reply = Reply(550, str(f.value))
+        elif f.check(MtaStsError):
+            reply = Reply(-1, str(f.value))
         else:
             reply = Reply(-1, f"4.4.1 connect to {dest.route}: {_reason(f)}")
         log.info("cannot connect: destination={dest} error={error}", dest=dest.route,

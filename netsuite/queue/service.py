@@ -72,6 +72,16 @@ class QueueConfig:
     connect_timeout: float = 30.0
     #: Seconds to wait for any reply of the remote server.
     command_timeout: float = 300.0
+    #: MTA-STS (RFC 8461) for mail delivered by MX lookup: policies are fetched
+    #: and obeyed (enforce: TLS with a verified certificate to a listed MX, or deferred).
+    mta_sts: bool = True
+    #: CA certificates (PEM) trusted for MTA-STS (policy fetch and MX certificates)
+    #: instead of the system's store: for a private CA, and tests.
+    mta_sts_ca_bundle: Path | None = None
+    #: Port of the HTTPS policy host (443; other values only for tests).
+    mta_sts_https_port: int = 443
+    #: Port of MX hosts (25; other values only for tests).
+    mx_port: int = 25
 
     @property
     def smarthost_password(self) -> str:
@@ -112,6 +122,11 @@ class QueueConfig:
                 raise ConfigError("the file is empty", "smarthost_password_file")
         if self.smarthost_ca_file is not None and not self.smarthost_ca_file.is_file():
             raise ConfigError("no such file", "smarthost_ca_file")
+        if self.mta_sts_ca_bundle is not None and not self.mta_sts_ca_bundle.is_file():
+            raise ConfigError("no such file", "mta_sts_ca_bundle")
+        for name in ("mta_sts_https_port", "mx_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise ConfigError("must be a port number (1-65535)", name)
 
 
 def start_queue(ctx, parent) -> None:
