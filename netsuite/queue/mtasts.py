@@ -26,6 +26,9 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from netsuite.mailauth.dns import describe, lookup_txt
+from netsuite.tls import split_certificates
+
 log = Logger(namespace="netsuite.queue")
 
 #: RFC 8461 3.3: a policy body bigger than this is refused.
@@ -222,8 +225,6 @@ class MtaSts:
             if self.ca_bundle is None:
                 self._trust = ssl.platformTrust()
             else:
-                from netsuite.tls import split_certificates
-
                 pems = split_certificates(self.ca_bundle.read_bytes())
                 self._trust = ssl.trustRootFromCertificates(
                     [ssl.Certificate.loadPEM(p) for p in pems])
@@ -270,8 +271,6 @@ class MtaSts:
 
     @defer.inlineCallbacks
     def _discover(self, domain: str):
-        from netsuite.mailauth.dns import describe, lookup_txt
-
         cached = self._cached(domain)
         try:
             texts = yield lookup_txt(self.resolver, f"_mta-sts.{domain}")

@@ -24,9 +24,10 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from netsuite import metrics
+from netsuite.mailauth.dns import resolver
 from netsuite.queue import bounce, wire
 from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
-from netsuite.queue.mtasts import MtaStsError
+from netsuite.queue.mtasts import CertificateCheck, MtaSts, MtaStsError, ResolvingEndpoint
 from netsuite.queue.sendlog import SendLog
 from netsuite.queue.spool import FAILED, PENDING, SENT, Envelope, Recipient, Spool
 from netsuite.queue.wire import Reply
@@ -272,15 +273,10 @@ class QueueRunner(service.Service):
         #: The C{[dns]} servers, when configured, answer MX and address lookups too.
         self._dns = None
         if dns_settings is not None and dns_settings.nameservers:
-            from netsuite.mailauth.dns import resolver
-
             self._dns = resolver(dns_settings, self.reactor)
         self.mta_sts = None
         self._sts_check = None
         if settings.mta_sts and dns_settings is not None:
-            from netsuite.mailauth.dns import resolver
-            from netsuite.queue.mtasts import CertificateCheck, MtaSts
-
             self.mta_sts = MtaSts(self.reactor, self._dns or resolver(dns_settings, self.reactor),
                                   ctx.config.data_dir / "queue" / "mta-sts",
                                   address_resolver=self._dns,
@@ -535,8 +531,6 @@ class QueueRunner(service.Service):
     def endpoint(self, host: str, port: int):
         """The client endpoint for one remote host (A and AAAA, happy eyeballs)."""
         if self._dns is not None:
-            from netsuite.queue.mtasts import ResolvingEndpoint
-
             return ResolvingEndpoint(self.reactor, self._dns, host, port,
                                      self.settings.connect_timeout)
         return endpoints.HostnameEndpoint(self.reactor, host, port,
