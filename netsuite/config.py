@@ -162,11 +162,15 @@ class ServerConfig:
     allow_plaintext_auth: bool = False
     #: Worker processes sharing the listening sockets (L{netsuite.workers}); 1: one process.
     workers: int = 1
+    #: Seconds a SIGTERM stop gives live sessions to end politely (a DATA in
+    #: progress, an IMAP command, an upload) before the rest are aborted.
+    shutdown_timeout: float = 10.0
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
+        positive("shutdown_timeout", self.shutdown_timeout)
 
 
 @section("tls")

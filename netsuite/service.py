@@ -29,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import protocols, tls
+from netsuite import protocols, shutdown, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
@@ -140,7 +140,7 @@ class TrackedConnection(policies.ProtocolWrapper):
         self.transport.abortConnection()
 
 
-@implementer(IProtocolNegotiationFactory)
+@implementer(IProtocolNegotiationFactory, shutdown.IDrainable)
 class ConnectionLimits(policies.WrappingFactory):
     """
     Caps connections in total and per client address; over the cap the client
@@ -174,6 +174,15 @@ class ConnectionLimits(policies.WrappingFactory):
         self.close_timeout = close_timeout
         self.on_change = on_change
         self.by_address: dict[str, int] = {}
+        self._drain_waiters: list[defer.Deferred] = []
+
+    def drained(self) -> defer.Deferred:
+        """Fires once no connection is left (the graceful stop waits on it)."""
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
 
     def acceptableProtocols(self) -> list[bytes]:
         """The wrapped factory's ALPN names (twisted.web's C{http/1.1}); none for the others."""
@@ -209,6 +218,10 @@ class ConnectionLimits(policies.WrappingFactory):
             p._netsuite_host = None  # released once, whatever calls us again
             self._release(host)
             self._changed()
+        if not self.protocols and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def counts(self) -> dict[str, Any]:
         """What C{run/connections.json} shows for this listener."""
@@ -389,7 +402,7 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     return ep, implicit_tls and kind != "ssl"
 
 
-def build(config: Config, reactor: Any = None, worker: Any = None) -> service.MultiService:
+def build(config: Config, reactor: Any = None, worker: Any = None) -> shutdown.GracefulStop:
     """
     Build the whole server; raises L{ConfigError} before anything listens.
     C{worker}: a L{netsuite.workers.WorkerRole} when this process is one of
@@ -406,7 +419,7 @@ def build(config: Config, reactor: Any = None, worker: Any = None) -> service.Mu
                           config.path) from e
 
 
-def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiService:
+def _build(config: Config, reactor: Any, worker: Any = None) -> shutdown.GracefulStop:
     if reactor is None:
         from twisted.internet import reactor
 
@@ -425,7 +438,7 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
     ctx = ServerContext(config, throttled, realm,
                         tls.CurrentCertificate(tls.context_factory(config)), reactor)
 
-    top = service.MultiService()
+    top = shutdown.GracefulStop(config.server.shutdown_timeout, reactor)
     status = ConnectionStatus(config.data_dir / "run" / (
         "connections.json" if worker is None else worker.connections_file), reactor)
     for hook in protocols.SERVICE_HOOKS:
@@ -443,6 +456,7 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
                                    tls_handshake_timeout=config.limits.tls_handshake_timeout,
                                    close_timeout=config.limits.close_timeout)
         status.add(limited)
+        top.factories.append(limited)
         for i, description in enumerate(endpoints_):
             tls_options = ctx.tls
             try:
@@ -460,6 +474,7 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
             svc = ListenerService(name, description, ep, f)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
+            top.listeners.append(svc)
     status.setServiceParent(top)
     if worker is None:  # with workers, the parent writes it
         ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
