@@ -169,11 +169,15 @@ class ServerConfig:
     #: every listener is bound (L{netsuite.privileges}); empty: stay as started.
     user: str = ""
     group: str = ""
+    #: Seconds a SIGTERM stop gives live sessions to end politely (a DATA in
+    #: progress, an IMAP command, an upload) before the rest are aborted.
+    shutdown_timeout: float = 10.0
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
+        positive("shutdown_timeout", self.shutdown_timeout)
         try:
             accounts.lookup(self.user, self.group)  # one that does not exist stops start-up
         except accounts.AccountError as e:

@@ -275,6 +275,9 @@ class ReloadService(service.Service):
             log.info("reload: {listener} stops listening on {endpoint}; its open "
                      "connections go on", listener=svc.listener, endpoint=svc.description)
             stopping.append(defer.maybeDeferred(svc.disownServiceParent))
+            if svc in getattr(self.top, "listeners", []):
+                # Its factory stays in the graceful stop's care: its sessions go on.
+                self.top.listeners.remove(svc)
             done.append(f"removed {svc.listener} {svc.description}")
         # Wait for the ports to close: a new listener may take the same address.
         yield defer.DeferredList(stopping)
@@ -300,6 +303,11 @@ class ReloadService(service.Service):
                 continue
             if name not in self.status.listeners:
                 self.status.add(limited)
+            graceful = getattr(self.top, "listeners", None)
+            if graceful is not None:  # the graceful stop stops it and drains its sessions
+                graceful.append(svc)
+                if limited not in self.top.factories:
+                    self.top.factories.append(limited)
             done.append(f"added {name} {description}")
 
         if self.ready is not None:

@@ -29,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import metrics, protocols, systemd, tls
+from netsuite import metrics, protocols, shutdown, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
@@ -151,7 +151,7 @@ class TrackedConnection(policies.ProtocolWrapper):
         self.transport.abortConnection()
 
 
-@implementer(IProtocolNegotiationFactory)
+@implementer(IProtocolNegotiationFactory, shutdown.IDrainable)
 class ConnectionLimits(policies.WrappingFactory):
     """
     Caps connections in total and per client address; over the cap the client
@@ -189,6 +189,15 @@ class ConnectionLimits(policies.WrappingFactory):
         metrics.connections_open.labels(listener)
         metrics.connections.labels(listener)
         metrics.connections_refused.labels(listener)
+        self._drain_waiters: list[defer.Deferred] = []
+
+    def drained(self) -> defer.Deferred:
+        """Fires once no connection is left (the graceful stop waits on it)."""
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
 
     def acceptableProtocols(self) -> list[bytes]:
         """The wrapped factory's ALPN names (twisted.web's C{http/1.1}); none for the others."""
@@ -230,6 +239,10 @@ class ConnectionLimits(policies.WrappingFactory):
             self._release(host)
             metrics.connections_open.labels(self.listener).dec()
             self._changed()
+        if not self.protocols and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def counts(self) -> dict[str, Any]:
         """What C{run/connections.json} shows for this listener."""
@@ -412,7 +425,7 @@ def server_endpoint(ctx: ServerContext, description: str, implicit_tls: bool):
     return ep, implicit_tls and kind != "ssl"
 
 
-def build(config: Config, reactor: Any = None, worker: Any = None) -> service.MultiService:
+def build(config: Config, reactor: Any = None, worker: Any = None) -> shutdown.GracefulStop:
     """
     Build the whole server; raises L{ConfigError} before anything listens.
     C{worker}: a L{netsuite.workers.WorkerRole} when this process is one of
@@ -429,7 +442,7 @@ def build(config: Config, reactor: Any = None, worker: Any = None) -> service.Mu
                           config.path) from e
 
 
-def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiService:
+def _build(config: Config, reactor: Any, worker: Any = None) -> shutdown.GracefulStop:
     if reactor is None:
         from twisted.internet import reactor
 
@@ -448,7 +461,7 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
     ctx = ServerContext(config, throttled, realm,
                         tls.CurrentCertificate(tls.context_factory(config)), reactor)
 
-    top = service.MultiService()
+    top = shutdown.GracefulStop(config.server.shutdown_timeout, reactor)
     ctx.top = top
     status = ConnectionStatus(config.data_dir / "run" / (
         "connections.json" if worker is None else worker.connections_file), reactor)
@@ -463,10 +476,12 @@ def _build(config: Config, reactor: Any, worker: Any = None) -> service.MultiSer
             continue
         limited = listener_limits(ctx, name)
         status.add(limited)
+        top.factories.append(limited)
         for i, description in enumerate(endpoints_):
             svc = listener_service(ctx, name, i, description, limited, worker)
             svc.setName(f"{name}-{i}")
             svc.setServiceParent(top)
+            top.listeners.append(svc)
     status.setServiceParent(top)
     if worker is None:  # with workers, the parent writes it
         ReadyFile(config.data_dir / "run" / "listening.json").setServiceParent(top)
@@ -615,7 +630,6 @@ class ReadyFile(service.Service):
         systemd.notifier().ready(ready_status(ports))
 
     def stopService(self):
-        systemd.notifier().stopping()
         super().stopService()
         try:
             self.path.unlink()

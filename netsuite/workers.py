@@ -70,14 +70,16 @@ from netsuite.config import Config, ConfigError
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.sendlog import SharedSendLog
 from netsuite.service import build, ready_status, with_backlog
+from netsuite.shutdown import exit_cleanly
 
 log = Logger(namespace="netsuite.workers")
 
 #: Seconds between folder polls in a worker, the bound on how late IDLE hears
 #: of another worker's delivery when the store has no change notification.
 POLL_INTERVAL = 0.5
-#: Seconds a worker gets to stop after SIGTERM before it is killed.
-STOP_TIMEOUT = 15.0
+#: Seconds a worker gets to stop after SIGTERM, beyond C{[server] shutdown_timeout}
+#: (its own bound on ending sessions), before it is killed.
+STOP_GRACE = 5.0
 #: The first listening descriptor's number in a worker.
 FIRST_FD = 3
 
@@ -383,6 +385,8 @@ class WorkerParent(service.Service):
         self._delays: dict[int, float] = {}
         self._serving = False
         self._stopping = False
+        #: A worker killed, or exiting non-zero, while stopping: no clean exit.
+        self._unclean = False
         self.run_dir = config.data_dir / "run"
         self._previous_hup: Any = None
 
@@ -514,6 +518,8 @@ class WorkerParent(service.Service):
         if self._stopping:
             log.info("worker {index} (pid {pid}) stopped ({what})", index=proc.index,
                      pid=proc.pid, what=what)
+            if what != "exit code 0":
+                self._unclean = True
             return
         if not self._serving and not proc.ready:
             log.error("worker {index} (pid {pid}) failed to start ({what}); stopping",
@@ -567,7 +573,7 @@ class WorkerParent(service.Service):
                 proc.transport.signalProcess("TERM")
             except error.ProcessExitedAlready:
                 pass
-        timer = self.reactor.callLater(STOP_TIMEOUT, self._kill_all)
+        timer = self.reactor.callLater(self.stop_timeout, self._kill_all)
         d = defer.DeferredList(waiting)
 
         def done(_):
@@ -578,13 +584,19 @@ class WorkerParent(service.Service):
             self.ports = []
             for name in ("listening.json", "workers.json"):
                 (self.run_dir / name).unlink(missing_ok=True)
+            if not self._unclean:
+                exit_cleanly(self.reactor)  # every worker stopped gracefully
 
         return d.addCallback(done)
+
+    @property
+    def stop_timeout(self) -> float:
+        return self.config.server.shutdown_timeout + STOP_GRACE
 
     def _kill_all(self) -> None:
         for proc in list(self.workers.values()):
             log.warn("worker {index} (pid {pid}) did not stop in {t}s; killing it",
-                     index=proc.index, pid=proc.pid, t=STOP_TIMEOUT)
+                     index=proc.index, pid=proc.pid, t=self.stop_timeout)
             try:
                 proc.transport.signalProcess("KILL")
             except error.ProcessExitedAlready:

@@ -23,6 +23,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netsuite import metrics, sendnow
 from netsuite.config import plaintext_auth_allowed
@@ -39,6 +40,7 @@ from netsuite.ftp.data import (
 )
 from netsuite.ftp.shell import FileShrank, INetsuiteFTPShell, TransferStopped
 from netsuite.ftp.timer import SessionTimer
+from netsuite.shutdown import IGracefulStop
 
 log = Logger(namespace="netsuite.ftp")
 
@@ -120,6 +122,7 @@ class _ASCIIConsumer:
         self.conn.unregisterProducer()
 
 
+@implementer(IGracefulStop)
 class FTPServer(protocol.Protocol, CommandDeadline):
     """One control connection."""
 
@@ -160,6 +163,8 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         self.failed_logins = 0
         self.mlst_facts: list[str] = list(wire.MLST_FACTS)
         self._queue: deque[bytes] = deque()
+        #: The server is stopping: 421 once no command (a transfer) is in progress.
+        self._stopping = False
         self._busy: defer.Deferred | None = None
         self._reading_paused = False
         self._draining = False
@@ -213,6 +218,33 @@ class FTPServer(protocol.Protocol, CommandDeadline):
     def timeoutConnection(self) -> None:
         self.reply(421, "Timeout.")
         self.transport.loseConnection()
+
+    # -- graceful stop (netsuite.shutdown) ---------------------------------------------
+
+    def shutdown(self) -> None:
+        """
+        SIGTERM: the command in progress (an upload or download) finishes and
+        is answered, then 421.  One still running when the shutdown timeout
+        aborts the control connection is aborted as a lost connection is
+        (connectionLost: the transfer is aborted, the upload's partial file
+        handled as on any abort).
+        """
+        if self._lost or self.transport is None or self.transport.disconnecting:
+            return
+        self._stopping = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> bool:
+        if not self._stopping or self._lost or self.transport.disconnecting:
+            return False
+        if self._busy is not None or self.transfer is not None:
+            return False
+        log.info("shutdown: address={address}, 421", address=self.peer_host)
+        self.reply(421, "Service shutting down")
+        self._framer.discard()
+        self._queue.clear()
+        self.transport.loseConnection()
+        return True
 
     def reply(self, code: int, text: str | list[str]) -> None:
         transport = self.transport
@@ -291,6 +323,8 @@ class FTPServer(protocol.Protocol, CommandDeadline):
     def _command_done(self, _=None) -> None:
         """The running command finished: answer the queued ones, in order, without recursion."""
         self._busy = None
+        if self._stop_if_idle():  # what was queued behind it is not run
+            return
         if self._draining:
             return
         self._draining = True
@@ -924,6 +958,7 @@ class FTPServer(protocol.Protocol, CommandDeadline):
         if not self._lost:
             self.timer.set(IDLE, self.config.idle_timeout, self.timeoutConnection)
         t.finished()
+        self._stop_if_idle()
 
     def _transfer_failed(self, t: Transfer, failure: Failure) -> None:
         if t.aborted or failure.check(_Aborted):

@@ -39,6 +39,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import imap4
+from zope.interface import implementer
 
 from netsuite import metrics
 from netsuite.config import plaintext_auth_allowed
@@ -64,6 +65,7 @@ from netsuite.imap.commands.sort import SortCommands
 from netsuite.imap.commands.urlauth import UrlAuthCommands
 from netsuite.imap.compress import Inflater
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
+from netsuite.shutdown import IGracefulStop
 from netsuite.store.folder import FolderGone
 
 log = Logger(namespace="netsuite.imap")
@@ -109,6 +111,7 @@ SELECTED |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA", "NOTIFY"}
 UID_COMMANDS |= {"SORT", "THREAD"}
 
 
+@implementer(IGracefulStop)
 class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                  MailboxCommands, AppendCommands, FetchCommands,
                  FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
@@ -156,6 +159,8 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
         self.enabled: set[bytes] = set()
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
+        #: The server is stopping: BYE once no command is in progress.
+        self._stopping = False
         #: Long FETCH/SEARCH renderings, stopped if the connection goes.
         self._tasks: set = set()
 
@@ -214,6 +219,26 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
     def timeoutConnection(self):
         self.send(b"* BYE Idle for too long, closing connection")
         self.transport.loseConnection()
+
+    # -- graceful stop (netsuite.shutdown) ---------------------------------------------
+
+    def shutdown(self) -> None:
+        """SIGTERM: the command in progress (and a literal being sent) finishes, then BYE."""
+        if self._lost or self.transport.disconnecting:
+            return
+        self._stopping = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> bool:
+        if not self._stopping or self._lost or self.transport.disconnecting:
+            return False
+        if self._busy or self._framer.in_command:
+            return False
+        log.info("shutdown: address={address}, BYE", address=self.peer)
+        self.send(b"* BYE Server shutting down")
+        self._framer.discard()
+        self.transport.loseConnection()
+        return True
 
     # -- the whole-line deadline (netsuite.deadline) ---------------------------------
 
@@ -290,6 +315,8 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
             self.transport.resumeProducing()
         framer = self._framer
         while not self._busy and not self.transport.disconnecting:
+            if self._stop_if_idle():  # pipelined after the last command: not run
+                break
             if self._mode != "line" and not framer.in_command:
                 line = framer.lines.line()
                 if line is None:
@@ -320,6 +347,7 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
                 if event.close:
                     self._framer.discard()
                     self.transport.loseConnection()
+        self._stop_if_idle()
         # Paused only while a command waits, never while closing.
         if self._busy and not self.transport.disconnecting:
             if not self._paused:

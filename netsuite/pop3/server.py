@@ -30,6 +30,7 @@ from netsuite.framer import LineFramer, Overlong
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
 from netsuite.sendnow import send_now, write_now
+from netsuite.shutdown import IGracefulStop
 from netsuite.store.folder import to_wire
 
 log = Logger(namespace="netsuite.pop3")
@@ -78,6 +79,7 @@ class _Retrieval:
         self.proto._resume()
 
 
+@implementer(IGracefulStop)
 class POP3Server(pop3.POP3, CommandDeadline):
     """One POP3 connection; see the module docstring."""
 
@@ -106,6 +108,8 @@ class POP3Server(pop3.POP3, CommandDeadline):
         self._idle = timeout
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
+        #: The server is stopping: -ERR once no command is in progress.
+        self._stopping = False
         self.magic = b""
 
     # -- connection ---------------------------------------------------------------------
@@ -138,6 +142,8 @@ class POP3Server(pop3.POP3, CommandDeadline):
         framer = self._framer
         while not self.transport.disconnecting:
             if self.blocked is not None or self._busy:
+                return
+            if self._stop_if_idle():  # pipelined after the last command (a QUIT too): not run
                 return
             line = framer.line()
             if line is None:
@@ -173,7 +179,7 @@ class POP3Server(pop3.POP3, CommandDeadline):
         timer, self._command_timer = self._command_timer, None
         if timer is not None:
             timer.done()
-        if self._lost:
+        if self._lost or self._stop_if_idle():
             return
         if self.timeOut is None:
             self.setTimeout(self._idle)  # off while a login was checked
@@ -442,6 +448,30 @@ class POP3Server(pop3.POP3, CommandDeadline):
     def timeoutConnection(self):
         self.transport.write(wire.err("Idle for too long, closing connection"))
         self.transport.loseConnection()
+
+    # -- graceful stop (netsuite.shutdown) ---------------------------------------------
+
+    def shutdown(self) -> None:
+        """
+        SIGTERM: a RETR being sent (or a login being checked) finishes, then
+        -ERR [SYS/TEMP] (RFC 3206).  Never the UPDATE state: messages marked
+        with DELE stay, as after any connection that ends without QUIT.
+        """
+        if self._lost or self.transport.disconnecting:
+            return
+        self._stopping = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> bool:
+        if not self._stopping or self._lost or self.transport.disconnecting:
+            return False
+        if self.blocked is not None or self._busy:
+            return False
+        log.info("shutdown: address={address}, -ERR [SYS/TEMP]", address=self.peer)
+        self.transport.write(wire.err("Server shutting down", "SYS/TEMP"))
+        self._framer.discard()
+        self.transport.loseConnection()
+        return True
 
 
 class POP3Factory(Factory):

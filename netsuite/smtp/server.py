@@ -28,6 +28,7 @@ from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netsuite import metrics
 from netsuite.auth.sasl import MECHANISMS, SASLError
@@ -37,6 +38,7 @@ from netsuite.framer import LineFramer, Overlong
 from netsuite.mailauth import rspamd
 from netsuite.mailauth.inbound import make_checker
 from netsuite.realm import ANONYMOUS
+from netsuite.shutdown import IGracefulStop
 from netsuite.smtp import wire
 from netsuite.smtp.delivery import MailAddress
 
@@ -57,6 +59,7 @@ def _peer_host(transport) -> str:
     return getattr(peer, "host", None) or str(peer)
 
 
+@implementer(IGracefulStop)
 class SMTPServer(smtp.ESMTP, CommandDeadline):
     """One SMTP session, on the MX or a submission listener."""
 
@@ -85,6 +88,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         self._waiting: defer.Deferred | None = None
         self._paused = False
         self._closing = False
+        #: The server is stopping: 421 as soon as no message is being received.
+        self._stopping = False
         #: Set in connectionLost: callbacks that fire later must not act on the session.
         self._lost = False
         self._errors = 0
@@ -133,6 +138,26 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
     def timeoutConnection(self) -> None:
         self.say(421, "4.4.2", self.host.decode() + " Error: timeout exceeded")
         self._close()
+
+    # -- graceful stop (netsuite.shutdown) ---------------------------------------------
+
+    def shutdown(self) -> None:
+        """SIGTERM: a message being received is finished and answered first, then 421."""
+        if self._lost or self._closing:
+            return
+        self._stopping = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> bool:
+        """Stopping and no message in progress (DATA, BDAT chunks, its storing): 421, close."""
+        if not self._stopping or self._closing or self._lost:
+            return False
+        if self._waiting is not None or self._reader is not None or self.mode in (DATA, BDAT):
+            return False
+        log.info("shutdown: address={address}, 421", address=self.peer)
+        self.transport.write(wire.reply(421, "4.3.2", "Service shutting down"))
+        self._close()
+        return True
 
     # -- the whole-line deadline (netsuite.deadline) ---------------------------------
 
@@ -203,6 +228,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             elif self.mode == BDAT:
                 self._bdat_bytes()
             else:
+                if self._stop_if_idle():  # pipelined after the last message: not run
+                    break
                 line = framer.line()
                 if line is None:
                     break
@@ -210,6 +237,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
                     self.say(500, "5.5.2", "Error: line too long")
                     continue
                 self._wait(self.lineReceived(line))
+        if self._stop_if_idle():
+            return
         # Paused only while a command waits: a closing session must go on reading,
         # or a TLS peer's close_notify (and the FIN) is never seen.  And only once
         # input is waiting too (pipelined after the command, or arriving while it

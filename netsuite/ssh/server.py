@@ -20,7 +20,9 @@ from twisted.cred import error as cred_error
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python import components
+from zope.interface import implementer
 
+from netsuite.shutdown import IGracefulStop
 from netsuite.ssh import authorized
 from netsuite.ssh.session import SessionChannel, TerminalSession
 from netsuite.ssh.sftp import JailedSFTP, SFTPServer
@@ -31,6 +33,7 @@ log = Logger(namespace="netsuite.ssh")
 VERSION = b"SSH-2.0-netsuite"
 
 
+@implementer(IGracefulStop)
 class ServerTransport(transport.SSHServerTransport):
     """
     conch's server transport, stricter before the version exchange: the
@@ -75,6 +78,13 @@ class ServerTransport(transport.SSHServerTransport):
                      event="timeout", reason="login_timeout")
             self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
                                 b"login timed out")
+
+    def shutdown(self) -> None:
+        """SIGTERM (netsuite.shutdown): SSH_MSG_DISCONNECT, then close."""
+        if self.transport is None or self.transport.disconnecting:
+            return
+        log.info("ssh: shutdown address={address}", address=self.peer())
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"Server shutting down")
 
     def connectionLost(self, reason=None) -> None:
         if self._deadline is not None and self._deadline.active():

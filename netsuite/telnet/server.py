@@ -23,9 +23,11 @@ from twisted.internet.interfaces import ISSLTransport, ITransport
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netsuite.config import ConfigError, plaintext_auth_allowed
 from netsuite.realm import ITerminalAvatar
+from netsuite.shutdown import IGracefulStop
 from netsuite.telnet import wire
 from netsuite.telnet.session import PTYSession
 from netsuite.telnet.utmp import Recorder
@@ -55,6 +57,7 @@ SETTLE_TIMEOUT = 2.0
 BS, DEL, CTRL_C, CTRL_D, CTRL_U = 8, 127, 3, 4, 21
 
 
+@implementer(IGracefulStop)
 class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     """One TELNET connection: NVT negotiation, login, then a pty session."""
 
@@ -140,6 +143,17 @@ class TelnetServer(ctelnet.Telnet, TimeoutMixin):
     def _close(self) -> None:
         self.phase = "closed"
         self.transport.loseConnection()
+
+    def shutdown(self) -> None:
+        """SIGTERM (netsuite.shutdown): SIGHUP to the session's programs, a line, hang up."""
+        if self.phase == "closed":
+            return
+        log.info("telnet: shutdown user={user} address={address}", user=self.username,
+                 address=self.peer)
+        if self.session is not None:
+            self.session.hangup()
+        self.say("\r\nServer shutting down\r\n")
+        self._close()
 
     def say(self, text: str) -> None:
         """Server text (prompts, messages): already NVT-formed, IAC escaped."""
@@ -546,10 +560,8 @@ class TelnetFactory(protocol.ServerFactory):
     def hangup_all(self) -> defer.Deferred:
         """At shutdown: hang up every session and wait (bounded) until they are reaped."""
         sessions = [c.session for c in list(self.connections) if c.session is not None]
-        for s in sessions:
-            s.hangup()
         for conn in list(self.connections):
-            conn.transport.loseConnection()
+            conn.shutdown()  # the same goodbye as netsuite.shutdown's, whichever runs first
         waiting = [s for s in sessions if not s.exited]
         if not waiting:
             return defer.succeed(None)
