@@ -61,13 +61,18 @@ class Transaction:
         self.error: OSError | None = None
         #: The message's size on the wire (CRLF), as quotas count it.
         self.size = 0
+        #: The local users' folder: INBOX, or Junk when the MX checks say so.
+        self.folder = "INBOX"
 
     def _open(self) -> None:
         self._opened = True
         return_path = b"Return-Path: <" + bytes(self.sender) + b">\n"
         try:
             for user in self.local:
-                f = self.realm.store.delivery(user)
+                if self.folder == "INBOX":
+                    f = self.realm.store.delivery(user)
+                else:
+                    f = self.realm.store.delivery(user, folder=self.folder)
                 self._files.append(f)
                 f.write(return_path)
             if self.remote:

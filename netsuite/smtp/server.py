@@ -705,15 +705,44 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         if too_big or held is None:
             return self._deliver(too_big, size)
         helo = self._helo[0] if self._helo else b""
-        d = self.factory.checker.check(held, self.peer, helo, bytes(self._from))
+        domains = tuple(sorted({u.dest.domain.decode("utf-8", "replace").lower()
+                                for u, _f in self._to}))
+        d = self.factory.checker.check(held, self.peer, helo, bytes(self._from), domains)
 
-        def checked(lines: list[bytes]):
+        def checked(verdict):
             if self._lost:
                 return None
-            self._feed(lines)
+            if verdict.action == "reject":
+                return self._refuse_checked(verdict, size)
+            if verdict.action == "junk":
+                for msg in self._msgs:
+                    if hasattr(msg, "folder"):
+                        msg.folder = "Junk"
+            if verdict.action == "junk":
+                log.info("junked: reason={reason} from=<{sender}> address={address}",
+                         reason=verdict.reason, sender=_show(self._from), address=self.peer)
+            self._feed(verdict.lines)
             return self._deliver(False, size)
 
         return d.addCallback(checked)
+
+    def _refuse_checked(self, verdict, size: int) -> None:
+        """The checks' policy refuses the message (550 5.7.1): nothing is stored."""
+        d = verdict.dmarc
+        if verdict.reason == "spf-fail":
+            text = "Error: SPF check failed for the envelope sender"
+        elif verdict.reason == "dmarc-bad-from":
+            text = "Error: the message needs exactly one From address domain (RFC 7489 6.6.1)"
+        else:
+            text = (f"Error: rejected by the DMARC policy of "
+                    f"{d.header_from if d is not None else 'the sender'}")
+        self._abort_messages()
+        self._refuse("DATA", None, 550, "5.7.1", text.encode())
+        log.info("rejected: reason={reason} size={size} from=<{sender}> address={address}",
+                 reason=verdict.reason, size=size,
+                 sender=_show(self._from) if self._from is not None else "-",
+                 address=self.peer)
+        self._reset_transaction()
 
     def _deliver(self, too_big: bool, size: int):
         if too_big:

@@ -31,8 +31,8 @@ class IMailStore(Interface):
 
     root = Attribute("Path of the store's top directory.")
 
-    def delivery(user: str) -> IDeliveryFile:
-        """Start a delivery into C{user}'s INBOX."""
+    def delivery(user: str, folder: str = "INBOX") -> IDeliveryFile:
+        """Start a delivery into C{user}'s INBOX (or C{folder}, made if missing: Junk)."""
 
     def mailbox_path(user: str):
         """The Maildir++ root of C{user}'s mailbox (a Path)."""

@@ -253,16 +253,30 @@ class MaildirStore:
             raise ValueError(f"bad mailbox name {user!r}")
         return self.root / user
 
-    def delivery(self, user: str) -> MaildirDelivery:
+    def delivery(self, user: str, folder: str = "INBOX") -> MaildirDelivery:
         """
-        Start a delivery; the Maildir is made once per user and process, not
-        checked per message (a mailbox removed meanwhile is made again when
-        the delivery finds it gone).
+        Start a delivery (into INBOX, or C{folder}: Junk for mail the MX checks
+        junk, made if the user has none); the Maildir is made once per user and
+        process, not checked per message (a mailbox removed meanwhile is made
+        again when the delivery finds it gone).
         """
         path = self.mailbox_path(user)
         if user not in self._delivering:
             ensure_maildir(path)
             self._delivering.add(user)
+        if folder != "INBOX":
+            path = self.folder_path(user, folder)
+            if not (path / "cur").is_dir():
+                self.ensure_special_folders(user)  # Junk with its \\Junk mark
+            if not (path / "cur").is_dir():
+                self.create_folder(user, folder)  # the user had deleted it
+
+            def again() -> None:
+                ensure_maildir(path)
+                (path / "maildirfolder").touch()
+
+            return MaildirDelivery(path, on_commit=lambda: self.changed(user, folder),
+                                   on_missing=again)
         return MaildirDelivery(path, on_commit=lambda: self.changed(user, "INBOX"),
                                on_missing=lambda: ensure_maildir(path))
 
