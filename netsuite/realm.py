@@ -59,12 +59,13 @@ class IRelay(Interface):
     through L{NetsuiteRealm.set_relay}.
     """
 
-    def writer(sender, recipients, user=None):
+    def writer(sender, recipients, user=None, forwarded_by=None):
         """
         A file-like object for one message to C{recipients} (C{smtp.Address}
         objects): C{write(line)}, C{commit()} -> Deferred, C{abort()}.  C{user}
-        is the authenticated sender, if any.  May raise C{smtp.SMTPServerError}
-        to refuse the message (a rate limit).
+        is the authenticated sender, if any; C{forwarded_by} the local domain
+        whose alias forwards a received message (ARC-sealed as that domain).
+        May raise C{smtp.SMTPServerError} to refuse the message (a rate limit).
         """
 
 
@@ -134,8 +135,20 @@ class NetsuiteRealm:
         The users that mail for C{localpart@domain} goes to (domain is local),
         following aliases; an empty list means no such recipient.
         """
+        return self._expand(localpart)[0]
+
+    def resolve_forward(self, localpart: str, domain: str) -> list[str]:
+        """
+        The outside addresses (C{user@other.domain} alias targets) that mail for
+        C{localpart@domain} is forwarded to, through the outgoing queue.
+        """
+        return self._expand(localpart)[1]
+
+    def _expand(self, localpart: str) -> tuple[list[str], list[str]]:
+        """(local users, outside addresses) an alias name reaches, aliases followed."""
         seen: set[str] = set()
         found: list[str] = []
+        remote: list[str] = []
         pending = [localpart]
         aliases = self.config.mail.aliases
         while pending and len(seen) < 1000:
@@ -144,11 +157,17 @@ class NetsuiteRealm:
             if key in seen:
                 continue
             seen.add(key)
-            if key in aliases:
+            local, at, domain = name.rpartition("@")
+            if at and local:
+                if self.is_local_domain(domain):
+                    pending.append(local)
+                elif name not in remote:
+                    remote.append(name)
+            elif key in aliases:
                 pending.extend(aliases[key])
             elif self.user_exists(name) and name not in found:
                 found.append(name)
-        return found
+        return found, remote
 
     #: The mailbox that keeps postmaster mail when nothing else takes it.
     POSTMASTER_MAILBOX = "postmaster"
@@ -271,13 +290,16 @@ class NetsuiteRealm:
         """Whether mail for other domains can be accepted from authenticated users."""
         return self._relay is not None
 
-    def relay(self, sender, recipients, user: str | None = None):
+    def relay(self, sender, recipients, user: str | None = None,
+              forwarded_by: str | None = None):
         """
         A file-like object (C{write}, C{commit} -> Deferred, C{abort}) that puts
         one message for C{recipients} into the outgoing queue.
         """
         if self._relay is None:
             raise smtp.SMTPServerError(451, b"4.3.5 Error: relaying is not enabled")
+        if forwarded_by is not None:
+            return self._relay.writer(sender, recipients, user, forwarded_by=forwarded_by)
         return self._relay.writer(sender, recipients, user)
 
 

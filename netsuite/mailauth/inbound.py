@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.names import dns as names_dns
 from twisted.names import error as names_error
 
-from netsuite.mailauth import dns
+from netsuite.mailauth import dmarc, dns
 
 log = Logger(namespace="netsuite.mailauth")
 
@@ -31,14 +31,72 @@ _QTYPES = {"A": names_dns.A, "AAAA": names_dns.AAAA, "MX": names_dns.MX,
            "PTR": names_dns.PTR, "TXT": names_dns.TXT, "SPF": names_dns.TXT}
 
 
+class Verdict:
+    """The checked message and what to do with it: deliver, junk (into Junk) or reject."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.action = "deliver"
+        #: Why, for the log (C{dmarc-reject}, C{dmarc-quarantine}, C{spf-fail}, ...).
+        self.reason = ""
+        self.dmarc: dmarc.Result | None = None
+        self.spf = "none"
+
+
+class _MarkOnly:
+    dmarc = True
+    arc = True
+    dmarc_policy = "mark"
+    spf_fail = "mark"
+    domains: dict = {}
+
+
+#: Actions by severity: the strictest of the recipients' domains applies.
+_ORDER = {"deliver": 0, "junk": 1, "reject": 2}
+
+
+def decide(settings: Any, verdict: Verdict, recipient_domains: tuple[str, ...]
+           ) -> tuple[str, str]:
+    """
+    (action, reason) for the message under C{[checks]}: per recipient domain
+    (C{[checks.domains."DOMAIN"]} overrides), the strictest wins, as the one
+    reply after DATA answers every recipient.
+    """
+    best = ("deliver", "")
+    for domain in recipient_domains or ("",):
+        override = settings.domains.get(domain.lower().rstrip("."))
+        policy = (override and override.dmarc_policy) or settings.dmarc_policy
+        spf_fail = (override and override.spf_fail) or settings.spf_fail
+        found = ("deliver", "")
+        d = verdict.dmarc
+        if d is not None and policy == "enforce":
+            if d.result == "permerror" and not d.header_from:
+                found = ("reject", "dmarc-bad-from")  # RFC 7489 6.6.1
+            elif d.result == "fail" and d.disposition == "reject":
+                found = ("reject", "dmarc-reject")
+            elif d.result == "fail" and d.disposition == "quarantine":
+                found = ("junk", "dmarc-quarantine")
+        elif d is not None and policy == "junk" and d.result == "fail" \
+                and d.disposition in ("reject", "quarantine"):
+            found = ("junk", f"dmarc-{d.disposition}")
+        if verdict.spf == "fail" and spf_fail != "mark" and \
+                _ORDER[spf_fail] > _ORDER[found[0]]:
+            found = (spf_fail, "spf-fail")
+        if _ORDER[found[0]] > _ORDER[best[0]]:
+            best = found
+    return best
+
+
 class Checker:
     """SPF and DKIM for one server; L{check} is called once per message."""
 
-    def __init__(self, authserv_id: str, settings: Any, reactor: Any):
+    def __init__(self, authserv_id: str, settings: Any, reactor: Any, checks: Any = None):
         self.authserv_id = authserv_id
         self.reactor = reactor
         self.timeout = settings.timeout
         self.resolver = dns.resolver(settings, reactor)
+        #: The C{[checks]} section (policy); None: DMARC and ARC on, marking only.
+        self.settings = checks if checks is not None else _MarkOnly()
 
     # -- DNS, from the checking thread through the reactor ---------------------------
 
@@ -92,31 +150,71 @@ class Checker:
 
     # -- the checks ---------------------------------------------------------------------
 
-    def check(self, lines: list[bytes], ip: str, helo: bytes, mailfrom: bytes
-              ) -> defer.Deferred:
+    def check(self, lines: list[bytes], ip: str, helo: bytes, mailfrom: bytes,
+              recipient_domains: tuple[str, ...] = ()) -> defer.Deferred:
         """
-        The message's lines (LF-split, the server's Received first) with the
-        Authentication-Results header put first and forged ones taken out.
+        A L{Verdict}: the message's lines (LF-split, the server's Received
+        first) with the Authentication-Results header put first and forged
+        ones taken out, and what policy says to do with it.
         """
-        return threads.deferToThread(self._check, lines, ip, helo, mailfrom)
+        return threads.deferToThread(self._check, lines, ip, helo, mailfrom,
+                                     recipient_domains)
 
-    def _check(self, lines: list[bytes], ip: str, helo: bytes, mailfrom: bytes) -> list[bytes]:
+    def _check(self, lines: list[bytes], ip: str, helo: bytes, mailfrom: bytes,
+               recipient_domains: tuple[str, ...] = ()) -> Verdict:
         lines = strip_forged(lines, self.authserv_id)
         message = b"\r\n".join(lines) + b"\r\n"
-        results = [self._dkim(message), self._spf(ip, helo, mailfrom)]
+        dkim_text, dkim_results, headers = self._dkim(message)
+        spf_text, spf_result, spf_domain = self._spf(ip, helo, mailfrom)
+        results = [dkim_text, spf_text]
+        verdict = Verdict()
+        if self.settings.dmarc:
+            found = dmarc.evaluate(headers, (spf_result, spf_domain), dkim_results,
+                                   self.txt)
+            results.append(found.header())
+            verdict.dmarc = found
+        if self.settings.arc:
+            results.append(self._arc(message))
+        verdict.spf = spf_result
+        verdict.action, verdict.reason = decide(self.settings, verdict, recipient_domains)
         header = f"Authentication-Results: {self.authserv_id};\n\t" + ";\n\t".join(results)
-        return header.encode("utf-8", "replace").split(b"\n") + lines
+        verdict.lines = header.encode("utf-8", "replace").split(b"\n") + lines
+        return verdict
 
-    def _dkim(self, message: bytes) -> str:
+    def txt(self, name: str) -> list[str]:
+        """TXT strings at C{name} ([] for none); L{TimeoutError} when no answer came."""
+        return [b"".join(rr.payload.data).decode("utf-8", "replace")
+                for rr in self._query(name, names_dns.TXT) if rr.type == names_dns.TXT]
+
+    def _arc(self, message: bytes) -> str:
+        """The ARC chain's validation (RFC 8617 5.2): C{arc=none|pass|fail}."""
+        try:
+            cv, _results, reason = dkimpy.arc_verify(message, dnsfunc=self.dkim_txt,
+                                                     timeout=int(self.timeout) or 1)
+        except TimeoutError as e:
+            log.info("arc: {e}", e=e)
+            return f"arc=fail ({e})"
+        except Exception as e:  # a malformed ARC set: its chain cannot validate
+            log.info("arc: {e}", e=e)
+            return "arc=fail (malformed ARC set)"
+        result = cv.decode("ascii", "replace") if isinstance(cv, bytes) else str(cv)
+        result = result.lower() if result.lower() in ("pass", "fail", "none") else "fail"
+        if result == "fail" and reason:
+            return f"arc=fail ({dmarc._comment(str(reason))})"
+        return f"arc={result}"
+
+    def _dkim(self, message: bytes) -> tuple[str, list[tuple[str, str]], list]:
+        """The header text, each signature's (result, d=), and the parsed headers."""
         try:
             d = dkimpy.DKIM(message, timeout=int(self.timeout) or 1)
             count = sum(1 for name, _v in d.headers if name.lower() == b"dkim-signature")
         except Exception as e:  # an unparsable message: no signature to check
             log.info("dkim: cannot parse the message: {e}", e=e)
-            return "dkim=none"
+            return "dkim=none", [], []
         if not count:
-            return "dkim=none"
+            return "dkim=none", [], d.headers
         out = []
+        found: list[tuple[str, str]] = []
         for i in range(count):
             try:
                 ok = d.verify(idx=i, dnsfunc=self.dkim_txt)
@@ -136,9 +234,11 @@ class Checker:
             props = " ".join(f"header.{k}={_value(tags.get(k.encode(), b''))}"
                              for k in ("d", "s", "a") if tags.get(k.encode()))
             out.append(f"dkim={result}" + (f" {props}" if props else ""))
-        return ";\n\t".join(out)
+            found.append((result, tags.get(b"d", b"").decode("utf-8", "replace")))
+        return ";\n\t".join(out), found, d.headers
 
-    def _spf(self, ip: str, helo: bytes, mailfrom: bytes) -> str:
+    def _spf(self, ip: str, helo: bytes, mailfrom: bytes) -> tuple[str, str, str]:
+        """The header text, the result, and the domain it is about (for DMARC)."""
         helo_text = helo.decode("utf-8", "replace")
         sender = mailfrom.decode("utf-8", "replace")
         identity = sender or f"postmaster@{helo_text}"
@@ -151,7 +251,7 @@ class Checker:
         except Exception:
             log.failure("spf: check failed")
             result = "temperror"
-        return f"spf={result} {_value(prop.encode())}"
+        return f"spf={result} {_value(prop.encode())}", result, identity.rpartition("@")[2]
 
 
 #: The checker whose resolver pyspf's module-level DNSLookup uses (one per process).
@@ -214,4 +314,4 @@ def make_checker(ctx) -> Checker | None:
     if not settings.enabled:
         return None
     return Checker(settings.authserv_id or ctx.config.server.hostname, ctx.config.dns,
-                   ctx.reactor)
+                   ctx.reactor, settings)

@@ -80,22 +80,59 @@ class DNSConfig:
             raise ConfigError("must be positive", "timeout")
 
 
+_DMARC_POLICIES = ("enforce", "junk", "mark")
+_SPF_FAIL = ("mark", "junk", "reject")
+
+
+@dataclass
+class DomainChecks:
+    """Policy for mail to one local domain; unset keys follow C{[checks]}."""
+
+    dmarc_policy: str | None = None
+    spf_fail: str | None = None
+
+
 @section("checks")
 @dataclass
 class ChecksConfig:
     """
-    SPF and DKIM checks on mail arriving at the MX, written into one
-    Authentication-Results header (docs/mail-auth.md).  Off by default: every
-    MX message then costs DNS queries.
+    SPF, DKIM, DMARC and ARC checks on mail arriving at the MX, written into
+    one Authentication-Results header, and the policy applied after DATA
+    (docs/mail-auth.md).  Off by default: every MX message then costs DNS queries.
     """
 
     enabled: bool = False
     #: The authserv-id in Authentication-Results; unset: C{server.hostname}.
     authserv_id: str | None = None
+    #: DMARC (RFC 7489) on the From domain, with alignment.
+    dmarc: bool = True
+    #: What a DMARC failure does: C{enforce} (the sender's policy: p=reject ->
+    #: 550 5.7.1, p=quarantine -> the Junk folder), C{junk} (both to Junk),
+    #: C{mark} (only the header).
+    dmarc_policy: str = "enforce"
+    #: What an SPF C{fail} (C{-all}) does: C{mark}, C{junk} or C{reject} (550 5.7.1).
+    spf_fail: str = "mark"
+    #: ARC (RFC 8617) chain verification into Authentication-Results.
+    arc: bool = True
+    #: Recipient domain -> overrides of C{dmarc_policy} / C{spf_fail}.
+    domains: dict[str, DomainChecks] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.authserv_id is not None and not _DOMAIN.match(self.authserv_id):
             raise ConfigError("expected a host name", "authserv_id")
+        if self.dmarc_policy not in _DMARC_POLICIES:
+            raise ConfigError(f"one of {', '.join(_DMARC_POLICIES)}", "dmarc_policy")
+        if self.spf_fail not in _SPF_FAIL:
+            raise ConfigError(f"one of {', '.join(_SPF_FAIL)}", "spf_fail")
+        cleaned = {}
+        for domain, over in self.domains.items():
+            if over.dmarc_policy is not None and over.dmarc_policy not in _DMARC_POLICIES:
+                raise ConfigError(f"one of {', '.join(_DMARC_POLICIES)}",
+                                  f"domains.{domain}.dmarc_policy")
+            if over.spf_fail is not None and over.spf_fail not in _SPF_FAIL:
+                raise ConfigError(f"one of {', '.join(_SPF_FAIL)}", f"domains.{domain}.spf_fail")
+            cleaned[domain.lower().rstrip(".")] = over
+        self.domains = cleaned
 
 
 def load_signer(config: Config) -> signing.Signer | None:

@@ -190,6 +190,25 @@ class Signer:
         return b"".join(out)
 
 
+    def arc_seal(self, message: bytes, domain: str, authserv_id: str) -> bytes:
+        """
+        The ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results
+        headers (LF line ends) that C{domain} adds when it forwards C{message},
+        sealing our C{authserv_id}'s Authentication-Results (RFC 8617 5.1), with
+        the domain's RSA key (RFC 8617 allows rsa-sha256 only); C{b""} when the
+        domain has none or the chain already failed (cv=fail is not sealed on).
+        """
+        domain = domain.lower().rstrip(".")
+        key = next((k for k in self.keys.get(domain, []) if k.algorithm == b"rsa-sha256"),
+                   None)
+        if key is None:
+            return b""
+        wire = message if b"\r\n" in message[:4096] else message.replace(b"\n", b"\r\n")
+        headers = dkimpy.arc_sign(wire, key.selector.encode(), domain.encode(), key.private,
+                                  authserv_id.encode())
+        return b"".join(h.replace(b"\r\n", b"\n") for h in headers)
+
+
 def _header_names(message: bytes) -> list[tuple[bytes, bytes]]:
     headers, _body = dkimpy.rfc822_parse(message)
     return headers

@@ -153,11 +153,13 @@ class QueueWriter:
     """
 
     def __init__(self, runner: "QueueRunner", sender: str, recipients: list[str],
-                 user: str | None):
+                 user: str | None, forwarded_by: str | None = None):
         self.runner = runner
         self.sender = sender
         self.recipients = recipients
         self.user = user
+        #: The local domain whose alias forwards this received message: ARC-sealed as it.
+        self.forwarded_by = forwarded_by
         self.size = 0
         self.hops = 0
         self.eightbit = False
@@ -209,6 +211,10 @@ class QueueWriter:
                 if self.user is not None:  # submitted: signed on its way out
                     whole = content if spill is None else self._spill_path.read_bytes()
                     signed = self.runner.dkim_sign(whole, self.sender)
+                    env.size += len(signed)
+                elif self.forwarded_by is not None:  # forwarded: an ARC set (RFC 8617)
+                    whole = content if spill is None else self._spill_path.read_bytes()
+                    signed = self.runner.arc_seal(whole, self.forwarded_by)
                     env.size += len(signed)
                 env.id = spool.new_id(self._head)
                 spool.commit(env, content, self._spill_path, prefix=signed)
@@ -287,6 +293,9 @@ class QueueRunner(service.Service):
             self._sts_check = CertificateCheck(settings.mta_sts_ca_bundle)
         #: The DKIM signer (L{netsuite.mailauth.signing.Signer}); None: nothing signed.
         self.signer = None
+        #: The MX checks' authserv-id, whose Authentication-Results an ARC set
+        #: seals; None: the checks are off and forwarded mail goes unsealed.
+        self.authserv_id: str | None = None
         #: recover() empties queue/tmp at start-up; later, by age, hourly.
         self._tmp_cleaned = time.time()
 
@@ -322,7 +331,7 @@ class QueueRunner(service.Service):
     # -- accepting -----------------------------------------------------------------------
 
     def writer(self, sender: smtp.Address, recipients: list[smtp.Address],
-               user: str | None = None) -> QueueWriter:
+               user: str | None = None, forwarded_by: str | None = None) -> QueueWriter:
         """For C{realm.relay()}: refuses (450) a user over the hourly sending limit."""
         if user is not None and self.settings.messages_per_hour > 0:
             sent = self.sends.count(user)
@@ -332,7 +341,8 @@ class QueueRunner(service.Service):
                 raise smtp.SMTPServerError(
                     450, b"4.7.1 Error: too many messages sent in the last hour, "
                          b"try again later")
-        return QueueWriter(self, _addr(sender), [_addr(r) for r in recipients], user)
+        return QueueWriter(self, _addr(sender), [_addr(r) for r in recipients], user,
+                           forwarded_by)
 
     def accepted(self, env: Envelope, content: bytes | None = None) -> None:
         if env.user is not None and self.settings.messages_per_hour > 0:
@@ -753,6 +763,20 @@ class QueueRunner(service.Service):
                                    sender=env.sender, arrival=env.created,
                                    recipients=items, original=original)
         return self.deliver_notice(env.sender, report, about=env.id, action=action)
+
+    def arc_seal(self, message: bytes, domain: str) -> bytes:
+        """
+        The ARC set (blocking: call in a thread) that C{domain} adds to a
+        message it forwards, or C{b""} (no key, no Authentication-Results of
+        ours to seal, an error: logged, the message goes unsealed).
+        """
+        if self.signer is None or self.authserv_id is None:
+            return b""
+        try:
+            return self.signer.arc_seal(message, domain, self.authserv_id)
+        except Exception:
+            log.failure("arc: sealing failed; forwarded unsealed")
+            return b""
 
     def dkim_sign(self, message: bytes, sender: str) -> bytes:
         """

@@ -136,6 +136,8 @@ def start_queue(ctx, parent) -> None:
         return
     runner = QueueRunner(ctx, settings)
     runner.signer = load_signer(ctx.config)
+    if ctx.config.checks.enabled:
+        runner.authserv_id = ctx.config.checks.authserv_id or ctx.config.server.hostname
     runner.setServiceParent(parent)
     set_relay = getattr(ctx.realm, "set_relay", None)
     if set_relay is None:  # a realm of its own (IRealm only): it cannot hand mail on

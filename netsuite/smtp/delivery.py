@@ -55,6 +55,9 @@ class Transaction:
         self.user = user
         self.local: list[str] = []
         self.remote: list[smtp.Address] = []
+        #: Outside addresses that local aliases forward to, and the alias's domain.
+        self.forward: list[Path] = []
+        self.forward_domain: str | None = None
         self._files: list = []
         self._opened = False
         #: The disk error that spoilt this message: the rest is discarded, and
@@ -79,6 +82,9 @@ class Transaction:
                 f.write(return_path)
             if self.remote:
                 self._files.append(self.realm.relay(self.sender, self.remote, user=self.user))
+            if self.forward:
+                self._files.append(self.realm.relay(self.sender, self.forward, user=None,
+                                                    forwarded_by=self.forward_domain))
         except OSError as e:
             self._failed(e)
 
@@ -95,7 +101,7 @@ class Transaction:
 
     def linesReceived(self, lines: list[bytes]) -> None:
         """Many lines at once (what one read of DATA held): one write, not one per line."""
-        if self.remote:
+        if self.remote or self.forward:
             # The queue's writer reads the headers (hops, the end of the headers)
             # one write per line.
             for line in lines:
@@ -229,7 +235,18 @@ class Delivery:
         shown = f"<{local}@{domain}>"
         if self.realm.is_local_domain(domain):
             users = local_recipients(self.realm, local, domain)
-            if not users:
+            forward: list[str] = getattr(self.realm, "resolve_forward",
+                                         lambda _l, _d: [])(local, domain)
+            if forward and not getattr(self.realm, "can_relay", lambda: False)():
+                log.warn("{shown} forwards to {to}, but relaying is off", shown=shown,
+                         to=",".join(forward))
+                forward = []
+            for address in forward:
+                target = Path(*(p.encode("utf-8") for p in address.rsplit("@", 1)))
+                if target not in tx.forward:
+                    tx.forward.append(target)
+                tx.forward_domain = tx.forward_domain or domain.lower().rstrip(".")
+            if not users and not forward:
                 raise smtp.SMTPBadRcpt(user, 550, f"5.1.1 {shown}: Recipient address "
                                                   "rejected: User unknown in local recipient table")
             for name in users:

@@ -59,6 +59,11 @@ def _peer_host(transport) -> str:
     return getattr(peer, "host", None) or str(peer)
 
 
+#: The MX checks' policy reasons (L{netsuite.mailauth.inbound.decide}) as log codes.
+_POLICY_REASONS = {"dmarc-reject": "dmarc_reject", "dmarc-quarantine": "dmarc_quarantine",
+                   "dmarc-bad-from": "dmarc_bad_from", "spf-fail": "spf_fail"}
+
+
 @implementer(IGracefulStop)
 class SMTPServer(smtp.ESMTP, CommandDeadline):
     """One SMTP session, on the MX or a submission listener."""
@@ -754,12 +759,15 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         if too_big or held is None:
             return self._deliver(too_big, size)
         helo = self._helo[0] if self._helo else b""
+        d: defer.Deferred = defer.succeed(held)
         if self.factory.checker is not None:
-            d = self.factory.checker.check(held, self.peer, helo, bytes(self._from))
-        else:
-            d = defer.succeed(held)
+            domains = tuple(sorted({u.dest.domain.decode("utf-8", "replace").lower()
+                                    for u, _f in self._to}))
+            d = self.factory.checker.check(held, self.peer, helo, bytes(self._from), domains)
+            d.addCallback(self._apply_policy, size)
         if self.factory.rspamd is not None:
-            d.addCallback(self._spam_filter, helo)
+            d.addCallback(lambda lines: None if lines is None
+                          else self._spam_filter(lines, helo))
 
         def checked(lines: list[bytes] | None):
             if self._lost or lines is None:
@@ -768,6 +776,23 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             return self._deliver(False, size)
 
         return d.addCallback(checked)
+
+    def _apply_policy(self, verdict, size: int) -> list[bytes] | None:
+        """The checks' verdict: the lines to go on with (maybe into Junk), or None once refused."""
+        if self._lost:
+            return None
+        if verdict.action == "reject":
+            self._refuse_checked(verdict, size)
+            return None
+        if verdict.action == "junk":
+            for msg in self._msgs:
+                if hasattr(msg, "folder"):
+                    msg.folder = "Junk"
+            log.info("junked: reason={reason} from=<{sender}> address={client}",
+                     reason=_POLICY_REASONS.get(verdict.reason, verdict.reason),
+                     sender=_show(self._from), client=self.peer, event="junked",
+                     protocol=self.protocol_name, listener=self.factory.listener)
+        return verdict.lines
 
     # -- rspamd (netsuite.mailauth.rspamd) ---------------------------------------
 
@@ -795,6 +820,25 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             return outcome.lines
 
         return d.addCallback(decided)
+
+    def _refuse_checked(self, verdict, size: int) -> None:
+        """The checks' policy refuses the message (550 5.7.1): nothing is stored."""
+        d = verdict.dmarc
+        if verdict.reason == "spf-fail":
+            text = "Error: SPF check failed for the envelope sender"
+        elif verdict.reason == "dmarc-bad-from":
+            text = "Error: the message needs exactly one From address domain (RFC 7489 6.6.1)"
+        else:
+            text = (f"Error: rejected by the DMARC policy of "
+                    f"{d.header_from if d is not None else 'the sender'}")
+        self._abort_messages()
+        self._refuse("DATA", None, 550, "5.7.1", text.encode())
+        log.info("rejected: reason={reason} size={size} from=<{sender}> address={client}",
+                 reason=_POLICY_REASONS.get(verdict.reason, verdict.reason), size=size,
+                 sender=_show(self._from) if self._from is not None else "-",
+                 client=self.peer, event="rejected", protocol=self.protocol_name,
+                 listener=self.factory.listener)
+        self._reset_transaction()
 
     def _deliver(self, too_big: bool, size: int):
         if too_big:

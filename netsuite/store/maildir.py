@@ -267,14 +267,19 @@ class MaildirStore:
         if folder.upper() != "INBOX":
             path = self.folder_path(user, folder)
             if not (path / "cur").is_dir():
-                self.ensure_special_folders(user)
-            if not (path / "cur").is_dir():
+                self.ensure_special_folders(user)  # Junk with its \\Junk mark
+            if not (path / "cur").is_dir():  # the user had deleted it
                 ensure_maildir(path)
                 (path / "maildirfolder").touch()
                 self.set_subscribed(user, folder, True)
-        else:
-            folder = "INBOX"
-        return MaildirDelivery(path, on_commit=lambda: self.changed(user, folder),
+
+            def again() -> None:
+                ensure_maildir(path)
+                (path / "maildirfolder").touch()
+
+            return MaildirDelivery(path, on_commit=lambda: self.changed(user, folder),
+                                   on_missing=again)
+        return MaildirDelivery(path, on_commit=lambda: self.changed(user, "INBOX"),
                                on_missing=lambda: ensure_maildir(path))
 
     def changed(self, user: str, name: str = "INBOX") -> None:
