@@ -103,7 +103,7 @@ def test_forged_from_of_reject_domain_is_refused(mx, keys):  # noqa: F811
                                        b"From: News <ceo@bank.test>"))
     e = refused(mx, forged, SENDER)
     assert e.smtp_code == 550
-    mx.wait_for(lambda: mx.log().count("reason=dmarc-reject") == 2, 10)
+    assert mx.wait_for(lambda: mx.log().count("reason=dmarc_reject") == 2, 10)
     assert "Traceback" not in mx.log()
 
 
@@ -114,7 +114,7 @@ def test_quarantine_goes_to_junk_and_pct_zero_steps_down(mx):
     # p=reject with pct=0: not sampled, so quarantine instead (RFC 7489 6.6.4).
     ar = results(delivered(mx, message("x@sampled.test"), "x@sampled.test", folder="Junk"))
     assert "dmarc=fail (p=reject dis=quarantine) header.from=sampled.test" in ar, ar
-    assert "reason=dmarc-quarantine" in mx.log()
+    assert "reason=dmarc_quarantine" in mx.log()
 
 
 def test_subdomain_uses_the_organizational_domain_record(mx):
@@ -157,7 +157,7 @@ def test_no_or_several_from_domains_are_refused(mx):
     assert e.smtp_code == 550
     none = b"To: alice@example.test\r\nSubject: no from\r\n\r\nhello\r\n"
     refused(mx, none, SENDER)
-    assert mx.log().count("reason=dmarc-bad-from") == 3
+    assert mx.log().count("reason=dmarc_bad_from") == 3
 
 
 def test_mark_only_spf_reject_and_domain_overrides(make_daemon, zone):
@@ -166,7 +166,7 @@ def test_mark_only_spf_reject_and_domain_overrides(make_daemon, zone):
     # DMARC marks only for example.test, but SPF -all fails are refused.
     e = refused(d, message("x@open.test"), "x@open.test")
     assert e.smtp_code == 550 and b"SPF" in e.smtp_error
-    assert "reason=spf-fail" in d.log()
+    assert "reason=spf_fail" in d.log()
     # A DMARC failure with SPF passing (the envelope is not the From domain): delivered.
     ar = results(delivered(d, message("ceo@bank.test"), SENDER))
     assert "spf=pass" in ar and "dmarc=fail (p=reject dis=reject)" in ar, ar
