@@ -46,6 +46,41 @@ class IDrainable(Interface):
         """Fires once no connection is left."""
 
 
+class StopWhenIdle:
+    """
+    L{IGracefulStop} for a command/response session: C{shutdown} marks it,
+    and the goodbye goes out at once if nothing is in progress, else when
+    the protocol calls L{_stop_if_idle} after its command (or transfer) ends.
+    A protocol gives L{_in_progress} and L{_goodbye}; it keeps C{_lost}.
+    """
+
+    _stopping = False
+    _lost: bool
+    transport: Any
+
+    def _in_progress(self) -> bool:
+        raise NotImplementedError
+
+    def _goodbye(self) -> None:
+        """Say the protocol's goodbye line and close (called once)."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        if self._lost or self.transport is None or self.transport.disconnecting:
+            return
+        self._stopping = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> bool:
+        """True if the session was stopping and said goodbye now."""
+        if not self._stopping or self._lost or self.transport.disconnecting:
+            return False
+        if self._in_progress():
+            return False
+        self._goodbye()
+        return True
+
+
 def ask(conn: Any) -> None:
     """Ask one connection (a L{netsuite.service.TrackedConnection}) to end politely."""
     proto = getattr(conn, "wrappedProtocol", conn)

@@ -40,7 +40,7 @@ from netsuite.ftp.data import (
 )
 from netsuite.ftp.shell import FileShrank, INetsuiteFTPShell, TransferStopped
 from netsuite.ftp.timer import SessionTimer
-from netsuite.shutdown import IGracefulStop
+from netsuite.shutdown import IGracefulStop, StopWhenIdle
 
 log = Logger(namespace="netsuite.ftp")
 
@@ -123,7 +123,7 @@ class _ASCIIConsumer:
 
 
 @implementer(IGracefulStop)
-class FTPServer(protocol.Protocol, CommandDeadline):
+class FTPServer(StopWhenIdle, protocol.Protocol, CommandDeadline):
     """One control connection."""
 
     # A tcp.Server (startTLS'd by AUTH TLS) or a TLSMemoryBIOProtocol (implicit FTPS):
@@ -221,30 +221,21 @@ class FTPServer(protocol.Protocol, CommandDeadline):
 
     # -- graceful stop (netsuite.shutdown) ---------------------------------------------
 
-    def shutdown(self) -> None:
-        """
-        SIGTERM: the command in progress (an upload or download) finishes and
-        is answered, then 421.  One still running when the shutdown timeout
-        aborts the control connection is aborted as a lost connection is
-        (connectionLost: the transfer is aborted, the upload's partial file
-        handled as on any abort).
-        """
-        if self._lost or self.transport is None or self.transport.disconnecting:
-            return
-        self._stopping = True
-        self._stop_if_idle()
+    # SIGTERM: the command in progress (an upload or download) finishes and
+    # is answered, then 421.  One still running when the shutdown timeout
+    # aborts the control connection is aborted as a lost connection is
+    # (connectionLost: the transfer is aborted, the upload's partial file
+    # handled as on any abort).
 
-    def _stop_if_idle(self) -> bool:
-        if not self._stopping or self._lost or self.transport.disconnecting:
-            return False
-        if self._busy is not None or self.transfer is not None:
-            return False
+    def _in_progress(self) -> bool:
+        return self._busy is not None or self.transfer is not None
+
+    def _goodbye(self) -> None:
         log.info("shutdown: address={address}, 421", address=self.peer_host)
         self.reply(421, "Service shutting down")
         self._framer.discard()
         self._queue.clear()
         self.transport.loseConnection()
-        return True
 
     def reply(self, code: int, text: str | list[str]) -> None:
         transport = self.transport

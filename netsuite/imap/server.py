@@ -65,7 +65,7 @@ from netsuite.imap.commands.sort import SortCommands
 from netsuite.imap.commands.urlauth import UrlAuthCommands
 from netsuite.imap.compress import Inflater
 from netsuite.imap.wire import Cursor, ParseError, SeqSet
-from netsuite.shutdown import IGracefulStop
+from netsuite.shutdown import IGracefulStop, StopWhenIdle
 from netsuite.store.folder import FolderGone
 
 log = Logger(namespace="netsuite.imap")
@@ -112,7 +112,7 @@ UID_COMMANDS |= {"SORT", "THREAD"}
 
 
 @implementer(IGracefulStop)
-class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
+class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
                  MailboxCommands, AppendCommands, FetchCommands,
                  FlagCommands, CopyCommands, SearchCommands, SortCommands, ContextCommands,
                  QuotaCommands, CompressCommands, UrlAuthCommands, NotifyCommands,
@@ -222,23 +222,16 @@ class IMAPServer(GeneralCommands, LoginCommands, ListExtCommands,
 
     # -- graceful stop (netsuite.shutdown) ---------------------------------------------
 
-    def shutdown(self) -> None:
-        """SIGTERM: the command in progress (and a literal being sent) finishes, then BYE."""
-        if self._lost or self.transport.disconnecting:
-            return
-        self._stopping = True
-        self._stop_if_idle()
+    # SIGTERM: the command in progress (and a literal being sent) finishes, then BYE.
 
-    def _stop_if_idle(self) -> bool:
-        if not self._stopping or self._lost or self.transport.disconnecting:
-            return False
-        if self._busy or self._framer.in_command:
-            return False
+    def _in_progress(self) -> bool:
+        return bool(self._busy or self._framer.in_command)
+
+    def _goodbye(self) -> None:
         log.info("shutdown: address={address}, BYE", address=self.peer)
         self.send(b"* BYE Server shutting down")
         self._framer.discard()
         self.transport.loseConnection()
-        return True
 
     # -- the whole-line deadline (netsuite.deadline) ---------------------------------
 

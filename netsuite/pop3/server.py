@@ -30,7 +30,7 @@ from netsuite.framer import LineFramer, Overlong
 from netsuite.pop3 import wire
 from netsuite.pop3.mailbox import MailboxInUse
 from netsuite.sendnow import send_now, write_now
-from netsuite.shutdown import IGracefulStop
+from netsuite.shutdown import IGracefulStop, StopWhenIdle
 from netsuite.store.folder import to_wire
 
 log = Logger(namespace="netsuite.pop3")
@@ -80,7 +80,7 @@ class _Retrieval:
 
 
 @implementer(IGracefulStop)
-class POP3Server(pop3.POP3, CommandDeadline):
+class POP3Server(StopWhenIdle, pop3.POP3, CommandDeadline):
     """One POP3 connection; see the module docstring."""
 
     #: Bytes of one command line, CRLF excluded (SASL responses need more than 255).
@@ -451,27 +451,18 @@ class POP3Server(pop3.POP3, CommandDeadline):
 
     # -- graceful stop (netsuite.shutdown) ---------------------------------------------
 
-    def shutdown(self) -> None:
-        """
-        SIGTERM: a RETR being sent (or a login being checked) finishes, then
-        -ERR [SYS/TEMP] (RFC 3206).  Never the UPDATE state: messages marked
-        with DELE stay, as after any connection that ends without QUIT.
-        """
-        if self._lost or self.transport.disconnecting:
-            return
-        self._stopping = True
-        self._stop_if_idle()
+    # SIGTERM: a RETR being sent (or a login being checked) finishes, then
+    # -ERR [SYS/TEMP] (RFC 3206).  Never the UPDATE state: messages marked
+    # with DELE stay, as after any connection that ends without QUIT.
 
-    def _stop_if_idle(self) -> bool:
-        if not self._stopping or self._lost or self.transport.disconnecting:
-            return False
-        if self.blocked is not None or self._busy:
-            return False
+    def _in_progress(self) -> bool:
+        return bool(self.blocked is not None or self._busy)
+
+    def _goodbye(self) -> None:
         log.info("shutdown: address={address}, -ERR [SYS/TEMP]", address=self.peer)
         self.transport.write(wire.err("Server shutting down", "SYS/TEMP"))
         self._framer.discard()
         self.transport.loseConnection()
-        return True
 
 
 class POP3Factory(Factory):
