@@ -7,6 +7,7 @@ C{tests/test_imaptest.py} (the scripted compliance groups).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -56,8 +57,19 @@ def build_imaptest(cache: Path) -> Path:
         return binary
     if not Path(DOVECOT_LIBS, "dovecot-config").exists():
         raise ImaptestBuildError("dovecot-dev is not installed (imaptest builds against it)")
-    print(f"building imaptest into {dest} ...", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
+    # Two processes (pytest-xdist workers, a bench beside the tests) may both
+    # find no binary: one builds, the other waits for it and uses it.
+    with open(cache / "imaptest-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.access(binary, os.X_OK):
+            return binary
+        return _build(src, dest, binary, cache)
+
+
+def _build(src: Path, dest: Path, binary: Path, cache: Path) -> Path:
+    """Run build.sh into a scratch directory and move the result to C{dest}."""
+    print(f"building imaptest into {dest} ...", flush=True)
     # build.sh writes into its DEST: build in a scratch directory and move it
     # into place whole, so an interrupted build never looks like a cached one.
     scratch = Path(tempfile.mkdtemp(prefix="imaptest-build-", dir=cache))

@@ -8,14 +8,38 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: SSH host keys made once per test process and copied into each new data
+#: directory: generating a 3072-bit RSA key is a tenth of a daemon's start-up,
+#: paid by every test. tests/test_ssh.py starts its daemon without them, so
+#: generation on first start is still tested there.
+_HOST_KEYS: Path | None = None
+
+
+def seed_host_keys(data_dir: Path) -> None:
+    """Give C{data_dir} this process's pre-made SSH host keys, unless it has keys."""
+    global _HOST_KEYS
+    from netsuite.ssh import hostkeys
+
+    target = hostkeys.host_key_dir(data_dir)
+    if target.exists():
+        return
+    if _HOST_KEYS is None:
+        made = Path(tempfile.mkdtemp(prefix="netsuite-hostkeys-"))
+        hostkeys.ensure_default_keys(made)
+        _HOST_KEYS = hostkeys.host_key_dir(made)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(_HOST_KEYS, target)
 
 
 
@@ -73,7 +97,8 @@ class Daemon:
 
     def __init__(self, directory: Path, config: dict | None = None,
                  listeners: list[str] | None = None, env: dict | None = None,
-                 pass_fds: tuple[int, ...] = (), wrapper: list[str] | None = None):
+                 pass_fds: tuple[int, ...] = (), wrapper: list[str] | None = None,
+                 fresh_host_keys: bool = False):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -97,6 +122,8 @@ class Daemon:
         self.wrapper = wrapper or []
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, list[int]] = {}
+        #: Let the daemon generate its own SSH host keys (else pre-made ones are copied).
+        self.fresh_host_keys = fresh_host_keys
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -113,6 +140,8 @@ class Daemon:
         ready = self.data_dir / "run" / "listening.json"
         if ready.exists():
             ready.unlink()
+        if not self.fresh_host_keys:
+            seed_host_keys(self.data_dir)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT), str(ROOT / "examples"), os.environ.get("PYTHONPATH", "")]))
         env.update(self.env)

@@ -50,7 +50,8 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, keys):
-    d = Daemon(tmp_path_factory.mktemp("ssh"), CONFIG, ["ssh", "telnet", "ftp"])
+    d = Daemon(tmp_path_factory.mktemp("ssh"), CONFIG, ["ssh", "telnet", "ftp"],
+               fresh_host_keys=True)
     d.add_user("alice", "secret")
     d.add_user("bob", "hunter2")
     d.start()
@@ -112,7 +113,7 @@ def test_host_keys_generated_private_and_printed(daemon, tmp_path):
 
 
 def test_host_keys_survive_restart(tmp_path):
-    d = Daemon(tmp_path / "d", CONFIG, ["ssh"])
+    d = Daemon(tmp_path / "d", CONFIG, ["ssh"], fresh_host_keys=True)
     d.start()
     try:
         before = d.cli("ssh-hostkeys").stdout

@@ -8,12 +8,14 @@ from __future__ import annotations
 import io
 import os
 import re
+import secrets
 import socket
 import time
 from pathlib import Path
 
 import pexpect
 import pytest
+import tools
 from harness import Daemon, wait_steady
 
 from netsuite.telnet import wire
@@ -725,21 +727,10 @@ def test_shutdown_hangs_up_sessions(make_daemon):
 
 @pytest.fixture
 def system_user():
-    """A throwaway system account, removed afterwards (root only)."""
-    import shutil
-    import subprocess
-
-    if os.geteuid() != 0 or not shutil.which("useradd"):
-        pytest.skip("needs root and useradd")
-    name = f"nstn{os.getpid() % 100000}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--groups", "users",
-                    name], check=True, capture_output=True)
-    try:
-        subprocess.run(["chpasswd"], input=f"{name}:Sys-pw-1\n", text=True, check=True,
-                       capture_output=True)
+    """A throwaway system account in group users, with a home, removed afterwards."""
+    name = f"nstn{secrets.token_hex(3)}"
+    with tools.system_account(name, "Sys-pw-1", "--create-home", "--groups", "users"):
         yield name
-    finally:
-        subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 def test_system_account_via_pam_runs_as_that_user(make_daemon, system_user):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +49,37 @@ def need_imaptest_build() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@contextlib.contextmanager
+def account_files_locked() -> Iterator[None]:
+    """
+    Serialise useradd/chpasswd/userdel between test processes (pytest-xdist
+    workers): shadow-utils refuse with "cannot lock /etc/passwd" rather than wait.
+    """
+    with open(Path(tempfile.gettempdir()) / "netsuite-tests-accounts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def system_account(name: str, password: str, *useradd: str) -> Iterator[str]:
+    """
+    A throwaway system account (root only; in CI its absence fails), removed
+    afterwards with its home directory if C{useradd} asked for one.
+    """
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        message = "needs root and useradd to create a throwaway system account"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs as root with useradd: {message}")
+        pytest.skip(message)
+    with account_files_locked():
+        subprocess.run(["useradd", "--shell", "/bin/sh", *useradd, name], check=True,
+                       capture_output=True)
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True,
+                       capture_output=True)
+    try:
+        yield name
+    finally:
+        with account_files_locked():
+            subprocess.run(["userdel", "--remove", name], capture_output=True)

@@ -14,6 +14,7 @@ file that is fsynced and renamed over the old one.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -34,8 +35,16 @@ _hasher = PasswordHasher()
 
 #: argon2id verifications at once (see L{netsuite.auth.verifier}).
 MAX_CONCURRENT_VERIFY = verifier.MAX_CONCURRENT
-#: Verified against for unknown users, so timing does not reveal who exists.
-_DUMMY_HASH = _hasher.hash("netsuite-dummy-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """
+    Verified against for unknown users, so timing does not reveal who exists.
+    Made at the first use, not at import: one argon2id hash (~100 ms) is a
+    tenth of the daemon's start-up and of every C{netsuite} command.
+    """
+    return _hasher.hash("netsuite-dummy-password")
 
 
 class PasswordFileError(ValueError):
@@ -140,7 +149,7 @@ class PasswordFile:
 def verify(hashed: str | None, password: bytes | str) -> bool:
     """Check a password against an argon2 hash (slow on purpose: run in a thread)."""
     password = password_bytes(password)
-    return verifier.verify_hash(hashed or _DUMMY_HASH, password) and hashed is not None
+    return verifier.verify_hash(hashed or _dummy_hash(), password) and hashed is not None
 
 
 @implementer(ICredentialsChecker, ICacheTokenSource)
