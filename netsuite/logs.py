@@ -65,7 +65,8 @@ REASONS: dict[str, str] = {
     "dmarc_quarantine": "DMARC failed under p=quarantine: delivered to Junk",
     "dmarc_bad_from": "no single From domain to check DMARC against (RFC 7489 6.6.1)",
     "spf_fail": "SPF failed (-all) and [checks] spf_fail rejects or junks it",
-    "request_too_large": "an HTTP request body over [http] max_body bytes (answered 413)",
+    "request_too_large": "an HTTP request over a limit: body over [http] max_body (413), "
+                         "request line (414) or head (431) over 16 KiB",
     "tls_handshake_timeout": "the TLS handshake did not finish in time",
     "close_timeout": "a closed connection lingered past the close deadline; aborted",
     "command_timeout": "a command line took too long from first to last byte",

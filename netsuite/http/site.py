@@ -175,13 +175,61 @@ class BoundedRequest(server.Request):
         if self._refused or self.channel is None:
             return
         self._refused = True
-        log.info("http request refused: body over {limit} bytes, client={client} reason={reason}",
-                 limit=self._limit(), event="refused", protocol="http", reason="request_too_large",
-                 client=getattr(self.getClientAddress(), "host", "?"))
-        transport: Any = self.channel.transport
-        transport.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
-                                     b"Connection: close\r\n\r\n")
-        self.channel.loseConnection()
+        _refuse_request(self.channel, 413, b"Content Too Large",
+                        f"body over {self._limit()} bytes")
+
+
+def _refuse_request(channel: http.HTTPChannel, code: int, phrase: bytes, what: str) -> None:
+    """Answer C{code} with no body, log it, and close: the request is not read further."""
+    client = getattr(channel.transport.getPeer(), "host", "?") if channel.transport else "?"
+    log.info("http request refused: {what}, client={client} reason={reason}", what=what,
+             event="refused", protocol="http", reason="request_too_large", client=client)
+    transport: Any = channel.transport
+    transport.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    % (code, phrase))
+    channel.loseConnection()
+
+
+class BoundedChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel that says why it stops reading a request head:
+    twisted.web closes the connection without a word on a request line or
+    header line over C{MAX_LENGTH}, and answers a bare 400 when the head
+    passes C{totalHeadersSize} or C{maxHeaders} fields.  Here the client
+    gets 414 for the request line and 431 for the headers (RFC 9110
+    15.5.15, RFC 6585 5).
+    """
+
+    _head_refused = False
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._head_refused:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_head(len(line))
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_head(len(line))
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse_head(len(line))
+            return False
+        return super().headerReceived(line)
+
+    def _refuse_head(self, length: int) -> None:
+        if self._head_refused:
+            return
+        self._head_refused = True
+        # Twisted's own flag: still on the request line (name-mangled attribute).
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            _refuse_request(self, 414, b"URI Too Long", f"request line of {length}+ bytes")
+        else:
+            _refuse_request(self, 431, b"Request Header Fields Too Large",
+                            f"request head over {self.totalHeadersSize} bytes "
+                            f"or {self.maxHeaders} fields")
 
 
 class OperationsSite(server.Site):
@@ -191,6 +239,13 @@ class OperationsSite(server.Site):
     displayTracebacks = False
 
     requestFactory = BoundedRequest
+    #: A plain HTTP/1.1 channel (not Twisted's HTTP/2-capable wrapper): the
+    #: operations listener speaks HTTP/1.1 only, see L{acceptableProtocols}.
+    protocol = BoundedChannel  # type: ignore[assignment]
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN: HTTP/1.1 only, even where the h2 package is installed."""
+        return [b"http/1.1"]
 
     def __init__(self, ctx: ServerContext, listener: str, idle_timeout: float,
                  max_body: int = 65536):
