@@ -14,7 +14,9 @@ from 127.0.0.1: what netsuite reports tells the two apart.
 from __future__ import annotations
 
 import email
+import ftplib
 import imaplib
+import io
 import json
 import re
 import smtplib
@@ -45,14 +47,14 @@ def free_port() -> int:
 class HAProxy:
     """A private haproxy in the foreground: frontend name -> (its port, backend port, send)."""
 
-    def __init__(self, directory, routes: dict[str, tuple[int, str]]):
+    def __init__(self, directory, routes: dict[str, tuple[int, str] | tuple[int, str, str]]):
         self.path = directory / "haproxy.cfg"
         self.ports = {name: free_port() for name in routes}
         lines = ["global", "    maxconn 200", "defaults", "    mode tcp",
                  "    timeout connect 5s", "    timeout client 30s", "    timeout server 30s"]
-        for name, (backend, send) in routes.items():
+        for name, (backend, send, *extra) in routes.items():
             lines += [f"frontend f_{name}", f"    bind 127.0.0.1:{self.ports[name]}",
-                      f"    default_backend b_{name}", f"backend b_{name}",
+                      f"    default_backend b_{name}", f"backend b_{name}", *extra,
                       f"    server netsuite 127.0.0.1:{backend} {send}"]
         self.path.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
@@ -171,17 +173,21 @@ def stack(tmp_path_factory):
                    "proxy_timeout": 1.0},
         "throttle": {"free_failures": 0, "base_delay": 0.01, "max_delay": 0.02,
                      "lock_after": 3},
-        "listen": {"smtp": [PROXIED], "imap": [PROXIED], "imaps": [PROXIED],
+        "listen": {"smtp": [PROXIED], "imap": [PROXIED], "imaps": [PROXIED], "ftp": [PROXIED],
                    "http": ["tcp:0:interface=127.0.0.1"]},
-    }, listeners=["smtp", "imap", "imaps", "http"])
+    }, listeners=["smtp", "imap", "imaps", "ftp", "http"])
     d.add_user("alice", "alice-pw")
     d.start()
     haproxy = HAProxy(directory, {
         "smtp_v1": (d.port("smtp"), "send-proxy"),
-        "smtp_v2": (d.port("smtp"), "send-proxy-v2"),
+        # The health check of docs/scale-out.md: /readyz on the http port, no PROXY header.
+        "smtp_v2": (d.port("smtp"), f"send-proxy-v2 check port {d.port('http')} inter 200ms "
+                    "fall 2 rise 1", "    option httpchk\n    http-check send meth GET uri "
+                    "/readyz\n    http-check expect status 200"),
         # HAProxy's health checks send a v2 LOCAL header: served, not refused.
         "imap": (d.port("imap"), "send-proxy-v2 check inter 300ms"),
         "imaps": (d.port("imaps"), "send-proxy-v2"),
+        "ftp": (d.port("ftp"), "send-proxy-v2"),
     }).start()
     yield d, haproxy
     haproxy.stop()
@@ -194,6 +200,14 @@ def test_smtp_received_shows_the_client_address(stack, frontend):
     received = received_of(d, send_mail(haproxy.ports[frontend]))
     assert f"([{CLIENT}])" in received, received
     assert "127.0.0.1" not in received, received
+
+
+def test_readyz_health_checks_keep_the_server_up(stack):
+    d, haproxy = stack
+    find(d, message="http GET /readyz 200 127.0.0.1")  # HAProxy's check, answered
+    # Several checks later (fall 2 every 200 ms would have marked it down), mail goes through.
+    assert d.wait_for(lambda: d.log().count("http GET /readyz 200") >= 4)
+    assert f"([{CLIENT}])" in received_of(d, send_mail(haproxy.ports["smtp_v2"]))
 
 
 def test_imap_health_checks_and_sessions_are_served(stack):
@@ -250,6 +264,27 @@ def test_imap_failed_logins_throttle_the_client_address(stack):
     m = IMAPFrom(port, CLIENT)
     m.login("alice", "alice-pw")
     m.logout()
+
+
+def test_ftp_control_through_haproxy_data_straight_from_the_client(stack):
+    """
+    The data-channel checks compare with the client's address from the header:
+    a passive connection straight from that client (not through HAProxy) is
+    served, on the socket's own address.
+    """
+    d, haproxy = stack
+    ftp = ftplib.FTP(timeout=15, source_address=(CLIENT, 0))
+    ftp.connect("127.0.0.1", haproxy.ports["ftp"])
+    try:
+        ftp.login("alice", "alice-pw")
+        host, _port = ftplib.parse227(ftp.sendcmd("PASV"))
+        assert host == "127.0.0.1"  # netsuite's own address, not the header's destination
+        ftp.storbinary("STOR proxied.txt", io.BytesIO(b"through haproxy\n"))
+        assert "proxied.txt" in ftp.nlst()
+    finally:
+        ftp.quit()
+    assert (d.data_dir / "ftp" / "alice" / "proxied.txt").read_bytes() == b"through haproxy\n"
+    assert find(d, event="login", protocol="ftp")["client"] == CLIENT
 
 
 def test_untrusted_peer_is_refused(stack):
@@ -319,3 +354,30 @@ def test_workers_and_socket_activation(make_daemon, tmp_path):
     finally:
         haproxy.stop()
 
+
+
+def _block(text: str, language: str) -> str:
+    (block,) = re.findall(rf"^```{language}\n(.*?)^```$", text, re.M | re.S)
+    return block
+
+
+def test_scale_out_doc_configs_are_valid(tmp_path):
+    """docs/scale-out.md: haproxy -c accepts its haproxy.cfg, netsuite loads its config."""
+    from harness import ROOT
+
+    from netsuite.config import load
+
+    text = (ROOT / "docs" / "scale-out.md").read_text()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(_block(text, "haproxy"))
+    result = subprocess.run([require("haproxy"), "-c", "-f", str(cfg)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "send-proxy-v2" in cfg.read_text()
+    toml = tmp_path / "netsuite.toml"
+    toml.write_text(_block(text, "toml"))
+    config = load(toml)
+    assert config.server.proxy_trusted == ["10.0.0.2"]
+    for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s"):
+        assert config.listen[name][0].startswith("haproxy:tcp:"), name
+    assert not config.listen["ftp"][0].startswith("haproxy:")
