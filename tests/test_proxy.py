@@ -7,8 +7,9 @@ C{[server] proxy_trusted}, a garbage header and a header that never comes are
 refused while the server keeps serving.  Also through C{--workers 2} with a
 socket-activated (C{haproxy:systemd:}) listener.
 
-The clients bind 127.0.0.2 (and .3, .4) as their source, HAProxy connects
-from 127.0.0.1: what netsuite reports tells the two apart.
+The clients bind 127.0.0.2 (and .3, .4, .5) as their source, HAProxy
+connects from 127.0.0.1: what netsuite reports tells the two apart.  One
+frontend takes IPv6 (::1) and passes it on in a TCP6 header over IPv4.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class HAProxy:
         lines = ["global", "    maxconn 200", "defaults", "    mode tcp",
                  "    timeout connect 5s", "    timeout client 30s", "    timeout server 30s"]
         for name, (backend, send, *extra) in routes.items():
-            lines += [f"frontend f_{name}", f"    bind 127.0.0.1:{self.ports[name]}",
+            bind = "[::1]" if name.endswith("_v6") else "127.0.0.1"
+            lines += [f"frontend f_{name}", f"    bind {bind}:{self.ports[name]}",
                       f"    default_backend b_{name}", f"backend b_{name}", *extra,
                       f"    server netsuite 127.0.0.1:{backend} {send}"]
         self.path.write_text("\n".join(lines) + "\n")
@@ -71,13 +73,14 @@ class HAProxy:
         self.proc = subprocess.Popen([require("haproxy"), "-db", "-f", str(self.path)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
-        waiting = set(self.ports.values())
+        waiting = {("::1" if name.endswith("_v6") else "127.0.0.1", port)
+                   for name, port in self.ports.items()}
         while waiting and time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.stdout.read().decode()
-            for port in list(waiting):
+            for address in list(waiting):
                 try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                    waiting.discard(port)
+                    socket.create_connection(address, 1).close()
+                    waiting.discard(address)
                 except OSError:
                     pass
             time.sleep(0.05)
@@ -129,7 +132,8 @@ class IMAPSFrom(imaplib.IMAP4_SSL):
 def send_mail(port: int, source: str = CLIENT) -> bytes:
     """A message to alice through C{port}; its subject, to find it."""
     subject = f"proxied {uuid.uuid4().hex}".encode()
-    with smtplib.SMTP("127.0.0.1", port, timeout=15, source_address=(source, 0),
+    host = "::1" if ":" in source else "127.0.0.1"
+    with smtplib.SMTP(host, port, timeout=15, source_address=(source, 0),
                       local_hostname="client.test") as smtp:
         smtp.sendmail("bob@remote.test", ["alice@example.test"],
                       b"From: bob@remote.test\r\nSubject: " + subject + b"\r\n\r\nhi\r\n")
@@ -190,6 +194,7 @@ def stack(tmp_path_factory):
     haproxy = HAProxy(directory, {
         "smtp_v1": (d.port("smtp"), "send-proxy"),
         # The health check of docs/scale-out.md: /readyz on the http port, no PROXY header.
+        "smtp_v6": (d.port("smtp"), "send-proxy-v2"),  # a TCP6 header over IPv4
         "smtp_v2": (d.port("smtp"), f"send-proxy-v2 check port {d.port('http')} inter 200ms "
                     "fall 2 rise 1", "    option httpchk\n    http-check send meth GET uri "
                     "/readyz\n    http-check expect status 200"),
@@ -203,11 +208,12 @@ def stack(tmp_path_factory):
     d.stop()
 
 
-@pytest.mark.parametrize("frontend", ["smtp_v1", "smtp_v2"])
+@pytest.mark.parametrize("frontend", ["smtp_v1", "smtp_v2", "smtp_v6"])
 def test_smtp_received_shows_the_client_address(stack, frontend):
     d, haproxy = stack
-    received = received_of(d, send_mail(haproxy.ports[frontend]))
-    assert f"([{CLIENT}])" in received, received
+    client = "::1" if frontend == "smtp_v6" else CLIENT
+    received = received_of(d, send_mail(haproxy.ports[frontend], client))
+    assert f"([{client}])" in received, received
     assert "127.0.0.1" not in received, received
 
 
