@@ -400,3 +400,22 @@ def test_scale_out_doc_configs_are_valid(tmp_path):
     for name in ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s"):
         assert config.listen[name][0].startswith("haproxy:tcp:"), name
     assert not config.listen["ftp"][0].startswith("haproxy:")
+
+
+def test_a_reload_adds_a_haproxy_listener(make_daemon):
+    """A listener added by SIGHUP reads the header too (here written by hand, from 127.0.0.1)."""
+    from test_reload import reloaded, rewrite
+
+    d = make_daemon(config={"server": {"proxy_trusted": TRUSTED, "allow_plaintext_auth": True},
+                            "log": {"format": "json"}}, listeners=["smtp"])
+    rewrite(d, listen={"imap": [PROXIED]})
+    assert "added imap" in reloaded(d)
+    port = json.loads((d.data_dir / "run" / "listening.json").read_text())["listen"]["imap"][0]
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        s.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 4000 143\r\nA1 LOGIN mallory x\r\n")
+        s.settimeout(10)
+        got = b""
+        while b"A1 " not in got and (chunk := s.recv(4096)):
+            got += chunk
+    assert got.startswith(b"* OK") and b"A1 NO" in got, got
+    assert find(d, event="login_failed", user="mallory")["client"] == "192.0.2.9"
