@@ -10,6 +10,7 @@ L{section}; the loader knows nothing about SMTP or FTP.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import types
@@ -172,12 +173,27 @@ class ServerConfig:
     #: Seconds a SIGTERM stop gives live sessions to end politely (a DATA in
     #: progress, an IMAP command, an upload) before the rest are aborted.
     shutdown_timeout: float = 10.0
+    #: Addresses and networks that may send a PROXY protocol header (HAProxy's
+    #: C{send-proxy}, C{send-proxy-v2}) to a C{haproxy:} listener, like Dovecot's
+    #: C{haproxy_trusted_networks}; any other peer of such a listener is refused.
+    proxy_trusted: list[str] = field(default_factory=list)
+    #: Seconds a C{haproxy:} listener waits for the whole header (Postfix's
+    #: C{smtpd_upstream_proxy_timeout}).
+    proxy_timeout: float = 5.0
 
     def validate(self) -> None:
         if ":" not in self.realm:
             raise ConfigError("expected 'package.module:Name'", "realm")
         positive("workers", self.workers)
         positive("shutdown_timeout", self.shutdown_timeout)
+        positive("proxy_timeout", self.proxy_timeout)
+        for i, entry in enumerate(self.proxy_trusted):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"{entry!r} is not an IP address or network "
+                                  f"(e.g. 10.0.0.5 or 10.0.0.0/8)",
+                                  f"proxy_trusted[{i}]") from None
         try:
             accounts.lookup(self.user, self.group)  # one that does not exist stops start-up
         except accounts.AccountError as e:
@@ -542,6 +558,13 @@ def _build(
     if not isinstance(realm_options, dict):
         raise ConfigError("expected a table", "realm")
     server = sections.pop("server")
+    for name, endpoints in listen.items():
+        for i, ep in enumerate(endpoints):
+            proxied, inner = split_proxy(ep)
+            if proxied and not server.proxy_trusted and not inner.startswith("unix:"):
+                raise ConfigError(f"{ep!r} reads a PROXY header, but server.proxy_trusted "
+                                  "is empty: list the addresses HAProxy connects from "
+                                  "(e.g. [\"10.0.0.5\"])", f"listen.{name}[{i}]")
     return Config(path=path, server=server, listen=listen, sections=sections,
                   realm_options=realm_options)
 
@@ -625,11 +648,33 @@ def normalize_endpoint(description: str) -> str:
     return ":".join(out)
 
 
+#: The endpoint prefix of a listener behind HAProxy (L{netsuite.proxyproto}).
+PROXY_PREFIX = "haproxy:"
+
+
+def split_proxy(description: str) -> tuple[bool, str]:
+    """
+    (behind a PROXY-protocol balancer?, the endpoint itself):
+    C{haproxy:tcp:25} is C{(True, "tcp:25")}.  netsuite reads the header
+    itself (L{netsuite.proxyproto}), not through Twisted's C{haproxy:} plugin.
+    """
+    if description.startswith(PROXY_PREFIX):
+        return True, description[len(PROXY_PREFIX):]
+    return False, description
+
+
 def _check_endpoint(description: str, key: str) -> None:
     """Parse an endpoint string without listening, so typos fail early."""
     from twisted.internet import endpoints, reactor
 
+    proxied, description = split_proxy(description)
     kind = description.split(":", 1)[0]
+    if proxied and kind in ("haproxy", "ssl"):
+        why = ("haproxy: twice" if kind == "haproxy" else
+               "an ssl: endpoint would read the PROXY header inside TLS, but HAProxy sends "
+               "it before the handshake; use haproxy:tcp:PORT on an implicit-TLS listener "
+               "(smtps, imaps, pop3s, ...), which netsuite wraps in TLS after the header")
+        raise ConfigError(f"bad endpoint {PROXY_PREFIX}{description!r}: {why}", key)
     if kind in ("ssl",):
         # ssl: loads certificate files at parse time; checked when listening.
         return

@@ -51,6 +51,11 @@ connections_refused = Counter(
     "netsuite_connections_refused_total",
     "Connections refused with the busy reply: over max_connections or the per-address cap.",
     ["listener"], registry=REGISTRY)
+proxy_headers = Counter(
+    "netsuite_proxy_headers_total",
+    "PROXY protocol headers on haproxy: listeners, by listener and result (ok; untrusted: "
+    "the peer is not in proxy_trusted; header_invalid; header_timeout).",
+    ["listener", "result"], registry=REGISTRY)
 tls_handshakes = Counter(
     "netsuite_tls_handshakes_total",
     "TLS handshakes (implicit TLS and STARTTLS/STLS/AUTH TLS), by listener and result "

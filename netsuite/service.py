@@ -29,11 +29,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite import metrics, protocols, shutdown, systemd, tls
+from netsuite import metrics, protocols, proxyproto, shutdown, systemd, tls
 from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
-from netsuite.config import ENDPOINT_HINT, LISTENERS, SYSTEMD_HINT, Config, ConfigError
+from netsuite.config import (
+    ENDPOINT_HINT,
+    LISTENERS,
+    SYSTEMD_HINT,
+    Config,
+    ConfigError,
+    split_proxy,
+)
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -406,7 +413,7 @@ LISTEN_BACKLOG = 1024
 
 def with_backlog(description: str) -> str:
     """C{description} with L{LISTEN_BACKLOG} when it is a listening kind that takes one."""
-    kind = description.split(":", 1)[0]
+    kind = split_proxy(description)[1].split(":", 1)[0]
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
@@ -508,18 +515,24 @@ def listener_service(ctx: ServerContext, name: str, i: int, description: str,
     """The (not yet started) L{ListenerService} of listener C{name}'s C{i}th endpoint."""
     implicit_tls = LISTENERS[name][1]
     tls_options: Any = ctx.tls
+    proxied, inner = split_proxy(description)
     try:
         if worker is None:
-            ep, wrap = server_endpoint(ctx, description, implicit_tls)
+            ep, wrap = server_endpoint(ctx, inner, implicit_tls)
         else:
-            ep, wrap, tls_options = worker.endpoint(ctx, name, i, description, implicit_tls)
+            ep, wrap, tls_options = worker.endpoint(ctx, name, i, inner, implicit_tls)
     except (ValueError, TypeError, KeyError) as e:
-        hint = SYSTEMD_HINT if description.startswith("systemd:") else ENDPOINT_HINT
+        hint = SYSTEMD_HINT if inner.startswith("systemd:") else ENDPOINT_HINT
         raise ConfigError(f"bad endpoint {description!r}: {e}; {hint}",
                           f"listen.{name}[{i}]", ctx.config.path) from e
     f: IProtocolFactory = limited
     if wrap:
         f = TLSMemoryBIOFactory(tls_options, False, limited)
+    if proxied:
+        # Outermost: HAProxy's header comes before the TLS handshake.
+        server = ctx.config.server
+        f = proxyproto.ProxyHeaderFactory(f, proxyproto.networks(server.proxy_trusted),
+                                          server.proxy_timeout, name, ctx.reactor)
     return ListenerService(name, description, ep, f)
 
 

@@ -66,7 +66,7 @@ from zope.interface import implementer
 
 from netsuite import metrics, protocols, reload, systemd
 from netsuite.auth.shared_throttle import SharedLoginThrottle
-from netsuite.config import Config, ConfigError
+from netsuite.config import Config, ConfigError, split_proxy
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.sendlog import SharedSendLog
 from netsuite.service import build, ready_status, with_backlog
@@ -458,7 +458,9 @@ class WorkerParent(service.Service):
             if not descriptions or descriptions == ["off"] or name not in protocols.FACTORIES:
                 continue
             for i, description in enumerate(descriptions):
-                ep = endpoints.serverFromString(self.reactor, with_backlog(description))
+                # The bare socket: a haproxy: listener's header is read in the workers.
+                bare = with_backlog(split_proxy(description)[1])
+                ep = endpoints.serverFromString(self.reactor, bare)
                 result: list[Any] = []
                 ep.listen(_NoConnections()).addBoth(result.append)
                 port = result[0] if result else None
