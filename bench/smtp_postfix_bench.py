@@ -67,6 +67,7 @@ retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
@@ -88,11 +89,15 @@ def count_messages(maildir: Path) -> int:
 
 
 class Postfix:
-    """A private Postfix instance: config, queue and Maildirs under C{work}."""
+    """
+    A private Postfix instance: config, queue and Maildirs under C{work}.
+    C{settings} are main.cf lines after the benchmark's own (Postfix takes the
+    last), for other uses of the instance (tests/test_lmtp_postfix.py).
+    """
 
     name = "postfix"
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, settings: dict[str, str] | None = None):
         self.work = work
         self.conf = work / "etc"
         self.queue = work / "queue"
@@ -133,7 +138,7 @@ class Postfix:
             virtual_uid_maps = static:{owner.pw_uid}
             virtual_gid_maps = static:{owner.pw_gid}
             smtpd_client_connection_count_limit = 0
-            """))
+            """) + "".join(f"{k} = {v}\n" for k, v in (settings or {}).items()))
         (self.conf / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
 
     def start(self) -> "Postfix":
