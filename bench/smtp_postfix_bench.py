@@ -176,17 +176,20 @@ class Postfix:
 
 
 def end_to_end(port: int, maildir: Path, count: int, sessions: int, size: int,
-               deadline: float, label: str) -> dict[str, float]:
+               deadline: float, label: str, extra: tuple[str, ...] = ()) -> dict[str, float]:
     """
     smtp-source's C{count} messages, timed until the last of them is in
     C{maildir}: msgs/s end to end, and msgs/s accepted (smtp-source's own end).
+    C{extra}: more smtp-source options (C{-F file}: that message, not its own;
+    C{size} 0 then).
     """
     before = count_messages(maildir)
     start = time.monotonic()
     try:
-        done = subprocess.run([SMTP_SOURCE, "-s", str(sessions), "-l", str(size),
+        length = ("-l", str(size)) if size else ()  # none with -F
+        done = subprocess.run([SMTP_SOURCE, "-s", str(sessions), *length,
                                "-m", str(count), "-f", "load@source.test",
-                               "-t", f"{USER}@{DOMAIN}", f"127.0.0.1:{port}"],
+                               "-t", f"{USER}@{DOMAIN}", *extra, f"127.0.0.1:{port}"],
                               capture_output=True, text=True, timeout=deadline)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"smtp-source against {label} did not finish in {deadline}s") from e
