@@ -104,6 +104,12 @@ def test_forged_from_of_reject_domain_is_refused(mx, keys):  # noqa: F811
     e = refused(mx, forged, SENDER)
     assert e.smtp_code == 550
     assert mx.wait_for(lambda: mx.log().count("reason=dmarc_reject") == 2, 10)
+    # One line per rejection, saying why and what the client heard.
+    lines = [x for x in mx.log().splitlines() if "reason=dmarc_reject" in x]
+    assert all("rejected: DATA reason=dmarc_reject size=" in x
+               and "reply=550 5.7.1 Error: rejected by the DMARC policy of bank.test" in x
+               for x in lines), lines
+    assert "refused: DATA" not in mx.log()
     assert "Traceback" not in mx.log()
 
 
@@ -166,7 +172,9 @@ def test_mark_only_spf_reject_and_domain_overrides(make_daemon, zone):
     # DMARC marks only for example.test, but SPF -all fails are refused.
     e = refused(d, message("x@open.test"), "x@open.test")
     assert e.smtp_code == 550 and b"SPF" in e.smtp_error
-    assert "reason=spf_fail" in d.log()
+    (line,) = [x for x in d.log().splitlines() if "reason=spf_fail" in x]
+    assert "rejected: DATA reason=spf_fail" in line and "reply=550 5.7.1" in line, line
+    assert "refused: DATA" not in d.log()
     # A DMARC failure with SPF passing (the envelope is not the From domain): delivered.
     ar = results(delivered(d, message("ceo@bank.test"), SENDER))
     assert "spf=pass" in ar and "dmarc=fail (p=reject dis=reject)" in ar, ar
