@@ -209,6 +209,42 @@ def test_enforce_good_certificate_is_delivered_over_tls(make_daemon, ca, policy_
         mx.stop()
 
 
+def test_txt_record_asked_once_not_per_connection(make_daemon, ca, policy_server, dns_server):
+    """The _mta-sts TXT answer is kept (netsuite.queue.mtasts.TXT_RECHECK), not asked again."""
+    mx = remote_mx(server_context(*ca.issue(MX)))
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port,
+                   connection_reuse_time=0)  # a new connection for every message
+        for i in range(3):
+            submit(d, f"again{i}", to=f"user{i}@remote.test")
+            assert len(mx.handler.wait(i + 1)) == i + 1, d.log()[-4000:]
+        assert len(mx.handler.ehlo_seen) == 3 * 2  # three connections, EHLO again after TLS
+        asked = dns_server.queries()
+        assert asked.count("TXT _mta-sts.remote.test") == 1, asked
+        assert asked.count("MX remote.test") >= 1, asked  # the zone does log what it answers
+        assert policy_server.requests == 1
+    finally:
+        mx.stop()
+
+
+def test_no_policy_domain_is_not_asked_per_connection(make_daemon, ca, policy_server,
+                                                      tmp_path):
+    """NXDOMAIN for _mta-sts is an answer too: kept like an id."""
+    dns_server = zone(tmp_path, None)
+    mx = remote_mx(server_context(*ca.issue(MX)))
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port,
+                   connection_reuse_time=0)
+        for i in range(2):
+            submit(d, f"nopolicy{i}")
+            assert len(mx.handler.wait(i + 1)) == i + 1, d.log()[-4000:]
+        assert len(mx.handler.ehlo_seen) == 2 * 2
+        assert dns_server.queries().count("TXT _mta-sts.remote.test") == 1
+    finally:
+        mx.stop()
+        dns_server.stop()
+
+
 def test_enforce_bad_certificate_is_deferred_with_the_reason(make_daemon, ca, policy_server,
                                                              dns_server, tmp_path):
     # A certificate from the trusted CA, but for another name.
