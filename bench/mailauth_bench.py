@@ -39,10 +39,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the zone, the daemon harness, 
 import dkim  # noqa: E402
 from dns_zone import DNSServer  # noqa: E402
 from harness import Daemon  # noqa: E402
+from mail_fixtures import records  # noqa: E402
 from rounds import alternate, fmt_ratio, median, median_ratio  # noqa: E402
 from smtp_bench import SMTP_SOURCE, USER  # noqa: E402
 from smtp_postfix_bench import DOMAIN, BenchError, end_to_end  # noqa: E402
-from test_dkim import records  # noqa: E402
 from test_rspamd import CONFIG, RSPAMD, Rspamd  # noqa: E402
 
 SENDER_DOMAIN = "source.test"

@@ -16,19 +16,10 @@ import re
 import smtplib
 import subprocess
 
-import pytest
-from queue_remote import Remote
+from mail_fixtures import message, records
 from rawsmtp import insecure_context
-from test_dkim import records, relay_daemon
-from test_queue import message
+from test_dkim import relay_daemon
 from tools import require
-
-
-@pytest.fixture
-def remote():
-    r = Remote().start()
-    yield r
-    r.stop()
 
 
 def opendkim_results(tmp_path, content: bytes, published: dict[str, str]) -> list[dict]:

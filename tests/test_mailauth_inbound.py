@@ -13,7 +13,8 @@ import socket
 import dkim
 import pytest
 from dns_zone import DNSServer
-from test_dkim import records
+from mail_fixtures import auth_results as results
+from mail_fixtures import records
 
 SENDER = "news@sender.test"
 
@@ -76,15 +77,6 @@ def send(d, content: bytes, source: str = "127.0.0.1", sender: str = SENDER) -> 
     got = d.wait_for(lambda: d.messages("alice")[before:], 10)
     assert got, d.log()[-2000:]
     return got[0]
-
-
-def results(stored: bytes) -> str:
-    """Our Authentication-Results header, unfolded."""
-    head = stored.split(b"\n\n", 1)[0].decode()
-    ours = [h for h in head.replace("\n\t", " ").split("\n")
-            if h.startswith("Authentication-Results: mx.test;")]
-    assert len(ours) == 1, head
-    return ours[0]
 
 
 def test_signed_message_from_an_allowed_address_passes(mx, keys):

@@ -8,34 +8,23 @@ from that CA for the right name (good) or another name / self-signed (bad).
 from __future__ import annotations
 
 import datetime
-import os
-import smtplib
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-try:
-    import aiosmtpd  # noqa: F401
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("aiosmtpd (pip) is the remote MX of these tests", allow_module_level=True)
-
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from dns_zone import DNSServer
+from mail_fixtures import FAST, message, queue_ids
+from mail_fixtures import submit as submit_to
 from queue_remote import Remote
-from rawsmtp import insecure_context
 
 from netsuite.queue.mtasts import Policy, PolicyError, parse_policy, parse_txt
 from netsuite.tls import write_self_signed
 
-FAST = {"min_backoff": 0.3, "max_backoff": 0.6, "poll_interval": 0.1,
-        "connect_timeout": 5, "command_timeout": 10}
 MX = "mx.remote.test"
 ENFORCE = b"version: STSv1\r\nmode: enforce\r\nmx: mx.remote.test\r\nmax_age: 86400\r\n"
 
@@ -167,18 +156,7 @@ def daemon(make_daemon, dns_server, ca, https_port: int, mx_port: int, **queue):
 
 
 def submit(d, subject: str, to: str = "someone@remote.test") -> None:
-    body = (f"From: alice@example.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{subject}@example.test>\r\n\r\nhello\r\n").encode()
-    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
-                          context=insecure_context()) as s:
-        s.login("alice", "alice-pw")
-        s.sendmail("alice@example.test", [to], body)
-
-
-def queue_ids(d) -> list[str]:
-    out = d.cli("queue", "list").stdout
-    return [line.split()[0] for line in out.splitlines()
-            if line and not line.startswith((" ", "-", "queue"))]
+    assert submit_to(d, [to], message(subject, to=to)) == {}
 
 
 def deferred_reason(d) -> str:
