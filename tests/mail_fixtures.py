@@ -59,7 +59,7 @@ def dnsfunc(published: dict[str, str]):
 
 def auth_results(stored: bytes, authserv_id: str = "mx.test") -> str:
     """Our one Authentication-Results header of a stored (LF) message, unfolded."""
-    head = stored.split(b"\n\n", 1)[0].decode()
+    head = stored.split(b"\n\n", 1)[0].decode("utf-8", "replace")
     ours = [h for h in head.replace("\n\t", " ").split("\n")
             if h.startswith(f"Authentication-Results: {authserv_id};")]
     assert len(ours) == 1, head

@@ -12,6 +12,7 @@ C{[dns]} timeout, so the reactor never waits on the network.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import re
 from typing import Any
@@ -107,6 +108,10 @@ class Checker:
             return d.addCallback(lambda result: result[0])
 
         try:
+            names_dns.Name(name).encode(io.BytesIO())
+        except ValueError:  # UnicodeError (not IDNA), a label too long: no name to ask
+            return []
+        try:
             return threads.blockingCallFromThread(self.reactor, ask)
         except (names_error.DomainError, names_error.AuthoritativeDomainError,
                 names_error.DNSNameError):
@@ -118,7 +123,11 @@ class Checker:
 
     def dkim_txt(self, name: bytes, timeout: int = 5) -> bytes | None:
         """dkimpy's C{dnsfunc}: the TXT record's text, or None; TimeoutError passes through."""
-        answers = self._query(name.decode("ascii", "replace").rstrip("."), names_dns.TXT)
+        try:
+            text = name.decode("ascii")
+        except UnicodeDecodeError:  # a d= or s= that is not a DNS name: no key (permerror)
+            return None
+        answers = self._query(text.rstrip("."), names_dns.TXT)
         for rr in answers:
             if rr.type == names_dns.TXT:
                 return b"".join(rr.payload.data)
@@ -216,9 +225,19 @@ class Checker:
         out = []
         found: list[tuple[str, str]] = []
         for i in range(count):
+            missing: list[bytes] = []
+
+            def key_txt(name: bytes, timeout: int = 5, missing=missing) -> bytes | None:
+                text = self.dkim_txt(name, timeout)
+                if not text:
+                    missing.append(name)
+                return text
+
             try:
-                ok = d.verify(idx=i, dnsfunc=self.dkim_txt)
-                result = "pass" if ok else "fail"
+                ok = d.verify(idx=i, dnsfunc=key_txt)
+                # dkimpy answers False for a key that is not there too: that is
+                # RFC 6376 6.1.2's PERMFAIL (no key for signature), not a bad signature.
+                result = "pass" if ok else "permerror" if missing else "fail"
             except TimeoutError as e:
                 result = "temperror"
                 log.info("dkim: signature {i}: {e}", i=i, e=e)
