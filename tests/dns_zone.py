@@ -2,7 +2,8 @@
 A DNS server on loopback for tests: twisted.names answering authoritatively
 from a JSON file of TXT records (C{{"name": ["text", ...]}}) and, optionally, a
 second one of A records (C{{"name": "127.0.0.1"}}) and a third of MX records
-(C{{"domain": [[10, "mx.host"], ...]}}); run as a subprocess, it prints its
+(C{{"domain": [[10, "mx.host"], ...]}}); a C{"SILENT name"} key makes it
+never answer for that name (a DNS timeout).  Run as a subprocess, it prints its
 UDP port (TCP on the same port where free).  Every question it is asked goes
 into C{queries.log} beside the zone file (C{DNSServer.queries()}), so a test
 can count lookups.
@@ -31,9 +32,13 @@ class Zone(common.ResolverBase):
         self.queries = queries  # a text file, or None
         self.typed: dict[tuple[int, str], list[str]] = {}
         self.txt = {}
+        #: Names under a "SILENT name" key: no answer at all, of any type.
+        self.silent: set[str] = set()
         for k, v in txt.items():
             kind, _, rest = k.partition(" ")
-            if rest and kind in _TYPED:
+            if kind == "SILENT" and rest:
+                self.silent.add(rest.lower().rstrip("."))
+            elif rest and kind in _TYPED:
                 self.typed[(_TYPED[kind][0], rest.lower().rstrip("."))] = v
             else:
                 self.txt[k.lower().rstrip(".")] = v
@@ -46,6 +51,8 @@ class Zone(common.ResolverBase):
         if self.queries is not None:
             self.queries.write(f"{dns.QUERY_TYPES.get(type_, type_)} {key}\n")
             self.queries.flush()
+        if key in self.silent:
+            return defer.Deferred()  # never answered: the asker times out
         typed = self.typed.get((type_, key))
         if typed is not None:
             record = next(r for t, r in _TYPED.values() if t == type_)

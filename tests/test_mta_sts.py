@@ -129,7 +129,10 @@ def policy_server(ca):
 
 
 def zone(tmp_path, policy_id: str | None = "id1") -> DNSServer:
+    """remote.test's records; policy_id None: no TXT record, "silent": no answer for it."""
     txt = {"_mta-sts.remote.test": [f"v=STSv1; id={policy_id}"]} if policy_id else {}
+    if policy_id == "silent":
+        txt = {"SILENT _mta-sts.remote.test": []}
     directory = tmp_path / f"dns-{policy_id}"
     directory.mkdir()
     return DNSServer(directory, txt,
@@ -336,6 +339,28 @@ def test_no_txt_record_is_opportunistic(make_daemon, ca, policy_server, tmp_path
         assert len(msgs) == 1 and msgs[0]["tls"], d.log()[-4000:]
         assert policy_server.requests == 0
         assert "MTA-STS" not in d.log()
+    finally:
+        mx.stop()
+        dns_server.stop()
+
+
+def test_txt_lookup_timeout_is_no_policy_and_asked_again(make_daemon, ca, policy_server,
+                                                        tmp_path):
+    """A DNS timeout for _mta-sts: no policy (mail flows), and not kept like an answer."""
+    dns_server = zone(tmp_path, "silent")
+    mx = remote_mx(server_context(*ca.issue("other.test")))  # enforce would refuse it
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port,
+                   connection_reuse_time=0)
+        d.config["dns"]["timeout"] = 0.5
+        d.restart()
+        for i in range(2):
+            submit(d, f"dnstimeout{i}")
+            assert len(mx.handler.wait(i + 1)) == i + 1, d.log()[-4000:]
+        assert mx.messages[0]["tls"]  # opportunistic STARTTLS as ever
+        assert dns_server.queries().count("TXT _mta-sts.remote.test") >= 2
+        assert policy_server.requests == 0
+        assert "Traceback" not in d.log()
     finally:
         mx.stop()
         dns_server.stop()
