@@ -165,3 +165,16 @@ def test_malformed_signatures_beside_a_valid_one(mx, keys):
         assert bad == ("dkim=fail" if value is WRONG else "dkim=permerror"), (name, ar)
         assert stored.endswith(b"\n\nhello\n")
     assert "Traceback" not in mx.log()
+
+
+def test_dns_answers_are_kept_between_messages(mx, keys, zone):
+    """The same sender twice: its SPF record and DKIM keys are asked once (MAX_TTL/TTL)."""
+    names = ["TXT sender.test", "TXT netsuite-rsa._domainkey.sender.test",
+             "TXT netsuite-ed25519._domainkey.sender.test", "TXT _dmarc.sender.test"]
+    before = zone.queries()
+    for _ in range(3):
+        ar = results(send(mx, signed(keys, BODY)))
+        assert ar.count("dkim=pass") == 2 and "spf=pass" in ar, ar
+    asked = zone.queries()[len(before):]
+    for name in names:  # _dmarc.sender.test: NXDOMAIN here, kept as well
+        assert asked.count(name) == 1, (name, asked)
