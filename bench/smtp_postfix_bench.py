@@ -67,6 +67,7 @@ retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
@@ -88,11 +89,15 @@ def count_messages(maildir: Path) -> int:
 
 
 class Postfix:
-    """A private Postfix instance: config, queue and Maildirs under C{work}."""
+    """
+    A private Postfix instance: config, queue and Maildirs under C{work}.
+    C{settings} are main.cf lines after the benchmark's own (Postfix takes the
+    last), for other uses of the instance (tests/test_lmtp_postfix.py).
+    """
 
     name = "postfix"
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, settings: dict[str, str] | None = None):
         self.work = work
         self.conf = work / "etc"
         self.queue = work / "queue"
@@ -133,7 +138,7 @@ class Postfix:
             virtual_uid_maps = static:{owner.pw_uid}
             virtual_gid_maps = static:{owner.pw_gid}
             smtpd_client_connection_count_limit = 0
-            """))
+            """) + "".join(f"{k} = {v}\n" for k, v in (settings or {}).items()))
         (self.conf / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
 
     def start(self) -> "Postfix":
@@ -171,17 +176,20 @@ class Postfix:
 
 
 def end_to_end(port: int, maildir: Path, count: int, sessions: int, size: int,
-               deadline: float, label: str) -> dict[str, float]:
+               deadline: float, label: str, extra: tuple[str, ...] = ()) -> dict[str, float]:
     """
     smtp-source's C{count} messages, timed until the last of them is in
     C{maildir}: msgs/s end to end, and msgs/s accepted (smtp-source's own end).
+    C{extra}: more smtp-source options (C{-F file}: that message, not its own;
+    C{size} 0 then).
     """
     before = count_messages(maildir)
     start = time.monotonic()
     try:
-        done = subprocess.run([SMTP_SOURCE, "-s", str(sessions), "-l", str(size),
+        length = ("-l", str(size)) if size else ()  # none with -F
+        done = subprocess.run([SMTP_SOURCE, "-s", str(sessions), *length,
                                "-m", str(count), "-f", "load@source.test",
-                               "-t", f"{USER}@{DOMAIN}", f"127.0.0.1:{port}"],
+                               "-t", f"{USER}@{DOMAIN}", *extra, f"127.0.0.1:{port}"],
                               capture_output=True, text=True, timeout=deadline)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"smtp-source against {label} did not finish in {deadline}s") from e

@@ -19,6 +19,7 @@ os.environ.setdefault("PYTHONPYCACHEPREFIX",
                       str(Path.home() / ".cache" / "netsuite-tests" / "pycache"))
 
 from harness import Daemon  # noqa: E402
+from queue_remote import Remote  # noqa: E402 (aiosmtpd: a test dependency in pyproject.toml)
 
 
 @pytest.fixture
@@ -37,6 +38,14 @@ def make_daemon(tmp_path_factory):
     yield make
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def remote():
+    """A remote MX on loopback (aiosmtpd, tests/queue_remote.py), stopped after the test."""
+    r = Remote().start()
+    yield r
+    r.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

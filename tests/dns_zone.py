@@ -2,8 +2,11 @@
 A DNS server on loopback for tests: twisted.names answering authoritatively
 from a JSON file of TXT records (C{{"name": ["text", ...]}}) and, optionally, a
 second one of A records (C{{"name": "127.0.0.1"}}) and a third of MX records
-(C{{"domain": [[10, "mx.host"], ...]}}); run as a subprocess, it prints its
-UDP port (TCP on the same port where free).
+(C{{"domain": [[10, "mx.host"], ...]}}); a C{"SILENT name"} key makes it
+never answer for that name (a DNS timeout).  Run as a subprocess, it prints its
+UDP port (TCP on the same port where free).  Every question it is asked goes
+into C{queries.log} beside the zone file (C{DNSServer.queries()}), so a test
+can count lookups.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.names import common, dns, error, server
@@ -23,13 +27,18 @@ class Zone(common.ResolverBase):
     """TXT, MX, and A or PTR records (under a typed key, or in C{a}); the rest is NXDOMAIN."""
 
     def __init__(self, txt: dict[str, list[str]], a: dict[str, str] | None = None,
-                 mx: dict[str, list] | None = None):
+                 mx: dict[str, list] | None = None, queries=None):
         super().__init__()
+        self.queries = queries  # a text file, or None
         self.typed: dict[tuple[int, str], list[str]] = {}
         self.txt = {}
+        #: Names under a "SILENT name" key: no answer at all, of any type.
+        self.silent: set[str] = set()
         for k, v in txt.items():
             kind, _, rest = k.partition(" ")
-            if rest and kind in _TYPED:
+            if kind == "SILENT" and rest:
+                self.silent.add(rest.lower().rstrip("."))
+            elif rest and kind in _TYPED:
                 self.typed[(_TYPED[kind][0], rest.lower().rstrip("."))] = v
             else:
                 self.txt[k.lower().rstrip(".")] = v
@@ -39,6 +48,11 @@ class Zone(common.ResolverBase):
 
     def _lookup(self, name, cls, type_, timeout):
         key = name.decode().lower().rstrip(".")
+        if self.queries is not None:
+            self.queries.write(f"{dns.QUERY_TYPES.get(type_, type_)} {key}\n")
+            self.queries.flush()
+        if key in self.silent:
+            return defer.Deferred()  # never answered: the asker times out
         typed = self.typed.get((type_, key))
         if typed is not None:
             record = next(r for t, r in _TYPED.values() if t == type_)
@@ -84,7 +98,7 @@ def main(path: str, a_path: str | None = None, mx_path: str | None = None) -> No
     if mx_path:
         with open(mx_path) as f:
             mx = json.load(f)
-    zone = Zone(txt, a, mx)
+    zone = Zone(txt, a, mx, open(Path(path).with_name("queries.log"), "a"))
     factory = server.DNSServerFactory(authorities=[zone])
     port = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
     number = port.getHost().port
@@ -120,6 +134,13 @@ class DNSServer:
             self.stop()
             raise RuntimeError(f"dns server did not start: {line!r}")
         self.port = int(line)
+
+    def queries(self) -> list[str]:
+        """The questions asked so far, as C{"TYPE name"} (C{"TXT _mta-sts.remote.test"})."""
+        try:
+            return (self.path.parent / "queries.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
 
     @property
     def address(self) -> str:

@@ -68,6 +68,12 @@ BENCHES = {
         [rf"^\s+netsuite \(fsynced Maildir\)\s+{NUM} msgs/s$",
          rf"^\s+netsuite accepted \(queued, fsynced\)\s+{NUM} msgs/s$",
          rf"^\s+netsuite end to end \(relayed to smtp-sink, queue empty\)\s+{NUM} msgs/s$"]),
+    "mailauth_bench.py": (
+        lambda: (need_file("/usr/sbin/smtp-source", "postfix"), require("rspamd"),
+                 need_module("dkim")),
+        [rf"^checks off\s+{NUM}\s+{RATIO}$",
+         rf"^SPF\+DKIM\+DMARC\s+{NUM}\s+{RATIO}$",
+         rf"^SPF\+DKIM\+DMARC \+ rspamd\s+{NUM}\s+{RATIO}$"]),
     "mail_read_bench.py": (
         lambda: (need_file("/usr/sbin/dovecot", "dovecot-imapd"),
                  need_file("/usr/lib/dovecot/pop3", "dovecot-pop3d")),
@@ -164,6 +170,22 @@ def test_smtp_postfix_bench_fails_when_mail_is_not_stored(tmp_path) -> None:
     finally:
         sink.terminate()
         sink.wait(10)
+
+
+def test_mailauth_bench_fails_when_the_checks_do_not_pass(tmp_path) -> None:
+    """A stored message without the passing results: the bench must refuse to time it."""
+    import mailauth_bench
+    from harness import Daemon
+
+    d = Daemon(tmp_path / "d", listeners=[])
+    box = d.maildir(mailauth_bench.USER) / "new"
+    box.mkdir(parents=True)
+    (box / "1").write_bytes(b"Authentication-Results: mx.test; dkim=pass;\n\tspf=pass;"
+                            b" dmarc=fail\n\nbody\n")
+    with pytest.raises(mailauth_bench.BenchError, match="no dmarc=pass"):
+        mailauth_bench.check_results(d, "checks")
+    with pytest.raises(mailauth_bench.BenchError, match="off: checks ran"):
+        mailauth_bench.check_results(d, "off")
 
 
 def test_paired_ratios_take_the_median_round_by_round() -> None:

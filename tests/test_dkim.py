@@ -8,39 +8,13 @@ loopback.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import stat
 
 import dkim
 import pytest
 from dns_zone import DNSServer
-from queue_remote import Remote
-from test_queue import FAST, message, submit
-
-
-@pytest.fixture
-def remote():
-    r = Remote().start()
-    yield r
-    r.stop()
-
-
-def records(output: str) -> dict[str, str]:
-    """The TXT records `dkim generate` printed: DNS name -> record text."""
-    found = {}
-    for line in output.splitlines():
-        m = re.match(r"^(\S+)\. 3600 IN TXT (.*)$", line)
-        if m:
-            found[m.group(1)] = "".join(re.findall(r'"([^"]*)"', m.group(2)))
-    return found
-
-
-def dnsfunc(published: dict[str, str]):
-    def lookup(name, timeout=5):
-        return published.get(name.decode().rstrip("."), "").encode()
-
-    return lookup
+from mail_fixtures import FAST, dnsfunc, message, records, submit
 
 
 def signatures(content: bytes) -> list[dict[bytes, bytes]]:

@@ -15,6 +15,8 @@ import socket
 import dkim
 import pytest
 from dns_zone import DNSServer
+from mail_fixtures import FAST, dnsfunc, records
+from mail_fixtures import auth_results as results
 from test_mailauth_inbound import BODY, SENDER, keys, signed  # noqa: F401 (keys: a fixture)
 
 RCPT = "alice@example.test"
@@ -78,14 +80,6 @@ def refused(d, content: bytes, sender: str, source: str = "127.0.0.1") -> smtpli
     return e.value
 
 
-def results(stored: bytes) -> str:
-    head = stored.split(b"\n\n", 1)[0].decode()
-    ours = [h for h in head.replace("\n\t", " ").split("\n")
-            if h.startswith("Authentication-Results: mx.test;")]
-    assert len(ours) == 1, head
-    return ours[0]
-
-
 def test_signed_aligned_message_passes_dmarc(mx, keys):  # noqa: F811
     ar = results(delivered(mx, signed(keys, BODY), SENDER))
     assert "dkim=pass" in ar and "spf=pass" in ar, ar
@@ -104,6 +98,12 @@ def test_forged_from_of_reject_domain_is_refused(mx, keys):  # noqa: F811
     e = refused(mx, forged, SENDER)
     assert e.smtp_code == 550
     assert mx.wait_for(lambda: mx.log().count("reason=dmarc_reject") == 2, 10)
+    # One line per rejection, saying why and what the client heard.
+    lines = [x for x in mx.log().splitlines() if "reason=dmarc_reject" in x]
+    assert all("rejected: DATA reason=dmarc_reject size=" in x
+               and "reply=550 5.7.1 Error: rejected by the DMARC policy of bank.test" in x
+               for x in lines), lines
+    assert "refused: DATA" not in mx.log()
     assert "Traceback" not in mx.log()
 
 
@@ -166,7 +166,9 @@ def test_mark_only_spf_reject_and_domain_overrides(make_daemon, zone):
     # DMARC marks only for example.test, but SPF -all fails are refused.
     e = refused(d, message("x@open.test"), "x@open.test")
     assert e.smtp_code == 550 and b"SPF" in e.smtp_error
-    assert "reason=spf_fail" in d.log()
+    (line,) = [x for x in d.log().splitlines() if "reason=spf_fail" in x]
+    assert "rejected: DATA reason=spf_fail" in line and "reply=550 5.7.1" in line, line
+    assert "refused: DATA" not in d.log()
     # A DMARC failure with SPF passing (the envelope is not the From domain): delivered.
     ar = results(delivered(d, message("ceo@bank.test"), SENDER))
     assert "spf=pass" in ar and "dmarc=fail (p=reject dis=reject)" in ar, ar
@@ -201,29 +203,22 @@ def test_arc_chain_pass_and_tampered_fail(mx, keys):  # noqa: F811
     assert "arc=pass" not in ar
 
 
-def test_forwarded_message_carries_a_valid_arc_set(make_daemon, zone, keys):  # noqa: F811
-    from queue_remote import Remote
-    from test_dkim import dnsfunc, records
-    from test_queue import FAST
-
-    remote = Remote().start()
-    try:
-        d = make_daemon(start=False, listeners=["smtp"], users={"alice": "pw"}, config={
-            **mx_config(zone), "mail": {"local_domains": ["example.test"],
-                                        "aliases": {"fwd": ["bob@remote.test", "alice"]}},
-            "queue": {**FAST, "routes": {"remote.test": f"127.0.0.1:{remote.port}"}}})
-        published = records(d.cli("dkim", "generate", "example.test").stdout)
-        d.start()
-        with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=30) as s:
-            s.ehlo("client.sender.test")
-            assert s.sendmail(SENDER, ["fwd@example.test"], signed(keys, BODY)) == {}
-        got = remote.handler.wait(1)
-        assert got and got[0]["to"] == ["bob@remote.test"], d.log()[-2000:]
-        content = got[0]["content"]
-        assert b"ARC-Seal: i=1" in content and b"d=example.test" in content
-        zone_keys = {**published, **keys["published"]}
-        cv, _res, reason = dkim.arc_verify(content, dnsfunc=dnsfunc(zone_keys))
-        assert cv == b"pass", (reason, content[:3000])
-        assert d.wait_for(lambda: d.messages("alice"), 10)  # the local copy too
-    finally:
-        remote.stop()
+def test_forwarded_message_carries_a_valid_arc_set(make_daemon, zone, keys,  # noqa: F811
+                                                    remote):
+    d = make_daemon(start=False, listeners=["smtp"], users={"alice": "pw"}, config={
+        **mx_config(zone), "mail": {"local_domains": ["example.test"],
+                                    "aliases": {"fwd": ["bob@remote.test", "alice"]}},
+        "queue": {**FAST, "routes": {"remote.test": f"127.0.0.1:{remote.port}"}}})
+    published = records(d.cli("dkim", "generate", "example.test").stdout)
+    d.start()
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=30) as s:
+        s.ehlo("client.sender.test")
+        assert s.sendmail(SENDER, ["fwd@example.test"], signed(keys, BODY)) == {}
+    got = remote.handler.wait(1)
+    assert got and got[0]["to"] == ["bob@remote.test"], d.log()[-2000:]
+    content = got[0]["content"]
+    assert b"ARC-Seal: i=1" in content and b"d=example.test" in content
+    zone_keys = {**published, **keys["published"]}
+    cv, _res, reason = dkim.arc_verify(content, dnsfunc=dnsfunc(zone_keys))
+    assert cv == b"pass", (reason, content[:3000])
+    assert d.wait_for(lambda: d.messages("alice"), 10)  # the local copy too

@@ -8,34 +8,23 @@ from that CA for the right name (good) or another name / self-signed (bad).
 from __future__ import annotations
 
 import datetime
-import os
-import smtplib
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-try:
-    import aiosmtpd  # noqa: F401
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("aiosmtpd (pip) is the remote MX of these tests", allow_module_level=True)
-
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from dns_zone import DNSServer
+from mail_fixtures import FAST, message, queue_ids
+from mail_fixtures import submit as submit_to
 from queue_remote import Remote
-from rawsmtp import insecure_context
 
 from netsuite.queue.mtasts import Policy, PolicyError, parse_policy, parse_txt
 from netsuite.tls import write_self_signed
 
-FAST = {"min_backoff": 0.3, "max_backoff": 0.6, "poll_interval": 0.1,
-        "connect_timeout": 5, "command_timeout": 10}
 MX = "mx.remote.test"
 ENFORCE = b"version: STSv1\r\nmode: enforce\r\nmx: mx.remote.test\r\nmax_age: 86400\r\n"
 
@@ -140,7 +129,10 @@ def policy_server(ca):
 
 
 def zone(tmp_path, policy_id: str | None = "id1") -> DNSServer:
+    """remote.test's records; policy_id None: no TXT record, "silent": no answer for it."""
     txt = {"_mta-sts.remote.test": [f"v=STSv1; id={policy_id}"]} if policy_id else {}
+    if policy_id == "silent":
+        txt = {"SILENT _mta-sts.remote.test": []}
     directory = tmp_path / f"dns-{policy_id}"
     directory.mkdir()
     return DNSServer(directory, txt,
@@ -167,18 +159,7 @@ def daemon(make_daemon, dns_server, ca, https_port: int, mx_port: int, **queue):
 
 
 def submit(d, subject: str, to: str = "someone@remote.test") -> None:
-    body = (f"From: alice@example.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{subject}@example.test>\r\n\r\nhello\r\n").encode()
-    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
-                          context=insecure_context()) as s:
-        s.login("alice", "alice-pw")
-        s.sendmail("alice@example.test", [to], body)
-
-
-def queue_ids(d) -> list[str]:
-    out = d.cli("queue", "list").stdout
-    return [line.split()[0] for line in out.splitlines()
-            if line and not line.startswith((" ", "-", "queue"))]
+    assert submit_to(d, [to], message(subject, to=to)) == {}
 
 
 def deferred_reason(d) -> str:
@@ -207,6 +188,42 @@ def test_enforce_good_certificate_is_delivered_over_tls(make_daemon, ca, policy_
         assert "Traceback" not in d.log()
     finally:
         mx.stop()
+
+
+def test_txt_record_asked_once_not_per_connection(make_daemon, ca, policy_server, dns_server):
+    """The _mta-sts TXT answer is kept (netsuite.queue.mtasts.TXT_RECHECK), not asked again."""
+    mx = remote_mx(server_context(*ca.issue(MX)))
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port,
+                   connection_reuse_time=0)  # a new connection for every message
+        for i in range(3):
+            submit(d, f"again{i}", to=f"user{i}@remote.test")
+            assert len(mx.handler.wait(i + 1)) == i + 1, d.log()[-4000:]
+        assert len(mx.handler.ehlo_seen) == 3 * 2  # three connections, EHLO again after TLS
+        asked = dns_server.queries()
+        assert asked.count("TXT _mta-sts.remote.test") == 1, asked
+        assert asked.count("MX remote.test") >= 1, asked  # the zone does log what it answers
+        assert policy_server.requests == 1
+    finally:
+        mx.stop()
+
+
+def test_no_policy_domain_is_not_asked_per_connection(make_daemon, ca, policy_server,
+                                                      tmp_path):
+    """NXDOMAIN for _mta-sts is an answer too: kept like an id."""
+    dns_server = zone(tmp_path, None)
+    mx = remote_mx(server_context(*ca.issue(MX)))
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port,
+                   connection_reuse_time=0)
+        for i in range(2):
+            submit(d, f"nopolicy{i}")
+            assert len(mx.handler.wait(i + 1)) == i + 1, d.log()[-4000:]
+        assert len(mx.handler.ehlo_seen) == 2 * 2
+        assert dns_server.queries().count("TXT _mta-sts.remote.test") == 1
+    finally:
+        mx.stop()
+        dns_server.stop()
 
 
 def test_enforce_bad_certificate_is_deferred_with_the_reason(make_daemon, ca, policy_server,
@@ -322,6 +339,28 @@ def test_no_txt_record_is_opportunistic(make_daemon, ca, policy_server, tmp_path
         assert len(msgs) == 1 and msgs[0]["tls"], d.log()[-4000:]
         assert policy_server.requests == 0
         assert "MTA-STS" not in d.log()
+    finally:
+        mx.stop()
+        dns_server.stop()
+
+
+def test_txt_lookup_timeout_is_no_policy_and_asked_again(make_daemon, ca, policy_server,
+                                                        tmp_path):
+    """A DNS timeout for _mta-sts: no policy (mail flows), and not kept like an answer."""
+    dns_server = zone(tmp_path, "silent")
+    mx = remote_mx(server_context(*ca.issue("other.test")))  # enforce would refuse it
+    try:
+        d = daemon(make_daemon, dns_server, ca, policy_server.port, mx.port,
+                   connection_reuse_time=0)
+        d.config["dns"]["timeout"] = 0.5
+        d.restart()
+        for i in range(2):
+            submit(d, f"dnstimeout{i}")
+            assert len(mx.handler.wait(i + 1)) == i + 1, d.log()[-4000:]
+        assert mx.messages[0]["tls"]  # opportunistic STARTTLS as ever
+        assert dns_server.queries().count("TXT _mta-sts.remote.test") >= 2
+        assert policy_server.requests == 0
+        assert "Traceback" not in d.log()
     finally:
         mx.stop()
         dns_server.stop()

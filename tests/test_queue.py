@@ -7,33 +7,15 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import smtplib
 import socket
 import ssl
 import threading
 
 import pytest
-
-try:
-    import aiosmtpd  # noqa: F401
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("aiosmtpd (pip) is the remote MX of these tests", allow_module_level=True)
-
-from queue_remote import Handler, Remote, free_port  # noqa: E402
+from mail_fixtures import FAST, message, queue_ids, submit
+from queue_remote import Handler, Remote, free_port
 from rawsmtp import insecure_context
-
-FAST = {"min_backoff": 0.3, "max_backoff": 0.6, "poll_interval": 0.1,
-        "connect_timeout": 5, "command_timeout": 10}
-
-
-@pytest.fixture
-def remote():
-    r = Remote().start()
-    yield r
-    r.stop()
 
 
 def relay_daemon(make_daemon, remote_port: int, smtp: dict | None = None, **queue):
@@ -41,25 +23,6 @@ def relay_daemon(make_daemon, remote_port: int, smtp: dict | None = None, **queu
                         **queue}, "smtp": smtp or {}}
     return make_daemon(config=config, listeners=["smtp", "submission", "smtps"],
                        users={"alice": "alice-pw", "bob": "bob-pw"})
-
-
-def submit(d, rcpts, body: bytes, sender="alice@example.test", user="alice",
-           password="alice-pw", **kw):
-    with smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=20,
-                          context=insecure_context()) as s:
-        s.login(user, password)
-        return s.sendmail(sender, rcpts, body, **kw)
-
-
-def message(subject: str, text: str = "hello\r\n") -> bytes:
-    return (f"From: alice@example.test\r\nTo: someone@remote.test\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{subject}@example.test>\r\n\r\n{text}").encode()
-
-
-def queue_ids(d) -> list[str]:
-    out = d.cli("queue", "list").stdout
-    return [line.split()[0] for line in out.splitlines()
-            if line and not line.startswith((" ", "-", "queue"))]
 
 
 def parse(raw: bytes):

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from mail_fixtures import FAST, message, queue_ids, submit
 
-import pytest
-
-try:
-    import aiosmtpd  # noqa: F401
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("aiosmtpd (pip) is the remote MX of these tests", allow_module_level=True)
-
-from queue_remote import Remote  # noqa: E402
-from test_queue import FAST, message, queue_ids, submit  # noqa: E402
-
-from netsuite.store.maildir import MaildirStore  # noqa: E402
-
-
-@pytest.fixture
-def remote():
-    r = Remote().start()
-    yield r
-    r.stop()
+from netsuite.store.maildir import MaildirStore
 
 
 def test_dsn_to_full_local_mailbox_is_logged_and_settled(make_daemon, remote):

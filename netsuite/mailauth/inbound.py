@@ -12,8 +12,11 @@ C{[dns]} timeout, so the reactor never waits on the network.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import re
+import threading
+import time
 from typing import Any
 
 import dkim as dkimpy
@@ -87,6 +90,14 @@ def decide(settings: Any, verdict: Verdict, recipient_domains: tuple[str, ...]
     return best
 
 
+#: DNS answers the checks keep: at most this many seconds (less if the records' TTL
+#: is less); no such name or no data: NEGATIVE_TTL (a stub sees no SOA minimum,
+#: RFC 2308); at most CACHE_SIZE of them.  Timeouts are never kept.
+MAX_TTL = 300.0
+NEGATIVE_TTL = 60.0
+CACHE_SIZE = 10000
+
+
 class Checker:
     """SPF and DKIM for one server; L{check} is called once per message."""
 
@@ -97,6 +108,10 @@ class Checker:
         self.resolver = dns.resolver(settings, reactor)
         #: The C{[checks]} section (policy); None: DMARC and ARC on, marking only.
         self.settings = checks if checks is not None else _MarkOnly()
+        #: (name, type) -> (time.monotonic() until which it holds, answers): the same
+        #: sender's SPF, DKIM key and DMARC record are not asked again for every message.
+        self._cache: dict[tuple[str, int], tuple[float, list]] = {}
+        self._cache_lock = threading.Lock()
 
     # -- DNS, from the checking thread through the reactor ---------------------------
 
@@ -107,18 +122,37 @@ class Checker:
             return d.addCallback(lambda result: result[0])
 
         try:
-            return threads.blockingCallFromThread(self.reactor, ask)
+            names_dns.Name(name).encode(io.BytesIO())
+        except ValueError:  # UnicodeError (not IDNA), a label too long: no name to ask
+            return []
+        key = (name.lower().rstrip("."), qtype)
+        with self._cache_lock:
+            until, answers = self._cache.get(key, (0.0, []))
+        if time.monotonic() < until:
+            return answers
+        try:
+            answers = threads.blockingCallFromThread(self.reactor, ask)
         except (names_error.DomainError, names_error.AuthoritativeDomainError,
                 names_error.DNSNameError):
-            return []
+            answers = []
         except (names_error.DNSQueryTimeoutError, defer.TimeoutError) as e:
-            raise TimeoutError(f"DNS timeout for {name}") from e
+            raise TimeoutError(f"DNS timeout for {name}") from e  # not kept: asked again
         except names_error.DNSServerError as e:
             raise TimeoutError(f"DNS server failure for {name}") from e
+        ttl = min((rr.ttl for rr in answers), default=NEGATIVE_TTL)
+        with self._cache_lock:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()  # crude but rare; bounded beats clever here
+            self._cache[key] = (time.monotonic() + min(ttl, MAX_TTL), answers)
+        return answers
 
     def dkim_txt(self, name: bytes, timeout: int = 5) -> bytes | None:
         """dkimpy's C{dnsfunc}: the TXT record's text, or None; TimeoutError passes through."""
-        answers = self._query(name.decode("ascii", "replace").rstrip("."), names_dns.TXT)
+        try:
+            text = name.decode("ascii")
+        except UnicodeDecodeError:  # a d= or s= that is not a DNS name: no key (permerror)
+            return None
+        answers = self._query(text.rstrip("."), names_dns.TXT)
         for rr in answers:
             if rr.type == names_dns.TXT:
                 return b"".join(rr.payload.data)
@@ -216,9 +250,19 @@ class Checker:
         out = []
         found: list[tuple[str, str]] = []
         for i in range(count):
+            missing: list[bytes] = []
+
+            def key_txt(name: bytes, timeout: int = 5, missing=missing) -> bytes | None:
+                text = self.dkim_txt(name, timeout)
+                if not text:
+                    missing.append(name)
+                return text
+
             try:
-                ok = d.verify(idx=i, dnsfunc=self.dkim_txt)
-                result = "pass" if ok else "fail"
+                ok = d.verify(idx=i, dnsfunc=key_txt)
+                # dkimpy answers False for a key that is not there too: that is
+                # RFC 6376 6.1.2's PERMFAIL (no key for signature), not a bad signature.
+                result = "pass" if ok else "permerror" if missing else "fail"
             except TimeoutError as e:
                 result = "temperror"
                 log.info("dkim: signature {i}: {e}", i=i, e=e)

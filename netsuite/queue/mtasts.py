@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http_headers import Headers
@@ -36,6 +37,10 @@ MAX_POLICY = 64 * 1024
 #: RFC 8461 3.2: max_age is at most a year.
 MAX_AGE_LIMIT = 31557600
 MODES = ("enforce", "testing", "none")
+#: Seconds a domain's C{_mta-sts} TXT answer (an id, or no record) is trusted
+#: before it is asked again: not on every new connection (RFC 8461 5.1 asks
+#: only that senders notice a new id "periodically"); never past the policy's max_age.
+TXT_RECHECK = 300.0
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 _DOMAIN_FILE = re.compile(r"^[a-z0-9._-]{1,253}$")
 
@@ -205,7 +210,7 @@ class MtaSts:
 
     def __init__(self, reactor, resolver, directory: Path, *, address_resolver=None,
                  ca_bundle: Path | None = None, https_port: int = 443,
-                 timeout: float = 30.0, disk: Any = None):
+                 timeout: float = 30.0, disk: Any = None, recheck: float = TXT_RECHECK):
         self.reactor = reactor
         self.resolver = resolver
         self.address_resolver = address_resolver
@@ -217,6 +222,9 @@ class MtaSts:
         self.cache: dict[str, Policy] = {}
         self._loaded: set[str] = set()
         self._inflight: dict[str, list[defer.Deferred]] = {}
+        #: domain -> (reactor time until which the last TXT answer stands, its result)
+        self.recheck = recheck
+        self._answered: dict[str, tuple[float, Policy | None]] = {}
         self._trust: Any = None
         self.agent = Agent.usingEndpointFactory(reactor, _EndpointFactory(self))
 
@@ -233,6 +241,13 @@ class MtaSts:
     def policy_for(self, domain: str) -> defer.Deferred:
         """Fires with the domain's L{Policy} (mode C{none} included) or None; never fails."""
         domain = domain.lower().rstrip(".")
+        known = self._answered.get(domain)
+        if known is not None:
+            until, policy = known
+            if self.reactor.seconds() < until and (policy is None
+                                                   or policy.expires > time.time()):
+                return defer.succeed(policy)
+            del self._answered[domain]
         waiting: defer.Deferred = defer.Deferred()
         if domain in self._inflight:
             self._inflight[domain].append(waiting)
@@ -266,6 +281,12 @@ class MtaSts:
             return None
         return policy
 
+    def _answer(self, domain: str, policy: Policy | None) -> Policy | None:
+        """Remember what a definite TXT answer gave, for L{recheck} seconds."""
+        if self.recheck > 0:
+            self._answered[domain] = (self.reactor.seconds() + self.recheck, policy)
+        return policy
+
     def _path(self, domain: str) -> Path | None:
         return self.directory / f"{domain}.json" if _DOMAIN_FILE.match(domain) else None
 
@@ -279,15 +300,18 @@ class MtaSts:
             if cached is not None:
                 log.info("mta-sts: {domain}: {e}; the cached policy (id {id}) holds until "
                          "it expires", domain=domain, e=e, id=cached.id)
-            return cached
+            return self._answer(domain, cached)
         except Exception:
             f = Failure()
             if cached is None:
                 log.debug("mta-sts: {domain}: no TXT record: {why}", domain=domain,
                           why=describe(f, self.timeout))
+            if f.check(dns_error.DomainError, dns_error.AuthoritativeDomainError,
+                       dns_error.DNSNameError):
+                return self._answer(domain, cached)  # NXDOMAIN is an answer; a timeout is not
             return cached
         if cached is not None and cached.id == policy_id:
-            return cached
+            return self._answer(domain, cached)
         try:
             policy = yield self._fetch(domain, policy_id)
         except Exception as e:
@@ -305,6 +329,7 @@ class MtaSts:
                  age=policy.max_age)
         self.cache[domain] = policy
         self._loaded.add(domain)
+        self._answer(domain, policy)
         path = self._path(domain)
         if path is not None:
             yield self.disk(_save, path, policy).addErrback(

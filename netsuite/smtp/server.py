@@ -585,17 +585,29 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         return checked
 
     def _refuse(self, what: str, address: Any, code: int, enhanced: str | None,
-                text: bytes) -> None:
-        """Answer a refusal and log it once, Postfix-style (no message was queued)."""
+                text: bytes, policy: str | None = None, size: int | None = None) -> None:
+        """
+        Answer a refusal and log it once, Postfix-style (no message was queued).
+        C{policy}: the MX checks' reason code (L{_POLICY_REASONS}); the one line
+        is then the C{rejected} event, naming it and the message's size.
+        """
         self.say(code, enhanced, text)
         metrics.smtp_refusals.labels(self.factory.listener, what.lower(),
                                      metrics.smtp_reason(enhanced, code, text)).inc()
-        log.info("refused: {what} address={client} from=<{sender}> to=<{rcpt}> "
-                 "reply={code} {text}", what=what, client=self.peer,
+        if policy is None:
+            form, event = "refused: {what} ", "refused"
+            reason = refusal_reason(what, code, enhanced, text)
+        else:
+            form, event = "rejected: {what} reason={reason} size={size} ", "rejected"
+            reason = policy
+        shown = text.decode("utf-8", "replace")
+        if enhanced and not shown.startswith(enhanced):
+            shown = f"{enhanced} {shown}"  # as the client heard it
+        log.info(form + "address={client} from=<{sender}> to=<{rcpt}> reply={code} {text}",
+                 what=what, client=self.peer, size=size,
                  sender=_show(self._from) if self._from is not None else "-",
                  rcpt=_show(address) if address is not None else "-", code=code,
-                 text=text.decode("utf-8", "replace"), event="refused",
-                 reason=refusal_reason(what, code, enhanced, text),
+                 text=shown, event=event, reason=reason,
                  user=self.auth_user, protocol=self.protocol_name,
                  listener=self.factory.listener)
 
@@ -832,12 +844,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             text = (f"Error: rejected by the DMARC policy of "
                     f"{d.header_from if d is not None else 'the sender'}")
         self._abort_messages()
-        self._refuse("DATA", None, 550, "5.7.1", text.encode())
-        log.info("rejected: reason={reason} size={size} from=<{sender}> address={client}",
-                 reason=_POLICY_REASONS.get(verdict.reason, verdict.reason), size=size,
-                 sender=_show(self._from) if self._from is not None else "-",
-                 client=self.peer, event="rejected", protocol=self.protocol_name,
-                 listener=self.factory.listener)
+        self._refuse("DATA", None, 550, "5.7.1", text.encode(),
+                     policy=_POLICY_REASONS.get(verdict.reason, verdict.reason), size=size)
         self._reset_transaction()
 
     def _deliver(self, too_big: bool, size: int):
