@@ -41,9 +41,27 @@ def casemap(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFKD", text.upper())
 
 
+#: Key groups of a L{SortInfo}, each derived from its own header fields only when a
+#: SORT or THREAD first needs it (as Dovecot reads only the fields a sort key needs).
+SUBJECT, DATE, FROM, TO, CC, IDS = 1, 2, 4, 8, 16, 32
+EVERY = SUBJECT | DATE | FROM | TO | CC | IDS
+#: The header fields kept for the groups not derived yet, in L{SortInfo.raw} order.
+RAW_FIELDS = (b"subject", b"date", b"from", b"to", b"cc", b"message-id", b"references",
+              b"in-reply-to")
+_RAW_INDEX = {name: i for i, name in enumerate(RAW_FIELDS)}
+#: The groups each sort key and thread algorithm needs.
+NEEDS = {"ARRIVAL": 0, "SIZE": 0, "SUBJECT": SUBJECT, "DATE": DATE, "FROM": FROM,
+         "DISPLAYFROM": FROM, "TO": TO, "DISPLAYTO": TO, "CC": CC,
+         "REFERENCES": IDS | SUBJECT | DATE, "ORDEREDSUBJECT": SUBJECT | DATE}
+
+
 @dataclass(slots=True)
 class SortInfo:
-    """What SORT and THREAD need of one message's header (all of it derived, none raw)."""
+    """
+    What SORT and THREAD need of one message's header (all of it derived, none
+    raw), or of the groups in C{todo} not yet: their header fields wait in C{raw}
+    until L{derive} is asked for them.
+    """
 
     subject: str = ""        #: base subject, upper-cased
     refwd: bool = False      #: the subject was a reply or forward
@@ -55,19 +73,44 @@ class SortInfo:
     display_to: str = ""
     msgid: str = ""          #: Message-ID without the brackets, "" if none
     refs: list[str] = field(default_factory=list)  #: parent chain, oldest first
+    todo: int = 0            #: key groups not derived yet
+    #: The RAW_FIELDS values (unfolded, stripped; None if absent) while C{todo}.
+    raw: list[bytes | None] | None = None
 
     def encode(self) -> bytes:
-        return _JSON.encode([self.subject, self.refwd, self.date, self.from_, self.to, self.cc,
-                             self.display_from, self.display_to, self.msgid, self.refs]
-                            ).encode("utf-8", "surrogatepass")
+        """
+        JSON of the derived keys; if some are not derived yet, then C{todo} and,
+        after a line end, their header fields as header lines (re-read by
+        L{header_fields}).  Nothing derived yet (a first read): only those lines,
+        after a line end (no JSON and no escaping to pay for at a first read).
+        """
+        raw = self.raw
+        if self.todo and raw is not None:
+            lines = b"\n".join([RAW_FIELDS[i] + b":" + r for i, r in enumerate(raw)
+                                if r is not None])
+            if self.todo == EVERY:
+                return b"\n" + lines
+        v: list[Any] = [self.subject, self.refwd, self.date, self.from_, self.to, self.cc,
+                        self.display_from, self.display_to, self.msgid, self.refs]
+        if not self.todo or raw is None:
+            return _JSON.encode(v).encode("utf-8", "surrogatepass")
+        v.append(self.todo)
+        return _JSON.encode(v).encode("utf-8", "surrogatepass") + b"\n" + lines
 
     @classmethod
     def decode(cls, data: bytes) -> "SortInfo | None":
+        keys, _, fields = data.partition(b"\n")  # (JSON escapes every line end it holds)
+        if not keys:
+            return header_fields(fields)
         try:
-            v = json.loads(data)
-            return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+            v = json.loads(keys)
+            info = cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+            if len(v) > 10:
+                info.todo = int(v[10]) & EVERY
+                info.raw = header_fields(fields).raw
         except (ValueError, IndexError, TypeError):
             return None
+        return info
 
 
 def _message_ids(value: bytes | None) -> list[str]:
@@ -115,49 +158,86 @@ def _first_address(value: bytes | None) -> tuple[str, str]:
     return "", ""
 
 
-def sort_info(header: bytes) -> SortInfo:
-    """The sort keys of a message from its header block (LF or CRLF line ends)."""
-    first: dict[bytes, bytes] = {}
-    for name, value in _FIELDS.findall(header):  # (findall: no match object per field)
-        name = name.lower()
-        if name not in first:
-            if b"\n" in value:
-                value = _FOLD.sub(b" ", value)
-            first[name] = value.strip()
-    get = first.get
+def header_fields(header: bytes) -> SortInfo:
+    """
+    A message's keys still to derive (L{derive}): only the header fields they come
+    from, each its first occurrence (from a header block, LF or CRLF ends).
+    """
+    raw: list[bytes | None] = [None] * len(RAW_FIELDS)
+    index = _RAW_INDEX
+    for name, value in reversed(_FIELDS.findall(header)):  # (reversed: the first one stays)
+        raw[index[name.lower()]] = value
+    return SortInfo(todo=EVERY, raw=raw)
 
-    info = SortInfo()
-    raw = get(b"subject")
-    text = "" if raw is None else raw.decode("utf-8", "replace")
-    subject, info.refwd = base_subject(_decoded(text) if b"=?" in (raw or b"") else text)
-    info.subject = casemap(subject)
-    date = get(b"date")
+
+def _unfolded(value: bytes | None) -> bytes | None:
+    """A raw field's value unfolded and stripped (done when derived: most are never)."""
+    if value is None:
+        return None
+    return (_FOLD.sub(b" ", value) if b"\n" in value else value).strip()
+
+
+def sort_info(header: bytes) -> SortInfo:
+    """The sort keys of a message from its header block (LF or CRLF line ends), all derived."""
+    info = header_fields(header)
+    derive(info, EVERY)
+    return info
+
+
+def _date(date: bytes | None) -> float | None:
     m = _DATE.match(date) if date else None
     month = _MONTHS.get(m.group(2).lower()) if m else None
     if m is not None and month is not None:
         day, year, hh, mm = int(m.group(1)), int(m.group(3)), int(m.group(4)), int(m.group(5))
         offset = (int(m.group(8)) * 60 + int(m.group(9))) * (-60 if m.group(7) == b"-" else 60)
         try:
-            info.date = float(calendar.timegm((year, month, day, hh, mm,
-                                               int(m.group(6) or 0), 0, 0, 0)) - offset)
+            return float(calendar.timegm((year, month, day, hh, mm,
+                                          int(m.group(6) or 0), 0, 0, 0)) - offset)
         except (ValueError, OverflowError):
-            info.date = None
-    elif date:
+            return None
+    if date:
         try:
             parsed = email.utils.parsedate_tz(date.decode("ascii", "replace"))
-            info.date = None if parsed is None else float(email.utils.mktime_tz(parsed))
+            return None if parsed is None else float(email.utils.mktime_tz(parsed))
         except (TypeError, ValueError, IndexError, OverflowError):
-            info.date = None
-    frm, info.display_from = _first_address(get(b"from"))
-    to, info.display_to = _first_address(get(b"to"))
-    cc, _ = _first_address(get(b"cc"))
-    info.from_, info.to, info.cc = frm.upper(), to.upper(), cc.upper()
-    info.display_from = casemap(info.display_from.upper())
-    info.display_to = casemap(info.display_to.upper())
-    ids = _message_ids(get(b"message-id"))
-    info.msgid = ids[0] if ids else ""
-    info.refs = _message_ids(get(b"references")) or _message_ids(get(b"in-reply-to"))[:1]
-    return info
+            return None
+    return None
+
+
+def derive(info: SortInfo, need: int) -> None:
+    """Derive the key groups of C{need} that C{info} does not have yet, from its C{raw}."""
+    want = info.todo & need
+    raw = info.raw
+    if not want or raw is None:
+        return
+    if want & SUBJECT:
+        subj = _unfolded(raw[0])
+        raw[0] = None
+        text = "" if subj is None else subj.decode("utf-8", "replace")
+        subject, info.refwd = base_subject(_decoded(text) if b"=?" in (subj or b"") else text)
+        info.subject = casemap(subject)
+    if want & DATE:
+        info.date = _date(_unfolded(raw[1]))
+        raw[1] = None
+    if want & FROM:
+        frm, display = _first_address(_unfolded(raw[2]))
+        raw[2] = None
+        info.from_, info.display_from = frm.upper(), casemap(display.upper())
+    if want & TO:
+        to, display = _first_address(_unfolded(raw[3]))
+        raw[3] = None
+        info.to, info.display_to = to.upper(), casemap(display.upper())
+    if want & CC:
+        info.cc = _first_address(_unfolded(raw[4]))[0].upper()
+        raw[4] = None
+    if want & IDS:
+        ids = _message_ids(_unfolded(raw[5]))
+        info.msgid = ids[0] if ids else ""
+        info.refs = _message_ids(_unfolded(raw[6])) or _message_ids(_unfolded(raw[7]))[:1]
+        raw[5] = raw[6] = raw[7] = None
+    info.todo &= ~want
+    if not info.todo:
+        info.raw = None
 
 
 # -- SORT --------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from netsuite.imap.sorting import Item, SortInfo
 from netsuite.store.folder import Folder, Message
 
 #: Message-cache field of the sort keys; the version changes with what they hold.
-SORT_FIELD = "sort1"
+SORT_FIELD = "sort2"
 #: Header bytes read at a time while looking for the end of a header.
 _HEADER_CHUNK = 8192
 #: Cached (not read) messages whose keys are looked up per reactor turn.
@@ -116,6 +116,29 @@ def read_header(mbox: Any, msg: Message, dirs: _Dirs | None = None) -> bytes:
         os.close(fd)
 
 
+class _Order:
+    """A SORT answer as kept (L{_answers}): the order, and its C{* SORT} line once rendered."""
+
+    __slots__ = ("seqs", "uids", "_lines")
+
+    def __init__(self, seqs: array, uids: array):
+        self.seqs = seqs
+        self.uids = uids
+        self._lines: dict[bool, bytes] = {}
+
+    def nums(self, uid: bool) -> array:
+        return self.uids if uid else self.seqs
+
+    def line(self, uid: bool) -> bytes:
+        """C{* SORT 3 1 2}, by UID or sequence number (rendered once: a kept answer)."""
+        line = self._lines.get(uid)
+        if line is None:
+            nums = self.nums(uid)
+            line = self._lines[uid] = b"* SORT " + " ".join(map(str, nums)).encode() \
+                if nums else b"* SORT"
+        return line
+
+
 class SortCommands(SessionBase):
     """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
 
@@ -130,21 +153,23 @@ class SortCommands(SessionBase):
         criteria = wire_sort.parse_sort_criteria(cur)
         cur.sp()
 
-        def compute(items: list[Item]) -> tuple[array, array]:
+        def compute(items: list[Item]) -> _Order:
             ordered = sorting.sort_items(items, criteria)
-            return array("Q", [i.seq for i in ordered]), array("Q", [i.uid for i in ordered])
+            return _Order(array("Q", [i.seq for i in ordered]), array("Q", [i.uid for i in ordered]))
 
-        def answer(ordered: tuple[array, array]) -> None:
-            seqs, uids = ordered
-            nums = uids if uid else seqs
+        def answer(ordered: _Order) -> None:
             if options is None:
-                self.send(b"* SORT" + b"".join(b" %d" % n for n in nums))
+                self.send(ordered.line(uid))
             else:
-                self._search_return(tag, uid, options, list(nums), list(uids))
+                self._search_return(tag, uid, options, list(ordered.nums(uid)),
+                                    list(ordered.uids))
 
         names = {name for name, _ in criteria}
+        need = 0
+        for n in names:
+            need |= sorting.NEEDS[n]
         return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)), compute,
-                           answer, arrival="ARRIVAL" in names, size="SIZE" in names)
+                           answer, need, arrival="ARRIVAL" in names, size="SIZE" in names)
 
     def imap_THREAD(self, tag, cur, uid=False):
         algorithm = wire_sort.parse_thread_algorithm(cur)
@@ -163,10 +188,10 @@ class SortCommands(SessionBase):
             self.send(b"* THREAD " + threads if threads else b"* THREAD")
 
         return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid), compute,
-                           answer)
+                           answer, sorting.NEEDS[algorithm])
 
     def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, compute, answer,
-               arrival: bool = False, size: bool = False):
+               need: int, arrival: bool = False, size: bool = False):
         """
         The charset and search keys of SORT/THREAD; then C{compute} over the
         matching messages' L{Item}s (or the same answer kept from before, see
@@ -204,7 +229,7 @@ class SortCommands(SessionBase):
                     kept.popitem(last=False)
                 return value
 
-            return then(self._sort_items(pairs, uid, arrival, size), computed)
+            return then(self._sort_items(pairs, uid, need, arrival, size), computed)
 
         def done(value) -> None:
             answer(value)
@@ -225,49 +250,65 @@ class SortCommands(SessionBase):
 
     def _all_present(self) -> bool:
         """Whether every message of the session's view is still in the folder."""
-        by_uid = self.mbox.message
-        for u in self.mbox.uids:
+        mbox = self.mbox
+        if mbox.uids == mbox.folder.uids:  # (the usual: one list comparison, no lookups)
+            return True
+        by_uid = mbox.message
+        for u in mbox.uids:
             if by_uid(u) is None:
                 return False
         return True
 
-    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, arrival: bool = False,
-                    size: bool = False):
+    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, need: int,
+                    arrival: bool = False, size: bool = False):
         """
         The L{Item}s of the matched (seq, uid) pairs, keys looked up (or read and
-        remembered) a batch per reactor turn; a list, or a Deferred of one.  The
-        INTERNALDATE is looked up only if C{arrival} or a message has no usable
-        Date:, the size only if C{size} (either may need the file the first time).
+        remembered) a batch per reactor turn; a list, or a Deferred of one.  Only
+        the key groups of C{need} (L{sorting.NEEDS}) are derived: a message read
+        the first time keeps the header fields of the others, in memory and in the
+        cache, for the SORT that needs them.  The INTERNALDATE is looked up only if
+        C{arrival} or a message's date is needed and it has no usable Date:, the
+        size only if C{size} (either may need the file the first time).
         """
         mbox = self.mbox
-        memo = _decoded.setdefault(mbox.folder, {})
+        folder = mbox.folder
+        memo = _decoded.setdefault(folder, {})
         items: list[Item] = []
-        dirs = _Dirs(str(mbox.folder.path))
+        dirs = _Dirs(str(folder.path))
+        by_uid = folder.by_uid
+        dated = bool(need & sorting.DATE)
+        derive = sorting.derive
+        cache = mbox.message_cache()
 
         def work():
             read = 0
             looked = 0
             try:
                 for seq, u in pairs:
-                    msg = mbox.message(u)
+                    msg = by_uid(u)
                     if msg is None:
                         continue
                     base = msg.base
                     info = memo.get(base)
                     if info is None:
-                        raw = mbox.cached(msg, SORT_FIELD)
+                        raw = cache.get(base, SORT_FIELD)
                         info = SortInfo.decode(raw) if raw is not None else None
                         if info is None:
                             try:
-                                info = sorting.sort_info(read_header(mbox, msg, dirs))
+                                info = sorting.header_fields(read_header(mbox, msg, dirs))
                             except KeyError:  # gone meanwhile: sorts as empty
                                 info = SortInfo()
                             else:
-                                mbox.remember(msg, SORT_FIELD, info.encode())
+                                cache.put(base, SORT_FIELD, info.encode())
                             read += 1
                         memo[base] = info
+                    if info.todo & need:
+                        derive(info, need)
+                        if not info.todo:  # every key derived: kept so, for the next process
+                            cache.put(base, SORT_FIELD, info.encode())
                     items.append(Item(u if uid else seq, seq, u, info,
-                                      mbox.date_of(msg) if arrival or info.date is None else 0,
+                                      mbox.date_of(msg) if arrival or (
+                                          dated and info.date is None) else 0,
                                       mbox.size_of(msg) if size else 0))
                     looked += 1
                     if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
@@ -275,9 +316,9 @@ class SortCommands(SessionBase):
                         yield None
             finally:
                 dirs.close()
-            mbox.flush_cache()
-            if len(memo) > 2 * len(mbox.folder.messages) + 1024:
-                live = {m.base for m in mbox.folder.messages}
+            cache.flush()
+            if len(memo) > 2 * len(folder.messages) + 1024:
+                live = {m.base for m in folder.messages}
                 for gone in [b for b in memo if b not in live]:
                     del memo[gone]
 
