@@ -21,18 +21,23 @@ from collections.abc import Iterable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import task
+
 from netsuite.imap import sorting, wire_sort
 from netsuite.imap.commands import SessionBase
 from netsuite.imap.commands.context import noupdate
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.commands.search import then
 from netsuite.imap.sorting import Item, SortInfo
+from netsuite.store.cache import MessageCache
 from netsuite.store.folder import Folder, Message
 
 #: Message-cache field of the sort keys; the version changes with what they hold.
 SORT_FIELD = "sort2"
 #: Header bytes read at a time while looking for the end of a header.
 _HEADER_CHUNK = 8192
+#: Keys put into the message cache per reactor turn after a first SORT.
+_KEEP_BATCH = 2048
 #: Cached (not read) messages whose keys are looked up per reactor turn.
 _CACHED_BATCH = 8192
 
@@ -116,6 +121,25 @@ def read_header(mbox: Any, msg: Message, dirs: _Dirs | None = None) -> bytes:
         os.close(fd)
 
 
+def _keep_later(cache: MessageCache, fresh: list[tuple[str, SortInfo]]) -> None:
+    """
+    Put the keys of the messages a SORT read into the message cache after its
+    answer is written (a later reactor turn, then a batch per turn), so that the
+    first SORT of a big folder does not wait for the encoding of what it read.
+    Lost if the process stops first: the next one reads those headers again.
+    """
+    from twisted.internet import reactor  # (the one twistd installed; as netsuite.auth)
+
+    def keep():
+        for i, (base, info) in enumerate(fresh, 1):
+            cache.put(base, SORT_FIELD, info.encode())
+            if i % _KEEP_BATCH == 0:
+                yield None
+        cache.flush()
+
+    reactor.callLater(0, task.cooperate, keep())
+
+
 class _Order:
     """A SORT answer as kept (L{_answers}): the order, and its C{* SORT} line once rendered."""
 
@@ -155,7 +179,8 @@ class SortCommands(SessionBase):
 
         def compute(items: list[Item]) -> _Order:
             ordered = sorting.sort_items(items, criteria)
-            return _Order(array("Q", [i.seq for i in ordered]), array("Q", [i.uid for i in ordered]))
+            return _Order(array("Q", [i.seq for i in ordered]),
+                          array("Q", [i.uid for i in ordered]))
 
         def answer(ordered: _Order) -> None:
             if options is None:
@@ -279,6 +304,8 @@ class SortCommands(SessionBase):
         dated = bool(need & sorting.DATE)
         derive = sorting.derive
         cache = mbox.message_cache()
+        #: (base name, keys) of the messages read: cached once the answer is out.
+        fresh: list[tuple[str, SortInfo]] = []
 
         def work():
             read = 0
@@ -299,7 +326,7 @@ class SortCommands(SessionBase):
                             except KeyError:  # gone meanwhile: sorts as empty
                                 info = SortInfo()
                             else:
-                                cache.put(base, SORT_FIELD, info.encode())
+                                fresh.append((base, info))
                             read += 1
                         memo[base] = info
                     if info.todo & need:
@@ -316,6 +343,8 @@ class SortCommands(SessionBase):
                         yield None
             finally:
                 dirs.close()
+            if fresh:
+                _keep_later(cache, fresh)
             cache.flush()
             if len(memo) > 2 * len(folder.messages) + 1024:
                 live = {m.base for m in folder.messages}
