@@ -6,6 +6,7 @@ and a small bounded fuzz of each (the real-daemon tests are in test_imap_sort.py
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -321,6 +322,19 @@ def test_fuzz_threads_cover_every_message_once():
             assert sorted(int(x) for x in re.findall(rb"\d+", out)) == list(range(1, n + 1))
             assert out.count(b"(") == out.count(b")")
             assert b"()" not in out and b"( " not in out and b" )" not in out
-        crit = [(rnd.choice(sorted(sorting._KEYS)), rnd.random() < 0.5)
+        crit = [(rnd.choice(sorted(sorting.COLUMNS)), rnd.random() < 0.5)
                 for _ in range(rnd.randrange(1, 4))]
-        assert sorted(i.num for i in sorting.sort_items(items, crit)) == list(range(1, n + 1))
+        got = [i.num for i in sorting.sort_items(items, crit)]
+        assert sorted(got) == list(range(1, n + 1))
+        assert got == [i.num for i in sorted(items, key=functools.cmp_to_key(
+            lambda a, b: _compare(a, b, crit)))]
+
+
+def _compare(a: Item, b: Item, criteria) -> int:
+    """RFC 5256 order, written plainly: each criterion in turn (REVERSE: its key only), then
+    the sequence number."""
+    for name, reverse in criteria:
+        x, y = (sorting.COLUMNS[name](i.info, i.arrival, i.size) for i in (a, b))
+        if x != y:
+            return (1 if x > y else -1) * (-1 if reverse else 1)
+    return a.seq - b.seq

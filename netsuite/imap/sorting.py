@@ -49,6 +49,9 @@ EVERY = SUBJECT | DATE | FROM | TO | CC | IDS
 RAW_FIELDS = (b"subject", b"date", b"from", b"to", b"cc", b"message-id", b"references",
               b"in-reply-to")
 _RAW_INDEX = {name: i for i, name in enumerate(RAW_FIELDS)}
+#: The same, also by the names' usual spellings (most headers: no lower() per field).
+_SPELT = {**_RAW_INDEX, **{n.title(): i for n, i in _RAW_INDEX.items()},
+          b"Message-ID": 5, b"In-Reply-To": 7, b"CC": 4}
 #: The group each of RAW_FIELDS is for.
 _RAW_GROUP = (SUBJECT, DATE, FROM, TO, CC, IDS, IDS, IDS)
 #: The groups each sort key and thread algorithm needs.
@@ -170,9 +173,10 @@ def header_fields(header: bytes) -> SortInfo:
     from, each its first occurrence (from a header block, LF or CRLF ends).
     """
     raw: list[bytes | None] = [None] * len(RAW_FIELDS)
-    index = _RAW_INDEX
+    spelt = _SPELT
     for name, value in reversed(_FIELDS.findall(header)):  # (reversed: the first one stays)
-        raw[index[name.lower()]] = value
+        i = spelt.get(name)
+        raw[i if i is not None else _RAW_INDEX[name.lower()]] = value
     return SortInfo(todo=EVERY, raw=tuple(raw))
 
 
@@ -259,28 +263,41 @@ class Item:
         return self.info.date if self.info.date is not None else self.arrival
 
 
-_KEYS: dict[str, Callable[[Item], Any]] = {
-    "ARRIVAL": lambda i: i.arrival,
-    "CC": lambda i: i.info.cc,
-    "DATE": lambda i: i.sent,
-    "FROM": lambda i: i.info.from_,
-    "SIZE": lambda i: i.size,
-    "SUBJECT": lambda i: i.info.subject,
-    "TO": lambda i: i.info.to,
-    "DISPLAYFROM": lambda i: i.info.display_from,
-    "DISPLAYTO": lambda i: i.info.display_to,
+#: Each sort key's value, from a message's keys, INTERNALDATE and size (RFC 5256: DATE is
+#: the Date: header, or the INTERNALDATE if it has none that parses).
+COLUMNS: dict[str, Callable[[SortInfo, float, int], Any]] = {
+    "ARRIVAL": lambda info, arrival, size: arrival,
+    "CC": lambda info, arrival, size: info.cc,
+    "DATE": lambda info, arrival, size: info.date if info.date is not None else arrival,
+    "FROM": lambda info, arrival, size: info.from_,
+    "SIZE": lambda info, arrival, size: size,
+    "SUBJECT": lambda info, arrival, size: info.subject,
+    "TO": lambda info, arrival, size: info.to,
+    "DISPLAYFROM": lambda info, arrival, size: info.display_from,
+    "DISPLAYTO": lambda info, arrival, size: info.display_to,
 }
 
 
+def sort_order(columns: Sequence[tuple[Sequence[Any], bool]], count: int) -> list[int]:
+    """
+    The positions 0..count-1 of messages in sequence order, in SORT order: each
+    criterion gives its key values (a column, by position) and whether it is
+    REVERSE.  Stable sorts from the last criterion to the first, so ties keep
+    sequence order, and REVERSE reverses its key only.  Columns of plain values,
+    not an object per message: nothing for the collector to walk.
+    """
+    order = list(range(count))
+    for column, reverse in reversed(columns):
+        order.sort(key=column.__getitem__, reverse=reverse)
+    return order
+
+
 def sort_items(items: Sequence[Item], criteria: Sequence[tuple[str, bool]]) -> list[Item]:
-    """
-    C{items} in SORT order: stable sorts from the last criterion to the
-    first, so ties keep sequence order, and REVERSE reverses its key only.
-    """
-    out = sorted(items, key=lambda i: i.seq)
-    for name, reverse in reversed(criteria):
-        out.sort(key=_KEYS[name], reverse=reverse)
-    return out
+    """C{items} in SORT order (L{sort_order} over their keys)."""
+    ordered = sorted(items, key=lambda i: i.seq)
+    order = sort_order([([COLUMNS[name](i.info, i.arrival, i.size) for i in ordered], reverse)
+                        for name, reverse in criteria], len(ordered))
+    return [ordered[k] for k in order]
 
 
 # -- THREAD ------------------------------------------------------------------------------------

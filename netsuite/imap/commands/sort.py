@@ -17,7 +17,7 @@ import os
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,7 @@ def read_header(mbox: Any, msg: Message, dirs: _Dirs | None = None) -> bytes:
         os.close(fd)
 
 
-def _keep_later(cache: MessageCache, fresh: list[tuple[str, SortInfo]]) -> None:
+def _keep_later(cache: MessageCache, memo: dict[str, SortInfo], fresh: list[str]) -> None:
     """
     Put the keys of the messages a SORT read into the message cache after its
     answer is written (a later reactor turn, then a batch per turn), so that the
@@ -131,13 +131,63 @@ def _keep_later(cache: MessageCache, fresh: list[tuple[str, SortInfo]]) -> None:
     from twisted.internet import reactor  # (the one twistd installed; as netsuite.auth)
 
     def keep():
-        for i, (base, info) in enumerate(fresh, 1):
-            cache.put(base, SORT_FIELD, info.encode())
+        for i, base in enumerate(fresh, 1):
+            info = memo.get(base)
+            if info is not None:
+                cache.put(base, SORT_FIELD, info.encode())
             if i % _KEEP_BATCH == 0:
                 yield None
         cache.flush()
 
     reactor.callLater(0, task.cooperate, keep())
+
+
+class _SortColumns:
+    """
+    What SORT takes of each message: its numbers and one column of values per
+    criterion (L{sorting.sort_order}), no object per message.
+    """
+
+    def __init__(self, criteria: list[tuple[str, bool]]):
+        self.criteria = criteria
+        self.seqs = array("Q")
+        self.uids = array("Q")
+        self.columns: list[list[Any]] = [[] for _ in criteria]
+        self._keys = [(c.append, sorting.COLUMNS[n]) for c, (n, _) in
+                      zip(self.columns, criteria, strict=True)]
+
+    def take(self, num: int, seq: int, uid: int, info: SortInfo, arrival: float,
+             size: int) -> None:
+        self.seqs.append(seq)
+        self.uids.append(uid)
+        for add, key in self._keys:
+            add(key(info, arrival, size))
+
+    def finish(self) -> "_Order":
+        order = sorting.sort_order([(c, reverse) for c, (_, reverse) in
+                                    zip(self.columns, self.criteria, strict=True)],
+                                   len(self.seqs))
+        seqs, uids = self.seqs, self.uids
+        return _Order(array("Q", [seqs[k] for k in order]), array("Q", [uids[k] for k in order]))
+
+
+class _ThreadItems:
+    """What THREAD takes of each message (an L{Item}), and its rendered answer."""
+
+    def __init__(self, build: Callable[[list[Item]], list[sorting.Node]]):
+        self.build = build
+        self.items: list[Item] = []
+
+    def take(self, num: int, seq: int, uid: int, info: SortInfo, arrival: float,
+             size: int) -> None:
+        self.items.append(Item(num, seq, uid, info, arrival, size))
+
+    def finish(self) -> bytes:
+        roots = self.build(self.items)
+        try:
+            return sorting.render_threads(roots)
+        finally:
+            sorting.release(roots)
 
 
 class _Order:
@@ -177,11 +227,6 @@ class SortCommands(SessionBase):
         criteria = wire_sort.parse_sort_criteria(cur)
         cur.sp()
 
-        def compute(items: list[Item]) -> _Order:
-            ordered = sorting.sort_items(items, criteria)
-            return _Order(array("Q", [i.seq for i in ordered]),
-                          array("Q", [i.uid for i in ordered]))
-
         def answer(ordered: _Order) -> None:
             if options is None:
                 self.send(ordered.line(uid))
@@ -193,8 +238,9 @@ class SortCommands(SessionBase):
         need = 0
         for n in names:
             need |= sorting.NEEDS[n]
-        return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)), compute,
-                           answer, need, arrival="ARRIVAL" in names, size="SIZE" in names)
+        return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)),
+                           lambda: _SortColumns(criteria), answer, need,
+                           arrival="ARRIVAL" in names, size="SIZE" in names)
 
     def imap_THREAD(self, tag, cur, uid=False):
         algorithm = wire_sort.parse_thread_algorithm(cur)
@@ -202,25 +248,19 @@ class SortCommands(SessionBase):
         build = sorting.thread_references if algorithm == "REFERENCES" \
             else sorting.thread_ordered_subject
 
-        def compute(items: list[Item]) -> bytes:
-            roots = build(items)
-            try:
-                return sorting.render_threads(roots)
-            finally:
-                sorting.release(roots)
-
         def answer(threads: bytes) -> None:
             self.send(b"* THREAD " + threads if threads else b"* THREAD")
 
-        return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid), compute,
-                           answer, sorting.NEEDS[algorithm])
+        return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid),
+                           lambda: _ThreadItems(build), answer, sorting.NEEDS[algorithm])
 
-    def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, compute, answer,
-               need: int, arrival: bool = False, size: bool = False):
+    def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, collector,
+               answer, need: int, arrival: bool = False, size: bool = False):
         """
-        The charset and search keys of SORT/THREAD; then C{compute} over the
-        matching messages' L{Item}s (or the same answer kept from before, see
-        L{_answers}), C{answer} with it and the tagged OK.
+        The charset and search keys of SORT/THREAD; then a new C{collector()}
+        (L{_SortColumns} or L{_ThreadItems}) takes the matching messages' keys
+        and computes the answer (or the same answer is kept from before, see
+        L{_answers}); C{answer} with it and the tagged OK.
         """
         charset = wire_sort.parse_charset(cur, b"UTF8=ACCEPT" in self.enabled)
         cur.sp()
@@ -247,14 +287,16 @@ class SortCommands(SessionBase):
                 if found is not None:
                     return found
 
-            def computed(items: list[Item]):
-                value = compute(items)
+            into = collector()
+
+            def computed(_):
+                value = into.finish()
                 kept[key] = value
                 while len(kept) > ANSWERS_KEPT:
                     kept.popitem(last=False)
                 return value
 
-            return then(self._sort_items(pairs, uid, need, arrival, size), computed)
+            return then(self._sort_items(pairs, uid, need, into.take, arrival, size), computed)
 
         def done(value) -> None:
             answer(value)
@@ -284,11 +326,12 @@ class SortCommands(SessionBase):
                 return False
         return True
 
-    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, need: int,
+    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, need: int, take,
                     arrival: bool = False, size: bool = False):
         """
-        The L{Item}s of the matched (seq, uid) pairs, keys looked up (or read and
-        remembered) a batch per reactor turn; a list, or a Deferred of one.  Only
+        C{take(num, seq, uid, keys, arrival, size)} for each of the matched (seq,
+        uid) pairs still there, in their order, keys looked up (or read and
+        remembered) a batch per reactor turn; None, or a Deferred when done.  Only
         the key groups of C{need} (L{sorting.NEEDS}) are derived: a message read
         the first time keeps the header fields of the others, in memory and in the
         cache, for the SORT that needs them.  The INTERNALDATE is looked up only if
@@ -298,14 +341,13 @@ class SortCommands(SessionBase):
         mbox = self.mbox
         folder = mbox.folder
         memo = _decoded.setdefault(folder, {})
-        items: list[Item] = []
         dirs = _Dirs(str(folder.path))
         by_uid = folder.by_uid
         dated = bool(need & sorting.DATE)
         derive = sorting.derive
         cache = mbox.message_cache()
-        #: (base name, keys) of the messages read: cached once the answer is out.
-        fresh: list[tuple[str, SortInfo]] = []
+        #: Base names of the messages read: their keys cached once the answer is out.
+        fresh: list[str] = []
 
         def work():
             read = 0
@@ -326,17 +368,16 @@ class SortCommands(SessionBase):
                             except KeyError:  # gone meanwhile: sorts as empty
                                 info = SortInfo()
                             else:
-                                fresh.append((base, info))
+                                fresh.append(base)
                             read += 1
                         memo[base] = info
                     if info.todo & need:
                         derive(info, need)
                         if not info.todo:  # every key derived: kept so, for the next process
                             cache.put(base, SORT_FIELD, info.encode())
-                    items.append(Item(u if uid else seq, seq, u, info,
-                                      mbox.date_of(msg) if arrival or (
-                                          dated and info.date is None) else 0,
-                                      mbox.size_of(msg) if size else 0))
+                    take(u if uid else seq, seq, u, info,
+                         mbox.date_of(msg) if arrival or (dated and info.date is None) else 0,
+                         mbox.size_of(msg) if size else 0)
                     looked += 1
                     if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
                         read = looked = 0  # (the cache writes itself past a size: no flush here)
@@ -344,7 +385,7 @@ class SortCommands(SessionBase):
             finally:
                 dirs.close()
             if fresh:
-                _keep_later(cache, fresh)
+                _keep_later(cache, memo, fresh)
             cache.flush()
             if len(memo) > 2 * len(folder.messages) + 1024:
                 live = {m.base for m in folder.messages}
@@ -354,5 +395,5 @@ class SortCommands(SessionBase):
         if len(pairs) <= FETCH_BATCH:
             for _ in work():
                 pass
-            return items
-        return self._cooperate(work()).addCallback(lambda _: items)
+            return None
+        return self._cooperate(work())
