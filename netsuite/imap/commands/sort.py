@@ -8,6 +8,13 @@ L{SORT_FIELD}) and, decoded, in this process's memory by base name (a
 message never changes), so a second SORT of a big folder reads no message
 file and decodes nothing; the last few answers are kept too (L{_answers}).
 Keys that must be read are read a batch per reactor turn, as SEARCH scans.
+
+A SORT derives only the key groups its criteria need (L{sorting.NEEDS}): the
+header fields of the others wait in the SortInfo and the cache until a SORT
+or THREAD needs them, as Dovecot reads only the fields a sort key needs.  The
+keys of the messages read are put into the cache once the answer is written.
+Per message, a SORT keeps nothing but its SortInfo: columns of plain values
+(L{_SortColumns}), no object the collector would have to walk.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
+from twisted.logger import Logger
 
 from netsuite.imap import sorting, wire_sort
 from netsuite.imap.commands import SessionBase
@@ -31,6 +39,8 @@ from netsuite.imap.commands.search import then
 from netsuite.imap.sorting import Item, SortInfo
 from netsuite.store.cache import MessageCache
 from netsuite.store.folder import Folder, Message
+
+log = Logger(namespace="netsuite.imap")
 
 #: Message-cache field of the sort keys; the version changes with what they hold.
 SORT_FIELD = "sort2"
@@ -139,7 +149,11 @@ def _keep_later(cache: MessageCache, memo: dict[str, SortInfo], fresh: list[str]
                 yield None
         cache.flush()
 
-    reactor.callLater(0, task.cooperate, keep())
+    def start() -> None:
+        task.cooperate(keep()).whenDone().addErrback(
+            lambda f: log.failure("sort keys not cached", f))
+
+    reactor.callLater(0, start)
 
 
 class _SortColumns:
