@@ -364,7 +364,7 @@ def test_fuzz_threads_cover_every_message_once():
         got = [i.num for i in sorting.sort_items(items, crit)]
         assert sorted(got) == list(range(1, n + 1))
         assert got == [i.num for i in sorted(items, key=functools.cmp_to_key(
-            lambda a, b: _compare(a, b, crit)))]
+            functools.partial(_compare, criteria=crit)))]
 
 
 def _compare(a: Item, b: Item, criteria) -> int:
