@@ -245,6 +245,61 @@ def test_big_folder_second_sort_from_cache(daemon):
     m.logout()
 
 
+def test_keys_a_first_sort_did_not_need_come_from_the_cache(daemon):
+    """
+    A first SORT (SUBJECT) derives only the subject, and caches the other header fields
+    (after its answer): after a restart, with every file rewritten, SORT by the other keys
+    and THREAD still follow the original headers; then new mail is read and sorted in, a
+    flag change changes no order, and an expunged message leaves it.
+    """
+    count = 300  # more than a batch: the reads and the cache writes run a batch per turn
+    box = daemon.data_dir / "mail" / "alice"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    headers = []
+    for i in range(count):
+        header = (f"Subject: {'Re: ' if i % 3 else ''}topic {(i * 37) % 41:02d}\n"
+                  f"From: user{(i * 13) % 17:02d}@example.test\n"
+                  f"Cc: cc{(i * 7) % 11:02d}@example.test\n"
+                  f"Date: Mon, 2 Mar 2026 {i % 24:02d}:{i % 60:02d}:00 +0000\n"
+                  f"Message-ID: <{i}@lazy>\n" + (f"References: <{i // 2}@lazy>\n" if i else ""))
+        headers.append(header)
+        (box / "cur" / f"{1_700_000_000 + i}.M{i}P1.test,S=99:2,").write_bytes(
+            (header + "\nbody\n").encode())
+    items = [sorting.Item(n, n, n, sorting.sort_info(h.encode() + b"\n"), 0, 0)
+             for n, h in enumerate(headers, 1)]
+
+    def expected(*criteria):
+        return [i.num for i in sorting.sort_items(items, list(criteria))]
+
+    m = connect(daemon)
+    m.select("INBOX")
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == expected(("SUBJECT", False))
+    m.logout()
+    daemon.restart()
+    for p in message_files(daemon):
+        scramble(p)
+    m = connect(daemon)
+    m.select("INBOX")
+    assert nums(m, "(REVERSE FROM DATE)", "UTF-8", "ALL") == expected(("FROM", True),
+                                                                      ("DATE", False))
+    assert nums(m, "(CC SUBJECT)", "UTF-8", "ALL") == expected(("CC", False), ("SUBJECT", False))
+    assert m.thread("REFERENCES", "UTF-8", "ALL")[1] == [
+        sorting.render_threads(sorting.thread_references(items))]
+    # New mail: read from its file, sorted in (a subject before every other one).
+    m.append("INBOX", "", None, b"Subject: aardvark\r\nFrom: a@example.test\r\n\r\nx\r\n")
+    m.noop()
+    assert nums(m, "(SUBJECT)", "UTF-8", "ALL") == [count + 1] + expected(("SUBJECT", False))
+    # Flags change no key; an expunged message leaves the answer, the others move up.
+    before = nums(m, "(FROM)", "UTF-8", "ALL")
+    m.store("1:10", "+FLAGS", "(\\Seen \\Flagged)")
+    assert nums(m, "(FROM)", "UTF-8", "ALL") == before
+    m.store("1", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    assert nums(m, "(FROM)", "UTF-8", "ALL") == [n - 1 for n in before if n != 1]
+    m.logout()
+
+
 def test_sort_and_thread_follow_changes(box):
     """Answers kept for the same messages are not reused once the folder changed."""
     m = box

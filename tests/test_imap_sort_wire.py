@@ -6,6 +6,7 @@ and a small bounded fuzz of each (the real-daemon tests are in test_imap_sort.py
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -182,6 +183,43 @@ def test_sort_info_fallbacks():
     assert SortInfo.decode(b"[1, 2]") is None
 
 
+def test_keys_derived_per_group_as_all_at_once():
+    """
+    A message's key groups, derived one at a time (each SORT its own, in any order) and
+    through the cache record in between, equal the keys derived all at once.
+    """
+    header = (b"Subject: =?utf-8?q?Re=3A_caf=C3=A9?=\r\n\t[list] x\r\n"
+              b"From: \"Zed, Z\" <zed@example.test>\r\nTo: amy@example.test\r\n"
+              b"cc: bob@example.test\r\nDate: Tue, 3 Mar 2026 10:00:00 +0100\r\n"
+              b"Message-Id: <m1@x>\r\nReferences: <r1@x>\r\n <r2@x>\r\n"
+              b"Subject: a second subject is not the subject\r\n\r\n")
+    whole = sorting.sort_info(header)
+    assert whole.todo == 0 and whole.raw is None and whole.subject.startswith("CAFE")
+    groups = [sorting.SUBJECT, sorting.DATE, sorting.FROM, sorting.TO, sorting.CC, sorting.IDS]
+    rnd = random.Random(5256)
+    for _ in range(20):
+        rnd.shuffle(groups)
+        info = SortInfo.decode(sorting.header_fields(header).encode())
+        assert info is not None and info.todo == sorting.EVERY
+        for g in groups:
+            sorting.derive(info, g)
+            assert not info.todo & g
+            info = SortInfo.decode(info.encode())  # as the next process finds it
+            assert info is not None and not info.todo & g
+        assert info == whole
+
+
+def test_sort_record_keeps_only_what_is_not_derived():
+    info = sorting.header_fields(b"Subject: s\nFrom: a@b\nReceived: x\n\n")
+    assert info.encode() == b"\nsubject: s\nfrom: a@b"  # a first read: the fields only
+    sorting.derive(info, sorting.SUBJECT)
+    keys, _, fields = info.encode().partition(b"\n")
+    assert fields == b"from: a@b" and b'"S"' in keys
+    sorting.derive(info, sorting.EVERY)
+    assert b"\n" not in info.encode()  # all derived: the keys only
+    assert SortInfo.decode(b"\n") == SortInfo(todo=sorting.EVERY, raw=(None,) * 8)
+
+
 # -- SORT ----------------------------------------------------------------------------------------
 
 def item(seq: int, *, subject: str = "", date: float | None = None, arrival: float = 0,
@@ -321,6 +359,19 @@ def test_fuzz_threads_cover_every_message_once():
             assert sorted(int(x) for x in re.findall(rb"\d+", out)) == list(range(1, n + 1))
             assert out.count(b"(") == out.count(b")")
             assert b"()" not in out and b"( " not in out and b" )" not in out
-        crit = [(rnd.choice(sorted(sorting._KEYS)), rnd.random() < 0.5)
+        crit = [(rnd.choice(sorted(sorting.COLUMNS)), rnd.random() < 0.5)
                 for _ in range(rnd.randrange(1, 4))]
-        assert sorted(i.num for i in sorting.sort_items(items, crit)) == list(range(1, n + 1))
+        got = [i.num for i in sorting.sort_items(items, crit)]
+        assert sorted(got) == list(range(1, n + 1))
+        assert got == [i.num for i in sorted(items, key=functools.cmp_to_key(
+            functools.partial(_compare, criteria=crit)))]
+
+
+def _compare(a: Item, b: Item, criteria) -> int:
+    """RFC 5256 order, written plainly: each criterion in turn (REVERSE: its key only), then
+    the sequence number."""
+    for name, reverse in criteria:
+        x, y = (sorting.COLUMNS[name](i.info, i.arrival, i.size) for i in (a, b))
+        if x != y:
+            return (1 if x > y else -1) * (-1 if reverse else 1)
+    return a.seq - b.seq

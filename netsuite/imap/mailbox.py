@@ -433,6 +433,10 @@ class SessionMailbox:
 
     # -- the folder's message cache (netsuite.store.cache) ------------------------------
 
+    def message_cache(self) -> MessageCache:
+        """The folder's message cache, for a loop that looks up thousands of messages."""
+        return self._message_cache()
+
     def _message_cache(self) -> MessageCache:
         if self._cache is None:
             self._cache = cache_for(self.folder)

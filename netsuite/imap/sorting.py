@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from netsuite.imap.message import _split_groups, decoded
@@ -41,9 +41,32 @@ def casemap(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFKD", text.upper())
 
 
+#: Key groups of a L{SortInfo}, each derived from its own header fields only when a
+#: SORT or THREAD first needs it (as Dovecot reads only the fields a sort key needs).
+SUBJECT, DATE, FROM, TO, CC, IDS = 1, 2, 4, 8, 16, 32
+EVERY = SUBJECT | DATE | FROM | TO | CC | IDS
+#: The header fields kept for the groups not derived yet, in L{SortInfo.raw} order.
+RAW_FIELDS = (b"subject", b"date", b"from", b"to", b"cc", b"message-id", b"references",
+              b"in-reply-to")
+_RAW_INDEX = {name: i for i, name in enumerate(RAW_FIELDS)}
+#: The same, also by the names' usual spellings (most headers: no lower() per field).
+_SPELT = {**_RAW_INDEX, **{n.title(): i for n, i in _RAW_INDEX.items()},
+          b"Message-ID": 5, b"In-Reply-To": 7, b"CC": 4}
+#: The group each of RAW_FIELDS is for.
+_RAW_GROUP = (SUBJECT, DATE, FROM, TO, CC, IDS, IDS, IDS)
+#: The groups each sort key and thread algorithm needs.
+NEEDS = {"ARRIVAL": 0, "SIZE": 0, "SUBJECT": SUBJECT, "DATE": DATE, "FROM": FROM,
+         "DISPLAYFROM": FROM, "TO": TO, "DISPLAYTO": TO, "CC": CC,
+         "REFERENCES": IDS | SUBJECT | DATE, "ORDEREDSUBJECT": SUBJECT | DATE}
+
+
 @dataclass(slots=True)
 class SortInfo:
-    """What SORT and THREAD need of one message's header (all of it derived, none raw)."""
+    """
+    What SORT and THREAD need of one message's header (all of it derived, none
+    raw), or of the groups in C{todo} not yet: their header fields wait in C{raw}
+    until L{derive} is asked for them.
+    """
 
     subject: str = ""        #: base subject, upper-cased
     refwd: bool = False      #: the subject was a reply or forward
@@ -54,20 +77,49 @@ class SortInfo:
     display_from: str = ""   #: RFC 5957 display name (or address), upper-cased
     display_to: str = ""
     msgid: str = ""          #: Message-ID without the brackets, "" if none
-    refs: list[str] = field(default_factory=list)  #: parent chain, oldest first
+    #: Parent chain, oldest first (an empty one is C{()}: no list per message).
+    refs: Sequence[str] = ()
+    todo: int = 0            #: key groups not derived yet
+    #: The RAW_FIELDS values as in the header (None if absent) while C{todo}: a tuple
+    #: of bytes, which the collector stops tracking (10k messages: 10k objects fewer
+    #: for each of its full passes, and fewer of those passes).
+    raw: tuple[bytes | None, ...] | None = None
 
     def encode(self) -> bytes:
-        return _JSON.encode([self.subject, self.refwd, self.date, self.from_, self.to, self.cc,
-                             self.display_from, self.display_to, self.msgid, self.refs]
-                            ).encode("utf-8", "surrogatepass")
+        """
+        JSON of the derived keys; if some are not derived yet, then C{todo} and,
+        after a line end, their header fields as header lines (re-read by
+        L{header_fields}).  Nothing derived yet (a first read): only those lines,
+        after a line end (no JSON and no escaping to pay for at a first read).
+        """
+        raw = self.raw
+        todo = self.todo
+        if todo and raw is not None:
+            lines = b"\n".join([RAW_FIELDS[i] + b":" + r for i, r in enumerate(raw)
+                                if r is not None and todo & _RAW_GROUP[i]])
+            if todo == EVERY:
+                return b"\n" + lines
+        v: list[Any] = [self.subject, self.refwd, self.date, self.from_, self.to, self.cc,
+                        self.display_from, self.display_to, self.msgid, self.refs]
+        if not self.todo or raw is None:
+            return _JSON.encode(v).encode("utf-8", "surrogatepass")
+        v.append(self.todo)
+        return _JSON.encode(v).encode("utf-8", "surrogatepass") + b"\n" + lines
 
     @classmethod
     def decode(cls, data: bytes) -> "SortInfo | None":
+        keys, _, fields = data.partition(b"\n")  # (JSON escapes every line end it holds)
+        if not keys:
+            return header_fields(fields)
         try:
-            v = json.loads(data)
-            return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+            v = json.loads(keys)
+            info = cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9] or ())
+            if len(v) > 10:
+                info.todo = int(v[10]) & EVERY
+                info.raw = header_fields(fields).raw
         except (ValueError, IndexError, TypeError):
             return None
+        return info
 
 
 def _message_ids(value: bytes | None) -> list[str]:
@@ -115,49 +167,81 @@ def _first_address(value: bytes | None) -> tuple[str, str]:
     return "", ""
 
 
-def sort_info(header: bytes) -> SortInfo:
-    """The sort keys of a message from its header block (LF or CRLF line ends)."""
-    first: dict[bytes, bytes] = {}
-    for name, value in _FIELDS.findall(header):  # (findall: no match object per field)
-        name = name.lower()
-        if name not in first:
-            if b"\n" in value:
-                value = _FOLD.sub(b" ", value)
-            first[name] = value.strip()
-    get = first.get
+def header_fields(header: bytes) -> SortInfo:
+    """
+    A message's keys still to derive (L{derive}): only the header fields they come
+    from, each its first occurrence (from a header block, LF or CRLF ends).
+    """
+    raw: list[bytes | None] = [None] * len(RAW_FIELDS)
+    spelt = _SPELT
+    for name, value in reversed(_FIELDS.findall(header)):  # (reversed: the first one stays)
+        i = spelt.get(name)
+        raw[i if i is not None else _RAW_INDEX[name.lower()]] = value
+    return SortInfo(todo=EVERY, raw=tuple(raw))
 
-    info = SortInfo()
-    raw = get(b"subject")
-    text = "" if raw is None else raw.decode("utf-8", "replace")
-    subject, info.refwd = base_subject(_decoded(text) if b"=?" in (raw or b"") else text)
-    info.subject = casemap(subject)
-    date = get(b"date")
+
+def _unfolded(value: bytes | None) -> bytes | None:
+    """A raw field's value unfolded and stripped (done when derived: most are never)."""
+    if value is None:
+        return None
+    return (_FOLD.sub(b" ", value) if b"\n" in value else value).strip()
+
+
+def sort_info(header: bytes) -> SortInfo:
+    """The sort keys of a message from its header block (LF or CRLF line ends), all derived."""
+    info = header_fields(header)
+    derive(info, EVERY)
+    return info
+
+
+def _date(date: bytes | None) -> float | None:
     m = _DATE.match(date) if date else None
     month = _MONTHS.get(m.group(2).lower()) if m else None
     if m is not None and month is not None:
         day, year, hh, mm = int(m.group(1)), int(m.group(3)), int(m.group(4)), int(m.group(5))
         offset = (int(m.group(8)) * 60 + int(m.group(9))) * (-60 if m.group(7) == b"-" else 60)
         try:
-            info.date = float(calendar.timegm((year, month, day, hh, mm,
-                                               int(m.group(6) or 0), 0, 0, 0)) - offset)
+            return float(calendar.timegm((year, month, day, hh, mm,
+                                          int(m.group(6) or 0), 0, 0, 0)) - offset)
         except (ValueError, OverflowError):
-            info.date = None
-    elif date:
+            return None
+    if date:
         try:
             parsed = email.utils.parsedate_tz(date.decode("ascii", "replace"))
-            info.date = None if parsed is None else float(email.utils.mktime_tz(parsed))
+            return None if parsed is None else float(email.utils.mktime_tz(parsed))
         except (TypeError, ValueError, IndexError, OverflowError):
-            info.date = None
-    frm, info.display_from = _first_address(get(b"from"))
-    to, info.display_to = _first_address(get(b"to"))
-    cc, _ = _first_address(get(b"cc"))
-    info.from_, info.to, info.cc = frm.upper(), to.upper(), cc.upper()
-    info.display_from = casemap(info.display_from.upper())
-    info.display_to = casemap(info.display_to.upper())
-    ids = _message_ids(get(b"message-id"))
-    info.msgid = ids[0] if ids else ""
-    info.refs = _message_ids(get(b"references")) or _message_ids(get(b"in-reply-to"))[:1]
-    return info
+            return None
+    return None
+
+
+def derive(info: SortInfo, need: int) -> None:
+    """Derive the key groups of C{need} that C{info} does not have yet, from its C{raw}."""
+    want = info.todo & need
+    raw = info.raw
+    if not want or raw is None:
+        return
+    if want & SUBJECT:
+        subj = _unfolded(raw[0])
+        text = "" if subj is None else subj.decode("utf-8", "replace")
+        subject, info.refwd = base_subject(_decoded(text) if b"=?" in (subj or b"") else text)
+        info.subject = casemap(subject)
+    if want & DATE:
+        info.date = _date(_unfolded(raw[1]))
+    if want & FROM:
+        frm, display = _first_address(_unfolded(raw[2]))
+        info.from_, info.display_from = frm.upper(), casemap(display.upper())
+    if want & TO:
+        to, display = _first_address(_unfolded(raw[3]))
+        info.to, info.display_to = to.upper(), casemap(display.upper())
+    if want & CC:
+        info.cc = _first_address(_unfolded(raw[4]))[0].upper()
+    if want & IDS:
+        ids = _message_ids(_unfolded(raw[5]))
+        info.msgid = ids[0] if ids else ""
+        info.refs = _message_ids(_unfolded(raw[6])) or _message_ids(_unfolded(raw[7]))[:1] or ()
+    info.todo &= ~want
+    if not info.todo:
+        info.raw = None
 
 
 # -- SORT --------------------------------------------------------------------------------------
@@ -179,28 +263,41 @@ class Item:
         return self.info.date if self.info.date is not None else self.arrival
 
 
-_KEYS: dict[str, Callable[[Item], Any]] = {
-    "ARRIVAL": lambda i: i.arrival,
-    "CC": lambda i: i.info.cc,
-    "DATE": lambda i: i.sent,
-    "FROM": lambda i: i.info.from_,
-    "SIZE": lambda i: i.size,
-    "SUBJECT": lambda i: i.info.subject,
-    "TO": lambda i: i.info.to,
-    "DISPLAYFROM": lambda i: i.info.display_from,
-    "DISPLAYTO": lambda i: i.info.display_to,
+#: Each sort key's value, from a message's keys, INTERNALDATE and size (RFC 5256: DATE is
+#: the Date: header, or the INTERNALDATE if it has none that parses).
+COLUMNS: dict[str, Callable[[SortInfo, float, int], Any]] = {
+    "ARRIVAL": lambda info, arrival, size: arrival,
+    "CC": lambda info, arrival, size: info.cc,
+    "DATE": lambda info, arrival, size: info.date if info.date is not None else arrival,
+    "FROM": lambda info, arrival, size: info.from_,
+    "SIZE": lambda info, arrival, size: size,
+    "SUBJECT": lambda info, arrival, size: info.subject,
+    "TO": lambda info, arrival, size: info.to,
+    "DISPLAYFROM": lambda info, arrival, size: info.display_from,
+    "DISPLAYTO": lambda info, arrival, size: info.display_to,
 }
 
 
+def sort_order(columns: Sequence[tuple[Sequence[Any], bool]], count: int) -> list[int]:
+    """
+    The positions 0..count-1 of messages in sequence order, in SORT order: each
+    criterion gives its key values (a column, by position) and whether it is
+    REVERSE.  Stable sorts from the last criterion to the first, so ties keep
+    sequence order, and REVERSE reverses its key only.  Columns of plain values,
+    not an object per message: nothing for the collector to walk.
+    """
+    order = list(range(count))
+    for column, reverse in reversed(columns):
+        order.sort(key=column.__getitem__, reverse=reverse)
+    return order
+
+
 def sort_items(items: Sequence[Item], criteria: Sequence[tuple[str, bool]]) -> list[Item]:
-    """
-    C{items} in SORT order: stable sorts from the last criterion to the
-    first, so ties keep sequence order, and REVERSE reverses its key only.
-    """
-    out = sorted(items, key=lambda i: i.seq)
-    for name, reverse in reversed(criteria):
-        out.sort(key=_KEYS[name], reverse=reverse)
-    return out
+    """C{items} in SORT order (L{sort_order} over their keys)."""
+    ordered = sorted(items, key=lambda i: i.seq)
+    order = sort_order([([COLUMNS[name](i.info, i.arrival, i.size) for i in ordered], reverse)
+                        for name, reverse in criteria], len(ordered))
+    return [ordered[k] for k in order]
 
 
 # -- THREAD ------------------------------------------------------------------------------------

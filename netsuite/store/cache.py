@@ -62,15 +62,18 @@ class MessageCache:
         self.path = Path(directory) / CACHE_NAME
         #: Base names of the messages the folder holds now (for compaction).
         self._live = live
-        self._entries: dict[str, dict[str, bytes]] | None = None
+        #: (base name, field) -> value: flat, so that no dict per message is kept (the
+        #: key tuples are not tracked by the collector; 10k dicts would be, and each
+        #: of its full passes would walk them).
+        self._entries: dict[tuple[str, str], bytes] | None = None
         self._pending = bytearray()
         #: Records in the file (good ones, duplicates and dead ones alike).
         self._records = 0
 
     # -- reading -------------------------------------------------------------------
 
-    def _load(self) -> dict[str, dict[str, bytes]]:
-        entries: dict[str, dict[str, bytes]] = {}
+    def _load(self) -> dict[tuple[str, str], bytes]:
+        entries: dict[tuple[str, str], bytes] = {}
         self._entries = entries
         try:
             with open(self.path, "rb") as f:
@@ -94,8 +97,7 @@ class MessageCache:
 
     def get(self, base: str, field: str) -> bytes | None:
         entries = self._entries if self._entries is not None else self._load()
-        fields = entries.get(base)
-        return None if fields is None else fields.get(field)
+        return entries.get((base, field))
 
     # -- writing -------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class MessageCache:
         entries = self._entries if self._entries is not None else self._load()
         if len(value) > MAX_VALUE:
             return
-        entries.setdefault(base, {})[field] = value
+        entries[base, field] = value
         self._pending += record(base, field, value)
         self._records += 1
         if len(self._pending) >= FLUSH_ABOVE:
@@ -139,22 +141,21 @@ class MessageCache:
         if not (force or at_load or self._records > 2 * self._count() + 64):
             return
         live = set(self._live())
-        for base in [b for b in self._entries if b not in live]:
-            del self._entries[base]
+        for key in [k for k in self._entries if k[0] not in live]:
+            del self._entries[key]
         if force or self._records > self._count() * 4 // 3:
             self._rewrite(self._entries)
 
     def _count(self) -> int:
-        return sum(len(f) for f in self._entries.values()) if self._entries else 0
+        return len(self._entries) if self._entries else 0
 
-    def _rewrite(self, entries: dict[str, dict[str, bytes]]) -> None:
+    def _rewrite(self, entries: dict[tuple[str, str], bytes]) -> None:
         tmp = self.path.with_name(CACHE_NAME + ".tmp")
         out = [HEADER]
         n = 0
-        for base, fields in entries.items():
-            for field, value in fields.items():
-                out.append(record(base, field, value))
-                n += 1
+        for (base, field), value in entries.items():
+            out.append(record(base, field, value))
+            n += 1
         try:
             with open(tmp, "wb") as f:
                 f.write(b"".join(out))
@@ -173,7 +174,7 @@ def record(base: str, field: str, value: bytes) -> bytes:
     return RECORD + _LENGTHS.pack(len(b), len(f), len(value), zlib.crc32(body)) + body
 
 
-def parse(data: bytes, entries: dict[str, dict[str, bytes]]) -> tuple[int, int]:
+def parse(data: bytes, entries: dict[tuple[str, str], bytes]) -> tuple[int, int]:
     """Records of a cache file into C{entries}; (records read, damaged ones skipped)."""
     pos = len(HEADER)
     end = len(data)
@@ -187,7 +188,7 @@ def parse(data: bytes, entries: dict[str, dict[str, bytes]]) -> tuple[int, int]:
             if stop <= end and zlib.crc32(data[start:stop]) == crc:
                 base = data[start:start + lb].decode("utf-8", "surrogateescape")
                 field = data[start + lb:start + lb + lf].decode("ascii", "replace")
-                entries.setdefault(base, {})[field] = data[start + lb + lf:stop]
+                entries[base, field] = data[start + lb + lf:stop]
                 count += 1
                 pos = stop
                 continue

@@ -129,6 +129,8 @@ class SearchCommands(SessionBase):
                     yield None
 
         if keys == [("ALL",)]:  # SORT/THREAD ... ALL, the usual: nothing to evaluate
+            if uids == mbox.folder.uids:  # and every message still there
+                return list(enumerate(uids, 1))
             by_uid = mbox.message
             return [(seq, u) for seq, u in enumerate(uids, 1) if by_uid(u) is not None]
         if len(uids) <= FETCH_BATCH:

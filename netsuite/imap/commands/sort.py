@@ -8,6 +8,13 @@ L{SORT_FIELD}) and, decoded, in this process's memory by base name (a
 message never changes), so a second SORT of a big folder reads no message
 file and decodes nothing; the last few answers are kept too (L{_answers}).
 Keys that must be read are read a batch per reactor turn, as SEARCH scans.
+
+A SORT derives only the key groups its criteria need (L{sorting.NEEDS}): the
+header fields of the others wait in the SortInfo and the cache until a SORT
+or THREAD needs them, as Dovecot reads only the fields a sort key needs.  The
+keys of the messages read are put into the cache once the answer is written.
+Per message, a SORT keeps nothing but its SortInfo: columns of plain values
+(L{_SortColumns}), no object the collector would have to walk.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ import os
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
+
+from twisted.internet import task
+from twisted.logger import Logger
 
 from netsuite.imap import sorting, wire_sort
 from netsuite.imap.commands import SessionBase
@@ -27,12 +37,17 @@ from netsuite.imap.commands.context import noupdate
 from netsuite.imap.commands.fetch import FETCH_BATCH
 from netsuite.imap.commands.search import then
 from netsuite.imap.sorting import Item, SortInfo
+from netsuite.store.cache import MessageCache
 from netsuite.store.folder import Folder, Message
 
+log = Logger(namespace="netsuite.imap")
+
 #: Message-cache field of the sort keys; the version changes with what they hold.
-SORT_FIELD = "sort1"
+SORT_FIELD = "sort2"
 #: Header bytes read at a time while looking for the end of a header.
 _HEADER_CHUNK = 8192
+#: Keys put into the message cache per reactor turn after a first SORT.
+_KEEP_BATCH = 2048
 #: Cached (not read) messages whose keys are looked up per reactor turn.
 _CACHED_BATCH = 8192
 
@@ -116,6 +131,102 @@ def read_header(mbox: Any, msg: Message, dirs: _Dirs | None = None) -> bytes:
         os.close(fd)
 
 
+def _keep_later(cache: MessageCache, memo: dict[str, SortInfo], fresh: list[str]) -> None:
+    """
+    Put the keys of the messages a SORT read into the message cache after its
+    answer is written (a later reactor turn, then a batch per turn), so that the
+    first SORT of a big folder does not wait for the encoding of what it read.
+    Lost if the process stops first: the next one reads those headers again.
+    """
+    from twisted.internet import reactor  # (the one twistd installed; as netsuite.auth)
+
+    def keep():
+        for i, base in enumerate(fresh, 1):
+            info = memo.get(base)
+            if info is not None:
+                cache.put(base, SORT_FIELD, info.encode())
+            if i % _KEEP_BATCH == 0:
+                yield None
+        cache.flush()
+
+    def start() -> None:
+        task.cooperate(keep()).whenDone().addErrback(
+            lambda f: log.failure("sort keys not cached", f))
+
+    reactor.callLater(0, start)
+
+
+class _SortColumns:
+    """
+    What SORT takes of each message: its numbers and one column of values per
+    criterion (L{sorting.sort_order}), no object per message.
+    """
+
+    def __init__(self, criteria: list[tuple[str, bool]]):
+        self.criteria = criteria
+        self.seqs = array("Q")
+        self.uids = array("Q")
+        self.columns: list[list[Any]] = [[] for _ in criteria]
+        self._keys = [(c.append, sorting.COLUMNS[n]) for c, (n, _) in
+                      zip(self.columns, criteria, strict=True)]
+
+    def take(self, num: int, seq: int, uid: int, info: SortInfo, arrival: float,
+             size: int) -> None:
+        self.seqs.append(seq)
+        self.uids.append(uid)
+        for add, key in self._keys:
+            add(key(info, arrival, size))
+
+    def finish(self) -> "_Order":
+        order = sorting.sort_order([(c, reverse) for c, (_, reverse) in
+                                    zip(self.columns, self.criteria, strict=True)],
+                                   len(self.seqs))
+        seqs, uids = self.seqs, self.uids
+        return _Order(array("Q", [seqs[k] for k in order]), array("Q", [uids[k] for k in order]))
+
+
+class _ThreadItems:
+    """What THREAD takes of each message (an L{Item}), and its rendered answer."""
+
+    def __init__(self, build: Callable[[list[Item]], list[sorting.Node]]):
+        self.build = build
+        self.items: list[Item] = []
+
+    def take(self, num: int, seq: int, uid: int, info: SortInfo, arrival: float,
+             size: int) -> None:
+        self.items.append(Item(num, seq, uid, info, arrival, size))
+
+    def finish(self) -> bytes:
+        roots = self.build(self.items)
+        try:
+            return sorting.render_threads(roots)
+        finally:
+            sorting.release(roots)
+
+
+class _Order:
+    """A SORT answer as kept (L{_answers}): the order, and its C{* SORT} line once rendered."""
+
+    __slots__ = ("seqs", "uids", "_lines")
+
+    def __init__(self, seqs: array, uids: array):
+        self.seqs = seqs
+        self.uids = uids
+        self._lines: dict[bool, bytes] = {}
+
+    def nums(self, uid: bool) -> array:
+        return self.uids if uid else self.seqs
+
+    def line(self, uid: bool) -> bytes:
+        """C{* SORT 3 1 2}, by UID or sequence number (rendered once: a kept answer)."""
+        line = self._lines.get(uid)
+        if line is None:
+            nums = self.nums(uid)
+            line = self._lines[uid] = b"* SORT " + " ".join(map(str, nums)).encode() \
+                if nums else b"* SORT"
+        return line
+
+
 class SortCommands(SessionBase):
     """Mixin of L{netsuite.imap.server.IMAPServer}: self is the session."""
 
@@ -130,21 +241,20 @@ class SortCommands(SessionBase):
         criteria = wire_sort.parse_sort_criteria(cur)
         cur.sp()
 
-        def compute(items: list[Item]) -> tuple[array, array]:
-            ordered = sorting.sort_items(items, criteria)
-            return array("Q", [i.seq for i in ordered]), array("Q", [i.uid for i in ordered])
-
-        def answer(ordered: tuple[array, array]) -> None:
-            seqs, uids = ordered
-            nums = uids if uid else seqs
+        def answer(ordered: _Order) -> None:
             if options is None:
-                self.send(b"* SORT" + b"".join(b" %d" % n for n in nums))
+                self.send(ordered.line(uid))
             else:
-                self._search_return(tag, uid, options, list(nums), list(uids))
+                self._search_return(tag, uid, options, list(ordered.nums(uid)),
+                                    list(ordered.uids))
 
         names = {name for name, _ in criteria}
-        return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)), compute,
-                           answer, arrival="ARRIVAL" in names, size="SIZE" in names)
+        need = 0
+        for n in names:
+            need |= sorting.NEEDS[n]
+        return self._keyed(tag, cur, uid, b"SORT", options, ("SORT", tuple(criteria)),
+                           lambda: _SortColumns(criteria), answer, need,
+                           arrival="ARRIVAL" in names, size="SIZE" in names)
 
     def imap_THREAD(self, tag, cur, uid=False):
         algorithm = wire_sort.parse_thread_algorithm(cur)
@@ -152,25 +262,19 @@ class SortCommands(SessionBase):
         build = sorting.thread_references if algorithm == "REFERENCES" \
             else sorting.thread_ordered_subject
 
-        def compute(items: list[Item]) -> bytes:
-            roots = build(items)
-            try:
-                return sorting.render_threads(roots)
-            finally:
-                sorting.release(roots)
-
         def answer(threads: bytes) -> None:
             self.send(b"* THREAD " + threads if threads else b"* THREAD")
 
-        return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid), compute,
-                           answer)
+        return self._keyed(tag, cur, uid, b"THREAD", None, ("THREAD", algorithm, uid),
+                           lambda: _ThreadItems(build), answer, sorting.NEEDS[algorithm])
 
-    def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, compute, answer,
-               arrival: bool = False, size: bool = False):
+    def _keyed(self, tag, cur, uid: bool, name: bytes, options, what: tuple, collector,
+               answer, need: int, arrival: bool = False, size: bool = False):
         """
-        The charset and search keys of SORT/THREAD; then C{compute} over the
-        matching messages' L{Item}s (or the same answer kept from before, see
-        L{_answers}), C{answer} with it and the tagged OK.
+        The charset and search keys of SORT/THREAD; then a new C{collector()}
+        (L{_SortColumns} or L{_ThreadItems}) takes the matching messages' keys
+        and computes the answer (or the same answer is kept from before, see
+        L{_answers}); C{answer} with it and the tagged OK.
         """
         charset = wire_sort.parse_charset(cur, b"UTF8=ACCEPT" in self.enabled)
         cur.sp()
@@ -197,14 +301,16 @@ class SortCommands(SessionBase):
                 if found is not None:
                     return found
 
-            def computed(items: list[Item]):
-                value = compute(items)
+            into = collector()
+
+            def computed(_):
+                value = into.finish()
                 kept[key] = value
                 while len(kept) > ANSWERS_KEPT:
                     kept.popitem(last=False)
                 return value
 
-            return then(self._sort_items(pairs, uid, arrival, size), computed)
+            return then(self._sort_items(pairs, uid, need, into.take, arrival, size), computed)
 
         def done(value) -> None:
             answer(value)
@@ -225,64 +331,83 @@ class SortCommands(SessionBase):
 
     def _all_present(self) -> bool:
         """Whether every message of the session's view is still in the folder."""
-        by_uid = self.mbox.message
-        for u in self.mbox.uids:
+        mbox = self.mbox
+        if mbox.uids == mbox.folder.uids:  # (the usual: one list comparison, no lookups)
+            return True
+        by_uid = mbox.message
+        for u in mbox.uids:
             if by_uid(u) is None:
                 return False
         return True
 
-    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, arrival: bool = False,
-                    size: bool = False):
+    def _sort_items(self, pairs: list[tuple[int, int]], uid: bool, need: int, take,
+                    arrival: bool = False, size: bool = False):
         """
-        The L{Item}s of the matched (seq, uid) pairs, keys looked up (or read and
-        remembered) a batch per reactor turn; a list, or a Deferred of one.  The
-        INTERNALDATE is looked up only if C{arrival} or a message has no usable
-        Date:, the size only if C{size} (either may need the file the first time).
+        C{take(num, seq, uid, keys, arrival, size)} for each of the matched (seq,
+        uid) pairs still there, in their order, keys looked up (or read and
+        remembered) a batch per reactor turn; None, or a Deferred when done.  Only
+        the key groups of C{need} (L{sorting.NEEDS}) are derived: a message read
+        the first time keeps the header fields of the others, in memory and in the
+        cache, for the SORT that needs them.  The INTERNALDATE is looked up only if
+        C{arrival} or a message's date is needed and it has no usable Date:, the
+        size only if C{size} (either may need the file the first time).
         """
         mbox = self.mbox
-        memo = _decoded.setdefault(mbox.folder, {})
-        items: list[Item] = []
-        dirs = _Dirs(str(mbox.folder.path))
+        folder = mbox.folder
+        memo = _decoded.setdefault(folder, {})
+        dirs = _Dirs(str(folder.path))
+        by_uid = folder.by_uid
+        dated = bool(need & sorting.DATE)
+        derive = sorting.derive
+        cache = mbox.message_cache()
+        #: Base names of the messages read: their keys cached once the answer is out.
+        fresh: list[str] = []
 
         def work():
             read = 0
             looked = 0
             try:
                 for seq, u in pairs:
-                    msg = mbox.message(u)
+                    msg = by_uid(u)
                     if msg is None:
                         continue
                     base = msg.base
                     info = memo.get(base)
                     if info is None:
-                        raw = mbox.cached(msg, SORT_FIELD)
+                        raw = cache.get(base, SORT_FIELD)
                         info = SortInfo.decode(raw) if raw is not None else None
                         if info is None:
                             try:
-                                info = sorting.sort_info(read_header(mbox, msg, dirs))
+                                info = sorting.header_fields(read_header(mbox, msg, dirs))
                             except KeyError:  # gone meanwhile: sorts as empty
                                 info = SortInfo()
                             else:
-                                mbox.remember(msg, SORT_FIELD, info.encode())
+                                fresh.append(base)
                             read += 1
                         memo[base] = info
-                    items.append(Item(u if uid else seq, seq, u, info,
-                                      mbox.date_of(msg) if arrival or info.date is None else 0,
-                                      mbox.size_of(msg) if size else 0))
+                    if info.todo & need:
+                        derive(info, need)
+                        if not info.todo:  # every key derived: kept so, for the next process
+                            cache.put(base, SORT_FIELD, info.encode())
+                    take(u if uid else seq, seq, u, info,
+                         mbox.date_of(msg) if arrival or (dated and info.date is None) else 0,
+                         mbox.size_of(msg) if size else 0)
                     looked += 1
                     if read >= FETCH_BATCH or looked >= _CACHED_BATCH:
                         read = looked = 0  # (the cache writes itself past a size: no flush here)
                         yield None
             finally:
                 dirs.close()
-            mbox.flush_cache()
-            if len(memo) > 2 * len(mbox.folder.messages) + 1024:
-                live = {m.base for m in mbox.folder.messages}
+            if fresh:
+                _keep_later(cache, memo, fresh)
+            cache.flush()
+            if len(memo) > 2 * len(folder.messages) + 1024:
+                live = {m.base for m in folder.messages}
                 for gone in [b for b in memo if b not in live]:
                     del memo[gone]
 
         if len(pairs) <= FETCH_BATCH:
             for _ in work():
                 pass
-            return items
-        return self._cooperate(work()).addCallback(lambda _: items)
+            return None
+        return self._cooperate(work())
