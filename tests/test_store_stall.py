@@ -250,6 +250,58 @@ def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp
     other.close()
 
 
+def test_changes_during_a_stalled_compaction_are_carried_over_off_the_reactor(
+        make_daemon, tmp_path):
+    from netsuite.store.folder import INDEX_NAME, Folder
+
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    big = d.data_dir / "mail" / "alice" / ".Big"
+    _big_folder(big)
+    (big / "maildirfolder").touch()
+    alice = RawIMAP(d)
+    alice.login()
+    alice.send(b"s SELECT Big\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    index = os.stat(big / INDEX_NAME).st_ino
+
+    def compacted() -> bool:
+        return os.stat(big / INDEX_NAME).st_ino != index
+
+    (stall / "armed").touch()
+    alice.send(b"f STORE 1:* +FLAGS.SILENT (\\Flagged)\r\n")
+    assert alice.until_tagged(b"f")[-1].startswith(b"f OK")
+    # During every fsync of the compaction (its files, then the rounds that carry
+    # over what is logged meanwhile) another change comes, and another session's
+    # NOOP is answered before the fsync ends: no round falls back to the reactor.
+    n = 0
+    while n < 20:
+        n += 1
+        started = stall / f"start-{n}"
+        assert _wait(lambda s=started: s.exists() or compacted(), 30), n
+        if not started.exists():
+            break
+        alice.send(b"k%d STORE %d +FLAGS.SILENT ($During%d)\r\n" % (n, n, n))
+        assert alice.until_tagged(b"k%d" % n)[-1].startswith(b"k%d OK" % n)
+        other.send(b"n%d NOOP\r\n" % n)
+        assert other.until_tagged(b"n%d" % n)[-1].startswith(b"n%d OK" % n)
+        assert not (stall / f"done-{n}").exists(), \
+            f"NOOP answered only after fsync {n} ({started.read_text()}) ended"
+    assert n > 3, n  # the changes came during the job's rounds, and were carried
+    assert d.wait_for(compacted, 30)
+    alice.send(b"g NOOP\r\n")
+    assert alice.until_tagged(b"g")[-1].startswith(b"g OK")
+    (stall / "armed").unlink()
+    # Read as another process would, from the new index and its log: every change.
+    after = Folder(big)
+    assert len(after.messages) == BIG
+    for i, m in enumerate(after.messages, 1):
+        want = ["\\Flagged", "\\Seen"] + ([f"$During{i}"] if i < n else [])
+        assert m.flags == want, (i, m.flags)
+    alice.close()
+    other.close()
+
+
 class SlowMessage:
     """
     One message file that is a FIFO: whoever reads it waits until the test
