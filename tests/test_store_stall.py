@@ -96,22 +96,28 @@ APPENDS = {
     "streamed literal": ([b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 2000], 3),
     "multiappend": ([b"Subject: one\r\n\r\n1\r\n",
                      b"Subject: two\r\n\r\n" + (b"y" * 98 + b"\r\n") * 1000], 4),
+    # Into a folder not opened yet: first its first open (log, backup, index).
+    "in-memory literal to a cold folder": ([b"Subject: small\r\n\r\ncold\r\n"], 6),
+    "streamed literal to a cold folder": (
+        [b"Subject: big\r\n\r\n" + b"z" * 78 + b"\r\n" * 2000], 6),
 }
 
 
 @pytest.mark.parametrize("case", list(APPENDS))
 def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_path, case):
     messages, fsyncs = APPENDS[case]
+    box = b"Drafts" if "cold" in case else b"INBOX"
     d, stall = _stalled_daemon(make_daemon, tmp_path)
     other = RawIMAP(d)
     other.login()
-    other.send(b"s SELECT INBOX\r\n")
-    assert other.until_tagged(b"s")[-1].startswith(b"s OK")
     appender = RawIMAP(d)
     appender.login()
+    if box == b"INBOX":
+        other.send(b"s SELECT INBOX\r\n")
+        assert other.until_tagged(b"s")[-1].startswith(b"s OK")
     (stall / "armed").touch()
 
-    command = b"a APPEND INBOX"
+    command = b"a APPEND " + box
     for body in messages:
         command += b" (\\Seen) {%d+}\r\n%s" % (len(body), body)
     appender.send(command + b"\r\n")
@@ -123,6 +129,8 @@ def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_pat
     assert (stall / f"done-{fsyncs}").exists()
     (stall / "armed").unlink()
     uids = done.split(b" ")[4].rstrip(b"]")
+    if box != b"INBOX":
+        other.send(b"s SELECT %s\r\n" % box)
     other.send(b"e NOOP\r\n")
     replies += other.until_tagged(b"e")
     assert b"* %d EXISTS\r\n" % len(messages) in replies
@@ -133,6 +141,46 @@ def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_pat
     assert fetched.count(b"\\Seen") == len(messages)
     other.close()
     appender.close()
+
+
+#: COPY and MOVE's fsyncs: into a folder in memory, its cur/ and change log; into
+#: one not opened yet, first its first open's (log, backup, index) in a thread.
+COPIES = {"COPY": (b"COPY", 2), "MOVE": (b"MOVE", 2), "COPY to a cold folder": (b"COPY", 5)}
+
+
+@pytest.mark.parametrize("case", list(COPIES))
+def test_an_fsync_stall_during_copy_does_not_delay_a_noop(make_daemon, tmp_path, case):
+    command, fsyncs = COPIES[case]
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    alice = RawIMAP(d)
+    alice.login()
+    for i in range(3):
+        body = b"Subject: %d\r\n\r\nx\r\n" % i
+        alice.send(b"a%d APPEND INBOX (\\Seen $Kept) {%d+}\r\n%s\r\n" % (i, len(body), body))
+        assert alice.until_tagged(b"a%d" % i)[-1].startswith(b"a%d OK" % i)
+    alice.send(b"s SELECT INBOX\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    if fsyncs == 2:
+        alice.send(b"t STATUS Trash (MESSAGES)\r\n")
+        assert alice.until_tagged(b"t")[-1].startswith(b"t OK")
+    (stall / "armed").touch()
+    alice.send(b"c %s 1:3 Trash\r\n" % command)
+    _noops_answered_during(other, stall, fsyncs, [])
+    replies = alice.until_tagged(b"c")
+    # The tagged OK only once all have ended: the copies are durable.
+    assert replies[-1].startswith(b"c OK"), replies
+    assert (stall / f"done-{fsyncs}").exists()
+    (stall / "armed").unlink()
+    assert any(b"[COPYUID " in r and b" 1:3 1:3]" in r for r in replies), replies
+    assert (b"* 3 EXPUNGE\r\n" in replies) == (command == b"MOVE")
+    alice.send(b"f EXAMINE Trash\r\n")
+    assert b"* 3 EXISTS\r\n" in alice.until_tagged(b"f")
+    alice.send(b"g FETCH 1:3 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+    fetched = b"".join(alice.until_tagged(b"g"))
+    assert fetched.count(b"$Kept") == 3 and b"Subject: 2" in fetched
+    alice.close()
+    other.close()
 
 
 #: Messages in the big folder a first open reads (and indexes, with three fsyncs).

@@ -2186,47 +2186,100 @@ class Folder:
 
     def copy_to(self, msgs: Iterable[Message], dest: "Folder") -> list[tuple[int, int]]:
         """Copy messages (hard links when possible) with their flags; (src UID, dest UID)."""
-        pairs = []
-        added = []
-        others = Changes()
-        with dest._lock():
-            dest._sync_locked(others)
-            for msg in msgs:
-                name = unique_name()
-                try:
-                    # S= is the file's own size (Dovecot trusts it), not the wire size.
-                    physical = os.stat(self.file_path(msg)).st_size
-                except FileNotFoundError:
-                    continue
-                # Keyword letters are per folder (its dovecot-keywords): mapped afresh.
-                letters = "".join(sorted(
-                    "".join(c for c in msg.letters if c not in KEYWORD_LETTERS)
-                    + dest._keyword_letters(msg.keywords, "")))
-                final = f"{name},S={physical}:2,{letters}"
-                target = dest.path / "cur" / final
-                try:
-                    os.link(self.file_path(msg), target)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    tmp = dest.path / "tmp" / name
-                    tmp.write_bytes(self.read(msg))
-                    date = self.date_of(msg)
-                    os.utime(tmp, (date, date))
-                    os.rename(tmp, target)
-                new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
-                              msg.keywords)
-                dest.next_uid += 1
-                dest._bump(new)
-                dest._add(new)
-                added.append(new)
-                pairs.append((msg.uid, new.uid))
-            if added:
-                fsync_dir(dest.path / "cur")
-                dest._log([_rec_add(m) for m in added], durable=True)
-        _tidy(others)
-        if others:
-            dest._notify(others)
+        added, pairs, _fd = self._link_copies(msgs, dest, durable=True)
         if added:
             dest._notify(Changes(added=added))
         return pairs
+
+    def copy_many(self, msgs: Iterable[Message], dest: "Folder") -> defer.Deferred:
+        """
+        L{copy_to} without an fsync on the reactor (IMAP COPY and MOVE): the
+        links are made and given UIDs here, under C{dest}'s lock, with one log
+        append; C{cur/} and the log are then fsynced in a thread.  A Deferred
+        of the (src UID, dest UID) pairs, fired once they are durable; on an
+        error the copies are expunged again (the client hears NO).
+        """
+        try:
+            added, pairs, fd = self._link_copies(msgs, dest, durable=False)
+        except BaseException:
+            return defer.fail()
+        if fd is None:
+            return defer.succeed(pairs)
+
+        def durable(_) -> list[tuple[int, int]]:
+            here = [m for m in added if dest.by_uid(m.uid) is m]
+            if here:
+                dest._notify(Changes(added=here))
+            return pairs
+
+        def undo(failure):
+            dest.expunge([m.uid for m in added])
+            return failure
+
+        return _off_reactor(_fsync_placed, dest.path / "cur", fd).addCallbacks(durable, undo)
+
+    def _link_copies(self, msgs: Iterable[Message], dest: "Folder", durable: bool
+                     ) -> tuple[list[Message], list[tuple[int, int]], int | None]:
+        """
+        Under C{dest}'s lock: a link (or, across filesystems, a copy) in its
+        C{cur/} per message, UIDs and one log append; fsynced here when
+        C{durable}, else (strict: undone on an error) the log's descriptor for
+        the caller's fsync.  The new messages, the UID pairs, the descriptor.
+        """
+        pairs = []
+        added: list[Message] = []
+        targets: list[Path] = []
+        others = Changes()
+        fd = None
+        with dest._lock():
+            dest._sync_locked(others)
+            try:
+                for msg in msgs:
+                    name = unique_name()
+                    try:
+                        # S= is the file's own size (Dovecot trusts it), not the wire size.
+                        physical = os.stat(self.file_path(msg)).st_size
+                    except FileNotFoundError:
+                        continue
+                    # Keyword letters are per folder (its dovecot-keywords): mapped afresh.
+                    letters = "".join(sorted(
+                        "".join(c for c in msg.letters if c not in KEYWORD_LETTERS)
+                        + dest._keyword_letters(msg.keywords, "")))
+                    final = f"{name},S={physical}:2,{letters}"
+                    target = dest.path / "cur" / final
+                    try:
+                        os.link(self.file_path(msg), target)
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        tmp = dest.path / "tmp" / name
+                        tmp.write_bytes(self.read(msg))
+                        date = self.date_of(msg)
+                        os.utime(tmp, (date, date))
+                        os.rename(tmp, target)
+                    targets.append(target)
+                    new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
+                                  msg.keywords)
+                    dest.next_uid += 1
+                    dest._bump(new)
+                    dest._add(new)
+                    added.append(new)
+                    pairs.append((msg.uid, new.uid))
+                if added and durable:
+                    fsync_dir(dest.path / "cur")
+                    dest._log([_rec_add(m) for m in added], durable=True)
+                elif added:
+                    dest._log([_rec_add(m) for m in added], durable=False, strict=True)
+                    fd = os.open(dest.log_path, os.O_RDONLY | os.O_CLOEXEC)
+            except BaseException:
+                if durable:
+                    raise
+                for new in reversed(added):
+                    dest._forget_last(new)
+                for target in targets:
+                    _unlink(target)
+                raise
+        _tidy(others)
+        if others:
+            dest._notify(others)
+        return added, pairs, fd

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
-from netsuite.store.folder import Folder, FolderGone, _reactor_running
+from netsuite.store.folder import Folder, FolderGone, IncomingMessage, _reactor_running
 from netsuite.store.layout import _HOST, ensure_maildir, unique_name
 from netsuite.store.quota import QuotaUsage
 from netsuite.store.watch import InotifyWatcher
@@ -344,6 +344,23 @@ class MaildirStore:
         waiter: defer.Deferred = defer.Deferred()
         waiters.append(waiter)
         return waiter
+
+    def incoming(self, user: str, name: str = "INBOX") -> IncomingMessage:
+        """
+        A message to write into C{name}'s C{tmp/} as it arrives (an IMAP APPEND
+        literal), for L{Folder.append_many} once the folder is open: a stat,
+        the folder is not read (its first open may take a thread's while).
+        L{KeyError} if it does not exist.
+        """
+        path = self.folder_path(user, name)
+        cached = self._folders.get(path)
+        if cached is not None:
+            return cached.incoming()
+        if not (path / "cur").is_dir():
+            if name.upper() != "INBOX":
+                raise KeyError(name)
+            ensure_maildir(path)
+        return IncomingMessage(path / "tmp")
 
     def _opened(self, folder: "Folder", path: Path) -> None:
         """A folder read in a thread: shared from now on (unless one was made meanwhile)."""
