@@ -67,10 +67,10 @@ def test_an_fsync_stall_during_delivery_does_not_delay_a_noop(make_daemon, tmp_p
     other.close()
 
 
-def _stalled_daemon(make_daemon, tmp_path, listeners=("imaps",)):
+def _stalled_daemon(make_daemon, tmp_path, listeners=("imaps",), config=None):
     stall = tmp_path / "stall"
     stall.mkdir()
-    d = make_daemon(listeners=list(listeners), users=USERS, env={
+    d = make_daemon(listeners=list(listeners), users=USERS, config=config, env={
         "NETSUITE_TEST_FSYNC_STALL": str(stall),
         "PYTHONPATH": os.pathsep.join([str(HOOK), str(ROOT), str(ROOT / "examples")])})
     return d, stall
@@ -238,6 +238,45 @@ def test_a_pop3_login_that_reads_a_big_inbox_does_not_delay_a_noop(make_daemon, 
     assert got[0].startswith(b"+OK Logged in, %d messages" % BIG)
     assert got[1][0] == BIG
     assert got[2] == [b"Subject: %d" % ((BIG - 1) % 10), b"", b"body"]
+    other.close()
+
+
+def test_a_pop3_quit_that_moves_to_trash_does_not_delay_a_noop(make_daemon, tmp_path):
+    import poplib
+
+    from rawsmtp import insecure_context
+
+    d, stall = _stalled_daemon(make_daemon, tmp_path, listeners=("imaps", "pop3s"),
+                               config={"pop3": {"on_delete": "trash"}})
+    other = _idle_bob(d)
+    _big_folder(d.data_dir / "mail" / "alice", 3)
+    p = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=insecure_context(), timeout=60)
+    p.user("alice")
+    assert p.pass_(USERS["alice"]).startswith(b"+OK Logged in, 3 messages")
+    p.dele(1)
+    p.dele(3)
+    (stall / "armed").touch()
+    got: list = []
+    errors: list = []
+
+    def quit() -> None:
+        try:
+            got.append(p.quit())
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=quit)
+    th.start()
+    # Trash's first open (log, backup, index), then the copies' cur/ and log.
+    _noops_answered_during(other, stall, 5, errors)
+    th.join(60)
+    assert not errors, errors
+    assert got[0].startswith(b"+OK")
+    assert (stall / "done-5").exists()  # the Bye only once the copies are durable
+    (stall / "armed").unlink()
+    assert d.wait_for(lambda: len(d.messages("alice")) == 1)
+    assert sorted(d.messages("alice", "Trash")) == [b"Subject: 0\n\nbody\n",
+                                                    b"Subject: 2\n\nbody\n"]
     other.close()
 
 
