@@ -301,6 +301,33 @@ def test_a_status_that_reads_a_big_folder_does_not_delay_a_noop(make_daemon, tmp
     other.close()
 
 
+def test_a_delete_of_a_big_folder_does_not_delay_a_noop(make_daemon, tmp_path):
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    alice = RawIMAP(d)
+    alice.login()
+    root = d.data_dir / "mail" / "alice"
+    _big_folder(root / ".Big", 500)
+    (root / ".Big" / "maildirfolder").touch()
+    alice.send(b"s STATUS Big (MESSAGES)\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    (stall / "armed-rmdir").touch()
+    alice.send(b"d DELETE Big\r\n")
+    # Gone at once (a rename); its files and directories removed in a thread:
+    # cur/, new/, tmp/ and the folder itself, each rmdir stalled.
+    assert alice.until_tagged(b"d")[-1].startswith(b"d OK")
+    _noops_answered_during(other, stall, 4, [])
+    alice.send(b"l LIST \"\" \"*\"\r\n")
+    listed = b"".join(alice.until_tagged(b"l"))
+    assert b"Big" not in listed and b"#deleted" not in listed, listed
+    assert d.wait_for(lambda: not [n for n in os.listdir(root) if "#deleted" in n], 30)
+    (stall / "armed-rmdir").unlink()
+    alice.send(b"c CREATE Big\r\n")  # the name is free again
+    assert alice.until_tagged(b"c")[-1].startswith(b"c OK")
+    alice.close()
+    other.close()
+
+
 def _inode(path: Path) -> int | None:
     """The file's inode; None in the instant a compaction puts a new index in place."""
     try:
