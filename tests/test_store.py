@@ -303,3 +303,20 @@ def test_append_that_fails_on_disk_leaves_nothing_behind(tmp_path, monkeypatch):
     uid = folder.append(b"Subject: four\n\nstored\n")
     assert uid == before[2]
     assert Folder(tmp_path / "box").by_uid(uid) is not None
+
+
+def test_a_delete_stopped_half_way_is_no_folder_and_is_cleaned_up(store):
+    store.ensure_special_folders("alice")
+    store.create_folder("alice", "Big")
+    store.folder("alice", "Big").append(b"Subject: x\n\ny\n")
+    # A crash between the DELETE's rename and the end of its removal leaves this.
+    root = store.mailbox_path("alice")
+    os.rename(root / ".Big", root / ".#deleted.1700000000.M1P2Q3.host")
+    assert "#deleted.1700000000.M1P2Q3.host" not in store.list_folders("alice")
+    store.create_folder("alice", "#deleted.1")  # a user's own name like it stays a folder
+    store.clean_tmp()
+    assert not (root / ".#deleted.1700000000.M1P2Q3.host").exists()
+    assert "#deleted.1" in store.list_folders("alice") and (root / ".#deleted.1").is_dir()
+    # And a DELETE without a reactor removes everything at once.
+    store.delete_folder("alice", "#deleted.1")
+    assert not [n for n in os.listdir(root) if "#deleted" in n]

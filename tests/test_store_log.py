@@ -95,6 +95,11 @@ CHILD = textwrap.dedent("""
         msg = f.by_uid(uid)
         print(uid, msg.base, " ".join(sorted(msg.flags)), flush=True)
 
+    # Every keyword letter (dovecot-keywords) taken: the keywords below are
+    # in the index and its log only, not in file names, so a lost record shows.
+    first = f.append(b"Subject: letters\\n\\n")
+    f.set_flags([f.by_uid(first)], ["$L%d" % j for j in range(26)], 1)
+    done(first)
     os.replace = replace
     for i in range(40):
         uid = f.append(b"Subject: %d\\n\\nbody\\n" % i, ["\\\\Seen"] if i % 2 else [])
@@ -103,13 +108,15 @@ CHILD = textwrap.dedent("""
         done(uid)
         if i % 3 == 0 and sys.argv[3] == "aside":
             # As in the daemon: written without the lock, put in place under it
-            # (and given up, then done at once, when a change came meanwhile).
+            # (with what was logged after the snapshot carried over).
             with f._lock():
                 job = f._index_job()
             job.write(True)
             if i % 2 == 0:
+                # Logged after the snapshot: carried into the fresh log.
                 f.set_flags([f.by_uid(uid)], ["$Meanwhile%d" % i], 1)
                 done(uid)
+                done(f.append(b"Subject: meanwhile %d\\n\\n" % i, ["\\\\Draft"]))
             f._compacted(None, job)
         elif i % 3 == 0:
             f.compact()  # several renames each: the crash lands inside one
@@ -158,29 +165,49 @@ def test_a_growing_log_is_compacted_by_itself(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("who", ["this process", "another process"])
-def test_a_compaction_written_aside_is_given_up_if_the_folder_changed_meanwhile(tmp_path, who):
+def test_a_compaction_written_aside_carries_over_what_was_logged_meanwhile(tmp_path, who):
     # Folder._compact_in_background in steps, without a reactor: the job is made
     # under the lock, written (a thread, in the daemon) without it, then put in
-    # place only if nothing changed; here something did.
+    # place with the records logged after its snapshot carried into its log.
     f = Folder(tmp_path / "box")
     uids = [f.append(b"Subject: %d\n\n" % i) for i in range(5)]
     with f._lock():
         job = f._index_job()
     job.write(True)
     writer = f if who == "this process" else Folder(tmp_path / "box")
-    writer.set_flags([writer.by_uid(uids[1])], ["$Meanwhile"], 1)
+    writer.set_flags([writer.by_uid(uids[1])], ["$Meanwhile", "\\Seen"], 1)
     new = writer.append(b"Subject: meanwhile\n\n")
-    index = f.index_path.stat().st_ino
+    writer.expunge([uids[3]])
     f._compacted(None, job)
-    # Given up, its files gone; compacted again at once (no reactor to wait for).
-    assert not job.tmp.exists() and not job.fresh_log.exists()
-    assert f._compact_tries == 1
-    assert f.index_path.stat().st_ino != index
-    again = Folder(tmp_path / "box")
-    assert again.by_uid(uids[1]).flags == ["$Meanwhile"]
-    assert again.by_uid(new) is not None
+    # Put in place, not given up: its index, its log (with the records).
+    assert f._compact_tries == 0 and not job.tmp.exists() and not job.fresh_log.exists()
+    assert f.index_path.stat().st_ino == job.sig[0] and f._log_id == job.log_id
+    assert changelog.read_id(f.log_path)[1] > len(changelog.header(job.log_id))
+    for reader in (Folder(tmp_path / "box"), writer):
+        reader.refresh()
+        assert reader.by_uid(uids[1]).flags == ["\\Seen", "$Meanwhile"]
+        assert reader.by_uid(new) is not None and reader.by_uid(uids[3]) is None
+        assert reader.uids == [*uids[:3], uids[4], new]
     assert sorted(n for n in os.listdir(tmp_path / "box") if n.startswith(INDEX_NAME)) == [
         INDEX_NAME, INDEX_NAME + ".backup", INDEX_NAME + ".lock", LOG_NAME, LOG_NAME + ".2"]
+
+
+def test_a_compaction_written_aside_is_given_up_if_another_compacted_meanwhile(tmp_path):
+    f = Folder(tmp_path / "box")
+    uids = [f.append(b"Subject: %d\n\n" % i) for i in range(5)]
+    with f._lock():
+        job = f._index_job()
+    job.write(True)
+    other = Folder(tmp_path / "box")
+    other.set_flags([other.by_uid(uids[1])], ["$Meanwhile"], 1)
+    other.compact()
+    theirs = other.index_path.stat().st_ino
+    f._compacted(None, job)
+    # Given up, its files gone; the other's index stays (no compaction is due).
+    assert not job.tmp.exists() and not job.fresh_log.exists()
+    assert f._compact_tries == 1 and f.index_path.stat().st_ino == theirs
+    assert f.by_uid(uids[1]).flags == ["$Meanwhile"]
+    assert Folder(tmp_path / "box").by_uid(uids[1]).flags == ["$Meanwhile"]
 
 
 def test_a_compaction_written_aside_is_put_in_place_when_nothing_changed(tmp_path):

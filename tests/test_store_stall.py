@@ -67,10 +67,10 @@ def test_an_fsync_stall_during_delivery_does_not_delay_a_noop(make_daemon, tmp_p
     other.close()
 
 
-def _stalled_daemon(make_daemon, tmp_path, listeners=("imaps",)):
+def _stalled_daemon(make_daemon, tmp_path, listeners=("imaps",), config=None):
     stall = tmp_path / "stall"
     stall.mkdir()
-    d = make_daemon(listeners=list(listeners), users=USERS, env={
+    d = make_daemon(listeners=list(listeners), users=USERS, config=config, env={
         "NETSUITE_TEST_FSYNC_STALL": str(stall),
         "PYTHONPATH": os.pathsep.join([str(HOOK), str(ROOT), str(ROOT / "examples")])})
     return d, stall
@@ -96,22 +96,28 @@ APPENDS = {
     "streamed literal": ([b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 2000], 3),
     "multiappend": ([b"Subject: one\r\n\r\n1\r\n",
                      b"Subject: two\r\n\r\n" + (b"y" * 98 + b"\r\n") * 1000], 4),
+    # Into a folder not opened yet: first its first open (log, backup, index).
+    "in-memory literal to a cold folder": ([b"Subject: small\r\n\r\ncold\r\n"], 6),
+    "streamed literal to a cold folder": (
+        [b"Subject: big\r\n\r\n" + b"z" * 78 + b"\r\n" * 2000], 6),
 }
 
 
 @pytest.mark.parametrize("case", list(APPENDS))
 def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_path, case):
     messages, fsyncs = APPENDS[case]
+    box = b"Drafts" if "cold" in case else b"INBOX"
     d, stall = _stalled_daemon(make_daemon, tmp_path)
     other = RawIMAP(d)
     other.login()
-    other.send(b"s SELECT INBOX\r\n")
-    assert other.until_tagged(b"s")[-1].startswith(b"s OK")
     appender = RawIMAP(d)
     appender.login()
+    if box == b"INBOX":
+        other.send(b"s SELECT INBOX\r\n")
+        assert other.until_tagged(b"s")[-1].startswith(b"s OK")
     (stall / "armed").touch()
 
-    command = b"a APPEND INBOX"
+    command = b"a APPEND " + box
     for body in messages:
         command += b" (\\Seen) {%d+}\r\n%s" % (len(body), body)
     appender.send(command + b"\r\n")
@@ -123,6 +129,8 @@ def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_pat
     assert (stall / f"done-{fsyncs}").exists()
     (stall / "armed").unlink()
     uids = done.split(b" ")[4].rstrip(b"]")
+    if box != b"INBOX":
+        other.send(b"s SELECT %s\r\n" % box)
     other.send(b"e NOOP\r\n")
     replies += other.until_tagged(b"e")
     assert b"* %d EXISTS\r\n" % len(messages) in replies
@@ -133,6 +141,46 @@ def test_an_fsync_stall_during_append_does_not_delay_a_noop(make_daemon, tmp_pat
     assert fetched.count(b"\\Seen") == len(messages)
     other.close()
     appender.close()
+
+
+#: COPY and MOVE's fsyncs: into a folder in memory, its cur/ and change log; into
+#: one not opened yet, first its first open's (log, backup, index) in a thread.
+COPIES = {"COPY": (b"COPY", 2), "MOVE": (b"MOVE", 2), "COPY to a cold folder": (b"COPY", 5)}
+
+
+@pytest.mark.parametrize("case", list(COPIES))
+def test_an_fsync_stall_during_copy_does_not_delay_a_noop(make_daemon, tmp_path, case):
+    command, fsyncs = COPIES[case]
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    alice = RawIMAP(d)
+    alice.login()
+    for i in range(3):
+        body = b"Subject: %d\r\n\r\nx\r\n" % i
+        alice.send(b"a%d APPEND INBOX (\\Seen $Kept) {%d+}\r\n%s\r\n" % (i, len(body), body))
+        assert alice.until_tagged(b"a%d" % i)[-1].startswith(b"a%d OK" % i)
+    alice.send(b"s SELECT INBOX\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    if fsyncs == 2:
+        alice.send(b"t STATUS Trash (MESSAGES)\r\n")
+        assert alice.until_tagged(b"t")[-1].startswith(b"t OK")
+    (stall / "armed").touch()
+    alice.send(b"c %s 1:3 Trash\r\n" % command)
+    _noops_answered_during(other, stall, fsyncs, [])
+    replies = alice.until_tagged(b"c")
+    # The tagged OK only once all have ended: the copies are durable.
+    assert replies[-1].startswith(b"c OK"), replies
+    assert (stall / f"done-{fsyncs}").exists()
+    (stall / "armed").unlink()
+    assert any(b"[COPYUID " in r and b" 1:3 1:3]" in r for r in replies), replies
+    assert (b"* 3 EXPUNGE\r\n" in replies) == (command == b"MOVE")
+    alice.send(b"f EXAMINE Trash\r\n")
+    assert b"* 3 EXISTS\r\n" in alice.until_tagged(b"f")
+    alice.send(b"g FETCH 1:3 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+    fetched = b"".join(alice.until_tagged(b"g"))
+    assert fetched.count(b"$Kept") == 3 and b"Subject: 2" in fetched
+    alice.close()
+    other.close()
 
 
 #: Messages in the big folder a first open reads (and indexes, with three fsyncs).
@@ -193,6 +241,45 @@ def test_a_pop3_login_that_reads_a_big_inbox_does_not_delay_a_noop(make_daemon, 
     other.close()
 
 
+def test_a_pop3_quit_that_moves_to_trash_does_not_delay_a_noop(make_daemon, tmp_path):
+    import poplib
+
+    from rawsmtp import insecure_context
+
+    d, stall = _stalled_daemon(make_daemon, tmp_path, listeners=("imaps", "pop3s"),
+                               config={"pop3": {"on_delete": "trash"}})
+    other = _idle_bob(d)
+    _big_folder(d.data_dir / "mail" / "alice", 3)
+    p = poplib.POP3_SSL("127.0.0.1", d.port("pop3s"), context=insecure_context(), timeout=60)
+    p.user("alice")
+    assert p.pass_(USERS["alice"]).startswith(b"+OK Logged in, 3 messages")
+    p.dele(1)
+    p.dele(3)
+    (stall / "armed").touch()
+    got: list = []
+    errors: list = []
+
+    def quit() -> None:
+        try:
+            got.append(p.quit())
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=quit)
+    th.start()
+    # Trash's first open (log, backup, index), then the copies' cur/ and log.
+    _noops_answered_during(other, stall, 5, errors)
+    th.join(60)
+    assert not errors, errors
+    assert got[0].startswith(b"+OK")
+    assert (stall / "done-5").exists()  # the Bye only once the copies are durable
+    (stall / "armed").unlink()
+    assert d.wait_for(lambda: len(d.messages("alice")) == 1)
+    assert sorted(d.messages("alice", "Trash")) == [b"Subject: 0\n\nbody\n",
+                                                    b"Subject: 2\n\nbody\n"]
+    other.close()
+
+
 def test_a_status_that_reads_a_big_folder_does_not_delay_a_noop(make_daemon, tmp_path):
     d, stall = _stalled_daemon(make_daemon, tmp_path)
     other = _idle_bob(d)
@@ -214,6 +301,41 @@ def test_a_status_that_reads_a_big_folder_does_not_delay_a_noop(make_daemon, tmp
     other.close()
 
 
+def test_a_delete_of_a_big_folder_does_not_delay_a_noop(make_daemon, tmp_path):
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    alice = RawIMAP(d)
+    alice.login()
+    root = d.data_dir / "mail" / "alice"
+    _big_folder(root / ".Big", 500)
+    (root / ".Big" / "maildirfolder").touch()
+    alice.send(b"s STATUS Big (MESSAGES)\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    (stall / "armed-rmdir").touch()
+    alice.send(b"d DELETE Big\r\n")
+    # Gone at once (a rename); its files and directories removed in a thread:
+    # cur/, new/, tmp/ and the folder itself, each rmdir stalled.
+    assert alice.until_tagged(b"d")[-1].startswith(b"d OK")
+    _noops_answered_during(other, stall, 4, [])
+    alice.send(b"l LIST \"\" \"*\"\r\n")
+    listed = b"".join(alice.until_tagged(b"l"))
+    assert b"Big" not in listed and b"#deleted" not in listed, listed
+    assert d.wait_for(lambda: not [n for n in os.listdir(root) if "#deleted" in n], 30)
+    (stall / "armed-rmdir").unlink()
+    alice.send(b"c CREATE Big\r\n")  # the name is free again
+    assert alice.until_tagged(b"c")[-1].startswith(b"c OK")
+    alice.close()
+    other.close()
+
+
+def _inode(path: Path) -> int | None:
+    """The file's inode; None in the instant a compaction puts a new index in place."""
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp_path):
     from netsuite.store import changelog
     from netsuite.store.folder import INDEX_NAME, Folder
@@ -227,7 +349,7 @@ def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp
     alice.login()
     alice.send(b"s SELECT Big\r\n")
     assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
-    index = os.stat(big / INDEX_NAME).st_ino
+    index = _inode(big / INDEX_NAME)
     (stall / "armed").touch()
     # One change-log record per message: past the compaction threshold.
     alice.send(b"f STORE 1:* +FLAGS.SILENT (\\Flagged $Big)\r\n")
@@ -237,7 +359,7 @@ def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp
     alice.send(b"g NOOP\r\n")
     assert alice.until_tagged(b"g")[-1].startswith(b"g OK")
     # Put in place once written: a new index and an empty log.
-    assert d.wait_for(lambda: os.stat(big / INDEX_NAME).st_ino != index, 30)
+    assert d.wait_for(lambda: _inode(big / INDEX_NAME) not in (index, None), 30)
     (stall / "armed").unlink()
     log_id = changelog.read_id(big / "netsuite-index.log")
     assert log_id is not None and log_id[1] == len(changelog.header(log_id[0]))
@@ -246,6 +368,58 @@ def test_an_fsync_stall_during_compaction_does_not_delay_a_noop(make_daemon, tmp
     assert len(after.messages) == BIG
     assert all(m.flags == ["\\Flagged", "\\Seen", "$Big"] for m in after.messages)
     assert not [n for n in os.listdir(big) if ".tmp." in n or ".new." in n]
+    alice.close()
+    other.close()
+
+
+def test_changes_during_a_stalled_compaction_are_carried_over_off_the_reactor(
+        make_daemon, tmp_path):
+    from netsuite.store.folder import INDEX_NAME, Folder
+
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    other = _idle_bob(d)
+    big = d.data_dir / "mail" / "alice" / ".Big"
+    _big_folder(big)
+    (big / "maildirfolder").touch()
+    alice = RawIMAP(d)
+    alice.login()
+    alice.send(b"s SELECT Big\r\n")
+    assert alice.until_tagged(b"s")[-1].startswith(b"s OK")
+    index = _inode(big / INDEX_NAME)
+
+    def compacted() -> bool:
+        return _inode(big / INDEX_NAME) not in (index, None)
+
+    (stall / "armed").touch()
+    alice.send(b"f STORE 1:* +FLAGS.SILENT (\\Flagged)\r\n")
+    assert alice.until_tagged(b"f")[-1].startswith(b"f OK")
+    # During every fsync of the compaction (its files, then the rounds that carry
+    # over what is logged meanwhile) another change comes, and another session's
+    # NOOP is answered before the fsync ends: no round falls back to the reactor.
+    n = 0
+    while n < 20:
+        n += 1
+        started = stall / f"start-{n}"
+        assert _wait(lambda s=started: s.exists() or compacted(), 30), n
+        if not started.exists():
+            break
+        alice.send(b"k%d STORE %d +FLAGS.SILENT ($During%d)\r\n" % (n, n, n))
+        assert alice.until_tagged(b"k%d" % n)[-1].startswith(b"k%d OK" % n)
+        other.send(b"n%d NOOP\r\n" % n)
+        assert other.until_tagged(b"n%d" % n)[-1].startswith(b"n%d OK" % n)
+        assert not (stall / f"done-{n}").exists(), \
+            f"NOOP answered only after fsync {n} ({started.read_text()}) ended"
+    assert n > 3, n  # the changes came during the job's rounds, and were carried
+    assert d.wait_for(compacted, 30)
+    alice.send(b"g NOOP\r\n")
+    assert alice.until_tagged(b"g")[-1].startswith(b"g OK")
+    (stall / "armed").unlink()
+    # Read as another process would, from the new index and its log: every change.
+    after = Folder(big)
+    assert len(after.messages) == BIG
+    for i, m in enumerate(after.messages, 1):
+        want = ["\\Flagged", "\\Seen"] + ([f"$During{i}"] if i < n else [])
+        assert m.flags == want, (i, m.flags)
     alice.close()
     other.close()
 

@@ -70,6 +70,12 @@ class IImapAccount(Interface):
     def folder(name: str, create: bool = False):
         """The store folder (L{netsuite.store.IMailFolder}); NoSuchFolder if there is none."""
 
+    def folder_deferred(name: str):
+        """L{folder} as a Deferred: a folder not in memory is read off the reactor."""
+
+    def incoming(name: str):
+        """A streamed APPEND literal's file in the folder, which is not read; NoSuchFolder."""
+
     def select(name: str, rw: bool = True):
         """An L{netsuite.imap.mailbox.ISessionMailbox} on the folder, or None if none."""
 
@@ -139,6 +145,29 @@ class ImapAccount:
     def folder(self, name: str, create: bool = False):
         try:
             return self.store.folder(self.user, name, create=create)
+        except KeyError:
+            raise NoSuchFolder(f"No such mailbox: {name}") from None
+        except BadFolderName as e:
+            raise imap4.MailboxException(f"Bad mailbox name: {e}") from e
+
+    def folder_deferred(self, name: str):
+        """
+        L{folder}, for a command that writes into it (APPEND, COPY, MOVE): a
+        Deferred, so that a big folder's first open (whole directories listed,
+        the index written) runs in a thread (L{netsuite.store.IMailStore.open_folder}).
+        """
+
+        def missing(f: Failure):
+            f.trap(KeyError, BadFolderName)
+            if f.check(BadFolderName):
+                raise imap4.MailboxException(f"Bad mailbox name: {f.value}")
+            raise NoSuchFolder(f"No such mailbox: {name}")
+
+        return self.store.open_folder(self.user, name).addErrback(missing)
+
+    def incoming(self, name: str):
+        try:
+            return self.store.incoming(self.user, name)
         except KeyError:
             raise NoSuchFolder(f"No such mailbox: {name}") from None
         except BadFolderName as e:

@@ -54,6 +54,9 @@ class ISessionMailbox(imap4.IMailboxInfo):
     def copy_to(msgs, dest):
         """Copy into another folder: [(old uid, new uid)] (a hard link per message)."""
 
+    def copy_many(msgs, dest):
+        """L{copy_to} as a Deferred that fires once the copies are durable (fsyncs in a thread)."""
+
     def size_of(msg):
         """RFC822.SIZE (read once if the name does not say it)."""
 
@@ -424,6 +427,9 @@ class SessionMailbox:
 
     def copy_to(self, msgs, dest):
         return self.folder.copy_to(msgs, dest)
+
+    def copy_many(self, msgs, dest):
+        return self.folder.copy_many(msgs, dest)
 
     def size_of(self, msg: Message) -> int:
         return self.folder.size_of(msg)

@@ -354,21 +354,30 @@ class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
 
     def _execute(self, text: bytes, lits: list) -> None:
         self._executing = True  # nothing unsolicited is pushed in the middle of a command
-        try:
-            self._run(text, lits)
-        finally:
-            self._executing = False
+        result = None
+
+        def discard(outcome=None):
             for lit in lits:
                 if not isinstance(lit, bytes):
                     lit.abort()  # a streamed literal the command did not deliver
+            return outcome
 
-    def _run(self, text: bytes, lits: list) -> None:
+        try:
+            result = self._run(text, lits)
+        finally:
+            self._executing = False
+            if result is None:
+                discard()
+            else:  # a command that goes on (an APPEND opening its folder): once it ends
+                result.addBoth(discard)
+
+    def _run(self, text: bytes, lits: list) -> defer.Deferred | None:
         try:
             tag, cmd, rest = wire.split_tag(text)
         except ParseError as e:
             tag = text.split(b" ", 1)[0]
             self._tagged(tag if wire.valid_tag(tag) else b"*", b"BAD", str(e).encode())
-            return
+            return None
         name = cmd.decode()
         uid = False
         allowed = {"unauth": UNAUTH, "auth": AUTH, "select": SELECTED}.get(self.state, set())
@@ -378,21 +387,21 @@ class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
             uid = True
             if name not in UID_COMMANDS:
                 self._tagged(tag, b"BAD", b"Unknown UID command")
-                return
+                return None
         handler = getattr(self, f"imap_{name}", None)
         # The label comes from our own command table: a client cannot add names.
         label = "other" if handler is None else (f"UID {name}" if uid else name)
         metrics.imap_commands.labels(label).inc()
         if handler is None:
             self._tagged(tag, b"BAD", b"Unknown command")
-            return
+            return None
         if name not in allowed:
             self._tagged(tag, b"BAD", f"{name} not allowed now".encode())
-            return
+            return None
         if not rest.isascii() and self.utf8_names() and not names.valid_utf8(rest):
             # RFC 6855 3: 8-bit octets that are not UTF-8 "MUST" be BAD.
             self._tagged(tag, b"BAD", b"Invalid UTF-8 in the command")
-            return
+            return None
         cur = Cursor(rest, list(lits))
         timer = metrics.Timer(metrics.imap_command_duration, label)
         try:
@@ -400,21 +409,21 @@ class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
         except ParseError as e:
             self._tagged(tag, b"BAD", str(e).encode())
             timer.done()
-            return
+            return None
         except imap4.MailboxException as e:
             self._tagged(tag, b"NO", _response_code(e) + str(e).encode())
             timer.done()
-            return
+            return None
         except FolderGone:
             self._deselect()
             self._tagged(tag, b"NO", b"[NONEXISTENT] Mailbox was deleted or renamed")
             timer.done()
-            return
+            return None
         except Exception:
             log.failure("IMAP {command} failed", command=name)
             self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
             timer.done()
-            return
+            return None
         if not isinstance(result, defer.Deferred):
             timer.done()
         else:
@@ -424,6 +433,9 @@ class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
             def failed(f):
                 if self._lost:
                     return  # stopped, or failed, after the client left: nobody to tell
+                if f.check(imap4.MailboxException):  # as when raised at once (above)
+                    self._tagged(tag, b"NO", _response_code(f.value) + str(f.value).encode())
+                    return None
                 log.failure("IMAP {command} failed", f, command=name)
                 self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
 
@@ -433,6 +445,8 @@ class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
                     self._process()
 
             result.addErrback(failed).addBoth(resume)
+            return result
+        return None
 
     def _tagged(self, tag: bytes, status: bytes, text: bytes, allow_expunge: bool = True) -> None:
         """Send pending unsolicited updates, then the tagged completion."""

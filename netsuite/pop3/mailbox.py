@@ -12,10 +12,12 @@ the kernel releases it when the session's process dies.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
@@ -120,8 +122,13 @@ class POP3Mailbox:
     def undeleteMessages(self) -> None:
         self.deleted.clear()
 
-    def sync(self) -> None:
-        """The UPDATE state: apply DELE marks (and \\Seen for retrieved messages)."""
+    def sync(self) -> defer.Deferred:
+        """
+        The UPDATE state: apply DELE marks (and \\Seen for retrieved messages).
+        A Deferred, fired once done: with C{on_delete = trash} the copies into
+        Trash are fsynced in a thread (and a Trash not in memory is read in
+        one) before the originals are expunged.
+        """
         gone = [self.messages[i] for i in sorted(self.deleted)]
         if self.mark_seen:
             seen = [self.messages[i] for i in sorted(self.retrieved - self.deleted)]
@@ -129,18 +136,26 @@ class POP3Mailbox:
             if live:
                 self.folder.set_flags(live, ["\\Seen"], 1)
         if not gone:
-            return
+            return defer.succeed(None)
         if self.on_delete == "keep":
             self.folder.set_flags(gone, ["\\Seen", "\\Deleted"], 1)
-            return
-        if self.on_delete == "trash":
-            try:
-                trash = self.store.folder(self.user, "Trash", create=True)
-                self.folder.copy_to(gone, trash)
-            except OSError:
-                log.failure("moving POP3-deleted messages to Trash")
-                raise
-        self.folder.expunge([m.uid for m in gone])
+            return defer.succeed(None)
+        if self.on_delete != "trash":
+            self.folder.expunge([m.uid for m in gone])
+            return defer.succeed(None)
+
+        def made(f):
+            f.trap(KeyError)  # never made, or deleted by the user: made (mkdirs), then read
+            with contextlib.suppress(FileExistsError):
+                self.store.create_folder(self.user, "Trash")
+            return self.store.open_folder(self.user, "Trash")
+
+        def moved(_) -> None:
+            self.folder.expunge([m.uid for m in gone])
+
+        d = self.store.open_folder(self.user, "Trash").addErrback(made)
+        d.addCallback(lambda trash: self.folder.copy_many(gone, trash))
+        return d.addCallback(moved)
 
     # -- cred -------------------------------------------------------------------------
 

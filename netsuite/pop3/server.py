@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
-from twisted.internet import interfaces
+from twisted.internet import defer, interfaces
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import pop3
@@ -436,14 +436,20 @@ class POP3Server(StopWhenIdle, pop3.POP3, CommandDeadline):
             self.transport.write(wire.ok("Bye"))
             self.transport.loseConnection()
             return
-        try:
-            self.mbox.sync()
-        except Exception:
-            log.failure("POP3 UPDATE state")
-            self.transport.write(wire.err("Some deleted messages were not removed"))
-        else:
+        # Pipelined commands wait (and are then dropped): the UPDATE state may
+        # wait for a thread (fsyncs of the copies into Trash).
+        self._busy = True
+
+        def done(_) -> None:
             self.transport.write(wire.ok("Bye"))
-        self.transport.loseConnection()
+
+        def failed(f) -> None:
+            log.failure("POP3 UPDATE state", f)
+            self.transport.write(wire.err("Some deleted messages were not removed"))
+
+        d = defer.maybeDeferred(self.mbox.sync).addCallbacks(done, failed)
+        d.addBoth(lambda _: self.transport.loseConnection())
+        d.addBoth(self._resume)
 
     def timeoutConnection(self):
         self.transport.write(wire.err("Idle for too long, closing connection"))

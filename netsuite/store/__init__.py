@@ -51,6 +51,13 @@ class IMailStore(Interface):
         whole directories).  Fails with L{KeyError} if it does not exist.
         """
 
+    def incoming(user: str, name: str = "INBOX"):
+        """
+        A message to write into a folder as it arrives, for its
+        L{IMailFolder.append_many}, without reading the folder: O(1).
+        L{KeyError} if it does not exist.
+        """
+
     def list_folders(user: str) -> list:
         """Folder names, INBOX first (hierarchy delimiter '.')."""
 
@@ -105,7 +112,7 @@ class IMessage(Interface):
 class IMailFolder(Interface):
     """
     One folder, shared by every session of a process on it.  All methods are
-    synchronous but L{append_many} and L{learn_sizes} (Deferreds); listeners
+    synchronous but L{append_many}, L{copy_many} and L{learn_sizes} (Deferreds); listeners
     hear every change, whoever made it (a session, another process, another
     program).  Costs below: n is the number of messages, k the number the call
     is about.
@@ -185,6 +192,12 @@ class IMailFolder(Interface):
         """
         Copy into C{dest} (hard links when possible); (source UID, new UID)
         pairs.  One link per message, one fsync of the directory and the log.
+        """
+
+    def copy_many(msgs, dest):
+        """
+        L{copy_to} off the reactor (IMAP COPY, MOVE): a Deferred of the pairs,
+        fired once the directory and the log are fsynced (in a thread): O(k).
         """
 
     def refresh(notify: bool = True, force: bool = False):

@@ -34,8 +34,8 @@ All methods run in the reactor thread, except that a folder may be read
 folder).  What would block it for long is done in threads, with the state
 touched only on the reactor: L{Folder.append_many} writes and fsyncs there
 (the tagged OK waits for it), L{Folder.learn_sizes} reads files there, and a
-compaction due in the daemon writes and fsyncs its files there, then puts
-them in place under the lock if nothing changed meanwhile.  A L{Folder} is
+compaction due in the daemon writes and fsyncs its files there, carries over
+the records logged meanwhile, and puts them in place under the lock.  A L{Folder} is
 shared by every session of the process on that folder (see
 L{netsuite.store.maildir.MaildirStore.folder}), and listeners hear about every
 change, whoever made it.
@@ -87,8 +87,10 @@ BACKUP_NAME = "netsuite-index.backup"
 #: bytes per message: amortised O(1) per change.
 COMPACT_MIN_BYTES = 256 * 1024
 COMPACT_BYTES_PER_MESSAGE = 50
-#: Compactions written in a thread and given up (the folder changed meanwhile)
-#: before one is done on the reactor, under the lock throughout.
+#: Compactions written in a thread and given up (another process compacted
+#: meanwhile) before one is done on the reactor, under the lock throughout; and
+#: rounds of carrying the records logged meanwhile into a job's fresh log in a
+#: thread, before the last few are carried on the reactor (a small write).
 COMPACT_TRIES = 3
 _job_counter = itertools.count()
 #: The name of an L{_IndexJob}'s file: the pid of the process that wrote it.
@@ -108,8 +110,17 @@ class _IndexJob:
         self.generation = generation
         self.log_id = log_id
         self.log_size = log_size
-        #: What the folder was when the text was made (see L{Folder._job_current}).
+        #: What the folder was when the text was made (see L{Folder._job_current}):
+        #: index file, generation's log id, offset in that log the text holds, the
+        #: pending list and how many of its records the text holds, UIDVALIDITY.
         self.snapshot = snapshot
+        #: How far the old log is carried into the fresh one (L{append_tail}):
+        #: the records written after the snapshot survive the compaction.
+        self.copied: int = snapshot[2]
+        #: The fresh log's size: its header, then the records carried over.
+        self.fresh_size = log_size
+        #: Rounds of carrying records over in a thread (see L{Folder._compacted}).
+        self.rounds = 0
         suffix = f"{os.getpid()}.{next(_job_counter)}"
         self.tmp = path / f"{INDEX_NAME}.tmp.{suffix}"
         self.fresh_log = path / f"{LOG_NAME}.new.{suffix}"
@@ -128,6 +139,10 @@ class _IndexJob:
                 if durable:
                     os.fsync(f.fileno())
                 self.sig = _file_sig(os.fstat(f.fileno()))
+
+    def append_tail(self, data: bytes, durable: bool = True) -> None:
+        """Records the old log got after the snapshot, onto the fresh log (a thread may)."""
+        self.fresh_size = changelog.append(self.fresh_log, self.fresh_size, [data], durable)
 
     def discard(self) -> None:
         for path in (self.tmp, self.fresh_log, self.backup_tmp):
@@ -911,13 +926,18 @@ class Folder:
             self._log_missing = True
             return
         got = changelog.read_records(self.log_path, self._log_id, self._log_good)
+        missing = got is None
         if got is None:
-            # A compaction stopped before its fresh log was in place: the index
-            # holds everything; the next write starts the log again.
-            self._log_missing = True
-            return
+            # A compaction stopped (kill -9) after it moved the old log aside and
+            # before its index was in place: the index's log is C{.2} now.  Else
+            # the index holds everything.  Either way the next write starts the
+            # log again (the index whole).
+            got = changelog.read_records(self.path / LOG2_NAME, self._log_id, self._log_good)
+            if got is None:
+                self._log_missing = True
+                return
         records, good, _size = got
-        self._log_missing = False
+        self._log_missing = missing
         if records:
             self._apply(records, changes)
         self._log_good = good
@@ -1085,10 +1105,12 @@ class Folder:
         """
         L{compact} with the index written and fsynced in a thread, while the
         reactor serves.  The folder lock is not held meanwhile (it is never held
-        across a Deferred): the files are written under names of their own and
-        put in place under the lock afterwards, only if nothing changed in
-        between; else the compaction is tried again, and done at once, on the
-        reactor, after L{COMPACT_TRIES} tries that something always changed.
+        across a Deferred): the job is a snapshot taken under the lock, its
+        files are written under names of their own, and the records logged
+        since the snapshot are carried into its fresh log (L{_compacted}) before
+        it is put in place under the lock.  Only a job that cannot follow
+        (another process compacted meanwhile) is given up and tried again,
+        and done at once, on the reactor, after L{COMPACT_TRIES} such tries.
         """
         self._compact_scheduled = False
         if self._compacting:
@@ -1134,23 +1156,70 @@ class Folder:
                 _unlink(self.path / name)
 
     def _compacted(self, _result, job: "_IndexJob") -> None:
-        """The job's files are durable: put them in place, if still current."""
-        self._compacting = False
+        """
+        The job's files are durable: under the lock, carry over the records
+        the old log got since the snapshot (this process's and others'), and
+        put the files in place.  The records are appended to the fresh log and
+        fsynced in a thread, then this runs again for what came meanwhile; after
+        L{COMPACT_TRIES} rounds the last few are appended here, unfsynced (they
+        are fsynced in a thread right after, as the ones they follow were).
+        Given up only when the job cannot follow any more (another process
+        compacted, the folder was rebuilt, the log went away).
+        """
+        changes = Changes()
         try:
             with self._lock():
-                if self._job_current(job):
-                    self._install_index(job)
-                    metrics.store_index_compactions.inc()
-                    self._compact_tries = 0
-                    self._saved()
+                self._sync_locked(changes)
+                if not self._job_current(job):
+                    self._compacting = False
+                    job.discard()
+                    self._compact_tries += 1
+                    if self._compact_due():
+                        self._compact_soon()
                     return
+                fsync_after = False
+                if self._log_good > job.copied:
+                    tail = self._read_log(job.copied, self._log_good)
+                    job.copied = self._log_good
+                    if job.rounds < COMPACT_TRIES and _reactor_running():
+                        job.rounds += 1
+                        d = threads.deferToThread(job.append_tail, tail, True)
+                        d.addCallbacks(self._compacted, self._compaction_failed,
+                                       callbackArgs=(job,), errbackArgs=(job,))
+                        d.addErrback(lambda f: log.failure("compacting {path}", f,
+                                                           path=str(self.path)))
+                        return
+                    fsync_after = _reactor_running()
+                    job.append_tail(tail, durable=not fsync_after)
+                self._compacting = False
+                self._install_index(job)
+                metrics.store_index_compactions.inc()
+                self._compact_tries = 0
+                self._saved()
+                if fsync_after:
+                    self._fsync_log_in_thread()
+        except FolderGone:
+            self._compacting = False
+            job.discard()
+            return
         except OSError as e:
+            self._compacting = False
             job.discard()
             self._save_failed(e)
             return
-        job.discard()
-        self._compact_tries += 1
-        self._compact_soon()
+        finally:
+            _tidy(changes)
+            if changes:
+                self._notify(changes)
+
+    def _read_log(self, start: int, end: int) -> bytes:
+        """Under the lock: the log's records between two good offsets (a small read)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        if len(data) != end - start:
+            raise OSError(f"{self.log_path} is shorter than its records")
+        return data
 
     def _compaction_failed(self, failure, job: "_IndexJob") -> None:
         self._compacting = False
@@ -1347,11 +1416,21 @@ class Folder:
                    f"{' '.join(m.keywords)}\t{m.modseq}\n" for m in self.messages)
         backup = not os.path.exists(self.path / BACKUP_NAME)
         return _IndexJob(self.path, "".join(out), generation, log_id, log_size, backup,
-                         (self._index_sig, self._log_stat(), self._log_good,
+                         (self._index_sig, self._log_id, self._log_good, self._pending,
                           len(self._pending), self.uidvalidity))
 
     def _install_index(self, job: "_IndexJob") -> None:
-        """Under the lock: the written job's files put in place, in crash-safe order."""
+        """
+        Under the lock: the written job's files put in place, in crash-safe
+        order.  The logs first: until the new index is in place the old one
+        holds, reading its log from C{.2} (L{_sync_log}); the fresh log may
+        hold records the new index does not (L{_compacted}), so the index must
+        never be in place before it.  Between the two, with no index, the
+        backup (the old index) and both logs recover everything (L{_recover}).
+        """
+        if self.log_path.exists():
+            os.replace(self.log_path, self.path / LOG2_NAME)
+        os.replace(job.fresh_log, self.log_path)
         if job.backup_tmp is not None:
             # The first index is its own backup (a copy: later ones are renamed).
             if os.path.exists(self.path / BACKUP_NAME):
@@ -1361,24 +1440,26 @@ class Folder:
         if self.index_path.exists():
             os.replace(self.index_path, self.path / BACKUP_NAME)
         os.replace(job.tmp, self.index_path)
-        # From here the new index is the truth: the logs only follow it.
-        if self.log_path.exists():
-            os.replace(self.log_path, self.path / LOG2_NAME)
-        os.replace(job.fresh_log, self.log_path)
         self._generation = job.generation
         # The rename keeps the inode; the mtime is the last write's.
         self._index_sig = job.sig
-        self._log_id, self._log_good, self._log_missing = job.log_id, job.log_size, False
+        self._log_id, self._log_good, self._log_missing = job.log_id, job.fresh_size, False
         self._log_sig = self._log_stat()
-        self._pending = self._pending[job.snapshot[3]:]
+        _sig, _log_id, _good, pending, count, _uidvalidity = job.snapshot
+        if self._pending is pending:  # else they were written to the log, and carried over
+            self._pending = self._pending[count:]
 
     def _job_current(self, job: "_IndexJob") -> bool:
-        """Under the lock: nothing (here or in another process) changed since the job's state."""
-        index_sig, log_sig, log_good, pending, uidvalidity = job.snapshot
-        return (not self._dirty and self._generation + 1 == job.generation
-                and self.uidvalidity == uidvalidity and self._log_good == log_good
-                and len(self._pending) >= pending and self._index_stat() == index_sig
-                and self._log_stat() == log_sig)
+        """
+        Under the lock, after L{_sync_locked}: the job still follows the
+        folder: nobody wrote the index since (another compaction, a rebuild)
+        and the log it was made from is still the one, only grown.
+        """
+        index_sig, log_id, log_good, _pending, _count, uidvalidity = job.snapshot
+        return (not self._dirty and not self._log_missing
+                and self._generation + 1 == job.generation
+                and self.uidvalidity == uidvalidity and self._log_id == log_id
+                and self._log_good >= job.copied and self._index_stat() == index_sig)
 
     # -- reading the disk -----------------------------------------------------------
 
@@ -2105,47 +2186,100 @@ class Folder:
 
     def copy_to(self, msgs: Iterable[Message], dest: "Folder") -> list[tuple[int, int]]:
         """Copy messages (hard links when possible) with their flags; (src UID, dest UID)."""
-        pairs = []
-        added = []
-        others = Changes()
-        with dest._lock():
-            dest._sync_locked(others)
-            for msg in msgs:
-                name = unique_name()
-                try:
-                    # S= is the file's own size (Dovecot trusts it), not the wire size.
-                    physical = os.stat(self.file_path(msg)).st_size
-                except FileNotFoundError:
-                    continue
-                # Keyword letters are per folder (its dovecot-keywords): mapped afresh.
-                letters = "".join(sorted(
-                    "".join(c for c in msg.letters if c not in KEYWORD_LETTERS)
-                    + dest._keyword_letters(msg.keywords, "")))
-                final = f"{name},S={physical}:2,{letters}"
-                target = dest.path / "cur" / final
-                try:
-                    os.link(self.file_path(msg), target)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    tmp = dest.path / "tmp" / name
-                    tmp.write_bytes(self.read(msg))
-                    date = self.date_of(msg)
-                    os.utime(tmp, (date, date))
-                    os.rename(tmp, target)
-                new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
-                              msg.keywords)
-                dest.next_uid += 1
-                dest._bump(new)
-                dest._add(new)
-                added.append(new)
-                pairs.append((msg.uid, new.uid))
-            if added:
-                fsync_dir(dest.path / "cur")
-                dest._log([_rec_add(m) for m in added], durable=True)
-        _tidy(others)
-        if others:
-            dest._notify(others)
+        added, pairs, _fd = self._link_copies(msgs, dest, durable=True)
         if added:
             dest._notify(Changes(added=added))
         return pairs
+
+    def copy_many(self, msgs: Iterable[Message], dest: "Folder") -> defer.Deferred:
+        """
+        L{copy_to} without an fsync on the reactor (IMAP COPY and MOVE): the
+        links are made and given UIDs here, under C{dest}'s lock, with one log
+        append; C{cur/} and the log are then fsynced in a thread.  A Deferred
+        of the (src UID, dest UID) pairs, fired once they are durable; on an
+        error the copies are expunged again (the client hears NO).
+        """
+        try:
+            added, pairs, fd = self._link_copies(msgs, dest, durable=False)
+        except BaseException:
+            return defer.fail()
+        if fd is None:
+            return defer.succeed(pairs)
+
+        def durable(_) -> list[tuple[int, int]]:
+            here = [m for m in added if dest.by_uid(m.uid) is m]
+            if here:
+                dest._notify(Changes(added=here))
+            return pairs
+
+        def undo(failure):
+            dest.expunge([m.uid for m in added])
+            return failure
+
+        return _off_reactor(_fsync_placed, dest.path / "cur", fd).addCallbacks(durable, undo)
+
+    def _link_copies(self, msgs: Iterable[Message], dest: "Folder", durable: bool
+                     ) -> tuple[list[Message], list[tuple[int, int]], int | None]:
+        """
+        Under C{dest}'s lock: a link (or, across filesystems, a copy) in its
+        C{cur/} per message, UIDs and one log append; fsynced here when
+        C{durable}, else (strict: undone on an error) the log's descriptor for
+        the caller's fsync.  The new messages, the UID pairs, the descriptor.
+        """
+        pairs = []
+        added: list[Message] = []
+        targets: list[Path] = []
+        others = Changes()
+        fd = None
+        with dest._lock():
+            dest._sync_locked(others)
+            try:
+                for msg in msgs:
+                    name = unique_name()
+                    try:
+                        # S= is the file's own size (Dovecot trusts it), not the wire size.
+                        physical = os.stat(self.file_path(msg)).st_size
+                    except FileNotFoundError:
+                        continue
+                    # Keyword letters are per folder (its dovecot-keywords): mapped afresh.
+                    letters = "".join(sorted(
+                        "".join(c for c in msg.letters if c not in KEYWORD_LETTERS)
+                        + dest._keyword_letters(msg.keywords, "")))
+                    final = f"{name},S={physical}:2,{letters}"
+                    target = dest.path / "cur" / final
+                    try:
+                        os.link(self.file_path(msg), target)
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        tmp = dest.path / "tmp" / name
+                        tmp.write_bytes(self.read(msg))
+                        date = self.date_of(msg)
+                        os.utime(tmp, (date, date))
+                        os.rename(tmp, target)
+                    targets.append(target)
+                    new = Message(dest.next_uid, final, "cur", msg.size, self.date_of(msg),
+                                  msg.keywords)
+                    dest.next_uid += 1
+                    dest._bump(new)
+                    dest._add(new)
+                    added.append(new)
+                    pairs.append((msg.uid, new.uid))
+                if added and durable:
+                    fsync_dir(dest.path / "cur")
+                    dest._log([_rec_add(m) for m in added], durable=True)
+                elif added:
+                    dest._log([_rec_add(m) for m in added], durable=False, strict=True)
+                    fd = os.open(dest.log_path, os.O_RDONLY | os.O_CLOEXEC)
+            except BaseException:
+                if durable:
+                    raise
+                for new in reversed(added):
+                    dest._forget_last(new)
+                for target in targets:
+                    _unlink(target)
+                raise
+        _tidy(others)
+        if others:
+            dest._notify(others)
+        return added, pairs, fd

@@ -25,7 +25,13 @@ from zope.interface import implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store import IDeliveryFile, IMailStore
-from netsuite.store.folder import Folder, FolderGone, _reactor_running
+from netsuite.store.folder import (
+    Folder,
+    FolderGone,
+    IncomingMessage,
+    _off_reactor,
+    _reactor_running,
+)
 from netsuite.store.layout import _HOST, ensure_maildir, unique_name
 from netsuite.store.quota import QuotaUsage
 from netsuite.store.watch import InotifyWatcher
@@ -193,6 +199,10 @@ SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash",
 _SPECIAL_MARK = ".netsuite-special"
 _SUBSCRIPTIONS = "subscriptions"
 _UIDVALIDITY = ".netsuite-uidvalidity"
+#: A deleted folder is renamed to this and a unique name, then removed in a
+#: thread: not a folder any more meanwhile (nor after a crash: removed then).
+_DELETED = ".#deleted."
+_DELETED_NAME = re.compile(r"^\.#deleted\.\d+\.M\d+P\d+Q\d+\.")
 
 
 class BadFolderName(ValueError):
@@ -345,6 +355,23 @@ class MaildirStore:
         waiters.append(waiter)
         return waiter
 
+    def incoming(self, user: str, name: str = "INBOX") -> IncomingMessage:
+        """
+        A message to write into C{name}'s C{tmp/} as it arrives (an IMAP APPEND
+        literal), for L{Folder.append_many} once the folder is open: a stat,
+        the folder is not read (its first open may take a thread's while).
+        L{KeyError} if it does not exist.
+        """
+        path = self.folder_path(user, name)
+        cached = self._folders.get(path)
+        if cached is not None:
+            return cached.incoming()
+        if not (path / "cur").is_dir():
+            if name.upper() != "INBOX":
+                raise KeyError(name)
+            ensure_maildir(path)
+        return IncomingMessage(path / "tmp")
+
     def _opened(self, folder: "Folder", path: Path) -> None:
         """A folder read in a thread: shared from now on (unless one was made meanwhile)."""
         waiters = self._opening.pop(path, [])
@@ -398,7 +425,7 @@ class MaildirStore:
         names = ["INBOX"]
         for entry in sorted(os.listdir(root)):
             if entry.startswith(".") and entry not in (".", "..") and len(entry) > 1:
-                if os.path.isdir(root / entry / "cur"):
+                if _DELETED_NAME.match(entry) is None and os.path.isdir(root / entry / "cur"):
                     names.append(entry[1:])
         return names
 
@@ -416,9 +443,10 @@ class MaildirStore:
         if not (path / "cur").is_dir():
             raise KeyError(name)
         self._folders.pop(path, None)
-        doomed = path.with_name(f".#deleted.{unique_name()}")
-        os.rename(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        doomed = path.with_name(f"{_DELETED}{unique_name()}")
+        os.rename(path, doomed)  # gone for everyone at once; the files go in a thread
+        _off_reactor(shutil.rmtree, doomed, True).addErrback(
+            lambda f: log.failure("removing {path}", f, path=str(doomed)))
 
     def rename_folder(self, user: str, old: str, new: str) -> None:
         """Rename a folder and its children; renaming INBOX moves its messages."""
@@ -560,7 +588,9 @@ class MaildirStore:
             except OSError:
                 continue
             for entry in entries:
-                if entry.startswith(".") and len(entry) > 1 and entry != "..":
+                if _DELETED_NAME.match(entry):  # a DELETE a crash stopped half-way
+                    shutil.rmtree(box / entry, ignore_errors=True)
+                elif entry.startswith(".") and len(entry) > 1 and entry != "..":
                     removed += clean_tmp_dir(box / entry / "tmp", max_age, now, ours=True)
         if removed:
             log.info("tmp cleanup: removed {n} leftover file(s) under {root}", n=removed,

@@ -36,11 +36,11 @@ class AppendCommands(SessionBase):
         if self.state not in ("auth", "select"):
             return DiscardSink(b"APPEND not allowed now")
         try:
-            folder = self.account.folder(self._mailbox_name(Cursor(rest, literals)))
+            # Into the folder's tmp/ without reading the folder (APPEND opens it off
+            # the reactor when it runs).
+            return self.account.incoming(self._mailbox_name(Cursor(rest, literals)))
         except Exception:
             return DiscardSink()  # the command fails when it runs; keep nothing
-        incoming = getattr(folder, "incoming", None)
-        return incoming() if incoming is not None else None
 
     def imap_APPEND(self, tag, cur):
         """
@@ -79,11 +79,20 @@ class AppendCommands(SessionBase):
             items.append((flags, date, data))
             if cur.at_end():
                 break
-        try:
-            folder = self.account.folder(name)
-        except NoSuchFolder:
-            self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
-            return
+        # A folder not in memory is read off the reactor (a big one's first open).
+        d = self.account.folder_deferred(name)
+
+        def no_such(f) -> None:
+            f.trap(NoSuchFolder)  # a streamed literal's file is removed by the session
+            if not self._lost:
+                self._tagged(tag, b"NO", b"[TRYCREATE] No such mailbox")
+
+        return d.addCallbacks(self._append_into, no_such, callbackArgs=(tag, name, items))
+
+    def _append_into(self, folder, tag, name: str, items: list):
+        """L{imap_APPEND} once its folder is open: CATENATE resolved, then stored."""
+        if self._lost:
+            return None
         for i, (flags, date, data) in enumerate(items):
             if isinstance(data, Catenate):
                 joined = []

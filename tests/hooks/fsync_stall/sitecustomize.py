@@ -2,7 +2,8 @@
 Test hook, on the daemon's PYTHONPATH only in tests/test_store_stall.py: once
 C{$NETSUITE_TEST_FSYNC_STALL/armed} exists, every os.fsync takes 200 ms more,
 and leaves C{start-N} and C{done-N} files in that directory around the stall
-so that a test can order replies against it (not time them).
+so that a test can order replies against it (not time them).  Once
+C{armed-rmdir} exists, every os.rmdir does the same.
 """
 
 import itertools
@@ -33,3 +34,20 @@ if _DIR:
             _mark(f"done-{n}")
 
     os.fsync = fsync
+
+    _real_rmdir = os.rmdir
+
+    def rmdir(path, *args, **kwargs):
+        # C{armed-rmdir}: every directory removal stalls too (a DELETE of a big folder).
+        if not os.path.exists(os.path.join(_DIR, "armed-rmdir")):
+            return _real_rmdir(path, *args, **kwargs)
+        with _lock:
+            n = next(_count)
+        _mark(f"start-{n}")
+        time.sleep(0.2)
+        try:
+            return _real_rmdir(path, *args, **kwargs)
+        finally:
+            _mark(f"done-{n}")
+
+    os.rmdir = rmdir
