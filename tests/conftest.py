@@ -19,6 +19,7 @@ os.environ.setdefault("PYTHONPYCACHEPREFIX",
                       str(Path.home() / ".cache" / "netsuite-tests" / "pycache"))
 
 from harness import Daemon  # noqa: E402
+from pg import Cluster  # noqa: E402
 
 
 @pytest.fixture
@@ -37,6 +38,22 @@ def make_daemon(tmp_path_factory):
     yield make
     for d in started:
         d.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the whole run (one initdb); see L{pg.Cluster}."""
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster) -> str:
+    """A fresh database of its own for each test: the DSN to reach it."""
+    if not pg_cluster.running:  # a test that stopped it and failed before starting it again
+        pg_cluster.start()
+    return pg_cluster.new_database()
 
 
 @pytest.hookimpl(hookwrapper=True)
