@@ -34,6 +34,7 @@ from netsuite.auth.cache import cached
 from netsuite.auth.chain import combine
 from netsuite.auth.throttle import LoginThrottle, ThrottledPortal
 from netsuite.config import ENDPOINT_HINT, LISTENERS, SYSTEMD_HINT, Config, ConfigError
+from netsuite.db.pool import database
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -62,6 +63,12 @@ def make_checkers(config: Config) -> list:
     for i, name in enumerate(config.server.auth):
         if name == "passwd":
             name = f"passwd:{config.data_dir / 'passwd'}"
+        elif name == "sql":  # the config's [database], with its pool settings
+            if not config.database.dsn:
+                raise ConfigError("'sql' needs [database] dsn", f"server.auth[{i}]",
+                                  config.path)
+            database(config.database)
+            name = f"sql:{config.database.dsn}"
         try:
             result.append(strcred.makeChecker(name))
         except strcred.InvalidAuthType:

@@ -1,0 +1,237 @@
+"""
+The PostgreSQL backend's foundation against the real daemon and a real
+PostgreSQL (tests/pg.py): C{netsuite db init | migrate | status}, the refusal
+to start on a schema the server does not run on, the C{sql} checker and
+C{netsuite user} over it, two daemons ("hosts": separate data directories and
+ports) on one database sharing users and the login throttle, and a database
+outage answered as a temporary failure, then recovered from.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import smtplib
+import time
+
+import pytest
+from harness import Daemon
+
+#: The throttle of the two hosts: locks after 4 failures, small delays.
+THROTTLE = {"base_delay": 0.05, "max_delay": 0.1, "lock_after": 4, "free_failures": 1,
+            "lock_seconds": 300.0}
+
+
+def db_config(dsn: str, **store) -> dict:
+    return {"server": {"auth": ["sql"], "allow_plaintext_auth": True},
+            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1},
+            "store": {"backend": "postgresql", **store}, "throttle": THROTTLE}
+
+
+def dbname(dsn: str) -> str:
+    return dsn.rpartition("dbname=")[2]
+
+
+def imap_login(d: Daemon, user: str, password: str) -> str:
+    """'OK', or the NO text of the LOGIN."""
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+    try:
+        m.login(user, password)
+        return "OK"
+    except imaplib.IMAP4.error as e:
+        return str(e)
+    finally:
+        try:
+            m.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
+
+
+def pop3_login(d: Daemon, user: str, password: str) -> str:
+    p = poplib.POP3("127.0.0.1", d.port("pop3"), timeout=30)
+    try:
+        p.user(user)
+        p.pass_(password)
+        return "OK"
+    except poplib.error_proto as e:
+        return e.args[0].decode()
+    finally:
+        try:
+            p.quit()
+        except (poplib.error_proto, OSError):
+            pass
+
+
+def smtp_auth(d: Daemon, user: str, password: str) -> tuple[int, str]:
+    s = smtplib.SMTP("127.0.0.1", d.port("submission"), timeout=30)
+    try:
+        s.ehlo("client.test")
+        try:
+            code, text = s.login(user, password)
+        except smtplib.SMTPAuthenticationError as e:
+            code, text = e.smtp_code, e.smtp_error
+        return code, text.decode() if isinstance(text, bytes) else text
+    finally:
+        try:
+            s.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+
+
+# -- netsuite db, and the start-up check --------------------------------------------------
+
+
+def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
+    d = make_daemon(config=db_config(pg_dsn), listeners=["imap"], start=False)
+    status = d.cli("db", "status", check=False)
+    assert status.returncode == 1 and "not initialised" in status.stdout
+
+    # Not initialised: the server refuses, in one line naming the database and versions.
+    with pytest.raises(RuntimeError) as refused:
+        d.start(timeout=20)
+    line = [x for x in str(refused.value).splitlines() if "not initialised" in x]
+    assert line and dbname(pg_dsn) in line[0] and "schema version 1" in line[0], refused.value
+
+    migrate = d.cli("db", "migrate", check=False)
+    assert migrate.returncode != 0 and "netsuite db init" in migrate.stderr
+
+    first = d.cli("db", "init")
+    assert "initialised at schema version 1" in first.stdout
+    again = d.cli("db", "init")  # twice is harmless
+    assert "already initialised (schema version 1)" in again.stdout
+    assert "up to date" in d.cli("db", "migrate").stdout
+    status = d.cli("db", "status")
+    assert "schema version: 1 (this netsuite: 1)" in status.stdout
+    assert "applied 0001_initial" in status.stdout
+    tables = set(pg_cluster.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", dbname(pg_dsn)).split())
+    assert {"users", "throttle_failures", "throttle_locks", "session_locks", "accounts",
+            "folders", "subscriptions", "messages", "blobs", "schema_version"} <= tables
+
+    d.start()  # the schema it knows: it runs
+    d.stop()
+
+    # A schema from a newer netsuite: refused, naming both versions; status says so too.
+    pg_cluster.execute("INSERT INTO schema_version (version, name) VALUES (2, 'future')",
+                       dbname(pg_dsn))
+    newer = d.cli("db", "status", check=False)
+    assert newer.returncode == 1 and "upgrade netsuite" in newer.stdout
+    assert "newer" in d.cli("db", "migrate", check=False).stderr
+    with pytest.raises(RuntimeError) as refused:
+        d.start(timeout=20)
+    line = [x for x in str(refused.value).splitlines() if "netsuite:" in x and "newer" in x]
+    assert line, refused.value
+    assert "schema version 2" in line[0] and "(1)" in line[0] and dbname(pg_dsn) in line[0]
+    assert "password" not in line[0]
+
+
+def test_a_password_in_the_dsn_is_never_shown(make_daemon, pg_dsn):
+    d = make_daemon(config=db_config(pg_dsn + " password=hunter2"), listeners=["imap"],
+                    start=False)
+    status = d.cli("db", "status", check=False)
+    assert "hunter2" not in status.stdout + status.stderr
+    assert "password=***" in status.stdout
+
+
+# -- two hosts on one database --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hosts(pg_cluster, tmp_path_factory):
+    """Hosts A and B: separate data directories and ports, one database, users in it."""
+    dsn = pg_cluster.new_database()
+    made = []
+    for name in ("a", "b"):
+        made.append(Daemon(tmp_path_factory.mktemp(f"host-{name}"), db_config(dsn),
+                           ["imap", "pop3", "submission"]))
+    a, b = made
+    a.cli("db", "init")
+    added = a.cli("user", "add", "alice", "--password-stdin", input="first secret\n")
+    assert "added alice" in added.stdout
+    for d in made:
+        d.start()
+    yield a, b, dsn
+    for d in made:
+        d.stop()
+
+
+def clear_throttle(cluster, dsn: str) -> None:
+    cluster.execute("DELETE FROM throttle_failures; DELETE FROM throttle_locks", dbname(dsn))
+
+
+def test_a_user_made_by_netsuite_user_add_logs_in_everywhere(hosts, pg_cluster):
+    a, b, dsn = hosts
+    assert "alice" in b.cli("user", "list").stdout.split()
+    for d in (a, b):
+        assert imap_login(d, "alice", "first secret") == "OK"
+        assert pop3_login(d, "alice", "first secret") == "OK"
+        assert smtp_auth(d, "alice", "first secret")[0] == 235
+    assert "AUTHENTICATIONFAILED" in imap_login(b, "alice", "wrong")
+    assert "[AUTH]" in pop3_login(a, "alice", "wrong")
+    assert smtp_auth(a, "alice", "wrong")[0] == 535
+    assert "AUTHENTICATIONFAILED" in imap_login(a, "nobody", "first secret")
+    clear_throttle(pg_cluster, dsn)
+
+
+def test_a_password_changed_on_one_host_is_seen_by_the_other_at_once(hosts, pg_cluster):
+    a, b, dsn = hosts
+    a.cli("user", "add", "bob", "--password-stdin", input="old one\n")
+    assert imap_login(b, "bob", "old one") == "OK"  # now in B's verification cache
+    assert imap_login(b, "bob", "old one") == "OK"
+    a.cli("user", "passwd", "bob", "--password-stdin", input="new one\n")
+    assert "AUTHENTICATIONFAILED" in imap_login(b, "bob", "old one")
+    assert imap_login(b, "bob", "new one") == "OK"
+    assert smtp_auth(b, "bob", "new one")[0] == 235
+    a.cli("user", "del", "bob")
+    assert "AUTHENTICATIONFAILED" in imap_login(b, "bob", "new one")
+    assert "bob" not in a.cli("user", "list").stdout.split()
+    clear_throttle(pg_cluster, dsn)
+
+
+def test_the_throttle_is_shared_by_both_hosts(hosts, pg_cluster):
+    a, b, dsn = hosts
+    a.cli("user", "add", "carol", "--password-stdin", input="carols secret\n")
+    assert imap_login(b, "carol", "carols secret") == "OK"
+    # Failures spread over both hosts count as one: 2 on A, 2 on B lock the user.
+    for d in (a, a, b, b):
+        assert "AUTHENTICATIONFAILED" in imap_login(d, "carol", "guess")
+    locks = pg_cluster.execute("SELECT key FROM throttle_locks WHERE until > now() "
+                               "ORDER BY key", dbname(dsn)).split()
+    assert "user:carol" in locks
+    # Locked on both hosts, even with the right password (and a cached one on B).
+    assert "AUTHENTICATIONFAILED" in imap_login(a, "carol", "carols secret")
+    assert "AUTHENTICATIONFAILED" in imap_login(b, "carol", "carols secret")
+    assert smtp_auth(b, "carol", "carols secret")[0] == 535
+    clear_throttle(pg_cluster, dsn)
+    assert imap_login(a, "carol", "carols secret") == "OK"
+
+
+def test_database_down_is_a_temporary_failure_and_service_resumes(hosts, pg_cluster):
+    a, b, dsn = hosts
+    assert imap_login(a, "alice", "first secret") == "OK"
+    pg_cluster.stop()
+    try:
+        imap = imap_login(a, "alice", "first secret")
+        assert "[UNAVAILABLE]" in imap and "AUTHENTICATIONFAILED" not in imap
+        assert "[SYS/TEMP]" in pop3_login(b, "alice", "first secret")
+        code, text = smtp_auth(b, "alice", "first secret")
+        assert code == 454 and text.startswith("4.7.0"), (code, text)
+        assert "[UNAVAILABLE]" in imap_login(b, "alice", "wrong")  # not a wrong password
+    finally:
+        pg_cluster.start()
+    # Back by itself: the pool reconnects (bounded wait, no sleeps beyond it).
+    deadline = time.monotonic() + 30
+    results = []
+    while time.monotonic() < deadline:
+        results = [imap_login(a, "alice", "first secret"),
+                   imap_login(b, "alice", "first secret")]
+        if results == ["OK", "OK"]:
+            break
+        time.sleep(0.2)
+    assert results == ["OK", "OK"]
+    assert smtp_auth(a, "alice", "first secret")[0] == 235
+    # The outage was logged once as such, not as wrong passwords or checker errors.
+    log = a.log()
+    assert "database unavailable" in log and "checker_error" not in log
+    assert "Traceback" not in b.log()
+    clear_throttle(pg_cluster, dsn)
