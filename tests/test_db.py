@@ -206,9 +206,30 @@ def test_the_throttle_is_shared_by_both_hosts(hosts, pg_cluster):
     assert imap_login(a, "carol", "carols secret") == "OK"
 
 
+def test_the_pop3_maildrop_lock_holds_across_hosts(hosts, pg_cluster):
+    a, b, dsn = hosts
+    holder = poplib.POP3("127.0.0.1", a.port("pop3"), timeout=30)
+    holder.user("alice")
+    holder.pass_("first secret")
+    try:
+        # B has a data directory of its own: only the database's lock can say no.
+        assert "[IN-USE]" in pop3_login(b, "alice", "first secret")
+        rows = pg_cluster.execute("SELECT name FROM session_locks", dbname(dsn))
+        assert rows.split() == ["pop3:alice"]
+    finally:
+        holder.quit()
+    # QUIT gave it back (the release is asynchronous: wait for the row to go, bounded).
+    assert a.wait_for(lambda: pg_cluster.execute("SELECT count(*) FROM session_locks",
+                                                 dbname(dsn)) == "0")
+    assert pop3_login(b, "alice", "first secret") == "OK"
+    assert "[AUTH]" not in pop3_login(a, "alice", "first secret")
+    clear_throttle(pg_cluster, dsn)
+
+
 def test_database_down_is_a_temporary_failure_and_service_resumes(hosts, pg_cluster):
     a, b, dsn = hosts
     assert imap_login(a, "alice", "first secret") == "OK"
+    before = (len(a.log()), len(b.log()))
     pg_cluster.stop()
     try:
         imap = imap_login(a, "alice", "first secret")
@@ -231,7 +252,10 @@ def test_database_down_is_a_temporary_failure_and_service_resumes(hosts, pg_clus
     assert results == ["OK", "OK"]
     assert smtp_auth(a, "alice", "first secret")[0] == 235
     # The outage was logged once as such, not as wrong passwords or checker errors.
-    log = a.log()
-    assert "database unavailable" in log and "checker_error" not in log
-    assert "Traceback" not in b.log()
+    for d, start in zip((a, b), before, strict=True):
+        log = d.log()[start:]
+        assert "login failed, database unavailable" in log
+        assert "checker_error" not in log and "Traceback" not in log, log
+        assert log.count("[netsuite.db#warn] database ") == 1  # once per outage, then "is back"
+        assert "is back" in log
     clear_throttle(pg_cluster, dsn)

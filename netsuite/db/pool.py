@@ -20,6 +20,7 @@ caller gets L{DatabaseUnavailable}.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +72,23 @@ def connect(config: DatabaseConfig, **kwargs: Any) -> psycopg.Connection:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class _PoolLog(logging.Handler):
+    """
+    psycopg_pool's own messages ("error connecting", "discarding closed
+    connection": one per attempt while the database is away) into the server's
+    log at debug level, instead of raw lines on stderr; L{Database} says once
+    per outage, as a warning, that the database is unavailable.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("psycopg_pool: {message}", message=record.getMessage())
+
+
+_pool_logger = logging.getLogger("psycopg.pool")
+_pool_logger.addHandler(_PoolLog())
+_pool_logger.propagate = False
 
 
 class _DaemonThread(threading.Thread):

@@ -6,8 +6,9 @@ The database's place in the server and in the C{netsuite} command:
     = "postgresql"}, or the C{sql} checker) checks its schema version and
     refuses to start on one it does not run on, with one line naming the
     database (without its password) and both versions;
-  - with C{[store] backend = "postgresql"} the failed-login throttle is the
-    database's (L{netsuite.db.throttle}), shared by every host.
+  - with C{[store] backend = "postgresql"} the failed-login throttle
+    (L{netsuite.db.throttle}) and the POP3 maildrop lock (L{netsuite.db.locks},
+    as the realm's C{shared_locks}) are the database's, shared by every host.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from netsuite.cli import command
 from netsuite.config import Config, ConfigError, DatabaseConfig
 from netsuite.db import schema
 from netsuite.db.errors import DatabaseUnavailable, SchemaMismatch
+from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
 from netsuite.db.throttle import PgLoginThrottle
 
@@ -65,7 +67,9 @@ def _start(ctx: Any, top: Any) -> None:
         return
     check_schema(config)
     if config.store.backend == "postgresql":
-        ctx.portal.throttle = PgLoginThrottle(config.throttle, database(db, ctx.reactor))
+        shared = database(db, ctx.reactor)
+        ctx.portal.throttle = PgLoginThrottle(config.throttle, shared)
+        ctx.realm.shared_locks = SessionLocks(shared)  # the POP3 maildrop lock
 
 
 protocols.SERVICE_HOOKS.append(_start)
