@@ -5,10 +5,14 @@ A L{Database} is psycopg 3's C{ConnectionPool} driven from threads of its own
 (C{deferToThreadPool}): the reactor thread never waits on the network to the
 database.  Chosen over Twisted's C{adbapi.ConnectionPool} and over psycopg's
 asyncio API with the figures of C{bench/db_bench.py} (docs/scale-out.md,
-"Database access"): as fast as adbapi for short queries, and the pool checks
-and replaces broken connections itself, where adbapi would hand a dead one out
-again; the asyncio API would mean running the whole server on the asyncio
-reactor.
+"Database access"): as fast as adbapi for short queries (within the noise of
+a busy machine), and it bounds the wait for a connection (C{connect_timeout}),
+discards broken connections and refills itself in the background, which is
+what turns an outage into a prompt temporary failure and a return into
+service within a second or two; adbapi connects in the calling thread with no
+such bound, and reconnects only after a call has failed on the lost connection.
+The asyncio API would mean running the whole server on the asyncio reactor,
+and was the slowest of the three.
 
 A unit of work is a function C{work(conn, *args)} run in one transaction (the
 pool commits when it returns, rolls back if it raises).  When the connection is
