@@ -10,12 +10,18 @@ outage answered as a temporary failure, then recovered from.
 from __future__ import annotations
 
 import imaplib
+import os
 import poplib
 import smtplib
+import subprocess
+import sys
 import time
 
+import psycopg
 import pytest
-from harness import Daemon
+from harness import ROOT, Daemon
+
+from netsuite.db import schema
 
 #: The throttle of the two hosts: locks after 4 failures, small delays.
 THROTTLE = {"base_delay": 0.05, "max_delay": 0.1, "lock_after": 4, "free_failures": 1,
@@ -123,6 +129,46 @@ def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
     assert line, refused.value
     assert "schema version 2" in line[0] and "(1)" in line[0] and dbname(pg_dsn) in line[0]
     assert "password" not in line[0]
+
+
+def test_two_inits_at_once_create_the_schema_once(make_daemon, pg_dsn, pg_cluster):
+    """Two hosts running 'netsuite db init' at once: the advisory lock serialises them."""
+    d = make_daemon(config=db_config(pg_dsn), listeners=["imap"], start=False)
+    d.write_config()
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    init = [sys.executable, "-m", "netsuite.cli", "--config", str(d.config_path), "db", "init"]
+    # Both are made to wait on the lock (held here), so both saw no schema before it.
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (schema.LOCK_KEY,))
+        runs = [subprocess.Popen(init, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env) for _ in range(2)]
+        waiting = d.wait_for(lambda: holder.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()[0] == 2, timeout=60)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (schema.LOCK_KEY,))
+    outputs = [p.communicate(timeout=60) for p in runs]
+    assert waiting, outputs
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    said = sorted("already" in out for out, _err in outputs)
+    assert said == [False, True], outputs
+    assert pg_cluster.execute("SELECT count(*) FROM schema_version", dbname(pg_dsn)) == "1"
+
+
+def test_config_errors_name_file_key_and_reason(make_daemon, pg_dsn):
+    d = make_daemon(config={"store": {"backend": "postgresql"}}, listeners=["imap"],
+                    start=False)
+    bad = d.cli("check", check=False)
+    assert bad.returncode == 2
+    assert f"{d.config_path}: store.backend: \"postgresql\" needs [database] dsn" in bad.stderr
+    d.config = {**d.config, "store": {"backend": "postgresql"},
+                "database": {"dsn": "nonsense=1"}}
+    bad = d.cli("check", check=False)
+    assert f"{d.config_path}: database.dsn: not a valid connection string" in bad.stderr
+    d.config = {**d.config, "server": {**d.config["server"], "auth": ["sql"]},
+                "store": {"backend": "maildir"}, "database": {}}
+    bad = d.cli("check", check=False)
+    assert "server.auth[0]: 'sql' needs [database] dsn" in bad.stderr
 
 
 def test_a_password_in_the_dsn_is_never_shown(make_daemon, pg_dsn):
