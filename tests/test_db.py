@@ -189,7 +189,7 @@ def hosts(pg_cluster, tmp_path_factory):
     made = []
     for name in ("a", "b"):
         made.append(Daemon(tmp_path_factory.mktemp(f"host-{name}"), db_config(dsn),
-                           ["imap", "pop3", "submission"]))
+                           ["smtp", "imap", "pop3", "submission"]))
     a, b = made
     a.cli("db", "init")
     added = a.cli("user", "add", "alice", "--password-stdin", input="first secret\n")
@@ -231,6 +231,28 @@ def test_a_password_changed_on_one_host_is_seen_by_the_other_at_once(hosts, pg_c
     a.cli("user", "del", "bob")
     assert "AUTHENTICATIONFAILED" in imap_login(b, "bob", "new one")
     assert "bob" not in a.cli("user", "list").stdout.split()
+    clear_throttle(pg_cluster, dsn)
+
+
+def test_a_user_added_on_one_host_receives_mail_on_the_other(hosts, pg_cluster):
+    a, b, dsn = hosts
+    message = b"From: x@client.test\r\nSubject: hello dave\r\n\r\nbody\r\n"
+
+    def deliver() -> int:
+        with smtplib.SMTP("127.0.0.1", b.port("smtp"), timeout=30) as s:
+            s.ehlo("client.test")
+            try:
+                s.sendmail("x@client.test", ["dave@example.test"], message)
+            except smtplib.SMTPRecipientsRefused as e:
+                return e.recipients["dave@example.test"][0]
+            return 250
+
+    assert deliver() == 550  # no such user yet
+    a.cli("user", "add", "dave", "--password-stdin", input="daves secret\n")
+    # B's copy of the user names follows the table within [2 s]: bounded wait.
+    assert b.wait_for(lambda: deliver() == 250, timeout=15, interval=0.3)
+    assert [m for m in b.messages("dave") if b"hello dave" in m]
+    assert pop3_login(b, "dave", "daves secret") == "OK"
     clear_throttle(pg_cluster, dsn)
 
 

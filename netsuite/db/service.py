@@ -17,11 +17,12 @@ import argparse
 from typing import Any
 
 import psycopg
+from twisted.application.internet import TimerService
 
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, DatabaseConfig
-from netsuite.db import schema
+from netsuite.db import schema, users
 from netsuite.db.errors import DatabaseUnavailable, SchemaMismatch
 from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
@@ -60,12 +61,37 @@ def check_schema(config: Config) -> int:
                           config.path) from None
 
 
+#: Seconds between looks at the C{users} table for names added or deleted elsewhere.
+USER_NAMES_INTERVAL = 2.0
+
+
+def _mirror_user_names(ctx: Any, top: Any, dsn: str) -> None:
+    """The realm's users (who may receive mail) from the C{sql} checker's table."""
+    if not hasattr(ctx.realm, "users"):  # a custom realm with its own idea of users
+        return
+    config = ctx.config.database if dsn == ctx.config.database.dsn else DatabaseConfig(dsn=dsn)
+    with connect(config) as conn:
+        names = users.UserNames()
+        names.update(users.names_if_changed(conn, None))
+    shared = database(config, ctx.reactor)
+
+    def refresh() -> None:
+        shared.run(users.names_if_changed, names.since).addCallbacks(
+            names.update, lambda f: None)  # the database is away: keep the names known
+
+    ctx.realm.users = names
+    TimerService(USER_NAMES_INTERVAL, refresh).setServiceParent(top)
+
+
 def _start(ctx: Any, top: Any) -> None:
     config = ctx.config
     db = database_config(config)
     if db is None:
         return
     check_schema(config)
+    dsn = sql_dsn(config)
+    if dsn:
+        _mirror_user_names(ctx, top, dsn)
     if config.store.backend == "postgresql":
         shared = database(db, ctx.reactor)
         ctx.portal.throttle = PgLoginThrottle(config.throttle, shared)
