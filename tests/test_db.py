@@ -171,6 +171,17 @@ def test_config_errors_name_file_key_and_reason(make_daemon, pg_dsn):
     assert "server.auth[0]: 'sql' needs [database] dsn" in bad.stderr
 
 
+def test_an_unreachable_database_stops_start_up_in_one_line(make_daemon, tmp_path):
+    dsn = f"host={tmp_path} port=5432 dbname=netsuite user=netsuite password=hunter2"
+    d = make_daemon(config=db_config(dsn), listeners=["imap"], start=False)
+    with pytest.raises(RuntimeError) as refused:
+        d.start(timeout=20)
+    line = [x for x in str(refused.value).splitlines() if x.startswith("netsuite:")]
+    assert len(line) == 1, refused.value
+    assert "database.dsn: cannot connect to" in line[0] and str(tmp_path) in line[0]
+    assert "hunter2" not in str(refused.value)
+
+
 def test_a_password_in_the_dsn_is_never_shown(make_daemon, pg_dsn):
     d = make_daemon(config=db_config(pg_dsn + " password=hunter2"), listeners=["imap"],
                     start=False)

@@ -56,9 +56,11 @@ def check_schema(config: Config) -> int:
     try:
         with connect(db) as conn:
             return schema.check(conn)
-    except (SchemaMismatch, DatabaseUnavailable) as e:
+    except SchemaMismatch as e:
         raise ConfigError(f"database {safe_dsn(db.dsn)}: {e}", "database.dsn",
                           config.path) from None
+    except DatabaseUnavailable as e:  # it names the database itself
+        raise ConfigError(str(e), "database.dsn", config.path) from None
 
 
 #: Seconds between looks at the C{users} table for names added or deleted elsewhere.
