@@ -30,7 +30,7 @@ THROTTLE = {"base_delay": 0.05, "max_delay": 0.1, "lock_after": 4, "free_failure
 
 def db_config(dsn: str, **store) -> dict:
     return {"server": {"auth": ["sql"], "allow_plaintext_auth": True},
-            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1},
+            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1, "lock_lease": 3.0},
             "store": {"backend": "postgresql", **store}, "throttle": THROTTLE}
 
 
@@ -302,6 +302,33 @@ def test_the_pop3_maildrop_lock_holds_across_hosts(hosts, pg_cluster):
                                                  dbname(dsn)) == "0")
     assert pop3_login(b, "alice", "first secret") == "OK"
     assert "[AUTH]" not in pop3_login(a, "alice", "first secret")
+    clear_throttle(pg_cluster, dsn)
+
+
+def test_a_dead_hosts_pop3_lock_expires_and_a_live_ones_is_renewed(hosts, pg_cluster):
+    a, b, dsn = hosts
+    holder = poplib.POP3("127.0.0.1", a.port("pop3"), timeout=30)
+    holder.user("alice")
+    holder.pass_("first secret")
+
+    def expires() -> str:
+        return pg_cluster.execute("SELECT expires FROM session_locks WHERE name = 'pop3:alice'",
+                                  dbname(dsn))
+
+    first = expires()
+    # Renewed every third of the 3 s lease while the session lives: still held after it.
+    assert a.wait_for(lambda: expires() not in ("", first), timeout=10)
+    assert holder.noop().startswith(b"+OK")
+    a.kill9()  # host A dies holding the lock
+    try:
+        holder.sock.close()
+        assert "[IN-USE]" in pop3_login(b, "alice", "first secret")
+        assert b.wait_for(lambda: pg_cluster.execute(
+            "SELECT count(*) FROM session_locks WHERE expires > now()", dbname(dsn)) == "0",
+            timeout=10)
+        assert pop3_login(b, "alice", "first secret") == "OK"
+    finally:
+        a.start()
     clear_throttle(pg_cluster, dsn)
 
 

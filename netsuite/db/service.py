@@ -97,7 +97,7 @@ def _start(ctx: Any, top: Any) -> None:
     if config.store.backend == "postgresql":
         shared = database(db, ctx.reactor)
         ctx.portal.throttle = PgLoginThrottle(config.throttle, shared)
-        ctx.realm.shared_locks = SessionLocks(shared)  # the POP3 maildrop lock
+        ctx.realm.shared_locks = SessionLocks(shared, db.lock_lease)  # the POP3 maildrop lock
 
 
 protocols.SERVICE_HOOKS.append(_start)
