@@ -305,6 +305,24 @@ def test_the_pop3_maildrop_lock_holds_across_hosts(hosts, pg_cluster):
     clear_throttle(pg_cluster, dsn)
 
 
+def test_a_reload_keeps_the_backend_it_started_with(hosts, pg_cluster):
+    a, b, dsn = hosts
+    before = len(b.log())
+    b.config["store"]["backend"] = "maildir"
+    try:
+        b.cli("reload")
+        assert b.wait_for(lambda: "reload: done (" in b.log()[before:], timeout=20)
+        assert "reload: store.backend changed; it takes effect at a restart" in b.log()[before:]
+        assert "AUTHENTICATIONFAILED" in imap_login(b, "alice", "wrong")
+        # Still counted in the database, as the running backend says.
+        assert pg_cluster.execute("SELECT count(*) FROM throttle_failures WHERE key = "
+                                  "'user:alice'", dbname(dsn)) == "1"
+    finally:
+        b.config["store"]["backend"] = "postgresql"
+        b.write_config()
+    clear_throttle(pg_cluster, dsn)
+
+
 def test_a_dead_hosts_pop3_lock_expires_and_a_live_ones_is_renewed(hosts, pg_cluster):
     a, b, dsn = hosts
     holder = poplib.POP3("127.0.0.1", a.port("pop3"), timeout=30)
