@@ -14,19 +14,25 @@ The database's place in the server and in the C{netsuite} command:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from twisted.application.internet import TimerService
+from twisted.application.service import Service
+from twisted.logger import Logger
 
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, DatabaseConfig
 from netsuite.db import schema, users
 from netsuite.db.errors import DatabaseUnavailable, SchemaMismatch
+from netsuite.db.listen import notifications
 from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
 from netsuite.db.throttle import PgLoginThrottle
+
+log = Logger(namespace="netsuite.db")
 
 
 def sql_dsn(config: Config) -> str:
@@ -63,8 +69,9 @@ def check_schema(config: Config) -> int:
         raise ConfigError(str(e), "database.dsn", config.path) from None
 
 
-#: Seconds between looks at the C{users} table for names added or deleted elsewhere.
-USER_NAMES_INTERVAL = 2.0
+#: Seconds between looks at the C{users} table for names added or deleted elsewhere,
+#: besides the notification every change sends (the safety net if one is lost).
+USER_NAMES_INTERVAL = 30.0
 
 
 def _mirror_user_names(ctx: Any, top: Any, dsn: str) -> None:
@@ -83,6 +90,24 @@ def _mirror_user_names(ctx: Any, top: Any, dsn: str) -> None:
 
     ctx.realm.users = names
     TimerService(USER_NAMES_INTERVAL, refresh).setServiceParent(top)
+    told = notifications(config, ctx.reactor)
+    def changed(name: str | None) -> None:
+        log.debug("users changed: {name}", name=name or "(reconnected: all)")
+        refresh()
+
+    told.subscribe("netsuite_users", changed)
+    _Started(told.start).setServiceParent(top)
+
+
+class _Started(Service):
+    """Calls C{start} when the server starts (not when it is only built to be checked)."""
+
+    def __init__(self, start: Callable[[], None]):
+        self._start = start
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
 
 
 def _start(ctx: Any, top: Any) -> None:
