@@ -5,14 +5,15 @@ A L{Database} is psycopg 3's C{ConnectionPool} driven from threads of its own
 (C{deferToThreadPool}): the reactor thread never waits on the network to the
 database.  Chosen over Twisted's C{adbapi.ConnectionPool} and over psycopg's
 asyncio API with the figures of C{bench/db_bench.py} (docs/scale-out.md,
-"Database access"): as fast as adbapi for short queries (within the noise of
-a busy machine), and it bounds the wait for a connection (C{connect_timeout}),
-discards broken connections and refills itself in the background, which is
-what turns an outage into a prompt temporary failure and a return into
-service within a second or two; adbapi connects in the calling thread with no
-such bound, and reconnects only after a call has failed on the lost connection.
-The asyncio API would mean running the whole server on the asyncio reactor,
-and was the slowest of the three.
+"Database access"): adbapi was about 10% faster per query on that
+micro-benchmark (one connection per thread, no check-out), but this pool
+bounds the wait for a connection (C{connect_timeout}), discards broken
+connections and refills itself in the background: what turns an outage into a
+prompt temporary failure and the database's return into service within a
+second or two.  adbapi connects in the calling thread with no such bound, and
+reconnects only after a call has failed on the lost connection.  The asyncio
+API was the slowest, and would mean running the whole server on the asyncio
+reactor.
 
 A unit of work is a function C{work(conn, *args)} on an autocommit connection:
 one statement is its own transaction (one round trip), several that must hold
