@@ -297,6 +297,10 @@ def test_the_pop3_maildrop_lock_holds_across_hosts(hosts, pg_cluster):
         assert "[IN-USE]" in pop3_login(b, "alice", "first secret")
         rows = pg_cluster.execute("SELECT name FROM session_locks", dbname(dsn))
         assert rows.split() == ["pop3:alice"]
+        # A busy mailbox is not a failed login: not counted, no checker error logged.
+        assert pg_cluster.execute("SELECT count(*) FROM throttle_failures", dbname(dsn)) == "0"
+        assert "login refused, in use: protocol=pop3" in b.log()
+        assert "checker_error" not in b.log() and "MailboxInUse" not in b.log()
     finally:
         holder.quit()
     # QUIT gave it back (the release is asynchronous: wait for the row to go, bounded).
