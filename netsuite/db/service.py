@@ -79,9 +79,12 @@ def _mirror_user_names(ctx: Any, top: Any, dsn: str) -> None:
     if not hasattr(ctx.realm, "users"):  # a custom realm with its own idea of users
         return
     config = ctx.config.database if dsn == ctx.config.database.dsn else DatabaseConfig(dsn=dsn)
-    with connect(config) as conn:
-        names = users.UserNames()
-        names.update(users.names_if_changed(conn, None))
+    names = users.UserNames()
+    try:
+        with connect(config) as conn:
+            names.update(users.names_if_changed(conn, None))
+    except DatabaseUnavailable as e:
+        raise ConfigError(str(e), "database.dsn", ctx.config.path) from None
     shared = database(config, ctx.reactor)
 
     def refresh() -> None:
@@ -91,6 +94,7 @@ def _mirror_user_names(ctx: Any, top: Any, dsn: str) -> None:
     ctx.realm.users = names
     TimerService(USER_NAMES_INTERVAL, refresh).setServiceParent(top)
     told = notifications(config, ctx.reactor)
+
     def changed(name: str | None) -> None:
         log.debug("users changed: {name}", name=name or "(reconnected: all)")
         refresh()
