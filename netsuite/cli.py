@@ -13,10 +13,16 @@ import getpass
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from netsuite import protocols
-from netsuite.auth.passwdfile import PasswordFile, PasswordFileError, valid_name
-from netsuite.config import Config, ConfigError, load
+from netsuite.auth.passwdfile import PasswordFile, PasswordFileError, hash_password, valid_name
+from netsuite.config import Config, ConfigError, DatabaseConfig, load
+from netsuite.db import users as sql_users
+from netsuite.db.errors import DatabaseUnavailable
+from netsuite.db.pool import connect, safe_dsn
 from netsuite.realm import make_realm
 from netsuite.service import make_checkers
 from netsuite.tls import default_paths, write_self_signed
@@ -70,11 +76,54 @@ def _user_args(p: argparse.ArgumentParser) -> None:
         configure(sub.add_parser(name))
 
 
+class _SQLUsers:
+    """The C{users} table seen through L{PasswordFile}'s few methods (the C{sql} checker's)."""
+
+    def __init__(self, config: DatabaseConfig):
+        self.config = config
+
+    def _run(self, work: Callable[..., Any], *args: Any) -> Any:
+        try:
+            with connect(self.config) as conn:
+                return work(conn, *args)
+        except DatabaseUnavailable as e:
+            raise SystemExit(f"netsuite: {e}") from None
+        except psycopg.errors.UndefinedTable:
+            raise SystemExit(f"netsuite: database {safe_dsn(self.config.dsn)} is not "
+                             "initialised (run 'netsuite db init')") from None
+
+    def users(self) -> list[str]:
+        return self._run(sql_users.names)
+
+    def __contains__(self, name: str) -> bool:
+        return self._run(sql_users.lookup, name) is not None
+
+    def set_password(self, name: str, password: str) -> None:
+        hashed = hash_password(password)
+        if not self._run(sql_users.set_password, name, hashed):
+            self._run(sql_users.add, name, hashed)
+
+    def delete(self, name: str) -> bool:
+        return self._run(sql_users.delete, name)
+
+
+def user_database(config: Config) -> PasswordFile | _SQLUsers:
+    """Where C{netsuite user} keeps users: the C{sql} checker's table if the config names it."""
+    for name in config.server.auth:
+        if name == "sql" or name.startswith("sql:"):
+            dsn = config.database.dsn if name == "sql" else name[4:]
+            if not dsn:
+                raise ConfigError("'sql' needs [database] dsn", "server.auth", config.path)
+            return _SQLUsers(config.database if dsn == config.database.dsn
+                             else DatabaseConfig(dsn=dsn))
+    return PasswordFile(config.data_dir / "passwd")
+
+
 @command("user", _user_args)
 def _user(args: argparse.Namespace, config: Config) -> int:
     if args.action in USER_ACTIONS:
         return USER_ACTIONS[args.action][1](args, config)
-    db = PasswordFile(config.data_dir / "passwd")
+    db = user_database(config)
     if args.action == "list":
         for name in sorted(db.users()):
             print(name)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from psycopg.conninfo import conninfo_to_dict
+
 from netsuite import accounts, protocols
 from netsuite.store.quota import parse_size
 
@@ -406,6 +408,45 @@ class MailConfig:
                                   "postmaster")
 
 
+@section("database")
+@dataclass
+class DatabaseConfig:
+    """
+    The PostgreSQL database several hosts share (docs/scale-out.md): used by
+    C{[store] backend = "postgresql"} and the C{sql} checker.
+    """
+
+    #: A libpq connection string (C{"host=/run/postgresql dbname=netsuite"}) or
+    #: URI (C{"postgresql://netsuite@db1/netsuite"}); empty: no database.
+    dsn: str = ""
+    #: Connections (and database threads) this process keeps at most.
+    pool_size: int = 10
+    #: Seconds to wait for a connection (a new one, or a free one from the pool)
+    #: before the caller gets a temporary failure.
+    connect_timeout: float = 5.0
+    #: Further attempts after a lost connection, each after a doubling delay
+    #: starting at C{retry_delay} seconds.
+    retries: int = 2
+    retry_delay: float = 0.1
+    #: Seconds a shared lock (the POP3 maildrop lock) outlives the last renewal
+    #: by its holder: how long a host that died keeps its sessions' locks.
+    lock_lease: float = 60.0
+
+    def validate(self) -> None:
+        positive("pool_size", self.pool_size)
+        positive("lock_lease", self.lock_lease)
+        positive("connect_timeout", self.connect_timeout)
+        positive("retry_delay", self.retry_delay)
+        if self.retries < 0:
+            raise ConfigError(f"must be 0 or more, got {self.retries}", "retries")
+        if not self.dsn:
+            return
+        try:
+            conninfo_to_dict(self.dsn)
+        except Exception as e:  # psycopg.ProgrammingError: libpq's own words
+            raise ConfigError(f"not a valid connection string: {e}", "dsn") from None
+
+
 def parse_aliases(text: str, path: Path | str = "aliases") -> dict[str, list[str]]:
     """Parse C{/etc/aliases}-style lines: C{name: user, user}."""
     table: dict[str, list[str]] = {}
@@ -565,6 +606,9 @@ def _build(
                 raise ConfigError(f"{ep!r} reads a PROXY header, but server.proxy_trusted "
                                   "is empty: list the addresses HAProxy connects from "
                                   "(e.g. [\"10.0.0.5\"])", f"listen.{name}[{i}]")
+    store = sections.get("store")
+    if getattr(store, "backend", "") == "postgresql" and not sections["database"].dsn:
+        raise ConfigError('"postgresql" needs [database] dsn', "store.backend")
     return Config(path=path, server=server, listen=listen, sections=sections,
                   realm_options=realm_options)
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 #: Modules imported by L{load_all}, in start-up order.
 PACKAGES = [
+    # Not a protocol: the PostgreSQL database (netsuite db, the schema check, the
+    # shared throttle), first so the throttle is in place before the others build.
+    "netsuite.db.service",
     "netsuite.smtp.service",
     "netsuite.lmtp.service",
     "netsuite.mailauth.service",

@@ -41,6 +41,7 @@ from netsuite.config import (
     ConfigError,
     split_proxy,
 )
+from netsuite.db.pool import database
 from netsuite.realm import make_realm
 
 log = Logger(namespace="netsuite")
@@ -69,6 +70,12 @@ def make_checkers(config: Config) -> list:
     for i, name in enumerate(config.server.auth):
         if name == "passwd":
             name = f"passwd:{config.data_dir / 'passwd'}"
+        elif name == "sql":  # the config's [database], with its pool settings
+            if not config.database.dsn:
+                raise ConfigError("'sql' needs [database] dsn", f"server.auth[{i}]",
+                                  config.path)
+            database(config.database)
+            name = f"sql:{config.database.dsn}"
         try:
             result.append(strcred.makeChecker(name))
         except strcred.InvalidAuthType:

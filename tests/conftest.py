@@ -22,6 +22,9 @@ from harness import Daemon  # noqa: E402
 from queue_remote import Remote  # noqa: E402 (aiosmtpd: a test dependency in pyproject.toml)
 
 
+from pg import Cluster  # noqa: E402
+
+
 @pytest.fixture
 def make_daemon(tmp_path_factory):
     """Factory: C{make_daemon(config=..., listeners=[...])}, stopped after the test."""
@@ -46,6 +49,22 @@ def remote():
     r = Remote().start()
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the whole run (one initdb); see L{pg.Cluster}."""
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster) -> str:
+    """A fresh database of its own for each test: the DSN to reach it."""
+    if not pg_cluster.running:  # a test that stopped it and failed before starting it again
+        pg_cluster.start()
+    return pg_cluster.new_database()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -101,6 +101,10 @@ BENCHES = {
          rf"^put MiB/s\s+{NUM}\s+{NUM}\s+{RATIO}$",
          rf"^logins seconds\s+{NUM}\s+{NUM}\s+{RATIO}$",
          r"^logins failed\s+0\.00\s+0\.00\s+n/a$"]),
+    "db_bench.py": (
+        lambda: need_file("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
+        [rf"^queries/s\s+{NUM}\s+{NUM}\s+{NUM}\s+{RATIO}\s+{RATIO}$",
+         rf"^client CPU us/query\s+{NUM}\s+{NUM}\s+{NUM}\s+{RATIO}\s+{RATIO}$"]),
     "telnet_bench.py": (
         lambda: need_file("/usr/sbin/telnetd", "inetutils-telnetd"),
         [rf"^netsuite\s+5\s+{NUM}(\s+{NUM}){{6}}$",

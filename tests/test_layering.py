@@ -36,6 +36,10 @@ LATE_IMPORTS = {
         "only when the checker is chosen",
     ("netsuite/auth/factories.py", "netsuite.auth.pam"):
         "python-pam is an optional dependency, imported only when 'pam' is chosen",
+    ("netsuite/auth/factories.py", "netsuite.auth.sqlchecker"):
+        "psycopg and its pool load only when the 'sql' checker is chosen",
+    ("netsuite/auth/factories.py", "netsuite.db.pool"):
+        "psycopg and its pool load only when the 'sql' checker is chosen",
     ("netsuite/service.py", "netsuite.tls_acme"):
         "the ACME client (acme, josepy, requests) loads only when [tls] acme is set",
 }

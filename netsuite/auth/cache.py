@@ -57,11 +57,12 @@ log = Logger(namespace="netsuite.auth")
 class ICacheTokenSource(Interface):
     """A checker that can say what a cached success for a user must still match."""
 
-    def cache_token(username: str) -> bytes | None:
+    def cache_token(username: str) -> bytes | None | defer.Deferred:
         """
         Bytes that change whenever the user's credentials change (the stored
         password hash), or L{None} if the user does not exist now.  Cheap: it is
-        asked on every login.
+        asked on every login.  A checker whose users live in a database returns
+        a Deferred of the same (never blocking the reactor for it).
         """
 
 
@@ -147,12 +148,16 @@ class CachingChecker:
             return defer.maybeDeferred(self.checker.requestAvatarId, creds)
 
         name = normalize_username(creds.username)
-        if self._tracked:
-            token = self.checker.cache_token(name)
-            if token is None:  # no such user now: nothing cached can apply
-                return self._ask(creds, None)
-        else:
-            token = b""
+        if not self._tracked:
+            return self._lookup(b"", creds, name)
+        token = self.checker.cache_token(name)
+        if isinstance(token, defer.Deferred):  # a database look-up (the sql checker)
+            return token.addCallback(self._lookup, creds, name)
+        return self._lookup(token, creds, name)
+
+    def _lookup(self, token: bytes | None, creds, name: str) -> defer.Deferred:
+        if token is None:  # no such user now: nothing cached can apply
+            return self._ask(creds, None)
         digest = self.cache.digest(name, token, password_bytes(creds.password))
         avatar_id = self.cache.get(digest)
         if avatar_id is not None:

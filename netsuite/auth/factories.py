@@ -34,3 +34,20 @@ class PAMCheckerFactory:
         from netsuite.auth.pam import PAMChecker
 
         return PAMChecker(argstring or "login")
+
+
+@implementer(strcred.ICheckerFactory, IPlugin)
+class SQLCheckerFactory:
+    authType = "sql"
+    authHelp = ("Users in the PostgreSQL database (sql: the [database] dsn of the config, "
+                "or sql:DSN); docs/scale-out.md.")
+    argStringFormat = "optional libpq connection string"
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def generateChecker(self, argstring: str = ""):
+        from netsuite.auth.sqlchecker import SQLChecker
+        from netsuite.db.pool import for_dsn
+
+        if not argstring:
+            raise ValueError("needs a database: sql:DSN, or [database] dsn in the config")
+        return SQLChecker(for_dsn(argstring))

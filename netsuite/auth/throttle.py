@@ -25,8 +25,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsuite import metrics
-from netsuite.auth import normalize_username
+from netsuite.auth import AvatarInUse, normalize_username
 from netsuite.config import ThrottleConfig
+from netsuite.db.errors import DatabaseUnavailable
 
 log = Logger(namespace="netsuite.auth")
 
@@ -136,16 +137,15 @@ class ThrottledPortal:
         user = normalize_username(getattr(credentials, "username", b"") or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
         mechanism = mechanism_of(credentials)
-        if self.throttle.locked(*keys):
-            delay = self.throttle.fail(*keys)
-            self._remember(protocol, peer, user, "locked")
-            metrics.logins.labels(protocol, mechanism, "failed").inc()
-            metrics.login_locked_refusals.labels(protocol).inc()
-            self._delayed(protocol, delay)
-            log.warn("login refused, locked: protocol={protocol} address={client} user={user}",
-                     protocol=protocol, client=peer, user=user, event="login_refused",
-                     reason="locked")
-            return task.deferLater(self.reactor, delay, self._refuse)
+        result = _then(self.throttle.locked(*keys), self._login, credentials, mind, interfaces,
+                       peer, protocol, user, keys, mechanism)
+        return result if isinstance(result, defer.Deferred) else defer.succeed(result)
+
+    def _login(self, locked: bool, credentials, mind, interfaces: tuple, peer: str,
+               protocol: str, user: str, keys: tuple[str, ...], mechanism: str):
+        if locked:
+            return _then(self.throttle.fail(*keys), self._refuse_locked, protocol, peer, user,
+                         mechanism)
         d = self.portal.login(credentials, mind, *interfaces)
 
         def ok(result):
@@ -156,6 +156,19 @@ class ThrottledPortal:
             return result
 
         def failed(reason):
+            if reason.check(DatabaseUnavailable):
+                # The user database is away: a temporary failure for the protocol to
+                # say so, not a wrong password, and not counted against anyone.
+                metrics.logins.labels(protocol, mechanism, "failed").inc()
+                log.warn("login failed, database unavailable: protocol={protocol} "
+                         "address={client} user={user}", protocol=protocol, client=peer,
+                         user=user, event="login_failed", reason="db_unavailable")
+                return reason
+            if reason.check(AvatarInUse):  # right password, busy mailbox: the protocol says so
+                log.info("login refused, in use: protocol={protocol} address={client} "
+                         "user={user}", protocol=protocol, client=peer, user=user,
+                         event="login_refused", reason="in_use")
+                return reason
             if reason.check(defer.CancelledError):
                 # The client left while its password was being checked.  Counted
                 # all the same: hanging up after PASS must not buy unthrottled
@@ -178,6 +191,17 @@ class ThrottledPortal:
 
         return d.addCallbacks(ok, failed)
 
+    def _refuse_locked(self, delay: float, protocol: str, peer: str, user: str,
+                       mechanism: str) -> defer.Deferred:
+        self._remember(protocol, peer, user, "locked")
+        metrics.logins.labels(protocol, mechanism, "failed").inc()
+        metrics.login_locked_refusals.labels(protocol).inc()
+        self._delayed(protocol, delay)
+        log.warn("login refused, locked: protocol={protocol} address={client} user={user}",
+                 protocol=protocol, client=peer, user=user, event="login_refused",
+                 reason="locked")
+        return task.deferLater(self.reactor, delay, self._refuse)
+
     def refuse(self, username: bytes | str, peer: str = "?", protocol: str = "?"
                ) -> defer.Deferred:
         """
@@ -186,27 +210,43 @@ class ThrottledPortal:
         """
         user = normalize_username(username or b"")
         keys = (f"addr:{peer}", f"user:{user.lower()}")
-        result = self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
-                              peer, protocol, user, why="bad_username",
-                              was_locked=self.throttle.locked(*keys))
-        return result if isinstance(result, defer.Deferred) else defer.fail(result)
+
+        def counted(was_locked: bool):
+            return self._failed(keys, Failure(error.UnauthorizedLogin("malformed user name")),
+                                peer, protocol, user, why="bad_username",
+                                was_locked=was_locked)
+
+        result = _then(self.throttle.locked(*keys), counted)
+        if isinstance(result, Failure):
+            return defer.fail(result)
+        return result if isinstance(result, defer.Deferred) else defer.succeed(result)
 
     def _failed(self, keys: tuple[str, ...], reason: Failure, peer: str, protocol: str,
                 user: str, mechanism: str = "password", why: str = "auth_failed",
                 was_locked: bool = False) -> Failure | defer.Deferred:
         """C{why}: the reason code of the log line (L{netsuite.logs.REASONS})."""
-        delay = self.throttle.fail(*keys)
+        return _then(self.throttle.fail(*keys), self._failure_counted, keys, reason, peer,
+                     protocol, user, mechanism, why, was_locked)
+
+    def _failure_counted(self, delay: float, keys: tuple[str, ...], reason: Failure, peer: str,
+                         protocol: str, user: str, mechanism: str, why: str,
+                         was_locked: bool) -> Failure | defer.Deferred:
         self._remember(protocol, peer, user, "failed")
         metrics.logins.labels(protocol, mechanism, "failed").inc()
         self._delayed(protocol, delay)
-        if not was_locked and self.throttle.locked(*keys):  # this failure locked it
-            metrics.login_locks.labels(protocol).inc()
+        if not was_locked:
+            _then(self.throttle.locked(*keys), self._count_lock, protocol)
         log.warn("login failed: protocol={protocol} address={client} user={user}",
                  protocol=protocol, client=peer, user=user, event="login_failed",
                  reason=why, delay=delay)
         if not delay:
             return reason
         return task.deferLater(self.reactor, delay, lambda: reason)
+
+    @staticmethod
+    def _count_lock(locked: bool, protocol: str) -> None:
+        if locked:  # this failure locked it
+            metrics.login_locks.labels(protocol).inc()
 
     def _remember(self, protocol: str, peer: str, user: str, outcome: str) -> None:
         self.recent_failures.append({"time": time.time(), "protocol": protocol,
@@ -221,6 +261,16 @@ class ThrottledPortal:
     @staticmethod
     def _refuse():
         raise error.UnauthorizedLogin("too many failed logins; try again later")
+
+
+def _then(value: Any, function: Callable[..., Any], *args: Any) -> Any:
+    """
+    C{function(value, *args)}, at once if the throttle answered at once (the
+    in-memory and SQLite throttles), else when its Deferred fires (PostgreSQL's).
+    """
+    if isinstance(value, defer.Deferred):
+        return value.addCallback(function, *args)
+    return function(value, *args)
 
 
 class PeerPortal:

@@ -16,12 +16,14 @@ import contextlib
 import fcntl
 import io
 import os
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from netsuite.auth import AvatarInUse
 from netsuite.pop3.wire import uidl_for
 
 log = Logger(namespace="netsuite.pop3")
@@ -44,8 +46,8 @@ def _lock_maildrop(path) -> int | None:
     return fd
 
 
-class MailboxInUse(Exception):
-    """Another POP3 session holds this mailbox."""
+class MailboxInUse(AvatarInUse):
+    """Another POP3 session holds this mailbox (here or, with the shared lock, on another host)."""
 
 
 @implementer(pop3.IMailbox)
@@ -68,6 +70,8 @@ class POP3Mailbox:
         self.folder.save_if_dirty()
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
+        #: The lock shared by every host (L{netsuite.db.locks.Held}), if the store has one.
+        self.shared_lock: Any = None
         # flock, not lockf: a second open in this same process conflicts too.
         self._lock_fd = _lock_maildrop(store.mailbox_path(user))
         if self._lock_fd is None:
@@ -166,6 +170,9 @@ class POP3Mailbox:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
+        held, self.shared_lock = self.shared_lock, None
+        if held is not None:
+            held.release()
         self.store.unwatch(self.folder, self._changed)
 
 
@@ -181,8 +188,32 @@ def mailbox_for(realm, user: str):
     on_delete = getattr(cfg, "on_delete", "expunge")
     mark_seen = getattr(cfg, "mark_seen", True)
     store = realm.store
-    d = store.open_folder(user, "INBOX")
-    # LIST and the login's reply need every size: files of unknown size are read there too.
-    d.addCallback(lambda folder: folder.learn_sizes())
-    d.addCallback(lambda _: POP3Mailbox(store, user, on_delete, mark_seen))
-    return d
+
+    def open_mailbox(_=None) -> defer.Deferred:
+        d = store.open_folder(user, "INBOX")
+        # LIST and the login's reply need every size: files of unknown size are read there too.
+        d.addCallback(lambda folder: folder.learn_sizes())
+        d.addCallback(lambda _: POP3Mailbox(store, user, on_delete, mark_seen))
+        return d
+
+    shared = getattr(realm, "shared_locks", None)
+    if shared is None:
+        return open_mailbox()
+
+    def locked(held):
+        # With [store] backend = "postgresql" the lock holds across hosts too
+        # (netsuite.db.locks); the flock above still holds within this one.
+        if held is None:
+            raise MailboxInUse(user)
+
+        def keep(mailbox: POP3Mailbox) -> POP3Mailbox:
+            mailbox.shared_lock = held
+            return mailbox
+
+        def give_back(failure):
+            held.release()
+            return failure
+
+        return open_mailbox().addCallbacks(keep, give_back)
+
+    return shared.acquire(f"pop3:{user}").addCallback(locked)

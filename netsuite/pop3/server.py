@@ -25,6 +25,7 @@ from zope.interface import implementer
 from netsuite import metrics
 from netsuite.auth import sasl
 from netsuite.config import plaintext_auth_allowed
+from netsuite.db.errors import DatabaseUnavailable
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
 from netsuite.pop3 import wire
@@ -338,6 +339,9 @@ class POP3Server(StopWhenIdle, pop3.POP3, CommandDeadline):
                                           "IN-USE"))
         elif failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
             self.transport.write(wire.err("Authentication failed", "AUTH"))
+        elif failure.check(DatabaseUnavailable):  # logged by the portal
+            self.transport.write(wire.err("User database unavailable, try again later",
+                                          "SYS/TEMP"))
         else:
             return failure
 

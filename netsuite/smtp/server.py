@@ -33,6 +33,7 @@ from zope.interface import implementer
 from netsuite import metrics
 from netsuite.auth.sasl import MECHANISMS, SASLError
 from netsuite.config import plaintext_auth_allowed
+from netsuite.db.errors import DatabaseUnavailable
 from netsuite.deadline import CommandDeadline
 from netsuite.framer import LineFramer, Overlong
 from netsuite.mailauth import rspamd
@@ -462,6 +463,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         self.challenger = None
         if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
             self.say(535, "5.7.8", "Error: authentication failed")
+        elif failure.check(DatabaseUnavailable):  # logged by the portal; RFC 4954's answer
+            self.say(454, "4.7.0", "Temporary authentication failure, try again later")
         else:
             log.failure("authentication error", failure)
             self.say(454, "4.7.0", "Temporary authentication failure")

@@ -5,16 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from netsuite import protocols
-from netsuite.config import positive, section
+from netsuite.config import ConfigError, positive, section
 
 #: How often tmp/ leftovers are looked for (and once at start-up).
 TMP_CLEAN_INTERVAL = 3600.0
+
+#: What C{[store] backend} may name.
+BACKENDS = ("maildir", "postgresql")
 
 
 @section("store")
 @dataclass
 class StoreConfig:
-    """How the Maildir store watches and caches folders."""
+    """Where shared state lives, and how the Maildir store watches and caches folders."""
+
+    #: C{"maildir"}: one host (mail in Maildir, the login throttle in DATA/run);
+    #: C{"postgresql"}: several hosts on C{[database] dsn} (the login throttle and
+    #: the POP3 maildrop lock are shared there; mail itself stays in Maildir for now).
+    backend: str = "maildir"
 
     #: Seconds between checks of open folders for changes by other programs
     #: (two stats per folder); deliveries by this server are seen at once.
@@ -23,6 +31,9 @@ class StoreConfig:
     cache_folders: int = 64
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"expected one of {', '.join(BACKENDS)}, got {self.backend!r}",
+                              "backend")
         positive("poll_interval", self.poll_interval)
         positive("cache_folders", self.cache_folders)
 

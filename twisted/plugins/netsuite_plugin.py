@@ -1,8 +1,12 @@
-"""twistd and strcred plugins: C{twistd netsuite}, C{--auth passwd:...}, C{--auth pam}."""
+"""twistd and strcred plugins: C{twistd netsuite}, C{--auth passwd:...}, C{pam}, C{sql}."""
 
 from twisted.application.service import ServiceMaker
 
-from netsuite.auth.factories import PAMCheckerFactory, PasswordFileCheckerFactory
+from netsuite.auth.factories import (
+    PAMCheckerFactory,
+    PasswordFileCheckerFactory,
+    SQLCheckerFactory,
+)
 
 netsuite = ServiceMaker(
     "netsuite",
@@ -13,3 +17,4 @@ netsuite = ServiceMaker(
 
 passwdChecker = PasswordFileCheckerFactory()
 pamChecker = PAMCheckerFactory()
+sqlChecker = SQLCheckerFactory()

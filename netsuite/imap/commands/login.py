@@ -10,6 +10,7 @@ from twisted.internet import interfaces
 from twisted.logger import Logger
 
 from netsuite.auth import sasl
+from netsuite.db.errors import DatabaseUnavailable
 from netsuite.imap.account import IImapAccount
 from netsuite.imap.commands import SessionBase
 
@@ -119,6 +120,9 @@ class LoginCommands(SessionBase):
             self.setTimeout(self.cfg.login_timeout)  # setTimeout(None) cleared timeOut
             if f.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
                 self._tagged(tag, b"NO", b"[AUTHENTICATIONFAILED] Authentication failed")
+            elif f.check(DatabaseUnavailable):  # logged by the portal
+                self._tagged(tag, b"NO", b"[UNAVAILABLE] User database unavailable, "
+                             b"try again later")
             else:
                 log.failure("IMAP login", f)
                 self._tagged(tag, b"NO", b"[UNAVAILABLE] Temporary server failure")
