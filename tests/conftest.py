@@ -19,10 +19,8 @@ os.environ.setdefault("PYTHONPYCACHEPREFIX",
                       str(Path.home() / ".cache" / "netsuite-tests" / "pycache"))
 
 from harness import Daemon  # noqa: E402
-from queue_remote import Remote  # noqa: E402 (aiosmtpd: a test dependency in pyproject.toml)
-
-
 from pg import Cluster  # noqa: E402
+from queue_remote import Remote  # noqa: E402 (aiosmtpd: a test dependency in pyproject.toml)
 
 
 @pytest.fixture
