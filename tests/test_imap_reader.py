@@ -205,6 +205,9 @@ def test_append_disk_errors_are_answered_by_kind():
         server, t, _, _ = make()
         server.state = "auth"
         folder = FailingFolder(OSError(err, "disk trouble"))
-        server.account = SimpleNamespace(folder=lambda name, create=False, f=folder: f)
+        server.account = SimpleNamespace(
+            folder=lambda name, create=False, f=folder: f,
+            # APPEND opens its folder as a Deferred (a cold folder is read off the reactor).
+            folder_deferred=lambda name, f=folder: defer.succeed(f))
         server.dataReceived(b"a1 APPEND INBOX {5+}\r\nhello\r\n")
         assert t.value().startswith(b"a1 NO [" + code + b"]"), t.value()

@@ -422,13 +422,13 @@ def test_smarthost_require_tls_without_starttls_defers(make_daemon, remote, tmp_
 
 def test_delay_warning_then_expiry_bounce(make_daemon):
     port = free_port()
-    d = relay_daemon(make_daemon, port, delay_warning=0.5, lifetime=2.5)
+    d = relay_daemon(make_daemon, port, delay_warning=0.5, lifetime=6)
     submit(d, ["never@remote.test"], message("expires"))
     warning = dsn_of(d, "alice")
     assert b"Action: delayed" in warning and b"Status: 4.4.1" in warning
     assert b"Subject: Delayed Mail" in warning
     assert len(queue_ids(d)) == 1  # still being retried
-    final = d.wait_for(lambda: [m for m in d.messages("alice") if b"Action: failed" in m], 15)
+    final = d.wait_for(lambda: [m for m in d.messages("alice") if b"Action: failed" in m], 30)
     assert final, d.log()[-3000:]
     assert b"Status: 5.4.7" in final[0] and b"message expired" in final[0]
     assert b"Subject: expires" in final[0]
