@@ -36,20 +36,31 @@ class Migration:
 
 
 def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Every migration shipped, in order (versions 1, 2, ... without gaps)."""
+    """
+    Every migration shipped, in order.  Versions only have to increase: a gap
+    (0003 shipped before 0002, from branches written side by side) is allowed,
+    and a database is up to date when every shipped version is applied
+    (L{missing}), not merely the highest.
+    """
     found = []
     for path in sorted(directory.iterdir()):
         m = _NAME.match(path.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), path.read_text("utf-8")))
-    for expected, migration in enumerate(found, 1):
-        if migration.version != expected:
-            raise RuntimeError(f"migration {migration.version} where {expected} was expected")
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions) or any(v < 1 for v in versions):
+        raise RuntimeError(f"migration versions must be distinct and positive: {versions}")
     return found
 
 
-#: The schema version this code runs on.
-LATEST = len(migrations())
+#: The schema version this code runs on (the highest shipped).
+LATEST = max((m.version for m in migrations()), default=0)
+
+
+def missing(conn: psycopg.Connection) -> list[int]:
+    """Shipped versions not applied to the database (any gap counts, not only the top)."""
+    done = {v for v, _n, _t in applied(conn)}
+    return [m.version for m in migrations() if m.version not in done]
 
 
 def current_version(conn: psycopg.Connection) -> int | None:
@@ -102,9 +113,11 @@ def _upgrade_locked(conn: psycopg.Connection, create: bool
         if found is None:
             conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
                          "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        have = set() if found is None else {
+            row[0] for row in conn.execute("SELECT version FROM schema_version").fetchall()}
         done = []
         for migration in migrations():
-            if migration.version <= (found or 0):
+            if migration.version in have:
                 continue
             conn.execute(migration.sql.encode("utf-8"))  # our own files, no parameters
             conn.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)",
@@ -122,7 +135,7 @@ def check(conn: psycopg.Connection) -> int:
     if found > LATEST:
         raise SchemaMismatch(f"schema version {found} is newer than this netsuite knows "
                              f"({LATEST}): upgrade netsuite")
-    if found < LATEST:
+    if found < LATEST or missing(conn):
         raise SchemaMismatch(f"schema version {found}, this netsuite needs {LATEST} "
                              f"(run 'netsuite db migrate')")
     return found

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store.maildir import clean_tmp_dir
@@ -91,6 +92,26 @@ class Envelope:
         return [r for r in self.recipients if r.state == PENDING]
 
 
+class IQueueSpool(Interface):
+    """
+    Where the runner keeps queued messages: files under C{DATA/queue}
+    (L{Spool}, one host) or rows in PostgreSQL (L{netsuite.queue.pgspool.PgSpool},
+    shared by every host on the database).  The runner asks C{shared}: a
+    shared spool's messages are held only while claimed, and its operations
+    return Deferreds (database threads); the file spool's are blocking and
+    the runner runs the slow ones in its disk threads.
+    """
+
+    shared = Attribute("True if other processes work on the same messages (claims, leases)")
+    tmp = Attribute("Path of the directory big messages are spilled to while they arrive")
+
+    def new_id(hint: bytes = b"") -> str:
+        """A queue id: the one the Received header in C{hint} names when free, else fresh."""
+
+    def clean_tmp(max_age: float, now: float | None = None) -> int:
+        """Remove spilled bodies older than C{max_age} seconds (blocking)."""
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -106,8 +127,12 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+@implementer(IQueueSpool)
 class Spool:
     """The files; every method blocks (the runner calls the slow ones in threads)."""
+
+    #: One process (or one host's workers through control requests) owns these files.
+    shared = False
 
     def __init__(self, root: Path):
         self.root = Path(root)

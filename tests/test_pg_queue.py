@@ -1,0 +1,275 @@
+"""
+The outgoing queue in PostgreSQL (C{[store] backend = "postgresql"}): two real
+daemons ("hosts" A and B: separate data directories and ports) on one database
+(tests/pg.py), relaying to an aiosmtpd sink (tests/queue_remote.py) through a
+static route.  Each host says its own name in EHLO (C{helo_name}), so the sink
+knows which host delivered what.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from collections import Counter
+
+import pytest
+from harness import Daemon
+from mail_fixtures import FAST, message, queue_ids
+from queue_remote import Remote
+from rawsmtp import insecure_context
+from test_db import db_config, dbname
+
+#: Short lease: a killed host's messages are taken over within seconds.
+LEASE = 3.0
+
+
+def host_config(dsn: str, sink: int, name: str) -> dict:
+    config = db_config(dsn)
+    config["database"]["lock_lease"] = LEASE
+    config["queue"] = {**FAST, "helo_name": f"{name}.test",
+                       "routes": {"remote.test": f"127.0.0.1:{sink}"}}
+    return config
+
+
+@pytest.fixture(scope="module")
+def sink():
+    r = Remote().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def hosts(pg_cluster, sink, tmp_path_factory):
+    dsn = pg_cluster.new_database()
+    made = [Daemon(tmp_path_factory.mktemp(f"qhost-{n}"), host_config(dsn, sink.port, n),
+                   ["smtp", "smtps"]) for n in ("a", "b")]
+    a, b = made
+    a.cli("db", "init")
+    a.cli("user", "add", "alice", "--password-stdin", input="alice-pw\n")
+    for d in made:
+        d.start()
+    yield a, b, dsn
+    for d in made:
+        d.stop()
+
+
+@pytest.fixture
+def clean(hosts, sink, pg_cluster):
+    """Each test starts with an empty sink and queue."""
+    a, b, dsn = hosts
+    sink.handler.messages.clear()
+    sink.handler.script.clear()
+    sink.handler.data_delay = 0.0
+    yield hosts
+    sink.handler.data_delay = 0.0
+    sink.handler.script.clear()
+    pg_cluster.execute("DELETE FROM queue_messages; DELETE FROM throttle_failures; "
+                       "DELETE FROM throttle_locks", dbname(dsn))
+
+
+def connect(d: Daemon) -> smtplib.SMTP_SSL:
+    s = smtplib.SMTP_SSL("127.0.0.1", d.port("smtps"), timeout=30, context=insecure_context())
+    s.login("alice", "alice-pw")
+    return s
+
+
+def send(s: smtplib.SMTP, subject: str, rcpt: str = "someone@remote.test") -> int:
+    """250, or the code the server answered the message with."""
+    try:
+        s.sendmail("alice@example.test", [rcpt], message(subject, to=rcpt))
+        return 250
+    except smtplib.SMTPResponseException as e:
+        return e.smtp_code
+    except smtplib.SMTPRecipientsRefused as e:
+        return next(iter(e.recipients.values()))[0]
+
+
+def subjects(sink: Remote) -> Counter:
+    out: Counter = Counter()
+    for m in list(sink.messages):
+        for line in m["content"].split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                out[line[9:].decode()] += 1
+                break
+    return out
+
+
+def queue_rows(cluster, dsn: str) -> int:
+    return int(cluster.execute("SELECT count(*) FROM queue_messages", dbname(dsn)))
+
+
+def flood(d: Daemon, names: list[str], connections: int = 4, rcpt=None) -> dict[str, int]:
+    """Send C{names} (subjects) through C{d} over a few connections in threads: name -> code."""
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+    chunks = [names[i::connections] for i in range(connections)]
+
+    def run(chunk: list[str]) -> None:
+        s = connect(d)
+        try:
+            for name in chunk:
+                code = send(s, name, rcpt(name) if rcpt else "someone@remote.test")
+                with lock:
+                    codes[name] = code
+        finally:
+            try:
+                s.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks if c]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return codes
+
+
+def test_relay_through_a_host_reaches_the_sink(clean, sink, pg_cluster):
+    a, b, dsn = clean
+    with connect(a) as s:
+        assert send(s, "one-relay", "carol@remote.test") == 250
+    got = sink.handler.wait(1)
+    assert len(got) == 1, a.log()[-3000:]
+    assert got[0]["to"] == ["carol@remote.test"] and got[0]["helo"] == "a.test"
+    assert b"Subject: one-relay" in got[0]["content"]
+    assert a.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 10)
+    assert "sent: id=" in a.log() and "removed: id=" in a.log()
+
+
+def test_two_hosts_deliver_a_flood_exactly_once(clean, sink, pg_cluster):
+    a, b, dsn = clean
+    n = 200
+    names = [f"flood-{i:03d}" for i in range(n)]
+    # Every first attempt is deferred by the sink: the retries are claimed from
+    # the shared table by whichever host comes first, both polling every 0.1 s.
+    for name in names:
+        sink.handler.script[f"{name}@remote.test"] = ["451 4.3.0 try again"]
+    codes = flood(a, names[: n // 2], rcpt=lambda x: f"{x}@remote.test")
+    codes.update(flood(b, names[n // 2:], rcpt=lambda x: f"{x}@remote.test"))
+    assert list(codes.values()).count(250) == n, Counter(codes.values())
+    assert a.wait_for(lambda: len(subjects(sink)) == n, 60, 0.2), (
+        f"{len(subjects(sink))} of {n} delivered\n{a.log()[-2000:]}\n{b.log()[-2000:]}")
+    assert a.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 20, 0.2)
+    counts = subjects(sink)
+    duplicates = sum(c - 1 for c in counts.values())
+    print(f"\nflood: {n} messages, {len(counts)} delivered, duplicates={duplicates}")
+    assert duplicates == 0, [s for s, c in counts.items() if c > 1]
+    by = Counter(m["helo"] for m in sink.messages)
+    print(f"flood: delivered by host: {dict(by)}")
+    # Retries went to both hosts, across where each message was accepted.
+    assert by["a.test"] > 0 and by["b.test"] > 0, by
+    assert "Traceback" not in a.log() + b.log()
+
+
+def test_a_killed_hosts_messages_are_delivered_by_the_other_after_the_lease(
+        clean, sink, pg_cluster):
+    a, b, dsn = clean
+    sink.handler.data_delay = 2.0  # A's deliveries hang in DATA when it dies
+    names = [f"kill-{i:03d}" for i in range(60)]
+    codes = flood(a, names, connections=3)
+    acked = [n for n, c in codes.items() if c == 250]
+    assert len(acked) == len(names), Counter(codes.values())
+    held = pg_cluster.execute("SELECT count(*) FROM queue_messages WHERE claimed_by IS NOT "
+                              "NULL AND lease_until > now()", dbname(dsn))
+    assert int(held) > 0
+    a.kill9()
+    killed = time.monotonic()
+    try:
+        sink.handler.data_delay = 0.0
+        assert b.wait_for(lambda: set(acked) <= set(subjects(sink)), 60, 0.2), (
+            f"missing: {sorted(set(acked) - set(subjects(sink)))[:10]}\n{b.log()[-3000:]}")
+        took = time.monotonic() - killed
+        assert b.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 20, 0.2)
+        counts = subjects(sink)
+        by_b = sum(1 for m in sink.messages if m["helo"] == "b.test")
+        duplicates = sum(c - 1 for c in counts.values())
+        print(f"\nkill -9: {len(acked)} acknowledged, all delivered; by B after the lease: "
+              f"{by_b}; duplicates={duplicates} (A's DATA in flight at the kill); "
+              f"all delivered {took:.1f} s after the kill")
+        assert by_b > 0
+        # What B took over it took only after A's lease had passed.
+        assert took >= LEASE * 0.5
+    finally:
+        a.start()
+
+
+def test_database_outage_during_a_flood(clean, sink, pg_cluster):
+    a, b, dsn = clean
+    # Sessions authenticated before the outage (AUTH itself needs the database).
+    sessions = [connect(a), connect(b)]
+    acked = []
+    for i, s in enumerate(sessions * 10):
+        name = f"before-{i:02d}"
+        assert send(s, name) == 250
+        acked.append(name)
+    before = (len(a.log()), len(b.log()))
+    pg_cluster.stop()
+    refused = Counter()
+    try:
+        for i, s in enumerate(sessions * 5):
+            code = send(s, f"during-{i:02d}")
+            refused[code] += 1
+            if code == 250:
+                acked.append(f"during-{i:02d}")
+    finally:
+        pg_cluster.start()
+    print(f"\noutage: replies while the database was stopped: {dict(refused)}")
+    assert refused[451] > 0 and set(refused) <= {250, 451}, refused
+    for s in sessions:
+        s.close()
+    # Back by itself, on both hosts: a bounded wait for the first 250 on a fresh session.
+    for d in (a, b):
+        name = f"after-{d.port('smtps')}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and name not in acked:
+            try:
+                with connect(d) as s:
+                    if send(s, name) == 250:
+                        acked.append(name)
+                        break
+            except (smtplib.SMTPException, OSError):
+                pass
+            time.sleep(0.2)
+        assert name in acked, d.log()[-3000:]
+    codes = flood(b, [f"after-{i:02d}" for i in range(1, 21)], connections=2)
+    assert set(codes.values()) == {250}, codes
+    acked += list(codes)
+    assert a.wait_for(lambda: set(acked) <= set(subjects(sink)), 60, 0.2), (
+        f"lost: {sorted(set(acked) - set(subjects(sink)))}\n{a.log()[-3000:]}")
+    assert a.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 30, 0.2)
+    counts = subjects(sink)
+    print(f"outage: {len(acked)} acknowledged, all delivered, duplicates="
+          f"{sum(c - 1 for c in counts.values())}")
+    log = a.log()[before[0]:]
+    assert "could not queue the message" in log and "Traceback" not in log, log[-3000:]
+
+
+def test_queue_commands_and_bounces_against_the_database(clean, sink, pg_cluster):
+    a, b, dsn = clean
+    sink.handler.script["stuck@remote.test"] = ["451 4.3.0 not now"] * 1000
+    sink.handler.script["gone@remote.test"] = ["550 5.1.1 no such user"]
+    with connect(a) as s:
+        assert send(s, "stuck-one", "stuck@remote.test") == 250
+        assert send(s, "gone-one", "gone@remote.test") == 250
+    # The permanent failure: a DSN into alice's mailbox (whichever host settled it).
+    assert a.wait_for(lambda: [m for d in (a, b) for m in d.messages("alice")
+                               if b"multipart/report" in m and b"gone@remote.test" in m], 20)
+    # The deferred one is listed on the other host too: the queue is the database's.
+    assert b.wait_for(lambda: len(queue_ids(b)) == 1 and "not now" in b.cli(
+        "queue", "list").stdout, 20), b.cli("queue", "list").stdout
+    [qid] = queue_ids(b)
+    shown = b.cli("queue", "show", qid).stdout
+    assert "recipient: <stuck@remote.test> pending" in shown and "Subject: stuck-one" in shown
+    before = sink.handler.rcpt_calls["stuck@remote.test"]
+    pg_cluster.execute("UPDATE queue_messages SET next_attempt = extract(epoch FROM now()) "
+                       "+ 3600", dbname(dsn))
+    assert "1 message(s) due now" in b.cli("queue", "flush", qid).stdout
+    assert a.wait_for(lambda: sink.handler.rcpt_calls["stuck@remote.test"] > before, 10)
+    assert f"deleted {qid}" in a.cli("queue", "delete", qid).stdout
+    assert a.wait_for(lambda: queue_ids(a) == [] and queue_ids(b) == [], 10)
+    assert "queue is empty" in b.cli("queue", "list").stdout
+    missing = b.cli("queue", "show", qid, check=False)
+    assert missing.returncode != 0 and "no message" in missing.stderr
+    assert not [m for m in sink.messages if b"stuck-one" in m["content"]]
