@@ -132,16 +132,18 @@ def _remove(conn: Any, qid: str) -> bool:
                         (qid,)).fetchone() is not None
 
 
-def _claim(conn: Any, holder: str, lease: float, limit: int, now: float
+def _claim(conn: Any, holder: str, lease: float, limit: int, now: float, others: bool
            ) -> list[tuple[Envelope, bytes]]:
+    mine = "" if others else "AND (claimed_by IS NULL OR claimed_by = %(holder)s) "
     with conn.transaction():
         rows = conn.execute(
-            f"UPDATE queue_messages SET claimed_by = %s, "
-            "lease_until = now() + make_interval(secs => %s) WHERE id IN ("
-            "SELECT id FROM queue_messages WHERE next_attempt <= %s "
-            "AND (lease_until IS NULL OR lease_until < now()) ORDER BY next_attempt "
-            "LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {_MESSAGE_COLUMNS}, body", (holder, lease, now, limit)).fetchall()
+            "UPDATE queue_messages SET claimed_by = %(holder)s, "
+            "lease_until = now() + make_interval(secs => %(lease)s) WHERE id IN ("
+            "SELECT id FROM queue_messages WHERE next_attempt <= %(now)s "
+            f"AND (lease_until IS NULL OR lease_until < now()) {mine}ORDER BY next_attempt "
+            "LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_MESSAGE_COLUMNS}, body",
+            {"holder": holder, "lease": lease, "now": now, "limit": limit}).fetchall()
         recipients = _recipients(conn, [r[0] for r in rows])
     return [(_envelope(r[:-1], recipients[r[0]]), bytes(r[-1])) for r in rows]
 
@@ -231,9 +233,13 @@ class PgSpool:
     def discard(self, qid: str) -> defer.Deferred:
         return self.db.run(_remove, qid)
 
-    def claim(self, limit: int, now: float) -> defer.Deferred:
-        """Up to C{limit} due messages no live process holds: [(envelope, message)]."""
-        return self.db.run(_claim, self.holder, self.lease, limit, now)
+    def claim(self, limit: int, now: float, others: bool = True) -> defer.Deferred:
+        """
+        Up to C{limit} due messages no live process holds: [(envelope, message)].
+        Without C{others}, only unclaimed ones and this process's own (just after
+        an outage, when every lease has lapsed, not only a dead host's).
+        """
+        return self.db.run(_claim, self.holder, self.lease, limit, now, others)
 
     def renew(self, qids: list[str]) -> defer.Deferred:
         return self.db.run(_renew, self.holder, qids, self.lease)

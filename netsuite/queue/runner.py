@@ -314,6 +314,11 @@ class QueueRunner(service.Service):
         #: With a shared spool: a claim is under way; the lease renewal.
         self._claiming = False
         self._renewal: task.LoopingCall | None = None
+        #: Attempts whose outcome the database could not take: settled again later.
+        self._unsaved: dict[str, Envelope] = {}
+        self._unsaved_said: set[str] = set()
+        #: Until then (monotonic) claim no other process's lapsed claims (after an outage).
+        self._own_only_until = 0.0
         #: Per-user hourly counts; a worker process swaps in the shared one.
         self.sends = SendLog()
         self._loop: task.LoopingCall | None = None
@@ -469,12 +474,28 @@ class QueueRunner(service.Service):
         for env in list(self.envelopes.values()):
             if env.id not in self.busy and env.next_attempt <= now:
                 self.attempt(env)
+        if self._unsaved:
+            # Save first what the database could not take (before claiming rows
+            # whose lease lapsed meanwhile, ours among them); claim next pass.
+            unsaved, self._unsaved = self._unsaved, {}
+            for env in unsaved.values():
+                self._settle(env)
+            return
         room = CLAIM_PER_CONNECTION * self.settings.concurrency - len(self.envelopes)
         if not self._claiming and room > 0:
             self._claiming = True
-            d = self.spool.claim(room, now)
+            clock = time.monotonic()
+            d = self.spool.claim(room, now, clock >= self._own_only_until)
             d.addCallback(self._claimed)
-            d.addErrback(lambda f: f.trap(DatabaseUnavailable))  # logged once by the pool
+
+            def unavailable(f: Failure) -> None:
+                f.trap(DatabaseUnavailable)  # logged once by the pool
+                # Every lease lapses in an outage, not only a dead host's: once the
+                # database is back, other live hosts get one lease to save and renew
+                # theirs before this one takes expired claims over.
+                self._own_only_until = time.monotonic() + 2 * self.spool.lease
+
+            d.addErrback(unavailable)
             d.addErrback(lambda f: log.failure("queue: claiming due messages failed", f))
 
             def done(_):
@@ -746,6 +767,7 @@ class QueueRunner(service.Service):
         if sent and self.spool.shared:
             # The database's row says so before anything else happens to the message.
             synced = self.spool.mark_sent(env, sent)
+            synced.addErrback(self._unrecorded, env)
             sent = []
         if sent:
             # First of all, before the log, the next message or the removal:
@@ -819,6 +841,9 @@ class QueueRunner(service.Service):
         d.addErrback(lambda f: log.failure("queue: could not update {id}", f, id=env.id))
 
         def done(_):
+            if env.id in self._unsaved:
+                return  # still busy: settled again when the database is back
+            self._unsaved_said.discard(env.id)
             self.busy.discard(env.id)
             if shared:
                 # The claim is given up (or lapses): the row is the message now;
@@ -828,11 +853,25 @@ class QueueRunner(service.Service):
 
         d.addBoth(done)
 
-    def _unsettled(self, f: Failure, env: Envelope) -> None:
-        """The database went away while an attempt was saved: its lease lapses, it is retried."""
+    def _unrecorded(self, f: Failure, env: Envelope) -> None:
+        """A remote's 250 the database could not take now: saving the attempt says it later."""
         f.trap(DatabaseUnavailable)
-        log.warn("queue: cannot save the attempt on {id}: {error}; it is retried once its "
-                 "lease has passed", id=env.id, error=str(f.value))
+        log.warn("queue: cannot record the delivery of {id} now: {error}", id=env.id,
+                 error=str(f.value))
+
+    def _unsettled(self, f: Failure, env: Envelope) -> None:
+        """
+        The database went away while an attempt was saved: the message stays
+        held here and is saved again once a claim succeeds (the database is
+        back).  If the lease lapses first, whoever claims it retries it, and a
+        recipient sent meanwhile may be sent again.
+        """
+        f.trap(DatabaseUnavailable)
+        if env.id not in self._unsaved_said:  # once per message and outage
+            self._unsaved_said.add(env.id)
+            log.warn("queue: cannot save the attempt on {id}: {error}; saved again when the "
+                     "database is back", id=env.id, error=str(f.value))
+        self._unsaved[env.id] = env
 
     @defer.inlineCallbacks
     def _settle_steps(self, env: Envelope):
