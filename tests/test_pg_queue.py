@@ -19,6 +19,10 @@ from mail_fixtures import FAST, message, queue_ids
 from queue_remote import Remote
 from rawsmtp import insecure_context
 from test_db import db_config, dbname
+from zope.interface.verify import verifyClass
+
+from netsuite.queue.pgspool import PgSpool
+from netsuite.queue.spool import IQueueSpool, ISharedQueueSpool, Spool
 
 #: Short lease: a killed host's messages are taken over within seconds.
 LEASE = 3.0
@@ -27,6 +31,7 @@ LEASE = 3.0
 def host_config(dsn: str, sink: int, name: str) -> dict:
     config = db_config(dsn)
     config["database"]["lock_lease"] = LEASE
+    config["smtp"] = {"sender_login_match": False}  # a remote sender, for the remote DSN
     config["queue"] = {**FAST, "helo_name": f"{name}.test",
                        "routes": {"remote.test": f"127.0.0.1:{sink}"}}
     return config
@@ -74,10 +79,11 @@ def connect(d: Daemon) -> smtplib.SMTP_SSL:
     return s
 
 
-def send(s: smtplib.SMTP, subject: str, rcpt: str = "someone@remote.test") -> int:
+def send(s: smtplib.SMTP, subject: str, rcpt: str = "someone@remote.test",
+         sender: str = "alice@example.test") -> int:
     """250, or the code the server answered the message with."""
     try:
-        s.sendmail("alice@example.test", [rcpt], message(subject, to=rcpt))
+        s.sendmail(sender, [rcpt], message(subject, to=rcpt))
         return 250
     except smtplib.SMTPResponseException as e:
         return e.smtp_code
@@ -124,6 +130,11 @@ def flood(d: Daemon, names: list[str], connections: int = 4, rcpt=None) -> dict[
     for t in threads:
         t.join(120)
     return codes
+
+
+def test_both_spools_provide_the_runners_seam():
+    assert verifyClass(IQueueSpool, Spool) and not Spool.shared
+    assert verifyClass(ISharedQueueSpool, PgSpool) and PgSpool.shared
 
 
 def test_relay_through_a_host_reaches_the_sink(clean, sink, pg_cluster):
@@ -278,3 +289,18 @@ def test_queue_commands_and_bounces_against_the_database(clean, sink, pg_cluster
     missing = b.cli("queue", "show", qid, check=False)
     assert missing.returncode != 0 and "no message" in missing.stderr
     assert not [m for m in sink.messages if b"stuck-one" in m["content"]]
+
+
+def test_a_bounce_to_a_remote_sender_goes_out_through_the_queue(clean, sink, pg_cluster):
+    a, b, dsn = clean
+    sink.handler.script["refuses@remote.test"] = ["550 5.1.1 no such user"]
+    with connect(b) as s:
+        assert send(s, "to-bounce", "refuses@remote.test", sender="writer@remote.test") == 250
+    # The DSN, from <>, is queued in the same tables and delivered to the sink.
+    assert b.wait_for(lambda: [m for m in sink.messages if m["to"] == ["writer@remote.test"]],
+                      20), b.log()[-3000:]
+    [dsn_msg] = [m for m in sink.messages if m["to"] == ["writer@remote.test"]]
+    assert dsn_msg["from"] in ("", "<>") and b"multipart/report" in dsn_msg["content"]
+    assert b"refuses@remote.test" in dsn_msg["content"]
+    assert b.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 10)
+    assert "(queued as " in b.log() and "notified: id=" in b.log()

@@ -33,7 +33,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from netsuite.db.pool import Database
-from netsuite.queue.spool import PENDING, SENT, Envelope, IQueueSpool, Recipient
+from netsuite.queue.spool import PENDING, SENT, Envelope, ISharedQueueSpool, Recipient
 from netsuite.store.maildir import clean_tmp_dir
 
 _RECEIVED_ID = re.compile(rb" id ([0-9A-F]{8,32})\b")
@@ -197,7 +197,7 @@ def delete_blocking(conn: Any, qid: str) -> bool:
 # -- the spool the runner uses -----------------------------------------------------------------
 
 
-@implementer(IQueueSpool)
+@implementer(ISharedQueueSpool)
 class PgSpool:
     """The queue's rows in C{db}, as one process (C{holder}) sees them."""
 

@@ -112,6 +112,37 @@ class IQueueSpool(Interface):
         """Remove spilled bodies older than C{max_age} seconds (blocking)."""
 
 
+class ISharedQueueSpool(IQueueSpool):
+    """
+    A spool several processes and hosts work on at once (C{shared} is True):
+    messages are held by a leased claim; every operation returns a Deferred.
+    """
+
+    lease = Attribute("Seconds a claim lasts past its last renewal")
+
+    def accept(env: Envelope, message: bytes = b"", spilled: Path | None = None,
+               prefix: bytes = b"", hint: bytes = b""):
+        """Queue C{env} (its id chosen here), claimed by this process; fires once durable."""
+
+    def mark_sent(env: Envelope, addresses: list[str]):
+        """A remote's 250 for C{addresses}, recorded before anything else happens."""
+
+    def save(env: Envelope):
+        """Save an attempt's outcome and give up the claim; fires False if it is not ours."""
+
+    def discard(qid: str):
+        """Remove a message (finished, or deleted by the administrator)."""
+
+    def claim(limit: int, now: float, others: bool = True):
+        """Claim up to C{limit} due messages: fires [(envelope, message)]."""
+
+    def renew(qids: list[str]):
+        """Push the lease of C{qids} forward: fires the ids still held."""
+
+    def release():
+        """Give up every claim of this process."""
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
