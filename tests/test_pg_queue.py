@@ -304,3 +304,23 @@ def test_a_bounce_to_a_remote_sender_goes_out_through_the_queue(clean, sink, pg_
     assert b"refuses@remote.test" in dsn_msg["content"]
     assert b.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 10)
     assert "(queued as " in b.log() and "notified: id=" in b.log()
+
+
+def test_workers_each_claim_from_the_database(make_daemon, pg_dsn, sink):
+    """--workers 2 on the PostgreSQL queue: every worker claims and sends, each message once."""
+    sink.handler.messages.clear()
+    config = host_config(pg_dsn, sink.port, "w")
+    config["server"] = {**config["server"], "workers": 2}
+    d = make_daemon(config=config, listeners=["smtps"], start=False)
+    d.cli("db", "init")
+    d.cli("user", "add", "alice", "--password-stdin", input="alice-pw\n")
+    d.start()
+    names = [f"workers-{i:02d}" for i in range(40)]
+    for name in names:
+        sink.handler.script[f"{name}@remote.test"] = ["451 4.3.0 try again"]
+    codes = flood(d, names, rcpt=lambda x: f"{x}@remote.test")
+    assert set(codes.values()) == {250}, codes
+    assert d.wait_for(lambda: set(names) <= set(subjects(sink)), 30, 0.2), d.log()[-3000:]
+    counts = subjects(sink)
+    assert all(counts[n] == 1 for n in names), {n: counts[n] for n in names if counts[n] != 1}
+    assert "submit-only" not in d.log() and "Traceback" not in d.log()
