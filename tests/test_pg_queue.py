@@ -149,6 +149,20 @@ def test_relay_through_a_host_reaches_the_sink(clean, sink, pg_cluster):
     assert "sent: id=" in a.log() and "removed: id=" in a.log()
 
 
+def test_a_big_message_is_spilled_queued_and_delivered(clean, sink, pg_cluster):
+    a, b, dsn = clean
+    text = ("x" * 76 + "\r\n") * 20000  # about 1.5 MiB: spilled to DATA/queue/tmp on arrival
+    start = len(a.log())
+    with connect(a) as s:
+        s.sendmail("alice@example.test", ["big@remote.test"], message("big-one", text))
+    got = sink.handler.wait(1, 30)
+    assert len(got) == 1 and len(got[0]["content"]) > len(text), a.log()[-3000:]
+    assert a.wait_for(lambda: queue_rows(pg_cluster, dsn) == 0, 10)
+    log = a.log()[start:]
+    assert "attempts=1 (250" in log and "not held" not in log and "deferred:" not in log
+    assert list((a.data_dir / "queue" / "tmp").iterdir()) == []
+
+
 def test_two_hosts_deliver_a_flood_exactly_once(clean, sink, pg_cluster):
     a, b, dsn = clean
     n = 200

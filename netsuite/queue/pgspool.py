@@ -127,6 +127,13 @@ def _update(conn: Any, env: Envelope, holder: str) -> bool:
     return True
 
 
+def _body(conn: Any, qid: str) -> bytes:
+    row = conn.execute("SELECT body FROM queue_messages WHERE id = %s", (qid,)).fetchone()
+    if row is None:
+        raise OSError(f"message {qid} is no longer queued")
+    return bytes(row[0])
+
+
 def _remove(conn: Any, qid: str) -> bool:
     return conn.execute("DELETE FROM queue_messages WHERE id = %s RETURNING 1",
                         (qid,)).fetchone() is not None
@@ -226,6 +233,10 @@ class PgSpool:
     def mark_sent(self, env: Envelope, addresses: list[str]) -> defer.Deferred:
         """A remote's 250 for C{addresses}: they are sent, whoever takes the message over."""
         return self.db.run(_record_sent, env.id, addresses)
+
+    def body(self, qid: str) -> defer.Deferred:
+        """The message as queued (a big one, spilled while it arrived, for its first attempt)."""
+        return self.db.run(_body, qid)
 
     def save(self, env: Envelope) -> defer.Deferred:
         return self.db.run(_update, env, self.holder)

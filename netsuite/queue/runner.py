@@ -254,8 +254,21 @@ class QueueWriter:
         def store(signed: bytes) -> defer.Deferred:
             env.size += len(signed)
             d = runner.spool.accept(env, content, path, prefix=signed, hint=self._head)
-            d.addCallback(lambda _: runner.accepted(env, signed + content if path is None
-                                                    else None))
+            if path is None:
+                d.addCallback(lambda _: runner.accepted(env, signed + content))
+                return d
+
+            def fetched(body: bytes) -> None:
+                runner.accepted(env, body)
+
+            def unfetched(f: Failure) -> None:
+                # Queued all the same (the 250 stands): its first attempt waits for a claim.
+                log.failure("queue: cannot read back {id} for its first attempt", f,
+                            id=env.id)
+                runner.accepted(env, None)
+
+            # A spilled message: read back for the first attempt (a claim reads it too).
+            d.addCallback(lambda _: runner.spool.body(env.id).addCallbacks(fetched, unfetched))
             return d
 
         def failed(f: Failure):

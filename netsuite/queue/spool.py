@@ -127,6 +127,9 @@ class ISharedQueueSpool(IQueueSpool):
     def mark_sent(env: Envelope, addresses: list[str]):
         """A remote's 250 for C{addresses}, recorded before anything else happens."""
 
+    def body(qid: str):
+        """Fires the message as queued."""
+
     def save(env: Envelope):
         """Save an attempt's outcome and give up the claim; fires False if it is not ours."""
 
