@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 
+import psycopg
 import pytest
 from harness import Daemon
 from mail_fixtures import FAST, message, queue_ids
@@ -21,6 +22,7 @@ from rawsmtp import insecure_context
 from test_db import db_config, dbname
 from zope.interface.verify import verifyClass
 
+from netsuite.db import schema
 from netsuite.queue.pgspool import PgSpool
 from netsuite.queue.spool import IQueueSpool, ISharedQueueSpool, Spool
 
@@ -135,6 +137,23 @@ def flood(d: Daemon, names: list[str], connections: int = 4, rcpt=None) -> dict[
 def test_both_spools_provide_the_runners_seam():
     assert verifyClass(IQueueSpool, Spool) and not Spool.shared
     assert verifyClass(ISharedQueueSpool, PgSpool) and PgSpool.shared
+
+
+def test_a_migration_that_arrives_below_the_top_is_applied(pg_dsn):
+    """0003 (this queue) may ship before 0002: migrate applies 0002 when it comes."""
+    first = [schema.Migration(1, "one", "CREATE TABLE gap_one (x int)"),
+             schema.Migration(3, "three", "CREATE TABLE gap_three (x int)")]
+    later = sorted([*first, schema.Migration(2, "two", "CREATE TABLE gap_two (x int)")],
+                   key=lambda m: m.version)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        found, done = schema.upgrade(conn, create=True, shipped=first)
+        assert found is None and [m.version for m in done] == [1, 3]
+        assert schema.current_version(conn) == 3
+        assert schema.missing(conn, later) == [2]  # the top is there, not everything
+        found, done = schema.upgrade(conn, create=False, shipped=later)
+        assert found == 3 and [m.version for m in done] == [2]
+        assert schema.missing(conn, later) == []
+        assert conn.execute("SELECT to_regclass('gap_two') IS NOT NULL").fetchone()[0]
 
 
 def test_relay_through_a_host_reaches_the_sink(clean, sink, pg_cluster):

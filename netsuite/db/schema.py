@@ -57,10 +57,10 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 LATEST = max((m.version for m in migrations()), default=0)
 
 
-def missing(conn: psycopg.Connection) -> list[int]:
+def missing(conn: psycopg.Connection, shipped: list[Migration] | None = None) -> list[int]:
     """Shipped versions not applied to the database (any gap counts, not only the top)."""
     done = {v for v, _n, _t in applied(conn)}
-    return [m.version for m in migrations() if m.version not in done]
+    return [m.version for m in (shipped or migrations()) if m.version not in done]
 
 
 def current_version(conn: psycopg.Connection) -> int | None:
@@ -81,7 +81,8 @@ def applied(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
     return [(v, n, t) for v, n, t in rows]
 
 
-def upgrade(conn: psycopg.Connection, create: bool) -> tuple[int | None, list[Migration]]:
+def upgrade(conn: psycopg.Connection, create: bool, shipped: list[Migration] | None = None
+            ) -> tuple[int | None, list[Migration]]:
     """
     Apply what is missing, in one transaction under the advisory lock: the
     version found (None: not initialised) and the migrations applied.  Without
@@ -96,12 +97,12 @@ def upgrade(conn: psycopg.Connection, create: bool) -> tuple[int | None, list[Mi
     # was when the transaction began, and a second 'init' would not see the first's).
     conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     try:
-        return _upgrade_locked(conn, create)
+        return _upgrade_locked(conn, create, shipped or migrations())
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
-def _upgrade_locked(conn: psycopg.Connection, create: bool
+def _upgrade_locked(conn: psycopg.Connection, create: bool, shipped: list[Migration]
                     ) -> tuple[int | None, list[Migration]]:
     with conn.transaction():
         found = current_version(conn)
@@ -116,7 +117,7 @@ def _upgrade_locked(conn: psycopg.Connection, create: bool
         have = set() if found is None else {
             row[0] for row in conn.execute("SELECT version FROM schema_version").fetchall()}
         done = []
-        for migration in migrations():
+        for migration in shipped:
             if migration.version in have:
                 continue
             conn.execute(migration.sql.encode("utf-8"))  # our own files, no parameters
