@@ -919,10 +919,13 @@ class QueueRunner(service.Service):
             yield self._notify(env, pending, "delayed")
             env.warned = True
         if not pending:
-            self.envelopes.pop(env.id, None)
             if self.spool.shared:
+                # Held (and renewed) until the row is gone: a removal the database
+                # could not take is done again, not left to another host's claim.
                 yield self.spool.discard(env.id)
+                self.envelopes.pop(env.id, None)
             else:
+                self.envelopes.pop(env.id, None)
                 yield self.disk(self.spool.remove, env.id, False)
                 self._sync_soon()
             log.info("removed: id={message_id}", message_id=env.id, event="removed")
