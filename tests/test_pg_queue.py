@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import psycopg
@@ -50,7 +51,7 @@ def sink():
 def hosts(pg_cluster, sink, tmp_path_factory):
     dsn = pg_cluster.new_database()
     made = [Daemon(tmp_path_factory.mktemp(f"qhost-{n}"), host_config(dsn, sink.port, n),
-                   ["smtp", "smtps"]) for n in ("a", "b")]
+                   ["smtp", "smtps", "http"]) for n in ("a", "b")]
     a, b = made
     a.cli("db", "init")
     a.cli("user", "add", "alice", "--password-stdin", input="alice-pw\n")
@@ -101,6 +102,16 @@ def subjects(sink: Remote) -> Counter:
                 out[line[9:].decode()] += 1
                 break
     return out
+
+
+def metric(d: Daemon, sample: str) -> float:
+    """One sample's value from the host's /metrics (exact name and labels as printed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.port('http')}/metrics", timeout=15) as r:
+        for line in r.read().decode().splitlines():
+            name, _, number = line.rpartition(" ")
+            if name == sample:
+                return float(number)
+    return -1.0
 
 
 def queue_rows(cluster, dsn: str) -> int:
@@ -325,6 +336,10 @@ def test_queue_commands_and_bounces_against_the_database(clean, sink, pg_cluster
     assert b.wait_for(lambda: len(queue_ids(b)) == 1 and "not now" in b.cli(
         "queue", "list").stdout, 20), b.cli("queue", "list").stdout
     [qid] = queue_ids(b)
+    # B's metrics count the whole queue, not what B holds (A accepted the message).
+    assert b.wait_for(lambda: metric(b, 'netsuite_queue_messages{state="deferred"}') == 1.0,
+                      10), b.log()[-2000:]
+    assert metric(b, "netsuite_queue_oldest_message_age_seconds") > 0
     shown = b.cli("queue", "show", qid).stdout
     assert "recipient: <stuck@remote.test> pending" in shown and "Subject: stuck-one" in shown
     before = sink.handler.rcpt_calls["stuck@remote.test"]

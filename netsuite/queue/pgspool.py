@@ -168,6 +168,16 @@ def _release(conn: Any, holder: str) -> None:
                  "WHERE claimed_by = %s", (holder,))
 
 
+def _depth(conn: Any) -> tuple[dict[str, int], float | None]:
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE lease_until > now()), "
+        "count(*) FILTER (WHERE (lease_until IS NULL OR lease_until <= now()) "
+        "AND attempts = 0), "
+        "count(*) FILTER (WHERE (lease_until IS NULL OR lease_until <= now()) "
+        "AND attempts > 0), min(created) FROM queue_messages").fetchone()
+    return {"active": row[0], "new": row[1], "deferred": row[2]}, row[3]
+
+
 def list_blocking(conn: Any) -> list[Envelope]:
     """Every queued envelope, oldest first (C{netsuite queue list})."""
     rows = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM queue_messages "
@@ -254,6 +264,13 @@ class PgSpool:
 
     def renew(self, qids: list[str]) -> defer.Deferred:
         return self.db.run(_renew, self.holder, qids, self.lease)
+
+    def depth(self) -> defer.Deferred:
+        """
+        The whole queue's depth for the metrics: ({"active": claimed, "new", "deferred"},
+        the oldest arrival or None).
+        """
+        return self.db.run(_depth)
 
     def release(self) -> defer.Deferred:
         """Give up every claim (at shutdown: another host need not wait for the lease)."""

@@ -51,6 +51,8 @@ MAX_MX_HOSTS = 5
 REMOVAL_SYNC_DELAY = 0.05
 #: With a shared spool (PostgreSQL): due messages claimed per pass, per connection allowed.
 CLAIM_PER_CONNECTION = 5
+#: With a shared spool: seconds between counts of the whole queue for the metrics.
+DEPTH_INTERVAL = 2.0
 #: How often, and past what age, spilled bodies left in queue/tmp are removed.
 TMP_CLEAN_INTERVAL = 3600.0
 TMP_MAX_AGE = 36 * 3600.0
@@ -332,6 +334,10 @@ class QueueRunner(service.Service):
         self._unsaved_said: set[str] = set()
         #: Until then (monotonic) claim no other process's lapsed claims (after an outage).
         self._own_only_until = 0.0
+        #: With a shared spool: the whole queue's depth and oldest arrival (for
+        #: netsuite.metrics, which cannot wait for the database when scraped).
+        self.shared_depth: tuple[dict[str, int], float | None] | None = None
+        self._depth_at = 0.0
         #: Per-user hourly counts; a worker process swaps in the shared one.
         self.sends = SendLog()
         self._loop: task.LoopingCall | None = None
@@ -515,6 +521,13 @@ class QueueRunner(service.Service):
                 self._claiming = False
 
             d.addBoth(done)
+        if now - self._depth_at >= DEPTH_INTERVAL:
+            self._depth_at = now
+
+            def counted(depth: tuple[dict[str, int], float | None]) -> None:
+                self.shared_depth = depth
+
+            self.spool.depth().addCallbacks(counted, lambda f: None)  # away: the last count
         if now - self._tmp_cleaned >= TMP_CLEAN_INTERVAL:
             self._tmp_cleaned = now
             self.disk(self.spool.clean_tmp, TMP_MAX_AGE).addErrback(

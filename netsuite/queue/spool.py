@@ -145,6 +145,9 @@ class ISharedQueueSpool(IQueueSpool):
     def release():
         """Give up every claim of this process."""
 
+    def depth():
+        """Fires ({state: count} of the whole queue, the oldest arrival or None)."""
+
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
