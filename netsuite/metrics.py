@@ -222,7 +222,9 @@ QUEUE_STATES = ("new", "active", "deferred")
 class QueueCollector(Collector):
     """
     Queue depth by state and the oldest message's age, from the running queue
-    runner's own memory when scraped (no counters to keep in step with it).
+    runner's own memory when scraped (no counters to keep in step with it); for
+    the PostgreSQL queue, the whole shared queue as the runner last counted it
+    (every few seconds: a scrape cannot wait for the database).
     """
 
     def __init__(self) -> None:
@@ -246,7 +248,11 @@ class QueueCollector(Collector):
         runner = self._runner() if self._runner is not None else None
         counts = dict.fromkeys(QUEUE_STATES, 0)
         first = None
-        if runner is not None:
+        shared = getattr(runner, "shared_depth", None) if runner is not None else None
+        if shared is not None:  # the PostgreSQL queue: every host's, counted every few s
+            counts.update(shared[0])
+            first = shared[1]
+        elif runner is not None:
             busy = runner.busy
             for env in list(runner.envelopes.values()):
                 if env.id in busy:

@@ -259,7 +259,8 @@ def worker_main() -> int:
         runner = top.getServiceNamed("queue")
     except KeyError:
         runner = None
-    if runner is not None and spec.index != 0:
+    if runner is not None and spec.index != 0 and not runner.spool.shared:
+        # (A shared spool, PostgreSQL: every worker claims and sends, as hosts do.)
         runner.disownServiceParent()
         replacement = _submit_only_runner(runner)
         replacement.setServiceParent(top)

@@ -6,6 +6,7 @@ each RCPT takes the next reply; when the list is empty, 250).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -27,6 +28,8 @@ class Handler:
         self.no_8bitmime = no_8bitmime
         self.ehlo_seen: list[str] = []
         self.lock = threading.Lock()
+        #: Seconds DATA waits before its 250 (a slow remote: deliveries stay in flight).
+        self.data_delay = 0.0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -45,6 +48,8 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         with self.lock:
             self.messages.append({
                 "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
@@ -53,6 +58,7 @@ class Handler:
                 "tls": session.ssl is not None,
                 "auth": session.authenticated,
                 "login": getattr(session, "login_data", None),
+                "helo": getattr(session, "host_name", None),
             })
         return "250 2.0.0 OK queued"
 

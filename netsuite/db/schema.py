@@ -36,20 +36,31 @@ class Migration:
 
 
 def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Every migration shipped, in order (versions 1, 2, ... without gaps)."""
+    """
+    Every migration shipped, in order.  Versions only have to increase: a gap
+    (0003 shipped before 0002, from branches written side by side) is allowed,
+    and a database is up to date when every shipped version is applied
+    (L{missing}), not merely the highest.
+    """
     found = []
     for path in sorted(directory.iterdir()):
         m = _NAME.match(path.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), path.read_text("utf-8")))
-    for expected, migration in enumerate(found, 1):
-        if migration.version != expected:
-            raise RuntimeError(f"migration {migration.version} where {expected} was expected")
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions) or any(v < 1 for v in versions):
+        raise RuntimeError(f"migration versions must be distinct and positive: {versions}")
     return found
 
 
-#: The schema version this code runs on.
-LATEST = len(migrations())
+#: The schema version this code runs on (the highest shipped).
+LATEST = max((m.version for m in migrations()), default=0)
+
+
+def missing(conn: psycopg.Connection, shipped: list[Migration] | None = None) -> list[int]:
+    """Shipped versions not applied to the database (any gap counts, not only the top)."""
+    done = {v for v, _n, _t in applied(conn)}
+    return [m.version for m in (shipped or migrations()) if m.version not in done]
 
 
 def current_version(conn: psycopg.Connection) -> int | None:
@@ -70,7 +81,8 @@ def applied(conn: psycopg.Connection) -> list[tuple[int, str, str]]:
     return [(v, n, t) for v, n, t in rows]
 
 
-def upgrade(conn: psycopg.Connection, create: bool) -> tuple[int | None, list[Migration]]:
+def upgrade(conn: psycopg.Connection, create: bool, shipped: list[Migration] | None = None
+            ) -> tuple[int | None, list[Migration]]:
     """
     Apply what is missing, in one transaction under the advisory lock: the
     version found (None: not initialised) and the migrations applied.  Without
@@ -85,12 +97,12 @@ def upgrade(conn: psycopg.Connection, create: bool) -> tuple[int | None, list[Mi
     # was when the transaction began, and a second 'init' would not see the first's).
     conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     try:
-        return _upgrade_locked(conn, create)
+        return _upgrade_locked(conn, create, shipped or migrations())
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 
 
-def _upgrade_locked(conn: psycopg.Connection, create: bool
+def _upgrade_locked(conn: psycopg.Connection, create: bool, shipped: list[Migration]
                     ) -> tuple[int | None, list[Migration]]:
     with conn.transaction():
         found = current_version(conn)
@@ -102,9 +114,11 @@ def _upgrade_locked(conn: psycopg.Connection, create: bool
         if found is None:
             conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
                          "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        have = set() if found is None else {
+            row[0] for row in conn.execute("SELECT version FROM schema_version").fetchall()}
         done = []
-        for migration in migrations():
-            if migration.version <= (found or 0):
+        for migration in shipped:
+            if migration.version in have:
                 continue
             conn.execute(migration.sql.encode("utf-8"))  # our own files, no parameters
             conn.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)",
@@ -122,7 +136,7 @@ def check(conn: psycopg.Connection) -> int:
     if found > LATEST:
         raise SchemaMismatch(f"schema version {found} is newer than this netsuite knows "
                              f"({LATEST}): upgrade netsuite")
-    if found < LATEST:
+    if found < LATEST or missing(conn):
         raise SchemaMismatch(f"schema version {found}, this netsuite needs {LATEST} "
                              f"(run 'netsuite db migrate')")
     return found

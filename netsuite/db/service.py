@@ -182,7 +182,7 @@ def _migrate(conn: psycopg.Connection, name: str) -> int:
         return 0
     for migration in done:
         print(f"applied {migration.version:04d}_{migration.name}")
-    print(f"database {name}: schema version {found} -> {done[-1].version}")
+    print(f"database {name}: schema version {found} -> {max(found or 0, done[-1].version)}")
     return 0
 
 
@@ -193,13 +193,14 @@ def _status(conn: psycopg.Connection, name: str) -> int:
           f"(this netsuite: {schema.LATEST})")
     for version, migration, when in schema.applied(conn):
         print(f"  applied {version:04d}_{migration} at {when}")
-    pending = [m for m in schema.migrations() if m.version > (found or 0)]
+    todo = set(schema.missing(conn)) if found is not None else None
+    pending = [m for m in schema.migrations() if todo is None or m.version in todo]
     for m in pending:
         print(f"  pending {m.version:04d}_{m.name}")
     if found is not None and found > schema.LATEST:
         print("newer than this netsuite knows: upgrade netsuite")
         return 1
-    return 0 if found == schema.LATEST else 1
+    return 0 if found == schema.LATEST and not pending else 1
 
 
 _ACTIONS = {"init": _init, "migrate": _migrate, "status": _status}

@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from netsuite import metrics
+from netsuite.db.errors import DatabaseUnavailable
 from netsuite.mailauth.dns import resolver
 from netsuite.queue import bounce, wire
 from netsuite.queue.client import IDLE, QueueClient, QueueClientFactory
@@ -48,6 +49,10 @@ SPILL = 1 << 20
 MAX_MX_HOSTS = 5
 #: Seconds within which removals of delivered messages share one fsync.
 REMOVAL_SYNC_DELAY = 0.05
+#: With a shared spool (PostgreSQL): due messages claimed per pass, per connection allowed.
+CLAIM_PER_CONNECTION = 5
+#: With a shared spool: seconds between counts of the whole queue for the metrics.
+DEPTH_INTERVAL = 2.0
 #: How often, and past what age, spilled bodies left in queue/tmp are removed.
 TMP_CLEAN_INTERVAL = 3600.0
 TMP_MAX_AGE = 36 * 3600.0
@@ -224,8 +229,63 @@ class QueueWriter:
                     self._spill_path.unlink(missing_ok=True)
                 raise
 
+        if spool.shared:
+            return self._commit_shared(env, content, spill is not None)
         d = self.runner.disk(store)
         d.addCallback(lambda _: self.runner.accepted(env, None if spill else signed + content))
+        return d
+
+    def _commit_shared(self, env: Envelope, content: bytes, spilled: bool) -> defer.Deferred:
+        """
+        The database's spool: signed in a disk thread, then inserted (and
+        claimed) in one transaction on a database thread; a database that is
+        away is SMTP's temporary failure, and nothing was acknowledged.
+        """
+        runner, path = self.runner, self._spill_path
+
+        def sign() -> bytes:
+            if self.user is None and self.forwarded_by is None:
+                return b""
+            whole = content if path is None else path.read_bytes()
+            if self.user is not None:
+                return runner.dkim_sign(whole, self.sender)
+            if self.forwarded_by is not None:
+                return runner.arc_seal(whole, self.forwarded_by)
+            return b""
+
+        def store(signed: bytes) -> defer.Deferred:
+            env.size += len(signed)
+            d = runner.spool.accept(env, content, path, prefix=signed, hint=self._head)
+            if path is None:
+                d.addCallback(lambda _: runner.accepted(env, signed + content))
+                return d
+
+            def fetched(body: bytes) -> None:
+                runner.accepted(env, body)
+
+            def unfetched(f: Failure) -> None:
+                # Queued all the same (the 250 stands): its first attempt waits for a claim.
+                log.failure("queue: cannot read back {id} for its first attempt", f,
+                            id=env.id)
+                runner.accepted(env, None)
+
+            # A spilled message: read back for the first attempt (a claim reads it too).
+            d.addCallback(lambda _: runner.spool.body(env.id).addCallbacks(fetched, unfetched))
+            return d
+
+        def failed(f: Failure):
+            if path is not None:
+                path.unlink(missing_ok=True)
+            if f.check(DatabaseUnavailable):
+                log.warn("queue: cannot queue the message from <{sender}>: {error}",
+                         sender=self.sender, error=str(f.value))
+                raise smtp.SMTPServerError(451, b"4.3.0 Error: could not queue the message, "
+                                                b"try again later")
+            return f
+
+        d = runner.disk(sign)
+        d.addCallback(store)
+        d.addErrback(failed)
         return d
 
     def abort(self) -> None:
@@ -266,6 +326,18 @@ class QueueRunner(service.Service):
         #: Messages just accepted, still in memory for their first attempt.
         self._fresh: dict[str, bytes] = {}
         self._sync_call = None
+        #: With a shared spool: a claim is under way; the lease renewal.
+        self._claiming = False
+        self._renewal: task.LoopingCall | None = None
+        #: Attempts whose outcome the database could not take: settled again later.
+        self._unsaved: dict[str, Envelope] = {}
+        self._unsaved_said: set[str] = set()
+        #: Until then (monotonic) claim no other process's lapsed claims (after an outage).
+        self._own_only_until = 0.0
+        #: With a shared spool: the whole queue's depth and oldest arrival (for
+        #: netsuite.metrics, which cannot wait for the database when scraped).
+        self.shared_depth: tuple[dict[str, int], float | None] | None = None
+        self._depth_at = 0.0
         #: Per-user hourly counts; a worker process swaps in the shared one.
         self.sends = SendLog()
         self._loop: task.LoopingCall | None = None
@@ -309,8 +381,15 @@ class QueueRunner(service.Service):
         super().startService()
         metrics.queue.watch(self)
         self._pool.start()
-        for env in self.spool.recover():
-            self.envelopes[env.id] = env
+        if self.spool.shared:
+            # Nothing to recover: what this host held is claimed again by whoever
+            # comes first once its lease has passed.  Ours is renewed meanwhile.
+            self._renewal = task.LoopingCall(self._renew)
+            self._renewal.clock = self.reactor
+            self._renewal.start(self.spool.lease / 3, now=False)
+        else:
+            for env in self.spool.recover():
+                self.envelopes[env.id] = env
         if self.envelopes:
             log.info("queue: {n} message(s) recovered from the spool", n=len(self.envelopes))
         self._loop = task.LoopingCall(self.tick)
@@ -326,7 +405,33 @@ class QueueRunner(service.Service):
         if self._sync_call is not None and self._sync_call.active():
             self._sync_call.cancel()
         self._pool.stop()
-        self.spool.sync()
+        if not self.spool.shared:
+            self.spool.sync()
+            return None
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        # Another host need not wait for the lease of what this one gives up.
+        return self.spool.release().addErrback(lambda f: None)
+
+    def _renew(self) -> defer.Deferred | None:
+        """Push forward the lease of every message this process holds (shared spool)."""
+        held = list(self.envelopes)
+        if not held:
+            return None
+
+        def renewed(still: list[str]) -> None:
+            for qid in set(held) - set(still):
+                env = self.envelopes.get(qid)
+                if env is None:
+                    continue  # settled meanwhile
+                log.warn("queue: lost the claim on {id} (lease expired or deleted); "
+                         "left to the host that has it", id=qid)
+                if qid not in self.busy:
+                    self.envelopes.pop(qid, None)
+                    self._fresh.pop(qid, None)
+
+        return self.spool.renew(held).addCallbacks(
+            renewed, lambda f: None)  # the database is away: the next renewal tries again
 
     # -- accepting -----------------------------------------------------------------------
 
@@ -359,6 +464,9 @@ class QueueRunner(service.Service):
     # -- the periodic pass -------------------------------------------------------------
 
     def tick(self) -> None:
+        if self.spool.shared:
+            self._tick_shared()
+            return
         for action, qid in self.spool.take_requests():
             if action == "flush":
                 self.flush(None if qid == "ALL" else qid)
@@ -374,6 +482,65 @@ class QueueRunner(service.Service):
             self._tmp_cleaned = now
             self.disk(self.spool.clean_tmp, TMP_MAX_AGE).addErrback(
                 lambda f: log.failure("queue: tmp cleanup failed", f))
+
+    def _tick_shared(self) -> None:
+        """
+        A shared spool: claim due messages no live process holds (SKIP LOCKED
+        and the lease, L{netsuite.queue.pgspool}) and start them; admin
+        requests are the database's own (C{netsuite queue} writes the rows).
+        """
+        now = time.time()
+        for env in list(self.envelopes.values()):
+            if env.id not in self.busy and env.next_attempt <= now:
+                self.attempt(env)
+        if self._unsaved:
+            # Save first what the database could not take (before claiming rows
+            # whose lease lapsed meanwhile, ours among them); claim next pass.
+            unsaved, self._unsaved = self._unsaved, {}
+            for env in unsaved.values():
+                self._settle(env)
+            return
+        room = CLAIM_PER_CONNECTION * self.settings.concurrency - len(self.envelopes)
+        if not self._claiming and room > 0:
+            self._claiming = True
+            clock = time.monotonic()
+            d = self.spool.claim(room, now, clock >= self._own_only_until)
+            d.addCallback(self._claimed)
+
+            def unavailable(f: Failure) -> None:
+                f.trap(DatabaseUnavailable)  # logged once by the pool
+                # Every lease lapses in an outage, not only a dead host's: once the
+                # database is back, other live hosts get one lease to save and renew
+                # theirs before this one takes expired claims over.
+                self._own_only_until = time.monotonic() + 2 * self.spool.lease
+
+            d.addErrback(unavailable)
+            d.addErrback(lambda f: log.failure("queue: claiming due messages failed", f))
+
+            def done(_):
+                self._claiming = False
+
+            d.addBoth(done)
+        if now - self._depth_at >= DEPTH_INTERVAL:
+            self._depth_at = now
+
+            def counted(depth: tuple[dict[str, int], float | None]) -> None:
+                self.shared_depth = depth
+
+            self.spool.depth().addCallbacks(counted, lambda f: None)  # away: the last count
+        if now - self._tmp_cleaned >= TMP_CLEAN_INTERVAL:
+            self._tmp_cleaned = now
+            self.disk(self.spool.clean_tmp, TMP_MAX_AGE).addErrback(
+                lambda f: log.failure("queue: tmp cleanup failed", f))
+
+    def _claimed(self, claimed: list[tuple[Envelope, bytes]]) -> None:
+        for env, body in claimed:
+            if env.id in self.envelopes:
+                continue
+            self.envelopes[env.id] = env
+            self._fresh[env.id] = body
+            if self.running:
+                self.attempt(env)
 
     def load(self, qid: str) -> None:
         """Take over a message that another worker process wrote to the spool."""
@@ -623,6 +790,11 @@ class QueueRunner(service.Service):
         sent = [r.address for r in job.recipients
                 if r.state == PENDING and (results.get(r.address) or Reply(-1, "")).ok]
         synced: defer.Deferred = defer.succeed(None)
+        if sent and self.spool.shared:
+            # The database's row says so before anything else happens to the message.
+            synced = self.spool.mark_sent(env, sent)
+            synced.addErrback(self._unrecorded, env)
+            sent = []
         if sent:
             # First of all, before the log, the next message or the removal:
             # the remote's 250, per recipient, where a restart will read it.
@@ -641,8 +813,8 @@ class QueueRunner(service.Service):
             # next, and the record dies with it: an fsync would buy nothing
             # (Postfix does not fsync its done-markers either).
             synced = self.disk(self.spool.sync_sent, env.id)
-        synced.addErrback(lambda f: log.failure("queue: fsync of {id}.sent failed", f,
-                                                id=env.id))
+        synced.addErrback(lambda f: log.failure("queue: recording the delivery of {id} failed",
+                                                f, id=env.id))
 
         def settle(_):
             left = self._outstanding.get(env.id, 1) - 1
@@ -686,10 +858,46 @@ class QueueRunner(service.Service):
     def _settle(self, env: Envelope) -> None:
         """After an attempt: report, then reschedule or remove, durably."""
         self._outstanding.pop(env.id, None)
-        self._fresh.pop(env.id, None)
+        shared = self.spool.shared
+        if not shared:
+            self._fresh.pop(env.id, None)
         d = defer.maybeDeferred(self._settle_steps, env)
+        if shared:
+            d.addErrback(self._unsettled, env)
         d.addErrback(lambda f: log.failure("queue: could not update {id}", f, id=env.id))
-        d.addBoth(lambda _: self.busy.discard(env.id))
+
+        def done(_):
+            if env.id in self._unsaved:
+                return  # still busy: settled again when the database is back
+            self._unsaved_said.discard(env.id)
+            self.busy.discard(env.id)
+            if shared:
+                # The claim is given up (or lapses): the row is the message now;
+                # whoever claims it next (this host or another) reads it afresh.
+                self.envelopes.pop(env.id, None)
+                self._fresh.pop(env.id, None)
+
+        d.addBoth(done)
+
+    def _unrecorded(self, f: Failure, env: Envelope) -> None:
+        """A remote's 250 the database could not take now: saving the attempt says it later."""
+        f.trap(DatabaseUnavailable)
+        log.warn("queue: cannot record the delivery of {id} now: {error}", id=env.id,
+                 error=str(f.value))
+
+    def _unsettled(self, f: Failure, env: Envelope) -> None:
+        """
+        The database went away while an attempt was saved: the message stays
+        held here and is saved again once a claim succeeds (the database is
+        back).  If the lease lapses first, whoever claims it retries it, and a
+        recipient sent meanwhile may be sent again.
+        """
+        f.trap(DatabaseUnavailable)
+        if env.id not in self._unsaved_said:  # once per message and outage
+            self._unsaved_said.add(env.id)
+            log.warn("queue: cannot save the attempt on {id}: {error}; saved again when the "
+                     "database is back", id=env.id, error=str(f.value))
+        self._unsaved[env.id] = env
 
     @defer.inlineCallbacks
     def _settle_steps(self, env: Envelope):
@@ -697,7 +905,10 @@ class QueueRunner(service.Service):
         if env.id in self.doomed:
             self.doomed.discard(env.id)
             self.envelopes.pop(env.id, None)
-            yield self.disk(self.spool.remove, env.id)
+            if self.spool.shared:
+                yield self.spool.discard(env.id)
+            else:
+                yield self.disk(self.spool.remove, env.id)
             log.info("deleted: id={id} by the administrator", id=env.id)
             return
         now = time.time()
@@ -721,13 +932,22 @@ class QueueRunner(service.Service):
             yield self._notify(env, pending, "delayed")
             env.warned = True
         if not pending:
-            self.envelopes.pop(env.id, None)
-            yield self.disk(self.spool.remove, env.id, False)
-            self._sync_soon()
+            if self.spool.shared:
+                # Held (and renewed) until the row is gone: a removal the database
+                # could not take is done again, not left to another host's claim.
+                yield self.spool.discard(env.id)
+                self.envelopes.pop(env.id, None)
+            else:
+                self.envelopes.pop(env.id, None)
+                yield self.disk(self.spool.remove, env.id, False)
+                self._sync_soon()
             log.info("removed: id={message_id}", message_id=env.id, event="removed")
             return
         env.next_attempt = now + wire.backoff(env.attempts, s.min_backoff, s.max_backoff)
-        still = yield self.disk(self.spool.update, env)
+        if self.spool.shared:
+            still = yield self.spool.save(env)
+        else:
+            still = yield self.disk(self.spool.update, env)
         if not still:
             self.envelopes.pop(env.id, None)
 
@@ -793,7 +1013,11 @@ class QueueRunner(service.Service):
 
     def message(self, qid: str) -> bytes:
         fresh = self._fresh.get(qid)
-        return fresh if fresh is not None else self.spool.read_message(qid)
+        if fresh is not None:
+            return fresh
+        if self.spool.shared:  # every claimed message is read with its claim
+            raise OSError(f"message {qid} is not held by this process")
+        return self.spool.read_message(qid)
 
     def deliver_notice(self, to: str, message: bytes, about: str = "-",
                        action: str = "failed") -> defer.Deferred:
@@ -836,9 +1060,20 @@ class QueueRunner(service.Service):
             # Signed as the host name's domain (the From: is MAILER-DAEMON@hostname).
             signed = self.dkim_sign(message, self.hostname)
             env.size += len(signed)
+            if self.spool.shared:
+                return signed
             self.spool.add(env, message, prefix=signed)
+            return None
 
         d = self.disk(store)
+        if self.spool.shared:
+            def insert(signed: bytes) -> defer.Deferred:
+                d = self.spool.accept(env, message, prefix=signed,
+                                      hint=b" id " + env.id.encode())
+                d.addCallback(lambda _: self._fresh.__setitem__(env.id, signed + message))
+                return d
+
+            d.addCallback(insert)
 
         def queued(_):
             log.info("notified: id={message_id} action={action} to=<{to}> (queued as {new})",

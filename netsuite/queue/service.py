@@ -23,9 +23,12 @@ from twisted.logger import Logger
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, positive, section
+from netsuite.db.errors import DatabaseUnavailable
+from netsuite.db.pool import connect, database
 from netsuite.mailauth.service import load_signer
+from netsuite.queue import pgspool
 from netsuite.queue.runner import QueueRunner
-from netsuite.queue.spool import QUEUE_ID, Spool
+from netsuite.queue.spool import QUEUE_ID, Envelope, Spool
 from netsuite.queue.wire import header_block, parse_hostport
 
 log = Logger(namespace="netsuite.queue")
@@ -135,6 +138,10 @@ def start_queue(ctx, parent) -> None:
     if not settings.enabled:
         return
     runner = QueueRunner(ctx, settings)
+    if ctx.config.store.backend == "postgresql":
+        db = ctx.config.database
+        runner.spool = pgspool.PgSpool(database(db, ctx.reactor), ctx.config.data_dir / "queue",
+                                       db.lock_lease)
     runner.signer = load_signer(ctx.config)
     if ctx.config.checks.enabled:
         runner.authserv_id = ctx.config.checks.authserv_id or ctx.config.server.hostname
@@ -181,23 +188,75 @@ def _wait_picked_up(path: Path, seconds: float = 10.0) -> bool:
     return not path.exists()
 
 
+def _print_list(envelopes: list[Envelope]) -> None:
+    for env in envelopes:
+        pending = env.pending()
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.created))
+        print(f"{env.id}  {env.size:>9}  {when}  <{env.sender}>")
+        for r in pending:
+            print(f"    <{r.address}>" + (f"  ({r.last_error})" if r.last_error else ""))
+    print(f"-- {len(envelopes)} message(s)" if envelopes else "queue is empty")
+
+
+def _print_show(env: Envelope, headers: bytes) -> None:
+    fmt = "%Y-%m-%d %H:%M:%S"
+    print(f"id: {env.id}\nsender: <{env.sender}>\nuser: {env.user or '-'}\n"
+          f"size: {env.size}\narrived: {time.strftime(fmt, time.localtime(env.created))}\n"
+          f"attempts: {env.attempts}")
+    if env.next_attempt:
+        print(f"next attempt: {time.strftime(fmt, time.localtime(env.next_attempt))}")
+    for r in env.recipients:
+        print(f"recipient: <{r.address}> {r.state} attempts={r.attempts}"
+              + (f" last={r.last_error}" if r.last_error else ""))
+    print()
+    print(headers.decode("utf-8", "replace"), end="")
+
+
+def _queue_pg(args: argparse.Namespace, config: Config, qid: str | None) -> int:
+    """
+    The queue in PostgreSQL: every host's messages; flush and delete act on the
+    rows at once (the runner of whichever host claims the message next sees it).
+    """
+    try:
+        with connect(config.database, autocommit=True) as conn:
+            if args.action == "list":
+                _print_list(pgspool.list_blocking(conn))
+                return 0
+            assert qid is not None or args.action == "flush"
+            if qid is not None and args.action in ("show", "delete"):
+                found = pgspool.load_blocking(conn, qid)
+                if found is None:
+                    raise SystemExit(f"netsuite: no message {qid} in the queue")
+                if args.action == "show":
+                    env, body, holder = found
+                    if holder:
+                        print(f"claimed by: {holder}")
+                    _print_show(env, header_block(body))
+                    return 0
+                pgspool.delete_blocking(conn, qid)
+                print(f"deleted {qid}")
+                return 0
+            n = pgspool.flush_blocking(conn, qid)
+            if qid is not None and n == 0:
+                raise SystemExit(f"netsuite: no message {qid} in the queue")
+            print(f"flush of {qid or 'the queue'}: {n} message(s) due now")
+            return 0
+    except DatabaseUnavailable as e:
+        raise SystemExit(f"netsuite: {e}") from None
+
+
 @command("queue", _queue_args)
 def _queue(args: argparse.Namespace, config: Config) -> int:
-    spool = Spool(config.data_dir / "queue")
     qid: str | None = getattr(args, "id", None)
     if qid is not None:
         qid = qid.upper()
         if not QUEUE_ID.match(qid):
             raise SystemExit(f"netsuite: {args.id!r} is not a queue id")
+    if config.store.backend == "postgresql":
+        return _queue_pg(args, config, qid)
+    spool = Spool(config.data_dir / "queue")
     if args.action == "list":
-        envelopes = spool.list()
-        for env in envelopes:
-            pending = env.pending()
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.created))
-            print(f"{env.id}  {env.size:>9}  {when}  <{env.sender}>")
-            for r in pending:
-                print(f"    <{r.address}>" + (f"  ({r.last_error})" if r.last_error else ""))
-        print(f"-- {len(envelopes)} message(s)" if envelopes else "queue is empty")
+        _print_list(spool.list())
         return 0
     if args.action == "show":
         assert qid is not None  # a required argument of show
@@ -206,17 +265,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
             headers = header_block(spool.read_message(qid))
         except FileNotFoundError:
             raise SystemExit(f"netsuite: no message {qid} in the queue") from None
-        fmt = "%Y-%m-%d %H:%M:%S"
-        print(f"id: {env.id}\nsender: <{env.sender}>\nuser: {env.user or '-'}\n"
-              f"size: {env.size}\narrived: {time.strftime(fmt, time.localtime(env.created))}\n"
-              f"attempts: {env.attempts}")
-        if env.next_attempt:
-            print(f"next attempt: {time.strftime(fmt, time.localtime(env.next_attempt))}")
-        for r in env.recipients:
-            print(f"recipient: <{r.address}> {r.state} attempts={r.attempts}"
-                  + (f" last={r.last_error}" if r.last_error else ""))
-        print()
-        print(headers.decode("utf-8", "replace"), end="")
+        _print_show(env, headers)
         return 0
     running = _server_running(config)
     if args.action == "flush":

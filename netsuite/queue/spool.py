@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
 
 from netsuite.durable import fsync_dir
 from netsuite.store.maildir import clean_tmp_dir
@@ -91,6 +92,63 @@ class Envelope:
         return [r for r in self.recipients if r.state == PENDING]
 
 
+class IQueueSpool(Interface):
+    """
+    Where the runner keeps queued messages: files under C{DATA/queue}
+    (L{Spool}, one host) or rows in PostgreSQL (L{netsuite.queue.pgspool.PgSpool},
+    shared by every host on the database).  The runner asks C{shared}: a
+    shared spool's messages are held only while claimed, and its operations
+    return Deferreds (database threads); the file spool's are blocking and
+    the runner runs the slow ones in its disk threads.
+    """
+
+    shared = Attribute("True if other processes work on the same messages (claims, leases)")
+    tmp = Attribute("Path of the directory big messages are spilled to while they arrive")
+
+    def new_id(hint: bytes = b"") -> str:
+        """A queue id: the one the Received header in C{hint} names when free, else fresh."""
+
+    def clean_tmp(max_age: float, now: float | None = None) -> int:
+        """Remove spilled bodies older than C{max_age} seconds (blocking)."""
+
+
+class ISharedQueueSpool(IQueueSpool):
+    """
+    A spool several processes and hosts work on at once (C{shared} is True):
+    messages are held by a leased claim; every operation returns a Deferred.
+    """
+
+    lease = Attribute("Seconds a claim lasts past its last renewal")
+
+    def accept(env: Envelope, message: bytes = b"", spilled: Path | None = None,
+               prefix: bytes = b"", hint: bytes = b""):
+        """Queue C{env} (its id chosen here), claimed by this process; fires once durable."""
+
+    def mark_sent(env: Envelope, addresses: list[str]):
+        """A remote's 250 for C{addresses}, recorded before anything else happens."""
+
+    def body(qid: str):
+        """Fires the message as queued."""
+
+    def save(env: Envelope):
+        """Save an attempt's outcome and give up the claim; fires False if it is not ours."""
+
+    def discard(qid: str):
+        """Remove a message (finished, or deleted by the administrator)."""
+
+    def claim(limit: int, now: float, others: bool = True):
+        """Claim up to C{limit} due messages: fires [(envelope, message)]."""
+
+    def renew(qids: list[str]):
+        """Push the lease of C{qids} forward: fires the ids still held."""
+
+    def release():
+        """Give up every claim of this process."""
+
+    def depth():
+        """Fires ({state: count} of the whole queue, the oldest arrival or None)."""
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -106,8 +164,12 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+@implementer(IQueueSpool)
 class Spool:
     """The files; every method blocks (the runner calls the slow ones in threads)."""
+
+    #: One process (or one host's workers through control requests) owns these files.
+    shared = False
 
     def __init__(self, root: Path):
         self.root = Path(root)
