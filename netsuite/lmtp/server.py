@@ -30,11 +30,6 @@ class LMTPServer(SMTPServer):
     trace_protocol = "LMTP"
     protocol_name = "lmtp"
 
-    def __init__(self, factory: "LMTPFactory"):
-        super().__init__(factory)
-        #: The IMessage of each accepted recipient, in RCPT order (set at DATA/BDAT).
-        self._rcpt_msgs: list = []
-
     def connectionMade(self) -> None:
         super().connectionMade()
         # A local MTA on loopback or a unix socket: no STARTTLS offered.
@@ -62,32 +57,9 @@ class LMTPServer(SMTPServer):
 
     # -- one IMessage, and one reply, per recipient ------------------------------
 
-    def _open_messages(self) -> bool:
-        header = self._received_header()
-        msgs: list = []
-        per_rcpt: list = []
-        try:
-            for _user, factory in self._to:
-                msg = factory()
-                per_rcpt.append(msg)
-                if not any(m is msg for m in msgs):
-                    msgs.append(msg)
-            for line in header.split(b"\n"):
-                for msg in msgs:
-                    msg.lineReceived(line)
-        except smtp.SMTPServerError as e:
-            self._msgs = msgs
-            self._reset_transaction()
-            self.say(e.code, None, _text(e.resp))
-            return False
-        except Exception:
-            log.failure("opening the message failed")
-            self._msgs = msgs
-            self._reset_transaction()
-            self.say(451, "4.3.0", "Error: local error in processing")
-            return False
-        self._msgs, self._rcpt_msgs = msgs, per_rcpt
-        return True
+    def _checks_at_end_of_data(self) -> bool:
+        """The MTA in front checked the mail: LMTP delivers what it is given."""
+        return False
 
     def _end_message(self, too_big: bool, size: int):
         recipients = [u for u, _f in self._to]
@@ -148,7 +120,7 @@ class LMTPServer(SMTPServer):
 class LMTPFactory(SMTPFactory):
     """Builds L{LMTPServer} sessions for one listener."""
 
-    protocol = LMTPServer  # type: ignore[assignment]
+    protocol = LMTPServer
 
     def __init__(self, ctx, listener: str):
         super().__init__(ctx, listener, submission=False)

@@ -106,6 +106,8 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
         #: MX with checks on: the message held here until its checks are done,
         #: because Authentication-Results goes before the first line.
         self._held: list[bytes] | None = None
+        #: The IMessage of each accepted recipient, in RCPT order (set at DATA/BDAT).
+        self._rcpt_msgs: list = []
         self._bdat_left = 0
         self._bdat_last = False
         self._bdat_error: bytes | None = None
@@ -662,33 +664,47 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
             self.say(451, "4.3.0", "Error: local error in processing")
 
     def _open_messages(self) -> bool:
-        """Create each distinct IMessage once and give it the trace header."""
+        """
+        Create each distinct IMessage once (C{_msgs}), note each recipient's
+        (C{_rcpt_msgs}: LMTP replies per recipient) and give them the trace header.
+        """
         header = self._received_header()
         msgs: list = []
+        per_rcpt: list = []
         try:
             for _user, factory in self._to:
                 msg = factory()
+                per_rcpt.append(msg)
                 if not any(m is msg for m in msgs):
                     msgs.append(msg)
-            if self.factory.checker is not None or self.factory.rspamd is not None:
-                self._held = header.split(b"\n")
-            else:
-                for line in header.split(b"\n"):
-                    for msg in msgs:
-                        msg.lineReceived(line)
+            self._give_header(header.split(b"\n"), msgs)
         except smtp.SMTPServerError as e:
-            self._msgs = msgs
-            self._reset_transaction()
-            self.say(e.code, None, _text(e.resp))
-            return False
+            return self._open_failed(msgs, e.code, None, _text(e.resp))
         except Exception:
             log.failure("opening the message failed")
-            self._msgs = msgs
-            self._reset_transaction()
-            self.say(451, "4.3.0", "Error: local error in processing")
-            return False
-        self._msgs = msgs
+            return self._open_failed(msgs, 451, "4.3.0", "Error: local error in processing")
+        self._msgs, self._rcpt_msgs = msgs, per_rcpt
         return True
+
+    def _checks_at_end_of_data(self) -> bool:
+        """Whether mail checks or rspamd see the message before it is delivered."""
+        return self.factory.checker is not None or self.factory.rspamd is not None
+
+    def _give_header(self, lines: list[bytes], msgs: list) -> None:
+        """The trace header into each message now, or held for the checks at the end of DATA."""
+        if self._checks_at_end_of_data():
+            self._held = lines
+            return
+        for line in lines:
+            for msg in msgs:
+                msg.lineReceived(line)
+
+    def _open_failed(self, msgs: list, code: int, enhanced: str | None,
+                     text: str | bytes) -> bool:
+        self._msgs = msgs
+        self._reset_transaction()
+        self.say(code, enhanced, text)
+        return False
 
     def _received_header(self) -> bytes:
         self._queue_id = secrets.token_hex(6).upper()
