@@ -17,6 +17,8 @@ import time
 import pytest
 from harness import Daemon
 
+from netsuite.db.schema import LATEST
+
 #: The throttle of the two hosts: locks after 4 failures, small delays.
 THROTTLE = {"base_delay": 0.05, "max_delay": 0.1, "lock_after": 4, "free_failures": 1,
             "lock_seconds": 300.0}
@@ -90,19 +92,20 @@ def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
     with pytest.raises(RuntimeError) as refused:
         d.start(timeout=20)
     line = [x for x in str(refused.value).splitlines() if "not initialised" in x]
-    assert line and dbname(pg_dsn) in line[0] and "schema version 1" in line[0], refused.value
+    assert line and dbname(pg_dsn) in line[0] and f"schema version {LATEST}" in line[0], \
+        refused.value
 
     migrate = d.cli("db", "migrate", check=False)
     assert migrate.returncode != 0 and "netsuite db init" in migrate.stderr
 
     first = d.cli("db", "init")
-    assert "initialised at schema version 1" in first.stdout
+    assert f"initialised at schema version {LATEST}" in first.stdout
     again = d.cli("db", "init")  # twice is harmless
-    assert "already initialised (schema version 1)" in again.stdout
+    assert f"already initialised (schema version {LATEST})" in again.stdout
     assert "up to date" in d.cli("db", "migrate").stdout
     status = d.cli("db", "status")
-    assert "schema version: 1 (this netsuite: 1)" in status.stdout
-    assert "applied 0001_initial" in status.stdout
+    assert f"schema version: {LATEST} (this netsuite: {LATEST})" in status.stdout
+    assert "applied 0001_initial" in status.stdout and "applied 0002_mail_store" in status.stdout
     tables = set(pg_cluster.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", dbname(pg_dsn)).split())
     assert {"users", "throttle_failures", "throttle_locks", "session_locks", "accounts",
@@ -112,8 +115,8 @@ def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
     d.stop()
 
     # A schema from a newer netsuite: refused, naming both versions; status says so too.
-    pg_cluster.execute("INSERT INTO schema_version (version, name) VALUES (2, 'future')",
-                       dbname(pg_dsn))
+    pg_cluster.execute(f"INSERT INTO schema_version (version, name) VALUES ({LATEST + 1}, "
+                       "'future')", dbname(pg_dsn))
     newer = d.cli("db", "status", check=False)
     assert newer.returncode == 1 and "upgrade netsuite" in newer.stdout
     assert "newer" in d.cli("db", "migrate", check=False).stderr
@@ -121,7 +124,8 @@ def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
         d.start(timeout=20)
     line = [x for x in str(refused.value).splitlines() if "netsuite:" in x and "newer" in x]
     assert line, refused.value
-    assert "schema version 2" in line[0] and "(1)" in line[0] and dbname(pg_dsn) in line[0]
+    assert f"schema version {LATEST + 1}" in line[0] and f"({LATEST})" in line[0]
+    assert dbname(pg_dsn) in line[0]
     assert "password" not in line[0]
 
 

@@ -26,6 +26,7 @@ from netsuite.db.errors import DatabaseUnavailable, SchemaMismatch
 from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
 from netsuite.db.throttle import PgLoginThrottle
+from netsuite.store.pg import store as pg_store
 
 
 def sql_dsn(config: Config) -> str:
@@ -70,6 +71,8 @@ def _start(ctx: Any, top: Any) -> None:
         shared = database(db, ctx.reactor)
         ctx.portal.throttle = PgLoginThrottle(config.throttle, shared)
         ctx.realm.shared_locks = SessionLocks(shared)  # the POP3 maildrop lock
+        if hasattr(ctx.realm, "data_dir"):  # mail in the database (netsuite.store.pg)
+            pg_store.install(ctx.realm, shared, ctx.reactor)
 
 
 protocols.SERVICE_HOOKS.append(_start)

@@ -181,10 +181,12 @@ class IMailFolder(Interface):
         fsynced (each fsync in a thread): O(total size).
         """
 
-    def copy_to(msgs, dest) -> list:
+    def copy_to(msgs, dest):
         """
         Copy into C{dest} (hard links when possible); (source UID, new UID)
         pairs.  One link per message, one fsync of the directory and the log.
+        A store that gives UIDs off the reactor (PostgreSQL) returns a
+        Deferred of the pairs instead.
         """
 
     def refresh(notify: bool = True, force: bool = False):

@@ -4,9 +4,14 @@ COPY and MOVE, answered with COPYUID (UIDPLUS).
 
 from __future__ import annotations
 
+from twisted.internet import defer
+from twisted.logger import Logger
+
 from netsuite.imap import wire
 from netsuite.imap.account import NoSuchFolder
 from netsuite.imap.commands import SessionBase
+
+log = Logger(namespace="netsuite.imap")
 
 
 class CopyCommands(SessionBase):
@@ -33,6 +38,16 @@ class CopyCommands(SessionBase):
         # MOVE to the selected folder itself copies too: the messages get new UIDs
         # (what Dovecot does, and imaptest's move group expects).
         pairs = src.copy_to(msgs, dest)
+        if isinstance(pairs, defer.Deferred):  # a store that copies off the reactor (PostgreSQL)
+            return pairs.addCallbacks(self._copied, self._copy_failed,
+                                      callbackArgs=(tag, uid, move, src, dest),
+                                      errbackArgs=(tag,))
+        self._copied(pairs, tag, uid, move, src, dest)
+        return None
+
+    def _copied(self, pairs, tag, uid: bool, move: bool, src, dest) -> None:
+        if self._lost:
+            return
         code = b""
         if pairs:
             code = b"[COPYUID %d %s %s] " % (dest.uidvalidity,
@@ -46,8 +61,13 @@ class CopyCommands(SessionBase):
         else:
             self._tagged(tag, b"OK", code + b"COPY completed", allow_expunge=uid)
 
+    def _copy_failed(self, failure, tag) -> None:
+        log.failure("IMAP COPY failed", failure)
+        if not self._lost:
+            self._tagged(tag, b"NO", b"[UNAVAILABLE] Could not copy the messages; try again")
+
     def imap_COPY(self, tag, cur, uid=False):
-        self._copy(tag, cur, uid, move=False)
+        return self._copy(tag, cur, uid, move=False)
 
     def imap_MOVE(self, tag, cur, uid=False):
-        self._copy(tag, cur, uid, move=True)
+        return self._copy(tag, cur, uid, move=True)

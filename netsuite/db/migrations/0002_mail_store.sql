@@ -1,0 +1,18 @@
+-- netsuite schema version 2: what the PostgreSQL mail store (netsuite.store.pg) needs
+-- beyond the mail tables of version 1.
+
+-- UIDVALIDITY is given per account, strictly increasing, never reused for a folder
+-- deleted and made again (RFC 3501 2.3.1.1): the last one given.
+ALTER TABLE accounts ADD COLUMN last_uidvalidity bigint NOT NULL DEFAULT 0;
+-- Sent, Drafts, Trash, Junk made once, at the first login (a user may delete them).
+ALTER TABLE accounts ADD COLUMN specials_made boolean NOT NULL DEFAULT false;
+
+-- Expunges with the MODSEQ they took, for hosts catching up (changes since a
+-- MODSEQ) and for QRESYNC's VANISHED (EARLIER).
+CREATE TABLE expunged (
+    folder_id bigint NOT NULL REFERENCES folders (id) ON DELETE CASCADE,
+    uid       bigint NOT NULL,
+    modseq    bigint NOT NULL,
+    PRIMARY KEY (folder_id, uid)
+);
+CREATE INDEX expunged_modseq ON expunged (folder_id, modseq);

@@ -1,0 +1,248 @@
+"""
+The mail store in PostgreSQL (netsuite.store.pg) against real daemons and a
+real PostgreSQL (tests/pg.py): two "hosts" (separate data directories and
+ports) on one database share one mail system.  A delivery through A reaches
+an IDLE on B; flags set on one are seen on the other; POP3 on B returns what
+SMTP took on A, byte for byte; UIDs stay unique and ascending under
+concurrent deliveries through both; identical bodies are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import poplib
+import re
+import select
+import smtplib
+import socket
+import threading
+import time
+
+import pytest
+from harness import Daemon
+
+USER, PASSWORD = "alice", "alices secret"
+
+
+def db_config(dsn: str) -> dict:
+    return {"server": {"auth": ["sql"], "allow_plaintext_auth": True},
+            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1},
+            "store": {"backend": "postgresql"}}
+
+
+@pytest.fixture(scope="module")
+def hosts(pg_cluster, tmp_path_factory):
+    dsn = pg_cluster.new_database()
+    made = [Daemon(tmp_path_factory.mktemp(f"pgstore-{n}"), db_config(dsn),
+                   ["imap", "pop3", "smtp"]) for n in ("a", "b")]
+    a, b = made
+    a.cli("db", "init")
+    a.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
+    for d in made:
+        d.start()
+    yield a, b, dsn.rpartition("dbname=")[2]
+    for d in made:
+        d.stop()
+
+
+def sql(cluster, db: str, query: str) -> str:
+    return cluster.execute(query, db)
+
+
+def deliver(d: Daemon, body: bytes, rcpt: str = f"{USER}@example.test") -> None:
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=30) as s:
+        s.sendmail("sender@remote.test", [rcpt], body)
+
+
+def message(subject: str, text: str = "hello") -> bytes:
+    return (f"From: sender@remote.test\r\nTo: {USER}@example.test\r\nSubject: {subject}\r\n"
+            f"\r\n{text}\r\n").encode()
+
+
+def imap(d: Daemon) -> imaplib.IMAP4:
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+    m.login(USER, PASSWORD)
+    return m
+
+
+def uids_of(m: imaplib.IMAP4) -> list[int]:
+    typ, data = m.uid("SEARCH", "ALL")
+    assert typ == "OK"
+    return [int(x) for x in data[0].split()]
+
+
+def flags_of(m: imaplib.IMAP4, uid: int) -> str:
+    typ, data = m.uid("FETCH", str(uid), "(FLAGS)")
+    assert typ == "OK" and data[0], data
+    return re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).decode()
+
+
+def test_a_delivery_through_a_is_seen_by_idle_on_b_within_a_second(hosts):
+    a, b, _db = hosts
+    sock = socket.create_connection(("127.0.0.1", b.port("imap")), timeout=30)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(f"1 LOGIN {USER} \"{PASSWORD}\"\r\n2 SELECT INBOX\r\n".encode())
+    while not f.readline().startswith(b"2 OK"):
+        pass
+    sock.sendall(b"3 IDLE\r\n")
+    assert f.readline().startswith(b"+")
+    started = time.monotonic()
+    deliver(a, message("to idle"))
+    accepted = time.monotonic()
+    ready, _, _ = select.select([sock], [], [], 1.0)
+    assert ready, "no untagged response within 1 s of the 250"
+    line = f.readline()
+    seen = time.monotonic()
+    assert re.match(rb"\* \d+ EXISTS", line), line
+    assert seen - accepted < 1.0, (accepted - started, seen - accepted)
+    sock.sendall(b"DONE\r\n4 LOGOUT\r\n")
+    sock.close()
+
+
+def test_flags_set_on_b_are_seen_on_a(hosts):
+    a, b, _db = hosts
+    deliver(a, message("flag me"))
+    ma, mb = imap(a), imap(b)
+    try:
+        ma.select("INBOX")
+        mb.select("INBOX")
+        uid = uids_of(mb)[-1]
+        typ, _ = mb.uid("STORE", str(uid), "+FLAGS", r"(\Flagged $Work)")
+        assert typ == "OK"
+        assert a.wait_for(lambda: "\\Flagged" in flags_of(ma, uid) and
+                          "$Work" in flags_of(ma, uid), timeout=5)
+        mb.uid("STORE", str(uid), "-FLAGS", r"(\Flagged)")
+        assert a.wait_for(lambda: "\\Flagged" not in flags_of(ma, uid), timeout=5)
+        assert "$Work" in flags_of(ma, uid)
+    finally:
+        ma.logout()
+        mb.logout()
+
+
+def inbox_count(cluster, db: str) -> int:
+    return int(sql(cluster, db, "SELECT count(*) FROM messages m JOIN folders f ON "
+                                "f.id = m.folder_id JOIN accounts a ON a.id = f.account_id "
+                                f"WHERE a.name = '{USER}' AND f.name = 'INBOX'"))
+
+
+def test_pop3_on_b_returns_byte_for_byte_what_smtp_took_on_a(hosts, pg_cluster):
+    a, b, db = hosts
+    body = (b"From: sender@remote.test\r\nSubject: exact\r\n\r\nline one\r\n"
+            b"trailing spaces   \r\n\r\n.dot line\r\n" + (b"x" * 70 + b"\r\n") * 40)
+    m = imap(a)
+    m.select("INBOX")
+    for uid in uids_of(m):  # an empty maildrop: only this message
+        m.uid("STORE", str(uid), "+FLAGS", r"(\Deleted)")
+    m.expunge()
+    m.logout()
+    # EXPUNGE is answered from A's mirror and written through right after.
+    assert a.wait_for(lambda: inbox_count(pg_cluster, db) == 0, timeout=5)
+    deliver(a, body)
+    p = poplib.POP3("127.0.0.1", b.port("pop3"), timeout=30)
+    try:
+        p.user(USER)
+        p.pass_(PASSWORD)
+        count, _size = p.stat()
+        assert count == 1
+        _resp, lines, _octets = p.retr(1)
+        got = b"\r\n".join(lines) + b"\r\n"
+        # What SMTP took, after the trace headers the server put on top.
+        assert got.endswith(body), got[-200:]
+        added = got[:len(got) - len(body)]
+        assert added.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: "), added
+        assert len(lines) == added.count(b"\r\n") + body.count(b"\r\n")
+    finally:
+        p.quit()
+
+
+def test_uids_unique_and_ascending_under_concurrent_deliveries_to_both(hosts, pg_cluster):
+    a, b, db = hosts
+    before = int(sql(pg_cluster, db, "SELECT uidnext FROM folders f JOIN accounts a "
+                                     f"ON a.id = f.account_id WHERE a.name = '{USER}' "
+                                     "AND f.name = 'INBOX'"))
+    watch = imap(b)
+    watch.select("INBOX")
+    errors: list[BaseException] = []
+
+    def flood(d: Daemon, n: int) -> None:
+        try:
+            for i in range(n):
+                deliver(d, message(f"flood {d.port('smtp')} {i}", f"body {i} via {d.port('smtp')}"))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=flood, args=(d, 15)) for d in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    ma = imap(a)
+    ma.select("INBOX")
+    typ, data = ma.append("INBOX", None, None, message("appended on a"))
+    assert typ == "OK"
+    appended = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    rows = sql(pg_cluster, db, "SELECT m.uid FROM messages m JOIN folders f ON "
+                               "f.id = m.folder_id JOIN accounts a ON a.id = f.account_id "
+                               f"WHERE a.name = '{USER}' AND f.name = 'INBOX' AND m.uid >= "
+                               f"{before} ORDER BY m.uid").split()
+    assert len(rows) == 61 and len(set(rows)) == 61 and appended in map(int, rows)
+    # Both hosts show the same UIDs; B's IDLE-less session learns them at NOOP, ascending.
+    want = [int(u) for u in rows]
+    assert a.wait_for(lambda: [u for u in uids_of(ma) if u >= before] == want, timeout=10)
+    assert b.wait_for(lambda: [u for u in uids_of(watch) if u >= before] == want, timeout=10)
+    watch.noop()
+    # COPY on B into a folder, EXPUNGE on A: both hosts agree.
+    typ, _data = watch.uid("COPY", f"{want[0]}:{want[4]}", "Trash")
+    assert typ == "OK"
+    _typ, copyuid = watch.response("COPYUID")
+    assert copyuid[0] and len(copyuid[0].split()) == 3, copyuid
+    ma.uid("STORE", f"{want[0]}:{want[4]}", "+FLAGS", r"(\Deleted)")
+    ma.expunge()
+    assert b.wait_for(lambda: not (set(uids_of(watch)) & set(want[:5])), timeout=5)
+    ma.select("Trash")
+    assert len(uids_of(ma)) >= 5
+    ma.logout()
+    watch.logout()
+
+
+def test_identical_bodies_are_stored_once(hosts, pg_cluster):
+    a, b, db = hosts
+    body = message("same body", "the very same text, stored once")
+    digest = hashlib.sha256(body.replace(b"\r\n", b"\n")).hexdigest()  # stored with LF ends
+
+    def blob() -> tuple[int, int]:
+        """(rows of this body, its reference count)."""
+        out = sql(pg_cluster, db, "SELECT count(*), coalesce(max(refcount), 0) FROM blobs "
+                                  f"WHERE hash = decode('{digest}', 'hex')")
+        rows, refs = out.split("|")
+        return int(rows), int(refs)
+
+    total = lambda: int(sql(pg_cluster, db, "SELECT count(*) FROM blobs"))  # noqa: E731
+    m, mb = imap(a), imap(b)
+    try:
+        assert m.append("INBOX", None, None, body)[0] == "OK"
+        assert blob() == (1, 1)
+        before = total()
+        for _ in range(3):
+            assert m.append("Drafts", None, None, body)[0] == "OK"
+        assert mb.append("Sent", None, None, body)[0] == "OK"
+        m.select("Drafts")
+        assert m.uid("COPY", "1:*", "Trash")[0] == "OK"  # copies share it too
+        assert total() == before and blob() == (1, 8)
+        # Expunging every copy but one keeps the body; the last one takes it away.
+        for name in ("Drafts", "Sent", "Trash"):
+            m.select(name)
+            m.uid("STORE", "1:*", "+FLAGS", r"(\Deleted)")
+            m.expunge()
+        assert a.wait_for(lambda: blob() == (1, 1), timeout=5), blob()
+        m.select("INBOX")
+        uid = uids_of(m)[-1]
+        m.uid("STORE", str(uid), "+FLAGS", r"(\Deleted)")
+        m.expunge()
+        assert a.wait_for(lambda: blob() == (0, 0), timeout=5), blob()
+    finally:
+        m.logout()
+        mb.logout()
