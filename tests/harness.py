@@ -17,6 +17,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: C{NETSUITE_TEST_STORE=postgresql}: every daemon whose test does not choose a
+#: store itself keeps its mail in PostgreSQL (a fresh database each, on one
+#: throwaway cluster for the run: L{pg.shared_cluster}), so that a mail test
+#: module runs against both stores.
+TEST_STORE = os.environ.get("NETSUITE_TEST_STORE", "maildir")
 
 
 def all_listeners() -> list[str]:
@@ -89,6 +94,14 @@ class Daemon:
             "throttle": {"base_delay": 0.05, "max_delay": 0.2},
             "listen": listen,
         }
+        #: A database to initialise before the first start (L{TEST_STORE}).
+        self._db_init = False
+        if TEST_STORE == "postgresql" and "backend" not in (config or {}).get("store", {}):
+            from pg import shared_cluster
+
+            base["store"] = {"backend": "postgresql"}
+            base["database"] = {"dsn": shared_cluster().new_database()}
+            self._db_init = True
         self.config = merge(base, config or {})
         self.env = env or {}
         #: Descriptors the daemon inherits (socket activation), and a command
@@ -110,6 +123,9 @@ class Daemon:
 
     def start(self, *extra: str, timeout: float = 30.0) -> "Daemon":
         self.write_config()
+        if self._db_init:
+            self.cli("db", "init")
+            self._db_init = False
         ready = self.data_dir / "run" / "listening.json"
         if ready.exists():
             ready.unlink()
@@ -190,6 +206,26 @@ class Daemon:
         from netsuite.auth.passwdfile import PasswordFile
 
         PasswordFile(self.data_dir / "passwd").set_password(name, password)
+
+    def deliver_local(self, user: str, data: bytes, folder: str = "INBOX") -> str:
+        """
+        Put a message into a user's folder as another delivery agent would, not
+        through this daemon: a file in the Maildir, or the rows of the
+        PostgreSQL store (its own code, on a connection of its own); its key.
+        """
+        if self.config.get("store", {}).get("backend") == "postgresql":
+            import psycopg
+
+            from netsuite.store.pg import sql
+            from netsuite.store.pg.blobs import PgBlobs
+
+            with psycopg.connect(self.config["database"]["dsn"]) as conn:
+                return sql.deliver(conn, PgBlobs(), user, folder, data.replace(b"\r\n", b"\n"))
+        from netsuite.store.maildir import MaildirStore
+
+        delivery = MaildirStore(self.data_dir / "mail").delivery(user, folder)
+        delivery.write(data)
+        return delivery._finish()
 
     def maildir(self, user: str, folder: str = "") -> Path:
         path = self.data_dir / "mail" / user

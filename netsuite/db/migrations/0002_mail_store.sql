@@ -7,6 +7,9 @@ ALTER TABLE accounts ADD COLUMN last_uidvalidity bigint NOT NULL DEFAULT 0;
 -- Sent, Drafts, Trash, Junk made once, at the first login (a user may delete them).
 ALTER TABLE accounts ADD COLUMN specials_made boolean NOT NULL DEFAULT false;
 
+-- \Recent: UIDs from this one on were not yet told to any session (RFC 3501 2.3.2).
+ALTER TABLE folders ADD COLUMN first_recent bigint NOT NULL DEFAULT 1;
+
 -- Expunges with the MODSEQ they took, for hosts catching up (changes since a
 -- MODSEQ) and for QRESYNC's VANISHED (EARLIER).
 CREATE TABLE expunged (

@@ -145,7 +145,7 @@ class PgFolder:
         self._gone_floor = min(m for _u, m in self._gone) if delta.truncated else 0
         self.uidvalidity = delta.uidvalidity
         self.next_uid = delta.uidnext
-        self.first_recent = delta.uidnext
+        self.first_recent = delta.first_recent
         for row in delta.rows:
             self._insert(self._message(row), row[6])
         self.highest_modseq = self.synced = delta.highestmodseq
@@ -222,6 +222,7 @@ class PgFolder:
                 self.keywords.update(fresh.keywords)
                 changes.flags.append(msg)
         self.next_uid = max(self.next_uid, delta.uidnext)
+        self.first_recent = max(self.first_recent, delta.first_recent)  # others' claims
         self.highest_modseq = max(self.highest_modseq, delta.highestmodseq)
         self.synced = max(self.synced, delta.highestmodseq)
         if changes and notify:
@@ -327,11 +328,20 @@ class PgFolder:
         return io.BytesIO(self.read(msg))
 
     def claim_recent(self) -> set[int]:
-        """\\Recent is this host's: the first session here to select a message claims it."""
+        """
+        UIDs \\Recent for the caller: claimed in the mirror at once, the claim
+        written through (so a session on another host that selects the folder
+        later does not get them; one selecting it within the write's delay may).
+        """
         uids = self._uids
         recent = set(uids[bisect.bisect_left(uids, self.first_recent):])
-        if uids:
-            self.first_recent = max(self.first_recent, uids[-1] + 1)
+        if uids and uids[-1] >= self.first_recent:
+            self.first_recent = upto = uids[-1] + 1
+
+            def work(conn) -> None:
+                sql.claim_recent(conn, self._resolve(conn), upto)
+
+            self.account.queue(work).addErrback(self._failed, "claiming \\Recent in")
         return recent
 
     def save_if_dirty(self) -> None:

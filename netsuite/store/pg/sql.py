@@ -49,6 +49,8 @@ class Delta:
     gone: list[tuple[int, int]]
     #: On a first load: whether older expunges were left out (L{EXPUNGES_KEPT}).
     truncated: bool = False
+    #: UIDs from this one on are \\Recent for the next session to claim them.
+    first_recent: int = 1
 
 
 def notify_folder(conn: Any, folder_id: int, modseq: int) -> None:
@@ -186,8 +188,8 @@ def delta(conn: Any, folder_id: int, since: int, first: bool = False) -> Delta:
     change up to its C{highestmodseq} is committed (a change holds the row until
     its commit), so the mirror may take that as the MODSEQ it is complete up to.
     """
-    row = conn.execute("SELECT uidvalidity, uidnext, highestmodseq FROM folders WHERE id = %s",
-                       (folder_id,)).fetchone()
+    row = conn.execute("SELECT uidvalidity, uidnext, highestmodseq, first_recent FROM folders "
+                       "WHERE id = %s", (folder_id,)).fetchone()
     if row is None:
         raise FolderMissing(folder_id)
     rows = conn.execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE folder_id = %s "
@@ -203,7 +205,12 @@ def delta(conn: Any, folder_id: int, since: int, first: bool = False) -> Delta:
         gone = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s "
                             "AND modseq > %s", (folder_id, since)).fetchall()
     return Delta(row[0], row[1], row[2], [_message_row(r) for r in rows],
-                 sorted((int(u), int(m)) for u, m in gone), truncated)
+                 sorted((int(u), int(m)) for u, m in gone), truncated, row[3])
+
+
+def claim_recent(conn: Any, folder_id: int, first_recent: int) -> None:
+    conn.execute("UPDATE folders SET first_recent = GREATEST(first_recent, %s) WHERE id = %s",
+                 (first_recent, folder_id))
 
 
 def _message_row(r: tuple) -> tuple:
