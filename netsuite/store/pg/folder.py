@@ -325,7 +325,12 @@ class PgFolder:
         return to_wire(self.read(msg))
 
     def open(self, msg: Message):
-        return io.BytesIO(self.read(msg))
+        """The cached body's file (a big RETR streams it instead of holding it whole)."""
+        path = self.file_path(msg)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            return io.BytesIO(self.read(msg))
 
     def claim_recent(self) -> set[int]:
         """
