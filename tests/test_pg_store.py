@@ -18,6 +18,7 @@ import smtplib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from harness import Daemon
@@ -246,3 +247,74 @@ def test_identical_bodies_are_stored_once(hosts, pg_cluster):
     finally:
         m.logout()
         mb.logout()
+
+
+# -- netsuite import maildir ------------------------------------------------------------------
+
+
+def dovecot_tree(root: Path) -> dict[str, list[tuple[int, str, bytes]]]:
+    """
+    A Maildir++ tree as Dovecot writes it: dovecot-uidlist (v3) with UIDVALIDITY
+    and UIDs with gaps, dovecot-keywords, flags and keyword letters in the names.
+    (folder -> [(uid, wanted FLAGS, body)]).
+    """
+    want: dict[str, list[tuple[int, str, bytes]]] = {}
+    layout = {"": (1600000000, [(3, "S", ""), (7, "RSa", "$Forwarded"), (12, "", "")]),
+              ".Archive": (1600000001, [(1, "FST", ""), (5, "Sb", "Work")])}
+    for sub, (validity, msgs) in layout.items():
+        path = root / sub if sub else root
+        for d in ("cur", "new", "tmp"):
+            (path / d).mkdir(parents=True, exist_ok=True)
+        (path / "dovecot-keywords").write_text("0 $Forwarded\n1 Work\n")
+        lines = [f"3 V{validity} N{msgs[-1][0] + 5} Gdeadbeef"]
+        name = sub.lstrip(".") or "INBOX"
+        want[name] = []
+        for uid, letters, _kw in msgs:
+            base = f"{1600000000 + uid}.M{uid}P1.dovecot"
+            body = f"Subject: {name} {uid}\n\nbody of {uid}\n".encode()
+            (path / "cur" / f"{base},S={len(body)}:2,{letters}").write_bytes(body)
+            lines.append(f"{uid} :{base},S={len(body)}")
+            flags = {"S": "\\Seen", "R": "\\Answered", "F": "\\Flagged", "T": "\\Deleted"}
+            names = sorted(flags[c] for c in letters if c in flags)
+            names += {"a": ["$Forwarded"], "b": ["Work"]}.get(
+                next((c for c in letters if c.islower()), ""), [])
+            want[name].append((uid, " ".join(sorted(names)), body))
+        (path / "dovecot-uidlist").write_text("\n".join(lines) + "\n")
+    (root / "subscriptions").write_text("Archive\n")
+    return want
+
+
+def test_import_maildir_keeps_uidvalidity_uids_and_flags(pg_cluster, tmp_path):
+    dsn = pg_cluster.new_database()
+    d = Daemon(tmp_path / "host", db_config(dsn), ["imap"])
+    d.cli("db", "init")
+    d.cli("user", "add", "carol", "--password-stdin", input="carols secret\n")
+    tree = tmp_path / "old" / "carol"
+    want = dovecot_tree(tree)
+    out = d.cli("import", "maildir", str(tree))
+    assert "carol/INBOX: 3 message(s)" in out.stdout and "carol/Archive: 2" in out.stdout
+    again = d.cli("import", "maildir", str(tree), check=False)  # never twice into a folder
+    assert again.returncode != 0 and "already has messages" in again.stderr
+    d.start()
+    try:
+        m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+        m.login("carol", "carols secret")
+        for name, validity in (("INBOX", 1600000000), ("Archive", 1600000001)):
+            typ, _ = m.select(name)
+            assert typ == "OK"
+            assert int(m.response("UIDVALIDITY")[1][0]) == validity
+            typ, data = m.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[])")
+            got = []
+            for item in data:
+                if isinstance(item, tuple):
+                    uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
+                    flags = re.search(rb"FLAGS \(([^)]*)\)", item[0]).group(1).decode()
+                    got.append((uid, " ".join(sorted(flags.split())), item[1]))
+            assert got == [(u, f, b.replace(b"\n", b"\r\n")) for u, f, b in want[name]]
+        uidnext = m.status("INBOX", "(UIDNEXT)")[1][0]
+        assert b"UIDNEXT 17" in uidnext, uidnext
+        typ, lsub = m.lsub()
+        assert any(b"Archive" in line for line in lsub)
+        m.logout()
+    finally:
+        d.stop()

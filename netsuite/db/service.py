@@ -26,6 +26,7 @@ from netsuite.db.errors import DatabaseUnavailable, SchemaMismatch
 from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
 from netsuite.db.throttle import PgLoginThrottle
+from netsuite.store.pg import importer as _importer  # noqa: F401  (netsuite import)
 from netsuite.store.pg import store as pg_store
 
 
