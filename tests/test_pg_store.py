@@ -318,3 +318,40 @@ def test_import_maildir_keeps_uidvalidity_uids_and_flags(pg_cluster, tmp_path):
         m.logout()
     finally:
         d.stop()
+
+
+def test_database_away_smtp_says_451_and_nothing_acknowledged_is_lost(hosts, pg_cluster):
+    a, b, db = hosts
+    before = inbox_count(pg_cluster, db)
+    deliver(a, message("before the outage"))
+    pg_cluster.stop()
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            deliver(a, message("during the outage"))
+        assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.3.0")
+    finally:
+        pg_cluster.start()
+    # Back by itself (the pool reconnects): bounded retries, no sleeps beyond them.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            deliver(b, message("after the outage"))
+            break
+        except smtplib.SMTPDataError:
+            assert time.monotonic() < deadline, "delivery did not resume"
+            time.sleep(0.2)
+    assert inbox_count(pg_cluster, db) == before + 2  # the two that got 250, no other
+    # A's sessions see both (its login may still be failing fast for a moment: bounded).
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            m = imap(a)
+            break
+        except imaplib.IMAP4.error:
+            assert time.monotonic() < deadline, "IMAP logins did not resume"
+            time.sleep(0.2)
+    m.select("INBOX")
+    assert a.wait_for(lambda: len(m.uid("SEARCH", "SUBJECT", "outage")[1][0].split()) == 2)
+    m.logout()
+    for d in (a, b):
+        assert "Traceback" not in d.log()

@@ -23,6 +23,7 @@ flags, MODSEQs, sizes, dates), as Dovecot and Stalwart keep an index in memory.
 from __future__ import annotations
 
 import bisect
+import errno
 import io
 import os
 from collections import Counter
@@ -30,11 +31,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netsuite.db.errors import DatabaseUnavailable
 from netsuite.store import IMailFolder
 from netsuite.store.folder import FLAG_TO_LETTER, Changes, FolderGone, Message, to_disk, to_wire
 from netsuite.store.pg import sql
@@ -46,6 +49,23 @@ log = Logger(namespace="netsuite.store")
 WARM_MAX = 4 << 20
 #: Messages whose bodies a first load fetches (the newest).
 WARM_ON_LOAD = 200
+#: Seconds before a failed write or refresh is followed by another read of the rows.
+RETRY_SECONDS = 1.0
+
+
+class StoreUnavailable(OSError):
+    """
+    The database could not take a message (unreachable, or the transaction
+    failed): an I/O error as the protocols know them from a disk, so that SMTP
+    answers 451 4.3.0 and APPEND answers NO, and nothing is acknowledged.
+    """
+
+
+def unavailable(failure: Failure) -> Failure:
+    """An errback: the database's failures as L{StoreUnavailable}; others (KeyError) as they are."""
+    if failure.check(DatabaseUnavailable, psycopg.Error):
+        raise StoreUnavailable(errno.EIO, f"mail store unavailable: {failure.getErrorMessage()}")
+    return failure
 
 
 def _letters(flags: Iterable[str]) -> str:
@@ -86,6 +106,9 @@ class PgFolder:
         self._gone: list[tuple[int, int]] = []
         self._gone_floor = 0
         self.deleted = False
+        #: A failed write or refresh: the next try, and whether that was said in the log.
+        self._retry: Any = None
+        self._failing = False
 
     # -- loading and catching up -------------------------------------------------------------
 
@@ -189,6 +212,7 @@ class PgFolder:
                                                 and r[0] not in self.digests])
 
     def _caught_up(self, result) -> Changes:
+        self._failing = False
         return self._apply(result[0])
 
     def _apply(self, delta: sql.Delta, notify: bool = True) -> Changes:
@@ -244,17 +268,22 @@ class PgFolder:
                 log.failure("folder listener failed")
 
     def _failed(self, failure, what: str) -> None:
+        self._refresh_queued = False  # (the work may not have run at all)
         if failure.check(sql.FolderMissing):
             self.deleted = True
             self.store.folder_gone(self)
             return None
-        log.warn("PostgreSQL store: {what} {user}/{folder} failed: {error}", what=what,
-                 user=self.account.user, folder=self.name, error=failure.getErrorMessage())
-        # The mirror may be ahead of the rows now: read them whole again.
-        self.synced = 0
-        self._pending_flags.clear()
-        self._expunging.clear()
-        self.refresh()
+        if not self._failing:  # once until it works again, not once a second
+            self._failing = True
+            log.warn("PostgreSQL store: {what} {user}/{folder} failed: {error}", what=what,
+                     user=self.account.user, folder=self.name, error=failure.getErrorMessage())
+        if what != "refreshing":
+            # The mirror may be ahead of the rows now: read them whole again.
+            self.synced = 0
+            self._pending_flags.clear()
+            self._expunging.clear()
+        if self._retry is None or not self._retry.active():
+            self._retry = self.store.reactor.callLater(RETRY_SECONDS, self.refresh)
         return None
 
     # -- lookups -----------------------------------------------------------------------------
@@ -280,10 +309,14 @@ class PgFolder:
         if self.deleted:
             return defer.fail(FolderGone(self.name))
 
-        def work(conn) -> None:
-            self._fetch_bodies(conn, [(0, 0, 0, 0, 0, 0, d) for d in list(self.digests.values())])
+        def work(conn, rows: list[tuple]) -> None:
+            self._fetch_bodies(conn, rows)
 
-        return self.load().addCallback(lambda _: self.store.db.run(work))
+        def fetch(_) -> defer.Deferred:
+            rows = [(0, 0, 0, 0, 0, 0, d) for d in self.digests.values()]  # (on the reactor)
+            return self.store.db.run(work, rows)
+
+        return self.load().addCallback(fetch)
 
     def file_path(self, msg: Message) -> Path:
         """The body's file in the local cache (fetched if missing): EMAILID's stat."""
@@ -474,7 +507,7 @@ class PgFolder:
                 self._apply(delta, notify)
             return uids
 
-        return self.account.queue(work, done)
+        return self.account.queue(work, done).addErrback(unavailable)
 
     def copy_to(self, msgs, dest: PgFolder) -> defer.Deferred:
         """
@@ -494,5 +527,5 @@ class PgFolder:
                 dest._apply(delta)
             return pairs
 
-        return self.account.queue(work, done)
+        return self.account.queue(work, done).addErrback(unavailable)
 

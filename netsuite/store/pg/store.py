@@ -24,7 +24,7 @@ from netsuite.store.folder import to_disk
 from netsuite.store.maildir import BadFolderName, check_folder_name
 from netsuite.store.pg import sql
 from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash
-from netsuite.store.pg.folder import PgFolder
+from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
 from netsuite.store.pg.listen import Listener
 
 log = Logger(namespace="netsuite.store")
@@ -47,6 +47,8 @@ class PgAccount:
         #: Local changes queued and not written yet: a reread of the rows waits for them.
         self._pending = 0
         self._reread_queued = False
+        self._retry: Any = None
+        self._failing = False
 
     def queue(self, work, apply=None) -> defer.Deferred:
         """C{work(conn)} in its own transaction after every change queued before, then
@@ -84,6 +86,7 @@ class PgAccount:
         return sql.prepare_account(conn, self.user)
 
     def _rows(self, rows: sql.AccountRows) -> PgAccount:
+        self._failing = False
         self.id = rows.id
         self.store.accounts_by_id[rows.id] = self
         if self._pending == 0:
@@ -126,9 +129,13 @@ class PgAccount:
         self.queue(work).addCallbacks(done, failed)
 
     def _failed(self, failure) -> None:
-        log.warn("PostgreSQL store: a change of {user}'s folders failed: {error}",
-                 user=self.user, error=failure.getErrorMessage())
-        self.reread()
+        self._reread_queued = False  # (the work may not have run at all)
+        if not self._failing:
+            self._failing = True
+            log.warn("PostgreSQL store: a change of {user}'s folders failed: {error}",
+                     user=self.user, error=failure.getErrorMessage())
+        if self._retry is None or not self._retry.active():
+            self._retry = self.store.reactor.callLater(RETRY_SECONDS, self.reread)
 
 
 @implementer(IDeliveryFile)
@@ -157,7 +164,7 @@ class PgDelivery:
             return key
 
         store.start()
-        d = store.db.run(work)
+        d = store.db.run(work).addErrback(unavailable)
         d.addCallback(store.delivered, self.user, self.folder)
         return d
 
