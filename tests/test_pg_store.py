@@ -355,3 +355,56 @@ def test_database_away_smtp_says_451_and_nothing_acknowledged_is_lost(hosts, pg_
     m.logout()
     for d in (a, b):
         assert "Traceback" not in d.log()
+
+
+def test_folders_made_renamed_and_deleted_on_one_host_are_seen_on_the_other(hosts):
+    a, b, _db = hosts
+    ma, mb = imap(a), imap(b)
+    try:
+        names = lambda m: [line.rsplit(b" ", 1)[-1].strip(b'"') for line in m.list()[1]]  # noqa: E731
+        assert ma.create("Projects")[0] == "OK"
+        assert ma.create("Projects.2027")[0] == "OK"
+        assert b.wait_for(lambda: b"Projects.2027" in names(mb), timeout=5)
+        assert mb.rename("Projects", "Work")[0] == "OK"
+        assert a.wait_for(lambda: b"Work.2027" in names(ma) and
+                          b"Projects.2027" not in names(ma), timeout=5)
+        # APPEND on A into the renamed folder, read on B: the same UIDVALIDITY, the message.
+        assert ma.append("Work.2027", None, None, message("in a renamed folder"))[0] == "OK"
+        mb.select("Work.2027")
+        assert b.wait_for(lambda: len(uids_of(mb)) == 1, timeout=5)
+        mb.close()
+        assert ma.delete("Work.2027")[0] == "OK"
+        assert b.wait_for(lambda: b"Work.2027" not in names(mb), timeout=5)
+        assert mb.select("Work.2027")[0] == "NO"
+    finally:
+        ma.logout()
+        mb.logout()
+
+
+def test_condstore_modseq_is_the_databases_on_both_hosts(hosts, pg_cluster):
+    a, b, db = hosts
+    deliver(a, message("modseq"))
+    ma, mb = imap(a), imap(b)
+    try:
+        for m in (ma, mb):
+            m._simple_command("ENABLE", "CONDSTORE")
+            m.select("INBOX")
+        uid = uids_of(ma)[-1]
+        typ, data = ma.uid("STORE", str(uid), "+FLAGS", r"(\Answered)")
+        shown = int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1))
+        row = lambda: int(sql(pg_cluster, db, "SELECT m.modseq FROM messages m JOIN folders f "  # noqa: E731
+                                              "ON f.id = m.folder_id JOIN accounts a ON "
+                                              "a.id = f.account_id WHERE f.name = 'INBOX' AND "
+                                              f"a.name = '{USER}' AND m.uid = {uid}"))
+        # Written through: the row gets the MODSEQ the client was shown (nobody else wrote).
+        assert a.wait_for(lambda: row() == shown, timeout=5), (row(), shown)
+
+        def seen_on_b() -> int:
+            typ, data = mb.uid("FETCH", str(uid), "(MODSEQ FLAGS)")
+            m = re.search(rb"MODSEQ \((\d+)\)", data[0])
+            return int(m.group(1)) if m and b"\\Answered" in data[0] else 0
+
+        assert b.wait_for(lambda: seen_on_b() == shown, timeout=5)
+    finally:
+        ma.logout()
+        mb.logout()

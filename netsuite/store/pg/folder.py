@@ -194,8 +194,11 @@ class PgFolder:
         Take in others' changes: asks the database off the reactor (once, however
         often it is called meanwhile) and tells the listeners when the rows come;
         what it returns now is empty (the changes reach the listeners).
+        L{FolderGone} once the folder is known to be deleted (here or elsewhere).
         """
-        if self.loaded and not self._refresh_queued and not self.deleted:
+        if self.deleted:
+            raise FolderGone(self.name)
+        if self.loaded and not self._refresh_queued:
             self._refresh_queued = True
             d = self.account.queue(self._delta_work, self._caught_up)
             d.addErrback(self._failed, "refreshing")
@@ -283,8 +286,12 @@ class PgFolder:
             self._pending_flags.clear()
             self._expunging.clear()
         if self._retry is None or not self._retry.active():
-            self._retry = self.store.reactor.callLater(RETRY_SECONDS, self.refresh)
+            self._retry = self.store.reactor.callLater(RETRY_SECONDS, self._refresh_again)
         return None
+
+    def _refresh_again(self) -> None:
+        if not self.deleted:
+            self.refresh()
 
     # -- lookups -----------------------------------------------------------------------------
 

@@ -225,7 +225,7 @@ class PgMailStore:
 
     def delivered(self, key: str, user: str, name: str) -> str:
         folder = self._folders.get((user, name))
-        if folder is not None:
+        if folder is not None and not folder.deleted:
             folder.refresh()
         return key
 
@@ -360,7 +360,7 @@ class PgMailStore:
         def made(result: tuple[int, int]) -> None:
             acct.folders[new] = (result[0], result[1], None)
             inbox = self._folders.get((user, "INBOX"))
-            if inbox is not None:
+            if inbox is not None and not inbox.deleted:
                 inbox.refresh()
 
         acct.change(work, made)
@@ -417,7 +417,8 @@ class PgMailStore:
             if kind == "f":
                 fid, modseq = (int(x) for x in rest.split())
                 folder = self._by_id.get(fid)
-                if folder is not None and folder.loaded and modseq > folder.synced:
+                if (folder is not None and folder.loaded and not folder.deleted
+                        and modseq > folder.synced):
                     folder.refresh()
             elif kind == "a":
                 acct = self.accounts_by_id.get(int(rest))
@@ -430,7 +431,7 @@ class PgMailStore:
     def _reconnected(self) -> None:
         """LISTEN (again): what was changed while it was away is read now."""
         for folder in list(self._folders.values()):
-            if folder.loaded:
+            if folder.loaded and not folder.deleted:
                 folder.refresh()
         for acct in list(self.accounts.values()):
             acct.reread()
