@@ -117,6 +117,11 @@ def test_flags_set_on_b_are_seen_on_a(hosts):
         mb.uid("STORE", str(uid), "-FLAGS", r"(\Flagged)")
         assert a.wait_for(lambda: "\\Flagged" not in flags_of(ma, uid), timeout=5)
         assert "$Work" in flags_of(ma, uid)
+        # OBJECTID (RFC 8474): the same ids on both hosts.
+        ids = [m.uid("FETCH", str(uid), "(EMAILID)")[1][0] for m in (ma, mb)]
+        assert b"EMAILID (M" in ids[0] and ids[0] == ids[1], ids
+        boxes = [m.status("INBOX", "(MAILBOXID)")[1][0] for m in (ma, mb)]
+        assert b"MAILBOXID (F" in boxes[0] and boxes[0] == boxes[1], boxes
     finally:
         ma.logout()
         mb.logout()

@@ -19,3 +19,10 @@ CREATE TABLE expunged (
     PRIMARY KEY (folder_id, uid)
 );
 CREATE INDEX expunged_modseq ON expunged (folder_id, modseq);
+
+-- RFC 8474 EMAILID: one per message, kept by COPY and MOVE (the copy takes the
+-- original's), the same on every host; and SAVEDATE (RFC 8514): when the row was
+-- saved into its folder.
+CREATE SEQUENCE message_email_ids;
+ALTER TABLE messages ADD COLUMN email_id bigint NOT NULL DEFAULT nextval('message_email_ids');
+ALTER TABLE messages ADD COLUMN saved_at timestamptz NOT NULL DEFAULT now();

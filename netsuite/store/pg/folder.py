@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import hashlib
 import io
 import os
 from collections import Counter
@@ -94,6 +95,7 @@ class PgFolder:
         self.messages: list[Message] = []
         self._uids: list[int] = []
         self.digests: dict[int, bytes] = {}
+        self.email_ids: dict[int, int] = {}
         self.keywords: set[str] = set()
         self.listeners: list[Callable] = []
         self.loaded = False
@@ -163,7 +165,7 @@ class PgFolder:
 
     def _loaded(self, result) -> PgFolder:
         delta, _bodies = result
-        self.messages, self._uids, self.digests = [], [], {}
+        self.messages, self._uids, self.digests, self.email_ids = [], [], {}, {}
         self._gone = list(delta.gone)
         self._gone_floor = min(m for _u, m in self._gone) if delta.truncated else 0
         self.uidvalidity = delta.uidvalidity
@@ -178,8 +180,10 @@ class PgFolder:
         return self
 
     def _message(self, row: tuple) -> Message:
-        uid, modseq, flags, keywords, date, size, _digest = row
-        return Message(uid, f"{date}.P{uid}V{self.uidvalidity}:2,{_letters(flags)}", "cur",
+        uid, modseq, flags, keywords, date, size, _digest, email_id, saved = row
+        self.email_ids[uid] = email_id
+        # The base name starts with the save time, as a Maildir name does (SAVEDATE).
+        return Message(uid, f"{saved}.P{uid}V{self.uidvalidity}:2,{_letters(flags)}", "cur",
                        size, date, tuple(keywords), modseq)
 
     def _insert(self, msg: Message, digest: bytes) -> None:
@@ -262,6 +266,7 @@ class PgFolder:
         self._uids = [m.uid for m in keep]
         for uid in gone:
             self.digests.pop(uid, None)
+            self.email_ids.pop(uid, None)
 
     def _notify(self, changes: Changes) -> None:
         for listener in list(self.listeners):
@@ -331,6 +336,17 @@ class PgFolder:
         if not self.bodies.has(digest):
             self.read(msg)
         return self.bodies.path(digest)
+
+    def email_id(self, msg: Message) -> str:
+        """
+        RFC 8474 EMAILID from the row's C{email_id}: the same on every host, kept
+        by COPY and MOVE (the copy takes the original's), new for a new message
+        even with the same bytes.
+        """
+        email_id = self.email_ids.get(msg.uid)
+        if email_id is None:
+            raise KeyError(msg.uid)
+        return "M" + hashlib.blake2b(b"%d" % email_id, digest_size=12).hexdigest()
 
     def _digest(self, msg: Message) -> bytes:
         digest = self.digests.get(msg.uid)

@@ -29,7 +29,7 @@ SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash",
 EXPUNGES_KEPT = 10000
 
 _MSG_COLUMNS = ("uid, modseq, flags, keywords, extract(epoch FROM internaldate)::bigint, "
-                "size, content_hash")
+                "size, content_hash, email_id, extract(epoch FROM saved_at)::bigint")
 
 
 class FolderMissing(KeyError):
@@ -43,7 +43,7 @@ class Delta:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    #: (uid, modseq, flags, keywords, date, size, hash) ascending by UID.
+    #: (uid, modseq, flags, keywords, date, size, hash, email id, saved) ascending by UID.
     rows: list[tuple]
     #: (uid, modseq) of expunges after the MODSEQ.
     gone: list[tuple[int, int]]
@@ -214,8 +214,9 @@ def claim_recent(conn: Any, folder_id: int, first_recent: int) -> None:
 
 
 def _message_row(r: tuple) -> tuple:
-    uid, modseq, flags, keywords, date, size, digest = r
-    return (uid, modseq, tuple(flags), tuple(keywords), int(date), size, bytes(digest))
+    uid, modseq, flags, keywords, date, size, digest, email_id, saved = r
+    return (uid, modseq, tuple(flags), tuple(keywords), int(date), size, bytes(digest),
+            email_id, int(saved))
 
 
 def _allocate(conn: Any, folder_id: int, n: int, at_least: int = 0) -> tuple[int, int]:
@@ -324,9 +325,9 @@ def expunge(conn: Any, blobs: IBlobStore, folder_id: int, uids: list[int],
 def copy(conn: Any, blobs: IBlobStore, src_id: int, uids: list[int],
          dest_id: int) -> list[tuple[int, int]]:
     """Copies of C{uids} (flags and dates kept, bodies shared): (source UID, new UID)."""
-    rows = conn.execute("SELECT uid, flags, keywords, internaldate, size, content_hash "
-                        "FROM messages WHERE folder_id = %s AND uid = ANY(%s) ORDER BY uid",
-                        (src_id, uids)).fetchall()
+    rows = conn.execute("SELECT uid, flags, keywords, internaldate, size, content_hash, "
+                        "email_id FROM messages WHERE folder_id = %s AND uid = ANY(%s) "
+                        "ORDER BY uid", (src_id, uids)).fetchall()
     if not rows:
         return []
     first, modseq = _allocate(conn, dest_id, len(rows))
@@ -334,8 +335,8 @@ def copy(conn: Any, blobs: IBlobStore, src_id: int, uids: list[int],
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO messages (folder_id, uid, modseq, flags, keywords, internaldate, size, "
-            "content_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [(dest_id, new, modseq, r[1], r[2], r[3], r[4], r[5])
+            "content_hash, email_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(dest_id, new, modseq, r[1], r[2], r[3], r[4], r[5], r[6])
              for (_old, new), r in zip(pairs, rows, strict=True)])
     blobs.ref(conn, [bytes(r[5]) for r in rows])
     notify_folder(conn, dest_id, modseq)

@@ -207,9 +207,15 @@ class PgMailStore:
         return acct
 
     def prepare(self, user: str) -> defer.Deferred:
-        """The account's mirror read (and the account, INBOX and special folders made)."""
+        """
+        The account's mirror read (and the account, INBOX and special folders
+        made), and the INBOX's: what a session asks synchronously of the store
+        (URLFETCH, POP3) then has its answer in memory.
+        """
         self.start()
-        return self.account(user).prepare()
+        d = self.account(user).prepare()
+        d.addCallback(lambda _: self.folder(user, "INBOX").load())
+        return d
 
     def mailbox_path(self, user: str) -> Path:
         if not user or "/" in user or user.startswith("."):
