@@ -105,7 +105,7 @@ class PgFolder:
         self._pending_flags: Counter[int] = Counter()
         self._expunging: set[int] = set()
         #: (uid, modseq) of expunges known, for QRESYNC; below C{_gone_floor}: unknown.
-        self._gone: list[tuple[int, int]] = []
+        self._gone: dict[int, int] = {}
         self._gone_floor = 0
         self.deleted = False
         #: A failed write or refresh: the next try, and whether that was said in the log.
@@ -166,8 +166,8 @@ class PgFolder:
     def _loaded(self, result) -> PgFolder:
         delta, _bodies = result
         self.messages, self._uids, self.digests, self.email_ids = [], [], {}, {}
-        self._gone = list(delta.gone)
-        self._gone_floor = min(m for _u, m in self._gone) if delta.truncated else 0
+        self._gone = dict(delta.gone)
+        self._gone_floor = min(self._gone.values()) if delta.truncated else 0
         self.uidvalidity = delta.uidvalidity
         self.next_uid = delta.uidnext
         self.first_recent = delta.first_recent
@@ -227,8 +227,8 @@ class PgFolder:
         changes = Changes()
         gone_now = set()
         for uid, modseq in delta.gone:
-            if modseq > self._gone_floor and (uid, modseq) not in self._gone:
-                self._gone.append((uid, modseq))
+            if modseq > self._gone_floor:
+                self._gone[uid] = max(modseq, self._gone.get(uid, 0))
             if uid in self.digests and uid not in self._expunging:
                 gone_now.add(uid)
         if gone_now:
@@ -414,7 +414,7 @@ class PgFolder:
     def expunged_since(self, modseq: int) -> list[int] | None:
         if modseq < self._gone_floor:
             return None
-        return sorted(u for u, m in self._gone if m > modseq)
+        return sorted(u for u, m in self._gone.items() if m > modseq)
 
     # -- changing ----------------------------------------------------------------------------
 
@@ -487,7 +487,12 @@ class PgFolder:
         modseq = self._next_modseq()
         self._expunging.update(gone)
         self._drop(set(gone))
-        self._gone.extend((u, modseq) for u in gone)
+        for u in gone:
+            self._gone[u] = modseq
+        if len(self._gone) > 2 * sql.EXPUNGES_KEPT:  # the oldest forgotten (QRESYNC: see above)
+            kept = sorted(self._gone.items(), key=lambda p: p[1])[-sql.EXPUNGES_KEPT:]
+            self._gone = dict(kept)
+            self._gone_floor = kept[0][1]
 
         def work(conn):
             fid = self._resolve(conn)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +44,9 @@ class PgAccount:
         self.usage: tuple[int, int] = (0, 0)
         self.ready = False
         self._preparing: defer.Deferred | None = None
-        self._lock = defer.DeferredLock()
+        #: Work queued for the next batch, and whether a batch is running.
+        self._ops: list[tuple[Any, Any, defer.Deferred]] = []
+        self._running = False
         #: Local changes queued and not written yet: a reread of the rows waits for them.
         self._pending = 0
         self._reread_queued = False
@@ -51,15 +54,55 @@ class PgAccount:
         self._failing = False
 
     def queue(self, work, apply=None) -> defer.Deferred:
-        """C{work(conn)} in its own transaction after every change queued before, then
-        C{apply(result)} in the reactor; a Deferred of what C{apply} returns."""
-        def run() -> defer.Deferred:
-            d = self.store.db.run(work)
-            if apply is not None:
-                d.addCallback(apply)
-            return d
+        """
+        C{work(conn)} on a database thread after every change queued before,
+        then C{apply(result)} in the reactor; a Deferred of what C{apply}
+        returns.  What is queued while a batch runs goes as the next batch: one
+        thread hop and one commit for them all, each C{work} in a savepoint of
+        its own (one that fails is rolled back alone and fails alone).
+        """
+        d: defer.Deferred = defer.Deferred()
+        self._ops.append((work, apply, d))
+        if not self._running:
+            self._run_batch()
+        return d
 
-        return self._lock.run(run)
+    def _run_batch(self) -> None:
+        ops, self._ops = self._ops, []
+        if not ops:
+            self._running = False
+            return
+        self._running = True
+
+        def batch(conn) -> list[tuple[bool, Any]]:
+            out: list[tuple[bool, Any]] = []
+            with conn.transaction():
+                for work, _apply, _d in ops:
+                    try:
+                        with conn.transaction():  # a savepoint
+                            out.append((True, work(conn)))
+                    except psycopg.OperationalError:
+                        raise  # the connection: the whole batch again (Database.run)
+                    except Exception as e:
+                        out.append((False, e))
+            return out
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            for (_work, apply, d), (ok, value) in zip(ops, results, strict=True):
+                if not ok:
+                    d.errback(Failure(value))
+                    continue
+                try:
+                    d.callback(apply(value) if apply is not None else value)
+                except Exception:
+                    d.errback(Failure())
+
+        def failed(failure: Failure) -> None:
+            for _work, _apply, d in ops:
+                d.errback(failure)
+
+        self.store.db.run(batch).addCallbacks(done, failed).addBoth(
+            lambda _: self._run_batch())
 
     def folder_id(self, name: str) -> int | None:
         row = self.folders.get(name)
