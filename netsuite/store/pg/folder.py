@@ -466,8 +466,10 @@ class PgFolder:
 
         def work(conn):
             fid = self._resolve(conn)
-            sql.set_flags(conn, fid, uids, system, keywords, mode, modseq)
-            return sql.delta(conn, fid, self.synced)
+            since = self.synced
+            final = sql.set_flags(conn, fid, uids, system, keywords, mode, modseq)
+            # The folder row was at `since`: this change is the only one, no expunge to read.
+            return sql.delta(conn, fid, since, gone=final != since + 1)
 
         def done(delta: sql.Delta) -> None:
             for uid in uids:
@@ -496,8 +498,10 @@ class PgFolder:
 
         def work(conn):
             fid = self._resolve(conn)
-            sql.expunge(conn, self.store.blobs, fid, gone, modseq)
-            return sql.delta(conn, fid, self.synced)
+            since = self.synced
+            final = sql.expunge(conn, self.store.blobs, fid, gone, modseq)
+            only = final == since + 1  # this expunge is the only change: nothing to read
+            return sql.delta(conn, fid, since, rows=not only, gone=not only)
 
         def done(delta: sql.Delta) -> None:
             self._expunging.difference_update(gone)
@@ -524,10 +528,11 @@ class PgFolder:
 
         def work(conn):
             fid = self._resolve(conn)
-            uids, _modseq = sql.insert_messages(conn, self.store.blobs, fid, bodies)
+            since = self.synced
+            uids, final = sql.insert_messages(conn, self.store.blobs, fid, bodies)
             for body, _f, _d in bodies:
                 self.bodies.write(content_hash(body), body)
-            return uids, sql.delta(conn, fid, self.synced)
+            return uids, sql.delta(conn, fid, since, gone=final != since + 1)
 
         def done(result) -> list[int]:
             uids, delta = result

@@ -182,7 +182,8 @@ def set_subscribed(conn: Any, aid: int, name: str, on: bool) -> None:
 # -- a folder's rows -------------------------------------------------------------------------
 
 
-def delta(conn: Any, folder_id: int, since: int, first: bool = False) -> Delta:
+def delta(conn: Any, folder_id: int, since: int, first: bool = False, rows: bool = True,
+          gone: bool = True) -> Delta:
     """
     What changed after MODSEQ C{since}.  The folder row is read first: every
     change up to its C{highestmodseq} is committed (a change holds the row until
@@ -192,20 +193,23 @@ def delta(conn: Any, folder_id: int, since: int, first: bool = False) -> Delta:
                        "WHERE id = %s", (folder_id,)).fetchone()
     if row is None:
         raise FolderMissing(folder_id)
-    rows = conn.execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE folder_id = %s "
-                        "AND modseq > %s ORDER BY uid", (folder_id, since)).fetchall()
+    found = conn.execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE folder_id = %s "
+                         "AND modseq > %s ORDER BY uid", (folder_id, since)).fetchall() \
+        if rows else []
     truncated = False
-    if first:
-        gone = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s "
-                            "ORDER BY modseq DESC LIMIT %s",
-                            (folder_id, EXPUNGES_KEPT + 1)).fetchall()
-        truncated = len(gone) > EXPUNGES_KEPT
-        gone = gone[:EXPUNGES_KEPT]
+    if not gone:  # (the caller knows there are none: its own change was the only one)
+        expunges = []
+    elif first:
+        expunges = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s "
+                                "ORDER BY modseq DESC LIMIT %s",
+                                (folder_id, EXPUNGES_KEPT + 1)).fetchall()
+        truncated = len(expunges) > EXPUNGES_KEPT
+        expunges = expunges[:EXPUNGES_KEPT]
     else:
-        gone = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s "
-                            "AND modseq > %s", (folder_id, since)).fetchall()
-    return Delta(row[0], row[1], row[2], [_message_row(r) for r in rows],
-                 sorted((int(u), int(m)) for u, m in gone), truncated, row[3])
+        expunges = conn.execute("SELECT uid, modseq FROM expunged WHERE folder_id = %s "
+                                "AND modseq > %s", (folder_id, since)).fetchall()
+    return Delta(row[0], row[1], row[2], [_message_row(r) for r in found],
+                 sorted((int(u), int(m)) for u, m in expunges), truncated, row[3])
 
 
 def claim_recent(conn: Any, folder_id: int, first_recent: int) -> None:
@@ -220,11 +224,13 @@ def _message_row(r: tuple) -> tuple:
 
 
 def _allocate(conn: Any, folder_id: int, n: int, at_least: int = 0) -> tuple[int, int]:
-    """C{n} UIDs (the first) and one MODSEQ, under the folder row's lock."""
+    """C{n} UIDs (the first) and one MODSEQ, under the folder row's lock; the NOTIFY."""
+    # The NOTIFY (sent at commit) in the same statement: one round trip fewer per change.
     row = conn.execute(
         "UPDATE folders SET uidnext = uidnext + %s, "
         "highestmodseq = GREATEST(highestmodseq + 1, %s) WHERE id = %s "
-        "RETURNING uidnext - %s, highestmodseq", (n, at_least, folder_id, n)).fetchone()
+        "RETURNING uidnext - %s, highestmodseq, pg_notify(%s, 'f ' || id || ' ' || highestmodseq)",
+        (n, at_least, folder_id, n, CHANNEL)).fetchone()
     if row is None:
         raise FolderMissing(folder_id)
     return row[0], row[1]
@@ -263,7 +269,6 @@ def insert_messages(conn: Any, blobs: IBlobStore, folder_id: int,
             "coalesce(to_timestamp(%s), now()), %s, %s)",
             [(folder_id, uid, modseq, *split_flags(flags), date, _wire_size(body), digest)
              for uid, (body, flags, date), digest in zip(uids, items, digests, strict=True)])
-    notify_folder(conn, folder_id, modseq)
     return uids, modseq
 
 
@@ -303,7 +308,6 @@ def set_flags(conn: Any, folder_id: int, uids: list[int], system: list[str],
                 "WHERE lower(x) <> ALL(SELECT lower(y) FROM unnest(%s::text[]) y))")
     conn.execute(f"UPDATE messages SET {sets}, modseq = %s WHERE folder_id = %s "
                  "AND uid = ANY(%s)", (system, keywords, modseq, folder_id, uids))
-    notify_folder(conn, folder_id, modseq)
     return modseq
 
 
@@ -318,7 +322,6 @@ def expunge(conn: Any, blobs: IBlobStore, folder_id: int, uids: list[int],
                             "ON CONFLICT (folder_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq",
                             [(folder_id, u, modseq) for u, _h in gone])
         blobs.release(conn, [bytes(h) for _u, h in gone])
-    notify_folder(conn, folder_id, modseq)
     return modseq
 
 
@@ -339,5 +342,4 @@ def copy(conn: Any, blobs: IBlobStore, src_id: int, uids: list[int],
             [(dest_id, new, modseq, r[1], r[2], r[3], r[4], r[5], r[6])
              for (_old, new), r in zip(pairs, rows, strict=True)])
     blobs.ref(conn, [bytes(r[5]) for r in rows])
-    notify_folder(conn, dest_id, modseq)
     return pairs
