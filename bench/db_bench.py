@@ -9,7 +9,8 @@ How netsuite talks to PostgreSQL without blocking the reactor: three ways side b
 Each runs in a process of its own (the asyncio one needs its reactor installed
 first) against one throwaway cluster (tests/pg.py), with C{--concurrency}
 queries in flight out of C{--queries}: a one-row look-up by primary key, what
-a login does.  Rounds alternate (bench/rounds.py); the figures are queries per
+a login does, on autocommit connections in all three (one round trip each, as
+netsuite runs one-statement work).  Rounds alternate (bench/rounds.py); the figures are queries per
 second (wall clock) and the client process's CPU microseconds per query.
 
     python bench/db_bench.py [--rounds 5] [--queries 5000] [--concurrency 50]
@@ -88,7 +89,7 @@ def make_lookup(mode: str, dsn: str):
         from twisted.enterprise import adbapi
 
         cp = adbapi.ConnectionPool("psycopg", dsn, cp_min=POOL_SIZE, cp_max=POOL_SIZE,
-                                   cp_reconnect=True)
+                                   cp_reconnect=True, autocommit=True)
 
         def first(rows):
             return rows[0][0]
@@ -99,7 +100,8 @@ def make_lookup(mode: str, dsn: str):
 
         from psycopg_pool import AsyncConnectionPool
 
-        apool = AsyncConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=False)
+        apool = AsyncConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, open=False,
+                                    kwargs={"autocommit": True})
         opened: list = []
 
         async def query(name):

@@ -412,9 +412,13 @@ class DatabaseConfig:
     #: starting at C{retry_delay} seconds.
     retries: int = 2
     retry_delay: float = 0.1
+    #: Seconds a shared lock (the POP3 maildrop lock) outlives the last renewal
+    #: by its holder: how long a host that died keeps its sessions' locks.
+    lock_lease: float = 60.0
 
     def validate(self) -> None:
         positive("pool_size", self.pool_size)
+        positive("lock_lease", self.lock_lease)
         positive("connect_timeout", self.connect_timeout)
         positive("retry_delay", self.retry_delay)
         if self.retries < 0:

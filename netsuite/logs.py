@@ -58,6 +58,8 @@ REASONS: dict[str, str] = {
     "abandoned": "the client hung up while its password was being checked",
     "checker_error": "the credential checker broke on these credentials (a bug; traceback logged)",
     "locked": "too many failed logins: the address or the user is locked for a while",
+    "in_use": "the password was right but another session holds the mailbox (POP3 [IN-USE]); "
+              "not counted by the throttle",
     "db_unavailable": "the database (users, shared throttle) could not be reached: a "
                       "temporary failure, not counted by the throttle",
     "anonymous_disabled": "FTP: an anonymous login where anonymous access is off",

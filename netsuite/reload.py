@@ -226,6 +226,11 @@ class ReloadService(service.Service):
                 live.extend(keys)
             else:
                 restart.extend(keys)
+        if "store.backend" in live:  # the throttle and locks were built for the old one
+            live.remove("store.backend")
+            restart.append("store.backend")
+            new.sections["store"] = dataclasses.replace(
+                new.sections["store"], backend=running.sections["store"].backend)
 
         # The listeners to stop and to start, decided before anything changes.
         wanted = wanted_listeners(new)

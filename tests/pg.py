@@ -8,6 +8,7 @@ database of its own (L{Cluster.new_database}) so tests do not see each other's r
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -44,6 +45,7 @@ class Cluster:
         if self._runas:
             os.chown(self.dir, self._runas["user"], self._runas["group"])
         self._databases = 0
+        atexit.register(self.destroy)  # a run cut short still stops its server
         self._run("initdb", "--pgdata", str(self.data), "--auth=trust", "--username=postgres",
                   "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
         with (self.data / "postgresql.conf").open("a") as f:
@@ -58,8 +60,13 @@ class Cluster:
 
     def _run(self, program: str, *args: str, check: bool = True
              ) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BINDIR / program), *args], capture_output=True, text=True,
-                              check=check, timeout=60, cwd=self.dir, **self._runas)
+        done = subprocess.run([str(BINDIR / program), *args], capture_output=True, text=True,
+                              timeout=60, cwd=self.dir, **self._runas)
+        if check and done.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{program} {' '.join(args)} exited {done.returncode}:\n"
+                               f"{done.stdout}{done.stderr}\n{log}")
+        return done
 
     @property
     def running(self) -> bool:
@@ -76,7 +83,10 @@ class Cluster:
                   "--timeout=30", check=False)
 
     def destroy(self) -> None:
-        self.stop()
+        if not self.dir.exists():
+            return
+        if self.running:
+            self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def dsn(self, dbname: str = "postgres") -> str:

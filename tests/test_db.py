@@ -10,13 +10,18 @@ outage answered as a temporary failure, then recovered from.
 from __future__ import annotations
 
 import imaplib
+import os
 import poplib
 import smtplib
+import subprocess
+import sys
 import time
 
+import psycopg
 import pytest
-from harness import Daemon
+from harness import ROOT, Daemon
 
+from netsuite.db import schema
 from netsuite.db.schema import LATEST
 
 #: The throttle of the two hosts: locks after 4 failures, small delays.
@@ -26,7 +31,7 @@ THROTTLE = {"base_delay": 0.05, "max_delay": 0.1, "lock_after": 4, "free_failure
 
 def db_config(dsn: str, **store) -> dict:
     return {"server": {"auth": ["sql"], "allow_plaintext_auth": True},
-            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1},
+            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1, "lock_lease": 3.0},
             "store": {"backend": "postgresql", **store}, "throttle": THROTTLE}
 
 
@@ -129,6 +134,57 @@ def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
     assert "password" not in line[0]
 
 
+def test_two_inits_at_once_create_the_schema_once(make_daemon, pg_dsn, pg_cluster):
+    """Two hosts running 'netsuite db init' at once: the advisory lock serialises them."""
+    d = make_daemon(config=db_config(pg_dsn), listeners=["imap"], start=False)
+    d.write_config()
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    init = [sys.executable, "-m", "netsuite.cli", "--config", str(d.config_path), "db", "init"]
+    # Both are made to wait on the lock (held here), so both saw no schema before it.
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (schema.LOCK_KEY,))
+        runs = [subprocess.Popen(init, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env) for _ in range(2)]
+        waiting = d.wait_for(lambda: holder.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()[0] == 2, timeout=60)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (schema.LOCK_KEY,))
+    outputs = [p.communicate(timeout=60) for p in runs]
+    assert waiting, outputs
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    said = sorted("already" in out for out, _err in outputs)
+    assert said == [False, True], outputs
+    assert pg_cluster.execute("SELECT count(*) FROM schema_version", dbname(pg_dsn)) == str(LATEST)
+
+
+def test_config_errors_name_file_key_and_reason(make_daemon, pg_dsn):
+    d = make_daemon(config={"store": {"backend": "postgresql"}}, listeners=["imap"],
+                    start=False)
+    bad = d.cli("check", check=False)
+    assert bad.returncode == 2
+    assert f"{d.config_path}: store.backend: \"postgresql\" needs [database] dsn" in bad.stderr
+    d.config = {**d.config, "store": {"backend": "postgresql"},
+                "database": {"dsn": "nonsense=1"}}
+    bad = d.cli("check", check=False)
+    assert f"{d.config_path}: database.dsn: not a valid connection string" in bad.stderr
+    d.config = {**d.config, "server": {**d.config["server"], "auth": ["sql"]},
+                "store": {"backend": "maildir"}, "database": {}}
+    bad = d.cli("check", check=False)
+    assert "server.auth[0]: 'sql' needs [database] dsn" in bad.stderr
+
+
+def test_an_unreachable_database_stops_start_up_in_one_line(make_daemon, tmp_path):
+    dsn = f"host={tmp_path} port=5432 dbname=netsuite user=netsuite password=hunter2"
+    d = make_daemon(config=db_config(dsn), listeners=["imap"], start=False)
+    with pytest.raises(RuntimeError) as refused:
+        d.start(timeout=20)
+    line = [x for x in str(refused.value).splitlines() if x.startswith("netsuite:")]
+    assert len(line) == 1, refused.value
+    assert "database.dsn: cannot connect to" in line[0] and str(tmp_path) in line[0]
+    assert "hunter2" not in str(refused.value)
+
+
 def test_a_password_in_the_dsn_is_never_shown(make_daemon, pg_dsn):
     d = make_daemon(config=db_config(pg_dsn + " password=hunter2"), listeners=["imap"],
                     start=False)
@@ -147,7 +203,7 @@ def hosts(pg_cluster, tmp_path_factory):
     made = []
     for name in ("a", "b"):
         made.append(Daemon(tmp_path_factory.mktemp(f"host-{name}"), db_config(dsn),
-                           ["imap", "pop3", "submission"]))
+                           ["smtp", "imap", "pop3", "submission"]))
     a, b = made
     a.cli("db", "init")
     added = a.cli("user", "add", "alice", "--password-stdin", input="first secret\n")
@@ -192,6 +248,30 @@ def test_a_password_changed_on_one_host_is_seen_by_the_other_at_once(hosts, pg_c
     clear_throttle(pg_cluster, dsn)
 
 
+def test_a_user_added_on_one_host_receives_mail_on_the_other(hosts, pg_cluster):
+    a, b, dsn = hosts
+    message = b"From: x@client.test\r\nSubject: hello dave\r\n\r\nbody\r\n"
+
+    def deliver() -> int:
+        with smtplib.SMTP("127.0.0.1", b.port("smtp"), timeout=30) as s:
+            s.ehlo("client.test")
+            try:
+                s.sendmail("x@client.test", ["dave@example.test"], message)
+            except smtplib.SMTPRecipientsRefused as e:
+                return e.recipients["dave@example.test"][0]
+            return 250
+
+    assert deliver() == 550  # no such user yet
+    a.cli("user", "add", "dave", "--password-stdin", input="daves secret\n")
+    # B's copy of the user names follows the table's NOTIFY at once (its poll is only
+    # every 30 s): a bounded wait for the notification's round trip.
+    assert b.wait_for(lambda: deliver() == 250, timeout=10, interval=0.2)
+    assert "users changed: dave" in b.log()
+    assert [m for m in b.messages("dave") if b"hello dave" in m]
+    assert pop3_login(b, "dave", "daves secret") == "OK"
+    clear_throttle(pg_cluster, dsn)
+
+
 def test_the_throttle_is_shared_by_both_hosts(hosts, pg_cluster):
     a, b, dsn = hosts
     a.cli("user", "add", "carol", "--password-stdin", input="carols secret\n")
@@ -220,6 +300,10 @@ def test_the_pop3_maildrop_lock_holds_across_hosts(hosts, pg_cluster):
         assert "[IN-USE]" in pop3_login(b, "alice", "first secret")
         rows = pg_cluster.execute("SELECT name FROM session_locks", dbname(dsn))
         assert rows.split() == ["pop3:alice"]
+        # A busy mailbox is not a failed login: not counted, no checker error logged.
+        assert pg_cluster.execute("SELECT count(*) FROM throttle_failures", dbname(dsn)) == "0"
+        assert "login refused, in use: protocol=pop3" in b.log()
+        assert "checker_error" not in b.log() and "MailboxInUse" not in b.log()
     finally:
         holder.quit()
     # QUIT gave it back (the release is asynchronous: wait for the row to go, bounded).
@@ -227,6 +311,51 @@ def test_the_pop3_maildrop_lock_holds_across_hosts(hosts, pg_cluster):
                                                  dbname(dsn)) == "0")
     assert pop3_login(b, "alice", "first secret") == "OK"
     assert "[AUTH]" not in pop3_login(a, "alice", "first secret")
+    clear_throttle(pg_cluster, dsn)
+
+
+def test_a_reload_keeps_the_backend_it_started_with(hosts, pg_cluster):
+    a, b, dsn = hosts
+    before = len(b.log())
+    b.config["store"]["backend"] = "maildir"
+    try:
+        b.cli("reload")
+        assert b.wait_for(lambda: "reload: done (" in b.log()[before:], timeout=20)
+        assert "reload: store.backend changed; it takes effect at a restart" in b.log()[before:]
+        assert "AUTHENTICATIONFAILED" in imap_login(b, "alice", "wrong")
+        # Still counted in the database, as the running backend says.
+        assert pg_cluster.execute("SELECT count(*) FROM throttle_failures WHERE key = "
+                                  "'user:alice'", dbname(dsn)) == "1"
+    finally:
+        b.config["store"]["backend"] = "postgresql"
+        b.write_config()
+    clear_throttle(pg_cluster, dsn)
+
+
+def test_a_dead_hosts_pop3_lock_expires_and_a_live_ones_is_renewed(hosts, pg_cluster):
+    a, b, dsn = hosts
+    holder = poplib.POP3("127.0.0.1", a.port("pop3"), timeout=30)
+    holder.user("alice")
+    holder.pass_("first secret")
+
+    def expires() -> str:
+        return pg_cluster.execute("SELECT expires FROM session_locks WHERE name = 'pop3:alice'",
+                                  dbname(dsn))
+
+    first = expires()
+    # Renewed every third of the 3 s lease while the session lives: still held after it.
+    assert a.wait_for(lambda: expires() not in ("", first), timeout=10)
+    assert holder.noop().startswith(b"+OK")
+    a.kill9()  # host A dies holding the lock
+    try:
+        holder.sock.close()
+        assert "[IN-USE]" in pop3_login(b, "alice", "first secret")
+        assert b.wait_for(lambda: pg_cluster.execute(
+            "SELECT count(*) FROM session_locks WHERE expires > now()", dbname(dsn)) == "0",
+            timeout=10)
+        assert pop3_login(b, "alice", "first secret") == "OK"
+    finally:
+        a.start()
     clear_throttle(pg_cluster, dsn)
 
 

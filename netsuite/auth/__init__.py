@@ -9,6 +9,14 @@ with the one shared Portal.
 from __future__ import annotations
 
 
+class AvatarInUse(Exception):
+    """
+    The credentials were right, but the account cannot be served now: another
+    session holds it (the POP3 maildrop lock, possibly on another host).  Not a
+    failed login: the throttle does not count it, and it is no checker error.
+    """
+
+
 def normalize_username(raw: bytes | str) -> str:
     """Usernames arrive as bytes from most Twisted protocols; keep them as str."""
     if isinstance(raw, bytes):

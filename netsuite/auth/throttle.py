@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netsuite import metrics
-from netsuite.auth import normalize_username
+from netsuite.auth import AvatarInUse, normalize_username
 from netsuite.config import ThrottleConfig
 from netsuite.db.errors import DatabaseUnavailable
 
@@ -163,6 +163,11 @@ class ThrottledPortal:
                 log.warn("login failed, database unavailable: protocol={protocol} "
                          "address={client} user={user}", protocol=protocol, client=peer,
                          user=user, event="login_failed", reason="db_unavailable")
+                return reason
+            if reason.check(AvatarInUse):  # right password, busy mailbox: the protocol says so
+                log.info("login refused, in use: protocol={protocol} address={client} "
+                         "user={user}", protocol=protocol, client=peer, user=user,
+                         event="login_refused", reason="in_use")
                 return reason
             if reason.check(defer.CancelledError):
                 # The client left while its password was being checked.  Counted

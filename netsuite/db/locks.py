@@ -4,9 +4,9 @@ C{[store] backend = "postgresql"} (rows of C{session_locks}).
 
 A session takes the lock with L{SessionLocks.acquire} and holds it for as long
 as it lives: the row carries the holder (host, process, session) and an expiry
-that a timer pushes forward every C{LEASE / 3} seconds, so a host that dies
-(or loses the database) leaves its locks to expire after at most L{LEASE}
-seconds, and a live one never loses them.  Taking a lock is one statement that
+that a timer pushes forward every third of the lease (C{[database] lock_lease},
+60 s by default), so a host that dies (or loses the database) leaves its locks
+to expire within the lease, and a live one never loses them.  Taking a lock is one statement that
 either inserts the row or takes over an expired one: two hosts racing for it
 cannot both win.  Within one host the maildrop's C{flock} still holds too.
 """
@@ -26,7 +26,7 @@ from netsuite.db.pool import Database
 
 log = Logger(namespace="netsuite.db")
 
-#: Seconds a lock outlives its holder's last renewal.
+#: Seconds a lock outlives its holder's last renewal (C{[database] lock_lease}).
 LEASE = 60.0
 
 

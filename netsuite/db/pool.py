@@ -5,20 +5,22 @@ A L{Database} is psycopg 3's C{ConnectionPool} driven from threads of its own
 (C{deferToThreadPool}): the reactor thread never waits on the network to the
 database.  Chosen over Twisted's C{adbapi.ConnectionPool} and over psycopg's
 asyncio API with the figures of C{bench/db_bench.py} (docs/scale-out.md,
-"Database access"): as fast as adbapi for short queries (within the noise of
-a busy machine), and it bounds the wait for a connection (C{connect_timeout}),
-discards broken connections and refills itself in the background, which is
-what turns an outage into a prompt temporary failure and a return into
-service within a second or two; adbapi connects in the calling thread with no
-such bound, and reconnects only after a call has failed on the lost connection.
-The asyncio API would mean running the whole server on the asyncio reactor,
-and was the slowest of the three.
+"Database access"): adbapi was about 10% faster per query on that
+micro-benchmark (one connection per thread, no check-out), but this pool
+bounds the wait for a connection (C{connect_timeout}), discards broken
+connections and refills itself in the background: what turns an outage into a
+prompt temporary failure and the database's return into service within a
+second or two.  adbapi connects in the calling thread with no such bound, and
+reconnects only after a call has failed on the lost connection.  The asyncio
+API was the slowest, and would mean running the whole server on the asyncio
+reactor.
 
-A unit of work is a function C{work(conn, *args)} run in one transaction (the
-pool commits when it returns, rolls back if it raises).  When the connection is
-lost under it (PostgreSQL restarted, a fail-over) it is run again on a fresh
-connection after a doubling delay, C{[database] retries} times: so it must be
-safe to run again, which one transaction is.  If the database stays away the
+A unit of work is a function C{work(conn, *args)} on an autocommit connection:
+one statement is its own transaction (one round trip), several that must hold
+together go in C{with conn.transaction():}.  When the connection is lost under
+it (PostgreSQL restarted, a fail-over) it is run again on a fresh connection
+after a doubling delay, C{[database] retries} times: so it must be safe to run
+again, which one statement or one transaction is.  If the database stays away the
 caller gets L{DatabaseUnavailable}.
 """
 
@@ -119,7 +121,10 @@ class Database:
         self._pool = ConnectionPool(
             config.dsn, min_size=1, max_size=config.pool_size, open=False,
             timeout=config.connect_timeout, name="netsuite",
-            kwargs={"connect_timeout": max(1, round(config.connect_timeout))},
+            # Autocommit: a one-statement unit of work is one round trip (no BEGIN
+            # and COMMIT around it); a unit of several opens conn.transaction().
+            kwargs={"connect_timeout": max(1, round(config.connect_timeout)),
+                    "autocommit": True},
             # A slot that cannot connect retries with the pool's doubling backoff
             # (1, 2, 4 s ...) for this long, then gives up; the next request starts
             # a fresh attempt at once.  Kept short so that a database that comes
@@ -154,7 +159,7 @@ class Database:
     # -- work --------------------------------------------------------------------------------
 
     def run(self, work: Callable[..., T], *args: Any) -> defer.Deferred:
-        """C{work(conn, *args)} in one transaction on a database thread: a Deferred."""
+        """C{work(conn, *args)} on a database thread: a Deferred of its result."""
         self.start()
         return threads.deferToThreadPool(self.reactor, self._threads, self.run_blocking,
                                          work, *args)

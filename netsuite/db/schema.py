@@ -5,7 +5,7 @@ each recorded in C{schema_version}.
 C{netsuite db init | migrate | status} (L{netsuite.db.commands}) run them; the
 server checks the version before it opens a port (L{check}) and refuses a
 database that is not initialised, behind, or ahead of this code.  Every
-change runs in one transaction holding a transaction-level advisory lock, so
+change runs in one transaction, under an advisory lock, so
 two hosts running C{migrate} at once apply each migration once (the second
 waits, then finds nothing to do), and a failed migration leaves the schema as
 it was.  Sessions of a running server are not disturbed: migrations add, they
@@ -24,7 +24,7 @@ from netsuite.db.errors import SchemaMismatch
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-#: pg_advisory_xact_lock key of schema changes ("netsuite" in ASCII, as a bigint).
+#: pg_advisory_lock key of schema changes ("netsuite" in ASCII, as a bigint).
 LOCK_KEY = int.from_bytes(b"netsuite", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -77,8 +77,22 @@ def upgrade(conn: psycopg.Connection, create: bool) -> tuple[int | None, list[Mi
     C{create}, a database not yet initialised is an error (C{migrate} does not
     create, C{init} does); a version newer than this code's is always one.
     """
+    if not conn.autocommit:
+        raise ValueError("upgrade() needs an autocommit connection (it makes its own transaction)")
+    # A session-level lock taken before the transaction begins: the transaction
+    # then starts after any other host's schema change committed, and sees it
+    # (a lock taken inside it would leave this session's catalog cache as it
+    # was when the transaction began, and a second 'init' would not see the first's).
+    conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    try:
+        return _upgrade_locked(conn, create)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+def _upgrade_locked(conn: psycopg.Connection, create: bool
+                    ) -> tuple[int | None, list[Migration]]:
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         found = current_version(conn)
         if found is None and not create:
             raise SchemaMismatch("not initialised (run 'netsuite db init')")

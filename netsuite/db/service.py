@@ -14,20 +14,27 @@ The database's place in the server and in the C{netsuite} command:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from twisted.application.internet import TimerService
+from twisted.application.service import Service
+from twisted.logger import Logger
 
 from netsuite import protocols
 from netsuite.cli import command
 from netsuite.config import Config, ConfigError, DatabaseConfig
-from netsuite.db import schema
+from netsuite.db import schema, users
 from netsuite.db.errors import DatabaseUnavailable, SchemaMismatch
+from netsuite.db.listen import notifications
 from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
 from netsuite.db.throttle import PgLoginThrottle
 from netsuite.store.pg import importer as _importer  # noqa: F401  (netsuite import)
 from netsuite.store.pg import store as pg_store
+
+log = Logger(namespace="netsuite.db")
 
 
 def sql_dsn(config: Config) -> str:
@@ -57,9 +64,56 @@ def check_schema(config: Config) -> int:
     try:
         with connect(db) as conn:
             return schema.check(conn)
-    except (SchemaMismatch, DatabaseUnavailable) as e:
+    except SchemaMismatch as e:
         raise ConfigError(f"database {safe_dsn(db.dsn)}: {e}", "database.dsn",
                           config.path) from None
+    except DatabaseUnavailable as e:  # it names the database itself
+        raise ConfigError(str(e), "database.dsn", config.path) from None
+
+
+#: Seconds between looks at the C{users} table for names added or deleted elsewhere,
+#: besides the notification every change sends (the safety net if one is lost).
+USER_NAMES_INTERVAL = 30.0
+
+
+def _mirror_user_names(ctx: Any, top: Any, dsn: str) -> None:
+    """The realm's users (who may receive mail) from the C{sql} checker's table."""
+    if not hasattr(ctx.realm, "users"):  # a custom realm with its own idea of users
+        return
+    config = ctx.config.database if dsn == ctx.config.database.dsn else DatabaseConfig(dsn=dsn)
+    names = users.UserNames()
+    try:
+        with connect(config) as conn:
+            names.update(users.names_if_changed(conn, None))
+    except DatabaseUnavailable as e:
+        raise ConfigError(str(e), "database.dsn", ctx.config.path) from None
+    shared = database(config, ctx.reactor)
+
+    def refresh() -> None:
+        shared.run(users.names_if_changed, names.since).addCallbacks(
+            names.update, lambda f: None)  # the database is away: keep the names known
+
+    ctx.realm.users = names
+    TimerService(USER_NAMES_INTERVAL, refresh).setServiceParent(top)
+    told = notifications(config, ctx.reactor)
+
+    def changed(name: str | None) -> None:
+        log.debug("users changed: {name}", name=name or "(reconnected: all)")
+        refresh()
+
+    told.subscribe("netsuite_users", changed)
+    _Started(told.start).setServiceParent(top)
+
+
+class _Started(Service):
+    """Calls C{start} when the server starts (not when it is only built to be checked)."""
+
+    def __init__(self, start: Callable[[], None]):
+        self._start = start
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
 
 
 def _start(ctx: Any, top: Any) -> None:
@@ -68,12 +122,17 @@ def _start(ctx: Any, top: Any) -> None:
     if db is None:
         return
     check_schema(config)
+    dsn = sql_dsn(config)
+    if dsn:
+        _mirror_user_names(ctx, top, dsn)
     if config.store.backend == "postgresql":
         shared = database(db, ctx.reactor)
         ctx.portal.throttle = PgLoginThrottle(config.throttle, shared)
-        ctx.realm.shared_locks = SessionLocks(shared)  # the POP3 maildrop lock
+        ctx.realm.shared_locks = SessionLocks(shared, db.lock_lease)  # the POP3 maildrop lock
         if hasattr(ctx.realm, "data_dir"):  # mail in the database (netsuite.store.pg)
-            pg_store.install(ctx.realm, shared, ctx.reactor)
+            told = notifications(db, ctx.reactor)
+            pg_store.install(ctx.realm, shared, ctx.reactor, told)
+            _Started(told.start).setServiceParent(top)
 
 
 protocols.SERVICE_HOOKS.append(_start)

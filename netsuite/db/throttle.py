@@ -49,34 +49,38 @@ def _fail(conn: psycopg.Connection, keys: tuple[str, ...], config: ThrottleConfi
           sweep: bool) -> int:
     """Record a failure of each key; the most failures any of them has in the window."""
     worst = 0
-    for key in sorted(keys):  # one order for every host: no deadlock between two
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-        conn.execute("DELETE FROM throttle_failures WHERE key = %s "
-                     "AND at <= now() - make_interval(secs => %s)", (key, config.window))
-        conn.execute("INSERT INTO throttle_failures (key, at) VALUES (%s, now())", (key,))
-        row = conn.execute("SELECT count(*) FROM throttle_failures WHERE key = %s",
-                           (key,)).fetchone()
-        count = row[0] if row else 0
-        if count >= config.lock_after:
-            conn.execute("INSERT INTO throttle_locks (key, until) "
-                         "VALUES (%s, now() + make_interval(secs => %s)) "
-                         "ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until",
-                         (key, config.lock_seconds))
-        worst = max(worst, count)
-    if sweep:
-        conn.execute("DELETE FROM throttle_failures WHERE at <= now() - make_interval(secs => %s)",
-                     (config.window,))
-        conn.execute("DELETE FROM throttle_locks WHERE until <= now()")
+    with conn.transaction():
+        for key in sorted(keys):  # one order for every host: no deadlock between two
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+            conn.execute("DELETE FROM throttle_failures WHERE key = %s "
+                         "AND at <= now() - make_interval(secs => %s)", (key, config.window))
+            conn.execute("INSERT INTO throttle_failures (key, at) VALUES (%s, now())", (key,))
+            row = conn.execute("SELECT count(*) FROM throttle_failures WHERE key = %s",
+                               (key,)).fetchone()
+            count = row[0] if row else 0
+            if count >= config.lock_after:
+                conn.execute("INSERT INTO throttle_locks (key, until) "
+                             "VALUES (%s, now() + make_interval(secs => %s)) "
+                             "ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until",
+                             (key, config.lock_seconds))
+            worst = max(worst, count)
+        if sweep:
+            conn.execute("DELETE FROM throttle_failures "
+                         "WHERE at <= now() - make_interval(secs => %s)", (config.window,))
+            conn.execute("DELETE FROM throttle_locks WHERE until <= now()")
     return worst
 
 
 def _succeed(conn: psycopg.Connection, keys: tuple[str, ...]) -> None:
-    for key in sorted(keys):
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-        if conn.execute("SELECT 1 FROM throttle_locks WHERE key = %s AND until > now()",
-                        (key,)).fetchone() is None:
-            conn.execute("DELETE FROM throttle_failures WHERE key = %s", (key,))
-            conn.execute("DELETE FROM throttle_locks WHERE key = %s", (key,))
+    """
+    Forget the failures (and any expired lock) of each key not locked now: one
+    statement, one round trip (every successful login pays it).
+    """
+    conn.execute("WITH expired AS (DELETE FROM throttle_locks WHERE key = ANY(%(keys)s) "
+                 "AND until <= now()) "
+                 "DELETE FROM throttle_failures f WHERE f.key = ANY(%(keys)s) AND NOT EXISTS "
+                 "(SELECT 1 FROM throttle_locks l WHERE l.key = f.key AND l.until > now())",
+                 {"keys": list(keys)})
 
 
 class PgLoginThrottle(LoginThrottle):

@@ -53,3 +53,47 @@ def set_password(conn: psycopg.Connection, name: str, password_hash: str) -> boo
 def delete(conn: psycopg.Connection, name: str) -> bool:
     row = conn.execute("DELETE FROM users WHERE name = %s RETURNING 1", (name,)).fetchone()
     return row is not None
+
+
+def stamp(conn: psycopg.Connection) -> tuple:
+    """Changes whenever a user is added, changed or deleted (cheap enough to ask often)."""
+    row = conn.execute("SELECT count(*), coalesce(max(updated_at)::text, ''), "
+                       "coalesce(sum(version), 0) FROM users").fetchone()
+    return tuple(row) if row else ()
+
+
+def names_if_changed(conn: psycopg.Connection, since: tuple | None
+                     ) -> tuple[tuple, frozenset[str] | None]:
+    """The table's stamp, and every name if it is not C{since} (else None)."""
+    now = stamp(conn)
+    if now == since:
+        return now, None
+    return now, frozenset(names(conn))
+
+
+class UserNames:
+    """
+    The names in C{users}, mirrored in this process for the realm's synchronous
+    C{user_exists} (is C{RCPT TO:<alice@...>} a local user?): loaded before the
+    server starts, then refreshed every C{interval} seconds off the reactor
+    (one small query; the names only when something changed), so a user added
+    on another host receives mail here within that time.  While the database
+    is away the last names known stay.
+    """
+
+    def __init__(self, names: frozenset[str] = frozenset(), since: tuple | None = None):
+        self._names = names
+        self._since = since
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def update(self, found: tuple[tuple, frozenset[str] | None]) -> None:
+        since, names = found
+        self._since = since
+        if names is not None:
+            self._names = names
+
+    @property
+    def since(self) -> tuple | None:
+        return self._since

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from netsuite.auth import AvatarInUse
 from netsuite.pop3.wire import uidl_for
 
 log = Logger(namespace="netsuite.pop3")
@@ -44,8 +45,8 @@ def _lock_maildrop(path) -> int | None:
     return fd
 
 
-class MailboxInUse(Exception):
-    """Another POP3 session holds this mailbox."""
+class MailboxInUse(AvatarInUse):
+    """Another POP3 session holds this mailbox (here or, with the shared lock, on another host)."""
 
 
 @implementer(pop3.IMailbox)

@@ -83,3 +83,14 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_modseq ON messages (folder_id, modseq);
 CREATE INDEX messages_content ON messages (content_hash);
+
+-- Every change of a user is told to every host (LISTEN netsuite_users; the payload is
+-- the name): each keeps the names in memory for RCPT TO (netsuite.db.users.UserNames).
+CREATE FUNCTION netsuite_users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('netsuite_users', coalesce(NEW.name, OLD.name));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION netsuite_users_changed();

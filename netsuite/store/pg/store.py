@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netsuite.db.pool import connect
 from netsuite.store import IDeliveryFile, IMailStore
 from netsuite.store.folder import to_disk
 from netsuite.store.maildir import BadFolderName, check_folder_name
 from netsuite.store.pg import sql
 from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash
 from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
-from netsuite.store.pg.listen import Listener
 
 log = Logger(namespace="netsuite.store")
 
@@ -202,7 +200,8 @@ class PgDelivery:
         store = self.store
 
         def work(conn) -> str:
-            key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
+            with conn.transaction():  # (the pool's connections are autocommit)
+                key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
             store.bodies.write(content_hash(body), body)
             return key
 
@@ -234,11 +233,9 @@ class PgMailStore:
         self.accounts_by_id: dict[int, PgAccount] = {}
         self._folders: dict[tuple[str, str], PgFolder] = {}
         self._by_id: dict[int, PgFolder] = {}
-        self._listener = Listener(db.config.dsn, reactor, self._notified, self._reconnected,
-                                  db.config.connect_timeout)
 
     def start(self) -> None:
-        self._listener.start()
+        """(LISTEN: the process's L{netsuite.db.listen.Notifications}, started by the server.)"""
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -460,7 +457,11 @@ class PgMailStore:
         if listener in folder.listeners:
             folder.listeners.remove(listener)
 
-    def _notified(self, payload: str) -> None:
+    def notified(self, payload: str | None) -> None:
+        """A NOTIFY on L{sql.CHANNEL}; None: LISTEN (re)connected, anything may have changed."""
+        if payload is None:
+            self._reconnected()
+            return
         kind, _sp, rest = payload.partition(" ")
         try:
             if kind == "f":
@@ -489,7 +490,7 @@ class PgMailStore:
         """Nothing is only in memory (writes are queued to the database already)."""
 
 
-def install(realm: Any, db: Any, reactor: Any) -> PgMailStore:
+def install(realm: Any, db: Any, reactor: Any, told: Any) -> PgMailStore:
     """
     Make C{realm}'s store this one (C{[store] backend = "postgresql"}), and
     every avatar of a user wait for that user's account mirror (L{prepare}):
@@ -497,8 +498,8 @@ def install(realm: Any, db: Any, reactor: Any) -> PgMailStore:
     ask the store anything.
     """
     store = PgMailStore(db, Path(realm.data_dir) / "mail", reactor)
+    told.subscribe(sql.CHANNEL, store.notified)
     realm.store = store
-    _recipients(realm, store, reactor)
     makers = getattr(realm, "avatar_makers", None)
     if makers is not None:
         for iface, make in list(makers.items()):
@@ -518,37 +519,3 @@ def _prepared(store: PgMailStore, make):
 
     return prepared_make
 
-
-#: Seconds between readings of the C{users} table's names (recipients of the C{sql} users).
-USERS_INTERVAL = 2.0
-
-
-def _recipients(realm: Any, store: PgMailStore, reactor: Any) -> None:
-    """
-    The C{sql} checker's users receive mail: C{realm.user_exists} (synchronous,
-    at RCPT) also answers from a set of the C{users} table's names, read at
-    start-up and then every L{USERS_INTERVAL} seconds off the reactor.
-    """
-    known: set[str] = set()
-    original = realm.user_exists
-
-    def read(conn) -> list[str]:
-        return [n for (n,) in conn.execute("SELECT name FROM users WHERE NOT disabled")]
-
-    def update(names: list[str]) -> None:
-        known.clear()
-        known.update(names)
-
-    try:
-        with connect(store.db.config) as conn:  # before the reactor runs: once, at start-up
-            update(read(conn))
-    except Exception as e:
-        log.warn("PostgreSQL store: cannot read the users: {error}", error=e)
-
-    def poll() -> defer.Deferred:
-        return store.db.run(read).addCallbacks(update, lambda f: None)
-
-    realm.user_exists = lambda user: original(user) or user in known
-    loop = task.LoopingCall(poll)
-    loop.clock = reactor
-    loop.start(USERS_INTERVAL, now=False).addErrback(lambda f: log.failure("users poll", f))
