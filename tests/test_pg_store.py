@@ -413,3 +413,37 @@ def test_condstore_modseq_is_the_databases_on_both_hosts(hosts, pg_cluster):
     finally:
         ma.logout()
         mb.logout()
+
+
+def test_import_of_a_netsuite_maildir_keeps_its_index(pg_cluster, tmp_path):
+    from netsuite.store.maildir import MaildirStore
+
+    old = MaildirStore(tmp_path / "old")
+    inbox = old.folder("dave", "INBOX")
+    uids = [inbox.append(b"Subject: %d\n\nbody %d\n" % (i, i), flags) for i, flags in
+            enumerate([["\\Seen"], [], ["\\Flagged", "$Label1"], ["\\Seen", "\\Answered"]])]
+    inbox.expunge([uids[1]])  # a gap in the UIDs, as a real folder has
+    want = {m.uid: " ".join(sorted(m.flags)) for m in inbox.messages}
+    validity, uidnext = inbox.uidvalidity, inbox.next_uid
+    dsn = pg_cluster.new_database()
+    d = Daemon(tmp_path / "host", db_config(dsn), ["imap"])
+    d.cli("db", "init")
+    d.cli("user", "add", "dave", "--password-stdin", input="daves secret\n")
+    assert "dave/INBOX: 3 message(s)" in d.cli("import", "maildir",
+                                               str(tmp_path / "old" / "dave")).stdout
+    d.start()
+    try:
+        m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+        m.login("dave", "daves secret")
+        m.select("INBOX")
+        assert int(m.response("UIDVALIDITY")[1][0]) == validity
+        got = {}
+        for line in m.uid("FETCH", "1:*", "(FLAGS)")[1]:
+            uid = int(re.search(rb"UID (\d+)", line).group(1))
+            got[uid] = " ".join(sorted(re.search(rb"FLAGS \(([^)]*)\)", line).group(1)
+                                       .decode().split()))
+        assert got == want
+        assert f"UIDNEXT {uidnext}".encode() in m.status("INBOX", "(UIDNEXT)")[1][0]
+        m.logout()
+    finally:
+        d.stop()
