@@ -108,3 +108,17 @@ class Cluster:
         name = f"t{os.getpid()}_{self._databases}_{int(time.monotonic() * 1000) % 100000}"
         self.execute(f"CREATE DATABASE {name} TEMPLATE netsuite_template")
         return self.dsn(name)
+
+
+_shared: Cluster | None = None
+
+
+def shared_cluster() -> Cluster:
+    """One cluster for a run that puts every daemon's mail in PostgreSQL (harness.TEST_STORE)."""
+    global _shared
+    if _shared is None:
+        import atexit
+
+        _shared = Cluster()
+        atexit.register(_shared.destroy)
+    return _shared

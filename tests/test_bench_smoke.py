@@ -105,6 +105,11 @@ BENCHES = {
         lambda: need_file("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
         [rf"^queries/s\s+{NUM}\s+{NUM}\s+{NUM}\s+{RATIO}\s+{RATIO}$",
          rf"^client CPU us/query\s+{NUM}\s+{NUM}\s+{NUM}\s+{RATIO}\s+{RATIO}$"]),
+    "pg_store_bench.py": (
+        lambda: need_file("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
+        [rf"^SMTP deliveries msgs/s\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         rf"^SELECT\+FETCH FLAGS again s\s+{NUM}\s+{NUM}\s+{RATIO}$",
+         rf"^delivery on A to IDLE on B ms\s+{NUM}$"]),
     "telnet_bench.py": (
         lambda: need_file("/usr/sbin/telnetd", "inetutils-telnetd"),
         [rf"^netsuite\s+5\s+{NUM}(\s+{NUM}){{6}}$",

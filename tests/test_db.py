@@ -109,7 +109,7 @@ def test_db_commands_and_the_refusal_to_start(make_daemon, pg_dsn, pg_cluster):
     assert "up to date" in d.cli("db", "migrate").stdout
     status = d.cli("db", "status")
     assert f"schema version: {schema.LATEST} (this netsuite: {schema.LATEST})" in status.stdout
-    assert "applied 0001_initial" in status.stdout
+    assert "applied 0001_initial" in status.stdout and "applied 0002_mail_store" in status.stdout
     tables = set(pg_cluster.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", dbname(pg_dsn)).split())
     assert {"users", "throttle_failures", "throttle_locks", "session_locks", "accounts",

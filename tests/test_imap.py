@@ -14,7 +14,6 @@ from rawsmtp import insecure_context as tls_context
 
 from netsuite.imap import wire
 from netsuite.imap.message import Part, bodystructure
-from netsuite.store.maildir import MaildirStore
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 
@@ -37,9 +36,7 @@ def crlf(data: bytes) -> bytes:
 
 
 def put(d, user: str, data: bytes) -> str:
-    delivery = MaildirStore(d.data_dir / "mail").delivery(user)
-    delivery.write(data)
-    return delivery._finish()
+    return d.deliver_local(user, data)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from rawsmtp import insecure_context as tls_context
 
 from netsuite.auth import sasl
 from netsuite.pop3 import wire
-from netsuite.store.maildir import MaildirStore
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 
@@ -27,10 +26,8 @@ MESSAGE = (b"From: bob@example.test\nTo: alice@example.test\nSubject: dots\n\n"
 
 
 def put(d, user: str, data: bytes) -> str:
-    """Deliver through the store's own delivery class, as SMTP does."""
-    delivery = MaildirStore(d.data_dir / "mail").delivery(user)
-    delivery.write(data)
-    return delivery._finish()
+    """Deliver through the store's own delivery code, as SMTP does."""
+    return d.deliver_local(user, data)
 
 
 def crlf(data: bytes) -> bytes:

@@ -31,6 +31,8 @@ from netsuite.db.listen import notifications
 from netsuite.db.locks import SessionLocks
 from netsuite.db.pool import connect, database, safe_dsn
 from netsuite.db.throttle import PgLoginThrottle
+from netsuite.store.pg import importer as _importer  # noqa: F401  (netsuite import)
+from netsuite.store.pg import store as pg_store
 
 log = Logger(namespace="netsuite.db")
 
@@ -127,6 +129,10 @@ def _start(ctx: Any, top: Any) -> None:
         shared = database(db, ctx.reactor)
         ctx.portal.throttle = PgLoginThrottle(config.throttle, shared)
         ctx.realm.shared_locks = SessionLocks(shared, db.lock_lease)  # the POP3 maildrop lock
+        if hasattr(ctx.realm, "data_dir"):  # mail in the database (netsuite.store.pg)
+            told = notifications(db, ctx.reactor)
+            pg_store.install(ctx.realm, shared, ctx.reactor, told)
+            _Started(told.start).setServiceParent(top)
 
 
 protocols.SERVICE_HOOKS.append(_start)

@@ -37,6 +37,9 @@ def mailbox_id(folder) -> str:
 
 def email_id(folder, msg) -> str:
     """L{KeyError} if the message file is gone (expunged by another program)."""
+    own = getattr(folder, "email_id", None)
+    if own is not None:  # a store with ids of its own (PostgreSQL: the same on every host)
+        return own(msg)
     try:
         st = os.stat(folder.file_path(msg))
     except FileNotFoundError:

@@ -55,7 +55,8 @@ class IMailStore(Interface):
         """
         A message to write into a folder as it arrives, for its
         L{IMailFolder.append_many}, without reading the folder: O(1).
-        L{KeyError} if it does not exist.
+        L{KeyError} if it does not exist; None from a store that takes the
+        message as bytes (the caller keeps it in memory, within its limits).
         """
 
     def list_folders(user: str) -> list:
@@ -188,10 +189,12 @@ class IMailFolder(Interface):
         fsynced (each fsync in a thread): O(total size).
         """
 
-    def copy_to(msgs, dest) -> list:
+    def copy_to(msgs, dest):
         """
         Copy into C{dest} (hard links when possible); (source UID, new UID)
         pairs.  One link per message, one fsync of the directory and the log.
+        A store that gives UIDs off the reactor (PostgreSQL) returns a
+        Deferred of the pairs instead.
         """
 
     def copy_many(msgs, dest):

@@ -79,7 +79,7 @@ class CopyCommands(SessionBase):
         return d.addCallbacks(copied, failed)
 
     def imap_COPY(self, tag, cur, uid=False):
-        self._copy(tag, cur, uid, move=False)
+        return self._copy(tag, cur, uid, move=False)
 
     def imap_MOVE(self, tag, cur, uid=False):
-        self._copy(tag, cur, uid, move=True)
+        return self._copy(tag, cur, uid, move=True)

@@ -1,0 +1,525 @@
+"""
+L{PgMailStore}: the L{netsuite.store.IMailStore} of C{[store] backend =
+"postgresql"}.  An account's folder names, subscriptions and usage are
+mirrored in memory too (L{PgAccount}), read at the login (L{prepare}, which
+the realm's avatar makers wait for), so that LIST, LSUB and CREATE, which the
+interface has synchronous, answer without the database; their changes are
+written through by the account's write queue, which also carries every
+change of its folders' mirrors, in order, one at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netsuite.store import IDeliveryFile, IMailStore
+from netsuite.store.folder import to_disk
+from netsuite.store.maildir import BadFolderName, check_folder_name
+from netsuite.store.pg import sql
+from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash
+from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
+
+log = Logger(namespace="netsuite.store")
+
+
+class PgAccount:
+    """One user's folder names, subscriptions and usage, and the write queue of them all."""
+
+    def __init__(self, store: PgMailStore, user: str):
+        self.store = store
+        self.user = user
+        self.id: int | None = None
+        #: name -> (folder id or None until written, uidvalidity, special use)
+        self.folders: dict[str, tuple[int | None, int, str | None]] = {}
+        self.subscriptions: list[str] = []
+        self.usage: tuple[int, int] = (0, 0)
+        self.ready = False
+        self._preparing: defer.Deferred | None = None
+        #: Work queued for the next batch, and whether a batch is running.
+        self._ops: list[tuple[Any, Any, defer.Deferred]] = []
+        self._running = False
+        #: Local changes queued and not written yet: a reread of the rows waits for them.
+        self._pending = 0
+        self._reread_queued = False
+        self._retry: Any = None
+        self._failing = False
+
+    def queue(self, work, apply=None) -> defer.Deferred:
+        """
+        C{work(conn)} on a database thread after every change queued before,
+        then C{apply(result)} in the reactor; a Deferred of what C{apply}
+        returns.  What is queued while a batch runs goes as the next batch: one
+        thread hop and one commit for them all, each C{work} in a savepoint of
+        its own (one that fails is rolled back alone and fails alone).
+        """
+        d: defer.Deferred = defer.Deferred()
+        self._ops.append((work, apply, d))
+        if not self._running:
+            self._run_batch()
+        return d
+
+    def _run_batch(self) -> None:
+        ops, self._ops = self._ops, []
+        if not ops:
+            self._running = False
+            return
+        self._running = True
+
+        def batch(conn) -> list[tuple[bool, Any]]:
+            out: list[tuple[bool, Any]] = []
+            with conn.transaction():
+                for work, _apply, _d in ops:
+                    try:
+                        with conn.transaction():  # a savepoint
+                            out.append((True, work(conn)))
+                    except psycopg.OperationalError:
+                        raise  # the connection: the whole batch again (Database.run)
+                    except Exception as e:
+                        out.append((False, e))
+            return out
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            for (_work, apply, d), (ok, value) in zip(ops, results, strict=True):
+                if not ok:
+                    d.errback(Failure(value))
+                    continue
+                try:
+                    d.callback(apply(value) if apply is not None else value)
+                except Exception:
+                    d.errback(Failure())
+
+        def failed(failure: Failure) -> None:
+            for _work, _apply, d in ops:
+                d.errback(failure)
+
+        self.store.db.run(batch).addCallbacks(done, failed).addBoth(
+            lambda _: self._run_batch())
+
+    def folder_id(self, name: str) -> int | None:
+        row = self.folders.get(name)
+        return None if row is None else row[0]
+
+    def prepare(self) -> defer.Deferred:
+        if self.ready:
+            return defer.succeed(self)
+        if self._preparing is None:
+            self._preparing = self.queue(self._prepare_work, self._rows)
+        d: defer.Deferred = defer.Deferred()
+
+        def fire(result):
+            if not self.ready:
+                self._preparing = None  # failed (the database away): the next login tries again
+            d.callback(result)
+            return None if isinstance(result, Failure) else result
+
+        self._preparing.addBoth(fire)
+        return d
+
+    def _prepare_work(self, conn) -> sql.AccountRows:
+        self.store.mailbox_path(self.user).mkdir(parents=True, exist_ok=True)
+        return sql.prepare_account(conn, self.user)
+
+    def _rows(self, rows: sql.AccountRows) -> PgAccount:
+        self._failing = False
+        self.id = rows.id
+        self.store.accounts_by_id[rows.id] = self
+        if self._pending == 0:
+            old = self.folders
+            self.folders = dict(rows.folders)
+            self.subscriptions = list(rows.subscriptions)
+            for name, row in old.items():
+                if self.folders.get(name, (None,))[0] != row[0] and row[0] is not None:
+                    self.store.forget_folder(self.user, name)
+        self.usage = rows.usage
+        self.ready = True
+        return self
+
+    def reread(self) -> None:
+        """Another host changed the account (NOTIFY): read its rows again (once)."""
+        if self._reread_queued or self.id is None:
+            return
+        self._reread_queued = True
+        aid = self.id
+
+        def work(conn) -> sql.AccountRows:
+            self._reread_queued = False
+            return sql.account_rows(conn, aid)
+
+        self.queue(work, self._rows).addErrback(self._failed)
+
+    def change(self, work, apply=None) -> None:
+        """A local change already in the mirror: written through by the queue."""
+        self._pending += 1
+
+        def done(result):
+            self._pending -= 1
+            if apply is not None:
+                apply(result)
+
+        def failed(failure):
+            self._pending -= 1
+            return self._failed(failure)
+
+        self.queue(work).addCallbacks(done, failed)
+
+    def _failed(self, failure) -> None:
+        self._reread_queued = False  # (the work may not have run at all)
+        if not self._failing:
+            self._failing = True
+            log.warn("PostgreSQL store: a change of {user}'s folders failed: {error}",
+                     user=self.user, error=failure.getErrorMessage())
+        if self._retry is None or not self._retry.active():
+            self._retry = self.store.reactor.callLater(RETRY_SECONDS, self.reread)
+
+
+@implementer(IDeliveryFile)
+class PgDelivery:
+    """One message held in memory, stored in one transaction by L{commit}."""
+
+    def __init__(self, store: PgMailStore, user: str, folder: str):
+        self.store = store
+        self.user = user
+        self.folder = folder
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.size += len(data)
+
+    def commit(self) -> defer.Deferred:
+        body = to_disk(b"".join(self._chunks))
+        self._chunks = []
+        store = self.store
+
+        def work(conn) -> str:
+            with conn.transaction():  # (the pool's connections are autocommit)
+                key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
+            store.bodies.write(content_hash(body), body)
+            return key
+
+        store.start()
+        d = store.db.run(work).addErrback(unavailable)
+        d.addCallback(store.delivered, self.user, self.folder)
+        return d
+
+    def abort(self) -> None:
+        self._chunks = []
+
+
+@implementer(IMailStore)
+class PgMailStore:
+    """Mail in PostgreSQL (see the package docstring); C{root} holds only caches."""
+
+    poll_interval = 2.0
+    cache_size = 64
+
+    def __init__(self, db: Any, root: Path, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.db = db
+        self.root = Path(root)
+        self.reactor = reactor
+        self.blobs = PgBlobs()
+        self.bodies = LocalBodies(self.root / ".pg-cache" / "bodies")
+        self.accounts: dict[str, PgAccount] = {}
+        self.accounts_by_id: dict[int, PgAccount] = {}
+        self._folders: dict[tuple[str, str], PgFolder] = {}
+        self._by_id: dict[int, PgFolder] = {}
+
+    def start(self) -> None:
+        """(LISTEN: the process's L{netsuite.db.listen.Notifications}, started by the server.)"""
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def account(self, user: str) -> PgAccount:
+        self.mailbox_path(user)  # a valid name
+        acct = self.accounts.get(user)
+        if acct is None:
+            acct = self.accounts[user] = PgAccount(self, user)
+        return acct
+
+    def prepare(self, user: str) -> defer.Deferred:
+        """
+        The account's mirror read (and the account, INBOX and special folders
+        made), and the INBOX's: what a session asks synchronously of the store
+        (URLFETCH, POP3) then has its answer in memory.
+        """
+        self.start()
+        d = self.account(user).prepare()
+        d.addCallback(lambda _: self.folder(user, "INBOX").load())
+        return d
+
+    def mailbox_path(self, user: str) -> Path:
+        if not user or "/" in user or user.startswith("."):
+            raise ValueError(f"bad mailbox name {user!r}")
+        return self.root / user
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def delivery(self, user: str, folder: str = "INBOX") -> PgDelivery:
+        self.mailbox_path(user)
+        name = check_folder_name(folder)
+        return PgDelivery(self, user, name)
+
+    def delivered(self, key: str, user: str, name: str) -> str:
+        folder = self._folders.get((user, name))
+        if folder is not None and not folder.deleted:
+            folder.refresh()
+        return key
+
+    # -- folders -------------------------------------------------------------------------------
+
+    def folder(self, user: str, name: str = "INBOX", create: bool = False) -> PgFolder:
+        name = check_folder_name(name)
+        acct = self.account(user)
+        if name not in acct.folders and name != "INBOX":
+            if not create:
+                raise KeyError(name)
+            self.create_folder(user, name)
+        cached = self._folders.get((user, name))
+        if cached is None or cached.deleted:
+            cached = self._folders[(user, name)] = PgFolder(
+                self, acct, name, self.root / ".pg-cache" / "folders" / user / name)
+            cached.load().addErrback(lambda f: None)
+        return cached
+
+    def incoming(self, user: str, name: str = "INBOX") -> None:
+        """No file to stream into: a message goes to the database as bytes (append_many)."""
+        return None
+
+    def open_folder(self, user: str, name: str = "INBOX") -> defer.Deferred:
+        try:
+            name = check_folder_name(name)
+        except BadFolderName:
+            return defer.fail()
+        d = self.prepare(user)
+        d.addCallback(lambda _: self.folder(user, name))
+        # A folder in memory catches up first: a new session (SELECT, a POP3 login) sees
+        # every change committed before it, on any host, without waiting for the NOTIFY.
+        d.addCallback(lambda folder: folder.catch_up() if folder.loaded else folder.load())
+        # Called only once it has the folder: a caller may test d.called (SELECT does).
+        out: defer.Deferred = defer.Deferred()
+        d.addBoth(out.callback)
+        return out
+
+    def folder_loaded(self, folder: PgFolder) -> None:
+        if folder.id is not None:
+            self._by_id[folder.id] = folder
+
+    def folder_gone(self, folder: PgFolder) -> None:
+        self.forget_folder(folder.account.user, folder.name)
+
+    def forget_folder(self, user: str, name: str) -> None:
+        folder = self._folders.pop((user, name), None)
+        if folder is not None:
+            folder.deleted = True
+            if folder.id is not None:
+                self._by_id.pop(folder.id, None)
+
+    def list_folders(self, user: str) -> list[str]:
+        names = sorted(n for n in self.account(user).folders if n != "INBOX")
+        return ["INBOX", *names]
+
+    def create_folder(self, user: str, name: str) -> None:
+        name = check_folder_name(name)
+        acct = self.account(user)
+        if name == "INBOX" or name in acct.folders:
+            raise FileExistsError(name)
+        acct.folders[name] = (None, 0, None)
+
+        def work(conn) -> tuple[int, int]:
+            aid = sql.account_id(conn, user)
+            fid = sql.create_folder(conn, aid, name, exist_ok=True)
+            uv = conn.execute("SELECT uidvalidity FROM folders WHERE id = %s",
+                              (fid,)).fetchone()[0]
+            return fid, uv
+
+        def made(result: tuple[int, int]) -> None:
+            if name in acct.folders:
+                acct.folders[name] = (result[0], result[1], None)
+
+        acct.change(work, made)
+
+    def delete_folder(self, user: str, name: str) -> None:
+        name = check_folder_name(name)
+        if name == "INBOX":
+            raise PermissionError("INBOX cannot be deleted")
+        acct = self.account(user)
+        if name not in acct.folders:
+            raise KeyError(name)
+        del acct.folders[name]
+        self.forget_folder(user, name)
+
+        def work(conn) -> None:
+            sql.delete_folder(conn, self.blobs, sql.account_id(conn, user), name)
+
+        acct.change(work)
+
+    def rename_folder(self, user: str, old: str, new: str) -> None:
+        old, new = check_folder_name(old), check_folder_name(new)
+        acct = self.account(user)
+        if new == "INBOX" or new in acct.folders:
+            raise FileExistsError(new)
+        if old not in acct.folders and old != "INBOX":
+            raise KeyError(old)
+        if old == "INBOX":
+            self._rename_inbox(user, acct, new)
+            return
+        moved = [n for n in acct.folders if n == old or n.startswith(old + ".")]
+        for n in moved:
+            acct.folders[new + n[len(old):]] = acct.folders.pop(n)
+            folder = self._folders.pop((user, n), None)
+            if folder is not None:
+                folder.name = new + n[len(old):]
+                self._folders[(user, folder.name)] = folder
+        for sub in list(acct.subscriptions):
+            if sub == old or sub.startswith(old + "."):
+                self.set_subscribed(user, sub, False)
+                self.set_subscribed(user, new + sub[len(old):], True)
+
+        def work(conn) -> None:
+            sql.rename_folder(conn, sql.account_id(conn, user), old, new)
+
+        acct.change(work)
+
+    def _rename_inbox(self, user: str, acct: PgAccount, new: str) -> None:
+        """RENAME INBOX: its messages move to the new folder; INBOX stays, empty."""
+        acct.folders[new] = (None, 0, None)
+
+        def work(conn) -> tuple[int, int]:
+            aid = sql.account_id(conn, user)
+            inbox = sql.ensure_folder(conn, aid, "INBOX")
+            fid = sql.create_folder(conn, aid, new, exist_ok=True)
+            uids = [r[0] for r in conn.execute("SELECT uid FROM messages WHERE folder_id = %s",
+                                               (inbox,))]
+            if uids:
+                sql.copy(conn, self.blobs, inbox, uids, fid)
+                sql.expunge(conn, self.blobs, inbox, uids, 0)
+            uv = conn.execute("SELECT uidvalidity FROM folders WHERE id = %s",
+                              (fid,)).fetchone()[0]
+            return fid, uv
+
+        def made(result: tuple[int, int]) -> None:
+            acct.folders[new] = (result[0], result[1], None)
+            inbox = self._folders.get((user, "INBOX"))
+            if inbox is not None and not inbox.deleted:
+                inbox.refresh()
+
+        acct.change(work, made)
+
+    def subscriptions(self, user: str) -> list[str]:
+        return list(self.account(user).subscriptions)
+
+    def set_subscribed(self, user: str, name: str, on: bool) -> None:
+        acct = self.account(user)
+        if on == (name in acct.subscriptions):
+            return
+        if on:
+            acct.subscriptions.append(name)
+        else:
+            acct.subscriptions.remove(name)
+
+        def work(conn) -> None:
+            sql.set_subscribed(conn, sql.account_id(conn, user), name, on)
+
+        acct.change(work)
+
+    def ensure_special_folders(self, user: str) -> None:
+        """Made by L{prepare}, in the login's transaction."""
+
+    def special_use(self, name: str) -> str | None:
+        return sql.SPECIAL_FOLDERS.get(name)
+
+    def usage(self, user: str) -> tuple[int, int]:
+        """
+        (bytes, messages) as the account's rows said at its last reading, read
+        again in the background at each call: a quota is checked against a
+        figure at most one call old (on every host).
+        """
+        acct = self.account(user)
+        if acct.id is not None:
+            acct.reread()
+        else:
+            self.prepare(user).addErrback(lambda f: None)
+        return acct.usage
+
+    # -- listeners and other hosts' changes ----------------------------------------------------
+
+    def watch(self, folder: PgFolder, listener) -> None:
+        self.start()
+        folder.listeners.append(listener)
+
+    def unwatch(self, folder: PgFolder, listener) -> None:
+        if listener in folder.listeners:
+            folder.listeners.remove(listener)
+
+    def notified(self, payload: str | None) -> None:
+        """A NOTIFY on L{sql.CHANNEL}; None: LISTEN (re)connected, anything may have changed."""
+        if payload is None:
+            self._reconnected()
+            return
+        kind, _sp, rest = payload.partition(" ")
+        try:
+            if kind == "f":
+                fid, modseq = (int(x) for x in rest.split())
+                folder = self._by_id.get(fid)
+                if (folder is not None and folder.loaded and not folder.deleted
+                        and modseq > folder.synced):
+                    folder.refresh()
+            elif kind == "a":
+                acct = self.accounts_by_id.get(int(rest))
+                if acct is not None:
+                    acct.reread()
+        except ValueError:
+            log.warn("PostgreSQL store: a notification not understood: {payload!r}",
+                     payload=payload)
+
+    def _reconnected(self) -> None:
+        """LISTEN (again): what was changed while it was away is read now."""
+        for folder in list(self._folders.values()):
+            if folder.loaded and not folder.deleted:
+                folder.refresh()
+        for acct in list(self.accounts.values()):
+            acct.reread()
+
+    def flush(self) -> None:
+        """Nothing is only in memory (writes are queued to the database already)."""
+
+
+def install(realm: Any, db: Any, reactor: Any, told: Any) -> PgMailStore:
+    """
+    Make C{realm}'s store this one (C{[store] backend = "postgresql"}), and
+    every avatar of a user wait for that user's account mirror (L{prepare}):
+    a login reads the account's rows once, off the reactor, before IMAP or POP3
+    ask the store anything.
+    """
+    store = PgMailStore(db, Path(realm.data_dir) / "mail", reactor)
+    told.subscribe(sql.CHANNEL, store.notified)
+    realm.store = store
+    makers = getattr(realm, "avatar_makers", None)
+    if makers is not None:
+        for iface, make in list(makers.items()):
+            makers[iface] = _prepared(store, make)
+    return store
+
+
+def _prepared(store: PgMailStore, make):
+    def prepared_make(user):
+        if not isinstance(user, str):  # ANONYMOUS (an MX session): no mailbox to read
+            return make(user)
+        try:
+            d = store.prepare(user)
+        except ValueError:
+            return make(user)
+        return d.addCallback(lambda _: make(user))
+
+    return prepared_make
+

@@ -1,0 +1,449 @@
+"""
+The mail store in PostgreSQL (netsuite.store.pg) against real daemons and a
+real PostgreSQL (tests/pg.py): two "hosts" (separate data directories and
+ports) on one database share one mail system.  A delivery through A reaches
+an IDLE on B; flags set on one are seen on the other; POP3 on B returns what
+SMTP took on A, byte for byte; UIDs stay unique and ascending under
+concurrent deliveries through both; identical bodies are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import poplib
+import re
+import select
+import smtplib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from harness import Daemon
+
+USER, PASSWORD = "alice", "alices secret"
+
+
+def db_config(dsn: str) -> dict:
+    return {"server": {"auth": ["sql"], "allow_plaintext_auth": True},
+            "database": {"dsn": dsn, "connect_timeout": 2.0, "retries": 1},
+            "store": {"backend": "postgresql"}}
+
+
+@pytest.fixture(scope="module")
+def hosts(pg_cluster, tmp_path_factory):
+    dsn = pg_cluster.new_database()
+    made = [Daemon(tmp_path_factory.mktemp(f"pgstore-{n}"), db_config(dsn),
+                   ["imap", "pop3", "smtp"]) for n in ("a", "b")]
+    a, b = made
+    a.cli("db", "init")
+    a.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
+    for d in made:
+        d.start()
+    yield a, b, dsn.rpartition("dbname=")[2]
+    for d in made:
+        d.stop()
+
+
+def sql(cluster, db: str, query: str) -> str:
+    return cluster.execute(query, db)
+
+
+def deliver(d: Daemon, body: bytes, rcpt: str = f"{USER}@example.test") -> None:
+    with smtplib.SMTP("127.0.0.1", d.port("smtp"), timeout=30) as s:
+        s.sendmail("sender@remote.test", [rcpt], body)
+
+
+def message(subject: str, text: str = "hello") -> bytes:
+    return (f"From: sender@remote.test\r\nTo: {USER}@example.test\r\nSubject: {subject}\r\n"
+            f"\r\n{text}\r\n").encode()
+
+
+def imap(d: Daemon) -> imaplib.IMAP4:
+    m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+    m.login(USER, PASSWORD)
+    return m
+
+
+def uids_of(m: imaplib.IMAP4) -> list[int]:
+    typ, data = m.uid("SEARCH", "ALL")
+    assert typ == "OK"
+    return [int(x) for x in data[0].split()]
+
+
+def flags_of(m: imaplib.IMAP4, uid: int) -> str:
+    typ, data = m.uid("FETCH", str(uid), "(FLAGS)")
+    assert typ == "OK" and data[0], data
+    return re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).decode()
+
+
+def test_a_delivery_through_a_is_seen_by_idle_on_b_within_a_second(hosts):
+    a, b, _db = hosts
+    sock = socket.create_connection(("127.0.0.1", b.port("imap")), timeout=30)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(f"1 LOGIN {USER} \"{PASSWORD}\"\r\n2 SELECT INBOX\r\n".encode())
+    while not f.readline().startswith(b"2 OK"):
+        pass
+    sock.sendall(b"3 IDLE\r\n")
+    assert f.readline().startswith(b"+")
+    started = time.monotonic()
+    deliver(a, message("to idle"))
+    accepted = time.monotonic()
+    ready, _, _ = select.select([sock], [], [], 1.0)
+    assert ready, "no untagged response within 1 s of the 250"
+    line = f.readline()
+    seen = time.monotonic()
+    assert re.match(rb"\* \d+ EXISTS", line), line
+    assert seen - accepted < 1.0, (accepted - started, seen - accepted)
+    sock.sendall(b"DONE\r\n4 LOGOUT\r\n")
+    sock.close()
+
+
+def test_flags_set_on_b_are_seen_on_a(hosts):
+    a, b, _db = hosts
+    deliver(a, message("flag me"))
+    ma, mb = imap(a), imap(b)
+    try:
+        ma.select("INBOX")
+        mb.select("INBOX")
+        uid = uids_of(mb)[-1]
+        typ, _ = mb.uid("STORE", str(uid), "+FLAGS", r"(\Flagged $Work)")
+        assert typ == "OK"
+        assert a.wait_for(lambda: "\\Flagged" in flags_of(ma, uid) and
+                          "$Work" in flags_of(ma, uid), timeout=5)
+        mb.uid("STORE", str(uid), "-FLAGS", r"(\Flagged)")
+        assert a.wait_for(lambda: "\\Flagged" not in flags_of(ma, uid), timeout=5)
+        assert "$Work" in flags_of(ma, uid)
+        # OBJECTID (RFC 8474): the same ids on both hosts.
+        ids = [m.uid("FETCH", str(uid), "(EMAILID)")[1][0] for m in (ma, mb)]
+        assert b"EMAILID (M" in ids[0] and ids[0] == ids[1], ids
+        boxes = [m.status("INBOX", "(MAILBOXID)")[1][0] for m in (ma, mb)]
+        assert b"MAILBOXID (F" in boxes[0] and boxes[0] == boxes[1], boxes
+    finally:
+        ma.logout()
+        mb.logout()
+
+
+def inbox_count(cluster, db: str) -> int:
+    return int(sql(cluster, db, "SELECT count(*) FROM messages m JOIN folders f ON "
+                                "f.id = m.folder_id JOIN accounts a ON a.id = f.account_id "
+                                f"WHERE a.name = '{USER}' AND f.name = 'INBOX'"))
+
+
+def test_pop3_on_b_returns_byte_for_byte_what_smtp_took_on_a(hosts, pg_cluster):
+    a, b, db = hosts
+    body = (b"From: sender@remote.test\r\nSubject: exact\r\n\r\nline one\r\n"
+            b"trailing spaces   \r\n\r\n.dot line\r\n" + (b"x" * 70 + b"\r\n") * 40)
+    m = imap(a)
+    m.select("INBOX")
+    for uid in uids_of(m):  # an empty maildrop: only this message
+        m.uid("STORE", str(uid), "+FLAGS", r"(\Deleted)")
+    m.expunge()
+    m.logout()
+    # EXPUNGE is answered from A's mirror and written through right after.
+    assert a.wait_for(lambda: inbox_count(pg_cluster, db) == 0, timeout=5)
+    deliver(a, body)
+    p = poplib.POP3("127.0.0.1", b.port("pop3"), timeout=30)
+    try:
+        p.user(USER)
+        p.pass_(PASSWORD)
+        count, _size = p.stat()
+        assert count == 1
+        _resp, lines, _octets = p.retr(1)
+        got = b"\r\n".join(lines) + b"\r\n"
+        # What SMTP took, after the trace headers the server put on top.
+        assert got.endswith(body), got[-200:]
+        added = got[:len(got) - len(body)]
+        assert added.startswith(b"Return-Path: <sender@remote.test>\r\nReceived: "), added
+        assert len(lines) == added.count(b"\r\n") + body.count(b"\r\n")
+    finally:
+        p.quit()
+
+
+def test_uids_unique_and_ascending_under_concurrent_deliveries_to_both(hosts, pg_cluster):
+    a, b, db = hosts
+    before = int(sql(pg_cluster, db, "SELECT uidnext FROM folders f JOIN accounts a "
+                                     f"ON a.id = f.account_id WHERE a.name = '{USER}' "
+                                     "AND f.name = 'INBOX'"))
+    watch = imap(b)
+    watch.select("INBOX")
+    errors: list[BaseException] = []
+
+    def flood(d: Daemon, n: int) -> None:
+        try:
+            for i in range(n):
+                deliver(d, message(f"flood {d.port('smtp')} {i}", f"body {i} via {d.port('smtp')}"))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=flood, args=(d, 15)) for d in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    ma = imap(a)
+    ma.select("INBOX")
+    typ, data = ma.append("INBOX", None, None, message("appended on a"))
+    assert typ == "OK"
+    appended = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    rows = sql(pg_cluster, db, "SELECT m.uid FROM messages m JOIN folders f ON "
+                               "f.id = m.folder_id JOIN accounts a ON a.id = f.account_id "
+                               f"WHERE a.name = '{USER}' AND f.name = 'INBOX' AND m.uid >= "
+                               f"{before} ORDER BY m.uid").split()
+    assert len(rows) == 61 and len(set(rows)) == 61 and appended in map(int, rows)
+    # Both hosts show the same UIDs; B's IDLE-less session learns them at NOOP, ascending.
+    want = [int(u) for u in rows]
+    assert a.wait_for(lambda: [u for u in uids_of(ma) if u >= before] == want, timeout=10)
+    assert b.wait_for(lambda: [u for u in uids_of(watch) if u >= before] == want, timeout=10)
+    watch.noop()
+    # COPY on B into a folder, EXPUNGE on A: both hosts agree.
+    typ, _data = watch.uid("COPY", f"{want[0]}:{want[4]}", "Trash")
+    assert typ == "OK"
+    _typ, copyuid = watch.response("COPYUID")
+    assert copyuid[0] and len(copyuid[0].split()) == 3, copyuid
+    ma.uid("STORE", f"{want[0]}:{want[4]}", "+FLAGS", r"(\Deleted)")
+    ma.expunge()
+    assert b.wait_for(lambda: not (set(uids_of(watch)) & set(want[:5])), timeout=5)
+    ma.select("Trash")
+    assert len(uids_of(ma)) >= 5
+    ma.logout()
+    watch.logout()
+
+
+def test_identical_bodies_are_stored_once(hosts, pg_cluster):
+    a, b, db = hosts
+    body = message("same body", "the very same text, stored once")
+    digest = hashlib.sha256(body.replace(b"\r\n", b"\n")).hexdigest()  # stored with LF ends
+
+    def blob() -> tuple[int, int]:
+        """(rows of this body, its reference count)."""
+        out = sql(pg_cluster, db, "SELECT count(*), coalesce(max(refcount), 0) FROM blobs "
+                                  f"WHERE hash = decode('{digest}', 'hex')")
+        rows, refs = out.split("|")
+        return int(rows), int(refs)
+
+    total = lambda: int(sql(pg_cluster, db, "SELECT count(*) FROM blobs"))  # noqa: E731
+    m, mb = imap(a), imap(b)
+    try:
+        assert m.append("INBOX", None, None, body)[0] == "OK"
+        assert blob() == (1, 1)
+        before = total()
+        for _ in range(3):
+            assert m.append("Drafts", None, None, body)[0] == "OK"
+        assert mb.append("Sent", None, None, body)[0] == "OK"
+        m.select("Drafts")
+        assert m.uid("COPY", "1:*", "Trash")[0] == "OK"  # copies share it too
+        assert total() == before and blob() == (1, 8)
+        # Expunging every copy but one keeps the body; the last one takes it away.
+        for name in ("Drafts", "Sent", "Trash"):
+            m.select(name)
+            m.uid("STORE", "1:*", "+FLAGS", r"(\Deleted)")
+            m.expunge()
+        assert a.wait_for(lambda: blob() == (1, 1), timeout=5), blob()
+        m.select("INBOX")
+        uid = uids_of(m)[-1]
+        m.uid("STORE", str(uid), "+FLAGS", r"(\Deleted)")
+        m.expunge()
+        assert a.wait_for(lambda: blob() == (0, 0), timeout=5), blob()
+    finally:
+        m.logout()
+        mb.logout()
+
+
+# -- netsuite import maildir ------------------------------------------------------------------
+
+
+def dovecot_tree(root: Path) -> dict[str, list[tuple[int, str, bytes]]]:
+    """
+    A Maildir++ tree as Dovecot writes it: dovecot-uidlist (v3) with UIDVALIDITY
+    and UIDs with gaps, dovecot-keywords, flags and keyword letters in the names.
+    (folder -> [(uid, wanted FLAGS, body)]).
+    """
+    want: dict[str, list[tuple[int, str, bytes]]] = {}
+    layout = {"": (1600000000, [(3, "S", ""), (7, "RSa", "$Forwarded"), (12, "", "")]),
+              ".Archive": (1600000001, [(1, "FST", ""), (5, "Sb", "Work")])}
+    for sub, (validity, msgs) in layout.items():
+        path = root / sub if sub else root
+        for d in ("cur", "new", "tmp"):
+            (path / d).mkdir(parents=True, exist_ok=True)
+        (path / "dovecot-keywords").write_text("0 $Forwarded\n1 Work\n")
+        lines = [f"3 V{validity} N{msgs[-1][0] + 5} Gdeadbeef"]
+        name = sub.lstrip(".") or "INBOX"
+        want[name] = []
+        for uid, letters, _kw in msgs:
+            base = f"{1600000000 + uid}.M{uid}P1.dovecot"
+            body = f"Subject: {name} {uid}\n\nbody of {uid}\n".encode()
+            (path / "cur" / f"{base},S={len(body)}:2,{letters}").write_bytes(body)
+            lines.append(f"{uid} :{base},S={len(body)}")
+            flags = {"S": "\\Seen", "R": "\\Answered", "F": "\\Flagged", "T": "\\Deleted"}
+            names = sorted(flags[c] for c in letters if c in flags)
+            names += {"a": ["$Forwarded"], "b": ["Work"]}.get(
+                next((c for c in letters if c.islower()), ""), [])
+            want[name].append((uid, " ".join(sorted(names)), body))
+        (path / "dovecot-uidlist").write_text("\n".join(lines) + "\n")
+    (root / "subscriptions").write_text("Archive\n")
+    return want
+
+
+def test_import_maildir_keeps_uidvalidity_uids_and_flags(pg_cluster, tmp_path):
+    dsn = pg_cluster.new_database()
+    d = Daemon(tmp_path / "host", db_config(dsn), ["imap"])
+    d.cli("db", "init")
+    d.cli("user", "add", "carol", "--password-stdin", input="carols secret\n")
+    tree = tmp_path / "old" / "carol"
+    want = dovecot_tree(tree)
+    out = d.cli("import", "maildir", str(tree))
+    assert "carol/INBOX: 3 message(s)" in out.stdout and "carol/Archive: 2" in out.stdout
+    again = d.cli("import", "maildir", str(tree), check=False)  # never twice into a folder
+    assert again.returncode != 0 and "already has messages" in again.stderr
+    d.start()
+    try:
+        m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+        m.login("carol", "carols secret")
+        for name, validity in (("INBOX", 1600000000), ("Archive", 1600000001)):
+            typ, _ = m.select(name)
+            assert typ == "OK"
+            assert int(m.response("UIDVALIDITY")[1][0]) == validity
+            typ, data = m.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[])")
+            got = []
+            for item in data:
+                if isinstance(item, tuple):
+                    uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
+                    flags = re.search(rb"FLAGS \(([^)]*)\)", item[0]).group(1).decode()
+                    got.append((uid, " ".join(sorted(flags.split())), item[1]))
+            assert got == [(u, f, b.replace(b"\n", b"\r\n")) for u, f, b in want[name]]
+        uidnext = m.status("INBOX", "(UIDNEXT)")[1][0]
+        assert b"UIDNEXT 17" in uidnext, uidnext
+        typ, lsub = m.lsub()
+        assert any(b"Archive" in line for line in lsub)
+        m.logout()
+    finally:
+        d.stop()
+
+
+def test_database_away_smtp_says_451_and_nothing_acknowledged_is_lost(hosts, pg_cluster):
+    a, b, db = hosts
+    before = inbox_count(pg_cluster, db)
+    deliver(a, message("before the outage"))
+    pg_cluster.stop()
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            deliver(a, message("during the outage"))
+        assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.3.0")
+    finally:
+        pg_cluster.start()
+    # Back by itself (the pool reconnects): bounded retries, no sleeps beyond them.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            deliver(b, message("after the outage"))
+            break
+        except smtplib.SMTPDataError:
+            assert time.monotonic() < deadline, "delivery did not resume"
+            time.sleep(0.2)
+    assert inbox_count(pg_cluster, db) == before + 2  # the two that got 250, no other
+    # A's sessions see both (its login may still be failing fast for a moment: bounded).
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            m = imap(a)
+            break
+        except imaplib.IMAP4.error:
+            assert time.monotonic() < deadline, "IMAP logins did not resume"
+            time.sleep(0.2)
+    m.select("INBOX")
+    assert a.wait_for(lambda: len(m.uid("SEARCH", "SUBJECT", "outage")[1][0].split()) == 2)
+    m.logout()
+    for d in (a, b):
+        assert "Traceback" not in d.log()
+
+
+def test_folders_made_renamed_and_deleted_on_one_host_are_seen_on_the_other(hosts):
+    a, b, _db = hosts
+    ma, mb = imap(a), imap(b)
+    try:
+        names = lambda m: [line.rsplit(b" ", 1)[-1].strip(b'"') for line in m.list()[1]]  # noqa: E731
+        assert ma.create("Projects")[0] == "OK"
+        assert ma.create("Projects.2027")[0] == "OK"
+        assert b.wait_for(lambda: b"Projects.2027" in names(mb), timeout=5)
+        assert mb.rename("Projects", "Work")[0] == "OK"
+        assert a.wait_for(lambda: b"Work.2027" in names(ma) and
+                          b"Projects.2027" not in names(ma), timeout=5)
+        # APPEND on A into the renamed folder, read on B: the same UIDVALIDITY, the message.
+        assert ma.append("Work.2027", None, None, message("in a renamed folder"))[0] == "OK"
+        mb.select("Work.2027")
+        assert b.wait_for(lambda: len(uids_of(mb)) == 1, timeout=5)
+        mb.close()
+        assert ma.delete("Work.2027")[0] == "OK"
+        assert b.wait_for(lambda: b"Work.2027" not in names(mb), timeout=5)
+        assert mb.select("Work.2027")[0] == "NO"
+    finally:
+        ma.logout()
+        mb.logout()
+
+
+def test_condstore_modseq_is_the_databases_on_both_hosts(hosts, pg_cluster):
+    a, b, db = hosts
+    deliver(a, message("modseq"))
+    ma, mb = imap(a), imap(b)
+    try:
+        for m in (ma, mb):
+            m._simple_command("ENABLE", "CONDSTORE")
+            m.select("INBOX")
+        uid = uids_of(ma)[-1]
+        typ, data = ma.uid("STORE", str(uid), "+FLAGS", r"(\Answered)")
+        shown = int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1))
+        row = lambda: int(sql(pg_cluster, db, "SELECT m.modseq FROM messages m JOIN folders f "  # noqa: E731
+                                              "ON f.id = m.folder_id JOIN accounts a ON "
+                                              "a.id = f.account_id WHERE f.name = 'INBOX' AND "
+                                              f"a.name = '{USER}' AND m.uid = {uid}"))
+        # Written through: the row gets the MODSEQ the client was shown (nobody else wrote).
+        assert a.wait_for(lambda: row() == shown, timeout=5), (row(), shown)
+
+        def seen_on_b() -> int:
+            typ, data = mb.uid("FETCH", str(uid), "(MODSEQ FLAGS)")
+            m = re.search(rb"MODSEQ \((\d+)\)", data[0])
+            return int(m.group(1)) if m and b"\\Answered" in data[0] else 0
+
+        assert b.wait_for(lambda: seen_on_b() == shown, timeout=5)
+    finally:
+        ma.logout()
+        mb.logout()
+
+
+def test_import_of_a_netsuite_maildir_keeps_its_index(pg_cluster, tmp_path):
+    from netsuite.store.maildir import MaildirStore
+
+    old = MaildirStore(tmp_path / "old")
+    inbox = old.folder("dave", "INBOX")
+    uids = [inbox.append(b"Subject: %d\n\nbody %d\n" % (i, i), flags) for i, flags in
+            enumerate([["\\Seen"], [], ["\\Flagged", "$Label1"], ["\\Seen", "\\Answered"]])]
+    inbox.expunge([uids[1]])  # a gap in the UIDs, as a real folder has
+    want = {m.uid: " ".join(sorted(m.flags)) for m in inbox.messages}
+    validity, uidnext = inbox.uidvalidity, inbox.next_uid
+    dsn = pg_cluster.new_database()
+    d = Daemon(tmp_path / "host", db_config(dsn), ["imap"])
+    d.cli("db", "init")
+    d.cli("user", "add", "dave", "--password-stdin", input="daves secret\n")
+    assert "dave/INBOX: 3 message(s)" in d.cli("import", "maildir",
+                                               str(tmp_path / "old" / "dave")).stdout
+    d.start()
+    try:
+        m = imaplib.IMAP4("127.0.0.1", d.port("imap"), timeout=30)
+        m.login("dave", "daves secret")
+        m.select("INBOX")
+        assert int(m.response("UIDVALIDITY")[1][0]) == validity
+        got = {}
+        for line in m.uid("FETCH", "1:*", "(FLAGS)")[1]:
+            uid = int(re.search(rb"UID (\d+)", line).group(1))
+            got[uid] = " ".join(sorted(re.search(rb"FLAGS \(([^)]*)\)", line).group(1)
+                                       .decode().split()))
+        assert got == want
+        assert f"UIDNEXT {uidnext}".encode() in m.status("INBOX", "(UIDNEXT)")[1][0]
+        m.logout()
+    finally:
+        d.stop()
