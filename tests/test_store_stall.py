@@ -522,3 +522,55 @@ def test_a_status_size_that_reads_unknown_sizes_does_not_delay_a_noop(make_daemo
     assert b"* STATUS Big (MESSAGES 101 SIZE %d)\r\n" % (100 * 20 + slow.wire_size()) in replies
     alice.close()
     other.close()
+
+
+def _unflagged(cur: Path, letter: str) -> int:
+    return sum(1 for name in os.listdir(cur) if letter not in name.partition(":2,")[2])
+
+
+def test_a_store_and_an_expunge_of_a_big_folder_do_not_hold_up_other_sessions(
+        make_daemon, tmp_path):
+    """
+    STORE and EXPUNGE rename or unlink a file per message on the reactor: over a
+    whole big folder they go a batch per turn, so another session's NOOP is
+    answered while they are half done (each rename and unlink slowed by 1 ms).
+    A reply written in one turn goes out in the next (after one more batch):
+    three batches of EXPUNGE at least, so that one is left when it does.
+    """
+    d, stall = _stalled_daemon(make_daemon, tmp_path)
+    box = d.maildir("alice")
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    count = 3000
+    for i in range(count):
+        (box / "cur" / f"{1600000000 + i}.M{i}P1.big:2,").write_bytes(
+            b"Subject: %d\n\nbody\n" % i)
+    worker, other = RawIMAP(d), RawIMAP(d)
+    for c in (worker, other):
+        c.login()
+        c.send(b"s SELECT INBOX\r\n")
+        assert b"* %d EXISTS\r\n" % count in c.until_tagged(b"s")
+    for name, command, letter in (
+            ("rename", b"t STORE 1:* +FLAGS.SILENT (\\Seen)", "S"),
+            ("unlink", b"t EXPUNGE", None)):
+        if letter is None:  # the expunge: everything \Deleted first (not slowed)
+            worker.send(b"p STORE 1:* +FLAGS.SILENT (\\Deleted)\r\n")
+            assert worker.until_tagged(b"p")[-1].startswith(b"p OK")
+        (stall / f"armed-{name}").touch()
+        worker.send(command + b"\r\n")
+        assert _wait((stall / f"slow-{name}").exists, 30)
+        other.send(b"n NOOP\r\n")
+        assert other.until_tagged(b"n")[-1].startswith(b"n OK")
+        # Answered while the command was still at work on the files.
+        left = _unflagged(box / "cur", letter) if letter else len(os.listdir(box / "cur"))
+        assert left > 0, f"NOOP answered only after the whole {command!r}"
+        assert worker.until_tagged(b"t")[-1].startswith(b"t OK")
+        (stall / f"armed-{name}").unlink()
+        left = _unflagged(box / "cur", letter) if letter else len(os.listdir(box / "cur"))
+        assert left == 0, (command, left)
+    worker.send(b"e NOOP\r\n")
+    assert worker.until_tagged(b"e")[-1].startswith(b"e OK")
+    other.send(b"e SEARCH ALL\r\n")  # every expunge told to the other session too
+    assert other.until_tagged(b"e")[-2:] == [b"* SEARCH\r\n", b"e OK SEARCH completed\r\n"]
+    for c in (worker, other):
+        c.close()

@@ -436,6 +436,10 @@ class IMAPServer(StopWhenIdle, GeneralCommands, LoginCommands, ListExtCommands,
                 if f.check(imap4.MailboxException):  # as when raised at once (above)
                     self._tagged(tag, b"NO", _response_code(f.value) + str(f.value).encode())
                     return None
+                if f.check(FolderGone):  # deleted while a STORE went a batch at a time
+                    self._deselect()
+                    self._tagged(tag, b"NO", b"[NONEXISTENT] Mailbox was deleted or renamed")
+                    return None
                 log.failure("IMAP {command} failed", f, command=name)
                 self._tagged(tag, b"NO", b"[SERVERBUG] Internal error")
 

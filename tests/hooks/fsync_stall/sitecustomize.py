@@ -3,7 +3,8 @@ Test hook, on the daemon's PYTHONPATH only in tests/test_store_stall.py: once
 C{$NETSUITE_TEST_FSYNC_STALL/armed} exists, every os.fsync takes 200 ms more,
 and leaves C{start-N} and C{done-N} files in that directory around the stall
 so that a test can order replies against it (not time them).  Once
-C{armed-rmdir} exists, every os.rmdir does the same.
+C{armed-rmdir} exists, every os.rmdir does the same; C{armed-rename} and
+C{armed-unlink} slow every os.rename and os.unlink by 1 ms (see L{_slowed}).
 """
 
 import itertools
@@ -51,3 +52,21 @@ if _DIR:
             _mark(f"done-{n}")
 
     os.rmdir = rmdir
+
+    def _slowed(real, name: str):
+        """Once C{armed-NAME} exists, every call takes 1 ms more; the first leaves C{slow-NAME}."""
+        armed = os.path.join(_DIR, f"armed-{name}")
+        seen = os.path.join(_DIR, f"slow-{name}")
+
+        def slow(*args, **kwargs):
+            if os.path.exists(armed):
+                if not os.path.exists(seen):
+                    _mark(f"slow-{name}")
+                time.sleep(0.001)
+            return real(*args, **kwargs)
+
+        return slow
+
+    # C{armed-rename}, C{armed-unlink}: a STORE or EXPUNGE of many messages, slowed.
+    os.rename = _slowed(os.rename, "rename")
+    os.unlink = _slowed(os.unlink, "unlink")
