@@ -488,6 +488,8 @@ class PgFolder:
             return []
         modseq = self._next_modseq()
         self._expunging.update(gone)
+        self.account.used(-sum(m.size for u in gone if (m := self.by_uid(u)) is not None),
+                          -len(gone))
         self._drop(set(gone))
         for u in gone:
             self._gone[u] = modseq
@@ -536,6 +538,7 @@ class PgFolder:
 
         def done(result) -> list[int]:
             uids, delta = result
+            self.account.used(sum(sql.wire_size(b) for b, _f, _d in bodies), len(uids))
             if self.loaded:
                 self._apply(delta, notify)
             return uids
@@ -556,6 +559,8 @@ class PgFolder:
 
         def done(result) -> list[tuple[int, int]]:
             pairs, delta = result
+            sizes = {m.uid: m.size for m in msgs}
+            dest.account.used(sum(sizes.get(src, 0) for src, _new in pairs), len(pairs))
             if delta is not None:
                 dest._apply(delta)
             return pairs

@@ -267,12 +267,12 @@ def insert_messages(conn: Any, blobs: IBlobStore, folder_id: int,
             "INSERT INTO messages (folder_id, uid, modseq, flags, keywords, internaldate, size, "
             "content_hash) VALUES (%s, %s, %s, %s, %s, "
             "coalesce(to_timestamp(%s), now()), %s, %s)",
-            [(folder_id, uid, modseq, *split_flags(flags), date, _wire_size(body), digest)
+            [(folder_id, uid, modseq, *split_flags(flags), date, wire_size(body), digest)
              for uid, (body, flags, date), digest in zip(uids, items, digests, strict=True)])
     return uids, modseq
 
 
-def _wire_size(data: bytes) -> int:
+def wire_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 

@@ -102,6 +102,11 @@ class PgAccount:
         self.store.db.run(batch).addCallbacks(done, failed).addBoth(
             lambda _: self._run_batch())
 
+    def used(self, size: int, count: int) -> None:
+        """This host's committed change of the account's usage: in the figure at once."""
+        octets, messages = self.usage
+        self.usage = (max(octets + size, 0), max(messages + count, 0))
+
     def folder_id(self, name: str) -> int | None:
         row = self.folders.get(name)
         return None if row is None else row[0]
@@ -207,7 +212,7 @@ class PgDelivery:
 
         store.start()
         d = store.db.run(work).addErrback(unavailable)
-        d.addCallback(store.delivered, self.user, self.folder)
+        d.addCallback(store.delivered, self.user, self.folder, sql.wire_size(body))
         return d
 
     def abort(self) -> None:
@@ -269,7 +274,9 @@ class PgMailStore:
         name = check_folder_name(folder)
         return PgDelivery(self, user, name)
 
-    def delivered(self, key: str, user: str, name: str) -> str:
+    def delivered(self, key: str, user: str, name: str, size: int = 0) -> str:
+        # The next quota check on this host counts it (another host's: at its next read).
+        self.account(user).used(size, 1)
         folder = self._folders.get((user, name))
         if folder is not None and not folder.deleted:
             folder.refresh()
