@@ -266,7 +266,8 @@ def worker_main() -> int:
         replacement.setServiceParent(top)
         runner.realm.set_relay(replacement)
         runner = replacement
-    if runner is not None:
+    if runner is not None and not runner.spool.shared:
+        # (A shared spool's counts are in PostgreSQL already: netsuite.queue.pgsendlog.)
         runner.sends = role.send_log(spec.config)
 
     failed: list[bool] = []

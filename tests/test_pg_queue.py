@@ -392,3 +392,31 @@ def test_workers_each_claim_from_the_database(make_daemon, pg_dsn, sink):
     counts = subjects(sink)
     assert all(counts[n] == 1 for n in names), {n: counts[n] for n in names if counts[n] != 1}
     assert "submit-only" not in d.log() and "Traceback" not in d.log()
+
+
+def test_hourly_sending_limit_counts_every_hosts_messages(make_daemon, pg_dsn, sink,
+                                                          pg_cluster):
+    """C{messages_per_hour} over two hosts: what a user sent through A counts on B (send_log)."""
+    sink.handler.messages.clear()
+    made = []
+    for name in ("la", "lb"):
+        config = host_config(pg_dsn, sink.port, name)
+        config["queue"]["messages_per_hour"] = 2
+        made.append(make_daemon(config=config, listeners=["smtps"], start=False))
+    a, b = made
+    a.cli("db", "init")
+    a.cli("user", "add", "alice", "--password-stdin", input="alice-pw\n")
+    for d in made:
+        d.start()
+    with connect(a) as s:
+        assert [send(s, "limit-1"), send(s, "limit-2")] == [250, 250], a.log()[-3000:]
+    assert int(pg_cluster.execute("SELECT count(*) FROM send_log WHERE user_name = 'alice'",
+                                  dbname(pg_dsn))) == 2
+    # B has sent nothing for alice, yet her third message of the hour is refused there
+    # (the first try: B read her count at the login) and on A alike.
+    for d in (b, a):
+        with connect(d) as s:
+            assert send(s, "limit-3") == 450, d.log()[-3000:]
+        assert d.wait_for(lambda d=d: "rate limit: user=alice sent 2 messages" in d.log())
+    assert sink.handler.wait(2)
+    assert "limit-3" not in subjects(sink)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twisted.logger import Logger
+from twisted.mail import smtp
 
 from netsuite import protocols
 from netsuite.cli import command
@@ -27,6 +28,7 @@ from netsuite.db.errors import DatabaseUnavailable
 from netsuite.db.pool import connect, database
 from netsuite.mailauth.service import load_signer
 from netsuite.queue import pgspool
+from netsuite.queue.pgsendlog import PgSendLog
 from netsuite.queue.runner import QueueRunner
 from netsuite.queue.spool import QUEUE_ID, Envelope, Spool
 from netsuite.queue.wire import header_block, parse_hostport
@@ -140,8 +142,12 @@ def start_queue(ctx, parent) -> None:
     runner = QueueRunner(ctx, settings)
     if ctx.config.store.backend == "postgresql":
         db = ctx.config.database
-        runner.spool = pgspool.PgSpool(database(db, ctx.reactor), ctx.config.data_dir / "queue",
-                                       db.lock_lease)
+        shared = database(db, ctx.reactor)
+        runner.spool = pgspool.PgSpool(shared, ctx.config.data_dir / "queue", db.lock_lease)
+        # The hourly sending limit counts over every host's messages.
+        runner.sends = PgSendLog(shared)
+        if settings.messages_per_hour > 0:
+            _read_counts_at_login(ctx.realm, runner.sends)
     runner.signer = load_signer(ctx.config)
     if ctx.config.checks.enabled:
         runner.authserv_id = ctx.config.checks.authserv_id or ctx.config.server.hostname
@@ -152,6 +158,27 @@ def start_queue(ctx, parent) -> None:
                  "queued mail is still delivered", realm=ctx.config.server.realm)
     else:
         set_relay(runner)
+
+
+def _read_counts_at_login(realm, sends: PgSendLog) -> None:
+    """
+    A submission login starts the read of its user's sending count, so that
+    its first message is checked against every host's count, not only this
+    host's (L{PgSendLog.count} answers from what it has read).
+    """
+    makers = getattr(realm, "avatar_makers", None)
+    if makers is None:
+        return
+    make = makers.get(smtp.IMessageDelivery)
+    if make is None:
+        return
+
+    def make_and_read(user):
+        if isinstance(user, str):
+            sends.count(user)
+        return make(user)
+
+    makers[smtp.IMessageDelivery] = make_and_read
 
 
 protocols.SERVICE_HOOKS.append(start_queue)
