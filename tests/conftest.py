@@ -18,7 +18,7 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ.setdefault("PYTHONPYCACHEPREFIX",
                       str(Path.home() / ".cache" / "netsuite-tests" / "pycache"))
 
-from harness import Daemon  # noqa: E402
+from harness import TEST_STORE, Daemon  # noqa: E402
 from pg import Cluster  # noqa: E402
 from queue_remote import Remote  # noqa: E402 (aiosmtpd: a test dependency in pyproject.toml)
 
@@ -77,3 +77,36 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where everything must run: {reason}"
+
+
+#: The mail suite: the modules that deliver, store or read mail.  With
+#: C{NETSUITE_TEST_STORE=postgresql} (the README's second pass) only they run,
+#: every daemon keeping its mail in PostgreSQL; the rest (FTP, TELNET, SSH, the
+#: code checks) never touches the store and ran in the first pass.  Also left
+#: out then: tests marked C{maildir_only} (about a backend of the data directory
+#: itself: the Maildir store's files, fsyncs, inotify, Dovecot on the same
+#: directory; the queue's spool on disk) and the C{test_pg_*} modules, which
+#: choose PostgreSQL themselves.
+MAIL_MODULES = ("test_imap", "test_pop3", "test_smtp", "test_lmtp", "test_store", "test_quota",
+                "test_queue", "test_mailauth", "test_plaintext_auth", "test_auth", "test_durable",
+                "test_shutdown", "test_workers", "test_throttle")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "maildir_only: about a backend of the data directory itself (the Maildir "
+                   "store's files, fsyncs, inotify, Dovecot on the same directory; the queue's "
+                   "spool on disk): not run with NETSUITE_TEST_STORE=postgresql")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_STORE != "postgresql":
+        return
+    keep, drop = [], []
+    for item in items:
+        name = item.path.stem
+        mail = name.startswith(MAIL_MODULES) and not name.startswith("test_pg_")
+        (keep if mail and item.get_closest_marker("maildir_only") is None else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -237,20 +237,28 @@ class Daemon:
 
         PasswordFile(self.data_dir / "passwd").set_password(name, password)
 
-    def deliver_local(self, user: str, data: bytes, folder: str = "INBOX") -> str:
+    @property
+    def in_postgresql(self) -> bool:
+        """Whether this daemon keeps its mail in PostgreSQL (L{TEST_STORE}, or its config)."""
+        return self.config.get("store", {}).get("backend") == "postgresql"
+
+    def deliver_local(self, user: str, data: bytes, folder: str = "INBOX",
+                      raw: bool = False) -> str:
         """
         Put a message into a user's folder as another delivery agent would, not
         through this daemon: a file in the Maildir, or the rows of the
         PostgreSQL store (its own code, on a connection of its own); its key.
+        C{raw}: the bytes exactly as given (CRLF kept), as a file in new/ holds them.
         """
-        if self.config.get("store", {}).get("backend") == "postgresql":
+        if self.in_postgresql:
             import psycopg
 
             from netsuite.store.pg import sql
             from netsuite.store.pg.blobs import PgBlobs
 
             with psycopg.connect(self.config["database"]["dsn"]) as conn:
-                return sql.deliver(conn, PgBlobs(), user, folder, data.replace(b"\r\n", b"\n"))
+                body = data if raw else data.replace(b"\r\n", b"\n")
+                return sql.deliver(conn, PgBlobs(), user, folder, body)
         from netsuite.store.maildir import MaildirStore
 
         delivery = MaildirStore(self.data_dir / "mail").delivery(user, folder)
@@ -280,6 +288,35 @@ class Daemon:
                 files.extend(p for p in (box / sub).iterdir() if not p.name.startswith("."))
         files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
         return [p.read_bytes() for p in files]
+
+    def tmp_files(self, user: str, folder: str = "") -> list[Path]:
+        """What is left in the Maildir's tmp/ (mail in PostgreSQL: nothing is written there)."""
+        tmp = self.maildir(user, folder) / "tmp"
+        if self.in_postgresql and not tmp.exists():
+            return []
+        return list(tmp.iterdir())
+
+    def system_flags(self, user: str, folder: str = "") -> list[str]:
+        """
+        Each message's system flags as Maildir letters, sorted (C{"ST"}): from the
+        file names in cur/ (a file in new/: C{""}), or from the rows; by UID or name.
+        """
+        if self.in_postgresql:
+            import psycopg
+
+            from netsuite.store.folder import FLAG_TO_LETTER
+
+            with psycopg.connect(self.config["database"]["dsn"]) as conn:
+                rows = conn.execute(
+                    "SELECT m.flags FROM messages m JOIN folders f ON f.id = m.folder_id "
+                    "JOIN accounts a ON a.id = f.account_id WHERE a.name = %s "
+                    "AND f.name = %s ORDER BY m.uid", (user, folder or "INBOX")).fetchall()
+            return ["".join(sorted(FLAG_TO_LETTER[f.lower()] for f in r[0])) for r in rows]
+        box = self.maildir(user, folder)
+        out = [(p.name, "") for p in (box / "new").iterdir()] if (box / "new").is_dir() else []
+        if (box / "cur").is_dir():
+            out += [(p.name, p.name.partition(":2,")[2]) for p in (box / "cur").iterdir()]
+        return [letters for _name, letters in sorted(out)]
 
     def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05):
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import TEST_STORE
 
 USERS = {"alice": "wonderland"}
 MiB = 1024 * 1024
@@ -91,6 +92,9 @@ def stored(d, user: str = "alice") -> list[Path]:
     return sorted(p for sub in ("new", "cur") for p in (root / sub).iterdir())
 
 
+@pytest.mark.xfail(TEST_STORE == "postgresql", strict=True,
+                   reason="the PostgreSQL store takes a message as bytes: a streamed APPEND "
+                          "is held in memory (a known gap, docs/scale-out.md)")
 def test_four_parallel_50_mib_appends_keep_memory_flat(make_daemon):
     d = make_daemon(listeners=["imap"], users=USERS,
                     config={"server": {"allow_plaintext_auth": True},
@@ -145,7 +149,7 @@ def test_four_parallel_50_mib_appends_keep_memory_flat(make_daemon):
                 h.update(block)
         got.append(h.hexdigest())
     assert sorted(got) == want
-    assert list((d.maildir("alice") / "tmp").iterdir()) == []
+    assert d.tmp_files("alice") == []
 
 
 def test_streamed_append_to_a_missing_folder_keeps_nothing(make_daemon):
@@ -157,9 +161,9 @@ def test_streamed_append_to_a_missing_folder_keeps_nothing(make_daemon):
     chunks, digest = big_message(1, 300_000)
     assert c.append(chunks(), 300_000, tag=b"b").startswith(b"b OK")
     c.close()
-    [only] = stored(d)
-    assert hashlib.sha256(only.read_bytes()).hexdigest() == digest.hexdigest()
-    assert list((d.maildir("alice") / "tmp").iterdir()) == []
+    [only] = d.messages("alice")
+    assert hashlib.sha256(only).hexdigest() == digest.hexdigest()
+    assert d.tmp_files("alice") == []
 
 
 @pytest.fixture
@@ -177,6 +181,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.maildir_only  # the Maildir on a full file system
 def test_append_on_a_full_disk_says_overquota_and_leaves_nothing(small_disk):
     from harness import Daemon
 
@@ -215,6 +220,7 @@ def test_append_on_a_full_disk_says_overquota_and_leaves_nothing(small_disk):
         d.stop()
 
 
+@pytest.mark.maildir_only  # the literal's file in the Maildir's tmp/
 def test_connection_lost_mid_append_removes_the_temporary_file(make_daemon):
     d = make_daemon(listeners=["imap"], users=USERS,
                     config={"server": {"allow_plaintext_auth": True}})

@@ -89,6 +89,7 @@ def fetch_all(d, what=CACHED) -> list:
     return per_message(data)
 
 
+@pytest.mark.maildir_only  # the Maildir cache file and message files
 def test_second_fetch_after_restart_reads_no_message_file(daemon):
     """ENVELOPE, BODYSTRUCTURE, BODY, header fields come from the cache, also after a restart.
 
@@ -109,6 +110,7 @@ def test_second_fetch_after_restart_reads_no_message_file(daemon):
     assert (daemon.data_dir / "mail" / "alice" / "netsuite-cache").exists()
 
 
+@pytest.mark.maildir_only  # the Maildir folder's cache file, corrupted
 def test_corrupt_or_torn_cache_is_ignored(daemon):
     for data in (SIMPLE, MULTIPART, THIRD):
         put(daemon, "alice", data)
@@ -141,6 +143,7 @@ def test_corrupt_or_torn_cache_is_ignored(daemon):
     assert cache.read_bytes().startswith(b"netsuite-cache 1\n")
 
 
+@pytest.mark.maildir_only  # the Maildir folder's cache file
 def test_cache_drops_expunged_messages(daemon):
     for data in (SIMPLE, MULTIPART, THIRD):
         put(daemon, "alice", data)
@@ -158,6 +161,7 @@ def test_cache_drops_expunged_messages(daemon):
     assert doomed not in cache.read_bytes()
 
 
+@pytest.mark.maildir_only  # a big Maildir folder written as files
 def test_flags_fetch_of_a_big_folder_in_chunks(daemon):
     """Over FLAGS_CHUNK messages FETCH (UID FLAGS) is written in paced chunks: all, in order."""
     from netsuite.imap.commands.fetch import FLAGS_CHUNK
@@ -191,6 +195,7 @@ def test_flags_fetch_of_a_big_folder_in_chunks(daemon):
     m.logout()
 
 
+@pytest.mark.maildir_only  # a flag changed by renaming a Maildir file
 def test_shared_flags_rendering_follows_every_change(daemon):
     """FETCH 1:* (UID FLAGS) bytes shared between sessions are dropped on any change."""
     for _ in range(3):

@@ -213,6 +213,7 @@ def test_keyword_nil_is_a_keyword_as_dovecot_has_it(daemon):
     r.close()
 
 
+@pytest.mark.maildir_only  # the Maildir folder's cache file
 def test_renderings_cached_before_the_route_fix_are_not_served(daemon):
     """ENVELOPE (and BODYSTRUCTURE, BODY: they hold envelopes) changed: new cache fields."""
     from netsuite.store.cache import CACHE_NAME, HEADER, record

@@ -19,9 +19,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from test_imap import MULTIPART, SIMPLE  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not Path("/usr/sbin/dovecot").exists()
-                                 or shutil.which("chown") is None,
-                                 reason="dovecot-imapd not installed")
+pytestmark = [pytest.mark.skipif(not Path("/usr/sbin/dovecot").exists()
+                                  or shutil.which("chown") is None,
+                                  reason="dovecot-imapd not installed"),
+              # Dovecot and netsuite on one Maildir directory: not with mail in PostgreSQL.
+              pytest.mark.maildir_only]
 
 MESSAGES = [
     SIMPLE, MULTIPART,

@@ -191,6 +191,7 @@ def test_searchres(box, daemon):
     assert m.fetch("$", "(UID)")[1] == [None]
 
 
+@pytest.mark.maildir_only  # message files rewritten behind the server
 def test_big_folder_second_sort_from_cache(daemon):
     """
     3000 messages: SORT and THREAD are right, and after a restart they come from the cache.
@@ -245,6 +246,7 @@ def test_big_folder_second_sort_from_cache(daemon):
     m.logout()
 
 
+@pytest.mark.maildir_only  # message files rewritten behind the server
 def test_keys_a_first_sort_did_not_need_come_from_the_cache(daemon):
     """
     A first SORT (SUBJECT) derives only the subject, and caches the other header fields

@@ -221,12 +221,12 @@ def test_big_append_utf8_streams_and_refused_one_leaves_nothing(daemon):
     old = connect(daemon, utf8=False)
     assert raw(old, append_utf8(big))[0] == b"BAD"
     old.logout()
-    assert list((daemon.maildir("alice") / "tmp").iterdir()) == []
+    assert daemon.tmp_files("alice") == []
     assert daemon.messages("alice") == []
     u = connect(daemon, utf8=True)
     assert raw(u, append_utf8(big))[0] == b"OK"
     assert daemon.messages("alice") == [big.replace(b"\r\n", b"\n")]
-    assert list((daemon.maildir("alice") / "tmp").iterdir()) == []
+    assert daemon.tmp_files("alice") == []
     u.logout()
 
 

@@ -143,6 +143,7 @@ def test_remote_down_then_up(make_daemon):
     assert d.wait_for(lambda: queue_ids(d) == [], 5)
 
 
+@pytest.mark.maildir_only  # the queue's spool on disk (PostgreSQL's: test_pg_queue)
 def test_sigkill_with_200_queued_all_arrive_after_restart(make_daemon):
     port = free_port()
     d = relay_daemon(make_daemon, port, min_backoff=0.5, max_backoff=1.0)
@@ -164,6 +165,7 @@ def test_sigkill_with_200_queued_all_arrive_after_restart(make_daemon):
     assert "200 message(s) recovered" in d.log()
 
 
+@pytest.mark.maildir_only  # the queue's spool on disk (PostgreSQL's: test_pg_queue)
 def test_recorded_250_is_not_resent_after_kill9(make_daemon, remote):
     """
     One message for two destinations: remote.test accepts, other.test stays silent.
@@ -261,6 +263,7 @@ def test_mail_loop_is_bounced_not_relayed(make_daemon, remote):
     assert remote.messages == []
 
 
+@pytest.mark.maildir_only  # the queue's spool on disk (PostgreSQL's: test_pg_queue)
 def test_queue_cli_list_show_flush_delete(make_daemon):
     port = free_port()
     d = relay_daemon(make_daemon, port, min_backoff=60, max_backoff=60)

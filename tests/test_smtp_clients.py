@@ -6,6 +6,7 @@ import os
 import subprocess
 
 import pexpect
+import pytest
 from tools import require
 
 
@@ -14,6 +15,7 @@ def swaks(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.maildir_only  # mutt reads the Maildir
 def test_swaks_mx_then_mutt_opens_the_maildir(make_daemon):
     d = make_daemon(listeners=["smtp"], users={"alice": "pw"})
     result = swaks("--server", "127.0.0.1", "--port", str(d.port("smtp")),

@@ -73,6 +73,7 @@ def test_delivery_is_byte_exact_with_dots_8bit_and_utf8(mx):
     assert b"for <alice@example.test>" in stored
 
 
+@pytest.mark.maildir_only  # the Maildir file's name and directory
 def test_maildir_file_name_carries_size_and_lands_in_new(mx):
     before = len(mx.messages("bob"))
     with smtplib.SMTP("127.0.0.1", mx.port("smtp"), timeout=10) as s:
@@ -158,7 +159,8 @@ def test_oversized_data_gets_552_and_session_goes_on(mx):
         s.sendmail("x@remote.test", ["bob@example.test"], b"Subject: small\r\n\r\nok\r\n")
     msgs = mx.wait_for(lambda: len(mx.messages("bob")) > before and mx.messages("bob"))
     assert len(msgs) == before + 1 and msgs[-1].endswith(b"ok\n")
-    assert not list((mx.maildir("bob") / "tmp").iterdir()), "partial file left in tmp/"
+    if not mx.in_postgresql:  # (no file to leave there)
+        assert not list((mx.maildir("bob") / "tmp").iterdir()), "partial file left in tmp/"
 
 
 def test_oversized_single_line_without_crlf(mx):

@@ -26,6 +26,10 @@ from netsuite.store.folder import (
     split_name,
 )
 
+#: Not with NETSUITE_TEST_STORE=postgresql (the test is about the Maildir store):
+#: the first open of a Maildir folder: UIDs given to its files.
+pytestmark = pytest.mark.maildir_only
+
 #: Names as Maildir writers make them, and the odd ones the helpers must
 #: send down their slow path: other widths, no dot, non-ASCII digits, colons
 #: that do not start an info, tabs, dot files.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from test_imap import USERS, connect
 
 from netsuite.store.maildir import MaildirStore
@@ -27,6 +28,7 @@ def test_second_login_makes_no_directories(tmp_path, monkeypatch):
     assert store.list_folders("alice") == ["INBOX", "Drafts", "Junk", "Sent", "Trash"]
 
 
+@pytest.mark.maildir_only  # the Maildir removed behind the server
 def test_mailbox_removed_between_logins_is_made_again(make_daemon):
     d = make_daemon(listeners=["imaps"], users=USERS)
     m = connect(d)

@@ -17,6 +17,10 @@ from test_imap import USERS, connect
 
 from netsuite.store.maildir import unique_name
 
+#: Not with NETSUITE_TEST_STORE=postgresql (the test is about the Maildir store):
+#: two daemons and mutt on one Maildir directory.
+pytestmark = pytest.mark.maildir_only
+
 SMTP_MESSAGES = 300  # split across both daemons, besides the third writer's
 WRITER_MESSAGES = 20
 

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 from test_imap import USERS, RawIMAP
 
+#: Not with NETSUITE_TEST_STORE=postgresql (the test is about the Maildir store):
+#: the Maildir store's fsyncs and directory reads, stalled by a hook.
+pytestmark = pytest.mark.maildir_only
+
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = Path(__file__).resolve().parent / "hooks" / "fsync_stall"
 

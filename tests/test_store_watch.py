@@ -14,6 +14,10 @@ from test_imap import SIMPLE, USERS, RawIMAP, connect, put
 from netsuite.store.folder import Folder
 from netsuite.store.maildir import MaildirStore, unique_name
 
+#: Not with NETSUITE_TEST_STORE=postgresql (the test is about the Maildir store):
+#: other programs' changes to Maildir files, seen through inotify.
+pytestmark = pytest.mark.maildir_only
+
 
 @pytest.fixture
 def daemon(make_daemon):
