@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from harness import Daemon
 
+from netsuite.store.pg.folder import WARM_ON_LOAD
+
 USER, PASSWORD = "alice", "alices secret"
 
 
@@ -447,3 +449,31 @@ def test_import_of_a_netsuite_maildir_keeps_its_index(pg_cluster, tmp_path):
         m.logout()
     finally:
         d.stop()
+
+
+def test_bodies_a_host_has_not_cached_are_fetched_off_the_reactor(hosts):
+    """
+    A folder B has never opened, filled behind both hosts: B's first load caches
+    the newest bodies only (folder.WARM_ON_LOAD); FETCH, SORT and SEARCH of the
+    older ones wait for them off the reactor (IMailFolder.bodies_ready), byte for byte.
+    """
+    a, b, _db = hosts
+    m = imap(a)
+    assert m.create("Old")[0] == "OK"
+    m.logout()
+    count = WARM_ON_LOAD + 120  # 1-40 fetched, 41-80 sorted, 81-120 searched first
+    for i in range(count):
+        a.deliver_local(USER, message(f"old-{i}", f"old body <{i}>"), "Old")
+    start = len(b.log())
+    m = imap(b)
+    assert b.wait_for(lambda: m.select("Old")[0] == "OK"), b.log()[-2000:]
+    typ, data = m.fetch("1:40", "(BODY.PEEK[])")
+    assert typ == "OK"
+    bodies = [d[1] for d in data if isinstance(d, tuple)]
+    assert bodies == [message(f"old-{i}", f"old body <{i}>") for i in range(40)]
+    typ, data = m.sort("(REVERSE SUBJECT)", "UTF-8", "41:80")
+    assert typ == "OK" and data[0].split() == [b"%d" % n for n in range(80, 40, -1)]
+    typ, data = m.search(None, "BODY", "\"old body <97>\"")
+    assert typ == "OK" and data[0] == b"98"
+    m.logout()
+    assert "on the reactor thread" not in b.log()[start:], b.log()[start:][-3000:]

@@ -37,6 +37,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python import threadable
 from twisted.python.threadpool import ThreadPool
 
 from netsuite.config import DatabaseConfig
@@ -166,6 +167,10 @@ class Database:
 
     def run_blocking(self, work: Callable[..., T], *args: Any) -> T:
         """The same in the calling thread (never the reactor's); L{DatabaseUnavailable}."""
+        if threadable.isInIOThread():
+            # Every session of the process waits meanwhile: a bug of the caller's, said.
+            log.warn("a database call on the reactor thread: {work}",
+                     work=getattr(work, "__qualname__", work))
         if self._unavailable and time.monotonic() < self._probe_at:
             raise DatabaseUnavailable(self._reason)
         delay = self.config.retry_delay

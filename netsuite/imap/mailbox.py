@@ -51,6 +51,9 @@ class ISessionMailbox(imap4.IMailboxInfo):
     def holds(folder):
         """Whether C{folder} (from the account) is the one selected."""
 
+    def bodies_ready(msgs):
+        """None, or a Deferred to wait for before reading many bodies (IMailFolder's)."""
+
     def copy_to(msgs, dest):
         """Copy into another folder: [(old uid, new uid)] (a hard link per message)."""
 
@@ -391,6 +394,9 @@ class SessionMailbox:
     def messages(self, uids) -> list[Message]:
         by_uid = self.folder.by_uid
         return [m for u in uids if (m := by_uid(u)) is not None]
+
+    def bodies_ready(self, msgs):
+        return self.folder.bodies_ready(msgs)
 
     def snapshot(self) -> list[Message] | None:
         folder = self.folder

@@ -143,6 +143,14 @@ class IMailFolder(Interface):
     def date_of(msg) -> int:
         """The internal date: O(1) once known, else one stat once."""
 
+    def bodies_ready(msgs):
+        """
+        None if every one of C{msgs} can be read (L{open}, L{read}) at once, as
+        from a local file (Maildir: always); otherwise a Deferred that fires
+        once they can (PostgreSQL: the bodies this host has not cached are
+        fetched off the reactor).  A caller about to read many waits for it.
+        """
+
     def open(msg):
         """The message file open for reading (a binary file): one open; L{KeyError} if gone."""
 

@@ -1751,6 +1751,10 @@ class Folder:
                     break
         raise KeyError(msg.uid)
 
+    def bodies_ready(self, msgs: Iterable[Message]) -> None:
+        """Every message is a local file: readable now."""
+        return None
+
     def open(self, msg: Message) -> BinaryIO:
         """The message file, open for reading; follows a rename by another program."""
         fd = self._open_fd(msg)

@@ -22,6 +22,10 @@ FETCH_BATCH = 256
 #: Messages per write (and per reactor turn) of a FETCH of UID/FLAGS only.
 FLAGS_CHUNK = 4096
 
+#: FETCH items answered from the index alone: no message body is read for them.
+INDEX_ONLY = frozenset({"UID", "FLAGS", "MODSEQ", "INTERNALDATE", "RFC822.SIZE", "EMAILID",
+                        "THREADID", "SAVEDATE"})
+
 #: FLAGS renderings of keyword-less messages by their Maildir info letters (bounded).
 _FLAG_BYTES: dict[str, bytes] = {}
 #: The same for messages that are \Recent in the session.
@@ -117,12 +121,30 @@ class FetchCommands(SessionBase):
             if out:
                 self.transport.writeSequence(out)
 
-        if len(targets) <= FETCH_BATCH:
-            for _ in render():
-                pass
-            done(None)
-            return None
-        return self._cooperate(render()).addCallback(done)
+        def answer(_=None):
+            if self._lost:
+                return None
+            if len(targets) <= FETCH_BATCH:
+                for _ in render():
+                    pass
+                done(None)
+                return None
+            return self._cooperate(render()).addCallback(done)
+
+        # Bodies not at hand (PostgreSQL: not in this host's cache) are fetched first,
+        # off the reactor, so that no read below waits.
+        ready = (mbox.bodies_ready(mbox.messages(targets))
+                 if any(a.name not in INDEX_ONLY for a in atts) else None)
+        if ready is None:
+            return answer()
+
+        def unavailable(failure):
+            failure.trap(OSError)
+            if not self._lost:
+                self._tagged(tag, b"NO", b"[UNAVAILABLE] The mail store is unavailable, "
+                                         b"try again later", allow_expunge=uid)
+
+        return ready.addCallbacks(answer, unavailable)
 
     def _fetch_flags(self, targets: list[int], atts, missing: list[int]) -> Iterator[bytes]:
         """

@@ -110,8 +110,17 @@ class SearchCommands(SessionBase):
     def _search_pairs(self, keys):
         """
         (seq, uid) of the messages matching C{keys}, in order: a list, or a
-        Deferred of one when the folder is big (a batch per reactor turn).
+        Deferred of one when the folder is big (a batch per reactor turn) or
+        when keys that read the messages must wait for their bodies
+        (L{netsuite.store.IMailFolder.bodies_ready}).
         """
+        if _reads_text(keys):
+            ready = self.mbox.bodies_ready(self.mbox.messages(list(self.mbox.uids)))
+            if ready is not None:
+                return ready.addCallback(lambda _: self._search_scan(keys))
+        return self._search_scan(keys)
+
+    def _search_scan(self, keys):
         mbox = self.mbox
         uids = list(mbox.uids)
         found: list[tuple[int, int]] = []
@@ -247,15 +256,30 @@ class _SearchContext:
         raise ParseError(f"Unknown search key {op}")
 
 
+#: Search keys that read the message (its headers or text), not only the index.
+_TEXT_KEYS = frozenset({"SENTBEFORE", "SENTON", "SENTSINCE", "FROM", "TO", "CC", "BCC",
+                        "SUBJECT", "HEADER", "BODY", "TEXT"})
+
+
+def _reads_text(keys) -> bool:
+    """Whether any key reads the messages themselves (L{_TEXT_KEYS})."""
+    return _has_key(keys, _TEXT_KEYS)
+
+
 def _uses_modseq(keys) -> bool:
     """Whether a MODSEQ key occurs anywhere in parsed search keys."""
+    return _has_key(keys, {"MODSEQ"})
+
+
+def _has_key(keys, ops) -> bool:
+    """Whether a key named in C{ops} occurs anywhere in parsed search keys (AND, NOT, OR)."""
     for key in keys:
         op = key[0]
-        if op == "MODSEQ":
+        if op in ops:
             return True
-        if op == "AND" and _uses_modseq(key[1]):
+        if op == "AND" and _has_key(key[1], ops):
             return True
-        if op in ("NOT", "OR") and _uses_modseq(key[1:]):
+        if op in ("NOT", "OR") and _has_key(key[1:], ops):
             return True
     return False
 

@@ -406,8 +406,17 @@ class SortCommands(SessionBase):
                 for gone in [b for b in memo if b not in live]:
                     del memo[gone]
 
-        if len(pairs) <= FETCH_BATCH:
-            for _ in work():
-                pass
-            return None
-        return self._cooperate(work())
+        def run(_=None):
+            if len(pairs) <= FETCH_BATCH:
+                for _ in work():
+                    pass
+                return None
+            return self._cooperate(work())
+
+        # Messages to be read the first time: their bodies at hand first (PostgreSQL:
+        # fetched off the reactor), so that no read in work() waits.
+        unread = [m for _seq, u in pairs if (m := by_uid(u)) is not None
+                  and m.base not in memo and cache.get(m.base, SORT_FIELD) is None] \
+            if need else []
+        ready = mbox.bodies_ready(unread) if unread else None
+        return run() if ready is None else ready.addCallback(run)

@@ -88,13 +88,20 @@ class LocalBodies:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        #: Digests known to be here (bodies never change nor go): no stat for them again.
+        self._known: set[bytes] = set()
 
     def path(self, digest: bytes) -> Path:
         name = digest.hex()
         return self.root / name[:2] / name
 
     def has(self, digest: bytes) -> bool:
-        return os.path.exists(self.path(digest))
+        if digest in self._known:
+            return True
+        if os.path.exists(self.path(digest)):
+            self._known.add(digest)
+            return True
+        return False
 
     def read(self, digest: bytes) -> bytes | None:
         try:
@@ -105,11 +112,12 @@ class LocalBodies:
 
     def write(self, digest: bytes, body: bytes) -> None:
         """Written to a temporary name and renamed: a reader never sees half a body."""
-        path = self.path(digest)
-        if os.path.exists(path):
+        if self.has(digest):
             return
+        path = self.path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(body)}.tmp")
         with open(tmp, "wb") as f:
             f.write(body)
         os.replace(tmp, path)
+        self._known.add(digest)

@@ -330,6 +330,28 @@ class PgFolder:
 
         return self.load().addCallback(fetch)
 
+    #: Bodies fetched per query by L{bodies_ready} (bounds the memory a big FETCH takes).
+    FETCH_GROUP = 64
+
+    def bodies_ready(self, msgs) -> defer.Deferred | None:
+        """
+        None if this host has every body cached; otherwise a Deferred fired
+        once the missing ones are fetched into the cache, off the reactor,
+        L{FETCH_GROUP} per query (so that L{read} never waits on the database).
+        """
+        missing = sorted({d for m in msgs if (d := self.digests.get(m.uid)) is not None
+                          and not self.bodies.has(d)})
+        if not missing:
+            return None
+
+        def work(conn) -> None:
+            for i in range(0, len(missing), self.FETCH_GROUP):
+                for digest, body in self.store.blobs.get(
+                        conn, missing[i:i + self.FETCH_GROUP]).items():
+                    self.bodies.write(digest, body)
+
+        return self.store.db.run(work).addErrback(unavailable)
+
     def file_path(self, msg: Message) -> Path:
         """The body's file in the local cache (fetched if missing): EMAILID's stat."""
         digest = self._digest(msg)
@@ -368,6 +390,7 @@ class PgFolder:
         def fetch(conn) -> bytes | None:
             return self.store.blobs.get(conn, [digest]).get(digest)
 
+        # (A caller that reads many waits for bodies_ready first: this is the odd one.)
         body = self.store.db.run_blocking(fetch)
         if body is None:
             raise KeyError(msg.uid)
