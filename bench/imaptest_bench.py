@@ -130,17 +130,14 @@ def parse_results(text: str, states: list[str], secs: int) -> tuple[dict[str, in
     return counts, sum(counts.values()) / seconds, (login_ms / login_n if login_n else 0.0)
 
 
-def run_imaptest(binary: Path, port: int, mbox: Path, clients: int, secs: int,
-                 work: Path, label: str) -> Run:
-    out = work / f"imaptest-{label}-{time.monotonic_ns()}.tsv"
-    cmd = [str(binary), "host=127.0.0.1", f"port={port}", f"user={USER}", f"pass={PASSWORD}",
-           f"mbox={mbox}", f"clients={clients}", f"secs={secs}", f"output={out}"]
-    env = dict(os.environ, LD_LIBRARY_PATH=DOVECOT_LIBS)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                              stdin=subprocess.DEVNULL, timeout=secs + 90)
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"imaptest against {label} did not finish in {secs + 90}s") from e
+def imaptest_command(binary: Path, port: int, mbox: Path, clients: int, secs: int,
+                     out: Path, user: str = USER) -> list[str]:
+    return [str(binary), "host=127.0.0.1", f"port={port}", f"user={user}", f"pass={PASSWORD}",
+            f"mbox={mbox}", f"clients={clients}", f"secs={secs}", f"output={out}"]
+
+
+def imaptest_run(done: subprocess.CompletedProcess, out: Path, secs: int, label: str) -> Run:
+    """One finished imaptest's figures (see L{parse_results}); L{BenchError} if it failed."""
     if done.returncode != 0 or "Totals:" not in done.stdout:
         raise BenchError(f"imaptest against {label} exited {done.returncode}:\n"
                          f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -152,6 +149,19 @@ def run_imaptest(binary: Path, port: int, mbox: Path, clients: int, secs: int,
     if not counts.get("Logi"):
         raise BenchError(f"no LOGIN succeeded against {label}:\n{done.stderr[-2000:]}")
     return Run(ops_s, login_ms, len(messages), counts, messages)
+
+
+def run_imaptest(binary: Path, port: int, mbox: Path, clients: int, secs: int,
+                 work: Path, label: str) -> Run:
+    out = work / f"imaptest-{label}-{time.monotonic_ns()}.tsv"
+    cmd = imaptest_command(binary, port, mbox, clients, secs, out)
+    env = dict(os.environ, LD_LIBRARY_PATH=DOVECOT_LIBS)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=secs + 90)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"imaptest against {label} did not finish in {secs + 90}s") from e
+    return imaptest_run(done, out, secs, label)
 
 
 def common_errors(messages: list[str], n: int = 3) -> list[tuple[int, str]]:
