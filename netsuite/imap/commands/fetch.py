@@ -133,7 +133,8 @@ class FetchCommands(SessionBase):
 
         # Bodies not at hand (PostgreSQL: not in this host's cache) are fetched first,
         # off the reactor, so that no read below waits.
-        ready = (mbox.bodies_ready(mbox.messages(targets))
+        # (A generator: a store that is always ready, Maildir, never walks it.)
+        ready = (mbox.bodies_ready(m for u in targets if (m := mbox.message(u)) is not None)
                  if any(a.name not in INDEX_ONLY for a in atts) else None)
         if ready is None:
             return answer()

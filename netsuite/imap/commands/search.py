@@ -115,7 +115,9 @@ class SearchCommands(SessionBase):
         (L{netsuite.store.IMailFolder.bodies_ready}).
         """
         if _reads_text(keys):
-            ready = self.mbox.bodies_ready(self.mbox.messages(list(self.mbox.uids)))
+            by_uid = self.mbox.message
+            ready = self.mbox.bodies_ready(
+                m for u in list(self.mbox.uids) if (m := by_uid(u)) is not None)
             if ready is not None:
                 return ready.addCallback(lambda _: self._search_scan(keys))
         return self._search_scan(keys)

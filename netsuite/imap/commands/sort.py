@@ -413,10 +413,10 @@ class SortCommands(SessionBase):
                 return None
             return self._cooperate(work())
 
-        # Messages to be read the first time: their bodies at hand first (PostgreSQL:
-        # fetched off the reactor), so that no read in work() waits.
-        unread = [m for _seq, u in pairs if (m := by_uid(u)) is not None
-                  and m.base not in memo and cache.get(m.base, SORT_FIELD) is None] \
-            if need else []
-        ready = mbox.bodies_ready(unread) if unread else None
+        # Bodies at hand first (PostgreSQL: those not cached here fetched off the
+        # reactor), so that no read in work() waits; a generator, which a store that
+        # is always ready (Maildir) never walks.
+        ready = mbox.bodies_ready(
+            m for _seq, u in pairs if (m := by_uid(u)) is not None and m.base not in memo
+        ) if need else None
         return run() if ready is None else ready.addCallback(run)

@@ -40,7 +40,15 @@ from zope.interface import implementer
 
 from netsuite.db.errors import DatabaseUnavailable
 from netsuite.store import IMailFolder
-from netsuite.store.folder import FLAG_TO_LETTER, Changes, FolderGone, Message, to_disk, to_wire
+from netsuite.store.folder import (
+    FLAG_TO_LETTER,
+    Changes,
+    FolderGone,
+    Message,
+    to_disk,
+    to_wire,
+    wire_size,
+)
 from netsuite.store.pg import sql
 from netsuite.store.pg.blobs import LocalBodies, content_hash
 
@@ -561,7 +569,7 @@ class PgFolder:
 
         def done(result) -> list[int]:
             uids, delta = result
-            self.account.used(sum(sql.wire_size(b) for b, _f, _d in bodies), len(uids))
+            self.account.used(sum(wire_size(b) for b, _f, _d in bodies), len(uids))
             if self.loaded:
                 self._apply(delta, notify)
             return uids

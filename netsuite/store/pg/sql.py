@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from netsuite.store.folder import wire_size
 from netsuite.store.pg.blobs import IBlobStore, content_hash
 
 #: The NOTIFY channel; payloads C{f FOLDER_ID MODSEQ} (a folder changed) and
@@ -270,10 +271,6 @@ def insert_messages(conn: Any, blobs: IBlobStore, folder_id: int,
             [(folder_id, uid, modseq, *split_flags(flags), date, wire_size(body), digest)
              for uid, (body, flags, date), digest in zip(uids, items, digests, strict=True)])
     return uids, modseq
-
-
-def wire_size(data: bytes) -> int:
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def deliver(conn: Any, blobs: IBlobStore, user: str, folder: str, body: bytes) -> str:

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netsuite.store import IDeliveryFile, IMailStore
-from netsuite.store.folder import to_disk
+from netsuite.store.folder import to_disk, wire_size
 from netsuite.store.maildir import BadFolderName, check_folder_name
 from netsuite.store.pg import sql
 from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash
@@ -212,7 +212,7 @@ class PgDelivery:
 
         store.start()
         d = store.db.run(work).addErrback(unavailable)
-        d.addCallback(store.delivered, self.user, self.folder, sql.wire_size(body))
+        d.addCallback(store.delivered, self.user, self.folder, wire_size(body))
         return d
 
     def abort(self) -> None:
