@@ -2,16 +2,15 @@
 The queue's hourly sending counts shared by every host, in PostgreSQL
 (C{queue.messages_per_hour} with C{[store] backend = "postgresql"}).
 
-L{netsuite.queue.runner.QueueRunner.writer} asks for a user's count
-synchronously, in the middle of an SMTP transaction, so the count is
-answered from this process's mirror of the C{send_log} rows: every question
-also reads that user's count again on a database thread, and every accepted
-message is added to the mirror at once and written as one row.  The figure a
-host answers with is therefore at most one question old: a user spread over
-several hosts is held to the limit, with at most one message per host of
-overshoot while the read is on its way (as C{usage()} checks quotas).  While
-the database is unavailable the mirror keeps counting this host's messages
-alone, and says so once.
+A message is counted as it is committed (L{PgSendLog.reserve}): one
+transaction under an advisory lock on the user counts the C{send_log} rows of
+the last hour and adds one when under the limit, so sessions of one user on
+several hosts racing for the last message cannot both have it.  The earlier,
+synchronous check at C{DATA} (L{netsuite.queue.runner.QueueRunner.writer})
+answers from this process's mirror, refreshed on a database thread by every
+question and by every submission login, so a user already over the limit is
+mostly refused before sending the body.  While the database is unavailable the
+mirror keeps counting this host's messages alone, and says so once.
 """
 
 from __future__ import annotations
@@ -20,8 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from netsuite.db.errors import DatabaseUnavailable
 from netsuite.queue.sendlog import WINDOW, SendLog
 
 log = Logger(namespace="netsuite.queue")
@@ -33,11 +35,17 @@ def _count(conn: Any, user: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _add(conn: Any, user: str, sweep: bool) -> None:
-    conn.execute("INSERT INTO send_log (user_name) VALUES (%s)", (user,))
+def _reserve(conn: Any, user: str, limit: int, sweep: bool) -> int:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     ("send_log:" + user,))
+        n = _count(conn, user)
+        if n < limit:
+            conn.execute("INSERT INTO send_log (user_name) VALUES (%s)", (user,))
     if sweep:
         conn.execute("DELETE FROM send_log WHERE at <= now() - make_interval(secs => %s)",
                      (WINDOW,))
+    return n
 
 
 class PgSendLog(SendLog):
@@ -49,8 +57,8 @@ class PgSendLog(SendLog):
     def __init__(self, db: Any, clock: Callable[[], float] = time.monotonic):
         super().__init__(clock)
         self.db = db
-        #: user -> (the database's count when last read, this host's adds since then)
-        self._known: dict[str, tuple[int, int]] = {}
+        #: user -> the database's count when last read or reserved
+        self._known: dict[str, int] = {}
         self._reading: set[str] = set()
         self._added = 0
         self._failing = False
@@ -58,31 +66,35 @@ class PgSendLog(SendLog):
     def count(self, user: str) -> int:
         local = super().count(user)
         self._read(user)
-        known = self._known.get(user)
-        if known is None:
-            return local
-        return max(local, known[0] + known[1])
+        return max(local, self._known.get(user, 0))
 
-    def add(self, user: str) -> None:
-        super().add(user)
-        base, since = self._known.get(user, (0, 0))
-        self._known[user] = (base, since + 1)
+    def reserve(self, user: str, limit: int) -> defer.Deferred:
         self._added += 1
         sweep = self._added % self.sweep_every == 0
-        self.db.run(_add, user, sweep).addCallbacks(self._worked, self._failed)
+
+        def counted(n: int) -> int:
+            self._worked(None)
+            if n < limit:
+                SendLog.add(self, user)  # the local count, for a database that goes away
+            self._known[user] = n + 1 if n < limit else n
+            return n
+
+        def away(failure: Failure) -> defer.Deferred:
+            failure.trap(DatabaseUnavailable)
+            self._failed(failure)
+            return SendLog.reserve(self, user, limit)
+
+        return self.db.run(_reserve, user, limit, sweep).addCallbacks(counted, away)
 
     def _read(self, user: str) -> None:
         if user in self._reading:
             return
         self._reading.add(user)
-        pending = self._known.get(user, (0, 0))[1]
 
         def got(n: int) -> None:
             self._reading.discard(user)
             self._worked(None)
-            # Adds made while the read was on its way may not be in its answer yet.
-            still = self._known.get(user, (0, 0))[1] - pending
-            self._known[user] = (n, max(still, 0))
+            self._known[user] = n
 
         def failed(failure) -> None:
             self._reading.discard(user)

@@ -202,6 +202,13 @@ class QueueWriter:
         content = b"".join(self._chunks)
         self._chunks = []
         spill, self._spill = self._spill, None
+        if spill is not None:  # its last buffer (at most 64 KiB) flushed before it is read
+            try:
+                spill.close()
+            except OSError:  # a full disk
+                if self._spill_path is not None:
+                    self._spill_path.unlink(missing_ok=True)
+                return defer.fail()
         env = Envelope(id="", sender=self.sender,
                        recipients=[Recipient(a) for a in self.recipients],
                        user=self.user, size=self.size, hops=self.hops, eightbit=self.eightbit)
@@ -211,8 +218,6 @@ class QueueWriter:
         def store():
             nonlocal signed
             try:
-                if spill is not None:
-                    spill.close()
                 if self.user is not None:  # submitted: signed on its way out
                     whole = content if spill is None else self._spill_path.read_bytes()
                     signed = self.runner.dkim_sign(whole, self.sender)
@@ -229,9 +234,17 @@ class QueueWriter:
                     self._spill_path.unlink(missing_ok=True)
                 raise
 
+        def refused(f: Failure) -> Failure:
+            # Over the limit after all (another worker or host sent meanwhile).
+            if self._spill_path is not None:
+                self._spill_path.unlink(missing_ok=True)
+            return f
+
+        d = self.runner.admit(self.user)
+        d.addErrback(refused)
         if spool.shared:
-            return self._commit_shared(env, content, spill is not None)
-        d = self.runner.disk(store)
+            return d.addCallback(lambda _: self._commit_shared(env, content, spill is not None))
+        d.addCallback(lambda _: self.runner.disk(store))
         d.addCallback(lambda _: self.runner.accepted(env, None if spill else signed + content))
         return d
 
@@ -441,17 +454,37 @@ class QueueRunner(service.Service):
         if user is not None and self.settings.messages_per_hour > 0:
             sent = self.sends.count(user)
             if sent >= self.settings.messages_per_hour:
-                log.warn("rate limit: user={user} sent {n} messages in the last hour",
-                         user=user, n=sent, event="refused", reason="rate_limited")
-                raise smtp.SMTPServerError(
-                    450, b"4.7.1 Error: too many messages sent in the last hour, "
-                         b"try again later")
+                raise self._over_limit(user, sent)
         return QueueWriter(self, _addr(sender), [_addr(r) for r in recipients], user,
                            forwarded_by)
 
+    def admit(self, user: str | None) -> defer.Deferred:
+        """
+        The hourly limit once more as a message is committed, and the message
+        counted: L{writer}'s check answers from what this process knows, this
+        one is atomic over every worker (and, on PostgreSQL, every host), so
+        two sessions racing on two hosts cannot both take the last message.
+        A message refused after this (a full disk) still counts: rare, and on
+        the side of the limit.
+        """
+        limit = self.settings.messages_per_hour
+        if user is None or limit <= 0:
+            return defer.succeed(None)
+
+        def checked(sent: int) -> None:
+            if sent >= limit:
+                raise self._over_limit(user, sent)
+
+        return self.sends.reserve(user, limit).addCallback(checked)
+
+    @staticmethod
+    def _over_limit(user: str, sent: int) -> smtp.SMTPServerError:
+        log.warn("rate limit: user={user} sent {n} messages in the last hour",
+                 user=user, n=sent, event="refused", reason="rate_limited")
+        return smtp.SMTPServerError(
+            450, b"4.7.1 Error: too many messages sent in the last hour, try again later")
+
     def accepted(self, env: Envelope, content: bytes | None = None) -> None:
-        if env.user is not None and self.settings.messages_per_hour > 0:
-            self.sends.add(env.user)
         log.info("queued: id={message_id} from=<{sender}> nrcpt={n} size={size} user={user}",
                  message_id=env.id, sender=env.sender, n=len(env.recipients), size=env.size,
                  user=env.user or "-", event="queued")

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from netsuite.auth.shared_throttle import connect, transaction
@@ -47,6 +48,17 @@ class SendLog:
 
     def add(self, user: str) -> None:
         self._sent.setdefault(user, deque()).append(self.clock())
+
+    def reserve(self, user: str, limit: int) -> defer.Deferred:
+        """
+        C{user}'s count before this message; the message is counted (L{add})
+        when that count is under C{limit}, in one step, so that sessions
+        racing for the last message cannot both have it.
+        """
+        n = self.count(user)
+        if n < limit:
+            self.add(user)
+        return defer.succeed(n)
 
 
 class SharedSendLog(SendLog):
@@ -92,14 +104,32 @@ class SharedSendLog(SendLog):
         db = self._conn()
         if db is None:
             return super().add(user)
-        now = self.clock()
         try:
             with transaction(db):
-                db.execute("INSERT INTO sent (user, t) VALUES (?, ?)", (user, now))
-                self._added += 1
-                if self._added % self.sweep_every == 0:
-                    db.execute("DELETE FROM sent WHERE t <= ?", (now - WINDOW,))
+                self._insert(db, user, self.clock())
         except sqlite3.Error:
             self._give_up()
             super().add(user)
         return None
+
+    def reserve(self, user: str, limit: int) -> defer.Deferred:
+        db = self._conn()
+        if db is None:
+            return super().reserve(user, limit)
+        now = self.clock()
+        try:
+            with transaction(db):  # IMMEDIATE: no other worker counts in between
+                (n,) = db.execute("SELECT count(*) FROM sent WHERE user = ? AND t > ?",
+                                  (user, now - WINDOW)).fetchone()
+                if n < limit:
+                    self._insert(db, user, now)
+        except sqlite3.Error:
+            self._give_up()
+            return super().reserve(user, limit)
+        return defer.succeed(n)
+
+    def _insert(self, db: sqlite3.Connection, user: str, now: float) -> None:
+        db.execute("INSERT INTO sent (user, t) VALUES (?, ?)", (user, now))
+        self._added += 1
+        if self._added % self.sweep_every == 0:
+            db.execute("DELETE FROM sent WHERE t <= ?", (now - WINDOW,))
