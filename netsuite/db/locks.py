@@ -70,11 +70,12 @@ class Held:
         return self.locks.db.run(_renew, self.name, self.holder, self.locks.lease).addCallbacks(
             renewed, lambda f: None)  # the database is away: try again next time
 
-    def release(self) -> None:
+    def release(self) -> defer.Deferred:
+        """Give the lock back: a Deferred that fires (never fails) once it is free."""
         if not self._renewal.running:
-            return
+            return defer.succeed(None)
         self._renewal.stop()
-        self.locks.db.run(_release, self.name, self.holder).addErrback(
+        return self.locks.db.run(_release, self.name, self.holder).addErrback(
             lambda f: None)  # it expires by itself
 
 

@@ -166,13 +166,20 @@ class POP3Mailbox:
     def _changed(self, folder, changes) -> None:
         """POP3 keeps the list it had at login (RFC 1939); nothing to do."""
 
-    def logout(self) -> None:
+    def unlock(self) -> defer.Deferred:
+        """
+        Give the maildrop lock back (QUIT's UPDATE state, then L{logout}): a
+        Deferred that fires once it is free, also on other hosts, so that a
+        client reconnecting at once after QUIT's +OK is not refused [IN-USE].
+        """
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
         held, self.shared_lock = self.shared_lock, None
-        if held is not None:
-            held.release()
+        return held.release() if held is not None else defer.succeed(None)
+
+    def logout(self) -> None:
+        self.unlock()
         self.store.unwatch(self.folder, self._changed)
 
 

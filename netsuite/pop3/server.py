@@ -451,7 +451,15 @@ class POP3Server(StopWhenIdle, pop3.POP3, CommandDeadline):
             log.failure("POP3 UPDATE state", f)
             self.transport.write(wire.err("Some deleted messages were not removed"))
 
-        d = defer.maybeDeferred(self.mbox.sync).addCallbacks(done, failed)
+        def unlocked(result):
+            # RFC 1939 6: the lock is released as the session ends; before the
+            # +OK here, so a client that reconnects at once finds it free.
+            unlock = getattr(self.mbox, "unlock", None)
+            if unlock is None:
+                return result
+            return unlock().addBoth(lambda _: result)
+
+        d = defer.maybeDeferred(self.mbox.sync).addBoth(unlocked).addCallbacks(done, failed)
         d.addBoth(lambda _: self.transport.loseConnection())
         d.addBoth(self._resume)
 
