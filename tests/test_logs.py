@@ -9,6 +9,7 @@ same; the plain format reads as before.
 from __future__ import annotations
 
 import imaplib
+import io
 import json
 import poplib
 import re
@@ -19,6 +20,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from twisted.logger import LogLevel, textFileLogObserver
+from twisted.python.failure import Failure
 
 from netsuite import logs
 from netsuite.config import ConfigError, load
@@ -245,7 +248,9 @@ def test_log_format_is_validated(tmp_path):
 def test_destination_follows_twistd_options(tmp_path):
     """Where json_observer writes: twistd's own choice (UnixAppLogger._getLogObserver)."""
     assert logs._destination(None) is sys.stdout
-    assert logs._destination({"logfile": "-"}) is sys.stdout
+    assert logs._destination({"logfile": "-", "nodaemon": True}) is sys.stdout
+    with pytest.raises(SystemExit):  # as twistd: a daemon has no stdout
+        logs._destination({"logfile": "-", "nodaemon": False})
     assert logs._destination({"logfile": None, "nodaemon": True}) is sys.stdout
     out = logs._destination({"logfile": str(tmp_path / "x.log"), "nodaemon": True})
     try:
@@ -254,10 +259,11 @@ def test_destination_follows_twistd_options(tmp_path):
         out.close()
 
 
-def test_use_twistd_options_sets_the_logger_only_for_json():
+def test_use_twistd_options_sets_the_logger_unless_one_is_given():
     opts: dict = {"logger": None, "syslog": False}
     logs.use_twistd_options(opts, "plain")
-    assert opts["logger"] is None
+    assert opts["logger"] == "netsuite.logs.text_observer"
+    opts = {"logger": None, "syslog": False}
     logs.use_twistd_options(opts, "json")
     assert opts["logger"] == "netsuite.logs.json_observer"
     mine: dict = {"logger": "my.observer", "syslog": False}
@@ -267,6 +273,33 @@ def test_use_twistd_options_sets_the_logger_only_for_json():
     logs.use_twistd_options(syslog, "json")
     assert syslog["logger"] is None
     logs.use_twistd_options(None, "json")  # not under twistd: nothing to set
+
+
+def test_text_observer_writes_what_twistds_text_observer_writes():
+    """Byte for byte, across second boundaries (the stamp is kept per second)."""
+    failure = Failure(ZeroDivisionError("a traceback, indented line by line"))
+    base = 1_780_000_000.0
+    times = [base, base + 0.25, base + 0.9999994, base + 0.9999996, base + 1.0, base + 1.5,
+             base + 3600.2, base - 0.0000004, None]
+    events = []
+    for i, when in enumerate(times):
+        event = {"log_format": "line {n} for {user}\nsecond line", "n": i, "user": "alice",
+                 "log_namespace": "netsuite.smtp", "log_level": LogLevel.info}
+        if when is not None:
+            event["log_time"] = when
+        if i % 3 == 1:
+            event["log_system"] = "SMTP,3,127.0.0.1"
+        if i == 4:
+            event["log_failure"] = failure
+        events.append(event)
+    events.append({"log_time": base})  # no format: no line at all
+    mine, twistds = io.StringIO(), io.StringIO()
+    ours, theirs = logs.text_observer(mine), textFileLogObserver(twistds)
+    for event in events:
+        ours(dict(event))
+        theirs(dict(event))
+    assert mine.getvalue() == twistds.getvalue()
+    assert mine.getvalue().count("\n\tsecond line") == len(times)
 
 
 def test_fields_of_an_event():
