@@ -128,8 +128,8 @@ def main() -> int:
         hosts = {"maildir": daemon(root, "maildir", None), "postgresql": daemon(root, "pg", dsn)}
         made.extend(hosts.values())
         for d in hosts.values():  # the big folder, put in as another delivery agent would
-            for i in range(args.messages):
-                d.deliver_local(USER, b"Subject: %d\n\nbody %d\n" % (i, i))
+            d.deliver_many(USER, (b"Subject: %d\n\nbody %d\n" % (i, i)
+                                  for i in range(args.messages)))
 
         def measure(name: str) -> dict[str, float]:
             d = hosts[name]

@@ -6,6 +6,7 @@ C{DATA/run/listening.json} once every listener is up.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,31 @@ def seed_host_keys(data_dir: Path) -> None:
     shutil.copytree(_HOST_KEYS, target)
 
 
-#: C{NETSUITE_TEST_STORE=postgresql}: every daemon whose test does not choose a
-#: store itself keeps its mail in PostgreSQL (a fresh database each, on one
-#: throwaway cluster for the run: L{pg.shared_cluster}), so that a mail test
-#: module runs against both stores.
+#: The store of daemons whose test does not choose one itself: C{postgresql}
+#: puts their mail in PostgreSQL (a fresh database each, on one throwaway
+#: cluster per process: L{pg.shared_cluster}).  Set by the C{mail_store}
+#: fixture (conftest.py), with which the mail suite runs against both stores;
+#: a benchmark takes it from C{NETSUITE_TEST_STORE}.
 TEST_STORE = os.environ.get("NETSUITE_TEST_STORE", "maildir")
+
+
+#: Set by tests/conftest.py: the suite's users get L{test_hash}es.  Off for the
+#: benchmarks (which use this harness too): they measure logins at full cost.
+CHEAP_HASHES = False
+
+
+@functools.cache
+def test_hash(password: str) -> str:
+    """
+    An argon2id hash of C{password} at the lowest cost (1 pass, 8 KiB) for
+    the users tests add: the full cost (64 MiB, ~0.15 s of CPU to make and
+    again to verify in each daemon) was 40% of the CPU of test_imap and
+    test_pop3, and proves nothing a test checks.  C{netsuite user add}, the tests of the
+    password file (test_passwdfile) and the benchmarks keep the full cost.
+    """
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(password)
 
 
 def all_listeners() -> list[str]:
@@ -232,10 +254,18 @@ class Daemon:
         return result
 
     def add_user(self, name: str, password: str) -> None:
-        """Add a user through the same PasswordFile code the CLI uses (fast path)."""
+        """
+        Add a user through the same PasswordFile code the CLI uses; in the test
+        suite (L{CHEAP_HASHES}) with a cheap argon2id hash (L{test_hash}), which
+        the daemon verifies with the parameters it carries, as a full-cost one.
+        """
         from netsuite.auth.passwdfile import PasswordFile
 
-        PasswordFile(self.data_dir / "passwd").set_password(name, password)
+        passwd = PasswordFile(self.data_dir / "passwd")
+        if CHEAP_HASHES:
+            passwd.set_hash(name, test_hash(password))
+        else:
+            passwd.set_password(name, password)
 
     @property
     def in_postgresql(self) -> bool:
@@ -250,6 +280,11 @@ class Daemon:
         PostgreSQL store (its own code, on a connection of its own); its key.
         C{raw}: the bytes exactly as given (CRLF kept), as a file in new/ holds them.
         """
+        return self.deliver_many(user, [data], folder, raw)[0]
+
+    def deliver_many(self, user: str, messages: Iterable[bytes], folder: str = "INBOX",
+                     raw: bool = False) -> list[str]:
+        """L{deliver_local} for each of C{messages}, on one database connection."""
         if self.in_postgresql:
             import psycopg
 
@@ -257,13 +292,19 @@ class Daemon:
             from netsuite.store.pg.blobs import PgBlobs
 
             with psycopg.connect(self.config["database"]["dsn"]) as conn:
-                body = data if raw else data.replace(b"\r\n", b"\n")
-                return sql.deliver(conn, PgBlobs(), user, folder, body)
+                blobs = PgBlobs()
+                return [sql.deliver(conn, blobs, user, folder,
+                                    data if raw else data.replace(b"\r\n", b"\n"))
+                        for data in messages]
         from netsuite.store.maildir import MaildirStore
 
-        delivery = MaildirStore(self.data_dir / "mail").delivery(user, folder)
-        delivery.write(data)
-        return delivery._finish()
+        store = MaildirStore(self.data_dir / "mail")
+        keys = []
+        for data in messages:
+            delivery = store.delivery(user, folder)
+            delivery.write(data)
+            keys.append(delivery._finish())
+        return keys
 
     def maildir(self, user: str, folder: str = "") -> Path:
         path = self.data_dir / "mail" / user

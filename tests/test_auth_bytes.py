@@ -37,7 +37,7 @@ class Lines:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
+def daemon(tmp_path_factory, mail_store):
     from harness import Daemon
 
     d = Daemon(tmp_path_factory.mktemp("authbytes"), config={

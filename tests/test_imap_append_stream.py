@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import TEST_STORE
 
 USERS = {"alice": "wonderland"}
 MiB = 1024 * 1024
@@ -92,9 +91,8 @@ def stored(d, user: str = "alice") -> list[Path]:
     return sorted(p for sub in ("new", "cur") for p in (root / sub).iterdir())
 
 
-@pytest.mark.xfail(TEST_STORE == "postgresql", strict=True,
-                   reason="the PostgreSQL store takes a message as bytes: a streamed APPEND "
-                          "is held in memory (a known gap, docs/scale-out.md)")
+@pytest.mark.xfail_on_postgresql("the PostgreSQL store takes a message as bytes: a streamed "
+                                  "APPEND is held in memory (a known gap, docs/scale-out.md)")
 def test_four_parallel_50_mib_appends_keep_memory_flat(make_daemon):
     d = make_daemon(listeners=["imap"], users=USERS,
                     config={"server": {"allow_plaintext_auth": True},

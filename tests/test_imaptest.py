@@ -94,7 +94,7 @@ def imaptest() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, imaptest):
+def server(tmp_path_factory, mail_store, imaptest):
     """One daemon for every group (each runs in a mailbox of its own) and its capabilities."""
     d = Daemon(tmp_path_factory.mktemp("imaptest"),
                config={"server": {"allow_plaintext_auth": True},

@@ -28,7 +28,7 @@ USERS = {**USERS, "carol": "carol-pw"}
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(tmp_path_factory, mail_store):
     """netsuite with an LMTP listener (TCP, unix), and Postfix relaying into each."""
     from harness import Daemon
 

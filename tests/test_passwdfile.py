@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 
+from argon2 import PasswordHasher
 from twisted.cred import credentials, error
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
@@ -31,6 +32,19 @@ class PasswordFileCheckerTests(TestCase):
         for user, password in ((b"alice", b"wrong"), (b"nobody", b"right"), (b"../x", b"right")):
             with self.assertRaises(error.UnauthorizedLogin):
                 yield self.checker.requestAvatarId(credentials.UsernamePassword(user, password))
+
+    def test_set_password_hashes_at_full_cost_and_set_hash_takes_a_hash_made_elsewhere(self):
+        db = passwdfile.PasswordFile(passwdfile.Path(self.path))
+        # argon2id at its full cost: 64 MiB, 3 passes (what `netsuite user add` writes).
+        self.assertTrue(db.hash_for("alice").startswith("$argon2id$v=19$m=65536,t=3,p=4$"))
+        cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("elsewhere")
+        db.set_hash("bob", cheap)
+        self.assertEqual(passwdfile.PasswordFile(passwdfile.Path(self.path)).hash_for("bob"), cheap)
+        self.assertTrue(passwdfile.verify(cheap, "elsewhere"))
+        for bad in ("plain-text", cheap + "\nmallory:" + cheap, "$argon2id$x:y"):
+            with self.assertRaises(passwdfile.PasswordFileError):
+                db.set_hash("bob", bad)
+        self.assertEqual(passwdfile.PasswordFile(passwdfile.Path(self.path)).hash_for("bob"), cheap)
 
     @defer.inlineCallbacks
     def test_a_burst_of_logins_is_verified_a_few_at_a_time(self):

@@ -26,7 +26,7 @@ MAX_SIZE = MaildirDelivery.SPILL + 50_000
 
 
 @pytest.fixture(scope="module")
-def mx(tmp_path_factory):
+def mx(tmp_path_factory, mail_store):
     d = Daemon(tmp_path_factory.mktemp("data"), listeners=["smtp"],
                config={"smtp": {"max_message_size": MAX_SIZE, "max_connections": 100,
                                 "max_connections_per_address": 100}})

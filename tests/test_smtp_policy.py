@@ -14,7 +14,7 @@ from rawsmtp import RawSMTP, insecure_context
 
 
 @pytest.fixture(scope="module")
-def sub(tmp_path_factory):
+def sub(tmp_path_factory, mail_store):
     d = Daemon(tmp_path_factory.mktemp("policy"), listeners=["smtp", "smtps"], config={
         "mail": {"aliases": {"team": ["alice", "bob"], "sales": ["bob"]}},
         "smtp": {"shared_senders": {"noreply@example.test": ["bob"],

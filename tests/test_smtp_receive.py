@@ -13,7 +13,7 @@ MAX_SIZE = 200_000
 
 
 @pytest.fixture(scope="module")
-def mx(tmp_path_factory):
+def mx(tmp_path_factory, mail_store):
     d = Daemon(tmp_path_factory.mktemp("mx"), listeners=["smtp", "submission"], config={
         "mail": {"aliases": {"team": ["alice", "bob"], "postmaster": ["alice"],
                              "everyone": ["team", "carol", "alice"]}},

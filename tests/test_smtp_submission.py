@@ -12,7 +12,7 @@ from rawsmtp import RawSMTP, insecure_context
 
 
 @pytest.fixture(scope="module")
-def sub(tmp_path_factory):
+def sub(tmp_path_factory, mail_store):
     d = Daemon(tmp_path_factory.mktemp("sub"), listeners=["submission", "smtps"], config={
         "throttle": {"free_failures": 1, "base_delay": 0.3, "max_delay": 0.6,
                      "lock_after": 6, "lock_seconds": 2, "window": 60},

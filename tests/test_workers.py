@@ -19,7 +19,7 @@ import socket
 import ssl
 
 import pytest
-from harness import TEST_STORE, wait_steady
+from harness import wait_steady
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"),
                                 reason="reads /proc to see which worker has a connection")
@@ -208,9 +208,9 @@ def test_throttle_lockout_is_shared(make_daemon):
         c.login("bob", "bob-pw")
 
 
-def test_pop3_maildrop_lock_is_shared(make_daemon):
+def test_pop3_maildrop_lock_is_shared(make_daemon, mail_store):
     # With mail in PostgreSQL the lock is a leased row: a dead worker's lapses with the lease.
-    d = start(make_daemon, {"database": {"lock_lease": 2.0}} if TEST_STORE == "postgresql"
+    d = start(make_daemon, {"database": {"lock_lease": 2.0}} if mail_store == "postgresql"
               else None)
     pids = list(workers_of(d).values())
     first, _ = connect_to(d, lambda: pop(d), lambda c: c.sock, want_pid=pids[0])
@@ -241,7 +241,7 @@ def test_pop3_maildrop_lock_is_shared(make_daemon):
             return False
 
     # Maildir's flock goes with the process at once; the row's lease takes its time.
-    assert log_in_again() if TEST_STORE != "postgresql" else d.wait_for(log_in_again, 10, 0.5)
+    assert log_in_again() if mail_store != "postgresql" else d.wait_for(log_in_again, 10, 0.5)
 
 
 def test_killed_worker_is_replaced_and_service_continues(make_daemon):

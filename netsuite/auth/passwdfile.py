@@ -120,10 +120,19 @@ class PasswordFile:
         return self._users.get(name)
 
     def set_password(self, name: str, password: str) -> None:
+        self.set_hash(name, hash_password(password))
+
+    def set_hash(self, name: str, hashed: str) -> None:
+        """
+        Set C{name}'s hash as made elsewhere (another host's file, C{doveadm pw
+        -s ARGON2ID}): verification reads the cost parameters from the hash.
+        """
         if not valid_name(name):
             raise PasswordFileError(f"invalid user name {name!r}")
+        if not hashed.startswith("$argon2") or ":" in hashed or "\n" in hashed:
+            raise PasswordFileError(f"{name}: expected an $argon2id$... hash")
         users = self.users()
-        users[name] = hash_password(password)
+        users[name] = hashed
         self._write(users)
 
     def delete(self, name: str) -> bool:
