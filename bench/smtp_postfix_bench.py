@@ -157,11 +157,11 @@ class Postfix:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True,
-                           timeout=60)
             try:
+                subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True,
+                               timeout=60)
                 self.proc.wait(30)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # a master that does not answer: its group goes
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         if self.proc.stdout:

@@ -60,10 +60,12 @@ def pair(tmp_path_factory, mail_store):
         }).start()
         yield d, postfix
     finally:
-        if postfix is not None:
-            postfix.stop()
-        d.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            if postfix is not None:
+                postfix.stop()
+        finally:  # the daemon is stopped even if Postfix is not
+            d.stop()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def message(subject: str) -> bytes:

@@ -102,22 +102,25 @@ def test_falls_back_to_polling_without_inotify(tmp_path, monkeypatch):
     assert store._poller is None
 
 
+class _FakeNotify:
+    """twisted.internet.inotify.INotify's watch/ignore, the callbacks kept to be called."""
+
+    def __init__(self):
+        self.callbacks = {}
+
+    def watch(self, path, mask, callbacks):
+        self.callbacks[path.path] = callbacks
+
+    def ignore(self, path):
+        del self.callbacks[path.path]
+
+
 def test_bursts_coalesce_into_one_refresh(tmp_path):
     from twisted.internet.task import Clock
 
     from netsuite.store.watch import COALESCE_DELAY, InotifyWatcher
 
-    class FakeNotify:
-        def __init__(self):
-            self.callbacks = {}
-
-        def watch(self, path, mask, callbacks):
-            self.callbacks[path.path] = callbacks
-
-        def ignore(self, path):
-            del self.callbacks[path.path]
-
-    clock, notify, refreshed = Clock(), FakeNotify(), []
+    clock, notify, refreshed = Clock(), _FakeNotify(), []
     watcher = InotifyWatcher(notify, clock, refreshed.append)
     folder = Folder(tmp_path / "box")
     assert watcher.add(folder)
@@ -130,3 +133,35 @@ def test_bursts_coalesce_into_one_refresh(tmp_path):
     assert refreshed == [folder]
     watcher.remove(folder)
     assert notify.callbacks == {}
+
+
+def test_a_dear_refresh_is_spaced_out(tmp_path):
+    """A folder whose refresh took long (a big directory scan) waits COST_FACTOR times that."""
+    import time
+
+    from twisted.internet.task import Clock
+
+    from netsuite.store.watch import COALESCE_DELAY, COST_FACTOR, InotifyWatcher
+
+    clock, notify, refreshed = Clock(), _FakeNotify(), []
+
+    def slow_refresh(folder):
+        refreshed.append(clock.seconds())
+        time.sleep(0.05)
+
+    watcher = InotifyWatcher(notify, clock, slow_refresh)
+    folder = Folder(tmp_path / "box")
+    assert watcher.add(folder)
+    new = str(folder.path / "new")
+    notify.callbacks[new][0](None, new, 0)
+    clock.advance(COALESCE_DELAY)
+    assert refreshed == [COALESCE_DELAY]  # the first: at once after its burst
+    notify.callbacks[new][0](None, new, 0)
+    clock.advance(COALESCE_DELAY)
+    assert len(refreshed) == 1  # the next waits for 4 x the 50 ms the last one took
+    clock.advance(COST_FACTOR * 0.1)  # (margin: a sleep on a busy machine overshoots)
+    assert len(refreshed) == 2
+    notify.callbacks[new][0](None, new, 0)
+    watcher.remove(folder)  # a pending refresh goes with the watch
+    clock.advance(10)
+    assert len(refreshed) == 2 and not clock.getDelayedCalls()

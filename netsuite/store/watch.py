@@ -13,8 +13,9 @@ a moment later, and the refresh looks at the disk to learn what changed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -27,6 +28,9 @@ log = Logger(namespace="netsuite.store")
 #: Seconds to wait after the first event of a burst before refreshing: the
 #: rest of the burst (tmp/ create, rename into new/, index rename) lands in it.
 COALESCE_DELAY = 0.02
+
+#: A folder is refreshed at most every this many times its last refresh took.
+COST_FACTOR = 4.0
 
 
 def _masks():
@@ -51,8 +55,10 @@ class InotifyWatcher:
         self._reactor = reactor
         self._refresh = refresh
         self._watched: dict[object, list[FilePath]] = {}
-        self._pending: dict[int, "Folder"] = {}
-        self._call = None
+        #: id(folder) -> the refresh waiting for the rest of its burst
+        self._pending: dict[int, Any] = {}
+        #: id(folder) -> seconds its last refresh took
+        self._cost: dict[int, float] = {}
 
     @classmethod
     def create(cls, refresh: Callable[["Folder"], None],
@@ -98,28 +104,39 @@ class InotifyWatcher:
                 self._notifier.ignore(fp)
             except KeyError:
                 pass  # the kernel dropped it already (the directory was deleted)
-        self._pending.pop(id(folder), None)
+        call = self._pending.pop(id(folder), None)
+        if call is not None and call.active():
+            call.cancel()
+        self._cost.pop(id(folder), None)
 
     def watching(self, folder: "Folder") -> bool:
         return id(folder) in self._watched
 
     def _event(self, folder: "Folder") -> None:
-        if id(folder) not in self._watched:
+        key = id(folder)
+        if key not in self._watched or key in self._pending:
             return
-        self._pending[id(folder)] = folder
-        if self._call is None:
-            self._call = self._reactor.callLater(COALESCE_DELAY, self._flush)
+        # A burst lands in one refresh; a folder whose refresh is dear (a
+        # directory scan of 100,000 names after a change) is refreshed at most
+        # every COST_FACTOR times what its last one took, so that a flood of
+        # deliveries into it leaves the reactor to the sessions.
+        delay = max(COALESCE_DELAY, COST_FACTOR * self._cost.get(key, 0.0))
+        self._pending[key] = self._reactor.callLater(delay, self._flush, folder)
 
-    def _flush(self) -> None:
-        self._call = None
-        pending, self._pending = self._pending, {}
-        for folder in pending.values():
-            self._refresh(folder)
+    def _flush(self, folder: "Folder") -> None:
+        key = id(folder)
+        self._pending.pop(key, None)
+        if key not in self._watched:
+            return
+        started = time.perf_counter()
+        self._refresh(folder)
+        self._cost[key] = time.perf_counter() - started
 
     def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
         for key in list(self._watched):
             for fp in self._watched.pop(key):
                 try:
