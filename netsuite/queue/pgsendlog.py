@@ -7,10 +7,11 @@ transaction under an advisory lock on the user counts the C{send_log} rows of
 the last hour and adds one when under the limit, so sessions of one user on
 several hosts racing for the last message cannot both have it.  The earlier,
 synchronous check at C{DATA} (L{netsuite.queue.runner.QueueRunner.writer})
-answers from this process's mirror, refreshed on a database thread by every
-question and by every submission login, so a user already over the limit is
-mostly refused before sending the body.  While the database is unavailable the
-mirror keeps counting this host's messages alone, and says so once.
+answers from this process's mirror, read on a database thread at every
+submission login (L{PgSendLog.refresh}) and set by every reservation, so a user
+already over the limit is mostly refused before sending the body.  While the
+database is unavailable the mirror keeps counting this host's messages alone,
+and says so once.
 """
 
 from __future__ import annotations
@@ -64,9 +65,8 @@ class PgSendLog(SendLog):
         self._failing = False
 
     def count(self, user: str) -> int:
-        local = super().count(user)
-        self._read(user)
-        return max(local, self._known.get(user, 0))
+        """From the mirror, at once (no database call): L{reserve} has the last word."""
+        return max(super().count(user), self._known.get(user, 0))
 
     def reserve(self, user: str, limit: int) -> defer.Deferred:
         self._added += 1
@@ -86,7 +86,8 @@ class PgSendLog(SendLog):
 
         return self.db.run(_reserve, user, limit, sweep).addCallbacks(counted, away)
 
-    def _read(self, user: str) -> None:
+    def refresh(self, user: str) -> None:
+        """Read C{user}'s count from the database into the mirror, in the background."""
         if user in self._reading:
             return
         self._reading.add(user)

@@ -163,7 +163,7 @@ def start_queue(ctx, parent) -> None:
 def _read_counts_at_login(realm, sends: PgSendLog) -> None:
     """
     A submission login starts the read of its user's sending count, so that
-    its first message is checked against every host's count, not only this
+    the check at its first DATA counts every host's messages, not only this
     host's (L{PgSendLog.count} answers from what it has read).
     """
     makers = getattr(realm, "avatar_makers", None)
@@ -175,7 +175,7 @@ def _read_counts_at_login(realm, sends: PgSendLog) -> None:
 
     def make_and_read(user):
         if isinstance(user, str):
-            sends.count(user)
+            sends.refresh(user)
         return make(user)
 
     makers[smtp.IMessageDelivery] = make_and_read

@@ -295,14 +295,15 @@ class MaildirStore:
     def changed(self, user: str, name: str = "INBOX") -> None:
         """
         Something (delivery) changed a folder: refresh it if anyone has it open.
-        A watched folder is left to its inotify event, which is coalesced: a
-        refresh after a change lists the directories (about 90 ms at 100,000
-        messages), too dear to run once per delivery of a flood.
+        A watched folder's refresh goes through the watcher, coalesced with its
+        inotify events: a refresh after a change lists the directories (about
+        90 ms at 100,000 messages), too dear to run once per delivery of a flood.
         """
         folder = self._folders.get(self.folder_path(user, name))
         if folder is None:
             return
         if self._watcher is not None and self._watcher.watching(folder):
+            self._watcher.changed(folder)
             return
         folder.refresh()
 

@@ -112,6 +112,13 @@ class InotifyWatcher:
     def watching(self, folder: "Folder") -> bool:
         return id(folder) in self._watched
 
+    def changed(self, folder: "Folder") -> None:
+        """
+        This process changed C{folder} (a delivery): refresh it as its inotify
+        events would, coalesced with them, without relying on the kernel's queue.
+        """
+        self._event(folder)
+
     def _event(self, folder: "Folder") -> None:
         key = id(folder)
         if key not in self._watched or key in self._pending:
