@@ -14,6 +14,7 @@ import imaplib
 import poplib
 import re
 import select
+import signal
 import smtplib
 import socket
 import threading
@@ -477,3 +478,139 @@ def test_bodies_a_host_has_not_cached_are_fetched_off_the_reactor(hosts):
     assert typ == "OK" and data[0] == b"98"
     m.logout()
     assert "on the reactor thread" not in b.log()[start:], b.log()[start:][-3000:]
+
+
+def _until(what, seconds: float = 10.0) -> None:
+    end = time.monotonic() + seconds
+    while not what():
+        assert time.monotonic() < end, f"not within {seconds} s: {what.__doc__}"
+        time.sleep(0.02)
+
+
+def test_stores_answered_just_before_sigterm_are_written(pg_cluster, tmp_path):
+    """
+    A STORE is answered from the host's mirror and written by the account's
+    queue after.  Here one write is held up (the test holds the folder row's
+    lock, as a slow database would) while the next STOREs are answered and
+    queued behind it, the session logs out, and SIGTERM comes: the shutdown
+    waits for the queue, so after the restart not one answered change is
+    missing.
+    """
+    import psycopg
+
+    dsn = pg_cluster.new_database()
+    d = Daemon(tmp_path, db_config(dsn), ["imap"])
+    d.cli("db", "init")
+    d.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
+    count = 20
+    d.deliver_many(USER, [message(f"m{n}") for n in range(count)])
+    d.start()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as probe, psycopg.connect(dsn) as lock:
+            def claimed() -> bool:
+                """the SELECT's claim of \\Recent written"""
+                return probe.execute("SELECT first_recent FROM folders WHERE name = 'INBOX'"
+                                     ).fetchone()[0] == count + 1
+
+            def held_up() -> bool:
+                """a write of the host waiting for the row lock"""
+                return probe.execute("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE wait_event_type = 'Lock'").fetchone()[0] > 0
+
+            s = socket.create_connection(("127.0.0.1", d.port("imap")), timeout=30)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(f'a LOGIN "{USER}" "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
+            while not (line := f.readline()).startswith(b"b "):
+                assert line
+            assert line.startswith(b"b OK"), line
+            _until(claimed)
+            lock.execute("SELECT 1 FROM folders WHERE name = 'INBOX' FOR UPDATE")
+            lines = ["s1 UID STORE 1 +FLAGS.SILENT (\\Seen k1)"]
+            s.sendall((lines[0] + "\r\n").encode())
+            while not (line := f.readline()).startswith(b"s1 "):
+                assert line
+            assert line.startswith(b"s1 OK"), line
+            _until(held_up)
+            # Answered from the mirror, queued behind the write that waits:
+            lines += [f"s{n} UID STORE {n} +FLAGS.SILENT (\\Seen k{n})"
+                      for n in range(2, count + 1)]
+            lines += [f"r{n} UID STORE {n} -FLAGS.SILENT (\\Seen)" for n in range(1, count, 2)]
+            s.sendall("".join(x + "\r\n" for x in [*lines[1:], "z LOGOUT"]).encode())
+            answers = f.read()  # to the end: the session is over
+            s.close()
+            assert len(re.findall(rb"^[a-z]\d* OK", answers, re.M)) == len(lines), answers
+            assert not re.search(rb"^[a-z]\d* (NO|BAD)", answers, re.M), answers
+            d.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert d.proc.poll() is None, "the daemon exited with its writes still queued"
+            lock.rollback()  # the held-up write goes on, and the queue behind it
+        assert d.proc.wait(30) == 0
+        d.stop()
+        d.start()
+        m = imap(d)
+        m.select("INBOX", readonly=True)
+        typ, data = m.uid("FETCH", "1:*", "(FLAGS)")
+        assert typ == "OK"
+        got = {int(re.search(rb"UID (\d+)", x).group(1)): x for x in data if x}
+        assert sorted(got) == list(range(1, count + 1))
+        for uid, line in got.items():
+            assert f"k{uid}".encode() in line, (uid, line)
+            assert (b"\\Seen" in line) == (uid % 2 == 0), (uid, line)
+        m.logout()
+    finally:
+        d.stop()
+
+
+class _HeldDatabase:
+    """A Database whose every run waits for the test to fire it."""
+
+    def __init__(self):
+        self.runs: list[tuple[object, object]] = []
+
+    def run(self, work):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.runs.append((work, d))
+        return d
+
+
+def test_flush_waits_for_every_batch_queued_and_gives_up_after_its_time(tmp_path):
+    """
+    L{PgMailStore.flush}: the batch queued behind a running one is waited for
+    too (it is only sent once the first returns), and a database that never
+    answers holds the shutdown for C{timeout} seconds, said in the log.
+    """
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from netsuite.store.pg.store import PgMailStore
+
+    clock, db = Clock(), _HeldDatabase()
+    store = PgMailStore(db, tmp_path, clock)
+    acct = store.account(USER)
+    acct.queue(lambda conn: "first")
+    acct.queue(lambda conn: "second")  # the next batch, sent when the first returns
+    assert len(db.runs) == 1
+    flushed = store.flush(timeout=5.0)
+    assert not flushed.called
+    db.runs[0][1].callback([(True, "first")])
+    assert len(db.runs) == 2 and not flushed.called
+    db.runs[1][1].callback([(True, "second")])
+    assert flushed.called
+    assert store.flush(timeout=5.0).called  # nothing queued: at once
+
+    said: list[dict] = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        acct.queue(lambda conn: "never answered")
+        flushed = store.flush(timeout=5.0)
+        clock.advance(4.9)
+        assert not flushed.called
+        clock.advance(0.2)
+        assert flushed.called
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert any("not written" in e.get("log_format", "") and e.get("users") == USER
+               for e in said), said

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
 
 from netsuite import protocols
 from netsuite.config import ConfigError, positive, section
@@ -20,8 +24,8 @@ class StoreConfig:
     """Where shared state lives, and how the Maildir store watches and caches folders."""
 
     #: C{"maildir"}: one host (mail in Maildir, the login throttle in DATA/run);
-    #: C{"postgresql"}: several hosts on C{[database] dsn} (the login throttle and
-    #: the POP3 maildrop lock are shared there; mail itself stays in Maildir for now).
+    #: C{"postgresql"}: several hosts on C{[database] dsn} (mail, users, queue, the
+    #: login throttle and the POP3 maildrop lock all there; docs/scale-out.md).
     backend: str = "maildir"
 
     #: Seconds between checks of open folders for changes by other programs
@@ -47,9 +51,30 @@ def configure_store(ctx) -> None:
     if hasattr(store, "poll_interval"):
         store.poll_interval = cfg.poll_interval
         store.cache_size = cfg.cache_folders
-    if hasattr(store, "flush") and not getattr(store, "_flush_at_shutdown", False):
-        store._flush_at_shutdown = True
-        ctx.reactor.addSystemEventTrigger("before", "shutdown", store.flush)
+
+
+class StoreFlush(service.Service):
+    """
+    The store's C{flush} at stop: a child of the top service, so it runs once
+    the sessions are drained (L{netsuite.shutdown.GracefulStop}) and the
+    changes of the last ones are in it (a PostgreSQL STORE is answered before
+    its row is written; a Maildir index may have unsaved changes).
+    """
+
+    def __init__(self, realm: Any):
+        self.realm = realm
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        flush = getattr(getattr(self.realm, "store", None), "flush", None)
+        return defer.maybeDeferred(flush) if flush is not None else defer.succeed(None)
+
+
+def flush_store_at_stop(ctx, top) -> None:
+    """SERVICE_HOOKS entry: L{StoreFlush} (the realm's store is looked up at stop)."""
+    flush = StoreFlush(ctx.realm)
+    flush.setName("store-flush")
+    flush.setServiceParent(top)
 
 
 def start_tmp_cleaner(ctx, top) -> None:
@@ -76,3 +101,4 @@ def start_tmp_cleaner(ctx, top) -> None:
 
 
 protocols.SERVICE_HOOKS.append(start_tmp_cleaner)
+protocols.SERVICE_HOOKS.append(flush_store_at_stop)

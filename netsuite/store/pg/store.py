@@ -28,6 +28,9 @@ from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
 
 log = Logger(namespace="netsuite.store")
 
+#: How long a shutdown waits for the accounts' queued writes (L{PgMailStore.flush}).
+FLUSH_SECONDS = 10.0
+
 
 class PgAccount:
     """One user's folder names, subscriptions and usage, and the write queue of them all."""
@@ -50,6 +53,8 @@ class PgAccount:
         self._reread_queued = False
         self._retry: Any = None
         self._failing = False
+        #: Fired (and emptied) when the queue runs dry: L{drained}.
+        self._drain_waiters: list[defer.Deferred] = []
 
     def queue(self, work, apply=None) -> defer.Deferred:
         """
@@ -69,6 +74,9 @@ class PgAccount:
         ops, self._ops = self._ops, []
         if not ops:
             self._running = False
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
             return
         self._running = True
 
@@ -101,6 +109,14 @@ class PgAccount:
 
         self.store.db.run(batch).addCallbacks(done, failed).addBoth(
             lambda _: self._run_batch())
+
+    def drained(self) -> defer.Deferred:
+        """Fired once everything queued so far, and what it queued meanwhile, is written."""
+        if not self._running and not self._ops:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._drain_waiters.append(d)
+        return d
 
     def used(self, size: int, count: int) -> None:
         """This host's committed change of the account's usage: in the figure at once."""
@@ -497,8 +513,28 @@ class PgMailStore:
         for acct in list(self.accounts.values()):
             acct.reread()
 
-    def flush(self) -> None:
-        """Nothing is only in memory (writes are queued to the database already)."""
+    def flush(self, timeout: float = FLUSH_SECONDS) -> defer.Deferred:
+        """
+        At shutdown: wait until every account's queue has written what it holds
+        (a STORE is answered from the mirror before its row is written, so the
+        queue holds answered changes).  Bounded by C{timeout}: a database that
+        is away does not hold the exit for ever; what is lost then is said.
+        """
+        waits = [acct.drained() for acct in self.accounts.values()]
+        if not waits:
+            return defer.succeed(None)
+        done = defer.DeferredList(waits, consumeErrors=True)
+        late = self.reactor.callLater(timeout, done.cancel)
+
+        def finished(_result) -> None:
+            if late.active():
+                late.cancel()
+            else:  # the time ran out (cancelled the waits)
+                left = sorted(a.user for a in self.accounts.values() if a._running or a._ops)
+                log.warn("PostgreSQL store: shutting down with changes of {users} not written "
+                         "after {timeout} s", users=", ".join(left), timeout=timeout)
+
+        return done.addBoth(finished)
 
 
 def install(realm: Any, db: Any, reactor: Any, told: Any) -> PgMailStore:
