@@ -257,6 +257,70 @@ def test_identical_bodies_are_stored_once(hosts, pg_cluster):
         mb.logout()
 
 
+def test_a_streamed_append_is_stored_once_and_read_byte_exact_on_the_other_host(hosts,
+                                                                              pg_cluster):
+    """
+    A literal past the in-memory limit goes to a file as it arrives and from
+    there to the database a chunk at a time: stored once however often it is
+    appended, the file kept as host A's cached copy, host B serving the bytes.
+    """
+    a, b, db = hosts
+    line = b"streamed body line, long enough to make a literal that is written to a file\r\n"
+    body = message("streamed").replace(b"hello\r\n", line * 4000)  # ~300 KiB
+    assert len(body) > 256 * 1024
+    stored = body.replace(b"\r\n", b"\n")
+    digest = hashlib.sha256(stored).hexdigest()
+    m, mb = imap(a), imap(b)
+    try:
+        assert m.append("INBOX", None, None, body)[0] == "OK"
+        assert m.append("Drafts", None, None, body)[0] == "OK"
+        out = sql(pg_cluster, db, "SELECT count(*), max(refcount), max(size), "
+                                  "string_agg(encode(sha256(body), 'hex'), ',') FROM blobs "
+                                  f"WHERE hash = decode('{digest}', 'hex')")
+        assert out == f"1|2|{len(stored)}|{digest}", out
+        assert list((a.data_dir / "mail" / USER / "tmp").iterdir()) == []
+        cached = a.data_dir / "mail" / ".pg-cache" / "bodies" / digest[:2] / digest
+        assert cached.read_bytes() == stored
+        for name in ("INBOX", "Drafts"):
+            mb.select(name)
+            uid = uids_of(mb)[-1]
+            typ, data = mb.uid("FETCH", str(uid), "(RFC822.SIZE BODY.PEEK[])")
+            assert typ == "OK" and data[0][1] == body
+            assert f"RFC822.SIZE {len(body)}".encode() in data[0][0]
+    finally:
+        m.logout()
+        mb.logout()
+
+
+def test_a_big_smtp_delivery_goes_through_a_file_and_arrives_byte_exact(hosts, pg_cluster):
+    """Past 128 KiB a delivery is spilled to tmp/ and sent from there: same bytes, no leftover."""
+    a, b, db = hosts
+    line = b"a line of a big delivery, spilled to a file before it reaches the database\r\n"
+    body = message("big delivery").replace(b"hello\r\n", line * 14000)  # ~1 MiB
+    deliver(a, body)
+    # The newest message in INBOX: the delivery (a Received: line on top of the body).
+    out = sql(pg_cluster, db,
+              "SELECT encode(m.content_hash, 'hex'), encode(sha256(b.body), 'hex'), b.size "
+              "FROM messages m JOIN folders f ON f.id = m.folder_id JOIN blobs b "
+              "ON b.hash = m.content_hash WHERE f.name = 'INBOX' ORDER BY m.uid DESC LIMIT 1")
+    key, digest, size = out.split("|")
+    assert key == digest and int(size) > len(body) - body.count(b"\n"), out
+    assert list((a.data_dir / "mail" / USER / "tmp").iterdir()) == []
+    cached = a.data_dir / "mail" / ".pg-cache" / "bodies" / digest[:2] / digest
+    assert cached.read_bytes().endswith(body.replace(b"\r\n", b"\n"))
+    p = poplib.POP3("127.0.0.1", b.port("pop3"), timeout=30)
+    try:
+        p.user(USER)
+        p.pass_(PASSWORD)
+        count, _size = p.stat()
+        _resp, lines, _octets = p.retr(count)
+    finally:
+        p.quit()
+    got = b"\r\n".join(lines) + b"\r\n"
+    assert hashlib.sha256(got.replace(b"\r\n", b"\n")).hexdigest() == digest
+    assert got.endswith(body)
+
+
 # -- netsuite import maildir ------------------------------------------------------------------
 
 

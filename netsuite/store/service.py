@@ -83,14 +83,16 @@ def start_tmp_cleaner(ctx, top) -> None:
     from twisted.internet import threads
     from twisted.logger import Logger
 
-    store = getattr(ctx.realm, "store", None)
-    if not hasattr(store, "clean_tmp"):
+    if not hasattr(getattr(ctx.realm, "store", None), "clean_tmp"):
         return
     log = Logger(namespace="netsuite.store")
 
     def run():
-        d = threads.deferToThreadPool(ctx.reactor, ctx.reactor.getThreadPool(),
-                                      store.clean_tmp)
+        # The store as it is now: a later hook may have put another in (netsuite.store.pg).
+        clean = getattr(getattr(ctx.realm, "store", None), "clean_tmp", None)
+        if clean is None:
+            return None
+        d = threads.deferToThreadPool(ctx.reactor, ctx.reactor.getThreadPool(), clean)
         d.addErrback(lambda f: log.failure("tmp cleanup failed", f))
         return d
 

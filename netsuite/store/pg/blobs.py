@@ -17,14 +17,30 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+import psycopg
 from zope.interface import Interface, implementer
+
+#: Bytes of a file read (hashed, sent) at a time: a big body is never whole in memory.
+CHUNK = 1 << 20
 
 
 def content_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
+
+
+def file_hash(path: Path) -> tuple[bytes, int]:
+    """L{content_hash} of a file's bytes, read a chunk at a time, and its size."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.digest(), size
 
 
 class IBlobStore(Interface):
@@ -32,6 +48,9 @@ class IBlobStore(Interface):
 
     def put(conn, digest: bytes, body: bytes) -> None:
         """One more reference to C{body} (stored if new)."""
+
+    def put_file(conn, digest: bytes, size: int, path) -> None:
+        """L{put} of a body in a file, sent a chunk at a time (a streamed IMAP APPEND)."""
 
     def ref(conn, digests) -> None:
         """One more reference to each of C{digests} (a list, repeats counted), bodies known."""
@@ -56,6 +75,37 @@ class PgBlobs:
         conn.execute("INSERT INTO blobs (hash, size, body, refcount) VALUES (%s, %s, %s, 1) "
                      "ON CONFLICT (hash) DO UPDATE SET refcount = blobs.refcount + 1",
                      (digest, len(body), body))
+
+    def put_file(self, conn, digest: bytes, size: int, path: Path) -> None:
+        cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE hash = %s",
+                           (digest,))
+        if cur.rowcount:
+            return
+        try:
+            with conn.transaction():  # a savepoint: another host may store it meanwhile
+                self._copy_in(conn, digest, size, path)
+        except psycopg.errors.UniqueViolation:
+            conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE hash = %s", (digest,))
+
+    @staticmethod
+    def _copy_in(conn, digest: bytes, size: int, path: Path) -> None:
+        """One row by COPY in PostgreSQL's binary format, the body written in chunks."""
+        row = (b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, ext
+               + struct.pack("!h", 4)  # four fields
+               + struct.pack("!i", len(digest)) + digest
+               + struct.pack("!iq", 8, size)
+               + struct.pack("!i", size))
+        with conn.cursor() as cur, cur.copy(
+                "COPY blobs (hash, size, body, refcount) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(row)
+            sent = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    copy.write(chunk)
+                    sent += len(chunk)
+            if sent != size:
+                raise OSError(f"{path} changed while it was stored ({sent} of {size} bytes)")
+            copy.write(struct.pack("!iq", 8, 1) + struct.pack("!h", -1))  # refcount, trailer
 
     def ref(self, conn, digests: Iterable[bytes]) -> None:
         counts: dict[bytes, int] = {}
@@ -120,4 +170,14 @@ class LocalBodies:
         with open(tmp, "wb") as f:
             f.write(body)
         os.replace(tmp, path)
+        self._known.add(digest)
+
+    def adopt(self, digest: bytes, source: Path) -> None:
+        """A file holding the body moved in (renamed: same file system), or dropped if known."""
+        if self.has(digest):
+            os.unlink(source)
+            return
+        path = self.path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, path)
         self._known.add(digest)

@@ -44,13 +44,14 @@ from netsuite.store.folder import (
     FLAG_TO_LETTER,
     Changes,
     FolderGone,
+    IncomingMessage,
     Message,
     to_disk,
     to_wire,
     wire_size,
 )
 from netsuite.store.pg import sql
-from netsuite.store.pg.blobs import LocalBodies, content_hash
+from netsuite.store.pg.blobs import LocalBodies, content_hash, file_hash
 
 log = Logger(namespace="netsuite.store")
 
@@ -544,37 +545,77 @@ class PgFolder:
         self._notify(Changes(expunged=sorted(gone)))
         return sorted(gone)
 
-    #: No streamed APPEND (IMAP then hands whole messages to L{append_many}).
-    incoming = None
+    def incoming(self) -> IncomingMessage:
+        """A message written to the account's local tmp/ as it arrives, for L{append_many}."""
+        return self.store.incoming_file(self.account.user)
+
+    #: (L{IMailFolder.append_incoming} is synchronous: a row is not; L{append_many} takes one.)
     append_incoming = None
 
     def append(self, data: bytes, flags=(), date=None, notify: bool = True) -> int:
         raise NotImplementedError("the PostgreSQL store appends with append_many (a Deferred)")
 
     def append_many(self, items, notify: bool = True) -> defer.Deferred:
-        """One transaction for them all: a Deferred of their UIDs, fired once committed."""
-        bodies = []
+        """
+        One transaction for them all: a Deferred of their UIDs, fired once
+        committed.  C{items}: (bytes or a finished L{incoming} message, flags,
+        date); an incoming message's file is hashed and sent a chunk at a time
+        on the database thread (a 50 MiB APPEND is never whole in memory), then
+        becomes this host's cached copy of the body.
+        """
+        bodies: list[tuple[bytes | IncomingMessage, list[str], Any]] = []
+        streamed = [data for data, _f, _d in items if isinstance(data, IncomingMessage)]
+
+        def discard(failure: Failure) -> Failure:
+            for incoming in streamed:
+                incoming.abort()
+            return failure
+
         for data, flags, date in items:
-            if not isinstance(data, bytes):
-                raise TypeError("the PostgreSQL store takes bytes")
-            bodies.append((to_disk(data), list(flags), date))
+            if isinstance(data, IncomingMessage):
+                if data.error is not None or data.tmp is None or not data.finished:
+                    error = data.error or ValueError("the incoming message is not complete")
+                    return defer.fail(error).addErrback(discard)
+                bodies.append((data, list(flags), date))
+            elif isinstance(data, bytes):
+                bodies.append((to_disk(data), list(flags), date))
+            else:
+                raise TypeError("the PostgreSQL store takes bytes or an incoming message")
 
         def work(conn):
             fid = self._resolve(conn)
             since = self.synced
-            uids, final = sql.insert_messages(conn, self.store.blobs, fid, bodies)
-            for body, _f, _d in bodies:
-                self.bodies.write(content_hash(body), body)
-            return uids, sql.delta(conn, fid, since, gone=final != since + 1)
+            rows, digests = [], []
+            for body, flags, date in bodies:
+                if isinstance(body, IncomingMessage):
+                    assert body.tmp is not None
+                    digest, size = file_hash(body.tmp)
+                    self.store.blobs.put_file(conn, digest, size, body.tmp)
+                    rows.append((digest, body.wire_size, flags, date))
+                else:
+                    digest = content_hash(body)
+                    self.store.blobs.put(conn, digest, body)
+                    rows.append((digest, wire_size(body), flags, date))
+                digests.append(digest)
+            uids, final = sql.insert_rows(conn, fid, rows)
+            for (body, _f, _d), digest in zip(bodies, digests, strict=True):
+                if isinstance(body, bytes):
+                    self.bodies.write(digest, body)
+            return uids, rows, sql.delta(conn, fid, since, gone=final != since + 1)
 
         def done(result) -> list[int]:
-            uids, delta = result
-            self.account.used(sum(wire_size(b) for b, _f, _d in bodies), len(uids))
+            uids, rows, delta = result
+            digests = [r[0] for r in rows]
+            for (body, _f, _d), digest in zip(bodies, digests, strict=True):
+                if isinstance(body, IncomingMessage) and body.tmp is not None:
+                    tmp, body.tmp = body.tmp, None
+                    self.bodies.adopt(digest, tmp)  # a rename: the local copy of the body
+            self.account.used(sum(r[1] for r in rows), len(uids))
             if self.loaded:
                 self._apply(delta, notify)
             return uids
 
-        return self.account.queue(work, done).addErrback(unavailable)
+        return self.account.queue(work, done).addErrback(discard).addErrback(unavailable)
 
     def copy_to(self, msgs, dest: PgFolder) -> defer.Deferred:
         """

@@ -256,31 +256,44 @@ def split_flags(flags) -> tuple[list[str], list[str]]:
 def insert_messages(conn: Any, blobs: IBlobStore, folder_id: int,
                     items: list[tuple[bytes, Any, float | None]]) -> tuple[list[int], int]:
     """Store bodies (LF line ends) with their flags and dates: (UIDs, MODSEQ)."""
-    digests = []
-    for body, _flags, _date in items:
+    rows = []
+    for body, flags, date in items:
         digest = content_hash(body)
         blobs.put(conn, digest, body)
-        digests.append(digest)
-    first, modseq = _allocate(conn, folder_id, len(items))
-    uids = list(range(first, first + len(items)))
+        rows.append((digest, wire_size(body), flags, date))
+    return insert_rows(conn, folder_id, rows)
+
+
+def insert_rows(conn: Any, folder_id: int,
+                rows: list[tuple[bytes, int, Any, float | None]]) -> tuple[list[int], int]:
+    """Messages whose bodies are stored: (digest, wire size, flags, date) each; (UIDs, MODSEQ)."""
+    first, modseq = _allocate(conn, folder_id, len(rows))
+    uids = list(range(first, first + len(rows)))
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO messages (folder_id, uid, modseq, flags, keywords, internaldate, size, "
             "content_hash) VALUES (%s, %s, %s, %s, %s, "
             "coalesce(to_timestamp(%s), now()), %s, %s)",
-            [(folder_id, uid, modseq, *split_flags(flags), date, wire_size(body), digest)
-             for uid, (body, flags, date), digest in zip(uids, items, digests, strict=True)])
+            [(folder_id, uid, modseq, *split_flags(flags), date, size, digest)
+             for uid, (digest, size, flags, date) in zip(uids, rows, strict=True)])
     return uids, modseq
 
 
 def deliver(conn: Any, blobs: IBlobStore, user: str, folder: str, body: bytes) -> str:
     """One delivery (SMTP, LMTP), the folder made if missing; the key 'FOLDER_ID:UID'."""
+    digest = content_hash(body)
+    blobs.put(conn, digest, body)
+    return deliver_stored(conn, user, folder, digest, wire_size(body))
+
+
+def deliver_stored(conn: Any, user: str, folder: str, digest: bytes, size: int) -> str:
+    """L{deliver} of a body already stored (C{size}: on the wire)."""
     aid = account_id(conn, user)
     if folder == "INBOX":
         fid = ensure_folder(conn, aid, folder)
     else:
         fid = ensure_folder(conn, aid, folder, SPECIAL_FOLDERS.get(folder), subscribe=True)
-    uids, _modseq = insert_messages(conn, blobs, fid, [(body, (), None)])
+    uids, _modseq = insert_rows(conn, fid, [(digest, size, (), None)])
     return f"{fid}:{uids[0]}"
 
 

@@ -10,6 +10,7 @@ change of its folders' mirrors, in order, one at a time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netsuite.store import IDeliveryFile, IMailStore
-from netsuite.store.folder import to_disk, wire_size
-from netsuite.store.maildir import BadFolderName, check_folder_name
+from netsuite.store.folder import IncomingMessage, to_disk, wire_size
+from netsuite.store.maildir import (
+    TMP_MAX_AGE,
+    BadFolderName,
+    check_folder_name,
+    clean_tmp_dir,
+)
 from netsuite.store.pg import sql
-from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash
+from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash, file_hash
 from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
 
 log = Logger(namespace="netsuite.store")
@@ -202,37 +208,80 @@ class PgAccount:
 
 @implementer(IDeliveryFile)
 class PgDelivery:
-    """One message held in memory, stored in one transaction by L{commit}."""
+    """
+    One message, stored in one transaction by L{commit}: held in memory up to
+    L{SPILL} bytes, past that written to the user's local tmp/ as it arrives
+    and sent to the database from there a chunk at a time (memory stays
+    bounded whatever the size, as with Maildir).
+    """
+
+    #: Bytes held in memory before the message goes to a file (Maildir's figure).
+    SPILL = 128 * 1024
 
     def __init__(self, store: PgMailStore, user: str, folder: str):
         self.store = store
         self.user = user
         self.folder = folder
         self._chunks: list[bytes] = []
+        self._file: IncomingMessage | None = None
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self._chunks.append(data)
         self.size += len(data)
+        if self._file is None:
+            self._chunks.append(data)
+            if self.size <= self.SPILL:
+                return
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._file = self.store.incoming_file(self.user)
+        self._file.write(data)
 
     def commit(self) -> defer.Deferred:
-        body = to_disk(b"".join(self._chunks))
-        self._chunks = []
         store = self.store
+        spilled, self._file = self._file, None
+        if spilled is None:
+            body = to_disk(b"".join(self._chunks))
+            self._chunks = []
+            size = wire_size(body)
 
-        def work(conn) -> str:
-            with conn.transaction():  # (the pool's connections are autocommit)
-                key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
-            store.bodies.write(content_hash(body), body)
-            return key
+            def work(conn) -> str:
+                with conn.transaction():  # (the pool's connections are autocommit)
+                    key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
+                store.bodies.write(content_hash(body), body)
+                return key
+        else:
+            spilled.finish()
+            if spilled.error is not None or spilled.tmp is None:
+                spilled.abort()
+                return defer.fail(spilled.error or OSError("the message was not written"))
+            path, size = spilled.tmp, spilled.wire_size
+
+            def work(conn) -> str:
+                digest, length = file_hash(path)
+                with conn.transaction():
+                    store.blobs.put_file(conn, digest, length, path)
+                    key = sql.deliver_stored(conn, self.user, self.folder, digest, size)
+                store.bodies.adopt(digest, path)  # the file is this host's cached copy
+                return key
 
         store.start()
         d = store.db.run(work).addErrback(unavailable)
-        d.addCallback(store.delivered, self.user, self.folder, wire_size(body))
+        if spilled is not None:
+
+            def discard(failure: Failure) -> Failure:
+                spilled.abort()
+                return failure
+
+            d.addErrback(discard)
+        d.addCallback(store.delivered, self.user, self.folder, size)
         return d
 
     def abort(self) -> None:
         self._chunks = []
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
 
 
 @implementer(IMailStore)
@@ -314,9 +363,34 @@ class PgMailStore:
             cached.load().addErrback(lambda f: None)
         return cached
 
-    def incoming(self, user: str, name: str = "INBOX") -> None:
-        """No file to stream into: a message goes to the database as bytes (append_many)."""
-        return None
+    def incoming(self, user: str, name: str = "INBOX") -> IncomingMessage | None:
+        """
+        A message written to the user's local tmp/ as it arrives (an IMAP APPEND
+        literal), for L{PgFolder.append_many}: the mirror is asked, not the
+        database.  L{KeyError} if the folder does not exist; None while the
+        account is not read yet (the literal is then held in memory).
+        """
+        name = check_folder_name(name)
+        acct = self.account(user)
+        if not acct.ready:
+            return None
+        if name not in acct.folders and name != "INBOX":
+            raise KeyError(name)
+        return self.incoming_file(user)
+
+    def incoming_file(self, user: str) -> IncomingMessage:
+        tmp = self.mailbox_path(user) / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return IncomingMessage(tmp)
+
+    def clean_tmp(self, max_age: float = TMP_MAX_AGE, now: float | None = None) -> int:
+        """Leftovers of streamed APPENDs a crash cut short (see L{clean_tmp_dir}); blocking."""
+        try:
+            users = os.listdir(self.root)
+        except FileNotFoundError:
+            return 0
+        return sum(clean_tmp_dir(self.root / user / "tmp", max_age, now, ours=True)
+                   for user in users if not user.startswith("."))
 
     def open_folder(self, user: str, name: str = "INBOX") -> defer.Deferred:
         try:
