@@ -632,7 +632,7 @@ class _HeldDatabase:
     def __init__(self):
         self.runs: list[tuple[object, object]] = []
 
-    def run(self, work):
+    def run(self, work, *args):
         from twisted.internet import defer
 
         d = defer.Deferred()
@@ -678,3 +678,46 @@ def test_flush_waits_for_every_batch_queued_and_gives_up_after_its_time(tmp_path
         globalLogPublisher.removeObserver(said.append)
     assert any("not written" in e.get("log_format", "") and e.get("users") == USER
                for e in said), said
+
+
+def test_a_batch_is_one_transaction_and_a_failing_work_fails_alone(pg_dsn, tmp_path):
+    """
+    L{PgAccount.batch} on a real connection: the works run together without
+    savepoints and the folder changes they ask for are read once at the end;
+    when one fails, the others' changes are committed all the same and only it
+    reports its error.
+    """
+    import psycopg
+
+    from netsuite.db import schema
+    from netsuite.store.pg import sql as pgsql
+    from netsuite.store.pg.store import PgMailStore
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        schema.upgrade(conn, create=True)
+        conn.execute("CREATE TABLE scratch (n int PRIMARY KEY)")
+        acct = PgMailStore(_HeldDatabase(), tmp_path).account(USER)
+        fid = pgsql.prepare_account(conn, USER).folders["INBOX"][0]
+
+        def insert(n):
+            return lambda c: c.execute("INSERT INTO scratch VALUES (%s)", (n,)) and n
+
+        def later(c):
+            pgsql.set_flags(c, fid, [], ["\\Seen"], [], 1, 0)  # one change of the folder
+            return acct.delta_later(c, fid, 0)
+
+        out = acct.batch(conn, [insert(1), later, later, insert(2)])
+        assert [ok for ok, _ in out] == [True] * 4
+        first, second = out[1][1], out[2][1]
+        assert first.delta is second.delta is not None  # one read for both
+        assert first.delta.highestmodseq == 3  # both changes in it (the row starts at 1)
+
+        out = acct.batch(conn, [insert(3), insert(1), insert(4)])  # 1 is there already
+        assert [ok for ok, _ in out] == [True, False, True]
+        assert isinstance(out[1][1], psycopg.errors.UniqueViolation)
+        assert [r[0] for r in conn.execute("SELECT n FROM scratch ORDER BY n")] == [1, 2, 3, 4]
+
+        [(ok, error)] = acct.batch(conn, [insert(2)])
+        assert not ok and isinstance(error, psycopg.errors.UniqueViolation)
+        assert acct._later is None  # (outside a batch: delta_later reads at once)
+        assert acct.delta_later(conn, fid, 0).delta.highestmodseq == 3

@@ -39,6 +39,8 @@ class Notifications:
         self._subscribers: dict[str, list[Callable[[str | None], None]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: LISTEN is in place: every committed change is heard (False again on an error).
+        self.connected = False
 
     def subscribe(self, channel: str, callback: Callable[[str | None], None]) -> None:
         """C{callback(payload)} on the reactor thread for each NOTIFY on C{channel}."""
@@ -75,6 +77,7 @@ class Notifications:
                                      ) as conn:
                     for channel in self._subscribers:
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self.connected = True
                     delay = 0.5
                     self.reactor.callFromThread(self._deliver, None, None)  # re-read all
                     while not self._stop.is_set():
@@ -82,6 +85,7 @@ class Notifications:
                             self.reactor.callFromThread(self._deliver, note.channel,
                                                         note.payload)
             except psycopg.Error:
+                self.connected = False
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
 

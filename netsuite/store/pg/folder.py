@@ -59,6 +59,8 @@ log = Logger(namespace="netsuite.store")
 WARM_MAX = 4 << 20
 #: Messages whose bodies a first load fetches (the newest).
 WARM_ON_LOAD = 200
+#: While LISTEN is up, a refresh asked for within this long of the last read is not made.
+REFRESH_SECONDS = 1.0
 #: Seconds before a failed write or refresh is followed by another read of the rows.
 RETRY_SECONDS = 1.0
 
@@ -120,6 +122,8 @@ class PgFolder:
         #: A failed write or refresh: the next try, and whether that was said in the log.
         self._retry: Any = None
         self._failing = False
+        #: When the folder's changes were last read (the reactor's clock).
+        self._read_at = 0.0
 
     # -- loading and catching up -------------------------------------------------------------
 
@@ -183,6 +187,7 @@ class PgFolder:
         for row in delta.rows:
             self._insert(self._message(row), row[6])
         self.highest_modseq = self.synced = delta.highestmodseq
+        self._read_at = self.store.reactor.seconds()
         self.loaded = True
         self.store.folder_loaded(self)
         os.makedirs(self.path, exist_ok=True)
@@ -211,6 +216,12 @@ class PgFolder:
         """
         if self.deleted:
             raise FolderGone(self.name)
+        if (not force and self.store.listening()
+                and self.store.reactor.seconds() - self._read_at < REFRESH_SECONDS):
+            # Others' changes reach this host by NOTIFY: a session's NOOP, SELECT or
+            # STATUS need not ask again (each would be one more trip through the
+            # account's queue); asked anyway now and then, in case one was missed.
+            return Changes()
         if self.loaded and not self._refresh_queued:
             self._refresh_queued = True
             d = self.account.queue(self._delta_work, self._caught_up)
@@ -221,15 +232,22 @@ class PgFolder:
         """Every change committed so far in the mirror (after this host's queued writes)."""
         return self.account.queue(self._delta_work, self._caught_up).addCallback(lambda _: self)
 
-    def _delta_work(self, conn) -> tuple[sql.Delta, dict]:
+    def _delta_work(self, conn) -> sql.LaterDelta:
         self._refresh_queued = False  # a NOTIFY from now on needs another look
-        delta = sql.delta(conn, self._resolve(conn), self.synced)
-        return delta, self._fetch_bodies(conn, [r for r in delta.rows if r[5] <= WARM_MAX
-                                                and r[0] not in self.digests])
 
-    def _caught_up(self, result) -> Changes:
+        def fetch(conn, delta: sql.Delta) -> dict:
+            return self._fetch_bodies(conn, [r for r in delta.rows if r[5] <= WARM_MAX
+                                             and r[0] not in self.digests])
+
+        return self.account.delta_later(conn, self._resolve(conn), self.synced, then=fetch)
+
+    def _caught_up(self, later: sql.LaterDelta) -> Changes:
         self._failing = False
-        return self._apply(result[0])
+        return self._apply_later(later)
+
+    def _apply_later(self, later: sql.LaterDelta, notify: bool = True) -> Changes:
+        assert later.delta is not None  # (read at the end of its batch)
+        return self._apply(later.delta, notify)
 
     def _apply(self, delta: sql.Delta, notify: bool = True) -> Changes:
         """The rows of C{delta} into the mirror; listeners hear what changed."""
@@ -265,6 +283,7 @@ class PgFolder:
         self.first_recent = max(self.first_recent, delta.first_recent)  # others' claims
         self.highest_modseq = max(self.highest_modseq, delta.highestmodseq)
         self.synced = max(self.synced, delta.highestmodseq)
+        self._read_at = self.store.reactor.seconds()
         if changes and notify:
             self._notify(changes)
         return changes
@@ -305,7 +324,7 @@ class PgFolder:
 
     def _refresh_again(self) -> None:
         if not self.deleted:
-            self.refresh()
+            self.refresh(force=True)
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -392,7 +411,7 @@ class PgFolder:
         fetched from the database there and then: the one read that waits.
         """
         digest = self._digest(msg)
-        body = self.bodies.read(digest)
+        body = self.bodies.read(digest, msg.size)
         if body is not None:
             return body
 
@@ -501,14 +520,14 @@ class PgFolder:
             since = self.synced
             final = sql.set_flags(conn, fid, uids, system, keywords, mode, modseq)
             # The folder row was at `since`: this change is the only one, no expunge to read.
-            return sql.delta(conn, fid, since, gone=final != since + 1)
+            return self.account.delta_later(conn, fid, since, gone=final != since + 1)
 
-        def done(delta: sql.Delta) -> None:
+        def done(later: sql.LaterDelta) -> None:
             for uid in uids:
                 self._pending_flags[uid] -= 1
                 if self._pending_flags[uid] <= 0:
                     del self._pending_flags[uid]
-            self._apply(delta)
+            self._apply_later(later)
 
         self.account.queue(work, done).addErrback(self._failed, "setting flags in")
         self._notify(Changes(flags=list(changed)))
@@ -535,11 +554,11 @@ class PgFolder:
             since = self.synced
             final = sql.expunge(conn, self.store.blobs, fid, gone, modseq)
             only = final == since + 1  # this expunge is the only change: nothing to read
-            return sql.delta(conn, fid, since, rows=not only, gone=not only)
+            return self.account.delta_later(conn, fid, since, rows=not only, gone=not only)
 
-        def done(delta: sql.Delta) -> None:
+        def done(later: sql.LaterDelta) -> None:
             self._expunging.difference_update(gone)
-            self._apply(delta)
+            self._apply_later(later)
 
         self.account.queue(work, done).addErrback(self._failed, "expunging in")
         self._notify(Changes(expunged=sorted(gone)))
@@ -601,10 +620,11 @@ class PgFolder:
             for (body, _f, _d), digest in zip(bodies, digests, strict=True):
                 if isinstance(body, bytes):
                     self.bodies.write(digest, body)
-            return uids, rows, sql.delta(conn, fid, since, gone=final != since + 1)
+            return uids, rows, self.account.delta_later(conn, fid, since,
+                                                        gone=final != since + 1)
 
         def done(result) -> list[int]:
-            uids, rows, delta = result
+            uids, rows, later = result
             digests = [r[0] for r in rows]
             for (body, _f, _d), digest in zip(bodies, digests, strict=True):
                 if isinstance(body, IncomingMessage) and body.tmp is not None:
@@ -612,7 +632,7 @@ class PgFolder:
                     self.bodies.adopt(digest, tmp)  # a rename: the local copy of the body
             self.account.used(sum(r[1] for r in rows), len(uids))
             if self.loaded:
-                self._apply(delta, notify)
+                self._apply_later(later, notify)
             return uids
 
         return self.account.queue(work, done).addErrback(discard).addErrback(unavailable)
@@ -627,14 +647,15 @@ class PgFolder:
         def work(conn):
             src_id, dest_id = self._resolve(conn), dest._resolve(conn)
             pairs = sql.copy(conn, self.store.blobs, src_id, uids, dest_id)
-            return pairs, sql.delta(conn, dest_id, dest.synced) if dest.loaded else None
+            return pairs, (self.account.delta_later(conn, dest_id, dest.synced)
+                           if dest.loaded else None)
 
         def done(result) -> list[tuple[int, int]]:
-            pairs, delta = result
+            pairs, later = result
             sizes = {m.uid: m.size for m in msgs}
             dest.account.used(sum(sizes.get(src, 0) for src, _new in pairs), len(pairs))
-            if delta is not None:
-                dest._apply(delta)
+            if later is not None:
+                dest._apply_later(later)
             return pairs
 
         return self.account.queue(work, done).addErrback(unavailable)

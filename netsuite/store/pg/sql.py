@@ -213,6 +213,34 @@ def delta(conn: Any, folder_id: int, since: int, first: bool = False, rows: bool
                  sorted((int(u), int(m)) for u, m in expunges), truncated, row[3])
 
 
+class LaterDelta:
+    """A read of a folder's changes asked for by a work, made once at its batch's end."""
+
+    def __init__(self, folder_id: int, since: int, rows: bool, gone: bool, then=None):
+        self.folder_id = folder_id
+        self.since = since
+        self.rows = rows
+        self.gone = gone
+        self.then = then
+        self.delta: Delta | None = None
+        #: What C{then} returned.
+        self.extra: Any = None
+
+
+def resolve_later(conn: Any, later: list[LaterDelta]) -> None:
+    """Each folder's L{delta} once for all of C{later} that name it (the oldest C{since})."""
+    by_folder: dict[int, list[LaterDelta]] = {}
+    for item in later:
+        by_folder.setdefault(item.folder_id, []).append(item)
+    for fid, items in by_folder.items():
+        found = delta(conn, fid, min(i.since for i in items),
+                      rows=any(i.rows for i in items), gone=any(i.gone for i in items))
+        for item in items:
+            item.delta = found
+            if item.then is not None:
+                item.extra = item.then(conn, found)
+
+
 def claim_recent(conn: Any, folder_id: int, first_recent: int) -> None:
     conn.execute("UPDATE folders SET first_recent = GREATEST(first_recent, %s) WHERE id = %s",
                  (first_recent, folder_id))

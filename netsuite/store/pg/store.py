@@ -59,6 +59,8 @@ class PgAccount:
         self._reread_queued = False
         self._retry: Any = None
         self._failing = False
+        #: While a batch runs (on its database thread): the reads it will make at its end.
+        self._later: list[sql.LaterDelta] | None = None
         #: Fired (and emptied) when the queue runs dry: L{drained}.
         self._drain_waiters: list[defer.Deferred] = []
 
@@ -67,8 +69,12 @@ class PgAccount:
         C{work(conn)} on a database thread after every change queued before,
         then C{apply(result)} in the reactor; a Deferred of what C{apply}
         returns.  What is queued while a batch runs goes as the next batch: one
-        thread hop and one commit for them all, each C{work} in a savepoint of
-        its own (one that fails is rolled back alone and fails alone).
+        thread hop, one transaction and one commit for them all, and one read
+        of each folder's changes at its end (L{delta_later}).  If a C{work}
+        fails, the batch is rolled back and run again with each C{work} in a
+        savepoint of its own, so that the one that fails fails alone (a work
+        must bear being run again: L{netsuite.db.pool.Database.run} retries a
+        batch on a lost connection too).
         """
         d: defer.Deferred = defer.Deferred()
         self._ops.append((work, apply, d))
@@ -86,18 +92,7 @@ class PgAccount:
             return
         self._running = True
 
-        def batch(conn) -> list[tuple[bool, Any]]:
-            out: list[tuple[bool, Any]] = []
-            with conn.transaction():
-                for work, _apply, _d in ops:
-                    try:
-                        with conn.transaction():  # a savepoint
-                            out.append((True, work(conn)))
-                    except psycopg.OperationalError:
-                        raise  # the connection: the whole batch again (Database.run)
-                    except Exception as e:
-                        out.append((False, e))
-            return out
+        works = [work for work, _apply, _d in ops]
 
         def done(results: list[tuple[bool, Any]]) -> None:
             for (_work, apply, d), (ok, value) in zip(ops, results, strict=True):
@@ -113,8 +108,73 @@ class PgAccount:
             for _work, _apply, d in ops:
                 d.errback(failure)
 
-        self.store.db.run(batch).addCallbacks(done, failed).addBoth(
+        self.store.db.run(self.batch, works).addCallbacks(done, failed).addBoth(
             lambda _: self._run_batch())
+
+    def batch(self, conn, works: list) -> list[tuple[bool, Any]]:
+        """
+        Run C{works} as one batch (see L{queue}); on the database thread.  Each
+        one's (True, result) or (False, exception).
+        """
+        try:
+            return self._together(conn, works)
+        except psycopg.OperationalError:
+            raise  # the connection: the whole batch again (Database.run)
+        except Exception as e:
+            if len(works) == 1:
+                return [(False, e)]
+        # (Works run again are safe to: Database.run already retries a batch.)
+        return self._each(conn, works)
+
+    def _together(self, conn, works: list) -> list[tuple[bool, Any]]:
+        # The common case in as few round trips as can be: no savepoints, and one
+        # read of each folder's changes for the whole batch (delta_later).
+        later: list[sql.LaterDelta] = []
+        self._later = later
+        try:
+            with conn.transaction():
+                out = [(True, work(conn)) for work in works]
+                sql.resolve_later(conn, later)
+        finally:
+            self._later = None
+        self.store.covered(later)
+        return out
+
+    def _each(self, conn, works: list) -> list[tuple[bool, Any]]:
+        # One failed: every work again in a savepoint of its own, so it fails alone.
+        out: list[tuple[bool, Any]] = []
+        later: list[sql.LaterDelta] = []
+        with conn.transaction():
+            for work in works:
+                self._later = []
+                try:
+                    with conn.transaction():  # a savepoint
+                        out.append((True, work(conn)))
+                    later += self._later
+                except psycopg.OperationalError:
+                    raise
+                except Exception as e:
+                    out.append((False, e))
+                finally:
+                    self._later = None
+            sql.resolve_later(conn, later)
+        self.store.covered(later)
+        return out
+
+    def delta_later(self, conn, folder_id: int, since: int, rows: bool = True,
+                    gone: bool = True, then=None) -> sql.LaterDelta:
+        """
+        A folder's changes after MODSEQ C{since}, read once for every work of
+        the batch that asks (after the last of them): C{.delta} is set when the
+        batch's works have run, C{then(conn, delta)} called then, on the same
+        thread.  Outside a batch: read at once.
+        """
+        later = sql.LaterDelta(folder_id, since, rows, gone, then)
+        if self._later is None:
+            sql.resolve_later(conn, [later])
+        else:
+            self._later.append(later)
+        return later
 
     def drained(self) -> defer.Deferred:
         """Fired once everything queued so far, and what it queued meanwhile, is written."""
@@ -303,6 +363,10 @@ class PgMailStore:
         self.accounts_by_id: dict[int, PgAccount] = {}
         self._folders: dict[tuple[str, str], PgFolder] = {}
         self._by_id: dict[int, PgFolder] = {}
+        #: The process's LISTEN (L{install}); None: not listening.
+        self.told: Any = None
+        #: Folder id -> the MODSEQ up to which a batch of this host read its changes.
+        self._covered: dict[int, int] = {}
 
     def start(self) -> None:
         """(LISTEN: the process's L{netsuite.db.listen.Notifications}, started by the server.)"""
@@ -344,7 +408,7 @@ class PgMailStore:
         self.account(user).used(size, 1)
         folder = self._folders.get((user, name))
         if folder is not None and not folder.deleted:
-            folder.refresh()
+            folder.refresh(force=True)
         return key
 
     # -- folders -------------------------------------------------------------------------------
@@ -508,7 +572,7 @@ class PgMailStore:
             acct.folders[new] = (result[0], result[1], None)
             inbox = self._folders.get((user, "INBOX"))
             if inbox is not None and not inbox.deleted:
-                inbox.refresh()
+                inbox.refresh(force=True)
 
         acct.change(work, made)
 
@@ -558,6 +622,10 @@ class PgMailStore:
         if listener in folder.listeners:
             folder.listeners.remove(listener)
 
+    def listening(self) -> bool:
+        """Every change committed on any host is heard now (a NOTIFY), so no need to ask."""
+        return self.told is not None and self.told.connected
+
     def notified(self, payload: str | None) -> None:
         """A NOTIFY on L{sql.CHANNEL}; None: LISTEN (re)connected, anything may have changed."""
         if payload is None:
@@ -569,8 +637,8 @@ class PgMailStore:
                 fid, modseq = (int(x) for x in rest.split())
                 folder = self._by_id.get(fid)
                 if (folder is not None and folder.loaded and not folder.deleted
-                        and modseq > folder.synced):
-                    folder.refresh()
+                        and modseq > max(folder.synced, self._covered.get(fid, 0))):
+                    folder.refresh(force=True)
             elif kind == "a":
                 acct = self.accounts_by_id.get(int(rest))
                 if acct is not None:
@@ -579,11 +647,23 @@ class PgMailStore:
             log.warn("PostgreSQL store: a notification not understood: {payload!r}",
                      payload=payload)
 
+    def covered(self, later: list[sql.LaterDelta]) -> None:
+        """
+        Batches' reads of their folders, committed (on the database thread): a
+        NOTIFY up to what they read is this host's own change, or one they saw,
+        and needs no read of its own (one per change otherwise).
+        """
+        for item in later:
+            if item.delta is not None:
+                fid, seen = item.folder_id, item.delta.highestmodseq
+                if seen > self._covered.get(fid, 0):
+                    self._covered[fid] = seen
+
     def _reconnected(self) -> None:
         """LISTEN (again): what was changed while it was away is read now."""
         for folder in list(self._folders.values()):
             if folder.loaded and not folder.deleted:
-                folder.refresh()
+                folder.refresh(force=True)
         for acct in list(self.accounts.values()):
             acct.reread()
 
@@ -620,6 +700,7 @@ def install(realm: Any, db: Any, reactor: Any, told: Any) -> PgMailStore:
     """
     store = PgMailStore(db, Path(realm.data_dir) / "mail", reactor)
     told.subscribe(sql.CHANNEL, store.notified)
+    store.told = told
     realm.store = store
     makers = getattr(realm, "avatar_makers", None)
     if makers is not None:
