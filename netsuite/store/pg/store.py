@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,6 +28,7 @@ from netsuite.store.maildir import (
     clean_tmp_dir,
 )
 from netsuite.store.pg import sql
+from netsuite.store.pg.batch import WriteQueue
 from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash, file_hash
 from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
 
@@ -38,11 +38,11 @@ log = Logger(namespace="netsuite.store")
 FLUSH_SECONDS = 10.0
 
 
-class PgAccount:
+class PgAccount(WriteQueue):
     """One user's folder names, subscriptions and usage, and the write queue of them all."""
 
     def __init__(self, store: PgMailStore, user: str):
-        self.store = store
+        super().__init__(store)
         self.user = user
         self.id: int | None = None
         #: name -> (folder id or None until written, uidvalidity, special use)
@@ -51,138 +51,11 @@ class PgAccount:
         self.usage: tuple[int, int] = (0, 0)
         self.ready = False
         self._preparing: defer.Deferred | None = None
-        #: Work queued for the next batch, and whether a batch is running.
-        self._ops: list[tuple[Any, Any, defer.Deferred]] = []
-        self._running = False
         #: Local changes queued and not written yet: a reread of the rows waits for them.
         self._pending = 0
         self._reread_queued = False
         self._retry: Any = None
         self._failing = False
-        #: While a batch runs (on its database thread): the reads it will make at its end.
-        self._later: list[sql.LaterDelta] | None = None
-        #: Fired (and emptied) when the queue runs dry: L{drained}.
-        self._drain_waiters: list[defer.Deferred] = []
-
-    def queue(self, work, apply=None) -> defer.Deferred:
-        """
-        C{work(conn)} on a database thread after every change queued before,
-        then C{apply(result)} in the reactor; a Deferred of what C{apply}
-        returns.  What is queued while a batch runs goes as the next batch: one
-        thread hop, one transaction and one commit for them all, and one read
-        of each folder's changes at its end (L{delta_later}).  If a C{work}
-        fails, the batch is rolled back and run again with each C{work} in a
-        savepoint of its own, so that the one that fails fails alone (a work
-        must bear being run again: L{netsuite.db.pool.Database.run} retries a
-        batch on a lost connection too).
-        """
-        d: defer.Deferred = defer.Deferred()
-        self._ops.append((work, apply, d))
-        if not self._running:
-            self._run_batch()
-        return d
-
-    def _run_batch(self) -> None:
-        ops, self._ops = self._ops, []
-        if not ops:
-            self._running = False
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for d in waiters:
-                d.callback(None)
-            return
-        self._running = True
-
-        works = [work for work, _apply, _d in ops]
-
-        def done(results: list[tuple[bool, Any]]) -> None:
-            for (_work, apply, d), (ok, value) in zip(ops, results, strict=True):
-                if not ok:
-                    d.errback(Failure(value))
-                    continue
-                try:
-                    d.callback(apply(value) if apply is not None else value)
-                except Exception:
-                    d.errback(Failure())
-
-        def failed(failure: Failure) -> None:
-            for _work, _apply, d in ops:
-                d.errback(failure)
-
-        self.store.db.run(self.batch, works).addCallbacks(done, failed).addBoth(
-            lambda _: self._run_batch())
-
-    def batch(self, conn, works: list) -> list[tuple[bool, Any]]:
-        """
-        Run C{works} as one batch (see L{queue}); on the database thread.  Each
-        one's (True, result) or (False, exception).
-        """
-        try:
-            return self._together(conn, works)
-        except psycopg.OperationalError:
-            raise  # the connection: the whole batch again (Database.run)
-        except Exception as e:
-            if len(works) == 1:
-                return [(False, e)]
-        # (Works run again are safe to: Database.run already retries a batch.)
-        return self._each(conn, works)
-
-    def _together(self, conn, works: list) -> list[tuple[bool, Any]]:
-        # The common case in as few round trips as can be: no savepoints, and one
-        # read of each folder's changes for the whole batch (delta_later).
-        later: list[sql.LaterDelta] = []
-        self._later = later
-        try:
-            with conn.transaction():
-                out = [(True, work(conn)) for work in works]
-                sql.resolve_later(conn, later)
-        finally:
-            self._later = None
-        self.store.covered(later)
-        return out
-
-    def _each(self, conn, works: list) -> list[tuple[bool, Any]]:
-        # One failed: every work again in a savepoint of its own, so it fails alone.
-        out: list[tuple[bool, Any]] = []
-        later: list[sql.LaterDelta] = []
-        with conn.transaction():
-            for work in works:
-                self._later = []
-                try:
-                    with conn.transaction():  # a savepoint
-                        out.append((True, work(conn)))
-                    later += self._later
-                except psycopg.OperationalError:
-                    raise
-                except Exception as e:
-                    out.append((False, e))
-                finally:
-                    self._later = None
-            sql.resolve_later(conn, later)
-        self.store.covered(later)
-        return out
-
-    def delta_later(self, conn, folder_id: int, since: int, rows: bool = True,
-                    gone: bool = True, then=None) -> sql.LaterDelta:
-        """
-        A folder's changes after MODSEQ C{since}, read once for every work of
-        the batch that asks (after the last of them): C{.delta} is set when the
-        batch's works have run, C{then(conn, delta)} called then, on the same
-        thread.  Outside a batch: read at once.
-        """
-        later = sql.LaterDelta(folder_id, since, rows, gone, then)
-        if self._later is None:
-            sql.resolve_later(conn, [later])
-        else:
-            self._later.append(later)
-        return later
-
-    def drained(self) -> defer.Deferred:
-        """Fired once everything queued so far, and what it queued meanwhile, is written."""
-        if not self._running and not self._ops:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._drain_waiters.append(d)
-        return d
 
     def used(self, size: int, count: int) -> None:
         """This host's committed change of the account's usage: in the figure at once."""
@@ -298,16 +171,21 @@ class PgDelivery:
         self._file.write(data)
 
     def commit(self) -> defer.Deferred:
+        """
+        Through the host's delivery queue (L{PgMailStore.deliveries}): stored in
+        the transaction of the next batch; a Deferred of its key, fired once
+        committed.
+        """
         store = self.store
         spilled, self._file = self._file, None
+        apply = None
         if spilled is None:
             body = to_disk(b"".join(self._chunks))
             self._chunks = []
             size = wire_size(body)
 
             def work(conn) -> str:
-                with conn.transaction():  # (the pool's connections are autocommit)
-                    key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
+                key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
                 store.bodies.write(content_hash(body), body)
                 return key
         else:
@@ -316,17 +194,22 @@ class PgDelivery:
                 spilled.abort()
                 return defer.fail(spilled.error or OSError("the message was not written"))
             path, size = spilled.tmp, spilled.wire_size
+            stored: list[bytes] = []
 
             def work(conn) -> str:
                 digest, length = file_hash(path)
-                with conn.transaction():
-                    store.blobs.put_file(conn, digest, length, path)
-                    key = sql.deliver_stored(conn, self.user, self.folder, digest, size)
-                store.bodies.adopt(digest, path)  # the file is this host's cached copy
+                store.blobs.put_file(conn, digest, length, path)
+                stored[:] = [digest]
+                return sql.deliver_stored(conn, self.user, self.folder, digest, size)
+
+            def apply(key: str) -> str:
+                spilled.tmp = None  # committed: the file is this host's cached copy now
+                store.bodies.adopt(stored[0], path)  # (a rename)
                 return key
 
         store.start()
-        d = store.db.run(work).addErrback(unavailable)
+        d = store.deliveries.queue(work, apply, key=(self.user, self.folder))
+        d.addErrback(unavailable)
         if spilled is not None:
 
             def discard(failure: Failure) -> Failure:
@@ -363,6 +246,8 @@ class PgMailStore:
         self.accounts_by_id: dict[int, PgAccount] = {}
         self._folders: dict[tuple[str, str], PgFolder] = {}
         self._by_id: dict[int, PgFolder] = {}
+        #: Every delivery of this host (SMTP, LMTP, local bounces), batched.
+        self.deliveries = WriteQueue(self)
         #: The process's LISTEN (L{install}); None: not listening.
         self.told: Any = None
         #: Folder id -> the MODSEQ up to which a batch of this host read its changes.
@@ -674,7 +559,7 @@ class PgMailStore:
         queue holds answered changes).  Bounded by C{timeout}: a database that
         is away does not hold the exit for ever; what is lost then is said.
         """
-        waits = [acct.drained() for acct in self.accounts.values()]
+        waits = [q.drained() for q in [self.deliveries, *self.accounts.values()]]
         if not waits:
             return defer.succeed(None)
         done = defer.DeferredList(waits, consumeErrors=True)
@@ -685,6 +570,8 @@ class PgMailStore:
                 late.cancel()
             else:  # the time ran out (cancelled the waits)
                 left = sorted(a.user for a in self.accounts.values() if a._running or a._ops)
+                if self.deliveries._running or self.deliveries._ops:
+                    left.append("(deliveries)")
                 log.warn("PostgreSQL store: shutting down with changes of {users} not written "
                          "after {timeout} s", users=", ".join(left), timeout=timeout)
 
