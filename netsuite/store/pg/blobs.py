@@ -24,6 +24,8 @@ from pathlib import Path
 import psycopg
 from zope.interface import Interface, implementer
 
+#: Bodies up to this size are sent with their reference (one statement), known or not.
+SMALL = 64 * 1024
 #: Bytes of a file read (hashed, sent) at a time: a big body is never whole in memory.
 CHUNK = 1 << 20
 
@@ -67,7 +69,12 @@ class PgBlobs:
     """The C{blobs} table (bytea): see the module docstring."""
 
     def put(self, conn, digest: bytes, body: bytes) -> None:
-        # The body crosses the network only when it is new.
+        if len(body) <= SMALL:  # one round trip: sent even if it is there already
+            conn.execute("INSERT INTO blobs (hash, size, body, refcount) VALUES (%s, %s, %s, 1) "
+                         "ON CONFLICT (hash) DO UPDATE SET refcount = blobs.refcount + 1",
+                         (digest, len(body), body))
+            return
+        # A bigger body crosses the network only when it is new.
         cur = conn.execute("UPDATE blobs SET refcount = refcount + 1 WHERE hash = %s",
                            (digest,))
         if cur.rowcount:
