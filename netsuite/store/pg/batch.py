@@ -147,9 +147,14 @@ class WriteQueue:
             self._later.append(later)
         return later
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running or work is queued."""
+        return self._running or bool(self._ops)
+
     def drained(self) -> defer.Deferred:
         """Fired once everything queued so far, and what it queued meanwhile, is written."""
-        if not self._running and not self._ops:
+        if not self.busy:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._drain_waiters.append(d)

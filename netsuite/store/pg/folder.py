@@ -51,7 +51,7 @@ from netsuite.store.folder import (
     wire_size,
 )
 from netsuite.store.pg import sql
-from netsuite.store.pg.blobs import LocalBodies, content_hash, file_hash
+from netsuite.store.pg.blobs import LocalBodies
 
 log = Logger(namespace="netsuite.store")
 
@@ -235,8 +235,8 @@ class PgFolder:
     def _delta_work(self, conn) -> sql.LaterDelta:
         self._refresh_queued = False  # a NOTIFY from now on needs another look
 
-        def fetch(conn, delta: sql.Delta) -> dict:
-            return self._fetch_bodies(conn, [r for r in delta.rows if r[5] <= WARM_MAX
+        def fetch(conn, delta: sql.Delta) -> None:
+            self._fetch_bodies(conn, [r for r in delta.rows if r[5] <= WARM_MAX
                                              and r[0] not in self.digests])
 
         return self.account.delta_later(conn, self._resolve(conn), self.synced, then=fetch)
@@ -604,22 +604,17 @@ class PgFolder:
         def work(conn):
             fid = self._resolve(conn)
             since = self.synced
-            rows, digests = [], []
+            rows = []
             for body, flags, date in bodies:
                 if isinstance(body, IncomingMessage):
                     assert body.tmp is not None
-                    digest, size = file_hash(body.tmp)
-                    self.store.blobs.put_file(conn, digest, size, body.tmp)
+                    digest = sql.store_body(conn, self.store.blobs, body.tmp)
                     rows.append((digest, body.wire_size, flags, date))
                 else:
-                    digest = content_hash(body)
-                    self.store.blobs.put(conn, digest, body)
+                    digest = sql.store_body(conn, self.store.blobs, body)
                     rows.append((digest, wire_size(body), flags, date))
-                digests.append(digest)
-            uids, final = sql.insert_rows(conn, fid, rows)
-            for (body, _f, _d), digest in zip(bodies, digests, strict=True):
-                if isinstance(body, bytes):
                     self.bodies.write(digest, body)
+            uids, final = sql.insert_rows(conn, fid, rows)
             return uids, rows, self.account.delta_later(conn, fid, since,
                                                         gone=final != since + 1)
 

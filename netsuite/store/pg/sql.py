@@ -13,10 +13,11 @@ C{pg_notify} on L{CHANNEL} (sent at commit) that every host LISTENs to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from netsuite.store.folder import wire_size
-from netsuite.store.pg.blobs import IBlobStore, content_hash
+from netsuite.store.pg.blobs import IBlobStore, content_hash, file_hash
 
 #: The NOTIFY channel; payloads C{f FOLDER_ID MODSEQ} (a folder changed) and
 #: C{a ACCOUNT_ID} (an account's folders or subscriptions changed).
@@ -223,8 +224,6 @@ class LaterDelta:
         self.gone = gone
         self.then = then
         self.delta: Delta | None = None
-        #: What C{then} returned.
-        self.extra: Any = None
 
 
 def resolve_later(conn: Any, later: list[LaterDelta]) -> None:
@@ -238,7 +237,7 @@ def resolve_later(conn: Any, later: list[LaterDelta]) -> None:
         for item in items:
             item.delta = found
             if item.then is not None:
-                item.extra = item.then(conn, found)
+                item.then(conn, found)
 
 
 def claim_recent(conn: Any, folder_id: int, first_recent: int) -> None:
@@ -281,15 +280,18 @@ def split_flags(flags) -> tuple[list[str], list[str]]:
     return sorted(system), keywords
 
 
-def insert_messages(conn: Any, blobs: IBlobStore, folder_id: int,
-                    items: list[tuple[bytes, Any, float | None]]) -> tuple[list[int], int]:
-    """Store bodies (LF line ends) with their flags and dates: (UIDs, MODSEQ)."""
-    rows = []
-    for body, flags, date in items:
+def store_body(conn: Any, blobs: IBlobStore, body: bytes | Path) -> bytes:
+    """
+    One more reference to a body (LF line ends), given as bytes or as a file
+    (sent a chunk at a time, never whole in memory): its content hash.
+    """
+    if isinstance(body, bytes):
         digest = content_hash(body)
         blobs.put(conn, digest, body)
-        rows.append((digest, wire_size(body), flags, date))
-    return insert_rows(conn, folder_id, rows)
+        return digest
+    digest, length = file_hash(body)
+    blobs.put_file(conn, digest, length, body)
+    return digest
 
 
 def insert_rows(conn: Any, folder_id: int,
@@ -309,9 +311,7 @@ def insert_rows(conn: Any, folder_id: int,
 
 def deliver(conn: Any, blobs: IBlobStore, user: str, folder: str, body: bytes) -> str:
     """One delivery (SMTP, LMTP), the folder made if missing; the key 'FOLDER_ID:UID'."""
-    digest = content_hash(body)
-    blobs.put(conn, digest, body)
-    return deliver_stored(conn, user, folder, digest, wire_size(body))
+    return deliver_stored(conn, user, folder, store_body(conn, blobs, body), wire_size(body))
 
 
 def deliver_stored(conn: Any, user: str, folder: str, digest: bytes, size: int) -> str:

@@ -29,7 +29,7 @@ from netsuite.store.maildir import (
 )
 from netsuite.store.pg import sql
 from netsuite.store.pg.batch import WriteQueue
-from netsuite.store.pg.blobs import LocalBodies, PgBlobs, content_hash, file_hash
+from netsuite.store.pg.blobs import LocalBodies, PgBlobs
 from netsuite.store.pg.folder import RETRY_SECONDS, PgFolder, unavailable
 
 log = Logger(namespace="netsuite.store")
@@ -185,9 +185,9 @@ class PgDelivery:
             size = wire_size(body)
 
             def work(conn) -> str:
-                key = sql.deliver(conn, store.blobs, self.user, self.folder, body)
-                store.bodies.write(content_hash(body), body)
-                return key
+                digest = sql.store_body(conn, store.blobs, body)
+                store.bodies.write(digest, body)
+                return sql.deliver_stored(conn, self.user, self.folder, digest, size)
         else:
             spilled.finish()
             if spilled.error is not None or spilled.tmp is None:
@@ -197,9 +197,8 @@ class PgDelivery:
             stored: list[bytes] = []
 
             def work(conn) -> str:
-                digest, length = file_hash(path)
-                store.blobs.put_file(conn, digest, length, path)
-                stored[:] = [digest]
+                digest = sql.store_body(conn, store.blobs, path)
+                stored[:] = [digest]  # (for apply: the file is renamed once committed)
                 return sql.deliver_stored(conn, self.user, self.folder, digest, size)
 
             def apply(key: str) -> str:
@@ -560,8 +559,6 @@ class PgMailStore:
         is away does not hold the exit for ever; what is lost then is said.
         """
         waits = [q.drained() for q in [self.deliveries, *self.accounts.values()]]
-        if not waits:
-            return defer.succeed(None)
         done = defer.DeferredList(waits, consumeErrors=True)
         late = self.reactor.callLater(timeout, done.cancel)
 
@@ -569,8 +566,8 @@ class PgMailStore:
             if late.active():
                 late.cancel()
             else:  # the time ran out (cancelled the waits)
-                left = sorted(a.user for a in self.accounts.values() if a._running or a._ops)
-                if self.deliveries._running or self.deliveries._ops:
+                left = sorted(a.user for a in self.accounts.values() if a.busy)
+                if self.deliveries.busy:
                     left.append("(deliveries)")
                 log.warn("PostgreSQL store: shutting down with changes of {users} not written "
                          "after {timeout} s", users=", ".join(left), timeout=timeout)
