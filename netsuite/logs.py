@@ -41,6 +41,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -222,7 +223,7 @@ def json_observer(out: IO[Any] | None = None) -> ILogObserver:
     says) or with an open file.
     """
     return FileLogObserver(out if out is not None else _destination(_twistd_options),
-                           format_json)
+                           _passing_rendered(format_json))
 
 
 class SecondsTime:
@@ -254,6 +255,45 @@ def text_observer(out: IO[Any] | None = None) -> ILogObserver:
     twistd's text log observer (C{textFileLogObserver}), byte for byte, with
     the time stamp of L{SecondsTime}; called as L{json_observer} is.
     """
-    stamp = SecondsTime()
     return FileLogObserver(out if out is not None else _destination(_twistd_options),
-                           lambda event: formatEventAsClassicLogText(event, formatTime=stamp))
+                           _passing_rendered(renderer("plain")))
+
+
+#: The key of an event that carries a line rendered elsewhere (a worker's, see
+#: L{netsuite.workers}): L{text_observer} and L{json_observer} write it as it is.
+RENDERED = "netsuite_rendered"
+
+def renderer(log_format: str) -> Callable[[dict[str, Any]], str | None]:
+    """One event as a line of the log: C{"json"} (L{format_json}) or C{"plain"} (twistd's)."""
+    if log_format == "json":
+        return format_json
+    stamp = SecondsTime()
+    return lambda event: formatEventAsClassicLogText(event, formatTime=stamp)
+
+
+def _passing_rendered(render: Callable[[dict[str, Any]], str | None],
+                      ) -> Callable[[dict[str, Any]], str | None]:
+    def format_event(event: dict[str, Any]) -> str | None:
+        text = event.get(RENDERED)
+        if isinstance(text, str):
+            return text
+        return render(event)
+    return format_event
+
+
+def installed_format() -> str | None:
+    """
+    The format this twistd's own log observer writes, if it is one of ours
+    (C{"plain"} or C{"json"}); C{None} for another C{--logger}, C{--syslog}, or
+    when not run by twistd.  With our observer, workers render their lines
+    themselves and the parent only writes them (L{RENDERED}).
+    """
+    if _twistd_options is None:
+        return None
+    # A name before twistd's postOptions, the factory itself after it.
+    chosen = _twistd_options.get("logger")
+    if chosen in (text_observer, "netsuite.logs.text_observer"):
+        return "plain"
+    if chosen in (json_observer, "netsuite.logs.json_observer"):
+        return "json"
+    return None

@@ -380,3 +380,29 @@ def test_workers_log_through_the_parent_in_json(make_daemon):
     assert failed["system"] and failed["system"].startswith(f"worker-{failed['worker']} ")
     d.stop()
     check_schema(objects(d))
+
+
+def test_workers_log_through_the_parent_in_plain_text(make_daemon):
+    """C{--workers 2}, no [log]: a worker's line in twistd's layout, its system C{worker-N PID}."""
+    d = make_daemon(config={"server": {"workers": 2, "allow_plaintext_auth": True}},
+                    listeners=["pop3"])
+    assert not pop3_login(d, "alice", "nope")
+    line = "login failed: protocol=pop3 address=127.0.0.1 user=alice"
+    assert d.wait_for(lambda: line in d.log()), d.log()[-3000:]
+    row = next(r for r in d.log().splitlines() if line in r)
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[worker-[01] \d+\] "
+                    + re.escape(line) + "$", row), row
+
+
+def test_a_rendered_line_is_written_as_it_is():
+    """A worker's ready-made line passes both observers untouched; other events are rendered."""
+    for observer in (logs.text_observer, logs.json_observer):
+        out = io.StringIO()
+        write = observer(out)
+        write({logs.RENDERED: "made elsewhere\n", "log_time": 1_780_000_000.0,
+               "log_level": LogLevel.info, "log_format": "not {this}", "this": "used"})
+        write({"log_format": "here {n}", "n": 1, "log_time": 1_780_000_000.0,
+               "log_level": LogLevel.info, "log_namespace": "t"})
+        first, second = out.getvalue().splitlines()
+        assert first == "made elsewhere"
+        assert "here 1" in second and "made elsewhere" not in second

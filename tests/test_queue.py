@@ -432,7 +432,7 @@ def test_smarthost_require_tls_without_starttls_defers(make_daemon, remote, tmp_
 
 def test_delay_warning_then_expiry_bounce(make_daemon):
     port = free_port()
-    d = relay_daemon(make_daemon, port, delay_warning=0.5, lifetime=6)
+    d = relay_daemon(make_daemon, port, delay_warning=0.5, lifetime=10)  # room for a slow CI box
     submit(d, ["never@remote.test"], message("expires"))
     warning = dsn_of(d, "alice")
     assert b"Action: delayed" in warning and b"Status: 4.4.1" in warning
