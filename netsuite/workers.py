@@ -65,6 +65,7 @@ from twisted.internet import defer, endpoints, error, main, protocol
 from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.logger import (
     ILogObserver,
+    InvalidLogLevelError,
     Logger,
     LogLevel,
     eventFromJSON,
@@ -250,8 +251,11 @@ def _read_spec() -> WorkerSpec:
     return pickle.loads(exactly(size))
 
 
-#: A line a worker rendered itself: this byte, then the line as a JSON string.
+#: A line a worker rendered itself: this byte, then a JSON object with the
+#: line (C{t}), its level's name (C{l}) and its namespace (C{n}), so that any
+#: other observer in the parent still sees the real level.
 RENDERED_MARK = b"\x1d"
+_MARK = RENDERED_MARK.decode("ascii")
 
 
 def _to_parent(out: Any, spec: WorkerSpec) -> ILogObserver:
@@ -275,7 +279,10 @@ def _to_parent(out: Any, spec: WorkerSpec) -> ILogObserver:
             return
         text = render(dict(event, log_system=system, netsuite_worker=spec.index))
         if text:
-            out.write("\x1d" + json.dumps(text) + "\n")
+            level = event.get("log_level")
+            out.write(_MARK + json.dumps({
+                "t": text, "l": getattr(level, "name", "info"),
+                "n": event.get("log_namespace")}) + "\n")
 
     return cast(ILogObserver, observe)
 
@@ -386,17 +393,8 @@ class _WorkerProcess(protocol.ProcessProtocol):
             self._line(fd, line)
 
     def _line(self, fd: int, line: bytes) -> None:
-        if fd == 1 and line.startswith(RENDERED_MARK):
-            try:
-                rendered = json.loads(line[1:])
-            except ValueError:
-                rendered = None
-            if isinstance(rendered, str):
-                globalLogPublisher({logs.RENDERED: rendered, "log_time": time.time(),
-                                    "log_level": LogLevel.info, "log_system": self.system,
-                                    "log_namespace": "netsuite.workers",
-                                    "netsuite_worker": self.index})
-                return
+        if fd == 1 and line.startswith(RENDERED_MARK) and self._rendered(line[1:]):
+            return
         text = line.decode("utf-8", "replace").lstrip("\x1e").rstrip("\r")
         if not text:
             return
@@ -414,6 +412,26 @@ class _WorkerProcess(protocol.ProcessProtocol):
                     self.parent.worker_ready(self)
                 return
         log.info("{text}", text=text, log_system=self.system)
+
+    def _rendered(self, body: bytes) -> bool:
+        """Publish a line the worker rendered (L{RENDERED_MARK}); C{False} if it is not one."""
+        try:
+            got = json.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(got, dict) or not isinstance(got.get("t"), str):
+            return False
+        try:
+            level = LogLevel.levelWithName(str(got.get("l")))
+        except InvalidLogLevelError:
+            level = LogLevel.info
+        namespace = got.get("n")
+        globalLogPublisher({logs.RENDERED: got["t"], "log_time": time.time(),
+                            "log_level": level, "log_system": self.system,
+                            "log_namespace": namespace if isinstance(namespace, str)
+                            else "netsuite.workers",
+                            "netsuite_worker": self.index})
+        return True
 
     def processEnded(self, reason) -> None:
         for fd, rest in self._buf.items():

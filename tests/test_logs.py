@@ -406,3 +406,38 @@ def test_a_rendered_line_is_written_as_it_is():
         first, second = out.getvalue().splitlines()
         assert first == "made elsewhere"
         assert "here 1" in second and "made elsewhere" not in second
+
+
+def test_a_workers_line_reaches_the_parent_with_its_level_and_namespace():
+    """
+    What a worker's observer writes, the parent publishes with the real level
+    and namespace (another observer in the parent can filter on them); a marked
+    line that is not a worker's object is still logged, as raw text.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from netsuite.workers import RENDERED_MARK, WorkerSpec, _to_parent, _WorkerProcess
+
+    out = io.StringIO()
+    spec = WorkerSpec(index=3, config=None, sockets=[], log_format="plain")  # type: ignore[arg-type]
+    _to_parent(out, spec)({"log_format": "disk {what}", "what": "full",
+                           "log_level": LogLevel.warn, "log_namespace": "netsuite.store",
+                           "log_time": 1_780_000_000.0})
+    sent = out.getvalue().encode()
+    assert sent.startswith(RENDERED_MARK) and sent.endswith(b"\n")
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        worker = _WorkerProcess(parent=None, index=3)  # type: ignore[arg-type]
+        worker.pid = 4242
+        worker.childDataReceived(1, sent)
+        worker.childDataReceived(1, RENDERED_MARK + b"{not json\n")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    ours = [e for e in seen if e.get("log_system") == "worker-3 4242"]
+    assert len(ours) == 2, ours
+    line, raw = ours
+    assert line["log_level"] == LogLevel.warn and line["log_namespace"] == "netsuite.store"
+    assert re.match(r"^\S+ \[worker-3 \d+\] disk full\n$", line[logs.RENDERED]), line
+    assert logs.RENDERED not in raw and raw["text"] == "\x1d{not json"
