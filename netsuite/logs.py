@@ -145,7 +145,9 @@ def fields(event: dict[str, Any]) -> dict[str, Any]:
             protocol = parts[1]
     level = event.get("log_level")
     worker = event.get("netsuite_worker")
-    message = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    message = message_text(event)
+    if message is None:
+        message = eventAsText(event, includeTimestamp=False, includeSystem=False)
     reason = event.get("reason")
     return {
         "time": _time(event),
@@ -268,7 +270,41 @@ def renderer(log_format: str) -> Callable[[dict[str, Any]], str | None]:
     if log_format == "json":
         return format_json
     stamp = SecondsTime()
-    return lambda event: formatEventAsClassicLogText(event, formatTime=stamp)
+
+    def classic(event: dict[str, Any]) -> str | None:
+        # formatEventAsClassicLogText, with the message from message_text.
+        text = message_text(event)
+        if text is None:
+            return formatEventAsClassicLogText(event, formatTime=stamp)
+        if not text:
+            return None
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+        elif type(system) is not str:
+            return formatEventAsClassicLogText(event, formatTime=stamp)
+        return f"{stamp(event.get('log_time'))} [{system}] {text}".replace("\n", "\n\t") + "\n"
+
+    return classic
+
+
+def message_text(event: dict[str, Any]) -> str | None:
+    """
+    The message of an event as twisted.logger's C{formatEvent} makes it, for
+    the events nearly all lines are (a C{str} format of plain fields, no
+    traceback), by C{str.format_map}: Twisted's general path through
+    C{string.Formatter} costs more than the rest of a line.  C{None} for any
+    other event (a traceback, C{{name()}} calls, a format that fails): the
+    caller takes Twisted's path, which handles them all.
+    """
+    fmt = event.get("log_format")
+    if type(fmt) is not str or "log_failure" in event or "log_flattened" in event:
+        return None
+    try:
+        return fmt.format_map(event)
+    except Exception:
+        return None
 
 
 def _passing_rendered(render: Callable[[dict[str, Any]], str | None],

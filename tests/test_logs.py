@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from twisted.logger import LogLevel, textFileLogObserver
+from twisted.logger import LogLevel, eventAsText, textFileLogObserver
 from twisted.python.failure import Failure
 
 from netsuite import logs
@@ -293,6 +293,14 @@ def test_text_observer_writes_what_twistds_text_observer_writes():
             event["log_failure"] = failure
         events.append(event)
     events.append({"log_time": base})  # no format: no line at all
+    # The formats str.format_map takes and those it leaves to Twisted's path.
+    for fmt in ("{a.real} {b[0]} {c!r} {n:>6} {n:{width}}", "called: {f()}", "{missing}",
+                "{}", "{c.nope}", b"bytes {n}", "", "{empty}", 42):
+        events.append({"log_format": fmt, "a": 3, "b": ["x"], "c": "q", "n": 7, "width": 4,
+                       "f": lambda: "yes", "empty": "", "log_time": base,
+                       "log_namespace": "netsuite.imap", "log_level": LogLevel.warn})
+    events.append({"log_format": "no level", "log_time": base})
+    events.append({"log_format": "odd system", "log_system": 7, "log_time": base})
     mine, twistds = io.StringIO(), io.StringIO()
     ours, theirs = logs.text_observer(mine), textFileLogObserver(twistds)
     for event in events:
@@ -300,6 +308,10 @@ def test_text_observer_writes_what_twistds_text_observer_writes():
         theirs(dict(event))
     assert mine.getvalue() == twistds.getvalue()
     assert mine.getvalue().count("\n\tsecond line") == len(times)
+    assert " 3 x 'q'      7    7\n" in mine.getvalue() and "called: yes" in mine.getvalue()
+    for event in events:
+        expected = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        assert logs.fields(dict(event))["message"] == expected, event
 
 
 def test_fields_of_an_event():
