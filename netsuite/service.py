@@ -199,10 +199,11 @@ class ConnectionLimits(policies.WrappingFactory):
         self.close_timeout = close_timeout
         self.on_change = on_change
         self.by_address: dict[str, int] = {}
-        # Listed at 0 from the start, not only after a first connection.
-        metrics.connections_open.labels(listener)
-        metrics.connections.labels(listener)
-        metrics.connections_refused.labels(listener)
+        # Listed at 0 from the start, not only after a first connection; kept,
+        # as labels() costs a lock and a look-up on every connection.
+        self._open = metrics.connections_open.labels(listener)
+        self._made = metrics.connections.labels(listener)
+        self._refused = metrics.connections_refused.labels(listener)
         self._drain_waiters: list[defer.Deferred] = []
 
     def drained(self) -> defer.Deferred:
@@ -224,7 +225,7 @@ class ConnectionLimits(policies.WrappingFactory):
             log.warn("connection refused, limit reached: address={client}", client=host,
                      listener=self.listener, event="connection_refused",
                      reason="connection_limit")
-            metrics.connections_refused.labels(self.listener).inc()
+            self._refused.inc()
             return _Busy(self.busy, self.reactor,
                          self.tls_handshake_timeout + self.close_timeout)
         self.by_address[host] = self.by_address.get(host, 0) + 1
@@ -233,8 +234,8 @@ class ConnectionLimits(policies.WrappingFactory):
             self._release(host)
         else:
             proto._netsuite_host = host
-            metrics.connections.labels(self.listener).inc()
-            metrics.connections_open.labels(self.listener).inc()
+            self._made.inc()
+            self._open.inc()
         self._changed()
         return proto
 
@@ -251,7 +252,7 @@ class ConnectionLimits(policies.WrappingFactory):
         if host is not None:
             p._netsuite_host = None  # released once, whatever calls us again
             self._release(host)
-            metrics.connections_open.labels(self.listener).dec()
+            self._open.dec()
             self._changed()
         if not self.protocols and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []

@@ -906,10 +906,10 @@ class SMTPServer(smtp.ESMTP, CommandDeadline):
 
     def _count_message(self, accepted: bool, size: int = 0) -> None:
         """C{netsuite_smtp_messages_total} (and the bytes of an accepted one)."""
-        listener = self.factory.listener
-        metrics.smtp_messages.labels(listener, "accepted" if accepted else "refused").inc()
+        factory = self.factory
+        factory.counted["accepted" if accepted else "refused"].inc()
         if accepted:
-            metrics.smtp_received_bytes.labels(listener).inc(size)
+            factory.received_bytes.inc(size)
 
     # -- BDAT (RFC 3030) -------------------------------------------------------
 
@@ -1034,9 +1034,10 @@ class SMTPFactory(protocol.ServerFactory):
         self.ctx = ctx
         self.listener = listener
         self.submission = submission
-        for result in ("accepted", "refused"):  # listed at 0 from the start
-            metrics.smtp_messages.labels(listener, result)
-        metrics.smtp_received_bytes.labels(listener)
+        # Listed at 0 from the start; kept, as labels() costs a lock and a look-up.
+        self.counted = {result: metrics.smtp_messages.labels(listener, result)
+                        for result in ("accepted", "refused")}
+        self.received_bytes = metrics.smtp_received_bytes.labels(listener)
         self.hostname = ctx.config.server.hostname.encode("idna")
         self.banner = ctx.config.smtp.banner.encode("utf-8")
         #: SPF/DKIM on the MX (None: off, and always on submission).
