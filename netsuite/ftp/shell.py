@@ -42,6 +42,9 @@ CHUNK = 256 * 1024
 #: Most bytes asked of one os.sendfile: the socket is non-blocking, so the
 #: kernel sends what its buffer takes and the rest waits for the next turn.
 SENDFILE_MAX = 16 << 20
+#: Most bytes sent to one data connection in one reactor turn (a few ms at
+#: loopback speed), so that other sessions are not kept waiting longer.
+SENDFILE_TURN = 16 << 20
 #: Prefix of in-progress upload names; such files are hidden from listings.
 TMP_PREFIX = ".netsuite-upload-"
 
@@ -510,19 +513,24 @@ class DownloadFile:
         return None
 
     def _sendfile(self) -> None:
-        try:
-            n = os.sendfile(self._socket.fileno(), self.fd, self.offset + self.sent,
-                            SENDFILE_MAX)
-        except (BlockingIOError, InterruptedError):
-            n = None
-        except OSError:
-            self._finish(Failure())
-            return
-        if n == 0:
-            self._finish(self._short())
-            return
-        if n:
+        # Again while the socket takes more (the client drains it meanwhile, on
+        # another core), up to SENDFILE_TURN a turn: one call a turn left the
+        # transfer waiting on the reactor's round trip after each socket buffer.
+        budget = SENDFILE_TURN
+        out = self._socket.fileno()
+        while budget > 0:
+            try:
+                n = os.sendfile(out, self.fd, self.offset + self.sent, min(budget, SENDFILE_MAX))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._finish(Failure())
+                return
+            if n == 0:
+                self._finish(self._short())
+                return
             self.sent += n
+            budget -= n
         self._consumer.kick()
 
     def stopProducing(self) -> None:
