@@ -461,11 +461,13 @@ class DownloadFile:
 
     def _produce(self, consumer: IConsumer) -> defer.Deferred:
         self._consumer = consumer
-        self._done = defer.Deferred()
+        # Kept here: registering a pull producer runs it at once, and a file
+        # that ends (or fails) in that first turn fires and clears _done.
+        done = self._done = defer.Deferred()
         offer = getattr(consumer, "sendfile_socket", None)
         self._socket = offer() if offer is not None else None
         consumer.registerProducer(self, False)
-        return self._done
+        return done
 
     def _send_whole(self, consumer: IConsumer) -> defer.Deferred:
         """
