@@ -39,12 +39,11 @@ log = Logger(namespace="netsuite.ftp")
 
 #: Bytes read from disk per write to the data connection.
 CHUNK = 256 * 1024
-#: Most bytes asked of one os.sendfile: the socket is non-blocking, so the
-#: kernel sends what its buffer takes and the rest waits for the next turn.
+#: Most bytes sent to one data connection in one reactor turn by os.sendfile
+#: (a few ms at loopback speed), so that other sessions are not kept waiting
+#: longer; the socket is non-blocking, so the kernel takes what its buffer has
+#: room for and the rest waits for the next turn.
 SENDFILE_MAX = 16 << 20
-#: Most bytes sent to one data connection in one reactor turn (a few ms at
-#: loopback speed), so that other sessions are not kept waiting longer.
-SENDFILE_TURN = 16 << 20
 #: Prefix of in-progress upload names; such files are hidden from listings.
 TMP_PREFIX = ".netsuite-upload-"
 
@@ -516,13 +515,13 @@ class DownloadFile:
 
     def _sendfile(self) -> None:
         # Again while the socket takes more (the client drains it meanwhile, on
-        # another core), up to SENDFILE_TURN a turn: one call a turn left the
+        # another core), up to SENDFILE_MAX a turn: one call a turn left the
         # transfer waiting on the reactor's round trip after each socket buffer.
-        budget = SENDFILE_TURN
+        budget = SENDFILE_MAX
         out = self._socket.fileno()
         while budget > 0:
             try:
-                n = os.sendfile(out, self.fd, self.offset + self.sent, min(budget, SENDFILE_MAX))
+                n = os.sendfile(out, self.fd, self.offset + self.sent, budget)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
